@@ -1,0 +1,268 @@
+"""The records the policies read: replica candidates and the peers' gossip record."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from typing import Any, Final
+
+import attrs
+
+from clusterrouting._errors import InvalidRecordError, NodeDataDecodeError
+from clusterrouting._rfc3339 import (
+    MAX_TIME,
+    MIN_TIME,
+    format_rfc3339,
+    ns_to_seconds,
+    parse_rfc3339,
+)
+from clusterrouting._validate import (
+    check_nonneg_int,
+    check_optional_time,
+    check_str,
+)
+
+__all__ = ["NODE_ONLINE_WINDOW", "NodeData", "ReplicaCandidate"]
+
+#: Seconds after its last announce that a peer still counts as online. Peers re-announce every
+#: 20 s, so one missed announce is tolerated.
+NODE_ONLINE_WINDOW: Final[float] = 40.0
+
+_UINT64_MAX = 2**64 - 1
+
+
+@attrs.frozen(kw_only=True)
+class ReplicaCandidate:
+    """One replica a request could be sent to, as a policy sees it at decision time.
+
+    Frozen and validated: an invalid candidate cannot be built.
+
+    Attributes:
+        node_id: the node (peer) id; replicas of one node share it.
+        address: where to forward the request (opaque to the policies).
+        replica_index: which replica of the node (>= 0).
+        in_flight: requests currently in flight on the replica (>= 0).
+        last_used: when the host last picked this replica (seconds, the host's clock), or
+            ``None`` for "never used", which sorts as the oldest.
+        available_vram: free accelerator memory in bytes (>= 0).
+
+    Raises:
+        InvalidRecordError: a field has the wrong type, is negative, or is NaN/inf.
+
+    >>> ReplicaCandidate(node_id="gpu-a", in_flight=2).in_flight
+    2
+    """
+
+    node_id: str = attrs.field(validator=check_str)
+    address: str = attrs.field(default="", validator=check_str)
+    replica_index: int = attrs.field(default=0, validator=check_nonneg_int)
+    in_flight: int = attrs.field(default=0, validator=check_nonneg_int)
+    last_used: float | None = attrs.field(default=None, validator=check_optional_time)
+    available_vram: int = attrs.field(default=0, validator=check_nonneg_int)
+
+
+def _to_models(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        # A bare string would silently become a tuple of characters.
+        raise InvalidRecordError("models", value, "must be a sequence of str, not a str")
+    try:
+        return tuple(value)
+    except TypeError:
+        raise InvalidRecordError(
+            "models", value, f"must be a sequence of str, not {type(value).__name__}"
+        ) from None
+
+
+def _check_models(_inst: object, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
+    for m in value:
+        if not isinstance(m, str):
+            raise InvalidRecordError(
+                attribute.name, value, f"every model must be a str, got {type(m).__name__}"
+            )
+
+
+def _check_last_seen(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_optional_time(_inst, attribute, value)
+    if value is not None:
+        assert isinstance(value, (int, float))
+        if not (MIN_TIME < value < MAX_TIME):
+            raise InvalidRecordError(
+                attribute.name,
+                value,
+                "must lie after 0001-01-01T00:00:00Z (Go's zero time, which means None) "
+                "and before year 10000",
+            )
+
+
+def _check_vram(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_nonneg_int(_inst, attribute, value)
+    assert isinstance(value, int)
+    if value > _UINT64_MAX:
+        raise InvalidRecordError(attribute.name, value, "must fit in a uint64")
+
+
+# Go field name -> our attribute name. Keys are matched case-insensitively, like Go's
+# encoding/json.
+_GO_FIELDS: Final[dict[str, str]] = {
+    "Name": "name",
+    "ID": "id",
+    "TunnelAddress": "tunnel_address",
+    "ServiceID": "service_id",
+    "LastSeen": "last_seen",
+    "AvailableVRAM": "available_vram",
+    "Models": "models",
+}
+_GO_FIELDS_FOLDED: Final[dict[str, str]] = {k.lower(): k for k in _GO_FIELDS}
+
+
+@attrs.frozen(kw_only=True)
+class NodeData:
+    """The record a peer announces about itself (the reference system's ``schema.NodeData``).
+
+    Attributes:
+        name: human-readable node name.
+        id: the node id that candidates and in-flight maps are keyed by.
+        tunnel_address: where the peer is reached.
+        service_id: the federation service the peer belongs to.
+        last_seen: wall-clock seconds (Unix epoch, UTC) of the last announce, or ``None`` for
+            never (Go's zero time on the wire). Wall clock, since it crosses processes.
+        available_vram: free accelerator memory in bytes (0 = unknown, the lowest tier).
+        models: models the peer serves; empty means unknown and eligible for any model.
+
+    Not thread-affine: instances are immutable and safe to share.
+
+    Raises:
+        InvalidRecordError: a field has the wrong type or an impossible value.
+    """
+
+    name: str = attrs.field(default="", validator=check_str)
+    id: str = attrs.field(default="", validator=check_str)
+    tunnel_address: str = attrs.field(default="", validator=check_str)
+    service_id: str = attrs.field(default="", validator=check_str)
+    last_seen: float | None = attrs.field(default=None, validator=_check_last_seen)
+    available_vram: int = attrs.field(default=0, validator=_check_vram)
+    models: tuple[str, ...] = attrs.field(default=(), converter=_to_models, validator=_check_models)
+
+    def is_online_at(self, now: float) -> bool:
+        """Whether the peer counts as online at ``now`` (wall-clock seconds).
+
+        Online iff ``now - last_seen < NODE_ONLINE_WINDOW``: strict, so a record exactly 40 s
+        old is offline. ``last_seen=None`` is offline. A ``last_seen`` in the future (clock
+        skew between peers) is online.
+
+        >>> NodeData(id="a", last_seen=100.0).is_online_at(139.999)
+        True
+        >>> NodeData(id="a", last_seen=100.0).is_online_at(140.0)
+        False
+        """
+        if self.last_seen is None:
+            return False
+        return now - self.last_seen < NODE_ONLINE_WINDOW
+
+    def serves_model(self, model: str) -> bool:
+        """Whether the peer may serve ``model``.
+
+        An empty ``model`` means no filter (True); an empty ``models`` means the peer did not
+        say, so it is eligible for any model; otherwise an exact string match.
+
+        >>> NodeData(models=("llama",)).serves_model("llama"), NodeData().serves_model("x")
+        (True, True)
+        """
+        if not model or not self.models:
+            return True
+        return model in self.models
+
+    def to_json(self) -> str:
+        """Encode with the reference system's Go field names.
+
+        ``LastSeen`` is RFC 3339 in UTC with up to nanosecond precision; ``None`` is written
+        as Go's zero time ``0001-01-01T00:00:00Z``. ``from_json(n.to_json()) == n`` for every
+        valid record whose ``last_seen`` is a real wall-clock time (see ``_rfc3339``).
+        """
+        return json.dumps(
+            {
+                "Name": self.name,
+                "ID": self.id,
+                "TunnelAddress": self.tunnel_address,
+                "ServiceID": self.service_id,
+                "LastSeen": format_rfc3339(self.last_seen),
+                "AvailableVRAM": self.available_vram,
+                "Models": list(self.models),
+            },
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> NodeData:
+        """Decode a record written by a Go or Python peer.
+
+        Keys match case-insensitively (the last of several spellings wins, as in Go); unknown
+        keys are ignored; missing keys and ``null`` take the defaults (an old peer omits
+        ``AvailableVRAM``/``Models``); Go's zero time and a missing ``LastSeen`` decode to
+        ``last_seen=None``.
+
+        Raises:
+            NodeDataDecodeError: the text is not a JSON object, or a field has the wrong type
+                or an impossible value; ``.field`` names the Go field.
+        """
+        try:
+            doc = json.loads(text)
+        except (ValueError, TypeError) as exc:
+            raise NodeDataDecodeError("<document>", f"not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise NodeDataDecodeError(
+                "<document>", f"must be a JSON object, not {type(doc).__name__}"
+            )
+        kwargs: dict[str, Any] = {}
+        for key, value in doc.items():
+            go_name = _GO_FIELDS_FOLDED.get(key.lower())
+            if go_name is None:
+                continue  # unknown keys are ignored, as in Go
+            if value is None:
+                # Go: null resets a slice to nil and leaves strings, numbers and times as they are.
+                if go_name == "Models":
+                    kwargs["models"] = ()
+                continue
+            kwargs[_GO_FIELDS[go_name]] = _decode_field(go_name, value)
+        try:
+            return cls(**kwargs)
+        except InvalidRecordError as exc:
+            go_name = next(k for k, v in _GO_FIELDS.items() if v == exc.field)
+            raise NodeDataDecodeError(go_name, exc.reason) from None
+
+
+def _decode_field(go_name: str, value: object) -> object:
+    if go_name in ("Name", "ID", "TunnelAddress", "ServiceID"):
+        if not isinstance(value, str):
+            raise NodeDataDecodeError(go_name, f"must be a string, not {type(value).__name__}")
+        return value
+    if go_name == "AvailableVRAM":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NodeDataDecodeError(go_name, f"must be a number, not {type(value).__name__}")
+        if isinstance(value, float):
+            if not (math.isfinite(value) and value.is_integer()):
+                raise NodeDataDecodeError(go_name, f"must be a whole number of bytes: {value!r}")
+            value = int(value)
+        if not (0 <= value <= _UINT64_MAX):
+            raise NodeDataDecodeError(go_name, f"must fit in a uint64: {value!r}")
+        return value
+    if go_name == "Models":
+        if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+            raise NodeDataDecodeError(go_name, "must be a list of strings or null")
+        return tuple(value)
+    # LastSeen
+    if not isinstance(value, str):
+        raise NodeDataDecodeError(
+            go_name, f"must be an RFC 3339 string, not {type(value).__name__}"
+        )
+    try:
+        ns = parse_rfc3339(value)
+    except ValueError as exc:
+        raise NodeDataDecodeError(go_name, str(exc)) from None
+    if ns is None:
+        return None
+    seconds = ns_to_seconds(ns)
+    if not (MIN_TIME < seconds < MAX_TIME):
+        raise NodeDataDecodeError(go_name, f"outside years 1..9999: {value!r}")
+    return seconds
