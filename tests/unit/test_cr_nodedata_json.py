@@ -1,0 +1,116 @@
+"""SPEC §1 NodeData JSON: Go field names, RFC 3339 with nanoseconds, lenient decoding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clusterrouting import NodeData, NodeDataDecodeError
+
+T0 = 1767225600.0  # 2026-01-01T00:00:00Z
+
+
+def test_encodes_go_field_names_and_values() -> None:
+    n = NodeData(name="n", id="i", tunnel_address="t", service_id="s", last_seen=T0 + 0.5,
+                 available_vram=2**40, models=("a", "b"))
+    doc = json.loads(n.to_json())
+    assert doc == {
+        "Name": "n", "ID": "i", "TunnelAddress": "t", "ServiceID": "s",
+        "LastSeen": "2026-01-01T00:00:00.5Z", "AvailableVRAM": 2**40, "Models": ["a", "b"],
+    }
+
+
+def test_none_last_seen_encodes_as_go_zero_time_and_back() -> None:
+    n = NodeData(id="x")
+    assert json.loads(n.to_json())["LastSeen"] == "0001-01-01T00:00:00Z"
+    assert NodeData.from_json(n.to_json()) == n
+
+
+def test_whole_second_has_no_fraction() -> None:
+    assert json.loads(NodeData(last_seen=T0).to_json())["LastSeen"] == "2026-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-01-01T00:00:00Z", T0),
+        ("2026-01-01T00:00:00.123456789Z", T0 + 0.123456789),
+        ("2026-01-01T02:00:00+02:00", T0),
+        ("2025-12-31T19:30:00.25-04:30", T0 + 0.25),
+        ("2026-01-01t00:00:00z", T0),
+        ("2026-01-01T00:00:00.1234567891234Z", T0 + 0.123456789),  # truncated to ns
+    ],
+)
+def test_decodes_rfc3339_with_nanoseconds_and_offsets(text: str, expected: float) -> None:
+    n = NodeData.from_json(json.dumps({"ID": "a", "LastSeen": text}))
+    assert n.last_seen == expected
+
+
+def test_keys_match_case_insensitively() -> None:
+    n = NodeData.from_json(
+        '{"name":"n","id":"i","tunneladdress":"t","SERVICEID":"s","lastSeen":'
+        '"2026-01-01T00:00:00Z","availableVram":7,"models":["m"]}'
+    )
+    assert n == NodeData(name="n", id="i", tunnel_address="t", service_id="s", last_seen=T0,
+                         available_vram=7, models=("m",))
+
+
+def test_missing_keys_take_defaults_old_peer() -> None:
+    n = NodeData.from_json('{"ID": "old", "LastSeen": "2026-01-01T00:00:00Z"}')
+    assert n.available_vram == 0 and n.models == () and n.name == ""
+    assert NodeData.from_json("{}") == NodeData()
+
+
+def test_nulls_are_accepted() -> None:
+    n = NodeData.from_json('{"ID": "a", "Models": null, "LastSeen": null, "Name": null}')
+    assert n == NodeData(id="a")
+
+
+def test_go_zero_time_decodes_to_none() -> None:
+    assert NodeData.from_json('{"LastSeen": "0001-01-01T00:00:00Z"}').last_seen is None
+    # The same instant written with an offset is still the zero time.
+    assert NodeData.from_json('{"LastSeen": "0001-01-01T01:00:00+01:00"}').last_seen is None
+
+
+def test_unknown_keys_are_ignored_and_bytes_accepted() -> None:
+    assert NodeData.from_json(b'{"ID": "a", "Extra": [1, 2]}') == NodeData(id="a")
+
+
+def test_float_vram_that_is_whole_is_accepted() -> None:
+    assert NodeData.from_json('{"AvailableVRAM": 1e3}').available_vram == 1000
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ('{"ID": 5}', "ID"),
+        ('{"Name": ["x"]}', "Name"),
+        ('{"AvailableVRAM": -1}', "AvailableVRAM"),
+        ('{"AvailableVRAM": "12"}', "AvailableVRAM"),
+        ('{"AvailableVRAM": 1.5}', "AvailableVRAM"),
+        ('{"AvailableVRAM": true}', "AvailableVRAM"),
+        ('{"AvailableVRAM": 18446744073709551616}', "AvailableVRAM"),
+        ('{"Models": "llama"}', "Models"),
+        ('{"Models": ["a", 1]}', "Models"),
+        ('{"LastSeen": "yesterday"}', "LastSeen"),
+        ('{"LastSeen": 1767225600}', "LastSeen"),
+        ('{"LastSeen": "2026-02-30T00:00:00Z"}', "LastSeen"),
+        ('{"LastSeen": "2026-01-01T24:00:00Z"}', "LastSeen"),
+        ('{"LastSeen": "2026-01-01 00:00:00Z"}', "LastSeen"),
+        ('{"LastSeen": "2026-01-01T00:00:00"}', "LastSeen"),
+        ("[1, 2]", "<document>"),
+        ("not json", "<document>"),
+        ("", "<document>"),
+    ],
+)
+def test_malformed_raises_typed_error_naming_field(doc: str, field: str) -> None:
+    with pytest.raises(NodeDataDecodeError) as info:
+        NodeData.from_json(doc)
+    assert info.value.field == field
+    assert field in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_last_spelling_of_a_key_wins() -> None:
+    assert NodeData.from_json('{"ID": "a", "id": "b"}').id == "b"
