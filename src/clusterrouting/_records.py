@@ -113,6 +113,10 @@ _GO_FIELDS: Final[dict[str, str]] = {
     "AvailableVRAM": "available_vram",
     "Models": "models",
 }
+# encoding/json escapes these by default; matching it keeps our bytes identical to a Go peer's.
+_GO_HTML_ESCAPES: Final = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
 _GO_FIELDS_FOLDED: Final[dict[str, str]] = {k.lower(): k for k in _GO_FIELDS}
 
 
@@ -174,13 +178,17 @@ class NodeData:
         return model in self.models
 
     def to_json(self) -> str:
-        """Encode with the reference system's Go field names.
+        """Encode with the reference system's Go field names, byte for byte as Go would.
+
+        Compact separators, fields in Go's declaration order, non-ASCII kept as UTF-8 and
+        ``<``, ``>``, ``&``, U+2028, U+2029 escaped as Go's ``encoding/json`` does; empty
+        ``models`` is written as ``null`` (Go's nil slice).
 
         ``LastSeen`` is RFC 3339 in UTC with up to nanosecond precision; ``None`` is written
         as Go's zero time ``0001-01-01T00:00:00Z``. ``from_json(n.to_json()) == n`` for every
         valid record whose ``last_seen`` is a real wall-clock time (see ``_rfc3339``).
         """
-        return json.dumps(
+        text = json.dumps(
             {
                 "Name": self.name,
                 "ID": self.id,
@@ -188,10 +196,13 @@ class NodeData:
                 "ServiceID": self.service_id,
                 "LastSeen": format_rfc3339(self.last_seen),
                 "AvailableVRAM": self.available_vram,
-                "Models": list(self.models),
+                # Go writes a nil slice as null; an announce without models is nil there.
+                "Models": list(self.models) if self.models else None,
             },
             ensure_ascii=False,
+            separators=(",", ":"),
         )
+        return text.translate(_GO_HTML_ESCAPES)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> NodeData:

@@ -114,3 +114,21 @@ def test_malformed_raises_typed_error_naming_field(doc: str, field: str) -> None
 
 def test_last_spelling_of_a_key_wins() -> None:
     assert NodeData.from_json('{"ID": "a", "id": "b"}').id == "b"
+
+
+def test_bytes_match_go_encoding() -> None:
+    # Go: compact separators, declaration order, HTML-safe escapes, UTF-8 kept, nil slice null.
+    n = NodeData(name="a<b>&é", id="x", last_seen=T0 + 0.25)
+    assert n.to_json() == (
+        '{"Name":"a\\u003cb\\u003e\\u0026é","ID":"x","TunnelAddress":"","ServiceID":"",'
+        '"LastSeen":"2026-01-01T00:00:00.25Z","AvailableVRAM":0,"Models":null}'
+    )
+    assert NodeData.from_json(n.to_json()) == n
+
+
+def test_nanosecond_timestamp_survives_at_float_precision() -> None:
+    n = NodeData.from_json('{"LastSeen": "2026-01-01T00:00:00.123456789Z"}')
+    # A float near 1.7e9 s holds ~0.24 us; the nearest float is what we keep and re-emit.
+    again = NodeData.from_json(n.to_json())
+    assert again == n
+    assert json.loads(n.to_json())["LastSeen"].startswith("2026-01-01T00:00:00.1234567")
