@@ -1,0 +1,133 @@
+"""Records of the prefix-affinity index: replica keys, candidates and decisions.
+
+All three are frozen, slotted attrs records whose validators make invalid objects
+impossible (errors are :class:`clusterrouting.InvalidRecordError`, which is both a
+``ValueError`` and a ``TypeError`` and names the field and the bad value).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from clusterrouting import InvalidRecordError
+
+__all__ = ["Candidate", "PrefixDecision", "ReplicaKey"]
+
+
+def _check_node_id(_inst: object, _attr: object, value: Any) -> None:
+    if type(value) is not str:
+        raise InvalidRecordError("node_id", value, "must be a str")
+
+
+def _check_replica(_inst: object, _attr: object, value: Any) -> None:
+    if type(value) is not int or value < 0:
+        raise InvalidRecordError("replica", value, "must be an int >= 0")
+
+
+@attrs.frozen(order=True, cache_hash=True)
+class ReplicaKey:
+    """One model replica on one node: the owner of prefix-cache entries.
+
+    ``ReplicaKey(node_id, replica=0)``; positional arguments are allowed. Frozen, hashable
+    (the hash is cached: keys are dictionary keys on the routing hot path) and ordered by
+    ``node_id`` then ``replica``. An empty ``node_id`` is constructible (the index ignores
+    observations for it).
+
+    Raises:
+        InvalidRecordError: ``node_id`` is not a ``str``; ``replica`` is not an ``int >= 0``.
+
+    >>> keys = sorted([ReplicaKey("b"), ReplicaKey("a", 1), ReplicaKey("a")])
+    >>> [(k.node_id, k.replica) for k in keys]
+    [('a', 0), ('a', 1), ('b', 0)]
+    """
+
+    node_id: str = attrs.field(validator=_check_node_id)
+    replica: int = attrs.field(default=0, validator=_check_replica)
+
+
+def _check_key(_inst: object, _attr: object, value: Any) -> None:
+    if not isinstance(value, ReplicaKey):
+        raise InvalidRecordError("key", value, "must be a ReplicaKey")
+
+
+def _check_in_flight(_inst: object, _attr: object, value: Any) -> None:
+    if type(value) is not int or value < 0:
+        raise InvalidRecordError("in_flight", value, "must be an int >= 0")
+
+
+@attrs.frozen
+class Candidate:
+    """A replica that may serve a request, with its current in-flight request count.
+
+    ``Candidate(key, in_flight=0)``. ``in_flight`` is a real in-flight count (reserved at
+    pick, released at completion), not a cumulative counter.
+
+    Raises:
+        InvalidRecordError: ``key`` is not a :class:`ReplicaKey`; ``in_flight`` is not an
+            ``int >= 0``.
+
+    >>> Candidate(ReplicaKey("n1"), in_flight=3).in_flight
+    3
+    """
+
+    key: ReplicaKey = attrs.field(validator=_check_key)
+    in_flight: int = attrs.field(default=0, validator=_check_in_flight)
+
+
+def _check_hot(_inst: object, _attr: object, value: Any) -> None:
+    if value is not None and not isinstance(value, ReplicaKey):
+        raise InvalidRecordError("hot", value, "must be a ReplicaKey or None")
+
+
+def _check_ratio(_inst: object, _attr: object, value: Any) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or not 0.0 <= value <= 1.0
+    ):
+        raise InvalidRecordError("match_ratio", value, "must be a number in [0, 1]")
+
+
+def _to_key_tuple(value: Iterable[ReplicaKey]) -> tuple[ReplicaKey, ...]:
+    return value if type(value) is tuple else tuple(value)
+
+
+def _check_cold_order(_inst: object, _attr: object, value: tuple[object, ...]) -> None:
+    for item in value:
+        if not isinstance(item, ReplicaKey):
+            raise InvalidRecordError("cold_order", value, f"item {item!r} is not a ReplicaKey")
+
+
+@attrs.frozen
+class PrefixDecision:
+    """What the index knows about a request: its hot replica and a cold fallback order.
+
+    Attributes:
+        hot: the replica owning the longest live cached prefix of the chain, or ``None``
+            (no match, or the owner is not among the candidates).
+        match_ratio: matched depth / chain length, in [0, 1] (0.0 without a hot replica).
+        cold_order: every candidate key, sorted by (cache weight ascending, node id, replica):
+            the least-loaded-with-cache replicas first.
+
+    Raises:
+        InvalidRecordError: a field has the wrong type or ``match_ratio`` is outside [0, 1].
+
+    >>> PrefixDecision(None, 0.0, ()).has_hot
+    False
+    """
+
+    hot: ReplicaKey | None = attrs.field(validator=_check_hot)
+    match_ratio: float = attrs.field(validator=_check_ratio)
+    cold_order: tuple[ReplicaKey, ...] = attrs.field(
+        converter=_to_key_tuple, validator=_check_cold_order
+    )
+
+    @property
+    def has_hot(self) -> bool:
+        """``True`` iff a hot replica was found (``hot is not None``)."""
+        return self.hot is not None
