@@ -1,0 +1,213 @@
+"""Cost-based replica choice: cached prefix work saved weighed against queued prefill work.
+
+Two pieces a gateway combines (the replay's ``cache-cost`` policy is exactly this):
+
+* :class:`KvCacheMirror`, the router's approximation of each replica's KV cache: an LRU of
+  prefix-chained block hashes per :class:`ReplicaKey`, bounded by the replica's KV capacity
+  in blocks (routers that receive the engines' KV events know this exactly; this mirrors it
+  from what the router itself dispatched);
+* :func:`pick_lowest_cost`, a pure decision over :class:`CostCandidate` snapshots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from clusterrouting import InvalidRecordError
+from prefixcache._types import ReplicaKey
+
+__all__ = [
+    "DEFAULT_QUEUE_WEIGHT",
+    "CostCandidate",
+    "KvCacheMirror",
+    "pick_lowest_cost",
+]
+
+DEFAULT_QUEUE_WEIGHT = 0.1
+"""A queued prefill token costs 0.1 uncached prompt token (see ``pick_lowest_cost``)."""
+
+
+def _check_key(_inst: object, _attr: object, value: Any) -> None:
+    if not isinstance(value, ReplicaKey):
+        raise InvalidRecordError("key", value, "must be a ReplicaKey")
+
+
+def _nonneg_int(name: str) -> Any:
+    def check(_inst: object, _attr: object, value: Any) -> None:
+        if type(value) is not int or value < 0:
+            raise InvalidRecordError(name, value, "must be an int >= 0")
+
+    return check
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class CostCandidate:
+    """A replica as the cost policy sees it.
+
+    Attributes:
+        key: the replica.
+        in_flight: requests in flight on it (reserved at pick, released at completion).
+        cached_tokens: prompt tokens of *this* request the replica is believed to hold in
+            its KV cache (e.g. ``KvCacheMirror.matched_blocks * block_tokens``).
+        queued_tokens: prefill tokens already dispatched to it whose first token has not
+            come back yet (its prefill backlog, in tokens).
+
+    Raises:
+        InvalidRecordError: a count is not an ``int >= 0`` or ``key`` is not a ReplicaKey.
+    """
+
+    key: ReplicaKey = attrs.field(validator=_check_key)
+    in_flight: int = attrs.field(default=0, validator=_nonneg_int("in_flight"))
+    cached_tokens: int = attrs.field(default=0, validator=_nonneg_int("cached_tokens"))
+    queued_tokens: int = attrs.field(default=0, validator=_nonneg_int("queued_tokens"))
+
+
+def pick_lowest_cost(
+    candidates: Sequence[CostCandidate],
+    *,
+    prompt_tokens: int,
+    queue_weight: float = DEFAULT_QUEUE_WEIGHT,
+) -> ReplicaKey | None:
+    """Pick the replica where the request costs the cluster least.
+
+    Tiers, applied with one ``min`` key (first non-tie wins):
+
+    1. ``max(0, prompt_tokens - cached_tokens) + queue_weight * queued_tokens`` ascending:
+       the prefill work the request adds, plus its backlog discounted by ``queue_weight``;
+    2. ``queued_tokens`` ascending (of two equal costs, the shorter queue);
+    3. ``in_flight`` ascending;
+    4. ``key`` ascending (stable, deterministic).
+
+    Why a discount below 1: the request's own TTFT would weigh both terms equally (1.0), but
+    a cache miss is not only the request's cost: the uncached tokens join the replica's
+    backlog and delay every later request there, and they copy the prefix to a second
+    replica, spending cache capacity and splitting the session's future hits. A backlog, in
+    contrast, drains. With 0.1, a replica holding the prefix keeps the request unless
+    another replica's backlog is shorter by more than ten times the tokens it would save.
+    ``queue_weight=1`` is the greedy own-TTFT rule (fewer hits, see the README's replay
+    section); ``0`` is pure affinity (hot replicas melt down).
+
+    Args:
+        candidates: the replicas that may serve the request.
+        prompt_tokens: the request's prompt length in tokens (>= 0).
+        queue_weight: tokens of cost per queued token (finite, >= 0).
+
+    Returns:
+        The chosen key, or ``None`` for an empty ``candidates``.
+
+    Raises:
+        InvalidRecordError: ``prompt_tokens`` < 0 or not an int; bad ``queue_weight``.
+
+    Complexity: O(len(candidates)).
+
+    >>> a = CostCandidate(key=ReplicaKey("a"), cached_tokens=1024, queued_tokens=4000)
+    >>> b = CostCandidate(key=ReplicaKey("b"), queued_tokens=0)
+    >>> pick_lowest_cost([a, b], prompt_tokens=2048).node_id   # 1024 + 400 < 2048 + 0
+    'a'
+    >>> pick_lowest_cost([a, b], prompt_tokens=2048, queue_weight=1.0).node_id
+    'b'
+    """
+    if type(prompt_tokens) is not int or prompt_tokens < 0:
+        raise InvalidRecordError("prompt_tokens", prompt_tokens, "must be an int >= 0")
+    if (
+        isinstance(queue_weight, bool)
+        or not isinstance(queue_weight, int | float)
+        or not math.isfinite(queue_weight)
+        or queue_weight < 0
+    ):
+        raise InvalidRecordError("queue_weight", queue_weight, "must be a finite number >= 0")
+    if not candidates:
+        return None
+
+    def cost(c: CostCandidate) -> tuple[float, int, int, ReplicaKey]:
+        uncached = prompt_tokens - c.cached_tokens
+        if uncached < 0:
+            uncached = 0
+        return (uncached + queue_weight * c.queued_tokens, c.queued_tokens, c.in_flight, c.key)
+
+    return min(candidates, key=cost).key
+
+
+class KvCacheMirror:
+    """Per-replica LRU of prefix-chained block hashes: what each replica's KV cache holds.
+
+    ``observe(key, chain)`` records that ``key`` computed (or reused) every block of
+    ``chain``; blocks are touched deepest first, so a prefix is always more recent than its
+    extensions and eviction removes leaves before their ancestors (as paged-attention
+    engines do). With ``capacity_blocks`` set, each replica keeps at most that many blocks,
+    evicting least-recently-touched first; ``None`` is unbounded. No clock: recency is the
+    order of ``observe`` calls.
+
+    Not thread-safe: guard it with the router's lock.
+
+    Raises (constructor):
+        InvalidRecordError: ``capacity_blocks`` is not ``None`` or an ``int >= 0``.
+
+    >>> m = KvCacheMirror(capacity_blocks=3)
+    >>> m.observe(ReplicaKey("a"), (1, 2, 3))
+    >>> m.matched_blocks(ReplicaKey("a"), (1, 2, 9))
+    2
+    >>> m.observe(ReplicaKey("a"), (1, 7))      # evicts 3, the least recent leaf
+    >>> m.matched_blocks(ReplicaKey("a"), (1, 2, 3))
+    2
+    """
+
+    __slots__ = ("_cap", "_lru")
+
+    def __init__(self, *, capacity_blocks: int | None = None) -> None:
+        if capacity_blocks is not None and (
+            type(capacity_blocks) is not int or capacity_blocks < 0
+        ):
+            raise InvalidRecordError(
+                "capacity_blocks", capacity_blocks, "must be None or an int >= 0"
+            )
+        self._cap = capacity_blocks
+        self._lru: dict[ReplicaKey, OrderedDict[int, None]] = {}
+
+    @property
+    def capacity_blocks(self) -> int | None:
+        """Blocks kept per replica (``None``: unbounded)."""
+        return self._cap
+
+    def matched_blocks(self, key: ReplicaKey, chain: Sequence[int]) -> int:
+        """Leading blocks of ``chain`` that ``key`` holds (0 for an unknown key). O(match)."""
+        lru = self._lru.get(key)
+        if lru is None:
+            return 0
+        k = 0
+        n = len(chain)
+        while k < n and chain[k] in lru:
+            k += 1
+        return k
+
+    def observe(self, key: ReplicaKey, chain: Sequence[int]) -> None:
+        """Record that ``key`` now holds every block of ``chain``. O(len(chain))."""
+        if not chain:
+            return
+        lru = self._lru.get(key)
+        if lru is None:
+            lru = self._lru[key] = OrderedDict()
+        for b in reversed(chain):
+            if b in lru:
+                lru.move_to_end(b)
+            else:
+                lru[b] = None
+        cap = self._cap
+        if cap is not None:
+            while len(lru) > cap:
+                lru.popitem(last=False)
+
+    def invalidate(self, key: ReplicaKey) -> int:
+        """Forget everything ``key`` holds (it restarted); returns the blocks dropped."""
+        lru = self._lru.pop(key, None)
+        return 0 if lru is None else len(lru)
+
+    def blocks(self, key: ReplicaKey) -> int:
+        """Blocks currently recorded for ``key``."""
+        lru = self._lru.get(key)
+        return 0 if lru is None else len(lru)
