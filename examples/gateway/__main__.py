@@ -1,0 +1,193 @@
+"""Command line: ``python -m examples.gateway {backend,gateway,demo} ...`` (from the repo root).
+
+* ``backend``: one mock OpenAI-compatible backend announcing itself over NATS.
+* ``gateway``: one gateway; learns backends over NATS; ``--sync`` shares affinity with other
+  gateways over the same NATS (off by default).
+* ``demo``: everything in one process without a broker: three mock backends and one gateway
+  connected by the in-memory transport.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+from collections.abc import Sequence
+
+from examples.gateway.app import DEFAULT_BODY_LIMIT, Gateway, GatewaySettings
+from examples.gateway.mock_backend import DEFAULT_ANNOUNCE_INTERVAL, MockBackend
+from examples.gateway.serving import RunningServer, start_server
+from prefixcache import DEFAULT_CONFIG
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """``"24GiB"`` -> 25769803776, ``"8G"`` -> 8000000000, ``"1024"`` -> 1024."""
+    m = _SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    number, unit = float(m.group(1)), (m.group(2) or "").upper()
+    if "I" in unit:
+        scale = 1024 ** ("KMGT".index(unit[0]) + 1)
+    else:
+        scale = _UNITS[unit.rstrip("B") if unit != "B" else "B"]
+    return int(number * scale)
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_backend(args: argparse.Namespace) -> None:
+    from examples.gateway.nats_bridge import NatsBridge
+
+    backend = MockBackend(
+        name=args.name,
+        models=[m for m in args.models.split(",") if m],
+        available_vram=args.vram,
+        chunk_delay=args.chunk_delay,
+    )
+    server = await start_server(backend.make_app(), host=args.host, port=args.port)
+    backend.address = args.advertise or server.address
+    bridge = await NatsBridge.connect(args.nats, name=f"backend-{args.name}")
+    announcer = asyncio.get_running_loop().create_task(
+        backend.run_announcer(bridge, args.announce_interval)
+    )
+    print(f"backend {args.name} listening on {server.url} models={backend.models}", flush=True)
+    try:
+        await _wait_for_signal()
+    finally:
+        announcer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await announcer
+        await bridge.close()
+        await server.close()
+
+
+def _settings(args: argparse.Namespace) -> GatewaySettings:
+    return GatewaySettings(
+        name=args.name,
+        config=DEFAULT_CONFIG,
+        body_limit=args.body_limit,
+        connect_timeout=args.connect_timeout,
+        read_timeout=args.read_timeout,
+    )
+
+
+async def run_gateway(args: argparse.Namespace) -> None:
+    from examples.gateway.nats_bridge import NatsBridge
+
+    bridge = await NatsBridge.connect(args.nats, name=f"gateway-{args.name}")
+    gateway = Gateway(
+        membership_transport=bridge,
+        sync_transport=bridge if args.sync else None,
+        settings=_settings(args),
+    )
+    server = await start_server(gateway.make_app(), host=args.host, port=args.port)
+    print(
+        f"gateway {args.name} listening on {server.url} (cluster page: {server.url}/cluster, "
+        f"sync {'on' if args.sync else 'off'})",
+        flush=True,
+    )
+    try:
+        await _wait_for_signal()
+    finally:
+        await server.close()
+        await bridge.close()
+
+
+async def run_demo(args: argparse.Namespace) -> None:
+    from prefixcache.testing import InMemoryTransport
+
+    bus = InMemoryTransport()
+    specs = [
+        ("backend-a", ("demo-small", "demo-large"), 80 * 2**30),
+        ("backend-b", ("demo-small", "demo-large"), 48 * 2**30),
+        ("backend-c", ("demo-small",), 24 * 2**30),
+    ]
+    servers: list[RunningServer] = []
+    announcers: list[asyncio.Task[None]] = []
+    loop = asyncio.get_running_loop()
+    gateway = Gateway(
+        membership_transport=bus.connect(),
+        settings=_settings(args),
+    )
+    gateway_server = await start_server(gateway.make_app(), host=args.host, port=args.port)
+    for name, models, vram in specs:
+        backend = MockBackend(
+            name=name, models=models, available_vram=vram, chunk_delay=args.chunk_delay
+        )
+        server = await start_server(backend.make_app(), host=args.host)
+        backend.address = server.address
+        servers.append(server)
+        announcers.append(loop.create_task(backend.run_announcer(bus.connect(), 5.0)))
+        print(f"backend {name} on {server.url} models={models}", flush=True)
+    print(
+        f"gateway on {gateway_server.url}; cluster page {gateway_server.url}/cluster", flush=True
+    )
+    try:
+        await _wait_for_signal()
+    finally:
+        for task in announcers:
+            task.cancel()
+        await gateway_server.close()
+        for server in servers:
+            await server.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m examples.gateway", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("backend", help="run one mock OpenAI-compatible backend")
+    b.add_argument("--name", required=True, help="replica name (also its node id)")
+    b.add_argument("--host", default="127.0.0.1")
+    b.add_argument("--port", type=int, default=0, help="0 = any free port")
+    b.add_argument("--advertise", default="", help="host:port to announce (default: bound)")
+    b.add_argument("--models", default="", help="comma-separated models (empty: any)")
+    b.add_argument("--vram", type=parse_size, default=parse_size("24GiB"),
+                   help="free VRAM to announce, e.g. 24GiB")
+    b.add_argument("--nats", default="nats://127.0.0.1:4222")
+    b.add_argument("--announce-interval", type=float, default=DEFAULT_ANNOUNCE_INTERVAL)
+    b.add_argument("--chunk-delay", type=float, default=0.05, help="seconds between SSE chunks")
+
+    for name, help_text in (("gateway", "run one gateway (backends found over NATS)"),
+                            ("demo", "3 mock backends + 1 gateway in one process, no broker")):
+        g = sub.add_parser(name, help=help_text)
+        g.add_argument("--name", default=name)
+        g.add_argument("--host", default="127.0.0.1")
+        g.add_argument("--port", type=int, default=8080)
+        g.add_argument("--body-limit", type=parse_size, default=DEFAULT_BODY_LIMIT,
+                       help="request body cap in bytes (413 above it)")
+        g.add_argument("--connect-timeout", type=float, default=5.0)
+        g.add_argument("--read-timeout", type=float, default=120.0)
+        if name == "gateway":
+            g.add_argument("--nats", default="nats://127.0.0.1:4222")
+            g.add_argument("--sync", action="store_true",
+                           help="share prefix affinity with other gateways over NATS")
+        else:
+            g.add_argument("--chunk-delay", type=float, default=0.05)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runner = {"backend": run_backend, "gateway": run_gateway, "demo": run_demo}[args.command]
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(runner(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

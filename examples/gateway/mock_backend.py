@@ -1,0 +1,362 @@
+"""A mock OpenAI-compatible inference backend for the example gateway and its tests.
+
+What it does, and why each piece exists:
+
+* ``POST /v1/chat/completions`` (streaming SSE and not) and ``POST /v1/completions``: answers
+  with a short canned reply naming the replica. Every answer says **which replica answered**
+  twice: the ``X-Replica`` response header and a ``"replica"`` field in the JSON body (in every
+  SSE chunk too).
+* **Prefix-cache emulation**: the backend remembers the prefix chains it has served (the same
+  chained block hashes the library computes, :func:`prefixcache.extract_chain` over
+  :func:`prefixcache.messages_prefix_source` for chat, over the raw prompt for completions) and
+  reports how much of a new prompt it would have found in its KV cache, as
+  ``usage.prompt_tokens_details.cached_tokens`` (the OpenAI field) and the ``X-Cached-Tokens``
+  header. Token counts are the usual approximation of 4 bytes per token. A gateway with good
+  affinity therefore shows high cached-token counts; a round-robin one does not.
+* ``GET /ws``: a websocket echo. Its first message is a JSON "hello" reporting the replica and
+  the ``Connection``/``Upgrade`` headers of the handshake it received (so a test can check that
+  a proxy preserved ``Connection: Upgrade``); then every text/binary message is echoed.
+* ``GET /v1/models``, ``GET /healthz``, ``GET /_mock/stats`` (served / in-flight / peak
+  in-flight / remembered blocks).
+* **Announcing**: :meth:`MockBackend.announce` publishes this backend's
+  :class:`clusterrouting.NodeData` (models, free VRAM, ``last_seen`` on the wall clock, address)
+  on :data:`NODE_SUBJECT` through any ``Publisher``; :meth:`MockBackend.run_announcer` repeats it
+  every ``announce_interval`` seconds. Nothing is started behind the host's back.
+
+Test controls (request headers, all optional):
+
+* ``X-Mock-Delay: <seconds>``: wait that long before a non-streaming answer, and between SSE
+  chunks (overrides ``chunk_delay``); capped at 60 s.
+* ``X-Mock-Status: <code>``: answer with that HTTP status and a JSON error body (a failed serve).
+* ``X-Mock-Hold: <token>``: in a streaming answer, after each chunk but the last, wait until
+  ``POST /_mock/release/<token>`` has been called once more (bounded by 30 s). A client that
+  receives chunk *k* through a proxy *before* releasing chunk *k+1* proves the proxy streams
+  instead of buffering, without any timing assertion.
+
+Thread-safety: an instance belongs to one asyncio event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from aiohttp import WSMsgType, web
+
+from clusterrouting import NodeData
+from prefixcache import DEFAULT_CONFIG, extract_chain, messages_prefix_source
+
+__all__ = [
+    "DEFAULT_ANNOUNCE_INTERVAL",
+    "NODE_SUBJECT",
+    "MockBackend",
+    "PayloadPublisher",
+]
+
+#: Subject on which backends announce their ``NodeData`` JSON (Go field names).
+NODE_SUBJECT = "clusterrouting.nodes"
+#: Seconds between announcements: the reference's 20 s, so one missed announce is tolerated by
+#: the 40 s online window.
+DEFAULT_ANNOUNCE_INTERVAL = 20.0
+
+_BYTES_PER_TOKEN = 4
+_MAX_DELAY = 60.0
+_HOLD_TIMEOUT = 30.0
+_MAX_REMEMBERED_BLOCKS = 100_000
+
+
+class PayloadPublisher(Protocol):
+    """Where announcements go: the library's ``Publisher`` port (``publish(subject, payload)``)."""
+
+    def publish(self, subject: str, payload: bytes) -> None: ...
+
+
+class MockBackend:
+    """One mock inference replica (see the module docstring for the endpoints).
+
+    Args:
+        name: replica name, also its node id unless ``node_id`` is given.
+        models: models it serves (announced; a request for another model gets 404).
+        available_vram: free VRAM to announce, in bytes.
+        node_id: node id to announce (defaults to ``name``).
+        chunk_delay: seconds between SSE chunks (0 = as fast as possible).
+        window_bytes: block size of the emulated prefix cache (the library's default 256).
+        clock: wall clock used for ``NodeData.last_seen`` (crosses processes: wall time).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        models: Sequence[str] = (),
+        available_vram: int = 0,
+        node_id: str = "",
+        chunk_delay: float = 0.0,
+        window_bytes: int = DEFAULT_CONFIG.window_bytes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.node_id = node_id or name
+        self.models = tuple(models)
+        self.available_vram = available_vram
+        self.chunk_delay = chunk_delay
+        self.window_bytes = window_bytes
+        self.address = ""  # host:port, set by the host once it knows where it listens
+        self._clock = clock
+        self._config = DEFAULT_CONFIG
+        self._seen_blocks: OrderedDict[int, None] = OrderedDict()
+        self._holds: dict[str, asyncio.Queue[None]] = {}
+        self.served = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    # ------------------------------------------------------------------ membership
+    def node_data(self) -> NodeData:
+        """This backend's gossip record, stamped with the clock now."""
+        return NodeData(
+            name=self.name,
+            id=self.node_id,
+            tunnel_address=self.address,
+            last_seen=self._clock(),
+            available_vram=self.available_vram,
+            models=self.models,
+        )
+
+    def announce(self, publisher: PayloadPublisher) -> None:
+        """Publish :meth:`node_data` once on :data:`NODE_SUBJECT`."""
+        publisher.publish(NODE_SUBJECT, self.node_data().to_json().encode())
+
+    async def run_announcer(
+        self, publisher: PayloadPublisher, interval: float = DEFAULT_ANNOUNCE_INTERVAL
+    ) -> None:
+        """Announce now and then every ``interval`` seconds until cancelled."""
+        while True:
+            try:
+                self.announce(publisher)
+            except Exception as exc:  # a broker hiccup must not kill the backend
+                print(f"[{self.name}] announce failed: {exc!r}", flush=True)
+            await asyncio.sleep(interval)
+
+    # ------------------------------------------------------------------ app
+    def make_app(self) -> web.Application:
+        """The aiohttp application serving this backend."""
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_get("/v1/models", self._list_models)
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/healthz", self._health)
+        app.router.add_get("/_mock/stats", self._stats)
+        app.router.add_post("/_mock/release/{token}", self._release)
+        return app
+
+    # ------------------------------------------------------------------ prefix cache
+    def _cached_blocks(self, chain: Sequence[int]) -> int:
+        """Leading blocks of ``chain`` already served (chained hashes: a seen block implies
+        its whole prefix was seen, so the first miss ends the match)."""
+        depth = 0
+        for h in chain:
+            if h not in self._seen_blocks:
+                break
+            depth += 1
+        return depth
+
+    def _remember(self, chain: Sequence[int]) -> None:
+        for h in chain:
+            self._seen_blocks[h] = None
+            self._seen_blocks.move_to_end(h)
+        while len(self._seen_blocks) > _MAX_REMEMBERED_BLOCKS:
+            self._seen_blocks.popitem(last=False)
+
+    # ------------------------------------------------------------------ handlers
+    async def _health(self, _request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "replica": self.name})
+
+    async def _stats(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "replica": self.name,
+                "served": self.served,
+                "in_flight": self.in_flight,
+                "peak_in_flight": self.peak_in_flight,
+                "remembered_blocks": len(self._seen_blocks),
+            }
+        )
+
+    async def _list_models(self, _request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "owned_by": self.name} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _release(self, request: web.Request) -> web.Response:
+        self._hold_queue(request.match_info["token"]).put_nowait(None)
+        return web.json_response({"released": True})
+
+    def _hold_queue(self, token: str) -> asyncio.Queue[None]:
+        queue = self._holds.get(token)
+        if queue is None:
+            queue = self._holds[token] = asyncio.Queue()
+        return queue
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, chat=True)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, chat=False)
+
+    def _error(self, status: int, message: str) -> web.Response:
+        return web.json_response(
+            {"error": {"message": message, "type": "mock_error"}, "replica": self.name},
+            status=status,
+            headers={"X-Replica": self.name},
+        )
+
+    async def _complete(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            return self._error(400, "body is not JSON")
+        if not isinstance(body, dict):
+            return self._error(400, "body is not a JSON object")
+        model = body.get("model") or request.query.get("model", "")
+        if not isinstance(model, str):
+            return self._error(400, "model must be a string")
+        if self.models and model not in self.models:
+            return self._error(404, f"model {model!r} is not served by {self.name}")
+        forced = request.headers.get("X-Mock-Status")
+        if forced:
+            return self._error(int(forced), f"forced status {forced}")
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list):
+                return self._error(400, "messages must be a list")
+            source: str | bytes = messages_prefix_source(messages)
+        else:
+            prompt = body.get("prompt", "")
+            source = prompt if isinstance(prompt, str) else json.dumps(prompt)
+        data = source.encode() if isinstance(source, str) else source
+        chain = extract_chain(model, data, self._config)
+        prompt_tokens = math.ceil(len(data) / _BYTES_PER_TOKEN)
+        cached_tokens = min(
+            prompt_tokens, self._cached_blocks(chain) * self.window_bytes // _BYTES_PER_TOKEN
+        )
+        delay = min(_MAX_DELAY, max(0.0, float(request.headers.get("X-Mock-Delay", "0") or 0)))
+        words = ["Hello", " from", f" {self.name}", f" ({model})."]
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens + len(words),
+            "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        }
+        headers = {"X-Replica": self.name, "X-Cached-Tokens": str(cached_tokens)}
+        created = int(time.time())
+        reply_id = f"chatcmpl-{self.name}-{self.served}"
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if body.get("stream"):
+                response = await self._stream(
+                    request, chat, reply_id, created, model, words, usage, headers, delay
+                )
+            else:
+                if delay:
+                    await asyncio.sleep(delay)
+                text = "".join(words)
+                choice: dict[str, Any] = (
+                    {"index": 0, "message": {"role": "assistant", "content": text}}
+                    if chat
+                    else {"index": 0, "text": text}
+                )
+                choice["finish_reason"] = "stop"
+                response = web.json_response(
+                    {
+                        "id": reply_id,
+                        "object": "chat.completion" if chat else "text_completion",
+                        "created": created,
+                        "model": model,
+                        "choices": [choice],
+                        "usage": usage,
+                        "replica": self.name,
+                    },
+                    headers=headers,
+                )
+            # Only a served answer warms the cache (a failed one would not have).
+            self._remember(chain)
+            self.served += 1
+            return response
+        finally:
+            self.in_flight -= 1
+
+    async def _stream(
+        self,
+        request: web.Request,
+        chat: bool,
+        reply_id: str,
+        created: int,
+        model: str,
+        words: list[str],
+        usage: dict[str, Any],
+        headers: dict[str, str],
+        delay: float,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        hold = request.headers.get("X-Mock-Hold", "")
+        gap = delay or self.chunk_delay
+        pieces: list[dict[str, Any]] = []
+        if chat:
+            pieces.append({"delta": {"role": "assistant", "content": ""}, "finish_reason": None})
+            pieces += [{"delta": {"content": w}, "finish_reason": None} for w in words]
+            pieces.append({"delta": {}, "finish_reason": "stop"})
+        else:
+            pieces += [{"text": w, "finish_reason": None} for w in words]
+            pieces.append({"text": "", "finish_reason": "stop"})
+        for i, piece in enumerate(pieces):
+            chunk: dict[str, Any] = {
+                "id": reply_id,
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, **piece}],
+                "replica": self.name,
+            }
+            last = i == len(pieces) - 1
+            if last:
+                chunk["usage"] = usage
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if not last:
+                if hold:
+                    await asyncio.wait_for(self._hold_queue(hold).get(), _HOLD_TIMEOUT)
+                elif gap:
+                    await asyncio.sleep(gap)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        if hold:
+            self._holds.pop(hold, None)
+        return response
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("echo",))
+        await ws.prepare(request)
+        await ws.send_json(
+            {
+                "replica": self.name,
+                "connection": request.headers.get("Connection", ""),
+                "upgrade": request.headers.get("Upgrade", ""),
+                "protocol": ws.ws_protocol or "",
+                "path_qs": request.path_qs,
+            }
+        )
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+        return ws

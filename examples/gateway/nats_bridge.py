@@ -1,0 +1,112 @@
+"""A ``prefixcache.Transport`` over one nats-py connection living on the running event loop.
+
+The library's ``Transport`` port is synchronous (``publish`` returns ``None``), while nats-py is
+asyncio. Inside an asyncio host (the gateway and the mock backend) the bridge keeps both on the
+one loop: ``publish`` queues the send as a task on the loop, ``subscribe`` queues the
+subscription, and :meth:`NatsBridge.flush` waits until everything queued has reached the server
+(a NATS ``PING``/``PONG`` round trip), so a host can be sure its subscriptions are active before
+it relies on them. The connection is opened with ``no_echo`` (the port's contract: a router
+never receives its own messages).
+
+Thread-safety: use from the event loop's thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import nats
+
+__all__ = ["NatsBridge"]
+
+
+class NatsBridge:
+    """Synchronous ``publish``/``subscribe`` over an asyncio NATS connection (see module)."""
+
+    def __init__(self, connection: Any) -> None:
+        self._nc = connection
+        self._loop = asyncio.get_running_loop()
+        self._pending: set[asyncio.Task[Any]] = set()
+        self.errors = 0
+        self.published = 0
+        self.delivered = 0
+
+    @classmethod
+    async def connect(cls, url: str, *, name: str = "clusterrouting-gateway") -> NatsBridge:
+        """Connect to ``url`` (``nats://host:port``), retrying while the server comes up."""
+        nc = await nats.connect(
+            url,
+            name=name,
+            no_echo=True,
+            connect_timeout=2,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+        )
+        return cls(nc)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = self._loop.create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.errors += 1
+
+    def publish(self, subject: str, payload: bytes) -> None:
+        """Queue ``payload`` for ``subject`` (errors are counted in :attr:`errors`)."""
+        if self._nc.is_closed:
+            raise ConnectionError("NATS connection is closed")
+        self.published += 1
+        self._spawn(self._nc.publish(subject, bytes(payload)))
+
+    def subscribe(self, subject: str, handler: Callable[[str, bytes], None]) -> Callable[[], None]:
+        """Call ``handler(subject, payload)`` for each message; returns the unsubscriber."""
+        state: dict[str, Any] = {"sub": None, "cancelled": False}
+
+        async def on_message(msg: Any) -> None:
+            self.delivered += 1
+            try:
+                handler(msg.subject, msg.data)
+            except Exception:  # the handler's bug must not stop delivery
+                self.errors += 1
+
+        async def do_subscribe() -> None:
+            sub = await self._nc.subscribe(subject, cb=on_message)
+            if state["cancelled"]:
+                await sub.unsubscribe()
+            else:
+                state["sub"] = sub
+
+        self._spawn(do_subscribe())
+
+        def unsubscribe() -> None:
+            if state["cancelled"]:
+                return
+            state["cancelled"] = True
+            sub = state["sub"]
+            if sub is not None and not self._nc.is_closed:
+                self._spawn(sub.unsubscribe())
+
+        return unsubscribe
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until queued subscribes/publishes are done and acknowledged by the server."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout)
+        await self._nc.flush(timeout=timeout)
+
+    async def close(self) -> None:
+        """Flush what is queued, then close the connection."""
+        with contextlib.suppress(Exception):
+            await self.flush(timeout=2.0)
+        for task in list(self._pending):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self._nc.close()
