@@ -132,9 +132,7 @@ async def run_demo(args: argparse.Namespace) -> None:
         servers.append(server)
         announcers.append(loop.create_task(backend.run_announcer(bus.connect(), 5.0)))
         print(f"backend {name} on {server.url} models={models}", flush=True)
-    print(
-        f"gateway on {gateway_server.url}; cluster page {gateway_server.url}/cluster", flush=True
-    )
+    print(f"gateway on {gateway_server.url}; cluster page {gateway_server.url}/cluster", flush=True)
     try:
         await _wait_for_signal()
     finally:
@@ -146,8 +144,11 @@ async def run_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m examples.gateway", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.gateway",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("backend", help="run one mock OpenAI-compatible backend")
@@ -156,26 +157,39 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, default=0, help="0 = any free port")
     b.add_argument("--advertise", default="", help="host:port to announce (default: bound)")
     b.add_argument("--models", default="", help="comma-separated models (empty: any)")
-    b.add_argument("--vram", type=parse_size, default=parse_size("24GiB"),
-                   help="free VRAM to announce, e.g. 24GiB")
+    b.add_argument(
+        "--vram",
+        type=parse_size,
+        default=parse_size("24GiB"),
+        help="free VRAM to announce, e.g. 24GiB",
+    )
     b.add_argument("--nats", default="nats://127.0.0.1:4222")
     b.add_argument("--announce-interval", type=float, default=DEFAULT_ANNOUNCE_INTERVAL)
     b.add_argument("--chunk-delay", type=float, default=0.05, help="seconds between SSE chunks")
 
-    for name, help_text in (("gateway", "run one gateway (backends found over NATS)"),
-                            ("demo", "3 mock backends + 1 gateway in one process, no broker")):
+    for name, help_text in (
+        ("gateway", "run one gateway (backends found over NATS)"),
+        ("demo", "3 mock backends + 1 gateway in one process, no broker"),
+    ):
         g = sub.add_parser(name, help=help_text)
         g.add_argument("--name", default=name)
         g.add_argument("--host", default="127.0.0.1")
         g.add_argument("--port", type=int, default=8080)
-        g.add_argument("--body-limit", type=parse_size, default=DEFAULT_BODY_LIMIT,
-                       help="request body cap in bytes (413 above it)")
+        g.add_argument(
+            "--body-limit",
+            type=parse_size,
+            default=DEFAULT_BODY_LIMIT,
+            help="request body cap in bytes (413 above it)",
+        )
         g.add_argument("--connect-timeout", type=float, default=5.0)
         g.add_argument("--read-timeout", type=float, default=120.0)
         if name == "gateway":
             g.add_argument("--nats", default="nats://127.0.0.1:4222")
-            g.add_argument("--sync", action="store_true",
-                           help="share prefix affinity with other gateways over NATS")
+            g.add_argument(
+                "--sync",
+                action="store_true",
+                help="share prefix affinity with other gateways over NATS",
+            )
         else:
             g.add_argument("--chunk-delay", type=float, default=0.05)
     return parser

@@ -271,8 +271,9 @@ class Gateway:
             )
         if self.sync is not None and self._sync_transport is not None:
             self.sync.attach(self._sync_transport)
-        for transport in {id(t): t for t in (self._membership_transport, self._sync_transport)
-                          if t is not None}.values():
+        for transport in {
+            id(t): t for t in (self._membership_transport, self._sync_transport) if t is not None
+        }.values():
             # Transports that queue subscriptions (NatsBridge) say when they are active.
             flush = getattr(transport, "flush", None)
             if callable(flush):
@@ -345,9 +346,7 @@ class Gateway:
         if not cands:
             return None, None
         preferred = affinity_preferred(self.provider, model, chain, cands, self.config, now)
-        picked = pick_with_affinity(
-            cands, preferred, slack=self.config.balance_abs_threshold
-        )
+        picked = pick_with_affinity(cands, preferred, slack=self.config.balance_abs_threshold)
         if picked is None:
             return None, preferred
         if preferred is not None:

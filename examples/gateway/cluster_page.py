@@ -149,10 +149,7 @@ setInterval(refresh, __REFRESH__ * 1000);
 def render_cluster_page(snapshot: dict[str, Any]) -> str:
     """The page, with ``snapshot`` embedded (escaped so it cannot close its script tag)."""
     embedded = (
-        json.dumps(snapshot)
-        .replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("&", "\\u0026")
+        json.dumps(snapshot).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     )
     gateway = (
         str(snapshot.get("gateway", ""))

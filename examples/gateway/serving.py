@@ -30,9 +30,9 @@ class RunningServer:
         await self.runner.cleanup()
 
 
-async def start_server(app: web.Application, *, host: str = "127.0.0.1", port: int = 0) -> (
-    RunningServer
-):
+async def start_server(
+    app: web.Application, *, host: str = "127.0.0.1", port: int = 0
+) -> RunningServer:
     """Run ``app`` on ``host:port`` (port 0: a free port chosen by the OS, then reported).
 
     The socket is bound here and handed to aiohttp, so there is no window in which another
