@@ -1,5 +1,12 @@
 """prefixcache: prefix chains, the radix index, affinity decisions and cross-router sync."""
 
+from prefixcache._chain import (
+    MAX_TOKEN_ID,
+    extract_chain,
+    extract_model,
+    extract_token_chain,
+    messages_prefix_source,
+)
 from prefixcache._config import (
     DEFAULT_CONFIG,
     Config,
@@ -18,6 +25,7 @@ from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
 __all__ = [
     "DEFAULT_CONFIG",
     "DEFAULT_QUEUE_WEIGHT",
+    "MAX_TOKEN_ID",
     "Candidate",
     "Config",
     "ConfigError",
@@ -26,6 +34,10 @@ __all__ = [
     "PrefixDecision",
     "ReplicaKey",
     "RoutePolicy",
+    "extract_chain",
+    "extract_model",
+    "extract_token_chain",
+    "messages_prefix_source",
     "pick_lowest_cost",
     "validate_thresholds",
 ]
