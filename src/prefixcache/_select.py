@@ -1,0 +1,310 @@
+"""Routing decisions over an index snapshot: :func:`select`, :class:`Pressure` and the
+federation path (:func:`affinity_preferred`, :func:`select_peer`).
+
+:func:`select`, :func:`affinity_preferred` and :func:`select_peer` are functions of their
+arguments (the provider is only asked for a decision); "overloaded" is defined once, by
+:func:`clusterrouting.within_load_guard`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
+
+from clusterrouting import (
+    InvalidRecordError,
+    NodeData,
+    ReplicaCandidate,
+    build_candidates,
+    pick_with_affinity,
+    within_load_guard,
+)
+from prefixcache._config import DEFAULT_CONFIG, Config
+from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
+
+__all__ = ["Pressure", "affinity_preferred", "select", "select_peer"]
+
+
+def _least_loaded_item(item: tuple[ReplicaKey, int]) -> tuple[int, str, int]:
+    key, in_flight = item
+    return (in_flight, key.node_id, key.replica)
+
+
+def select(
+    candidates: Sequence[Candidate],
+    decision: PrefixDecision,
+    config: Config = DEFAULT_CONFIG,
+) -> ReplicaKey | None:
+    """Pick the replica for a request from the index's decision and the replicas' load.
+
+    ``min_if`` is the least ``in_flight`` over **all** candidates. A candidate is *eligible*
+    iff :func:`clusterrouting.within_load_guard` holds with
+    ``slack=config.balance_abs_threshold`` and ``factor=config.balance_rel_threshold``, i.e.
+    ``in_flight <= min_if + balance_abs_threshold`` **and**
+    ``in_flight <= min_if * balance_rel_threshold + 1`` (both boundaries are eligible).
+
+    Tiers, first applicable wins:
+
+    1. ``decision.hot`` when ``decision.has_hot``,
+       ``decision.match_ratio >= config.min_prefix_match`` (equality wins) and the hot key is
+       an eligible candidate;
+    2. the first eligible key in ``decision.cold_order`` (keys that are not candidates are
+       skipped);
+    3. the eligible candidate with the least ``in_flight``, ties by node id then replica
+       (the least loaded candidate is always eligible, so this never fails on a non-empty
+       input);
+    4. ``None`` for no candidates.
+
+    Keys should be distinct; if a key appears in several candidates, its **last** entry
+    stands for it everywhere (``min_if`` included) and earlier ones are ignored.
+
+    Args:
+        candidates: the replicas that may serve the request, with their in-flight counts.
+        decision: the index's :class:`PrefixDecision` for this request over these keys.
+        config: supplies ``min_prefix_match``, ``balance_abs_threshold`` and
+            ``balance_rel_threshold``.
+
+    Returns:
+        The chosen :class:`ReplicaKey`, or ``None`` when ``candidates`` is empty.
+
+    Complexity: O(len(candidates) + len(cold_order)). Pure: reads only its arguments.
+
+    >>> a, b = ReplicaKey("a"), ReplicaKey("b")
+    >>> hot_a = PrefixDecision(a, 1.0, (b, a))
+    >>> select([Candidate(a, 1), Candidate(b, 0)], hot_a)
+    ReplicaKey(node_id='a', replica=0)
+    >>> select([Candidate(a, 2), Candidate(b, 0)], hot_a)  # 2 > 0 * 1.5 + 1: a is overloaded
+    ReplicaKey(node_id='b', replica=0)
+    >>> select([], hot_a) is None
+    True
+    """
+    if not candidates:
+        return None
+    load = {c.key: c.in_flight for c in candidates}
+    min_if = min(load.values())
+    slack = config.balance_abs_threshold
+    factor = config.balance_rel_threshold
+
+    def eligible(key: ReplicaKey) -> bool:
+        in_flight = load.get(key)
+        return in_flight is not None and within_load_guard(
+            in_flight, min_if, slack=slack, factor=factor
+        )
+
+    hot = decision.hot
+    if hot is not None and decision.match_ratio >= config.min_prefix_match and eligible(hot):
+        return hot
+    for key in decision.cold_order:
+        if eligible(key):
+            return key
+    return min(load.items(), key=_least_loaded_item)[0]
+
+
+class Pressure:
+    """Counts "forced disturbs" per model over a sliding time window.
+
+    A forced disturb is a request whose hot replica matched at or above
+    ``min_prefix_match`` but that :func:`select` sent elsewhere (the hot replica was
+    overloaded). The router records one per such request; ``count(model, now) >=
+    config.pressure_scale_threshold`` is the host's signal to scale the model up.
+
+    Semantics (``window`` in seconds, the clock domain of the ``now`` values the host
+    passes, which should not go backwards):
+
+    - ``record(model, now)`` adds an event at ``now``;
+    - ``count(model, now)`` is the number of events ``t`` with ``now - t <= window`` (an
+      event exactly ``window`` old still counts; events stamped after ``now`` count);
+    - ``reset(model)`` forgets the model's events.
+
+    Storage stays bounded without calls to :meth:`count`: each ``record`` drops that model's
+    events older than the window (``now - t > window``), and every few records (amortised
+    O(1)) models whose every event has aged out are dropped entirely. So memory is
+    O(events within one window + models recorded within one window).
+
+    Thread-safe: one lock guards every method.
+
+    Raises:
+        InvalidRecordError: ``window`` is not a finite number > 0.
+
+    >>> p = Pressure(60.0)
+    >>> p.record("m", now=0.0); p.record("m", now=30.0)
+    >>> p.count("m", now=60.0), p.count("m", now=61.0), p.count("other", now=0.0)
+    (2, 1, 0)
+    """
+
+    __slots__ = ("_events", "_lock", "_records_since_sweep", "_window")
+
+    def __init__(self, window: float) -> None:
+        if (
+            isinstance(window, bool)
+            or not isinstance(window, int | float)
+            or not math.isfinite(window)
+            or window <= 0
+        ):
+            raise InvalidRecordError("window", window, "must be a finite number > 0 (seconds)")
+        self._window = float(window)
+        self._events: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+        self._records_since_sweep = 0
+
+    @property
+    def window(self) -> float:
+        """The counting window in seconds."""
+        return self._window
+
+    def _first_live(self, events: list[float], now: float) -> int:
+        # ``now - t`` is non-increasing in ``t`` (IEEE subtraction rounds monotonically), so
+        # the predicate ``now - t > window`` is a prefix of the sorted list: bisect on it
+        # exactly, never on a rearranged ``t >= now - window``, which rounds differently.
+        window = self._window
+        return bisect.bisect_left(events, True, key=lambda t: not (now - t > window))
+
+    def record(self, model: str, now: float) -> None:
+        """Record one forced disturb of ``model`` at ``now`` (seconds).
+
+        Complexity: amortised O(log n + pruned) for n events of the model in the window.
+        """
+        with self._lock:
+            events = self._events.get(model)
+            if events is None:
+                events = self._events[model] = []
+            if not events or events[-1] <= now:
+                events.append(now)
+            else:
+                bisect.insort(events, now)  # a host clock stepped back: keep sorted
+            stale = self._first_live(events, now)
+            if stale:
+                del events[:stale]
+            self._records_since_sweep += 1
+            if self._records_since_sweep > len(self._events):
+                self._records_since_sweep = 0
+                self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        window = self._window
+        dead = [m for m, ev in self._events.items() if now - ev[-1] > window]
+        for m in dead:
+            del self._events[m]
+
+    def count(self, model: str, now: float) -> int:
+        """Events of ``model`` with ``now - t <= window`` (the boundary counts).
+
+        Exact for any ``now`` at or after the latest recorded time; read-only.
+
+        Complexity: O(log n).
+        """
+        with self._lock:
+            events = self._events.get(model)
+            if not events:
+                return 0
+            return len(events) - self._first_live(events, now)
+
+    def reset(self, model: str) -> None:
+        """Forget every event of ``model`` (no-op for an unknown model)."""
+        with self._lock:
+            self._events.pop(model, None)
+
+    def models(self) -> frozenset[str]:
+        """Models currently holding events (possibly aged out but not yet pruned)."""
+        with self._lock:
+            return frozenset(self._events)
+
+
+class DecisionProvider(Protocol):
+    """What the federation path needs from an index: ``decide`` (``Index``, ``Sync`` and
+    ``ReferenceIndex`` all satisfy it)."""
+
+    def decide(
+        self,
+        model: str,
+        chain: Sequence[int],
+        candidates: Sequence[ReplicaKey],
+        now: float,
+    ) -> PrefixDecision: ...
+
+
+def affinity_preferred(
+    provider: DecisionProvider,
+    model: str,
+    chain: Sequence[int],
+    candidates: Sequence[ReplicaCandidate],
+    config: Config,
+    now: float,
+) -> str | None:
+    """The peer (node id) that holds the request's prefix, for federation-style routing.
+
+    Asks ``provider.decide`` over ``ReplicaKey(c.node_id, 0)`` for each distinct node id of
+    ``candidates`` (peers are addressed per node, so replica 0 stands for the node) and
+    returns the hot node id when ``decision.has_hot`` and
+    ``decision.match_ratio >= config.min_prefix_match``; else ``None``. ``None`` also, without
+    asking the provider, for an empty ``chain`` or no candidates.
+
+    Args:
+        provider: the index (anything with ``decide``).
+        model: the requested model.
+        chain: the request's prefix chain.
+        candidates: the peers that may serve it (:func:`clusterrouting.build_candidates`).
+        config: supplies ``min_prefix_match``.
+        now: seconds, the clock domain of the provider's ``observe`` calls.
+
+    Returns:
+        The preferred node id, or ``None``.
+
+    Complexity: one ``decide`` call, O(len(chain) + len(candidates)) for ``Index``.
+    """
+    if not chain or not candidates:
+        return None
+    keys = [ReplicaKey(node_id, 0) for node_id in dict.fromkeys(c.node_id for c in candidates)]
+    decision = provider.decide(model, chain, keys, now)
+    if decision.hot is not None and decision.match_ratio >= config.min_prefix_match:
+        return decision.hot.node_id
+    return None
+
+
+def select_peer(
+    provider: DecisionProvider,
+    nodes: Iterable[NodeData],
+    in_flight: Mapping[str, int],
+    *,
+    model: str,
+    chain: Sequence[int],
+    now: float,
+    config: Config = DEFAULT_CONFIG,
+) -> ReplicaCandidate | None:
+    """Choose the peer to forward a request to: online, serving the model, cache-affine.
+
+    Steps:
+
+    1. ``candidates = clusterrouting.build_candidates(nodes, in_flight, now=now, model=model)``
+       (online at ``now``, serving ``model``, sorted by node id);
+    2. ``preferred = affinity_preferred(provider, model, chain, candidates, config, now)``;
+    3. ``clusterrouting.pick_with_affinity(candidates, preferred,
+       slack=config.balance_abs_threshold)``.
+
+    The host then forwards to the returned candidate's ``address`` and, **only after a
+    successful serve**, observes the chain for it
+    (``provider.observe(model, chain, ReplicaKey(peer.node_id, 0), now)``). ``in_flight``
+    must be a real in-flight count (reserve at pick, release at completion), not a count of
+    completed requests.
+
+    Args:
+        provider: the index (anything with ``decide``).
+        nodes: the peers' gossip records.
+        in_flight: node id -> requests in flight on that peer (missing = 0).
+        model: the requested model (``""`` means any).
+        chain: the request's prefix chain (``extract_chain(model, prompt, config)``).
+        now: seconds, wall clock (the domain of ``NodeData.last_seen``), also passed to
+            ``decide``.
+        config: supplies ``min_prefix_match`` and ``balance_abs_threshold``.
+
+    Returns:
+        The chosen peer, or ``None`` when no peer is online and serves the model.
+
+    Complexity: O(nodes log nodes) plus one ``decide``.
+    """
+    candidates = build_candidates(nodes, in_flight, now=now, model=model)
+    preferred = affinity_preferred(provider, model, chain, candidates, config, now)
+    return pick_with_affinity(candidates, preferred, slack=config.balance_abs_threshold)
