@@ -1,0 +1,214 @@
+"""``clusterrouting-replay``: the command line of the replay."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from clusterrouting import ClusterRoutingError
+from prefixcache.replay._policies import POLICY_NAMES
+from prefixcache.replay._report import (
+    DEFAULT_TARGET_LOAD,
+    format_table,
+    plot_result,
+    run_replay,
+)
+from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
+from prefixcache.replay._trace import load_trace
+
+__all__ = ["BUNDLED_TRACE", "main"]
+
+BUNDLED_TRACE = (
+    Path(__file__).resolve().parents[3] / "data" / "mooncake_fast25_conversation_trace.jsonl.gz"
+)
+"""The Mooncake FAST'25 conversation trace shipped in the repository's ``data/``."""
+
+
+def _cache_blocks(text: str) -> int | None:
+    if text.lower() in ("inf", "infinite", "none"):
+        return None
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--cache-blocks: not an integer or 'inf': {text!r}"
+        ) from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"--cache-blocks must be >= 0, got {v}")
+    return v
+
+
+def _speedup(text: str) -> float | None:
+    if text.lower() == "auto":
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--speedup: not a number or 'auto': {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"--speedup must be a finite number > 0, got {text}")
+    return v
+
+
+def _policies(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("--policies: empty list")
+    bad = [n for n in names if n not in POLICY_NAMES]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"--policies: unknown {', '.join(bad)}; choose from {', '.join(POLICY_NAMES)}"
+        )
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULT_CLUSTER
+    p = argparse.ArgumentParser(
+        prog="clusterrouting-replay",
+        description=(
+            "Replay a Mooncake-format JSONL trace through a simulated inference cluster under "
+            "each routing policy and report block hit ratio, TTFT, balance and the library's "
+            "routing speed. Defaults model 8 servers (8xH100, 70B model, FP8 KV cache with "
+            "host-DRAM offload); see the README section 'Replay: choose a policy on a real "
+            "trace'."
+        ),
+    )
+    p.add_argument(
+        "trace",
+        nargs="?",
+        default=None,
+        help="JSONL trace (plain or .gz); default: the bundled Mooncake conversation trace",
+    )
+    p.add_argument("--policies", type=_policies, default=list(POLICY_NAMES),
+                   help=f"comma-separated, default all: {','.join(POLICY_NAMES)}")
+    p.add_argument("--replicas", type=int, default=d.replicas,
+                   help=f"replicas (servers) in the cluster (default {d.replicas})")
+    p.add_argument("--cache-blocks", type=_cache_blocks, default=d.cache_blocks,
+                   help=f"KV cache per replica in blocks, LRU; 'inf' = unbounded "
+                        f"(default {d.cache_blocks})")
+    p.add_argument("--block-tokens", type=int, default=d.block_tokens,
+                   help=f"tokens per trace block id (default {d.block_tokens})")
+    p.add_argument("--prefill-rate", type=float, default=d.prefill_tokens_per_s,
+                   help=f"prefill tokens/s per replica (default {d.prefill_tokens_per_s:g})")
+    p.add_argument("--decode-rate", type=float, default=d.decode_tokens_per_s,
+                   help=f"decode tokens/s per request (default {d.decode_tokens_per_s:g})")
+    p.add_argument("--kv-bytes-per-token", type=int, default=d.kv_bytes_per_token,
+                   help=f"KV bytes per token, for free-VRAM reporting "
+                        f"(default {d.kv_bytes_per_token})")
+    p.add_argument("--speedup", type=_speedup, default=None,
+                   help="divide arrival times by this; 'auto' (default) sets the load from "
+                        "--target-load")
+    p.add_argument("--target-load", type=float, default=DEFAULT_TARGET_LOAD,
+                   help="with --speedup auto: prompt tokens offered as a fraction of the "
+                        f"cluster's prefill capacity (default {DEFAULT_TARGET_LOAD})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random policy (default 0)")
+    p.add_argument("--observe", choices=("dispatch", "completion"), default=None,
+                   help="when indexing policies record a placement (default: each policy's "
+                        "own: prefix/federation at completion, cache-cost at dispatch)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="draw hit ratio and TTFT per policy (needs matplotlib)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return p
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; one line per policy otherwise."""
+
+    def __init__(self, stream: TextIO, n_policies: int) -> None:
+        self._s = stream
+        self._tty = stream.isatty()
+        self._n = n_policies
+        self._k = 0
+        self._cur: str | None = None
+        self._t0 = time.perf_counter()
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if name != self._cur:
+            self._cur = name
+            self._k += 1
+            self._t0 = time.perf_counter()
+        frac = done / total if total else 1.0
+        if self._tty:
+            width = 30
+            fill = int(frac * width)
+            bar = "#" * fill + "." * (width - fill)
+            self._s.write(
+                f"\r[{self._k}/{self._n}] {name:<13} [{bar}] {frac:6.1%} {done}/{total}"
+            )
+            if done >= total:
+                self._s.write(f" {time.perf_counter() - self._t0:.1f}s\n")
+            self._s.flush()
+        elif done >= total:
+            self._s.write(
+                f"[{self._k}/{self._n}] {name}: {total} requests replayed in "
+                f"{time.perf_counter() - self._t0:.1f}s\n"
+            )
+            self._s.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``clusterrouting-replay``; returns the exit status (0 ok, 2 usage,
+    1 bad trace or model)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    path = Path(args.trace) if args.trace is not None else BUNDLED_TRACE
+    try:
+        model = ClusterModel(
+            replicas=args.replicas,
+            cache_blocks=args.cache_blocks,
+            block_tokens=args.block_tokens,
+            prefill_tokens_per_s=args.prefill_rate,
+            decode_tokens_per_s=args.decode_rate,
+            kv_bytes_per_token=args.kv_bytes_per_token,
+        )
+        requests = load_trace(path)
+    except FileNotFoundError:
+        hint = "" if args.trace else " (the bundled trace lives in the repository's data/)"
+        print(f"clusterrouting-replay: no such trace file: {path}{hint}", file=sys.stderr)
+        return 1
+    except (ClusterRoutingError, OSError) as exc:
+        print(f"clusterrouting-replay: {exc}", file=sys.stderr)
+        return 1
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "clusterrouting-replay: --plot needs matplotlib: "
+                "pip install 'clusterrouting[plot]'",
+                file=sys.stderr,
+            )
+            return 1
+    progress = None if args.no_progress else _Progress(sys.stderr, len(args.policies))
+    try:
+        result = run_replay(
+            requests,
+            trace_name=path.name,
+            model=model,
+            policies=args.policies,
+            speedup=args.speedup,
+            target_load=args.target_load,
+            seed=args.seed,
+            observe_at=args.observe,
+            progress=progress,
+        )
+    except ClusterRoutingError as exc:
+        print(f"clusterrouting-replay: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.to_json(), indent=None, sort_keys=False))
+    else:
+        print(format_table(result))
+    if args.plot is not None:
+        plot_result(result, args.plot)
+        if not args.json:
+            print(f"plot written to {args.plot}")
+    return 0

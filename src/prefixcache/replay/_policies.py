@@ -1,0 +1,310 @@
+"""The routing policies the replay compares, each driven only through the public API."""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from clusterrouting import (
+    InvalidRecordError,
+    ReplicaCandidate,
+    pick_best_replica,
+    pick_with_affinity,
+)
+from prefixcache.replay._sim import ClusterModel, ClusterView, ReplayPolicy
+from prefixcache.replay._trace import Request
+
+__all__ = [
+    "DEFAULT_POLICIES",
+    "POLICY_NAMES",
+    "CacheCostPolicy",
+    "FederationPolicy",
+    "LeastLoadedPolicy",
+    "ObserveAt",
+    "PrefixPolicy",
+    "RandomPolicy",
+    "RoundRobinPolicy",
+    "make_policy",
+]
+
+ObserveAt = Literal["dispatch", "completion"]
+
+REPLAY_MODEL = "trace"
+"""The model name the replay's indexes file every chain under (traces carry none)."""
+
+
+class _Base:
+    name = "base"
+    observe_at: str = "-"
+
+    def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
+        pass
+
+    def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
+        pass
+
+    def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
+        pass
+
+
+def _candidates(view: ClusterView) -> list[ReplicaCandidate]:
+    ids = view.node_ids
+    inf = view.in_flight
+    lu = view.last_used
+    return [
+        ReplicaCandidate(
+            node_id=ids[k],
+            replica_index=k,
+            in_flight=inf[k],
+            last_used=lu[k],
+            available_vram=view.free_kv_bytes(k),
+        )
+        for k in range(len(ids))
+    ]
+
+
+class RoundRobinPolicy(_Base):
+    """Replica ``i mod N`` for the i-th request: the load-blind, cache-blind baseline."""
+
+    name = "round-robin"
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        r = self._next % view.replicas
+        self._next = r + 1
+        return r
+
+
+class RandomPolicy(_Base):
+    """A uniformly random replica from ``random.Random(seed)``."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        return self._rng.randrange(view.replicas)
+
+
+class LeastLoadedPolicy(_Base):
+    """``clusterrouting.pick_best_replica``: least in-flight, then oldest last use, then VRAM."""
+
+    name = "least-loaded"
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        best = pick_best_replica(_candidates(view))
+        assert best is not None
+        return best.replica_index
+
+
+class _IndexPolicy(_Base):
+    """Shared upkeep of a ``prefixcache.Index``: observe at dispatch or at completion, and
+    the eviction sweep a host's ticker runs every ``ttl / 2`` of (simulated) time."""
+
+    def __init__(self, observe_at: ObserveAt) -> None:
+        from prefixcache import DEFAULT_CONFIG, Index, ReplicaKey
+
+        self.config = DEFAULT_CONFIG
+        self.index = Index(DEFAULT_CONFIG)
+        self.observe_at: str = observe_at
+        self._period = DEFAULT_CONFIG.ttl / 2 if DEFAULT_CONFIG.ttl > 0 else 60.0
+        self._next_sweep: float | None = None
+        self._keys: list[ReplicaKey] = []
+        self._key_cls = ReplicaKey
+
+    def _ensure_keys(self, view: ClusterView) -> None:
+        if len(self._keys) != view.replicas:
+            self._keys = [self._key_cls(nid, 0) for nid in view.node_ids]
+
+    def _observe(self, request: Request, replica: int, now: float) -> None:
+        self.index.observe(REPLAY_MODEL, request.blocks, self._keys[replica], now)
+        if self._next_sweep is None:
+            self._next_sweep = now + self._period
+        elif now >= self._next_sweep:
+            self.index.evict(now)
+            self._next_sweep = now + self._period
+
+    def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
+        if self.observe_at == "dispatch":
+            self._observe(request, replica, now)
+
+    def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
+        if self.observe_at == "completion":
+            self._observe(request, replica, now)
+
+
+class PrefixPolicy(_IndexPolicy):
+    """The reference behaviour: ``Index.decide`` + ``select`` with the default ``Config``,
+    observing after the serve completes (or at dispatch when asked)."""
+
+    name = "prefix"
+
+    def __init__(self, observe_at: ObserveAt = "completion") -> None:
+        super().__init__(observe_at)
+        from prefixcache import Candidate, select
+
+        self._cand_cls = Candidate
+        self._select = select
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        self._ensure_keys(view)
+        keys = self._keys
+        inf = view.in_flight
+        cand = self._cand_cls
+        cands = [cand(keys[k], inf[k]) for k in range(len(keys))]
+        decision = self.index.decide(REPLAY_MODEL, request.blocks, cands, now)
+        key = self._select(cands, decision, self.config)
+        assert key is not None
+        return keys.index(key)
+
+
+class FederationPolicy(_IndexPolicy):
+    """The federation router: ``affinity_preferred`` + ``pick_with_affinity`` with
+    ``slack=balance_abs_threshold``, observing after the serve (or at dispatch)."""
+
+    name = "federation"
+
+    def __init__(self, observe_at: ObserveAt = "completion") -> None:
+        super().__init__(observe_at)
+        from prefixcache import affinity_preferred
+
+        self._preferred = affinity_preferred
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        self._ensure_keys(view)
+        cands = _candidates(view)
+        pref = self._preferred(self.index, REPLAY_MODEL, request.blocks, cands, self.config, now)
+        best = pick_with_affinity(cands, pref, slack=self.config.balance_abs_threshold)
+        assert best is not None
+        return best.replica_index
+
+
+class CacheCostPolicy(_Base):
+    """Ours: ``prefixcache.pick_lowest_cost`` over a ``KvCacheMirror``.
+
+    The router mirrors each replica's KV cache (LRU, capacity = the replica's KV blocks,
+    which engines report) from what it dispatched, and keeps each replica's prefill backlog
+    in tokens: the estimated uncached tokens of requests whose first token has not come back
+    yet. Each request goes where uncached work + ``queue_weight`` x backlog is least.
+    Observes at dispatch by default (the router knows what it just sent).
+    """
+
+    name = "cache-cost"
+
+    def __init__(
+        self,
+        *,
+        capacity_blocks: int | None,
+        block_tokens: int,
+        observe_at: ObserveAt = "dispatch",
+        queue_weight: float | None = None,
+    ) -> None:
+        from prefixcache import (
+            DEFAULT_QUEUE_WEIGHT,
+            CostCandidate,
+            KvCacheMirror,
+            ReplicaKey,
+            pick_lowest_cost,
+        )
+
+        self.observe_at: str = observe_at
+        self._mirror = KvCacheMirror(capacity_blocks=capacity_blocks)
+        self._bt = block_tokens
+        self._w = DEFAULT_QUEUE_WEIGHT if queue_weight is None else queue_weight
+        self._cc = CostCandidate
+        self._pick = pick_lowest_cost
+        self._key_cls = ReplicaKey
+        self._keys: list[ReplicaKey] = []
+        self._queued: list[int] = []
+        self._est: dict[int, int] = {}
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        if len(self._keys) != view.replicas:
+            self._keys = [self._key_cls(nid, 0) for nid in view.node_ids]
+            self._queued = [0] * view.replicas
+        keys = self._keys
+        mirror = self._mirror
+        blocks = request.blocks
+        bt = self._bt
+        inp = request.input_tokens
+        cc = self._cc
+        inf = view.in_flight
+        queued = self._queued
+        cands = [
+            cc(
+                key=keys[k],
+                in_flight=inf[k],
+                cached_tokens=min(inp, mirror.matched_blocks(keys[k], blocks) * bt),
+                queued_tokens=queued[k],
+            )
+            for k in range(len(keys))
+        ]
+        key = self._pick(cands, prompt_tokens=inp, queue_weight=self._w)
+        assert key is not None
+        r = keys.index(key)
+        self._est[i] = inp - cands[r].cached_tokens
+        return r
+
+    def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
+        self._queued[replica] += self._est[i]
+        if self.observe_at == "dispatch":
+            self._mirror.observe(self._keys[replica], request.blocks)
+
+    def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
+        self._queued[replica] -= self._est.pop(i)
+
+    def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
+        if self.observe_at == "completion":
+            self._mirror.observe(self._keys[replica], request.blocks)
+
+
+POLICY_NAMES: tuple[str, ...] = (
+    "round-robin",
+    "random",
+    "least-loaded",
+    "prefix",
+    "federation",
+    "cache-cost",
+)
+DEFAULT_POLICIES = POLICY_NAMES
+
+
+def make_policy(
+    name: str,
+    model: ClusterModel,
+    *,
+    seed: int = 0,
+    observe_at: ObserveAt | None = None,
+) -> ReplayPolicy:
+    """A fresh policy by name (one of :data:`POLICY_NAMES`).
+
+    ``observe_at=None`` keeps each indexing policy's own default (``prefix`` and
+    ``federation``: completion, as the reference; ``cache-cost``: dispatch).
+
+    Raises:
+        InvalidRecordError: unknown ``name`` or ``observe_at``.
+    """
+    if observe_at not in (None, "dispatch", "completion"):
+        raise InvalidRecordError("observe_at", observe_at, "must be 'dispatch' or 'completion'")
+    if name == "round-robin":
+        return RoundRobinPolicy()
+    if name == "random":
+        return RandomPolicy(seed)
+    if name == "least-loaded":
+        return LeastLoadedPolicy()
+    if name == "prefix":
+        return PrefixPolicy(observe_at or "completion")
+    if name == "federation":
+        return FederationPolicy(observe_at or "completion")
+    if name == "cache-cost":
+        return CacheCostPolicy(
+            capacity_blocks=model.cache_blocks,
+            block_tokens=model.block_tokens,
+            observe_at=observe_at or "dispatch",
+        )
+    raise InvalidRecordError(
+        "policies", name, f"unknown policy; choose from {', '.join(POLICY_NAMES)}"
+    )

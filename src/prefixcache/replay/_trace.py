@@ -1,0 +1,151 @@
+"""Reading request traces in the Mooncake JSONL format.
+
+One request per line: ``{"timestamp": <ms since trace start>, "input_length": <tokens>,
+"output_length": <tokens>, "hash_ids": [<int>, ...]}``. ``hash_ids`` are prefix-chained block
+ids (block ``i`` stands for the whole prompt prefix up to the end of block ``i``), so two
+requests share exactly their common leading ids. Files may be gzip-compressed (``.gz``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import attrs
+
+from clusterrouting import ClusterRoutingError
+
+__all__ = ["Request", "TraceFormatError", "ideal_hit_ratio", "load_trace", "parse_trace"]
+
+
+class TraceFormatError(ClusterRoutingError, ValueError):
+    """A trace line is malformed. ``line`` is 1-based; ``field`` names the bad key."""
+
+    def __init__(self, line: int, field: str, reason: str) -> None:
+        self.line = line
+        self.field = field
+        self.reason = reason
+        super().__init__(f"trace line {line}: field {field!r}: {reason}")
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class Request:
+    """One traced request.
+
+    Attributes:
+        arrival: arrival time in seconds since the trace start (already divided by any
+            speed-up the caller applied; :func:`parse_trace` leaves it unscaled).
+        input_tokens: prompt length in tokens (>= 0).
+        output_tokens: generated tokens (>= 0).
+        blocks: the prefix-chained block ids of the prompt, shallow to deep.
+    """
+
+    arrival: float
+    input_tokens: int
+    output_tokens: int
+    blocks: tuple[int, ...]
+
+
+def _int_field(obj: dict[str, object], key: str, line: int) -> int:
+    if key not in obj:
+        raise TraceFormatError(line, key, "missing")
+    v = obj[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        else:
+            raise TraceFormatError(line, key, f"expected an integer, got {v!r}")
+    if v < 0:
+        raise TraceFormatError(line, key, f"must be >= 0, got {v!r}")
+    return v
+
+
+def parse_trace(lines: Iterable[str]) -> list[Request]:
+    """Parse Mooncake JSONL lines into requests sorted by arrival (stable for ties).
+
+    Blank lines are skipped. ``timestamp`` is in milliseconds (int or float) and becomes
+    :attr:`Request.arrival` in seconds.
+
+    Raises:
+        TraceFormatError: a line is not a JSON object, a field is missing, negative or of
+            the wrong type, or a block id is outside ``0 <= id < 2**64``.
+    """
+    out: list[Request] = []
+    for n, raw in enumerate(lines, start=1):
+        s = raw.strip()
+        if not s:
+            continue
+        try:
+            obj = json.loads(s)
+        except ValueError as exc:
+            raise TraceFormatError(n, "<line>", f"not JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise TraceFormatError(n, "<line>", "not a JSON object")
+        ts = obj.get("timestamp")
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+            raise TraceFormatError(n, "timestamp", f"expected a finite number, got {ts!r}")
+        if ts < 0:
+            raise TraceFormatError(n, "timestamp", f"must be >= 0, got {ts!r}")
+        inp = _int_field(obj, "input_length", n)
+        outp = _int_field(obj, "output_length", n)
+        ids = obj.get("hash_ids")
+        if not isinstance(ids, list):
+            raise TraceFormatError(n, "hash_ids", f"expected a list of integers, got {ids!r}")
+        for h in ids:
+            if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < 2**64:
+                raise TraceFormatError(n, "hash_ids", f"bad block id {h!r}")
+        out.append(
+            Request(
+                arrival=float(ts) / 1000.0,
+                input_tokens=inp,
+                output_tokens=outp,
+                blocks=tuple(ids),
+            )
+        )
+    out.sort(key=lambda r: r.arrival)
+    return out
+
+
+def load_trace(path: str | Path) -> list[Request]:
+    """Read a Mooncake JSONL trace file (plain or ``.gz``); see :func:`parse_trace`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        TraceFormatError: malformed content.
+    """
+    p = Path(path)
+    if p.suffix == ".gz":
+        with gzip.open(p, "rt", encoding="utf-8") as fh:
+            return parse_trace(fh)
+    with open(p, encoding="utf-8") as fh:
+        return parse_trace(fh)
+
+
+def ideal_hit_ratio(requests: Sequence[Request]) -> float:
+    """Block hit ratio of one infinite cache that sees every request in arrival order.
+
+    For each request, its hits are the number of leading block ids already seen in an
+    earlier request; then all its ids become seen. The ratio is hits over all blocks
+    (0.0 for a trace without blocks). No placement of requests on replicas, and no finite
+    cache, can do better: this is the ceiling the report compares policies to.
+
+    >>> ideal_hit_ratio([Request(arrival=0, input_tokens=2, output_tokens=1, blocks=(1, 2)),
+    ...                  Request(arrival=1, input_tokens=2, output_tokens=1, blocks=(1, 3))])
+    0.25
+    """
+    seen: set[int] = set()
+    hits = 0
+    total = 0
+    for r in requests:
+        b = r.blocks
+        k = 0
+        n = len(b)
+        while k < n and b[k] in seen:
+            k += 1
+        hits += k
+        total += n
+        seen.update(b)
+    return hits / total if total else 0.0
