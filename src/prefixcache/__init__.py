@@ -20,6 +20,13 @@ from prefixcache._cost import (
     KvCacheMirror,
     pick_lowest_cost,
 )
+from prefixcache._select import (
+    DecisionProvider,
+    Pressure,
+    affinity_preferred,
+    select,
+    select_peer,
+)
 from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
 
 __all__ = [
@@ -30,14 +37,19 @@ __all__ = [
     "Config",
     "ConfigError",
     "CostCandidate",
+    "DecisionProvider",
     "KvCacheMirror",
     "PrefixDecision",
+    "Pressure",
     "ReplicaKey",
     "RoutePolicy",
+    "affinity_preferred",
     "extract_chain",
     "extract_model",
     "extract_token_chain",
     "messages_prefix_source",
     "pick_lowest_cost",
+    "select",
+    "select_peer",
     "validate_thresholds",
 ]

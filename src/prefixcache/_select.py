@@ -25,7 +25,7 @@ from clusterrouting import (
 from prefixcache._config import DEFAULT_CONFIG, Config
 from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
 
-__all__ = ["Pressure", "affinity_preferred", "select", "select_peer"]
+__all__ = ["DecisionProvider", "Pressure", "affinity_preferred", "select", "select_peer"]
 
 
 def _least_loaded_item(item: tuple[ReplicaKey, int]) -> tuple[int, str, int]:
