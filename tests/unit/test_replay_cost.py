@@ -1,0 +1,91 @@
+"""prefixcache.pick_lowest_cost and KvCacheMirror (the library side of the cache-cost policy)."""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterrouting import InvalidRecordError
+from prefixcache import (
+    DEFAULT_QUEUE_WEIGHT,
+    CostCandidate,
+    KvCacheMirror,
+    ReplicaKey,
+    pick_lowest_cost,
+)
+
+A, B, C = ReplicaKey("a"), ReplicaKey("b"), ReplicaKey("c")
+
+
+def test_cost_weighs_cached_tokens_against_discounted_backlog() -> None:
+    # a: 2048 - 1024 + 0.1 * 4000 = 1424; b: 2048 + 0 = 2048 -> a.
+    a = CostCandidate(key=A, cached_tokens=1024, queued_tokens=4000)
+    b = CostCandidate(key=B)
+    assert pick_lowest_cost([a, b], prompt_tokens=2048) == A
+    # Counterfactual: a backlog worth more than ten times the saving moves the request.
+    a2 = CostCandidate(key=A, cached_tokens=1024, queued_tokens=10_250)
+    assert pick_lowest_cost([a2, b], prompt_tokens=2048) == B
+    # With weight 1 (own TTFT only) the shorter queue wins already.
+    assert pick_lowest_cost([a, b], prompt_tokens=2048, queue_weight=1.0) == B
+    assert DEFAULT_QUEUE_WEIGHT == 0.1
+
+
+def test_tiers_after_cost_queue_then_in_flight_then_key() -> None:
+    # Equal costs (uncached 100 each): shorter queue first.
+    x = CostCandidate(key=A, cached_tokens=10, queued_tokens=100)   # 90 + 10 = 100
+    y = CostCandidate(key=B, cached_tokens=0, queued_tokens=0)      # 100
+    assert pick_lowest_cost([x, y], prompt_tokens=100) == B
+    # Equal cost and queue: fewer in flight, then the smaller key, regardless of order.
+    p = CostCandidate(key=C, in_flight=1)
+    q = CostCandidate(key=B, in_flight=2)
+    r = CostCandidate(key=A, in_flight=2)
+    assert pick_lowest_cost([q, r, p], prompt_tokens=5) == C
+    assert pick_lowest_cost([q, r], prompt_tokens=5) == A
+    assert pick_lowest_cost([r, q], prompt_tokens=5) == A
+    # Cached beyond the prompt counts as a full hit, not negative work.
+    big = CostCandidate(key=B, cached_tokens=10_000, queued_tokens=1)
+    small = CostCandidate(key=A, cached_tokens=50, queued_tokens=0)
+    assert pick_lowest_cost([big, small], prompt_tokens=50) == A
+
+
+def test_empty_and_bad_arguments() -> None:
+    assert pick_lowest_cost([], prompt_tokens=3) is None
+    with pytest.raises(InvalidRecordError, match="prompt_tokens"):
+        pick_lowest_cost([], prompt_tokens=-1)
+    with pytest.raises(InvalidRecordError, match="queue_weight"):
+        pick_lowest_cost([], prompt_tokens=1, queue_weight=float("nan"))
+    with pytest.raises(InvalidRecordError, match="queued_tokens"):
+        CostCandidate(key=A, queued_tokens=-1)
+    with pytest.raises(InvalidRecordError, match="key"):
+        CostCandidate(key="a")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRecordError, match="capacity_blocks"):
+        KvCacheMirror(capacity_blocks=-2)
+
+
+def test_mirror_matches_leading_blocks_per_replica() -> None:
+    m = KvCacheMirror()
+    m.observe(A, (1, 2, 3))
+    m.observe(B, (1, 5))
+    assert m.matched_blocks(A, (1, 2, 4)) == 2
+    assert m.matched_blocks(B, (1, 2, 4)) == 1
+    assert m.matched_blocks(C, (1,)) == 0
+    assert m.matched_blocks(A, ()) == 0
+    # Leading only: a deeper id without its prefix does not count.
+    assert m.matched_blocks(A, (9, 2, 3)) == 0
+    assert m.invalidate(A) == 3
+    assert m.matched_blocks(A, (1,)) == 0
+    assert m.capacity_blocks is None
+
+
+def test_mirror_lru_evicts_leaves_before_their_prefixes() -> None:
+    m = KvCacheMirror(capacity_blocks=3)
+    m.observe(A, (1, 2, 3))          # recency: 3, 2, 1 (1 most recent)
+    m.observe(A, (4,))               # evicts 3
+    assert m.blocks(A) == 3
+    assert m.matched_blocks(A, (1, 2, 3)) == 2
+    m.observe(A, (1, 2))             # touch: 4 is now the least recent
+    m.observe(A, (5,))               # evicts 4
+    assert m.matched_blocks(A, (4,)) == 0
+    assert m.matched_blocks(A, (1, 2)) == 2
+    zero = KvCacheMirror(capacity_blocks=0)
+    zero.observe(A, (1,))
+    assert zero.matched_blocks(A, (1,)) == 0
