@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType, web
 
 from clusterrouting import NodeData
-from prefixcache import DEFAULT_CONFIG, extract_chain, messages_prefix_source
+from prefixcache import DEFAULT_CONFIG, extract_chain, extract_model, messages_prefix_source
 
 __all__ = [
     "DEFAULT_ANNOUNCE_INTERVAL",
@@ -68,6 +68,7 @@ _BYTES_PER_TOKEN = 4
 _MAX_DELAY = 60.0
 _HOLD_TIMEOUT = 30.0
 _MAX_REMEMBERED_BLOCKS = 100_000
+_MAX_BODY = 64 * 1024 * 1024
 
 
 class PayloadPublisher(Protocol):
@@ -145,7 +146,8 @@ class MockBackend:
     # ------------------------------------------------------------------ app
     def make_app(self) -> web.Application:
         """The aiohttp application serving this backend."""
-        app = web.Application()
+        # Large enough for any body a gateway lets through (its default cap is 15 MiB).
+        app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._list_models)
@@ -223,9 +225,7 @@ class MockBackend:
             return self._error(400, "body is not JSON")
         if not isinstance(body, dict):
             return self._error(400, "body is not a JSON object")
-        model = body.get("model") or request.query.get("model", "")
-        if not isinstance(model, str):
-            return self._error(400, "model must be a string")
+        model = extract_model(request.query.get("model", ""), raw)  # same rule as the gateway
         if self.models and model not in self.models:
             return self._error(404, f"model {model!r} is not served by {self.name}")
         forced = request.headers.get("X-Mock-Status")
