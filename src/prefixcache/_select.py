@@ -221,7 +221,7 @@ class DecisionProvider(Protocol):
         self,
         model: str,
         chain: Sequence[int],
-        candidates: Sequence[ReplicaKey],
+        candidates: Sequence[Candidate],
         now: float,
     ) -> PrefixDecision: ...
 
@@ -236,8 +236,9 @@ def affinity_preferred(
 ) -> str | None:
     """The peer (node id) that holds the request's prefix, for federation-style routing.
 
-    Asks ``provider.decide`` over ``ReplicaKey(c.node_id, 0)`` for each distinct node id of
-    ``candidates`` (peers are addressed per node, so replica 0 stands for the node) and
+    Asks ``provider.decide`` over ``Candidate(ReplicaKey(node_id, 0), in_flight)`` for each
+    distinct node id of ``candidates``, in first-seen order (peers are addressed per node, so
+    replica 0 stands for the node; ``in_flight`` is the node's total) and
     returns the hot node id when ``decision.has_hot`` and
     ``decision.match_ratio >= config.min_prefix_match``; else ``None``. ``None`` also, without
     asking the provider, for an empty ``chain`` or no candidates.
@@ -257,7 +258,10 @@ def affinity_preferred(
     """
     if not chain or not candidates:
         return None
-    keys = [ReplicaKey(node_id, 0) for node_id in dict.fromkeys(c.node_id for c in candidates)]
+    node_load: dict[str, int] = {}
+    for c in candidates:
+        node_load[c.node_id] = node_load.get(c.node_id, 0) + c.in_flight
+    keys = [Candidate(ReplicaKey(node_id, 0), load) for node_id, load in node_load.items()]
     decision = provider.decide(model, chain, keys, now)
     if decision.hot is not None and decision.match_ratio >= config.min_prefix_match:
         return decision.hot.node_id
