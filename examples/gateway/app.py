@@ -270,7 +270,7 @@ class Gateway:
                 self._membership_transport.subscribe(NODE_SUBJECT, self.membership.handler())
             )
         if self.sync is not None and self._sync_transport is not None:
-            self.sync.attach(self._sync_transport)
+            self._unsubscribes.append(self.sync.attach(self._sync_transport))
         for transport in {
             id(t): t for t in (self._membership_transport, self._sync_transport) if t is not None
         }.values():
@@ -293,11 +293,6 @@ class Gateway:
             with contextlib.suppress(Exception):
                 unsubscribe()
         self._unsubscribes.clear()
-        if self.sync is not None:
-            detach = getattr(self.sync, "detach", None)
-            if callable(detach):
-                with contextlib.suppress(Exception):
-                    detach()
         if self._session is not None:
             await self._session.close()
             self._session = None
