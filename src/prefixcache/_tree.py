@@ -1,0 +1,792 @@
+"""The radix (prefix) tree over uint64 block hashes, with two node-lookup backends.
+
+Design (the *why*; the *what* is in :class:`RadixTree`'s docstring):
+
+* A node is a 5-slot ``list`` ``[parent, key, batch, kids, tag]`` (a list is ~4x cheaper to
+  create than a slotted object and identity-compared, never deep-compared, by this module).
+  ``tag`` belongs to the lookup store (the datrie store keeps its id or path there).
+* Every ``insert`` writes one *batch*: the owner, ``last_seen`` and insertion sequence number
+  shared by every node it set. A node's owner and age are its batch's. When all the live
+  nodes of the previous batch lie on the new path (a conversation's next turn, a repeated
+  prompt), the batch is *taken over* in O(1) instead of rewriting every node.
+* Per-owner weights: each owner keeps ``live_sum = sum(count * 2**((t - t0) / half_life))``
+  over its batches that are live at the watermark ``W`` (the newest ``now`` seen by a weight
+  query), so ``weight`` costs O(1) plus amortised O(1) expiry work: ``weight(now) = live_sum *
+  2**((t0 - now) / half_life)``. The origin ``t0`` is rebased per owner before terms can
+  overflow, the sum is recomputed exactly whenever its accumulated rounding bound could reach
+  1e-11 relative, and a query with ``now < W`` (clock going backwards) or with extreme
+  exponents is answered by an exact sum over the owner's batches.
+* Time-ordered heaps of batches (lazy deletion, compacted when mostly stale) make
+  ``evict`` and the ``max_entries`` LRU cost O(removed + log); an owner -> batches index makes
+  ``remove`` cost O(removed).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import threading
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from itertools import islice
+from operator import is_, itemgetter
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from clusterrouting import InvalidRecordError
+
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "Backend", "RadixTree"]
+
+Backend = Literal["dict", "datrie"]
+BACKENDS: tuple[Backend, ...] = ("dict", "datrie")
+DEFAULT_BACKEND: Backend = "dict"
+
+V = TypeVar("V", bound=Hashable)
+
+# Node slots.
+P, K, B, C, T = 0, 1, 2, 3, 4
+_PARENT = itemgetter(P)
+_BATCH = itemgetter(B)
+_U64 = 1 << 64
+_NO_BATCH = object()
+_REBASE = 512.0  # rebase an owner's origin when a term would exceed 2**512
+_EXACT_EXP = 600.0  # weight factor exponents beyond this are answered exactly
+_DRIFT = 1e5  # recompute when ops * peak > _DRIFT * |live_sum| (bound ~1e-11 relative)
+
+Node = list[Any]
+
+
+class _Store(Protocol):
+    """The node lookup structure: maps paths to node objects (see ``_DictStore``)."""
+
+    def walk(self, key: Sequence[int]) -> list[Node]: ...
+
+    def extend(self, parent: Node | None, new: list[Node]) -> None: ...
+
+    def discard(self, node: Node) -> None: ...
+
+    def maintain(self) -> None: ...
+
+    def size(self) -> int: ...
+
+    def check(self, nodes: list[Node]) -> None: ...
+
+
+class _DictStore:
+    """Flat map ``key -> node`` with the parent verified by identity on every hit.
+
+    A node lives in ``primary[key]`` unless that slot holds a node of another path (two paths
+    ending in the same hash: arbitrary key sequences, not chains), in which case it lives in
+    ``fallback[(parent node id, key)]``. A lookup first tries ``primary`` and accepts a hit only
+    if its parent is the node found one level up, so results are exact for any uint64
+    sequence; chains (whose hashes identify their whole prefix) never reach the fallback.
+    """
+
+    __slots__ = ("fallback", "primary")
+
+    def __init__(self) -> None:
+        self.primary: dict[int, Node] = {}
+        self.fallback: dict[tuple[int, int], Node] = {}
+
+    def walk(self, key: Sequence[int]) -> list[Node]:
+        nodes: list[Any] = list(map(self.primary.get, key))
+        if None in nodes:
+            del nodes[nodes.index(None) :]
+        if nodes and (
+            nodes[0][P] is not None
+            or not all(map(is_, islice(map(_PARENT, nodes), 1, None), nodes))
+        ):
+            # Some hit belongs to another path: keep the verified prefix only.
+            good = 0
+            parent = None
+            for n in nodes:
+                if n[P] is not parent:
+                    break
+                parent = n
+                good += 1
+            del nodes[good:]
+        if self.fallback and len(nodes) < len(key):
+            self._walk_slow(key, nodes)
+        return nodes
+
+    def _walk_slow(self, key: Sequence[int], nodes: list[Node]) -> None:
+        primary = self.primary
+        fallback = self.fallback
+        parent = nodes[-1] if nodes else None
+        for i in range(len(nodes), len(key)):
+            h = key[i]
+            n = primary.get(h)
+            if n is None or n[P] is not parent:
+                n = fallback.get((id(parent), h))
+                if n is None:
+                    return
+            nodes.append(n)
+            parent = n
+
+    def extend(self, parent: Node | None, new: list[Node]) -> None:
+        setdefault = self.primary.setdefault
+        for n in new:
+            if setdefault(n[K], n) is not n:
+                self.fallback[(id(n[P]), n[K])] = n
+
+    def discard(self, node: Node) -> None:
+        h = node[K]
+        if self.primary.get(h) is node:
+            del self.primary[h]
+        else:
+            del self.fallback[(id(node[P]), h)]
+
+    def maintain(self) -> None:
+        return None
+
+    def size(self) -> int:
+        return len(self.primary) + len(self.fallback)
+
+    def check(self, nodes: list[Node]) -> None:
+        ids = {id(n) for n in nodes}
+        stored = list(self.primary.values()) + list(self.fallback.values())
+        assert len(stored) == len(ids), "store size differs from the tree's node count"
+        assert all(id(n) in ids for n in stored), "store holds a node not in the tree"
+        for (pid, h), n in self.fallback.items():
+            assert n[K] == h and id(n[P]) == pid, "fallback entry keyed wrongly"
+        for h, n in self.primary.items():
+            assert n[K] == h, "primary entry keyed wrongly"
+
+
+class _Batch:
+    """The nodes set by one ``insert`` (or taken over by a later one): owner, time, seq."""
+
+    __slots__ = ("counted", "f", "live", "nodes", "owner", "seq", "t")
+
+    def __init__(self, owner: _Owner, t: float, seq: int, f: float) -> None:
+        self.owner = owner
+        self.t = t
+        self.seq = seq
+        self.f = f
+        self.live = 0
+        self.nodes: list[Node] = []
+        self.counted = False
+
+
+class _Owner:
+    """Per-value bookkeeping: its batches and its incrementally maintained weight sum."""
+
+    __slots__ = ("batches", "live_sum", "ops", "peak", "t0", "value")
+
+    def __init__(self, value: object, t0: float) -> None:
+        self.value = value
+        self.batches: dict[_Batch, None] = {}
+        self.live_sum = 0.0
+        self.ops = 0
+        self.peak = 0.0
+        self.t0 = t0
+
+
+def _make_store(backend: str) -> _Store:
+    if backend == "dict":
+        return _DictStore()
+    if backend == "datrie":
+        from prefixcache._datrie_store import DatrieStore
+
+        return DatrieStore()
+    raise InvalidRecordError("backend", backend, "must be 'dict' or 'datrie'")
+
+
+def _check_time(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise InvalidRecordError(name, value, "must be a number (seconds), not NaN")
+    return float(value)
+
+
+def _bad_key(key: Sequence[Any], start: int) -> Sequence[int] | None:
+    """Validate ``key[start:]``: return ``None`` if all are ints in range, a normalised tuple
+    if some are integer-like (numpy scalars), or raise."""
+    tail = key[start:]
+    try:
+        types = set(map(type, tail))
+        if (types == {int} or not types) and (
+            not tail or (min(tail) >= 0 and max(tail) < _U64)
+        ):
+            return None
+    except TypeError:
+        pass
+    out: list[int] = []
+    for h in key:
+        if isinstance(h, bool) or not hasattr(h, "__index__"):
+            raise InvalidRecordError("key", h, "block hashes must be integers in [0, 2**64)")
+        v = h.__index__()
+        if not 0 <= v < _U64:
+            raise InvalidRecordError("key", h, "block hashes must be integers in [0, 2**64)")
+        out.append(v)
+    return tuple(out)
+
+
+class RadixTree(Generic[V]):
+    """An uncompressed trie over sequences of uint64 block hashes, each node owned by a value.
+
+    Semantics (SPEC §2 "The radix tree"):
+
+    * ``insert(key, value, now)`` sets ``value`` and ``last_seen=now`` on **every** node of the
+      path (the last writer owns shared prefixes); an empty key is a no-op.
+    * ``longest_match(key, now)`` returns ``(value, depth)`` of the deepest node on the key's
+      path holding a live value (walking through value-less or expired nodes), else ``None``.
+    * A node is expired iff ``ttl > 0 and now - last_seen > ttl`` (age == ttl is live).
+      ``ttl = 0`` never expires; ``half_life <= 0`` weighs every live node 1; ``max_entries
+      = 0`` is unbounded.
+    * ``evict(now)`` drops expired values and prunes value-less branches; ``remove(value)`` /
+      ``remove_if(pred)`` drop a value's nodes (``pred`` is called once per distinct value).
+    * ``weight(value, now)`` = sum over the value's live nodes of ``0.5 ** (age /
+      half_life)``; ``weights_for`` the same for many values (absent ones are 0.0). Results
+      equal the naive sum within 1e-11 relative (SPEC allows 1e-9).
+    * ``len(tree)`` counts value-bearing nodes, unswept expired ones included.
+    * ``max_entries``: after an insert that exceeds the cap, values are evicted in order of
+      (``last_seen``, depth, insert sequence number) -- least recently seen first, ancestors
+      before descendants on equal age, then older inserts first -- pruning as it goes.
+    * Keys outside ``0 <= h < 2**64`` (or non-integers) raise
+      :class:`clusterrouting.InvalidRecordError` (a ``ValueError``); nothing is stored.
+
+    Backends (``backend=``): ``"dict"`` (flat map keyed by block hash, verified by parent
+    identity, with a fallback map for colliding paths) and ``"datrie"`` (a C trie with a
+    write overlay, see :mod:`prefixcache._datrie_store`). Both give identical results.
+
+    Thread-safety: every public method holds one internal lock for its whole duration.
+
+    Complexity: ``insert``/``longest_match`` O(len(key)) (plus amortised O(1) bookkeeping),
+    ``weight`` amortised O(1), ``weights_for`` O(len(values)), ``evict``/``remove`` O(removed
+    + log), ``remove_if`` O(distinct values + removed), ``items`` O(n log n).
+
+    >>> t = RadixTree(ttl=10.0)
+    >>> t.insert((1, 2, 3), "a", now=0.0)
+    >>> t.insert((1, 2, 9), "b", now=5.0)
+    >>> t.longest_match((1, 2, 3, 4), now=6.0)
+    ('a', 3)
+    >>> t.longest_match((1, 2, 7), now=6.0)
+    ('b', 2)
+    >>> len(t), t.weight("a", now=6.0)
+    (4, 1.0)
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float = 0.0,
+        half_life: float = 0.0,
+        max_entries: int = 0,
+        backend: Backend = DEFAULT_BACKEND,
+    ) -> None:
+        ttl = _check_time("ttl", ttl)
+        if ttl < 0:
+            raise InvalidRecordError("ttl", ttl, "must be >= 0 (0 never expires)")
+        half_life = _check_time("half_life", half_life)
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 0:
+            raise InvalidRecordError("max_entries", max_entries, "must be an int >= 0")
+        self._ttl = ttl
+        self._hl = half_life if half_life > 0 else 0.0
+        self._cap = max_entries
+        self._backend = backend
+        self._store: _Store = _make_store(backend)
+        self._lock = threading.RLock()
+        self._owners: dict[Any, _Owner] = {}
+        self._len = 0
+        self._seq = 0
+        self._w = -math.inf  # weight watermark: batches counted iff live at _w
+        self._age: list[tuple[float, int, _Batch]] = []  # every batch with live nodes
+        self._exp: list[tuple[float, int, _Batch]] = []  # counted batches (ttl > 0)
+        self._nbatches = 0
+        self.version = 0  # bumped by every mutation (used by Index's walk cache)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def ttl(self) -> float:
+        """Entry lifetime in seconds (0: never expires)."""
+        return self._ttl
+
+    @property
+    def half_life(self) -> float:
+        """Weight half-life in seconds (0: every live entry weighs 1)."""
+        return self._hl
+
+    @property
+    def max_entries(self) -> int:
+        """Cap on value-bearing nodes (0: unbounded)."""
+        return self._cap
+
+    @property
+    def backend(self) -> Backend:
+        """The node-lookup backend (``"dict"`` or ``"datrie"``)."""
+        return self._backend
+
+    def __len__(self) -> int:
+        return self._len
+
+    # ----------------------------------------------------------------- public API
+    def insert(self, key: Sequence[int], value: V, now: float) -> None:
+        """Set ``value`` and ``last_seen=now`` on every node of ``key``'s path.
+
+        Raises:
+            InvalidRecordError: a block hash is not an integer in ``[0, 2**64)`` (nothing is
+                stored), or ``now`` is NaN.
+        """
+        if not len(key):
+            return
+        with self._lock:
+            self._insert(key, value, now, self._store.walk(key))
+
+    def longest_match(self, key: Sequence[int], now: float) -> tuple[V, int] | None:
+        """``(value, depth)`` of the deepest live value on ``key``'s path, or ``None``.
+
+        Raises:
+            InvalidRecordError: a block hash is not an integer in ``[0, 2**64)``.
+        """
+        if not len(key):
+            return None
+        with self._lock:
+            nodes = self._store.walk(key)
+            if len(nodes) < len(key):
+                fixed = _bad_key(key, len(nodes))
+                if fixed is not None:
+                    nodes = self._store.walk(fixed)
+            return self._match(nodes, now)
+
+    def weight(self, value: V, now: float) -> float:
+        """Sum of ``0.5 ** (age / half_life)`` over ``value``'s live nodes (0.0 if none)."""
+        with self._lock:
+            return self._weights((value,), now)[0]
+
+    def weights_for(self, values: Sequence[V], now: float) -> dict[V, float]:
+        """``{value: weight(value, now)}`` for every requested value (0.0 when absent)."""
+        with self._lock:
+            return dict(zip(values, self._weights(values, now), strict=True))
+
+    def evict(self, now: float) -> int:
+        """Remove every expired value (``ttl > 0 and now - last_seen > ttl``) and prune
+        branches left without values. Returns the number of values removed."""
+        now = _check_time("now", now)
+        with self._lock:
+            if self._ttl <= 0:
+                return 0
+            ttl = self._ttl
+            age = self._age
+            removed = 0
+            while age and now - age[0][0] > ttl:
+                _, seq, b = heapq.heappop(age)
+                if b.live and b.seq == seq:
+                    removed += self._drop_batch(b)
+            if removed:
+                self._after_removal()
+            return removed
+
+    def remove(self, value: V) -> int:
+        """Drop every node owned by ``value``; returns how many were removed."""
+        with self._lock:
+            o = self._owners.get(value)
+            if o is None:
+                return 0
+            removed = self._drop_owner(o)
+            self._after_removal()
+            return removed
+
+    def remove_if(self, predicate: Callable[[V], bool]) -> int:
+        """Drop the nodes of every value for which ``predicate(value)`` is true (called once
+        per distinct value); returns how many nodes were removed."""
+        with self._lock:
+            doomed = [o for v, o in list(self._owners.items()) if predicate(v)]
+            removed = sum(self._drop_owner(o) for o in doomed)
+            if doomed:
+                self._after_removal()
+            return removed
+
+    def items(self) -> list[tuple[tuple[int, ...], V, float]]:
+        """A snapshot list of ``(path, value, last_seen)`` for every value-bearing node,
+        sorted by path. Safe to use while the tree keeps changing."""
+        with self._lock:
+            paths: dict[int, tuple[int, ...]] = {}
+
+            def path_of(n: Node) -> tuple[int, ...]:
+                stack = []
+                cur: Node | None = n
+                while cur is not None and id(cur) not in paths:
+                    stack.append(cur)
+                    cur = cur[P]
+                base = () if cur is None else paths[id(cur)]
+                for s in reversed(stack):
+                    base = (*base, s[K])
+                    paths[id(s)] = base
+                return base
+
+            out = [
+                (path_of(n), n[B].owner.value, n[B].t)
+                for b in self._live_batches()
+                for n in b.nodes
+                if n[B] is b
+            ]
+            out.sort(key=itemgetter(0))
+            return out
+
+    def _check(self) -> None:
+        """Assert every internal invariant (for tests). O(n)."""
+        with self._lock:
+            nodes: list[Node] = []
+            batches = self._live_batches()
+            seen_batches: set[int] = set()
+            live = 0
+            for o in self._owners.values():
+                assert o.batches, "owner without batches kept"
+                assert self._owners.get(o.value) is o
+                for b in o.batches:
+                    assert b.owner is o and b.live > 0
+                    seen_batches.add(id(b))
+            assert seen_batches == {id(b) for b in batches}
+            assert self._nbatches == len(batches)
+            for b in batches:
+                mine = [n for n in b.nodes if n[B] is b]
+                assert len(mine) == b.live, "batch live count wrong"
+                assert len({id(n) for n in mine}) == len(mine), "node twice in a batch"
+                live += b.live
+                assert any(e[2] is b and e[1] == b.seq for e in self._age), "batch not aged"
+                assert b.counted == (self._ttl <= 0 or not (self._w - b.t > self._ttl)), (
+                    "counted flag wrong"
+                )
+            assert live == self._len, "len differs from live node count"
+            # Reachability and kids counts: gather every node reachable from live ones.
+            allnodes: dict[int, Node] = {}
+            for b in batches:
+                for n in b.nodes:
+                    if n[B] is b:
+                        cur: Node | None = n
+                        while cur is not None and id(cur) not in allnodes:
+                            allnodes[id(cur)] = cur
+                            cur = cur[P]
+            kids: dict[int, int] = {}
+            for n in allnodes.values():
+                if n[P] is not None:
+                    kids[id(n[P])] = kids.get(id(n[P]), 0) + 1
+            for n in allnodes.values():
+                assert n[C] == kids.get(id(n), 0), "kids count wrong"
+                assert n[C] > 0 or n[B] is not None, "value-less leaf not pruned"
+            nodes = list(allnodes.values())
+            self._store.check(nodes)
+            for o in self._owners.values():
+                exact = sum(b.live * b.f for b in o.batches if b.counted)
+                assert math.isclose(o.live_sum, exact, rel_tol=1e-9, abs_tol=1e-300), (
+                    "weight sum drifted"
+                )
+
+    # ----------------------------------------------------------------- internals
+    def _live_batches(self) -> list[_Batch]:
+        return [b for o in self._owners.values() for b in o.batches]
+
+    def _term(self, o: _Owner, t: float) -> float:
+        hl = self._hl
+        if hl <= 0:
+            return 1.0
+        e = (t - o.t0) / hl
+        if e > _REBASE:
+            self._rebase(o, t)
+            e = 0.0
+        return 2.0 ** e if e > -1074.0 else 0.0
+
+    def _rebase(self, o: _Owner, t0: float) -> None:
+        o.t0 = t0
+        hl = self._hl
+        s = 0.0
+        for b in o.batches:
+            e = (b.t - t0) / hl
+            b.f = 2.0 ** e if e > -1074.0 else 0.0
+            if b.counted:
+                s += b.live * b.f
+        o.live_sum = s
+        o.ops = 0
+        o.peak = s
+
+    def _adjust(self, o: _Owner, delta: float) -> None:
+        s = o.live_sum + delta
+        o.live_sum = s
+        if self._hl <= 0:
+            return
+        o.ops += 1
+        if s > o.peak:
+            o.peak = s
+        if o.ops * o.peak > _DRIFT * s:
+            s = 0.0
+            for b in o.batches:
+                if b.counted:
+                    s += b.live * b.f
+            o.live_sum = s
+            o.ops = 0
+            o.peak = s
+
+    def _owner(self, value: Any, t: float) -> _Owner:
+        o = self._owners.get(value)
+        if o is None:
+            o = self._owners[value] = _Owner(value, t)
+        return o
+
+    def _retire(self, b: _Batch) -> None:
+        """``b`` has no live nodes left: forget it."""
+        o = b.owner
+        del o.batches[b]
+        self._nbatches -= 1
+        b.nodes = []
+        if b.counted:
+            b.counted = False
+        if not o.batches:
+            del self._owners[o.value]
+
+    def _insert(self, key: Sequence[int], value: Any, now: float, found: list[Node]) -> None:
+        """Insert given the already-walked existing prefix ``found`` of ``key``."""
+        L = len(key)
+        m = len(found)
+        if m < L:
+            fixed = _bad_key(key, m)
+            if fixed is not None:
+                key = fixed
+                found = self._store.walk(key)
+                m = len(found)
+        if now != now or isinstance(now, bool) or not isinstance(now, int | float):
+            now = _check_time("now", now)
+        t = float(now)
+        self.version += 1
+        seq = self._seq = self._seq + 1
+        o = self._owners.get(value)
+        if o is None:
+            o = self._owners[value] = _Owner(value, t)
+        ttl = self._ttl
+        counted = ttl <= 0 or not (self._w - t > ttl)
+        b: _Batch | None = None
+        if m:
+            olds = list(map(_BATCH, found))
+            ob = olds[-1]
+            if ob is not None and ob.live == m and olds.count(ob) == m:
+                # Take over the previous batch: every one of its live nodes is on this path.
+                b = ob
+                oo = b.owner
+                if b.counted:
+                    self._adjust(oo, -b.live * b.f)
+                if oo is not o:
+                    del oo.batches[b]
+                    if not oo.batches:
+                        del self._owners[oo.value]
+                    o.batches[b] = None
+                    b.owner = o
+                b.counted = False
+                b.t = t
+                b.seq = seq
+                b.f = self._term(o, t)
+                b.counted = counted
+                nodes = b.nodes
+                if len(nodes) != m:
+                    nodes[:] = found
+            else:
+                b = _Batch(o, t, seq, self._term(o, t))
+                b.counted = counted
+                o.batches[b] = None
+                self._nbatches += 1
+                prev: Any = _NO_BATCH
+                run = 0
+                for x in olds:
+                    if x is prev:
+                        run += 1
+                        continue
+                    if run:
+                        self._release(prev, run)
+                    prev = x
+                    run = 1
+                self._release(prev, run)
+                for n in found:
+                    n[B] = b
+                b.nodes = found
+                b.live = m
+        else:
+            b = _Batch(o, t, seq, self._term(o, t))
+            b.counted = counted
+            o.batches[b] = None
+            self._nbatches += 1
+        if m < L:
+            parent = found[-1] if m else None
+            new = [[parent, key[m], b, 0, None]]
+            if parent is not None:
+                parent[C] += 1
+            p = new[0]
+            for i in range(m + 1, L):
+                p[C] = 1
+                p = [p, key[i], b, 0, None]
+                new.append(p)
+            self._store.extend(found[-1] if m else None, new)
+            b.nodes.extend(new)
+            self._len += L - m
+        b.live = L
+        if counted:
+            self._adjust(o, L * b.f)
+        entry = (t, seq, b)
+        heapq.heappush(self._age, entry)
+        if counted and ttl > 0:
+            heapq.heappush(self._exp, entry)
+        if len(self._age) > 2 * self._nbatches + 64:
+            self._compact_heaps()
+        if self._cap and self._len > self._cap:
+            self._evict_lru()
+        self._store.maintain()
+
+    def _release(self, ob: _Batch | None, run: int) -> None:
+        """``run`` nodes of batch ``ob`` (``None``: value-less nodes) join a new batch."""
+        if ob is None:
+            self._len += run
+            return
+        ob.live -= run
+        if ob.counted:
+            self._adjust(ob.owner, -run * ob.f)
+        if not ob.live:
+            self._retire(ob)
+        elif ob.live * 4 < len(ob.nodes) and len(ob.nodes) > 32:
+            ob.nodes = [n for n in ob.nodes if n[B] is ob]
+
+    def _match(self, nodes: list[Node], now: float) -> tuple[Any, int] | None:
+        ttl = self._ttl
+        for i in range(len(nodes) - 1, -1, -1):
+            b = nodes[i][B]
+            if b is not None and not (ttl > 0 and now - b.t > ttl):
+                return b.owner.value, i + 1
+        return None
+
+    def _advance(self, now: float) -> None:
+        """Move the watermark to ``now`` (>= current), uncounting batches that expire."""
+        self._w = now
+        ttl = self._ttl
+        if ttl <= 0:
+            return
+        exp = self._exp
+        while exp and now - exp[0][0] > ttl:
+            _, seq, b = heapq.heappop(exp)
+            if b.counted and b.seq == seq and b.live:
+                b.counted = False
+                self._adjust(b.owner, -b.live * b.f)
+
+    def _weights(self, values: Sequence[Any], now: float) -> list[float]:
+        if now != now or isinstance(now, bool) or not isinstance(now, int | float):
+            now = _check_time("now", now)
+        owners = self._owners
+        if now >= self._w:
+            if now > self._w:
+                self._advance(now)
+            hl = self._hl
+            out = []
+            cache: dict[float, float] = {}
+            for v in values:
+                o = owners.get(v)
+                if o is None:
+                    out.append(0.0)
+                    continue
+                s = o.live_sum
+                if hl <= 0:
+                    out.append(s)
+                    continue
+                f = cache.get(o.t0)
+                if f is None:
+                    e = (o.t0 - now) / hl
+                    if -_EXACT_EXP < e < _EXACT_EXP:
+                        f = cache[o.t0] = 2.0**e
+                    else:
+                        out.append(self._exact(o, now))
+                        continue
+                if 0.0 < s < 1e-150:
+                    out.append(self._exact(o, now))
+                else:
+                    out.append(s * f if s > 0.0 else 0.0)
+            return out
+        return [0.0 if (o := owners.get(v)) is None else self._exact(o, now) for v in values]
+
+    def _exact(self, o: _Owner, now: float) -> float:
+        ttl = self._ttl
+        hl = self._hl
+        s = 0.0
+        for b in o.batches:
+            age = now - b.t
+            if ttl > 0 and age > ttl:
+                continue
+            s += b.live * (0.5 ** (age / hl) if hl > 0 else 1.0)
+        return s
+
+    def _unset(self, n: Node) -> None:
+        """Drop node ``n``'s value (its batch bookkeeping is the caller's) and prune."""
+        n[B] = None
+        store = self._store
+        while n[C] == 0 and n[B] is None:
+            store.discard(n)
+            p = n[P]
+            if p is None:
+                break
+            p[C] -= 1
+            n = p
+
+    def _drop_batch(self, b: _Batch) -> int:
+        nodes = [n for n in b.nodes if n[B] is b]
+        count = len(nodes)
+        if b.counted:
+            self._adjust(b.owner, -count * b.f)
+            b.counted = False
+        b.live = 0
+        self._len -= count
+        self._retire(b)
+        # Deepest first so pruning walks each branch once.
+        for n in reversed(nodes):
+            self._unset(n)
+        self.version += 1
+        return count
+
+    def _drop_owner(self, o: _Owner) -> int:
+        return sum(self._drop_batch(b) for b in list(o.batches))
+
+    def _after_removal(self) -> None:
+        if len(self._age) > 2 * self._nbatches + 64:
+            self._compact_heaps()
+        self._store.maintain()
+
+    def _compact_heaps(self) -> None:
+        self._age = [e for e in self._age if e[2].live and e[2].seq == e[1]]
+        heapq.heapify(self._age)
+        self._exp = [e for e in self._exp if e[2].counted and e[2].live and e[2].seq == e[1]]
+        heapq.heapify(self._exp)
+
+    def _evict_lru(self) -> None:
+        """Evict by (last_seen, depth, seq) until within the cap."""
+        age = self._age
+        cap = self._cap
+        while self._len > cap and age:
+            t, seq, b = heapq.heappop(age)
+            if not b.live or b.seq != seq:
+                continue
+            group = [b]
+            while age and age[0][0] == t:
+                _, s2, b2 = heapq.heappop(age)
+                if b2.live and b2.seq == s2:
+                    group.append(b2)
+            ordered: list[tuple[int, int, Node, _Batch]] = []
+            for g in group:
+                for n in g.nodes:
+                    if n[B] is g:
+                        d = 0
+                        cur = n
+                        while cur is not None:
+                            d += 1
+                            cur = cur[P]
+                        ordered.append((d, g.seq, n, g))
+            ordered.sort(key=itemgetter(0, 1))
+            for _d, _s, n, g in ordered:
+                if self._len <= cap:
+                    break
+                if n[B] is not g:
+                    continue
+                g.live -= 1
+                self._len -= 1
+                if g.counted:
+                    self._adjust(g.owner, -g.f)
+                if not g.live:
+                    g.counted = False
+                    self._retire(g)
+                self._unset(n)
+            for g in group:
+                if g.live:
+                    heapq.heappush(age, (g.t, g.seq, g))
+        self.version += 1
+
+    def __iter__(self) -> Iterator[tuple[tuple[int, ...], V, float]]:
+        return iter(self.items())
