@@ -296,9 +296,7 @@ def _parse(payload: bytes) -> dict[str, object]:
     except UnicodeDecodeError as exc:
         raise EventDecodeError("<payload>", bytes(payload[:40]), "is not UTF-8") from exc
     try:
-        obj = json.loads(
-            text, object_pairs_hook=_fold_pairs, parse_constant=_reject_constant
-        )
+        obj = json.loads(text, object_pairs_hook=_fold_pairs, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise EventDecodeError("<payload>", text[:40], f"is not JSON ({exc})") from exc
     if type(obj) is not dict:

@@ -1,0 +1,180 @@
+"""NATS transports (nats-py, the ``[nats]`` extra): the reference system's sync channel.
+
+:class:`AsyncNatsTransport` (an :class:`~prefixcache.AsyncTransport`) wraps one nats-py
+connection on the running loop; :class:`NatsTransport` (a blocking
+:class:`~prefixcache.Transport`) runs it on a private loop thread for hosts without asyncio.
+
+* The connection uses ``no_echo`` (the Transport contract: a router never receives its own
+  messages) and reconnects forever (``max_reconnect_attempts=-1``) every
+  ``reconnect_time_wait`` seconds; nats-py buffers publishes made while reconnecting (up to
+  its ``pending_size``) and re-subscribes after a reconnect.
+* Delivery is at most once: messages published while this router or the broker is down are
+  lost (resync with :func:`prefixcache.export_snapshot` / :func:`prefixcache.apply_snapshot`).
+* ``subscribe`` flushes (a PING/PONG round trip), so the subscription is active at the server
+  when it returns.
+
+``nats`` is imported only when :meth:`AsyncNatsTransport.connect` runs.
+
+>>> import prefixcache.transports.nats  # no nats-py import yet
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from prefixcache._protocols import AsyncUnsubscribe, MessageHandler
+from prefixcache.transports._bridge import ThreadedTransport
+
+__all__ = ["AsyncNatsTransport", "NatsTransport"]
+
+_log = logging.getLogger("prefixcache.transports.nats")
+
+
+class AsyncNatsTransport:
+    """An asyncio Transport over one nats-py client (see the module docstring).
+
+    Counters: :attr:`disconnects`, :attr:`reconnects`, :attr:`errors` (async errors reported
+    by the client), :attr:`handler_errors`. Use from its event loop only.
+    """
+
+    def __init__(self, client: Any, *, flush_timeout: float = 2.0) -> None:
+        self.client = client
+        self.flush_timeout = flush_timeout
+        self.disconnects = 0
+        self.reconnects = 0
+        self.errors = 0
+        self.handler_errors = 0
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: str | Sequence[str] = "nats://127.0.0.1:4222",
+        *,
+        name: str | None = "prefixcache-sync",
+        connect_timeout: float = 2.0,
+        reconnect_time_wait: float = 0.5,
+        flush_timeout: float = 2.0,
+        **options: Any,
+    ) -> AsyncNatsTransport:
+        """Connect to ``servers`` (``nats://host:port``; several for a cluster).
+
+        Extra keyword ``options`` go to ``nats.connect`` (credentials, TLS, ...).
+
+        Raises:
+            Exception: what nats-py raises when no server answers initially
+                (``nats.errors.NoServersError``); reconnects after that are automatic.
+        """
+        import nats
+
+        transport = cls(None, flush_timeout=flush_timeout)
+
+        async def on_error(exc: Exception) -> None:
+            transport.errors += 1
+            _log.debug("nats error: %r", exc)
+
+        async def on_disconnect() -> None:
+            transport.disconnects += 1
+            _log.info("nats disconnected")
+
+        async def on_reconnect() -> None:
+            transport.reconnects += 1
+            _log.info("nats reconnected")
+
+        transport.client = await nats.connect(
+            servers=[servers] if isinstance(servers, str) else list(servers),
+            name=name,
+            no_echo=True,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=reconnect_time_wait,
+            connect_timeout=connect_timeout,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            **options,
+        )
+        return transport
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the client is connected right now."""
+        return bool(self.client.is_connected)
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        """Publish (buffered by nats-py while reconnecting)."""
+        await self.client.publish(subject, bytes(payload))
+
+    async def subscribe(self, subject: str, handler: MessageHandler) -> AsyncUnsubscribe:
+        """Subscribe ``handler(subject, payload)``; active at the server on return (unless the
+        connection is down: then it becomes active when nats-py reconnects)."""
+
+        async def on_message(msg: Any) -> None:
+            try:
+                handler(msg.subject, msg.data)
+            except Exception:
+                self.handler_errors += 1
+                _log.exception("handler for %r raised", msg.subject)
+
+        sub = await self.client.subscribe(subject, cb=on_message)
+        try:
+            await self.client.flush(timeout=self.flush_timeout)
+        except Exception as exc:
+            _log.warning("subscribed to %s while the connection is down (%r)", subject, exc)
+        done = False
+
+        async def unsubscribe() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            try:
+                await sub.unsubscribe()
+                await self.client.flush(timeout=self.flush_timeout)
+            except Exception as exc:  # closed or reconnecting: nothing left to cancel
+                _log.debug("unsubscribe from %s: %r", subject, exc)
+
+        return unsubscribe
+
+    async def flush(self) -> None:
+        """Wait until everything sent so far reached the server (PING/PONG)."""
+        await self.client.flush(timeout=self.flush_timeout)
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if not self.client.is_closed:
+            await self.client.close()
+
+
+class NatsTransport(ThreadedTransport[AsyncNatsTransport]):
+    """A blocking NATS Transport: :class:`AsyncNatsTransport` on a private loop thread.
+
+    ``NatsTransport.connect("nats://127.0.0.1:4222")`` starts the thread and connects;
+    ``close()`` (or ``with``) stops it. ``publish`` is a thread hop plus a local buffer write
+    (nats-py sends in the background), bounded by ``timeout``. Thread-safe.
+    """
+
+    @classmethod
+    def connect(
+        cls,
+        servers: str | Sequence[str] = "nats://127.0.0.1:4222",
+        *,
+        timeout: float = 2.0,
+        **options: Any,
+    ) -> NatsTransport:
+        """Connect (see :meth:`AsyncNatsTransport.connect` for ``options``)."""
+        return cls(
+            lambda: AsyncNatsTransport.connect(servers, **options),
+            timeout=timeout,
+            name="prefixcache-nats",
+        )
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the client is connected right now."""
+        return self.transport.is_connected
+
+    def flush(self) -> None:
+        """Block until everything published so far reached the server."""
+        self._call(self.transport.flush(), timeout=self.timeout)
