@@ -15,6 +15,7 @@ from prefixcache._config import (
     validate_thresholds,
 )
 from prefixcache._cost import (
+    DEFAULT_IN_FLIGHT_TOKENS,
     DEFAULT_QUEUE_WEIGHT,
     CostCandidate,
     KvCacheMirror,
@@ -27,12 +28,17 @@ from prefixcache._select import (
     select,
     select_peer,
 )
+from prefixcache._tree import BACKENDS, DEFAULT_BACKEND, Backend, RadixTree
 from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
 
 __all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
     "DEFAULT_CONFIG",
+    "DEFAULT_IN_FLIGHT_TOKENS",
     "DEFAULT_QUEUE_WEIGHT",
     "MAX_TOKEN_ID",
+    "Backend",
     "Candidate",
     "Config",
     "ConfigError",
@@ -40,6 +46,7 @@ __all__ = [
     "DecisionProvider",
     "KvCacheMirror",
     "PrefixDecision",
+    "RadixTree",
     "Pressure",
     "ReplicaKey",
     "RoutePolicy",

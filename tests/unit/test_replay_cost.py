@@ -6,6 +6,7 @@ import pytest
 
 from clusterrouting import InvalidRecordError
 from prefixcache import (
+    DEFAULT_IN_FLIGHT_TOKENS,
     DEFAULT_QUEUE_WEIGHT,
     CostCandidate,
     KvCacheMirror,
@@ -89,3 +90,19 @@ def test_mirror_lru_evicts_leaves_before_their_prefixes() -> None:
     zero = KvCacheMirror(capacity_blocks=0)
     zero.observe(A, (1,))
     assert zero.matched_blocks(A, (1,)) == 0
+
+
+def test_in_flight_term_spreads_equal_savings_but_keeps_deep_matches() -> None:
+    # Equal savings (a new session): the least-loaded replica wins, 256 tokens per request.
+    busy = CostCandidate(key=A, in_flight=3, cached_tokens=512)
+    idle = CostCandidate(key=B, in_flight=1, cached_tokens=512)
+    assert pick_lowest_cost([busy, idle], prompt_tokens=4096) == B
+    # A deep match (8 blocks = 4096 tokens saved) outweighs 2 extra in-flight requests.
+    deep = CostCandidate(key=A, in_flight=3, cached_tokens=4096)
+    assert pick_lowest_cost([deep, idle], prompt_tokens=8192) == A
+    # Counterfactual: with 20 extra requests (5120 tokens) it no longer does.
+    swamped = CostCandidate(key=A, in_flight=21, cached_tokens=4096)
+    assert pick_lowest_cost([swamped, idle], prompt_tokens=8192) == B
+    assert DEFAULT_IN_FLIGHT_TOKENS == 256
+    with pytest.raises(InvalidRecordError, match="in_flight_tokens"):
+        pick_lowest_cost([], prompt_tokens=1, in_flight_tokens=-1.0)

@@ -37,6 +37,7 @@ from prefixcache.replay._sim import (
     SimulationOutcome,
     simulate,
 )
+from prefixcache.replay._synth import synthetic_trace
 from prefixcache.replay._trace import (
     Request,
     TraceFormatError,
@@ -78,4 +79,5 @@ __all__ = [
     "plot_result",
     "run_replay",
     "simulate",
+    "synthetic_trace",
 ]

@@ -188,7 +188,8 @@ class CacheCostPolicy(_Base):
     The router mirrors each replica's KV cache (LRU, capacity = the replica's KV blocks,
     which engines report) from what it dispatched, and keeps each replica's prefill backlog
     in tokens: the estimated uncached tokens of requests whose first token has not come back
-    yet. Each request goes where uncached work + ``queue_weight`` x backlog is least.
+    yet. Each request goes where uncached work + 0.1 x backlog + 256 tokens per in-flight
+    request above the least-loaded replica is least (``pick_lowest_cost`` defaults).
     Observes at dispatch by default (the router knows what it just sent).
     """
 

@@ -1,0 +1,74 @@
+"""A synthetic multi-turn chat trace in the Mooncake format, for sanity checks off one trace."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+
+from prefixcache.replay._trace import Request
+
+__all__ = ["synthetic_trace"]
+
+
+def synthetic_trace(
+    *,
+    seed: int = 0,
+    sessions: int = 2000,
+    duration_s: float = 3600.0,
+    shared_prefixes: int = 50,
+    mean_turns: float = 4.0,
+    mean_think_s: float = 90.0,
+    block_tokens: int = 512,
+) -> list[Request]:
+    """Sessions of chat turns over a pool of shared system prompts, sorted by arrival.
+
+    Model: ``sessions`` start uniformly over ``duration_s``; each picks one of
+    ``shared_prefixes`` system prompts (Zipf-like popularity ``1/rank``, 1-8 blocks long),
+    has a geometric number of turns (mean ``mean_turns``) separated by exponential think
+    times (mean ``mean_think_s``); each turn's prompt is the previous prompt plus the
+    previous answer plus a new user message (lognormal, median ~600 tokens), so
+    consecutive turns share every full block of the previous prompt. Block ids are
+    prefix-chained as in Mooncake traces (equal id = equal prefix). Deterministic in
+    ``seed`` (a private ``random.Random``).
+    """
+    rng = random.Random(seed)
+    bt = block_tokens
+    next_id = 0
+    prefixes: list[tuple[int, int]] = []  # (tokens, first id): all-full blocks
+    for _ in range(shared_prefixes):
+        nblocks = rng.randint(1, 8)
+        prefixes.append((nblocks * bt, next_id))
+        next_id += nblocks
+    weights = [1.0 / (k + 1) for k in range(shared_prefixes)]
+    heap: list[tuple[float, int, int]] = []
+    state: dict[int, tuple[int, list[int], int]] = {}  # tokens, full-block ids, turns left
+    for s in range(sessions):
+        p_tokens, p_first = prefixes[rng.choices(range(shared_prefixes), weights)[0]]
+        ids = list(range(p_first, p_first + p_tokens // bt))
+        turns = 1 + int(math.log(1.0 - rng.random()) / math.log(1.0 - 1.0 / mean_turns))
+        state[s] = (p_tokens, ids, turns)
+        heapq.heappush(heap, (rng.uniform(0.0, duration_s), s, 0))
+    out: list[Request] = []
+    while heap:
+        t, s, _ = heapq.heappop(heap)
+        tokens, ids, left = state[s]
+        user = max(16, int(rng.lognormvariate(math.log(600.0), 1.0)))
+        prompt = tokens + user
+        n_full = prompt // bt
+        while len(ids) < n_full:
+            ids.append(next_id)
+            next_id += 1
+        chain = ids[:n_full]
+        if prompt % bt:
+            chain = [*chain, next_id]  # a partial tail block is unique to this prompt
+            next_id += 1
+        answer = max(1, min(2000, int(rng.lognormvariate(math.log(250.0), 0.8))))
+        out.append(
+            Request(arrival=t, input_tokens=prompt, output_tokens=answer, blocks=tuple(chain))
+        )
+        if left > 1:
+            state[s] = (prompt + answer, ids, left - 1)
+            heapq.heappush(heap, (t + rng.expovariate(1.0 / mean_think_s), s, 0))
+    out.sort(key=lambda r: r.arrival)
+    return out
