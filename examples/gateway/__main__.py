@@ -60,6 +60,8 @@ async def run_backend(args: argparse.Namespace) -> None:
     server = await start_server(backend.make_app(), host=args.host, port=args.port)
     backend.address = args.advertise or server.address
     bridge = await NatsBridge.connect(args.nats, name=f"backend-{args.name}")
+    backend.answer_queries(bridge)
+    await bridge.flush()
     announcer = asyncio.get_running_loop().create_task(
         backend.run_announcer(bridge, args.announce_interval)
     )
@@ -130,7 +132,9 @@ async def run_demo(args: argparse.Namespace) -> None:
         server = await start_server(backend.make_app(), host=args.host)
         backend.address = server.address
         servers.append(server)
-        announcers.append(loop.create_task(backend.run_announcer(bus.connect(), 5.0)))
+        connection = bus.connect()
+        backend.answer_queries(connection)
+        announcers.append(loop.create_task(backend.run_announcer(connection, 5.0)))
         print(f"backend {name} on {server.url} models={models}", flush=True)
     print(f"gateway on {gateway_server.url}; cluster page {gateway_server.url}/cluster", flush=True)
     try:

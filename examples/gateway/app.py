@@ -68,7 +68,7 @@ from aiohttp import WSMsgType, web
 from clusterrouting import ReplicaCandidate, build_candidates, pick_with_affinity
 from examples.gateway.cluster_page import render_cluster_page
 from examples.gateway.membership import Membership
-from examples.gateway.mock_backend import NODE_SUBJECT
+from examples.gateway.mock_backend import NODE_QUERY_SUBJECT, NODE_SUBJECT
 from prefixcache import (
     DEFAULT_CONFIG,
     Config,
@@ -280,6 +280,12 @@ class Gateway:
                 result = flush()
                 if inspect.isawaitable(result):
                     await result
+        if self._membership_transport is not None:
+            # Ask running backends to announce now rather than at their next period.
+            try:
+                self._membership_transport.publish(NODE_QUERY_SUBJECT, b"")
+            except Exception as exc:  # membership still arrives with the periodic announces
+                print(f"[{self.settings.name}] node query failed: {exc!r}", flush=True)
         self._evictor = asyncio.get_running_loop().create_task(self._evict_forever())
 
     async def stop(self) -> None:

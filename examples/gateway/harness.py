@@ -107,6 +107,14 @@ class LocalCluster:
         """Run ``closer`` at :meth:`close` (reverse registration order)."""
         self._closers.append(closer)
 
+    def on_close_sync(self, closer: Callable[[], object]) -> None:
+        """Run the plain function ``closer`` at :meth:`close`."""
+
+        async def run() -> None:
+            closer()
+
+        self.on_close(run)
+
     async def add_backend(
         self,
         name: str,
@@ -126,6 +134,8 @@ class LocalCluster:
         backend.address = server.address
         announcer = None
         if publisher is not None:
+            if callable(getattr(publisher, "subscribe", None)):
+                self.on_close_sync(backend.answer_queries(publisher))  # type: ignore[arg-type]
             backend.announce(publisher)
             announcer = asyncio.get_running_loop().create_task(
                 backend.run_announcer(publisher, announce_interval)

@@ -53,13 +53,18 @@ from prefixcache import DEFAULT_CONFIG, extract_chain, extract_model, messages_p
 
 __all__ = [
     "DEFAULT_ANNOUNCE_INTERVAL",
+    "NODE_QUERY_SUBJECT",
     "NODE_SUBJECT",
     "MockBackend",
     "PayloadPublisher",
+    "QueryTransport",
 ]
 
 #: Subject on which backends announce their ``NodeData`` JSON (Go field names).
 NODE_SUBJECT = "clusterrouting.nodes"
+#: A gateway that starts publishes here (empty payload); backends answer by announcing at once,
+#: so a gateway started after its backends need not wait for their next periodic announcement.
+NODE_QUERY_SUBJECT = "clusterrouting.nodes.query"
 #: Seconds between announcements: the reference's 20 s, so one missed announce is tolerated by
 #: the 40 s online window.
 DEFAULT_ANNOUNCE_INTERVAL = 20.0
@@ -75,6 +80,14 @@ class PayloadPublisher(Protocol):
     """Where announcements go: the library's ``Publisher`` port (``publish(subject, payload)``)."""
 
     def publish(self, subject: str, payload: bytes) -> None: ...
+
+
+class QueryTransport(PayloadPublisher, Protocol):
+    """A publisher that can also subscribe (the library's ``Transport`` port)."""
+
+    def subscribe(
+        self, subject: str, handler: Callable[[str, bytes], None]
+    ) -> Callable[[], None]: ...
 
 
 class MockBackend:
@@ -131,6 +144,17 @@ class MockBackend:
     def announce(self, publisher: PayloadPublisher) -> None:
         """Publish :meth:`node_data` once on :data:`NODE_SUBJECT`."""
         publisher.publish(NODE_SUBJECT, self.node_data().to_json().encode())
+
+    def answer_queries(self, transport: QueryTransport) -> Callable[[], None]:
+        """Announce on ``transport`` whenever a gateway asks (:data:`NODE_QUERY_SUBJECT`).
+
+        Returns the unsubscribe function.
+        """
+
+        def on_query(_subject: str, _payload: bytes) -> None:
+            self.announce(transport)
+
+        return transport.subscribe(NODE_QUERY_SUBJECT, on_query)
 
     async def run_announcer(
         self, publisher: PayloadPublisher, interval: float = DEFAULT_ANNOUNCE_INTERVAL

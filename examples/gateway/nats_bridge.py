@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -37,9 +38,15 @@ class NatsBridge:
     @classmethod
     async def connect(cls, url: str, *, name: str = "clusterrouting-gateway") -> NatsBridge:
         """Connect to ``url`` (``nats://host:port``), retrying while the server comes up."""
+
+        async def on_error(exc: Exception) -> None:
+            # nats-py's default prints a traceback per failed reconnect; one line is enough.
+            print(f"[{name}] NATS: {exc!r}", file=sys.stderr, flush=True)
+
         nc = await nats.connect(
             url,
             name=name,
+            error_cb=on_error,
             no_echo=True,
             connect_timeout=2,
             max_reconnect_attempts=-1,
