@@ -66,9 +66,20 @@ class DatrieStore:
     """Paths -> nodes in a ``datrie.BaseTrie`` plus a dict write overlay. Not thread-safe on
     its own: :class:`prefixcache.RadixTree` calls it under its lock."""
 
-    __slots__ = ("_by_id", "_codes", "_live_ids", "_next_code", "_overlay", "_trie")
+    __slots__ = (
+        "_by_id",
+        "_codes",
+        "_live_ids",
+        "_merge_min",
+        "_next_code",
+        "_overlay",
+        "_rebuild_min",
+        "_trie",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, merge_min: int = _MERGE_MIN, rebuild_min: int = _REBUILD_MIN) -> None:
+        self._merge_min = merge_min
+        self._rebuild_min = rebuild_min
         self._trie = datrie.BaseTrie(_ALPHABET)
         self._by_id: list[Node | None] = []
         self._overlay: dict[str, Node] = {}
@@ -142,13 +153,13 @@ class DatrieStore:
     def maintain(self) -> None:
         live = self._live_ids
         if (
-            len(self._by_id) - live > max(_REBUILD_MIN, live)
-            or len(self._codes) > 2 * self.size() + _REBUILD_MIN
+            len(self._by_id) - live > max(self._rebuild_min, live)
+            or len(self._codes) > 2 * self.size() + self._rebuild_min
             or len(self._by_id) + len(self._overlay) > _MAX_ID
             or self._next_code > 255**_WIDTH // 2
         ):
             self._rebuild()
-        elif len(self._overlay) > max(_MERGE_MIN, live):
+        elif len(self._overlay) > max(self._merge_min, live):
             self._merge()
 
     def _merge(self) -> None:
