@@ -1,0 +1,120 @@
+"""The ``clusterrouting-replay`` command: table, --json, --plot, flags and errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefixcache.replay import POLICY_NAMES, main, synthetic_trace
+
+LINES = [
+    {"timestamp": 0, "input_length": 8, "output_length": 10, "hash_ids": [1, 2]},
+    {"timestamp": 0, "input_length": 8, "output_length": 10, "hash_ids": [1, 3]},
+    {"timestamp": 1000, "input_length": 12, "output_length": 0, "hash_ids": [1, 2, 4]},
+    {"timestamp": 1000, "input_length": 4, "output_length": 0, "hash_ids": [1]},
+]
+
+
+@pytest.fixture
+def trace(tmp_path: Path) -> Path:
+    p = tmp_path / "tiny.jsonl"
+    p.write_text("\n".join(json.dumps(x) for x in LINES) + "\n")
+    return p
+
+
+HAND_FLAGS = ["--replicas", "2", "--cache-blocks", "inf", "--block-tokens", "4",
+              "--prefill-rate", "1000", "--decode-rate", "10", "--speedup", "1"]
+
+
+def test_json_output_has_the_documented_keys(
+    trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main([str(trace), "--json", "--no-progress", "--policies", "round-robin",
+               *HAND_FLAGS])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["trace"] == "tiny.jsonl"
+    assert doc["requests"] == 4
+    assert doc["ideal_hit_ratio"] == 0.5
+    (p,) = doc["policies"]
+    for key in ("name", "hit_ratio", "ttft_mean_s", "ttft_p50_s", "ttft_p99_s",
+                "max_over_mean_requests", "decisions_per_s"):
+        assert key in p
+    assert p["name"] == "round-robin"
+    assert p["hit_ratio"] == 3 / 8  # hand-computed in test_replay_sim.py
+    assert p["ttft_mean_s"] == pytest.approx(0.005)
+    assert doc["cluster"]["cache_blocks"] is None
+
+
+def test_table_and_progress(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main([str(trace), "--policies", "round-robin,cache-cost", *HAND_FLAGS])
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert "ideal hit ratio" in cap.out
+    assert "round-robin" in cap.out and "cache-cost" in cap.out
+    assert "0.3750" in cap.out
+    assert "[2/2] cache-cost" in cap.err  # progress goes to stderr, never stdout
+    assert "[1/2]" not in cap.out
+
+
+def test_plot_writes_a_png(trace: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.png"
+    rc = main([str(trace), "--no-progress", "--policies", "round-robin,random", "--plot",
+               str(out), *HAND_FLAGS])
+    assert rc == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_a_clear_error(
+    trace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
+    rc = main([str(trace), "--no-progress", "--plot", str(tmp_path / "x.png"), *HAND_FLAGS])
+    assert rc == 1
+    assert "matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_usage_errors(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in (["--policies", "round-robin,nope"], ["--speedup", "0"],
+                ["--cache-blocks", "-3"], ["--observe", "sometimes"]):
+        with pytest.raises(SystemExit) as ei:
+            main([str(trace), *bad])
+        assert ei.value.code == 2
+    capsys.readouterr()
+    assert main([str(trace) + ".missing", "--no-progress"]) == 1
+    assert "no such trace" in capsys.readouterr().err
+    assert main([str(trace), "--no-progress", "--replicas", "0"]) == 1
+    assert "replicas" in capsys.readouterr().err
+
+
+def test_bad_trace_line_names_line_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"timestamp": 0, "input_length": "x", "output_length": 1, "hash_ids": []}\n')
+    assert main([str(p), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "line 1" in err and "input_length" in err
+
+
+def test_every_policy_runs_on_a_synthetic_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reqs = synthetic_trace(seed=3, sessions=60, duration_s=120.0)
+    p = tmp_path / "synth.jsonl"
+    p.write_text("\n".join(
+        json.dumps({"timestamp": r.arrival * 1000, "input_length": r.input_tokens,
+                    "output_length": r.output_tokens, "hash_ids": list(r.blocks)})
+        for r in reqs))
+    rc = main([str(p), "--json", "--no-progress", "--replicas", "3"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [x["name"] for x in doc["policies"]] == list(POLICY_NAMES)
+    for x in doc["policies"]:
+        assert 0.0 <= x["hit_ratio"] <= doc["ideal_hit_ratio"]
+        assert sum(x["requests_per_replica"]) == len(reqs)
