@@ -207,6 +207,12 @@ class Pressure:
         with self._lock:
             self._events.pop(model, None)
 
+    def __len__(self) -> int:
+        """Events currently stored over all models (aged-out ones not yet pruned included):
+        for memory checks, not a count of anything in particular."""
+        with self._lock:
+            return sum(len(ev) for ev in self._events.values())
+
     def models(self) -> frozenset[str]:
         """Models currently holding events (possibly aged out but not yet pruned)."""
         with self._lock:
