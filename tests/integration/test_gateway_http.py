@@ -400,3 +400,37 @@ def test_cluster_page_embeds_the_snapshot_and_refreshes_from_json() -> None:
             assert snap["sync"]["enabled"] is False
 
     run(main)
+
+
+def test_a_backend_that_times_out_is_marked_and_skipped() -> None:
+    async def main() -> None:
+        async with LocalCluster() as cluster, aiohttp.ClientSession() as s:
+            settings = GatewaySettings(read_timeout=0.3)
+            gw = await start(cluster, {"slow": (["m-t"], 80 * GiB), "ok": (["m-t"], GiB)}, settings)
+            # Cold choice is `slow` (more VRAM); it does not answer within read_timeout.
+            status, body, _ = await post_chat(
+                s, gw.url, conversation("m-t", ["q"]), headers={"X-Mock-Delay": "3"}
+            )
+            assert status == 504 and body["error"]["type"] == "backend_timeout"
+            mark = gw.gateway.membership.failure("slow")
+            assert mark is not None and "timeout" in mark.reason
+            assert gw.gateway.in_flight.get("slow", 0) == 0
+            # Skipped although online, even for the request that would prefer it.
+            for i in range(3):
+                status, body, _ = await post_chat(s, gw.url, conversation("m-t", [f"n{i}"]))
+                assert status == 200 and body["replica"] == "ok"
+
+    run(main)
+
+
+def test_membership_drops_malformed_announcements() -> None:
+    from clusterrouting import NodeData
+    from examples.gateway.membership import Membership
+
+    members = Membership()
+    handler = members.handler()
+    for junk in (b"not json", b"[]", b'{"ID": 5}', b"{}", b"x" * 100_000, "text"):
+        handler("clusterrouting.nodes", junk)  # never raises
+    assert members.nodes() == [] and members.dropped == 6
+    handler("clusterrouting.nodes", NodeData(id="n1", last_seen=1.0).to_json().encode())
+    assert [n.id for n in members.nodes()] == ["n1"] and members.announcements == 1
