@@ -1,0 +1,544 @@
+"""Sharing affinity across routers: the :class:`Sync` decorator and the eviction ticker.
+
+SPEC §2 "Sync across routers". A :class:`Sync` wraps a provider (an :class:`~prefixcache.Index`)
+and is itself a provider: hosts route through it exactly as through the index, and it tells
+peers what changed through a :class:`~prefixcache.Publisher`; :meth:`Sync.attach` subscribes it
+to a :class:`~prefixcache.Transport` so it applies what peers tell it.
+
+What a group of routers agrees on (tested in ``tests/property/test_sync_convergence.py``):
+
+* Events are applied with the *receiver's* clock and last-writer-wins by arrival, as in the
+  reference. Observations of different replicas on disjoint chains, observations of the same
+  replica, and invalidations of one replica against observations of another all commute, so
+  for such histories every router ends in the same state whatever the delivery order and
+  however often a message is duplicated.
+* Concurrent *conflicting* events (two replicas claiming a shared prefix before either claim
+  reached the other router; an observe racing an invalidate of the same replica) are resolved
+  by arrival order and can leave routers disagreeing about that prefix until it is observed
+  again or the routers resync.
+* A lost message is never repaired by the protocol (it has no sequence numbers or acks): the
+  router that missed it disagrees until the prefix is observed again, the entry expires, or it
+  resyncs. Anti-entropy (:mod:`prefixcache._snapshot`): compare :func:`~prefixcache.digests`,
+  and on drift apply a peer's :func:`~prefixcache.export_snapshot`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from clusterrouting import InvalidRecordError
+from prefixcache._events import (
+    INVALIDATE_SUBJECT,
+    MAX_EVENT_BYTES,
+    OBSERVE_SUBJECT,
+    EventDecodeError,
+    InvalidateEvent,
+    ObserveEvent,
+    decode_event,
+)
+from prefixcache._index import Provider
+from prefixcache._protocols import (
+    AsyncPublisher,
+    AsyncTransport,
+    AsyncUnsubscribe,
+    Clock,
+    Publisher,
+    Transport,
+    Unsubscribe,
+)
+from prefixcache._snapshot import Snapshot, apply_snapshot, digests, export_snapshot
+from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
+
+__all__ = [
+    "DEFAULT_PUBLISH_TIMEOUT",
+    "EvictionTicker",
+    "PublishErrorHook",
+    "Sync",
+    "SyncStats",
+    "eviction_interval",
+]
+
+_log = logging.getLogger("prefixcache.sync")
+
+PublishErrorHook = Callable[[str, BaseException], None]
+"""``hook(subject, error)``: told about each failed or timed-out publish."""
+
+DEFAULT_PUBLISH_TIMEOUT = 2.0
+"""Seconds an asynchronous publish may take before it counts as failed."""
+
+
+def _log_publish_error(subject: str, error: BaseException) -> None:
+    _log.warning("publishing on %s failed: %r (routing continues)", subject, error)
+
+
+@attrs.frozen(kw_only=True)
+class SyncStats:
+    """Counters of one :class:`Sync` (monotone since construction).
+
+    Attributes:
+        published: messages handed to the publisher successfully (for an async publisher,
+            completed).
+        publish_errors: publishes that raised or timed out (each also went to the hook).
+        received: messages delivered by an attached transport (every subject).
+        applied_observe / applied_invalidate: peer events applied to the provider.
+        dropped_malformed: payloads that failed :func:`~prefixcache.decode_event`.
+        dropped_unknown_subject: messages on a subject other than the two sync subjects.
+        dropped_oversized: payloads over ``max_payload_bytes`` (not parsed).
+        apply_errors: events the provider raised on (logged; should stay 0).
+    """
+
+    published: int = 0
+    publish_errors: int = 0
+    received: int = 0
+    applied_observe: int = 0
+    applied_invalidate: int = 0
+    dropped_malformed: int = 0
+    dropped_unknown_subject: int = 0
+    dropped_oversized: int = 0
+    apply_errors: int = 0
+
+    @property
+    def dropped(self) -> int:
+        """All dropped incoming messages."""
+        return self.dropped_malformed + self.dropped_unknown_subject + self.dropped_oversized
+
+
+class Sync:
+    """A provider that shares what it learns with peer routers (SPEC §2, a decorator).
+
+    Provider methods, same signatures as :class:`~prefixcache.Index`:
+
+    * ``decide`` and ``evict`` are local (eviction is never broadcast: each router sweeps on
+      its own clock);
+    * ``observe`` publishes an :class:`~prefixcache.ObserveEvent` only when the local observe
+      returned ``True`` ("new or extended"), so re-observing a warm chain costs no traffic;
+    * ``invalidate`` / ``invalidate_node`` always publish (a peer may hold an entry this
+      router never had), and never create a tree locally.
+
+    Peer events: :meth:`apply_observe` / :meth:`apply_invalidate` (or :meth:`handle`, the
+    transport-facing handler, installed by :meth:`attach`) apply them with the receiver's
+    ``clock`` and never re-publish, so there are no loops. Malformed, oversized and
+    unknown-subject messages are dropped and counted (:meth:`stats`), never raised.
+
+    A publisher that raises (or, when asynchronous, fails or exceeds ``publish_timeout``)
+    never breaks a routing call: the error is counted and passed to ``on_publish_error``
+    (default: a warning on the ``prefixcache.sync`` logger). An :class:`AsyncPublisher` is
+    supported from inside a running event loop: each publish becomes a task, chained so that
+    messages leave in call order; :meth:`flush` awaits them.
+
+    Args:
+        provider: the wrapped provider (normally an ``Index``).
+        publisher: where this router's events go (``None``: nowhere until :meth:`attach`).
+        clock: stamps events applied from peers, so it must be the clock domain the host
+            passes as ``now`` to its own calls, and the same on every router: the wall clock.
+        on_publish_error: the failure hook.
+        publish_timeout: seconds, for asynchronous publishers.
+        max_payload_bytes: larger incoming payloads are dropped unparsed.
+
+    Thread-safe: provider calls are serialised by a lock (publishing happens outside it);
+    transport handlers may run on any thread.
+
+    >>> from prefixcache import Index, ReplicaKey
+    >>> from prefixcache.testing import RecordingPublisher
+    >>> pub = RecordingPublisher()
+    >>> s = Sync(Index(), pub, clock=lambda: 0.0)
+    >>> s.observe("m", (1, 2), ReplicaKey("n1"), now=0.0)
+    True
+    >>> s.observe("m", (1, 2), ReplicaKey("n1"), now=1.0)  # already owned: no message
+    False
+    >>> [subject for subject, _ in pub.published]
+    ['prefixcache.observe']
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        publisher: Publisher | AsyncPublisher | None = None,
+        *,
+        clock: Clock | Callable[[], float] = time.time,
+        on_publish_error: PublishErrorHook | None = None,
+        publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        max_payload_bytes: int = MAX_EVENT_BYTES,
+    ) -> None:
+        if not publish_timeout > 0:
+            raise InvalidRecordError("publish_timeout", publish_timeout, "must be > 0")
+        if type(max_payload_bytes) is not int or max_payload_bytes <= 0:
+            raise InvalidRecordError("max_payload_bytes", max_payload_bytes, "must be an int > 0")
+        self.provider = provider
+        self.publisher = publisher
+        self.clock = clock
+        self.on_publish_error = on_publish_error or _log_publish_error
+        self.publish_timeout = publish_timeout
+        self.max_payload_bytes = max_payload_bytes
+        self._lock = threading.RLock()
+        self._counts: dict[str, int] = dict.fromkeys(attrs.fields_dict(SyncStats), 0)
+        self._count_lock = threading.Lock()
+        self._tail: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # -- provider protocol ------------------------------------------------------------------
+    def decide(
+        self, model: str, chain: Sequence[int], candidates: Sequence[Candidate], now: float
+    ) -> PrefixDecision:
+        """The wrapped provider's decision (local; nothing is published)."""
+        with self._lock:
+            return self.provider.decide(model, chain, candidates, now)
+
+    def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool:
+        """Observe locally; publish an observe event iff the local observe returned ``True``.
+
+        Returns what the provider returned.
+        """
+        with self._lock:
+            changed = self.provider.observe(model, chain, key, now)
+        if changed:
+            self._publish(OBSERVE_SUBJECT, ObserveEvent.from_key(model, chain, key).encode())
+        return changed
+
+    def invalidate(self, model: str, key: ReplicaKey) -> None:
+        """Drop ``key``'s entries locally and tell peers (always, even if nothing was here)."""
+        with self._lock:
+            self.provider.invalidate(model, key)
+        self._publish(INVALIDATE_SUBJECT, InvalidateEvent.for_key(model, key).encode())
+
+    def invalidate_node(self, model: str, node_id: str) -> None:
+        """Drop every replica of ``node_id`` locally and tell peers (``replica=-1``).
+
+        An empty ``node_id`` is applied locally (a no-op for the index) but not published: it
+        is not a valid event.
+        """
+        with self._lock:
+            self.provider.invalidate_node(model, node_id)
+        if node_id:
+            self._publish(INVALIDATE_SUBJECT, InvalidateEvent.for_node(model, node_id).encode())
+
+    def evict(self, now: float) -> Any:
+        """Sweep expired entries locally (never published); returns what the provider returns."""
+        with self._lock:
+            return self.provider.evict(now)
+
+    def models(self) -> frozenset[str]:
+        """The provider's models."""
+        with self._lock:
+            return self.provider.models()
+
+    # -- peer events ------------------------------------------------------------------------
+    def apply_observe(self, event: ObserveEvent, now: float | None = None) -> bool:
+        """Apply a peer's observe at ``now`` (default: ``clock()``); never publishes."""
+        t = self.clock() if now is None else now
+        with self._lock:
+            return self.provider.observe(event.model, event.chain, event.key, t)
+
+    def apply_invalidate(self, event: InvalidateEvent) -> None:
+        """Apply a peer's invalidation (a whole node when ``replica < 0``); never publishes and
+        never creates a tree."""
+        key = event.key
+        with self._lock:
+            if key is None:
+                self.provider.invalidate_node(event.model, event.node_id)
+            else:
+                self.provider.invalidate(event.model, key)
+
+    def handle(self, subject: str, payload: bytes) -> None:
+        """The transport handler: decode and apply one message. Never raises."""
+        self._bump("received")
+        try:
+            if len(payload) > self.max_payload_bytes:
+                self._bump("dropped_oversized")
+                _log.debug("dropped oversized message (%d bytes) on %s", len(payload), subject)
+                return
+            if subject not in (OBSERVE_SUBJECT, INVALIDATE_SUBJECT):
+                self._bump("dropped_unknown_subject")
+                _log.debug("dropped message on unknown subject %r", subject)
+                return
+            try:
+                event = decode_event(subject, payload)
+            except EventDecodeError as exc:
+                self._bump("dropped_malformed")
+                _log.debug("dropped malformed message on %s: %s", subject, exc)
+                return
+            if isinstance(event, ObserveEvent):
+                self.apply_observe(event)
+                self._bump("applied_observe")
+            else:
+                self.apply_invalidate(event)
+                self._bump("applied_invalidate")
+        except Exception:
+            # Never raise into the transport; a provider bug is logged and counted.
+            self._bump("apply_errors")
+            _log.exception("applying a message on %r failed", subject)
+
+    def attach(self, transport: Transport) -> Unsubscribe:
+        """Subscribe :meth:`handle` to both sync subjects of ``transport``; return ``detach``.
+
+        If this Sync has no publisher, it publishes through ``transport`` until detached.
+        ``detach()`` unsubscribes both subjects; calling it again is a no-op.
+        """
+        unsubs = [
+            transport.subscribe(s, self.handle) for s in (OBSERVE_SUBJECT, INVALIDATE_SUBJECT)
+        ]
+        adopted = self.publisher is None
+        if adopted:
+            self.publisher = transport
+        done = False
+
+        def detach() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            for unsub in unsubs:
+                unsub()
+            if adopted and self.publisher is transport:
+                self.publisher = None
+
+        return detach
+
+    async def attach_async(self, transport: AsyncTransport) -> AsyncUnsubscribe:
+        """The asyncio form of :meth:`attach` (subscriptions active when it returns)."""
+        unsubs = [
+            await transport.subscribe(s, self.handle) for s in (OBSERVE_SUBJECT, INVALIDATE_SUBJECT)
+        ]
+        adopted = self.publisher is None
+        if adopted:
+            self.publisher = transport
+        done = False
+
+        async def detach() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            for unsub in unsubs:
+                await unsub()
+            if adopted and self.publisher is transport:
+                self.publisher = None
+
+        return detach
+
+    # -- anti-entropy -----------------------------------------------------------------------
+    def export_snapshot(self, now: float | None = None) -> Snapshot:
+        """:func:`~prefixcache.export_snapshot` of the wrapped provider at ``now``
+        (default ``clock()``)."""
+        t = self.clock() if now is None else now
+        with self._lock:
+            return export_snapshot(self.provider, now=t)
+
+    def apply_snapshot(
+        self, snapshot: Snapshot, now: float | None = None, *, replace: bool = True
+    ) -> int:
+        """:func:`~prefixcache.apply_snapshot` to the wrapped provider (nothing is published)."""
+        t = self.clock() if now is None else now
+        with self._lock:
+            return apply_snapshot(self.provider, snapshot, now=t, replace=replace)
+
+    def digests(self, now: float | None = None) -> dict[str, int]:
+        """:func:`~prefixcache.digests` of the wrapped provider."""
+        t = self.clock() if now is None else now
+        with self._lock:
+            return digests(self.provider, now=t)
+
+    # -- counters and publishing ----------------------------------------------------------
+    def stats(self) -> SyncStats:
+        """A consistent copy of the counters."""
+        with self._count_lock:
+            return SyncStats(**self._counts)
+
+    def _bump(self, name: str) -> None:
+        with self._count_lock:
+            self._counts[name] += 1
+
+    def _publish_failed(self, subject: str, error: BaseException) -> None:
+        self._bump("publish_errors")
+        try:
+            self.on_publish_error(subject, error)
+        except Exception:
+            _log.exception("the publish error hook raised")
+
+    def _publish(self, subject: str, payload: bytes) -> None:
+        publisher = self.publisher
+        if publisher is None:
+            return
+        try:
+            result = publisher.publish(subject, payload)
+        except Exception as exc:
+            self._publish_failed(subject, exc)
+            return
+        if result is None:
+            self._bump("published")
+            return
+        if not inspect.isawaitable(result):  # a publisher returning a value: accepted
+            self._bump("published")
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            if inspect.iscoroutine(result):
+                result.close()
+            self._publish_failed(
+                subject, RuntimeError("an async publisher was called outside a running event loop")
+            )
+            return
+        task = loop.create_task(self._send_after(self._tail, result, subject))
+        self._tail = task
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _send_after(
+        self, previous: asyncio.Task[None] | None, send: Awaitable[Any], subject: str
+    ) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait({previous})
+        try:
+            await asyncio.wait_for(_as_coroutine(send), self.publish_timeout)
+        except Exception as exc:  # TimeoutError included
+            self._publish_failed(subject, exc)
+        else:
+            self._bump("published")
+
+    async def flush(self) -> None:
+        """Wait until every asynchronous publish started so far has finished (or failed)."""
+        while self._pending:
+            await asyncio.wait(set(self._pending))
+
+
+async def _as_coroutine(aw: Awaitable[Any]) -> Any:
+    return await aw
+
+
+class _Evictable(Protocol):
+    def evict(self, now: float) -> object: ...
+
+
+def eviction_interval(ttl: float) -> float:
+    """The sweep period for entries living ``ttl`` seconds: ``ttl / 2``, or 60 s if that is
+    not positive (``ttl <= 0`` means entries never expire).
+
+    >>> eviction_interval(300.0), eviction_interval(0.0)
+    (150.0, 60.0)
+    """
+    half = ttl / 2
+    return half if half > 0 else 60.0
+
+
+class EvictionTicker:
+    """Calls ``target.evict(clock())`` periodically, started and stopped by the host.
+
+    Nothing runs until the host asks: :meth:`start` / :meth:`stop` run a daemon thread
+    (``with ticker:`` does both), :meth:`start_async` / :meth:`stop_async` an asyncio task on the
+    running loop, :meth:`run` is the bare coroutine, and :meth:`tick` does one sweep now (what
+    tests call). An exception from ``evict`` is logged and counted (:attr:`errors`); the
+    ticker keeps going.
+
+    Args:
+        target: anything with ``evict(now)``: an ``Index`` or a :class:`Sync`.
+        ttl: the entries' time to live; the period is :func:`eviction_interval` of it.
+        interval: an explicit period in seconds (> 0), overriding ``ttl``.
+        clock: where ``now`` comes from (the host's clock domain).
+
+    Thread-safe to start/stop from one controlling thread.
+    """
+
+    def __init__(
+        self,
+        target: _Evictable,
+        *,
+        ttl: float = 0.0,
+        interval: float | None = None,
+        clock: Clock | Callable[[], float] = time.time,
+    ) -> None:
+        if interval is not None and not interval > 0:
+            raise InvalidRecordError("interval", interval, "must be > 0 seconds")
+        self.target = target
+        self.interval = eviction_interval(ttl) if interval is None else interval
+        self.clock = clock
+        self.ticks = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def tick(self, now: float | None = None) -> object:
+        """Sweep once at ``now`` (default ``clock()``); return what ``evict`` returned (``None``
+        after an error)."""
+        try:
+            result = self.target.evict(self.clock() if now is None else now)
+        except Exception:
+            self.errors += 1
+            _log.exception("eviction failed")
+            return None
+        finally:
+            self.ticks += 1
+        return result
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread or the task is running."""
+        thread_alive = self._thread is not None and self._thread.is_alive()
+        return thread_alive or (self._task is not None and not self._task.done())
+
+    def start(self) -> None:
+        """Start the daemon thread (first sweep one interval from now).
+
+        Raises:
+            RuntimeError: already running.
+        """
+        if self.running:
+            raise RuntimeError("EvictionTicker is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="prefixcache-eviction", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.tick()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the thread and wait for it (at most ``timeout`` s). Idempotent."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def __enter__(self) -> EvictionTicker:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    async def run(self) -> None:
+        """Sweep every interval until cancelled (the coroutine behind :meth:`start_async`)."""
+        while True:
+            await asyncio.sleep(self.interval)
+            self.tick()
+
+    def start_async(self) -> asyncio.Task[None]:
+        """Run :meth:`run` as a task on the running loop and return it.
+
+        Raises:
+            RuntimeError: already running, or no running event loop.
+        """
+        if self.running:
+            raise RuntimeError("EvictionTicker is already running")
+        loop = asyncio.get_running_loop()
+        coro: Coroutine[Any, Any, None] = self.run()
+        self._task = loop.create_task(coro)
+        return self._task
+
+    async def stop_async(self) -> None:
+        """Cancel the task and wait for it. Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
