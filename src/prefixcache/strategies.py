@@ -89,18 +89,16 @@ def chains(
     """
     if not 1 <= branching <= 65536:
         raise ValueError(f"branching={branching!r}: must be in [1, 65536]")
-    return st.lists(
-        st.integers(0, branching - 1), min_size=min_size, max_size=max_size
-    ).map(lambda path: _path_to_chain(path, salt))
+    return st.lists(st.integers(0, branching - 1), min_size=min_size, max_size=max_size).map(
+        lambda path: _path_to_chain(path, salt)
+    )
 
 
 def replica_keys(
     node_ids: Sequence[str] = DEFAULT_NODE_IDS, *, max_replica: int = 1
 ) -> st.SearchStrategy[ReplicaKey]:
     """``ReplicaKey`` over ``node_ids`` with replicas ``0..max_replica``."""
-    return st.builds(
-        ReplicaKey, st.sampled_from(tuple(node_ids)), st.integers(0, max_replica)
-    )
+    return st.builds(ReplicaKey, st.sampled_from(tuple(node_ids)), st.integers(0, max_replica))
 
 
 def candidates(
@@ -214,9 +212,7 @@ def advances(config: Config = DEFAULT_CONFIG) -> st.SearchStrategy[float]:
     sums of steps land exactly on ``age == ttl``; sometimes any float up to ``2 * ttl``.
     """
     ttl = config.ttl
-    exact = sorted(
-        {0.0, 0.5, 1.0, ttl / 4, ttl / 2, ttl, ttl + 1.0, max(config.half_life, 0.0)}
-    )
+    exact = sorted({0.0, 0.5, 1.0, ttl / 4, ttl / 2, ttl, ttl + 1.0, max(config.half_life, 0.0)})
     return st.one_of(
         st.sampled_from(exact),
         st.floats(0.0, 2 * ttl, allow_nan=False, allow_infinity=False),

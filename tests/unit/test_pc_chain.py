@@ -79,9 +79,7 @@ def test_depth_is_ceil_len_over_window_capped_at_max_depth(
 
 @pytest.mark.parametrize("blocks", [1, 2, 46, 47, 48, 49, 50, 64, 200])
 @pytest.mark.parametrize("tail", [0, 1, 255])
-def test_matches_literal_algorithm_around_the_vectorised_threshold(
-    blocks: int, tail: int
-) -> None:
+def test_matches_literal_algorithm_around_the_vectorised_threshold(blocks: int, tail: int) -> None:
     # The implementation switches to a numpy block cut at 48 blocks; both paths must agree
     # with the literal algorithm.
     data = bytes((i * 7 + 3) % 256 for i in range(blocks * 256 + tail))
