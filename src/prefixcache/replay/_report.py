@@ -26,7 +26,7 @@ __all__ = [
     "run_replay",
 ]
 
-DEFAULT_TARGET_LOAD = 0.75
+DEFAULT_TARGET_LOAD = 0.8
 """``speedup="auto"``: prompt tokens offered per second, as a fraction of the cluster's
 prefill capacity when nothing is cached."""
 
