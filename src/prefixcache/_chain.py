@@ -115,7 +115,8 @@ def extract_chain(
         InvalidRecordError: ``model`` is not a ``str``, or ``prompt`` is neither ``str`` nor
             bytes-like (a ``TypeError`` and a ``ValueError``).
 
-    Complexity: O(min(len(data), W * max_depth)) plus one UTF-8 encode of the prompt.
+    Complexity: O(min(len(data), W * max_depth)): only the hashed prefix of a ``str`` prompt
+    is encoded.
 
     >>> extract_chain("modelX", "hello world")
     (9021501245760295833,)
@@ -124,13 +125,19 @@ def extract_chain(
     """
     if type(model) is not str:
         raise InvalidRecordError("model", model, "must be a str")
+    width = config.window_bytes
     if type(prompt) is str:
+        # Only the first max_depth * W bytes are hashed, and every character encodes to at
+        # least one byte, so encoding that many characters is enough (and equal to the
+        # prefix of the full encoding): long prompts cost O(max_depth * W), not O(len).
+        limit = config.max_depth * width
+        text = prompt if len(prompt) <= limit else prompt[:limit]
         # Lone surrogates cannot be UTF-8; keep them as the bytes CPython would write with
         # "surrogatepass" rather than failing a routing decision.
         try:
-            data = prompt.encode()
+            data = text.encode()
         except UnicodeEncodeError:
-            data = prompt.encode("utf-8", "surrogatepass")
+            data = text.encode("utf-8", "surrogatepass")
     elif type(prompt) is bytes:
         data = prompt
     elif isinstance(prompt, bytes | bytearray | memoryview):
@@ -139,7 +146,6 @@ def extract_chain(
         raise InvalidRecordError("prompt", prompt, "must be a str or bytes")
     if not data:
         return ()
-    width = config.window_bytes
     depth = min(-(-len(data) // width), config.max_depth)
     return _chain_bytes(_salt(model), data, width, depth)
 
@@ -159,15 +165,25 @@ def _token_bytes_from_array(token_ids: npt.NDArray[np.generic]) -> bytes:
         )
     if arr.size == 0:
         return b""
-    # Vectorised range check (two reductions, not a Python loop); small unsigned dtypes
-    # cannot hold an out-of-range id.
-    small_unsigned = kind == "u" and arr.dtype.itemsize <= 4
-    if not small_unsigned and (int(arr.min()) < 0 or int(arr.max()) > MAX_TOKEN_ID):
+    # Vectorised range check (reductions, not a Python loop): unsigned dtypes of <= 4 bytes
+    # cannot hold an out-of-range id, signed ones of <= 4 bytes only a negative one.
+    itemsize = arr.dtype.itemsize
+    if kind == "i" and itemsize <= 4:
+        out_of_range = int(arr.min()) < 0
+    elif kind == "u" and itemsize <= 4:
+        out_of_range = False
+    else:
+        out_of_range = int(arr.min()) < 0 or int(arr.max()) > MAX_TOKEN_ID
+    if out_of_range:
         bad = int(np.flatnonzero((arr < 0) | (arr > MAX_TOKEN_ID))[0])
         raise InvalidRecordError(
             f"token_ids[{bad}]", int(arr[bad]), f"must be in [0, {MAX_TOKEN_ID}]"
         )
-    return arr.astype("<u4", copy=False).tobytes()
+    order = arr.dtype.byteorder
+    if itemsize == 4 and (order == "<" or (order == "=" and _NATIVE_LITTLE)):
+        # Non-negative little-endian int32 has the bits of uint32: reinterpret, don't cast.
+        return arr.view("<u4").tobytes()
+    return arr.astype("<u4").tobytes()
 
 
 def _token_bytes_from_sequence(token_ids: Iterable[object]) -> bytes:

@@ -96,6 +96,15 @@ def test_blocks_are_bytes_and_may_split_a_multibyte_character() -> None:
     assert chain == naive_chain("m", prompt.encode(), 2, 10)
 
 
+@pytest.mark.parametrize("text", ["a" * 20_000, "é" * 20_000, "x€" * 9_000, "a" * 16_383 + "€€"])
+def test_long_text_prompts_hash_only_the_encoded_prefix_correctly(text: str) -> None:
+    # Only the first max_depth * W characters are encoded; the chain must equal the one
+    # over the full encoding (a multibyte character may straddle the last hashed byte).
+    assert extract_chain("m", text) == naive_chain("m", text.encode(), 256, 64)
+    small = Config(window_bytes=3, max_depth=5)
+    assert extract_chain("m", text, small) == naive_chain("m", text.encode(), 3, 5)
+
+
 def test_bytes_like_prompts_equal_their_text() -> None:
     text = "hello, 世界" * 40
     data = text.encode()
@@ -160,6 +169,17 @@ def test_numpy_arrays_of_any_integer_dtype_equal_lists(dtype: type) -> None:
     tokens = [(i * 37) % 250 for i in range(1000)]
     expected = extract_token_chain("m", tokens, block_tokens=16)
     assert extract_token_chain("m", np.array(tokens, dtype=dtype), block_tokens=16) == expected
+
+
+def test_token_arrays_big_endian_and_strided() -> None:
+    tokens = [(i * 7919) % 60_000 for i in range(300)]
+    expected = extract_token_chain("m", tokens, block_tokens=8)
+    for dtype in (">i4", ">u4", ">i8", "<i8", ">u2"):
+        arr = np.array(tokens, dtype=dtype)
+        assert extract_token_chain("m", arr, block_tokens=8) == expected, dtype
+    wide = np.zeros(600, dtype=np.int32)
+    wide[::2] = tokens
+    assert extract_token_chain("m", wide[::2], block_tokens=8) == expected
 
 
 def test_token_sequences_of_other_kinds() -> None:
