@@ -560,6 +560,7 @@ class RadixTree(Generic[V]):
                 b = ob
                 oo = b.owner
                 if b.counted:
+                    b.counted = False
                     self._adjust(oo, -b.live * b.f)
                 if oo is not o:
                     del oo.batches[b]
@@ -567,7 +568,6 @@ class RadixTree(Generic[V]):
                         del self._owners[oo.value]
                     o.batches[b] = None
                     b.owner = o
-                b.counted = False
                 b.t = t
                 b.seq = seq
                 b.f = self._term(o, t)
@@ -720,10 +720,10 @@ class RadixTree(Generic[V]):
     def _drop_batch(self, b: _Batch) -> int:
         nodes = [n for n in b.nodes if n[B] is b]
         count = len(nodes)
-        if b.counted:
-            self._adjust(b.owner, -count * b.f)
-            b.counted = False
         b.live = 0
+        if b.counted:
+            b.counted = False
+            self._adjust(b.owner, -count * b.f)
         self._len -= count
         self._retire(b)
         # Deepest first so pruning walks each branch once.

@@ -16,7 +16,9 @@ TTL = 10.0
 HALF_LIFE = 3.0
 
 # Small alphabets force shared prefixes and same-hash-different-parent collisions.
-block = st.one_of(st.integers(0, 3), st.sampled_from([2**64 - 1, 2**63, 12345678901234567890]))
+block = st.one_of(
+    st.integers(0, 2), st.integers(0, 2), st.sampled_from([2**64 - 1, 12345678901234567890])
+)
 keys = st.lists(block, min_size=0, max_size=5).map(tuple)
 values = st.sampled_from(["a", "b", "c", "d"])
 
@@ -76,6 +78,8 @@ class TreeMachine(RuleBasedStateMachine):
         self.now = 100.0
         self.trees: list[RadixTree[str]] = []
         self.naive = NaiveTree(TTL, HALF_LIFE, 0)
+        self.inserted: list[tuple[int, ...]] = [()]
+        self.times: list[float] = [100.0]
 
     @precondition(lambda self: not self.trees)
     @rule(cap=st.sampled_from([0, 0, 3, 7]), ttl=st.sampled_from([TTL, TTL, 0.0]),
@@ -92,8 +96,19 @@ class TreeMachine(RuleBasedStateMachine):
     @rule(key=keys, value=values)
     def insert(self, key: tuple[int, ...], value: str) -> None:
         self.naive.insert(key, value, self.now)
+        self.inserted.append(key)
+        self.times.append(self.now)
         for t in self.trees:
             t.insert(key, value, self.now)
+
+    @precondition(lambda self: bool(self.trees))
+    @rule(data=st.data(), cut=st.integers(0, 5), tail=keys)
+    def match_known(self, data: st.DataObject, cut: int, tail: tuple[int, ...]) -> None:
+        """Query a prefix of an inserted key, possibly diverging after it."""
+        key = data.draw(st.sampled_from(self.inserted))[:cut] + tail
+        expected = self.naive.longest_match(key, self.now)
+        for t in self.trees:
+            assert t.longest_match(key, self.now) == expected
 
     @precondition(lambda self: bool(self.trees))
     @rule(key=st.lists(block, min_size=1, max_size=3).map(tuple), bad=st.sampled_from([-1, 2**64]))
@@ -103,9 +118,15 @@ class TreeMachine(RuleBasedStateMachine):
                 t.insert((*key, bad), "a", self.now)
 
     @precondition(lambda self: bool(self.trees))
-    @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 3.0, 7.0, 10.0, 11.0, -2.0]))
+    @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 3.0, 7.0, 10.0, 10.0, 11.0, -2.0]))
     def advance(self, dt: float) -> None:
         self.now += dt
+
+    @precondition(lambda self: bool(self.trees))
+    @rule(data=st.data(), offset=st.sampled_from([0.0, -0.5, 0.5]))
+    def jump_to_expiry_boundary(self, data: st.DataObject, offset: float) -> None:
+        """Move the clock to exactly ``ttl`` (or just around it) after an earlier insert."""
+        self.now = data.draw(st.sampled_from(self.times)) + self.naive.ttl + offset
 
     @precondition(lambda self: bool(self.trees))
     @rule(key=keys)
@@ -163,7 +184,7 @@ class TreeMachine(RuleBasedStateMachine):
 
 TreeMachine.TestCase.settings = settings(
     max_examples=settings.default.max_examples,
-    stateful_step_count=40,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
