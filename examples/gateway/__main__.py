@@ -95,7 +95,9 @@ async def run_gateway(args: argparse.Namespace) -> None:
         sync_transport=bridge if args.sync else None,
         settings=_settings(args),
     )
-    server = await start_server(gateway.make_app(), host=args.host, port=args.port)
+    server = await start_server(
+        gateway.make_app(), host=args.host, port=args.port, handler_cancellation=True
+    )
     print(
         f"gateway {args.name} listening on {server.url} (cluster page: {server.url}/cluster, "
         f"sync {'on' if args.sync else 'off'})",
@@ -124,7 +126,9 @@ async def run_demo(args: argparse.Namespace) -> None:
         membership_transport=bus.connect(),
         settings=_settings(args),
     )
-    gateway_server = await start_server(gateway.make_app(), host=args.host, port=args.port)
+    gateway_server = await start_server(
+        gateway.make_app(), host=args.host, port=args.port, handler_cancellation=True
+    )
     for name, models, vram in specs:
         backend = MockBackend(
             name=name, models=models, available_vram=vram, chunk_delay=args.chunk_delay

@@ -158,7 +158,7 @@ class LocalCluster:
             sync_transport=sync_transport,
             settings=settings,
         )
-        server = await start_server(gateway.make_app())
+        server = await start_server(gateway.make_app(), handler_cancellation=True)
         handle = GatewayHandle(gateway, server)
         self.gateways.append(handle)
         self.on_close(server.close)

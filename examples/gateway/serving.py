@@ -31,9 +31,16 @@ class RunningServer:
 
 
 async def start_server(
-    app: web.Application, *, host: str = "127.0.0.1", port: int = 0
+    app: web.Application,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    handler_cancellation: bool = False,
 ) -> RunningServer:
     """Run ``app`` on ``host:port`` (port 0: a free port chosen by the OS, then reported).
+
+    With ``handler_cancellation`` a request handler is cancelled as soon as its client
+    disconnects (the gateway uses it so that an abandoned request releases its backend at once).
 
     The socket is bound here and handed to aiohttp, so there is no window in which another
     process could take a port that was found free.
@@ -44,7 +51,13 @@ async def start_server(
     sock.listen(128)
     sock.setblocking(False)
     bound_port = int(sock.getsockname()[1])
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=1.0,
+        handler_cancellation=handler_cancellation,
+    )
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()

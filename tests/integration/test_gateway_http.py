@@ -434,3 +434,25 @@ def test_membership_drops_malformed_announcements() -> None:
     assert members.nodes() == [] and members.dropped == 6
     handler("clusterrouting.nodes", NodeData(id="n1", last_seen=1.0).to_json().encode())
     assert [n.id for n in members.nodes()] == ["n1"] and members.announcements == 1
+
+
+def test_a_client_that_goes_away_releases_its_backend_and_teaches_nothing() -> None:
+    async def main() -> None:
+        async with LocalCluster() as cluster, aiohttp.ClientSession() as s:
+            gw = await start(cluster, {"b1": (["m-a"], GiB)})
+            body = conversation("m-a", ["I will hang up"], stream=True)
+            resp = await s.post(
+                gw.url + "/v1/chat/completions", json=body, headers={"X-Mock-Hold": "gone"}
+            )
+            assert resp.status == 200
+            assert (await asyncio.wait_for(resp.content.readline(), 10)).startswith(b"data: ")
+            assert gw.gateway.in_flight.get("b1") == 1
+            resp.close()  # the client disconnects while the backend is still generating
+            # Released at once (the handler is cancelled on disconnect), not when the
+            # backend would have finished: the hold is never released.
+            await wait_until(lambda: gw.gateway.in_flight.get("b1", 0) == 0, what="release")
+            snap = await cluster_json(s, gw.url)
+            assert snap["index"]["entries"] == 0 and snap["backends"][0]["served"] == 0
+            assert not snap["backends"][0]["failed"]  # the client left; the backend is fine
+
+    run(main)
