@@ -32,6 +32,7 @@ from prefixcache._events import (
     ObserveEvent,
     decode_event,
 )
+from prefixcache._index import Index, Provider
 from prefixcache._protocols import (
     AsyncPublisher,
     AsyncTransport,
@@ -77,6 +78,7 @@ __all__ = [
     "EVENT_SUBJECTS",
     "EventDecodeError",
     "INVALIDATE_SUBJECT",
+    "Index",
     "InvalidateEvent",
     "KvCacheMirror",
     "MAX_EVENT_BYTES",
@@ -87,6 +89,7 @@ __all__ = [
     "ObserveEvent",
     "PrefixDecision",
     "Pressure",
+    "Provider",
     "Publisher",
     "RadixTree",
     "ReplicaKey",

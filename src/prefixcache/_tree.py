@@ -47,6 +47,7 @@ _PARENT = itemgetter(P)
 _BATCH = itemgetter(B)
 _U64 = 1 << 64
 _NO_BATCH = object()
+_NO_CACHE: tuple[Any, list[Any], int] = (object(), [], -1)
 _REBASE = 512.0  # rebase an owner's origin when a term would exceed 2**512
 _EXACT_EXP = 600.0  # weight factor exponents beyond this are answered exactly
 _DRIFT = 1e5  # recompute when ops * peak > _DRIFT * |live_sum| (bound ~1e-11 relative)
@@ -291,7 +292,8 @@ class RadixTree(Generic[V]):
         self._age: list[tuple[float, int, _Batch]] = []  # every batch with live nodes
         self._exp: list[tuple[float, int, _Batch]] = []  # counted batches (ttl > 0)
         self._nbatches = 0
-        self.version = 0  # bumped by every mutation (used by Index's walk cache)
+        self.version = 0  # bumped by every mutation (guards the walk cache)
+        self._walk_cache: tuple[Any, list[Node], int] = _NO_CACHE
 
     # ----------------------------------------------------------------- properties
     @property
@@ -420,6 +422,44 @@ class RadixTree(Generic[V]):
             ]
             out.sort(key=itemgetter(0))
             return out
+
+    # ------------------------------------------------------- Index fast paths
+    def _decide(
+        self, chain: Sequence[int], keys: Sequence[Any], now: float
+    ) -> tuple[Any, int, list[float]]:
+        """One locked call for ``Index.decide``: ``(owner or None, depth, weights)``. The walk
+        is remembered so that ``_observe`` of the same chain object can reuse it."""
+        with self._lock:
+            weights = self._weights(keys, now)
+            if not len(chain):
+                return None, 0, weights
+            nodes = self._store.walk(chain)
+            if len(nodes) < len(chain):
+                fixed = _bad_key(chain, len(nodes))
+                if fixed is not None:
+                    nodes = self._store.walk(fixed)
+            self._walk_cache = (chain, nodes, self.version)
+            m = self._match(nodes, now)
+            if m is None:
+                return None, 0, weights
+            return m[0], m[1], weights
+
+    def _observe(self, chain: Sequence[int], value: Any, now: float) -> bool:
+        """``insert`` for ``Index.observe``; returns False iff the chain's full-depth longest
+        match was already ``value`` and live."""
+        with self._lock:
+            cached = self._walk_cache
+            if cached[0] is chain and cached[2] == self.version:
+                nodes = cached[1]
+            else:
+                nodes = self._store.walk(chain)
+            self._walk_cache = _NO_CACHE
+            fresh = True
+            if len(nodes) == len(chain):
+                m = self._match(nodes, now)
+                fresh = m is None or m[1] != len(chain) or m[0] != value
+            self._insert(chain, value, now, nodes)
+            return fresh
 
     def _check(self) -> None:
         """Assert every internal invariant (for tests). O(n)."""

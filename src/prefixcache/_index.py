@@ -1,0 +1,228 @@
+"""The per-model prefix index (:class:`Index`) and the provider protocol it implements."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from operator import attrgetter
+from typing import Any, Protocol, runtime_checkable
+
+from clusterrouting import InvalidRecordError
+from prefixcache._config import DEFAULT_CONFIG, Config
+from prefixcache._tree import DEFAULT_BACKEND, Backend, RadixTree, _bad_key
+from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
+
+__all__ = ["Index", "Provider", "order_cold"]
+
+#: Weights within this relative distance are equal for every ordering decision (SPEC).
+_REL = 1e-9
+_KEY = attrgetter("key")
+_NODE_REPLICA = attrgetter("node_id", "replica")
+_new = object.__new__
+_set = object.__setattr__
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """What routers call on a prefix index: :class:`Index`, ``Sync`` and
+    ``ReferenceIndex`` all satisfy it structurally.
+
+    Times are float seconds of the host's clock (the wall clock when events cross routers).
+    """
+
+    def decide(
+        self, model: str, chain: Sequence[int], candidates: Sequence[Candidate], now: float
+    ) -> PrefixDecision: ...
+
+    def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool: ...
+
+    def invalidate(self, model: str, key: ReplicaKey) -> object: ...
+
+    def invalidate_node(self, model: str, node_id: str) -> object: ...
+
+    def evict(self, now: float) -> object: ...
+
+    def models(self) -> frozenset[str]: ...
+
+
+def order_cold(keys: Sequence[ReplicaKey], weights: Sequence[float]) -> tuple[ReplicaKey, ...]:
+    """``keys`` sorted by (weight ascending, node id, replica), near-equal weights tied.
+
+    Weights are sorted; neighbours within a relative 1e-9 of each other
+    (``math.isclose(a, b, rel_tol=1e-9)``) are joined into one tie group, chained, and each
+    group is ordered by ``(node_id, replica)``. Duplicate keys keep their multiplicity.
+    When no two distinct weights are that close this is plainly
+    ``sorted(keys, key=lambda k: (weight[k], k.node_id, k.replica))``.
+
+    Complexity: O(n log n) for n keys.
+
+    >>> a, b, c = ReplicaKey("a"), ReplicaKey("b"), ReplicaKey("c")
+    >>> [k.node_id for k in order_cold([c, b, a], [1.0, 2.0, 1.0 + 1e-12])]
+    ['a', 'c', 'b']
+    """
+    pairs = sorted(zip(weights, map(_NODE_REPLICA, keys), keys, strict=True))
+    if len(pairs) < 2:
+        return tuple(p[2] for p in pairs)
+    prev = pairs[0][0]
+    tie = False
+    for p in pairs:
+        w = p[0]
+        if w != prev and w - prev <= _REL * max(abs(w), abs(prev)):
+            tie = True
+            break
+        prev = w
+    if not tie:
+        return tuple([p[2] for p in pairs])
+    out: list[ReplicaKey] = []
+    group: list[tuple[float, tuple[str, int], ReplicaKey]] = []
+    last = pairs[0][0]
+    for p in pairs:
+        w = p[0]
+        if group and not (w == last or abs(w - last) <= _REL * max(abs(w), abs(last))):
+            group.sort(key=_GROUP_KEY)
+            out.extend(q[2] for q in group)
+            group = []
+        group.append(p)
+        last = w
+    group.sort(key=_GROUP_KEY)
+    out.extend(q[2] for q in group)
+    return tuple(out)
+
+
+def _group_key(p: tuple[float, tuple[str, int], ReplicaKey]) -> tuple[str, int]:
+    return p[1]
+
+
+_GROUP_KEY = _group_key
+
+
+def _decision(
+    hot: ReplicaKey | None, ratio: float, cold: tuple[ReplicaKey, ...]
+) -> PrefixDecision:
+    """Build a :class:`PrefixDecision` from values this module already guarantees valid,
+    skipping the validators (hot path)."""
+    d: PrefixDecision = _new(PrefixDecision)
+    _set(d, "hot", hot)
+    _set(d, "match_ratio", ratio)
+    _set(d, "cold_order", cold)
+    return d
+
+
+class Index:
+    """The prefix-affinity index: one :class:`RadixTree` per model, created lazily.
+
+    Each tree is ``RadixTree(ttl=config.ttl, half_life=config.half_life, backend=backend)``
+    owned by :class:`ReplicaKey` values. Times are float seconds of the host's clock (the
+    wall clock if events cross routers through ``Sync``).
+
+    * ``decide(model, chain, candidates, now)``: every candidate's cache weight; for a
+      non-empty chain the longest live match, which counts only if its owner is one of the
+      candidates (else no hot replica and ratio 0.0); ``match_ratio = depth / len(chain)``;
+      ``cold_order`` = candidate keys sorted by (weight asc, node id, replica), see
+      :func:`order_cold`. Cost O(len(chain) + len(candidates)), independent of the number of
+      stored entries (weights are maintained per owner, never by walking the tree).
+    * ``observe(model, chain, key, now)``: ignores (``False``) an empty chain or empty node
+      id; else records ``key`` as the owner of every node of the chain and returns ``True``
+      unless the chain's full-depth longest match was already ``key`` and live ("new or
+      extended": the caller broadcasts on ``True``).
+    * ``invalidate(model, key)`` / ``invalidate_node(model, node_id)``: drop that replica's /
+      every replica of that node's entries; never create a tree. Return how many were
+      dropped. ``evict(now)`` sweeps every tree (returns the total removed).
+      ``models()``: models holding a tree (a tree emptied by invalidation stays).
+    * ``tree(model)``: the model's tree or ``None`` (read access for snapshots).
+
+    Thread-safe: each tree locks itself; tree creation is serialised.
+
+    Raises:
+        InvalidRecordError: a chain element is not an integer in ``[0, 2**64)``, or ``key``
+            is not a :class:`ReplicaKey`.
+
+    >>> ix = Index()
+    >>> a, b = ReplicaKey("a"), ReplicaKey("b")
+    >>> ix.observe("m", (1, 2, 3), a, now=0.0)
+    True
+    >>> d = ix.decide("m", (1, 2, 9, 9), [Candidate(a), Candidate(b)], now=1.0)
+    >>> d.hot.node_id, d.match_ratio, [k.node_id for k in d.cold_order]
+    ('a', 0.5, ['b', 'a'])
+    """
+
+    def __init__(
+        self, config: Config = DEFAULT_CONFIG, *, backend: Backend = DEFAULT_BACKEND
+    ) -> None:
+        if not isinstance(config, Config):
+            raise InvalidRecordError("config", config, "must be a prefixcache.Config")
+        if backend not in ("dict", "datrie"):
+            raise InvalidRecordError("backend", backend, "must be 'dict' or 'datrie'")
+        self._config = config
+        self._backend: Backend = backend
+        self._trees: dict[str, RadixTree[ReplicaKey]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def config(self) -> Config:
+        """The configuration every tree was built from."""
+        return self._config
+
+    @property
+    def backend(self) -> Backend:
+        """The trees' backend."""
+        return self._backend
+
+    def tree(self, model: str) -> RadixTree[ReplicaKey] | None:
+        """The model's tree, or ``None`` if none was created (read access for snapshots)."""
+        return self._trees.get(model)
+
+    def _tree_for(self, model: str) -> RadixTree[ReplicaKey]:
+        tree = self._trees.get(model)
+        if tree is None:
+            with self._lock:
+                tree = self._trees.get(model)
+                if tree is None:
+                    c = self._config
+                    tree = RadixTree(ttl=c.ttl, half_life=c.half_life, backend=self._backend)
+                    self._trees[model] = tree
+        return tree
+
+    def decide(
+        self, model: str, chain: Sequence[int], candidates: Sequence[Candidate], now: float
+    ) -> PrefixDecision:
+        """The hot replica, match ratio and cold order for ``chain`` over ``candidates``."""
+        keys = list(map(_KEY, candidates))
+        tree = self._trees.get(model)
+        if tree is None:
+            if len(chain):
+                _bad_key(chain, 0)
+            return _decision(None, 0.0, order_cold(keys, [0.0] * len(keys)))
+        owner, depth, weights = tree._decide(chain, keys, now)
+        if owner is not None and owner in keys:
+            return _decision(owner, depth / len(chain), order_cold(keys, weights))
+        return _decision(None, 0.0, order_cold(keys, weights))
+
+    def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool:
+        """Record that ``key`` caches ``chain``; ``True`` when new or extended."""
+        if type(key) is not ReplicaKey and not isinstance(key, ReplicaKey):
+            raise InvalidRecordError("key", key, "must be a ReplicaKey")
+        if not len(chain) or not key.node_id:
+            return False
+        return self._tree_for(model)._observe(chain, key, now)
+
+    def invalidate(self, model: str, key: ReplicaKey) -> int:
+        """Drop every entry of ``model`` owned by ``key``; returns how many."""
+        tree = self._trees.get(model)
+        return 0 if tree is None else tree.remove(key)
+
+    def invalidate_node(self, model: str, node_id: str) -> int:
+        """Drop every entry of ``model`` owned by any replica of ``node_id``; returns how
+        many."""
+        tree = self._trees.get(model)
+        if tree is None:
+            return 0
+        return tree.remove_if(lambda k: k.node_id == node_id)
+
+    def evict(self, now: float) -> int:
+        """Drop expired entries of every model; returns how many."""
+        return sum(t.evict(now) for t in list(self._trees.values()))
+
+    def models(self) -> frozenset[str]:
+        """Models holding a tree."""
+        return frozenset(self._trees)
