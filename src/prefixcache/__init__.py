@@ -57,6 +57,12 @@ from prefixcache._snapshot import (
     digests,
     export_snapshot,
 )
+from prefixcache._sync import (
+    EvictionTicker,
+    Sync,
+    SyncStats,
+    eviction_interval,
+)
 from prefixcache._tree import BACKENDS, DEFAULT_BACKEND, Backend, RadixTree
 from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
 
@@ -77,6 +83,7 @@ __all__ = [
     "DecisionProvider",
     "EVENT_SUBJECTS",
     "EventDecodeError",
+    "EvictionTicker",
     "INVALIDATE_SUBJECT",
     "Index",
     "InvalidateEvent",
@@ -97,12 +104,15 @@ __all__ = [
     "Snapshot",
     "SnapshotDecodeError",
     "SnapshotEntry",
+    "Sync",
+    "SyncStats",
     "Transport",
     "affinity_preferred",
     "apply_snapshot",
     "decode_event",
     "digest",
     "digests",
+    "eviction_interval",
     "export_snapshot",
     "extract_chain",
     "extract_model",

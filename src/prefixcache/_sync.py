@@ -204,24 +204,29 @@ class Sync:
             self._publish(OBSERVE_SUBJECT, ObserveEvent.from_key(model, chain, key).encode())
         return changed
 
-    def invalidate(self, model: str, key: ReplicaKey) -> None:
-        """Drop ``key``'s entries locally and tell peers (always, even if nothing was here)."""
-        with self._lock:
-            self.provider.invalidate(model, key)
-        self._publish(INVALIDATE_SUBJECT, InvalidateEvent.for_key(model, key).encode())
+    def invalidate(self, model: str, key: ReplicaKey) -> object:
+        """Drop ``key``'s entries locally and tell peers (always, even if nothing was here).
 
-    def invalidate_node(self, model: str, node_id: str) -> None:
+        Returns what the provider returned (an ``Index`` returns the number removed).
+        """
+        with self._lock:
+            result = self.provider.invalidate(model, key)
+        self._publish(INVALIDATE_SUBJECT, InvalidateEvent.for_key(model, key).encode())
+        return result
+
+    def invalidate_node(self, model: str, node_id: str) -> object:
         """Drop every replica of ``node_id`` locally and tell peers (``replica=-1``).
 
         An empty ``node_id`` is applied locally (a no-op for the index) but not published: it
-        is not a valid event.
+        is not a valid event. Returns what the provider returned.
         """
         with self._lock:
-            self.provider.invalidate_node(model, node_id)
+            result = self.provider.invalidate_node(model, node_id)
         if node_id:
             self._publish(INVALIDATE_SUBJECT, InvalidateEvent.for_node(model, node_id).encode())
+        return result
 
-    def evict(self, now: float) -> Any:
+    def evict(self, now: float) -> object:
         """Sweep expired entries locally (never published); returns what the provider returns."""
         with self._lock:
             return self.provider.evict(now)
@@ -326,12 +331,18 @@ class Sync:
         return detach
 
     # -- anti-entropy -----------------------------------------------------------------------
+    def _indexed(self) -> Any:
+        # Snapshots read trees: the provider must be an Index (or expose ``tree(model)``).
+        if not hasattr(self.provider, "tree") and not hasattr(self.provider, "provider"):
+            raise TypeError("snapshots need a provider with tree(model), such as an Index")
+        return self.provider
+
     def export_snapshot(self, now: float | None = None) -> Snapshot:
         """:func:`~prefixcache.export_snapshot` of the wrapped provider at ``now``
         (default ``clock()``)."""
         t = self.clock() if now is None else now
         with self._lock:
-            return export_snapshot(self.provider, now=t)
+            return export_snapshot(self._indexed(), now=t)
 
     def apply_snapshot(
         self, snapshot: Snapshot, now: float | None = None, *, replace: bool = True
@@ -339,13 +350,13 @@ class Sync:
         """:func:`~prefixcache.apply_snapshot` to the wrapped provider (nothing is published)."""
         t = self.clock() if now is None else now
         with self._lock:
-            return apply_snapshot(self.provider, snapshot, now=t, replace=replace)
+            return apply_snapshot(self._indexed(), snapshot, now=t, replace=replace)
 
     def digests(self, now: float | None = None) -> dict[str, int]:
         """:func:`~prefixcache.digests` of the wrapped provider."""
         t = self.clock() if now is None else now
         with self._lock:
-            return digests(self.provider, now=t)
+            return digests(self._indexed(), now=t)
 
     # -- counters and publishing ----------------------------------------------------------
     def stats(self) -> SyncStats:
