@@ -25,7 +25,7 @@ Maker = Callable[[Config], Any]
 def _providers() -> list[Maker]:
     makers: list[Maker] = [ReferenceIndex]
     try:
-        from prefixcache import Index  # type: ignore[attr-defined]
+        from prefixcache import Index
     except ImportError:  # pragma: no cover - Index lands separately
         return makers
     makers.append(lambda cfg: Index(cfg, backend="dict"))

@@ -28,7 +28,7 @@ Maker = Callable[[Config], Any]
 def _providers() -> list[Any]:
     makers: list[Any] = [pytest.param(ReferenceIndex, id="reference")]
     try:
-        from prefixcache import Index  # type: ignore[attr-defined]
+        from prefixcache import Index
     except ImportError:  # pragma: no cover - Index lands separately
         return makers
     for backend in ("dict", "datrie"):
