@@ -87,18 +87,18 @@ def select(
     min_if = min(load.values())
     slack = config.balance_abs_threshold
     factor = config.balance_rel_threshold
-
-    def eligible(key: ReplicaKey) -> bool:
-        in_flight = load.get(key)
-        return in_flight is not None and within_load_guard(
-            in_flight, min_if, slack=slack, factor=factor
-        )
-
     hot = decision.hot
-    if hot is not None and decision.match_ratio >= config.min_prefix_match and eligible(hot):
-        return hot
+    if hot is not None and decision.match_ratio >= config.min_prefix_match:
+        in_flight = load.get(hot)
+        if in_flight is not None and within_load_guard(
+            in_flight, min_if, slack=slack, factor=factor
+        ):
+            return hot
     for key in decision.cold_order:
-        if eligible(key):
+        in_flight = load.get(key)
+        if in_flight is not None and within_load_guard(
+            in_flight, min_if, slack=slack, factor=factor
+        ):
             return key
     return min(load.items(), key=_least_loaded_item)[0]
 
