@@ -112,8 +112,9 @@ def extract_chain(
         The chain, shallow to deep; each element in ``[0, 2**64)``. ``()`` for an empty prompt.
 
     Raises:
-        InvalidRecordError: ``model`` is not a ``str``, or ``prompt`` is neither ``str`` nor
-            bytes-like (a ``TypeError`` and a ``ValueError``).
+        InvalidRecordError: ``model`` is not a ``str``, ``prompt`` is neither ``str`` nor
+            bytes-like, or ``config`` is not a :class:`Config` (a ``TypeError`` and a
+            ``ValueError``).
 
     Complexity: O(min(len(data), W * max_depth)): only the hashed prefix of a ``str`` prompt
     is encoded.
@@ -125,6 +126,8 @@ def extract_chain(
     """
     if type(model) is not str:
         raise InvalidRecordError("model", model, "must be a str")
+    if config is not DEFAULT_CONFIG and not isinstance(config, Config):
+        raise InvalidRecordError("config", config, "must be a prefixcache.Config")
     width = config.window_bytes
     if type(prompt) is str:
         # Only the first max_depth * W bytes are hashed, and every character encodes to at

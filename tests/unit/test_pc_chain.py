@@ -150,6 +150,12 @@ def test_non_text_prompt_is_a_typed_error(prompt: object) -> None:
         extract_chain("m", prompt)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("config", [None, {"window_bytes": 4}, 256])
+def test_non_config_is_a_typed_error(config: object) -> None:
+    with pytest.raises(InvalidRecordError, match="config"):
+        extract_chain("m", "hi", config)  # type: ignore[arg-type]
+
+
 # -- token chains -----------------------------------------------------------------------------
 def le_u32(tokens: list[int]) -> bytes:
     return b"".join(t.to_bytes(4, "little") for t in tokens)
