@@ -63,11 +63,12 @@ def order_cold(keys: Sequence[ReplicaKey], weights: Sequence[float]) -> tuple[Re
     pairs = sorted(zip(weights, map(_NODE_REPLICA, keys), keys, strict=True))
     if len(pairs) < 2:
         return tuple(p[2] for p in pairs)
+    # Weights are >= 0 and sorted, so max(|w|, |prev|) == w.
     prev = pairs[0][0]
     tie = False
     for p in pairs:
         w = p[0]
-        if w != prev and w - prev <= _REL * max(abs(w), abs(prev)):
+        if w != prev and w - prev <= _REL * w:
             tie = True
             break
         prev = w
@@ -87,6 +88,18 @@ def order_cold(keys: Sequence[ReplicaKey], weights: Sequence[float]) -> tuple[Re
     group.sort(key=_GROUP_KEY)
     out.extend(q[2] for q in group)
     return tuple(out)
+
+
+def _order_sorted(ks: list[ReplicaKey], ws: list[float]) -> tuple[ReplicaKey, ...]:
+    """:func:`order_cold` for keys already sorted by (node_id, replica)."""
+    order = sorted(range(len(ws)), key=ws.__getitem__)
+    prev = -1.0
+    for i in order:
+        w = ws[i]
+        if w != prev and w - prev <= _REL * w:
+            return order_cold(ks, ws)
+        prev = w
+    return tuple(map(ks.__getitem__, order))
 
 
 def _group_key(p: tuple[float, tuple[str, int], ReplicaKey]) -> tuple[str, int]:
@@ -157,6 +170,7 @@ class Index:
         self._backend: Backend = backend
         self._trees: dict[str, RadixTree[ReplicaKey]] = {}
         self._lock = threading.Lock()
+        self._key_order: tuple[tuple[ReplicaKey, ...], list[ReplicaKey]] = ((), [])
 
     @property
     def config(self) -> Config:
@@ -187,16 +201,25 @@ class Index:
         self, model: str, chain: Sequence[int], candidates: Sequence[Candidate], now: float
     ) -> PrefixDecision:
         """The hot replica, match ratio and cold order for ``chain`` over ``candidates``."""
-        keys = list(map(_KEY, candidates))
+        keys = tuple(map(_KEY, candidates))
+        # Keys sorted by (node_id, replica) once per distinct candidate list: a stable sort
+        # by weight alone then breaks ties correctly.
+        cached = self._key_order
+        if cached[0] == keys:
+            ks = cached[1]
+        else:
+            ks = sorted(keys, key=_NODE_REPLICA)
+            self._key_order = (keys, ks)
         tree = self._trees.get(model)
         if tree is None:
             if len(chain):
                 _bad_key(chain, 0)
-            return _decision(None, 0.0, order_cold(keys, [0.0] * len(keys)))
-        owner, depth, weights = tree._decide(chain, keys, now)
+            return _decision(None, 0.0, tuple(ks))
+        owner, depth, weights = tree._decide(chain, ks, now)
+        cold = _order_sorted(ks, weights)
         if owner is not None and owner in keys:
-            return _decision(owner, depth / len(chain), order_cold(keys, weights))
-        return _decision(None, 0.0, order_cold(keys, weights))
+            return _decision(owner, depth / len(chain), cold)
+        return _decision(None, 0.0, cold)
 
     def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool:
         """Record that ``key`` caches ``chain``; ``True`` when new or extended."""

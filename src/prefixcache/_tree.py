@@ -12,7 +12,8 @@ Design (the *why*; the *what* is in :class:`RadixTree`'s docstring):
 * Per-owner weights: each owner keeps ``live_sum = sum(count * 2**((t - t0) / half_life))``
   over its batches that are live at the watermark ``W`` (the newest ``now`` seen by a weight
   query), so ``weight`` costs O(1) plus amortised O(1) expiry work: ``weight(now) = live_sum *
-  2**((t0 - now) / half_life)``. The origin ``t0`` is rebased per owner before terms can
+  2**((t0 - now) / half_life)``. The origin ``t0`` (shared by the tree's owners, so one
+  ``pow`` serves a whole ``weights_for``) is rebased before terms can
   overflow, the sum is recomputed exactly whenever its accumulated rounding bound could reach
   1e-11 relative, and a query with ``now < W`` (clock going backwards) or with extreme
   exponents is answered by an exact sum over the owner's batches.
@@ -26,9 +27,10 @@ from __future__ import annotations
 import heapq
 import math
 import threading
+from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from itertools import islice
-from operator import is_, itemgetter
+from itertools import repeat
+from operator import itemgetter, setitem
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from clusterrouting import InvalidRecordError
@@ -45,8 +47,11 @@ V = TypeVar("V", bound=Hashable)
 P, K, B, C, T = 0, 1, 2, 3, 4
 _PARENT = itemgetter(P)
 _BATCH = itemgetter(B)
+_KEY = itemgetter(K)
 _U64 = 1 << 64
 _NO_BATCH = object()
+_ZEROS = repeat(0)
+_consume = deque
 _NO_CACHE: tuple[Any, list[Any], int] = (object(), [], -1)
 _REBASE = 512.0  # rebase an owner's origin when a term would exceed 2**512
 _EXACT_EXP = 600.0  # weight factor exponents beyond this are answered exactly
@@ -91,10 +96,11 @@ class _DictStore:
         nodes: list[Any] = list(map(self.primary.get, key))
         if None in nodes:
             del nodes[nodes.index(None) :]
-        if nodes and (
-            nodes[0][P] is not None
-            or not all(map(is_, islice(map(_PARENT, nodes), 1, None), nodes))
-        ):
+        # Verify each hit's parent is the node found one level up. ``==`` on these lists is
+        # an identity test per element (CPython compares identical objects equal without
+        # calling __eq__); on a mismatch the deep compare of two distinct nodes is False
+        # because a path is stored at most once, so it cannot give a false positive.
+        if nodes and (nodes[0][P] is not None or list(map(_PARENT, nodes[1:])) != nodes[:-1]):
             # Some hit belongs to another path: keep the verified prefix only.
             good = 0
             parent = None
@@ -123,7 +129,12 @@ class _DictStore:
             parent = n
 
     def extend(self, parent: Node | None, new: list[Node]) -> None:
-        setdefault = self.primary.setdefault
+        primary = self.primary
+        keys = list(map(_KEY, new))
+        if primary.keys().isdisjoint(keys) and len(set(keys)) == len(keys):
+            primary.update(zip(keys, new, strict=True))
+            return
+        setdefault = primary.setdefault
         for n in new:
             if setdefault(n[K], n) is not n:
                 self.fallback[(id(n[P]), n[K])] = n
@@ -170,15 +181,14 @@ class _Batch:
 class _Owner:
     """Per-value bookkeeping: its batches and its incrementally maintained weight sum."""
 
-    __slots__ = ("batches", "live_sum", "ops", "peak", "t0", "value")
+    __slots__ = ("batches", "live_sum", "ops", "peak", "value")
 
-    def __init__(self, value: object, t0: float) -> None:
+    def __init__(self, value: object) -> None:
         self.value = value
         self.batches: dict[_Batch, None] = {}
         self.live_sum = 0.0
         self.ops = 0
         self.peak = 0.0
-        self.t0 = t0
 
 
 def _make_store(backend: str) -> _Store:
@@ -292,6 +302,8 @@ class RadixTree(Generic[V]):
         self._age: list[tuple[float, int, _Batch]] = []  # every batch with live nodes
         self._exp: list[tuple[float, int, _Batch]] = []  # counted batches (ttl > 0)
         self._nbatches = 0
+        self._t0 = 0.0  # weight origin shared by every owner (see _term)
+        self._exact_only = False
         self.version = 0  # bumped by every mutation (guards the walk cache)
         self._walk_cache: tuple[Any, list[Node], int] = _NO_CACHE
 
@@ -449,16 +461,14 @@ class RadixTree(Generic[V]):
         match was already ``value`` and live."""
         with self._lock:
             cached = self._walk_cache
-            if cached[0] is chain and cached[2] == self.version:
-                nodes = cached[1]
-            else:
-                nodes = self._store.walk(chain)
+            validated = cached[0] is chain and cached[2] == self.version
+            nodes = cached[1] if validated else self._store.walk(chain)
             self._walk_cache = _NO_CACHE
             fresh = True
             if len(nodes) == len(chain):
                 m = self._match(nodes, now)
                 fresh = m is None or m[1] != len(chain) or m[0] != value
-            self._insert(chain, value, now, nodes)
+            self._insert(chain, value, now, nodes, validated)
             return fresh
 
     def _check(self) -> None:
@@ -514,28 +524,37 @@ class RadixTree(Generic[V]):
     def _live_batches(self) -> list[_Batch]:
         return [b for o in self._owners.values() for b in o.batches]
 
-    def _term(self, o: _Owner, t: float) -> float:
+    def _term(self, t: float) -> float:
+        """``2**((t - t0) / half_life)`` (1.0 without half-life), rebasing ``t0`` first if the
+        term would exceed ``2**_REBASE``."""
         hl = self._hl
         if hl <= 0:
             return 1.0
-        e = (t - o.t0) / hl
-        if e > _REBASE:
-            self._rebase(o, t)
+        e = (t - self._t0) / hl
+        if e > _REBASE or e != e:
+            self._rebase(t)
             e = 0.0
-        return 2.0 ** e if e > -1074.0 else 0.0
+        elif e < -900.0:
+            # A write ~900 half-lives in the past of t0: its term would lose precision, so
+            # this tree answers weights by exact sums from now on (pathological clocks only).
+            self._exact_only = True
+        return 2.0**e if e > -1074.0 else 0.0
 
-    def _rebase(self, o: _Owner, t0: float) -> None:
-        o.t0 = t0
+    def _rebase(self, t0: float) -> None:
+        self._t0 = t0
         hl = self._hl
-        s = 0.0
-        for b in o.batches:
-            e = (b.t - t0) / hl
-            b.f = 2.0 ** e if e > -1074.0 else 0.0
-            if b.counted:
-                s += b.live * b.f
-        o.live_sum = s
-        o.ops = 0
-        o.peak = s
+        for o in self._owners.values():
+            s = 0.0
+            for b in o.batches:
+                e = (b.t - t0) / hl
+                b.f = 2.0**e if e > -1074.0 else 0.0
+                if e < -900.0:
+                    self._exact_only = True
+                if b.counted:
+                    s += b.live * b.f
+            o.live_sum = s
+            o.ops = 0
+            o.peak = s
 
     def _adjust(self, o: _Owner, delta: float) -> None:
         s = o.live_sum + delta
@@ -554,12 +573,6 @@ class RadixTree(Generic[V]):
             o.ops = 0
             o.peak = s
 
-    def _owner(self, value: Any, t: float) -> _Owner:
-        o = self._owners.get(value)
-        if o is None:
-            o = self._owners[value] = _Owner(value, t)
-        return o
-
     def _retire(self, b: _Batch) -> None:
         """``b`` has no live nodes left: forget it."""
         o = b.owner
@@ -571,24 +584,30 @@ class RadixTree(Generic[V]):
         if not o.batches:
             del self._owners[o.value]
 
-    def _insert(self, key: Sequence[int], value: Any, now: float, found: list[Node]) -> None:
-        """Insert given the already-walked existing prefix ``found`` of ``key``."""
+    def _insert(
+        self,
+        key: Sequence[int],
+        value: Any,
+        now: float,
+        found: list[Node],
+        validated: bool = False,
+    ) -> None:
+        """Insert given the already-walked existing prefix ``found`` of ``key``
+        (``validated``: the key's unmatched tail was already checked)."""
         L = len(key)
         m = len(found)
-        if m < L:
+        if m < L and not validated:
             fixed = _bad_key(key, m)
             if fixed is not None:
                 key = fixed
                 found = self._store.walk(key)
                 m = len(found)
-        if now != now or isinstance(now, bool) or not isinstance(now, int | float):
-            now = _check_time("now", now)
-        t = float(now)
+        t = now if type(now) is float and now == now else _check_time("now", now)
         self.version += 1
         seq = self._seq = self._seq + 1
         o = self._owners.get(value)
         if o is None:
-            o = self._owners[value] = _Owner(value, t)
+            o = self._owners[value] = _Owner(value)
         ttl = self._ttl
         counted = ttl <= 0 or not (self._w - t > ttl)
         b: _Batch | None = None
@@ -610,13 +629,13 @@ class RadixTree(Generic[V]):
                     b.owner = o
                 b.t = t
                 b.seq = seq
-                b.f = self._term(o, t)
+                b.f = self._term(t)
                 b.counted = counted
                 nodes = b.nodes
                 if len(nodes) != m:
                     nodes[:] = found
             else:
-                b = _Batch(o, t, seq, self._term(o, t))
+                b = _Batch(o, t, seq, self._term(t))
                 b.counted = counted
                 o.batches[b] = None
                 self._nbatches += 1
@@ -636,21 +655,22 @@ class RadixTree(Generic[V]):
                 b.nodes = found
                 b.live = m
         else:
-            b = _Batch(o, t, seq, self._term(o, t))
+            b = _Batch(o, t, seq, self._term(t))
             b.counted = counted
             o.batches[b] = None
             self._nbatches += 1
         if m < L:
             parent = found[-1] if m else None
-            new = [[parent, key[m], b, 0, None]]
+            tail = key[m:] if m else key
+            # Each new node has one child (the next), the last none; parents set in C.
+            new = [[None, h, b, 1, None] for h in tail]
+            new[-1][C] = 0
+            parents: list[Any] = new[:-1]
+            parents.insert(0, parent)
+            _consume(map(setitem, new, _ZEROS, parents), 0)
             if parent is not None:
                 parent[C] += 1
-            p = new[0]
-            for i in range(m + 1, L):
-                p[C] = 1
-                p = [p, key[i], b, 0, None]
-                new.append(p)
-            self._store.extend(found[-1] if m else None, new)
+            self._store.extend(parent, new)
             b.nodes.extend(new)
             self._len += L - m
         b.live = L
@@ -701,38 +721,34 @@ class RadixTree(Generic[V]):
                 self._adjust(b.owner, -b.live * b.f)
 
     def _weights(self, values: Sequence[Any], now: float) -> list[float]:
-        if now != now or isinstance(now, bool) or not isinstance(now, int | float):
+        if type(now) is not float or now != now:
             now = _check_time("now", now)
-        owners = self._owners
-        if now >= self._w:
-            if now > self._w:
-                self._advance(now)
-            hl = self._hl
-            out = []
-            cache: dict[float, float] = {}
-            for v in values:
-                o = owners.get(v)
-                if o is None:
-                    out.append(0.0)
-                    continue
-                s = o.live_sum
-                if hl <= 0:
-                    out.append(s)
-                    continue
-                f = cache.get(o.t0)
-                if f is None:
-                    e = (o.t0 - now) / hl
-                    if -_EXACT_EXP < e < _EXACT_EXP:
-                        f = cache[o.t0] = 2.0**e
-                    else:
-                        out.append(self._exact(o, now))
-                        continue
-                if 0.0 < s < 1e-150:
-                    out.append(self._exact(o, now))
-                else:
-                    out.append(s * f if s > 0.0 else 0.0)
-            return out
-        return [0.0 if (o := owners.get(v)) is None else self._exact(o, now) for v in values]
+        get = self._owners.get
+        if now > self._w:
+            self._advance(now)
+        elif now < self._w or self._exact_only:
+            return [0.0 if (o := get(v)) is None else self._exact(o, now) for v in values]
+        hl = self._hl
+        if hl <= 0:
+            return [0.0 if (o := get(v)) is None else o.live_sum for v in values]
+        e = (self._t0 - now) / hl
+        if not -_EXACT_EXP < e < _EXACT_EXP:
+            return [0.0 if (o := get(v)) is None else self._exact(o, now) for v in values]
+        f = 2.0**e
+        out = []
+        for v in values:
+            o = get(v)
+            if o is None:
+                out.append(0.0)
+                continue
+            s = o.live_sum
+            if s > 1e-150:
+                out.append(s * f)
+            elif s > 0.0:
+                out.append(self._exact(o, now))
+            else:
+                out.append(0.0)
+        return out
 
     def _exact(self, o: _Owner, now: float) -> float:
         ttl = self._ttl

@@ -1,0 +1,510 @@
+"""``make bench``: the prefix index against naive and bare-dict baselines, in one run.
+
+Everything is seeded and uses the public API only. Absolute times on a shared 2-core machine
+are noise; the **ratios within one run** are the result. Writes ``benchmarks/RESULTS.md``
+(machine, versions, tables) and prints it.
+
+Sections:
+
+1. *Scale*: ``observe``, ``decide`` (8 candidates) and ``longest_match`` per second and per
+   block at 10^3..10^6 stored entries (chains of 16 blocks, 8 owners), for both backends,
+   ``ReferenceIndex`` (a few calls only at large sizes: it walks everything) and a bare-dict
+   floor (``dict`` chained hash -> (owner, last_seen)).
+2. *Routing loop* on the Mooncake conversation trace: per request ``decide`` over 8 replica
+   keys, ``select`` with in-flight 0, ``observe`` of the chosen replica; each ``hash_id``
+   mapped to a fixed random 64-bit value. Requests/s (best of rounds), per-request p50/p99,
+   bytes per stored node (tracemalloc, retained after the replay / value-bearing nodes; the
+   chain ints themselves belong to the caller and are excluded), and the bare-dict floor
+   (walk while present, then write every block).
+3. The chain-hashing benchmarks of ``benchmarks/bench_chain.py`` when present.
+
+Options: ``--quick`` (sizes up to 10^5, fewer rounds), ``--no-write``.
+"""
+
+# The timed closures run inside the iteration that defines them, so late binding is fine.
+# ruff: noqa: B023
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import random
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import prefixcache
+from prefixcache import Candidate, Config, Index, ReplicaKey, select
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TRACE = ROOT.parent / "shared" / "data" / "traces" / "mooncake_fast25_conversation_trace.jsonl"
+SEED = 20260101
+CHAIN_LEN = 16
+MODEL = "m"
+BACKENDS = ("dict", "datrie")
+
+try:
+    from prefixcache.reference import ReferenceIndex
+except ImportError:  # pragma: no cover - P2's module may not exist yet
+    ReferenceIndex = None  # type: ignore[assignment,misc]
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for mod in ("datrie", "xxhash", "attrs", "numpy"):
+        try:
+            m = __import__(mod)
+            versions[mod] = getattr(m, "__version__", "?")
+        except ImportError:
+            versions[mod] = "missing"
+    try:
+        from importlib.metadata import version
+
+        versions["datrie"] = version("datrie")
+        versions["clusterrouting"] = version("clusterrouting")
+    except Exception:
+        pass
+    return {
+        "cpu": cpu,
+        "nproc": str(os.cpu_count()),
+        "python": sys.version.split()[0] + " " + platform.python_implementation(),
+        "platform": platform.platform(),
+        **versions,
+    }
+
+
+def best_rate(fn: Callable[[], int], rounds: int) -> float:
+    """Best-of-``rounds`` operations per second of ``fn`` (which returns its op count)."""
+    best = 0.0
+    for _ in range(rounds):
+        gc.collect()
+        t0 = time.perf_counter()
+        n = fn()
+        dt = time.perf_counter() - t0
+        best = max(best, n / dt)
+    return best
+
+
+# ---------------------------------------------------------------------------------- scale
+class DictFloor:
+    """The bare floor: ``dict`` chained hash -> (owner, last_seen), no TTL, no weights."""
+
+    def __init__(self) -> None:
+        self.d: dict[int, tuple[ReplicaKey, float]] = {}
+
+    def observe(self, chain: Sequence[int], key: ReplicaKey, now: float) -> None:
+        d = self.d
+        for h in chain:
+            d[h] = (key, now)
+
+    def longest(self, chain: Sequence[int]) -> tuple[ReplicaKey, int] | None:
+        d = self.d
+        n = 0
+        for h in chain:
+            if h not in d:
+                break
+            n += 1
+        return (d[chain[n - 1]][0], n) if n else None
+
+
+def random_chains(rng: random.Random, count: int, length: int) -> list[tuple[int, ...]]:
+    return [tuple(rng.getrandbits(64) for _ in range(length)) for _ in range(count)]
+
+
+def bench_scale(
+    sizes: Sequence[int], rounds: int, report: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    keys = [ReplicaKey(f"node-{i}") for i in range(8)]
+    cands = [Candidate(k) for k in keys]
+    cfg = Config(ttl=1e9, half_life=120.0)
+    for size in sizes:
+        rng = random.Random(SEED + size)
+        stored = random_chains(rng, size // CHAIN_LEN, CHAIN_LEN)
+        probe = [stored[rng.randrange(len(stored))] for _ in range(2000)]
+        fresh = random_chains(rng, 2000, CHAIN_LEN)
+        impls: list[tuple[str, Any]] = [(f"Index[{b}]", b) for b in BACKENDS]
+        impls.append(("bare dict floor", "floor"))
+        if ReferenceIndex is not None:
+            impls.append(("ReferenceIndex", "reference"))
+        for name, kind in impls:
+            t_build = time.perf_counter()
+            if kind == "floor":
+                fl = DictFloor()
+                for i, c in enumerate(stored):
+                    fl.observe(c, keys[i % 8], float(i))
+            elif kind == "reference":
+                ref = ReferenceIndex(cfg)
+                for i, c in enumerate(stored):
+                    ref.observe(MODEL, c, keys[i % 8], float(i))
+            else:
+                ix = Index(cfg, backend=kind)
+                for i, c in enumerate(stored):
+                    ix.observe(MODEL, c, keys[i % 8], float(i))
+            build_s = time.perf_counter() - t_build
+            now = float(len(stored))
+            n_dec = len(probe) if kind != "reference" else max(1, min(len(probe), 200_000 // size))
+
+            if kind == "floor":
+
+                def dec() -> int:
+                    lm = fl.longest
+                    for c in probe:
+                        lm(c)
+                    return len(probe)
+
+                def obs() -> int:
+                    o = fl.observe
+                    for i, c in enumerate(fresh):
+                        o(c, keys[i % 8], now)
+                    return len(fresh)
+
+                lmf = dec
+            elif kind == "reference":
+
+                def dec() -> int:
+                    for c in probe[:n_dec]:
+                        ref.decide(MODEL, c, cands, now)
+                    return n_dec
+
+                def obs() -> int:
+                    for i, c in enumerate(fresh[:n_dec]):
+                        ref.observe(MODEL, c, keys[i % 8], now)
+                    return n_dec
+
+                def lmf() -> int:
+                    for c in probe:
+                        ref.longest_match(MODEL, c, now)
+                    return len(probe)
+            else:
+                tree = ix.tree(MODEL)
+                assert tree is not None
+
+                def dec() -> int:
+                    d = ix.decide
+                    for c in probe:
+                        d(MODEL, c, cands, now)
+                    return len(probe)
+
+                def obs() -> int:
+                    o = ix.observe
+                    for i, c in enumerate(fresh):
+                        o(MODEL, c, keys[i % 8], now)
+                    return len(fresh)
+
+                def lmf() -> int:
+                    lm = tree.longest_match
+                    for c in probe:
+                        lm(c, now)
+                    return len(probe)
+
+            r_dec = best_rate(dec, rounds if kind != "reference" else 1)
+            r_lm = best_rate(lmf, rounds if kind != "reference" or size <= 10**4 else 1)
+            r_obs = best_rate(obs, rounds if kind != "reference" else 1)
+            row = {
+                "section": "scale",
+                "impl": name,
+                "entries": size,
+                "build_s": build_s,
+                "decide_per_s": r_dec,
+                "observe_per_s": r_obs,
+                "longest_match_per_s": r_lm,
+                "decide_us_per_block": 1e6 / (r_dec * CHAIN_LEN),
+                "observe_us_per_block": 1e6 / (r_obs * CHAIN_LEN),
+                "longest_match_us_per_block": 1e6 / (r_lm * CHAIN_LEN),
+            }
+            rows.append(row)
+            report(
+                f"scale {size:>8} {name:<16} decide {r_dec:>10.0f}/s  observe {r_obs:>9.0f}/s"
+                f"  longest_match {r_lm:>10.0f}/s  (build {build_s:.1f}s)"
+            )
+            if kind == "floor":
+                del fl
+            elif kind == "reference":
+                del ref
+            else:
+                del ix, tree
+            gc.collect()
+    return rows
+
+
+# ---------------------------------------------------------------------------- routing loop
+def load_trace() -> tuple[list[tuple[int, ...]], list[float]]:
+    rng = random.Random(SEED)
+    mapping: dict[int, int] = {}
+    chains: list[tuple[int, ...]] = []
+    times: list[float] = []
+    with TRACE.open() as fh:
+        for line in fh:
+            rec = json.loads(line)
+            chain = []
+            for hid in rec["hash_ids"]:
+                v = mapping.get(hid)
+                if v is None:
+                    v = mapping[hid] = rng.getrandbits(64)
+                chain.append(v)
+            chains.append(tuple(chain))
+            times.append(rec["timestamp"] / 1000.0)
+    return chains, times
+
+
+def replay_index(
+    ix: Index,
+    chains: Sequence[tuple[int, ...]],
+    times: Sequence[float],
+    cands: list[Candidate],
+    cfg: Config,
+) -> int:
+    decide = ix.decide
+    observe = ix.observe
+    for chain, now in zip(chains, times, strict=True):
+        observe(MODEL, chain, select(cands, decide(MODEL, chain, cands, now), cfg), now)
+    return len(chains)
+
+
+def replay_floor(
+    chains: Sequence[tuple[int, ...]], times: Sequence[float], keys: list[ReplicaKey]
+) -> int:
+    d: dict[int, tuple[ReplicaKey, float]] = {}
+    for i, (chain, now) in enumerate(zip(chains, times, strict=True)):
+        n = 0
+        for h in chain:
+            if h not in d:
+                break
+            n += 1
+        owner = d[chain[n - 1]][0] if n else keys[i % 8]
+        for h in chain:
+            d[h] = (owner, now)
+    return len(chains)
+
+
+def bench_routing(rounds: int, report: Callable[[str], None]) -> list[dict[str, Any]]:
+    chains, times = load_trace()
+    keys = [ReplicaKey(f"node-{i}") for i in range(8)]
+    cands = [Candidate(k, 0) for k in keys]
+    cfg = Config()
+    rows: list[dict[str, Any]] = []
+    floor_rate = best_rate(lambda: replay_floor(chains, times, keys), rounds)
+    rates: dict[str, float] = {"bare dict floor": floor_rate}
+    for b in BACKENDS:
+        rates[f"Index[{b}]"] = best_rate(
+            lambda b=b: replay_index(Index(cfg, backend=b), chains, times, cands, cfg), rounds
+        )
+    # Re-measure the floor after the indexes (interleaving guards against drift).
+    rates["bare dict floor"] = max(
+        floor_rate, best_rate(lambda: replay_floor(chains, times, keys), rounds)
+    )
+    floor_rate = rates["bare dict floor"]
+    for name, rate in rates.items():
+        row: dict[str, Any] = {
+            "section": "routing",
+            "impl": name,
+            "requests_per_s": rate,
+            "ratio_to_floor": rate / floor_rate,
+        }
+        if name.startswith("Index"):
+            backend = name[6:-1]
+            ix = Index(cfg, backend=backend)  # type: ignore[arg-type]
+            lat = []
+            pc = time.perf_counter_ns
+            for chain, now in zip(chains, times, strict=True):
+                t0 = pc()
+                ix.observe(
+                    MODEL, chain, select(cands, ix.decide(MODEL, chain, cands, now), cfg), now
+                )
+                lat.append(pc() - t0)
+            lat.sort()
+            row["p50_us"] = lat[len(lat) // 2] / 1000
+            row["p99_us"] = lat[int(len(lat) * 0.99)] / 1000
+            del ix
+            gc.collect()
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            ix = Index(cfg, backend=backend)  # type: ignore[arg-type]
+            replay_index(ix, chains, times, cands, cfg)
+            gc.collect()
+            used = tracemalloc.get_traced_memory()[0] - base
+            tracemalloc.stop()
+            tree = ix.tree(MODEL)
+            nodes = len(tree) if tree is not None else 0
+            row["stored_nodes"] = nodes
+            row["bytes_per_node"] = used / max(nodes, 1)
+            del ix, tree
+            gc.collect()
+        else:
+            lat = []
+            pc = time.perf_counter_ns
+            d: dict[int, tuple[ReplicaKey, float]] = {}
+            for i, (chain, now) in enumerate(zip(chains, times, strict=True)):
+                t0 = pc()
+                n = 0
+                for h in chain:
+                    if h not in d:
+                        break
+                    n += 1
+                owner = d[chain[n - 1]][0] if n else keys[i % 8]
+                for h in chain:
+                    d[h] = (owner, now)
+                lat.append(pc() - t0)
+            lat.sort()
+            row["p50_us"] = lat[len(lat) // 2] / 1000
+            row["p99_us"] = lat[int(len(lat) * 0.99)] / 1000
+            gc.collect()
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            dd: dict[int, tuple[ReplicaKey, float]] = {}
+            for chain, now in zip(chains, times, strict=True):
+                for h in chain:
+                    dd[h] = (keys[0], now)
+            used = tracemalloc.get_traced_memory()[0] - base
+            tracemalloc.stop()
+            row["stored_nodes"] = len(dd)
+            row["bytes_per_node"] = used / len(dd)
+            del dd
+        rows.append(row)
+        report(
+            f"routing {name:<16} {rate:>9.0f} req/s  ratio {rate / floor_rate:.3f}"
+            f"  p50 {row['p50_us']:.1f}us p99 {row['p99_us']:.1f}us"
+            f"  {row['bytes_per_node']:.0f} B/node ({row['stored_nodes']} nodes)"
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------- output
+def to_markdown(
+    info: dict[str, str],
+    scale: list[dict[str, Any]],
+    routing: list[dict[str, Any]],
+    chain_md: str,
+    wall_s: float,
+) -> str:
+    out = ["# Benchmark results", ""]
+    out.append(
+        "Generated by `make bench` (`benchmarks/run.py`); seeded; public API only. "
+        "Absolute numbers on this shared machine are noise: read the **ratios**, which "
+        "come from one run."
+    )
+    out.append("")
+    out.append("## Machine and versions")
+    out.append("")
+    for k, v in info.items():
+        out.append(f"- {k}: {v}")
+    out.append(f"- total benchmark wall time: {wall_s:.0f} s")
+    out.append("")
+    out.append("## Routing loop on the Mooncake conversation trace")
+    out.append("")
+    out.append(
+        "12,031 requests, 8 replicas; per request `decide` over the 8 keys, `select` "
+        "with in-flight 0, `observe` of the chosen key (default `Config`). Floor: a "
+        "`dict` chained hash -> (owner, last_seen), walk while present, then write "
+        "every block."
+    )
+    out.append("")
+    out.append(
+        "| implementation | requests/s | ratio to floor | p50 us | p99 us | bytes/node | nodes |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    for r in routing:
+        out.append(
+            f"| {r['impl']} | {r['requests_per_s']:.0f} | {r['ratio_to_floor']:.3f} | "
+            f"{r['p50_us']:.1f} | {r['p99_us']:.1f} | {r['bytes_per_node']:.0f} | "
+            f"{r['stored_nodes']} |"
+        )
+    out.append("")
+    out.append("## Scale: per-call rates at 10^3..10^6 stored entries")
+    out.append("")
+    out.append(
+        f"Chains of {CHAIN_LEN} random blocks, 8 owners; `decide` over 8 candidates of "
+        "stored chains (hits), `observe` of fresh chains, `longest_match` of stored "
+        "chains. Floor: bare dict (decide = longest = walk while present; observe = "
+        "write every block). ReferenceIndex walks the whole trie per decide (few calls "
+        "at large sizes)."
+    )
+    out.append("")
+    out.append(
+        "| entries | implementation | decide/s | us/block | observe/s | us/block | "
+        "longest_match/s | us/block |"
+    )
+    out.append("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in scale:
+        out.append(
+            f"| {r['entries']:,} | {r['impl']} | {r['decide_per_s']:.0f} | "
+            f"{r['decide_us_per_block']:.3f} | {r['observe_per_s']:.0f} | "
+            f"{r['observe_us_per_block']:.3f} | {r['longest_match_per_s']:.0f} | "
+            f"{r['longest_match_us_per_block']:.3f} |"
+        )
+    out.append("")
+    out.append("## Targets (ratios from this run)")
+    out.append("")
+    by = {(r["impl"], r["entries"]): r for r in scale}
+    sizes = sorted({r["entries"] for r in scale})
+    for b in BACKENDS:
+        lo = by.get((f"Index[{b}]", sizes[0]))
+        hi = by.get((f"Index[{b}]", sizes[-1]))
+        if lo and hi:
+            ratio = lo["decide_per_s"] / hi["decide_per_s"]
+            out.append(
+                f"- decide cost at {sizes[-1]:,} / at {sizes[0]:,} entries, {b}: "
+                f"**{ratio:.2f}x** (target <= 1.5x)"
+            )
+    rt = {r["impl"]: r for r in routing}
+    for b, target in (("dict", 0.35), ("datrie", 0.15)):
+        r = rt.get(f"Index[{b}]")
+        if r:
+            out.append(
+                f"- routing loop, {b}: **{r['ratio_to_floor']:.1%}** of the floor's "
+                f"requests/s (target >= {target:.0%})"
+            )
+    r = rt.get("Index[dict]")
+    if r:
+        out.append(f"- bytes per stored node, dict: **{r['bytes_per_node']:.0f}** (target <= 200)")
+    out.append("")
+    if chain_md:
+        out.append("## Chain hashing (benchmarks/bench_chain.py)")
+        out.append("")
+        out.append(chain_md)
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    quick = "--quick" in args
+    write = "--no-write" not in args
+    t0 = time.perf_counter()
+    info = machine()
+    info["prefixcache DEFAULT_BACKEND"] = prefixcache.DEFAULT_BACKEND
+    rounds = 2 if quick else 5
+    routing = bench_routing(rounds, print)
+    sizes = [10**3, 10**4, 10**5] if quick else [10**3, 10**4, 10**5, 10**6]
+    scale = bench_scale(sizes, 2 if quick else 3, print)
+    chain_md = ""
+    if (HERE / "bench_chain.py").exists() and "--no-chain" not in args:
+        sys.path.insert(0, str(HERE))
+        try:
+            import bench_chain
+
+            chain_md = bench_chain.to_markdown(bench_chain.run(report=print))
+        except Exception as exc:  # keep the index results even if P2's script breaks
+            chain_md = f"(bench_chain.py failed: {exc!r})"
+    text = to_markdown(info, scale, routing, chain_md, time.perf_counter() - t0)
+    if write:
+        (HERE / "RESULTS.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
