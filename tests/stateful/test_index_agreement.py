@@ -146,10 +146,35 @@ class IndexAgreement(RuleBasedStateMachine):
         self._observe(model, chain, key)
         return (model, chain)
 
-    def _observe(self, model: str, chain: tuple[int, ...], key: ReplicaKey) -> None:
-        expected = self.ref.observe(model, chain, key, self.now)
+    @rule(
+        target=observed,
+        known=observed,
+        cut=st.integers(0, 6),
+        extra=extensions,
+        key=keys,
+        back=st.sampled_from([0.5, 30.0, 100.0, 150.0]),
+    )
+    def observe_in_the_past(
+        self,
+        known: tuple[str, tuple[int, ...]],
+        cut: int,
+        extra: tuple[int, ...],
+        key: ReplicaKey,
+        back: float,
+    ) -> tuple[str, tuple[int, ...]]:
+        # A host clock that stepped back (NTP): entries written older than their
+        # descendants, or already expired when written.
+        model, chain = known[0], known[1][:cut] + extra
+        self._observe(model, chain, key, self.now - back)
+        return (model, chain)
+
+    def _observe(
+        self, model: str, chain: tuple[int, ...], key: ReplicaKey, now: float | None = None
+    ) -> None:
+        now = self.now if now is None else now
+        expected = self.ref.observe(model, chain, key, now)
         for name, s in self.subjects.items():
-            got = s.observe(model, chain, key, self.now)
+            got = s.observe(model, chain, key, now)
             assert got == expected, (name, "observe", got, expected)
 
     @rule(model=models, chain=chain_st, cands=candidates_st)
