@@ -73,6 +73,7 @@ class AsyncRedisTransport:
         self.handler_errors = 0
         self.connected = True
         self._listener: Any = None
+        self._retryable: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
 
     @classmethod
     async def connect(
@@ -92,6 +93,7 @@ class AsyncRedisTransport:
             redis.exceptions.ConnectionError: the server does not answer.
         """
         import redis.asyncio as aioredis
+        import redis.exceptions
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
@@ -111,6 +113,12 @@ class AsyncRedisTransport:
         pubsub = listener.pubsub()
         transport = cls(publisher, pubsub, reconnect_wait=reconnect_wait, echo_window=echo_window)
         transport._listener = listener
+        transport._retryable = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            ConnectionError,
+            TimeoutError,
+        )
         transport._reader = asyncio.get_running_loop().create_task(transport._read_forever())
         return transport
 
@@ -139,7 +147,12 @@ class AsyncRedisTransport:
             self._echo_counts[fp] += 1
             self._echo_log.append((time.monotonic() + self.echo_window, fp))
         try:
-            await self._redis.publish(subject, payload)
+            try:
+                await self._redis.publish(subject, payload)
+            except self._retryable:
+                # The first command after a server restart meets the dead socket; the failure
+                # dropped it, so one retry reconnects (and fails fast if the server is down).
+                await self._redis.publish(subject, payload)
         except BaseException:
             if fp is not None and self._echo_counts[fp] > 0:
                 self._echo_counts[fp] -= 1
@@ -192,6 +205,13 @@ class AsyncRedisTransport:
                     self.disconnects += 1
                     _log.info("redis pub/sub connection lost (%r); reconnecting", exc)
                 self.connected = False
+                _log.debug("pub/sub read failed: %r", exc)
+                # redis-py may keep a socket the server closed marked as connected; drop it so
+                # the next read reconnects (and its connect callback re-subscribes).
+                conn = self._pubsub.connection
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect()
                 await asyncio.sleep(self.reconnect_wait)
                 continue
             self.connected = True

@@ -1,0 +1,95 @@
+"""Sync over a real nats-server on loopback: conformance, convergence, broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from sync_brokers import Broker, converge_scenario, nats_server, restart_scenario, wait_until
+
+from prefixcache import Candidate, Index, ObserveEvent, ReplicaKey, Sync
+from prefixcache.testing import check_transport
+from prefixcache.transports.nats import AsyncNatsTransport, NatsTransport
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def nats() -> Iterator[Broker]:
+    broker = nats_server()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def test_conformance(nats: Broker) -> None:
+    check_transport(lambda: NatsTransport.connect(nats.url))
+
+
+def test_three_routers_converge(nats: Broker) -> None:
+    converge_scenario(lambda: NatsTransport.connect(nats.url), n=3)
+
+
+def test_broker_restart_mid_stream(nats: Broker) -> None:
+    # nats-py buffers publishes while reconnecting, so none fails during the outage.
+    restart_scenario(nats, lambda: NatsTransport.connect(nats.url), publishes_fail_while_down=False)
+
+
+def test_reference_format_interop(nats: Broker) -> None:
+    """A message published by a plain client in the reference's JSON is applied."""
+    raw = NatsTransport.connect(nats.url)
+    router = NatsTransport.connect(nats.url)
+    sync = Sync(Index(), clock=time.time)
+    try:
+        sync.attach(router)
+        raw.publish(
+            "prefixcache.observe", b'{"model":"m","chain":[11,12],"node_id":"go-node","replica":0}'
+        )
+        raw.publish("prefixcache.observe", b'{"model":"m","chain":[-1],"node_id":"x"}')
+        raw.publish("prefixcache.invalidate", b"\x00garbage")
+        cands = [Candidate(ReplicaKey("go-node"))]
+        wait_until(lambda: sync.stats().received >= 3, what="three messages")
+        assert sync.decide("m", (11, 12), cands, time.time()).hot == ReplicaKey("go-node")
+        assert sync.stats().dropped_malformed == 2
+        # ...and what this router sends decodes as the reference's event.
+        got: list[bytes] = []
+        raw.subscribe("prefixcache.observe", lambda _s, p: got.append(p))
+        sync.observe("m", (21,), ReplicaKey("py-node", 2), time.time())
+        wait_until(lambda: len(got) == 1, what="our event")
+        assert ObserveEvent.decode(got[0]) == ObserveEvent(
+            model="m", chain=(21,), node_id="py-node", replica=2
+        )
+    finally:
+        raw.close()
+        router.close()
+
+
+def test_asyncio_host(nats: Broker) -> None:
+    """AsyncNatsTransport with Sync.attach_async and an async publisher on one loop."""
+
+    async def main() -> None:
+        ta = await AsyncNatsTransport.connect(nats.url)
+        tb = await AsyncNatsTransport.connect(nats.url)
+        a, b = Sync(Index(), clock=time.time), Sync(Index(), clock=time.time)
+        try:
+            await a.attach_async(ta)
+            detach_b = await b.attach_async(tb)
+            assert a.publisher is ta
+            a.observe("m", (5, 6), ReplicaKey("n1"), time.time())
+            await a.flush()
+            cands = [Candidate(ReplicaKey("n1"))]
+            deadline = time.monotonic() + 15
+            while b.decide("m", (5, 6), cands, time.time()).hot is None:
+                assert time.monotonic() < deadline, "not delivered"
+                await asyncio.sleep(0.01)
+            assert a.stats().published == 1
+            await detach_b()
+        finally:
+            await ta.close()
+            await tb.close()
+
+    asyncio.run(main())
