@@ -41,7 +41,9 @@ class NaiveTree:
         for d in range(1, len(key) + 1):
             self.entries[key[:d]] = (value, now, self.seq)
         if self.cap and len(self.entries) > self.cap:
-            order = sorted(self.entries, key=lambda p: (self.entries[p][1], len(p), self.entries[p][2]))
+            order = sorted(
+                self.entries, key=lambda p: (self.entries[p][1], len(p), self.entries[p][2])
+            )
             for p in order[: len(self.entries) - self.cap]:
                 del self.entries[p]
 
@@ -82,8 +84,11 @@ class TreeMachine(RuleBasedStateMachine):
         self.times: list[float] = [100.0]
 
     @precondition(lambda self: not self.trees)
-    @rule(cap=st.sampled_from([0, 0, 3, 7]), ttl=st.sampled_from([TTL, TTL, 0.0]),
-          hl=st.sampled_from([HALF_LIFE, HALF_LIFE, 0.0]))
+    @rule(
+        cap=st.sampled_from([0, 0, 3, 7]),
+        ttl=st.sampled_from([TTL, TTL, 0.0]),
+        hl=st.sampled_from([HALF_LIFE, HALF_LIFE, 0.0]),
+    )
     def setup(self, cap: int, ttl: float, hl: float) -> None:
         self.naive = NaiveTree(ttl, hl, cap)
         d = RadixTree[str](ttl=ttl, half_life=hl, max_entries=cap, backend="dict")
@@ -166,7 +171,7 @@ class TreeMachine(RuleBasedStateMachine):
         for t in self.trees:
             calls: list[str] = []
 
-            def pred(v: str) -> bool:
+            def pred(v: str, calls: list[str] = calls) -> bool:
                 calls.append(v)
                 return v in vs
 
