@@ -662,25 +662,25 @@ class Gateway:
         }
 
     def _affinity_shares(self, keys: Sequence[ReplicaKey], now: float) -> dict[str, float]:
-        """Each backend's share of the index's (decayed) prefix weight, over all models."""
+        """Each backend's share of the index's decayed prefix weight, summed over models."""
         totals: dict[str, float] = defaultdict(float)
-        weights_for = getattr(self.index, "weights_for", None)
-        if callable(weights_for) and keys:
-            for model in self.index.models():
-                for key, weight in weights_for(model, keys, now).items():
-                    totals[key.node_id] += float(weight)
+        for model in self.index.models():
+            tree = self.index.tree(model)
+            if tree is not None and keys:
+                for key, weight in tree.weights_for(list(keys), now).items():
+                    totals[key.node_id] += weight
         self._weights_total = dict(totals)
         grand = sum(totals.values())
         return {k: (v / grand if grand > 0 else 0.0) for k, v in totals.items()}
 
     def _index_entries(self) -> int:
-        size = getattr(self.index, "size", None)
-        if callable(size):
-            return int(size())
-        try:
-            return len(self.index)  # type: ignore[arg-type]
-        except TypeError:
-            return -1
+        """Prefix-index entries (value-bearing nodes) over every model."""
+        total = 0
+        for model in self.index.models():
+            tree = self.index.tree(model)
+            if tree is not None:
+                total += len(tree)
+        return total
 
     async def _cluster_json(self, _request: web.Request) -> web.Response:
         return web.json_response(self.snapshot())
