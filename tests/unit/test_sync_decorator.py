@@ -7,6 +7,8 @@ import json
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from prefixcache import (
     INVALIDATE_SUBJECT,
@@ -398,3 +400,40 @@ def test_ticker_asyncio_form() -> None:
         EvictionTicker(CountingEvict(1), interval=1.0).start_async()
     with pytest.raises(ValueError, match="interval"):
         EvictionTicker(CountingEvict(1), interval=0.0)
+
+
+# -- fuzzing the transport-facing handler ------------------------------------------------
+
+
+_json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=4)
+_docs = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": _json_scalars,
+        "chain": st.lists(_json_scalars | st.integers(-5, 2**64 + 5), max_size=4) | _json_scalars,
+        "node_id": _json_scalars,
+        "replica": _json_scalars,
+    },
+)
+
+
+@given(
+    subject=st.sampled_from([OBSERVE_SUBJECT, INVALIDATE_SUBJECT, "prefixcache.x", ""]),
+    payload=st.binary(max_size=200) | _docs.map(lambda d: json.dumps(d).encode()),
+)
+def test_fuzzed_messages_never_raise_and_only_valid_events_change_state(
+    subject: str, payload: bytes
+) -> None:
+    sync, pub, index = make()
+    sync.observe("m", (1, 2), A0, 0.0)
+    pub.clear()
+    before = index.tree("m").items()  # type: ignore[union-attr]
+    sync.handle(subject, payload)  # must not raise
+    stats = sync.stats()
+    assert stats.received == 1 and stats.apply_errors == 0 and pub.published == []
+    applied = stats.applied_observe + stats.applied_invalidate
+    assert applied + stats.dropped == 1
+    if applied == 0:
+        # Counterfactual: a partially parsed message must not leave anything behind.
+        assert index.tree("m").items() == before  # type: ignore[union-attr]
+        assert index.models() == frozenset({"m"})

@@ -160,3 +160,39 @@ def test_snapshot_encoding_round_trips_and_validates() -> None:
             Snapshot.decode(bad)
     with pytest.raises(ValueError, match="age"):
         SnapshotEntry(model="m", chain=(1,), owner=K1, age=float("nan"))
+
+
+def test_a_late_joiner_that_applies_a_snapshot_answers_like_the_others() -> None:
+    from prefixcache.testing import InMemoryTransport, ManualClock
+
+    hub = InMemoryTransport()
+    clock = ManualClock(1000.0)
+    cfg = Config(ttl=60.0, half_life=30.0)
+    early = [Sync(Index(cfg), clock=clock) for _ in range(3)]
+    for i, r in enumerate(early):
+        r.attach(hub.connect(f"r{i}"))
+    early[0].observe("m", (1, 2, 3), K1, clock())
+    clock.advance(5.0)
+    early[1].observe("m", (1, 2, 8), K2, clock())
+    early[2].observe("m", (4,), K3, clock())
+    clock.advance(5.0)
+    early[2].invalidate("m", K2)
+    early[1].observe("m", (1,), K3, clock())
+    clock.advance(5.0)
+
+    late = Sync(Index(cfg), clock=clock)
+    late.attach(hub.connect("late"))
+    # Counterfactual: without the snapshot it knows nothing (every decide is cold).
+    assert late.decide("m", (1, 2, 3), CANDS, clock()).hot is None
+    late.apply_snapshot(early[0].export_snapshot())
+    chains = [(1,), (1, 2), (1, 2, 3), (1, 2, 8), (1, 9), (4,), (4, 5), (7,)]
+    for dt in (0.0, 10.0, 44.0, 45.0, 46.0, 70.0):
+        for chain in chains:
+            for cands in (CANDS, CANDS[:2], CANDS[1:]):
+                want = early[0].decide("m", chain, cands, clock() + dt)
+                assert late.decide("m", chain, cands, clock() + dt) == want
+                assert all(r.decide("m", chain, cands, clock() + dt) == want for r in early)
+    # ...and it keeps up with live events afterwards.
+    early[2].observe("m", (4, 5, 6), K1, clock())
+    assert late.decide("m", (4, 5, 6), CANDS, clock()).hot == K1
+    assert late.digests() == early[0].digests()
