@@ -124,11 +124,16 @@ class LocalCluster:
         publisher: PayloadPublisher | None = None,
         announce_interval: float = 1.0,
         chunk_delay: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> BackendHandle:
         """Start a backend; with a ``publisher`` it announces itself every
         ``announce_interval`` seconds (the first announcement is sent before returning)."""
         backend = MockBackend(
-            name=name, models=models, available_vram=available_vram, chunk_delay=chunk_delay
+            name=name,
+            models=models,
+            available_vram=available_vram,
+            chunk_delay=chunk_delay,
+            clock=clock,
         )
         server = await start_server(backend.make_app())
         backend.address = server.address
@@ -151,12 +156,14 @@ class LocalCluster:
         membership_transport: MessageTransport | None,
         sync_transport: MessageTransport | None = None,
         settings: GatewaySettings | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> GatewayHandle:
         """Start a gateway (its app's startup hook subscribes to the transports)."""
         gateway = Gateway(
             membership_transport=membership_transport,
             sync_transport=sync_transport,
             settings=settings,
+            clock=clock,
         )
         server = await start_server(gateway.make_app(), handler_cancellation=True)
         handle = GatewayHandle(gateway, server)

@@ -456,3 +456,47 @@ def test_a_client_that_goes_away_releases_its_backend_and_teaches_nothing() -> N
             assert not snap["backends"][0]["failed"]  # the client left; the backend is fine
 
     run(main)
+
+
+def test_backends_that_stop_announcing_drop_out_after_the_online_window() -> None:
+    from prefixcache.testing import ManualClock
+
+    async def main() -> None:
+        clock = ManualClock(1_000_000.0)  # shared by gateway and backends: one wall clock
+        hub = InMemoryTransport()
+        async with LocalCluster() as cluster, aiohttp.ClientSession() as s:
+            gw = await cluster.add_gateway(membership_transport=hub.connect("gw"), clock=clock)
+            conns = {name: hub.connect(name) for name in ("big", "small")}
+            for name, vram in (("big", 80 * GiB), ("small", GiB)):
+                await cluster.add_backend(
+                    name,
+                    models=["m-o"],
+                    available_vram=vram,
+                    publisher=conns[name],
+                    announce_interval=3600,  # only the first announcement, then by hand
+                    clock=clock,
+                )
+            _, body, _ = await post_chat(s, gw.url, conversation("m-o", ["a"], system=""))
+            assert body["replica"] == "big"  # cold choice: most free VRAM
+
+            clock.advance(39.999)  # `big` last announced 39.999 s ago: still online
+            cluster.backends["small"].backend.announce(conns["small"])
+            got = set()
+            for q in ("b", "c"):
+                _, body, _ = await post_chat(s, gw.url, conversation("m-o", [q], system=""))
+                got.add(body["replica"])
+            assert got == {"big", "small"}  # equally idle: they take turns, both online
+
+            clock.advance(0.001)  # exactly 40 s: offline (the window is strict)
+            for i in range(3):
+                _, body, _ = await post_chat(s, gw.url, conversation("m-o", [f"c{i}"]))
+                assert body["replica"] == "small"
+            snap = await cluster_json(s, gw.url)
+            online = {b["id"]: b["online"] for b in snap["backends"]}
+            assert online == {"big": False, "small": True}
+
+            clock.advance(40.0)  # nobody announced for 40 s: no eligible backend
+            status, body, _ = await post_chat(s, gw.url, conversation("m-o", ["d"]))
+            assert status == 503 and body["error"]["type"] == "no_backend"
+
+    run(main)
