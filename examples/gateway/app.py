@@ -342,6 +342,11 @@ class Gateway:
 
         Returns ``(picked or None, preferred node id or None)``. Synchronous on purpose: no
         other request can be routed between reading the counts and reserving.
+
+        This is ``prefixcache.select_peer`` spelled out, because the gateway also feeds each
+        candidate's ``last_used`` (``select_peer`` builds candidates without it, so equally
+        loaded backends would not take turns) and needs the preferred id for the pressure
+        signal.
         """
         cands = self.candidates(model, now, exclude)
         if not cands:
@@ -459,7 +464,9 @@ class Gateway:
     ) -> tuple[web.StreamResponse, bool] | None:
         """Send to ``picked`` and stream back.
 
-        Returns ``None`` iff connecting failed (nothing was sent: safe to retry), else the
+        Returns ``None`` iff the backend could not be reached or dropped the connection
+        before answering (no byte went to the client, so another backend may be tried; a
+        backend that crashed while reading the request may thus see it twice), else the
         response and whether the backend's answer was relayed completely.
         """
         assert self._session is not None, "Gateway.start() was not called"
