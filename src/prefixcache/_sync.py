@@ -16,6 +16,9 @@ What a group of routers agrees on (tested in ``tests/property/test_sync_converge
   reached the other router; an observe racing an invalidate of the same replica) are resolved
   by arrival order and can leave routers disagreeing about that prefix until it is observed
   again or the routers resync.
+* Transports order messages per publisher and subject only (NATS dispatches each subject's
+  subscription separately), which is one more reason an observe and an invalidate of the same
+  replica count as conflicting when they are close together.
 * A lost message is never repaired by the protocol (it has no sequence numbers or acks): the
   router that missed it disagrees until the prefix is observed again, the entry expires, or it
   resyncs. Anti-entropy (:mod:`prefixcache._snapshot`): compare :func:`~prefixcache.digests`,

@@ -12,6 +12,10 @@ connection on the running loop; :class:`NatsTransport` (a blocking
   lost (resync with :func:`prefixcache.export_snapshot` / :func:`prefixcache.apply_snapshot`).
 * ``subscribe`` flushes (a PING/PONG round trip), so the subscription is active at the server
   when it returns.
+* Order: messages of one subject from one publisher are handled in publish order. nats-py
+  dispatches each subscription from its own task, so an observe and an invalidate arriving
+  in the same read may be handled in either order (as with the reference's Go client); Sync
+  treats such races as conflicts (see :mod:`prefixcache._sync`), repaired by a resync.
 
 ``nats`` is imported only when :meth:`AsyncNatsTransport.connect` runs.
 
