@@ -49,9 +49,12 @@ class PolicyResult:
     wall_s: float
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object of this policy (``--json``)."""
+        """The JSON object of this policy (``--json``); non-finite numbers become ``null``."""
         d = attrs.asdict(self)
         d["requests_per_replica"] = list(self.requests_per_replica)
+        for k, v in d.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                d[k] = None
         return d
 
 

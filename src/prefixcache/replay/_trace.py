@@ -16,7 +16,7 @@ from pathlib import Path
 
 import attrs
 
-from clusterrouting import ClusterRoutingError
+from clusterrouting import ClusterRoutingError, InvalidRecordError
 
 __all__ = ["Request", "TraceFormatError", "ideal_hit_ratio", "load_trace", "parse_trace"]
 
@@ -35,6 +35,10 @@ class TraceFormatError(ClusterRoutingError, ValueError):
 class Request:
     """One traced request.
 
+    Raises:
+        InvalidRecordError: a negative or non-finite time, a negative or non-int token
+            count, ``blocks`` not a tuple (ids themselves are checked by ``parse_trace``).
+
     Attributes:
         arrival: arrival time in seconds since the trace start (already divided by any
             speed-up the caller applied; :func:`parse_trace` leaves it unscaled).
@@ -47,6 +51,16 @@ class Request:
     input_tokens: int
     output_tokens: int
     blocks: tuple[int, ...]
+
+    def __attrs_post_init__(self) -> None:
+        if not (isinstance(self.arrival, int | float) and 0 <= self.arrival < math.inf):
+            raise InvalidRecordError("arrival", self.arrival, "must be a finite number >= 0")
+        for name in ("input_tokens", "output_tokens"):
+            v = getattr(self, name)
+            if type(v) is not int or v < 0:
+                raise InvalidRecordError(name, v, "must be an int >= 0")
+        if type(self.blocks) is not tuple:
+            raise InvalidRecordError("blocks", self.blocks, "must be a tuple of block ids")
 
 
 def _int_field(obj: dict[str, object], key: str, line: int) -> int:
