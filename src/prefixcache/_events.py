@@ -22,6 +22,7 @@ integer, ``1.0`` is not an integer), hashes outside ``[0, 2**64)``, chains longe
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, Final
 
@@ -172,8 +173,14 @@ class ObserveEvent:
 
     @classmethod
     def from_key(cls, model: str, chain: Sequence[int], key: ReplicaKey) -> ObserveEvent:
-        """The event announcing ``observe(model, chain, key, ...)``."""
-        return cls(model=model, chain=tuple(chain), node_id=key.node_id, replica=key.replica)
+        """The event announcing ``observe(model, chain, key, ...)`` (integer-like hashes,
+        e.g. numpy ``uint64``, are converted with ``operator.index``)."""
+        return cls(
+            model=model,
+            chain=tuple(map(operator.index, chain)),
+            node_id=key.node_id,
+            replica=key.replica,
+        )
 
     def encode(self) -> bytes:
         """Compact UTF-8 JSON with the keys ``model, chain, node_id, replica`` in that order."""

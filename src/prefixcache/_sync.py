@@ -204,7 +204,7 @@ class Sync:
         with self._lock:
             changed = self.provider.observe(model, chain, key, now)
         if changed:
-            self._publish(OBSERVE_SUBJECT, ObserveEvent.from_key(model, chain, key).encode())
+            self._publish_event(OBSERVE_SUBJECT, lambda: ObserveEvent.from_key(model, chain, key))
         return changed
 
     def invalidate(self, model: str, key: ReplicaKey) -> object:
@@ -214,7 +214,7 @@ class Sync:
         """
         with self._lock:
             result = self.provider.invalidate(model, key)
-        self._publish(INVALIDATE_SUBJECT, InvalidateEvent.for_key(model, key).encode())
+        self._publish_event(INVALIDATE_SUBJECT, lambda: InvalidateEvent.for_key(model, key))
         return result
 
     def invalidate_node(self, model: str, node_id: str) -> object:
@@ -226,7 +226,9 @@ class Sync:
         with self._lock:
             result = self.provider.invalidate_node(model, node_id)
         if node_id:
-            self._publish(INVALIDATE_SUBJECT, InvalidateEvent.for_node(model, node_id).encode())
+            self._publish_event(
+                INVALIDATE_SUBJECT, lambda: InvalidateEvent.for_node(model, node_id)
+            )
         return result
 
     def evict(self, now: float) -> object:
@@ -377,6 +379,18 @@ class Sync:
             self.on_publish_error(subject, error)
         except Exception:
             _log.exception("the publish error hook raised")
+
+    def _publish_event(
+        self, subject: str, make: Callable[[], ObserveEvent | InvalidateEvent]
+    ) -> None:
+        if self.publisher is None:
+            return
+        try:
+            payload = make().encode()
+        except (TypeError, ValueError) as exc:  # not representable, e.g. a chain too long
+            self._publish_failed(subject, exc)
+            return
+        self._publish(subject, payload)
 
     def _publish(self, subject: str, payload: bytes) -> None:
         publisher = self.publisher

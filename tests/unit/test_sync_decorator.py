@@ -437,3 +437,17 @@ def test_fuzzed_messages_never_raise_and_only_valid_events_change_state(
         # Counterfactual: a partially parsed message must not leave anything behind.
         assert index.tree("m").items() == before  # type: ignore[union-attr]
         assert index.models() == frozenset({"m"})
+
+
+def test_an_unrepresentable_event_is_reported_not_raised() -> None:
+    import numpy as np
+
+    from prefixcache import MAX_EVENT_CHAIN
+
+    sync, pub, _ = make()
+    long_chain = tuple(range(1, MAX_EVENT_CHAIN + 2))
+    assert sync.observe("m", long_chain, A0, 0.0) is True  # routing state still updated
+    assert sync.stats().publish_errors == 1 and pub.published == []
+    # numpy hashes (a tokenizing host) are published as plain JSON integers.
+    assert sync.observe("m", np.array([2**64 - 1, 5], dtype=np.uint64), B0, 0.0)
+    assert pub.events() == [ObserveEvent(model="m", chain=(2**64 - 1, 5), node_id="b")]
