@@ -285,3 +285,22 @@ def test_run_operations_clock_and_results() -> None:
     assert res[0] is True and res[1] is None
     assert res[2].hot == A  # type: ignore[union-attr]
     assert res[4].hot is None  # type: ignore[union-attr]
+
+
+@providers
+@pytest.mark.parametrize("bad", [-1, 2**64, 1.5, "7"])
+def test_out_of_range_block_hashes_raise_and_store_nothing(make: Maker, bad: object) -> None:
+    idx = make(CFG)
+    with pytest.raises(ValueError, match=r"chain|key|hash"):
+        idx.observe("m", (1, bad), A, 0.0)
+    with pytest.raises(ValueError, match=r"chain|key|hash"):
+        idx.decide("m", (1, bad), cands(A), 0.0)
+    assert idx.decide("m", (1,), cands(A), 0.0).hot is None  # the valid prefix was not stored
+
+
+@providers
+def test_uint64_boundaries_are_valid_block_hashes(make: Maker) -> None:
+    idx = make(CFG)
+    chain = (0, 2**64 - 1)
+    assert idx.observe("m", chain, A, 0.0) is True
+    assert idx.decide("m", chain, cands(A), 0.0).match_ratio == 1.0
