@@ -131,12 +131,7 @@ def pick_lowest_cost(
     if type(prompt_tokens) is not int or prompt_tokens < 0:
         raise InvalidRecordError("prompt_tokens", prompt_tokens, "must be an int >= 0")
     for name, w in (("queue_weight", queue_weight), ("in_flight_tokens", in_flight_tokens)):
-        if (
-            isinstance(w, bool)
-            or not isinstance(w, int | float)
-            or not math.isfinite(w)
-            or w < 0
-        ):
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
             raise InvalidRecordError(name, w, "must be a finite number >= 0")
     if not candidates:
         return None
@@ -147,9 +142,7 @@ def pick_lowest_cost(
         if uncached < 0:
             uncached = 0
         total = (
-            uncached
-            + queue_weight * c.queued_tokens
-            + in_flight_tokens * (c.in_flight - min_if)
+            uncached + queue_weight * c.queued_tokens + in_flight_tokens * (c.in_flight - min_if)
         )
         return (total, c.queued_tokens, c.in_flight, c.key)
 

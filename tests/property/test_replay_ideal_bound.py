@@ -50,8 +50,11 @@ def traces(draw: st.DrawFn) -> list[Request]:
         t += draw(st.floats(0.0, 5.0))
         bt = 4
         inp = max(0, len(chain) * bt - draw(st.integers(0, bt - 1)))
-        out.append(Request(arrival=t, input_tokens=inp, output_tokens=draw(st.integers(0, 20)),
-                           blocks=chain))
+        out.append(
+            Request(
+                arrival=t, input_tokens=inp, output_tokens=draw(st.integers(0, 20)), blocks=chain
+            )
+        )
     return out
 
 
@@ -66,8 +69,13 @@ def test_hit_ratio_never_exceeds_ideal(
     trace: list[Request], replicas: int, cache: int | None, speedup: float, data: st.DataObject
 ) -> None:
     plan = data.draw(st.lists(st.integers(0, 3), min_size=len(trace), max_size=len(trace)))
-    model = ClusterModel(replicas=replicas, cache_blocks=cache, block_tokens=4,
-                         prefill_tokens_per_s=3.0, decode_tokens_per_s=2.0)
+    model = ClusterModel(
+        replicas=replicas,
+        cache_blocks=cache,
+        block_tokens=4,
+        prefill_tokens_per_s=3.0,
+        decode_tokens_per_s=2.0,
+    )
     out = simulate(trace, Planned(plan), model, speedup=speedup)
     total = sum(len(r.blocks) for r in trace)
     ideal = ideal_hit_ratio(trace)

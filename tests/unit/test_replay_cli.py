@@ -25,23 +25,41 @@ def trace(tmp_path: Path) -> Path:
     return p
 
 
-HAND_FLAGS = ["--replicas", "2", "--cache-blocks", "inf", "--block-tokens", "4",
-              "--prefill-rate", "1000", "--decode-rate", "10", "--speedup", "1"]
+HAND_FLAGS = [
+    "--replicas",
+    "2",
+    "--cache-blocks",
+    "inf",
+    "--block-tokens",
+    "4",
+    "--prefill-rate",
+    "1000",
+    "--decode-rate",
+    "10",
+    "--speedup",
+    "1",
+]
 
 
 def test_json_output_has_the_documented_keys(
     trace: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = main([str(trace), "--json", "--no-progress", "--policies", "round-robin",
-               *HAND_FLAGS])
+    rc = main([str(trace), "--json", "--no-progress", "--policies", "round-robin", *HAND_FLAGS])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["trace"] == "tiny.jsonl"
     assert doc["requests"] == 4
     assert doc["ideal_hit_ratio"] == 0.5
     (p,) = doc["policies"]
-    for key in ("name", "hit_ratio", "ttft_mean_s", "ttft_p50_s", "ttft_p99_s",
-                "max_over_mean_requests", "decisions_per_s"):
+    for key in (
+        "name",
+        "hit_ratio",
+        "ttft_mean_s",
+        "ttft_p50_s",
+        "ttft_p99_s",
+        "max_over_mean_requests",
+        "decisions_per_s",
+    ):
         assert key in p
     assert p["name"] == "round-robin"
     assert p["hit_ratio"] == 3 / 8  # hand-computed in test_replay_sim.py
@@ -62,14 +80,25 @@ def test_table_and_progress(trace: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_plot_writes_a_png(trace: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.png"
-    rc = main([str(trace), "--no-progress", "--policies", "round-robin,random", "--plot",
-               str(out), *HAND_FLAGS])
+    rc = main(
+        [
+            str(trace),
+            "--no-progress",
+            "--policies",
+            "round-robin,random",
+            "--plot",
+            str(out),
+            *HAND_FLAGS,
+        ]
+    )
     assert rc == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_without_matplotlib_is_a_clear_error(
-    trace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    trace: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
@@ -80,8 +109,12 @@ def test_plot_without_matplotlib_is_a_clear_error(
 
 
 def test_usage_errors(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for bad in (["--policies", "round-robin,nope"], ["--speedup", "0"],
-                ["--cache-blocks", "-3"], ["--observe", "sometimes"]):
+    for bad in (
+        ["--policies", "round-robin,nope"],
+        ["--speedup", "0"],
+        ["--cache-blocks", "-3"],
+        ["--observe", "sometimes"],
+    ):
         with pytest.raises(SystemExit) as ei:
             main([str(trace), *bad])
         assert ei.value.code == 2
@@ -107,10 +140,19 @@ def test_every_policy_runs_on_a_synthetic_trace(
 ) -> None:
     reqs = synthetic_trace(seed=3, sessions=60, duration_s=120.0)
     p = tmp_path / "synth.jsonl"
-    p.write_text("\n".join(
-        json.dumps({"timestamp": r.arrival * 1000, "input_length": r.input_tokens,
-                    "output_length": r.output_tokens, "hash_ids": list(r.blocks)})
-        for r in reqs))
+    p.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "timestamp": r.arrival * 1000,
+                    "input_length": r.input_tokens,
+                    "output_length": r.output_tokens,
+                    "hash_ids": list(r.blocks),
+                }
+            )
+            for r in reqs
+        )
+    )
     rc = main([str(p), "--json", "--no-progress", "--replicas", "3"])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)

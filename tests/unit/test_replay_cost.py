@@ -32,8 +32,8 @@ def test_cost_weighs_cached_tokens_against_discounted_backlog() -> None:
 
 def test_tiers_after_cost_queue_then_in_flight_then_key() -> None:
     # Equal costs (uncached 100 each): shorter queue first.
-    x = CostCandidate(key=A, cached_tokens=10, queued_tokens=100)   # 90 + 10 = 100
-    y = CostCandidate(key=B, cached_tokens=0, queued_tokens=0)      # 100
+    x = CostCandidate(key=A, cached_tokens=10, queued_tokens=100)  # 90 + 10 = 100
+    y = CostCandidate(key=B, cached_tokens=0, queued_tokens=0)  # 100
     assert pick_lowest_cost([x, y], prompt_tokens=100) == B
     # Equal cost and queue: fewer in flight, then the smaller key, regardless of order.
     p = CostCandidate(key=C, in_flight=1)
@@ -79,12 +79,12 @@ def test_mirror_matches_leading_blocks_per_replica() -> None:
 
 def test_mirror_lru_evicts_leaves_before_their_prefixes() -> None:
     m = KvCacheMirror(capacity_blocks=3)
-    m.observe(A, (1, 2, 3))          # recency: 3, 2, 1 (1 most recent)
-    m.observe(A, (4,))               # evicts 3
+    m.observe(A, (1, 2, 3))  # recency: 3, 2, 1 (1 most recent)
+    m.observe(A, (4,))  # evicts 3
     assert m.blocks(A) == 3
     assert m.matched_blocks(A, (1, 2, 3)) == 2
-    m.observe(A, (1, 2))             # touch: 4 is now the least recent
-    m.observe(A, (5,))               # evicts 4
+    m.observe(A, (1, 2))  # touch: 4 is now the least recent
+    m.observe(A, (5,))  # evicts 4
     assert m.matched_blocks(A, (4,)) == 0
     assert m.matched_blocks(A, (1, 2)) == 2
     zero = KvCacheMirror(capacity_blocks=0)

@@ -17,8 +17,13 @@ from prefixcache.replay import (
     synthetic_trace,
 )
 
-MODEL = ClusterModel(replicas=2, cache_blocks=None, block_tokens=4,
-                     prefill_tokens_per_s=1000.0, decode_tokens_per_s=10.0)
+MODEL = ClusterModel(
+    replicas=2,
+    cache_blocks=None,
+    block_tokens=4,
+    prefill_tokens_per_s=1000.0,
+    decode_tokens_per_s=10.0,
+)
 
 
 def req(t_s: float, blocks: tuple[int, ...], out: int = 0) -> Request:
@@ -69,10 +74,14 @@ def test_cache_cost_sends_the_next_turn_where_its_prefix_is() -> None:
     assert out.replica == (0, 0, 0)
     assert out.hit_blocks == (0, 0, 4)
     # Backlog and load move requests without cached context, never a deep match cheaply.
-    slow = ClusterModel(replicas=2, cache_blocks=None, block_tokens=4,
-                        prefill_tokens_per_s=0.1, decode_tokens_per_s=10.0)
-    trace = [req(0.0, (1, 2, 3, 4)), req(0.0, tuple(range(100, 150))),
-             req(1.0, (1, 2, 3, 4, 5))]
+    slow = ClusterModel(
+        replicas=2,
+        cache_blocks=None,
+        block_tokens=4,
+        prefill_tokens_per_s=0.1,
+        decode_tokens_per_s=10.0,
+    )
+    trace = [req(0.0, (1, 2, 3, 4)), req(0.0, tuple(range(100, 150))), req(1.0, (1, 2, 3, 4, 5))]
     out = simulate(trace, CacheCostPolicy(capacity_blocks=None, block_tokens=4), slow)
     # first -> 00; the 200-token second -> 01 (cost 200 + 0.1*16 + 256*1 on 00 vs 200);
     # third: 00 costs 4 + 0.1*16 = 5.6, 01 costs 20 + 0.1*200 = 40 -> 00.

@@ -62,7 +62,10 @@ HAND = [
     req(1000, 4, 0, (1,)),
 ]
 HAND_MODEL = ClusterModel(
-    replicas=2, cache_blocks=None, block_tokens=4, prefill_tokens_per_s=1000.0,
+    replicas=2,
+    cache_blocks=None,
+    block_tokens=4,
+    prefill_tokens_per_s=1000.0,
     decode_tokens_per_s=10.0,
 )
 
@@ -101,8 +104,13 @@ def test_run_replay_reports_hand_numbers() -> None:
 
 def test_fifo_prefill_queue_and_speedup() -> None:
     # One replica at 100 tok/s, two 100-token prompts with distinct blocks.
-    model = ClusterModel(replicas=1, cache_blocks=None, block_tokens=100,
-                         prefill_tokens_per_s=100.0, decode_tokens_per_s=1.0)
+    model = ClusterModel(
+        replicas=1,
+        cache_blocks=None,
+        block_tokens=100,
+        prefill_tokens_per_s=100.0,
+        decode_tokens_per_s=1.0,
+    )
     trace = [req(0, 100, 5, (1,)), req(1000, 100, 5, (2,))]
     # r1 arrives at 1 s exactly when r0's prefill ends: no wait.
     assert simulate(trace, Scripted([0, 0]), model).ttft_s == pytest.approx((1.0, 1.0))
@@ -112,8 +120,13 @@ def test_fifo_prefill_queue_and_speedup() -> None:
 
 
 def test_decode_does_not_block_prefill_but_counts_in_flight() -> None:
-    model = ClusterModel(replicas=1, cache_blocks=None, block_tokens=100,
-                         prefill_tokens_per_s=100.0, decode_tokens_per_s=1.0)
+    model = ClusterModel(
+        replicas=1,
+        cache_blocks=None,
+        block_tokens=100,
+        prefill_tokens_per_s=100.0,
+        decode_tokens_per_s=1.0,
+    )
     # r0: prefill 0..1 s, decode 5 tokens 1..6 s. r1 at 2 s: no wait, sees r0 in flight.
     trace = [req(0, 100, 5, (1,)), req(2000, 100, 5, (2,)), req(7000, 100, 0, (3,))]
     pol = Scripted([0, 0, 0])
@@ -131,23 +144,45 @@ def test_lru_eviction_keeps_prefixes_over_their_extensions() -> None:
     # Cache of 2 blocks, 1 token per block. r0 (1,2): touched 2 then 1 -> LRU [2, 1].
     # r1 (3,): [2, 1, 3] -> evicts 2. r2 (1,2): hits 1 only; r3 (3,): 3 was evicted by
     # r2's insert of 2 ([1,3,2,1] -> [3,2,1] -> drop 3): 0 hits.
-    model = ClusterModel(replicas=1, cache_blocks=2, block_tokens=1,
-                         prefill_tokens_per_s=1.0, decode_tokens_per_s=1.0)
-    trace = [req(0, 2, 0, (1, 2)), req(10_000, 1, 0, (3,)),
-             req(20_000, 2, 0, (1, 2)), req(30_000, 1, 0, (3,))]
+    model = ClusterModel(
+        replicas=1,
+        cache_blocks=2,
+        block_tokens=1,
+        prefill_tokens_per_s=1.0,
+        decode_tokens_per_s=1.0,
+    )
+    trace = [
+        req(0, 2, 0, (1, 2)),
+        req(10_000, 1, 0, (3,)),
+        req(20_000, 2, 0, (1, 2)),
+        req(30_000, 1, 0, (3,)),
+    ]
     out = simulate(trace, Scripted([0, 0, 0, 0]), model)
     assert out.hit_blocks == (0, 0, 1, 0)
     # Counterfactual: an infinite cache hits everything seen before.
-    inf = simulate(trace, Scripted([0, 0, 0, 0]), ClusterModel(
-        replicas=1, cache_blocks=None, block_tokens=1, prefill_tokens_per_s=1.0,
-        decode_tokens_per_s=1.0))
+    inf = simulate(
+        trace,
+        Scripted([0, 0, 0, 0]),
+        ClusterModel(
+            replicas=1,
+            cache_blocks=None,
+            block_tokens=1,
+            prefill_tokens_per_s=1.0,
+            decode_tokens_per_s=1.0,
+        ),
+    )
     assert inf.hit_blocks == (0, 0, 2, 1)
 
 
 def test_cached_tokens_capped_by_prompt_length() -> None:
     # Last block is short (5 tokens of an 8-token block): a full hit leaves 0 tokens.
-    model = ClusterModel(replicas=1, cache_blocks=None, block_tokens=8,
-                         prefill_tokens_per_s=1.0, decode_tokens_per_s=1.0)
+    model = ClusterModel(
+        replicas=1,
+        cache_blocks=None,
+        block_tokens=8,
+        prefill_tokens_per_s=1.0,
+        decode_tokens_per_s=1.0,
+    )
     trace = [req(0, 13, 0, (1, 2)), req(100_000, 13, 0, (1, 2))]
     assert simulate(trace, Scripted([0, 0]), model).ttft_s == pytest.approx((13.0, 0.0))
 
@@ -201,10 +236,8 @@ def test_parse_trace_and_errors(tmp_path: Path) -> None:
     assert reqs[1].blocks == (7,)
     bad = [
         ('{"timestamp": 0, "output_length": 1, "hash_ids": []}', "input_length"),
-        ('{"timestamp": -1, "input_length": 1, "output_length": 1, "hash_ids": []}',
-         "timestamp"),
-        ('{"timestamp": 0, "input_length": 1, "output_length": 1, "hash_ids": [-3]}',
-         "hash_ids"),
+        ('{"timestamp": -1, "input_length": 1, "output_length": 1, "hash_ids": []}', "timestamp"),
+        ('{"timestamp": 0, "input_length": 1, "output_length": 1, "hash_ids": [-3]}', "hash_ids"),
         ('{"timestamp": 0, "input_length": 1, "output_length": 1, "hash_ids": 3}', "hash_ids"),
         ("[1, 2]", "<line>"),
         ("{not json", "<line>"),

@@ -86,35 +86,76 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="JSONL trace (plain or .gz); default: the bundled Mooncake conversation trace",
     )
-    p.add_argument("--policies", type=_policies, default=list(POLICY_NAMES),
-                   help=f"comma-separated, default all: {','.join(POLICY_NAMES)}")
-    p.add_argument("--replicas", type=int, default=d.replicas,
-                   help=f"replicas (servers) in the cluster (default {d.replicas})")
-    p.add_argument("--cache-blocks", type=_cache_blocks, default=d.cache_blocks,
-                   help=f"KV cache per replica in blocks, LRU; 'inf' = unbounded "
-                        f"(default {d.cache_blocks})")
-    p.add_argument("--block-tokens", type=int, default=d.block_tokens,
-                   help=f"tokens per trace block id (default {d.block_tokens})")
-    p.add_argument("--prefill-rate", type=float, default=d.prefill_tokens_per_s,
-                   help=f"prefill tokens/s per replica (default {d.prefill_tokens_per_s:g})")
-    p.add_argument("--decode-rate", type=float, default=d.decode_tokens_per_s,
-                   help=f"decode tokens/s per request (default {d.decode_tokens_per_s:g})")
-    p.add_argument("--kv-bytes-per-token", type=int, default=d.kv_bytes_per_token,
-                   help=f"KV bytes per token, for free-VRAM reporting "
-                        f"(default {d.kv_bytes_per_token})")
-    p.add_argument("--speedup", type=_speedup, default=None,
-                   help="divide arrival times by this; 'auto' (default) sets the load from "
-                        "--target-load")
-    p.add_argument("--target-load", type=float, default=DEFAULT_TARGET_LOAD,
-                   help="with --speedup auto: prompt tokens offered as a fraction of the "
-                        f"cluster's prefill capacity (default {DEFAULT_TARGET_LOAD})")
+    p.add_argument(
+        "--policies",
+        type=_policies,
+        default=list(POLICY_NAMES),
+        help=f"comma-separated, default all: {','.join(POLICY_NAMES)}",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=d.replicas,
+        help=f"replicas (servers) in the cluster (default {d.replicas})",
+    )
+    p.add_argument(
+        "--cache-blocks",
+        type=_cache_blocks,
+        default=d.cache_blocks,
+        help=f"KV cache per replica in blocks, LRU; 'inf' = unbounded (default {d.cache_blocks})",
+    )
+    p.add_argument(
+        "--block-tokens",
+        type=int,
+        default=d.block_tokens,
+        help=f"tokens per trace block id (default {d.block_tokens})",
+    )
+    p.add_argument(
+        "--prefill-rate",
+        type=float,
+        default=d.prefill_tokens_per_s,
+        help=f"prefill tokens/s per replica (default {d.prefill_tokens_per_s:g})",
+    )
+    p.add_argument(
+        "--decode-rate",
+        type=float,
+        default=d.decode_tokens_per_s,
+        help=f"decode tokens/s per request (default {d.decode_tokens_per_s:g})",
+    )
+    p.add_argument(
+        "--kv-bytes-per-token",
+        type=int,
+        default=d.kv_bytes_per_token,
+        help=f"KV bytes per token, for free-VRAM reporting (default {d.kv_bytes_per_token})",
+    )
+    p.add_argument(
+        "--speedup",
+        type=_speedup,
+        default=None,
+        help="divide arrival times by this; 'auto' (default) sets the load from --target-load",
+    )
+    p.add_argument(
+        "--target-load",
+        type=float,
+        default=DEFAULT_TARGET_LOAD,
+        help="with --speedup auto: prompt tokens offered as a fraction of the "
+        f"cluster's prefill capacity (default {DEFAULT_TARGET_LOAD})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random policy (default 0)")
-    p.add_argument("--observe", choices=("dispatch", "completion"), default=None,
-                   help="when indexing policies record a placement (default: each policy's "
-                        "own: prefix/federation at completion, cache-cost at dispatch)")
+    p.add_argument(
+        "--observe",
+        choices=("dispatch", "completion"),
+        default=None,
+        help="when indexing policies record a placement (default: each policy's "
+        "own: prefix/federation at completion, cache-cost at dispatch)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
-    p.add_argument("--plot", metavar="FILE.png", default=None,
-                   help="draw hit ratio and TTFT per policy (needs matplotlib)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        default=None,
+        help="draw hit ratio and TTFT per policy (needs matplotlib)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
 
@@ -140,9 +181,7 @@ class _Progress:
             width = 30
             fill = int(frac * width)
             bar = "#" * fill + "." * (width - fill)
-            self._s.write(
-                f"\r[{self._k}/{self._n}] {name:<13} [{bar}] {frac:6.1%} {done}/{total}"
-            )
+            self._s.write(f"\r[{self._k}/{self._n}] {name:<13} [{bar}] {frac:6.1%} {done}/{total}")
             if done >= total:
                 self._s.write(f" {time.perf_counter() - self._t0:.1f}s\n")
             self._s.flush()
