@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefixcache.replay import ClusterModel, ClusterView, Request, ideal_hit_ratio, simulate
+from prefixcache.replay import (
+    POLICY_NAMES,
+    ClusterModel,
+    ClusterView,
+    ObserveAt,
+    Request,
+    ideal_hit_ratio,
+    make_policy,
+    simulate,
+)
 
 
 class Planned:
@@ -88,3 +97,27 @@ def test_hit_ratio_never_exceeds_ideal(
     # TTFT is at least the prefill of the uncached tokens (queueing only adds to it).
     for r, k, ttft in zip(trace, out.hit_blocks, out.ttft_s, strict=True):
         assert ttft >= max(0, r.input_tokens - 4 * k) / 3.0 - 1e-9
+
+
+@given(
+    trace=traces(),
+    replicas=st.integers(1, 4),
+    cache=st.one_of(st.none(), st.integers(0, 12)),
+    policy=st.sampled_from(POLICY_NAMES),
+    observe=st.sampled_from(["dispatch", "completion"]),
+)
+@settings(max_examples=100)
+def test_no_library_policy_beats_the_ideal(
+    trace: list[Request], replicas: int, cache: int | None, policy: str, observe: ObserveAt
+) -> None:
+    model = ClusterModel(
+        replicas=replicas,
+        cache_blocks=cache,
+        block_tokens=4,
+        prefill_tokens_per_s=3.0,
+        decode_tokens_per_s=2.0,
+    )
+    out = simulate(trace, make_policy(policy, model, observe_at=observe), model)
+    total = sum(len(r.blocks) for r in trace)
+    assert sum(out.hit_blocks) / total <= ideal_hit_ratio(trace)
+    assert sum(out.requests_per_replica) == len(trace)
