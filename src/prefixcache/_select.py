@@ -165,8 +165,13 @@ class Pressure:
     def record(self, model: str, now: float) -> None:
         """Record one forced disturb of ``model`` at ``now`` (seconds).
 
+        Raises:
+            InvalidRecordError: ``now`` is NaN (it would corrupt the time order).
+
         Complexity: amortised O(log n + pruned) for n events of the model in the window.
         """
+        if now != now:
+            raise InvalidRecordError("now", now, "must not be NaN")
         with self._lock:
             events = self._events.get(model)
             if events is None:

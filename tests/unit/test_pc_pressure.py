@@ -109,3 +109,10 @@ def test_concurrent_records_are_all_counted() -> None:
     for t in threads:
         t.join()
     assert p.count("m", 2000.0) == 8000
+
+
+def test_nan_time_is_rejected() -> None:
+    p = Pressure(10.0)
+    with pytest.raises(InvalidRecordError, match="now"):
+        p.record("m", math.nan)
+    assert len(p) == 0
