@@ -19,12 +19,13 @@ weight by ~1e-16 relative (below the 1e-9 equality of SPEC) and can only matter 
 exactly at its TTL boundary.
 
 **How.** ``RadixTree.insert`` stamps the whole path, so replaying entries must reproduce "last
-writer owns shared prefix nodes". Along any path the live nodes' ``last_seen`` never increases
-with depth (every insert stamps all ancestors too). A node whose owner and ``last_seen`` equal
-one of its children's is implied by that child's insert and is not exported (an observed
-chain of 64 blocks is one entry, not 64). Entries are ordered oldest first; on equal times a
-post-order walk that visits each implied node's "covering" child last reproduces the original
-write order. A value-less node between live ones (an invalidated replica's former prefix) is
+writer owns shared prefix nodes": for every node, the last replayed insert whose path passes
+through it must carry that node's owner and ``last_seen``. A node whose owner and
+``last_seen`` equal one of its children's is implied by that child's insert and is not
+exported (an observed chain of 64 blocks is one entry, not 64). Entries are listed in a
+post-order walk (a node after everything below it) that visits each implied node's
+"covering" child last, so the right insert is the last one through every node, whatever the
+timestamps. A value-less node between live ones (an invalidated replica's former prefix) is
 exported as a *hole*: the receiver inserts a reserved sentinel owner there and removes it at
 the end, leaving the node value-less exactly as on the exporter.
 
@@ -153,7 +154,7 @@ class Snapshot:
 
     Attributes:
         models: every model the exporter held a tree for (cleared by a replacing apply).
-        entries: the inserts to replay, oldest first (see the module docstring).
+        entries: the inserts to replay, in order (see the module docstring).
 
     ``encode()`` gives compact JSON (``{"version":1,"models":[...],"entries":[[model index,
     chain, node_id or null, replica, age], ...]}``); ``Snapshot.decode`` validates it.
@@ -304,8 +305,6 @@ def export_snapshot(source: SnapshotSource, *, now: float) -> Snapshot:
         if tree is None:
             continue
         timed.extend(_export_model(model, _live_nodes(tree, now), now))
-    # Oldest first; the sort is stable, so equal stamps keep the post-order of each model.
-    timed.sort(key=lambda te: te[0])
     return Snapshot(models=tuple(models), entries=tuple(e for _, e in timed))
 
 

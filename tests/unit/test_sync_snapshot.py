@@ -52,6 +52,16 @@ def test_last_writer_on_equal_timestamps_is_reproduced() -> None:
     assert live_items(b, "m", 5.0) == live_items(a, "m", 5.0)
 
 
+def test_replay_order_does_not_depend_on_timestamps() -> None:
+    a = Index()
+    a.observe("m", (1, 2), K1, 10.0)
+    a.observe("m", (1,), K2, 5.0)  # the host's clock stepped back
+    b = resynced(a, 10.0)
+    # Counterfactual: replaying oldest first would let K1's (1, 2) retake (1,) from K2.
+    assert b.decide("m", (1, 7), CANDS, 10.0).hot == K2
+    assert live_items(b, "m", 10.0) == live_items(a, "m", 10.0)
+
+
 def test_holes_left_by_an_invalidation_are_reproduced() -> None:
     a = Index()
     a.observe("m", (1, 2, 3), K1, 1.0)
