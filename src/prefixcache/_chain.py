@@ -14,6 +14,7 @@ Every function here is pure (no clock, no I/O) and thread-safe.
 from __future__ import annotations
 
 import array
+import codecs
 import functools
 import json
 import re
@@ -360,6 +361,17 @@ def _skip_number(_text: str) -> object:
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def _replace_each_byte(error: UnicodeError) -> tuple[str, int]:
+    # Go's decoder replaces every invalid byte with its own U+FFFD (utf8.DecodeRune reports
+    # width 1); Python's "replace" would fold a truncated sequence into one U+FFFD.
+    assert isinstance(error, UnicodeDecodeError)
+    return ("\ufffd", error.start + 1)
+
+
+_GO_REPLACE: Final = "prefixcache.go-replace"
+codecs.register_error(_GO_REPLACE, _replace_each_byte)
+
+
 def _model_from_pairs(pairs: _Pairs) -> str:
     # Go's encoding/json (the reference) matches keys case-insensitively, lets the last
     # occurrence win, leaves the field unset for null, and fails on a non-string value.
@@ -383,10 +395,11 @@ def extract_model(query_model: object, body: object) -> str:
     1. a non-blank ``query_model`` string (``str``, or UTF-8 ``bytes``) wins, returned as
        given (not stripped);
     2. else the top-level ``"model"`` string of the JSON ``body`` (``bytes``, ``bytearray``,
-       ``memoryview`` or ``str``; invalid UTF-8 is replaced by U+FFFD, a decoded ``Mapping``
-       is read directly). Like Go's ``encoding/json`` in the reference: the key matches
-       case-insensitively and the last occurrence wins, ``null`` leaves it unset, a
-       non-string value, a non-object document or invalid JSON (``NaN`` included) gives ``""``;
+       ``memoryview`` or ``str``; each invalid UTF-8 byte becomes one U+FFFD, as in Go; a
+       decoded ``Mapping`` is read directly). Like Go's ``encoding/json`` in the reference:
+       the key matches case-insensitively and the last occurrence wins, ``null`` leaves it
+       unset, a non-string value, a non-object document or invalid JSON (``NaN`` included)
+       gives ``""``;
     3. else ``""`` (empty or missing body, any other type).
 
     Never raises, whatever the input (deep nesting, huge numbers, junk types).
@@ -415,7 +428,7 @@ def extract_model(query_model: object, body: object) -> str:
         if isinstance(body, Mapping):
             return _model_from_pairs(_Pairs((k, v) for k, v in body.items() if type(k) is str))
         if isinstance(body, bytes | bytearray | memoryview):
-            text = bytes(body).decode("utf-8", "replace")
+            text = bytes(body).decode("utf-8", _GO_REPLACE)
         elif isinstance(body, str):
             text = body
         else:

@@ -363,6 +363,7 @@ def test_body_as_str_bytes_bytearray_memoryview_mapping() -> None:
         (b'{"model": "\\ud800"}', "\ufffd"),  # Go decodes a lone surrogate to U+FFFD
         (b'{"model": "caf\xc3\xa9"}', "café"),
         (b'{"model": "bad\xff"}', "bad\ufffd"),  # invalid UTF-8 replaced, as Go does
+        (b'{"model": "t\xe2\x82x"}', "t\ufffd\ufffdx"),  # one U+FFFD per bad byte (Go)
         (b'{"model": ""}', ""),
         (b"[" * 100_000, ""),  # RecursionError inside json
         (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, ""),
