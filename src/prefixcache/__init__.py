@@ -36,10 +36,12 @@ from prefixcache._index import Index, Provider
 from prefixcache._protocols import (
     AsyncPublisher,
     AsyncTransport,
+    AsyncUnsubscribe,
     Clock,
     MessageHandler,
     Publisher,
     Transport,
+    Unsubscribe,
 )
 from prefixcache._select import (
     DecisionProvider,
@@ -69,6 +71,7 @@ from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
 __all__ = [
     "AsyncPublisher",
     "AsyncTransport",
+    "AsyncUnsubscribe",
     "BACKENDS",
     "Backend",
     "Candidate",
@@ -107,6 +110,7 @@ __all__ = [
     "Sync",
     "SyncStats",
     "Transport",
+    "Unsubscribe",
     "affinity_preferred",
     "apply_snapshot",
     "decode_event",

@@ -16,8 +16,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import attrs
 
@@ -32,6 +32,7 @@ __all__ = [
     "PendingDelivery",
     "RecordingPublisher",
     "TransportConformanceError",
+    "check_async_transport",
     "check_transport",
 ]
 
@@ -524,3 +525,21 @@ def check_transport(
                     close()
                 except Exception:  # pragma: no cover - reported, not fatal to the kit
                     _log.exception("closing %r failed", t)
+
+
+def check_async_transport(
+    factory: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float = 10.0,
+) -> None:
+    """:func:`check_transport` for an :class:`~prefixcache.AsyncTransport`.
+
+    ``factory`` is an async callable returning a new, connected transport (for example
+    ``lambda: AsyncNatsTransport.connect(url)``). Each transport is created and driven on its
+    own event loop thread (through :class:`prefixcache.transports.ThreadedTransport`), so the
+    same contract is checked: exact bytes, order, no echo, isolation, fan-out, unsubscribe,
+    raising handlers. Transports with ``async close()`` are closed at the end.
+    """
+    from prefixcache.transports._bridge import ThreadedTransport
+
+    check_transport(lambda: ThreadedTransport(factory), timeout=timeout)

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 import pytest
 from sync_brokers import Broker, nats_server, redis_server
 
-from prefixcache.testing import InMemoryTransport, check_transport
-from prefixcache.transports.nats import NatsTransport
-from prefixcache.transports.redis import RedisTransport
+from prefixcache import AsyncUnsubscribe, MessageHandler
+from prefixcache.testing import InMemoryTransport, check_async_transport, check_transport
+from prefixcache.transports.nats import AsyncNatsTransport, NatsTransport
+from prefixcache.transports.redis import AsyncRedisTransport, RedisTransport
 
 
 @pytest.fixture
@@ -50,3 +51,37 @@ def test_nats(nats: Broker) -> None:
 @pytest.mark.integration
 def test_redis(redis: Broker) -> None:
     check_transport(lambda: RedisTransport.connect(f"{redis.url}/0"))
+
+
+def test_async_in_memory_adapter() -> None:
+    hub = InMemoryTransport()
+
+    class AsyncConn:
+        def __init__(self) -> None:
+            self.conn = hub.connect()
+
+        async def publish(self, subject: str, payload: bytes) -> None:
+            self.conn.publish(subject, payload)
+
+        async def subscribe(self, subject: str, handler: MessageHandler) -> AsyncUnsubscribe:
+            unsub = self.conn.subscribe(subject, handler)
+
+            async def cancel() -> None:
+                unsub()
+
+            return cancel
+
+    async def connect() -> AsyncConn:
+        return AsyncConn()
+
+    check_async_transport(connect)
+
+
+@pytest.mark.integration
+def test_async_nats(nats: Broker) -> None:
+    check_async_transport(lambda: AsyncNatsTransport.connect(nats.url))
+
+
+@pytest.mark.integration
+def test_async_redis(redis: Broker) -> None:
+    check_async_transport(lambda: AsyncRedisTransport.connect(redis.url))

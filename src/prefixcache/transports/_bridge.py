@@ -143,7 +143,9 @@ class ThreadedTransport(Generic[_T]):
                 return
             self._closed = True
         try:
-            self._call(self.transport.close(), timeout=self.timeout)
+            close = getattr(self.transport, "close", None)
+            if close is not None:
+                self._call(_await(close()), timeout=self.timeout)
         except Exception:
             _log.exception("closing the transport failed")
         finally:
