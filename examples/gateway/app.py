@@ -31,10 +31,12 @@ Per request (:meth:`Gateway.handle`):
    backend answered 2xx *and* the body was relayed completely.
 8. **Failures.** A connection error, reset or timeout marks the backend failed (skipped until
    it announces again) and drops its affinity entries (``invalidate_node``; with sync on, the
-   peers drop them too). If nothing reached the backend yet (connect failed) the request is
-   retried on another backend; after that the client gets 502/504 (or a cut stream). A 4xx/5xx
-   *answer* is relayed as is: the backend is alive, but the serve did not succeed, so it is not
-   observed.
+   peers drop them too). If the backend could not be reached, or dropped the connection before
+   answering (its process died), the request is retried on another backend (up to
+   ``max_attempts`` backends): no byte has gone to the client yet. A read timeout is not
+   retried (the backend may still be working on it: 504), and a backend that fails after its
+   answer started leaves the client with a cut stream. A 4xx/5xx *answer* is relayed as is: the
+   backend is alive, but the serve did not succeed, so it is not observed.
 9. **503** with a JSON error body when no backend is eligible.
 
 Websocket upgrades (``Connection: Upgrade`` + ``Upgrade: websocket``) are proxied duplex,
@@ -119,6 +121,10 @@ _WS_HANDSHAKE = frozenset(
     }
 )
 _CHAT_SUFFIX = "/chat/completions"
+# aiohttp >= 3.10 tells a connect timeout (nothing was sent: retry elsewhere) from a read one.
+_CONNECT_TIMEOUT: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if isinstance(t, type)
+)
 
 
 class MessageTransport(Protocol):
@@ -483,12 +489,17 @@ class Gateway:
                 data=body if body else None,
                 allow_redirects=False,
             )
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-            self.mark_failed(node_id, f"connect: {exc!r}")
+        except _CONNECT_TIMEOUT as exc:
+            self.mark_failed(node_id, f"connect timeout: {exc!r}")
             return None
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            # The backend may still be working on it: do not send the request twice.
             self.mark_failed(node_id, f"timeout: {exc!r}")
             return _json_error(504, "backend_timeout", f"backend {node_id} timed out"), False
+        except aiohttp.ClientConnectionError as exc:
+            # Refused, reset or closed before any answer (e.g. the backend process died).
+            self.mark_failed(node_id, f"connection: {exc!r}")
+            return None
         except aiohttp.ClientError as exc:
             self.mark_failed(node_id, f"error: {exc!r}")
             return _json_error(502, "backend_error", f"backend {node_id} failed: {exc}"), False
@@ -501,14 +512,22 @@ class Gateway:
             response.headers["X-Gateway"] = self.settings.name
             response.headers["X-Gateway-Backend"] = node_id
             await response.prepare(request)
-            try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # The backend broke mid-response: the client's response is cut (it cannot be
-                # retried: bytes were sent) and the backend is skipped from now on.
-                self.mark_failed(node_id, f"mid-response: {exc!r}")
-                raise ConnectionResetError(f"backend {node_id} failed mid-response") from exc
+            while True:
+                try:
+                    chunk = await upstream.content.readany()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    # The backend broke mid-response: it is skipped from now on, and the
+                    # client's connection is aborted (not ended cleanly) so that it can tell
+                    # a cut answer from a complete one. Bytes were sent: no retry.
+                    self.mark_failed(node_id, f"mid-response: {exc!r}")
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return response, False
+                if not chunk:
+                    break
+                # A failure here is the client's (it went away): it propagates, the backend
+                # is not blamed, and the caller releases the reservation.
+                await response.write(chunk)
             await response.write_eof()
             return response, True
 
