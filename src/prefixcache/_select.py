@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
+import attrs
+
 from clusterrouting import (
     InvalidRecordError,
     NodeData,
@@ -288,13 +290,16 @@ def select_peer(
     chain: Sequence[int],
     now: float,
     config: Config = DEFAULT_CONFIG,
+    last_used: Mapping[str, float] | None = None,
 ) -> ReplicaCandidate | None:
     """Choose the peer to forward a request to: online, serving the model, cache-affine.
 
     Steps:
 
     1. ``candidates = clusterrouting.build_candidates(nodes, in_flight, now=now, model=model)``
-       (online at ``now``, serving ``model``, sorted by node id);
+       (online at ``now``, serving ``model``, sorted by node id), each given
+       ``last_used[node_id]`` when ``last_used`` is passed (gossip does not carry it; without
+       it equally loaded peers do not take turns);
     2. ``preferred = affinity_preferred(provider, model, chain, candidates, config, now)``;
     3. ``clusterrouting.pick_with_affinity(candidates, preferred,
        slack=config.balance_abs_threshold)``.
@@ -314,6 +319,8 @@ def select_peer(
         now: seconds, wall clock (the domain of ``NodeData.last_seen``), also passed to
             ``decide``.
         config: supplies ``min_prefix_match`` and ``balance_abs_threshold``.
+        last_used: node id -> when the host last picked that peer (same clock as ``now``);
+            missing ids count as never used.
 
     Returns:
         The chosen peer, or ``None`` when no peer is online and serves the model.
@@ -321,5 +328,10 @@ def select_peer(
     Complexity: O(nodes log nodes) plus one ``decide``.
     """
     candidates = build_candidates(nodes, in_flight, now=now, model=model)
+    if last_used:
+        candidates = [
+            attrs.evolve(c, last_used=last_used[c.node_id]) if c.node_id in last_used else c
+            for c in candidates
+        ]
     preferred = affinity_preferred(provider, model, chain, candidates, config, now)
     return pick_with_affinity(candidates, preferred, slack=config.balance_abs_threshold)

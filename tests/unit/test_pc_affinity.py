@@ -186,3 +186,23 @@ def test_select_peer_no_nodes_is_none() -> None:
     assert select_peer(ReferenceIndex(), [], {}, model="m", chain=CHAIN, now=NOW) is None
     offline = [node("n1", age=100.0)]
     assert select_peer(ReferenceIndex(), offline, {}, model="m", chain=CHAIN, now=NOW) is None
+
+
+def test_select_peer_last_used_makes_equal_peers_take_turns() -> None:
+    # Without affinity and with equal load, the least recently used peer wins; without
+    # last_used the VRAM tiebreak would pick n2 every time.
+    nodes = [node("n1", vram=1), node("n2", vram=5)]
+    got = select_peer(
+        ReferenceIndex(),
+        nodes,
+        {},
+        model="m",
+        chain=CHAIN,
+        now=NOW,
+        last_used={"n1": NOW - 10.0, "n2": NOW - 1.0},
+    )
+    assert got is not None and (got.node_id, got.last_used) == ("n1", NOW - 10.0)
+    got = select_peer(
+        ReferenceIndex(), nodes, {}, model="m", chain=CHAIN, now=NOW, last_used={"n1": NOW}
+    )
+    assert got is not None and got.node_id == "n2"  # never used sorts oldest
