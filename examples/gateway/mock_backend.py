@@ -26,7 +26,8 @@ What it does, and why each piece exists:
 Test controls (request headers, all optional):
 
 * ``X-Mock-Delay: <seconds>``: wait that long before a non-streaming answer, and between SSE
-  chunks (overrides ``chunk_delay``); capped at 60 s.
+  chunks (overrides ``chunk_delay``); capped at 60 s. With ``X-Mock-Delay-Replica: <name>``
+  only that replica waits (a request retried elsewhere by a gateway is then answered at once).
 * ``X-Mock-Status: <code>``: answer with that HTTP status and a JSON error body (a failed serve).
 * ``X-Mock-Hold: <token>``: in a streaming answer, after each chunk but the last, wait until
   ``POST /_mock/release/<token>`` has been called once more (bounded by 30 s). A client that
@@ -270,6 +271,9 @@ class MockBackend:
             prompt_tokens, self._cached_blocks(chain) * self.window_bytes // _BYTES_PER_TOKEN
         )
         delay = min(_MAX_DELAY, max(0.0, float(request.headers.get("X-Mock-Delay", "0") or 0)))
+        only = request.headers.get("X-Mock-Delay-Replica", "")
+        if only and only != self.name:
+            delay = 0.0
         words = ["Hello", " from", f" {self.name}", f" ({model})."]
         usage = {
             "prompt_tokens": prompt_tokens,

@@ -500,3 +500,32 @@ def test_backends_that_stop_announcing_drop_out_after_the_online_window() -> Non
             assert status == 503 and body["error"]["type"] == "no_backend"
 
     run(main)
+
+
+def test_a_backend_that_dies_before_answering_is_retried_elsewhere() -> None:
+    async def main() -> None:
+        async with LocalCluster() as cluster, aiohttp.ClientSession() as s:
+            gw = await start(cluster, THREE)
+            # Idle cluster: the cold choice for m-s is b1 (most VRAM). It takes the request,
+            # then dies before answering (its server shuts down and drops the connection).
+            pending = asyncio.ensure_future(
+                post_chat(
+                    s,
+                    gw.url,
+                    conversation("m-s", ["slow"]),
+                    headers={"X-Mock-Delay": "30", "X-Mock-Delay-Replica": "b1"},
+                )
+            )
+            await wait_until(
+                lambda: cluster.backends["b1"].backend.in_flight == 1, what="b1 working"
+            )
+            await cluster.backends["b1"].stop()
+            status, body, _ = await asyncio.wait_for(pending, 20)
+            # The client never sees the failure: no byte had been sent, so the gateway
+            # retried on another backend.
+            assert status == 200 and body["replica"] in {"b2", "b3"}
+            mark = gw.gateway.membership.failure("b1")
+            assert mark is not None and "connection" in mark.reason
+            assert all(v == 0 for v in gw.gateway.in_flight.values())
+
+    run(main)
