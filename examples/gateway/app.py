@@ -46,7 +46,7 @@ requested subprotocols, and holds the backend's in-flight reservation for the co
 lifetime.
 
 Routes served by the gateway itself: ``GET /cluster`` (the status page), ``GET /cluster.json``
-(the same data), ``GET /healthz``. Everything else is proxied.
+(the same data), ``GET /healthz``, ``GET /favicon.ico`` (204). Everything else is proxied.
 
 Thread-safety: a :class:`Gateway` belongs to one asyncio event loop; only
 :class:`~examples.gateway.membership.Membership` may be fed from other threads.
@@ -247,6 +247,8 @@ class Gateway:
         app.router.add_get("/cluster", self._cluster_page)
         app.router.add_get("/cluster.json", self._cluster_json)
         app.router.add_get("/healthz", self._health)
+        # Browsers ask for it when they open the page; it must not be proxied to a backend.
+        app.router.add_get("/favicon.ico", self._no_icon)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
@@ -720,6 +722,9 @@ class Gateway:
 
     async def _health(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "gateway": self.settings.name})
+
+    async def _no_icon(self, _request: web.Request) -> web.Response:
+        return web.Response(status=204)
 
 
 def _jsonable(value: Any) -> Any:

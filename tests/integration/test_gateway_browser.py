@@ -86,5 +86,9 @@ def test_cluster_page_lists_backends_in_headless_chromium() -> None:
             assert "16.0 GiB" in cells["alpha"]
             assert re.search(r'<table id="backends" data-source="live"', dom)
             assert re.search(r'id="requests">\d+<', dom)
+            # The browser's own requests (favicon) are not proxied to a backend.
+            snap = gw.gateway.snapshot()
+            assert sum(b["errors"] for b in snap["backends"]) == 0
+            assert sum(b["served"] for b in snap["backends"]) == 1
 
     asyncio.run(asyncio.wait_for(main(), timeout=90))
