@@ -17,7 +17,10 @@ from prefixcache._config import (
 from prefixcache._cost import (
     DEFAULT_IN_FLIGHT_TOKENS,
     DEFAULT_QUEUE_WEIGHT,
+    DEFAULT_SHARE_FACTOR,
+    DEFAULT_SHARE_SLACK,
     CostCandidate,
+    DispatchWindow,
     KvCacheMirror,
     pick_lowest_cost,
 )
@@ -83,7 +86,10 @@ __all__ = [
     "DEFAULT_CONFIG",
     "DEFAULT_IN_FLIGHT_TOKENS",
     "DEFAULT_QUEUE_WEIGHT",
+    "DEFAULT_SHARE_FACTOR",
+    "DEFAULT_SHARE_SLACK",
     "DecisionProvider",
+    "DispatchWindow",
     "EVENT_SUBJECTS",
     "EventDecodeError",
     "EvictionTicker",

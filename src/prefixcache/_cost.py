@@ -1,18 +1,20 @@
 """Cost-based replica choice: cached prefix work saved weighed against queued prefill work.
 
-Two pieces a gateway combines (the replay's ``cache-cost`` policy is exactly this):
+Pieces a gateway combines (the replay's ``cache-cost`` policy is exactly this):
 
 * :class:`KvCacheMirror`, the router's approximation of each replica's KV cache: an LRU of
   prefix-chained block hashes per :class:`ReplicaKey`, bounded by the replica's KV capacity
   in blocks (routers that receive the engines' KV events know this exactly; this mirrors it
   from what the router itself dispatched);
+* :class:`DispatchWindow`, how many of the router's last N dispatches went to each replica
+  (its recent share of the traffic);
 * :func:`pick_lowest_cost`, a pure decision over :class:`CostCandidate` snapshots.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +26,10 @@ from prefixcache._types import ReplicaKey
 __all__ = [
     "DEFAULT_IN_FLIGHT_TOKENS",
     "DEFAULT_QUEUE_WEIGHT",
+    "DEFAULT_SHARE_FACTOR",
+    "DEFAULT_SHARE_SLACK",
     "CostCandidate",
+    "DispatchWindow",
     "KvCacheMirror",
     "pick_lowest_cost",
 ]
@@ -34,6 +39,13 @@ DEFAULT_QUEUE_WEIGHT = 0.1
 
 DEFAULT_IN_FLIGHT_TOKENS = 256
 """Each request in flight above the least-loaded replica costs 256 prompt tokens."""
+
+DEFAULT_SHARE_FACTOR = 1.1
+"""Fair-share guard: a replica may take a request while its recent dispatches are at most
+1.1 x the mean (+ ``DEFAULT_SHARE_SLACK``)."""
+
+DEFAULT_SHARE_SLACK = 2
+"""Absolute slack of the fair-share guard, in dispatches (absorbs small-number noise)."""
 
 
 def _check_key(_inst: object, _attr: object, value: Any) -> None:
@@ -60,6 +72,8 @@ class CostCandidate:
             its KV cache (e.g. ``KvCacheMirror.matched_blocks * block_tokens``).
         queued_tokens: prefill tokens already dispatched to it whose first token has not
             come back yet (its prefill backlog, in tokens).
+        recent_dispatches: requests the router sent it among its last N dispatches
+            (:meth:`DispatchWindow.count`); 0 everywhere disables the fair-share guard.
 
     Raises:
         InvalidRecordError: a count is not an ``int >= 0`` or ``key`` is not a ReplicaKey.
@@ -69,6 +83,7 @@ class CostCandidate:
     in_flight: int = attrs.field(default=0, validator=_nonneg_int("in_flight"))
     cached_tokens: int = attrs.field(default=0, validator=_nonneg_int("cached_tokens"))
     queued_tokens: int = attrs.field(default=0, validator=_nonneg_int("queued_tokens"))
+    recent_dispatches: int = attrs.field(default=0, validator=_nonneg_int("recent_dispatches"))
 
 
 def pick_lowest_cost(
@@ -77,10 +92,18 @@ def pick_lowest_cost(
     prompt_tokens: int,
     queue_weight: float = DEFAULT_QUEUE_WEIGHT,
     in_flight_tokens: float = DEFAULT_IN_FLIGHT_TOKENS,
+    share_factor: float | None = DEFAULT_SHARE_FACTOR,
+    share_slack: int = DEFAULT_SHARE_SLACK,
 ) -> ReplicaKey | None:
-    """Pick the replica where the request costs the cluster least.
+    """Pick the replica where the request costs the cluster least, within its fair share.
 
-    Tiers, applied with one ``min`` key (first non-tie wins):
+    Filter (the fair-share guard): a candidate is eligible iff ``recent_dispatches <=
+    mean_recent * share_factor + share_slack``, ``mean_recent`` being the mean over all
+    candidates (``share_factor=None`` disables it). The candidate with the fewest recent
+    dispatches is always eligible, so the filter never empties the set.
+
+    Then tiers over the eligible candidates, applied with one ``min`` key (first non-tie
+    wins):
 
     1. cost, ascending, in prompt tokens::
 
@@ -107,11 +130,24 @@ def pick_lowest_cost(
     far below what a cached conversation saves (thousands of tokens), so sessions stay put.
     ``queue_weight=0, in_flight_tokens=0`` is pure affinity (hot replicas melt down).
 
+    Why a guard on shares as well. Cache savings are unbounded (a shared 30k-token system
+    prompt saves 30k tokens on every replica holding it), so no fixed load weight keeps
+    request counts even on every trace. The guard caps each replica's share of the
+    router's recent dispatches at 10 % above the mean: a replica over it is skipped, the
+    request lands on the next-cheapest replica, which then holds the prefix too, and the
+    savings even out. It counts dispatches, not in-flight requests: in-flight counts jump
+    with every long decode, and a guard on them (as ``select``'s) moves sessions away from
+    their cache on noise. (It is mean-based, unlike ``clusterrouting.within_load_guard``'s
+    min-based in-flight guard: a share is a fraction of the traffic, whose fair value is
+    the mean.)
+
     Args:
         candidates: the replicas that may serve the request.
         prompt_tokens: the request's prompt length in tokens (>= 0).
         queue_weight: cost per queued token (finite, >= 0).
         in_flight_tokens: cost per in-flight request above the least loaded (finite, >= 0).
+        share_factor: the fair-share factor (finite, >= 1), or ``None`` for no guard.
+        share_slack: the fair-share guard's absolute slack in dispatches (int >= 0).
 
     Returns:
         The chosen key, or ``None`` for an empty ``candidates``.
@@ -133,9 +169,23 @@ def pick_lowest_cost(
     for name, w in (("queue_weight", queue_weight), ("in_flight_tokens", in_flight_tokens)):
         if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
             raise InvalidRecordError(name, w, "must be a finite number >= 0")
+    if share_factor is not None and (
+        isinstance(share_factor, bool)
+        or not isinstance(share_factor, int | float)
+        or not math.isfinite(share_factor)
+        or share_factor < 1
+    ):
+        raise InvalidRecordError("share_factor", share_factor, "must be a finite number >= 1")
+    if type(share_slack) is not int or share_slack < 0:
+        raise InvalidRecordError("share_slack", share_slack, "must be an int >= 0")
     if not candidates:
         return None
     min_if = min(c.in_flight for c in candidates)
+    eligible: Sequence[CostCandidate] = candidates
+    if share_factor is not None:
+        limit = sum(c.recent_dispatches for c in candidates) / len(candidates)
+        limit = limit * share_factor + share_slack
+        eligible = [c for c in candidates if c.recent_dispatches <= limit]
 
     def cost(c: CostCandidate) -> tuple[float, int, int, ReplicaKey]:
         uncached = prompt_tokens - c.cached_tokens
@@ -146,7 +196,61 @@ def pick_lowest_cost(
         )
         return (total, c.queued_tokens, c.in_flight, c.key)
 
-    return min(candidates, key=cost).key
+    return min(eligible, key=cost).key
+
+
+class DispatchWindow:
+    """The router's last ``size`` dispatches: how many went to each replica.
+
+    ``record(key)`` appends a dispatch (the oldest falls out once ``size`` are held);
+    ``count(key)`` is the key's dispatches in the window. O(1) each; memory O(size).
+    Size it to a few hundred dispatches per replica (the replay uses 256 x replicas): long
+    enough that one session's turns are noise, short enough to follow a replica joining.
+
+    Not thread-safe: guard it with the router's lock.
+
+    Raises (constructor):
+        InvalidRecordError: ``size`` is not an ``int >= 1``.
+
+    >>> w = DispatchWindow(size=3)
+    >>> for k in ("a", "a", "b", "a"):
+    ...     w.record(ReplicaKey(k))
+    >>> w.count(ReplicaKey("a")), w.count(ReplicaKey("b")), len(w)
+    (2, 1, 3)
+    """
+
+    __slots__ = ("_counts", "_recent", "_size")
+
+    def __init__(self, *, size: int) -> None:
+        if type(size) is not int or size < 1:
+            raise InvalidRecordError("size", size, "must be an int >= 1")
+        self._size = size
+        self._recent: deque[ReplicaKey] = deque()
+        self._counts: dict[ReplicaKey, int] = {}
+
+    @property
+    def size(self) -> int:
+        """The window length in dispatches."""
+        return self._size
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def record(self, key: ReplicaKey) -> None:
+        """Count one dispatch to ``key``, dropping the oldest once the window is full."""
+        self._recent.append(key)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if len(self._recent) > self._size:
+            old = self._recent.popleft()
+            n = self._counts[old] - 1
+            if n:
+                self._counts[old] = n
+            else:
+                del self._counts[old]
+
+    def count(self, key: ReplicaKey) -> int:
+        """Dispatches to ``key`` in the window (0 if none)."""
+        return self._counts.get(key, 0)
 
 
 class KvCacheMirror:

@@ -8,7 +8,10 @@ from clusterrouting import InvalidRecordError
 from prefixcache import (
     DEFAULT_IN_FLIGHT_TOKENS,
     DEFAULT_QUEUE_WEIGHT,
+    DEFAULT_SHARE_FACTOR,
+    DEFAULT_SHARE_SLACK,
     CostCandidate,
+    DispatchWindow,
     KvCacheMirror,
     ReplicaKey,
     pick_lowest_cost,
@@ -106,3 +109,40 @@ def test_in_flight_term_spreads_equal_savings_but_keeps_deep_matches() -> None:
     assert DEFAULT_IN_FLIGHT_TOKENS == 256
     with pytest.raises(InvalidRecordError, match="in_flight_tokens"):
         pick_lowest_cost([], prompt_tokens=1, in_flight_tokens=-1.0)
+
+
+def test_fair_share_guard_skips_replicas_over_their_share() -> None:
+    # a holds the whole prompt but took 14 of the last 20 dispatches: mean 20/3 = 6.67,
+    # limit 6.67 * 1.1 + 2 = 9.33 -> a is skipped; b (fewer queued) wins among b, c.
+    a = CostCandidate(key=A, cached_tokens=8192, recent_dispatches=14)
+    b = CostCandidate(key=B, recent_dispatches=3)
+    c = CostCandidate(key=C, recent_dispatches=3, queued_tokens=10)
+    assert pick_lowest_cost([a, b, c], prompt_tokens=8192) == B
+    # Counterfactual: at 6 (mean 4, limit 6.4) a is within its share and keeps the request.
+    a6 = CostCandidate(key=A, cached_tokens=8192, recent_dispatches=6)
+    assert pick_lowest_cost([a6, b, c], prompt_tokens=8192) == A
+    a7 = CostCandidate(key=A, cached_tokens=8192, recent_dispatches=7)  # limit 6.77
+    assert pick_lowest_cost([a7, b, c], prompt_tokens=8192) == B
+    # And with the guard disabled, 14 does not matter either.
+    assert pick_lowest_cost([a, b, c], prompt_tokens=8192, share_factor=None) == A
+    assert (DEFAULT_SHARE_FACTOR, DEFAULT_SHARE_SLACK) == (1.1, 2)
+    # The least-dispatched replica is always eligible: the guard never empties the set.
+    lone = CostCandidate(key=A, recent_dispatches=1000)
+    assert pick_lowest_cost([lone], prompt_tokens=1, share_factor=1.0, share_slack=0) == A
+    with pytest.raises(InvalidRecordError, match="share_factor"):
+        pick_lowest_cost([], prompt_tokens=1, share_factor=0.5)
+    with pytest.raises(InvalidRecordError, match="share_slack"):
+        pick_lowest_cost([], prompt_tokens=1, share_slack=-1)
+
+
+def test_dispatch_window_counts_the_last_n() -> None:
+    w = DispatchWindow(size=3)
+    assert len(w) == 0 and w.count(A) == 0 and w.size == 3
+    for k in (A, A, B):
+        w.record(k)
+    assert (w.count(A), w.count(B)) == (2, 1)
+    w.record(C)  # drops the first A
+    w.record(C)  # drops the second A
+    assert (w.count(A), w.count(B), w.count(C), len(w)) == (0, 1, 2, 3)
+    with pytest.raises(InvalidRecordError, match="size"):
+        DispatchWindow(size=0)

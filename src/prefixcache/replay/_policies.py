@@ -29,6 +29,9 @@ __all__ = [
 
 ObserveAt = Literal["dispatch", "completion"]
 
+WINDOW_PER_REPLICA = 256
+"""``cache-cost`` keeps its last ``256 x replicas`` dispatches for the fair-share guard."""
+
 REPLAY_MODEL = "trace"
 """The model name the replay's indexes file every chain under (traces carry none)."""
 
@@ -188,9 +191,11 @@ class CacheCostPolicy(_Base):
     The router mirrors each replica's KV cache (LRU, capacity = the replica's KV blocks,
     which engines report) from what it dispatched, and keeps each replica's prefill backlog
     in tokens: the estimated uncached tokens of requests whose first token has not come back
-    yet. Each request goes where uncached work + 0.1 x backlog + 256 tokens per in-flight
-    request above the least-loaded replica is least (``pick_lowest_cost`` defaults).
-    Observes at dispatch by default (the router knows what it just sent).
+    yet, and its last ``256 x replicas`` dispatches (``DispatchWindow``). Each request goes,
+    among the replicas within their fair share of those dispatches (<= 1.1 x mean + 2),
+    where uncached work + 0.1 x backlog + 256 tokens per in-flight request above the
+    least-loaded replica is least (``pick_lowest_cost`` defaults). Observes at dispatch by
+    default (the router knows what it just sent).
     """
 
     name = "cache-cost"
@@ -206,6 +211,7 @@ class CacheCostPolicy(_Base):
         from prefixcache import (
             DEFAULT_QUEUE_WEIGHT,
             CostCandidate,
+            DispatchWindow,
             KvCacheMirror,
             ReplicaKey,
             pick_lowest_cost,
@@ -218,6 +224,8 @@ class CacheCostPolicy(_Base):
         self._cc = CostCandidate
         self._pick = pick_lowest_cost
         self._key_cls = ReplicaKey
+        self._window_cls = DispatchWindow
+        self._window = DispatchWindow(size=1)
         self._keys: list[ReplicaKey] = []
         self._queued: list[int] = []
         self._est: dict[int, int] = {}
@@ -226,7 +234,9 @@ class CacheCostPolicy(_Base):
         if len(self._keys) != view.replicas:
             self._keys = [self._key_cls(nid, 0) for nid in view.node_ids]
             self._queued = [0] * view.replicas
+            self._window = self._window_cls(size=WINDOW_PER_REPLICA * view.replicas)
         keys = self._keys
+        window = self._window
         mirror = self._mirror
         blocks = request.blocks
         bt = self._bt
@@ -240,6 +250,7 @@ class CacheCostPolicy(_Base):
                 in_flight=inf[k],
                 cached_tokens=min(inp, mirror.matched_blocks(keys[k], blocks) * bt),
                 queued_tokens=queued[k],
+                recent_dispatches=window.count(keys[k]),
             )
             for k in range(len(keys))
         ]
@@ -251,6 +262,7 @@ class CacheCostPolicy(_Base):
 
     def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
         self._queued[replica] += self._est[i]
+        self._window.record(self._keys[replica])
         if self.observe_at == "dispatch":
             self._mirror.observe(self._keys[replica], request.blocks)
 

@@ -19,12 +19,14 @@ def synthetic_trace(
     shared_prefixes: int = 50,
     mean_turns: float = 4.0,
     mean_think_s: float = 90.0,
+    prefix_blocks: tuple[int, int] = (1, 8),
     block_tokens: int = 512,
 ) -> list[Request]:
     """Sessions of chat turns over a pool of shared system prompts, sorted by arrival.
 
     Model: ``sessions`` start uniformly over ``duration_s``; each picks one of
-    ``shared_prefixes`` system prompts (Zipf-like popularity ``1/rank``, 1-8 blocks long),
+    ``shared_prefixes`` system prompts (Zipf-like popularity ``1/rank``, each
+    ``prefix_blocks`` = (min, max) full blocks long, uniform),
     has a geometric number of turns (mean ``mean_turns``) separated by exponential think
     times (mean ``mean_think_s``); each turn's prompt is the previous prompt plus the
     previous answer plus a new user message (lognormal, median ~600 tokens), so
@@ -37,7 +39,7 @@ def synthetic_trace(
     next_id = 0
     prefixes: list[tuple[int, int]] = []  # (tokens, first id): all-full blocks
     for _ in range(shared_prefixes):
-        nblocks = rng.randint(1, 8)
+        nblocks = rng.randint(prefix_blocks[0], prefix_blocks[1])
         prefixes.append((nblocks * bt, next_id))
         next_id += nblocks
     weights = [1.0 / (k + 1) for k in range(shared_prefixes)]
