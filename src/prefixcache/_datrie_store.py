@@ -41,7 +41,7 @@ _ALPHABET = "".join(chr(i) for i in range(1, 256))
 _WIDTH = 4  # 255**4 ~ 4.2e9 interned hashes between rebuilds
 _MAX_ID = 2**31 - 2
 _MERGE_MIN = 4096
-_REBUILD_MIN = 1024
+_REBUILD_MIN = 4096
 
 P, K, B, C, T = 0, 1, 2, 3, 4
 Node = list[Any]
@@ -153,8 +153,8 @@ class DatrieStore:
     def maintain(self) -> None:
         live = self._live_ids
         if (
-            len(self._by_id) - live > max(self._rebuild_min, live)
-            or len(self._codes) > 2 * self.size() + self._rebuild_min
+            len(self._by_id) - live > max(self._rebuild_min, 2 * live)
+            or len(self._codes) > 4 * self.size() + 16 * self._rebuild_min
             or len(self._by_id) + len(self._overlay) > _MAX_ID
             or self._next_code > 255**_WIDTH // 2
         ):

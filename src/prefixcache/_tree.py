@@ -680,7 +680,7 @@ class RadixTree(Generic[V]):
         heapq.heappush(self._age, entry)
         if counted and ttl > 0:
             heapq.heappush(self._exp, entry)
-        if len(self._age) > 2 * self._nbatches + 64:
+        if len(self._age) + len(self._exp) > 4 * self._nbatches + 128:
             self._compact_heaps()
         if self._cap and self._len > self._cap:
             self._evict_lru()
@@ -792,7 +792,7 @@ class RadixTree(Generic[V]):
         return sum(self._drop_batch(b) for b in list(o.batches))
 
     def _after_removal(self) -> None:
-        if len(self._age) > 2 * self._nbatches + 64:
+        if len(self._age) + len(self._exp) > 4 * self._nbatches + 128:
             self._compact_heaps()
         self._store.maintain()
 
@@ -815,6 +815,29 @@ class RadixTree(Generic[V]):
                 _, s2, b2 = heapq.heappop(age)
                 if b2.live and b2.seq == s2:
                     group.append(b2)
+            if len(group) == 1:
+                # One batch: its node list is already in depth order (ancestors first).
+                excess = self._len - cap
+                victims = []
+                for n in b.nodes:
+                    if n[B] is b:
+                        victims.append(n)
+                        if len(victims) == excess:
+                            break
+                k = len(victims)
+                b.live -= k
+                self._len -= k
+                if b.counted:
+                    if not b.live:
+                        b.counted = False
+                    self._adjust(b.owner, -k * b.f)
+                if not b.live:
+                    self._retire(b)
+                else:
+                    heapq.heappush(age, (t, seq, b))
+                for n in victims:
+                    self._unset(n)
+                continue
             ordered: list[tuple[int, int, Node, _Batch]] = []
             for g in group:
                 for n in g.nodes:
@@ -834,9 +857,10 @@ class RadixTree(Generic[V]):
                 g.live -= 1
                 self._len -= 1
                 if g.counted:
+                    if not g.live:
+                        g.counted = False
                     self._adjust(g.owner, -g.f)
                 if not g.live:
-                    g.counted = False
                     self._retire(g)
                 self._unset(n)
             for g in group:
