@@ -424,7 +424,11 @@ class Sync:
     async def _send_after(
         self, previous: asyncio.Task[None] | None, send: Awaitable[Any], subject: str
     ) -> None:
-        if previous is not None and not previous.done():
+        if (
+            previous is not None
+            and not previous.done()
+            and previous.get_loop() is asyncio.get_running_loop()
+        ):
             await asyncio.wait({previous})
         try:
             await asyncio.wait_for(_as_coroutine(send), self.publish_timeout)
