@@ -438,9 +438,11 @@ class Sync:
             self._bump("published")
 
     async def flush(self) -> None:
-        """Wait until every asynchronous publish started so far has finished (or failed)."""
-        while self._pending:
-            await asyncio.wait(set(self._pending))
+        """Wait until every asynchronous publish started so far on this event loop has
+        finished (or failed)."""
+        loop = asyncio.get_running_loop()
+        while mine := {t for t in self._pending if t.get_loop() is loop}:
+            await asyncio.wait(mine)
 
 
 async def _as_coroutine(aw: Awaitable[Any]) -> Any:
