@@ -79,8 +79,22 @@ DEFAULT_PUBLISH_TIMEOUT = 2.0
 """Seconds an asynchronous publish may take before it counts as failed."""
 
 
-def _log_publish_error(subject: str, error: BaseException) -> None:
-    _log.warning("publishing on %s failed: %r (routing continues)", subject, error)
+class _LogPublishErrors:
+    """The default hook: a warning for the first failure of a streak, then every 100th (an
+    outage must not flood the log); a successful publish ends the streak."""
+
+    def __init__(self) -> None:
+        self.streak = 0
+
+    def __call__(self, subject: str, error: BaseException) -> None:
+        self.streak += 1
+        if self.streak == 1 or self.streak % 100 == 0:
+            _log.warning(
+                "publishing on %s failed: %r (routing continues; %d failures in a row)",
+                subject,
+                error,
+                self.streak,
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -143,7 +157,8 @@ class Sync:
         publisher: where this router's events go (``None``: nowhere until :meth:`attach`).
         clock: stamps events applied from peers, so it must be the clock domain the host
             passes as ``now`` to its own calls, and the same on every router: the wall clock.
-        on_publish_error: the failure hook.
+        on_publish_error: the failure hook (default: a warning for the first failure of a
+            streak, then every 100th, on the ``prefixcache.sync`` logger).
         publish_timeout: seconds, for asynchronous publishers.
         max_payload_bytes: larger incoming payloads are dropped unparsed.
 
@@ -179,7 +194,8 @@ class Sync:
         self.provider = provider
         self.publisher = publisher
         self.clock = clock
-        self.on_publish_error = on_publish_error or _log_publish_error
+        self._default_hook = _LogPublishErrors()
+        self.on_publish_error: PublishErrorHook = on_publish_error or self._default_hook
         self.publish_timeout = publish_timeout
         self.max_payload_bytes = max_payload_bytes
         self._lock = threading.RLock()
@@ -373,6 +389,10 @@ class Sync:
         with self._count_lock:
             self._counts[name] += 1
 
+    def _published(self) -> None:
+        self._bump("published")
+        self._default_hook.streak = 0
+
     def _publish_failed(self, subject: str, error: BaseException) -> None:
         self._bump("publish_errors")
         try:
@@ -402,10 +422,10 @@ class Sync:
             self._publish_failed(subject, exc)
             return
         if result is None:
-            self._bump("published")
+            self._published()
             return
         if not inspect.isawaitable(result):  # a publisher returning a value: accepted
-            self._bump("published")
+            self._published()
             return
         try:
             loop = asyncio.get_running_loop()
@@ -435,7 +455,7 @@ class Sync:
         except Exception as exc:  # TimeoutError included
             self._publish_failed(subject, exc)
         else:
-            self._bump("published")
+            self._published()
 
     async def flush(self) -> None:
         """Wait until every asynchronous publish started so far on this event loop has

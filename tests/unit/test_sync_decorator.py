@@ -451,3 +451,19 @@ def test_an_unrepresentable_event_is_reported_not_raised() -> None:
     # numpy hashes (a tokenizing host) are published as plain JSON integers.
     assert sync.observe("m", np.array([2**64 - 1, 5], dtype=np.uint64), B0, 0.0)
     assert pub.events() == [ObserveEvent(model="m", chain=(2**64 - 1, 5), node_id="b")]
+
+
+def test_the_default_hook_does_not_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    pub = RecordingPublisher()
+    pub.fail_with = ConnectionError("down")
+    sync = Sync(Index(), pub)
+    with caplog.at_level("WARNING", logger="prefixcache.sync"):
+        for _ in range(250):
+            sync.invalidate("m", A0)
+        pub.fail_with = None
+        sync.invalidate("m", A0)  # a success ends the streak
+        pub.fail_with = ConnectionError("down again")
+        sync.invalidate("m", A0)
+    # Failures 1, 100 and 200 of the first streak, then the first of the next one.
+    assert len(caplog.records) == 4
+    assert sync.stats().publish_errors == 251
