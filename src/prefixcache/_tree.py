@@ -49,6 +49,7 @@ _PARENT = itemgetter(P)
 _BATCH = itemgetter(B)
 _KEY = itemgetter(K)
 _U64 = 1 << 64
+_INT_ONLY = frozenset({int})
 _NO_BATCH = object()
 _ZEROS = repeat(0)
 _consume = deque
@@ -210,12 +211,11 @@ def _check_time(name: str, value: object) -> float:
 def _bad_key(key: Sequence[Any], start: int) -> Sequence[int] | None:
     """Validate ``key[start:]``: return ``None`` if all are ints in range, a normalised tuple
     if some are integer-like (numpy scalars), or raise."""
-    tail = key[start:]
+    tail = key[start:] if start else key
+    if not len(tail):
+        return None
     try:
-        types = set(map(type, tail))
-        if (types == {int} or not types) and (
-            not tail or (min(tail) >= 0 and max(tail) < _U64)
-        ):
+        if set(map(type, tail)) == _INT_ONLY and min(tail) >= 0 and max(tail) < _U64:
             return None
     except TypeError:
         pass
@@ -294,8 +294,13 @@ class RadixTree(Generic[V]):
         self._cap = max_entries
         self._backend = backend
         self._store: _Store = _make_store(backend)
+        self._maintain = None if backend == "dict" else self._store.maintain
         self._lock = threading.RLock()
         self._owners: dict[Any, _Owner] = {}
+        # id(value object) -> owner, for the exact value objects owners hold: resolves
+        # candidate keys without calling their (Python-level) __hash__. Ids cannot be reused
+        # while the owner keeps its value alive.
+        self._by_id: dict[int, _Owner] = {}
         self._len = 0
         self._seq = 0
         self._w = -math.inf  # weight watermark: batches counted iff live at _w
@@ -304,6 +309,7 @@ class RadixTree(Generic[V]):
         self._nbatches = 0
         self._t0 = 0.0  # weight origin shared by every owner (see _term)
         self._exact_only = False
+        self._tiny = False  # some weight term is < 2**-400: check sums for tiny values
         self.version = 0  # bumped by every mutation (guards the walk cache)
         self._walk_cache: tuple[Any, list[Node], int] = _NO_CACHE
 
@@ -435,6 +441,13 @@ class RadixTree(Generic[V]):
             out.sort(key=itemgetter(0))
             return out
 
+    def _use_store(self, store: _Store) -> None:
+        """Replace the (empty) node store, e.g. a ``DatrieStore`` with tiny merge/rebuild
+        thresholds in tests."""
+        assert self._len == 0, "only an empty tree may change its store"
+        self._store = store
+        self._maintain = None if isinstance(store, _DictStore) else store.maintain
+
     # ------------------------------------------------------- Index fast paths
     def _decide(
         self, chain: Sequence[int], keys: Sequence[Any], now: float
@@ -451,10 +464,12 @@ class RadixTree(Generic[V]):
                 if fixed is not None:
                     nodes = self._store.walk(fixed)
             self._walk_cache = (chain, nodes, self.version)
-            m = self._match(nodes, now)
-            if m is None:
-                return None, 0, weights
-            return m[0], m[1], weights
+            ttl = self._ttl
+            for i in range(len(nodes) - 1, -1, -1):
+                b = nodes[i][B]
+                if b is not None and not (ttl > 0 and now - b.t > ttl):
+                    return b.owner.value, i + 1, weights
+            return None, 0, weights
 
     def _observe(self, chain: Sequence[int], value: Any, now: float) -> bool:
         """``insert`` for ``Index.observe``; returns False iff the chain's full-depth longest
@@ -534,10 +549,13 @@ class RadixTree(Generic[V]):
         if e > _REBASE or e != e:
             self._rebase(t)
             e = 0.0
-        elif e < -900.0:
-            # A write ~900 half-lives in the past of t0: its term would lose precision, so
-            # this tree answers weights by exact sums from now on (pathological clocks only).
-            self._exact_only = True
+        elif e < -400.0:
+            # Terms this small can sum below 1e-150, where weights take the exact path; a
+            # write ~900 half-lives in the past of t0 would lose precision outright, so the
+            # tree then answers weights by exact sums from now on (pathological clocks only).
+            self._tiny = True
+            if e < -900.0:
+                self._exact_only = True
         return 2.0**e if e > -1074.0 else 0.0
 
     def _rebase(self, t0: float) -> None:
@@ -548,8 +566,10 @@ class RadixTree(Generic[V]):
             for b in o.batches:
                 e = (b.t - t0) / hl
                 b.f = 2.0**e if e > -1074.0 else 0.0
-                if e < -900.0:
-                    self._exact_only = True
+                if e < -400.0:
+                    self._tiny = True
+                    if e < -900.0:
+                        self._exact_only = True
                 if b.counted:
                     s += b.live * b.f
             o.live_sum = s
@@ -583,6 +603,7 @@ class RadixTree(Generic[V]):
             b.counted = False
         if not o.batches:
             del self._owners[o.value]
+            del self._by_id[id(o.value)]
 
     def _insert(
         self,
@@ -608,6 +629,7 @@ class RadixTree(Generic[V]):
         o = self._owners.get(value)
         if o is None:
             o = self._owners[value] = _Owner(value)
+            self._by_id[id(value)] = o
         ttl = self._ttl
         counted = ttl <= 0 or not (self._w - t > ttl)
         b: _Batch | None = None
@@ -625,6 +647,7 @@ class RadixTree(Generic[V]):
                     del oo.batches[b]
                     if not oo.batches:
                         del self._owners[oo.value]
+                        del self._by_id[id(oo.value)]
                     o.batches[b] = None
                     b.owner = o
                 b.t = t
@@ -684,7 +707,8 @@ class RadixTree(Generic[V]):
             self._compact_heaps()
         if self._cap and self._len > self._cap:
             self._evict_lru()
-        self._store.maintain()
+        if self._maintain is not None:
+            self._maintain()
 
     def _release(self, ob: _Batch | None, run: int) -> None:
         """``run`` nodes of batch ``ob`` (``None``: value-less nodes) join a new batch."""
@@ -723,32 +747,26 @@ class RadixTree(Generic[V]):
     def _weights(self, values: Sequence[Any], now: float) -> list[float]:
         if type(now) is not float or now != now:
             now = _check_time("now", now)
-        get = self._owners.get
+        owners = list(map(self._by_id.get, map(id, values)))
+        if None in owners:
+            get = self._owners.get
+            owners = [o if o is not None else get(v) for o, v in zip(owners, values, strict=True)]
         if now > self._w:
             self._advance(now)
         elif now < self._w or self._exact_only:
-            return [0.0 if (o := get(v)) is None else self._exact(o, now) for v in values]
+            return [0.0 if o is None else self._exact(o, now) for o in owners]
+        sums = [0.0 if o is None else o.live_sum for o in owners]
         hl = self._hl
         if hl <= 0:
-            return [0.0 if (o := get(v)) is None else o.live_sum for v in values]
+            return sums
         e = (self._t0 - now) / hl
-        if not -_EXACT_EXP < e < _EXACT_EXP:
-            return [0.0 if (o := get(v)) is None else self._exact(o, now) for v in values]
+        if self._tiny or not -_EXACT_EXP < e < _EXACT_EXP:
+            return [
+                0.0 if o is None else (s * 2.0**e if s > 1e-150 else self._exact(o, now))
+                for o, s in zip(owners, sums, strict=True)
+            ]
         f = 2.0**e
-        out = []
-        for v in values:
-            o = get(v)
-            if o is None:
-                out.append(0.0)
-                continue
-            s = o.live_sum
-            if s > 1e-150:
-                out.append(s * f)
-            elif s > 0.0:
-                out.append(self._exact(o, now))
-            else:
-                out.append(0.0)
-        return out
+        return [s * f for s in sums]
 
     def _exact(self, o: _Owner, now: float) -> float:
         ttl = self._ttl

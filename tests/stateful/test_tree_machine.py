@@ -94,7 +94,7 @@ class TreeMachine(RuleBasedStateMachine):
         d = RadixTree[str](ttl=ttl, half_life=hl, max_entries=cap, backend="dict")
         t = RadixTree[str](ttl=ttl, half_life=hl, max_entries=cap, backend="datrie")
         # Tiny thresholds so that merges and rebuilds of the trie happen constantly.
-        t._store = DatrieStore(merge_min=2, rebuild_min=1)
+        t._use_store(DatrieStore(merge_min=2, rebuild_min=1))
         self.trees = [d, t]
 
     @precondition(lambda self: bool(self.trees))

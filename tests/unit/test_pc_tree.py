@@ -280,7 +280,7 @@ def test_threads_hammering_one_tree_keep_invariants(backend: str) -> None:
 
 def test_datrie_store_merges_and_rebuilds_keep_results() -> None:
     t: RadixTree[str] = RadixTree(backend="datrie", ttl=3.0)
-    t._store = DatrieStore(merge_min=4, rebuild_min=4)
+    t._use_store(DatrieStore(merge_min=4, rebuild_min=4))
     for i in range(300):
         t.insert((i % 5, i % 11, i), f"v{i % 3}", float(i))
         if i % 10 == 0:
