@@ -52,6 +52,7 @@ _U64 = 1 << 64
 _INT_ONLY = frozenset({int})
 _NO_BATCH = object()
 _ZEROS = repeat(0)
+_TWOS = repeat(2)  # the batch slot B, for setitem over many nodes
 _consume = deque
 _NO_CACHE: tuple[Any, list[Any], int] = (object(), [], -1)
 _REBASE = 512.0  # rebase an owner's origin when a term would exceed 2**512
@@ -626,18 +627,23 @@ class RadixTree(Generic[V]):
         t = now if type(now) is float and now == now else _check_time("now", now)
         self.version += 1
         seq = self._seq = self._seq + 1
-        o = self._owners.get(value)
+        o = self._by_id.get(id(value))
         if o is None:
-            o = self._owners[value] = _Owner(value)
-            self._by_id[id(value)] = o
+            o = self._owners.get(value)
+            if o is None:
+                o = self._owners[value] = _Owner(value)
+                self._by_id[id(value)] = o
         ttl = self._ttl
         counted = ttl <= 0 or not (self._w - t > ttl)
         b: _Batch | None = None
         if m:
             olds = list(map(_BATCH, found))
             ob = olds[-1]
-            if ob is not None and ob.live == m and olds.count(ob) == m:
-                # Take over the previous batch: every one of its live nodes is on this path.
+            k = olds.count(ob)
+            if ob is not None and ob.live == k:
+                # Take over the deepest node's batch: every one of its live nodes is on this
+                # path (a conversation's next turn, a repeated prompt). Only the other found
+                # nodes (e.g. a shared system-prompt block) change batch.
                 b = ob
                 oo = b.owner
                 if b.counted:
@@ -653,30 +659,21 @@ class RadixTree(Generic[V]):
                 b.t = t
                 b.seq = seq
                 b.f = self._term(t)
+                if k != m:
+                    for x in set(olds):
+                        if x is not b:
+                            self._release(x, olds.count(x))
+                    _consume(map(setitem, found, _TWOS, repeat(b)), 0)
                 b.counted = counted
-                nodes = b.nodes
-                if len(nodes) != m:
-                    nodes[:] = found
             else:
                 b = _Batch(o, t, seq, self._term(t))
                 b.counted = counted
                 o.batches[b] = None
                 self._nbatches += 1
-                prev: Any = _NO_BATCH
-                run = 0
-                for x in olds:
-                    if x is prev:
-                        run += 1
-                        continue
-                    if run:
-                        self._release(prev, run)
-                    prev = x
-                    run = 1
-                self._release(prev, run)
-                for n in found:
-                    n[B] = b
-                b.nodes = found
-                b.live = m
+                for x in set(olds):
+                    self._release(x, olds.count(x))
+                _consume(map(setitem, found, _TWOS, repeat(b)), 0)
+            b.nodes = found
         else:
             b = _Batch(o, t, seq, self._term(t))
             b.counted = counted
