@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import array
 import codecs
-import functools
 import json
 import re
 import sys
@@ -52,16 +51,33 @@ _ARRAY_U32: Final[str | None] = next(
 TokenIds = Union[Sequence[int], "npt.NDArray[np.generic]"]
 
 
-@functools.lru_cache(maxsize=1024)
+# Plain dicts, not functools.lru_cache: a hit costs ~40 ns instead of ~120 ns, which is a
+# third of a one-block chain. Bounded by clearing when full (model names and prompt shapes
+# are few in practice; a clear only costs a recomputation).
+_SALTS: dict[str, int] = {}
+_SLICES: dict[tuple[int, int], tuple[slice, ...]] = {}
+_CACHE_MAX: Final[int] = 1024
+
+
 def _salt(model: str) -> int:
-    return xxh64_intdigest(model.encode("utf-8", "surrogatepass"))
+    salt = _SALTS.get(model)
+    if salt is None:
+        if len(_SALTS) >= _CACHE_MAX:
+            _SALTS.clear()
+        salt = _SALTS[model] = xxh64_intdigest(model.encode("utf-8", "surrogatepass"))
+    return salt
 
 
-@functools.lru_cache(maxsize=512)
 def _block_slices(blocks: int, width: int) -> tuple[slice, ...]:
     # Prebuilt slice objects leave one slice, one concat and one hash per block in the hot
     # loop (no offset arithmetic): measured ~15% faster on a 16 KiB prompt.
-    return tuple(slice(o, o + width) for o in range(0, blocks * width, width))
+    key = (blocks, width)
+    slices = _SLICES.get(key)
+    if slices is None:
+        if len(_SLICES) >= _CACHE_MAX:
+            _SLICES.clear()
+        slices = _SLICES[key] = tuple(slice(o, o + width) for o in range(0, blocks * width, width))
+    return slices
 
 
 #: From this many blocks on, numpy cuts the blocks out in one C call (a void-dtype view's
@@ -72,6 +88,8 @@ _VECTOR_MIN_BLOCKS: Final[int] = 48
 
 def _chain_bytes(salt: int, data: bytes, width: int, depth: int) -> tuple[int, ...]:
     prev = salt
+    if depth == 1:  # the common short prompt: no comprehension, no slice table
+        return (xxh64_intdigest(prev.to_bytes(8, "little") + data[:width]),)
     if depth < _VECTOR_MIN_BLOCKS:
         return tuple(
             [
@@ -150,8 +168,9 @@ def extract_chain(
         raise InvalidRecordError("prompt", prompt, "must be a str or bytes")
     if not data:
         return ()
-    depth = min(-(-len(data) // width), config.max_depth)
-    return _chain_bytes(_salt(model), data, width, depth)
+    blocks = -(-len(data) // width)
+    max_depth = config.max_depth
+    return _chain_bytes(_salt(model), data, width, blocks if blocks < max_depth else max_depth)
 
 
 def _token_bytes_from_array(token_ids: npt.NDArray[np.generic]) -> bytes:
