@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from examples.gateway.app import DEFAULT_BODY_LIMIT, Gateway, GatewaySettings
 from examples.gateway.mock_backend import DEFAULT_ANNOUNCE_INTERVAL, MockBackend
 from examples.gateway.serving import RunningServer, start_server
-from prefixcache import DEFAULT_CONFIG
+from prefixcache import DEFAULT_CONFIG, Config, ConfigError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -57,9 +57,10 @@ async def run_backend(args: argparse.Namespace) -> None:
         available_vram=args.vram,
         chunk_delay=args.chunk_delay,
     )
+    print(f"backend {args.name}: connecting to NATS at {args.nats} ...", flush=True)
+    bridge = await NatsBridge.connect(args.nats, name=f"backend-{args.name}")
     server = await start_server(backend.make_app(), host=args.host, port=args.port)
     backend.address = args.advertise or server.address
-    bridge = await NatsBridge.connect(args.nats, name=f"backend-{args.name}")
     backend.answer_queries(bridge)
     await bridge.flush()
     announcer = asyncio.get_running_loop().create_task(
@@ -79,7 +80,12 @@ async def run_backend(args: argparse.Namespace) -> None:
 def _settings(args: argparse.Namespace) -> GatewaySettings:
     return GatewaySettings(
         name=args.name,
-        config=DEFAULT_CONFIG,
+        config=Config(
+            min_prefix_match=args.min_prefix_match,
+            balance_abs_threshold=args.balance_abs_threshold,
+            balance_rel_threshold=args.balance_rel_threshold,
+            ttl=args.ttl,
+        ),
         body_limit=args.body_limit,
         connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout,
@@ -89,11 +95,13 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
 async def run_gateway(args: argparse.Namespace) -> None:
     from examples.gateway.nats_bridge import NatsBridge
 
+    settings = _settings(args)
+    print(f"gateway {args.name}: connecting to NATS at {args.nats} ...", flush=True)
     bridge = await NatsBridge.connect(args.nats, name=f"gateway-{args.name}")
     gateway = Gateway(
         membership_transport=bridge,
         sync_transport=bridge if args.sync else None,
-        settings=_settings(args),
+        settings=settings,
     )
     server = await start_server(
         gateway.make_app(), host=args.host, port=args.port, handler_cancellation=True
@@ -191,6 +199,27 @@ def build_parser() -> argparse.ArgumentParser:
         )
         g.add_argument("--connect-timeout", type=float, default=5.0)
         g.add_argument("--read-timeout", type=float, default=120.0)
+        g.add_argument(
+            "--min-prefix-match",
+            type=float,
+            default=DEFAULT_CONFIG.min_prefix_match,
+            help="share of the prompt's blocks a warm backend must hold to be preferred",
+        )
+        g.add_argument(
+            "--balance-abs-threshold",
+            type=int,
+            default=DEFAULT_CONFIG.balance_abs_threshold,
+            help="a warm backend is skipped when it has more than the least loaded + this",
+        )
+        g.add_argument(
+            "--balance-rel-threshold", type=float, default=DEFAULT_CONFIG.balance_rel_threshold
+        )
+        g.add_argument(
+            "--ttl",
+            type=float,
+            default=DEFAULT_CONFIG.ttl,
+            help="seconds a prefix stays in the index without being seen again",
+        )
         if name == "gateway":
             g.add_argument("--nats", default="nats://127.0.0.1:4222")
             g.add_argument(
@@ -204,10 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     runner = {"backend": run_backend, "gateway": run_gateway, "demo": run_demo}[args.command]
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(runner(args))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(runner(args))
+    except ConfigError as exc:
+        parser.error(str(exc))
     return 0
 
 
