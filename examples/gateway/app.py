@@ -671,7 +671,10 @@ class Gateway:
             "pressure": {
                 "window": self.config.pressure_window,
                 "scale_threshold": self.config.pressure_scale_threshold,
-                "by_model": {m: self.pressure.count(m, now) for m in models},
+                "by_model": {
+                    m: self.pressure.count(m, now)
+                    for m in sorted(set(models) | self.pressure.models())
+                },
             },
             "requests": self.requests,
             "rejected": dict(self.rejected),
