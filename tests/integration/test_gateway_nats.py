@@ -6,6 +6,7 @@
 * A backend process killed with SIGKILL in the middle of a streamed answer: the client's
   stream is cut, the reservation is released, the backend is marked failed and every later
   request goes elsewhere although its last announcement is still fresh.
+* The broker-less ``demo`` command, as the README gives it, serves its three backends.
 """
 
 from __future__ import annotations
@@ -260,5 +261,27 @@ def test_backend_killed_mid_stream_is_released_marked_and_avoided(nats_url: str)
                 ]
                 assert set(replicas) == {"k1", "k2"}
                 assert gw.gateway.stats["victim"].failures == 1
+
+    run(main)
+
+
+def test_demo_command_serves_three_backends_without_a_broker() -> None:
+    async def main() -> None:
+        async with (
+            cli_process("demo", "--port", "0", ready="gateway on") as (_proc, url),
+            aiohttp.ClientSession() as s,
+        ):
+            await wait_until(
+                lambda: _count_backends(s, url), timeout=20, what="demo backends announced"
+            )
+            replicas = {
+                (await post(s, url, chat("demo-small", f"hello {i}")))["replica"] for i in range(3)
+            }
+            # Idle backends take turns: all three serve demo-small.
+            assert replicas == {"backend-a", "backend-b", "backend-c"}
+            assert (await post(s, url, chat("demo-large", "big")))["replica"] != "backend-c"
+
+    async def _count_backends(s: aiohttp.ClientSession, url: str) -> bool:
+        return len((await get_json(s, url))["backends"]) == 3
 
     run(main)
