@@ -529,3 +529,27 @@ def test_a_backend_that_dies_before_answering_is_retried_elsewhere() -> None:
             assert all(v == 0 for v in gw.gateway.in_flight.values())
 
     run(main)
+
+
+def test_hop_by_hop_headers_are_not_forwarded() -> None:
+    from multidict import CIMultiDict
+
+    from examples.gateway.app import _forward_headers
+
+    incoming = CIMultiDict(
+        [
+            ("Host", "gw"),
+            ("Connection", "keep-alive, X-Private-Hop"),
+            ("X-Private-Hop", "1"),
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Length", "12"),
+            ("Keep-Alive", "timeout=5"),
+            ("Authorization", "Bearer t"),
+            ("Content-Type", "application/json"),
+        ]
+    )
+    # End-to-end headers pass; hop-by-hop ones (and those the Connection header names) don't.
+    assert _forward_headers(incoming) == {
+        "Authorization": "Bearer t",
+        "Content-Type": "application/json",
+    }
