@@ -66,7 +66,7 @@ def test_capped_tree_memory_stops_growing_and_ttl_reclaims_everything(backend: s
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ttl_churn_at_fixed_live_size_does_not_grow(backend: str) -> None:
-    # No cap: periodic TTL sweeps alone keep ~20k live entries while 400k chains go through.
+    # No cap: periodic TTL sweeps alone keep ~20k live chains while 200k chains go through.
     tree: RadixTree[int] = RadixTree(ttl=2.0, backend=backend)  # type: ignore[arg-type]
     insert = tree.insert
     warm = 0

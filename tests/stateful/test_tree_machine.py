@@ -194,3 +194,34 @@ TreeMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_tree_machine = TreeMachine.TestCase
+
+
+def test_machine_catches_an_off_by_one_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Self-test: a tree treating age == ttl as expired must be caught by the machine."""
+    from hypothesis import Phase
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from prefixcache._tree import RadixTree as Tree
+
+    def broken_match(self: Tree[str], nodes: list[list[object]], now: float) -> object:
+        ttl = self._ttl
+        for i in range(len(nodes) - 1, -1, -1):
+            b = nodes[i][2]
+            if b is not None and not (ttl > 0 and now - b.t >= ttl):  # type: ignore[attr-defined]
+                return b.owner.value, i + 1  # type: ignore[attr-defined]
+        return None
+
+    monkeypatch.setattr(Tree, "_match", broken_match)
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(
+            TreeMachine,
+            settings=settings(
+                max_examples=500,
+                stateful_step_count=50,
+                derandomize=True,
+                deadline=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+                database=None,
+            ),
+        )
