@@ -125,7 +125,7 @@ class DatrieStore:
             node = node[P]
         return "".join(reversed(parts))
 
-    def extend(self, parent: Node | None, new: list[Node]) -> None:
+    def extend(self, parent: Node | None, new: list[Node], key: Sequence[int], m: int) -> None:
         codes = self._codes
         s = self._path(parent)
         overlay = self._overlay

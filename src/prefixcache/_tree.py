@@ -67,7 +67,8 @@ class _Store(Protocol):
 
     def walk(self, key: Sequence[int]) -> list[Node]: ...
 
-    def extend(self, parent: Node | None, new: list[Node]) -> None: ...
+    def extend(self, parent: Node | None, new: list[Node], key: Sequence[int], m: int) -> None:
+        """Register ``new`` (a chain of nodes under ``parent``) for ``key[m:]``."""
 
     def discard(self, node: Node) -> None: ...
 
@@ -88,22 +89,29 @@ class _DictStore:
     sequence; chains (whose hashes identify their whole prefix) never reach the fallback.
     """
 
-    __slots__ = ("fallback", "primary")
+    __slots__ = ("_free", "fallback", "primary")
 
     def __init__(self) -> None:
         self.primary: dict[int, Node] = {}
         self.fallback: dict[tuple[int, int], Node] = {}
+        # (key, m) after a walk of ``key`` found m nodes and saw none of key[m:] in
+        # ``primary``; cleared by every mutation. Lets ``extend`` skip re-probing.
+        self._free: tuple[Sequence[int], int] | None = None
 
     def walk(self, key: Sequence[int]) -> list[Node]:
         nodes: list[Any] = list(map(self.primary.get, key))
+        free = True
         if None in nodes:
-            del nodes[nodes.index(None) :]
+            cut = nodes.index(None)
+            free = nodes.count(None) == len(nodes) - cut
+            del nodes[cut:]
         # Verify each hit's parent is the node found one level up. ``==`` on these lists is
         # an identity test per element (CPython compares identical objects equal without
         # calling __eq__); on a mismatch the deep compare of two distinct nodes is False
         # because a path is stored at most once, so it cannot give a false positive.
         if nodes and (nodes[0][P] is not None or list(map(_PARENT, nodes[1:])) != nodes[:-1]):
             # Some hit belongs to another path: keep the verified prefix only.
+            free = False
             good = 0
             parent = None
             for n in nodes:
@@ -113,7 +121,9 @@ class _DictStore:
                 good += 1
             del nodes[good:]
         if self.fallback and len(nodes) < len(key):
+            free = False
             self._walk_slow(key, nodes)
+        self._free = (key, len(nodes)) if free else None
         return nodes
 
     def _walk_slow(self, key: Sequence[int], nodes: list[Node]) -> None:
@@ -130,11 +140,22 @@ class _DictStore:
             nodes.append(n)
             parent = n
 
-    def extend(self, parent: Node | None, new: list[Node]) -> None:
+    def extend(self, parent: Node | None, new: list[Node], key: Sequence[int], m: int) -> None:
         primary = self.primary
         keys = list(map(_KEY, new))
-        if primary.keys().isdisjoint(keys) and len(set(keys)) == len(keys):
+        free = self._free
+        self._free = None
+        if (free is not None and free[0] is key and free[1] == m) or primary.keys().isdisjoint(
+            keys
+        ):
+            # None of the new keys is in primary (known from the walk, or checked).
+            before = len(primary)
             primary.update(zip(keys, new, strict=True))
+            if len(primary) - before != len(new):
+                # The same hash twice in the tail: the deeper node won the slot.
+                for n in new:
+                    if primary[n[K]] is not n:
+                        self.fallback[(id(n[P]), n[K])] = n
             return
         setdefault = primary.setdefault
         for n in new:
@@ -142,6 +163,7 @@ class _DictStore:
                 self.fallback[(id(n[P]), n[K])] = n
 
     def discard(self, node: Node) -> None:
+        self._free = None
         h = node[K]
         if self.primary.get(h) is node:
             del self.primary[h]
@@ -690,7 +712,7 @@ class RadixTree(Generic[V]):
             _consume(map(setitem, new, _ZEROS, parents), 0)
             if parent is not None:
                 parent[C] += 1
-            self._store.extend(parent, new)
+            self._store.extend(parent, new, key, m)
             b.nodes.extend(new)
             self._len += L - m
         b.live = L
