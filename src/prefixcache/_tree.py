@@ -7,19 +7,23 @@ Design (the *why*; the *what* is in :class:`RadixTree`'s docstring):
   ``tag`` belongs to the lookup store (the datrie store keeps its id or path there).
 * Every ``insert`` writes one *batch*: the owner, ``last_seen`` and insertion sequence number
   shared by every node it set. A node's owner and age are its batch's. When all the live
-  nodes of the previous batch lie on the new path (a conversation's next turn, a repeated
-  prompt), the batch is *taken over* in O(1) instead of rewriting every node.
+  nodes of the deepest found node's batch lie on the new path (a repeated prompt, a prefix
+  re-observed), that batch is *taken over* in O(1); only the other found nodes change batch
+  (in C-level loops). A batch's node list stays in depth order (ancestors first).
 * Per-owner weights: each owner keeps ``live_sum = sum(count * 2**((t - t0) / half_life))``
   over its batches that are live at the watermark ``W`` (the newest ``now`` seen by a weight
-  query), so ``weight`` costs O(1) plus amortised O(1) expiry work: ``weight(now) = live_sum *
-  2**((t0 - now) / half_life)``. The origin ``t0`` (shared by the tree's owners, so one
-  ``pow`` serves a whole ``weights_for``) is rebased before terms can
-  overflow, the sum is recomputed exactly whenever its accumulated rounding bound could reach
-  1e-11 relative, and a query with ``now < W`` (clock going backwards) or with extreme
-  exponents is answered by an exact sum over the owner's batches.
+  query), so a weight costs O(1) plus amortised O(1) expiry work: ``weight(now) = live_sum *
+  2**((t0 - now) / half_life)``. The origin ``t0`` is shared by the tree's owners (one
+  ``pow`` serves a whole ``weights_for``) and rebased before terms can overflow; a sum is
+  recomputed exactly whenever its accumulated rounding bound could reach 1e-11 relative; a
+  query with ``now < W`` (clock going backwards), extreme exponents or tiny sums is answered
+  by an exact sum over the owner's batches. Owners are found by the identity of the value
+  object first (no Python-level ``__hash__`` on the hot path), then by equality.
 * Time-ordered heaps of batches (lazy deletion, compacted when mostly stale) make
-  ``evict`` and the ``max_entries`` LRU cost O(removed + log); an owner -> batches index makes
-  ``remove`` cost O(removed).
+  ``evict`` and the ``max_entries`` LRU cost O(removed + log n); an owner -> batches index
+  makes ``remove`` cost O(removed).
+* ``Index.decide`` then ``Index.observe`` of the same chain object walk it once: the walk is
+  remembered with the tree's mutation counter and reused only if nothing changed.
 """
 
 from __future__ import annotations
