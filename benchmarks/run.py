@@ -63,20 +63,14 @@ def machine() -> dict[str, str]:
                 break
     except OSError:
         pass
-    versions = {}
-    for mod in ("datrie", "xxhash", "attrs", "numpy"):
-        try:
-            m = __import__(mod)
-            versions[mod] = getattr(m, "__version__", "?")
-        except ImportError:
-            versions[mod] = "missing"
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-        versions["datrie"] = version("datrie")
-        versions["clusterrouting"] = version("clusterrouting")
-    except Exception:
-        pass
+    versions = {}
+    for dist in ("clusterrouting", "datrie", "xxhash", "attrs", "numpy"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = "missing"
     return {
         "cpu": cpu,
         "nproc": str(os.cpu_count()),
