@@ -85,6 +85,30 @@ def select(
     """
     if not candidates:
         return None
+    # Fast path: every candidate has the same in-flight count f0 (e.g. all idle), so all are
+    # eligible or none (slack >= 0 is guaranteed by Config; the relative guard is tested as
+    # written, an infinite factor times 0 being NaN) and duplicates do not matter; tiers 1
+    # and 2 then need only key membership, no load map.
+    f0 = candidates[0].in_flight
+    for c in candidates:
+        if c.in_flight != f0:
+            break
+    else:
+        if f0 <= f0 * config.balance_rel_threshold + 1:
+            keys = [c.key for c in candidates]
+            # Membership by identity first (the decision's keys are usually the candidates'
+            # own objects): ``in`` would call the Python-level __eq__ on every other key.
+            ids = list(map(id, keys))
+            hot = decision.hot
+            if (
+                hot is not None
+                and decision.match_ratio >= config.min_prefix_match
+                and (id(hot) in ids or hot in keys)
+            ):
+                return hot
+            for key in decision.cold_order:
+                if id(key) in ids or key in keys:
+                    return key
     load = {c.key: c.in_flight for c in candidates}
     min_if = min(load.values())
     slack = config.balance_abs_threshold
