@@ -18,6 +18,7 @@ __all__ = ["Index", "Provider", "order_cold"]
 
 #: Weights within this relative distance are equal for every ordering decision (SPEC).
 _REL = 1e-9
+_INF = math.inf  # an inf weight (see RadixTree.weight) ties only with inf, as math.isclose
 _KEY = attrgetter("key")
 _NODE_REPLICA = attrgetter("node_id", "replica")
 _new = object.__new__
@@ -70,7 +71,7 @@ def order_cold(keys: Sequence[ReplicaKey], weights: Sequence[float]) -> tuple[Re
     tie = False
     for p in pairs:
         w = p[0]
-        if w != prev and w - prev <= _REL * w:
+        if w != prev and w - prev <= _REL * w and w != _INF:
             tie = True
             break
         prev = w
@@ -81,7 +82,9 @@ def order_cold(keys: Sequence[ReplicaKey], weights: Sequence[float]) -> tuple[Re
     last = pairs[0][0]
     for p in pairs:
         w = p[0]
-        if group and not (w == last or abs(w - last) <= _REL * max(abs(w), abs(last))):
+        if group and not (
+            w == last or (w != _INF and abs(w - last) <= _REL * max(abs(w), abs(last)))
+        ):
             group.sort(key=_GROUP_KEY)
             out.extend(q[2] for q in group)
             group = []
@@ -106,7 +109,7 @@ def _order_sorted(ks: list[ReplicaKey], ws: list[float]) -> tuple[ReplicaKey, ..
         if not gap > _REL * sw[-1]:
             prev = -1.0
             for w in sw:
-                if w != prev and w - prev <= _REL * w:
+                if w != prev and w - prev <= _REL * w and w != _INF:
                     return order_cold(ks, ws)
                 prev = w
     return tuple(map(ks.__getitem__, order))

@@ -261,6 +261,13 @@ def _bad_key(key: Sequence[Any], start: int) -> Sequence[int] | None:
     return tuple(out)
 
 
+def _decay(x: float) -> float:
+    """``0.5 ** x`` for ``x = age / half_life``; ``math.inf`` where that overflows a float
+    (``x <= -1024``: an entry more than 1024 half-lives in the future of ``now``), where
+    Python's ``**`` would raise ``OverflowError``. ``ReferenceIndex`` uses the same rule."""
+    return math.inf if x <= -1024.0 else 0.5**x
+
+
 class RadixTree(Generic[V]):
     """An uncompressed trie over sequences of uint64 block hashes, each node owned by a value.
 
@@ -277,7 +284,9 @@ class RadixTree(Generic[V]):
       ``remove_if(pred)`` drop a value's nodes (``pred`` is called once per distinct value).
     * ``weight(value, now)`` = sum over the value's live nodes of ``0.5 ** (age /
       half_life)``; ``weights_for`` the same for many values (absent ones are 0.0). Results
-      equal the naive sum within 1e-11 relative (SPEC allows 1e-9).
+      equal the naive sum within 1e-11 relative (SPEC allows 1e-9). A term that overflows a
+      float (an entry 1024 or more half-lives *after* ``now``, i.e. a clock far behind the
+      writes) is ``math.inf`` instead of raising ``OverflowError``, so such a weight is inf.
     * ``len(tree)`` counts value-bearing nodes, unswept expired ones included.
     * ``max_entries``: after an insert that exceeds the cap, values are evicted in order of
       (``last_seen``, depth, insert sequence number) -- least recently seen first, ancestors
@@ -529,7 +538,11 @@ class RadixTree(Generic[V]):
                         weights = [
                             0.0
                             if o is None
-                            else (s * 2.0**e if s > 1e-150 else self._exact(o, now))
+                            else (
+                                s * 2.0**e
+                                if s > 1e-150 and e < _EXACT_EXP
+                                else self._exact(o, now)
+                            )
                             for o, s in zip(owners, sums, strict=True)
                         ]
                     else:
@@ -837,7 +850,9 @@ class RadixTree(Generic[V]):
         e = (self._t0 - now) / hl
         if self._tiny or not -_EXACT_EXP < e < _EXACT_EXP:
             return [
-                0.0 if o is None else (s * 2.0**e if s > 1e-150 else self._exact(o, now))
+                0.0
+                if o is None
+                else (s * 2.0**e if s > 1e-150 and e < _EXACT_EXP else self._exact(o, now))
                 for o, s in zip(owners, sums, strict=True)
             ]
         f = 2.0**e
@@ -851,7 +866,7 @@ class RadixTree(Generic[V]):
             age = now - b.t
             if ttl > 0 and age > ttl:
                 continue
-            s += b.live * (0.5 ** (age / hl) if hl > 0 else 1.0)
+            s += b.live * (_decay(age / hl) if hl > 0 else 1.0)
         return s
 
     def _unset(self, n: Node) -> None:

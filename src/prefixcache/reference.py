@@ -56,6 +56,12 @@ class _Node:
         self.last_seen = 0.0
 
 
+def _decay(x: float) -> float:
+    """``0.5 ** x``, or ``math.inf`` where that overflows a float (``x <= -1024``: an entry
+    at least 1024 half-lives after ``now``), where ``**`` would raise ``OverflowError``."""
+    return math.inf if x <= -1024.0 else 0.5**x
+
+
 def _weights_equal(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=WEIGHT_REL_TOLERANCE, abs_tol=0.0)
 
@@ -194,7 +200,7 @@ class ReferenceIndex:
                 if n is root or n.value not in terms or not self._live(n, now):
                     continue
                 age = now - n.last_seen
-                terms[n.value].append(0.5 ** (age / half_life) if half_life > 0 else 1.0)
+                terms[n.value].append(_decay(age / half_life) if half_life > 0 else 1.0)
         return {k: math.fsum(terms[k]) for k in wanted}
 
     def entry_count(self, model: str) -> int:
