@@ -6,7 +6,6 @@ import math
 import threading
 from collections.abc import Sequence
 from operator import attrgetter
-from operator import sub as _sub
 from typing import Protocol, runtime_checkable
 
 from clusterrouting import InvalidRecordError
@@ -97,21 +96,13 @@ def order_cold(keys: Sequence[ReplicaKey], weights: Sequence[float]) -> tuple[Re
 
 def _order_sorted(ks: list[ReplicaKey], ws: list[float]) -> tuple[ReplicaKey, ...]:
     """:func:`order_cold` for keys already sorted by (node_id, replica)."""
-    get = ws.__getitem__
-    order = sorted(range(len(ws)), key=get)
-    sw = list(map(get, order))
-    # No near tie iff every positive gap between sorted neighbours w_i <= w_j exceeds
-    # _REL * w_j; checked (exactly, the same float expressions) against the largest weight,
-    # which bounds every w_j: all C-level. Zero gaps (equal weights) are exact ties, which the
-    # stable sort over keys in (node_id, replica) order already breaks correctly.
-    if len(sw) > 1:
-        gap = min(filter(None, map(_sub, sw[1:], sw)), default=math.inf)
-        if not gap > _REL * sw[-1]:
-            prev = -1.0
-            for w in sw:
-                if w != prev and w - prev <= _REL * w and w != _INF:
-                    return order_cold(ks, ws)
-                prev = w
+    order = sorted(range(len(ws)), key=ws.__getitem__)
+    prev = -1.0
+    for i in order:
+        w = ws[i]
+        if w != prev and w - prev <= _REL * w and w != _INF:
+            return order_cold(ks, ws)
+        prev = w
     return tuple(map(ks.__getitem__, order))
 
 
@@ -183,7 +174,12 @@ class Index:
         self._backend: Backend = backend
         self._trees: dict[str, RadixTree[ReplicaKey]] = {}
         self._lock = threading.Lock()
-        self._key_order: tuple[tuple[ReplicaKey, ...], list[ReplicaKey]] = ((), [])
+        # (keys, keys sorted by (node_id, replica), ids of the keys) of the last decide.
+        self._key_order: tuple[tuple[ReplicaKey, ...], list[ReplicaKey], frozenset[int]] = (
+            (),
+            [],
+            frozenset(),
+        )
 
     @property
     def config(self) -> Config:
@@ -220,9 +216,11 @@ class Index:
         cached = self._key_order
         if cached[0] == keys:
             ks = cached[1]
+            ids = cached[2]
         else:
             ks = sorted(keys, key=_NODE_REPLICA)
-            self._key_order = (keys, ks)
+            ids = frozenset(map(id, keys))
+            self._key_order = (keys, ks, ids)
         tree = self._trees.get(model)
         if tree is None:
             if len(chain):
@@ -230,7 +228,9 @@ class Index:
             return _decision(None, 0.0, tuple(ks))
         owner, depth, weights = tree._decide(chain, ks, now)
         cold = _order_sorted(ks, weights)
-        if owner is not None and (id(owner) in map(id, keys) or owner in keys):
+        # Identity first (the owner is usually one of these very objects); ``in`` alone
+        # would call the Python-level __eq__ of every other key.
+        if owner is not None and (id(owner) in ids or owner in keys):
             return _decision(owner, depth / len(chain), cold)
         return _decision(None, 0.0, cold)
 
