@@ -21,7 +21,10 @@ _INF = math.inf  # an inf weight (see RadixTree.weight) ties only with inf, as m
 _KEY = attrgetter("key")
 _NODE_REPLICA = attrgetter("node_id", "replica")
 _new = object.__new__
-_set = object.__setattr__
+# The slot descriptors of the (frozen, slotted) record: set in C, bypassing validators.
+_SET_HOT = PrefixDecision.__dict__["hot"].__set__
+_SET_RATIO = PrefixDecision.__dict__["match_ratio"].__set__
+_SET_COLD = PrefixDecision.__dict__["cold_order"].__set__
 
 
 @runtime_checkable
@@ -119,9 +122,9 @@ def _decision(
     """Build a :class:`PrefixDecision` from values this module already guarantees valid,
     skipping the validators (hot path)."""
     d: PrefixDecision = _new(PrefixDecision)
-    _set(d, "hot", hot)
-    _set(d, "match_ratio", ratio)
-    _set(d, "cold_order", cold)
+    _SET_HOT(d, hot)
+    _SET_RATIO(d, ratio)
+    _SET_COLD(d, cold)
     return d
 
 

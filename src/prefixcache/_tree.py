@@ -352,6 +352,9 @@ class RadixTree(Generic[V]):
         self._tiny = False  # some weight term is < 2**-400: check sums for tiny values
         self.version = 0  # bumped by every mutation (guards the walk cache)
         self._walk_cache: tuple[Any, list[Node], int, Any] = _NO_CACHE
+        # Owners resolved for the last ``_decide`` key list: (list object, _ogen, owners).
+        self._ogen = 0  # bumped whenever an owner is created or dropped
+        self._owner_cache: tuple[Any, int, list[_Owner | None]] = (None, -1, [])
 
     # ----------------------------------------------------------------- properties
     @property
@@ -511,11 +514,19 @@ class RadixTree(Generic[V]):
                 if fixed is not None:
                     key = fixed
                     nodes = store.walk(fixed)
-            # Weights (the common case of _weights inlined).
-            owners = list(map(self._by_id.get, map(id, keys)))
-            if None in owners:
-                get = self._owners.get
-                owners = [o if o is not None else get(v) for o, v in zip(owners, keys, strict=True)]
+            # Weights (the common case of _weights inlined). ``keys`` is Index's cached list
+            # of candidate keys (never mutated), so its owners are reused until one changes.
+            oc = self._owner_cache
+            if oc[0] is keys and oc[1] == self._ogen:
+                owners = oc[2]
+            else:
+                owners = list(map(self._by_id.get, map(id, keys)))
+                if None in owners:
+                    get = self._owners.get
+                    owners = [
+                        o if o is not None else get(v) for o, v in zip(owners, keys, strict=True)
+                    ]
+                self._owner_cache = (keys, self._ogen, owners)
             w = self._w
             if now > w:
                 self._advance(now)
@@ -704,6 +715,7 @@ class RadixTree(Generic[V]):
         if not o.batches:
             del self._owners[o.value]
             del self._by_id[id(o.value)]
+            self._ogen += 1
 
     def _insert(self, key: Sequence[int], value: Any, now: float, found: list[Node]) -> None:
         """Insert given the already-walked existing prefix ``found`` of ``key`` (a validated
@@ -719,6 +731,7 @@ class RadixTree(Generic[V]):
             if o is None:
                 o = self._owners[value] = _Owner(value)
                 self._by_id[id(value)] = o
+                self._ogen += 1
         ttl = self._ttl
         counted = ttl <= 0 or not (self._w - t > ttl)
         # The batch's weight factor (the common case of _term inlined).
@@ -745,6 +758,7 @@ class RadixTree(Generic[V]):
                     if not oo.batches:
                         del self._owners[oo.value]
                         del self._by_id[id(oo.value)]
+                        self._ogen += 1
                     o.batches[b] = None
                     b.owner = o
                 b.t = t
