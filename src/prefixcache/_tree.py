@@ -22,8 +22,12 @@ Design (the *why*; the *what* is in :class:`RadixTree`'s docstring):
 * Time-ordered heaps of batches (lazy deletion, compacted when mostly stale) make
   ``evict`` and the ``max_entries`` LRU cost O(removed + log n); an owner -> batches index
   makes ``remove`` cost O(removed).
-* ``Index.decide`` then ``Index.observe`` of the same chain object walk it once: the walk is
-  remembered with the tree's mutation counter and reused only if nothing changed.
+* ``Index.decide`` then ``Index.observe`` of the same chain object walk (and validate) it
+  once: the walk of a tuple chain is remembered with the tree's mutation counter and reused
+  only if nothing changed. ``decide`` also reuses the owners resolved for Index's cached
+  candidate key list until an owner is created or dropped.
+* Key validation checks every element's type in one C-level pass (``1.0`` or ``True`` equal
+  to a stored hash would otherwise walk like it) and the range of the unmatched tail only.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ class ReferenceIndex:
     - the longest match is the deepest node on the path holding a live owner, walking
       through owner-less or expired nodes;
     - an owner's weight sums ``0.5 ** (age / half_life)`` (1 when ``half_life <= 0``) over
-      its live nodes, computed here by visiting every node, summed with ``math.fsum``;
+      its live nodes, computed here by visiting every node, summed with ``math.fsum``; a term
+      that overflows a float (an entry 1024+ half-lives after ``now``) is ``math.inf``;
     - eviction and invalidation clear owners, then prune branches left without owners.
 
     Trees are created by ``observe`` only (for a non-empty chain and node id); ``decide``,
