@@ -100,6 +100,7 @@ class DatrieStore:
         "_overlay",
         "_rebuild_min",
         "_trie",
+        "_walked",
     )
 
     def __init__(self, *, merge_min: int = _MERGE_MIN, rebuild_min: int = _REBUILD_MIN) -> None:
@@ -111,6 +112,9 @@ class DatrieStore:
         self._codes: dict[int, str] = {}
         self._next_code = 0
         self._live_ids = 0  # live nodes in the trie (len(_by_id) - _live_ids ids are dead)
+        # (key, its encoded known prefix) of the last walk: ``extend`` of the same key object
+        # takes the parent's path from it instead of climbing the parents.
+        self._walked: tuple[object, str] = (None, "")
 
     # A node's tag is its trie id (int) once merged, or its encoded path (str) in the overlay.
 
@@ -118,9 +122,10 @@ class DatrieStore:
         enc: list[Any] = list(map(self._codes.get, key))
         if None in enc:
             del enc[enc.index(None) :]
-        if not enc:
-            return []
         s = "".join(enc)
+        self._walked = (key, s)
+        if not s:
+            return []
         by_id = self._by_id
         nodes: list[Any] = [by_id[i] for i in self._trie.prefix_values(s)]
         if None in nodes:
@@ -163,7 +168,12 @@ class DatrieStore:
             codes.update(zip(fresh, self._new_codes(len(fresh)), strict=True))
             cs = list(map(codes.__getitem__, hs))
         # Path strings of the new nodes, built and registered in C-level passes.
-        paths = list(accumulate(cs, add, initial=self._path(parent)))
+        walked = self._walked
+        self._walked = (None, "")
+        # The walk encoded (at least) key[:m] with the current codes (codes change only in
+        # _rebuild, which also clears this), so its prefix is the parent's path.
+        base = walked[1][: m * _WIDTH] if walked[0] is key else self._path(parent)
+        paths = list(accumulate(cs, add, initial=base))
         del paths[0]
         self._overlay.update(zip(paths, new, strict=True))
         _consume(map(setitem, new, _TAGS, paths), 0)
@@ -219,6 +229,7 @@ class DatrieStore:
         self._overlay = {}
 
     def _rebuild(self) -> None:
+        self._walked = (None, "")  # codes change
         nodes = [n for n in self._by_id if n is not None]
         nodes.extend(self._overlay.values())
         codes: dict[int, str] = {}
