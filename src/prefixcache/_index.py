@@ -243,7 +243,10 @@ class Index:
             raise InvalidRecordError("key", key, "must be a ReplicaKey")
         if not len(chain) or not key.node_id:
             return False
-        return self._tree_for(model)._observe(chain, key, now)
+        tree = self._trees.get(model)
+        if tree is None:
+            tree = self._tree_for(model)
+        return tree._observe(chain, key, now)
 
     def invalidate(self, model: str, key: ReplicaKey) -> int:
         """Drop every entry of ``model`` owned by ``key``; returns how many."""

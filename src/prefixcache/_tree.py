@@ -700,13 +700,18 @@ class RadixTree(Generic[V]):
         if s > o.peak:
             o.peak = s
         if o.ops * o.peak > _DRIFT * s:
-            s = 0.0
-            for b in o.batches:
-                if b.counted:
-                    s += b.live * b.f
-            o.live_sum = s
-            o.ops = 0
-            o.peak = s
+            self._resum(o)
+
+    @staticmethod
+    def _resum(o: _Owner) -> None:
+        """Recompute ``o.live_sum`` exactly (its rounding bound could reach 1e-11)."""
+        s = 0.0
+        for b in o.batches:
+            if b.counted:
+                s += b.live * b.f
+        o.live_sum = s
+        o.ops = 0
+        o.peak = s
 
     def _retire(self, b: _Batch) -> None:
         """``b`` has no live nodes left: forget it."""
@@ -804,7 +809,15 @@ class RadixTree(Generic[V]):
             self._len += L - m
         b.live = L
         if counted:
-            self._adjust(o, L * f)
+            # _adjust(o, L * f) inlined.
+            ws = o.live_sum + L * f
+            o.live_sum = ws
+            if hl > 0:
+                ops = o.ops = o.ops + 1
+                if ws > o.peak:
+                    o.peak = ws
+                if ops * o.peak > _DRIFT * ws:
+                    self._resum(o)
         entry = (t, seq, b)
         heapq.heappush(self._age, entry)
         if counted and ttl > 0:
