@@ -349,7 +349,9 @@ class RadixTree(Generic[V]):
         self._seq = 0
         self._w = -math.inf  # weight watermark: batches counted iff live at _w
         self._age: list[tuple[float, int, _Batch]] = []  # every batch with live nodes
-        self._exp: list[tuple[float, int, _Batch]] = []  # counted batches (ttl > 0)
+        self._exp: list[tuple[float, int, _Batch]] = []  # counted batches (ttl > 0) ...
+        # ... except those pushed in time order, which queue here (FIFO pops are O(1)).
+        self._expq: deque[tuple[float, int, _Batch]] = deque()
         self._nbatches = 0
         self._t0 = 0.0  # weight origin shared by every owner (see _term)
         self._exact_only = False
@@ -821,8 +823,12 @@ class RadixTree(Generic[V]):
         entry = (t, seq, b)
         heapq.heappush(self._age, entry)
         if counted and ttl > 0:
-            heapq.heappush(self._exp, entry)
-        if len(self._age) + len(self._exp) > 4 * self._nbatches + 128:
+            q = self._expq
+            if not q or t >= q[-1][0]:
+                q.append(entry)  # in time order (seq grows): a FIFO, O(1) pops
+            else:
+                heapq.heappush(self._exp, entry)
+        if len(self._age) + len(self._exp) + len(self._expq) > 4 * self._nbatches + 128:
             self._compact_heaps()
         if self._cap and self._len > self._cap:
             self._evict_lru()
@@ -857,8 +863,17 @@ class RadixTree(Generic[V]):
         if ttl <= 0:
             return
         exp = self._exp
-        while exp and now - exp[0][0] > ttl:
-            _, seq, b = heapq.heappop(exp)
+        q = self._expq
+        # Pop in (t, seq) order from the in-order queue and the heap (keys are unique).
+        while True:
+            if q and (not exp or q[0] < exp[0]):
+                if not now - q[0][0] > ttl:
+                    break
+                _, seq, b = q.popleft()
+            elif exp and now - exp[0][0] > ttl:
+                _, seq, b = heapq.heappop(exp)
+            else:
+                break
             if b.counted and b.seq == seq and b.live:
                 b.counted = False
                 self._adjust(b.owner, -b.live * b.f)
@@ -931,7 +946,7 @@ class RadixTree(Generic[V]):
         return sum(self._drop_batch(b) for b in list(o.batches))
 
     def _after_removal(self) -> None:
-        if len(self._age) + len(self._exp) > 4 * self._nbatches + 128:
+        if len(self._age) + len(self._exp) + len(self._expq) > 4 * self._nbatches + 128:
             self._compact_heaps()
         self._store.maintain()
 
@@ -940,6 +955,9 @@ class RadixTree(Generic[V]):
         heapq.heapify(self._age)
         self._exp = [e for e in self._exp if e[2].counted and e[2].live and e[2].seq == e[1]]
         heapq.heapify(self._exp)
+        self._expq = deque(
+            e for e in self._expq if e[2].counted and e[2].live and e[2].seq == e[1]
+        )
 
     def _evict_lru(self) -> None:
         """Evict by (last_seen, depth, seq) until within the cap."""
