@@ -36,7 +36,11 @@ class Provider(Protocol):
     """
 
     def decide(
-        self, model: str, chain: Sequence[int], candidates: Sequence[Candidate], now: float
+        self,
+        model: str,
+        chain: Sequence[int],
+        candidates: Sequence[Candidate | ReplicaKey],
+        now: float,
     ) -> PrefixDecision: ...
 
     def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool: ...
@@ -116,9 +120,7 @@ def _group_key(p: tuple[float, tuple[str, int], ReplicaKey]) -> tuple[str, int]:
 _GROUP_KEY = _group_key
 
 
-def _decision(
-    hot: ReplicaKey | None, ratio: float, cold: tuple[ReplicaKey, ...]
-) -> PrefixDecision:
+def _decision(hot: ReplicaKey | None, ratio: float, cold: tuple[ReplicaKey, ...]) -> PrefixDecision:
     """Build a :class:`PrefixDecision` from values this module already guarantees valid,
     skipping the validators (hot path)."""
     d: PrefixDecision = _new(PrefixDecision)
@@ -210,9 +212,17 @@ class Index:
         return tree
 
     def decide(
-        self, model: str, chain: Sequence[int], candidates: Sequence[Candidate], now: float
+        self,
+        model: str,
+        chain: Sequence[int],
+        candidates: Sequence[Candidate | ReplicaKey],
+        now: float,
     ) -> PrefixDecision:
-        """The hot replica, match ratio and cold order for ``chain`` over ``candidates``."""
+        """The hot replica, match ratio and cold order for ``chain`` over ``candidates``.
+
+        ``candidates`` may be :class:`Candidate` records or bare :class:`ReplicaKey` values
+        (a decision does not read in-flight counts; ``ReplicaKey.key`` is the key itself).
+        """
         keys = tuple(map(_KEY, candidates))
         # Keys sorted by (node_id, replica) once per distinct candidate list: a stable sort
         # by weight alone then breaks ties correctly.

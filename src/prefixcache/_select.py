@@ -60,8 +60,8 @@ def select(
        input);
     4. ``None`` for no candidates.
 
-    Keys should be distinct; if a key appears in several candidates, its **last** entry
-    stands for it everywhere (``min_if`` included) and earlier ones are ignored.
+    Keys should be distinct; if a key appears in several candidates, every entry counts
+    towards ``min_if`` and the key is eligible when any of its entries is.
 
     Args:
         candidates: the replicas that may serve the request, with their in-flight counts.
@@ -109,24 +109,25 @@ def select(
             for key in decision.cold_order:
                 if id(key) in ids or key in keys:
                     return key
-    load = {c.key: c.in_flight for c in candidates}
-    min_if = min(load.values())
+    min_if = min(c.in_flight for c in candidates)
     slack = config.balance_abs_threshold
     factor = config.balance_rel_threshold
+    # Eligible keys with their least eligible in-flight count: a key listed several times
+    # is eligible when any of its entries is.
+    eligible: dict[ReplicaKey, int] = {}
+    for c in candidates:
+        f = c.in_flight
+        if within_load_guard(f, min_if, slack=slack, factor=factor):
+            prev = eligible.get(c.key)
+            if prev is None or f < prev:
+                eligible[c.key] = f
     hot = decision.hot
-    if hot is not None and decision.match_ratio >= config.min_prefix_match:
-        in_flight = load.get(hot)
-        if in_flight is not None and within_load_guard(
-            in_flight, min_if, slack=slack, factor=factor
-        ):
-            return hot
+    if hot is not None and decision.match_ratio >= config.min_prefix_match and hot in eligible:
+        return hot
     for key in decision.cold_order:
-        in_flight = load.get(key)
-        if in_flight is not None and within_load_guard(
-            in_flight, min_if, slack=slack, factor=factor
-        ):
+        if key in eligible:
             return key
-    return min(load.items(), key=_least_loaded_item)[0]
+    return min(eligible.items(), key=_least_loaded_item)[0]
 
 
 class Pressure:
@@ -258,13 +259,13 @@ class DecisionProvider(Protocol):
         self,
         model: str,
         chain: Sequence[int],
-        candidates: Sequence[Candidate],
+        candidates: Sequence[Candidate | ReplicaKey],
         now: float,
     ) -> PrefixDecision: ...
 
 
 def affinity_preferred(
-    provider: DecisionProvider,
+    provider: DecisionProvider | None,
     model: str,
     chain: Sequence[int],
     candidates: Sequence[ReplicaCandidate],
@@ -273,12 +274,11 @@ def affinity_preferred(
 ) -> str | None:
     """The peer (node id) that holds the request's prefix, for federation-style routing.
 
-    Asks ``provider.decide`` over ``Candidate(ReplicaKey(node_id, 0), in_flight)`` for each
-    distinct node id of ``candidates``, in first-seen order (peers are addressed per node, so
-    replica 0 stands for the node; ``in_flight`` is the node's total) and
-    returns the hot node id when ``decision.has_hot`` and
+    Asks ``provider.decide`` over ``ReplicaKey(node_id, 0)`` for each distinct node id of
+    ``candidates``, in first-seen order (peers are addressed per node, so replica 0 stands
+    for the node) and returns the hot node id when ``decision.has_hot`` and
     ``decision.match_ratio >= config.min_prefix_match``; else ``None``. ``None`` also, without
-    asking the provider, for an empty ``chain`` or no candidates.
+    asking the provider, for an empty ``chain``, no candidates or no provider (``None``).
 
     Args:
         provider: the index (anything with ``decide``).
@@ -293,12 +293,9 @@ def affinity_preferred(
 
     Complexity: one ``decide`` call, O(len(chain) + len(candidates)) for ``Index``.
     """
-    if not chain or not candidates:
+    if provider is None or not chain or not candidates:
         return None
-    node_load: dict[str, int] = {}
-    for c in candidates:
-        node_load[c.node_id] = node_load.get(c.node_id, 0) + c.in_flight
-    keys = [Candidate(ReplicaKey(node_id, 0), load) for node_id, load in node_load.items()]
+    keys = [ReplicaKey(node_id, 0) for node_id in dict.fromkeys(c.node_id for c in candidates)]
     decision = provider.decide(model, chain, keys, now)
     if decision.hot is not None and decision.match_ratio >= config.min_prefix_match:
         return decision.hot.node_id

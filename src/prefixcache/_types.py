@@ -48,6 +48,11 @@ class ReplicaKey:
     node_id: str = attrs.field(validator=_check_node_id)
     replica: int = attrs.field(default=0, validator=_check_replica)
 
+    @property
+    def key(self) -> ReplicaKey:
+        """The key itself, so that ``decide`` takes keys and :class:`Candidate` alike."""
+        return self
+
 
 def _check_key(_inst: object, _attr: object, value: Any) -> None:
     if not isinstance(value, ReplicaKey):
@@ -117,14 +122,17 @@ class PrefixDecision:
     Raises:
         InvalidRecordError: a field has the wrong type or ``match_ratio`` is outside [0, 1].
 
-    >>> PrefixDecision(None, 0.0, ()).has_hot
-    False
+    Every field has a default (no hot replica, ratio 0.0, empty cold order), so
+    ``PrefixDecision()`` is the "nothing known" decision.
+
+    >>> PrefixDecision(None, 0.0, ()).has_hot, PrefixDecision() == PrefixDecision(None, 0.0, ())
+    (False, True)
     """
 
-    hot: ReplicaKey | None = attrs.field(validator=_check_hot)
-    match_ratio: float = attrs.field(validator=_check_ratio)
+    hot: ReplicaKey | None = attrs.field(default=None, validator=_check_hot)
+    match_ratio: float = attrs.field(default=0.0, validator=_check_ratio)
     cold_order: tuple[ReplicaKey, ...] = attrs.field(
-        converter=_to_key_tuple, validator=_check_cold_order
+        default=(), converter=_to_key_tuple, validator=_check_cold_order
     )
 
     @property

@@ -213,7 +213,11 @@ class ReferenceIndex:
 
     # -- the provider methods ---------------------------------------------------------------
     def decide(
-        self, model: str, chain: Sequence[int], candidates: Sequence[Candidate], now: float
+        self,
+        model: str,
+        chain: Sequence[int],
+        candidates: Sequence[Candidate | ReplicaKey],
+        now: float,
     ) -> PrefixDecision:
         """Hot replica, match ratio and cold order for ``chain`` over ``candidates``."""
         keys = [c.key for c in candidates]
@@ -273,7 +277,11 @@ class ReferenceProvider(Protocol):
     :class:`ReferenceIndex` satisfy it)."""
 
     def decide(
-        self, model: str, chain: Sequence[int], candidates: Sequence[Candidate], now: float
+        self,
+        model: str,
+        chain: Sequence[int],
+        candidates: Sequence[Candidate | ReplicaKey],
+        now: float,
     ) -> PrefixDecision: ...
 
     def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool: ...

@@ -116,7 +116,12 @@ def test_decide_is_asked_about_replica_zero_of_each_distinct_node() -> None:
     assert affinity_preferred(stub, "m", CHAIN, cands, DEFAULT_CONFIG, 5.0) is None
     ((model, chain, asked, now),) = stub.calls
     assert (model, chain, now) == ("m", CHAIN, 5.0)
-    assert asked == [Candidate(ReplicaKey("n2"), 4), Candidate(ReplicaKey("n1"), 2)]
+    # SPEC: decide over ReplicaKey(c.node_id, 0) for each candidate (distinct, first seen).
+    assert asked == [ReplicaKey("n2"), ReplicaKey("n1")]
+
+
+def test_no_provider_is_none() -> None:
+    assert affinity_preferred(None, "m", CHAIN, [rc("n1")], DEFAULT_CONFIG, 0.0) is None
 
 
 def test_hot_without_enough_ratio_is_none() -> None:

@@ -124,10 +124,12 @@ def test_returns_the_key_not_a_candidate() -> None:
     assert got == A
 
 
-def test_duplicate_key_last_entry_stands() -> None:
-    # Documented choice: a's last entry (9) stands, so a is overloaded against b (0).
+def test_duplicate_key_is_eligible_through_any_entry() -> None:
+    # Each candidate entry is tested on its own: a's idle entry is eligible, so the hot a
+    # wins although its other entry (9) is overloaded. Counterfactual: letting the last
+    # entry stand for the key would send the request to b.
     candidates = [Candidate(A, 0), Candidate(B, 0), Candidate(A, 9)]
-    assert select(candidates, PrefixDecision(A, 1.0, (A, B))) == B
+    assert select(candidates, PrefixDecision(A, 1.0, (A, B))) == A
 
 
 def test_agrees_with_the_shared_load_guard_everywhere() -> None:
@@ -148,3 +150,24 @@ def test_does_not_read_anything_but_arguments(ratio: float) -> None:
     d = PrefixDecision(A, ratio, (B, A))
     assert select(c, d) == select(c, d) == A
     assert c == cands(a=0, b=0)
+
+
+def test_duplicate_keys_every_entry_counts_towards_the_minimum() -> None:
+    # min_if is over all candidates (0 here), so B at 3 is not eligible (3 > 0 + 2);
+    # A is eligible through its idle entry. Counterfactual: taking the last entry per key
+    # (A at 5) would make min_if 3 and pick B from the cold order.
+    a, b = ReplicaKey("A"), ReplicaKey("B")
+    cands = [Candidate(a, 0), Candidate(a, 5), Candidate(b, 3)]
+    assert select(cands, PrefixDecision(None, 0.0, (b, a))) == a
+
+
+def test_decide_accepts_bare_replica_keys_and_empty_decision_defaults() -> None:
+    from prefixcache import Index
+
+    ix = Index()
+    a, b = ReplicaKey("A"), ReplicaKey("B")
+    ix.observe("m", (1, 2, 3), b, 0.0)
+    d = ix.decide("m", (1, 2, 3, 4), [a, b], 1.0)
+    assert d == ix.decide("m", (1, 2, 3, 4), [Candidate(a), Candidate(b, 7)], 1.0)
+    assert d.hot == b and d.match_ratio == 0.75 and d.cold_order == (a, b)
+    assert PrefixDecision() == PrefixDecision(None, 0.0, ())
