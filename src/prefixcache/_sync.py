@@ -30,11 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
@@ -95,6 +96,29 @@ class _LogPublishErrors:
                 error,
                 self.streak,
             )
+
+
+#: What the ``apply_*`` methods take besides an event record: its wire payload or the JSON
+#: object decoded from it.
+EventLike = bytes | bytearray | memoryview | str | Mapping[str, object]
+
+_E = TypeVar("_E", ObserveEvent, InvalidateEvent)
+
+
+def _as_event(cls: type[_E], event: object) -> _E:
+    if isinstance(event, cls):
+        return event
+    if isinstance(event, str):
+        return cls.decode(event.encode("utf-8"))
+    if isinstance(event, bytes | bytearray | memoryview):
+        return cls.decode(bytes(event))
+    if isinstance(event, Mapping):
+        try:
+            payload = json.dumps(dict(event), allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise EventDecodeError("<event>", event, f"is not a JSON object ({exc})") from None
+        return cls.decode(payload)
+    raise EventDecodeError("<event>", event, f"must be a {cls.__name__}, bytes, str or mapping")
 
 
 @attrs.frozen(kw_only=True)
@@ -206,7 +230,11 @@ class Sync:
 
     # -- provider protocol ------------------------------------------------------------------
     def decide(
-        self, model: str, chain: Sequence[int], candidates: Sequence[Candidate], now: float
+        self,
+        model: str,
+        chain: Sequence[int],
+        candidates: Sequence[Candidate | ReplicaKey],
+        now: float,
     ) -> PrefixDecision:
         """The wrapped provider's decision (local; nothing is published)."""
         with self._lock:
@@ -258,15 +286,32 @@ class Sync:
             return self.provider.models()
 
     # -- peer events ------------------------------------------------------------------------
-    def apply_observe(self, event: ObserveEvent, now: float | None = None) -> bool:
-        """Apply a peer's observe at ``now`` (default: ``clock()``); never publishes."""
+    def apply_observe(self, event: ObserveEvent | EventLike, now: float | None = None) -> bool:
+        """Apply a peer's observe at ``now`` (default: ``clock()``); never publishes.
+
+        ``event`` is an :class:`ObserveEvent`, or its wire form (payload ``bytes``/``str``)
+        or decoded JSON object (a mapping with ``model``, ``chain``, ``node_id``,
+        ``replica``), validated exactly as on the wire.
+
+        Raises:
+            EventDecodeError: ``event`` is not a valid observe event.
+        """
+        event = _as_event(ObserveEvent, event)
         t = self.clock() if now is None else now
         with self._lock:
             return self.provider.observe(event.model, event.chain, event.key, t)
 
-    def apply_invalidate(self, event: InvalidateEvent) -> None:
+    def apply_invalidate(self, event: InvalidateEvent | EventLike) -> None:
         """Apply a peer's invalidation (a whole node when ``replica < 0``); never publishes and
-        never creates a tree."""
+        never creates a tree.
+
+        ``event`` is an :class:`InvalidateEvent`, its wire form or its decoded JSON object,
+        as for :meth:`apply_observe`.
+
+        Raises:
+            EventDecodeError: ``event`` is not a valid invalidate event.
+        """
+        event = _as_event(InvalidateEvent, event)
         key = event.key
         with self._lock:
             if key is None:

@@ -467,3 +467,36 @@ def test_the_default_hook_does_not_flood_the_log(caplog: pytest.LogCaptureFixtur
     # Failures 1, 100 and 200 of the first streak, then the first of the next one.
     assert len(caplog.records) == 4
     assert sync.stats().publish_errors == 251
+
+
+def test_apply_takes_wire_payloads_and_json_objects_too() -> None:
+    sync, pub, index = make(ManualClock(10.0))
+    sync.apply_observe({"model": "m", "chain": [1, 2], "node_id": "a", "replica": 1})
+    sync.apply_observe(b'{"model":"m","chain":[5],"node_id":"b","replica":0}')
+    sync.apply_observe('{"model":"m","chain":[6],"node_id":"b","replica":0}')
+    assert index.decide("m", (1, 2), CANDS, 10.0).hot == A1
+    assert index.decide("m", (5,), CANDS, 10.0).hot == B0
+    sync.apply_invalidate({"model": "m", "node_id": "a", "replica": -1})
+    sync.apply_invalidate(b'{"model":"m","node_id":"b","replica":0}')
+    assert index.decide("m", (1, 2), CANDS, 10.0).hot is None
+    assert index.decide("m", (6,), CANDS, 10.0).hot is None
+    assert pub.published == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"model": "m", "chain": [2**64], "node_id": "a", "replica": 0},
+        {"model": "m", "chain": [1], "node_id": "", "replica": 0},
+        {"model": "m", "chain": [1], "node_id": "a", "replica": 0, "x": float("nan")},
+        b"not json",
+        42,
+    ],
+)
+def test_apply_rejects_bad_events_with_a_typed_error(bad: object) -> None:
+    from prefixcache import EventDecodeError
+
+    sync, _, index = make()
+    with pytest.raises(EventDecodeError):
+        sync.apply_observe(bad)  # type: ignore[arg-type]
+    assert index.models() == frozenset()
