@@ -82,7 +82,12 @@ def format_rfc3339(seconds: float | None) -> str:
         return GO_ZERO_TIME
     if not (MIN_TIME <= seconds < MAX_TIME):
         raise ValueError(f"time {seconds!r} is outside the years 1..9999")
-    ns = round(Fraction(Decimal(seconds)) * _NS)
+    # The shortest decimal that reads back as this float (repr) gives what a person or a Go
+    # peer wrote (1767225600.123 -> ".123", not ".122999907"); if its nanosecond rounding
+    # would not read back as the same float, use the float's exact value instead.
+    ns = round(Decimal(repr(float(seconds))) * _NS)
+    if ns / _NS != seconds:
+        ns = round(Fraction(Decimal(seconds)) * _NS)
     whole, frac_ns = divmod(ns, _NS)
     days, rem = divmod(whole, 86400)
     date = _dt.date.fromordinal(days + _EPOCH_ORDINAL)

@@ -132,3 +132,17 @@ def test_nanosecond_timestamp_survives_at_float_precision() -> None:
     again = NodeData.from_json(n.to_json())
     assert again == n
     assert json.loads(n.to_json())["LastSeen"].startswith("2026-01-01T00:00:00.1234567")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (T0 + 0.123, "2026-01-01T00:00:00.123Z"),
+        (T0 + 0.1, "2026-01-01T00:00:00.1Z"),
+        (T0 + 59.999, "2026-01-01T00:00:59.999Z"),
+        (T0 - 0.5, "2025-12-31T23:59:59.5Z"),
+    ],
+)
+def test_milliseconds_encode_without_float_noise(seconds: float, text: str) -> None:
+    # Counterfactual: the float's exact binary value would print ".122999907".
+    assert json.loads(NodeData(last_seen=seconds).to_json())["LastSeen"] == text
