@@ -259,9 +259,10 @@ def _decode_field(go_name: str, value: object) -> object:
             raise NodeDataDecodeError(go_name, f"must fit in a uint64: {value!r}")
         return value
     if go_name == "Models":
-        if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        # A null element decodes to "" as in Go (null leaves a string at its zero value).
+        if not isinstance(value, list) or not all(m is None or isinstance(m, str) for m in value):
             raise NodeDataDecodeError(go_name, "must be a list of strings or null")
-        return tuple(value)
+        return tuple("" if m is None else m for m in value)
     # LastSeen
     if not isinstance(value, str):
         raise NodeDataDecodeError(

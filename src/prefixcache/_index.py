@@ -256,6 +256,14 @@ class Index:
         tree = self._trees.get(model)
         if tree is None:
             tree = self._tree_for(model)
+            try:
+                return tree._observe(chain, key, now)
+            except BaseException:
+                # A rejected chain must not leave a new, empty tree behind in models().
+                with self._lock:
+                    if not len(tree) and self._trees.get(model) is tree:
+                        del self._trees[model]
+                raise
         return tree._observe(chain, key, now)
 
     def invalidate(self, model: str, key: ReplicaKey) -> int:

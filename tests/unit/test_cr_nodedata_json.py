@@ -146,3 +146,7 @@ def test_nanosecond_timestamp_survives_at_float_precision() -> None:
 def test_milliseconds_encode_without_float_noise(seconds: float, text: str) -> None:
     # Counterfactual: the float's exact binary value would print ".122999907".
     assert json.loads(NodeData(last_seen=seconds).to_json())["LastSeen"] == text
+
+
+def test_null_model_entry_decodes_to_empty_string_as_in_go() -> None:
+    assert NodeData.from_json('{"Models": ["a", null]}').models == ("a", "")

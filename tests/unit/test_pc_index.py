@@ -89,7 +89,7 @@ def test_invalid_chain_raises_even_without_a_tree(index: Index) -> None:
         index.decide("m", (1, -1), [Candidate(A)], 0.0)
     with pytest.raises(ValueError):
         index.observe("m", (1, 2**64), A, 0.0)
-    assert index.tree("m") is not None  # observe created the tree but stored nothing
+    assert index.tree("m") is None  # a rejected observe leaves no tree behind
     assert len(index.tree("m") or ()) == 0
 
 
@@ -132,3 +132,14 @@ def test_index_rejects_bad_arguments() -> None:
         Index(backend="btree")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Index(config={"ttl": 1})  # type: ignore[arg-type]
+
+
+def test_a_rejected_chain_creates_no_tree() -> None:
+    from clusterrouting import InvalidRecordError
+    from prefixcache import Index, ReplicaKey
+
+    for backend in ("dict", "datrie"):
+        ix = Index(backend=backend)
+        with pytest.raises(InvalidRecordError):
+            ix.observe("m", (1, 2**64), ReplicaKey("a"), 0.0)
+        assert ix.models() == frozenset()
