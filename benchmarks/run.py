@@ -414,6 +414,44 @@ def bench_routing(rounds: int, report: Callable[[str], None]) -> list[dict[str, 
     return rows
 
 
+def bench_replay(repeats: int, report: Callable[[str], None]) -> str:
+    """Decisions/s of each replay policy's routing path on the bundled trace, as Markdown.
+
+    ``prefixcache.replay.bench_policies`` replays the whole trace per policy on the default
+    cluster and counts only wall time inside the policy's library calls; the full replay of
+    the ``prefix`` policy (simulator included) is timed too (target < 5 s).
+    """
+    from prefixcache.replay import BUNDLED_TRACE, bench_policies, load_trace, run_replay
+
+    requests = load_trace(BUNDLED_TRACE)
+    rates = bench_policies(requests, repeats=repeats)
+    walls = []
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        run_replay(requests, policies=("prefix",))
+        walls.append(time.perf_counter() - t)
+    base = rates["round-robin"]
+    out = [
+        "Bundled Mooncake conversation trace, "
+        f"{len(requests):,} requests, 8 replicas, default cluster model, auto speed-up; each "
+        "policy replays the whole trace and the rate counts only wall time inside the "
+        f"policy (its decision plus the index upkeep it does), best of {repeats} runs.",
+        "",
+        "| policy | decisions/s | ratio to round-robin |",
+        "|---|---:|---:|",
+    ]
+    for name, rate in rates.items():
+        out.append(f"| {name} | {rate:,.0f} | {rate / base:.4f} |")
+        report(f"replay {name:<14} {rate:>12,.0f} decisions/s")
+    out.append("")
+    out.append(
+        f"Full replay of the trace through `prefix` (simulator included): "
+        f"{min(walls):.2f} s wall, best of {len(walls)} (target < 5 s)."
+    )
+    report(f"replay prefix full wall {min(walls):.2f} s")
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------------------- output
 def to_markdown(
     info: dict[str, str],
@@ -421,6 +459,7 @@ def to_markdown(
     routing: list[dict[str, Any]],
     chain_md: str,
     wall_s: float,
+    replay_md: str = "",
 ) -> str:
     out = ["# Benchmark results", ""]
     out.append(
@@ -522,6 +561,11 @@ def to_markdown(
         out.append("")
         out.append(chain_md)
         out.append("")
+    if replay_md:
+        out.append("## Replay: routing decisions per second of each policy")
+        out.append("")
+        out.append(replay_md)
+        out.append("")
     return "\n".join(out)
 
 
@@ -545,7 +589,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             chain_md = bench_chain.to_markdown(bench_chain.run(report=print))
         except Exception as exc:  # keep the index results even if P2's script breaks
             chain_md = f"(bench_chain.py failed: {exc!r})"
-    text = to_markdown(info, scale, routing, chain_md, time.perf_counter() - t0)
+    replay_md = "" if "--no-replay" in args else bench_replay(1 if quick else 3, print)
+    text = to_markdown(info, scale, routing, chain_md, time.perf_counter() - t0, replay_md)
     if write:
         (HERE / "RESULTS.md").write_text(text + "\n")
     print(text)
