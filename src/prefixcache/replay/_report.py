@@ -241,7 +241,29 @@ def format_table(result: ReplayResult) -> str:
             f"{p.ttft_mean_s:>8.3f}s {p.ttft_p50_s:>6.3f}s {p.ttft_p99_s:>6.3f}s "
             f"{p.max_over_mean_requests:>8.3f} {p.decisions_per_s:>11,.0f}"
         )
+    lines.extend(_summary(result))
     return "\n".join(lines)
+
+
+def _summary(result: ReplayResult) -> list[str]:
+    """What a reader should take from the table: the policy with the lowest mean TTFT,
+    and how it compares with round-robin (when both were replayed)."""
+    if not result.policies:
+        return []
+    best = min(result.policies, key=lambda p: p.ttft_mean_s)
+    out = [
+        "",
+        f"lowest mean TTFT: {best.name} ({best.ttft_mean_s:.3f}s, {best.ideal_fraction:.1%} "
+        f"of the ideal hit ratio, busiest replica {best.max_over_mean_requests:.2f}x the mean)",
+    ]
+    rr = next((p for p in result.policies if p.name == "round-robin"), None)
+    if rr is not None and best is not rr and best.ttft_mean_s > 0:
+        out.append(
+            f"vs round-robin: {rr.ttft_mean_s / best.ttft_mean_s:.2f}x lower mean TTFT, "
+            f"{rr.ttft_p99_s / best.ttft_p99_s:.2f}x lower p99, "
+            f"{best.hit_ratio / rr.hit_ratio if rr.hit_ratio else float('inf'):.2f}x the hits"
+        )
+    return out
 
 
 def plot_result(result: ReplayResult, path: str | Path) -> None:
