@@ -12,7 +12,7 @@ every key before a write. How each measured fact about datrie 0.8.3 is handled:
   multiple of ``_WIDTH``, every character in ``chr(1)..chr(255)``) before it is written.
 * **``BaseTrie`` values are int32 and -1 cannot be read back; ``Trie`` never frees deleted
   values.** We use ``BaseTrie`` holding our own node ids in ``[0, 2**31 - 2]`` (never -1);
-  the Python node objects live in a list indexed by id.
+  the tree's node slots live in a list indexed by id.
 * **Random-order inserts cost ~100 us, sorted ~3 us; deletes 0.1-1 ms.** New nodes go to a
   ``dict`` *write overlay* (keyed by the encoded path) and are merged into the trie in sorted
   order once the overlay outgrows the trie's live size (amortised O(1) merges per node).
@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Sequence
 from functools import partial
 from itertools import accumulate, compress, repeat
-from operator import add, is_, itemgetter, setitem
+from operator import add, is_
 from typing import Any
 
 import datrie
@@ -48,12 +48,10 @@ _MAX_ID = 2**31 - 2
 _MERGE_MIN = 4096
 _REBUILD_MIN = 4096
 
-P, K, B, C, T = 0, 1, 2, 3, 4
-_KEY = itemgetter(K)
-_TAGS = repeat(T)
+_ROOT = -1  # the tree's parent slot of a depth-1 node
 _consume = deque
 _IS_NONE = partial(is_, None)
-Node = list[Any]
+Node = int  # a node slot of prefixcache._tree.RadixTree
 
 
 _DIGIT = list(_ALPHABET)
@@ -98,9 +96,12 @@ class DatrieStore:
         "_merge_min",
         "_next_code",
         "_overlay",
+        "_par",
         "_rebuild_min",
+        "_tags",
         "_trie",
         "_walked",
+        "keys",
     )
 
     def __init__(self, *, merge_min: int = _MERGE_MIN, rebuild_min: int = _REBUILD_MIN) -> None:
@@ -115,6 +116,15 @@ class DatrieStore:
         # (key, its encoded known prefix) of the last walk: ``extend`` of the same key object
         # takes the parent's path from it instead of climbing the parents.
         self._walked: tuple[object, str] = (None, "")
+        self._par: list[int] = []
+        self.keys: list[int] = []
+        self._tags: list[Any] = []
+
+    def bind(self, par: list[int], keys: list[int], tags: list[Any]) -> None:
+        """Share the tree's slot lists (parent slot, block hash, tag per node slot)."""
+        self._par = par
+        self.keys = keys
+        self._tags = tags
 
     # A node's tag is its trie id (int) once merged, or its encoded path (str) in the overlay.
 
@@ -147,20 +157,21 @@ class DatrieStore:
                 nodes.append(n)
         return nodes
 
-    def _path(self, node: Node | None) -> str:
+    def _path(self, node: Node) -> str:
         parts = []
-        while node is not None:
-            tag = node[T]
+        tags = self._tags
+        while node != _ROOT:
+            tag = tags[node]
             if type(tag) is str:
                 parts.append(tag)
                 break
-            parts.append(self._codes[node[K]])
-            node = node[P]
+            parts.append(self._codes[self.keys[node]])
+            node = self._par[node]
         return "".join(reversed(parts))
 
-    def extend(self, parent: Node | None, new: list[Node], key: Sequence[int], m: int) -> None:
+    def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
         codes = self._codes
-        hs = list(map(_KEY, new))
+        hs = key[m:] if m else key
         cs: list[Any] = list(map(codes.get, hs))
         if None in cs:
             # Intern the unseen hashes (first occurrences, in order) in C-level passes.
@@ -176,7 +187,7 @@ class DatrieStore:
         paths = list(accumulate(cs, add, initial=base))
         del paths[0]
         self._overlay.update(zip(paths, new, strict=True))
-        _consume(map(setitem, new, _TAGS, paths), 0)
+        _consume(map(self._tags.__setitem__, new, paths), 0)
 
     def _new_codes(self, k: int) -> list[str]:
         """The codes of the next ``k`` interned ids (``_code`` of each, built per run of
@@ -193,7 +204,7 @@ class DatrieStore:
         return out
 
     def discard(self, node: Node) -> None:
-        tag = node[T]
+        tag = self._tags[node]
         if type(tag) is str:
             del self._overlay[tag]
         else:
@@ -224,7 +235,7 @@ class DatrieStore:
         ids = range(len(by_id), len(by_id) + len(paths))
         _consume(map(trie.__setitem__, paths, ids), 0)
         by_id += nodes
-        _consume(map(setitem, nodes, _TAGS, ids), 0)
+        _consume(map(self._tags.__setitem__, nodes, ids), 0)
         self._live_ids += len(paths)
         self._overlay = {}
 
@@ -236,27 +247,30 @@ class DatrieStore:
         paths: dict[int, str] = {}
         items = []
         nxt = 0
+        par = self._par
+        keys = self.keys
+        tags = self._tags
         for n in nodes:
             stack = []
-            cur: Node | None = n
-            while cur is not None and id(cur) not in paths:
+            cur = n
+            while cur != _ROOT and cur not in paths:
                 stack.append(cur)
-                cur = cur[P]
-            base = "" if cur is None else paths[id(cur)]
+                cur = par[cur]
+            base = "" if cur == _ROOT else paths[cur]
             for x in reversed(stack):
-                c = codes.get(x[K])
+                c = codes.get(keys[x])
                 if c is None:
-                    c = codes[x[K]] = _code(nxt)
+                    c = codes[keys[x]] = _code(nxt)
                     nxt += 1
                 base += c
-                paths[id(x)] = base
+                paths[x] = base
                 items.append((base, x))
         items.sort(key=lambda e: e[0])
         trie = datrie.BaseTrie(_ALPHABET)
         by_id: list[Node | None] = []
         _validate_all([e[0] for e in items])
         for s, n in items:
-            n[T] = len(by_id)
+            tags[n] = len(by_id)
             trie[s] = len(by_id)
             by_id.append(n)
         self._trie = trie
@@ -267,14 +281,14 @@ class DatrieStore:
         self._live_ids = len(by_id)
 
     def check(self, nodes: list[Node]) -> None:
-        ids = {id(n) for n in nodes}
+        ids = set(nodes)
         stored = [n for n in self._by_id if n is not None] + list(self._overlay.values())
         assert len(stored) == len(ids), "datrie store size differs from the tree's node count"
-        assert all(id(n) in ids for n in stored), "datrie store holds a node not in the tree"
+        assert all(n in ids for n in stored), "datrie store holds a node not in the tree"
         for s, n in self._overlay.items():
-            assert n[T] == s and self._path(n) == s, "overlay entry keyed wrongly"
+            assert self._tags[n] == s and self._path(n) == s, "overlay entry keyed wrongly"
         for i, x in enumerate(self._by_id):
             if x is not None:
-                assert x[T] == i
+                assert self._tags[x] == i
                 s = self._path(x)
                 assert self._trie[s] == i, "trie entry keyed wrongly"

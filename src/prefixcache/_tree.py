@@ -2,9 +2,12 @@
 
 Design (the *why*; the *what* is in :class:`RadixTree`'s docstring):
 
-* A node is a 5-slot ``list`` ``[parent, key, batch, kids, tag]`` (a list is ~4x cheaper to
-  create than a slotted object and identity-compared, never deep-compared, by this module).
-  ``tag`` belongs to the lookup store (the datrie store keeps its id or path there).
+* A node is an ``int`` *slot* into the tree's parallel lists ``par`` (parent slot, -1 at the
+  root), ``key`` (block hash), ``bat`` (batch or ``None``), ``kids`` (child count) and
+  ``tag`` (the lookup store's: the datrie store keeps its id or path there). No Python object
+  is created per node, so the cyclic GC has almost nothing new to track per insert (a
+  5-slot list per node made it the largest cost after the walk); freed slots are recycled
+  through a free list, so the lists are bounded by the peak node count.
 * Every ``insert`` writes one *batch*: the owner, ``last_seen`` and insertion sequence number
   shared by every node it set. A node's owner and age are its batch's. When all the live
   nodes of the deepest found node's batch lie on the new path (a repeated prompt, a prefix
@@ -38,7 +41,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from itertools import repeat
-from operator import attrgetter, itemgetter, setitem
+from operator import attrgetter, itemgetter
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from clusterrouting import InvalidRecordError
@@ -51,15 +54,10 @@ DEFAULT_BACKEND: Backend = "dict"
 
 V = TypeVar("V", bound=Hashable)
 
-# Node slots.
-P, K, B, C, T = 0, 1, 2, 3, 4
-_PARENT = itemgetter(P)
-_BATCH = itemgetter(B)
-_KEY = itemgetter(K)
+_ROOT = -1  # the parent slot of a depth-1 node
 _U64 = 1 << 64
 _NO_BATCH = object()
 _ZEROS = repeat(0)
-_TWOS = repeat(2)  # the batch slot B, for setitem over many nodes
 _consume = deque
 _NO_CACHE: tuple[Any, list[Any], int, Any] = (object(), [], -1, ())
 _LIVE_SUM = attrgetter("live_sum")
@@ -67,16 +65,20 @@ _REBASE = 512.0  # rebase an owner's origin when a term would exceed 2**512
 _EXACT_EXP = 600.0  # weight factor exponents beyond this are answered exactly
 _DRIFT = 1e5  # recompute when ops * peak > _DRIFT * |live_sum| (bound ~1e-11 relative)
 
-Node = list[Any]
+Node = int  # a slot (see the module docstring)
 
 
 class _Store(Protocol):
     """The node lookup structure: maps paths to node objects (see ``_DictStore``)."""
 
+    def bind(self, par: list[int], keys: list[int], tags: list[Any]) -> None:
+        """Share the tree's slot lists (mutated in place, never replaced)."""
+
     def walk(self, key: Sequence[int]) -> list[Node]: ...
 
-    def extend(self, parent: Node | None, new: list[Node], key: Sequence[int], m: int) -> None:
-        """Register ``new`` (a chain of nodes under ``parent``) for ``key[m:]``."""
+    def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
+        """Register ``new`` (a chain of nodes under ``parent``, -1 for the root) for
+        ``key[m:]``."""
 
     def discard(self, node: Node) -> None: ...
 
@@ -92,12 +94,12 @@ class _DictStore:
 
     A node lives in ``primary[key]`` unless that slot holds a node of another path (two paths
     ending in the same hash: arbitrary key sequences, not chains), in which case it lives in
-    ``fallback[(parent node id, key)]``. A lookup first tries ``primary`` and accepts a hit only
+    ``fallback[(parent slot, key)]``. A lookup first tries ``primary`` and accepts a hit only
     if its parent is the node found one level up, so results are exact for any uint64
     sequence; chains (whose hashes identify their whole prefix) never reach the fallback.
     """
 
-    __slots__ = ("_free", "fallback", "primary")
+    __slots__ = ("_free", "fallback", "keys", "par", "primary")
 
     def __init__(self) -> None:
         self.primary: dict[int, Node] = {}
@@ -105,6 +107,12 @@ class _DictStore:
         # (key, m) after a walk of ``key`` found m nodes and saw none of key[m:] in
         # ``primary``; cleared by every mutation. Lets ``extend`` skip re-probing.
         self._free: tuple[Sequence[int], int] | None = None
+        self.par: list[int] = []
+        self.keys: list[int] = []
+
+    def bind(self, par: list[int], keys: list[int], tags: list[Any]) -> None:
+        self.par = par
+        self.keys = keys
 
     def walk(self, key: Sequence[int]) -> list[Node]:
         nodes: list[Any] = list(map(self.primary.get, key))
@@ -113,17 +121,17 @@ class _DictStore:
             cut = nodes.index(None)
             free = nodes.count(None) == len(nodes) - cut
             del nodes[cut:]
-        # Verify each hit's parent is the node found one level up. ``==`` on these lists is
-        # an identity test per element (CPython compares identical objects equal without
-        # calling __eq__); on a mismatch the deep compare of two distinct nodes is False
-        # because a path is stored at most once, so it cannot give a false positive.
-        if nodes and (nodes[0][P] is not None or list(map(_PARENT, nodes[1:])) != nodes[:-1]):
+        # Verify each hit's parent is the node found one level up (slots are ints).
+        par = self.par
+        if nodes and (
+            par[nodes[0]] != _ROOT or list(map(par.__getitem__, nodes[1:])) != nodes[:-1]
+        ):
             # Some hit belongs to another path: keep the verified prefix only.
             free = False
             good = 0
-            parent = None
+            parent = _ROOT
             for n in nodes:
-                if n[P] is not parent:
+                if par[n] != parent:
                     break
                 parent = n
                 good += 1
@@ -137,20 +145,23 @@ class _DictStore:
     def _walk_slow(self, key: Sequence[int], nodes: list[Node]) -> None:
         primary = self.primary
         fallback = self.fallback
-        parent = nodes[-1] if nodes else None
+        par = self.par
+        parent = nodes[-1] if nodes else _ROOT
         for i in range(len(nodes), len(key)):
             h = key[i]
             n = primary.get(h)
-            if n is None or n[P] is not parent:
-                n = fallback.get((id(parent), h))
+            if n is None or par[n] != parent:
+                n = fallback.get((parent, h))
                 if n is None:
                     return
             nodes.append(n)
             parent = n
 
-    def extend(self, parent: Node | None, new: list[Node], key: Sequence[int], m: int) -> None:
+    def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
         primary = self.primary
-        keys = list(map(_KEY, new))
+        keys = key[m:] if m else key
+        karr = self.keys
+        par = self.par
         free = self._free
         self._free = None
         if (free is not None and free[0] is key and free[1] == m) or primary.keys().isdisjoint(
@@ -162,21 +173,21 @@ class _DictStore:
             if len(primary) - before != len(new):
                 # The same hash twice in the tail: the deeper node won the slot.
                 for n in new:
-                    if primary[n[K]] is not n:
-                        self.fallback[(id(n[P]), n[K])] = n
+                    if primary[karr[n]] != n:
+                        self.fallback[(par[n], karr[n])] = n
             return
         setdefault = primary.setdefault
         for n in new:
-            if setdefault(n[K], n) is not n:
-                self.fallback[(id(n[P]), n[K])] = n
+            if setdefault(karr[n], n) != n:
+                self.fallback[(par[n], karr[n])] = n
 
     def discard(self, node: Node) -> None:
         self._free = None
-        h = node[K]
-        if self.primary.get(h) is node:
+        h = self.keys[node]
+        if self.primary.get(h) == node:
             del self.primary[h]
         else:
-            del self.fallback[(id(node[P]), h)]
+            del self.fallback[(self.par[node], h)]
 
     def maintain(self) -> None:
         return None
@@ -185,14 +196,14 @@ class _DictStore:
         return len(self.primary) + len(self.fallback)
 
     def check(self, nodes: list[Node]) -> None:
-        ids = {id(n) for n in nodes}
+        ids = set(nodes)
         stored = list(self.primary.values()) + list(self.fallback.values())
         assert len(stored) == len(ids), "store size differs from the tree's node count"
-        assert all(id(n) in ids for n in stored), "store holds a node not in the tree"
+        assert all(n in ids for n in stored), "store holds a node not in the tree"
         for (pid, h), n in self.fallback.items():
-            assert n[K] == h and id(n[P]) == pid, "fallback entry keyed wrongly"
+            assert self.keys[n] == h and self.par[n] == pid, "fallback entry keyed wrongly"
         for h, n in self.primary.items():
-            assert n[K] == h, "primary entry keyed wrongly"
+            assert self.keys[n] == h, "primary entry keyed wrongly"
 
 
 class _Batch:
@@ -337,7 +348,15 @@ class RadixTree(Generic[V]):
         self._hl = half_life if half_life > 0 else 0.0
         self._cap = max_entries
         self._backend = backend
+        # Node slots (see the module docstring): parallel lists and the free slots.
+        self._par: list[int] = []
+        self._key: list[int] = []
+        self._bat: list[_Batch | None] = []
+        self._kids: list[int] = []
+        self._tag: list[Any] = []
+        self._slots: list[int] = []
         self._store: _Store = _make_store(backend)
+        self._store.bind(self._par, self._key, self._tag)
         self._maintain = None if backend == "dict" else self._store.maintain
         self._lock = threading.RLock()
         self._owners: dict[Any, _Owner] = {}
@@ -472,24 +491,27 @@ class RadixTree(Generic[V]):
         sorted by path. Safe to use while the tree keeps changing."""
         with self._lock:
             paths: dict[int, tuple[int, ...]] = {}
+            par = self._par
+            karr = self._key
+            bat: list[Any] = self._bat
 
             def path_of(n: Node) -> tuple[int, ...]:
                 stack = []
-                cur: Node | None = n
-                while cur is not None and id(cur) not in paths:
+                cur = n
+                while cur != _ROOT and cur not in paths:
                     stack.append(cur)
-                    cur = cur[P]
-                base = () if cur is None else paths[id(cur)]
+                    cur = par[cur]
+                base = () if cur == _ROOT else paths[cur]
                 for s in reversed(stack):
-                    base = (*base, s[K])
-                    paths[id(s)] = base
+                    base = (*base, karr[s])
+                    paths[s] = base
                 return base
 
             out = [
-                (path_of(n), n[B].owner.value, n[B].t)
+                (path_of(n), bat[n].owner.value, b.t)
                 for b in self._live_batches()
                 for n in b.nodes
-                if n[B] is b
+                if bat[n] is b
             ]
             out.sort(key=itemgetter(0))
             return out
@@ -499,6 +521,7 @@ class RadixTree(Generic[V]):
         thresholds in tests."""
         assert self._len == 0, "only an empty tree may change its store"
         self._store = store
+        store.bind(self._par, self._key, self._tag)
         self._maintain = None if isinstance(store, _DictStore) else store.maintain
 
     # ------------------------------------------------------- Index fast paths
@@ -569,8 +592,9 @@ class RadixTree(Generic[V]):
             if type(chain) is tuple:
                 self._walk_cache = (chain, nodes, self.version, key)
             ttl = self._ttl
+            bat = self._bat
             for i in range(len(nodes) - 1, -1, -1):
-                b = nodes[i][B]
+                b = bat[nodes[i]]
                 if b is not None and not (ttl > 0 and now - b.t > ttl):
                     return b.owner.value, i + 1, weights
             return None, 0, weights
@@ -594,7 +618,7 @@ class RadixTree(Generic[V]):
                     nodes = store.walk(fixed)
             fresh = True
             if len(nodes) == len(key):
-                b = nodes[-1][B]
+                b = self._bat[nodes[-1]]
                 if b is not None:
                     ttl = self._ttl
                     if not (ttl > 0 and now - b.t > ttl):
@@ -619,9 +643,9 @@ class RadixTree(Generic[V]):
             assert seen_batches == {id(b) for b in batches}
             assert self._nbatches == len(batches)
             for b in batches:
-                mine = [n for n in b.nodes if n[B] is b]
+                mine = [n for n in b.nodes if self._bat[n] is b]
                 assert len(mine) == b.live, "batch live count wrong"
-                assert len({id(n) for n in mine}) == len(mine), "node twice in a batch"
+                assert len(set(mine)) == len(mine), "node twice in a batch"
                 live += b.live
                 assert any(e[2] is b and e[1] == b.seq for e in self._age), "batch not aged"
                 assert b.counted == (self._ttl <= 0 or not (self._w - b.t > self._ttl)), (
@@ -629,22 +653,29 @@ class RadixTree(Generic[V]):
                 )
             assert live == self._len, "len differs from live node count"
             # Reachability and kids counts: gather every node reachable from live ones.
-            allnodes: dict[int, Node] = {}
+            par = self._par
+            bat = self._bat
+            allnodes: dict[int, None] = {}
             for b in batches:
                 for n in b.nodes:
-                    if n[B] is b:
-                        cur: Node | None = n
-                        while cur is not None and id(cur) not in allnodes:
-                            allnodes[id(cur)] = cur
-                            cur = cur[P]
+                    if bat[n] is b:
+                        cur = n
+                        while cur != _ROOT and cur not in allnodes:
+                            allnodes[cur] = None
+                            cur = par[cur]
             kids: dict[int, int] = {}
-            for n in allnodes.values():
-                if n[P] is not None:
-                    kids[id(n[P])] = kids.get(id(n[P]), 0) + 1
-            for n in allnodes.values():
-                assert n[C] == kids.get(id(n), 0), "kids count wrong"
-                assert n[C] > 0 or n[B] is not None, "value-less leaf not pruned"
-            nodes = list(allnodes.values())
+            for n in allnodes:
+                if par[n] != _ROOT:
+                    kids[par[n]] = kids.get(par[n], 0) + 1
+            for n in allnodes:
+                assert self._kids[n] == kids.get(n, 0), "kids count wrong"
+                assert self._kids[n] > 0 or bat[n] is not None, "value-less leaf not pruned"
+            slots = set(self._slots)
+            assert len(slots) == len(self._slots), "slot freed twice"
+            assert not slots & allnodes.keys(), "a live node's slot is free"
+            assert len(slots) + len(allnodes) == len(par), "slot leaked"
+            assert all(bat[s] is None for s in slots), "free slot holds a batch"
+            nodes = list(allnodes)
             self._store.check(nodes)
             for o in self._owners.values():
                 exact = sum(b.live * b.f for b in o.batches if b.counted)
@@ -753,7 +784,8 @@ class RadixTree(Generic[V]):
         else:
             f = 1.0
         if m:
-            olds = list(map(_BATCH, found))
+            bat = self._bat
+            olds = list(map(bat.__getitem__, found))
             b = olds[-1]
             k = olds.count(b)
             if b is not None and b.live == k:
@@ -779,14 +811,14 @@ class RadixTree(Generic[V]):
                     for x in set(olds):
                         if x is not b:
                             self._release(x, olds.count(x))
-                    _consume(map(setitem, found, _TWOS, repeat(b)), 0)
+                    _consume(map(bat.__setitem__, found, repeat(b)), 0)
             else:
                 b = _Batch(o, t, seq, f)
                 o.batches[b] = None
                 self._nbatches += 1
                 for x in set(olds):
                     self._release(x, olds.count(x))
-                _consume(map(setitem, found, _TWOS, repeat(b)), 0)
+                _consume(map(bat.__setitem__, found, repeat(b)), 0)
             b.counted = counted
             b.nodes = found
         else:
@@ -796,16 +828,42 @@ class RadixTree(Generic[V]):
             self._nbatches += 1
         if m < L:
             # New nodes, each with one child (the next) and the last with none.
-            parent: Node | None = found[-1] if m else None
-            p: Any = parent
-            new: list[Node] = []
-            append = new.append
-            for h in key[m:] if m else key:
-                p = [p, h, b, 1, None]
-                append(p)
-            p[C] = 0
-            if parent is not None:
-                parent[C] += 1
+            k = L - m
+            tail = key[m:] if m else key
+            parent = found[-1] if m else _ROOT
+            par = self._par
+            kids = self._kids
+            free = self._slots
+            if not free:
+                # Fresh slots at the end of the lists: C-level extends only.
+                start = len(par)
+                new = list(range(start, start + k))
+                par.append(parent)
+                par.extend(range(start, start + k - 1))
+                self._key.extend(tail)
+                self._bat.extend(repeat(b, k))
+                kids.extend(repeat(1, k))
+                kids[-1] = 0
+                self._tag.extend(repeat(None, k))
+            else:
+                new = free[-k:]
+                del free[-k:]
+                if len(new) < k:
+                    start = len(par)
+                    more = k - len(new)
+                    new.extend(range(start, start + more))
+                    par.extend(repeat(_ROOT, more))
+                    self._key.extend(repeat(0, more))
+                    self._bat.extend(repeat(None, more))
+                    kids.extend(repeat(0, more))
+                    self._tag.extend(repeat(None, more))
+                _consume(map(par.__setitem__, new, [parent, *new[:-1]]), 0)
+                _consume(map(self._key.__setitem__, new, tail), 0)
+                _consume(map(self._bat.__setitem__, new, repeat(b)), 0)
+                _consume(map(kids.__setitem__, new, repeat(1)), 0)
+                kids[new[-1]] = 0
+            if m:
+                kids[parent] += 1
             self._store.extend(parent, new, key, m)
             b.nodes.extend(new)
             self._len += L - m
@@ -846,12 +904,14 @@ class RadixTree(Generic[V]):
         if not ob.live:
             self._retire(ob)
         elif ob.live * 4 < len(ob.nodes) and len(ob.nodes) > 32:
-            ob.nodes = [n for n in ob.nodes if n[B] is ob]
+            bat = self._bat
+            ob.nodes = [n for n in ob.nodes if bat[n] is ob]
 
     def _match(self, nodes: list[Node], now: float) -> tuple[Any, int] | None:
         ttl = self._ttl
+        bat = self._bat
         for i in range(len(nodes) - 1, -1, -1):
-            b = nodes[i][B]
+            b = bat[nodes[i]]
             if b is not None and not (ttl > 0 and now - b.t > ttl):
                 return b.owner.value, i + 1
         return None
@@ -917,18 +977,24 @@ class RadixTree(Generic[V]):
 
     def _unset(self, n: Node) -> None:
         """Drop node ``n``'s value (its batch bookkeeping is the caller's) and prune."""
-        n[B] = None
+        bat = self._bat
+        kids = self._kids
+        bat[n] = None
         store = self._store
-        while n[C] == 0 and n[B] is None:
+        free = self._slots
+        while kids[n] == 0 and bat[n] is None:
             store.discard(n)
-            p = n[P]
-            if p is None:
+            self._tag[n] = None
+            free.append(n)
+            p = self._par[n]
+            if p == _ROOT:
                 break
-            p[C] -= 1
+            kids[p] -= 1
             n = p
 
     def _drop_batch(self, b: _Batch) -> int:
-        nodes = [n for n in b.nodes if n[B] is b]
+        bat = self._bat
+        nodes = [n for n in b.nodes if bat[n] is b]
         count = len(nodes)
         b.live = 0
         if b.counted:
@@ -963,6 +1029,8 @@ class RadixTree(Generic[V]):
         """Evict by (last_seen, depth, seq) until within the cap."""
         age = self._age
         cap = self._cap
+        bat = self._bat
+        par = self._par
         while self._len > cap and age:
             t, seq, b = heapq.heappop(age)
             if not b.live or b.seq != seq:
@@ -977,7 +1045,7 @@ class RadixTree(Generic[V]):
                 excess = self._len - cap
                 victims = []
                 for n in b.nodes:
-                    if n[B] is b:
+                    if bat[n] is b:
                         victims.append(n)
                         if len(victims) == excess:
                             break
@@ -998,18 +1066,18 @@ class RadixTree(Generic[V]):
             ordered: list[tuple[int, int, Node, _Batch]] = []
             for g in group:
                 for n in g.nodes:
-                    if n[B] is g:
+                    if bat[n] is g:
                         d = 0
                         cur = n
-                        while cur is not None:
+                        while cur != _ROOT:
                             d += 1
-                            cur = cur[P]
+                            cur = par[cur]
                         ordered.append((d, g.seq, n, g))
             ordered.sort(key=itemgetter(0, 1))
             for _d, _s, n, g in ordered:
                 if self._len <= cap:
                     break
-                if n[B] is not g:
+                if bat[n] is not g:
                     continue
                 g.live -= 1
                 self._len -= 1

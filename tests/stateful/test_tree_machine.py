@@ -203,10 +203,10 @@ def test_machine_catches_an_off_by_one_expiry(monkeypatch: pytest.MonkeyPatch) -
 
     from prefixcache._tree import RadixTree as Tree
 
-    def broken_match(self: Tree[str], nodes: list[list[object]], now: float) -> object:
+    def broken_match(self: Tree[str], nodes: list[int], now: float) -> object:
         ttl = self._ttl
         for i in range(len(nodes) - 1, -1, -1):
-            b = nodes[i][2]
+            b = self._bat[nodes[i]]  # nodes are slots into the tree's lists
             if b is not None and not (ttl > 0 and now - b.t >= ttl):  # type: ignore[attr-defined]
                 return b.owner.value, i + 1  # type: ignore[attr-defined]
         return None
