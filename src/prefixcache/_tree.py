@@ -836,10 +836,12 @@ class RadixTree(Generic[V]):
             free = self._slots
             if not free:
                 # Fresh slots at the end of the lists: C-level extends only.
+                # ``par`` shares the slot int objects held by the store, so the walk's parent
+                # check compares them by identity without dereferencing them.
                 start = len(par)
                 new = list(range(start, start + k))
                 par.append(parent)
-                par.extend(range(start, start + k - 1))
+                par.extend(new[:-1])
                 self._key.extend(tail)
                 self._bat.extend(repeat(b, k))
                 kids.extend(repeat(1, k))
