@@ -101,16 +101,38 @@ def order_cold(keys: Sequence[ReplicaKey], weights: Sequence[float]) -> tuple[Re
     return tuple(out)
 
 
-def _order_sorted(ks: list[ReplicaKey], ws: list[float]) -> tuple[ReplicaKey, ...]:
-    """:func:`order_cold` for keys already sorted by (node_id, replica)."""
+def _order_sorted(
+    ks: list[ReplicaKey], ws: list[float]
+) -> tuple[tuple[ReplicaKey, ...], list[int] | None]:
+    """:func:`order_cold` for keys already sorted by (node_id, replica), and the index
+    permutation it applied (``None`` when near-equal weights were tied)."""
     order = sorted(range(len(ws)), key=ws.__getitem__)
     prev = -1.0
     for i in order:
         w = ws[i]
         if w != prev and w - prev <= _REL * w and w != _INF:
-            return order_cold(ks, ws)
+            return order_cold(ks, ws), None
         prev = w
-    return tuple(map(ks.__getitem__, order))
+    return tuple(map(ks.__getitem__, order)), order
+
+
+def _still_sorted(order: list[int], ws: list[float]) -> bool:
+    """Whether ``order`` is exactly what :func:`_order_sorted` computes for ``ws``: strictly
+    increasing by (weight, index), so it is the stable sort's unique result, and without
+    near-equal neighbours. Weights move by a common factor between decisions, so the last
+    order usually still holds and the sort is skipped."""
+    prev = -1.0
+    pi = -1
+    for i in order:
+        w = ws[i]
+        if w == prev:
+            if i < pi:
+                return False
+        elif not w > prev or (w - prev <= _REL * w and w != _INF):
+            return False
+        prev = w
+        pi = i
+    return True
 
 
 def _group_key(p: tuple[float, tuple[str, int], ReplicaKey]) -> tuple[str, int]:
@@ -185,6 +207,8 @@ class Index:
             [],
             frozenset(),
         )
+        # (sorted key list, index permutation, cold order) of the last decide, if tie-free.
+        self._last_order: tuple[object, list[int], tuple[ReplicaKey, ...]] = (None, [], ())
 
     @property
     def config(self) -> Config:
@@ -240,7 +264,12 @@ class Index:
                 _bad_key(chain, 0)
             return _decision(None, 0.0, tuple(ks))
         owner, depth, weights = tree._decide(chain, ks, now)
-        cold = _order_sorted(ks, weights)
+        lo = self._last_order
+        if lo[0] is ks and _still_sorted(lo[1], weights):
+            cold = lo[2]
+        else:
+            cold, order = _order_sorted(ks, weights)
+            self._last_order = (ks, order, cold) if order is not None else (None, [], ())
         # Identity first (the owner is usually one of these very objects); ``in`` alone
         # would call the Python-level __eq__ of every other key.
         if owner is not None and (id(owner) in ids or owner in keys):
