@@ -118,13 +118,13 @@ class DatrieStore:
         self._walked: tuple[object, str] = (None, "")
         self._par: list[int] = []
         self.keys: list[int] = []
-        self._tags: list[Any] = []
+        # Node slot -> its trie id (int) once merged, or its encoded path (str) in the overlay.
+        self._tags: dict[int, Any] = {}
 
-    def bind(self, par: list[int], keys: list[int], tags: list[Any]) -> None:
-        """Share the tree's slot lists (parent slot, block hash, tag per node slot)."""
+    def bind(self, par: list[int], keys: list[int]) -> None:
+        """Share the tree's slot lists (parent slot and block hash per node slot)."""
         self._par = par
         self.keys = keys
-        self._tags = tags
 
     # A node's tag is its trie id (int) once merged, or its encoded path (str) in the overlay.
 
@@ -187,7 +187,7 @@ class DatrieStore:
         paths = list(accumulate(cs, add, initial=base))
         del paths[0]
         self._overlay.update(zip(paths, new, strict=True))
-        _consume(map(self._tags.__setitem__, new, paths), 0)
+        self._tags.update(zip(new, paths, strict=True))
 
     def _new_codes(self, k: int) -> list[str]:
         """The codes of the next ``k`` interned ids (``_code`` of each, built per run of
@@ -204,7 +204,7 @@ class DatrieStore:
         return out
 
     def discard(self, node: Node) -> None:
-        tag = self._tags[node]
+        tag = self._tags.pop(node)
         if type(tag) is str:
             del self._overlay[tag]
         else:
@@ -235,7 +235,7 @@ class DatrieStore:
         ids = range(len(by_id), len(by_id) + len(paths))
         _consume(map(trie.__setitem__, paths, ids), 0)
         by_id += nodes
-        _consume(map(self._tags.__setitem__, nodes, ids), 0)
+        self._tags.update(zip(nodes, ids, strict=True))
         self._live_ids += len(paths)
         self._overlay = {}
 
@@ -285,6 +285,7 @@ class DatrieStore:
         stored = [n for n in self._by_id if n is not None] + list(self._overlay.values())
         assert len(stored) == len(ids), "datrie store size differs from the tree's node count"
         assert all(n in ids for n in stored), "datrie store holds a node not in the tree"
+        assert self._tags.keys() == ids, "datrie store tags differ from its nodes"
         for s, n in self._overlay.items():
             assert self._tags[n] == s and self._path(n) == s, "overlay entry keyed wrongly"
         for i, x in enumerate(self._by_id):

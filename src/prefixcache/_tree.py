@@ -3,8 +3,8 @@
 Design (the *why*; the *what* is in :class:`RadixTree`'s docstring):
 
 * A node is an ``int`` *slot* into the tree's parallel lists ``par`` (parent slot, -1 at the
-  root), ``key`` (block hash), ``bat`` (batch or ``None``), ``kids`` (child count) and
-  ``tag`` (the lookup store's: the datrie store keeps its id or path there). No Python object
+  root), ``key`` (block hash), ``bat`` (batch or ``None``) and ``kids`` (child count); the
+  datrie store keeps its own slot -> id-or-path map. No Python object
   is created per node, so the cyclic GC has almost nothing new to track per insert (a
   5-slot list per node made it the largest cost after the walk); freed slots are recycled
   through a free list, so the lists are bounded by the peak node count.
@@ -38,6 +38,7 @@ from __future__ import annotations
 import heapq
 import math
 import threading
+from array import array
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from itertools import repeat
@@ -56,6 +57,7 @@ V = TypeVar("V", bound=Hashable)
 
 _ROOT = -1  # the parent slot of a depth-1 node
 _U64 = 1 << 64
+assert array("Q").itemsize == 8, "array 'Q' must hold exactly the uint64 range"
 _NO_BATCH = object()
 _ZEROS = repeat(0)
 _consume = deque
@@ -71,8 +73,8 @@ Node = int  # a slot (see the module docstring)
 class _Store(Protocol):
     """The node lookup structure: maps paths to node objects (see ``_DictStore``)."""
 
-    def bind(self, par: list[int], keys: list[int], tags: list[Any]) -> None:
-        """Share the tree's slot lists (mutated in place, never replaced)."""
+    def bind(self, par: list[int], keys: list[int]) -> None:
+        """Share the tree's parent and key slot lists (mutated in place, never replaced)."""
 
     def walk(self, key: Sequence[int]) -> list[Node]: ...
 
@@ -110,7 +112,7 @@ class _DictStore:
         self.par: list[int] = []
         self.keys: list[int] = []
 
-    def bind(self, par: list[int], keys: list[int], tags: list[Any]) -> None:
+    def bind(self, par: list[int], keys: list[int]) -> None:
         self.par = par
         self.keys = keys
 
@@ -257,13 +259,17 @@ def _bad_key(key: Sequence[Any], start: int) -> Sequence[int] | None:
 
     Every element's *type* is checked (a float or bool equal to a stored hash would otherwise
     walk like it: ``1.0 == 1`` and both hash alike), the range only for ``key[start:]`` (an
-    ``int`` equal to a stored hash is in range). One C-level pass: ~0.4 us for 24 blocks."""
+    ``int`` equal to a stored hash is in range): C-level passes, the range one by packing the
+    tail into an unsigned 64-bit ``array`` (which rejects exactly the out-of-range ints)."""
     n = len(key)
     if list(map(type, key)).count(int) == n:
         if start >= n:
             return None
-        tail = key[start:] if start else key
-        if min(tail) >= 0 and max(tail) < _U64:
+        try:
+            array("Q", key[start:] if start else key)
+        except OverflowError:
+            pass  # some int out of range: raised below
+        else:
             return None
     out: list[int] = []
     for h in key:
@@ -353,10 +359,9 @@ class RadixTree(Generic[V]):
         self._key: list[int] = []
         self._bat: list[_Batch | None] = []
         self._kids: list[int] = []
-        self._tag: list[Any] = []
         self._slots: list[int] = []
         self._store: _Store = _make_store(backend)
-        self._store.bind(self._par, self._key, self._tag)
+        self._store.bind(self._par, self._key)
         self._maintain = None if backend == "dict" else self._store.maintain
         self._lock = threading.RLock()
         self._owners: dict[Any, _Owner] = {}
@@ -521,7 +526,7 @@ class RadixTree(Generic[V]):
         thresholds in tests."""
         assert self._len == 0, "only an empty tree may change its store"
         self._store = store
-        store.bind(self._par, self._key, self._tag)
+        store.bind(self._par, self._key)
         self._maintain = None if isinstance(store, _DictStore) else store.maintain
 
     # ------------------------------------------------------- Index fast paths
@@ -846,7 +851,6 @@ class RadixTree(Generic[V]):
                 self._bat.extend(repeat(b, k))
                 kids.extend(repeat(1, k))
                 kids[-1] = 0
-                self._tag.extend(repeat(None, k))
             else:
                 new = free[-k:]
                 del free[-k:]
@@ -858,7 +862,6 @@ class RadixTree(Generic[V]):
                     self._key.extend(repeat(0, more))
                     self._bat.extend(repeat(None, more))
                     kids.extend(repeat(0, more))
-                    self._tag.extend(repeat(None, more))
                 _consume(map(par.__setitem__, new, [parent, *new[:-1]]), 0)
                 _consume(map(self._key.__setitem__, new, tail), 0)
                 _consume(map(self._bat.__setitem__, new, repeat(b)), 0)
@@ -902,7 +905,16 @@ class RadixTree(Generic[V]):
             return
         ob.live -= run
         if ob.counted:
-            self._adjust(ob.owner, -run * ob.f)
+            # _adjust(ob.owner, -run * ob.f) inlined.
+            o = ob.owner
+            ws = o.live_sum - run * ob.f
+            o.live_sum = ws
+            if self._hl > 0:
+                ops = o.ops = o.ops + 1
+                if ws > o.peak:
+                    o.peak = ws
+                if ops * o.peak > _DRIFT * ws:
+                    self._resum(o)
         if not ob.live:
             self._retire(ob)
         elif ob.live * 4 < len(ob.nodes) and len(ob.nodes) > 32:
@@ -986,7 +998,6 @@ class RadixTree(Generic[V]):
         free = self._slots
         while kids[n] == 0 and bat[n] is None:
             store.discard(n)
-            self._tag[n] = None
             free.append(n)
             p = self._par[n]
             if p == _ROOT:
