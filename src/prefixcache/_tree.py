@@ -119,8 +119,11 @@ class _DictStore:
     def walk(self, key: Sequence[int]) -> list[Node]:
         nodes: list[Any] = list(map(self.primary.get, key))
         free = True
-        if None in nodes:
+        try:
             cut = nodes.index(None)
+        except ValueError:
+            pass
+        else:
             free = nodes.count(None) == len(nodes) - cut
             del nodes[cut:]
         # Verify each hit's parent is the node found one level up (slots are ints).
@@ -543,11 +546,20 @@ class RadixTree(Generic[V]):
             if n:
                 store = self._store
                 nodes = store.walk(chain)
-                fixed = _bad_key(chain, len(nodes))
                 key = chain
-                if fixed is not None:
-                    key = fixed
-                    nodes = store.walk(fixed)
+                m = len(nodes)
+                # _bad_key's common case inlined: exact ints, the unmatched tail in range.
+                try:
+                    ok = list(map(type, chain)).count(int) == n and (
+                        m >= n or array("Q", chain[m:] if m else chain) is not None
+                    )
+                except OverflowError:
+                    ok = False
+                if not ok:
+                    fixed = _bad_key(chain, m)
+                    if fixed is not None:
+                        key = fixed
+                        nodes = store.walk(fixed)
             # Weights (the common case of _weights inlined). ``keys`` is Index's cached list
             # of candidate keys (never mutated), so its owners are reused until one changes.
             oc = self._owner_cache
