@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from sync_brokers import Broker, nats_server, redis_server
+from sync_brokers import Broker
 
 from prefixcache import AsyncUnsubscribe, MessageHandler
 from prefixcache.testing import InMemoryTransport, check_async_transport, check_transport
 from prefixcache.transports.nats import AsyncNatsTransport, NatsTransport
 from prefixcache.transports.redis import AsyncRedisTransport, RedisTransport
-
-
-@pytest.fixture
-def nats() -> Iterator[Broker]:
-    broker = nats_server()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-@pytest.fixture
-def redis() -> Iterator[Broker]:
-    broker = redis_server()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def test_in_memory_auto_delivery() -> None:

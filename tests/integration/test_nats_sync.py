@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
-from sync_brokers import Broker, converge_scenario, nats_server, restart_scenario, wait_until
+from sync_brokers import Broker, converge_scenario, restart_scenario, wait_until
 
 from prefixcache import Candidate, Index, ObserveEvent, ReplicaKey, Sync
 from prefixcache.testing import check_transport
 from prefixcache.transports.nats import AsyncNatsTransport, NatsTransport
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def nats() -> Iterator[Broker]:
-    broker = nats_server()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def test_conformance(nats: Broker) -> None:

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
-from sync_brokers import Broker, converge_scenario, redis_server, restart_scenario
+from sync_brokers import Broker, converge_scenario, restart_scenario
 
 from prefixcache import Candidate, Index, ReplicaKey, Sync
 from prefixcache.testing import check_transport
 from prefixcache.transports.redis import AsyncRedisTransport, RedisTransport
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def redis() -> Iterator[Broker]:
-    broker = redis_server()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def test_conformance(redis: Broker) -> None:
