@@ -26,6 +26,7 @@ Options: ``--quick`` (sizes up to 10^5, fewer rounds), ``--no-write``.
 from __future__ import annotations
 
 import gc
+import gzip
 import json
 import os
 import platform
@@ -39,10 +40,12 @@ from typing import Any
 
 import prefixcache
 from prefixcache import Candidate, Config, Index, ReplicaKey, select
+from prefixcache.replay import BUNDLED_TRACE
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TRACE = ROOT.parent / "shared" / "data" / "traces" / "mooncake_fast25_conversation_trace.jsonl"
+#: The Mooncake conversation trace bundled with the package (gzip JSON Lines).
+TRACE = BUNDLED_TRACE
 SEED = 20260101
 CHAIN_LEN = 16
 MODEL = "m"
@@ -269,7 +272,7 @@ def load_trace() -> tuple[list[tuple[int, ...]], list[float]]:
     mapping: dict[int, int] = {}
     chains: list[tuple[int, ...]] = []
     times: list[float] = []
-    with TRACE.open() as fh:
+    with gzip.open(TRACE, "rt") as fh:
         for line in fh:
             rec = json.loads(line)
             chain = []

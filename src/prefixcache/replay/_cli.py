@@ -25,9 +25,10 @@ from prefixcache.replay._trace import load_trace
 __all__ = ["BUNDLED_TRACE", "main"]
 
 BUNDLED_TRACE = (
-    Path(__file__).resolve().parents[3] / "data" / "mooncake_fast25_conversation_trace.jsonl.gz"
+    Path(__file__).resolve().parent / "data" / "mooncake_fast25_conversation_trace.jsonl.gz"
 )
-"""The Mooncake FAST'25 conversation trace shipped in the repository's ``data/``."""
+"""The Mooncake FAST'25 conversation trace shipped inside the package (``replay/data/``), so
+``clusterrouting-replay`` works after a plain ``pip install``."""
 
 
 def _cache_blocks(text: str) -> int | None:
