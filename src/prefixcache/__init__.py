@@ -54,6 +54,7 @@ from prefixcache._select import (
     select_peer,
 )
 from prefixcache._snapshot import (
+    MAX_SNAPSHOT_BYTES,
     Snapshot,
     SnapshotDecodeError,
     SnapshotEntry,
@@ -99,6 +100,7 @@ __all__ = [
     "KvCacheMirror",
     "MAX_EVENT_BYTES",
     "MAX_EVENT_CHAIN",
+    "MAX_SNAPSHOT_BYTES",
     "MAX_TOKEN_ID",
     "MessageHandler",
     "OBSERVE_SUBJECT",

@@ -50,6 +50,7 @@ from prefixcache._types import ReplicaKey
 
 __all__ = [
     "HOLE_OWNER",
+    "MAX_SNAPSHOT_BYTES",
     "Snapshot",
     "SnapshotDecodeError",
     "SnapshotEntry",
@@ -65,6 +66,8 @@ HOLE_OWNER: Final = ReplicaKey("\x00prefixcache-snapshot-hole", 0)
 
 _U64: Final = 1 << 64
 _MAX_SNAPSHOT_ENTRIES: Final = 10_000_000
+#: Largest snapshot payload :meth:`Snapshot.decode` parses by default (bytes).
+MAX_SNAPSHOT_BYTES: Final = 256 * 2**20
 
 
 class _Tree(Protocol):
@@ -181,12 +184,21 @@ class Snapshot:
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @classmethod
-    def decode(cls, payload: bytes) -> Snapshot:
+    def decode(cls, payload: bytes, *, max_bytes: int = MAX_SNAPSHOT_BYTES) -> Snapshot:
         """Parse :meth:`encode` output.
 
+        ``max_bytes`` bounds the payload before it is parsed (default
+        :data:`MAX_SNAPSHOT_BYTES`, 256 MiB: a few million entries), so a hostile or corrupt
+        peer cannot make the receiver allocate without limit.
+
         Raises:
-            SnapshotDecodeError: not UTF-8 JSON of that shape, or a field is invalid.
+            SnapshotDecodeError: larger than ``max_bytes``, not UTF-8 JSON of that shape, or a
+                field is invalid.
         """
+        if len(payload) > max_bytes:
+            raise SnapshotDecodeError(
+                "<payload>", f"{len(payload)} bytes is larger than max_bytes={max_bytes}"
+            )
         try:
             doc = json.loads(bytes(payload).decode("utf-8"))
         except (ValueError, RecursionError) as exc:

@@ -206,3 +206,13 @@ def test_a_late_joiner_that_applies_a_snapshot_answers_like_the_others() -> None
     early[2].observe("m", (4, 5, 6), K1, clock())
     assert late.decide("m", (4, 5, 6), CANDS, clock()).hot == K1
     assert late.digests() == early[0].digests()
+
+
+def test_decode_refuses_a_payload_over_max_bytes_before_parsing() -> None:
+    from prefixcache import MAX_SNAPSHOT_BYTES, Snapshot, SnapshotDecodeError
+
+    ok = Snapshot.decode(b'{"version": 1, "models": [], "entries": []}')
+    assert ok.entries == ()
+    with pytest.raises(SnapshotDecodeError, match="max_bytes"):
+        Snapshot.decode(b" " * 100 + b'{"version": 1, "models": [], "entries": []}', max_bytes=64)
+    assert MAX_SNAPSHOT_BYTES == 256 * 2**20
