@@ -19,6 +19,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict src
+	$(VENV)/bin/mypy --strict --explicit-package-bases -p examples.gateway
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest
