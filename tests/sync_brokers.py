@@ -7,13 +7,22 @@ started on a free port, awaited with a bounded deadline, and always killed by th
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-__all__ = ["Broker", "free_port", "nats_server", "redis_server", "wait_until"]
+__all__ = [
+    "Broker",
+    "async_host_scenario",
+    "free_port",
+    "nats_server",
+    "redis_server",
+    "wait_until",
+]
 
 
 def free_port() -> int:
@@ -198,3 +207,43 @@ def restart_scenario(
     finally:
         ta.close()  # type: ignore[attr-defined]
         tb.close()  # type: ignore[attr-defined]
+
+
+def async_host_scenario(connect: Callable[[], Awaitable[Any]]) -> None:
+    """Two asyncio routers on one loop, each with an ``AsyncTransport`` from ``connect``.
+
+    Checks ``Sync.attach_async`` (the transport becomes the publisher), an invalidation and an
+    observation crossing the broker with async publishers (``flush``), the counters, and a
+    clean detach and close.
+    """
+
+    async def main() -> None:
+        from prefixcache import Candidate, Index, ReplicaKey, Sync
+
+        ta = await connect()
+        tb = await connect()
+        a, b = Sync(Index(), clock=time.time), Sync(Index(), clock=time.time)
+        try:
+            await a.attach_async(ta)
+            detach_b = await b.attach_async(tb)
+            assert a.publisher is ta
+            b.invalidate_node("m", "n1")
+            a.observe("m", (5, 6), ReplicaKey("n1"), time.time())
+            await a.flush()
+            cands = [Candidate(ReplicaKey("n1"))]
+            deadline = time.monotonic() + 15
+            while b.decide("m", (5, 6), cands, time.time()).hot is None:
+                assert time.monotonic() < deadline, "not delivered"
+                await asyncio.sleep(0.01)
+            await b.flush()
+            deadline = time.monotonic() + 15
+            while a.stats().applied_invalidate < 1:
+                assert time.monotonic() < deadline, "invalidation not delivered"
+                await asyncio.sleep(0.01)
+            assert a.stats().published == 1 and b.stats().published == 1
+            await detach_b()
+        finally:
+            await ta.close()
+            await tb.close()
+
+    asyncio.run(main())

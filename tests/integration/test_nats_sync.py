@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
-from sync_brokers import Broker, converge_scenario, restart_scenario, wait_until
+from sync_brokers import (
+    Broker,
+    async_host_scenario,
+    converge_scenario,
+    restart_scenario,
+    wait_until,
+)
 
 from prefixcache import Candidate, Index, ObserveEvent, ReplicaKey, Sync
 from prefixcache.testing import check_transport
@@ -58,27 +63,5 @@ def test_reference_format_interop(nats: Broker) -> None:
 
 
 def test_asyncio_host(nats: Broker) -> None:
-    """AsyncNatsTransport with Sync.attach_async and an async publisher on one loop."""
-
-    async def main() -> None:
-        ta = await AsyncNatsTransport.connect(nats.url)
-        tb = await AsyncNatsTransport.connect(nats.url)
-        a, b = Sync(Index(), clock=time.time), Sync(Index(), clock=time.time)
-        try:
-            await a.attach_async(ta)
-            detach_b = await b.attach_async(tb)
-            assert a.publisher is ta
-            a.observe("m", (5, 6), ReplicaKey("n1"), time.time())
-            await a.flush()
-            cands = [Candidate(ReplicaKey("n1"))]
-            deadline = time.monotonic() + 15
-            while b.decide("m", (5, 6), cands, time.time()).hot is None:
-                assert time.monotonic() < deadline, "not delivered"
-                await asyncio.sleep(0.01)
-            assert a.stats().published == 1
-            await detach_b()
-        finally:
-            await ta.close()
-            await tb.close()
-
-    asyncio.run(main())
+    """AsyncNatsTransport with Sync.attach_async and async publishers on one loop."""
+    async_host_scenario(lambda: AsyncNatsTransport.connect(nats.url))

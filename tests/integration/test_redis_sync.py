@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
-from sync_brokers import Broker, converge_scenario, restart_scenario
+from sync_brokers import Broker, async_host_scenario, converge_scenario, restart_scenario
 
-from prefixcache import Candidate, Index, ReplicaKey, Sync
 from prefixcache.testing import check_transport
 from prefixcache.transports.redis import AsyncRedisTransport, RedisTransport
 
@@ -53,25 +51,5 @@ def test_own_messages_are_not_echoed(redis: Broker) -> None:
 
 
 def test_asyncio_host(redis: Broker) -> None:
-    async def main() -> None:
-        ta = await AsyncRedisTransport.connect(redis.url)
-        tb = await AsyncRedisTransport.connect(redis.url)
-        a, b = Sync(Index(), clock=time.time), Sync(Index(), clock=time.time)
-        try:
-            await a.attach_async(ta)
-            await b.attach_async(tb)
-            b.invalidate_node("m", "n1")
-            a.observe("m", (5, 6), ReplicaKey("n1"), time.time())
-            await a.flush()
-            cands = [Candidate(ReplicaKey("n1"))]
-            deadline = time.monotonic() + 15
-            while b.decide("m", (5, 6), cands, time.time()).hot is None:
-                assert time.monotonic() < deadline, "not delivered"
-                await asyncio.sleep(0.01)
-            await b.flush()
-            assert a.stats().applied_invalidate == 1
-        finally:
-            await ta.close()
-            await tb.close()
-
-    asyncio.run(main())
+    """AsyncRedisTransport with Sync.attach_async and async publishers on one loop."""
+    async_host_scenario(lambda: AsyncRedisTransport.connect(redis.url))
