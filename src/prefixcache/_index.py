@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
-from operator import attrgetter
+from operator import attrgetter, sub
 from typing import Protocol, runtime_checkable
 
 from clusterrouting import InvalidRecordError
@@ -17,8 +17,11 @@ __all__ = ["Index", "Provider", "order_cold"]
 
 #: Weights within this relative distance are equal for every ordering decision (SPEC).
 _REL = 1e-9
+#: Gaps above this fraction of the largest value keep every scaled gap above _REL.
+_GAP = 2e-9
 _INF = math.inf  # an inf weight (see RadixTree.weight) ties only with inf, as math.isclose
 _KEY = attrgetter("key")
+_sub = sub
 _NODE_REPLICA = attrgetter("node_id", "replica")
 _new = object.__new__
 # The slot descriptors of the (frozen, slotted) record: set in C, bypassing validators.
@@ -101,38 +104,20 @@ def order_cold(keys: Sequence[ReplicaKey], weights: Sequence[float]) -> tuple[Re
     return tuple(out)
 
 
-def _order_sorted(
-    ks: list[ReplicaKey], ws: list[float]
-) -> tuple[tuple[ReplicaKey, ...], list[int] | None]:
-    """:func:`order_cold` for keys already sorted by (node_id, replica), and the index
-    permutation it applied (``None`` when near-equal weights were tied)."""
+def _order_sorted(ks: list[ReplicaKey], ws: list[float]) -> tuple[ReplicaKey, ...]:
+    """:func:`order_cold` for keys already sorted by (node_id, replica), in C-level passes.
+
+    The stable sort by weight alone breaks exact ties by (node_id, replica). When every gap
+    between neighbouring sorted weights exceeds ``1e-9`` times the largest weight, no two
+    distinct weights are near-equal (``w - prev <= 1e-9 * w`` needs a gap at most ``1e-9 *
+    w``), so that sort is the answer; otherwise (near or exact ties, infinities, fewer
+    than two keys excluded) :func:`order_cold` applies the full rule."""
     order = sorted(range(len(ws)), key=ws.__getitem__)
-    prev = -1.0
-    for i in order:
-        w = ws[i]
-        if w != prev and w - prev <= _REL * w and w != _INF:
-            return order_cold(ks, ws), None
-        prev = w
-    return tuple(map(ks.__getitem__, order)), order
-
-
-def _still_sorted(order: list[int], ws: list[float]) -> bool:
-    """Whether ``order`` is exactly what :func:`_order_sorted` computes for ``ws``: strictly
-    increasing by (weight, index), so it is the stable sort's unique result, and without
-    near-equal neighbours. Weights move by a common factor between decisions, so the last
-    order usually still holds and the sort is skipped."""
-    prev = -1.0
-    pi = -1
-    for i in order:
-        w = ws[i]
-        if w == prev:
-            if i < pi:
-                return False
-        elif not w > prev or (w - prev <= _REL * w and w != _INF):
-            return False
-        prev = w
-        pi = i
-    return True
+    if len(order) > 1:
+        sw = sorted(ws)
+        if not min(map(_sub, sw[1:], sw)) > _REL * sw[-1]:
+            return order_cold(ks, ws)
+    return tuple(map(ks.__getitem__, order))
 
 
 def _group_key(p: tuple[float, tuple[str, int], ReplicaKey]) -> tuple[str, int]:
@@ -207,8 +192,6 @@ class Index:
             [],
             frozenset(),
         )
-        # (sorted key list, index permutation, cold order) of the last decide, if tie-free.
-        self._last_order: tuple[object, list[int], tuple[ReplicaKey, ...]] = (None, [], ())
 
     @property
     def config(self) -> Config:
@@ -263,13 +246,20 @@ class Index:
             if len(chain):
                 _bad_key(chain, 0)
             return _decision(None, 0.0, tuple(ks))
-        owner, depth, weights = tree._decide(chain, ks, now)
-        lo = self._last_order
-        if lo[0] is ks and _still_sorted(lo[1], weights):
-            cold = lo[2]
+        owner, depth, vals, scale = tree._decide(chain, ks, now)
+        # Order by the unscaled values when every gap between neighbours exceeds 2e-9 of
+        # the largest (the scaled weights then keep that order with gaps above 1e-9: no
+        # near-ties, see order_cold) and the scaled range stays normal; else scale and
+        # apply the full rule.
+        sv = sorted(vals)
+        if (
+            len(sv) > 1
+            and min(map(_sub, sv[1:], sv)) > _GAP * sv[-1]
+            and 1e-290 <= sv[-1] * scale <= 1e290
+        ):
+            cold = tuple(map(ks.__getitem__, sorted(range(len(vals)), key=vals.__getitem__)))
         else:
-            cold, order = _order_sorted(ks, weights)
-            self._last_order = (ks, order, cold) if order is not None else (None, [], ())
+            cold = _order_sorted(ks, vals if scale == 1.0 else list(map(scale.__mul__, vals)))
         # Identity first (the owner is usually one of these very objects); ``in`` alone
         # would call the Python-level __eq__ of every other key.
         if owner is not None and (id(owner) in ids or owner in keys):

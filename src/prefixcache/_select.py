@@ -12,6 +12,7 @@ import bisect
 import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from operator import attrgetter
 from typing import Protocol
 
 import attrs
@@ -28,6 +29,10 @@ from prefixcache._config import DEFAULT_CONFIG, Config
 from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
 
 __all__ = ["DecisionProvider", "Pressure", "affinity_preferred", "select", "select_peer"]
+
+
+_IN_FLIGHT = attrgetter("in_flight")
+_KEY = attrgetter("key")
 
 
 def _least_loaded_item(item: tuple[ReplicaKey, int]) -> tuple[int, str, int]:
@@ -89,27 +94,24 @@ def select(
     # eligible or none (slack >= 0 is guaranteed by Config; the relative guard is tested as
     # written, an infinite factor times 0 being NaN) and duplicates do not matter; tiers 1
     # and 2 then need only key membership, no load map.
-    f0 = candidates[0].in_flight
-    for c in candidates:
-        if c.in_flight != f0:
-            break
-    else:
-        if f0 <= f0 * config.balance_rel_threshold + 1:
-            keys = [c.key for c in candidates]
-            # Membership by identity first (the decision's keys are usually the candidates'
-            # own objects): ``in`` would call the Python-level __eq__ on every other key.
-            ids = list(map(id, keys))
-            hot = decision.hot
-            if (
-                hot is not None
-                and decision.match_ratio >= config.min_prefix_match
-                and (id(hot) in ids or hot in keys)
-            ):
-                return hot
-            for key in decision.cold_order:
-                if id(key) in ids or key in keys:
-                    return key
-    min_if = min(c.in_flight for c in candidates)
+    flights = list(map(_IN_FLIGHT, candidates))
+    f0 = flights[0]
+    if flights.count(f0) == len(flights) and f0 <= f0 * config.balance_rel_threshold + 1:
+        keys = list(map(_KEY, candidates))
+        # Membership by identity first (the decision's keys are usually the candidates'
+        # own objects): ``in`` would call the Python-level __eq__ on every other key.
+        ids = list(map(id, keys))
+        hot = decision.hot
+        if (
+            hot is not None
+            and decision.match_ratio >= config.min_prefix_match
+            and (id(hot) in ids or hot in keys)
+        ):
+            return hot
+        for key in decision.cold_order:
+            if id(key) in ids or key in keys:
+                return key
+    min_if = min(flights)
     slack = config.balance_abs_threshold
     factor = config.balance_rel_threshold
     # Eligible keys with their least eligible in-flight count: a key listed several times

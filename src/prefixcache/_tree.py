@@ -41,8 +41,8 @@ import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from itertools import repeat
-from operator import attrgetter, itemgetter
+from itertools import compress, repeat
+from operator import attrgetter, is_, itemgetter
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from clusterrouting import InvalidRecordError
@@ -56,6 +56,10 @@ DEFAULT_BACKEND: Backend = "dict"
 V = TypeVar("V", bound=Hashable)
 
 _ROOT = -1  # the parent slot of a depth-1 node
+# What a walk's lookups return for an absent hash: an int, so that finding the first miss
+# compares ints (``None`` against an int slot takes Python's slow reflected comparison).
+_MISS = -2
+_MISSES = repeat(_MISS)
 _U64 = 1 << 64
 assert array("Q").itemsize == 8, "array 'Q' must hold exactly the uint64 range"
 _NO_BATCH = object()
@@ -117,14 +121,14 @@ class _DictStore:
         self.keys = keys
 
     def walk(self, key: Sequence[int]) -> list[Node]:
-        nodes: list[Any] = list(map(self.primary.get, key))
+        nodes: list[Any] = list(map(self.primary.get, key, _MISSES))
         free = True
         try:
-            cut = nodes.index(None)
+            cut = nodes.index(_MISS)
         except ValueError:
             pass
         else:
-            free = nodes.count(None) == len(nodes) - cut
+            free = nodes.count(_MISS) == len(nodes) - cut
             del nodes[cut:]
         # Verify each hit's parent is the node found one level up (slots are ints).
         par = self.par
@@ -176,14 +180,21 @@ class _DictStore:
             before = len(primary)
             primary.update(zip(keys, new, strict=True))
             if len(primary) - before != len(new):
-                # The same hash twice in the tail: the deeper node won the slot.
-                for n in new:
-                    if primary[karr[n]] != n:
-                        self.fallback[(par[n], karr[n])] = n
+                self._repair(new)
             return
         setdefault = primary.setdefault
         for n in new:
             if setdefault(karr[n], n) != n:
+                self.fallback[(par[n], karr[n])] = n
+
+    def _repair(self, new: list[Node]) -> None:
+        """After ``primary.update`` of a tail holding the same hash twice (the deeper node
+        won the slot): the others go to the fallback map."""
+        primary = self.primary
+        karr = self.keys
+        par = self.par
+        for n in new:
+            if primary[karr[n]] != n:
                 self.fallback[(par[n], karr[n])] = n
 
     def discard(self, node: Node) -> None:
@@ -380,6 +391,7 @@ class RadixTree(Generic[V]):
         # ... except those pushed in time order, which queue here (FIFO pops are O(1)).
         self._expq: deque[tuple[float, int, _Batch]] = deque()
         self._nbatches = 0
+        self._tick = 32  # inserts until the next stale-entry check of the heaps
         self._t0 = 0.0  # weight origin shared by every owner (see _term)
         self._exact_only = False
         self._tiny = False  # some weight term is < 2**-400: check sums for tiny values
@@ -535,19 +547,50 @@ class RadixTree(Generic[V]):
     # ------------------------------------------------------- Index fast paths
     def _decide(
         self, chain: Sequence[int], keys: Sequence[Any], now: float
-    ) -> tuple[Any, int, list[float]]:
-        """One locked call for ``Index.decide``: ``(owner or None, depth, weights)``. The walk
-        of a tuple chain is remembered so that ``_observe`` of the same object can reuse it
-        (tuples cannot change in between; the mutation counter guards the tree)."""
+    ) -> tuple[Any, int, list[float], float]:
+        """One locked call for ``Index.decide``: ``(owner or None, depth, values, scale)``,
+        the candidates' weights being ``values[i] * scale`` (``scale`` is 1.0 when the
+        values are the weights themselves: no half-life, or an exact-sum path). Returning
+        the owners' sums and the common decay factor unmultiplied lets the caller order
+        them without building the weights in the common case.
+
+        The walk of a tuple chain is remembered so that ``_observe`` of the same object can
+        reuse it (tuples cannot change in between; the mutation counter guards the tree)."""
         with self._lock:
             if type(now) is not float or now != now:
                 now = _check_time("now", now)
             n = len(chain)
             if n:
                 store = self._store
-                nodes = store.walk(chain)
+                if self._maintain is None:
+                    # _DictStore.walk inlined (the dict backend's hot path).
+                    nodes: list[Any] = list(map(store.primary.get, chain, _MISSES))  # type: ignore[attr-defined]
+                    m = n
+                    if _MISS in nodes:
+                        m = nodes.index(_MISS)
+                        free = nodes.count(_MISS) == n - m
+                        del nodes[m:]
+                    else:
+                        free = True
+                    if m:
+                        par = self._par
+                        if par[nodes[0]] != _ROOT or (
+                            m > 1 and list(map(par.__getitem__, nodes[1:])) != nodes[:-1]
+                        ):
+                            nodes = store.walk(chain)
+                            m = len(nodes)
+                            free = False
+                    if m < n and store.fallback:  # type: ignore[attr-defined]
+                        nodes = store.walk(chain)
+                        m = len(nodes)
+                    elif free:
+                        store._free = (chain, m)  # type: ignore[attr-defined]
+                    else:
+                        store._free = None  # type: ignore[attr-defined]
+                else:
+                    nodes = store.walk(chain)
+                    m = len(nodes)
                 key = chain
-                m = len(nodes)
                 # _bad_key's common case inlined: exact ints, the unmatched tail in range.
                 try:
                     ok = list(map(type, chain)).count(int) == n and (
@@ -574,38 +617,35 @@ class RadixTree(Generic[V]):
                     ]
                 self._owner_cache = (keys, self._ogen, owners)
             w = self._w
+            scale = 1.0
             if now > w:
                 self._advance(now)
-                weights = None
+                vals = None
             elif now < w or self._exact_only:
-                weights = [0.0 if o is None else self._exact(o, now) for o in owners]
+                vals = [0.0 if o is None else self._exact(o, now) for o in owners]
             else:
-                weights = None
-            if weights is None:
+                vals = None
+            if vals is None:
                 hl = self._hl
                 if None in owners:
-                    sums = [0.0 if o is None else o.live_sum for o in owners]
+                    vals = [0.0 if o is None else o.live_sum for o in owners]
                 else:
-                    sums = list(map(_LIVE_SUM, owners))
-                if hl <= 0:
-                    weights = sums
-                else:
+                    vals = list(map(_LIVE_SUM, owners))
+                if hl > 0:
                     e = (self._t0 - now) / hl
                     if self._tiny or not -_EXACT_EXP < e < _EXACT_EXP:
-                        weights = [
+                        vals = [
                             0.0
                             if o is None
                             else (
-                                s * 2.0**e
-                                if s > 1e-150 and e < _EXACT_EXP
-                                else self._exact(o, now)
+                                s * 2.0**e if s > 1e-150 and e < _EXACT_EXP else self._exact(o, now)
                             )
-                            for o, s in zip(owners, sums, strict=True)
+                            for o, s in zip(owners, vals, strict=True)
                         ]
                     else:
-                        weights = list(map((2.0**e).__mul__, sums))
+                        scale = 2.0**e
             if not n:
-                return None, 0, weights
+                return None, 0, vals, scale
             if type(chain) is tuple:
                 self._walk_cache = (chain, nodes, self.version, key)
             ttl = self._ttl
@@ -613,8 +653,8 @@ class RadixTree(Generic[V]):
             for i in range(len(nodes) - 1, -1, -1):
                 b = bat[nodes[i]]
                 if b is not None and not (ttl > 0 and now - b.t > ttl):
-                    return b.owner.value, i + 1, weights
-            return None, 0, weights
+                    return b.owner.value, i + 1, vals, scale
+            return None, 0, vals, scale
 
     def _observe(self, chain: Sequence[int], value: Any, now: float) -> bool:
         """``insert`` for ``Index.observe``; returns False iff the chain's full-depth longest
@@ -833,8 +873,27 @@ class RadixTree(Generic[V]):
                 b = _Batch(o, t, seq, f)
                 o.batches[b] = None
                 self._nbatches += 1
+                hl_on = hl > 0
                 for x in set(olds):
-                    self._release(x, olds.count(x))
+                    # _release(x, run) inlined for the common case.
+                    if x is None:
+                        self._len += olds.count(x)
+                        continue
+                    run = olds.count(x)
+                    live = x.live = x.live - run
+                    if x.counted:
+                        xo = x.owner
+                        ws = xo.live_sum - run * x.f
+                        xo.live_sum = ws
+                        if hl_on:
+                            ops = xo.ops = xo.ops + 1
+                            if ops * xo.peak > _DRIFT * ws:
+                                self._resum(xo)
+                    if not live:
+                        self._retire(x)
+                    elif live * 4 < len(x.nodes) and len(x.nodes) > 32:
+                        xn = x.nodes
+                        x.nodes = list(compress(xn, map(is_, map(bat.__getitem__, xn), repeat(x))))
                 _consume(map(bat.__setitem__, found, repeat(b)), 0)
             b.counted = counted
             b.nodes = found
@@ -881,7 +940,18 @@ class RadixTree(Generic[V]):
                 kids[new[-1]] = 0
             if m:
                 kids[parent] += 1
-            self._store.extend(parent, new, key, m)
+            store = self._store
+            free_walk = store._free if self._maintain is None else None  # type: ignore[attr-defined]
+            if free_walk is not None and free_walk[0] is key and free_walk[1] == m:
+                # _DictStore.extend's common case inlined: the walk saw none of the tail.
+                store._free = None  # type: ignore[attr-defined]
+                primary = store.primary  # type: ignore[attr-defined]
+                before = len(primary)
+                primary.update(zip(tail, new, strict=True))
+                if len(primary) - before != k:
+                    store._repair(new)  # type: ignore[attr-defined]
+            else:
+                store.extend(parent, new, key, m)
             b.nodes.extend(new)
             self._len += L - m
         b.live = L
@@ -903,8 +973,12 @@ class RadixTree(Generic[V]):
                 q.append(entry)  # in time order (seq grows): a FIFO, O(1) pops
             else:
                 heapq.heappush(self._exp, entry)
-        if len(self._age) + len(self._exp) + len(self._expq) > 4 * self._nbatches + 128:
-            self._compact_heaps()
+        # Heaps are checked for stale entries every 32 inserts (at most 64 entries late).
+        tick = self._tick = self._tick - 1
+        if not tick:
+            self._tick = 32
+            if len(self._age) + len(self._exp) + len(self._expq) > 4 * self._nbatches + 128:
+                self._compact_heaps()
         if self._cap and self._len > self._cap:
             self._evict_lru()
         if self._maintain is not None:
@@ -930,8 +1004,10 @@ class RadixTree(Generic[V]):
         if not ob.live:
             self._retire(ob)
         elif ob.live * 4 < len(ob.nodes) and len(ob.nodes) > 32:
-            bat = self._bat
-            ob.nodes = [n for n in ob.nodes if bat[n] is ob]
+            nodes = ob.nodes
+            ob.nodes = list(
+                compress(nodes, map(is_, map(self._bat.__getitem__, nodes), repeat(ob)))
+            )
 
     def _match(self, nodes: list[Node], now: float) -> tuple[Any, int] | None:
         ttl = self._ttl
@@ -1046,9 +1122,7 @@ class RadixTree(Generic[V]):
         heapq.heapify(self._age)
         self._exp = [e for e in self._exp if e[2].counted and e[2].live and e[2].seq == e[1]]
         heapq.heapify(self._exp)
-        self._expq = deque(
-            e for e in self._expq if e[2].counted and e[2].live and e[2].seq == e[1]
-        )
+        self._expq = deque(e for e in self._expq if e[2].counted and e[2].live and e[2].seq == e[1])
 
     def _evict_lru(self) -> None:
         """Evict by (last_seen, depth, seq) until within the cap."""

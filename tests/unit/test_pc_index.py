@@ -143,3 +143,38 @@ def test_a_rejected_chain_creates_no_tree() -> None:
         with pytest.raises(InvalidRecordError):
             ix.observe("m", (1, 2**64), ReplicaKey("a"), 0.0)
         assert ix.models() == frozenset()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "gap",
+    # Not exactly 1e-9: there the answer rests on the last bit of each weight, which SPEC
+    # lets differ from the naive sum (1e-9 relative).
+    [0.0, 1e-12, 0.5e-9, 0.999e-9, 1.001e-9, 1.5e-9, 1.999e-9, 2.0e-9, 2.001e-9, 2.5e-9, 1e-6],
+)
+def test_cold_order_matches_reference_around_the_near_tie_boundary(
+    backend: str, gap: float
+) -> None:
+    # Two owners whose weights differ by about ``gap`` relative (b's entry is written later,
+    # so it decays less): decide orders by the unscaled sums only when every gap exceeds
+    # 2e-9 and otherwise applies order_cold's rule; both must equal the reference's answer.
+    import math
+
+    cfg = Config(ttl=1e9, half_life=1.0)
+    dt = math.log2(1.0 + gap)
+    keys = [ReplicaKey("z"), ReplicaKey("a"), ReplicaKey("m")]
+    ix = Index(cfg, backend=backend)  # type: ignore[arg-type]
+    ref = ReferenceIndex(cfg)
+    for p in (ix, ref):
+        p.observe("m", (1, 2), keys[0], 0.0)
+        p.observe("m", (3, 4), keys[1], dt)
+        p.observe("m", (5,), keys[2], 0.0)  # half z's weight: the pair holds the largest
+    cands = [Candidate(k) for k in keys]
+    for now in (5.0, 40.0):
+        got = ix.decide("m", (9,), cands, now)
+        assert got == ref.decide("m", (9,), cands, now)
+        order = [k.node_id for k in got.cold_order]
+        if gap > 1.01e-9:
+            assert order == ["m", "z", "a"]  # distinct weights: ascending
+        elif gap < 0.99e-9:
+            assert order == ["m", "a", "z"]  # near-equal or equal: by node id
