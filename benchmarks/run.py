@@ -18,7 +18,10 @@ Sections:
    (walk while present, then write every block).
 3. The chain-hashing benchmarks of ``benchmarks/bench_chain.py`` when present.
 
-Options: ``--quick`` (sizes up to 10^5, fewer rounds), ``--no-write``.
+4. *Ceiling*: ``benchmarks/ceiling.py``, the routing loop fused into one function over the
+   dict backend's node layout, against the floor and ``Index[dict]`` in the same run.
+
+Options: ``--quick`` (sizes up to 10^5, fewer rounds), ``--no-write``, ``--no-ceiling``.
 """
 
 # The timed closures run inside the iteration that defines them, so late binding is fine.
@@ -463,6 +466,7 @@ def to_markdown(
     chain_md: str,
     wall_s: float,
     replay_md: str = "",
+    ceiling_md: str = "",
 ) -> str:
     out = ["# Benchmark results", ""]
     out.append(
@@ -501,6 +505,11 @@ def to_markdown(
             f"{r['stored_nodes']} |"
         )
     out.append("")
+    if ceiling_md:
+        out.append("### What the node layout allows: a fused loop")
+        out.append("")
+        out.append(ceiling_md)
+        out.append("")
     out.append("## Scale: per-call rates at 10^3..10^6 stored entries")
     out.append("")
     out.append(
@@ -593,7 +602,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         except Exception as exc:  # keep the index results even if P2's script breaks
             chain_md = f"(bench_chain.py failed: {exc!r})"
     replay_md = "" if "--no-replay" in args else bench_replay(1 if quick else 3, print)
-    text = to_markdown(info, scale, routing, chain_md, time.perf_counter() - t0, replay_md)
+    ceiling_md = ""
+    if "--no-ceiling" not in args:
+        import ceiling
+
+        ceiling_md = ceiling.to_markdown(ceiling.measure(3 if quick else 7))
+        print(ceiling_md)
+    text = to_markdown(
+        info, scale, routing, chain_md, time.perf_counter() - t0, replay_md, ceiling_md
+    )
     if write:
         (HERE / "RESULTS.md").write_text(text + "\n")
     print(text)
