@@ -1,41 +1,75 @@
 """The ``datrie`` node store of :class:`prefixcache.RadixTree` (``backend="datrie"``).
 
 This is the only module that imports :mod:`datrie`; it owns the key encoding and validates
-every key before a write. How each measured fact about datrie 0.8.3 is handled:
+every key before a write.
+
+**Runs (path compression).** The tree's nodes are grouped into *runs*: chains ``n0 -> n1 ->
+...`` (each the parent of the next), every node in exactly one run; a run keeps its node slots
+and their block hashes in two lists. ``extend`` under a node that is the last of its run
+appends the new nodes to that run (a conversation's next turn); under a mid-run node or the
+root the new chain becomes a new run. Only a run's *start* is ever a trie key, so the trie
+sees one write per run, not per node. Every child of a run's last node, and every child of a
+mid-run node other than the run's next node, is a run start; so a lookup (``walk``) finds the
+run starting at ``(root, key[0])``, follows it as far as the key's hashes match (a C-level
+longest common prefix, node lists built by slicing), then looks up the run starting at
+``(deepest matched node, next hash)``, and so on: one store lookup per run on the path, none
+per node. ``discard`` only ever removes a leaf, which is its run's last node: the run
+shrinks, and once empty it is dead.
+
+**Run start keys.** A run start's block hash is *interned* to a sequential id, written as a
+fixed-width code (most significant digit first) of ``_WIDTH`` characters. Its trie key is that
+code (the *primary* key of the hash) unless a live run already holds it, else the code
+followed by the code of its parent slot (a *fallback* key): flat keys of 4 or 8
+characters, exact for any uint64 sequences (chains never need a fallback). A lookup of
+``(parent, hash)`` tries the primary key and accepts it only if the run's first node has that
+parent, then the fallback key.
+
+How each measured fact about datrie 0.8.3 is handled:
 
 * **At most 255 alphabet symbols (more is remapped, then aborts); chr(0) truncates and merges
-  keys.** The alphabet is exactly ``chr(1)..chr(255)`` (255 symbols, no chr(0)). Every block
-  hash is *interned* to a small integer id, written as a fixed-width code of ``_WIDTH``
-  characters over that alphabet; a path is the concatenation of its codes.
+  keys.** The alphabet is exactly ``chr(1)..chr(255)`` (255 symbols, no chr(0)); codes are
+  base-255 digits over it.
 * **Characters outside the alphabet are dropped silently; ``__setitem__`` ignores failures.**
   Codes are generated only from the alphabet, and :func:`_validate` checks every key (length a
   multiple of ``_WIDTH``, every character in ``chr(1)..chr(255)``) before it is written.
 * **``BaseTrie`` values are int32 and -1 cannot be read back; ``Trie`` never frees deleted
-  values.** We use ``BaseTrie`` holding our own node ids in ``[0, 2**31 - 2]`` (never -1);
-  the tree's node slots live in a list indexed by id.
-* **Random-order inserts cost ~100 us, sorted ~3 us; deletes 0.1-1 ms.** New nodes go to a
-  ``dict`` *write overlay* (keyed by the encoded path) and are merged into the trie in sorted
-  order once the overlay outgrows the trie's live size (amortised O(1) merges per node).
-  Nothing is ever deleted from the trie: a removed node's id is marked dead (``None``) and the
-  trie is rebuilt from the live nodes, in sorted order, once dead ids outnumber live ones
-  (which also recycles interned ids, so memory stays bounded under churn).
-* **``prefixes``/``prefix_items`` are O(depth**2).** Lookups use ``prefix_values`` only: one
-  C call returns the ids of every stored prefix of the query, shallow to deep.
+  values.** We use ``BaseTrie`` holding our own run ids in ``[0, 2**31 - 2]`` (never -1).
+* **Insert cost grows with the trie.** A fresh build in sorted order costs ~0.2-3.5 us per key
+  up to ~2,000 keys, but 0.3-100 us at 4,000-12,000 (depending on the key set) and 0.1-1.5 ms
+  at 50,000 (libdatrie's free-cell search degrades as its double array fills); whole encoded
+  paths as keys (long shared prefixes: the trace's 11,905 run starts) cost ~105 us each;
+  random-order inserts 15-90 us; sorted inserts into an existing trie 7-40 us. So the run
+  starts live in a *forest* of small tries, each holding one key range (``_bounds``: a C-level
+  ``bisect`` picks the trie), each built fresh, in sorted order, and split into tries of
+  ``part_size`` keys once it outgrows ``2 * part_size``. Flat keys keep every trie shallow,
+  and sequential ids make the keys of new runs dense and increasing (the cheapest builds
+  measured), so new runs mostly land in the last, small trie. New runs first go to a ``dict``
+  *write overlay* (key -> run id), which lookups consult before the tries; once the overlay
+  outgrows ``max(merge_min, live keys of the tries it falls in)``, those tries are rebuilt
+  with it (amortised O(1) trie writes per run).
+* **Per-key deletes cost 0.1-1 ms; tombstones never shrink a trie.** Nothing is ever deleted
+  from a trie: a dead run's id stays in it as a tombstone (its run list is ``None``, which a
+  lookup skips) until that trie is rebuilt; only then is the id reused. The whole forest is
+  rebuilt once tombstones outnumber live trie keys, or once interned ids outnumber four times
+  the live runs (then the start hashes are interned afresh), so memory stays bounded under
+  churn.
+* **``prefixes``/``prefix_items`` are O(depth**2); ``items()`` costs ~1.3 us per key.** Only
+  ``get`` is used for lookups; rebuilds take each trie's keys from its member run ids.
 * **A ``State`` or ``iter_*`` generator kept across a mutation is unsafe.** Neither is used;
   every datrie call completes inside the tree's lock, which also serialises all mutation.
 * **``len()`` is O(N); nothing releases the GIL; pickling goes through a temp file.** Sizes
-  are counted here; calls are short and made under one lock; the trie is never pickled
+  are counted here; calls are short and made under one lock; the tries are never pickled
   (snapshots go through ``RadixTree.items()``).
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
-from functools import partial
-from itertools import accumulate, compress, repeat
-from operator import add, is_
+from itertools import compress, count, pairwise, repeat
+from operator import itemgetter, ne
 from typing import Any
 
 import datrie
@@ -43,14 +77,16 @@ import datrie
 __all__ = ["DatrieStore"]
 
 _ALPHABET = "".join(chr(i) for i in range(1, 256))
-_WIDTH = 4  # 255**4 ~ 4.2e9 interned hashes between rebuilds
+_WIDTH = 4  # 255**4 ~ 4.2e9 interned hashes (and node slots) per code
 _MAX_ID = 2**31 - 2
-_MERGE_MIN = 4096
+_MERGE_MIN = 1024
 _REBUILD_MIN = 4096
+_PART_SIZE = 1024  # keys per trie after a split (a trie holds at most twice this)
 
 _ROOT = -1  # the tree's parent slot of a depth-1 node
 _consume = deque
-_IS_NONE = partial(is_, None)
+_KEY = itemgetter(0)
+_VAL = itemgetter(1)
 Node = int  # a node slot of prefixcache._tree.RadixTree
 
 
@@ -59,10 +95,10 @@ _OUTSIDE = re.compile("[^\x01-\xff]")  # any character outside the alphabet
 
 
 def _code(i: int) -> str:
-    # Least significant digit first: consecutive ids spread over the root's children. The
-    # reverse order (shared leading characters) made inserts ~100x slower here.
+    # Most significant digit first: lexicographic order is numeric order, so sequential ids
+    # give dense, increasing keys (the cheapest sorted builds measured).
     d = _DIGIT
-    return d[i % 255] + d[i // 255 % 255] + d[i // 65025 % 255] + d[i // 16581375 % 255]
+    return d[i // 16581375 % 255] + d[i // 65025 % 255] + d[i // 255 % 255] + d[i % 255]
 
 
 def _validate_all(paths: list[str]) -> None:
@@ -85,211 +121,366 @@ def _validate(s: str) -> None:
         raise ValueError(f"datrie key {s!r} is not a valid encoded path")
 
 
+class _Part:
+    """One trie of the forest: the run ids written to it (live or tombstoned) and how many
+    of them are dead."""
+
+    __slots__ = ("dead", "members", "trie")
+
+    def __init__(self, items: list[tuple[str, int]]) -> None:
+        paths = list(map(_KEY, items))
+        ids = list(map(_VAL, items))
+        _validate_all(paths)
+        if ids and (min(ids) < 0 or max(ids) > _MAX_ID):
+            raise ValueError("datrie store: run id out of range")
+        trie = datrie.BaseTrie(_ALPHABET)
+        _consume(map(trie.__setitem__, paths, ids), 0)
+        self.trie = trie
+        self.members = ids
+        self.dead = 0
+
+
 class DatrieStore:
-    """Paths -> nodes in a ``datrie.BaseTrie`` plus a dict write overlay. Not thread-safe on
-    its own: :class:`prefixcache.RadixTree` calls it under its lock."""
+    """Runs of nodes; run starts in a forest of ``datrie.BaseTrie`` plus a dict write overlay.
+    Not thread-safe on its own: :class:`prefixcache.RadixTree` calls it under its lock."""
 
     __slots__ = (
-        "_by_id",
-        "_codes",
-        "_live_ids",
+        "_bounds",
+        "_cstr",
+        "_dead",
+        "_free",
+        "_hs",
+        "_ids",
+        "_in_trie",
+        "_key",
         "_merge_min",
-        "_next_code",
+        "_n",
         "_overlay",
         "_par",
+        "_part_size",
+        "_parts",
         "_rebuild_min",
-        "_tags",
-        "_trie",
-        "_walked",
+        "_rid",
+        "_runs",
+        "_tcost",
+        "_touched",
         "keys",
     )
 
-    def __init__(self, *, merge_min: int = _MERGE_MIN, rebuild_min: int = _REBUILD_MIN) -> None:
+    def __init__(
+        self,
+        *,
+        merge_min: int = _MERGE_MIN,
+        rebuild_min: int = _REBUILD_MIN,
+        part_size: int = _PART_SIZE,
+    ) -> None:
         self._merge_min = merge_min
         self._rebuild_min = rebuild_min
-        self._trie = datrie.BaseTrie(_ALPHABET)
-        self._by_id: list[Node | None] = []
-        self._overlay: dict[str, Node] = {}
-        self._codes: dict[int, str] = {}
-        self._next_code = 0
-        self._live_ids = 0  # live nodes in the trie (len(_by_id) - _live_ids ids are dead)
-        # (key, its encoded known prefix) of the last walk: ``extend`` of the same key object
-        # takes the parent's path from it instead of climbing the parents.
-        self._walked: tuple[object, str] = (None, "")
+        self._part_size = max(1, part_size)
+        # The forest: _parts[k] holds the keys in [_bounds[k - 1], _bounds[k]).
+        self._parts: list[_Part] = [_Part([])]
+        self._bounds: list[str] = []
+        # Per run id: its nodes and their hashes, shallow to deep (both None once dead or
+        # free), and its key ("" once dead or free).
+        self._runs: list[list[Node] | None] = []
+        self._hs: list[list[int] | None] = []
+        self._key: list[str] = []
+        self._rid: list[int] = []  # node slot -> its run id
+        self._overlay: dict[str, int] = {}  # runs not yet in a trie: key -> run id
+        # Overlay flush cost: the tries its keys fall in (indexes) and their live key counts.
+        self._touched: dict[int, None] = {}
+        self._tcost = 0
+        self._dead = 0  # tombstones in the forest
+        self._free: list[int] = []  # run ids no trie holds, for reuse
+        self._in_trie = 0  # live runs in the forest
+        self._n = 0  # live nodes
+        self._ids: dict[int, int] = {}  # block hash of a run start -> interned id
+        self._cstr: list[str] = []  # interned id -> its code
         self._par: list[int] = []
         self.keys: list[int] = []
-        # Node slot -> its trie id (int) once merged, or its encoded path (str) in the overlay.
-        self._tags: dict[int, Any] = {}
 
     def bind(self, par: list[int], keys: list[int]) -> None:
         """Share the tree's slot lists (parent slot and block hash per node slot)."""
         self._par = par
         self.keys = keys
 
-    # A node's tag is its trie id (int) once merged, or its encoded path (str) in the overlay.
+    def _lookup(self, s: str) -> int:
+        """The live run keyed ``s`` (overlay first, then its trie), or -1."""
+        r = self._overlay.get(s)
+        if r is not None:
+            return r
+        got: int = self._parts[bisect_right(self._bounds, s)].trie.get(s, -1)
+        return got if got >= 0 and self._runs[got] is not None else -1
 
     def walk(self, key: Sequence[int]) -> list[Node]:
-        enc: list[Any] = list(map(self._codes.get, key))
-        if None in enc:
-            del enc[enc.index(None) :]
-        s = "".join(enc)
-        self._walked = (key, s)
-        if not s:
-            return []
-        by_id = self._by_id
-        nodes: list[Any] = [by_id[i] for i in self._trie.prefix_values(s)]
-        if None in nodes:
-            del nodes[nodes.index(None) :]
-        overlay = self._overlay
-        if overlay:
-            # A node's ancestors all exist, so the first miss ends the path. Level by level:
-            # slicing every deeper prefix up front (C-level map) measured slower, as most of
-            # a query's tail is new.
+        nodes: list[Node] = []
+        n_key = len(key)
+        if not n_key:
+            return nodes
+        ids_get = self._ids.get
+        cstr = self._cstr
+        oget = self._overlay.get
+        runs = self._runs
+        hs_of = self._hs
+        par = self._par
+        bounds = self._bounds
+        parts = self._parts
+        x = _ROOT
+        d = 0
+        while True:
+            # The run starting at (x, key[d]): a node there is always a run start.
+            i = ids_get(key[d])
+            if i is None:
+                return nodes
+            c = cstr[i]
+            r = oget(c)
+            if r is None:
+                r = parts[bisect_right(bounds, c) if bounds else 0].trie.get(c, -1)
+            run: Any = runs[r] if r >= 0 else None
+            if run is None or par[run[0]] != x:
+                r = self._lookup(c + _code(x + 1))
+                if r < 0:
+                    return nodes
+                run = runs[r]
+            # Follow it as far as the key matches (C-level longest common prefix).
+            hs: Any = hs_of[r]
+            k = next(compress(count(), map(ne, hs, key[d:] if d else key)), -1)
+            if k < 0:
+                nodes += run if len(run) <= n_key - d else run[: n_key - d]
+            else:
+                nodes += run[:k]
             d = len(nodes)
-            n_enc = len(enc)
-            get = overlay.get
-            w = _WIDTH
-            while d < n_enc:
-                d += 1
-                n = get(s[: d * w])
-                if n is None:
-                    break
-                nodes.append(n)
-        return nodes
-
-    def _path(self, node: Node) -> str:
-        parts = []
-        tags = self._tags
-        while node != _ROOT:
-            tag = tags[node]
-            if type(tag) is str:
-                parts.append(tag)
-                break
-            parts.append(self._codes[self.keys[node]])
-            node = self._par[node]
-        return "".join(reversed(parts))
+            if d >= n_key:
+                return nodes
+            x = nodes[-1]
 
     def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
-        codes = self._codes
         hs = key[m:] if m else key
-        cs: list[Any] = list(map(codes.get, hs))
-        if None in cs:
-            # Intern the unseen hashes (first occurrences, in order) in C-level passes.
-            fresh = list(dict.fromkeys(compress(hs, map(_IS_NONE, cs))))
-            codes.update(zip(fresh, self._new_codes(len(fresh)), strict=True))
-            cs = list(map(codes.__getitem__, hs))
-        # Path strings of the new nodes, built and registered in C-level passes.
-        walked = self._walked
-        self._walked = (None, "")
-        # The walk encoded (at least) key[:m] with the current codes (codes change only in
-        # _rebuild, which also clears this), so its prefix is the parent's path.
-        base = walked[1][: m * _WIDTH] if walked[0] is key else self._path(parent)
-        paths = list(accumulate(cs, add, initial=base))
-        del paths[0]
-        self._overlay.update(zip(paths, new, strict=True))
-        self._tags.update(zip(new, paths, strict=True))
-
-    def _new_codes(self, k: int) -> list[str]:
-        """The codes of the next ``k`` interned ids (``_code`` of each, built per run of
-        ids sharing their three high digits)."""
-        i = self._next_code
-        self._next_code = i + k
-        out: list[str] = []
-        while k:
-            r = i % 255
-            take = min(k, 255 - r)
-            out += map(add, _DIGIT[r : r + take], repeat(_code(i - r)[1:]))
-            i += take
-            k -= take
-        return out
+        self._n += len(new)
+        rid = self._rid
+        grow = len(self._par) - len(rid)
+        if grow > 0:
+            rid.extend(repeat(-1, grow))
+        runs = self._runs
+        if parent != _ROOT:
+            r = rid[parent]
+            run = runs[r]
+            if run[-1] == parent:  # type: ignore[index]
+                # The parent ends its run: the run grows, no trie write.
+                run += new  # type: ignore[operator]
+                self._hs[r] += hs  # type: ignore[operator]
+                _consume(map(rid.__setitem__, new, repeat(r)), 0)
+                return
+        # A new run, keyed by its start hash's code (or with its parent's code: see above).
+        h = hs[0]
+        i = self._ids.get(h)
+        if i is None:
+            i = self._ids[h] = len(self._cstr)
+            s = _code(i)
+            self._cstr.append(s)
+        else:
+            s = self._cstr[i]
+            if self._lookup(s) >= 0:
+                s += _code(parent + 1)
+        free = self._free
+        if free:
+            r = free.pop()
+            runs[r] = list(new)
+            self._hs[r] = list(hs)
+            self._key[r] = s
+        else:
+            r = len(runs)
+            if r > _MAX_ID:
+                raise OverflowError("datrie store: too many runs")
+            runs.append(list(new))
+            self._hs.append(list(hs))
+            self._key.append(s)
+        _consume(map(rid.__setitem__, new, repeat(r)), 0)
+        self._overlay[s] = r
+        p = bisect_right(self._bounds, s)
+        if p not in self._touched:
+            self._touched[p] = None
+            part = self._parts[p]
+            self._tcost += len(part.members) - part.dead
 
     def discard(self, node: Node) -> None:
-        tag = self._tags.pop(node)
-        if type(tag) is str:
-            del self._overlay[tag]
+        # ``node`` has no children, so it is the last node of its run.
+        self._n -= 1
+        r = self._rid[node]
+        run: Any = self._runs[r]
+        assert run[-1] == node, "datrie store: discarded node is not its run's last"
+        run.pop()
+        if run:
+            self._hs[r].pop()  # type: ignore[union-attr]
+            return
+        # The run is dead.
+        self._runs[r] = None
+        self._hs[r] = None
+        s = self._key[r]
+        self._key[r] = ""
+        if self._overlay.get(s) == r:
+            del self._overlay[s]
+            self._free.append(r)
         else:
-            self._by_id[tag] = None
-            self._live_ids -= 1
+            self._parts[bisect_right(self._bounds, s)].dead += 1
+            self._dead += 1
+            self._in_trie -= 1
 
     def size(self) -> int:
-        return self._live_ids + len(self._overlay)
+        return self._n
 
     def maintain(self) -> None:
-        live = self._live_ids
-        if (
-            len(self._by_id) - live > max(self._rebuild_min, 2 * live)
-            or len(self._codes) > 4 * self.size() + 16 * self._rebuild_min
-            or len(self._by_id) + len(self._overlay) > _MAX_ID
-            or self._next_code > 255**_WIDTH // 2
-        ):
-            self._rebuild()
-        elif len(self._overlay) > max(self._merge_min, live):
-            self._merge()
+        live = self._in_trie
+        recycle = (
+            len(self._cstr) > 4 * (live + len(self._overlay)) + 16 * self._rebuild_min
+            or len(self._cstr) > 255**_WIDTH // 2
+        )
+        if recycle or self._dead > max(self._rebuild_min, live):
+            self._rebuild(recycle)
+        elif len(self._overlay) > max(self._merge_min, self._tcost):
+            self._flush()
 
-    def _merge(self) -> None:
-        trie = self._trie
-        by_id = self._by_id
-        paths = sorted(self._overlay)
-        _validate_all(paths)
-        nodes = list(map(self._overlay.__getitem__, paths))
-        ids = range(len(by_id), len(by_id) + len(paths))
-        _consume(map(trie.__setitem__, paths, ids), 0)
-        by_id += nodes
-        self._tags.update(zip(nodes, ids, strict=True))
-        self._live_ids += len(paths)
+    def _split(self, items: list[tuple[str, int]]) -> list[_Part]:
+        """Tries for sorted ``items``: one if at most ``2 * part_size``, else chunks of
+        ``part_size``."""
+        size = self._part_size
+        if len(items) <= 2 * size:
+            return [_Part(items)]
+        return [_Part(items[j : j + size]) for j in range(0, len(items), size)]
+
+    def _flush(self) -> None:
+        """Rebuild the tries the overlay's keys fall in, with them (splitting big ones)."""
+        bounds = self._bounds
+        parts = self._parts
+        runs = self._runs
+        keys = self._key
+        new = sorted(self._overlay.items())
+        where = [bisect_right(bounds, s) for s, _ in new]
+        # Highest trie first, so that splitting one does not shift the ones still to do.
+        end = len(new)
+        while end:
+            p = where[end - 1]
+            start = bisect_left(where, p)
+            part = parts[p]
+            live = [r for r in part.members if runs[r] is not None]
+            self._free += [r for r in part.members if runs[r] is None]
+            self._dead -= part.dead
+            items = sorted([*zip(map(keys.__getitem__, live), live, strict=True), *new[start:end]])
+            out = self._split(items)
+            parts[p : p + 1] = out
+            bounds[p:p] = [items[j * self._part_size][0] for j in range(1, len(out))]
+            end = start
+        self._in_trie += len(new)
         self._overlay = {}
+        self._touched = {}
+        self._tcost = 0
 
-    def _rebuild(self) -> None:
-        self._walked = (None, "")  # codes change
-        nodes = [n for n in self._by_id if n is not None]
-        nodes.extend(self._overlay.values())
-        codes: dict[int, str] = {}
-        paths: dict[int, str] = {}
-        items = []
-        nxt = 0
+    def _rebuild(self, recycle: bool) -> None:
+        """A fresh forest of every live run's key (overlay included), in sorted order;
+        tombstoned ids become free. With ``recycle``, the start hashes are interned afresh."""
+        runs = self._runs
+        hs_of = self._hs
+        live = [r for r, run in enumerate(runs) if run is not None]
+        if recycle:
+            ids: dict[int, int] = {}
+            for r in live:
+                ids.setdefault(hs_of[r][0], len(ids))  # type: ignore[index]
+            self._ids = ids
+            self._cstr = list(map(_code, range(len(ids))))
+        # Keys afresh: the first live run of each start hash takes its primary key.
+        cstr = self._cstr
+        ids = self._ids
         par = self._par
-        keys = self.keys
-        tags = self._tags
-        for n in nodes:
-            stack = []
-            cur = n
-            while cur != _ROOT and cur not in paths:
-                stack.append(cur)
-                cur = par[cur]
-            base = "" if cur == _ROOT else paths[cur]
-            for x in reversed(stack):
-                c = codes.get(keys[x])
-                if c is None:
-                    c = codes[keys[x]] = _code(nxt)
-                    nxt += 1
-                base += c
-                paths[x] = base
-                items.append((base, x))
-        items.sort(key=lambda e: e[0])
-        trie = datrie.BaseTrie(_ALPHABET)
-        by_id: list[Node | None] = []
-        _validate_all([e[0] for e in items])
-        for s, n in items:
-            tags[n] = len(by_id)
-            trie[s] = len(by_id)
-            by_id.append(n)
-        self._trie = trie
-        self._by_id = by_id
+        keys = self._key
+        taken: set[str] = set()
+        for r in live:
+            run: Any = runs[r]
+            s = cstr[ids[hs_of[r][0]]]  # type: ignore[index]
+            if s in taken:
+                s += _code(par[run[0]] + 1)
+            else:
+                taken.add(s)
+            keys[r] = s
+        items = sorted(zip(map(keys.__getitem__, live), live, strict=True))
+        size = self._part_size
+        self._parts = [_Part(items[j : j + size]) for j in range(0, len(items), size)] or [
+            _Part([])
+        ]
+        self._bounds = [items[j][0] for j in range(size, len(items), size)]
+        # Dead ids past the last live one are dropped; the others become free.
+        n_ids = live[-1] + 1 if live else 0
+        del runs[n_ids:], hs_of[n_ids:], keys[n_ids:]
+        self._free = [r for r in range(n_ids - 1, -1, -1) if runs[r] is None]  # pop(): low first
+        self._dead = 0
+        self._in_trie = len(live)
         self._overlay = {}
-        self._codes = codes
-        self._next_code = nxt
-        self._live_ids = len(by_id)
+        self._touched = {}
+        self._tcost = 0
 
     def check(self, nodes: list[Node]) -> None:
+        par = self._par
+        keys = self.keys
+        runs = self._runs
+        rid = self._rid
+        n_ids = len(runs)
+        assert len(self._hs) == len(self._key) == n_ids
         ids = set(nodes)
-        stored = [n for n in self._by_id if n is not None] + list(self._overlay.values())
-        assert len(stored) == len(ids), "datrie store size differs from the tree's node count"
-        assert all(n in ids for n in stored), "datrie store holds a node not in the tree"
-        assert self._tags.keys() == ids, "datrie store tags differ from its nodes"
-        for s, n in self._overlay.items():
-            assert self._tags[n] == s and self._path(n) == s, "overlay entry keyed wrongly"
-        for i, x in enumerate(self._by_id):
-            if x is not None:
-                assert self._tags[x] == i
-                s = self._path(x)
-                assert self._trie[s] == i, "trie entry keyed wrongly"
+        assert self._n == len(ids), "datrie store size differs from the tree's node count"
+        seen: set[Node] = set()
+        live = [r for r in range(n_ids) if runs[r] is not None]
+        overlay = self._overlay
+        assert all(self._key[r] == s for s, r in overlay.items()), "overlay keyed wrongly"
+        keyed: dict[str, int] = {}
+        for r in live:
+            run: Any = runs[r]
+            hs: Any = self._hs[r]
+            assert run and len(run) == len(hs), "run without nodes or hashes"
+            assert hs == [keys[x] for x in run], "run hashes differ from the nodes' keys"
+            assert all(par[b] == a for a, b in pairwise(run)), "run broken"
+            assert all(rid[x] == r for x in run), "node's run id wrong"
+            assert not seen.intersection(run), "node in two runs"
+            seen.update(run)
+            s = self._key[r]
+            _validate(s)
+            c = self._cstr[self._ids[hs[0]]]
+            assert s in (c, c + _code(par[run[0]] + 1)), "run keyed wrongly"
+            assert keyed.setdefault(s, r) == r, "two live runs share a key"
+            if s not in overlay:
+                got = self._parts[bisect_right(self._bounds, s)].trie.get(s, -1)
+                assert got == r, "trie entry keyed wrongly"
+        assert seen == ids, "datrie store nodes differ from the tree's"
+        # Primary keys first: a fallback's hash has a live primary or had one (its tombstone
+        # or its replacement in the overlay); lookups try both, so only uniqueness matters.
+        assert set(overlay.values()) <= set(live), "overlay holds a dead run"
+        assert self._in_trie == len(live) - len(overlay), "live trie run count wrong"
+        # The forest: bounds sorted, members exactly the trie values, tombstones counted.
+        bounds = self._bounds
+        parts = self._parts
+        assert len(parts) == len(bounds) + 1 and bounds == sorted(set(bounds))
+        members: set[int] = set()
+        dead = 0
+        for p, part in enumerate(parts):
+            items = part.trie.items()
+            assert sorted(part.members) == sorted(map(_VAL, items)), "members differ"
+            assert not members.intersection(part.members), "run id in two tries"
+            members.update(part.members)
+            lo = bounds[p - 1] if p else ""
+            assert all(lo <= s and (p == len(bounds) or s < bounds[p]) for s, _ in items)
+            for s, r in items:
+                assert runs[r] is None or (self._key[r] == s and s not in overlay)
+            d = sum(runs[r] is None for r in part.members)
+            assert part.dead == d, "tombstone count wrong"
+            dead += d
+        assert self._dead == dead
+        free = set(self._free)
+        assert len(free) == len(self._free), "run id freed twice"
+        assert not free & members and not free.intersection(live), "a used run id is free"
+        dead_ids = {r for r in range(n_ids) if runs[r] is None}
+        assert dead_ids == free | {r for r in members if runs[r] is None}, "run id lost"
+        assert all(self._hs[r] is None and not self._key[r] for r in dead_ids)
+        assert self._cstr == list(map(_code, range(len(self._cstr)))), "codes wrong"
+        assert (
+            sorted(self._ids.values())
+            == list(range(len(self._ids)))
+            == list(range(len(self._cstr)))
+        ), "interned ids wrong"
