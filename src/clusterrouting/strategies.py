@@ -42,9 +42,7 @@ def node_ids(pool: tuple[str, ...] = DEFAULT_NODE_IDS) -> st.SearchStrategy[str]
     return st.sampled_from(pool)
 
 
-def wall_clock_times(
-    *, min_year: int = 2000, max_year: int = 2100
-) -> st.SearchStrategy[float]:
+def wall_clock_times(*, min_year: int = 2000, max_year: int = 2100) -> st.SearchStrategy[float]:
     """Wall-clock float seconds since the Unix epoch between two years (any float there)."""
     lo = (_dt.datetime(min_year, 1, 1, tzinfo=_dt.UTC) - _EPOCH).total_seconds()
     hi = (_dt.datetime(max_year, 1, 1, tzinfo=_dt.UTC) - _EPOCH).total_seconds()
@@ -61,8 +59,9 @@ def rfc3339_timestamps() -> st.SearchStrategy[str]:
         d = draw(st.integers(1, 28))
         h, mi, s = draw(st.integers(0, 23)), draw(st.integers(0, 59)), draw(st.integers(0, 59))
         digits = draw(st.integers(0, 9))
-        frac = "".join(draw(st.lists(st.sampled_from("0123456789"), min_size=digits,
-                                     max_size=digits)))
+        frac = "".join(
+            draw(st.lists(st.sampled_from("0123456789"), min_size=digits, max_size=digits))
+        )
         zone = draw(
             st.one_of(
                 st.just("Z"),

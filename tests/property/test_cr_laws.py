@@ -26,8 +26,7 @@ from clusterrouting.strategies import (
 
 
 def tier_key(c: ReplicaCandidate) -> tuple[int, float, int]:
-    return (c.in_flight, float("-inf") if c.last_used is None else c.last_used,
-            -c.available_vram)
+    return (c.in_flight, float("-inf") if c.last_used is None else c.last_used, -c.available_vram)
 
 
 @given(candidate_lists())
@@ -95,8 +94,9 @@ def test_raising_another_replicas_load_never_moves_the_affinity_pick_onto_it(
     if cands[i] is got:
         return
     changed = list(cands)
-    changed[i] = attrs.evolve(cands[i], in_flight=cands[i].in_flight + data.draw(
-        st.integers(1, 10)))
+    changed[i] = attrs.evolve(
+        cands[i], in_flight=cands[i].in_flight + data.draw(st.integers(1, 10))
+    )
     assert pick_with_affinity(changed, pref, slack=slack) is not changed[i]
 
 
@@ -126,12 +126,15 @@ def test_online_iff_strictly_less_than_forty_seconds_old(seen: float, delta: flo
     assert n.is_online_at(now) == (now - seen < 40.0)
 
 
-@given(st.lists(node_data(), max_size=8),
-       st.dictionaries(node_ids(), st.integers(0, 9)),
-       wall_clock_times(),
-       st.sampled_from(["", "m", "qwen-7b"]))
-def test_build_candidates_filters_and_sorts(nodes: list[NodeData], inflight: dict[str, int],
-                                            now: float, model: str) -> None:
+@given(
+    st.lists(node_data(), max_size=8),
+    st.dictionaries(node_ids(), st.integers(0, 9)),
+    wall_clock_times(),
+    st.sampled_from(["", "m", "qwen-7b"]),
+)
+def test_build_candidates_filters_and_sorts(
+    nodes: list[NodeData], inflight: dict[str, int], now: float, model: str
+) -> None:
     out = build_candidates(nodes, inflight, now=now, model=model)
     kept = [n for n in nodes if n.is_online_at(now) and n.serves_model(model)]
     assert [c.node_id for c in out] == sorted(n.id for n in kept)

@@ -17,9 +17,16 @@ def test_all_is_sorted_unique_and_importable() -> None:
 
 
 def test_spec_names_are_public() -> None:
-    for name in ("ReplicaCandidate", "NodeData", "NODE_ONLINE_WINDOW", "pick_best_replica",
-                 "pick_with_affinity", "build_candidates", "within_load_guard",
-                 "ClusterRoutingError"):
+    for name in (
+        "ReplicaCandidate",
+        "NodeData",
+        "NODE_ONLINE_WINDOW",
+        "pick_best_replica",
+        "pick_with_affinity",
+        "build_candidates",
+        "within_load_guard",
+        "ClusterRoutingError",
+    ):
         assert name in clusterrouting.__all__
 
 
@@ -29,6 +36,5 @@ def test_import_loads_neither_datrie_nor_numpy_nor_prefixcache() -> None:
         "bad = [m for m in ('datrie', 'numpy', 'prefixcache', 'xxhash') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

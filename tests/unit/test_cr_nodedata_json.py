@@ -12,12 +12,24 @@ T0 = 1767225600.0  # 2026-01-01T00:00:00Z
 
 
 def test_encodes_go_field_names_and_values() -> None:
-    n = NodeData(name="n", id="i", tunnel_address="t", service_id="s", last_seen=T0 + 0.5,
-                 available_vram=2**40, models=("a", "b"))
+    n = NodeData(
+        name="n",
+        id="i",
+        tunnel_address="t",
+        service_id="s",
+        last_seen=T0 + 0.5,
+        available_vram=2**40,
+        models=("a", "b"),
+    )
     doc = json.loads(n.to_json())
     assert doc == {
-        "Name": "n", "ID": "i", "TunnelAddress": "t", "ServiceID": "s",
-        "LastSeen": "2026-01-01T00:00:00.5Z", "AvailableVRAM": 2**40, "Models": ["a", "b"],
+        "Name": "n",
+        "ID": "i",
+        "TunnelAddress": "t",
+        "ServiceID": "s",
+        "LastSeen": "2026-01-01T00:00:00.5Z",
+        "AvailableVRAM": 2**40,
+        "Models": ["a", "b"],
     }
 
 
@@ -52,8 +64,15 @@ def test_keys_match_case_insensitively() -> None:
         '{"name":"n","id":"i","tunneladdress":"t","SERVICEID":"s","lastSeen":'
         '"2026-01-01T00:00:00Z","availableVram":7,"models":["m"]}'
     )
-    assert n == NodeData(name="n", id="i", tunnel_address="t", service_id="s", last_seen=T0,
-                         available_vram=7, models=("m",))
+    assert n == NodeData(
+        name="n",
+        id="i",
+        tunnel_address="t",
+        service_id="s",
+        last_seen=T0,
+        available_vram=7,
+        models=("m",),
+    )
 
 
 def test_missing_keys_take_defaults_old_peer() -> None:

@@ -20,7 +20,12 @@ class TestReplicaCandidate:
     def test_defaults(self) -> None:
         c = ReplicaCandidate(node_id="a")
         assert (c.address, c.replica_index, c.in_flight, c.last_used, c.available_vram) == (
-            "", 0, 0, None, 0)
+            "",
+            0,
+            0,
+            None,
+            0,
+        )
 
     def test_frozen_and_keyword_only(self) -> None:
         c = ReplicaCandidate(node_id="a")

@@ -17,10 +17,20 @@ from clusterrouting import (
 )
 
 
-def rc(node_id: str, in_flight: int = 0, last_used: float | None = None, vram: int = 0,
-       replica_index: int = 0) -> ReplicaCandidate:
-    return ReplicaCandidate(node_id=node_id, in_flight=in_flight, last_used=last_used,
-                            available_vram=vram, replica_index=replica_index)
+def rc(
+    node_id: str,
+    in_flight: int = 0,
+    last_used: float | None = None,
+    vram: int = 0,
+    replica_index: int = 0,
+) -> ReplicaCandidate:
+    return ReplicaCandidate(
+        node_id=node_id,
+        in_flight=in_flight,
+        last_used=last_used,
+        available_vram=vram,
+        replica_index=replica_index,
+    )
 
 
 class TestPickBestReplica:
@@ -151,9 +161,10 @@ class TestLoadGuard:
     def test_both_conditions_must_hold(self) -> None:
         assert not within_load_guard(4, 1, slack=2, factor=100.0)
 
-    @pytest.mark.parametrize(("slack", "factor", "field"),
-                             [(-1, None, "slack"), (1, 0.5, "factor"),
-                              (1, float("nan"), "factor")])
+    @pytest.mark.parametrize(
+        ("slack", "factor", "field"),
+        [(-1, None, "slack"), (1, 0.5, "factor"), (1, float("nan"), "factor")],
+    )
     def test_bad_arguments(self, slack: int, factor: float | None, field: str) -> None:
         with pytest.raises(InvalidRecordError, match=field):
             within_load_guard(0, 0, slack=slack, factor=factor)
@@ -162,11 +173,17 @@ class TestLoadGuard:
 class TestBuildCandidates:
     NOW = 1_000_000.0
 
-    def node(self, id_: str, age: float | None = 0.0, models: tuple[str, ...] = (),
-             vram: int = 0) -> NodeData:
-        return NodeData(id=id_, name=f"n-{id_}", tunnel_address=f"addr-{id_}",
-                        last_seen=None if age is None else self.NOW - age,
-                        models=models, available_vram=vram)
+    def node(
+        self, id_: str, age: float | None = 0.0, models: tuple[str, ...] = (), vram: int = 0
+    ) -> NodeData:
+        return NodeData(
+            id=id_,
+            name=f"n-{id_}",
+            tunnel_address=f"addr-{id_}",
+            last_seen=None if age is None else self.NOW - age,
+            models=models,
+            available_vram=vram,
+        )
 
     def test_filters_offline_and_model_and_sorts_by_id(self) -> None:
         nodes = [
@@ -179,8 +196,9 @@ class TestBuildCandidates:
         ]
         out = build_candidates(nodes, {"a": 4}, now=self.NOW, model="m1")
         assert [c.node_id for c in out] == ["a", "c", "f"]
-        assert out[0] == ReplicaCandidate(node_id="a", address="addr-a", in_flight=4,
-                                          available_vram=1)
+        assert out[0] == ReplicaCandidate(
+            node_id="a", address="addr-a", in_flight=4, available_vram=1
+        )
         assert out[1].in_flight == 0 and out[1].available_vram == 3
         assert all(c.last_used is None and c.replica_index == 0 for c in out)
 
