@@ -4,7 +4,7 @@ Design (the *why*; the *what* is in :class:`RadixTree`'s docstring):
 
 * A node is an ``int`` *slot* into the tree's parallel lists ``par`` (parent slot, -1 at the
   root), ``key`` (block hash), ``bat`` (batch or ``None``) and ``kids`` (child count); the
-  datrie store keeps its own slot -> id-or-path map. No Python object
+  datrie store keeps its own slot -> run map. No Python object
   is created per node, so the cyclic GC has almost nothing new to track per insert (a
   5-slot list per node made it the largest cost after the walk); freed slots are recycled
   through a free list, so the lists are bounded by the peak node count.
@@ -330,8 +330,9 @@ class RadixTree(Generic[V]):
       :class:`clusterrouting.InvalidRecordError` (a ``ValueError``); nothing is stored.
 
     Backends (``backend=``): ``"dict"`` (flat map keyed by block hash, verified by parent
-    identity, with a fallback map for colliding paths) and ``"datrie"`` (a C trie with a
-    write overlay, see :mod:`prefixcache._datrie_store`). Both give identical results.
+    identity, with a fallback map for colliding paths) and ``"datrie"`` (nodes grouped in
+    runs, one key per run start in a forest of small C tries behind a write overlay, see
+    :mod:`prefixcache._datrie_store`). Both give identical results.
 
     Thread-safety: every public method holds one internal lock for its whole duration.
 
