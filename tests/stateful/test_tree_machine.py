@@ -93,8 +93,8 @@ class TreeMachine(RuleBasedStateMachine):
         self.naive = NaiveTree(ttl, hl, cap)
         d = RadixTree[str](ttl=ttl, half_life=hl, max_entries=cap, backend="dict")
         t = RadixTree[str](ttl=ttl, half_life=hl, max_entries=cap, backend="datrie")
-        # Tiny thresholds so that merges and rebuilds of the trie happen constantly.
-        t._use_store(DatrieStore(merge_min=2, rebuild_min=1))
+        # Tiny thresholds so that merges, splits and rebuilds of the tries happen constantly.
+        t._use_store(DatrieStore(merge_min=2, rebuild_min=1, part_size=2))
         self.trees = [d, t]
 
     @precondition(lambda self: bool(self.trees))
