@@ -374,7 +374,9 @@ def _reject_constant(name: str) -> object:
 
 def _skip_number(_text: str) -> object:
     # Numbers are never needed; not converting them also avoids CPython's int-digit limit.
-    return None
+    # Not None: that would read as JSON null, and ``{"model": "x", "model": 1}`` must fail
+    # like any non-string model value (Go's type error), not keep "x".
+    return 0
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -387,8 +389,104 @@ def _replace_each_byte(error: UnicodeError) -> tuple[str, int]:
     return ("\ufffd", error.start + 1)
 
 
+#: Go's ``unicode.IsSpace`` set (``strings.TrimSpace`` in the reference): Python's
+#: ``str.isspace`` minus the ASCII separators U+001C..U+001F, which Go does not trim.
+_GO_SPACE: Final = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
 _GO_REPLACE: Final = "prefixcache.go-replace"
 codecs.register_error(_GO_REPLACE, _replace_each_byte)
+
+
+#: Go's ``encoding/json`` rejects documents nested deeper than this (its scanner's
+#: ``maxNestingDepth``, counting every open object and array).
+_GO_MAX_DEPTH: Final[int] = 10000
+_JSON_TOKEN = re.compile(
+    r'[ \t\n\r]*(?:(?P<str>"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*")'
+    r"|(?P<num>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
+    r"|(?P<lit>true|false|null)|(?P<punct>[\[\]{}:,]))"
+)
+_JSON_TAIL = re.compile(r"[ \t\n\r]*")
+
+
+def _scan_top_level(text: str) -> _Pairs | None:
+    """Validate ``text`` as one JSON document without recursion (any depth up to Go's
+    limit) and return its top-level object's pairs, each value decoded if it is a string,
+    ``None`` for ``null`` and ``0`` for anything else; ``None`` if the document is invalid,
+    too deep or not an object. Only used when ``json.loads`` hits the recursion limit."""
+    pairs = _Pairs()
+    stack: list[str] = []  # "[" or "{" per open container
+    pos = 0
+    end = len(text)
+    # What may come next: "value", "key" (or "}" right after "{"), "colon", "comma".
+    want = "value"
+    first = False  # just after "[" or "{": the closer is allowed
+    key: str | None = None
+    match = _JSON_TOKEN.match
+    while True:
+        if not stack and want == "comma":  # the top-level value is complete
+            return pairs if _JSON_TAIL.match(text, pos).end() == end else None  # type: ignore[union-attr]
+        m = match(text, pos)
+        if m is None:
+            return None
+        pos = m.end()
+        kind = m.lastgroup
+        tok = m.group(kind) if kind else ""
+        if want == "key":
+            if kind == "str":
+                key = json.loads(tok) if len(stack) == 1 else None
+                want = "colon"
+            elif tok == "}" and first:
+                stack.pop()
+                want = "comma"
+            else:
+                return None
+            first = False
+            continue
+        if want == "colon":
+            if tok != ":":
+                return None
+            want = "value"
+            continue
+        if want == "comma":
+            top = stack[-1]
+            if tok == ",":
+                want = "key" if top == "{" else "value"
+            elif (tok == "]" and top == "[") or (tok == "}" and top == "{"):
+                stack.pop()
+            else:
+                return None
+            continue
+        # want == "value"
+        if tok in ("[", "{"):
+            if not stack and tok == "[":
+                pairs = None  # type: ignore[assignment]  # valid JSON, but not an object
+            if key is not None and len(stack) == 1:
+                pairs.append((key, 0))
+                key = None
+            stack.append(tok)
+            if len(stack) > _GO_MAX_DEPTH:
+                return None
+            want = "key" if tok == "{" else "value"
+            first = True
+            continue
+        if tok == "]" and first and stack and stack[-1] == "[":
+            stack.pop()
+            want = "comma"
+            first = False
+            continue
+        if kind not in ("str", "num", "lit"):
+            return None
+        if not stack:
+            pairs = None  # type: ignore[assignment]  # a scalar document
+        elif key is not None and len(stack) == 1:
+            value: object = json.loads(tok) if kind == "str" else None if tok == "null" else 0
+            pairs.append((key, value))
+            key = None
+        first = False
+        want = "comma"
 
 
 def _model_from_pairs(pairs: _Pairs) -> str:
@@ -412,7 +510,8 @@ def extract_model(query_model: object, body: object) -> str:
     Rules, in order:
 
     1. a non-blank ``query_model`` string (``str``, or UTF-8 ``bytes``) wins, returned as
-       given (not stripped);
+       given (not stripped); blank means only Go ``unicode.IsSpace`` characters, as the
+       reference's ``strings.TrimSpace`` (so U+001C..U+001F are not blank);
     2. else the top-level ``"model"`` string of the JSON ``body`` (``bytes``, ``bytearray``,
        ``memoryview`` or ``str``; each invalid UTF-8 byte becomes one U+FFFD, as in Go; a
        decoded ``Mapping`` is read directly). Like Go's ``encoding/json`` in the reference:
@@ -442,7 +541,7 @@ def extract_model(query_model: object, body: object) -> str:
     try:
         if isinstance(query_model, bytes):
             query_model = query_model.decode("utf-8", "replace")
-        if isinstance(query_model, str) and query_model.strip():
+        if isinstance(query_model, str) and query_model.strip(_GO_SPACE):
             return query_model
         if isinstance(body, Mapping):
             return _model_from_pairs(_Pairs((k, v) for k, v in body.items() if type(k) is str))
@@ -454,13 +553,19 @@ def extract_model(query_model: object, body: object) -> str:
             return ""
         if not text:
             return ""
-        doc = json.loads(
-            text,
-            object_pairs_hook=_Pairs,
-            parse_int=_skip_number,
-            parse_float=_skip_number,
-            parse_constant=_reject_constant,
-        )
+        try:
+            doc = json.loads(
+                text,
+                object_pairs_hook=_Pairs,
+                parse_int=_skip_number,
+                parse_float=_skip_number,
+                parse_constant=_reject_constant,
+            )
+        except RecursionError:
+            # Nesting beyond Python's recursion limit but within Go's 10000 levels is
+            # valid JSON to the reference: scan it iteratively instead.
+            top = _scan_top_level(text)
+            return "" if top is None else _model_from_pairs(top)
         return _model_from_pairs(doc) if isinstance(doc, _Pairs) else ""
     except Exception:  # never raise into request handling (RecursionError included)
         return ""
