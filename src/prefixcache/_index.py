@@ -152,8 +152,9 @@ class Index:
       stored entries (weights are maintained per owner, never by walking the tree).
     * ``observe(model, chain, key, now)``: ignores (``False``) an empty chain or empty node
       id; else records ``key`` as the owner of every node of the chain and returns ``True``
-      unless the chain's full-depth longest match was already ``key`` and live ("new or
-      extended": the caller broadcasts on ``True``).
+      unless ``key`` already owned the whole chain live, every node of it ("new or
+      extended": the caller broadcasts on ``True``; a prefix another key took since is news
+      for peers, so it is broadcast too).
     * ``invalidate(model, key)`` / ``invalidate_node(model, node_id)``: drop that replica's /
       every replica of that node's entries; never create a tree. Return how many were
       dropped. ``evict(now)`` sweeps every tree (returns the total removed).

@@ -41,8 +41,8 @@ import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from itertools import compress, repeat
-from operator import attrgetter, is_, itemgetter
+from itertools import compress, count, pairwise, repeat
+from operator import attrgetter, is_, itemgetter, ne
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from clusterrouting import InvalidRecordError
@@ -96,23 +96,45 @@ class _Store(Protocol):
 
 
 class _DictStore:
-    """Flat map ``key -> node`` with the parent verified by identity on every hit.
+    """Nodes grouped in *runs*, run starts in dicts keyed by block hash.
 
-    A node lives in ``primary[key]`` unless that slot holds a node of another path (two paths
-    ending in the same hash: arbitrary key sequences, not chains), in which case it lives in
-    ``fallback[(parent slot, key)]``. A lookup first tries ``primary`` and accepts a hit only
-    if its parent is the node found one level up, so results are exact for any uint64
-    sequence; chains (whose hashes identify their whole prefix) never reach the fallback.
+    A run is a chain of nodes ``n0 -> n1 -> ...`` (each the parent of the next); every node
+    is in exactly one run, which keeps the node slots and their block hashes in two lists.
+    ``extend`` under the last node of a run appends to that run (a conversation's next turn);
+    under a mid-run node or the root the new nodes start a run. A run start is found by
+    ``starts[hash]`` unless another live run already holds that hash (two paths through the
+    same hash: arbitrary key sequences, not chains), then by ``fallback[(parent slot,
+    hash)]``; a ``starts`` hit counts only if its parent is the node found so far, so results
+    are exact for any uint64 sequence. A walk does one dict lookup per run on the path and
+    follows each run with a C-level longest common prefix and list slices; an insert writes
+    one dict entry per new run, none per node. ``discard`` only removes a leaf, which is its
+    run's last node; an emptied run leaves its dict and its id is reused.
     """
 
-    __slots__ = ("_free", "fallback", "keys", "par", "primary")
+    __slots__ = (
+        "_free",
+        "_hs",
+        "_n",
+        "_rid",
+        "_runs",
+        "_where",
+        "fallback",
+        "keys",
+        "par",
+        "starts",
+    )
 
     def __init__(self) -> None:
-        self.primary: dict[int, Node] = {}
-        self.fallback: dict[tuple[int, int], Node] = {}
-        # (key, m) after a walk of ``key`` found m nodes and saw none of key[m:] in
-        # ``primary``; cleared by every mutation. Lets ``extend`` skip re-probing.
-        self._free: tuple[Sequence[int], int] | None = None
+        self.starts: dict[int, int] = {}
+        self.fallback: dict[tuple[int, int], int] = {}
+        # Per run id: its node slots and their hashes, shallow to deep (None once dead), and
+        # where it is keyed (its start hash in ``starts``, or its ``fallback`` key).
+        self._runs: list[list[Node] | None] = []
+        self._hs: list[list[int] | None] = []
+        self._where: list[Any] = []
+        self._rid: list[int] = []  # node slot -> its run id
+        self._free: list[int] = []  # dead run ids, for reuse
+        self._n = 0  # live nodes
         self.par: list[int] = []
         self.keys: list[int] = []
 
@@ -121,105 +143,128 @@ class _DictStore:
         self.keys = keys
 
     def walk(self, key: Sequence[int]) -> list[Node]:
-        nodes: list[Any] = list(map(self.primary.get, key, _MISSES))
-        free = True
-        try:
-            cut = nodes.index(_MISS)
-        except ValueError:
-            pass
-        else:
-            free = nodes.count(_MISS) == len(nodes) - cut
-            del nodes[cut:]
-        # Verify each hit's parent is the node found one level up (slots are ints).
+        nodes: list[Node] = []
+        n_key = len(key)
+        if not n_key:
+            return nodes
+        sget = self.starts.get
+        runs = self._runs
+        hs_of = self._hs
         par = self.par
-        if nodes and (
-            par[nodes[0]] != _ROOT or list(map(par.__getitem__, nodes[1:])) != nodes[:-1]
-        ):
-            # Some hit belongs to another path: keep the verified prefix only.
-            free = False
-            good = 0
-            parent = _ROOT
-            for n in nodes:
-                if par[n] != parent:
-                    break
-                parent = n
-                good += 1
-            del nodes[good:]
-        if self.fallback and len(nodes) < len(key):
-            free = False
-            self._walk_slow(key, nodes)
-        self._free = (key, len(nodes)) if free else None
-        return nodes
-
-    def _walk_slow(self, key: Sequence[int], nodes: list[Node]) -> None:
-        primary = self.primary
-        fallback = self.fallback
-        par = self.par
-        parent = nodes[-1] if nodes else _ROOT
-        for i in range(len(nodes), len(key)):
-            h = key[i]
-            n = primary.get(h)
-            if n is None or par[n] != parent:
-                n = fallback.get((parent, h))
-                if n is None:
-                    return
-            nodes.append(n)
-            parent = n
+        x = _ROOT
+        d = 0
+        while True:
+            h = key[d]
+            r = sget(h, -1)
+            run: Any = runs[r] if r >= 0 else None
+            if run is None or par[run[0]] != x:
+                r = self.fallback.get((x, h), -1) if self.fallback else -1
+                if r < 0:
+                    return nodes
+                run = runs[r]
+            # Follow the run as far as the key matches.
+            hs: Any = hs_of[r]
+            k = next(compress(count(), map(ne, hs, key[d:] if d else key)), -1)
+            if k < 0:
+                nodes += run if len(run) <= n_key - d else run[: n_key - d]
+            else:
+                nodes += run[:k]
+            d = len(nodes)
+            if d >= n_key:
+                return nodes
+            x = nodes[-1]
 
     def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
-        primary = self.primary
-        keys = key[m:] if m else key
-        karr = self.keys
-        par = self.par
+        hs = key[m:] if m else key
+        self._n += len(new)
+        rid = self._rid
+        grow = len(self.par) - len(rid)
+        if grow > 0:
+            rid.extend(repeat(-1, grow))
+        runs = self._runs
+        if parent != _ROOT:
+            r = rid[parent]
+            run = runs[r]
+            if run[-1] == parent:  # type: ignore[index]
+                # The parent ends its run: the run grows, no dict write.
+                run += new  # type: ignore[operator]
+                self._hs[r] += hs  # type: ignore[operator]
+                _consume(map(rid.__setitem__, new, repeat(r)), 0)
+                return
         free = self._free
-        self._free = None
-        if (free is not None and free[0] is key and free[1] == m) or primary.keys().isdisjoint(
-            keys
-        ):
-            # None of the new keys is in primary (known from the walk, or checked).
-            before = len(primary)
-            primary.update(zip(keys, new, strict=True))
-            if len(primary) - before != len(new):
-                self._repair(new)
-            return
-        setdefault = primary.setdefault
-        for n in new:
-            if setdefault(karr[n], n) != n:
-                self.fallback[(par[n], karr[n])] = n
-
-    def _repair(self, new: list[Node]) -> None:
-        """After ``primary.update`` of a tail holding the same hash twice (the deeper node
-        won the slot): the others go to the fallback map."""
-        primary = self.primary
-        karr = self.keys
-        par = self.par
-        for n in new:
-            if primary[karr[n]] != n:
-                self.fallback[(par[n], karr[n])] = n
+        if free:
+            r = free.pop()
+            runs[r] = list(new)
+            self._hs[r] = list(hs)
+        else:
+            r = len(runs)
+            runs.append(list(new))
+            self._hs.append(list(hs))
+            self._where.append(None)
+        _consume(map(rid.__setitem__, new, repeat(r)), 0)
+        h = hs[0]
+        where: Any
+        if h in self.starts:
+            where = (parent, h)
+            self.fallback[where] = r
+        else:
+            where = h
+            self.starts[h] = r
+        self._where[r] = where
 
     def discard(self, node: Node) -> None:
-        self._free = None
-        h = self.keys[node]
-        if self.primary.get(h) == node:
-            del self.primary[h]
+        # ``node`` has no children, so it is the last node of its run.
+        self._n -= 1
+        r = self._rid[node]
+        run: Any = self._runs[r]
+        run.pop()
+        if run:
+            self._hs[r].pop()  # type: ignore[union-attr]
+            return
+        self._runs[r] = None
+        self._hs[r] = None
+        where = self._where[r]
+        self._where[r] = None
+        if type(where) is tuple:
+            del self.fallback[where]
         else:
-            del self.fallback[(self.par[node], h)]
+            del self.starts[where]
+        self._free.append(r)
 
     def maintain(self) -> None:
         return None
 
     def size(self) -> int:
-        return len(self.primary) + len(self.fallback)
+        return self._n
 
     def check(self, nodes: list[Node]) -> None:
+        par = self.par
+        keys = self.keys
         ids = set(nodes)
-        stored = list(self.primary.values()) + list(self.fallback.values())
-        assert len(stored) == len(ids), "store size differs from the tree's node count"
-        assert all(n in ids for n in stored), "store holds a node not in the tree"
-        for (pid, h), n in self.fallback.items():
-            assert self.keys[n] == h and self.par[n] == pid, "fallback entry keyed wrongly"
-        for h, n in self.primary.items():
-            assert self.keys[n] == h, "primary entry keyed wrongly"
+        assert self._n == len(ids), "store size differs from the tree's node count"
+        assert len(self._hs) == len(self._where) == len(self._runs)
+        free = set(self._free)
+        assert len(free) == len(self._free), "run id freed twice"
+        seen: set[Node] = set()
+        for r, run in enumerate(self._runs):
+            if run is None:
+                assert r in free and self._where[r] is None, "dead run not free"
+                continue
+            assert r not in free, "live run listed free"
+            hs: Any = self._hs[r]
+            assert run and len(run) == len(hs), "run without nodes or hashes"
+            assert hs == [keys[n] for n in run], "run hashes differ from the nodes' keys"
+            assert all(par[b] == a for a, b in pairwise(run)), "run broken"
+            assert all(self._rid[n] == r for n in run), "node's run id wrong"
+            assert not seen.intersection(run), "node in two runs"
+            seen.update(run)
+            where = self._where[r]
+            if type(where) is tuple:
+                assert where == (par[run[0]], hs[0]) and self.fallback[where] == r
+            else:
+                assert where == hs[0] and self.starts[where] == r, "run start keyed wrongly"
+        assert seen == ids, "store nodes differ from the tree's"
+        assert len(self.starts) + len(self.fallback) == len(self._runs) - len(free)
 
 
 class _Batch:
@@ -563,34 +608,8 @@ class RadixTree(Generic[V]):
             n = len(chain)
             if n:
                 store = self._store
-                if self._maintain is None:
-                    # _DictStore.walk inlined (the dict backend's hot path).
-                    nodes: list[Any] = list(map(store.primary.get, chain, _MISSES))  # type: ignore[attr-defined]
-                    m = n
-                    if _MISS in nodes:
-                        m = nodes.index(_MISS)
-                        free = nodes.count(_MISS) == n - m
-                        del nodes[m:]
-                    else:
-                        free = True
-                    if m:
-                        par = self._par
-                        if par[nodes[0]] != _ROOT or (
-                            m > 1 and list(map(par.__getitem__, nodes[1:])) != nodes[:-1]
-                        ):
-                            nodes = store.walk(chain)
-                            m = len(nodes)
-                            free = False
-                    if m < n and store.fallback:  # type: ignore[attr-defined]
-                        nodes = store.walk(chain)
-                        m = len(nodes)
-                    elif free:
-                        store._free = (chain, m)  # type: ignore[attr-defined]
-                    else:
-                        store._free = None  # type: ignore[attr-defined]
-                else:
-                    nodes = store.walk(chain)
-                    m = len(nodes)
+                nodes = store.walk(chain)
+                m = len(nodes)
                 key = chain
                 # _bad_key's common case inlined: exact ints, the unmatched tail in range.
                 try:
@@ -658,8 +677,8 @@ class RadixTree(Generic[V]):
             return None, 0, vals, scale
 
     def _observe(self, chain: Sequence[int], value: Any, now: float) -> bool:
-        """``insert`` for ``Index.observe``; returns False iff the chain's full-depth longest
-        match was already ``value`` and live."""
+        """``insert`` for ``Index.observe``; returns False iff ``value`` already owned every
+        node of the chain, live."""
         with self._lock:
             cached = self._walk_cache
             self._walk_cache = _NO_CACHE
@@ -676,12 +695,18 @@ class RadixTree(Generic[V]):
                     nodes = store.walk(fixed)
             fresh = True
             if len(nodes) == len(key):
-                b = self._bat[nodes[-1]]
-                if b is not None:
-                    ttl = self._ttl
-                    if not (ttl > 0 and now - b.t > ttl):
-                        ov = b.owner.value
-                        fresh = ov is not value and ov != value
+                # Owned whole iff every node's batch is a live one of ``value`` (a prefix
+                # re-taken by another key since is news for peers).
+                ttl = self._ttl
+                fresh = False
+                for b in set(map(self._bat.__getitem__, nodes)):
+                    if b is None or (ttl > 0 and now - b.t > ttl):
+                        fresh = True
+                        break
+                    ov = b.owner.value
+                    if ov is not value and ov != value:
+                        fresh = True
+                        break
             self._insert(key, value, now, nodes)
             return fresh
 
@@ -941,18 +966,7 @@ class RadixTree(Generic[V]):
                 kids[new[-1]] = 0
             if m:
                 kids[parent] += 1
-            store = self._store
-            free_walk = store._free if self._maintain is None else None  # type: ignore[attr-defined]
-            if free_walk is not None and free_walk[0] is key and free_walk[1] == m:
-                # _DictStore.extend's common case inlined: the walk saw none of the tail.
-                store._free = None  # type: ignore[attr-defined]
-                primary = store.primary  # type: ignore[attr-defined]
-                before = len(primary)
-                primary.update(zip(tail, new, strict=True))
-                if len(primary) - before != k:
-                    store._repair(new)  # type: ignore[attr-defined]
-            else:
-                store.extend(parent, new, key, m)
+            self._store.extend(parent, new, key, m)
             b.nodes.extend(new)
             self._len += L - m
         b.live = L

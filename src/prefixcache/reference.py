@@ -240,13 +240,21 @@ class ReferenceIndex:
         if not chain or not key.node_id:
             return False
         self._check_chain(chain)
-        match = self.longest_match(model, chain, now)
+        # "True unless this exact key already owned the whole chain live": every node of
+        # the path exists and is a live entry of ``key``.
+        owned = True
+        node = self._roots.get(model)
+        for h in chain:
+            node = None if node is None else node.children.get(h)
+            if node is None or not self._live(node, now) or node.value != key:
+                owned = False
+                break
         node = self._roots.setdefault(model, _Node())
         for h in chain:
             node = node.children.setdefault(h, _Node())
             node.value = key
             node.last_seen = now
-        return not (match is not None and match[0] == key and match[1] == len(chain))
+        return not owned
 
     def invalidate(self, model: str, key: ReplicaKey) -> int:
         """Drop every entry owned by ``key``; returns how many were dropped."""

@@ -500,3 +500,22 @@ def test_apply_rejects_bad_events_with_a_typed_error(bad: object) -> None:
     with pytest.raises(EventDecodeError):
         sync.apply_observe(bad)  # type: ignore[arg-type]
     assert index.models() == frozenset()
+
+
+def test_retaking_a_prefix_another_key_took_is_broadcast() -> None:
+    # Found by the commuting-histories property: A owns (1, 2); B takes the prefix (1,);
+    # A re-observes (1, 2). A did not own the whole chain any more, so the observe is news:
+    # if it were not broadcast, b would keep B on (1,) while a holds A.
+    hub = InMemoryTransport()
+    clock = ManualClock(100.0)
+    a = Sync(Index(), clock=clock)
+    b = Sync(Index(), clock=clock)
+    a.attach(hub.connect("a"))
+    b.attach(hub.connect("b"))
+    assert a.observe("m", (1, 2), A0, 100.0) is True
+    assert a.observe("m", (1,), B0, 100.0) is True
+    assert a.observe("m", (1,), B0, 100.0) is False  # owned whole: no message
+    assert a.observe("m", (1, 2), A0, 100.0) is True
+    for s in (a, b):
+        assert s.decide("m", (1,), CANDS, 100.0).hot == A0
+    assert a.stats().published == 3 and b.stats().applied_observe == 3
