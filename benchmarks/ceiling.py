@@ -1,15 +1,17 @@
 """How fast could the routing loop go on this node layout? A measurement, not a router.
 
 ``Index[dict]`` stores nodes as int slots in parallel lists (parent, block hash, batch, child
-count), a ``dict`` block hash -> slot, one batch (owner, time, live count) per insert and a
-decayed weight sum per owner. This script runs the routing loop of ``run.py`` (decide over 8
-keys, select with in-flight 0, observe) as **one fused function** over that same layout. It
-keeps the work every exact router must do: walk with parent checks, key type and range
-checks, TTL expiry of the owners' sums, TTL-aware longest match, the cold order from the sums
-with the near-tie test, batch hand-over, node creation, an expiry queue and a lock. It drops
-everything an API adds: candidate and decision records, function layers, the walk cache, the
-LRU heap, drift control, argument checks. Its ratio to the bare-dict floor, measured in the
-same run, bounds what ``Index[dict]`` can reach without a different layout.
+count), one batch (owner, time, live count) per insert and a decayed weight sum per owner,
+and finds nodes through runs (see ``prefixcache._tree._DictStore``). This script runs the
+routing loop of ``run.py`` (decide over 8 keys, select with in-flight 0, observe) as **one
+fused function** over the same slots and batches, finding nodes through a plain ``dict``
+block hash -> slot (the dict backend's map before runs, which measured within 3% of runs on
+this trace). It keeps the work every exact router must do: walk with parent checks, key type
+and range checks, TTL expiry of the owners' sums, TTL-aware longest match, the cold order
+from the sums with the near-tie test, batch hand-over, node creation, an expiry queue and a
+lock. It drops everything an API adds: candidate and decision records, function layers, the
+walk cache, the LRU heap, drift control, argument checks. Its ratio to the bare-dict floor,
+measured in the same run, bounds what ``Index[dict]`` can reach without a different layout.
 ``python benchmarks/ceiling.py`` prints one table row per loop.
 """
 

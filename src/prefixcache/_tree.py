@@ -374,8 +374,9 @@ class RadixTree(Generic[V]):
     * Keys outside ``0 <= h < 2**64`` (or non-integers) raise
       :class:`clusterrouting.InvalidRecordError` (a ``ValueError``); nothing is stored.
 
-    Backends (``backend=``): ``"dict"`` (flat map keyed by block hash, verified by parent
-    identity, with a fallback map for colliding paths) and ``"datrie"`` (nodes grouped in
+    Backends (``backend=``): ``"dict"`` (nodes grouped in runs, run starts in a dict keyed
+    by block hash, verified by parent, with a fallback map for paths sharing a hash) and
+    ``"datrie"`` (nodes grouped in
     runs, one key per run start in a forest of small C tries behind a write overlay, see
     :mod:`prefixcache._datrie_store`). Both give identical results.
 
