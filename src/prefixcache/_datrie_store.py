@@ -68,11 +68,12 @@ import re
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
-from itertools import compress, count, pairwise, repeat
-from operator import itemgetter, ne
+from operator import itemgetter
 from typing import Any
 
 import datrie
+
+from prefixcache._tree import _follow, _Runs
 
 __all__ = ["DatrieStore"]
 
@@ -140,7 +141,7 @@ class _Part:
         self.dead = 0
 
 
-class DatrieStore:
+class DatrieStore(_Runs):
     """Runs of nodes; run starts in a forest of ``datrie.BaseTrie`` plus a dict write overlay.
     Not thread-safe on its own: :class:`prefixcache.RadixTree` calls it under its lock."""
 
@@ -148,23 +149,16 @@ class DatrieStore:
         "_bounds",
         "_cstr",
         "_dead",
-        "_free",
-        "_hs",
         "_ids",
         "_in_trie",
         "_key",
         "_merge_min",
-        "_n",
         "_overlay",
-        "_par",
         "_part_size",
         "_parts",
         "_rebuild_min",
-        "_rid",
-        "_runs",
         "_tcost",
         "_touched",
-        "keys",
     )
 
     def __init__(
@@ -180,29 +174,18 @@ class DatrieStore:
         # The forest: _parts[k] holds the keys in [_bounds[k - 1], _bounds[k]).
         self._parts: list[_Part] = [_Part([])]
         self._bounds: list[str] = []
-        # Per run id: its nodes and their hashes, shallow to deep (both None once dead or
-        # free), and its key ("" once dead or free).
-        self._runs: list[list[Node] | None] = []
-        self._hs: list[list[int] | None] = []
+        super().__init__()
+        # Per run id: its key ("" once dead or free). Tombstoned ids are not free until the
+        # trie holding them is rebuilt.
         self._key: list[str] = []
-        self._rid: list[int] = []  # node slot -> its run id
         self._overlay: dict[str, int] = {}  # runs not yet in a trie: key -> run id
         # Overlay flush cost: the tries its keys fall in (indexes) and their live key counts.
         self._touched: dict[int, None] = {}
         self._tcost = 0
         self._dead = 0  # tombstones in the forest
-        self._free: list[int] = []  # run ids no trie holds, for reuse
         self._in_trie = 0  # live runs in the forest
-        self._n = 0  # live nodes
         self._ids: dict[int, int] = {}  # block hash of a run start -> interned id
         self._cstr: list[str] = []  # interned id -> its code
-        self._par: list[int] = []
-        self.keys: list[int] = []
-
-    def bind(self, par: list[int], keys: list[int]) -> None:
-        """Share the tree's slot lists (parent slot and block hash per node slot)."""
-        self._par = par
-        self.keys = keys
 
     def _lookup(self, s: str) -> int:
         """The live run keyed ``s`` (overlay first, then its trie), or -1."""
@@ -222,7 +205,7 @@ class DatrieStore:
         oget = self._overlay.get
         runs = self._runs
         hs_of = self._hs
-        par = self._par
+        par = self.par
         bounds = self._bounds
         parts = self._parts
         x = _ROOT
@@ -242,35 +225,15 @@ class DatrieStore:
                 if r < 0:
                     return nodes
                 run = runs[r]
-            # Follow it as far as the key matches (C-level longest common prefix).
-            hs: Any = hs_of[r]
-            k = next(compress(count(), map(ne, hs, key[d:] if d else key)), -1)
-            if k < 0:
-                nodes += run if len(run) <= n_key - d else run[: n_key - d]
-            else:
-                nodes += run[:k]
-            d = len(nodes)
+            d = _follow(nodes, run, hs_of[r], key, d)
             if d >= n_key:
                 return nodes
             x = nodes[-1]
 
     def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
         hs = key[m:] if m else key
-        self._n += len(new)
-        rid = self._rid
-        grow = len(self._par) - len(rid)
-        if grow > 0:
-            rid.extend(repeat(-1, grow))
-        runs = self._runs
-        if parent != _ROOT:
-            r = rid[parent]
-            run = runs[r]
-            if run[-1] == parent:  # type: ignore[index]
-                # The parent ends its run: the run grows, no trie write.
-                run += new  # type: ignore[operator]
-                self._hs[r] += hs  # type: ignore[operator]
-                _consume(map(rid.__setitem__, new, repeat(r)), 0)
-                return
+        if self._grow(parent, new, hs):
+            return  # the parent ends its run: the run grows, no trie write
         # A new run, keyed by its start hash's code (or with its parent's code: see above).
         h = hs[0]
         i = self._ids.get(h)
@@ -282,20 +245,13 @@ class DatrieStore:
             s = self._cstr[i]
             if self._lookup(s) >= 0:
                 s += _code(parent + 1)
-        free = self._free
-        if free:
-            r = free.pop()
-            runs[r] = list(new)
-            self._hs[r] = list(hs)
-            self._key[r] = s
-        else:
-            r = len(runs)
-            if r > _MAX_ID:
-                raise OverflowError("datrie store: too many runs")
-            runs.append(list(new))
-            self._hs.append(list(hs))
+        if not self._free and len(self._runs) > _MAX_ID:
+            raise OverflowError("datrie store: too many runs")
+        r = self._open(new, hs)
+        if r == len(self._key):
             self._key.append(s)
-        _consume(map(rid.__setitem__, new, repeat(r)), 0)
+        else:
+            self._key[r] = s
         self._overlay[s] = r
         p = bisect_right(self._bounds, s)
         if p not in self._touched:
@@ -304,18 +260,10 @@ class DatrieStore:
             self._tcost += len(part.members) - part.dead
 
     def discard(self, node: Node) -> None:
-        # ``node`` has no children, so it is the last node of its run.
-        self._n -= 1
-        r = self._rid[node]
-        run: Any = self._runs[r]
-        assert run[-1] == node, "datrie store: discarded node is not its run's last"
-        run.pop()
-        if run:
-            self._hs[r].pop()  # type: ignore[union-attr]
+        r = self._pop(node)
+        if r < 0:
             return
         # The run is dead.
-        self._runs[r] = None
-        self._hs[r] = None
         s = self._key[r]
         self._key[r] = ""
         if self._overlay.get(s) == r:
@@ -325,9 +273,6 @@ class DatrieStore:
             self._parts[bisect_right(self._bounds, s)].dead += 1
             self._dead += 1
             self._in_trie -= 1
-
-    def size(self) -> int:
-        return self._n
 
     def maintain(self) -> None:
         live = self._in_trie
@@ -390,7 +335,7 @@ class DatrieStore:
         # Keys afresh: the first live run of each start hash takes its primary key.
         cstr = self._cstr
         ids = self._ids
-        par = self._par
+        par = self.par
         keys = self._key
         taken: set[str] = set()
         for r in live:
@@ -418,28 +363,17 @@ class DatrieStore:
         self._tcost = 0
 
     def check(self, nodes: list[Node]) -> None:
-        par = self._par
-        keys = self.keys
+        live = self._check_runs(nodes)
+        par = self.par
         runs = self._runs
-        rid = self._rid
         n_ids = len(runs)
-        assert len(self._hs) == len(self._key) == n_ids
-        ids = set(nodes)
-        assert self._n == len(ids), "datrie store size differs from the tree's node count"
-        seen: set[Node] = set()
-        live = [r for r in range(n_ids) if runs[r] is not None]
+        assert len(self._key) == n_ids
         overlay = self._overlay
         assert all(self._key[r] == s for s, r in overlay.items()), "overlay keyed wrongly"
         keyed: dict[str, int] = {}
         for r in live:
             run: Any = runs[r]
             hs: Any = self._hs[r]
-            assert run and len(run) == len(hs), "run without nodes or hashes"
-            assert hs == [keys[x] for x in run], "run hashes differ from the nodes' keys"
-            assert all(par[b] == a for a, b in pairwise(run)), "run broken"
-            assert all(rid[x] == r for x in run), "node's run id wrong"
-            assert not seen.intersection(run), "node in two runs"
-            seen.update(run)
             s = self._key[r]
             _validate(s)
             c = self._cstr[self._ids[hs[0]]]
@@ -448,7 +382,6 @@ class DatrieStore:
             if s not in overlay:
                 got = self._parts[bisect_right(self._bounds, s)].trie.get(s, -1)
                 assert got == r, "trie entry keyed wrongly"
-        assert seen == ids, "datrie store nodes differ from the tree's"
         # Primary keys first: a fallback's hash has a live primary or had one (its tombstone
         # or its replacement in the overlay); lookups try both, so only uniqueness matters.
         assert set(overlay.values()) <= set(live), "overlay holds a dead run"

@@ -95,113 +95,167 @@ class _Store(Protocol):
     def check(self, nodes: list[Node]) -> None: ...
 
 
-class _DictStore:
-    """Nodes grouped in *runs*, run starts in dicts keyed by block hash.
+class _Runs:
+    """Node runs, shared by both stores (the lookup of run starts is each store's own).
 
     A run is a chain of nodes ``n0 -> n1 -> ...`` (each the parent of the next); every node
-    is in exactly one run, which keeps the node slots and their block hashes in two lists.
-    ``extend`` under the last node of a run appends to that run (a conversation's next turn);
-    under a mid-run node or the root the new nodes start a run. A run start is found by
-    ``starts[hash]`` unless another live run already holds that hash (two paths through the
-    same hash: arbitrary key sequences, not chains), then by ``fallback[(parent slot,
-    hash)]``; a ``starts`` hit counts only if its parent is the node found so far, so results
-    are exact for any uint64 sequence. A walk does one dict lookup per run on the path and
-    follows each run with a C-level longest common prefix and list slices; an insert writes
-    one dict entry per new run, none per node. ``discard`` only removes a leaf, which is its
-    run's last node; an emptied run leaves its dict and its id is reused.
+    is in exactly one run, which keeps the node slots and their block hashes in two lists
+    (``_runs[r]``, ``_hs[r]``, ``None`` once the run is dead). New nodes under the last node of
+    a run extend it (a conversation's next turn); under a mid-run node or the root they open a
+    run, so a path is a few runs: a walk does one store lookup per run and follows each with a
+    C-level longest common prefix and list slices, and an insert writes one store key per new
+    run, none per node. The tree discards only leaves, which are their run's last node.
     """
 
-    __slots__ = (
-        "_free",
-        "_hs",
-        "_n",
-        "_rid",
-        "_runs",
-        "_where",
-        "fallback",
-        "keys",
-        "par",
-        "starts",
-    )
+    __slots__ = ("_free", "_hs", "_n", "_rid", "_runs", "keys", "par")
 
     def __init__(self) -> None:
-        self.starts: dict[int, int] = {}
-        self.fallback: dict[tuple[int, int], int] = {}
-        # Per run id: its node slots and their hashes, shallow to deep (None once dead), and
-        # where it is keyed (its start hash in ``starts``, or its ``fallback`` key).
         self._runs: list[list[Node] | None] = []
         self._hs: list[list[int] | None] = []
-        self._where: list[Any] = []
         self._rid: list[int] = []  # node slot -> its run id
-        self._free: list[int] = []  # dead run ids, for reuse
+        self._free: list[int] = []  # run ids free for reuse
         self._n = 0  # live nodes
         self.par: list[int] = []
         self.keys: list[int] = []
 
     def bind(self, par: list[int], keys: list[int]) -> None:
+        """Share the tree's slot lists (parent slot and block hash per node slot)."""
         self.par = par
         self.keys = keys
 
-    def walk(self, key: Sequence[int]) -> list[Node]:
-        nodes: list[Node] = []
-        n_key = len(key)
-        if not n_key:
-            return nodes
-        sget = self.starts.get
-        runs = self._runs
-        hs_of = self._hs
-        par = self.par
-        x = _ROOT
-        d = 0
-        while True:
-            h = key[d]
-            r = sget(h, -1)
-            run: Any = runs[r] if r >= 0 else None
-            if run is None or par[run[0]] != x:
-                r = self.fallback.get((x, h), -1) if self.fallback else -1
-                if r < 0:
-                    return nodes
-                run = runs[r]
-            # Follow the run as far as the key matches.
-            hs: Any = hs_of[r]
-            k = next(compress(count(), map(ne, hs, key[d:] if d else key)), -1)
-            if k < 0:
-                nodes += run if len(run) <= n_key - d else run[: n_key - d]
-            else:
-                nodes += run[:k]
-            d = len(nodes)
-            if d >= n_key:
-                return nodes
-            x = nodes[-1]
+    def size(self) -> int:
+        return self._n
 
-    def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
-        hs = key[m:] if m else key
+    def _grow(self, parent: Node, new: list[Node], hs: Sequence[int]) -> bool:
+        """Count ``new`` (a chain under ``parent``, hashes ``hs``); if ``parent`` ends its run,
+        append them to it and return True."""
         self._n += len(new)
         rid = self._rid
         grow = len(self.par) - len(rid)
         if grow > 0:
             rid.extend(repeat(-1, grow))
-        runs = self._runs
         if parent != _ROOT:
             r = rid[parent]
-            run = runs[r]
+            run = self._runs[r]
             if run[-1] == parent:  # type: ignore[index]
-                # The parent ends its run: the run grows, no dict write.
                 run += new  # type: ignore[operator]
                 self._hs[r] += hs  # type: ignore[operator]
                 _consume(map(rid.__setitem__, new, repeat(r)), 0)
-                return
-        free = self._free
-        if free:
-            r = free.pop()
+                return True
+        return False
+
+    def _open(self, new: list[Node], hs: Sequence[int]) -> int:
+        """A run of ``new`` (hashes ``hs``): its id (a free one first)."""
+        runs = self._runs
+        if self._free:
+            r = self._free.pop()
             runs[r] = list(new)
             self._hs[r] = list(hs)
         else:
             r = len(runs)
             runs.append(list(new))
             self._hs.append(list(hs))
+        _consume(map(self._rid.__setitem__, new, repeat(r)), 0)
+        return r
+
+    def _pop(self, node: Node) -> int:
+        """Drop leaf ``node``, its run's last node; the run's id if that emptied it (the run
+        is then dead), else -1."""
+        self._n -= 1
+        r = self._rid[node]
+        run: Any = self._runs[r]
+        assert run[-1] == node, "discarded node is not its run's last"
+        run.pop()
+        if run:
+            self._hs[r].pop()  # type: ignore[union-attr]
+            return -1
+        self._runs[r] = None
+        self._hs[r] = None
+        return r
+
+    def _check_runs(self, nodes: list[Node]) -> list[int]:
+        """Assert the run invariants against the tree's ``nodes``; the live run ids."""
+        par = self.par
+        keys = self.keys
+        ids = set(nodes)
+        assert self._n == len(ids), "store size differs from the tree's node count"
+        assert len(self._hs) == len(self._runs), "run lists out of step"
+        assert len(set(self._free)) == len(self._free), "run id freed twice"
+        seen: set[Node] = set()
+        live = []
+        for r, run in enumerate(self._runs):
+            if run is None:
+                assert self._hs[r] is None, "dead run keeps hashes"
+                continue
+            assert r not in self._free, "live run listed free"
+            hs: Any = self._hs[r]
+            assert run and len(run) == len(hs), "run without nodes or hashes"
+            assert hs == [keys[n] for n in run], "run hashes differ from the nodes' keys"
+            assert all(par[b] == a for a, b in pairwise(run)), "run broken"
+            assert all(self._rid[n] == r for n in run), "node's run id wrong"
+            assert not seen.intersection(run), "node in two runs"
+            seen.update(run)
+            live.append(r)
+        assert seen == ids, "store nodes differ from the tree's"
+        return live
+
+
+def _follow(nodes: list[Node], run: Any, hs: Any, key: Sequence[int], d: int) -> int:
+    """Extend ``nodes`` (the path's first ``d`` nodes) along ``run`` (hashes ``hs``) while
+    ``key`` matches; returns the new depth."""
+    n_key = len(key)
+    k = next(compress(count(), map(ne, hs, key[d:] if d else key)), -1)
+    if k < 0:
+        nodes += run if len(run) <= n_key - d else run[: n_key - d]
+    else:
+        nodes += run[:k]
+    return len(nodes)
+
+
+class _DictStore(_Runs):
+    """Node runs (see ``_Runs``) whose starts are found by ``starts[hash]``, or by
+    ``fallback[(parent slot, hash)]`` when another live run already holds that hash (two
+    paths through the same hash: arbitrary key sequences, not chains). A ``starts`` hit
+    counts only if its parent is the node found so far, so results are exact for any uint64
+    sequence. A dead run leaves its dict at once and its id is reused.
+    """
+
+    __slots__ = ("_where", "fallback", "starts")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts: dict[int, int] = {}
+        self.fallback: dict[tuple[int, int], int] = {}
+        self._where: list[Any] = []  # run id -> its start hash, or its fallback key
+
+    def walk(self, key: Sequence[int]) -> list[Node]:
+        nodes: list[Node] = []
+        n_key = len(key)
+        sget = self.starts.get
+        runs = self._runs
+        par = self.par
+        x = _ROOT
+        d = 0
+        while d < n_key:
+            h = key[d]
+            r = sget(h, -1)
+            run: Any = runs[r] if r >= 0 else None
+            if run is None or par[run[0]] != x:
+                r = self.fallback.get((x, h), -1) if self.fallback else -1
+                if r < 0:
+                    break
+                run = runs[r]
+            d = _follow(nodes, run, self._hs[r], key, d)
+            x = nodes[-1]
+        return nodes
+
+    def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
+        hs = key[m:] if m else key
+        if self._grow(parent, new, hs):
+            return
+        r = self._open(new, hs)
+        if r == len(self._where):
             self._where.append(None)
-        _consume(map(rid.__setitem__, new, repeat(r)), 0)
         h = hs[0]
         where: Any
         if h in self.starts:
@@ -213,16 +267,9 @@ class _DictStore:
         self._where[r] = where
 
     def discard(self, node: Node) -> None:
-        # ``node`` has no children, so it is the last node of its run.
-        self._n -= 1
-        r = self._rid[node]
-        run: Any = self._runs[r]
-        run.pop()
-        if run:
-            self._hs[r].pop()  # type: ignore[union-attr]
+        r = self._pop(node)
+        if r < 0:
             return
-        self._runs[r] = None
-        self._hs[r] = None
         where = self._where[r]
         self._where[r] = None
         if type(where) is tuple:
@@ -234,37 +281,20 @@ class _DictStore:
     def maintain(self) -> None:
         return None
 
-    def size(self) -> int:
-        return self._n
-
     def check(self, nodes: list[Node]) -> None:
+        live = self._check_runs(nodes)
         par = self.par
-        keys = self.keys
-        ids = set(nodes)
-        assert self._n == len(ids), "store size differs from the tree's node count"
-        assert len(self._hs) == len(self._where) == len(self._runs)
-        free = set(self._free)
-        assert len(free) == len(self._free), "run id freed twice"
-        seen: set[Node] = set()
-        for r, run in enumerate(self._runs):
-            if run is None:
-                assert r in free and self._where[r] is None, "dead run not free"
-                continue
-            assert r not in free, "live run listed free"
-            hs: Any = self._hs[r]
-            assert run and len(run) == len(hs), "run without nodes or hashes"
-            assert hs == [keys[n] for n in run], "run hashes differ from the nodes' keys"
-            assert all(par[b] == a for a, b in pairwise(run)), "run broken"
-            assert all(self._rid[n] == r for n in run), "node's run id wrong"
-            assert not seen.intersection(run), "node in two runs"
-            seen.update(run)
+        assert len(self._where) == len(self._runs)
+        for r in live:
+            run: Any = self._runs[r]
+            h = self.keys[run[0]]
             where = self._where[r]
             if type(where) is tuple:
-                assert where == (par[run[0]], hs[0]) and self.fallback[where] == r
+                assert where == (par[run[0]], h) and self.fallback[where] == r
             else:
-                assert where == hs[0] and self.starts[where] == r, "run start keyed wrongly"
-        assert seen == ids, "store nodes differ from the tree's"
-        assert len(self.starts) + len(self.fallback) == len(self._runs) - len(free)
+                assert where == h and self.starts[where] == r, "run start keyed wrongly"
+        assert all(self._where[r] is None for r in self._free), "free run still keyed"
+        assert len(self.starts) + len(self.fallback) == len(live)
 
 
 class _Batch:
