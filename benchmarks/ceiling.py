@@ -166,7 +166,7 @@ def measure(rounds: int = 7) -> dict[str, float]:
     jobs: dict[str, Callable[[], int]] = {
         "bare dict floor": lambda: run.replay_floor(chains, times, keys),
         "Index[dict]": lambda: run.replay_index(Index(cfg), chains, times, cands, cfg),
-        "fused loop, same layout": lambda: fused_replay(chains, times),
+        "fused loop (slots, batches, per-block map)": lambda: fused_replay(chains, times),
     }
     best: dict[str, float] = {}
     for _ in range(rounds):
