@@ -56,14 +56,8 @@ DEFAULT_BACKEND: Backend = "dict"
 V = TypeVar("V", bound=Hashable)
 
 _ROOT = -1  # the parent slot of a depth-1 node
-# What a walk's lookups return for an absent hash: an int, so that finding the first miss
-# compares ints (``None`` against an int slot takes Python's slow reflected comparison).
-_MISS = -2
-_MISSES = repeat(_MISS)
 _U64 = 1 << 64
 assert array("Q").itemsize == 8, "array 'Q' must hold exactly the uint64 range"
-_NO_BATCH = object()
-_ZEROS = repeat(0)
 _consume = deque
 _NO_CACHE: tuple[Any, list[Any], int, Any] = (object(), [], -1, ())
 _LIVE_SUM = attrgetter("live_sum")
