@@ -232,7 +232,14 @@ class DatrieStore(_Runs):
 
     def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
         hs = key[m:] if m else key
-        if self._grow(parent, new, hs):
+        if (
+            not self._free
+            and len(self._runs) > _MAX_ID
+            and (parent == _ROOT or self._runs[self._rid[parent]][-1] != parent)  # type: ignore[index]
+        ):
+            raise OverflowError("datrie store: too many runs")  # a new run needs an id
+        r = self._add(parent, new, hs)
+        if r < 0:
             return  # the parent ends its run: the run grows, no trie write
         # A new run, keyed by its start hash's code (or with its parent's code: see above).
         h = hs[0]
@@ -245,9 +252,6 @@ class DatrieStore(_Runs):
             s = self._cstr[i]
             if self._lookup(s) >= 0:
                 s += _code(parent + 1)
-        if not self._free and len(self._runs) > _MAX_ID:
-            raise OverflowError("datrie store: too many runs")
-        r = self._open(new, hs)
         if r == len(self._key):
             self._key.append(s)
         else:

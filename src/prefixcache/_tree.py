@@ -120,37 +120,35 @@ class _Runs:
     def size(self) -> int:
         return self._n
 
-    def _grow(self, parent: Node, new: list[Node], hs: Sequence[int]) -> bool:
-        """Count ``new`` (a chain under ``parent``, hashes ``hs``); if ``parent`` ends its run,
-        append them to it and return True."""
+    def _add(self, parent: Node, new: list[Node], hs: Sequence[int]) -> int:
+        """Register ``new`` (a chain of nodes under ``parent``, hashes ``hs``): appended to
+        the parent's run if the parent ends it (returns -1), else in a new run (a free id
+        first), whose id is returned for the store to key."""
         self._n += len(new)
         rid = self._rid
-        grow = len(self.par) - len(rid)
-        if grow > 0:
-            rid.extend(repeat(-1, grow))
-        if parent != _ROOT:
-            r = rid[parent]
-            run = self._runs[r]
-            if run[-1] == parent:  # type: ignore[index]
-                run += new  # type: ignore[operator]
-                self._hs[r] += hs  # type: ignore[operator]
-                _consume(map(rid.__setitem__, new, repeat(r)), 0)
-                return True
-        return False
-
-    def _open(self, new: list[Node], hs: Sequence[int]) -> int:
-        """A run of ``new`` (hashes ``hs``): its id (a free one first)."""
         runs = self._runs
-        if self._free:
-            r = self._free.pop()
+        r = rid[parent] if parent != _ROOT else -1
+        if r >= 0 and runs[r][-1] == parent:  # type: ignore[index]
+            runs[r] += new  # type: ignore[operator]
+            self._hs[r] += hs  # type: ignore[operator]
+            opened = -1
+        elif self._free:
+            r = opened = self._free.pop()
             runs[r] = list(new)
             self._hs[r] = list(hs)
         else:
-            r = len(runs)
+            r = opened = len(runs)
             runs.append(list(new))
             self._hs.append(list(hs))
-        _consume(map(self._rid.__setitem__, new, repeat(r)), 0)
-        return r
+        if new[0] == len(rid):
+            # Fresh slots at the end (the tree allocates them in order): extend in C.
+            rid.extend(repeat(r, len(new)))
+        else:
+            grow = len(self.par) - len(rid)
+            if grow > 0:
+                rid.extend(repeat(-1, grow))
+            _consume(map(rid.__setitem__, new, repeat(r)), 0)
+        return opened
 
     def _pop(self, node: Node) -> int:
         """Drop leaf ``node``, its run's last node; the run's id if that emptied it (the run
@@ -245,20 +243,20 @@ class _DictStore(_Runs):
 
     def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
         hs = key[m:] if m else key
-        if self._grow(parent, new, hs):
+        r = self._add(parent, new, hs)
+        if r < 0:
             return
-        r = self._open(new, hs)
-        if r == len(self._where):
-            self._where.append(None)
         h = hs[0]
-        where: Any
+        where: Any = h
         if h in self.starts:
             where = (parent, h)
             self.fallback[where] = r
         else:
-            where = h
             self.starts[h] = r
-        self._where[r] = where
+        if r == len(self._where):
+            self._where.append(where)
+        else:
+            self._where[r] = where
 
     def discard(self, node: Node) -> None:
         r = self._pop(node)
@@ -296,14 +294,16 @@ class _Batch:
 
     __slots__ = ("counted", "f", "live", "nodes", "owner", "seq", "t")
 
-    def __init__(self, owner: _Owner, t: float, seq: int, f: float) -> None:
+    def __init__(
+        self, owner: _Owner, t: float, seq: int, f: float, counted: bool, nodes: list[Node]
+    ) -> None:
         self.owner = owner
         self.t = t
         self.seq = seq
         self.f = f
         self.live = 0
-        self.nodes: list[Node] = []
-        self.counted = False
+        self.nodes = nodes
+        self.counted = counted
 
 
 class _Owner:
@@ -921,10 +921,9 @@ class RadixTree(Generic[V]):
                             self._release(x, olds.count(x))
                     _consume(map(bat.__setitem__, found, repeat(b)), 0)
             else:
-                b = _Batch(o, t, seq, f)
+                b = _Batch(o, t, seq, f, counted, found)
                 o.batches[b] = None
                 self._nbatches += 1
-                hl_on = hl > 0
                 for x in set(olds):
                     # _release(x, run) inlined for the common case.
                     if x is None:
@@ -934,9 +933,8 @@ class RadixTree(Generic[V]):
                     live = x.live = x.live - run
                     if x.counted:
                         xo = x.owner
-                        ws = xo.live_sum - run * x.f
-                        xo.live_sum = ws
-                        if hl_on:
+                        ws = xo.live_sum = xo.live_sum - run * x.f
+                        if hl > 0:
                             ops = xo.ops = xo.ops + 1
                             if ops * xo.peak > _DRIFT * ws:
                                 self._resum(xo)
@@ -946,11 +944,12 @@ class RadixTree(Generic[V]):
                         xn = x.nodes
                         x.nodes = list(compress(xn, map(is_, map(bat.__getitem__, xn), repeat(x))))
                 _consume(map(bat.__setitem__, found, repeat(b)), 0)
-            b.counted = counted
-            b.nodes = found
+                # (a new batch already holds ``found`` and ``counted``)
+            if b.nodes is not found:
+                b.counted = counted
+                b.nodes = found
         else:
-            b = _Batch(o, t, seq, f)
-            b.counted = counted
+            b = _Batch(o, t, seq, f, counted, [])
             o.batches[b] = None
             self._nbatches += 1
         if m < L:
@@ -1066,19 +1065,28 @@ class RadixTree(Generic[V]):
             return
         exp = self._exp
         q = self._expq
+        hl_on = self._hl > 0
         # Pop in (t, seq) order from the in-order queue and the heap (keys are unique).
         while True:
             if q and (not exp or q[0] < exp[0]):
-                if not now - q[0][0] > ttl:
+                e = q[0]
+                if not now - e[0] > ttl:
                     break
-                _, seq, b = q.popleft()
+                q.popleft()
             elif exp and now - exp[0][0] > ttl:
-                _, seq, b = heapq.heappop(exp)
+                e = heapq.heappop(exp)
             else:
                 break
-            if b.counted and b.seq == seq and b.live:
+            b = e[2]
+            if b.counted and b.seq == e[1] and b.live:
                 b.counted = False
-                self._adjust(b.owner, -b.live * b.f)
+                # _adjust(b.owner, -b.live * b.f) inlined (a sum only falls here).
+                o = b.owner
+                ws = o.live_sum = o.live_sum - b.live * b.f
+                if hl_on:
+                    ops = o.ops = o.ops + 1
+                    if ops * o.peak > _DRIFT * ws:
+                        self._resum(o)
 
     def _weights(self, values: Sequence[Any], now: float) -> list[float]:
         if type(now) is not float or now != now:
