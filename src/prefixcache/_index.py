@@ -6,7 +6,7 @@ import math
 import threading
 from collections.abc import Sequence
 from operator import attrgetter, sub
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from clusterrouting import InvalidRecordError
 from prefixcache._config import DEFAULT_CONFIG, Config
@@ -27,7 +27,8 @@ _new = object.__new__
 # The slot descriptors of the (frozen, slotted) record: set in C, bypassing validators.
 _SET_HOT = PrefixDecision.__dict__["hot"].__set__
 _SET_RATIO = PrefixDecision.__dict__["match_ratio"].__set__
-_SET_COLD = PrefixDecision.__dict__["cold_order"].__set__
+_SET_COLD = PrefixDecision.__dict__["_cold"].__set__
+_SET_SRC = PrefixDecision.__dict__["_src"].__set__
 
 
 @runtime_checkable
@@ -127,13 +128,35 @@ def _group_key(p: tuple[float, tuple[str, int], ReplicaKey]) -> tuple[str, int]:
 _GROUP_KEY = _group_key
 
 
-def _decision(hot: ReplicaKey | None, ratio: float, cold: tuple[ReplicaKey, ...]) -> PrefixDecision:
-    """Build a :class:`PrefixDecision` from values this module already guarantees valid,
-    skipping the validators (hot path)."""
+def _cold_of(ks: list[ReplicaKey], vals: list[float], scale: float, first: bool = False) -> Any:
+    """The cold order of ``ks`` (sorted by (node_id, replica)) for the weights ``vals[i] *
+    scale``; with ``first``, only its first key, or ``None`` if that needs the whole order.
+
+    The values are ordered unscaled when every gap between sorted neighbours exceeds 2e-9 of
+    the largest (the scaled weights then keep that order with gaps above 1e-9: no near-ties,
+    see :func:`order_cold`) and the largest scaled weight is normal; else the weights are
+    scaled and the full rule applies. The first key needs only the first gap."""
+    sv = sorted(vals)
+    n = len(sv)
+    if first:
+        if n > 1 and sv[1] - sv[0] > _GAP * sv[-1] and 1e-290 <= sv[-1] * scale <= 1e290:
+            return ks[vals.index(sv[0])]
+        return ks[0] if n == 1 else None
+    if n > 1 and min(map(_sub, sv[1:], sv)) > _GAP * sv[-1] and 1e-290 <= sv[-1] * scale <= 1e290:
+        return tuple(map(ks.__getitem__, sorted(range(n), key=vals.__getitem__)))
+    return _order_sorted(ks, vals if scale == 1.0 else list(map(scale.__mul__, vals)))
+
+
+def _decision(
+    hot: ReplicaKey | None, ratio: float, ks: list[ReplicaKey], vals: list[float], scale: float
+) -> PrefixDecision:
+    """A :class:`PrefixDecision` from values this module already guarantees valid, skipping
+    the validators (hot path); its cold order is computed on first use (``_cold_of``)."""
     d: PrefixDecision = _new(PrefixDecision)
     _SET_HOT(d, hot)
     _SET_RATIO(d, ratio)
-    _SET_COLD(d, cold)
+    _SET_COLD(d, None)
+    _SET_SRC(d, (_cold_of, ks, vals, scale))
     return d
 
 
@@ -246,26 +269,13 @@ class Index:
         if tree is None:
             if len(chain):
                 _bad_key(chain, 0)
-            return _decision(None, 0.0, tuple(ks))
+            return _decision(None, 0.0, ks, [0.0] * len(ks), 1.0)
         owner, depth, vals, scale = tree._decide(chain, ks, now)
-        # Order by the unscaled values when every gap between neighbours exceeds 2e-9 of
-        # the largest (the scaled weights then keep that order with gaps above 1e-9: no
-        # near-ties, see order_cold) and the scaled range stays normal; else scale and
-        # apply the full rule.
-        sv = sorted(vals)
-        if (
-            len(sv) > 1
-            and min(map(_sub, sv[1:], sv)) > _GAP * sv[-1]
-            and 1e-290 <= sv[-1] * scale <= 1e290
-        ):
-            cold = tuple(map(ks.__getitem__, sorted(range(len(vals)), key=vals.__getitem__)))
-        else:
-            cold = _order_sorted(ks, vals if scale == 1.0 else list(map(scale.__mul__, vals)))
         # Identity first (the owner is usually one of these very objects); ``in`` alone
         # would call the Python-level __eq__ of every other key.
         if owner is not None and (id(owner) in ids or owner in keys):
-            return _decision(owner, depth / len(chain), cold)
-        return _decision(None, 0.0, cold)
+            return _decision(owner, depth / len(chain), ks, vals, scale)
+        return _decision(None, 0.0, ks, vals, scale)
 
     def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool:
         """Record that ``key`` caches ``chain``; ``True`` when new or extended."""

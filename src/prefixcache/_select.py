@@ -108,6 +108,11 @@ def select(
             and (id(hot) in ids or hot in keys)
         ):
             return hot
+        # The first cold key is usually a candidate: an Index decision then need not
+        # order the others (see PrefixDecision.cold_order).
+        key = decision._first_cold()
+        if key is not None and (id(key) in ids or key in keys):
+            return key
         for key in decision.cold_order:
             if id(key) in ids or key in keys:
                 return key

@@ -108,7 +108,9 @@ def _check_cold_order(_inst: object, _attr: object, value: tuple[object, ...]) -
             raise InvalidRecordError("cold_order", value, f"item {item!r} is not a ReplicaKey")
 
 
-@attrs.frozen
+_SET = object.__setattr__
+
+
 class PrefixDecision:
     """What the index knows about a request: its hot replica and a cold fallback order.
 
@@ -123,19 +125,90 @@ class PrefixDecision:
         InvalidRecordError: a field has the wrong type or ``match_ratio`` is outside [0, 1].
 
     Every field has a default (no hot replica, ratio 0.0, empty cold order), so
-    ``PrefixDecision()`` is the "nothing known" decision.
+    ``PrefixDecision()`` is the "nothing known" decision. A frozen value record (equality,
+    hash, repr and pickling by its three fields, as the other records). A decision made by
+    ``Index`` computes ``cold_order`` on first access, from the weights it captured when it
+    was made (routing that takes the hot replica never pays for the order): the value is
+    the same either way.
 
     >>> PrefixDecision(None, 0.0, ()).has_hot, PrefixDecision() == PrefixDecision(None, 0.0, ())
     (False, True)
     """
 
-    hot: ReplicaKey | None = attrs.field(default=None, validator=_check_hot)
-    match_ratio: float = attrs.field(default=0.0, validator=_check_ratio)
-    cold_order: tuple[ReplicaKey, ...] = attrs.field(
-        default=(), converter=_to_key_tuple, validator=_check_cold_order
-    )
+    __slots__ = ("_cold", "_src", "hot", "match_ratio")
+    __match_args__ = ("hot", "match_ratio", "cold_order")
+
+    hot: ReplicaKey | None
+    match_ratio: float
+    # The order, or None while ``_src`` holds how to compute it: (function, *arguments).
+    _cold: tuple[ReplicaKey, ...] | None
+    _src: tuple[Any, ...] | None
+
+    def __init__(
+        self,
+        hot: ReplicaKey | None = None,
+        match_ratio: float = 0.0,
+        cold_order: Iterable[ReplicaKey] = (),
+    ) -> None:
+        _check_hot(self, None, hot)
+        _check_ratio(self, None, match_ratio)
+        cold = _to_key_tuple(cold_order)
+        _check_cold_order(self, None, cold)
+        _SET(self, "hot", hot)
+        _SET(self, "match_ratio", match_ratio)
+        _SET(self, "_cold", cold)
+        _SET(self, "_src", None)
+
+    @property
+    def cold_order(self) -> tuple[ReplicaKey, ...]:
+        """Every candidate key by (cache weight ascending, node id, replica)."""
+        cold = self._cold
+        if cold is None:
+            src: Any = self._src
+            cold = src[0](*src[1:])
+            _SET(self, "_cold", cold)
+            _SET(self, "_src", None)
+        return cold
+
+    def _first_cold(self) -> ReplicaKey | None:
+        """``cold_order[0]`` (``None`` if empty), without ordering the rest when the
+        captured weights make the first one plain (see ``prefixcache._index``)."""
+        cold = self._cold
+        if cold is None:
+            src: Any = self._src
+            first: ReplicaKey | None = src[0](*src[1:], True)
+            if first is not None:
+                return first
+            cold = self.cold_order
+        return cold[0] if cold else None
 
     @property
     def has_hot(self) -> bool:
         """``True`` iff a hot replica was found (``hot is not None``)."""
         return self.hot is not None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise attrs.exceptions.FrozenInstanceError()
+
+    def __delattr__(self, name: str) -> None:
+        raise attrs.exceptions.FrozenInstanceError()
+
+    def _fields(self) -> tuple[ReplicaKey | None, float, tuple[ReplicaKey, ...]]:
+        return (self.hot, self.match_ratio, self.cold_order)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash((PrefixDecision, *self._fields()))
+
+    def __repr__(self) -> str:
+        return (
+            f"PrefixDecision(hot={self.hot!r}, match_ratio={self.match_ratio!r}, "
+            f"cold_order={self.cold_order!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PrefixDecision, self._fields())
