@@ -29,6 +29,7 @@ _SET_HOT = PrefixDecision.__dict__["hot"].__set__
 _SET_RATIO = PrefixDecision.__dict__["match_ratio"].__set__
 _SET_COLD = PrefixDecision.__dict__["_cold"].__set__
 _SET_SRC = PrefixDecision.__dict__["_src"].__set__
+_SET_OVER = PrefixDecision.__dict__["_over"].__set__
 
 
 @runtime_checkable
@@ -148,15 +149,22 @@ def _cold_of(ks: list[ReplicaKey], vals: list[float], scale: float, first: bool 
 
 
 def _decision(
-    hot: ReplicaKey | None, ratio: float, ks: list[ReplicaKey], vals: list[float], scale: float
+    hot: ReplicaKey | None,
+    ratio: float,
+    keys: tuple[ReplicaKey, ...],
+    ks: list[ReplicaKey],
+    vals: list[float],
+    scale: float,
 ) -> PrefixDecision:
-    """A :class:`PrefixDecision` from values this module already guarantees valid, skipping
-    the validators (hot path); its cold order is computed on first use (``_cold_of``)."""
+    """A :class:`PrefixDecision` over the candidate ``keys`` from values this module already
+    guarantees valid, skipping the validators (hot path); its cold order is computed on
+    first use (``_cold_of``)."""
     d: PrefixDecision = _new(PrefixDecision)
     _SET_HOT(d, hot)
     _SET_RATIO(d, ratio)
     _SET_COLD(d, None)
     _SET_SRC(d, (_cold_of, ks, vals, scale))
+    _SET_OVER(d, keys)
     return d
 
 
@@ -269,13 +277,13 @@ class Index:
         if tree is None:
             if len(chain):
                 _bad_key(chain, 0)
-            return _decision(None, 0.0, ks, [0.0] * len(ks), 1.0)
+            return _decision(None, 0.0, keys, ks, [0.0] * len(ks), 1.0)
         owner, depth, vals, scale = tree._decide(chain, ks, now)
         # Identity first (the owner is usually one of these very objects); ``in`` alone
         # would call the Python-level __eq__ of every other key.
         if owner is not None and (id(owner) in ids or owner in keys):
-            return _decision(owner, depth / len(chain), ks, vals, scale)
-        return _decision(None, 0.0, ks, vals, scale)
+            return _decision(owner, depth / len(chain), keys, ks, vals, scale)
+        return _decision(None, 0.0, keys, ks, vals, scale)
 
     def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool:
         """Record that ``key`` caches ``chain``; ``True`` when new or extended."""

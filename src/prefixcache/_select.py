@@ -97,22 +97,25 @@ def select(
     flights = list(map(_IN_FLIGHT, candidates))
     f0 = flights[0]
     if flights.count(f0) == len(flights) and f0 <= f0 * config.balance_rel_threshold + 1:
-        keys = list(map(_KEY, candidates))
-        # Membership by identity first (the decision's keys are usually the candidates'
-        # own objects): ``in`` would call the Python-level __eq__ on every other key.
-        ids = list(map(id, keys))
+        keys = tuple(map(_KEY, candidates))
         hot = decision.hot
+        # An Index decision over these very keys names only candidates (compared element by
+        # element, identity first); else test membership by identity first too, as ``in``
+        # alone would call the Python-level __eq__ on every other key.
+        over = decision._over
+        if over is not None and (over is keys or over == keys):
+            if hot is not None and decision.match_ratio >= config.min_prefix_match:
+                return hot
+            # The first cold key: an Index decision then need not order the others (see
+            # PrefixDecision.cold_order).
+            return decision._first_cold()
+        ids = list(map(id, keys))
         if (
             hot is not None
             and decision.match_ratio >= config.min_prefix_match
             and (id(hot) in ids or hot in keys)
         ):
             return hot
-        # The first cold key is usually a candidate: an Index decision then need not
-        # order the others (see PrefixDecision.cold_order).
-        key = decision._first_cold()
-        if key is not None and (id(key) in ids or key in keys):
-            return key
         for key in decision.cold_order:
             if id(key) in ids or key in keys:
                 return key

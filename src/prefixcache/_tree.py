@@ -504,15 +504,8 @@ class RadixTree(Generic[V]):
             InvalidRecordError: a block hash is not an integer in ``[0, 2**64)`` (nothing is
                 stored), or ``now`` is NaN.
         """
-        if not len(key):
-            return
-        with self._lock:
-            found = self._store.walk(key)
-            fixed = _bad_key(key, len(found))
-            if fixed is not None:
-                key = fixed
-                found = self._store.walk(key)
-            self._insert(key, value, now, found)
+        if len(key):
+            self._observe(key, value, now)
 
     def longest_match(self, key: Sequence[int], now: float) -> tuple[V, int] | None:
         """``(value, depth)`` of the deepest live value on ``key``'s path, or ``None``.
@@ -702,29 +695,31 @@ class RadixTree(Generic[V]):
             return None, 0, vals, scale
 
     def _observe(self, chain: Sequence[int], value: Any, now: float) -> bool:
-        """``insert`` for ``Index.observe``; returns False iff ``value`` already owned every
-        node of the chain, live."""
+        """Set ``value`` and ``last_seen=now`` on every node of ``chain`` (non-empty);
+        returns False iff ``value`` already owned every node of the chain, live. ``insert``
+        and ``Index.observe`` both land here; a walk remembered by ``_decide`` is reused."""
         with self._lock:
             cached = self._walk_cache
-            self._walk_cache = _NO_CACHE
             if cached[0] is chain and cached[2] == self.version:
-                nodes = cached[1]
+                found = cached[1]
                 key = cached[3]
             else:
                 store = self._store
-                nodes = store.walk(chain)
+                found = store.walk(chain)
                 key = chain
-                fixed = _bad_key(chain, len(nodes))
+                fixed = _bad_key(chain, len(found))
                 if fixed is not None:
                     key = fixed
-                    nodes = store.walk(fixed)
+                    found = store.walk(fixed)
+            L = len(key)
+            m = len(found)
             fresh = True
-            if len(nodes) == len(key):
+            if m == L:
                 # Owned whole iff every node's batch is a live one of ``value`` (a prefix
                 # re-taken by another key since is news for peers).
                 ttl = self._ttl
                 fresh = False
-                for b in set(map(self._bat.__getitem__, nodes)):
+                for b in set(map(self._bat.__getitem__, found)):
                     if b is None or (ttl > 0 and now - b.t > ttl):
                         fresh = True
                         break
@@ -732,7 +727,157 @@ class RadixTree(Generic[V]):
                     if ov is not value and ov != value:
                         fresh = True
                         break
-            self._insert(key, value, now, nodes)
+            t = now if type(now) is float and now == now else _check_time("now", now)
+            self.version += 1
+            seq = self._seq = self._seq + 1
+            o = self._by_id.get(id(value))
+            if o is None:
+                o = self._owners.get(value)
+                if o is None:
+                    o = self._owners[value] = _Owner(value)
+                    self._by_id[id(value)] = o
+                    self._ogen += 1
+            ttl = self._ttl
+            counted = ttl <= 0 or not (self._w - t > ttl)
+            # The batch's weight factor (the common case of _term inlined).
+            hl = self._hl
+            if hl > 0:
+                e = (t - self._t0) / hl
+                f = 2.0**e if -400.0 <= e <= _REBASE else self._term(t)
+            else:
+                f = 1.0
+            if m:
+                bat = self._bat
+                olds = list(map(bat.__getitem__, found))
+                b = olds[-1]
+                k = olds.count(b)
+                if b is not None and b.live == k:
+                    # Take over the deepest node's batch: every one of its live nodes is on this
+                    # path (a conversation's next turn, a repeated prompt). Only the other found
+                    # nodes (e.g. a shared system-prompt block) change batch.
+                    oo = b.owner
+                    if b.counted:
+                        b.counted = False  # before _adjust, which may re-sum counted batches
+                        self._adjust(oo, -b.live * b.f)
+                    if oo is not o:
+                        del oo.batches[b]
+                        if not oo.batches:
+                            del self._owners[oo.value]
+                            del self._by_id[id(oo.value)]
+                            self._ogen += 1
+                        o.batches[b] = None
+                        b.owner = o
+                    b.t = t
+                    b.seq = seq
+                    b.f = f
+                    if k != m:
+                        for x in set(olds):
+                            if x is not b:
+                                self._release(x, olds.count(x))
+                        _consume(map(bat.__setitem__, found, repeat(b)), 0)
+                else:
+                    b = _Batch(o, t, seq, f, counted, found)
+                    o.batches[b] = None
+                    self._nbatches += 1
+                    for x in set(olds):
+                        # _release(x, run) inlined for the common case.
+                        if x is None:
+                            self._len += olds.count(x)
+                            continue
+                        run = olds.count(x)
+                        live = x.live = x.live - run
+                        if x.counted:
+                            xo = x.owner
+                            ws = xo.live_sum = xo.live_sum - run * x.f
+                            if hl > 0:
+                                ops = xo.ops = xo.ops + 1
+                                if ops * xo.peak > _DRIFT * ws:
+                                    self._resum(xo)
+                        if not live:
+                            self._retire(x)
+                        elif live * 4 < len(x.nodes) and len(x.nodes) > 32:
+                            xn = x.nodes
+                            mine = map(is_, map(bat.__getitem__, xn), repeat(x))
+                            x.nodes = list(compress(xn, mine))
+                    _consume(map(bat.__setitem__, found, repeat(b)), 0)
+                    # (a new batch already holds ``found`` and ``counted``)
+                if b.nodes is not found:
+                    b.counted = counted
+                    b.nodes = found
+            else:
+                b = _Batch(o, t, seq, f, counted, [])
+                o.batches[b] = None
+                self._nbatches += 1
+            if m < L:
+                # New nodes, each with one child (the next) and the last with none.
+                k = L - m
+                tail = key[m:] if m else key
+                parent = found[-1] if m else _ROOT
+                par = self._par
+                kids = self._kids
+                free = self._slots
+                if not free:
+                    # Fresh slots at the end of the lists: C-level extends only.
+                    # ``par`` shares the slot int objects held by the store, so the walk's parent
+                    # check compares them by identity without dereferencing them.
+                    start = len(par)
+                    new = list(range(start, start + k))
+                    par.append(parent)
+                    par.extend(new[:-1])
+                    self._key.extend(tail)
+                    self._bat.extend(repeat(b, k))
+                    kids.extend(repeat(1, k))
+                    kids[-1] = 0
+                else:
+                    new = free[-k:]
+                    del free[-k:]
+                    if len(new) < k:
+                        start = len(par)
+                        more = k - len(new)
+                        new.extend(range(start, start + more))
+                        par.extend(repeat(_ROOT, more))
+                        self._key.extend(repeat(0, more))
+                        self._bat.extend(repeat(None, more))
+                        kids.extend(repeat(0, more))
+                    _consume(map(par.__setitem__, new, [parent, *new[:-1]]), 0)
+                    _consume(map(self._key.__setitem__, new, tail), 0)
+                    _consume(map(self._bat.__setitem__, new, repeat(b)), 0)
+                    _consume(map(kids.__setitem__, new, repeat(1)), 0)
+                    kids[new[-1]] = 0
+                if m:
+                    kids[parent] += 1
+                self._store.extend(parent, new, key, m)
+                b.nodes.extend(new)
+                self._len += L - m
+            b.live = L
+            if counted:
+                # _adjust(o, L * f) inlined.
+                ws = o.live_sum + L * f
+                o.live_sum = ws
+                if hl > 0:
+                    ops = o.ops = o.ops + 1
+                    if ws > o.peak:
+                        o.peak = ws
+                    if ops * o.peak > _DRIFT * ws:
+                        self._resum(o)
+            entry = (t, seq, b)
+            heapq.heappush(self._age, entry)
+            if counted and ttl > 0:
+                q = self._expq
+                if not q or t >= q[-1][0]:
+                    q.append(entry)  # in time order (seq grows): a FIFO, O(1) pops
+                else:
+                    heapq.heappush(self._exp, entry)
+            # Heaps are checked for stale entries every 32 inserts (at most 64 entries late).
+            tick = self._tick = self._tick - 1
+            if not tick:
+                self._tick = 32
+                if len(self._age) + len(self._exp) + len(self._expq) > 4 * self._nbatches + 128:
+                    self._compact_heaps()
+            if self._cap and self._len > self._cap:
+                self._evict_lru()
+            if self._maintain is not None:
+                self._maintain()
             return fresh
 
     def _check(self) -> None:
@@ -866,162 +1011,6 @@ class RadixTree(Generic[V]):
             del self._owners[o.value]
             del self._by_id[id(o.value)]
             self._ogen += 1
-
-    def _insert(self, key: Sequence[int], value: Any, now: float, found: list[Node]) -> None:
-        """Insert given the already-walked existing prefix ``found`` of ``key`` (a validated
-        key: see ``_bad_key``)."""
-        L = len(key)
-        m = len(found)
-        t = now if type(now) is float and now == now else _check_time("now", now)
-        self.version += 1
-        seq = self._seq = self._seq + 1
-        o = self._by_id.get(id(value))
-        if o is None:
-            o = self._owners.get(value)
-            if o is None:
-                o = self._owners[value] = _Owner(value)
-                self._by_id[id(value)] = o
-                self._ogen += 1
-        ttl = self._ttl
-        counted = ttl <= 0 or not (self._w - t > ttl)
-        # The batch's weight factor (the common case of _term inlined).
-        hl = self._hl
-        if hl > 0:
-            e = (t - self._t0) / hl
-            f = 2.0**e if -400.0 <= e <= _REBASE else self._term(t)
-        else:
-            f = 1.0
-        if m:
-            bat = self._bat
-            olds = list(map(bat.__getitem__, found))
-            b = olds[-1]
-            k = olds.count(b)
-            if b is not None and b.live == k:
-                # Take over the deepest node's batch: every one of its live nodes is on this
-                # path (a conversation's next turn, a repeated prompt). Only the other found
-                # nodes (e.g. a shared system-prompt block) change batch.
-                oo = b.owner
-                if b.counted:
-                    b.counted = False  # before _adjust, which may re-sum counted batches
-                    self._adjust(oo, -b.live * b.f)
-                if oo is not o:
-                    del oo.batches[b]
-                    if not oo.batches:
-                        del self._owners[oo.value]
-                        del self._by_id[id(oo.value)]
-                        self._ogen += 1
-                    o.batches[b] = None
-                    b.owner = o
-                b.t = t
-                b.seq = seq
-                b.f = f
-                if k != m:
-                    for x in set(olds):
-                        if x is not b:
-                            self._release(x, olds.count(x))
-                    _consume(map(bat.__setitem__, found, repeat(b)), 0)
-            else:
-                b = _Batch(o, t, seq, f, counted, found)
-                o.batches[b] = None
-                self._nbatches += 1
-                for x in set(olds):
-                    # _release(x, run) inlined for the common case.
-                    if x is None:
-                        self._len += olds.count(x)
-                        continue
-                    run = olds.count(x)
-                    live = x.live = x.live - run
-                    if x.counted:
-                        xo = x.owner
-                        ws = xo.live_sum = xo.live_sum - run * x.f
-                        if hl > 0:
-                            ops = xo.ops = xo.ops + 1
-                            if ops * xo.peak > _DRIFT * ws:
-                                self._resum(xo)
-                    if not live:
-                        self._retire(x)
-                    elif live * 4 < len(x.nodes) and len(x.nodes) > 32:
-                        xn = x.nodes
-                        x.nodes = list(compress(xn, map(is_, map(bat.__getitem__, xn), repeat(x))))
-                _consume(map(bat.__setitem__, found, repeat(b)), 0)
-                # (a new batch already holds ``found`` and ``counted``)
-            if b.nodes is not found:
-                b.counted = counted
-                b.nodes = found
-        else:
-            b = _Batch(o, t, seq, f, counted, [])
-            o.batches[b] = None
-            self._nbatches += 1
-        if m < L:
-            # New nodes, each with one child (the next) and the last with none.
-            k = L - m
-            tail = key[m:] if m else key
-            parent = found[-1] if m else _ROOT
-            par = self._par
-            kids = self._kids
-            free = self._slots
-            if not free:
-                # Fresh slots at the end of the lists: C-level extends only.
-                # ``par`` shares the slot int objects held by the store, so the walk's parent
-                # check compares them by identity without dereferencing them.
-                start = len(par)
-                new = list(range(start, start + k))
-                par.append(parent)
-                par.extend(new[:-1])
-                self._key.extend(tail)
-                self._bat.extend(repeat(b, k))
-                kids.extend(repeat(1, k))
-                kids[-1] = 0
-            else:
-                new = free[-k:]
-                del free[-k:]
-                if len(new) < k:
-                    start = len(par)
-                    more = k - len(new)
-                    new.extend(range(start, start + more))
-                    par.extend(repeat(_ROOT, more))
-                    self._key.extend(repeat(0, more))
-                    self._bat.extend(repeat(None, more))
-                    kids.extend(repeat(0, more))
-                _consume(map(par.__setitem__, new, [parent, *new[:-1]]), 0)
-                _consume(map(self._key.__setitem__, new, tail), 0)
-                _consume(map(self._bat.__setitem__, new, repeat(b)), 0)
-                _consume(map(kids.__setitem__, new, repeat(1)), 0)
-                kids[new[-1]] = 0
-            if m:
-                kids[parent] += 1
-            self._store.extend(parent, new, key, m)
-            b.nodes.extend(new)
-            self._len += L - m
-        b.live = L
-        if counted:
-            # _adjust(o, L * f) inlined.
-            ws = o.live_sum + L * f
-            o.live_sum = ws
-            if hl > 0:
-                ops = o.ops = o.ops + 1
-                if ws > o.peak:
-                    o.peak = ws
-                if ops * o.peak > _DRIFT * ws:
-                    self._resum(o)
-        entry = (t, seq, b)
-        heapq.heappush(self._age, entry)
-        if counted and ttl > 0:
-            q = self._expq
-            if not q or t >= q[-1][0]:
-                q.append(entry)  # in time order (seq grows): a FIFO, O(1) pops
-            else:
-                heapq.heappush(self._exp, entry)
-        # Heaps are checked for stale entries every 32 inserts (at most 64 entries late).
-        tick = self._tick = self._tick - 1
-        if not tick:
-            self._tick = 32
-            if len(self._age) + len(self._exp) + len(self._expq) > 4 * self._nbatches + 128:
-                self._compact_heaps()
-        if self._cap and self._len > self._cap:
-            self._evict_lru()
-        if self._maintain is not None:
-            self._maintain()
 
     def _release(self, ob: _Batch | None, run: int) -> None:
         """``run`` nodes of batch ``ob`` (``None``: value-less nodes) join a new batch."""

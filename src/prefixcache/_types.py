@@ -135,7 +135,7 @@ class PrefixDecision:
     (False, True)
     """
 
-    __slots__ = ("_cold", "_src", "hot", "match_ratio")
+    __slots__ = ("_cold", "_over", "_src", "hot", "match_ratio")
     __match_args__ = ("hot", "match_ratio", "cold_order")
 
     hot: ReplicaKey | None
@@ -143,6 +143,9 @@ class PrefixDecision:
     # The order, or None while ``_src`` holds how to compute it: (function, *arguments).
     _cold: tuple[ReplicaKey, ...] | None
     _src: tuple[Any, ...] | None
+    # The candidate keys (in candidate order) an Index decided over, else None: ``hot`` and
+    # every cold key are among them, which lets ``select`` skip its membership tests.
+    _over: tuple[ReplicaKey, ...] | None
 
     def __init__(
         self,
@@ -158,6 +161,7 @@ class PrefixDecision:
         _SET(self, "match_ratio", match_ratio)
         _SET(self, "_cold", cold)
         _SET(self, "_src", None)
+        _SET(self, "_over", None)
 
     @property
     def cold_order(self) -> tuple[ReplicaKey, ...]:
