@@ -12,7 +12,7 @@ import bisect
 import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from operator import attrgetter
+from operator import attrgetter, is_
 from typing import Protocol
 
 import attrs
@@ -97,18 +97,21 @@ def select(
     flights = list(map(_IN_FLIGHT, candidates))
     f0 = flights[0]
     if flights.count(f0) == len(flights) and f0 <= f0 * config.balance_rel_threshold + 1:
-        keys = tuple(map(_KEY, candidates))
         hot = decision.hot
-        # An Index decision over these very keys names only candidates (compared element by
-        # element, identity first); else test membership by identity first too, as ``in``
-        # alone would call the Python-level __eq__ on every other key.
+        # An Index decision over these very candidate objects names only their keys;
+        # else test membership by identity first, as ``in`` alone would call the
+        # Python-level __eq__ on every other key.
         over = decision._over
-        if over is not None and (over is keys or over == keys):
+        if over is not None and (
+            over is candidates
+            or (len(over) == len(candidates) and all(map(is_, over, candidates)))
+        ):
             if hot is not None and decision.match_ratio >= config.min_prefix_match:
                 return hot
             # The first cold key: an Index decision then need not order the others (see
             # PrefixDecision.cold_order).
             return decision._first_cold()
+        keys = list(map(_KEY, candidates))
         ids = list(map(id, keys))
         if (
             hot is not None

@@ -46,6 +46,8 @@ from operator import attrgetter, is_, itemgetter, ne
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from clusterrouting import InvalidRecordError
+from prefixcache._order import _decision
+from prefixcache._types import PrefixDecision
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "Backend", "RadixTree"]
 
@@ -104,8 +106,9 @@ class _Runs:
     __slots__ = ("_free", "_hs", "_n", "_rid", "_runs", "keys", "par")
 
     def __init__(self) -> None:
-        self._runs: list[list[Node] | None] = []
-        self._hs: list[list[int] | None] = []
+        # Each run a tuple while unchanged, else a list (see _add).
+        self._runs: list[Sequence[Node] | None] = []
+        self._hs: list[Sequence[int] | None] = []
         self._rid: list[int] = []  # node slot -> its run id
         self._free: list[int] = []  # run ids free for reuse
         self._n = 0  # live nodes
@@ -129,17 +132,23 @@ class _Runs:
         runs = self._runs
         r = rid[parent] if parent != _ROOT else -1
         if r >= 0 and runs[r][-1] == parent:  # type: ignore[index]
-            runs[r] += new  # type: ignore[operator]
+            run: Any = runs[r]
+            if type(run) is tuple:  # a run that changes is a list from then on
+                run = runs[r] = list(run)
+                self._hs[r] = list(self._hs[r])  # type: ignore[arg-type]
+            run += new
             self._hs[r] += hs  # type: ignore[operator]
             opened = -1
         elif self._free:
             r = opened = self._free.pop()
-            runs[r] = list(new)
-            self._hs[r] = list(hs)
+            runs[r] = tuple(new)
+            self._hs[r] = hs if type(hs) is tuple else tuple(hs)
         else:
+            # New runs are tuples: the collector stops tracking tuples of ints, so the
+            # runs cost nothing in its full passes.
             r = opened = len(runs)
-            runs.append(list(new))
-            self._hs.append(list(hs))
+            runs.append(tuple(new))
+            self._hs.append(hs if type(hs) is tuple else tuple(hs))
         if new[0] == len(rid):
             # Fresh slots at the end (the tree allocates them in order): extend in C.
             rid.extend(repeat(r, len(new)))
@@ -157,8 +166,11 @@ class _Runs:
         r = self._rid[node]
         run: Any = self._runs[r]
         assert run[-1] == node, "discarded node is not its run's last"
-        run.pop()
-        if run:
+        if len(run) > 1:
+            if type(run) is tuple:
+                run = self._runs[r] = list(run)
+                self._hs[r] = list(self._hs[r])  # type: ignore[arg-type]
+            run.pop()
             self._hs[r].pop()  # type: ignore[union-attr]
             return -1
         self._runs[r] = None
@@ -182,7 +194,7 @@ class _Runs:
             assert r not in self._free, "live run listed free"
             hs: Any = self._hs[r]
             assert run and len(run) == len(hs), "run without nodes or hashes"
-            assert hs == [keys[n] for n in run], "run hashes differ from the nodes' keys"
+            assert list(hs) == [keys[n] for n in run], "run hashes differ from the nodes' keys"
             assert all(par[b] == a for a, b in pairwise(run)), "run broken"
             assert all(self._rid[n] == r for n in run), "node's run id wrong"
             assert not seen.intersection(run), "node in two runs"
@@ -610,13 +622,20 @@ class RadixTree(Generic[V]):
 
     # ------------------------------------------------------- Index fast paths
     def _decide(
-        self, chain: Sequence[int], keys: Sequence[Any], now: float
-    ) -> tuple[Any, int, list[float], float]:
-        """One locked call for ``Index.decide``: ``(owner or None, depth, values, scale)``,
-        the candidates' weights being ``values[i] * scale`` (``scale`` is 1.0 when the
-        values are the weights themselves: no half-life, or an exact-sum path). Returning
-        the owners' sums and the common decay factor unmultiplied lets the caller order
-        them without building the weights in the common case.
+        self,
+        chain: Sequence[int],
+        over: tuple[Any, ...],
+        keys: tuple[Any, ...],
+        ks: list[Any],
+        ids: frozenset[int],
+        now: float,
+    ) -> PrefixDecision:
+        """One locked call for ``Index.decide``: the decision for ``chain`` over the
+        candidates ``over`` (a tuple), whose keys are ``keys`` (``ks``: the same sorted by
+        (node_id, replica), Index's cached list, never mutated; ``ids``: ids of key objects).
+        The hot owner counts only if it is one of the keys (by identity first, then
+        equality). The decision keeps the owners' sums and their common decay factor
+        unmultiplied, to order them only if asked (``_cold_of``).
 
         The walk of a tuple chain is remembered so that ``_observe`` of the same object can
         reuse it (tuples cannot change in between; the mutation counter guards the tree)."""
@@ -641,19 +660,19 @@ class RadixTree(Generic[V]):
                     if fixed is not None:
                         key = fixed
                         nodes = store.walk(fixed)
-            # Weights (the common case of _weights inlined). ``keys`` is Index's cached list
-            # of candidate keys (never mutated), so its owners are reused until one changes.
+            # Weights (the common case of _weights inlined). ``ks`` is Index's cached list of
+            # candidate keys (never mutated), so its owners are reused until one changes.
             oc = self._owner_cache
-            if oc[0] is keys and oc[1] == self._ogen:
+            if oc[0] is ks and oc[1] == self._ogen:
                 owners = oc[2]
             else:
-                owners = list(map(self._by_id.get, map(id, keys)))
+                owners = list(map(self._by_id.get, map(id, ks)))
                 if None in owners:
                     get = self._owners.get
                     owners = [
-                        o if o is not None else get(v) for o, v in zip(owners, keys, strict=True)
+                        o if o is not None else get(v) for o, v in zip(owners, ks, strict=True)
                     ]
-                self._owner_cache = (keys, self._ogen, owners)
+                self._owner_cache = (ks, self._ogen, owners)
             w = self._w
             scale = 1.0
             if now > w:
@@ -682,17 +701,21 @@ class RadixTree(Generic[V]):
                         ]
                     else:
                         scale = 2.0**e
-            if not n:
-                return None, 0, vals, scale
-            if type(chain) is tuple:
-                self._walk_cache = (chain, nodes, self.version, key)
-            ttl = self._ttl
-            bat = self._bat
-            for i in range(len(nodes) - 1, -1, -1):
-                b = bat[nodes[i]]
-                if b is not None and not (ttl > 0 and now - b.t > ttl):
-                    return b.owner.value, i + 1, vals, scale
-            return None, 0, vals, scale
+            if n:
+                if type(chain) is tuple:
+                    self._walk_cache = (chain, nodes, self.version, key)
+                ttl = self._ttl
+                bat = self._bat
+                for i in range(len(nodes) - 1, -1, -1):
+                    b = bat[nodes[i]]
+                    if b is not None and not (ttl > 0 and now - b.t > ttl):
+                        owner: Any = b.owner.value
+                        # Identity first (the owner is usually one of these very objects);
+                        # ``in`` alone would call the Python-level __eq__ of every other key.
+                        if id(owner) in ids or owner in keys:
+                            return _decision(owner, (i + 1) / n, over, ks, vals, scale)
+                        break
+            return _decision(None, 0.0, over, ks, vals, scale)
 
     def _observe(self, chain: Sequence[int], value: Any, now: float) -> bool:
         """Set ``value`` and ``last_seen=now`` on every node of ``chain`` (non-empty);

@@ -99,7 +99,12 @@ def _check_ratio(_inst: object, _attr: object, value: Any) -> None:
 
 
 def _to_key_tuple(value: Iterable[ReplicaKey]) -> tuple[ReplicaKey, ...]:
-    return value if type(value) is tuple else tuple(value)
+    if type(value) is tuple:
+        return value
+    try:
+        return tuple(value)
+    except TypeError:
+        raise InvalidRecordError("cold_order", value, "must be an iterable of ReplicaKey") from None
 
 
 def _check_cold_order(_inst: object, _attr: object, value: tuple[object, ...]) -> None:
@@ -109,6 +114,19 @@ def _check_cold_order(_inst: object, _attr: object, value: tuple[object, ...]) -
 
 
 _SET = object.__setattr__
+
+
+@attrs.frozen
+class _DecisionFields:
+    """:class:`PrefixDecision`'s fields as attrs describes them: the record is written by
+    hand (its cold order may be computed on first use) but lends these to ``attrs.has``,
+    ``attrs.fields``, ``attrs.evolve`` and ``attrs.asdict``, as the other records."""
+
+    hot: ReplicaKey | None = attrs.field(default=None, validator=_check_hot)
+    match_ratio: float = attrs.field(default=0.0, validator=_check_ratio)
+    cold_order: tuple[ReplicaKey, ...] = attrs.field(
+        default=(), converter=_to_key_tuple, validator=_check_cold_order
+    )
 
 
 class PrefixDecision:
@@ -135,17 +153,18 @@ class PrefixDecision:
     (False, True)
     """
 
-    __slots__ = ("_cold", "_over", "_src", "hot", "match_ratio")
+    __slots__ = ("__weakref__", "_cold", "_over", "_src", "hot", "match_ratio")
     __match_args__ = ("hot", "match_ratio", "cold_order")
+    __attrs_attrs__ = _DecisionFields.__attrs_attrs__
 
     hot: ReplicaKey | None
     match_ratio: float
     # The order, or None while ``_src`` holds how to compute it: (function, *arguments).
     _cold: tuple[ReplicaKey, ...] | None
     _src: tuple[Any, ...] | None
-    # The candidate keys (in candidate order) an Index decided over, else None: ``hot`` and
-    # every cold key are among them, which lets ``select`` skip its membership tests.
-    _over: tuple[ReplicaKey, ...] | None
+    # The candidates (as a tuple) an Index decided over, else None: ``hot`` and every cold
+    # key are among their keys, which lets ``select`` skip its membership tests.
+    _over: tuple[object, ...] | None
 
     def __init__(
         self,
@@ -168,19 +187,19 @@ class PrefixDecision:
         """Every candidate key by (cache weight ascending, node id, replica)."""
         cold = self._cold
         if cold is None:
-            src: Any = self._src
-            cold = src[0](*src[1:])
+            # ``_src`` is never cleared, so threads racing here compute the same value.
+            fn, ks, vals, scale = self._src  # type: ignore[misc]
+            cold = fn(ks, vals, scale)
             _SET(self, "_cold", cold)
-            _SET(self, "_src", None)
         return cold
 
     def _first_cold(self) -> ReplicaKey | None:
         """``cold_order[0]`` (``None`` if empty), without ordering the rest when the
-        captured weights make the first one plain (see ``prefixcache._index``)."""
+        captured weights make the first one plain (see ``prefixcache._order``)."""
         cold = self._cold
         if cold is None:
-            src: Any = self._src
-            first: ReplicaKey | None = src[0](*src[1:], True)
+            fn, ks, vals, scale = self._src  # type: ignore[misc]
+            first: ReplicaKey | None = fn(ks, vals, scale, True)
             if first is not None:
                 return first
             cold = self.cold_order
