@@ -31,7 +31,6 @@ from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
 __all__ = ["DecisionProvider", "Pressure", "affinity_preferred", "select", "select_peer"]
 
 
-_IN_FLIGHT = attrgetter("in_flight")
 _KEY = attrgetter("key")
 
 
@@ -94,7 +93,7 @@ def select(
     # eligible or none (slack >= 0 is guaranteed by Config; the relative guard is tested as
     # written, an infinite factor times 0 being NaN) and duplicates do not matter; tiers 1
     # and 2 then need only key membership, no load map.
-    flights = list(map(_IN_FLIGHT, candidates))
+    flights = [c.in_flight for c in candidates]
     f0 = flights[0]
     if flights.count(f0) == len(flights) and f0 <= f0 * config.balance_rel_threshold + 1:
         hot = decision.hot

@@ -42,7 +42,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from itertools import compress, count, pairwise, repeat
-from operator import attrgetter, is_, itemgetter, ne
+from operator import is_, itemgetter, ne
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from clusterrouting import InvalidRecordError
@@ -60,9 +60,10 @@ V = TypeVar("V", bound=Hashable)
 _ROOT = -1  # the parent slot of a depth-1 node
 _U64 = 1 << 64
 assert array("Q").itemsize == 8, "array 'Q' must hold exactly the uint64 range"
-_consume = deque
+# Runs a map of calls that return None to the end (``any`` sees only falsy results): the
+# cheapest C-level loop for side effects such as ``map(lst.__setitem__, slots, values)``.
+_each = any
 _NO_CACHE: tuple[Any, list[Any], int, Any] = (object(), [], -1, ())
-_LIVE_SUM = attrgetter("live_sum")
 _REBASE = 512.0  # rebase an owner's origin when a term would exceed 2**512
 _EXACT_EXP = 600.0  # weight factor exponents beyond this are answered exactly
 _DRIFT = 1e5  # recompute when ops * peak > _DRIFT * |live_sum| (bound ~1e-11 relative)
@@ -151,12 +152,12 @@ class _Runs:
             self._hs.append(hs if type(hs) is tuple else tuple(hs))
         if new[0] == len(rid):
             # Fresh slots at the end (the tree allocates them in order): extend in C.
-            rid.extend(repeat(r, len(new)))
+            rid += [r] * len(new)
         else:
             grow = len(self.par) - len(rid)
             if grow > 0:
                 rid.extend(repeat(-1, grow))
-            _consume(map(rid.__setitem__, new, repeat(r)), 0)
+            _each(map(rid.__setitem__, new, repeat(r)))
         return opened
 
     def _pop(self, node: Node) -> int:
@@ -316,6 +317,9 @@ class _Batch:
         self.live = 0
         self.nodes = nodes
         self.counted = counted
+
+
+_new_batch = object.__new__
 
 
 class _Owner:
@@ -687,7 +691,7 @@ class RadixTree(Generic[V]):
                 if None in owners:
                     vals = [0.0 if o is None else o.live_sum for o in owners]
                 else:
-                    vals = list(map(_LIVE_SUM, owners))
+                    vals = [o.live_sum for o in owners]  # type: ignore[union-attr]
                 if hl > 0:
                     e = (self._t0 - now) / hl
                     if self._tiny or not -_EXACT_EXP < e < _EXACT_EXP:
@@ -797,9 +801,17 @@ class RadixTree(Generic[V]):
                         for x in set(olds):
                             if x is not b:
                                 self._release(x, olds.count(x))
-                        _consume(map(bat.__setitem__, found, repeat(b)), 0)
+                        _each(map(bat.__setitem__, found, repeat(b)))
                 else:
-                    b = _Batch(o, t, seq, f, counted, found)
+                    # _Batch(o, t, seq, f, counted, found) without the __init__ frame.
+                    b = _new_batch(_Batch)
+                    b.owner = o
+                    b.t = t
+                    b.seq = seq
+                    b.f = f
+                    b.live = 0
+                    b.nodes = found
+                    b.counted = counted
                     o.batches[b] = None
                     self._nbatches += 1
                     for x in set(olds):
@@ -822,7 +834,7 @@ class RadixTree(Generic[V]):
                             xn = x.nodes
                             mine = map(is_, map(bat.__getitem__, xn), repeat(x))
                             x.nodes = list(compress(xn, mine))
-                    _consume(map(bat.__setitem__, found, repeat(b)), 0)
+                    _each(map(bat.__setitem__, found, repeat(b)))
                     # (a new batch already holds ``found`` and ``counted``)
                 if b.nodes is not found:
                     b.counted = counted
@@ -848,9 +860,9 @@ class RadixTree(Generic[V]):
                     par.append(parent)
                     par.extend(new[:-1])
                     self._key.extend(tail)
-                    self._bat.extend(repeat(b, k))
-                    kids.extend(repeat(1, k))
-                    kids[-1] = 0
+                    self._bat += [b] * k
+                    kids += [1] * (k - 1)
+                    kids.append(0)
                 else:
                     new = free[-k:]
                     del free[-k:]
@@ -862,10 +874,10 @@ class RadixTree(Generic[V]):
                         self._key.extend(repeat(0, more))
                         self._bat.extend(repeat(None, more))
                         kids.extend(repeat(0, more))
-                    _consume(map(par.__setitem__, new, [parent, *new[:-1]]), 0)
-                    _consume(map(self._key.__setitem__, new, tail), 0)
-                    _consume(map(self._bat.__setitem__, new, repeat(b)), 0)
-                    _consume(map(kids.__setitem__, new, repeat(1)), 0)
+                    _each(map(par.__setitem__, new, [parent, *new[:-1]]))
+                    _each(map(self._key.__setitem__, new, tail))
+                    _each(map(self._bat.__setitem__, new, repeat(b)))
+                    _each(map(kids.__setitem__, new, repeat(1)))
                     kids[new[-1]] = 0
                 if m:
                     kids[parent] += 1
