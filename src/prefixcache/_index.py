@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from operator import attrgetter, is_
+from operator import attrgetter
 from typing import Protocol, runtime_checkable
 
 from clusterrouting import InvalidRecordError
@@ -146,7 +146,9 @@ class Index:
         # candidate objects (compared by identity) or new records of the same keys.
         cached = self._key_order
         c_over = cached[0]
-        if over is c_over or (len(over) == len(c_over) and all(map(is_, over, c_over))):
+        # (``==`` on tuples compares identical items without calling their __eq__; the first
+        # item decides whether to try: new Candidate records fail it at once.)
+        if over is c_over or (over and c_over and over[0] is c_over[0] and over == c_over):
             keys = cached[1]
             ks = cached[2]
             ids = cached[3]

@@ -12,7 +12,7 @@ import bisect
 import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from operator import attrgetter, is_
+from operator import attrgetter
 from typing import Protocol
 
 import attrs
@@ -97,13 +97,13 @@ def select(
     f0 = flights[0]
     if flights.count(f0) == len(flights) and f0 <= f0 * config.balance_rel_threshold + 1:
         hot = decision.hot
-        # An Index decision over these very candidate objects names only their keys;
-        # else test membership by identity first, as ``in`` alone would call the
-        # Python-level __eq__ on every other key.
+        # An Index decision over these very candidates names only their keys. (``==`` on
+        # tuples compares identical items without calling their __eq__; the first item
+        # decides whether to try.) Else test membership by identity first, as ``in`` alone
+        # would call the Python-level __eq__ on every other key.
         over = decision._over
         if over is not None and (
-            over is candidates
-            or (len(over) == len(candidates) and all(map(is_, over, candidates)))
+            over is candidates or (over and over[0] is candidates[0] and over == tuple(candidates))
         ):
             if hot is not None and decision.match_ratio >= config.min_prefix_match:
                 return hot

@@ -396,3 +396,14 @@ def test_select_fast_path_agrees_with_the_general_path(
     expected = ref.decide(MODEL, chain, cands, now)
     assert select(cands, ix.decide(MODEL, chain, cands, now), cfg) == select(cands, expected, cfg)
     assert ix.decide(MODEL, chain, cands, now) == expected
+
+
+def test_select_with_candidates_a_decision_was_not_made_over() -> None:
+    ix = Index()
+    ix.observe(MODEL, (1, 2), A, now=0.0)
+    none = ix.decide(MODEL, (1, 2), [], 1.0)  # made over no candidates at all
+    assert none == PrefixDecision(None, 0.0, ())
+    assert select([Candidate(A), Candidate(B)], none) == A  # least loaded, then node id
+    d = ix.decide(MODEL, (1, 2), [Candidate(A), Candidate(B)], 1.0)
+    assert select([Candidate(B)], d) == B  # the hot key is no candidate here
+    assert select([Candidate(B), Candidate(A)], d) == A  # same keys, other order
