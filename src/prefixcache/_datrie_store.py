@@ -230,8 +230,7 @@ class DatrieStore(_Runs):
                 return nodes
             x = nodes[-1]
 
-    def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
-        hs = key[m:] if m else key
+    def extend(self, parent: Node, new: list[Node], hs: Sequence[int]) -> None:
         if (
             not self._free
             and len(self._runs) > _MAX_ID

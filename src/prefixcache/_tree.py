@@ -41,8 +41,8 @@ import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from itertools import compress, count, pairwise, repeat
-from operator import is_, itemgetter, ne
+from itertools import compress, pairwise, repeat
+from operator import is_, itemgetter
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from clusterrouting import InvalidRecordError
@@ -79,9 +79,9 @@ class _Store(Protocol):
 
     def walk(self, key: Sequence[int]) -> list[Node]: ...
 
-    def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
-        """Register ``new`` (a chain of nodes under ``parent``, -1 for the root) for
-        ``key[m:]``."""
+    def extend(self, parent: Node, new: list[Node], hs: Sequence[int]) -> None:
+        """Register ``new`` (a chain of nodes under ``parent``, -1 for the root), whose
+        block hashes are ``hs``."""
 
     def discard(self, node: Node) -> None: ...
 
@@ -104,7 +104,7 @@ class _Runs:
     run, none per node. The tree discards only leaves, which are their run's last node.
     """
 
-    __slots__ = ("_free", "_hs", "_n", "_rid", "_runs", "keys", "par")
+    __slots__ = ("_free", "_hs", "_rid", "_runs", "keys", "par")
 
     def __init__(self) -> None:
         # Each run a tuple while unchanged, else a list (see _add).
@@ -112,7 +112,6 @@ class _Runs:
         self._hs: list[Sequence[int] | None] = []
         self._rid: list[int] = []  # node slot -> its run id
         self._free: list[int] = []  # run ids free for reuse
-        self._n = 0  # live nodes
         self.par: list[int] = []
         self.keys: list[int] = []
 
@@ -122,13 +121,13 @@ class _Runs:
         self.keys = keys
 
     def size(self) -> int:
-        return self._n
+        """Live nodes (O(runs): for tests)."""
+        return sum(map(len, filter(None, self._runs)))
 
     def _add(self, parent: Node, new: list[Node], hs: Sequence[int]) -> int:
         """Register ``new`` (a chain of nodes under ``parent``, hashes ``hs``): appended to
         the parent's run if the parent ends it (returns -1), else in a new run (a free id
         first), whose id is returned for the store to key."""
-        self._n += len(new)
         rid = self._rid
         runs = self._runs
         r = rid[parent] if parent != _ROOT else -1
@@ -163,7 +162,6 @@ class _Runs:
     def _pop(self, node: Node) -> int:
         """Drop leaf ``node``, its run's last node; the run's id if that emptied it (the run
         is then dead), else -1."""
-        self._n -= 1
         r = self._rid[node]
         run: Any = self._runs[r]
         assert run[-1] == node, "discarded node is not its run's last"
@@ -183,7 +181,7 @@ class _Runs:
         par = self.par
         keys = self.keys
         ids = set(nodes)
-        assert self._n == len(ids), "store size differs from the tree's node count"
+        assert self.size() == len(ids), "store size differs from the tree's node count"
         assert len(self._hs) == len(self._runs), "run lists out of step"
         assert len(set(self._free)) == len(self._free), "run id freed twice"
         seen: set[Node] = set()
@@ -206,15 +204,17 @@ class _Runs:
 
 
 def _follow(nodes: list[Node], run: Any, hs: Any, key: Sequence[int], d: int) -> int:
-    """Extend ``nodes`` (the path's first ``d`` nodes) along ``run`` (hashes ``hs``) while
-    ``key`` matches; returns the new depth."""
-    n_key = len(key)
-    k = next(compress(count(), map(ne, hs, key[d:] if d else key)), -1)
-    if k < 0:
-        nodes += run if len(run) <= n_key - d else run[: n_key - d]
-    else:
-        nodes += run[:k]
-    return len(nodes)
+    """Extend ``nodes`` (the path's first ``d`` nodes) along ``run`` (hashes ``hs``, the first
+    equal to ``key[d]``) while ``key`` matches; returns the new depth.
+
+    A plain loop: a walk leaves most runs after a few blocks, where building C iterators
+    over the rest of the key costs more than it saves (callgrind, on the trace)."""
+    lim = len(hs) if len(hs) <= len(key) - d else len(key) - d
+    j = 1
+    while j < lim and hs[j] == key[d + j]:
+        j += 1
+    nodes += run[:j]
+    return d + j
 
 
 class _DictStore(_Runs):
@@ -238,6 +238,7 @@ class _DictStore(_Runs):
         n_key = len(key)
         sget = self.starts.get
         runs = self._runs
+        hs_of = self._hs
         par = self.par
         x = _ROOT
         d = 0
@@ -250,12 +251,18 @@ class _DictStore(_Runs):
                 if r < 0:
                     break
                 run = runs[r]
-            d = _follow(nodes, run, self._hs[r], key, d)
+            # _follow inlined (the hot walk).
+            hs: Any = hs_of[r]
+            lim = len(hs) if len(hs) <= n_key - d else n_key - d
+            j = 1
+            while j < lim and hs[j] == key[d + j]:
+                j += 1
+            nodes += run[:j]
+            d += j
             x = nodes[-1]
         return nodes
 
-    def extend(self, parent: Node, new: list[Node], key: Sequence[int], m: int) -> None:
-        hs = key[m:] if m else key
+    def extend(self, parent: Node, new: list[Node], hs: Sequence[int]) -> None:
         r = self._add(parent, new, hs)
         if r < 0:
             return
@@ -471,7 +478,7 @@ class RadixTree(Generic[V]):
         # while the owner keeps its value alive.
         self._by_id: dict[int, _Owner] = {}
         self._len = 0
-        self._seq = 0
+        self._seq = 0  # bumped by every insert and removal (also guards the walk cache)
         self._w = -math.inf  # weight watermark: batches counted iff live at _w
         self._age: list[tuple[float, int, _Batch]] = []  # every batch with live nodes
         self._exp: list[tuple[float, int, _Batch]] = []  # counted batches (ttl > 0) ...
@@ -482,7 +489,6 @@ class RadixTree(Generic[V]):
         self._t0 = 0.0  # weight origin shared by every owner (see _term)
         self._exact_only = False
         self._tiny = False  # some weight term is < 2**-400: check sums for tiny values
-        self.version = 0  # bumped by every mutation (guards the walk cache)
         self._walk_cache: tuple[Any, list[Node], int, Any] = _NO_CACHE
         # Owners resolved for the last ``_decide`` key list: (list object, _ogen, owners).
         self._ogen = 0  # bumped whenever an owner is created or dropped
@@ -648,8 +654,7 @@ class RadixTree(Generic[V]):
                 now = _check_time("now", now)
             n = len(chain)
             if n:
-                store = self._store
-                nodes = store.walk(chain)
+                nodes = self._store.walk(chain)
                 m = len(nodes)
                 key = chain
                 # _bad_key's common case inlined: exact ints, the unmatched tail in range.
@@ -663,7 +668,7 @@ class RadixTree(Generic[V]):
                     fixed = _bad_key(chain, m)
                     if fixed is not None:
                         key = fixed
-                        nodes = store.walk(fixed)
+                        nodes = self._store.walk(fixed)
             # Weights (the common case of _weights inlined). ``ks`` is Index's cached list of
             # candidate keys (never mutated), so its owners are reused until one changes.
             oc = self._owner_cache
@@ -677,16 +682,12 @@ class RadixTree(Generic[V]):
                         o if o is not None else get(v) for o, v in zip(owners, ks, strict=True)
                     ]
                 self._owner_cache = (ks, self._ogen, owners)
-            w = self._w
             scale = 1.0
-            if now > w:
+            if now > self._w:
                 self._advance(now)
-                vals = None
-            elif now < w or self._exact_only:
+            if now < self._w or self._exact_only:
                 vals = [0.0 if o is None else self._exact(o, now) for o in owners]
             else:
-                vals = None
-            if vals is None:
                 hl = self._hl
                 if None in owners:
                     vals = [0.0 if o is None else o.live_sum for o in owners]
@@ -707,7 +708,7 @@ class RadixTree(Generic[V]):
                         scale = 2.0**e
             if n:
                 if type(chain) is tuple:
-                    self._walk_cache = (chain, nodes, self.version, key)
+                    self._walk_cache = (chain, nodes, self._seq, key)
                 ttl = self._ttl
                 bat = self._bat
                 for i in range(len(nodes) - 1, -1, -1):
@@ -727,7 +728,7 @@ class RadixTree(Generic[V]):
         and ``Index.observe`` both land here; a walk remembered by ``_decide`` is reused."""
         with self._lock:
             cached = self._walk_cache
-            if cached[0] is chain and cached[2] == self.version:
+            if cached[0] is chain and cached[2] == self._seq:
                 found = cached[1]
                 key = cached[3]
             else:
@@ -755,7 +756,6 @@ class RadixTree(Generic[V]):
                         fresh = True
                         break
             t = now if type(now) is float and now == now else _check_time("now", now)
-            self.version += 1
             seq = self._seq = self._seq + 1
             o = self._by_id.get(id(value))
             if o is None:
@@ -881,14 +881,13 @@ class RadixTree(Generic[V]):
                     kids[new[-1]] = 0
                 if m:
                     kids[parent] += 1
-                self._store.extend(parent, new, key, m)
+                self._store.extend(parent, new, tail)
                 b.nodes.extend(new)
                 self._len += L - m
             b.live = L
             if counted:
                 # _adjust(o, L * f) inlined.
-                ws = o.live_sum + L * f
-                o.live_sum = ws
+                ws = o.live_sum = o.live_sum + L * f
                 if hl > 0:
                     ops = o.ops = o.ops + 1
                     if ws > o.peak:
@@ -1092,17 +1091,15 @@ class RadixTree(Generic[V]):
         hl_on = self._hl > 0
         # Pop in (t, seq) order from the in-order queue and the heap (keys are unique).
         while True:
-            if q and (not exp or q[0] < exp[0]):
-                e = q[0]
-                if not now - e[0] > ttl:
+            if exp and (not q or exp[0] < q[0]):
+                if not now - exp[0][0] > ttl:
                     break
-                q.popleft()
-            elif exp and now - exp[0][0] > ttl:
-                e = heapq.heappop(exp)
+                _, seq, b = heapq.heappop(exp)
+            elif q and now - q[0][0] > ttl:
+                _, seq, b = q.popleft()
             else:
                 break
-            b = e[2]
-            if b.counted and b.seq == e[1] and b.live:
+            if b.counted and b.seq == seq and b.live:
                 b.counted = False
                 # _adjust(b.owner, -b.live * b.f) inlined (a sum only falls here).
                 o = b.owner
@@ -1178,7 +1175,7 @@ class RadixTree(Generic[V]):
         # Deepest first so pruning walks each branch once.
         for n in reversed(nodes):
             self._unset(n)
-        self.version += 1
+        self._seq += 1  # a mutation: invalidates the walk cache
         return count
 
     def _drop_owner(self, o: _Owner) -> int:
@@ -1262,7 +1259,7 @@ class RadixTree(Generic[V]):
             for g in group:
                 if g.live:
                     heapq.heappush(age, (g.t, g.seq, g))
-        self.version += 1
+        self._seq += 1  # a mutation: invalidates the walk cache
 
     def __iter__(self) -> Iterator[tuple[tuple[int, ...], V, float]]:
         return iter(self.items())
