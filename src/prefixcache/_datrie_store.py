@@ -10,8 +10,8 @@ appends the new nodes to that run (a conversation's next turn); under a mid-run 
 root the new chain becomes a new run. Only a run's *start* is ever a trie key, so the trie
 sees one write per run, not per node. Every child of a run's last node, and every child of a
 mid-run node other than the run's next node, is a run start; so a lookup (``walk``) finds the
-run starting at ``(root, key[0])``, follows it as far as the key's hashes match (a C-level
-longest common prefix, node lists built by slicing), then looks up the run starting at
+run starting at ``(root, key[0])``, follows it as far as the key's hashes match (a plain
+loop, node lists built by slicing), then looks up the run starting at
 ``(deepest matched node, next hash)``, and so on: one store lookup per run on the path, none
 per node. ``discard`` only ever removes a leaf, which is its run's last node: the run
 shrinks, and once empty it is dead.

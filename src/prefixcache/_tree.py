@@ -31,6 +31,13 @@ Design (the *why*; the *what* is in :class:`RadixTree`'s docstring):
   candidate key list until an owner is created or dropped.
 * Key validation checks every element's type in one C-level pass (``1.0`` or ``True`` equal
   to a stored hash would otherwise walk like it) and the range of the unmatched tail only.
+* ``_decide`` returns a :class:`prefixcache.PrefixDecision` that keeps the owners' sums and
+  their common decay factor: its cold order is sorted only if asked (``prefixcache._order``).
+* The hot paths are measured in instructions per request on the conversation trace
+  (callgrind), where the machine's timings are too noisy: C-level loops whose setup parses
+  keyword arguments (``deque(it, 0)``, ``itertools.repeat``) or that call ``attrgetter``
+  or ``operator.is_`` per item cost more here than list repetition, ``any`` over a map of
+  ``__setitem__`` calls, comprehensions and tuple equality.
 """
 
 from __future__ import annotations
@@ -100,8 +107,11 @@ class _Runs:
     (``_runs[r]``, ``_hs[r]``, ``None`` once the run is dead). New nodes under the last node of
     a run extend it (a conversation's next turn); under a mid-run node or the root they open a
     run, so a path is a few runs: a walk does one store lookup per run and follows each with a
-    C-level longest common prefix and list slices, and an insert writes one store key per new
-    run, none per node. The tree discards only leaves, which are their run's last node.
+    plain loop over the matching hashes (most walks share only a few blocks with a run, where
+    building C iterators costs more) and a list slice, and an insert writes one store key per
+    new run, none per node. Runs are tuples until they change (the collector then stops
+    tracking them); one that changes becomes a list. The tree discards only leaves, which are
+    their run's last node.
     """
 
     __slots__ = ("_free", "_hs", "_rid", "_runs", "keys", "par")
