@@ -16,6 +16,10 @@ from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
 __all__ = ["Index", "Provider", "order_cold"]
 
 _KEY = attrgetter("key")
+#: (candidates, keys, keys sorted by (node_id, replica), ids of the keys, shared in-flight)
+_Memo = tuple[
+    tuple[object, ...], tuple[ReplicaKey, ...], list[ReplicaKey], frozenset[int], "int | None"
+]
 _NODE_REPLICA = attrgetter("node_id", "replica")
 
 
@@ -96,11 +100,8 @@ class Index:
         self._backend: Backend = backend
         self._trees: dict[str, RadixTree[ReplicaKey]] = {}
         self._lock = threading.Lock()
-        # (candidates, their keys, keys sorted by (node_id, replica), ids of the keys) of
-        # the last decide.
-        self._key_order: tuple[
-            tuple[object, ...], tuple[ReplicaKey, ...], list[ReplicaKey], frozenset[int]
-        ] = ((), (), [], frozenset())
+        # The last candidate list's memo (see _memo_for).
+        self._memo: _Memo = ((), (), [], frozenset(), None)
 
     @property
     def config(self) -> Config:
@@ -139,34 +140,38 @@ class Index:
         ``candidates`` may be :class:`Candidate` records or bare :class:`ReplicaKey` values
         (a decision does not read in-flight counts; ``ReplicaKey.key`` is the key itself).
         """
-        # The candidates as given (a snapshot of a list): ``select`` recognises them.
+        # What depends only on the candidates is computed once per distinct candidate list
+        # (the very same candidate objects: ``==`` on tuples compares identical items
+        # without calling their __eq__, and the first item decides whether to try, so new
+        # Candidate records fail at once): see _memo_for.
         over = candidates if type(candidates) is tuple else tuple(candidates)
-        # Keys, and keys sorted by (node_id, replica) (a stable sort by weight alone then
-        # breaks ties correctly), computed once per distinct candidate list: the very same
-        # candidate objects (compared by identity) or new records of the same keys.
-        cached = self._key_order
-        c_over = cached[0]
-        # (``==`` on tuples compares identical items without calling their __eq__; the first
-        # item decides whether to try: new Candidate records fail it at once.)
-        if over is c_over or (over and c_over and over[0] is c_over[0] and over == c_over):
-            keys = cached[1]
-            ks = cached[2]
-            ids = cached[3]
-        else:
-            keys = tuple(map(_KEY, candidates))
-            if cached[1] == keys:
-                ks = cached[2]
-                ids = cached[3]
-            else:
-                ks = sorted(keys, key=_NODE_REPLICA)
-                ids = frozenset(map(id, keys))
-            self._key_order = (over, keys, ks, ids)
+        memo = self._memo
+        c_over = memo[0]
+        if not (over is c_over or (over and c_over and over[0] is c_over[0] and over == c_over)):
+            memo = self._memo_for(over)
         tree = self._trees.get(model)
         if tree is None:
             if len(chain):
                 _bad_key(chain, 0)
-            return _decision(None, 0.0, over, ks, [0.0] * len(ks), 1.0)
-        return tree._decide(chain, over, keys, ks, ids, now)
+            return _decision(None, 0.0, memo, [0.0] * len(memo[2]), 1.0)
+        return tree._decide(chain, memo, now)
+
+    def _memo_for(self, over: tuple[Candidate | ReplicaKey, ...]) -> _Memo:
+        """``(candidates, their keys, the keys sorted by (node_id, replica), ids of the key
+        objects, the in-flight count every candidate shares or None)``, cached as the last
+        list's. A stable sort by weight alone of the sorted keys breaks ties correctly;
+        ``select`` reads the shared in-flight count of a decision over these candidates."""
+        keys = tuple(map(_KEY, over))
+        old = self._memo
+        if old[1] == keys:
+            ks, ids = old[2], old[3]
+        else:
+            ks = sorted(keys, key=_NODE_REPLICA)
+            ids = frozenset(map(id, keys))
+        flights = [getattr(c, "in_flight", None) for c in over]
+        flat = flights[0] if flights and flights.count(flights[0]) == len(flights) else None
+        memo = self._memo = (over, keys, ks, ids, flat)
+        return memo
 
     def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool:
         """Record that ``key`` caches ``chain``; ``True`` when new or extended."""

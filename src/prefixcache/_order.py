@@ -124,18 +124,17 @@ def _cold_of(ks: list[ReplicaKey], vals: list[float], scale: float, first: bool 
 def _decision(
     hot: ReplicaKey | None,
     ratio: float,
-    over: tuple[object, ...],
-    ks: list[ReplicaKey],
+    memo: tuple[Any, ...],
     vals: list[float],
     scale: float,
 ) -> PrefixDecision:
-    """A :class:`PrefixDecision` over the candidates ``over`` (a tuple) from values the
-    caller guarantees valid, skipping the validators (hot path); its cold order is
-    computed on first use (``_cold_of``)."""
+    """A :class:`PrefixDecision` over ``Index``'s candidate memo (candidates, keys, sorted
+    keys, key ids, shared in-flight count) from values the caller guarantees valid, skipping
+    the validators (hot path); its cold order is computed on first use (``_cold_of``)."""
     d: PrefixDecision = _new(PrefixDecision)
     _SET_HOT(d, hot)
     _SET_RATIO(d, ratio)
     _SET_COLD(d, None)
-    _SET_SRC(d, (_cold_of, ks, vals, scale))
-    _SET_OVER(d, over)
+    _SET_SRC(d, (_cold_of, memo[2], vals, scale))
+    _SET_OVER(d, memo)
     return d

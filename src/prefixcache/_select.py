@@ -89,27 +89,27 @@ def select(
     """
     if not candidates:
         return None
-    # Fast path: every candidate has the same in-flight count f0 (e.g. all idle), so all are
-    # eligible or none (slack >= 0 is guaranteed by Config; the relative guard is tested as
-    # written, an infinite factor times 0 being NaN) and duplicates do not matter; tiers 1
-    # and 2 then need only key membership, no load map.
+    hot = decision.hot
+    # A decision Index made over these very candidates (``==`` on tuples compares identical
+    # items without calling their __eq__; the first item decides whether to try) names only
+    # their keys and knows whether they share one in-flight count f0. Then every candidate
+    # is eligible or none (slack >= 0 is guaranteed by Config; the relative guard is tested
+    # as written, an infinite factor times 0 being NaN), and tiers 1 and 2 need no tests.
+    memo = decision._over
+    if memo is not None:
+        over = memo[0]
+        if over is candidates or (over and over[0] is candidates[0] and over == tuple(candidates)):
+            f0 = memo[4]
+            if f0 is not None and f0 <= f0 * config.balance_rel_threshold + 1:
+                if hot is not None and decision.match_ratio >= config.min_prefix_match:
+                    return hot
+                # The first cold key: an Index decision then need not order the others.
+                return decision._first_cold()
+    # Same fast path for any decision: tiers 1 and 2 need only key membership, tested by
+    # identity first, as ``in`` alone would call the Python-level __eq__ on every other key.
     flights = [c.in_flight for c in candidates]
     f0 = flights[0]
     if flights.count(f0) == len(flights) and f0 <= f0 * config.balance_rel_threshold + 1:
-        hot = decision.hot
-        # An Index decision over these very candidates names only their keys. (``==`` on
-        # tuples compares identical items without calling their __eq__; the first item
-        # decides whether to try.) Else test membership by identity first, as ``in`` alone
-        # would call the Python-level __eq__ on every other key.
-        over = decision._over
-        if over is not None and (
-            over is candidates or (over and over[0] is candidates[0] and over == tuple(candidates))
-        ):
-            if hot is not None and decision.match_ratio >= config.min_prefix_match:
-                return hot
-            # The first cold key: an Index decision then need not order the others (see
-            # PrefixDecision.cold_order).
-            return decision._first_cold()
         keys = list(map(_KEY, candidates))
         ids = list(map(id, keys))
         if (

@@ -641,21 +641,13 @@ class RadixTree(Generic[V]):
         self._maintain = None if isinstance(store, _DictStore) else store.maintain
 
     # ------------------------------------------------------- Index fast paths
-    def _decide(
-        self,
-        chain: Sequence[int],
-        over: tuple[Any, ...],
-        keys: tuple[Any, ...],
-        ks: list[Any],
-        ids: frozenset[int],
-        now: float,
-    ) -> PrefixDecision:
-        """One locked call for ``Index.decide``: the decision for ``chain`` over the
-        candidates ``over`` (a tuple), whose keys are ``keys`` (``ks``: the same sorted by
-        (node_id, replica), Index's cached list, never mutated; ``ids``: ids of key objects).
-        The hot owner counts only if it is one of the keys (by identity first, then
-        equality). The decision keeps the owners' sums and their common decay factor
-        unmultiplied, to order them only if asked (``_cold_of``).
+    def _decide(self, chain: Sequence[int], memo: tuple[Any, ...], now: float) -> PrefixDecision:
+        """One locked call for ``Index.decide``: the decision for ``chain`` over ``Index``'s
+        candidate memo ``(candidates, keys, ks, ids, shared in-flight)`` (``ks``: the keys
+        sorted by (node_id, replica), never mutated; ``ids``: ids of the key objects). The
+        hot owner counts only if it is one of the keys (by identity first, then equality).
+        The decision keeps the owners' sums and their common decay factor unmultiplied, to
+        order them only if asked (``_cold_of``).
 
         The walk of a tuple chain is remembered so that ``_observe`` of the same object can
         reuse it (tuples cannot change in between; the mutation counter guards the tree)."""
@@ -681,6 +673,7 @@ class RadixTree(Generic[V]):
                         nodes = self._store.walk(fixed)
             # Weights (the common case of _weights inlined). ``ks`` is Index's cached list of
             # candidate keys (never mutated), so its owners are reused until one changes.
+            ks = memo[2]
             oc = self._owner_cache
             if oc[0] is ks and oc[1] == self._ogen:
                 owners = oc[2]
@@ -727,10 +720,10 @@ class RadixTree(Generic[V]):
                         owner: Any = b.owner.value
                         # Identity first (the owner is usually one of these very objects);
                         # ``in`` alone would call the Python-level __eq__ of every other key.
-                        if id(owner) in ids or owner in keys:
-                            return _decision(owner, (i + 1) / n, over, ks, vals, scale)
+                        if id(owner) in memo[3] or owner in memo[1]:
+                            return _decision(owner, (i + 1) / n, memo, vals, scale)
                         break
-            return _decision(None, 0.0, over, ks, vals, scale)
+            return _decision(None, 0.0, memo, vals, scale)
 
     def _observe(self, chain: Sequence[int], value: Any, now: float) -> bool:
         """Set ``value`` and ``last_seen=now`` on every node of ``chain`` (non-empty);

@@ -162,9 +162,9 @@ class PrefixDecision:
     # The order, or None while ``_src`` holds how to compute it: (function, *arguments).
     _cold: tuple[ReplicaKey, ...] | None
     _src: tuple[Any, ...] | None
-    # The candidates (as a tuple) an Index decided over, else None: ``hot`` and every cold
-    # key are among their keys, which lets ``select`` skip its membership tests.
-    _over: tuple[object, ...] | None
+    # Index's memo of the candidates it decided over (see Index._memo_for), else None:
+    # ``hot`` and every cold key are among their keys, which lets ``select`` skip its tests.
+    _over: tuple[Any, ...] | None
 
     def __init__(
         self,
