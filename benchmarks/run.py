@@ -18,8 +18,9 @@ Sections:
    (walk while present, then write every block).
 3. The chain-hashing benchmarks of ``benchmarks/bench_chain.py`` when present.
 
-4. *Ceiling*: ``benchmarks/ceiling.py``, the routing loop fused into one function over the
-   dict backend's node layout, against the floor and ``Index[dict]`` in the same run.
+4. *Fused loop*: ``benchmarks/ceiling.py``, the routing loop fused by hand into one
+   function over the dict backend's node layout, against the floor and ``Index[dict]`` in
+   the same run (what the API layers cost).
 
 Options: ``--quick`` (sizes up to 10^5, fewer rounds), ``--no-write``, ``--no-ceiling``.
 """
@@ -506,7 +507,7 @@ def to_markdown(
         )
     out.append("")
     if ceiling_md:
-        out.append("### What the node layout allows: a fused loop")
+        out.append("### The same loop fused by hand")
         out.append("")
         out.append(ceiling_md)
         out.append("")

@@ -1,6 +1,6 @@
-"""The fused loop of ``benchmarks/ceiling.py`` is only a fair bound on ``Index[dict]`` if it
-does the same work: it must route every request of the bundled trace exactly as ``Index``
-+ ``select`` do."""
+"""The fused loop of ``benchmarks/ceiling.py`` is only a fair comparison with ``Index[dict]``
+if it does the same work: it must route every request of the bundled trace exactly as
+``Index`` + ``select`` do."""
 
 from __future__ import annotations
 
