@@ -138,7 +138,10 @@ class Index:
         """The hot replica, match ratio and cold order for ``chain`` over ``candidates``.
 
         ``candidates`` may be :class:`Candidate` records or bare :class:`ReplicaKey` values
-        (a decision does not read in-flight counts; ``ReplicaKey.key`` is the key itself).
+        (``ReplicaKey.key`` is the key itself). In-flight counts do not change the decision;
+        it notes whether the candidates share one, which spares :func:`select` reading them
+        for the same candidates. The cold order is sorted on first access (see
+        :class:`PrefixDecision`).
         """
         # What depends only on the candidates is computed once per distinct candidate list
         # (the very same candidate objects: ``==`` on tuples compares identical items
