@@ -323,17 +323,14 @@ class _Batch:
     """The nodes set by one ``insert`` (or taken over by a later one): owner, time, seq."""
 
     __slots__ = ("counted", "f", "live", "nodes", "owner", "seq", "t")
-
-    def __init__(
-        self, owner: _Owner, t: float, seq: int, f: float, counted: bool, nodes: list[Node]
-    ) -> None:
-        self.owner = owner
-        self.t = t
-        self.seq = seq
-        self.f = f
-        self.live = 0
-        self.nodes = nodes
-        self.counted = counted
+    # Made with object.__new__ and its fields set in place (RadixTree._observe, the hot path):
+    owner: _Owner
+    t: float  # last_seen of its nodes
+    seq: int  # insert sequence number (tells stale heap entries apart)
+    f: float  # weight factor 2**((t - t0) / half_life) of each live node
+    live: int  # nodes still in this batch
+    nodes: list[Node]  # its nodes in depth order, some of them since taken by later batches
+    counted: bool  # live at the weight watermark: included in the owner's sum
 
 
 _new_batch = object.__new__
@@ -776,47 +773,54 @@ class RadixTree(Generic[V]):
                 f = 2.0**e if -400.0 <= e <= _REBASE else self._term(t)
             else:
                 f = 1.0
+            bat = self._bat
+            take = False
             if m:
-                bat = self._bat
                 olds = list(map(bat.__getitem__, found))
                 b = olds[-1]
                 k = olds.count(b)
-                if b is not None and b.live == k:
-                    # Take over the deepest node's batch: every one of its live nodes is on this
-                    # path (a conversation's next turn, a repeated prompt). Only the other found
-                    # nodes (e.g. a shared system-prompt block) change batch.
-                    oo = b.owner
-                    if b.counted:
-                        b.counted = False  # before _adjust, which may re-sum counted batches
-                        self._adjust(oo, -b.live * b.f)
-                    if oo is not o:
-                        del oo.batches[b]
-                        if not oo.batches:
-                            del self._owners[oo.value]
-                            del self._by_id[id(oo.value)]
-                            self._ogen += 1
-                        o.batches[b] = None
-                        b.owner = o
-                    b.t = t
-                    b.seq = seq
-                    b.f = f
-                    if k != m:
-                        for x in set(olds):
-                            if x is not b:
-                                self._release(x, olds.count(x))
-                        _each(map(bat.__setitem__, found, repeat(b)))
-                else:
-                    # _Batch(o, t, seq, f, counted, found) without the __init__ frame.
-                    b = _new_batch(_Batch)
-                    b.owner = o
-                    b.t = t
-                    b.seq = seq
-                    b.f = f
-                    b.live = 0
-                    b.nodes = found
-                    b.counted = counted
+                take = b is not None and b.live == k
+            if take:
+                # Take over the deepest node's batch: every one of its live nodes is on this
+                # path (a conversation's next turn, a repeated prompt). Only the other found
+                # nodes (e.g. a shared system-prompt block) change batch.
+                assert b is not None
+                oo = b.owner
+                if b.counted:
+                    b.counted = False  # before _adjust, which may re-sum counted batches
+                    self._adjust(oo, -b.live * b.f)
+                if oo is not o:
+                    del oo.batches[b]
+                    if not oo.batches:
+                        del self._owners[oo.value]
+                        del self._by_id[id(oo.value)]
+                        self._ogen += 1
                     o.batches[b] = None
-                    self._nbatches += 1
+                    b.owner = o
+                b.t = t
+                b.seq = seq
+                b.f = f
+                if k != m:
+                    for x in set(olds):
+                        if x is not b:
+                            self._release(x, olds.count(x))
+                    _each(map(bat.__setitem__, found, repeat(b)))
+                # Only now: a re-sum of an owner above must not count ``b`` (live is stale).
+                b.counted = counted
+                b.nodes = found
+            else:
+                # A new batch (built without an __init__ frame: the hot path).
+                b = _new_batch(_Batch)
+                b.owner = o
+                b.t = t
+                b.seq = seq
+                b.f = f
+                b.live = 0
+                b.nodes = found
+                b.counted = counted
+                o.batches[b] = None
+                self._nbatches += 1
+                if m:
                     for x in set(olds):
                         # _release(x, run) inlined for the common case.
                         if x is None:
@@ -838,14 +842,6 @@ class RadixTree(Generic[V]):
                             mine = map(is_, map(bat.__getitem__, xn), repeat(x))
                             x.nodes = list(compress(xn, mine))
                     _each(map(bat.__setitem__, found, repeat(b)))
-                    # (a new batch already holds ``found`` and ``counted``)
-                if b.nodes is not found:
-                    b.counted = counted
-                    b.nodes = found
-            else:
-                b = _Batch(o, t, seq, f, counted, [])
-                o.batches[b] = None
-                self._nbatches += 1
             if m < L:
                 # New nodes, each with one child (the next) and the last with none.
                 k = L - m
