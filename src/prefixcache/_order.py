@@ -79,22 +79,6 @@ def order_cold(keys: Sequence[ReplicaKey], weights: Sequence[float]) -> tuple[Re
     return tuple(out)
 
 
-def _order_sorted(ks: list[ReplicaKey], ws: list[float]) -> tuple[ReplicaKey, ...]:
-    """:func:`order_cold` for keys already sorted by (node_id, replica), in C-level passes.
-
-    The stable sort by weight alone breaks exact ties by (node_id, replica). When every gap
-    between neighbouring sorted weights exceeds ``1e-9`` times the largest weight, no two
-    distinct weights are near-equal (``w - prev <= 1e-9 * w`` needs a gap at most ``1e-9 *
-    w``), so that sort is the answer; otherwise (near or exact ties, infinities, fewer
-    than two keys excluded) :func:`order_cold` applies the full rule."""
-    order = sorted(range(len(ws)), key=ws.__getitem__)
-    if len(order) > 1:
-        sw = sorted(ws)
-        if not min(map(_sub, sw[1:], sw)) > _REL * sw[-1]:
-            return order_cold(ks, ws)
-    return tuple(map(ks.__getitem__, order))
-
-
 def _group_key(p: tuple[float, tuple[str, int], ReplicaKey]) -> tuple[str, int]:
     return p[1]
 
@@ -118,7 +102,7 @@ def _cold_of(ks: list[ReplicaKey], vals: list[float], scale: float, first: bool 
         return ks[0] if n == 1 else None
     if n > 1 and min(map(_sub, sv[1:], sv)) > _GAP * sv[-1] and 1e-290 <= sv[-1] * scale <= 1e290:
         return tuple(map(ks.__getitem__, sorted(range(n), key=vals.__getitem__)))
-    return _order_sorted(ks, vals if scale == 1.0 else list(map(scale.__mul__, vals)))
+    return order_cold(ks, vals if scale == 1.0 else list(map(scale.__mul__, vals)))
 
 
 def _decision(
