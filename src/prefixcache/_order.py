@@ -93,13 +93,23 @@ def _cold_of(ks: list[ReplicaKey], vals: list[float], scale: float, first: bool 
     The values are ordered unscaled when every gap between sorted neighbours exceeds 2e-9 of
     the largest (the scaled weights then keep that order with gaps above 1e-9: no near-ties,
     see :func:`order_cold`) and the largest scaled weight is normal; else the weights are
-    scaled and the full rule applies. The first key needs only the first gap."""
+    scaled and the full rule applies. The first key needs only the gap after the copies of the
+    least weight."""
     sv = sorted(vals)
     n = len(sv)
     if first:
-        if n > 1 and sv[1] - sv[0] > _GAP * sv[-1] and 1e-290 <= sv[-1] * scale <= 1e290:
-            return ks[vals.index(sv[0])]
-        return ks[0] if n == 1 else None
+        if not n:
+            return None
+        # The first tie group is the copies of the least weight (the first of them in ``ks``
+        # order) when the next weight clears the gap rule; all weights equal (idle replicas)
+        # make one group.
+        lo = sv[0]
+        c = sv.count(lo)
+        if c == n:
+            return ks[0]
+        if sv[c] - lo > _GAP * sv[-1] and 1e-290 <= sv[-1] * scale <= 1e290:
+            return ks[vals.index(lo)]
+        return None
     if n > 1 and min(map(_sub, sv[1:], sv)) > _GAP * sv[-1] and 1e-290 <= sv[-1] * scale <= 1e290:
         return tuple(map(ks.__getitem__, sorted(range(n), key=vals.__getitem__)))
     return order_cold(ks, vals if scale == 1.0 else list(map(scale.__mul__, vals)))

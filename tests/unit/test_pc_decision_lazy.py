@@ -209,6 +209,17 @@ def test_first_cold_skips_ordering_only_when_the_first_gap_is_clear() -> None:
     assert clear._first_cold() == B
     assert clear._cold is None  # counterfactual: the full order would have been stored
     assert clear.cold_order == (B, A)
+    # Copies of the least weight (idle replicas) form the first group: its first key in key
+    # order, still without sorting; a near-tie after them needs the full rule.
+    tied = ix.decide(MODEL, (1,), [C, A, B], now=0.0)
+    assert tied._first_cold() == B and tied._cold is None
+    assert tied.cold_order == (B, C, A)
+    idle = Index().decide(MODEL, (1,), [C, B], now=0.0)
+    assert idle._first_cold() == B and idle.cold_order == (B, C)
+    assert _cold_of([A, B, C], [1.0, 0.0, 0.0], 1.0, True) == B
+    # a (1 + 1e-12) is near-tied with the copies b, c (1.0): one group, a first by key.
+    assert _cold_of([A, B, C], [1.0 + 1e-12, 1.0, 1.0], 1.0, True) is None
+    assert _cold_of([A, B, C], [1.0 + 1e-12, 1.0, 1.0], 1.0) == (A, B, C)
 
 
 DTS = (0.0, 0.5, 1.0, 7.0, 120.0, 301.0, 5000.0)
