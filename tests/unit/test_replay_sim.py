@@ -9,7 +9,6 @@ import pytest
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
 from prefixcache.replay import (
-    BUNDLED_TRACE,
     ClusterModel,
     ClusterView,
     Request,
@@ -251,10 +250,3 @@ def test_parse_trace_and_errors(tmp_path: Path) -> None:
     p = tmp_path / "t.jsonl"
     p.write_text("\n".join(lines))
     assert load_trace(p) == reqs
-
-
-def test_bundled_trace_is_the_mooncake_conversation_trace() -> None:
-    reqs = load_trace(BUNDLED_TRACE)
-    assert len(reqs) == 12_031
-    assert sum(len(r.blocks) for r in reqs) == 288_500
-    assert ideal_hit_ratio(reqs) == pytest.approx(0.3664, abs=5e-5)
