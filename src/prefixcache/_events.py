@@ -1,4 +1,4 @@
-"""Sync events and their wire format (SPEC §2 "Sync across routers").
+"""Sync events and their wire format (docs/behaviour.md, "Sync across routers").
 
 Two subjects carry JSON objects with the keys ``model``, ``chain``, ``node_id`` and
 ``replica``, the reference system's format, so a Python router shares affinity with its routers

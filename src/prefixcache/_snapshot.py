@@ -15,8 +15,8 @@ nodes between them, and the same ``last_seen`` (each entry carries its *age* rel
 exporter's ``now``; the receiver stamps it ``now - age``, so weights and TTL expiry match when
 both clocks agree). Expired entries are not exported (they answer like value-less nodes).
 Floating-point ``now - (now - t)`` can differ from ``t`` in the last bit, which moves a
-weight by ~1e-16 relative (below the 1e-9 equality of SPEC) and can only matter for an entry
-exactly at its TTL boundary.
+weight by ~1e-16 relative (below the 1e-9 relative tie rule for weights) and can only matter
+for an entry exactly at its TTL boundary.
 
 **How.** ``RadixTree.insert`` stamps the whole path, so replaying entries must reproduce "last
 writer owns shared prefix nodes": for every node, the last replayed insert whose path passes

@@ -1,9 +1,10 @@
 """Sharing affinity across routers: the :class:`Sync` decorator and the eviction ticker.
 
-SPEC §2 "Sync across routers". A :class:`Sync` wraps a provider (an :class:`~prefixcache.Index`)
-and is itself a provider: hosts route through it exactly as through the index, and it tells
-peers what changed through a :class:`~prefixcache.Publisher`; :meth:`Sync.attach` subscribes it
-to a :class:`~prefixcache.Transport` so it applies what peers tell it.
+A :class:`Sync` wraps a provider (an :class:`~prefixcache.Index`) and is itself a provider:
+hosts route through it exactly as through the index, and it tells peers what changed through
+a :class:`~prefixcache.Publisher`; :meth:`Sync.attach` subscribes it to a
+:class:`~prefixcache.Transport` so it applies what peers tell it. The behavioural contract is
+in docs/behaviour.md ("Sync across routers").
 
 What a group of routers agrees on (tested in ``tests/property/test_sync_convergence.py``):
 
@@ -154,7 +155,7 @@ class SyncStats:
 
 
 class Sync:
-    """A provider that shares what it learns with peer routers (SPEC §2, a decorator).
+    """A provider that shares what it learns with peer routers (a decorator over it).
 
     Provider methods, same signatures as :class:`~prefixcache.Index`:
 
