@@ -4,6 +4,7 @@ through the public ``run_operations`` helper (the way a user checks a provider o
 from __future__ import annotations
 
 from hypothesis import given, settings
+from profiles import scaled_examples
 
 from prefixcache import Config, Index, PrefixDecision
 from prefixcache.reference import (
@@ -18,7 +19,7 @@ from prefixcache.strategies import operation_sequences
 CONFIG = Config(ttl=60.0, half_life=20.0)
 
 
-@settings(max_examples=150)
+@settings(max_examples=scaled_examples(0.75))
 @given(operation_sequences(config=CONFIG, max_size=40))
 def test_index_backends_agree_with_reference_on_operation_sequences(
     ops: list[Operation],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import scaled_examples
 
 from prefixcache.replay import (
     POLICY_NAMES,
@@ -106,7 +107,7 @@ def test_hit_ratio_never_exceeds_ideal(
     policy=st.sampled_from(POLICY_NAMES),
     observe=st.sampled_from(["dispatch", "completion"]),
 )
-@settings(max_examples=100)
+@settings(max_examples=scaled_examples(0.5))
 def test_no_library_policy_beats_the_ideal(
     trace: list[Request], replicas: int, cache: int | None, policy: str, observe: ObserveAt
 ) -> None:

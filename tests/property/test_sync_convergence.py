@@ -27,6 +27,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import scaled_examples
 
 from prefixcache import (
     Candidate,
@@ -170,7 +171,7 @@ def commuting_round(
         cluster.clock.advance(data.draw(st.sampled_from([0.0, 1.0, 7.5])))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=scaled_examples(0.5), deadline=None)
 @given(data=st.data(), n=st.integers(2, 5))
 def test_commuting_histories_converge_under_duplication_and_reordering(
     data: st.DataObject, n: int
@@ -183,7 +184,7 @@ def test_commuting_histories_converge_under_duplication_and_reordering(
     assert len({tuple(sorted(digests(r, now=now).items())) for r in cluster.routers}) == 1
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=scaled_examples(0.3), deadline=None)
 @given(data=st.data(), n=st.integers(2, 5))
 def test_commuting_histories_agree_on_owners_as_time_moves(data: st.DataObject, n: int) -> None:
     cluster = Cluster(n)
@@ -213,7 +214,7 @@ def replay(events: list[tuple[str, bytes, float]]) -> Index:
     return index
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=scaled_examples(0.75), deadline=None)
 @given(data=st.data(), n=st.integers(2, 5))
 def test_under_loss_each_router_holds_exactly_what_it_received_and_resync_repairs(
     data: st.DataObject, n: int
@@ -234,7 +235,7 @@ def test_under_loss_each_router_holds_exactly_what_it_received_and_resync_repair
     assert_identical(cluster)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=scaled_examples(0.75), deadline=None)
 @given(data=st.data(), n=st.integers(2, 4))
 def test_arbitrary_histories_digests_detect_drift_and_resync_repairs(
     data: st.DataObject, n: int
@@ -298,7 +299,7 @@ def test_a_lost_message_is_not_repaired_by_the_protocol() -> None:
     assert c.decide("m", (4, 1), CANDIDATE_SETS[0], 100.0).hot == KEYS[1]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=scaled_examples(0.75), deadline=None)
 @given(
     ops=st.lists(
         st.tuples(
