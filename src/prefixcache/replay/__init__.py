@@ -2,7 +2,7 @@
 
 Run ``clusterrouting-replay`` (or :func:`main`), or call :func:`run_replay` on requests from
 :func:`load_trace`. The cluster model and every default are described in
-:class:`ClusterModel` and in the README section "Replay: choose a policy on a real trace".
+:class:`ClusterModel` and in docs/replay.md.
 """
 
 from prefixcache.replay._bench import bench_policies

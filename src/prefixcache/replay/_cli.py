@@ -77,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Replay a Mooncake-format JSONL trace through a simulated inference cluster under "
             "each routing policy and report block hit ratio, TTFT, balance and the library's "
             "routing speed. Defaults model 8 servers (8xH100, 70B model, FP8 KV cache with "
-            "host-DRAM offload); see the README section 'Replay: choose a policy on a real "
-            "trace'."
+            "host-DRAM offload); see docs/replay.md in the source repository."
         ),
     )
     p.add_argument(

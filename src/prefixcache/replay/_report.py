@@ -79,7 +79,7 @@ class ReplayResult:
         raise KeyError(name)
 
     def to_json(self) -> dict[str, Any]:
-        """The ``--json`` document (keys listed in the README)."""
+        """The ``--json`` document (keys listed in docs/replay.md)."""
         return {
             "trace": self.trace,
             "requests": self.requests,
