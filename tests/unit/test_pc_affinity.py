@@ -1,4 +1,4 @@
-"""SPEC §2 "Federation-style peer choice": affinity_preferred and select_peer."""
+"""Federation-style peer choice: affinity_preferred and select_peer."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from prefixcache import (
     DEFAULT_CONFIG,
     Candidate,
     Config,
+    Index,
     PrefixDecision,
     ReplicaKey,
     affinity_preferred,
@@ -22,18 +23,11 @@ from prefixcache.reference import ReferenceIndex
 Maker = Callable[[Config], Any]
 
 
-def _providers() -> list[Maker]:
-    makers: list[Maker] = [ReferenceIndex]
-    try:
-        from prefixcache import Index
-    except ImportError:  # pragma: no cover - Index lands separately
-        return makers
-    makers.append(lambda cfg: Index(cfg, backend="dict"))
-    makers.append(lambda cfg: Index(cfg, backend="datrie"))
-    return makers
-
-
-PROVIDERS = _providers()
+PROVIDERS: list[Maker] = [
+    ReferenceIndex,
+    lambda cfg: Index(cfg, backend="dict"),
+    lambda cfg: Index(cfg, backend="datrie"),
+]
 
 
 class RecordingProvider:
@@ -116,7 +110,7 @@ def test_decide_is_asked_about_replica_zero_of_each_distinct_node() -> None:
     assert affinity_preferred(stub, "m", CHAIN, cands, DEFAULT_CONFIG, 5.0) is None
     ((model, chain, asked, now),) = stub.calls
     assert (model, chain, now) == ("m", CHAIN, 5.0)
-    # SPEC: decide over ReplicaKey(c.node_id, 0) for each candidate (distinct, first seen).
+    # decide is asked about ReplicaKey(c.node_id, 0) for each candidate (distinct, first seen).
     assert asked == [ReplicaKey("n2"), ReplicaKey("n1")]
 
 
@@ -127,6 +121,25 @@ def test_no_provider_is_none() -> None:
 def test_hot_without_enough_ratio_is_none() -> None:
     stub = RecordingProvider(PrefixDecision(ReplicaKey("n1"), 0.2, (ReplicaKey("n1"),)))
     assert affinity_preferred(stub, "m", CHAIN, [rc("n1")], DEFAULT_CONFIG, 0.0) is None
+
+
+@pytest.mark.parametrize("make", PROVIDERS)
+def test_affinity_preferred_rules_in_one_sequence(make: Maker) -> None:
+    # Decide over ReplicaKey(c.node_id, 0) for each candidate; the hot node id when has_hot
+    # and match_ratio >= min_prefix_match, else None (also for an empty chain or no
+    # candidates).
+    idx = make(DEFAULT_CONFIG)
+    idx.observe("m", (1, 2, 3), ReplicaKey("a"), 0.0)
+    cfg = Config(min_prefix_match=0.5)
+    cands = [rc("b"), rc("a")]
+    assert affinity_preferred(idx, "m", (1, 2, 3, 4), cands, cfg, 0.0) == "a"
+    assert affinity_preferred(idx, "m", (1, 2, 3, 4, 5, 6, 7), cands, cfg, 0.0) is None
+    assert affinity_preferred(idx, "m", (1, 2, 3, 4, 5, 6), cands, cfg, 0.0) == "a"  # == 0.5
+    assert affinity_preferred(idx, "m", (), cands, cfg, 0.0) is None
+    assert affinity_preferred(idx, "m", (1, 2, 3), [], cfg, 0.0) is None
+    assert affinity_preferred(idx, "m", (1, 2, 3), [rc("b")], cfg, 0.0) is None
+    idx.observe("m", (5,), ReplicaKey("a", 1), 0.0)  # replica 1 does not stand for the node
+    assert affinity_preferred(idx, "m", (5,), cands, cfg, 0.0) is None
 
 
 # -- select_peer --------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""SPEC §2 "Chains": extract_chain, extract_token_chain, messages_prefix_source, extract_model."""
+"""Chains: extract_chain, extract_token_chain, messages_prefix_source, extract_model."""
 
 from __future__ import annotations
 
 import math
+import random
 from collections import UserDict
 
 import numpy as np
@@ -22,7 +23,7 @@ from prefixcache import (
 
 
 def naive_chain(model: str, data: bytes, width: int, max_depth: int) -> tuple[int, ...]:
-    """SPEC's five steps, written out literally (an independent oracle)."""
+    """The chain's five steps, written out literally (an independent oracle)."""
     if not data:
         return ()
     depth = min(math.ceil(len(data) / width), max_depth)
@@ -37,6 +38,8 @@ def naive_chain(model: str, data: bytes, width: int, max_depth: int) -> tuple[in
 # -- the reference vectors -------------------------------------------------------------------
 def test_known_vector_hello_world() -> None:
     assert extract_chain("modelX", "hello world") == (9021501245760295833,)
+    # The literal oracle reproduces the vector too (it is a valid oracle).
+    assert naive_chain("modelX", b"hello world", 256, 64) == (9021501245760295833,)
 
 
 def test_known_vector_one_byte_windows_capped_at_depth_4() -> None:
@@ -52,12 +55,73 @@ def test_known_vector_one_byte_windows_capped_at_depth_4() -> None:
 def test_known_vector_first_block_ignores_what_follows() -> None:
     assert extract_chain("m", "a" * 300)[0] == 17227249611667229844
     assert extract_chain("m", "a" * 256)[0] == 17227249611667229844
+    assert naive_chain("m", b"a" * 256, 256, 64) == (17227249611667229844,)
 
 
 # -- the algorithm ----------------------------------------------------------------------------
 def test_empty_prompt_is_empty_chain() -> None:
     assert extract_chain("m", "") == ()
     assert extract_chain("m", b"") == ()
+    assert len(extract_chain("m", b"\x00")) == 1  # a NUL byte is data, not emptiness
+
+
+def test_last_partial_block_is_hashed_short_not_padded() -> None:
+    c = extract_chain("m", "abc", Config(window_bytes=2))
+    salt = xxh64_intdigest(b"m")
+    h0 = xxh64_intdigest(salt.to_bytes(8, "little") + b"ab")
+    h1 = xxh64_intdigest(h0.to_bytes(8, "little") + b"c")
+    assert c == (h0, h1)
+    # Counterfactual: padding the short block with NUL would make these equal.
+    assert extract_chain("m", "abc\x00", Config(window_bytes=2))[1] != h1
+
+
+def test_max_depth_truncates_and_keeps_the_prefix() -> None:
+    full = extract_chain("m", "x" * 1000, Config(window_bytes=10, max_depth=1000))
+    assert len(full) == 100
+    for d in (1, 2, 7, 99, 100, 101, 500):
+        c = extract_chain("m", "x" * 1000, Config(window_bytes=10, max_depth=d))
+        assert c == full[: min(d, 100)]
+    assert len(extract_chain("m", "q" * (256 * 64 - 1))) == 64
+    assert len(extract_chain("m", "q" * (256 * 63 + 1))) == 64
+
+
+def test_model_salt_is_utf8_and_the_empty_model_is_allowed() -> None:
+    for model in ("", "ü-model", "模型", "a\x00b"):
+        salt = xxh64_intdigest(model.encode("utf-8"))
+        h = xxh64_intdigest(salt.to_bytes(8, "little") + b"hi")
+        assert extract_chain(model, "hi") == (h,)
+
+
+def test_non_utf8_bytes_are_hashed_as_is() -> None:
+    raw = b"\xff\xfe\x80 not utf-8"
+    assert extract_chain("m", raw, Config(window_bytes=4)) == naive_chain("m", raw, 4, 64)
+    text = "é" * 5  # 10 bytes, split inside characters by 3-byte windows
+    cfg = Config(window_bytes=3, max_depth=64)
+    assert extract_chain("m", text, cfg) == extract_chain("m", text.encode(), cfg)
+    assert extract_chain("m", text, cfg) == naive_chain("m", text.encode(), 3, 64)
+
+
+def test_random_prompts_match_the_literal_algorithm() -> None:
+    # Seeded random windows, depths, lengths around the window and models, NUL included.
+    rng = random.Random(20261129)
+    alphabet = "ab é€😀\n\x00"
+    for _ in range(400):
+        w = rng.choice([1, 2, 3, 4, 7, 64, 256])
+        d = rng.choice([1, 2, 3, 5, 64, 100])
+        n = rng.choice([0, 1, 2, w - 1, w, w + 1, 3 * w, rng.randrange(0, 60 * w + 5)])
+        prompt = "".join(rng.choice(alphabet) for _ in range(max(n, 0)))
+        model = rng.choice(["", "m", "llama-3", "ü"])
+        cfg = Config(window_bytes=w, max_depth=d)
+        assert extract_chain(model, prompt, cfg) == naive_chain(model, prompt.encode(), w, d)
+
+
+def test_common_full_leading_blocks_are_shared_exactly() -> None:
+    cfg = Config(window_bytes=4)
+    a = extract_chain("m", "aaaabbbbcc", cfg)
+    b = extract_chain("m", "aaaabbbbcd", cfg)
+    c = extract_chain("m", "aaaabbbb", cfg)
+    assert a[:2] == b[:2] == c and a[2] != b[2]
+    assert extract_chain("n", "aaaabbbb", cfg)[0] != c[0]  # the model salts everything
 
 
 def test_last_block_may_be_short_and_is_hashed() -> None:
@@ -175,6 +239,14 @@ def test_numpy_arrays_of_any_integer_dtype_equal_lists(dtype: type) -> None:
     tokens = [(i * 37) % 250 for i in range(1000)]
     expected = extract_token_chain("m", tokens, block_tokens=16)
     assert extract_token_chain("m", np.array(tokens, dtype=dtype), block_tokens=16) == expected
+
+
+def test_token_chain_of_a_prefix_is_a_prefix() -> None:
+    ids = list(range(1, 11))
+    c = extract_token_chain("m", ids, block_tokens=4)
+    assert len(c) == 3
+    assert extract_token_chain("m", np.array(ids, dtype=np.int64), block_tokens=4) == c
+    assert extract_token_chain("m", ids[:8], block_tokens=4) == c[:2]
 
 
 def test_token_arrays_big_endian_and_strided() -> None:
@@ -297,6 +369,24 @@ def test_messages_other_content_contributes_nothing(content: object) -> None:
     assert messages_prefix_source([{"role": "user", "content": content}]) == "user\n\n"
 
 
+def test_messages_mixed_content_kinds_in_order() -> None:
+    msgs = [
+        {"role": "system", "content": "S"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "a"},
+                {"type": "image_url"},
+                {"type": "text", "text": "b"},
+            ],
+        },
+        {"role": "assistant", "content": None},
+        {"role": "tool", "content": 42},
+        {"role": "user", "content": ""},
+    ]
+    assert messages_prefix_source(msgs) == "system\nS\nuser\nab\nassistant\n\ntool\n\nuser\n\n"
+
+
 def test_messages_missing_or_bad_role_is_empty() -> None:
     assert messages_prefix_source([{"content": "c"}, {"role": 3, "content": "d"}]) == "\nc\n\nd\n"
 
@@ -385,3 +475,87 @@ def test_extract_model_ignores_junk_query_values(junk: object) -> None:
 
 def test_query_bytes_are_decoded() -> None:
     assert extract_model(b"qb", None) == "qb"
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "expected"),
+    [
+        ("q", b'{"model":"b"}', "q"),
+        (" q ", b"", " q "),  # as given
+        ("", b'{"model":"b"}', "b"),
+        ("  ", b'{"model":"b"}', "b"),
+        (None, b'{"model":"b"}', "b"),
+        (None, b"", ""),
+        (None, b"   ", ""),
+        (None, b"null", ""),
+        (None, b'"model"', ""),
+        (None, b'["model", "b"]', ""),
+        (None, b'{"x": {"model": "nested"}}', ""),  # top-level only
+        (None, b'{"model": 1}', ""),
+        (None, b'{"model": ["b"]}', ""),
+        (None, b'{"model": "b"', ""),  # truncated
+        (None, b'{"model": "b"} trailing', ""),
+        (None, b"\xff\xfe", ""),
+        (None, b'{"model": ""}', ""),
+        (None, b'{"model": "b", "messages": [{"role": "user"}]}', "b"),
+    ],
+)
+def test_extract_model_query_then_body_table(query: object, body: object, expected: str) -> None:
+    # A non-blank query value wins (as given); else the top-level JSON "model" string of the
+    # body; "" for non-JSON, a missing field or an empty body (never raises).
+    assert extract_model(query, body) == expected
+
+
+def test_extract_model_blank_is_go_whitespace() -> None:
+    # "Blank" as in the reference (Go's strings.TrimSpace, i.e. unicode.IsSpace): NBSP, NEL
+    # and U+3000 are blank, but the ASCII separators U+001C..U+001F (whitespace to Python's
+    # str.strip) are not.
+    for blank in ("\u00a0", "\u0085", "\u3000", " \t\r\n\v\f"):
+        assert extract_model(blank, b'{"model":"b"}') == "b"
+    for sep in ("\x1c", "\x1d", "\x1e", "\x1f"):
+        assert extract_model(sep, b'{"model":"b"}') == sep
+
+
+def test_extract_model_never_raises_on_deep_or_huge_bodies() -> None:
+    for body in (b"[" * 100000, b'{"a":' * 50000, b"1" * 100000, b'{"model":' + b"9" * 5000 + b"}"):
+        assert extract_model(None, body) == ""
+    assert extract_model(None, object()) == ""
+    assert extract_model(object(), None) == ""
+
+
+@pytest.mark.parametrize("depth", [10, 2000, 9999])
+def test_extract_model_deep_but_valid_json_still_reads_the_model(depth: int) -> None:
+    # A document nested deeper than Python's recursion limit is still JSON to the reference
+    # (Go's encoding/json accepts 10000 levels, the top-level object included).
+    nest = b"[" * depth + b"]" * depth
+    assert extract_model(None, b'{"model":"x","a":' + nest + b"}") == "x"
+    assert extract_model(None, b'{"a":' + nest + b',"Model":"y"}') == "y"
+    deep_obj = b'{"k":' * depth + b"1" + b"}" * depth
+    assert extract_model(None, b'{"model":"z","a":' + deep_obj + b"}") == "z"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":"x","a":' + b"[" * 10000 + b"]" * 10000 + b"}",  # 10001 levels: too deep
+        b'{"model":"x","a":' + b"[" * 3000 + b"]" * 2999 + b"}",  # unbalanced
+        b'{"model":"x","a":' + b"[" * 3000 + b"]" * 3000 + b"} x",  # trailing junk
+        b'{"model":"x","a":' + b"[" * 3000 + b"1,]" + b"]" * 2999 + b"}",  # trailing comma
+        b"[" * 3000 + b"]" * 3000,  # not an object
+    ],
+)
+def test_extract_model_deep_invalid_json_is_empty(body: bytes) -> None:
+    assert extract_model(None, body) == ""
+
+
+def test_extract_model_a_non_string_model_value_fails_even_after_a_string() -> None:
+    # A non-string value is a decode error in the reference (Go's UnmarshalTypeError),
+    # whatever came before; null leaves it unset.
+    assert extract_model(None, b'{"model":"x","model":1}') == ""
+    assert extract_model(None, b'{"model":"x","model":1.5e3}') == ""
+    assert extract_model(None, b'{"model":"x","model":true}') == ""
+    assert extract_model(None, b'{"model":"x","model":{}}') == ""
+    assert extract_model(None, b'{"model":"x","model":null}') == "x"
+    deep = b"[" * 3000 + b"]" * 3000
+    assert extract_model(None, b'{"model":"x","model":1,"a":' + deep + b"}") == ""
+    assert extract_model(None, b'{"model":"x","model":null,"a":' + deep + b"}") == "x"
