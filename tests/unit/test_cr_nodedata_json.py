@@ -1,4 +1,4 @@
-"""SPEC §1 NodeData JSON: Go field names, RFC 3339 with nanoseconds, lenient decoding."""
+"""NodeData JSON: Go field names, RFC 3339 with nanoseconds, lenient decoding."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §2 "Pressure(window)": the sliding forced-disturb counter."""
+"""Pressure(window): the sliding forced-disturb counter."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""SPEC §2 "Index" rules, checked on the naive ReferenceIndex and on Index (both backends).
+"""Index rules, checked on the naive ReferenceIndex and on Index (both backends).
 
 The same hand-written cases run against every provider, so the reference model itself is
-tested from the spec (the stateful agreement machine only shows that the two agree).
+tested against the contract (the stateful agreement machine only shows that the two agree).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from prefixcache import Candidate, Config, ReplicaKey
+from prefixcache import Candidate, Config, Index, ReplicaKey
 from prefixcache.reference import (
     Advance,
     Decide,
@@ -27,10 +27,6 @@ Maker = Callable[[Config], Any]
 
 def _providers() -> list[Any]:
     makers: list[Any] = [pytest.param(ReferenceIndex, id="reference")]
-    try:
-        from prefixcache import Index
-    except ImportError:  # pragma: no cover - Index lands separately
-        return makers
     for backend in ("dict", "datrie"):
         makers.append(
             pytest.param(lambda cfg, b=backend: Index(cfg, backend=b), id=f"index-{backend}")
