@@ -44,6 +44,7 @@ from clusterrouting import InvalidRecordError
 from prefixcache._events import (
     INVALIDATE_SUBJECT,
     MAX_EVENT_BYTES,
+    MAX_EVENT_CHAIN,
     OBSERVE_SUBJECT,
     EventDecodeError,
     InvalidateEvent,
@@ -60,6 +61,7 @@ from prefixcache._protocols import (
     Transport,
     Unsubscribe,
 )
+from prefixcache._signing import RateLimit, RateLimiter, Signer, Verifier
 from prefixcache._snapshot import Snapshot, apply_snapshot, digests, export_snapshot
 from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
 
@@ -92,9 +94,9 @@ class _LogPublishErrors:
         self.streak += 1
         if self.streak == 1 or self.streak % 100 == 0:
             _log.warning(
-                "publishing on %s failed: %r (routing continues; %d failures in a row)",
+                "publishing on %s failed: %s (routing continues; %d failures in a row)",
                 subject,
-                error,
+                _short_repr(error),
                 self.streak,
             )
 
@@ -135,6 +137,9 @@ class SyncStats:
         dropped_malformed: payloads that failed :func:`~prefixcache.decode_event`.
         dropped_unknown_subject: messages on a subject other than the two sync subjects.
         dropped_oversized: payloads over ``max_payload_bytes`` (not parsed).
+        dropped_unsigned / dropped_forged / dropped_stale / dropped_replayed: messages a
+            ``verifier`` rejected (see :class:`~prefixcache.Verifier`).
+        dropped_rate_limited: messages over their origin's ``rate_limit``.
         apply_errors: events the provider raised on (logged; should stay 0).
     """
 
@@ -146,12 +151,26 @@ class SyncStats:
     dropped_malformed: int = 0
     dropped_unknown_subject: int = 0
     dropped_oversized: int = 0
+    dropped_unsigned: int = 0
+    dropped_forged: int = 0
+    dropped_stale: int = 0
+    dropped_replayed: int = 0
+    dropped_rate_limited: int = 0
     apply_errors: int = 0
 
     @property
     def dropped(self) -> int:
         """All dropped incoming messages."""
-        return self.dropped_malformed + self.dropped_unknown_subject + self.dropped_oversized
+        return (
+            self.dropped_malformed
+            + self.dropped_unknown_subject
+            + self.dropped_oversized
+            + self.dropped_unsigned
+            + self.dropped_forged
+            + self.dropped_stale
+            + self.dropped_replayed
+            + self.dropped_rate_limited
+        )
 
 
 class Sync:
@@ -163,6 +182,9 @@ class Sync:
       its own clock);
     * ``observe`` publishes an :class:`~prefixcache.ObserveEvent` only when the local observe
       returned ``True`` ("new or extended"), so re-observing a warm chain costs no traffic;
+      a chain longer than :data:`~prefixcache.MAX_EVENT_CHAIN` (a ``Config.max_depth`` above
+      it) is published truncated to its first ``MAX_EVENT_CHAIN`` hashes: a replica that
+      holds a chain holds each of its prefixes, so peers learn a true, shorter claim;
     * ``invalidate`` / ``invalidate_node`` always publish (a peer may hold an entry this
       router never had), and never create a tree locally.
 
@@ -170,6 +192,13 @@ class Sync:
     transport-facing handler, installed by :meth:`attach`) apply them with the receiver's
     ``clock`` and never re-publish, so there are no loops. Malformed, oversized and
     unknown-subject messages are dropped and counted (:meth:`stats`), never raised.
+
+    Trust (all off by default): with a ``signer`` every published message carries the
+    signature envelope (:mod:`prefixcache._signing`); with a ``verifier`` :meth:`handle` drops
+    and counts unsigned, forged, stale and replayed messages before decoding them; with a
+    ``rate_limit`` each origin (the verified ``origin``; without a verifier every message
+    counts against the one origin ``""``) may apply at most that many messages per second,
+    the rest are dropped and counted.
 
     A publisher that raises (or, when asynchronous, fails or exceeds ``publish_timeout``)
     never breaks a routing call: the error is counted and passed to ``on_publish_error``
@@ -186,6 +215,10 @@ class Sync:
             streak, then every 100th, on the ``prefixcache.sync`` logger).
         publish_timeout: seconds, for asynchronous publishers.
         max_payload_bytes: larger incoming payloads are dropped unparsed.
+        signer: signs outgoing messages.
+        verifier: admits only verified incoming messages.
+        rate_limit: per-origin token bucket for incoming messages (a ``RateLimit``, or a
+            ready ``RateLimiter``); its clock is ``clock``.
 
     Thread-safe: provider calls are serialised by a lock (publishing happens outside it);
     transport handlers may run on any thread.
@@ -211,6 +244,9 @@ class Sync:
         on_publish_error: PublishErrorHook | None = None,
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
         max_payload_bytes: int = MAX_EVENT_BYTES,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
+        rate_limit: RateLimit | RateLimiter | None = None,
     ) -> None:
         if not publish_timeout > 0:
             raise InvalidRecordError("publish_timeout", publish_timeout, "must be > 0")
@@ -228,6 +264,12 @@ class Sync:
         self._count_lock = threading.Lock()
         self._tail: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self.signer = signer
+        self.verifier = verifier
+        self.rate_limiter = (
+            RateLimiter(rate_limit) if isinstance(rate_limit, RateLimit) else rate_limit
+        )
+        self._trust_lock = threading.Lock()
 
     # -- provider protocol ------------------------------------------------------------------
     def decide(
@@ -249,7 +291,10 @@ class Sync:
         with self._lock:
             changed = self.provider.observe(model, chain, key, now)
         if changed:
-            self._publish_event(OBSERVE_SUBJECT, lambda: ObserveEvent.from_key(model, chain, key))
+            self._publish_event(
+                OBSERVE_SUBJECT,
+                lambda: ObserveEvent.from_key(model, _head(chain, MAX_EVENT_CHAIN), key),
+            )
         return changed
 
     def invalidate(self, model: str, key: ReplicaKey) -> object:
@@ -321,9 +366,18 @@ class Sync:
                 self.provider.invalidate(event.model, key)
 
     def handle(self, subject: str, payload: bytes) -> None:
-        """The transport handler: decode and apply one message. Never raises."""
+        """The transport handler: decode and apply one message. Never raises.
+
+        In order: a payload that is not bytes-like is malformed; an oversized one, one on an
+        unknown subject, one the ``verifier`` rejects and one over its origin's rate limit
+        are dropped; then it is decoded and applied. Each drop is counted (:meth:`stats`).
+        """
         self._bump("received")
         try:
+            if not isinstance(payload, bytes | bytearray | memoryview):
+                self._bump("dropped_malformed")
+                _log.debug("dropped a %s payload on %r", type(payload).__name__, subject)
+                return
             if len(payload) > self.max_payload_bytes:
                 self._bump("dropped_oversized")
                 _log.debug("dropped oversized message (%d bytes) on %s", len(payload), subject)
@@ -331,6 +385,8 @@ class Sync:
             if subject not in (OBSERVE_SUBJECT, INVALIDATE_SUBJECT):
                 self._bump("dropped_unknown_subject")
                 _log.debug("dropped message on unknown subject %r", subject)
+                return
+            if not self.admit(subject, bytes(payload)):
                 return
             try:
                 event = decode_event(subject, payload)
@@ -348,6 +404,32 @@ class Sync:
             # Never raise into the transport; a provider bug is logged and counted.
             self._bump("apply_errors")
             _log.exception("applying a message on %r failed", subject)
+
+    def admit(self, subject: str, payload: bytes, now: float | None = None) -> bool:
+        """Whether a message passes the ``verifier`` and the ``rate_limit`` at ``now``
+        (default ``clock()``); a rejection is counted. (Used by :meth:`handle` and by other
+        subjects' handlers, e.g. the resync loop's.)"""
+        if self.verifier is None and self.rate_limiter is None:
+            return True
+        t = self.clock() if now is None else now
+        origin: str | None = ""
+        with self._trust_lock:
+            if self.verifier is not None:
+                verdict, origin = self.verifier.check(subject, payload, now=t)
+                if verdict != "ok":
+                    self._bump("dropped_" + verdict)
+                    _log.debug("dropped a %s message on %s", verdict, subject)
+                    return False
+            if self.rate_limiter is not None and not self.rate_limiter.allow(origin or "", t):
+                self._bump("dropped_rate_limited")
+                return False
+        return True
+
+    def sign(self, subject: str, payload: bytes) -> bytes:
+        """``payload`` signed with the ``signer`` (unchanged without one)."""
+        if self.signer is None:
+            return payload
+        return self.signer.sign(subject, payload, now=self.clock())
 
     def attach(self, transport: Transport) -> Unsubscribe:
         """Subscribe :meth:`handle` to both sync subjects of ``transport``; return ``detach``.
@@ -452,8 +534,8 @@ class Sync:
         if self.publisher is None:
             return
         try:
-            payload = make().encode()
-        except (TypeError, ValueError) as exc:  # not representable, e.g. a chain too long
+            payload = self.sign(subject, make().encode())
+        except (TypeError, ValueError) as exc:  # not representable (a bad model name, ...)
             self._publish_failed(subject, exc)
             return
         self._publish(subject, payload)
@@ -509,6 +591,16 @@ class Sync:
         loop = asyncio.get_running_loop()
         while mine := {t for t in self._pending if t.get_loop() is loop}:
             await asyncio.wait(mine)
+
+
+def _short_repr(value: object, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters (an error can hold a whole chain)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _head(chain: Sequence[int], n: int) -> Sequence[int]:
+    return chain[:n] if len(chain) > n else chain
 
 
 async def _as_coroutine(aw: Awaitable[Any]) -> Any:

@@ -4,6 +4,8 @@
 * :class:`RecordingPublisher`: a :class:`~prefixcache.Publisher` that records (and can fail).
 * :class:`InMemoryTransport`: a message hub connecting any number of routers in one process,
   with deterministic delivery order and seeded or explicit drop / duplicate / reorder faults.
+* :class:`GatedAsyncTransport`: an :class:`~prefixcache.AsyncTransport` whose sends wait
+  until the test opens a gate: a hung broker, without timings.
 * :func:`check_transport`: the behaviour every :class:`~prefixcache.Transport` must have;
   run it against your own adapter (this package runs it against the in-memory hub, NATS
   and Redis).
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
@@ -23,9 +26,10 @@ import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
 from prefixcache._events import InvalidateEvent, ObserveEvent, decode_event
-from prefixcache._protocols import MessageHandler, Transport, Unsubscribe
+from prefixcache._protocols import AsyncUnsubscribe, MessageHandler, Transport, Unsubscribe
 
 __all__ = [
+    "GatedAsyncTransport",
     "InMemoryConnection",
     "InMemoryTransport",
     "ManualClock",
@@ -379,6 +383,71 @@ class InMemoryConnection:
 
     def __repr__(self) -> str:
         return f"InMemoryConnection(name={self.name!r})"
+
+
+class GatedAsyncTransport:
+    """An asyncio transport whose ``publish`` waits until :meth:`open` is called: a broker
+    that accepted the connection and then hung (``SIGSTOP``), reproducible without timings.
+
+    Each ``publish`` sets :attr:`entered` (a ``threading.Event``) when it starts waiting and
+    appends ``(subject, payload)`` to :attr:`published` once the gate is open; :attr:`sends`
+    counts publishes that started. ``subscribe`` records the handler and delivers nothing.
+    The waiting happens off the event loop (in the loop's default executor), so the loop
+    stays responsive while a send hangs. ``close()`` opens the gate.
+    Thread-safe.
+
+    >>> from prefixcache.transports import ThreadedTransport
+    >>> gated = GatedAsyncTransport()
+    >>> async def connect() -> GatedAsyncTransport:
+    ...     return gated
+    >>> t = ThreadedTransport(connect, timeout=60.0, max_queue=2)
+    >>> t.publish("s", b"1")
+    >>> gated.entered.wait(10.0)
+    True
+    >>> for p in (b"2", b"3", b"4"):
+    ...     t.publish("s", p)  # returns at once: the send of b"1" is hung
+    >>> t.dropped, t.pending()
+    (1, 2)
+    >>> gated.open()
+    >>> t.drain(10.0)
+    True
+    >>> [p for _, p in gated.published]
+    [b'1', b'3', b'4']
+    >>> t.close()
+    """
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.published: list[tuple[str, bytes]] = []
+        self.handlers: list[tuple[str, MessageHandler]] = []
+        self.sends = 0
+        self._gate = threading.Event()
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        """Let every waiting and later publish through."""
+        self._gate.set()
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        with self._lock:
+            self.sends += 1
+        self.entered.set()
+        if not self._gate.is_set():
+            await asyncio.get_running_loop().run_in_executor(None, self._gate.wait)
+        with self._lock:
+            self.published.append((subject, bytes(payload)))
+
+    async def subscribe(self, subject: str, handler: MessageHandler) -> AsyncUnsubscribe:
+        with self._lock:
+            self.handlers.append((subject, handler))
+
+        async def unsubscribe() -> None:
+            return None
+
+        return unsubscribe
+
+    async def close(self) -> None:
+        self.open()
 
 
 # -- conformance kit ----------------------------------------------------------------------

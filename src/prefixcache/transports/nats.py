@@ -10,6 +10,12 @@ connection on the running loop; :class:`NatsTransport` (a blocking
   its ``pending_size``) and re-subscribes after a reconnect.
 * Delivery is at most once: messages published while this router or the broker is down are
   lost (resync with :func:`prefixcache.export_snapshot` / :func:`prefixcache.apply_snapshot`).
+* Authentication and TLS: ``user``/``password``, ``token``, ``nkey_seed_file`` (an NKey seed;
+  needs the ``nkeys`` package) or ``credentials_file`` (a ``.creds`` file: user JWT plus NKey
+  seed), and ``tls_ca_file`` (trust) with optionally ``tls_cert_file``/``tls_key_file``
+  (a client certificate). A ``tls://`` server URL, or any TLS file, turns TLS on.
+* :class:`NatsTransport` queues publishes and sends them from its own thread (see
+  :class:`~prefixcache.transports.ThreadedTransport`): a hung server never blocks the caller.
 * ``subscribe`` flushes (a PING/PONG round trip), so the subscription is active at the server
   when it returns.
 * Order: messages of one subject from one publisher are handled in publish order. nats-py
@@ -25,11 +31,17 @@ connection on the running loop; :class:`NatsTransport` (a blocking
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
 from prefixcache._protocols import AsyncUnsubscribe, MessageHandler
-from prefixcache.transports._bridge import ThreadedTransport
+from prefixcache.transports._bridge import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_BYTES,
+    ThreadedTransport,
+    client_tls_context,
+)
 
 __all__ = ["AsyncNatsTransport", "NatsTransport"]
 
@@ -60,11 +72,74 @@ class AsyncNatsTransport:
         connect_timeout: float = 2.0,
         reconnect_time_wait: float = 0.5,
         flush_timeout: float = 2.0,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        nkey_seed_file: str | None = None,
+        credentials_file: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls: ssl.SSLContext | None = None,
         **options: Any,
     ) -> AsyncNatsTransport:
-        """Connect to ``servers`` (``nats://host:port``; several for a cluster).
+        """Connect to ``servers`` (``nats://host:port`` or ``tls://host:port``; several for
+        a cluster).
 
-        Extra keyword ``options`` go to ``nats.connect`` (credentials, TLS, ...).
+        Args:
+            user, password: the server's user/password authentication.
+            token: the server's token authentication.
+            nkey_seed_file: path of an NKey seed file (the server lists the public key).
+            credentials_file: path of a ``.creds`` file (decentralised JWT authentication).
+            tls_ca_file: CA bundle that signed the server's certificate (TLS on).
+            tls_cert_file, tls_key_file: a client certificate, for servers that verify one.
+            tls: a ready ``ssl.SSLContext`` instead of the three files.
+            options: further keyword arguments for ``nats.connect``.
+
+        Raises:
+            Exception: what nats-py raises when no server answers initially
+                (``nats.errors.NoServersError``) or the server refuses the credentials;
+                reconnects after that are automatic.
+        """
+        auth: dict[str, Any] = {}
+        if user is not None:
+            auth["user"] = user
+        if password is not None:
+            auth["password"] = password
+        if token is not None:
+            auth["token"] = token
+        if nkey_seed_file is not None:
+            auth["nkeys_seed"] = nkey_seed_file
+        if credentials_file is not None:
+            auth["user_credentials"] = credentials_file
+        if tls is None and (tls_ca_file or tls_cert_file):
+            tls = client_tls_context(
+                ca_file=tls_ca_file, cert_file=tls_cert_file, key_file=tls_key_file
+            )
+        if tls is not None:
+            auth["tls"] = tls
+        options = {**auth, **options}
+        return await cls._connect(
+            servers,
+            name=name,
+            connect_timeout=connect_timeout,
+            reconnect_time_wait=reconnect_time_wait,
+            flush_timeout=flush_timeout,
+            options=options,
+        )
+
+    @classmethod
+    async def _connect(
+        cls,
+        servers: str | Sequence[str],
+        *,
+        name: str | None,
+        connect_timeout: float,
+        reconnect_time_wait: float,
+        flush_timeout: float,
+        options: dict[str, Any],
+    ) -> AsyncNatsTransport:
+        """Open the nats-py connection with the transport's callbacks.
 
         Raises:
             Exception: what nats-py raises when no server answers initially
@@ -155,8 +230,9 @@ class NatsTransport(ThreadedTransport[AsyncNatsTransport]):
     """A blocking NATS Transport: :class:`AsyncNatsTransport` on a private loop thread.
 
     ``NatsTransport.connect("nats://127.0.0.1:4222")`` starts the thread and connects;
-    ``close()`` (or ``with``) stops it. ``publish`` is a thread hop plus a local buffer write
-    (nats-py sends in the background), bounded by ``timeout``. Thread-safe.
+    ``close()`` (or ``with``) stops it. ``publish`` appends to the bounded outgoing queue and
+    returns (``timeout`` bounds each send on the loop thread; ``max_queue`` and
+    ``max_queue_bytes`` bound the queue: see :class:`ThreadedTransport`). Thread-safe.
     """
 
     @classmethod
@@ -165,12 +241,17 @@ class NatsTransport(ThreadedTransport[AsyncNatsTransport]):
         servers: str | Sequence[str] = "nats://127.0.0.1:4222",
         *,
         timeout: float = 2.0,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         **options: Any,
     ) -> NatsTransport:
-        """Connect (see :meth:`AsyncNatsTransport.connect` for ``options``)."""
+        """Connect (see :meth:`AsyncNatsTransport.connect` for credentials, TLS and
+        ``options``)."""
         return cls(
             lambda: AsyncNatsTransport.connect(servers, **options),
             timeout=timeout,
+            max_queue=max_queue,
+            max_queue_bytes=max_queue_bytes,
             name="prefixcache-nats",
         )
 

@@ -10,7 +10,13 @@ one for ``PUBLISH`` and one ``PUBSUB`` connection read by a reader task that it 
   on a channel it is subscribed to records a fingerprint, and the first identical message
   that comes back within ``echo_window`` seconds is dropped. (A peer publishing the very same
   bytes at the same moment is indistinguishable; dropping one of two identical sync messages
-  loses nothing.)
+  loses nothing.) A publish that failed or timed out keeps its fingerprint, since the server
+  may have delivered it anyway: its echo is still dropped.
+* Authentication and TLS: ``username``/``password`` (Redis 6 ACL users; ``password`` alone is
+  the ``default`` user / ``requirepass``), and ``tls_ca_file`` with optionally
+  ``tls_cert_file``/``tls_key_file`` (a ``rediss://`` URL, or any TLS file, turns TLS on).
+* :class:`RedisTransport` queues publishes and sends them from its own thread (see
+  :class:`~prefixcache.transports.ThreadedTransport`): a hung server never blocks the caller.
 * Reconnects: when the connection drops, the reader retries every ``reconnect_wait`` seconds;
   redis-py re-subscribes every channel on reconnect. ``PUBLISH`` fails fast while the server
   is down (a :class:`~prefixcache.Sync` counts it). Delivery is at most once: messages sent
@@ -32,7 +38,11 @@ from typing import Any
 import xxhash
 
 from prefixcache._protocols import AsyncUnsubscribe, MessageHandler
-from prefixcache.transports._bridge import ThreadedTransport
+from prefixcache.transports._bridge import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_BYTES,
+    ThreadedTransport,
+)
 
 __all__ = ["AsyncRedisTransport", "RedisTransport"]
 
@@ -83,25 +93,48 @@ class AsyncRedisTransport:
         reconnect_wait: float = 0.25,
         echo_window: float = 30.0,
         socket_timeout: float = 2.0,
+        username: str | None = None,
+        password: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
         **options: Any,
     ) -> AsyncRedisTransport:
         """Connect to ``url`` (checked with a ``PING``) and start the reader task.
 
-        Extra keyword ``options`` go to ``redis.asyncio.Redis.from_url``.
+        Args:
+            url: ``redis://host:port/db`` or ``rediss://`` (TLS).
+            username, password: ACL credentials (``AUTH username password``).
+            tls_ca_file: CA bundle that signed the server's certificate (TLS on; the server's
+                certificate and host name are verified).
+            tls_cert_file, tls_key_file: a client certificate (``tls-auth-clients yes``).
+            options: further keyword arguments for ``redis.asyncio.Redis.from_url``.
 
         Raises:
             redis.exceptions.ConnectionError: the server does not answer.
+            redis.exceptions.AuthenticationError: the credentials are refused.
         """
         import redis.asyncio as aioredis
         import redis.exceptions
+        from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
         common: dict[str, Any] = {
             "socket_connect_timeout": socket_timeout,
             "retry": Retry(NoBackoff(), 1),
-            **options,
         }
+        if username is not None:
+            common["username"] = username
+        if password is not None:
+            common["password"] = password
+        if tls_ca_file or tls_cert_file:
+            common.update(ssl=True, ssl_cert_reqs="required", ssl_check_hostname=True)
+            if tls_ca_file:
+                common["ssl_ca_certs"] = tls_ca_file
+            if tls_cert_file:
+                common["ssl_certfile"] = tls_cert_file
+                common["ssl_keyfile"] = tls_key_file
+        common.update(options)
         publisher = aioredis.Redis.from_url(url, socket_timeout=socket_timeout, **common)
         listener = aioredis.Redis.from_url(url, **common)
         try:
@@ -154,8 +187,8 @@ class AsyncRedisTransport:
                 # dropped it, so one retry reconnects (and fails fast if the server is down).
                 await self._redis.publish(subject, payload)
         except BaseException:
-            if fp is not None and self._echo_counts[fp] > 0:
-                self._echo_counts[fp] -= 1
+            # Keep the fingerprint: a timed-out PUBLISH may still have reached the server,
+            # and its echo must not be applied here. It expires after echo_window.
             raise
 
     async def subscribe(self, subject: str, handler: MessageHandler) -> AsyncUnsubscribe:
@@ -273,17 +306,28 @@ class RedisTransport(ThreadedTransport[AsyncRedisTransport]):
     """A blocking Redis Transport: :class:`AsyncRedisTransport` on a private loop thread.
 
     ``RedisTransport.connect("redis://127.0.0.1:6379/0")`` starts the thread and connects;
-    ``close()`` (or ``with``) stops it. ``publish`` waits for the server's reply, bounded by
-    ``timeout``. Thread-safe.
+    ``close()`` (or ``with``) stops it. ``publish`` appends to the bounded outgoing queue and
+    returns; the loop thread sends each message and waits for the server's reply, bounded by
+    ``timeout`` (see :class:`ThreadedTransport` for ``max_queue`` and ``max_queue_bytes``).
+    Thread-safe.
     """
 
     @classmethod
     def connect(
-        cls, url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 2.0, **options: Any
+        cls,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        timeout: float = 2.0,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        **options: Any,
     ) -> RedisTransport:
-        """Connect (see :meth:`AsyncRedisTransport.connect` for ``options``)."""
+        """Connect (see :meth:`AsyncRedisTransport.connect` for credentials, TLS and
+        ``options``)."""
         return cls(
             lambda: AsyncRedisTransport.connect(url, **options),
             timeout=timeout,
+            max_queue=max_queue,
+            max_queue_bytes=max_queue_bytes,
             name="prefixcache-redis",
         )
