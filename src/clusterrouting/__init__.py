@@ -6,7 +6,7 @@ time is a parameter, ties break stably, nothing is logged, started or mutated.
 """
 
 from clusterrouting._errors import ClusterRoutingError, InvalidRecordError, NodeDataDecodeError
-from clusterrouting._guard import within_load_guard
+from clusterrouting._guard import load_limit, within_load_guard
 from clusterrouting._records import NODE_ONLINE_WINDOW, NodeData, ReplicaCandidate
 from clusterrouting._select import (
     DEFAULT_AFFINITY_SLACK,
@@ -27,6 +27,7 @@ __all__ = [
     "NodeDataDecodeError",
     "ReplicaCandidate",
     "build_candidates",
+    "load_limit",
     "pick_best_replica",
     "pick_with_affinity",
     "within_load_guard",

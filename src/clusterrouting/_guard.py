@@ -6,7 +6,7 @@ import math
 
 from clusterrouting._errors import InvalidRecordError
 
-__all__ = ["within_load_guard"]
+__all__ = ["load_limit", "within_load_guard"]
 
 
 def within_load_guard(
@@ -49,12 +49,30 @@ def within_load_guard(
     >>> within_load_guard(3, 1, slack=2, factor=1.5)
     False
     """
+    return in_flight <= load_limit(min_in_flight, slack=slack, factor=factor)
+
+
+def load_limit(min_in_flight: int, *, slack: int, factor: float | None = None) -> float:
+    """The largest in-flight count :func:`within_load_guard` accepts: ``min(min_in_flight +
+    slack, min_in_flight * factor + 1)`` (the second term only with a ``factor``; an
+    infinite ``factor`` means no relative cap, also when ``min_in_flight`` is 0, where the
+    product would be NaN).
+
+    So a policy over many replicas computes the guard once and compares each count with
+    it: ``in_flight <= load_limit(...)`` iff ``within_load_guard(in_flight, ...)``.
+
+    Raises:
+        InvalidRecordError: ``slack`` is negative or ``factor`` is NaN or below 1.
+
+    >>> load_limit(1, slack=2), load_limit(1, slack=2, factor=1.5), load_limit(0, slack=3, factor=float("inf"))
+    (3, 2.5, 3)
+    """
     if slack < 0:
         raise InvalidRecordError("slack", slack, "must be >= 0")
-    if in_flight > min_in_flight + slack:
-        return False
-    if factor is None:
-        return True
+    limit = min_in_flight + slack
+    if factor is None or factor == math.inf:
+        return limit
     if math.isnan(factor) or factor < 1:
         raise InvalidRecordError("factor", factor, "must be >= 1 (or None)")
-    return in_flight <= min_in_flight * factor + 1
+    rel = min_in_flight * factor + 1
+    return rel if rel < limit else limit
