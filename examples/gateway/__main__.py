@@ -17,9 +17,22 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from examples.gateway.app import DEFAULT_BODY_LIMIT, Gateway, GatewaySettings
+from examples.gateway.app import (
+    DEFAULT_BODY_LIMIT,
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BUFFERED_BYTES,
+    Gateway,
+    GatewaySettings,
+)
 from examples.gateway.mock_backend import DEFAULT_ANNOUNCE_INTERVAL, MockBackend
-from examples.gateway.serving import RunningServer, start_server
+from examples.gateway.serving import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    RunningServer,
+    ServerLimits,
+    start_server,
+)
 from prefixcache import DEFAULT_CONFIG, Config, ConfigError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -89,6 +102,13 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         body_limit=args.body_limit,
         connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout,
+        body_timeout=args.body_timeout,
+        max_buffered_bytes=args.max_buffered_bytes,
+        limits=ServerLimits(
+            header_timeout=args.header_timeout,
+            idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections,
+        ),
     )
 
 
@@ -199,6 +219,36 @@ def build_parser() -> argparse.ArgumentParser:
         )
         g.add_argument("--connect-timeout", type=float, default=5.0)
         g.add_argument("--read-timeout", type=float, default=120.0)
+        g.add_argument(
+            "--header-timeout",
+            type=float,
+            default=DEFAULT_HEADER_TIMEOUT,
+            help="seconds a client has to send the request line and headers",
+        )
+        g.add_argument(
+            "--body-timeout",
+            type=float,
+            default=DEFAULT_BODY_TIMEOUT,
+            help="seconds the whole request body may take to arrive (408 beyond)",
+        )
+        g.add_argument(
+            "--idle-timeout",
+            type=float,
+            default=DEFAULT_IDLE_TIMEOUT,
+            help="seconds a kept-alive connection may wait for its next request",
+        )
+        g.add_argument(
+            "--max-connections",
+            type=int,
+            default=DEFAULT_MAX_CONNECTIONS,
+            help="client connections open at once (more are closed at once)",
+        )
+        g.add_argument(
+            "--max-buffered-bytes",
+            type=parse_size,
+            default=DEFAULT_MAX_BUFFERED_BYTES,
+            help="request body bytes buffered by all requests at once (503 beyond)",
+        )
         g.add_argument(
             "--min-prefix-match",
             type=float,

@@ -6,14 +6,27 @@ the sockets (starlette+uvicorn+httpx would be three packages for the same thing)
 
 Per request (:meth:`Gateway.handle`):
 
-1. **Body cap.** The body is buffered up to ``body_limit`` bytes (default 15 MiB, as the
-   reference): a ``Content-Length`` above the cap, or a body that grows past it, is answered
-   ``413`` with a JSON error; a body of exactly ``body_limit`` bytes is accepted.
+1. **Body cap and deadlines.** The body is buffered up to ``body_limit`` bytes (default
+   15 MiB, as the reference): a ``Content-Length`` above the cap, or a body that grows past
+   it, is answered ``413`` with a JSON error; a body of exactly ``body_limit`` bytes is
+   accepted. The whole body must arrive within ``body_timeout`` seconds of the headers
+   (else ``408``), and all requests together may hold at most ``max_buffered_bytes`` of
+   body in memory (a request that would exceed it is answered ``503`` at once, with
+   ``Retry-After: 1``). Slow headers, idle keep-alive connections and the connection count
+   are bounded by the server (``settings.limits``, see :mod:`examples.gateway.serving`).
+   A body sent with ``Content-Encoding: gzip`` (or ``x-gzip``) or ``deflate`` (the zlib
+   format) is decoded while it is read (the caps count decoded bytes, so a compression bomb
+   meets the body cap) and forwarded decoded, *without* the ``Content-Encoding`` header; a
+   body that does not decode completely (corrupt, truncated, or with bytes after the end of
+   the compressed stream) is answered ``400``, as is a request with two ``Content-Encoding``
+   headers. Other codings (``br``, ``zstd``, ``identity``, lists) are forwarded untouched,
+   with their label, for the backend to decode.
 2. **Model.** ``prefixcache.extract_model``: a non-blank ``?model=`` wins, else the body's
    top-level ``"model"``.
 3. **Prefix chain.** For chat completions the chain hashes
    ``prefixcache.messages_prefix_source(messages)`` (so JSON key order, whitespace and extra
    fields such as ``temperature`` don't change the route); other endpoints hash the raw body.
+   A chat body nested too deeply to parse is answered ``400``.
 4. **Pick** (:meth:`Gateway.choose`, synchronous, so nothing interleaves between pick and
    reserve): candidates are the announced nodes not marked failed,
    ``clusterrouting.build_candidates`` keeps those online at ``now`` serving the model, with the
@@ -59,18 +72,20 @@ import contextlib
 import inspect
 import json
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
 import attrs
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, http_exceptions, web
 
 from clusterrouting import ReplicaCandidate, build_candidates, pick_with_affinity
 from examples.gateway.cluster_page import render_cluster_page
 from examples.gateway.membership import Membership
 from examples.gateway.mock_backend import NODE_QUERY_SUBJECT, NODE_SUBJECT
+from examples.gateway.serving import RAW_BODIES_KEY, SERVER_LIMITS_KEY, ServerLimits
 from prefixcache import (
     DEFAULT_CONFIG,
     Config,
@@ -86,6 +101,8 @@ from prefixcache import (
 
 __all__ = [
     "DEFAULT_BODY_LIMIT",
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_MAX_BUFFERED_BYTES",
     "Gateway",
     "GatewaySettings",
     "MessageTransport",
@@ -93,6 +110,12 @@ __all__ = [
 
 #: The reference's request body cap: 15 MiB.
 DEFAULT_BODY_LIMIT = 15 * 1024 * 1024
+#: Seconds a request body may take to arrive in full, counted from the end of the headers.
+DEFAULT_BODY_TIMEOUT = 60.0
+#: Request body bytes all requests together may hold in memory at once: 256 MiB.
+DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
+# Content codings the gateway decodes while reading a request body, with zlib's wbits.
+_DECODED_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 15}
 
 _HOP_BY_HOP = frozenset(
     {
@@ -148,6 +171,9 @@ class GatewaySettings:
             read, so long streams are fine as long as chunks keep coming).
         max_attempts: backends tried for one request when connecting fails.
         evict_interval: seconds between index sweeps (``ttl / 2`` when 0).
+        body_timeout: seconds for the whole request body to arrive (408 beyond).
+        max_buffered_bytes: request body bytes held by all requests at once (503 beyond).
+        limits: header deadline, idle keep-alive limit and connection cap of the server.
     """
 
     name: str = "gateway"
@@ -157,6 +183,13 @@ class GatewaySettings:
     read_timeout: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
     max_attempts: int = attrs.field(default=3, validator=attrs.validators.ge(1))
     evict_interval: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    body_timeout: float = attrs.field(
+        default=DEFAULT_BODY_TIMEOUT, validator=attrs.validators.gt(0)
+    )
+    max_buffered_bytes: int = attrs.field(
+        default=DEFAULT_MAX_BUFFERED_BYTES, validator=attrs.validators.ge(1)
+    )
+    limits: ServerLimits = attrs.field(factory=ServerLimits)
 
 
 @attrs.define
@@ -170,6 +203,16 @@ class _BackendStats:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _Rejected(Exception):
+    """A request answered by the gateway itself: ``status``, error ``kind``, message."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
 
 
 def _json_error(status: int, kind: str, message: str, **extra: Any) -> web.Response:
@@ -231,7 +274,8 @@ class Gateway:
         self.last_used: dict[str, float] = {}
         self.stats: dict[str, _BackendStats] = defaultdict(_BackendStats)
         self.requests = 0
-        self.rejected = {"413": 0, "503": 0}
+        self.rejected = {"400": 0, "408": 0, "413": 0, "503": 0, "busy": 0}
+        self.buffered_bytes = 0
         self._membership_transport = membership_transport
         self._sync_transport = sync_transport
         self._unsubscribes: list[Callable[[], None]] = []
@@ -244,6 +288,8 @@ class Gateway:
         """The aiohttp application; its startup/cleanup hooks call :meth:`start`/:meth:`stop`."""
         # The cap is enforced by _read_body; aiohttp's own limit only has to stay out of the way.
         app = web.Application(client_max_size=self.settings.body_limit + 1)
+        app[SERVER_LIMITS_KEY] = self.settings.limits
+        app[RAW_BODIES_KEY] = True  # _read_body decodes, so that it can bound and check it
         app.router.add_get("/cluster", self._cluster_page)
         app.router.add_get("/cluster.json", self._cluster_json)
         app.router.add_get("/healthz", self._health)
@@ -329,6 +375,10 @@ class Gateway:
                 doc = json.loads(body)
             except ValueError:
                 doc = None
+            except RecursionError:
+                raise _Rejected(
+                    400, "invalid_request", "the JSON body is nested too deeply"
+                ) from None
             if isinstance(doc, dict) and isinstance(doc.get("messages"), list):
                 return tuple(
                     extract_chain(model, messages_prefix_source(doc["messages"]), self.config)
@@ -396,20 +446,68 @@ class Gateway:
             self.provider.observe(model, tuple(chain), ReplicaKey(node_id, 0), self.clock())
 
     # ------------------------------------------------------------------ HTTP
-    async def _read_body(self, request: web.Request) -> bytes:
-        limit = self.settings.body_limit
+    async def _read_body(self, request: web.Request, held: list[int]) -> bytes:
+        """Read the body (decoded), counting what it holds in ``held[0]`` and in
+        :attr:`buffered_bytes` (the caller gives it back).
+
+        Raises:
+            _BodyTooLarge: over ``body_limit``.
+            _Rejected: 408 past ``body_timeout``, 503 over ``max_buffered_bytes``, 400 for a
+                body that does not decode.
+        """
+        settings = self.settings
+        limit = settings.body_limit
         if request.content_length is not None and request.content_length > limit:
             raise _BodyTooLarge
         parts: list[bytes] = []
         size = 0
-        while True:
-            chunk = await request.content.read(64 * 1024)
-            if not chunk:
-                break
+
+        def keep(chunk: bytes) -> None:
+            nonlocal size
             size += len(chunk)
             if size > limit:
                 raise _BodyTooLarge
+            if self.buffered_bytes + len(chunk) > settings.max_buffered_bytes:
+                raise _Rejected(503, "gateway_busy", "too many request bodies are buffered; retry")
+            self.buffered_bytes += len(chunk)
+            held[0] += len(chunk)
             parts.append(chunk)
+
+        wbits = _DECODED_CODINGS.get(_content_coding(request))
+        decoder = None if wbits is None else zlib.decompressobj(wbits)
+        try:
+            async with asyncio.timeout(settings.body_timeout):
+                while True:
+                    chunk = await request.content.read(64 * 1024)
+                    if not chunk:
+                        break
+                    if decoder is None:
+                        keep(chunk)
+                        continue
+                    while chunk:
+                        if decoder.eof:
+                            raise zlib.error("data after the end of the compressed stream")
+                        # Bounded output per step: a bomb stops at the body cap.
+                        keep(decoder.decompress(chunk, 64 * 1024))
+                        chunk = decoder.unconsumed_tail or decoder.unused_data
+                if decoder is not None:
+                    keep(decoder.flush())
+                    if not decoder.eof:
+                        raise zlib.error("the compressed stream is truncated")
+        except zlib.error as exc:
+            raise _Rejected(
+                400, "invalid_body", f"the request body does not decode: {exc}"
+            ) from None
+        except TimeoutError:
+            raise _Rejected(
+                408,
+                "request_timeout",
+                f"the request body did not arrive within {settings.body_timeout} s",
+            ) from None
+        except (http_exceptions.HttpProcessingError, aiohttp.ClientPayloadError) as exc:
+            raise _Rejected(
+                400, "invalid_body", f"the request body could not be read: {exc}"
+            ) from None
         return b"".join(parts)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -420,8 +518,9 @@ class Gateway:
             and "upgrade" in request.headers.get("Connection", "").lower()
         ):
             return await self._proxy_websocket(request)
+        held = [0]
         try:
-            body = await self._read_body(request)
+            return await self._handle_http(request, held)
         except _BodyTooLarge:
             self.rejected["413"] += 1
             return _json_error(
@@ -430,6 +529,23 @@ class Gateway:
                 f"request body exceeds the {self.settings.body_limit}-byte limit",
                 limit=self.settings.body_limit,
             )
+        except _Rejected as exc:
+            self.rejected["busy" if exc.kind == "gateway_busy" else str(exc.status)] += 1
+            response = _json_error(exc.status, exc.kind, exc.message)
+            if exc.status == 503:
+                response.headers["Retry-After"] = "1"
+            if exc.status in (400, 408):
+                # The rest of an unread or undecodable body must not be parsed as a request.
+                response.force_close()
+            return response
+        finally:
+            self.buffered_bytes -= held[0]
+
+    async def _handle_http(self, request: web.Request, held: list[int]) -> web.StreamResponse:
+        if len(request.headers.getall("Content-Encoding", [])) > 1:
+            # aiohttp decodes by the first header only: the rest would be mislabelled.
+            raise _Rejected(400, "invalid_body", "more than one Content-Encoding header")
+        body = await self._read_body(request, held)
         model = extract_model(request.query.get("model", ""), body)
         chain = self.chain_for(request.path, model, body)
         tried: list[str] = []
@@ -479,7 +595,11 @@ class Gateway:
         """
         assert self._session is not None, "Gateway.start() was not called"
         node_id = picked.node_id
-        headers = _forward_headers(request.headers)
+        decoded = _content_coding(request) in _DECODED_CODINGS
+        # The body was decoded while it was read: it goes out without its old label.
+        headers = _forward_headers(
+            request.headers, drop=frozenset({"content-encoding"}) if decoded else frozenset()
+        )
         headers["X-Forwarded-For"] = request.remote or ""
         headers["X-Forwarded-Host"] = request.host
         headers["X-Forwarded-Proto"] = request.scheme
@@ -728,6 +848,12 @@ class Gateway:
 
     async def _no_icon(self, _request: web.Request) -> web.Response:
         return web.Response(status=204)
+
+
+def _content_coding(request: web.Request) -> str:
+    """The request's ``Content-Encoding``, lowercased and stripped (``""`` for none)."""
+    coding = request.headers.get("Content-Encoding", "")
+    return coding.strip().lower() if coding.isascii() else coding
 
 
 def _jsonable(value: Any) -> Any:
