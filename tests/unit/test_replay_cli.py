@@ -36,6 +36,10 @@ HAND_FLAGS = [
     "1000",
     "--decode-rate",
     "10",
+    "--decode-s-per-request",
+    "0",
+    "--decode-s-per-context-token",
+    "0",
     "--speedup",
     "1",
 ]
@@ -63,8 +67,13 @@ def test_json_output_has_the_documented_keys(
         assert key in p
     assert p["name"] == "round-robin"
     assert p["hit_ratio"] == 3 / 8  # hand-computed in test_replay_sim.py
-    assert p["ttft_mean_s"] == pytest.approx(0.005)
+    assert p["ttft_mean_s"] == pytest.approx((0.108 + 0.108 + 0.112 + 0.109) / 4)
     assert doc["cluster"]["cache_blocks"] is None
+    assert doc["schema_version"] == 2
+    assert doc["default_policy"] == "cache-cost"
+    assert doc["best_policy"] == "round-robin"
+    for key in ("reachable_hit_ratio", "regret_ratio", "ttft_p90_s", "throughput_tokens_per_s"):
+        assert isinstance(p[key], float)
 
 
 def test_table_and_progress(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:

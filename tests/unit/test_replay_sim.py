@@ -13,6 +13,9 @@ from prefixcache.replay import (
     ClusterView,
     Request,
     RoundRobinPolicy,
+    SimBlockRemoved,
+    SimBlockStored,
+    SimEventBatch,
     TraceFormatError,
     auto_speedup,
     ideal_hit_ratio,
@@ -53,7 +56,7 @@ class Scripted:
         self.log.append(("done", i, replica, now))
 
 
-# Four requests, block = 4 tokens, prefill 1000 tok/s, decode 10 tok/s, 2 replicas.
+# Four requests, block = 4 tokens, prefill 1000 tok/s, a bare step 0.1 s, 2 replicas.
 HAND = [
     req(0, 8, 10, (1, 2)),
     req(0, 8, 10, (1, 3)),
@@ -66,16 +69,36 @@ HAND_MODEL = ClusterModel(
     block_tokens=4,
     prefill_tokens_per_s=1000.0,
     decode_tokens_per_s=10.0,
+    decode_s_per_request=0.0,
+    decode_s_per_context_token=0.0,
 )
 
 
+def flat(**kw: object) -> ClusterModel:
+    """One replica, a bare step of 0.1 s, no per-request or per-context decode cost."""
+    base: dict[str, object] = {
+        "replicas": 1,
+        "cache_blocks": None,
+        "block_tokens": 10,
+        "prefill_tokens_per_s": 100.0,
+        "decode_tokens_per_s": 10.0,
+        "decode_s_per_request": 0.0,
+        "decode_s_per_context_token": 0.0,
+    }
+    base.update(kw)
+    return ClusterModel(**base)  # type: ignore[arg-type]
+
+
 def test_round_robin_hand_computed_hits_and_ttft() -> None:
-    # RR: r0->0, r1->1, r2->0 (holds 1,2: 2 hits, 12-8=4 tokens left = 4 ms),
-    # r3->1 (holds 1,3: 1 hit, 4-4=0 tokens: TTFT 0). r0, r1: 8 tokens = 8 ms each.
+    # r0, r1 at 0 s: one step each of 0.1 + 8/1000 s -> first token at 0.108; then 9 decode
+    # steps of 0.1 s: done at 1.008. r2, r3 arrive at 1.0 s during the last decode step and
+    # are admitted at 1.008: r2 on replica 0 (holds 1,2: 2 hits, 4 tokens left: 0.104 s);
+    # r3 on replica 1 (holds 1: fully cached, one token recomputed: 0.101 s).
     out = simulate(HAND, RoundRobinPolicy(), HAND_MODEL)
     assert out.replica == (0, 1, 0, 1)
     assert out.hit_blocks == (0, 0, 2, 1)
-    assert out.ttft_s == pytest.approx((0.008, 0.008, 0.004, 0.0))
+    assert out.ttft_s == pytest.approx((0.108, 0.108, 0.112, 0.109))
+    assert out.done_s == pytest.approx((1.008, 1.008, 1.112, 1.109))
     assert out.requests_per_replica == (2, 2)
     # Counterfactual: sending r3 to replica 0 would also hit 1 block, r2 to 1 only 1 block.
     other = simulate(HAND, Scripted([0, 1, 1, 0]), HAND_MODEL)
@@ -89,101 +112,165 @@ def test_ideal_hit_ratio_by_hand() -> None:
 
 
 def test_run_replay_reports_hand_numbers() -> None:
-    res = run_replay(HAND, model=HAND_MODEL, policies=["round-robin"], speedup=1.0)
+    res = run_replay(HAND, model=HAND_MODEL, policies=["round-robin"], speedup=1.0, slo_s=0.11)
     p = res.policy("round-robin")
     assert res.ideal_hit_ratio == 0.5
     assert p.hit_ratio == 3 / 8
     assert p.ideal_fraction == 0.75
-    assert p.ttft_mean_s == pytest.approx(0.005)
-    assert p.ttft_p50_s == pytest.approx(0.006)  # between 0.004 and 0.008
+    assert p.ttft_mean_s == pytest.approx((0.108 + 0.108 + 0.112 + 0.109) / 4)
+    assert p.ttft_p50_s == pytest.approx(0.1085)  # between 0.108 and 0.109
     assert p.max_over_mean_requests == 1.0
     assert p.requests_per_replica == (2, 2)
     assert p.decisions_per_s > 0
+    # Reachable: r2 finds 1,2 on replica 0 and r3 finds 1 on both at arrival: 3 of 8 blocks,
+    # all taken, so no regret. Output: 20 tokens from 0 s to 1.112 s.
+    assert p.reachable_hit_ratio == 3 / 8
+    assert p.regret_ratio == 0.0
+    assert p.throughput_tokens_per_s == pytest.approx(20 / 1.112)
+    assert p.slo_share == 0.75  # 0.112 misses 0.11
+    assert res.to_json()["best_policy"] == "round-robin"
+    assert res.to_json()["schema_version"] == 2
+    assert res.to_json()["default_policy"] == "cache-cost"
 
 
-def test_fifo_prefill_queue_and_speedup() -> None:
-    # One replica at 100 tok/s, two 100-token prompts with distinct blocks.
-    model = ClusterModel(
-        replicas=1,
-        cache_blocks=None,
-        block_tokens=100,
-        prefill_tokens_per_s=100.0,
-        decode_tokens_per_s=1.0,
+def test_regret_counts_blocks_cached_elsewhere() -> None:
+    # r2 (1,2,4) is sent to replica 1, which holds only block 1; replica 0 held 1 and 2.
+    res = simulate(HAND, Scripted([0, 1, 1, 1]), HAND_MODEL)
+    assert res.reachable_blocks == (0, 0, 2, 1)
+    assert res.hit_blocks == (0, 0, 1, 1)
+
+
+def test_chunked_prefill_within_the_step_budget() -> None:
+    # 25 tokens with 10 tokens per step: 10 + 10 + 5 -> 0.2 + 0.2 + 0.15 s.
+    model = flat(max_batch_tokens=10)
+    assert simulate([req(0, 25, 1, (1, 2, 3))], Scripted([0]), model).ttft_s == pytest.approx(
+        (0.55,)
     )
-    trace = [req(0, 100, 5, (1,)), req(1000, 100, 5, (2,))]
-    # r1 arrives at 1 s exactly when r0's prefill ends: no wait.
-    assert simulate(trace, Scripted([0, 0]), model).ttft_s == pytest.approx((1.0, 1.0))
-    # Twice as fast: r1 arrives at 0.5 s and waits 0.5 s for r0's prefill.
-    out = simulate(trace, Scripted([0, 0]), model, speedup=2.0)
-    assert out.ttft_s == pytest.approx((1.0, 1.5))
+    # A second 5-token prompt gets no budget until the third step, which it shares.
+    out = simulate([req(0, 25, 1, (1, 2, 3)), req(0, 5, 1, (9,))], Scripted([0, 0]), model)
+    assert out.ttft_s == pytest.approx((0.6, 0.6))
+    assert out.prefill_tokens_per_replica == (30,)
 
 
-def test_decode_does_not_block_prefill_but_counts_in_flight() -> None:
-    model = ClusterModel(
-        replicas=1,
-        cache_blocks=None,
-        block_tokens=100,
-        prefill_tokens_per_s=100.0,
-        decode_tokens_per_s=1.0,
-    )
-    # r0: prefill 0..1 s, decode 5 tokens 1..6 s. r1 at 2 s: no wait, sees r0 in flight.
-    trace = [req(0, 100, 5, (1,)), req(2000, 100, 5, (2,)), req(7000, 100, 0, (3,))]
+def test_requests_queue_when_the_batch_is_full() -> None:
+    trace = [req(0, 10, 3, (1,)), req(0, 10, 1, (2,))]
+    # One running request at a time: r1 waits for r0's prefill and 2 decode steps.
+    out = simulate(trace, Scripted([0, 0]), flat(max_running=1))
+    assert out.ttft_s == pytest.approx((0.2, 0.6))
+    # Room for both: one step prefills 20 tokens.
+    out = simulate(trace, Scripted([0, 0]), flat(max_running=2))
+    assert out.ttft_s == pytest.approx((0.3, 0.3))
+
+
+def test_decode_step_time_grows_with_batch_and_context() -> None:
+    model = flat(decode_s_per_request=0.01, decode_s_per_context_token=0.001)
+    # Alone: prefill step 0.2 s; decode steps 0.1 + 0.01 + 11 ms, then + 12 ms.
+    alone = simulate([req(0, 10, 3, (1,))], Scripted([0]), model)
+    assert alone.done_s == pytest.approx((0.2 + 0.121 + 0.122,))
+    # A second request decoding beside it makes every step longer.
+    pair = simulate([req(0, 10, 3, (1,)), req(0, 10, 3, (2,))], Scripted([0, 0]), model)
+    assert pair.done_s[0] > alone.done_s[0]
+    assert pair.ttft_s == pytest.approx((0.3, 0.3))
+
+
+def test_first_token_and_completion_callbacks_and_in_flight() -> None:
+    trace = [req(0, 10, 5, (1,)), req(2000, 10, 5, (2,)), req(7000, 10, 0, (3,))]
     pol = Scripted([0, 0, 0])
-    out = simulate(trace, pol, model)
-    assert out.ttft_s == pytest.approx((1.0, 1.0, 1.0))
-    # At 7 s: r0 finished at 6 s; r1 (prefill 2..3 s, decode 3..8 s) is still in flight.
-    assert pol.seen_in_flight == [[0], [1], [1]]
-    assert ("first", 0, 0, 1.0) in pol.log
-    assert ("done", 0, 0, 6.0) in pol.log
+    out = simulate(trace, pol, flat())
+    # r0: prefill step 0..0.2, 4 decode steps: done 0.6. r1 likewise from 2 s.
+    assert out.ttft_s == pytest.approx((0.2, 0.2, 0.2))
+    assert pol.seen_in_flight == [[0], [0], [0]]
+    assert ("first", 0, 0, pytest.approx(0.2)) in pol.log
+    assert ("done", 0, 0, pytest.approx(0.6)) in pol.log
     kinds = [k for k, *_ in pol.log]
     assert kinds.count("done") == 3  # drained at the end
 
 
-def test_lru_eviction_keeps_prefixes_over_their_extensions() -> None:
-    # Cache of 2 blocks, 1 token per block. r0 (1,2): touched 2 then 1 -> LRU [2, 1].
-    # r1 (3,): [2, 1, 3] -> evicts 2. r2 (1,2): hits 1 only; r3 (3,): 3 was evicted by
-    # r2's insert of 2 ([1,3,2,1] -> [3,2,1] -> drop 3): 0 hits.
-    model = ClusterModel(
-        replicas=1,
-        cache_blocks=2,
-        block_tokens=1,
-        prefill_tokens_per_s=1.0,
-        decode_tokens_per_s=1.0,
-    )
-    trace = [
-        req(0, 2, 0, (1, 2)),
-        req(10_000, 1, 0, (3,)),
-        req(20_000, 2, 0, (1, 2)),
-        req(30_000, 1, 0, (3,)),
-    ]
-    out = simulate(trace, Scripted([0, 0, 0, 0]), model)
-    assert out.hit_blocks == (0, 0, 1, 0)
-    # Counterfactual: an infinite cache hits everything seen before.
-    inf = simulate(
-        trace,
-        Scripted([0, 0, 0, 0]),
-        ClusterModel(
-            replicas=1,
-            cache_blocks=None,
-            block_tokens=1,
-            prefill_tokens_per_s=1.0,
-            decode_tokens_per_s=1.0,
-        ),
-    )
-    assert inf.hit_blocks == (0, 0, 2, 1)
+def test_speedup_divides_arrival_times() -> None:
+    trace = [req(0, 10, 1, (1,)), req(100, 10, 1, (2,))]
+    # At 1x, r1 arrives at 0.1 s during r0's 0.2 s step and waits until 0.2 s.
+    assert simulate(trace, Scripted([0, 0]), flat()).ttft_s == pytest.approx((0.2, 0.3))
+    # At 0.25x it arrives at 0.4 s: no wait.
+    out = simulate(trace, Scripted([0, 0]), flat(), speedup=0.25)
+    assert out.ttft_s == pytest.approx((0.2, 0.2))
 
 
-def test_cached_tokens_capped_by_prompt_length() -> None:
-    # Last block is short (5 tokens of an 8-token block): a full hit leaves 0 tokens.
-    model = ClusterModel(
-        replicas=1,
-        cache_blocks=None,
-        block_tokens=8,
-        prefill_tokens_per_s=1.0,
-        decode_tokens_per_s=1.0,
-    )
+def test_lru_eviction_under_pressure_keeps_prefixes_over_their_extensions() -> None:
+    # 4 blocks of 1 token. r0 (1,2) leaves LRU [2, 1] (its prefix most recent). r1 (3,4,5)
+    # needs 3 blocks: block 2 goes. r2 (1,2) then hits block 1 only.
+    model = flat(cache_blocks=4, block_tokens=1, prefill_tokens_per_s=1.0)
+    trace = [req(0, 2, 0, (1, 2)), req(10_000, 3, 0, (3, 4, 5)), req(20_000, 2, 0, (1, 2))]
+    out = simulate(trace, Scripted([0, 0, 0]), model)
+    assert out.hit_blocks == (0, 0, 1)
+    inf = simulate(trace, Scripted([0, 0, 0]), flat(block_tokens=1, prefill_tokens_per_s=1.0))
+    assert inf.hit_blocks == (0, 0, 2)
+
+
+def test_pinned_blocks_are_never_evicted_and_a_request_waits_for_room() -> None:
+    # 3 blocks: r0 pins its 2 prompt blocks + 1 output block; r1 (1 block) waits until r0
+    # ends at 2.1 s, then prefills 1 token (0.1 + 1 s).
+    trace = [req(0, 2, 1, (1, 2)), req(0, 1, 0, (7,))]
+    tight = flat(cache_blocks=3, block_tokens=1, prefill_tokens_per_s=1.0)
+    assert simulate(trace, Scripted([0, 0]), tight).ttft_s == pytest.approx((2.1, 3.2))
+    roomy = flat(cache_blocks=4, block_tokens=1, prefill_tokens_per_s=1.0)
+    assert simulate(trace, Scripted([0, 0]), roomy).ttft_s == pytest.approx((3.1, 3.1))
+
+
+def test_fully_cached_prompt_recomputes_one_token() -> None:
+    # Last block is short (3 tokens of an 8-token block): a full hit leaves 1 token.
+    model = flat(block_tokens=8, prefill_tokens_per_s=1.0)
     trace = [req(0, 13, 0, (1, 2)), req(100_000, 13, 0, (1, 2))]
-    assert simulate(trace, Scripted([0, 0]), model).ttft_s == pytest.approx((13.0, 0.0))
+    assert simulate(trace, Scripted([0, 0]), model).ttft_s == pytest.approx((13.1, 1.1))
+
+
+class Listener(Scripted):
+    reads_kv_events = True
+
+    def __init__(self, plan: list[int]) -> None:
+        super().__init__(plan)
+        self.batches: list[tuple[int, int, float, SimEventBatch]] = []
+
+    def on_kv_events(self, replica: int, seq: int, batch: SimEventBatch, now: float) -> None:
+        self.batches.append((replica, seq, now, batch))
+
+
+def test_engine_events_store_remove_with_delay() -> None:
+    model = flat(cache_blocks=2, block_tokens=1, prefill_tokens_per_s=1.0, kv_event_delay_s=0.5)
+    trace = [req(0, 2, 0, (1, 2)), req(10_000, 1, 0, (3,))]
+    pol = Listener([0, 0])
+    out = simulate(trace, pol, model)
+    (r0, s0, t0, b0), (_r1, s1, t1, b1) = pol.batches
+    assert (r0, s0, t1 - 11.1) == (0, 0, pytest.approx(0.5))
+    assert t0 == pytest.approx(2.6)  # prefill ends at 2.1
+    assert b0.events == (SimBlockStored(block_hashes=(1, 2), parent_block_hash=None, block_size=1),)
+    # r1's admission evicts block 2 (least recent), then stores block 3.
+    assert s1 == 1
+    assert b1.events == (
+        SimBlockRemoved(block_hashes=(2,)),
+        SimBlockStored(block_hashes=(3,), parent_block_hash=None, block_size=1),
+    )
+    assert out.kv_batches == (2, 2, 0)
+    # A policy that does not read events gets none, and the stream costs nothing.
+    assert simulate(trace, Scripted([0, 0]), model).kv_batches == (0, 0, 0)
+
+
+def test_engine_events_loss_and_restart() -> None:
+    trace = [req(t * 1000, 1, 0, (t,)) for t in range(40)]
+    lossy = flat(block_tokens=1, kv_event_loss=0.5, kv_event_seed=3)
+    pol = Listener([0] * 40)
+    out = simulate(trace, pol, lossy)
+    published, delivered, lost = out.kv_batches
+    assert published == 40 and delivered + lost == 40 and 5 < lost < 35
+    seqs = [s for _, s, _, _ in pol.batches]
+    assert seqs == sorted(seqs) and seqs[-1] <= 39 and len(seqs) == delivered
+    # A restart at 5 s empties the cache and starts the publisher again at seq 0.
+    trace = [req(0, 2, 0, (1, 2)), req(10_000, 2, 0, (1, 2))]
+    model = flat(block_tokens=1, restarts=((5.0, 0),))
+    pol = Listener([0, 0])
+    out = simulate(trace, pol, model)
+    assert out.hit_blocks == (0, 0)
+    assert [s for _, s, _, _ in pol.batches] == [0, 0]
+    assert simulate(trace, Listener([0, 0]), flat(block_tokens=1)).hit_blocks == (0, 2)
 
 
 def test_policy_out_of_range_is_an_error() -> None:
@@ -208,6 +295,11 @@ def test_free_kv_bytes_seen_by_policies() -> None:
     model = ClusterModel(replicas=1, cache_blocks=10, block_tokens=4, kv_bytes_per_token=2)
     view = ClusterView(model)
     assert view.free_kv_bytes(0) == 10 * 4 * 2
+    assert view.num_gpu_blocks == 10
+    with pytest.raises(InvalidRecordError, match="kv_event_loss"):
+        ClusterModel(kv_event_loss=1.0)
+    with pytest.raises(InvalidRecordError, match="restarts"):
+        ClusterModel(replicas=2, restarts=((1.0, 2),))
 
 
 def test_auto_speedup_formula() -> None:

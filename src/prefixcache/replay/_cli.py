@@ -11,16 +11,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from clusterrouting import ClusterRoutingError
-from prefixcache.replay._policies import POLICY_NAMES
+import attrs
+
+from clusterrouting import ClusterRoutingError, InvalidRecordError
+from prefixcache.replay._policies import KV_EVENT_PAIRS, POLICY_NAMES
 from prefixcache.replay._report import (
     DEFAULT_TARGET_LOAD,
+    auto_speedup,
+    format_kv_events,
     format_table,
     plot_result,
     run_replay,
 )
 from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
-from prefixcache.replay._trace import load_trace
+from prefixcache.replay._synth import eviction_case
+from prefixcache.replay._trace import Request, load_trace
 
 __all__ = ["BUNDLED_TRACE", "main"]
 
@@ -58,6 +63,8 @@ def _speedup(text: str) -> float | None:
 
 
 def _policies(text: str) -> list[str]:
+    if text.strip() == "all":
+        return list(POLICY_NAMES)
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names:
         raise argparse.ArgumentTypeError("--policies: empty list")
@@ -90,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--policies",
         type=_policies,
         default=list(POLICY_NAMES),
-        help=f"comma-separated, default all: {','.join(POLICY_NAMES)}",
+        help=f"comma-separated or 'all' (default): {','.join(POLICY_NAMES)}",
     )
     p.add_argument(
         "--replicas",
@@ -149,6 +156,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="when indexing policies record a placement (default: each policy's "
         "own: prefix/federation at completion, cache-cost at dispatch)",
     )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=d.max_batch_tokens,
+        help=f"engine token budget per step (default {d.max_batch_tokens})",
+    )
+    p.add_argument(
+        "--max-running",
+        type=int,
+        default=d.max_running,
+        help=f"engine's most running requests (default {d.max_running})",
+    )
+    p.add_argument(
+        "--decode-s-per-request",
+        type=float,
+        default=d.decode_s_per_request,
+        help=f"step time per decoding request, s (default {d.decode_s_per_request:g})",
+    )
+    p.add_argument(
+        "--decode-s-per-context-token",
+        type=float,
+        default=d.decode_s_per_context_token,
+        help=f"step time per context token read, s (default {d.decode_s_per_context_token:g})",
+    )
+    p.add_argument(
+        "--slo",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="also report the share of requests whose TTFT is within SECONDS",
+    )
+    p.add_argument(
+        "--kv-events",
+        action="store_true",
+        help="compare approximate policies with their engine-event (precise) counterparts "
+        "on the trace and on a synthetic trace whose working set is near the KV capacity",
+    )
+    p.add_argument(
+        "--kv-event-delay",
+        type=float,
+        default=d.kv_event_delay_s,
+        help=f"engine event delay, s (default {d.kv_event_delay_s:g})",
+    )
+    p.add_argument(
+        "--kv-event-loss",
+        type=float,
+        default=d.kv_event_loss,
+        help="probability that an engine event batch is lost (default 0)",
+    )
+    p.add_argument(
+        "--restart-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="restart one engine (in turn) every SECONDS of simulated time: its cache is "
+        "emptied and its event publisher starts again at seq 0",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument(
         "--plot",
@@ -193,6 +257,87 @@ class _Progress:
             self._s.flush()
 
 
+def _model(args: argparse.Namespace, requests: Sequence[Request]) -> ClusterModel:
+    restarts: tuple[tuple[float, int], ...] = ()
+    if args.restart_every is not None:
+        if not (args.restart_every > 0 and math.isfinite(args.restart_every)):
+            raise InvalidRecordError("restart_every", args.restart_every, "must be > 0")
+        sp = args.speedup
+        if sp is None:
+            sp = auto_speedup(
+                requests,
+                ClusterModel(replicas=args.replicas, prefill_tokens_per_s=args.prefill_rate),
+                target_load=args.target_load,
+            )
+        end = requests[-1].arrival / sp if requests else 0.0
+        k = 1
+        out = []
+        while k * args.restart_every <= end and k <= 10_000:
+            out.append((k * args.restart_every, (k - 1) % args.replicas))
+            k += 1
+        restarts = tuple(out)
+    return ClusterModel(
+        replicas=args.replicas,
+        cache_blocks=args.cache_blocks,
+        block_tokens=args.block_tokens,
+        prefill_tokens_per_s=args.prefill_rate,
+        decode_tokens_per_s=args.decode_rate,
+        kv_bytes_per_token=args.kv_bytes_per_token,
+        max_batch_tokens=args.max_batch_tokens,
+        max_running=args.max_running,
+        decode_s_per_request=args.decode_s_per_request,
+        decode_s_per_context_token=args.decode_s_per_context_token,
+        kv_event_delay_s=args.kv_event_delay,
+        kv_event_loss=args.kv_event_loss,
+        restarts=restarts,
+    )
+
+
+def _kv_events(
+    args: argparse.Namespace, requests: Sequence[Request], name: str, model: ClusterModel
+) -> int:
+    names = [n for pair in KV_EVENT_PAIRS for n in pair]
+    cases: list[tuple[str, Sequence[Request], ClusterModel, float | None]] = [
+        (name, requests, model, args.speedup)
+    ]
+    ev_reqs, ev_model = eviction_case(seed=args.seed)
+    ev_model = attrs.evolve(
+        ev_model,
+        kv_event_delay_s=model.kv_event_delay_s,
+        kv_event_loss=model.kv_event_loss,
+    )
+    cases.append(("synthetic, working set ~ KV capacity", ev_reqs, ev_model, None))
+    results = []
+    progress = None if args.no_progress else _Progress(sys.stderr, len(names) * len(cases))
+    try:
+        for case, reqs, m, sp in cases:
+            results.append(
+                run_replay(
+                    reqs,
+                    trace_name=case,
+                    model=m,
+                    policies=names,
+                    speedup=sp,
+                    target_load=args.target_load,
+                    seed=args.seed,
+                    progress=progress,
+                    slo_s=args.slo,
+                )
+            )
+    except ClusterRoutingError as exc:
+        print(f"clusterrouting-replay: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"kv_events": [r.to_json() for r in results]}))
+    else:
+        print(
+            f"engine events: delay {model.kv_event_delay_s:g}s, loss "
+            f"{model.kv_event_loss:g}, restarts {len(model.restarts)}"
+        )
+        print(format_kv_events(results))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``clusterrouting-replay``; returns the exit status (0 ok, 2 usage,
     1 bad trace or model)."""
@@ -200,15 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = Path(args.trace) if args.trace is not None else BUNDLED_TRACE
     try:
-        model = ClusterModel(
-            replicas=args.replicas,
-            cache_blocks=args.cache_blocks,
-            block_tokens=args.block_tokens,
-            prefill_tokens_per_s=args.prefill_rate,
-            decode_tokens_per_s=args.decode_rate,
-            kv_bytes_per_token=args.kv_bytes_per_token,
-        )
         requests = load_trace(path)
+        model = _model(args, requests)
     except FileNotFoundError:
         hint = "" if args.trace else " (the bundled trace lives in the repository's data/)"
         print(f"clusterrouting-replay: no such trace file: {path}{hint}", file=sys.stderr)
@@ -226,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
+    if args.kv_events:
+        return _kv_events(args, requests, path.name, model)
     progress = None if args.no_progress else _Progress(sys.stderr, len(args.policies))
     try:
         result = run_replay(
@@ -238,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             observe_at=args.observe,
             progress=progress,
+            slo_s=args.slo,
         )
     except ClusterRoutingError as exc:
         print(f"clusterrouting-replay: {exc}", file=sys.stderr)

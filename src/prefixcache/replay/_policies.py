@@ -11,12 +11,26 @@ from clusterrouting import (
     pick_best_replica,
     pick_with_affinity,
 )
-from prefixcache.replay._sim import ClusterModel, ClusterView, ReplayPolicy
+from prefixcache.replay._peers import (
+    AibrixPrefixCachePolicy,
+    DynamoKvPolicy,
+    EngineIndex,
+    LlmdDefaultPolicy,
+    LlmdPrecisePolicy,
+    ProdstackLoadAwarePolicy,
+    ProdstackPrefixPolicy,
+    RayPrefixAffinityPolicy,
+    SglangCacheAwarePolicy,
+    SmgCacheAwarePolicy,
+)
+from prefixcache.replay._sim import ClusterModel, ClusterView, ReplayPolicy, SimEventBatch
 from prefixcache.replay._trace import Request
 
 __all__ = [
     "DEFAULT_POLICIES",
     "POLICY_NAMES",
+    "KV_EVENT_PAIRS",
+    "PEER_POLICIES",
     "CacheCostPolicy",
     "FederationPolicy",
     "LeastLoadedPolicy",
@@ -207,6 +221,7 @@ class CacheCostPolicy(_Base):
         block_tokens: int,
         observe_at: ObserveAt = "dispatch",
         queue_weight: float | None = None,
+        precise: bool = False,
     ) -> None:
         from prefixcache import (
             DEFAULT_QUEUE_WEIGHT,
@@ -229,15 +244,43 @@ class CacheCostPolicy(_Base):
         self._keys: list[ReplicaKey] = []
         self._queued: list[int] = []
         self._est: dict[int, int] = {}
+        self.reads_kv_events = precise
+        self.engine_index = EngineIndex()
+        self._pending: list[dict[int, int]] = []
+        self.sources: dict[str, int] = {"events": 0, "mirror": 0}
+        if precise:
+            self.name = "cache-cost-precise"
+
+    def on_kv_events(self, replica: int, seq: int, batch: SimEventBatch, now: float) -> None:
+        """Apply an engine event batch (precise variant only)."""
+        self.engine_index.apply(replica, seq, batch)
+
+    def _cached_blocks(self, k: int, blocks: tuple[int, ...]) -> int:
+        if not self.reads_kv_events:
+            return self._mirror.matched_blocks(self._keys[k], blocks)
+        idx = self.engine_index
+        if idx.state(k) != "exact":
+            self.sources["mirror"] += 1
+            return self._mirror.matched_blocks(self._keys[k], blocks)
+        self.sources["events"] += 1
+        run = idx.run(k, blocks)
+        # Blocks of requests it sent there that the engine has not reported yet.
+        pend = self._pending[k]
+        p = 0
+        n = len(blocks)
+        while p < n and blocks[p] in pend:
+            p += 1
+        return run if run >= p else p
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         if len(self._keys) != view.replicas:
             self._keys = [self._key_cls(nid, 0) for nid in view.node_ids]
             self._queued = [0] * view.replicas
             self._window = self._window_cls(size=WINDOW_PER_REPLICA * view.replicas)
+            self._pending = [{} for _ in range(view.replicas)]
         keys = self._keys
         window = self._window
-        mirror = self._mirror
+        cached = self._cached_blocks
         blocks = request.blocks
         bt = self._bt
         inp = request.input_tokens
@@ -248,7 +291,7 @@ class CacheCostPolicy(_Base):
             cc(
                 key=keys[k],
                 in_flight=inf[k],
-                cached_tokens=min(inp, mirror.matched_blocks(keys[k], blocks) * bt),
+                cached_tokens=min(inp, cached(k, blocks) * bt),
                 queued_tokens=queued[k],
                 recent_dispatches=window.count(keys[k]),
             )
@@ -265,6 +308,10 @@ class CacheCostPolicy(_Base):
         self._window.record(self._keys[replica])
         if self.observe_at == "dispatch":
             self._mirror.observe(self._keys[replica], request.blocks)
+        if self.reads_kv_events:
+            pend = self._pending[replica]
+            for b in request.blocks:
+                pend[b] = pend.get(b, 0) + 1
 
     def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
         self._queued[replica] -= self._est.pop(i)
@@ -272,7 +319,29 @@ class CacheCostPolicy(_Base):
     def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
         if self.observe_at == "completion":
             self._mirror.observe(self._keys[replica], request.blocks)
+        if self.reads_kv_events:
+            pend = self._pending[replica]
+            for b in request.blocks:
+                c = pend[b]
+                if c == 1:
+                    del pend[b]
+                else:
+                    pend[b] = c - 1
 
+
+PEER_POLICIES: tuple[str, ...] = (
+    "sglang-cache-aware",
+    "smg-cache-aware",
+    "llm-d-default",
+    "llm-d-precise",
+    "dynamo-kv",
+    "dynamo-kv-approx",
+    "prodstack-prefix",
+    "prodstack-loadaware",
+    "aibrix-prefix-cache",
+    "ray-prefix-affinity",
+)
+"""The peer routers' default policies (see ``prefixcache.replay._peers``)."""
 
 POLICY_NAMES: tuple[str, ...] = (
     "round-robin",
@@ -281,8 +350,18 @@ POLICY_NAMES: tuple[str, ...] = (
     "prefix",
     "federation",
     "cache-cost",
+    "cache-cost-precise",
+    *PEER_POLICIES,
 )
 DEFAULT_POLICIES = POLICY_NAMES
+
+KV_EVENT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("cache-cost", "cache-cost-precise"),
+    ("llm-d-default", "llm-d-precise"),
+    ("dynamo-kv-approx", "dynamo-kv"),
+)
+"""(approximate, precise) counterparts compared by ``--kv-events``: the same policy with
+its cached-block view written from its own dispatches, then read from engine events."""
 
 
 def make_policy(
@@ -312,12 +391,32 @@ def make_policy(
         return PrefixPolicy(observe_at or "completion")
     if name == "federation":
         return FederationPolicy(observe_at or "completion")
-    if name == "cache-cost":
+    if name in ("cache-cost", "cache-cost-precise"):
         return CacheCostPolicy(
             capacity_blocks=model.cache_blocks,
             block_tokens=model.block_tokens,
             observe_at=observe_at or "dispatch",
+            precise=name == "cache-cost-precise",
         )
+    bt = model.block_tokens
+    if name == "sglang-cache-aware":
+        return SglangCacheAwarePolicy(block_tokens=bt)
+    if name == "smg-cache-aware":
+        return SmgCacheAwarePolicy(block_tokens=bt, seed=seed)
+    if name == "llm-d-default":
+        return LlmdDefaultPolicy(block_tokens=bt, num_gpu_blocks=model.cache_blocks, seed=seed)
+    if name == "llm-d-precise":
+        return LlmdPrecisePolicy(block_tokens=bt, seed=seed)
+    if name in ("dynamo-kv", "dynamo-kv-approx"):
+        return DynamoKvPolicy(block_tokens=bt, seed=seed, kv_events=name == "dynamo-kv")
+    if name == "prodstack-prefix":
+        return ProdstackPrefixPolicy(seed=seed)
+    if name == "prodstack-loadaware":
+        return ProdstackLoadAwarePolicy(block_tokens=bt)
+    if name == "aibrix-prefix-cache":
+        return AibrixPrefixCachePolicy(block_tokens=bt, seed=seed)
+    if name == "ray-prefix-affinity":
+        return RayPrefixAffinityPolicy(block_tokens=bt, seed=seed)
     raise InvalidRecordError(
         "policies", name, f"unknown policy; choose from {', '.join(POLICY_NAMES)}"
     )

@@ -11,20 +11,39 @@ from typing import Any
 import attrs
 
 from clusterrouting import InvalidRecordError
-from prefixcache.replay._policies import DEFAULT_POLICIES, ObserveAt, make_policy
+from prefixcache.replay._policies import (
+    DEFAULT_POLICIES,
+    KV_EVENT_PAIRS,
+    ObserveAt,
+    make_policy,
+)
 from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel, simulate
 from prefixcache.replay._trace import Request, ideal_hit_ratio
 
 __all__ = [
+    "BALANCE_LIMIT",
+    "DEFAULT_POLICY",
     "DEFAULT_TARGET_LOAD",
+    "SCHEMA_VERSION",
     "PolicyResult",
     "ReplayResult",
     "auto_speedup",
+    "format_kv_events",
     "format_table",
     "percentile",
     "plot_result",
     "run_replay",
 ]
+
+SCHEMA_VERSION = 2
+"""Version of the ``--json`` document (2 added ``schema_version``, ``default_policy``,
+``best_policy``, ``slo_s`` and the per-policy metrics after ``wall_s``)."""
+
+DEFAULT_POLICY = "cache-cost"
+"""The policy the project recommends."""
+
+BALANCE_LIMIT = 1.15
+"""``best_policy`` only considers policies with max/mean requests per replica <= this."""
 
 DEFAULT_TARGET_LOAD = 0.8
 """``speedup="auto"``: prompt tokens offered per second, as a fraction of the cluster's
@@ -47,11 +66,21 @@ class PolicyResult:
     decisions_per_s: float
     routing_s: float
     wall_s: float
+    reachable_hit_ratio: float = math.nan
+    regret_ratio: float = math.nan
+    ttft_p90_s: float = math.nan
+    throughput_tokens_per_s: float = math.nan
+    slo_share: float | None = None
+    max_over_mean_prefill: float = math.nan
+    kv_batches: tuple[int, int, int] = (0, 0, 0)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of this policy (``--json``); non-finite numbers become ``null``."""
         d = attrs.asdict(self)
         d["requests_per_replica"] = list(self.requests_per_replica)
+        d["kv_batches"] = dict(
+            zip(("published", "delivered", "lost"), self.kv_batches, strict=True)
+        )
         for k, v in d.items():
             if isinstance(v, float) and not math.isfinite(v):
                 d[k] = None
@@ -70,6 +99,18 @@ class ReplayResult:
     model: ClusterModel
     seed: int
     policies: tuple[PolicyResult, ...]
+    slo_s: float | None = None
+
+    @property
+    def best_policy(self) -> str | None:
+        """The policy with the lowest mean TTFT among those at max/mean requests <= 1.15
+        (``BALANCE_LIMIT``), or ``None`` if none qualifies."""
+        ok = [
+            p
+            for p in self.policies
+            if p.max_over_mean_requests <= BALANCE_LIMIT and math.isfinite(p.ttft_mean_s)
+        ]
+        return min(ok, key=lambda p: p.ttft_mean_s).name if ok else None
 
     def policy(self, name: str) -> PolicyResult:
         """The result of policy ``name``. Raises ``KeyError`` if it was not replayed."""
@@ -81,6 +122,10 @@ class ReplayResult:
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` document (keys listed in docs/replay.md)."""
         return {
+            "schema_version": SCHEMA_VERSION,
+            "default_policy": DEFAULT_POLICY,
+            "best_policy": self.best_policy,
+            "slo_s": self.slo_s,
             "trace": self.trace,
             "requests": self.requests,
             "blocks": self.blocks,
@@ -146,6 +191,7 @@ def run_replay(
     seed: int = 0,
     observe_at: ObserveAt | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    slo_s: float | None = None,
 ) -> ReplayResult:
     """Replay ``requests`` through each named policy on a fresh cluster ``model``.
 
@@ -160,10 +206,18 @@ def run_replay(
         seed: seed of the ``random`` policy.
         observe_at: override when indexing policies observe (``None``: each one's default).
         progress: ``progress(policy, done, total)`` as the replay advances.
+        slo_s: a TTFT objective; each policy then reports the share of requests meeting it.
 
     Returns:
-        A :class:`ReplayResult` (``hit_ratio`` counts cached leading blocks over all blocks;
-        ``decisions_per_s`` = requests / wall time spent inside the policy).
+        A :class:`ReplayResult`. Per policy: ``hit_ratio`` (cached leading blocks at
+        admission over all blocks), ``reachable_hit_ratio`` (blocks cached on *some*
+        replica when the request arrived: what a perfect router could have hit),
+        ``regret_ratio`` (blocks cached elsewhere but not where it went, over all blocks),
+        TTFT mean and p50/p90/p99, ``throughput_tokens_per_s`` (output tokens over the
+        span from the first arrival to the last completion), ``slo_share``,
+        ``max_over_mean_requests`` and ``max_over_mean_prefill`` (prefilled tokens of the
+        busiest replica over the mean), ``decisions_per_s`` (requests / wall time inside
+        the policy).
 
     Raises:
         InvalidRecordError: unknown policy, bad ``speedup`` or ``observe_at``, or an empty
@@ -188,6 +242,15 @@ def run_replay(
         ttft = sorted(out.ttft_s)
         rpr = out.requests_per_replica
         mean_req = sum(rpr) / len(rpr)
+        reach = sum(out.reachable_blocks)
+        regret = sum(
+            max(0, a - b) for a, b in zip(out.reachable_blocks, out.hit_blocks, strict=True)
+        )
+        ppr = out.prefill_tokens_per_replica
+        mean_pf = sum(ppr) / len(ppr) if ppr else 0.0
+        start = requests[0].arrival / sp if requests else 0.0
+        span = out.end_s - start
+        out_tokens = sum(r.output_tokens for r in requests)
         results.append(
             PolicyResult(
                 name=name,
@@ -202,6 +265,17 @@ def run_replay(
                 decisions_per_s=len(requests) / out.routing_s if out.routing_s > 0 else math.inf,
                 routing_s=out.routing_s,
                 wall_s=out.wall_s,
+                reachable_hit_ratio=reach / total_blocks if total_blocks else 0.0,
+                regret_ratio=regret / total_blocks if total_blocks else 0.0,
+                ttft_p90_s=percentile(ttft, 0.9),
+                throughput_tokens_per_s=out_tokens / span if span > 0 else math.nan,
+                slo_share=(
+                    None
+                    if slo_s is None
+                    else (sum(1 for x in ttft if x <= slo_s) / len(ttft) if ttft else 1.0)
+                ),
+                max_over_mean_prefill=max(ppr) / mean_pf if mean_pf else math.nan,
+                kv_batches=out.kv_batches,
             )
         )
     return ReplayResult(
@@ -213,6 +287,7 @@ def run_replay(
         model=model,
         seed=seed,
         policies=tuple(results),
+        slo_s=slo_s,
     )
 
 
@@ -223,23 +298,29 @@ def format_table(result: ReplayResult) -> str:
     lines = [
         f"trace: {result.trace}  requests: {result.requests}  blocks: {result.blocks}",
         f"cluster: {m.replicas} replicas, KV cache {cache} x {m.block_tokens} tokens/replica, "
-        f"prefill {m.prefill_tokens_per_s:g} tok/s, decode {m.decode_tokens_per_s:g} tok/s, "
-        f"speedup {result.speedup:.2f}",
+        f"prefill {m.prefill_tokens_per_s:g} tok/s, lone decode {m.decode_tokens_per_s:g} "
+        f"tok/s, batch budget {m.max_batch_tokens} tokens, speedup {result.speedup:.2f}",
         f"ideal hit ratio (one infinite cache, arrival order): {result.ideal_hit_ratio:.4f}",
         "",
     ]
+    slo = result.slo_s is not None
     head = (
-        f"{'policy':<13} {'observe':<10} {'hit':>6} {'of ideal':>8} {'ttft mean':>9} "
-        f"{'p50':>7} {'p99':>7} {'max/mean':>8} {'decisions/s':>11}"
+        f"{'policy':<20} {'hit':>6} {'reach':>6} {'of ideal':>8} {'regret':>6} "
+        f"{'ttft mean':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'max/mean':>8} "
+        f"{'out tok/s':>9}" + (f" {'slo':>6}" if slo else "") + f" {'decisions/s':>11}"
     )
     lines.append(head)
     lines.append("-" * len(head))
     for p in result.policies:
-        obs = p.observe_at
+        slo_col = ""
+        if slo:
+            slo_col = f" {p.slo_share:>6.1%}" if p.slo_share is not None else f" {'-':>6}"
         lines.append(
-            f"{p.name:<13} {obs:<10} {p.hit_ratio:>6.4f} {p.ideal_fraction:>8.1%} "
-            f"{p.ttft_mean_s:>8.3f}s {p.ttft_p50_s:>6.3f}s {p.ttft_p99_s:>6.3f}s "
-            f"{p.max_over_mean_requests:>8.3f} {p.decisions_per_s:>11,.0f}"
+            f"{p.name:<20} {p.hit_ratio:>6.4f} {p.reachable_hit_ratio:>6.4f} "
+            f"{p.ideal_fraction:>8.1%} {p.regret_ratio:>6.4f} "
+            f"{p.ttft_mean_s:>8.3f}s {p.ttft_p50_s:>6.3f}s {p.ttft_p90_s:>6.3f}s "
+            f"{p.ttft_p99_s:>6.3f}s {p.max_over_mean_requests:>8.3f} "
+            f"{p.throughput_tokens_per_s:>9,.0f}{slo_col} {p.decisions_per_s:>11,.0f}"
         )
     lines.extend(_summary(result))
     return "\n".join(lines)
@@ -263,7 +344,46 @@ def _summary(result: ReplayResult) -> list[str]:
             f"{rr.ttft_p99_s / best.ttft_p99_s:.2f}x lower p99, "
             f"{best.hit_ratio / rr.hit_ratio if rr.hit_ratio else float('inf'):.2f}x the hits"
         )
+    bp = result.best_policy
+    out.append(
+        f"best policy (lowest mean TTFT at max/mean <= {BALANCE_LIMIT}): "
+        + (bp if bp is not None else "none qualifies")
+    )
+    ours = next((p for p in result.policies if p.name == DEFAULT_POLICY), None)
+    if ours is not None and bp is not None and bp != DEFAULT_POLICY:
+        b = result.policy(bp)
+        out.append(
+            f"  {bp} beats the default {DEFAULT_POLICY} here: mean TTFT {b.ttft_mean_s:.3f}s "
+            f"vs {ours.ttft_mean_s:.3f}s, p99 {b.ttft_p99_s:.3f}s vs {ours.ttft_p99_s:.3f}s"
+        )
     return out
+
+
+def format_kv_events(results: Sequence[ReplayResult]) -> str:
+    """The ``--kv-events`` table: each approximate policy next to its precise counterpart
+    (``KV_EVENT_PAIRS``) on each replayed case."""
+    lines = []
+    head = (
+        f"{'case':<34} {'approximate':<18} {'precise':<18} {'hit':>13} "
+        f"{'ttft mean':>15} {'ttft p90':>15} {'ttft p99':>15}"
+    )
+    lines.append(head)
+    lines.append("-" * len(head))
+    for res in results:
+        names = {p.name for p in res.policies}
+        for a, b in KV_EVENT_PAIRS:
+            if a not in names or b not in names:
+                continue
+            pa = res.policy(a)
+            pb = res.policy(b)
+            lines.append(
+                f"{res.trace[:34]:<34} {a:<18} {b:<18} "
+                f"{pa.hit_ratio:>6.3f}/{pb.hit_ratio:<6.3f} "
+                f"{pa.ttft_mean_s:>7.3f}/{pb.ttft_mean_s:<7.3f} "
+                f"{pa.ttft_p90_s:>7.3f}/{pb.ttft_p90_s:<7.3f} "
+                f"{pa.ttft_p99_s:>7.3f}/{pb.ttft_p99_s:<7.3f}"
+            )
+    return "\n".join(lines)
 
 
 def plot_result(result: ReplayResult, path: str | Path) -> None:

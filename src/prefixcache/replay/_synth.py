@@ -6,9 +6,10 @@ import heapq
 import math
 import random
 
+from prefixcache.replay._sim import ClusterModel
 from prefixcache.replay._trace import Request
 
-__all__ = ["synthetic_trace"]
+__all__ = ["eviction_case", "shared_prefix_trace", "synthetic_trace"]
 
 
 def synthetic_trace(
@@ -74,3 +75,70 @@ def synthetic_trace(
             heapq.heappush(heap, (t + rng.expovariate(1.0 / mean_think_s), s, 0))
     out.sort(key=lambda r: r.arrival)
     return out
+
+
+def shared_prefix_trace(
+    *,
+    seed: int = 0,
+    groups: int = 1,
+    prompts: int = 400,
+    system_tokens: int = 2500,
+    question_tokens: int = 300,
+    output_tokens: int = 200,
+    duration_s: float = 60.0,
+    zipf_s: float = 1.0,
+    block_tokens: int = 512,
+) -> list[Request]:
+    """Prompts sharing long system prompts: the shape that pins one replica.
+
+    ``groups`` system prompts of ``system_tokens`` tokens each; ``prompts`` requests
+    arrive uniformly over ``duration_s``, each picking a group with Zipf popularity
+    (weight ``1/rank**zipf_s``; one group: all share it) and appending a question of about
+    ``question_tokens`` tokens (uniform in [0.5, 1.5] x) and asking for about
+    ``output_tokens`` tokens (same spread). The system prompt's full blocks are shared by
+    its group; every later block (including the one where the question starts) is unique
+    to its prompt. The defaults are sglang issue #21199's shape (400 prompts sharing one
+    ~2.5k-token system prompt). Deterministic in ``seed``.
+    """
+    rng = random.Random(seed)
+    bt = block_tokens
+    full = system_tokens // bt
+    next_id = 0
+    heads: list[list[int]] = []
+    for _ in range(groups):
+        heads.append(list(range(next_id, next_id + full)))
+        next_id += full
+    weights = [1.0 / (k + 1) ** zipf_s for k in range(groups)]
+    out: list[Request] = []
+    for _ in range(prompts):
+        g = rng.choices(range(groups), weights)[0] if groups > 1 else 0
+        q = max(1, int(question_tokens * rng.uniform(0.5, 1.5)))
+        o = max(1, int(output_tokens * rng.uniform(0.5, 1.5)))
+        tokens = system_tokens + q
+        n_blocks = -(-tokens // bt)
+        tail = list(range(next_id, next_id + n_blocks - full))
+        next_id += n_blocks - full
+        out.append(
+            Request(
+                arrival=rng.uniform(0.0, duration_s),
+                input_tokens=tokens,
+                output_tokens=o,
+                blocks=tuple(heads[g] + tail),
+            )
+        )
+    out.sort(key=lambda r: r.arrival)
+    return out
+
+
+def eviction_case(seed: int = 0) -> tuple[list[Request], ClusterModel]:
+    """A synthetic chat trace on a cluster whose KV capacity is near its working set.
+
+    :func:`synthetic_trace` with 3,000 sessions over an hour and 100 shared prompts of
+    4-16 blocks, on 8 replicas of 1,024 blocks each (about the blocks the sessions
+    active at any time hold): engines evict often, so a router's own record of what it
+    sent drifts from what the engines hold.
+    """
+    reqs = synthetic_trace(
+        seed=seed, sessions=3000, duration_s=3600.0, shared_prefixes=100, prefix_blocks=(4, 16)
+    )
+    return reqs, ClusterModel(cache_blocks=1024)
