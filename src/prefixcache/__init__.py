@@ -17,6 +17,7 @@ from prefixcache._config import (
 )
 from prefixcache._cost import (
     DEFAULT_IN_FLIGHT_TOKENS,
+    DEFAULT_PIN_TOKENS,
     DEFAULT_QUEUE_WEIGHT,
     DEFAULT_SHARE_FACTOR,
     DEFAULT_SHARE_SLACK,
@@ -37,6 +38,14 @@ from prefixcache._events import (
     decode_event,
 )
 from prefixcache._index import Index, Provider
+from prefixcache._pins import (
+    MAX_PIN_BYTES,
+    PIN_SUBJECT,
+    Pin,
+    PinDecodeError,
+    PinStats,
+    SessionPins,
+)
 from prefixcache._protocols import (
     AsyncPublisher,
     AsyncTransport,
@@ -87,6 +96,7 @@ __all__ = [
     "DEFAULT_BACKEND",
     "DEFAULT_CONFIG",
     "DEFAULT_IN_FLIGHT_TOKENS",
+    "DEFAULT_PIN_TOKENS",
     "DEFAULT_QUEUE_WEIGHT",
     "DEFAULT_SHARE_FACTOR",
     "DEFAULT_SHARE_SLACK",
@@ -101,11 +111,16 @@ __all__ = [
     "KvCacheMirror",
     "MAX_EVENT_BYTES",
     "MAX_EVENT_CHAIN",
+    "MAX_PIN_BYTES",
     "MAX_SNAPSHOT_BYTES",
     "MAX_TOKEN_ID",
     "MessageHandler",
     "OBSERVE_SUBJECT",
     "ObserveEvent",
+    "PIN_SUBJECT",
+    "Pin",
+    "PinDecodeError",
+    "PinStats",
     "PrefixDecision",
     "Pressure",
     "Provider",
@@ -113,6 +128,7 @@ __all__ = [
     "RadixTree",
     "ReplicaKey",
     "RoutePolicy",
+    "SessionPins",
     "Snapshot",
     "SnapshotDecodeError",
     "SnapshotEntry",

@@ -25,6 +25,7 @@ from prefixcache._types import ReplicaKey
 
 __all__ = [
     "DEFAULT_IN_FLIGHT_TOKENS",
+    "DEFAULT_PIN_TOKENS",
     "DEFAULT_QUEUE_WEIGHT",
     "DEFAULT_SHARE_FACTOR",
     "DEFAULT_SHARE_SLACK",
@@ -46,6 +47,10 @@ DEFAULT_SHARE_FACTOR = 1.1
 
 DEFAULT_SHARE_SLACK = 2
 """Absolute slack of the fair-share guard, in dispatches (absorbs small-number noise)."""
+
+DEFAULT_PIN_TOKENS = 1 << 20
+"""A session pin is worth 2**20 prompt tokens: more than any prompt saves, so a pinned
+replica within its load guard keeps the session (``CostCandidate.pinned_tokens``)."""
 
 
 def _check_key(_inst: object, _attr: object, value: Any) -> None:
@@ -74,6 +79,15 @@ class CostCandidate:
             come back yet (its prefill backlog, in tokens).
         recent_dispatches: requests the router sent it among its last N dispatches
             (:meth:`DispatchWindow.count`); 0 everywhere disables the fair-share guard.
+        pinned_tokens: prompt tokens credited to the replica because the request's session
+            is pinned to it (e.g. ``DEFAULT_PIN_TOKENS``); 0 (the default) for no pin. A
+            pinned replica is exempt from the fair-share guard: a session's turns are not
+            the traffic's share. The host sets it only while the replica is within its load
+            guard, so an overloaded session still moves.
+        tie_rank: orders candidates whose cost, queue and in-flight count tie, lower first,
+            before the key (a host passes ``recent_dispatches`` so that new sessions, whose
+            costs tie, spread instead of all taking the least key); 0 (the default)
+            everywhere keeps the key order.
 
     Raises:
         InvalidRecordError: a count is not an ``int >= 0`` or ``key`` is not a ReplicaKey.
@@ -84,6 +98,8 @@ class CostCandidate:
     cached_tokens: int = attrs.field(default=0, validator=_nonneg_int("cached_tokens"))
     queued_tokens: int = attrs.field(default=0, validator=_nonneg_int("queued_tokens"))
     recent_dispatches: int = attrs.field(default=0, validator=_nonneg_int("recent_dispatches"))
+    pinned_tokens: int = attrs.field(default=0, validator=_nonneg_int("pinned_tokens"))
+    tie_rank: int = attrs.field(default=0, validator=_nonneg_int("tie_rank"))
 
 
 def pick_lowest_cost(
@@ -100,7 +116,8 @@ def pick_lowest_cost(
     Filter (the fair-share guard): a candidate is eligible iff ``recent_dispatches <=
     mean_recent * share_factor + share_slack``, ``mean_recent`` being the mean over all
     candidates (``share_factor=None`` disables it). The candidate with the fewest recent
-    dispatches is always eligible, so the filter never empties the set.
+    dispatches is always eligible, so the filter never empties the set. A candidate with
+    ``pinned_tokens > 0`` is always eligible too.
 
     Then tiers over the eligible candidates, applied with one ``min`` key (first non-tie
     wins):
@@ -110,11 +127,13 @@ def pick_lowest_cost(
            max(0, prompt_tokens - cached_tokens)                  # prefill work it adds
            + queue_weight * queued_tokens                         # backlog, discounted
            + in_flight_tokens * (in_flight - min_in_flight)       # load above the least
+           - pinned_tokens                                        # the session's pin
 
        with ``min_in_flight`` the least ``in_flight`` over all candidates;
     2. ``queued_tokens`` ascending (of two equal costs, the shorter queue);
     3. ``in_flight`` ascending;
-    4. ``key`` ascending (stable, deterministic).
+    4. ``tie_rank`` ascending (0 everywhere unless the host ranks ties);
+    5. ``key`` ascending (stable, deterministic).
 
     Why these weights. The request's own TTFT would weigh uncached work and backlog
     equally, but a cache miss costs more than that request's time: the uncached tokens join
@@ -185,16 +204,19 @@ def pick_lowest_cost(
     if share_factor is not None:
         limit = sum(c.recent_dispatches for c in candidates) / len(candidates)
         limit = limit * share_factor + share_slack
-        eligible = [c for c in candidates if c.recent_dispatches <= limit]
+        eligible = [c for c in candidates if c.recent_dispatches <= limit or c.pinned_tokens]
 
-    def cost(c: CostCandidate) -> tuple[float, int, int, ReplicaKey]:
+    def cost(c: CostCandidate) -> tuple[float, int, int, int, ReplicaKey]:
         uncached = prompt_tokens - c.cached_tokens
         if uncached < 0:
             uncached = 0
         total = (
-            uncached + queue_weight * c.queued_tokens + in_flight_tokens * (c.in_flight - min_if)
+            uncached
+            + queue_weight * c.queued_tokens
+            + in_flight_tokens * (c.in_flight - min_if)
+            - c.pinned_tokens
         )
-        return (total, c.queued_tokens, c.in_flight, c.key)
+        return (total, c.queued_tokens, c.in_flight, c.tie_rank, c.key)
 
     return min(eligible, key=cost).key
 

@@ -1,0 +1,373 @@
+"""The LiteLLM plugin with the real thing: ``litellm.Router`` instances whose deployments are
+the project's mock OpenAI backends over real HTTP on 127.0.0.1 (aiohttp servers in this
+process), in filter and strategy mode; two routers sharing affinity and session pins through
+the in-memory transport and through a real ``redis-server``.
+
+LiteLLM is imported once for the module (it takes seconds); every test installs its plugins
+and uninstalls them at the end, since ``litellm.callbacks`` is process-wide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
+
+import litellm
+from litellm import Router
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from examples.gateway.mock_backend import MockBackend
+from examples.gateway.serving import RunningServer, start_server
+from prefixcache import (
+    ReplicaKey,
+    SessionPins,
+    extract_chain,
+    messages_prefix_source,
+)
+from prefixcache.integrations.litellm import (
+    REQUEST_ID_METADATA_KEY,
+    PrefixRoutingPlugin,
+    install,
+)
+from prefixcache.testing import InMemoryTransport, ManualClock
+
+pytestmark = pytest.mark.integration
+
+MODEL = "chat"
+SYSTEM = "You are the support assistant of a parcel company; answer briefly. " * 40  # ~2.7 kB
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(main(), timeout=60)
+
+    asyncio.run(bounded())
+
+
+async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll until ``predicate`` holds (LiteLLM runs its callbacks as background tasks)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+class Backends:
+    def __init__(self) -> None:
+        self.backends: list[MockBackend] = []
+        self.servers: list[RunningServer] = []
+
+    def model_list(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "model_name": MODEL,
+                "litellm_params": {
+                    "model": f"openai/{MODEL}",
+                    "api_base": server.url + "/v1",
+                    "api_key": "unused",
+                },
+                "model_info": {"id": f"d{i}"},
+            }
+            for i, server in enumerate(self.servers)
+        ]
+
+    def served(self) -> list[int]:
+        return [b.served for b in self.backends]
+
+
+@asynccontextmanager
+async def backends(n: int) -> AsyncIterator[Backends]:
+    bs = Backends()
+    try:
+        for i in range(n):
+            backend = MockBackend(name=f"d{i}")
+            bs.backends.append(backend)
+            bs.servers.append(await start_server(backend.make_app()))
+        yield bs
+    finally:
+        for server in bs.servers:
+            await server.close()
+
+
+def router(bs: Backends) -> Any:
+    return Router(model_list=bs.model_list(), num_retries=0)
+
+
+@asynccontextmanager
+async def installed(*plugins: PrefixRoutingPlugin) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        for p in plugins:
+            p.uninstall()
+        await asyncio.sleep(0)
+
+
+def hot_of(plugin: Any, messages: list[dict[str, str]]) -> str | None:
+    """The deployment the plugin's index says holds the longest prefix of ``messages``."""
+    chain = extract_chain(MODEL, messages_prefix_source(messages))
+    keys = [ReplicaKey("d0"), ReplicaKey("d1"), ReplicaKey("d2")]
+    hot = plugin.index.decide(MODEL, chain, keys, time.time()).hot
+    return None if hot is None else str(hot.node_id)
+
+
+def chat(user: str, *, system: str = SYSTEM) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system}] if system else []
+    return [*msgs, {"role": "user", "content": user}]
+
+
+async def ask(r: Any, messages: list[dict[str, str]], **kw: Any) -> str:
+    """One completion; returns the replica that answered (the mock names itself)."""
+    resp = await r.acompletion(model=MODEL, messages=messages, **kw)
+    text = resp.choices[0].message.content
+    return str(text).split(" from ")[1].split(" ")[0]
+
+
+async def settled(plugin: PrefixRoutingPlugin, reserved: int) -> None:
+    await wait_for(
+        lambda: (
+            plugin.stats().released + plugin.stats().expired == reserved
+            and plugin.reservations() == 0
+        ),
+        "every reservation released",
+    )
+
+
+@pytest.mark.parametrize("mode", ["filter", "strategy"])
+def test_a_long_system_prompt_keeps_its_deployment_while_traffic_is_shared(mode: str) -> None:
+    async def main() -> None:
+        async with backends(3) as bs:
+            r = router(bs)
+            plugin = install(r, mode=mode)  # type: ignore[arg-type]
+            async with installed(plugin):
+                homes = []
+                for i in range(6):
+                    homes.append(await ask(r, chat(f"Where is parcel {i}?")))
+                    # Unrelated one-off requests in between keep the dispatch shares even.
+                    await ask(r, chat(f"Unrelated question number {i} " * 3, system=""))
+                    await settled(plugin, plugin.stats().reserved)
+                # Counterfactual: LiteLLM's simple-shuffle spreads six requests over three
+                # deployments; the cost policy keeps the cached prompt where it is.
+                assert len(set(homes)) == 1, homes
+                assert plugin.stats().observed == 12
+                assert plugin.stats().errors == 0
+                # The unrelated requests went elsewhere (ties go to the least used).
+                assert sum(1 for s in bs.served() if s) >= 2
+
+    run(main)
+
+
+def test_a_reserved_busy_deployment_sheds_new_requests() -> None:
+    async def main() -> None:
+        async with backends(2) as bs:
+            r = router(bs)
+            plugin = install(r)
+            async with installed(plugin):
+                home = await ask(r, chat("warm up"))
+                await settled(plugin, 1)
+                # Hold requests of the same conversation in flight (streams paused by the
+                # mock until released): each one stays reserved on its deployment.
+                streams = []
+                for i in range(6):
+                    s = await r.acompletion(
+                        model=MODEL,
+                        messages=chat(f"follow-up {i}"),
+                        stream=True,
+                        extra_headers={"X-Mock-Hold": f"hold-{i}"},
+                    )
+                    streams.append(s)
+                assert plugin.reservations() == 6
+                busy = plugin.in_flight(home)
+                other = "d1" if home == "d0" else "d0"
+                # The in-flight term (256 tokens per request above the least loaded) outgrew
+                # the cached prompt's savings: some requests were shed to the other one.
+                assert busy < 6 and plugin.in_flight(other) > 0
+                async with aiohttp.ClientSession() as http:
+                    for server in bs.servers:
+                        for i in range(6):
+                            for _ in range(6):  # one release per paused chunk
+                                url = f"{server.url}/_mock/release/hold-{i}"
+                                async with http.post(url) as resp:
+                                    assert resp.status == 200
+                for s in streams:
+                    async for _chunk in s:
+                        pass
+                await settled(plugin, 7)
+                assert plugin.in_flight(home) == plugin.in_flight(other) == 0
+                # Once released, the conversation goes back to where its prompt is cached.
+                assert await ask(r, chat("one more")) in (home, other)
+                assert plugin.stats().errors == 0
+
+    run(main)
+
+
+def test_a_failing_deployment_releases_its_reservation_and_is_not_observed() -> None:
+    async def main() -> None:
+        async with backends(2) as bs:
+            r = router(bs)
+            pins = SessionPins(ttl=600, max_entries=1000)
+            plugin = install(r, pins=pins)
+            async with installed(plugin):
+                meta = {"session_id": "s-1"}
+                first = await ask(r, chat("hello"), metadata=dict(meta))
+                await settled(plugin, 1)
+                assert pins.get(MODEL, "s-1") == first
+                with pytest.raises(litellm.InternalServerError):
+                    await r.acompletion(
+                        model=MODEL,
+                        messages=chat("this one fails", system="another prompt " * 50),
+                        metadata=dict(meta),
+                        extra_headers={"X-Mock-Status": "500"},
+                    )
+                await settled(plugin, 2)
+                st = plugin.stats()
+                assert (st.released, st.observed, st.expired) == (2, 1, 0)
+                assert plugin.in_flight("d0") == plugin.in_flight("d1") == 0
+                # Not observed: the failed prompt is known nowhere.
+                assert hot_of(plugin, chat("x", system="another prompt " * 50)) is None
+                # The failure cleared the session's pin: the next turn re-pins on success.
+                assert pins.get(MODEL, "s-1") is None and st.unpinned == 1
+                again = await ask(r, chat("hello again"), metadata=dict(meta))
+                await settled(plugin, 3)
+                assert pins.get(MODEL, "s-1") == again
+
+    run(main)
+
+
+def test_a_session_pin_holds_against_cache_savings_elsewhere_in_strategy_mode() -> None:
+    async def main() -> None:
+        async with backends(2) as bs:
+            r = router(bs)
+            pins = SessionPins(ttl=600, max_entries=1000)
+            plugin = install(r, mode="strategy", pins=pins)
+            async with installed(plugin):
+                # Another session warms one deployment with a long prompt.
+                warm = await ask(r, chat("first"), metadata={"session_id": "warm"})
+                await settled(plugin, 1)
+                # A new session with a short prompt lands on the other (least used) one.
+                mine = await ask(r, chat("hi", system=""), metadata={"session_id": "mine"})
+                assert mine != warm
+                await settled(plugin, 2)
+                # Its next turn carries the long prompt cached on `warm`: the pin keeps it.
+                # Counterfactual: without the session it would go to the cached deployment.
+                for _ in range(3):
+                    assert await ask(r, chat("second"), metadata={"session_id": "mine"}) == mine
+                    await settled(plugin, plugin.stats().reserved)
+                assert await ask(r, chat("third")) == warm
+
+    run(main)
+
+
+def test_internal_errors_return_the_input_unchanged_and_are_counted() -> None:
+    async def main() -> None:
+        async with backends(2) as bs:
+            r = router(bs)
+            plugin = install(r)
+            async with installed(plugin):
+
+                def broken(*_a: object, **_k: object) -> object:
+                    raise RuntimeError("index bug")
+
+                plugin.provider.decide = broken  # type: ignore[method-assign]
+                # The request is still served (LiteLLM's own choice among the deployments).
+                assert await ask(r, chat("still served")) in ("d0", "d1")
+                assert plugin.stats().errors >= 1
+                garbage = [{"model_name": MODEL}, {"model_info": {"id": 3}}]
+                out = await plugin.async_filter_deployments(MODEL, garbage, [{"x": 1}], {})
+                assert out is garbage
+                await plugin.async_log_success_event(None, None, None, None)
+                await plugin.async_log_failure_event({"litellm_params": 5}, None, None, None)
+                assert plugin.reservations() == 0
+
+    run(main)
+
+
+def test_unreleased_reservations_expire_after_the_ttl() -> None:
+    async def main() -> None:
+        async with backends(2) as bs:
+            clock = ManualClock(1000.0)
+            plugin = PrefixRoutingPlugin(router(bs), reservation_ttl=30.0, clock=clock)
+            deployments = bs.model_list()
+            kwargs: dict[str, Any] = {"metadata": {}}
+            pos = plugin.choose(MODEL, deployments, chat("lost"), kwargs)
+            chosen = deployments[pos]["model_info"]["id"]
+            assert kwargs["metadata"][REQUEST_ID_METADATA_KEY]
+            assert plugin.in_flight(chosen) == 1
+            assert plugin.expire(now=1030.0) == 0  # exactly the ttl: still held
+            assert plugin.expire(now=1030.5) == 1
+            assert plugin.in_flight(chosen) == 0 and plugin.stats().expired == 1
+            # A callback arriving after expiry matches nothing and changes nothing.
+            late = {
+                "litellm_params": {"metadata": kwargs["metadata"], "model_info": {"id": chosen}}
+            }
+            assert not plugin.release(late, success=True)
+            assert plugin.stats().unmatched == 1 and plugin.stats().observed == 0
+
+    run(main)
+
+
+def test_two_routers_share_affinity_and_pins_in_memory() -> None:
+    async def main() -> None:
+        async with backends(2) as bs:
+            hub = InMemoryTransport()
+            ra, rb = router(bs), router(bs)
+            pa = install(ra, sync=hub.connect("a"), pins=SessionPins(ttl=600, max_entries=99))
+            pb = install(rb, sync=hub.connect("b"), pins=SessionPins(ttl=600, max_entries=99))
+            async with installed(pa, pb):
+                await shared_scenario(ra, rb, pa, pb)
+
+    run(main)
+
+
+def test_two_routers_share_affinity_and_pins_through_redis(redis: Any) -> None:
+    from prefixcache.transports.redis import RedisTransport
+
+    async def main() -> None:
+        ta = await asyncio.to_thread(RedisTransport.connect, redis.url)
+        tb = await asyncio.to_thread(RedisTransport.connect, redis.url)
+        try:
+            async with backends(2) as bs:
+                ra, rb = router(bs), router(bs)
+                pa = install(ra, sync=ta, pins=SessionPins(ttl=600, max_entries=99))
+                pb = install(rb, sync=tb, pins=SessionPins(ttl=600, max_entries=99))
+                async with installed(pa, pb):
+                    await shared_scenario(ra, rb, pa, pb)
+        finally:
+            await asyncio.to_thread(ta.close)
+            await asyncio.to_thread(tb.close)
+
+    run(main)
+
+
+async def shared_scenario(ra: Any, rb: Any, pa: PrefixRoutingPlugin, pb: Any) -> None:
+    """Router A learns a prompt and a session on d1; router B, which never saw either, sends
+    them to d1 too. (Alone, B would pick d0: equal costs and no dispatches go to the least
+    key.)"""
+    assert await ask(ra, chat("unrelated", system="")) == "d0"  # A's ties now favour d1
+    await settled(pa, 1)
+    assert await ask(ra, chat("question one")) == "d1"
+    await settled(pa, 2)
+    # The session's first turn shares the long prompt, so it lands on d1 too.
+    assert await ask(ra, chat("hi"), metadata={"session_id": "s"}) == "d1"
+    await settled(pa, 3)
+    await wait_for(lambda: pb.pins.get(MODEL, "s") == "d1", "the pin reached router B")
+    await wait_for(lambda: hot_of(pb, chat("hi")) == "d1", "the observations reached B")
+    assert pb.stats().decisions == 0
+    # Same long prompt, other router: the shared index knows d1 holds it.
+    assert await ask(rb, chat("question two")) == "d1"
+    # Same session, a prompt nobody has seen: the shared pin decides.
+    assert await ask(rb, chat("new topic", system="other"), metadata={"session_id": "s"}) == "d1"
+    assert pa.stats().decisions == 3 and pb.stats().decisions == 2  # each decided its own

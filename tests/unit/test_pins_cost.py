@@ -1,0 +1,47 @@
+"""pick_lowest_cost with a session pin (CostCandidate.pinned_tokens) and a host tie rank
+(CostCandidate.tie_rank): both default to 0, which keeps the policy as it was."""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterrouting import InvalidRecordError
+from prefixcache import DEFAULT_PIN_TOKENS, CostCandidate, ReplicaKey, pick_lowest_cost
+
+A, B = ReplicaKey("a"), ReplicaKey("b")
+
+
+def test_a_pin_outweighs_cached_savings_elsewhere() -> None:
+    pinned = CostCandidate(key=A, pinned_tokens=DEFAULT_PIN_TOKENS)
+    cached = CostCandidate(key=B, cached_tokens=30_000)
+    assert pick_lowest_cost([pinned, cached], prompt_tokens=30_000) == A
+    # Counterfactual: without the pin the cached replica wins.
+    assert pick_lowest_cost([CostCandidate(key=A), cached], prompt_tokens=30_000) == B
+
+
+def test_a_pinned_replica_is_exempt_from_the_fair_share_guard() -> None:
+    hot = CostCandidate(key=A, recent_dispatches=50, pinned_tokens=DEFAULT_PIN_TOKENS)
+    cold = CostCandidate(key=B, recent_dispatches=0)
+    assert pick_lowest_cost([hot, cold], prompt_tokens=100) == A
+    # Counterfactual: 50 > 25 * 1.1 + 2, so without the pin it is filtered out.
+    unpinned = CostCandidate(key=A, recent_dispatches=50)
+    assert pick_lowest_cost([unpinned, cold], prompt_tokens=100) == B
+
+
+def test_tie_rank_orders_ties_before_the_key_and_only_ties() -> None:
+    a = CostCandidate(key=A, tie_rank=3)
+    b = CostCandidate(key=B, tie_rank=1)
+    assert pick_lowest_cost([a, b], prompt_tokens=100) == B
+    # Counterfactual: equal ranks fall back to the key.
+    assert pick_lowest_cost([CostCandidate(key=A), CostCandidate(key=B)], prompt_tokens=100) == A
+    # A rank never beats a lower cost.
+    cheaper = CostCandidate(key=A, cached_tokens=10, tie_rank=9)
+    assert pick_lowest_cost([cheaper, b], prompt_tokens=100) == A
+
+
+@pytest.mark.parametrize("field", ["pinned_tokens", "tie_rank"])
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+def test_new_fields_are_validated(field: str, bad: object) -> None:
+    with pytest.raises(InvalidRecordError) as err:
+        CostCandidate(key=A, **{field: bad})  # type: ignore[arg-type]
+    assert err.value.field == field
