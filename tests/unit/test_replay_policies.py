@@ -8,11 +8,14 @@ from prefixcache.replay import (
     CacheCostPolicy,
     ClusterModel,
     FederationPolicy,
+    HotPrefixes,
     LeastLoadedPolicy,
     PrefixPolicy,
     RandomPolicy,
     Request,
     make_policy,
+    run_replay,
+    shared_prefix_trace,
     simulate,
     synthetic_trace,
 )
@@ -114,3 +117,59 @@ def test_make_policy_defaults_and_errors() -> None:
         make_policy("prefix", MODEL, observe_at="never")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="policies"):
         make_policy("fastest", MODEL)
+
+
+def test_hot_prefix_gains_copies_with_demand_and_keeps_them_under_constant_load() -> None:
+    hot = HotPrefixes(window=100)
+    for _ in range(30):
+        hot.record(7)  # 30 % of the window
+    for _ in range(70):
+        hot.record(None)
+    # u = 0.3 x 8 = 2.4 replicas of demand: 3 copies, the holder first, then the least
+    # loaded (lowest index on ties).
+    assert hot.warm(7, [5], [3, 1, 0, 0, 2, 9, 0, 0]) == (5, 2, 3)
+    # Constant load: the same copies every time (no flapping).
+    for _ in range(50):
+        assert hot.warm(7, [5, 2], [0] * 8) == (5, 2, 3)
+    # Demand falls to u = 1.6: still 3 copies (1.6 >= (3 - 1) x 0.75).
+    for _ in range(10):
+        hot.record(None)
+    hot._recent.clear()
+    hot._counts.clear()
+    for _ in range(20):
+        hot.record(7)
+    for _ in range(80):
+        hot.record(None)
+    assert hot.copies(7) == 3 and len(hot.warm(7, [5], [0] * 8)) == 3
+    # u = 0.8 < (3 - 1) x 0.75: down to 2 copies, the last one added leaves first; but
+    # 0.8 >= (2 - 1) x 0.75 keeps the second copy.
+    hot._recent.clear()
+    hot._counts.clear()
+    for _ in range(10):
+        hot.record(7)
+    for _ in range(90):
+        hot.record(None)
+    assert hot.warm(7, [5], [0] * 8) == (5, 2)
+    # u = 0.4: one copy, the key is forgotten.
+    for _ in range(50):
+        hot.record(None)
+    assert hot.warm(7, [5], [0] * 8) == ()
+    assert hot.copies(7) == 1
+    with pytest.raises(ValueError, match="window"):
+        HotPrefixes(window=0)
+
+
+def test_cache_cost_spreads_one_hot_system_prompt_instead_of_pinning_it() -> None:
+    # sglang issue #21199's shape: 400 prompts sharing a ~2.5k-token system prompt.
+    reqs = shared_prefix_trace(seed=0, prompts=400)
+    model = ClusterModel(replicas=2)
+    res = run_replay(
+        reqs,
+        model=model,
+        policies=["round-robin", "cache-cost", "sglang-cache-aware"],
+        target_load=2.2,
+    )
+    ours = res.policy("cache-cost")
+    assert ours.max_over_mean_requests <= 1.05
+    assert ours.ttft_mean_s < res.policy("sglang-cache-aware").ttft_mean_s
+    assert ours.ttft_mean_s <= 1.15 * res.policy("round-robin").ttft_mean_s

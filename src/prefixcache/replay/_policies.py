@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
+from collections import deque
+from collections.abc import Sequence
 from typing import Literal
 
 from clusterrouting import (
@@ -33,6 +36,7 @@ __all__ = [
     "PEER_POLICIES",
     "CacheCostPolicy",
     "FederationPolicy",
+    "HotPrefixes",
     "LeastLoadedPolicy",
     "ObserveAt",
     "PrefixPolicy",
@@ -199,6 +203,91 @@ class FederationPolicy(_IndexPolicy):
         return best.replica_index
 
 
+class HotPrefixes:
+    """Warm copies for prefixes whose demand exceeds one replica, with hysteresis.
+
+    A request's *prefix key* is its deepest block cached on some replica (for a new
+    conversation under a shared system prompt, the prompt's last block; for a session's
+    next turn, its own previous turn). Over the router's last ``window`` dispatches, a
+    key's demand in replicas is ``u = share of dispatches x replicas`` (1.0: one replica's
+    fair share of the traffic). A key keeps ``k`` warm replicas: ``k`` rises to ``ceil(u)``
+    as soon as ``u > k`` and falls by one only once ``u < (k - 1) x lower``, so a constant
+    demand never flaps. The warm set starts with the replicas holding the prefix, and a
+    new copy goes to the replica with the fewest in-flight requests (lowest index on
+    ties); a copy leaves last-in first-out. Keys at ``k = 1`` are forgotten, so memory is
+    bounded by ``window`` keys.
+
+    The cost policy treats every warm replica as holding the prefix: a hot prefix's
+    requests spread over its ``k`` copies by load, each copy paying the prefix's prefill
+    once, instead of queueing behind the one replica that cached it first.
+    """
+
+    __slots__ = ("_counts", "_k", "_recent", "_warm", "lower", "window")
+
+    def __init__(self, *, window: int, lower: float = 0.75) -> None:
+        if type(window) is not int or window < 1:
+            raise InvalidRecordError("window", window, "must be an int >= 1")
+        if not 0 < lower <= 1:
+            raise InvalidRecordError("lower", lower, "must be in (0, 1]")
+        self.window = window
+        self.lower = lower
+        self._recent: deque[int] = deque()
+        self._counts: dict[int, int] = {}
+        self._k: dict[int, int] = {}
+        self._warm: dict[int, list[int]] = {}
+
+    def demand(self, key: int, replicas: int) -> float:
+        """``u``: the key's share of the window times ``replicas`` (0 before any dispatch)."""
+        n = len(self._recent)
+        return self._counts.get(key, 0) * replicas / n if n else 0.0
+
+    def copies(self, key: int) -> int:
+        """The key's current number of warm copies (1 when it is not hot)."""
+        return self._k.get(key, 1)
+
+    def warm(self, key: int, holders: Sequence[int], in_flight: Sequence[int]) -> tuple[int, ...]:
+        """Update ``key``'s copy count from its demand and return its warm replicas
+        (empty when it needs one copy). ``holders``: replicas that cache the prefix."""
+        n = len(in_flight)
+        u = self.demand(key, n)
+        k = self._k.get(key, 1)
+        if u > k:
+            k = min(n, math.ceil(u))
+        while k > 1 and u < (k - 1) * self.lower:
+            k -= 1
+        if k <= 1:
+            self._k.pop(key, None)
+            self._warm.pop(key, None)
+            return ()
+        self._k[key] = k
+        warm = self._warm.get(key)
+        if warm is None:
+            warm = self._warm[key] = [h for h in holders][:k]
+        for h in holders:
+            if len(warm) >= k:
+                break
+            if h not in warm:
+                warm.append(h)
+        while len(warm) < k:
+            rest = [r for r in range(n) if r not in warm]
+            warm.append(min(rest, key=lambda r: (in_flight[r], r)))
+        del warm[k:]
+        return tuple(warm)
+
+    def record(self, key: int | None) -> None:
+        """Count one dispatch under ``key`` (``None``: a request with no cached prefix)."""
+        k = -1 if key is None else key
+        self._recent.append(k)
+        self._counts[k] = self._counts.get(k, 0) + 1
+        if len(self._recent) > self.window:
+            old = self._recent.popleft()
+            c = self._counts[old] - 1
+            if c:
+                self._counts[old] = c
+            else:
+                del self._counts[old]
+
+
 class CacheCostPolicy(_Base):
     """Ours: ``prefixcache.pick_lowest_cost`` over a ``KvCacheMirror``.
 
@@ -222,6 +311,7 @@ class CacheCostPolicy(_Base):
         observe_at: ObserveAt = "dispatch",
         queue_weight: float | None = None,
         precise: bool = False,
+        hot_prefixes: bool = True,
     ) -> None:
         from prefixcache import (
             DEFAULT_QUEUE_WEIGHT,
@@ -248,6 +338,9 @@ class CacheCostPolicy(_Base):
         self.engine_index = EngineIndex()
         self._pending: list[dict[int, int]] = []
         self.sources: dict[str, int] = {"events": 0, "mirror": 0}
+        self._hot_on = hot_prefixes
+        self.hot: HotPrefixes | None = None
+        self._key: dict[int, int | None] = {}
         if precise:
             self.name = "cache-cost-precise"
 
@@ -278,6 +371,8 @@ class CacheCostPolicy(_Base):
             self._queued = [0] * view.replicas
             self._window = self._window_cls(size=WINDOW_PER_REPLICA * view.replicas)
             self._pending = [{} for _ in range(view.replicas)]
+            if self._hot_on:
+                self.hot = HotPrefixes(window=WINDOW_PER_REPLICA * view.replicas)
         keys = self._keys
         window = self._window
         cached = self._cached_blocks
@@ -287,25 +382,41 @@ class CacheCostPolicy(_Base):
         cc = self._cc
         inf = view.in_flight
         queued = self._queued
+        n = len(keys)
+        held = [cached(k, blocks) for k in range(n)]
+        credit = held
+        hot = self.hot
+        if hot is not None:
+            deepest = max(held)
+            pkey = blocks[deepest - 1] if deepest else None
+            self._key[i] = pkey
+            if pkey is not None:
+                warm = hot.warm(pkey, [k for k in range(n) if held[k] == deepest], inf)
+                if warm:
+                    credit = list(held)
+                    for k in warm:
+                        credit[k] = deepest
         cands = [
             cc(
                 key=keys[k],
                 in_flight=inf[k],
-                cached_tokens=min(inp, cached(k, blocks) * bt),
+                cached_tokens=min(inp, credit[k] * bt),
                 queued_tokens=queued[k],
                 recent_dispatches=window.count(keys[k]),
             )
-            for k in range(len(keys))
+            for k in range(n)
         ]
         key = self._pick(cands, prompt_tokens=inp, queue_weight=self._w)
         assert key is not None
         r = keys.index(key)
-        self._est[i] = inp - cands[r].cached_tokens
+        self._est[i] = inp - min(inp, held[r] * bt)
         return r
 
     def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
         self._queued[replica] += self._est[i]
         self._window.record(self._keys[replica])
+        if self.hot is not None:
+            self.hot.record(self._key.pop(i, None))
         if self.observe_at == "dispatch":
             self._mirror.observe(self._keys[replica], request.blocks)
         if self.reads_kv_events:
