@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from typing import Any, Final
 
 import attrs
 
+from clusterrouting import _gojson as gojson
 from clusterrouting._errors import InvalidRecordError, NodeDataDecodeError
 from clusterrouting._rfc3339 import (
     MAX_TIME,
@@ -102,8 +102,7 @@ def _check_vram(_inst: object, attribute: attrs.Attribute[Any], value: object) -
         raise InvalidRecordError(attribute.name, value, "must fit in a uint64")
 
 
-# Go field name -> our attribute name. Keys are matched case-insensitively, like Go's
-# encoding/json.
+# Go field name -> our attribute name.
 _GO_FIELDS: Final[dict[str, str]] = {
     "Name": "name",
     "ID": "id",
@@ -117,7 +116,6 @@ _GO_FIELDS: Final[dict[str, str]] = {
 _GO_HTML_ESCAPES: Final = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 )
-_GO_FIELDS_FOLDED: Final[dict[str, str]] = {k.lower(): k for k in _GO_FIELDS}
 
 
 @attrs.frozen(kw_only=True)
@@ -205,76 +203,99 @@ class NodeData:
         return text.translate(_GO_HTML_ESCAPES)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> NodeData:
-        """Decode a record written by a Go or Python peer.
+    def from_json(cls, text: str | bytes | bytearray | memoryview) -> NodeData:
+        """Decode a record written by a Go or Python peer, exactly as Go's ``encoding/json``
+        reads it into the reference's struct.
 
-        Keys match case-insensitively (the last of several spellings wins, as in Go); unknown
-        keys are ignored; missing keys and ``null`` take the defaults (an old peer omits
-        ``AvailableVRAM``/``Models``); Go's zero time and a missing ``LastSeen`` decode to
-        ``last_seen=None``.
+        - Text: invalid UTF-8 bytes and escaped lone surrogates decode to U+FFFD (so the
+          record always re-encodes); a leading byte-order mark, ``NaN`` and other non-JSON
+          are rejected; nesting deeper than 10000 levels is rejected.
+        - Keys: a key selects the field of that exact name, else the field whose name equals
+          it under Unicode simple case folding (``"id"``, ``"\u017ferviceID"`` with a long s);
+          unknown keys are ignored whatever their value; of several keys selecting one field
+          the last wins, except that ``null`` leaves the field as it was (for ``Models``, it
+          resets the list).
+        - Values: the strings must be strings; ``AvailableVRAM`` an integer literal in
+          ``[0, 2**64)`` (not ``-0``, ``1.0``, ``1e3``); ``Models`` an array of strings
+          (``null`` elements keep what Go's reused storage held, ``""`` for new elements);
+          ``LastSeen`` an RFC 3339 string (see ``_rfc3339.parse_rfc3339``), where Go's zero
+          time decodes to ``None``. A wrong type anywhere fails, even if a later key would
+          have replaced it.
+        - ``null`` as the whole document is the all-defaults record.
 
         Raises:
-            NodeDataDecodeError: the text is not a JSON object, or a field has the wrong type
-                or an impossible value; ``.field`` names the Go field.
+            NodeDataDecodeError: the text is not a JSON object (or ``null``), a field has the
+                wrong type or an impossible value, or ``LastSeen`` lies outside years
+                1..9999 UTC; ``.field`` names the Go field (``"<document>"`` for the
+                document as a whole).
+
+        >>> NodeData.from_json('{"id": "a", "AvailableVRAM": 8, "models": ["m"]}').models
+        ('m',)
         """
-        try:
-            doc = json.loads(text)
-        except (ValueError, TypeError) as exc:
-            raise NodeDataDecodeError("<document>", f"not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
+        if not isinstance(text, str | bytes | bytearray | memoryview):
             raise NodeDataDecodeError(
-                "<document>", f"must be a JSON object, not {type(doc).__name__}"
+                "<document>", f"must be str or bytes, not {type(text).__name__}"
             )
-        kwargs: dict[str, Any] = {}
-        for key, value in doc.items():
-            go_name = _GO_FIELDS_FOLDED.get(key.lower())
-            if go_name is None:
-                continue  # unknown keys are ignored, as in Go
-            if value is None:
-                # Go: null resets a slice to nil and leaves strings, numbers and times as they are.
-                if go_name == "Models":
-                    kwargs["models"] = ()
-                continue
-            kwargs[_GO_FIELDS[go_name]] = _decode_field(go_name, value)
         try:
-            return cls(**kwargs)
-        except InvalidRecordError as exc:
-            go_name = next(k for k, v in _GO_FIELDS.items() if v == exc.field)
-            raise NodeDataDecodeError(go_name, exc.reason) from None
-
-
-def _decode_field(go_name: str, value: object) -> object:
-    if go_name in ("Name", "ID", "TunnelAddress", "ServiceID"):
-        if not isinstance(value, str):
-            raise NodeDataDecodeError(go_name, f"must be a string, not {type(value).__name__}")
-        return value
-    if go_name == "AvailableVRAM":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise NodeDataDecodeError(go_name, f"must be a number, not {type(value).__name__}")
-        if isinstance(value, float):
-            if not (math.isfinite(value) and value.is_integer()):
-                raise NodeDataDecodeError(go_name, f"must be a whole number of bytes: {value!r}")
-            value = int(value)
-        if not (0 <= value <= _UINT64_MAX):
-            raise NodeDataDecodeError(go_name, f"must fit in a uint64: {value!r}")
-        return value
-    if go_name == "Models":
-        # A null element decodes to "" as in Go (null leaves a string at its zero value).
-        if not isinstance(value, list) or not all(m is None or isinstance(m, str) for m in value):
-            raise NodeDataDecodeError(go_name, "must be a list of strings or null")
-        return tuple("" if m is None else m for m in value)
-    # LastSeen
-    if not isinstance(value, str):
-        raise NodeDataDecodeError(
-            go_name, f"must be an RFC 3339 string, not {type(value).__name__}"
+            doc = gojson.loads(text)
+        except gojson.GoJSONError as exc:
+            raise NodeDataDecodeError(exc.field, exc.reason) from None
+        if doc is None:
+            return cls()
+        if not isinstance(doc, gojson.Pairs):
+            raise NodeDataDecodeError("<document>", "must be a JSON object")
+        strings = {"Name": "", "ID": "", "TunnelAddress": "", "ServiceID": ""}
+        vram = 0
+        models: gojson.GoSlice | None = None
+        last_seen: str | None = None
+        try:
+            for key, value in doc:
+                go_name = _NODE_STRUCT.match(key)
+                if go_name is None:
+                    continue
+                if go_name in strings:
+                    strings[go_name] = gojson.decode_string(strings[go_name], value, go_name)
+                elif go_name == "AvailableVRAM":
+                    vram = gojson.decode_uint64(vram, value, go_name)
+                elif go_name == "Models":
+                    models = gojson.decode_slice(
+                        models, value, go_name, gojson.decode_string, str
+                    )
+                elif value is not None:  # LastSeen: null leaves it as it was
+                    if type(value) is not str:
+                        raise gojson.GoJSONError(go_name, "must be an RFC 3339 string")
+                    _parse_last_seen(value)  # Go fails at the first bad time, even if replaced
+                    last_seen = value
+        except gojson.GoJSONError as exc:
+            raise NodeDataDecodeError(exc.field, exc.reason) from None
+        return cls(
+            name=strings["Name"],
+            id=strings["ID"],
+            tunnel_address=strings["TunnelAddress"],
+            service_id=strings["ServiceID"],
+            last_seen=None if last_seen is None else _last_seen_seconds(last_seen),
+            available_vram=vram,
+            models=() if models is None else tuple(models.items()),
         )
+
+
+_NODE_STRUCT: Final = gojson.GoStruct(_GO_FIELDS)
+
+
+def _parse_last_seen(text: str) -> int | None:
     try:
-        ns = parse_rfc3339(value)
+        return parse_rfc3339(text)
     except ValueError as exc:
-        raise NodeDataDecodeError(go_name, str(exc)) from None
+        raise gojson.GoJSONError("LastSeen", str(exc)) from None
+
+
+def _last_seen_seconds(text: str) -> float | None:
+    ns = _parse_last_seen(text)
     if ns is None:
         return None
     seconds = ns_to_seconds(ns)
     if not (MIN_TIME < seconds < MAX_TIME):
-        raise NodeDataDecodeError(go_name, f"outside years 1..9999: {value!r}")
+        raise NodeDataDecodeError(
+            "LastSeen", f"outside years 1..9999 UTC (RFC 3339 cannot write it): {text!r}"
+        )
     return seconds

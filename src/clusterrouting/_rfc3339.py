@@ -24,29 +24,54 @@ MIN_TIME = float((_dt.date(1, 1, 1).toordinal() - _EPOCH_ORDINAL) * 86400)
 #: Seconds of 10000-01-01T00:00:00Z (first instant RFC 3339 cannot write).
 MAX_TIME = float((_dt.date(9999, 12, 31).toordinal() + 1 - _EPOCH_ORDINAL) * 86400)
 
+# RFC 3339 as Go's time package parses it first (its fast path): ASCII digits only, upper-case
+# "T" and "Z", a "." before the fraction, two-digit fields. Go then falls back to a looser
+# parser that also takes "," fractions, one-digit hours and offsets up to +24:00/+23:60;
+# those are not RFC 3339 and are rejected here (a documented difference).
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:(Z)|([+-])([0-9]{2}):([0-9]{2}))"
 )
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (any year, 0 included)."""
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
 
 
 def parse_rfc3339(text: str) -> int | None:
     """Parse an RFC 3339 timestamp into integer nanoseconds since the epoch.
 
+    Accepts what Go's ``time.Time`` JSON decoding accepts through its strict path:
+    ``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`` with ASCII digits, upper-case ``T``
+    and ``Z``, years 0000..9999, real calendar dates, hours <= 23, minutes and seconds <= 59
+    (no leap second), offsets up to 23:59. Fractions longer than nine digits are truncated to
+    nanoseconds, as Go does.
+
     Returns ``None`` for Go's zero time (``0001-01-01T00:00:00Z`` in any offset form that
-    denotes that instant). Fractions longer than nine digits are truncated to nanoseconds
-    (as Go does).
+    denotes that instant).
 
     Raises:
-        ValueError: the text is not an RFC 3339 date-time, or names an impossible date/time.
+        ValueError: the text is not such a timestamp, or names an impossible date or time.
+
+    >>> parse_rfc3339("1970-01-01T00:00:01.5+00:00")
+    1500000000
     """
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
     year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
-    try:
-        ordinal = _dt.date(year, month, day).toordinal()
-    except ValueError as exc:
-        raise ValueError(f"impossible date in {text!r}: {exc}") from None
+    if not 1 <= month <= 12:
+        raise ValueError(f"impossible month in {text!r}")
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not 1 <= day <= _DAYS_IN_MONTH[month - 1] + (month == 2 and leap):
+        raise ValueError(f"impossible day of the month in {text!r}")
     if hour > 23 or minute > 59 or second > 59:
         raise ValueError(f"impossible time of day in {text!r}")
     frac = m.group(7) or ""
@@ -57,7 +82,8 @@ def parse_rfc3339(text: str) -> int | None:
         if oh > 23 or om > 59:
             raise ValueError(f"impossible UTC offset in {text!r}")
         offset = (oh * 3600 + om * 60) * (1 if m.group(9) == "+" else -1)
-    seconds = (ordinal - _EPOCH_ORDINAL) * 86400 + hour * 3600 + minute * 60 + second - offset
+    days = _days_from_civil(year, month, day)
+    seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
     ns = seconds * _NS + frac_ns
     if ns == int(MIN_TIME) * _NS:
         return None
