@@ -7,6 +7,7 @@ from prefixcache._chain import (
     extract_model,
     extract_token_chain,
     messages_prefix_source,
+    messages_prefix_source_from_body,
 )
 from prefixcache._config import (
     DEFAULT_CONFIG,
@@ -147,6 +148,7 @@ __all__ = [
     "extract_model",
     "extract_token_chain",
     "messages_prefix_source",
+    "messages_prefix_source_from_body",
     "pick_lowest_cost",
     "select",
     "select_peer",

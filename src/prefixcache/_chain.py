@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Final, Union, cast
 from xxhash import xxh64_intdigest
 
 from clusterrouting import InvalidRecordError
+from clusterrouting import _gojson as gojson
 from prefixcache._config import DEFAULT_CONFIG, Config
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ __all__ = [
     "extract_model",
     "extract_token_chain",
     "messages_prefix_source",
+    "messages_prefix_source_from_body",
 ]
 
 #: The largest token id :func:`extract_token_chain` accepts (ids are encoded as uint32).
@@ -303,34 +305,112 @@ def extract_token_chain(
     return _chain_bytes(_salt(model), data, width, depth)
 
 
-def _part_text(part: object) -> str:
-    if isinstance(part, Mapping):
-        text = part.get("text")
-        if part.get("type") == "text" and isinstance(text, str):
-            return text
+# Field names of the Go structs a chat request decodes into.
+_REQUEST: Final = gojson.GoStruct(("model", "messages"))
+_MESSAGE: Final = gojson.GoStruct(
+    (
+        "role",
+        "name",
+        "content",
+        "function_call",
+        "tool_calls",
+        "tool_call_id",
+        "reasoning",
+        "reasoning_content",
+    )
+)
+_TOOL_CALL: Final = gojson.GoStruct(("index", "id", "type", "function"))
+_TOOL_FUNCTION: Final = gojson.GoStruct(("name", "arguments"))
+_PART: Final = gojson.GoStruct(
+    ("type", "text", "image_url", "audio_url", "video_url", "input_audio")
+)
+
+
+def _parts_text(parts: Iterable[object]) -> str:
+    """The text of a list of content parts, read as Go reads it.
+
+    Go decodes each part as a map (the last of duplicate keys wins, ``null`` included),
+    encodes the list again (map keys sorted by code point) and decodes that into its part
+    struct, ignoring errors: so for ``type`` and ``text`` the last key in sorted order that
+    selects the field (exact name or simple case folding) and holds a string wins, ``null``
+    and other types leave it as it was. Parts typed exactly ``"text"`` contribute their text.
+    """
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, gojson.Pairs):
+            members: dict[object, object] = dict(part)
+        elif isinstance(part, Mapping):
+            members = dict(part)
+        else:
+            continue  # Go: a type error, ignored; the part stays empty
+        kind = text = ""
+        keys = [k for k in members if type(k) is str]
+        if len(keys) > 1:
+            keys.sort()
+        for key in keys:
+            value = members[key]
+            if type(value) is not str:
+                continue
+            name = _PART.match(key)
+            if name == "text":
+                text = value
+            elif name == "type":
+                kind = value
+        if kind == "text":
+            out.append(text)
+    return "".join(out)
+
+
+def _content_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list | tuple):
+        return _parts_text(content)
     return ""
 
 
-def _field(message: object, name: str) -> object:
+def _message_fields(message: object) -> tuple[object, object]:
+    """``(role, content)`` of a decoded message: keys matched as Go matches struct fields, a
+    later string role wins and ``null`` keeps the earlier one, a later content wins (``null``
+    included, as for Go's ``any``)."""
     if isinstance(message, Mapping):
-        return message.get(name)
-    return getattr(message, name, None)
+        role: object = ""
+        content: object = None
+        for key, value in message.items():
+            if type(key) is not str:
+                continue
+            name = _MESSAGE.match(key)
+            if name == "role":
+                if value is not None:
+                    role = value
+            elif name == "content":
+                content = value
+        return role, content
+    return getattr(message, "role", None), getattr(message, "content", None)
 
 
 def messages_prefix_source(messages: Iterable[object]) -> str:
     """The text whose chain keys a chat request: each message's role and text, in order.
 
-    For each message, ``role + "\\n" + content + "\\n"`` where:
+    For each message, ``role + "\\n" + content + "\\n"`` where, as the Go routers read them:
 
-    - ``role`` is the message's ``"role"`` string (``""`` if missing or not a string);
-    - ``content`` is the ``"content"`` string as is; for a list of content parts, the
-      concatenation of the ``"text"`` of its text parts (``{"type": "text", "text": ...}``;
-      images and other parts contribute nothing); anything else (missing, ``None``, numbers)
-      contributes ``""``.
+    - keys match as Go matches struct fields: the exact name (``"role"``, ``"content"``), else
+      under Unicode simple case folding (``"Role"``, ``"ROLE"``); a ``null`` role leaves the
+      role as it was, a ``null`` content clears the content;
+    - ``role`` is the role string (``""`` if missing or not a string);
+    - ``content`` is a string as is; for a list of content parts, the concatenation of the
+      ``"text"`` of the parts whose ``"type"`` is exactly ``"text"`` (images and other parts
+      contribute nothing; where a part has several spellings of one key, the last in code-point
+      order holding a string wins, as Go's re-decoding of the parts does); anything else
+      (missing, ``None``, numbers) contributes ``""``;
+    - every lone surrogate becomes U+FFFD (Go's decoder never yields one), so the text always
+      encodes as UTF-8.
 
     Messages are mappings (decoded JSON) or objects with ``role``/``content`` attributes.
     Anything that is not an iterable of messages (``None``, a string, a number) gives ``""``.
-    Never raises.
+    Never raises. A decoded mapping cannot show duplicate keys or the values Go rejects, so
+    for a raw request body use :func:`messages_prefix_source_from_body`, which reads the body
+    with Go's rules end to end.
 
     Args:
         messages: the request's ``messages`` array.
@@ -341,7 +421,7 @@ def messages_prefix_source(messages: Iterable[object]) -> str:
     Complexity: O(total text length).
 
     >>> messages_prefix_source([{"role": "system", "content": "Be brief."},
-    ...                         {"role": "user", "content": [{"type": "text", "text": "Hi"}]}])
+    ...                         {"Role": "user", "content": [{"type": "text", "text": "Hi"}]}])
     'system\\nBe brief.\\nuser\\nHi\\n'
     """
     if isinstance(messages, str | bytes | bytearray | memoryview | Mapping):
@@ -351,15 +431,151 @@ def messages_prefix_source(messages: Iterable[object]) -> str:
     except Exception:
         return ""
     out: list[str] = []
-    for message in items:
-        role = _field(message, "role")
-        content = _field(message, "content")
-        out.append(role if isinstance(role, str) else "")
+    try:
+        for message in items:
+            role, content = _message_fields(message)
+            out.append(role if isinstance(role, str) else "")
+            out.append("\n")
+            out.append(_content_text(content))
+            out.append("\n")
+    except Exception:  # a hostile mapping or attribute; never raise into request handling
+        return ""
+    text = "".join(out)
+    if not text.isascii() and _LONE_SURROGATE.search(text) is not None:
+        text = _LONE_SURROGATE.sub("\ufffd", text)
+    return text
+
+
+class _Message:
+    """A chat message as Go's decoder fills it (only what the prefix source reads is kept;
+    the other fields are type-checked)."""
+
+    __slots__ = ("content", "role")
+
+    def __init__(self) -> None:
+        self.role = ""
+        self.content: object = None
+
+
+def _check_tool_calls(value: object, field: str) -> None:
+    if value is None:
+        return
+    if type(value) is not list:
+        raise gojson.GoJSONError(field, "must be an array")
+    for call in value:
+        if call is None:
+            continue
+        if type(call) is not gojson.Pairs:
+            raise gojson.GoJSONError(field, "must hold objects")
+        for key, item in call:
+            name = _TOOL_CALL.match(key)
+            if name == "index":
+                gojson.decode_int64(0, item, "tool_calls.index")
+            elif name == "function":
+                if item is None:
+                    continue
+                if type(item) is not gojson.Pairs:
+                    raise gojson.GoJSONError("tool_calls.function", "must be an object")
+                for fkey, fitem in item:
+                    if _TOOL_FUNCTION.match(fkey) is not None:
+                        gojson.decode_string("", fitem, "tool_calls.function")
+            elif name is not None:
+                gojson.decode_string("", item, f"tool_calls.{name}")
+
+
+def _decode_message(old: _Message, value: object, field: str) -> _Message:
+    # The reference's message type decodes itself, so null leaves the element as it was and
+    # a value of the wrong type anywhere in it fails the whole request.
+    if value is None:
+        return old
+    if type(value) is not gojson.Pairs:
+        raise gojson.GoJSONError(field, "must hold objects")
+    for key, item in value:
+        name = _MESSAGE.match(key)
+        if name is None:
+            continue
+        if name == "role":
+            old.role = gojson.decode_string(old.role, item, name)
+        elif name == "content":
+            old.content = gojson.decode_any(item, name)
+        elif name == "function_call":
+            gojson.decode_any(item, name)
+        elif name == "tool_calls":
+            _check_tool_calls(item, name)
+        elif name in ("reasoning", "reasoning_content"):
+            gojson.decode_optional_string(None, item, name)
+        else:
+            gojson.decode_string("", item, name)
+    return old
+
+
+def messages_prefix_source_from_body(body: bytes | bytearray | memoryview | str) -> str | None:
+    """The prefix source of a raw chat request body, read exactly as the Go routers read it.
+
+    The body is decoded as Go's HTTP handlers decode it (``json.Decoder.Decode``: the first
+    JSON value; bytes after it are ignored) into the reference's request struct, of which the
+    ``model`` string and the ``messages`` array are checked; then each message contributes
+    ``role + "\\n" + content + "\\n"`` as in :func:`messages_prefix_source`. The rules that a
+    decoded mapping cannot show are applied too:
+
+    - duplicate keys: the last wins, but a ``null`` role leaves the role as it was (a
+      ``null`` content clears the content); a second ``messages`` array decodes into the
+      first one's messages, so keys it lacks keep their earlier values;
+    - keys match by exact name, else by Unicode simple case folding (``"ROLE"``,
+      ``"meſſages"`` with a long s);
+    - invalid UTF-8 bytes and escaped lone surrogates decode to U+FFFD;
+    - a value Go's decoder rejects fails the request: a non-string ``role``, ``name``,
+      ``tool_call_id`` or ``model``, a message that is not an object, a number beyond the
+      float64 range inside ``content``, ill-typed ``tool_calls``, invalid JSON, a leading
+      byte-order mark, nesting deeper than 10000 levels.
+
+    Only the ``model`` and ``messages`` fields are checked: a type error in another field of
+    the reference's request struct also fails the Go request, but not this function.
+
+    Args:
+        body: the request body as received (``str`` is taken as already-decoded text).
+
+    Returns:
+        The prefix source; ``""`` for an empty body, ``null`` or no messages; ``None`` when
+        Go's decoder rejects the body (the Go router answers 400 and routes nothing).
+
+    Never raises. Complexity: O(len(body)).
+
+    >>> messages_prefix_source_from_body(b'{"messages": [{"Role": "o", "role": null}]}')
+    'o\\n\\n'
+    >>> messages_prefix_source_from_body(b'{"messages": [{"role": 5}]}') is None
+    True
+    """
+    try:
+        if not isinstance(body, bytes | bytearray | memoryview | str):
+            return None
+        if not body:
+            return ""
+        doc = gojson.loads(body, first_value_only=True)
+        if doc is None:
+            return ""
+        if type(doc) is not gojson.Pairs:
+            return None
+        messages: gojson.GoSlice | None = None
+        for key, value in doc:
+            name = _REQUEST.match(key)
+            if name == "messages":
+                messages = gojson.decode_slice(
+                    messages, value, name, _decode_message, _Message
+                )
+            elif name == "model":
+                gojson.decode_string("", value, name)
+    except gojson.GoJSONError:
+        return None
+    except Exception:  # never raise into request handling
+        return None
+    if messages is None:
+        return ""
+    out: list[str] = []
+    for message in messages.items():
+        out.append(message.role)
         out.append("\n")
-        if isinstance(content, str):
-            out.append(content)
-        elif isinstance(content, list | tuple):
-            out.extend(_part_text(p) for p in content)
+        out.append(_content_text(message.content))
         out.append("\n")
     return "".join(out)
 

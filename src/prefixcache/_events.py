@@ -9,14 +9,18 @@ on the same NATS subjects:
 * ``prefixcache.invalidate``: ``{"model":"m","chain":[],"node_id":"n","replica":-1}``; a
   negative replica (``-1`` is sent) means every replica of the node; ``chain`` is ignored.
 
-Decoding is defensive because payloads come from the network: it accepts what Go's
-``encoding/json`` would produce for the same struct (keys matched case-insensitively, the last
-duplicate wins, unknown keys ignored, a missing ``replica`` is 0, a missing or ``null`` chain of
-an invalidate is empty) and rejects with :class:`EventDecodeError` anything else: a payload over
-:data:`MAX_EVENT_BYTES`, invalid UTF-8 or JSON, a non-object, wrong types (``true`` is not an
-integer, ``1.0`` is not an integer), hashes outside ``[0, 2**64)``, chains longer than
-:data:`MAX_EVENT_CHAIN`, an empty observe chain, an empty ``node_id``, strings longer than
-:data:`MAX_NAME_BYTES` or not encodable as UTF-8 (lone surrogates).
+Decoding reads a payload exactly as the Go routers' ``encoding/json`` reads it into their event
+structs (:mod:`clusterrouting._gojson` holds the rules): invalid UTF-8 bytes and escaped lone
+surrogates decode to U+FFFD; a key selects the field of that exact name, else the one equal
+under Unicode simple case folding; unknown keys are ignored; of several keys for one field the
+last wins, but ``null`` leaves ``model``, ``node_id`` and ``replica`` as they were; a missing
+``replica`` is 0; ``chain`` holds uint64 integer literals (not ``-0``, ``1.0`` or ``1e3``; a
+``null`` element is 0, as in Go's reused slice storage); an invalidate has no ``chain`` field
+in Go, so its ``chain`` key is ignored like any unknown key. A wrong type anywhere rejects the
+payload, as Go's decoder does. On top of that the library rejects, with
+:class:`EventDecodeError`: a payload over :data:`MAX_EVENT_BYTES`, a non-object, chains longer
+than :data:`MAX_EVENT_CHAIN`, an empty observe chain, an empty ``node_id`` and strings longer
+than :data:`MAX_NAME_BYTES`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import ClassVar, Final
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
+from clusterrouting import _gojson as gojson
 from prefixcache._types import ReplicaKey
 
 __all__ = [
@@ -196,10 +201,13 @@ class ObserveEvent:
     @classmethod
     def decode(cls, payload: bytes) -> ObserveEvent:
         """Parse an observe payload; raises :class:`EventDecodeError` (see the module doc)."""
-        fields = _parse(payload)
-        chain = _decode_chain(fields.get("chain"), allow_empty=False)
-        model, node_id, replica = _decode_common(fields, non_negative_replica=True)
-        return cls(model=model, chain=chain, node_id=node_id, replica=replica)
+        model, chain, node_id, replica = _decode_fields(payload, _OBSERVE_STRUCT)
+        return cls(
+            model=model,
+            chain=_decode_chain(chain, allow_empty=False),
+            node_id=node_id,
+            replica=_decode_replica(replica, non_negative=True),
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -250,12 +258,12 @@ class InvalidateEvent:
 
     @classmethod
     def decode(cls, payload: bytes) -> InvalidateEvent:
-        """Parse an invalidate payload; raises :class:`EventDecodeError`. A ``chain`` key
-        (missing, ``null`` or a valid hash list) is validated and ignored."""
-        fields = _parse(payload)
-        _decode_chain(fields.get("chain"), allow_empty=True)
-        model, node_id, replica = _decode_common(fields, non_negative_replica=False)
-        return cls(model=model, node_id=node_id, replica=replica)
+        """Parse an invalidate payload; raises :class:`EventDecodeError`. A ``chain`` key is
+        ignored whatever its value (Go's invalidate event has no such field)."""
+        model, _, node_id, replica = _decode_fields(payload, _INVALIDATE_STRUCT)
+        return cls(
+            model=model, node_id=node_id, replica=_decode_replica(replica, non_negative=False)
+        )
 
 
 def decode_event(subject: str, payload: bytes) -> ObserveEvent | InvalidateEvent:
@@ -274,24 +282,14 @@ def decode_event(subject: str, payload: bytes) -> ObserveEvent | InvalidateEvent
     raise EventDecodeError("<subject>", subject, f"is not one of {list(EVENT_SUBJECTS)}")
 
 
-_KEYS: Final = ("model", "chain", "node_id", "replica")
+_OBSERVE_STRUCT: Final = gojson.GoStruct(("model", "chain", "node_id", "replica"))
+_INVALIDATE_STRUCT: Final = gojson.GoStruct(("model", "node_id", "replica"))
 
 
-def _fold_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    # Go's encoding/json matches keys case-insensitively and the last duplicate wins; the
-    # inner objects (there are none in a valid event) are folded the same harmless way.
-    out: dict[str, object] = {}
-    for k, v in pairs:
-        low = k.lower()
-        out[low if low in _KEYS else k] = v
-    return out
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _parse(payload: bytes) -> dict[str, object]:
+def _decode_fields(
+    payload: bytes, struct: gojson.GoStruct
+) -> tuple[str, gojson.GoSlice | None, str, int]:
+    """The fields as Go's decoder fills its event struct (``struct`` names its fields)."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise EventDecodeError("<payload>", type(payload).__name__, "must be bytes")
     if len(payload) > MAX_EVENT_BYTES:
@@ -299,49 +297,46 @@ def _parse(payload: bytes) -> dict[str, object]:
             "<payload>", f"{len(payload)} bytes", f"is larger than {MAX_EVENT_BYTES} bytes"
         )
     try:
-        text = bytes(payload).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EventDecodeError("<payload>", bytes(payload[:40]), "is not UTF-8") from exc
+        doc = gojson.loads(payload)
+    except gojson.GoJSONError as exc:
+        raise EventDecodeError("<payload>", bytes(payload[:40]), exc.reason) from None
+    if type(doc) is not gojson.Pairs:
+        raise EventDecodeError("<payload>", bytes(payload[:40]), "is not a JSON object")
+    model = node_id = ""
+    replica = 0
+    chain: gojson.GoSlice | None = None
+    value: object = None
     try:
-        obj = json.loads(text, object_pairs_hook=_fold_pairs, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise EventDecodeError("<payload>", text[:40], f"is not JSON ({exc})") from exc
-    if type(obj) is not dict:
-        raise EventDecodeError("<payload>", text[:40], "is not a JSON object")
-    return obj
+        for key, value in doc:
+            name = struct.match(key)
+            if name == "node_id":
+                node_id = gojson.decode_string(node_id, value, name)
+            elif name == "model":
+                model = gojson.decode_string(model, value, name)
+            elif name == "replica":
+                replica = gojson.decode_int64(replica, value, name)
+            elif name == "chain":
+                chain = gojson.decode_uint64_slice(chain, value, name)
+    except gojson.GoJSONError as exc:
+        raise EventDecodeError(exc.field, value, exc.reason) from None
+    for field, text in (("model", model), ("node_id", node_id)):
+        reason = _check_name(field, text, non_empty=field == "node_id")
+        if reason is not None:
+            raise EventDecodeError(field, text, reason)
+    return model, chain, node_id, replica
 
 
-def _decode_chain(value: object, *, allow_empty: bool) -> tuple[int, ...]:
-    if value is None:
-        if allow_empty:
-            return ()
-        raise EventDecodeError("chain", value, "is missing or null")
-    if type(value) is not list:
-        raise EventDecodeError("chain", value, "must be a JSON array of integers")
-    if len(value) > MAX_EVENT_CHAIN:
-        raise EventDecodeError("chain", f"{len(value)} hashes", f"is longer than {MAX_EVENT_CHAIN}")
-    if not value and not allow_empty:
-        raise EventDecodeError("chain", value, "must not be empty")
-    for h in value:
-        if type(h) is not int or not 0 <= h < _U64:
-            raise EventDecodeError("chain", h, "holds a value that is not an integer in [0, 2**64)")
-    return tuple(value)
+def _decode_chain(chain: gojson.GoSlice | None, *, allow_empty: bool) -> tuple[int, ...]:
+    items = () if chain is None else chain.items()
+    if len(items) > MAX_EVENT_CHAIN:
+        raise EventDecodeError("chain", f"{len(items)} hashes", f"is longer than {MAX_EVENT_CHAIN}")
+    if not items and not allow_empty:
+        raise EventDecodeError("chain", items, "is missing, null or empty")
+    return tuple(items)
 
 
-def _decode_common(
-    fields: dict[str, object], *, non_negative_replica: bool
-) -> tuple[str, str, int]:
-    model = fields.get("model", "")
-    reason = _check_name("model", model, non_empty=False)
-    if reason is not None:
-        raise EventDecodeError("model", model, reason)
-    node_id = fields.get("node_id", "")
-    reason = _check_name("node_id", node_id, non_empty=True)
-    if reason is not None:
-        raise EventDecodeError("node_id", node_id, reason)
-    replica = fields.get("replica", 0)
-    reason = _check_replica(replica, non_negative=non_negative_replica)
+def _decode_replica(replica: int, *, non_negative: bool) -> int:
+    reason = _check_replica(replica, non_negative=non_negative)
     if reason is not None:
         raise EventDecodeError("replica", replica, reason)
-    assert type(model) is str and type(node_id) is str and type(replica) is int
-    return model, node_id, replica
+    return replica

@@ -45,6 +45,7 @@ import attrs
 import xxhash
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
+from clusterrouting import _gojson as gojson
 from prefixcache._events import MAX_EVENT_CHAIN, MAX_NAME_BYTES
 from prefixcache._types import ReplicaKey
 
@@ -191,25 +192,35 @@ class Snapshot:
         :data:`MAX_SNAPSHOT_BYTES`, 256 MiB: a few million entries), so a hostile or corrupt
         peer cannot make the receiver allocate without limit.
 
+        Text follows the rule of every decoder of network input (the sync events included):
+        invalid UTF-8 bytes and escaped lone surrogates in model names and node ids decode to
+        U+FFFD, so an applied snapshot can always be exported and encoded again.
+
         Raises:
-            SnapshotDecodeError: larger than ``max_bytes``, not UTF-8 JSON of that shape, or a
-                field is invalid.
+            SnapshotDecodeError: ``payload`` is not bytes, is larger than ``max_bytes``, is
+                not JSON of that shape (nesting deeper than 10000 levels included), or a field
+                is invalid (a model name or node id longer than 1024 UTF-8 bytes, a hash
+                outside ``[0, 2**64)`` or written ``-0``, a negative or non-finite age).
         """
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise SnapshotDecodeError(
+                "<payload>", f"must be bytes, not {type(payload).__name__}"
+            )
         if len(payload) > max_bytes:
             raise SnapshotDecodeError(
                 "<payload>", f"{len(payload)} bytes is larger than max_bytes={max_bytes}"
             )
         try:
-            doc = json.loads(bytes(payload).decode("utf-8"))
-        except (ValueError, RecursionError) as exc:
-            raise SnapshotDecodeError("<payload>", f"not UTF-8 JSON ({exc})") from exc
-        if type(doc) is not dict or doc.get("version") != 1:
+            parsed = gojson.loads(payload)
+        except gojson.GoJSONError as exc:
+            raise SnapshotDecodeError("<payload>", f"not UTF-8 JSON ({exc.reason})") from None
+        doc = dict(parsed) if type(parsed) is gojson.Pairs else None
+        if doc is None or doc.get("version") != 1:
             raise SnapshotDecodeError("version", "expected an object with version 1")
         models = doc.get("models")
         rows = doc.get("entries")
         if type(models) is not list or not all(
-            type(m) is str and len(m.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES
-            for m in models
+            type(m) is str and len(m.encode("utf-8")) <= MAX_NAME_BYTES for m in models
         ):
             raise SnapshotDecodeError("models", "must be a list of model names")
         if type(rows) is not list or len(rows) > _MAX_SNAPSHOT_ENTRIES:
@@ -224,8 +235,14 @@ class Snapshot:
                     raise ValueError(f"model index {mi!r} out of range")
                 if type(chain) is not list:
                     raise ValueError("chain must be a list")
+                if node_id is not None and (
+                    type(node_id) is not str or len(node_id.encode("utf-8")) > MAX_NAME_BYTES
+                ):
+                    raise ValueError("node_id must be a str of at most 1024 UTF-8 bytes")
+                if type(replica) is not int:
+                    raise ValueError(f"replica {replica!r} is not an integer")
                 owner = None if node_id is None else ReplicaKey(node_id, replica)
-                if type(age) is int:
+                if isinstance(age, int) and not isinstance(age, bool):
                     age = float(age)
                 entries.append(
                     SnapshotEntry(model=models[mi], chain=tuple(chain), owner=owner, age=age)
