@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from enum import StrEnum
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_QUEUE_WEIGHT",
     "DEFAULT_SHARE_FACTOR",
     "DEFAULT_SHARE_SLACK",
+    "CacheSource",
     "CostCandidate",
     "DispatchWindow",
     "KvCacheMirror",
@@ -51,6 +53,25 @@ DEFAULT_SHARE_SLACK = 2
 DEFAULT_PIN_TOKENS = 1 << 20
 """A session pin is worth 2**20 prompt tokens: more than any prompt saves, so a pinned
 replica within its load guard keeps the session (``CostCandidate.pinned_tokens``)."""
+
+
+class CacheSource(StrEnum):
+    """Where a :class:`CostCandidate`'s ``cached_tokens`` came from.
+
+    * ``mirror``: the router's own guess, :class:`KvCacheMirror` (what it dispatched);
+    * ``events``: the engine's KV-cache events, ``prefixcache.kvevents.KvResidency``, for a
+      replica whose record is ``exact``.
+
+    The source of a decision is the chosen candidate's ``cached_source``.
+    """
+
+    MIRROR = "mirror"
+    EVENTS = "events"
+
+
+def _check_source(_inst: object, _attr: object, value: Any) -> None:
+    if not isinstance(value, CacheSource):
+        raise InvalidRecordError("cached_source", value, "must be a CacheSource")
 
 
 def _check_key(_inst: object, _attr: object, value: Any) -> None:
@@ -79,6 +100,8 @@ class CostCandidate:
             come back yet (its prefill backlog, in tokens).
         recent_dispatches: requests the router sent it among its last N dispatches
             (:meth:`DispatchWindow.count`); 0 everywhere disables the fair-share guard.
+        cached_source: where ``cached_tokens`` came from (:class:`CacheSource`; default
+            ``mirror``). Informational: the cost does not depend on it.
         pinned_tokens: prompt tokens credited to the replica because the request's session
             is pinned to it (e.g. ``DEFAULT_PIN_TOKENS``); 0 (the default) for no pin. A
             pinned replica is exempt from the fair-share guard: a session's turns are not
@@ -90,7 +113,8 @@ class CostCandidate:
             everywhere keeps the key order.
 
     Raises:
-        InvalidRecordError: a count is not an ``int >= 0`` or ``key`` is not a ReplicaKey.
+        InvalidRecordError: a count is not an ``int >= 0``, ``key`` is not a ReplicaKey or
+            ``cached_source`` not a :class:`CacheSource`.
     """
 
     key: ReplicaKey = attrs.field(validator=_check_key)
@@ -98,6 +122,7 @@ class CostCandidate:
     cached_tokens: int = attrs.field(default=0, validator=_nonneg_int("cached_tokens"))
     queued_tokens: int = attrs.field(default=0, validator=_nonneg_int("queued_tokens"))
     recent_dispatches: int = attrs.field(default=0, validator=_nonneg_int("recent_dispatches"))
+    cached_source: CacheSource = attrs.field(default=CacheSource.MIRROR, validator=_check_source)
     pinned_tokens: int = attrs.field(default=0, validator=_nonneg_int("pinned_tokens"))
     tie_rank: int = attrs.field(default=0, validator=_nonneg_int("tie_rank"))
 

@@ -1,0 +1,257 @@
+"""The values of an engine's KV-cache event stream, and the decoder's error.
+
+The three event records mirror the engines' tagged union (vLLM ``vllm/distributed/
+kv_events.py``, SGLang ``python/sglang/srt/disaggregation/kv_events.py``) with the fields a
+router reads; :class:`EventBatch` is one published payload. All are frozen, slotted,
+keyword-only attrs records whose validators make invalid values impossible (errors are
+:class:`clusterrouting.InvalidRecordError`); collections are stored as tuples. Immutable,
+hence safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+import sys
+from collections.abc import Iterable
+from typing import Any, Final, TypeAlias
+
+import attrs
+
+from clusterrouting import ClusterRoutingError, InvalidRecordError
+
+__all__ = [
+    "AllBlocksCleared",
+    "BlockRemoved",
+    "BlockStored",
+    "Event",
+    "EventBatch",
+    "KvEventDecodeError",
+]
+
+#: Engine block hashes are 64-bit: unsigned on vLLM's wire, signed on SGLang's.
+_HASH_MIN: Final = -(1 << 63)
+_HASH_END: Final = 1 << 64
+_TOKEN_END: Final = 1 << 32
+_LITTLE: Final = sys.byteorder == "little"
+_U32: Final[str | None] = next((c for c in ("I", "L") if array.array(c).itemsize == 4), None)
+
+
+class KvEventDecodeError(ClusterRoutingError, ValueError):
+    """A KV-event payload or message could not be decoded as a whole.
+
+    Raised only when the envelope itself is unusable (not msgpack, not an array or map of
+    the batch's shape, over a size cap, wrong frame count). A single malformed event inside
+    a good envelope is never raised: it is dropped and counted in ``EventBatch.dropped``.
+
+    Attributes:
+        field: what was wrong (``"payload"``, ``"envelope"``, ``"ts"``, ``"events"``,
+            ``"data_parallel_rank"``, ``"frames"``, ``"seq"``, ``"topic"``).
+        reason: why, in words.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"KV event {field}: {reason}")
+
+
+def _hashes(value: Iterable[int]) -> tuple[int, ...]:
+    return value if type(value) is tuple else tuple(value)
+
+
+def _check_hashes(_inst: object, attr: attrs.Attribute[Any], value: tuple[object, ...]) -> None:
+    for h in value:
+        if type(h) is not int or not _HASH_MIN <= h < _HASH_END:
+            raise InvalidRecordError(attr.name, value, f"holds {h!r}, not a 64-bit int")
+
+
+def _check_parent(_inst: object, _attr: object, value: Any) -> None:
+    if value is not None and (type(value) is not int or not _HASH_MIN <= value < _HASH_END):
+        raise InvalidRecordError("parent_block_hash", value, "must be None or a 64-bit int")
+
+
+def _pack_tokens(self: BlockStored) -> bytes:
+    value = self.token_ids
+    try:
+        # array.array converts and range-checks in C (a few ns per id): events carry
+        # thousands of ids, and a Python loop here would cost more than hashing them.
+        if _U32 is None:  # pragma: no cover - no 4-byte C integer on this platform
+            raise OverflowError
+        packed = array.array(_U32, value)
+    except (OverflowError, TypeError, ValueError):
+        for t in value:
+            if type(t) is not int or not 0 <= t < _TOKEN_END:
+                raise InvalidRecordError(
+                    "token_ids", value, f"holds {t!r}, not an int in [0, 2**32)"
+                ) from None
+        raise  # pragma: no cover - array.array rejected something the scan accepts
+    if not _LITTLE:  # pragma: no cover - big-endian hosts
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _check_block_size(_inst: object, _attr: object, value: Any) -> None:
+    if type(value) is not int or value < 0:
+        raise InvalidRecordError("block_size", value, "must be an int >= 0")
+
+
+def _optional_str(name: str) -> Any:
+    def check(_inst: object, _attr: object, value: Any) -> None:
+        if value is not None and type(value) is not str:
+            raise InvalidRecordError(name, value, "must be None or a str")
+
+    return check
+
+
+def _check_group(_inst: object, _attr: object, value: Any) -> None:
+    if value is not None and (type(value) is not int or value < 0):
+        raise InvalidRecordError("group_idx", value, "must be None or an int >= 0")
+
+
+def _freeze(value: object) -> object:
+    # Decoded msgpack arrays are lists; a frozen record holds tuples all the way down.
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _to_extra_keys(value: Iterable[object] | None) -> tuple[object, ...] | None:
+    if value is None:
+        return None
+    return tuple(_freeze(v) for v in value)
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class BlockStored:
+    """Blocks newly cached by the engine for one request in one step.
+
+    Attributes:
+        block_hashes: the engine's ids of the new blocks, in chain order (64-bit ints; only
+            foreign keys to the router, see ``KvResidency``).
+        parent_block_hash: the engine id of the block before the first new one, ``None`` at
+            the root of a prompt.
+        token_ids: the tokens of the new blocks, concatenated (ints in ``[0, 2**32)``); for
+            full attention ``len(token_ids) == len(block_hashes) * block_size``.
+        block_size: tokens per engine block (``0`` for CPU-offload placeholders).
+        medium: where the blocks live (``"GPU"``, ``"CPU"``, ``"FS"``, ...); ``None`` when the
+            engine did not say (engines before the field existed cached on the GPU only).
+        lora_name: the LoRA adapter the blocks were computed with, ``None`` for the base model.
+        group_idx: the KV-cache group (hybrid models), ``None`` when the engine did not say.
+        extra_keys: one entry per block (``None`` or a tuple of keys: LoRA name, multimodal
+            ids, and on a prompt's first block its ``cache_salt``), or ``None`` for none.
+        token_bytes: derived, not an argument: ``token_ids`` packed as little-endian uint32.
+
+    Raises:
+        InvalidRecordError: a hash outside the 64-bit range, a token id outside
+            ``[0, 2**32)``, a negative ``block_size`` or group, a non-str medium or adapter.
+
+    >>> BlockStored(block_hashes=[7], parent_block_hash=None, token_ids=[1, 2], block_size=2)
+    ... # doctest: +NORMALIZE_WHITESPACE
+    BlockStored(block_hashes=(7,), parent_block_hash=None, token_ids=(1, 2), block_size=2,
+                medium=None, lora_name=None, group_idx=None, extra_keys=None)
+    """
+
+    block_hashes: tuple[int, ...] = attrs.field(converter=_hashes, validator=_check_hashes)
+    parent_block_hash: int | None = attrs.field(default=None, validator=_check_parent)
+    token_ids: tuple[int, ...] = attrs.field(converter=_hashes)
+    block_size: int = attrs.field(validator=_check_block_size)
+    medium: str | None = attrs.field(default=None, validator=_optional_str("medium"))
+    lora_name: str | None = attrs.field(default=None, validator=_optional_str("lora_name"))
+    group_idx: int | None = attrs.field(default=None, validator=_check_group)
+    extra_keys: tuple[object, ...] | None = attrs.field(default=None, converter=_to_extra_keys)
+    #: ``token_ids`` as consecutive little-endian uint32 (the bytes our chain hashes),
+    #: computed at construction, which checks every id is an int in ``[0, 2**32)``.
+    token_bytes: bytes = attrs.field(
+        init=False, eq=False, repr=False, default=attrs.Factory(_pack_tokens, takes_self=True)
+    )
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class BlockRemoved:
+    """Blocks the engine evicted (one copy each: a block stored twice is removed twice).
+
+    Attributes:
+        block_hashes: the engine ids of the evicted blocks.
+        medium: where they were evicted from (``None``: not said, i.e. the GPU).
+        group_idx: the KV-cache group, ``None`` when not said.
+
+    >>> BlockRemoved(block_hashes=[7], medium="GPU").block_hashes
+    (7,)
+    """
+
+    block_hashes: tuple[int, ...] = attrs.field(converter=_hashes, validator=_check_hashes)
+    medium: str | None = attrs.field(default=None, validator=_optional_str("medium"))
+    group_idx: int | None = attrs.field(default=None, validator=_check_group)
+
+
+@attrs.frozen(slots=True)
+class AllBlocksCleared:
+    """The engine emptied its whole prefix cache (no fields).
+
+    >>> AllBlocksCleared() == AllBlocksCleared()
+    True
+    """
+
+
+#: One event of a batch.
+Event: TypeAlias = BlockStored | BlockRemoved | AllBlocksCleared
+
+_EVENT_TYPES: Final = (BlockStored, BlockRemoved, AllBlocksCleared)
+
+
+def _check_ts(_inst: object, _attr: object, value: Any) -> None:
+    if type(value) is not float or not math.isfinite(value):
+        raise InvalidRecordError("ts", value, "must be a finite float")
+
+
+def _check_rank(_inst: object, _attr: object, value: Any) -> None:
+    if value is not None and (type(value) is not int or value < 0):
+        raise InvalidRecordError("rank", value, "must be None or an int >= 0")
+
+
+def _to_ts(value: Any) -> Any:
+    # msgpack writes whole numbers as ints; the envelope's ts is seconds either way.
+    return float(value) if type(value) is int else value
+
+
+def _to_events(value: Iterable[Event]) -> tuple[Event, ...]:
+    return value if type(value) is tuple else tuple(value)
+
+
+def _check_events(_inst: object, _attr: object, value: tuple[object, ...]) -> None:
+    for e in value:
+        if not isinstance(e, _EVENT_TYPES):
+            raise InvalidRecordError("events", value, f"holds {e!r}, not a KV event")
+
+
+def _check_count(name: str) -> Any:
+    def check(_inst: object, _attr: object, value: Any) -> None:
+        if type(value) is not int or value < 0:
+            raise InvalidRecordError(name, value, "must be an int >= 0")
+
+    return check
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class EventBatch:
+    """One published payload: the events of one engine step, in order.
+
+    Attributes:
+        ts: the engine's wall-clock time of the step, in seconds (Unix epoch).
+        rank: the engine's data-parallel rank, ``None`` when the envelope does not say.
+        events: the decoded events, in publication order.
+        dropped: events of the payload that were malformed and left out.
+        ignored: events with a tag this decoder does not know (a newer engine's), left out
+            and not counted as ``dropped``. Diagnostic only: not part of equality, so a batch
+            equals the same batch from an engine that sends no such events.
+
+    >>> EventBatch(ts=1.5, rank=0, events=[AllBlocksCleared()], dropped=0).events
+    (AllBlocksCleared(),)
+    """
+
+    ts: float = attrs.field(converter=_to_ts, validator=_check_ts)
+    rank: int | None = attrs.field(default=None, validator=_check_rank)
+    events: tuple[Event, ...] = attrs.field(converter=_to_events, validator=_check_events)
+    dropped: int = attrs.field(default=0, validator=_check_count("dropped"))
+    ignored: int = attrs.field(default=0, validator=_check_count("ignored"), eq=False)

@@ -1,0 +1,257 @@
+"""Real sockets on 127.0.0.1: a fake engine publisher (written here from the engines'
+framing, not with this package's encoder) -> KvEventSubscriber -> KvResidency, including a
+replay over the ROUTER/DEALER socket, a gap, a restart, and the asyncio twin.
+
+Network waits poll with a bounded deadline; nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import msgspec
+import pytest
+import zmq
+
+from prefixcache import ReplicaKey
+from prefixcache.kvevents import (
+    AsyncKvEventSubscriber,
+    BlockStored,
+    EventBatch,
+    KvEventPublisher,
+    KvEventSubscriber,
+    KvResidency,
+    ResidencyState,
+)
+
+pytestmark = pytest.mark.integration
+
+KEY = ReplicaKey("engine-0")
+BT = 4
+PROMPT = list(range(1, 17))  # 4 blocks
+DEADLINE = 15.0
+
+
+class _Stored(msgspec.Struct, tag="BlockStored", array_like=True):
+    block_hashes: list[int]
+    parent_block_hash: int | None
+    token_ids: list[int]
+    block_size: int
+    lora_id: int | None = None
+    medium: str | None = "GPU"
+    lora_name: str | None = None
+    extra_keys: list[object] | None = None
+    group_idx: int | None = None
+    kv_cache_spec_kind: str | None = None
+    kv_cache_spec_sliding_window: int | None = None
+
+
+class _Batch(msgspec.Struct, array_like=True):
+    ts: float
+    events: list[_Stored]
+    data_parallel_rank: int | None = 0
+
+
+class FakeEngine:
+    """An engine's publisher as vLLM frames it: PUB [topic, seq, payload], a ROUTER that
+    answers [b"", start] with [b"", seq, payload]... then [b"", b"\\xff" * 8, b""]."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], topic: bytes = b"kv@pod-0@m") -> None:
+        self.topic = topic
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.port = self.pub.bind_to_random_port("tcp://127.0.0.1")
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.replay_port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        self.buffer: list[tuple[int, bytes]] = []
+        self.replay_requests: list[int] = []
+        self.seq = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    @property
+    def replay_endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.replay_port}"
+
+    def publish(self, events: list[_Stored], *, send: bool = True) -> int:
+        payload = msgspec.msgpack.encode(_Batch(ts=time.time(), events=events))
+        with self.lock:
+            seq = self.seq
+            self.seq += 1
+            self.buffer.append((seq, payload))
+            if send:  # send=False: "lost" on the way (a PUB past its high-water mark)
+                self.pub.send_multipart([self.topic, seq.to_bytes(8, "big"), payload])
+        return seq
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        while not self.stop.is_set():
+            if not poller.poll(50):
+                continue
+            identity, empty, start = self.router.recv_multipart()
+            assert empty == b""
+            first = int.from_bytes(start, "big")
+            self.replay_requests.append(first)
+            with self.lock:
+                items = [(s, p) for s, p in self.buffer if s >= first]
+            for s, p in items:
+                self.router.send_multipart([identity, b"", s.to_bytes(8, "big"), p])
+            self.router.send_multipart([identity, b"", b"\xff" * 8, b""])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.pub.close(0)
+        self.router.close(0)
+
+
+def wait_until(predicate: Callable[[], bool], *, tick: Callable[[], object] | None = None) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        if tick is not None:
+            tick()
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield context
+    context.term()
+
+
+def store(hashes: list[int], tokens: list[int], parent: int | None = None) -> _Stored:
+    return _Stored(block_hashes=hashes, parent_block_hash=parent, token_ids=tokens, block_size=BT)
+
+
+def test_pub_sub_replay_gap_and_restart(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    engine = FakeEngine(ctx)
+    res = KvResidency(block_tokens=BT)
+    sub = KvEventSubscriber(
+        engine.endpoint,
+        replica=KEY,
+        residency=res,
+        model="m",
+        topic="kv@",
+        replay_endpoint=engine.replay_endpoint,
+        context=ctx,
+    )
+    try:
+        engine.publish([store([11], PROMPT[:4])])  # seq 0: sent before the SUB joined
+        sub.start()
+        # Heartbeats until the subscriber hears one; a missed seq 0 is fetched by replay.
+        wait_until(lambda: res.status(KEY).last_seq is not None, tick=lambda: engine.publish([]))
+        wait_until(lambda: res.state(KEY) is ResidencyState.EXACT)
+        assert res.overlap("m", PROMPT, [KEY]) == {KEY: 1}
+
+        # A lost message: the next one reveals the gap, the replay closes it.
+        lost = engine.publish([store([12], PROMPT[4:8], parent=11)], send=False)
+        engine.publish([store([13], PROMPT[8:12], parent=12)])
+        wait_until(lambda: res.overlap("m", PROMPT, [KEY]) == {KEY: 3})
+        wait_until(lambda: res.state(KEY) is ResidencyState.EXACT)
+        assert lost in range(min(engine.replay_requests), engine.seq)
+        stats = sub.stats()
+        assert stats.replays_requested >= 1 and stats.replayed >= 1
+        assert stats.decode_errors == 0
+
+        # The engine restarts: seq back to 0, its cache is new.
+        engine.seq = 0
+        engine.buffer.clear()
+        engine.publish([store([21], [9, 9, 9, 9])])
+        wait_until(lambda: res.status(KEY).restarts == 1)
+        assert res.overlap("m", PROMPT, [KEY]) == {KEY: 0}
+        assert res.overlap("m", [9, 9, 9, 9], [KEY]) == {KEY: 1}
+
+        # Garbage is dropped and counted; the stream goes on.
+        engine.pub.send_multipart([b"kv@x", b"\x00" * 8, b"\xc1"])
+        wait_until(lambda: sub.stats().decode_errors == 1)
+    finally:
+        sub.stop()
+        engine.close()
+    assert not sub.running
+
+
+def test_topic_filter_is_a_prefix(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    other = FakeEngine(ctx, topic=b"other")
+    res = KvResidency(block_tokens=BT)
+    sub = KvEventSubscriber(other.endpoint, replica=KEY, residency=res, model="m", topic="kv@",
+                            context=ctx)  # fmt: skip
+    ours = KvEventSubscriber(other.endpoint, replica=ReplicaKey("all"), residency=res, model="m",
+                             context=ctx)  # fmt: skip
+    try:
+        sub.start()
+        ours.start()
+        wait_until(lambda: ours.stats().received > 0, tick=lambda: other.publish([]))
+        assert sub.stats().received == 0
+    finally:
+        sub.stop()
+        ours.stop()
+        other.close()
+
+
+def test_asyncio_subscriber_round_trip(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    engine = FakeEngine(ctx)
+    res = KvResidency(block_tokens=BT)
+
+    async def main() -> None:
+        sub = AsyncKvEventSubscriber(
+            engine.endpoint, replica=KEY, residency=res, model="m",
+            replay_endpoint=engine.replay_endpoint,
+        )  # fmt: skip
+        engine.publish([store([11, 12], PROMPT[:8])])
+        await sub.start()
+        deadline = time.monotonic() + DEADLINE
+        while res.state(KEY) is not ResidencyState.EXACT:
+            assert time.monotonic() < deadline
+            engine.publish([])
+            await asyncio.sleep(0.02)
+        assert res.overlap("m", PROMPT, [KEY]) == {KEY: 2}
+        await sub.stop()
+        assert not sub.running
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.close()
+
+
+def test_package_publisher_disconnect_hook_and_replay(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    res = KvResidency(block_tokens=BT)
+    pub = KvEventPublisher("tcp://127.0.0.1:0", replay_endpoint="tcp://127.0.0.1:0",
+                           layout="map", context=ctx)  # fmt: skip
+    pub.start()
+    disconnected = threading.Event()
+
+    def on_disconnect(key: ReplicaKey) -> None:
+        res.forget(key)
+        disconnected.set()
+
+    sub = KvEventSubscriber(pub.endpoint, replica=KEY, residency=res, model="m",
+                            replay_endpoint=pub.replay_endpoint, on_disconnect=on_disconnect,
+                            context=ctx)  # fmt: skip
+    stored = BlockStored(block_hashes=[5], token_ids=PROMPT[:4], block_size=BT, medium="GPU")
+    try:
+        pub.publish(EventBatch(ts=0.0, events=[stored]))
+        sub.start()
+        wait_until(lambda: res.state(KEY) is ResidencyState.EXACT,
+                   tick=lambda: pub.publish(EventBatch(ts=0.0, events=[])))  # fmt: skip
+        assert res.overlap("m", PROMPT, [KEY]) == {KEY: 1}
+        pub.close()  # the engine goes away: the host's hook forgets the replica
+        wait_until(disconnected.is_set)
+        assert res.state(KEY) is ResidencyState.UNKNOWN
+        assert sub.stats().disconnects >= 1
+    finally:
+        sub.stop()
+        pub.close()

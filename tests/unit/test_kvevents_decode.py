@@ -1,0 +1,449 @@
+"""prefixcache.kvevents decoding: golden payloads, structs declared here, every edge case.
+
+Expectations are written by hand from the field table of the engines' ``BlockStored``
+(tag, block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name,
+extra_keys, group_idx, kv_cache_spec_kind, kv_cache_spec_sliding_window), never produced
+by this package's own encoder.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from clusterrouting import ClusterRoutingError, InvalidRecordError
+from prefixcache.kvevents import (
+    MAX_BATCH_EVENTS,
+    MAX_PAYLOAD_BYTES,
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    EventBatch,
+    KvEventDecodeError,
+    decode_message,
+    decode_payload,
+    encode_payload,
+)
+
+GOLDEN_POSITIONAL = bytes.fromhex(
+    "93cb3ff8000000000000939cab426c6f636b53746f7265649107c092010202c0a3475055c0c0c0c0"
+    "c094ac426c6f636b52656d6f7665649107a3475055c091b0416c6c426c6f636b73436c6561726564"
+    "00"
+)
+GOLDEN_MAP = bytes.fromhex(
+    "93cb3ff80000000000009388a474797065ab426c6f636b53746f726564ac626c6f636b5f68617368"
+    "65739107b1706172656e745f626c6f636b5f68617368c0a9746f6b656e5f696473920102aa626c6f"
+    "636b5f73697a6502a76c6f72615f6964c0a66d656469756da3475055a96c6f72615f6e616d65c083"
+    "a474797065ac426c6f636b52656d6f766564ac626c6f636b5f6861736865739107a66d656469756d"
+    "a347505581a474797065b0416c6c426c6f636b73436c656172656400"
+)
+
+GOLDEN_EVENTS = (
+    BlockStored(
+        block_hashes=(7,),
+        parent_block_hash=None,
+        token_ids=(1, 2),
+        block_size=2,
+        medium="GPU",
+        lora_name=None,
+        group_idx=None,
+        extra_keys=None,
+    ),
+    BlockRemoved(block_hashes=(7,), medium="GPU", group_idx=None),
+    AllBlocksCleared(),
+)
+
+
+# --- structs declared like vLLM's (positional: tagged array-like structs) -------------
+class _Event(msgspec.Struct, tag=True, array_like=True, omit_defaults=True):
+    pass
+
+
+class VBlockStored(_Event, tag="BlockStored"):
+    block_hashes: list[int | bytes]
+    parent_block_hash: int | bytes | None
+    token_ids: list[int]
+    block_size: int
+    lora_id: int | None
+    medium: str | None
+    lora_name: str | None
+    extra_keys: list[list[object] | None] | None = None
+    group_idx: int | None = None
+    kv_cache_spec_kind: str | None = None
+    kv_cache_spec_sliding_window: int | None = None
+
+
+class VBlockRemoved(_Event, tag="BlockRemoved"):
+    block_hashes: list[int | bytes]
+    medium: str | None
+    group_idx: int | None = None
+
+
+class VAllBlocksCleared(_Event, tag="AllBlocksCleared"):
+    pass
+
+
+class VEventBatch(msgspec.Struct, array_like=True):
+    ts: float
+    events: list[VBlockStored | VBlockRemoved | VAllBlocksCleared]
+    data_parallel_rank: int | None
+
+
+class VOldEventBatch(msgspec.Struct, array_like=True):
+    ts: float
+    events: list[VBlockStored | VBlockRemoved | VAllBlocksCleared]
+
+
+def _enc(obj: object) -> bytes:
+    return msgspec.msgpack.encode(obj)
+
+
+# --- golden payloads ------------------------------------------------------------------
+def test_golden_positional_decodes_to_the_hand_written_batch() -> None:
+    batch = decode_payload(GOLDEN_POSITIONAL)
+    assert batch == EventBatch(ts=1.5, rank=0, events=GOLDEN_EVENTS, dropped=0)
+    assert batch.ignored == 0
+
+
+def test_golden_map_decodes_to_the_same_batch() -> None:
+    # Counterfactual: a decoder reading only the positional layout drops all three.
+    assert decode_payload(GOLDEN_MAP) == EventBatch(ts=1.5, rank=0, events=GOLDEN_EVENTS)
+
+
+def test_encoder_reproduces_both_golden_payloads_byte_for_byte() -> None:
+    batch = EventBatch(ts=1.5, rank=0, events=GOLDEN_EVENTS)
+    assert encode_payload(batch) == GOLDEN_POSITIONAL
+    assert encode_payload(batch, layout="map") == GOLDEN_MAP
+
+
+# --- structs declared in this test ----------------------------------------------------
+def test_positional_struct_with_every_field_set() -> None:
+    payload = _enc(
+        VEventBatch(
+            ts=12.25,
+            events=[
+                VBlockStored(
+                    block_hashes=[101, 102],
+                    parent_block_hash=100,
+                    token_ids=[1, 2, 3, 4, 5, 6, 7, 8],
+                    block_size=4,
+                    lora_id=3,
+                    medium="CPU",
+                    lora_name="adapter-a",
+                    extra_keys=[["adapter-a", "salt-1"], None],
+                    group_idx=1,
+                    kv_cache_spec_kind="full_attention",
+                    kv_cache_spec_sliding_window=None,
+                )
+            ],
+            data_parallel_rank=3,
+        )
+    )
+    assert decode_payload(payload) == EventBatch(
+        ts=12.25,
+        rank=3,
+        events=[
+            BlockStored(
+                block_hashes=(101, 102),
+                parent_block_hash=100,
+                token_ids=(1, 2, 3, 4, 5, 6, 7, 8),
+                block_size=4,
+                medium="CPU",
+                lora_name="adapter-a",
+                group_idx=1,
+                extra_keys=(("adapter-a", "salt-1"), None),
+            )
+        ],
+    )
+
+
+def test_positional_store_cut_after_five_fields_is_accepted() -> None:
+    # Positional arrays grow with the engine version: the first five items suffice.
+    payload = _enc([0.5, [["BlockStored", [9], None, [4, 4], 2]], None])
+    (event,) = decode_payload(payload).events
+    assert event == BlockStored(block_hashes=(9,), token_ids=(4, 4), block_size=2)
+
+
+def test_positional_store_shorter_than_five_fields_is_dropped() -> None:
+    batch = decode_payload(_enc([0.5, [["BlockStored", [9], None, [4, 4]]], None]))
+    assert (batch.events, batch.dropped) == ((), 1)
+
+
+def test_positional_trailing_extras_beyond_the_table_are_ignored() -> None:
+    raw = ["BlockStored", [9], None, [4, 4], 2, None, "GPU", None, None, 0, "x", 7, "new", 1]
+    (event,) = decode_payload(_enc([0.5, [raw], 0])).events
+    assert event == BlockStored(
+        block_hashes=(9,), token_ids=(4, 4), block_size=2, medium="GPU", group_idx=0
+    )
+
+
+def test_map_layout_key_order_and_unknown_keys_do_not_matter() -> None:
+    raw = {
+        "locality": "rack-2",
+        "token_ids": [5, 6],
+        "medium": "GPU",
+        "future_field": {"a": 1},
+        "block_size": 2,
+        "type": "BlockStored",
+        "parent_block_hash": 4,
+        "block_hashes": [8],
+    }
+    (event,) = decode_payload(_enc([2.0, [raw], 1])).events
+    assert event == BlockStored(
+        block_hashes=(8,), parent_block_hash=4, token_ids=(5, 6), block_size=2, medium="GPU"
+    )
+
+
+def test_map_store_without_a_required_field_is_dropped() -> None:
+    raw = {"type": "BlockStored", "block_hashes": [8], "block_size": 2}  # no token_ids
+    batch = decode_payload(_enc([2.0, [raw], 1]))
+    assert (batch.events, batch.dropped) == ((), 1)
+
+
+def test_removed_with_group_in_both_layouts() -> None:
+    payload = _enc(
+        [
+            1.0,
+            [
+                ["BlockRemoved", [1, 2], "CPU", 1, "extra-locality"],
+                {"type": "BlockRemoved", "block_hashes": [3], "medium": None, "group_idx": 2},
+            ],
+            None,
+        ]
+    )
+    assert decode_payload(payload).events == (
+        BlockRemoved(block_hashes=(1, 2), medium="CPU", group_idx=1),
+        BlockRemoved(block_hashes=(3,), medium=None, group_idx=2),
+    )
+
+
+# --- fact-sheet edge cases ------------------------------------------------------------
+def test_hash_all_ones_is_the_unsigned_max() -> None:
+    payload = _enc([0.0, [["BlockRemoved", [0xFFFFFFFFFFFFFFFF], "GPU"]], 0])
+    assert b"\xcf\xff\xff\xff\xff\xff\xff\xff\xff" in payload  # msgpack uint64
+    (event,) = decode_payload(payload).events
+    assert event.block_hashes == (18446744073709551615,)
+
+
+DIGEST32 = bytes(range(32))  # 00 01 02 ... 1f
+DIGEST16 = bytes(range(0xF0, 0x100))  # f0 f1 ... ff
+
+
+def test_bytes_hashes_vllm_take_the_last_eight_bytes_unsigned() -> None:
+    payload = _enc(VEventBatch(ts=0.0, events=[VBlockRemoved([DIGEST32, DIGEST16], "GPU")],
+                               data_parallel_rank=0))  # fmt: skip
+    (event,) = decode_payload(payload, flavour="vllm").events
+    assert event.block_hashes == (0x18191A1B1C1D1E1F, 0xF8F9FAFBFCFDFEFF)
+
+
+def test_bytes_hashes_sglang_take_the_first_eight_bytes_signed() -> None:
+    payload = _enc(VEventBatch(ts=0.0, events=[VBlockRemoved([DIGEST32, DIGEST16], "GPU")],
+                               data_parallel_rank=0))  # fmt: skip
+    (event,) = decode_payload(payload, flavour="sglang").events
+    # f0f1f2f3f4f5f6f7 read as a signed int64 is negative.
+    assert event.block_hashes == (0x0001020304050607, 0xF0F1F2F3F4F5F6F7 - (1 << 64))
+
+
+def test_bytes_parent_follows_the_flavour_too() -> None:
+    raw = ["BlockStored", [DIGEST16], DIGEST32, [1], 1]
+    (event,) = decode_payload(_enc([0.0, [raw], 0])).events
+    assert event.parent_block_hash == 0x18191A1B1C1D1E1F
+
+
+def test_sglang_signed_int_hashes_are_kept() -> None:
+    (event,) = decode_payload(
+        _enc([0.0, [["BlockRemoved", [-5], None]], 0]), flavour="sglang"
+    ).events
+    assert event.block_hashes == (-5,)
+
+
+def test_two_element_envelope_has_no_rank() -> None:
+    payload = _enc(VOldEventBatch(ts=3.0, events=[VAllBlocksCleared()]))
+    assert payload[0] == 0x92
+    assert decode_payload(payload) == EventBatch(ts=3.0, rank=None, events=[AllBlocksCleared()])
+
+
+def test_map_envelope_is_accepted() -> None:
+    payload = _enc({"ts": 4.0, "events": [["AllBlocksCleared"]], "data_parallel_rank": 2})
+    assert decode_payload(payload) == EventBatch(ts=4.0, rank=2, events=[AllBlocksCleared()])
+
+
+def test_integer_ts_is_seconds() -> None:
+    assert decode_payload(_enc([7, [], None])).ts == 7.0
+
+
+def test_unknown_tags_are_ignored_not_dropped() -> None:
+    payload = _enc(
+        [0.0, [["KVCacheTransferred", 1, 2], {"type": "SomethingNew"}, ["AllBlocksCleared"]], 0]
+    )
+    batch = decode_payload(payload)
+    assert batch.events == (AllBlocksCleared(),)
+    assert (batch.dropped, batch.ignored) == (0, 2)
+
+
+def test_tokens_not_a_multiple_of_block_size_still_decode() -> None:
+    # The decoder reports what the engine said; KvResidency drops such a store and counts it.
+    raw = ["BlockStored", [1, 2], None, [1, 2, 3], 2, None, "GPU", None, None, None]
+    (event,) = decode_payload(_enc([0.0, [raw], 0])).events
+    assert (event.token_ids, event.block_size, len(event.block_hashes)) == ((1, 2, 3), 2, 2)
+
+
+def test_mixed_layouts_in_one_batch_keep_their_order() -> None:
+    payload = _enc(
+        [
+            9.0,
+            [
+                {"type": "BlockStored", "block_hashes": [1], "parent_block_hash": None,
+                 "token_ids": [1, 2], "block_size": 2, "lora_id": None, "medium": "GPU",
+                 "lora_name": None},
+                ["BlockStored", [2], 1, [3, 4], 2, None, "GPU", None, None, None, None, None],
+                {"type": "BlockRemoved", "block_hashes": [2], "medium": "GPU"},
+                ["BlockRemoved", [1], "GPU", None],
+                ["AllBlocksCleared"],
+            ],
+            0,
+        ]
+    )  # fmt: skip
+    assert decode_payload(payload).events == (
+        BlockStored(block_hashes=(1,), token_ids=(1, 2), block_size=2, medium="GPU"),
+        BlockStored(
+            block_hashes=(2,), parent_block_hash=1, token_ids=(3, 4), block_size=2, medium="GPU"
+        ),
+        BlockRemoved(block_hashes=(2,), medium="GPU"),
+        BlockRemoved(block_hashes=(1,), medium="GPU"),
+        AllBlocksCleared(),
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["BlockStored", "not-a-list", None, [1], 1],
+        ["BlockStored", [1.5], None, [1], 1],
+        ["BlockStored", [1], 2.5, [1], 1],
+        ["BlockStored", [b""], None, [1], 1],
+        ["BlockStored", [1], "parent", [1], 1],
+        ["BlockStored", [1], None, [-1], 1],
+        ["BlockStored", [1], None, [1 << 32], 1],
+        ["BlockStored", [1], None, ["x"], 1],
+        ["BlockStored", [1], None, [1], -2],
+        ["BlockStored", [1], None, [1], True],
+        ["BlockStored", [1], None, [1], 1, None, 5],  # medium not a str
+        ["BlockStored", [1], None, [1], 1, None, "GPU", 7],  # lora_name not a str
+        ["BlockStored", [1], None, [1], 1, None, "GPU", None, "not-a-list"],
+        ["BlockStored", [1], None, [1], 1, None, "GPU", None, None, -1],
+        ["BlockRemoved"],
+        ["BlockRemoved", None],
+        [],
+        [17],
+        "BlockStored",
+        42,
+        {"type": 5},
+    ],
+)
+def test_one_bad_event_is_dropped_and_counted_never_fatal(bad: object) -> None:
+    payload = _enc([0.0, [bad, ["AllBlocksCleared"]], 0])
+    batch = decode_payload(payload)
+    assert batch.events == (AllBlocksCleared(),)
+    assert batch.dropped == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (b"", "payload"),
+        (b"\xc1", "payload"),  # never-used msgpack byte
+        (GOLDEN_POSITIONAL[:-5], "payload"),  # truncated
+        (GOLDEN_POSITIONAL + b"\x00", "payload"),  # trailing bytes
+        (_enc(5), "envelope"),
+        (_enc("hello"), "envelope"),
+        (_enc([1.0]), "envelope"),
+        (_enc([]), "envelope"),
+        (_enc({"ts": 1.0}), "envelope"),
+        (_enc(["x", []]), "ts"),
+        (_enc([float("nan"), []]), "ts"),
+        (_enc([True, []]), "ts"),
+        (_enc([1.0, {"a": 1}]), "events"),
+        (_enc([1.0, [], "r0"]), "data_parallel_rank"),
+        (_enc([1.0, [], -1]), "data_parallel_rank"),
+    ],
+)
+def test_a_payload_that_is_not_an_envelope_raises(payload: bytes, field: str) -> None:
+    with pytest.raises(KvEventDecodeError) as info:
+        decode_payload(payload)
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, ClusterRoutingError)
+
+
+def test_payload_over_the_cap_raises_without_decoding() -> None:
+    with pytest.raises(KvEventDecodeError, match="cap"):
+        decode_payload(b"\x00" * (MAX_PAYLOAD_BYTES + 1))
+
+
+def test_events_over_the_batch_cap_are_dropped_and_counted() -> None:
+    payload = _enc([0.0, [["AllBlocksCleared"]] * (MAX_BATCH_EVENTS + 3), 0])
+    batch = decode_payload(payload)
+    assert (len(batch.events), batch.dropped) == (MAX_BATCH_EVENTS, 3)
+
+
+def test_misuse_raises_invalid_record_error() -> None:
+    with pytest.raises(InvalidRecordError, match="flavour"):
+        decode_payload(GOLDEN_MAP, flavour="trtllm")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRecordError, match="payload"):
+        decode_payload("93")  # type: ignore[arg-type]
+
+
+# --- messages -------------------------------------------------------------------------
+def test_decode_message_reads_topic_seq_and_payload() -> None:
+    seq = (2**63 + 5).to_bytes(8, "big")
+    topic, n, batch = decode_message([b"kv@pod-3@llama", seq, GOLDEN_MAP])
+    assert (topic, n) == ("kv@pod-3@llama", 2**63 + 5)
+    assert batch.events == GOLDEN_EVENTS
+
+
+def test_decode_message_accepts_memoryview_frames_and_empty_topic() -> None:
+    topic, n, _ = decode_message(
+        [memoryview(b""), bytearray((0).to_bytes(8, "big")), GOLDEN_POSITIONAL]
+    )
+    assert (topic, n) == ("", 0)
+
+
+@pytest.mark.parametrize(
+    ("frames", "field"),
+    [
+        ([b"", (0).to_bytes(8, "big")], "frames"),
+        ([b"", (0).to_bytes(8, "big"), GOLDEN_MAP, b""], "frames"),
+        ([b"\xff", (0).to_bytes(8, "big"), GOLDEN_MAP], "topic"),
+        ([b"", b"\x00" * 4, GOLDEN_MAP], "seq"),
+        ([b"", (0).to_bytes(8, "big"), b"\xc1"], "payload"),
+        ([b"", 5, GOLDEN_MAP], "seq"),
+        (b"abc", "frames"),
+    ],
+)
+def test_decode_message_rejects_bad_frames(frames: object, field: str) -> None:
+    with pytest.raises(KvEventDecodeError) as info:
+        decode_message(frames)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+# --- records --------------------------------------------------------------------------
+def test_records_are_frozen_and_validate() -> None:
+    stored = GOLDEN_EVENTS[0]
+    with pytest.raises(AttributeError):
+        stored.block_size = 4  # type: ignore[misc]
+    with pytest.raises(InvalidRecordError, match="token_ids"):
+        BlockStored(block_hashes=[1], token_ids=[-1], block_size=1)
+    with pytest.raises(InvalidRecordError, match="ts"):
+        EventBatch(ts=float("inf"), events=[])
+    with pytest.raises(InvalidRecordError, match="events"):
+        EventBatch(ts=0.0, events=["BlockStored"])  # type: ignore[list-item]
+
+
+def test_token_bytes_are_little_endian_uint32() -> None:
+    stored = BlockStored(block_hashes=[1], token_ids=[1, 258], block_size=2)
+    assert stored.token_bytes == b"\x01\x00\x00\x00\x02\x01\x00\x00"
+
+
+def test_ignored_is_diagnostic_and_not_part_of_equality() -> None:
+    assert EventBatch(ts=0.0, events=[], ignored=2) == EventBatch(ts=0.0, events=[])

@@ -1,0 +1,438 @@
+"""KvResidency: identity by our chain, refcounts, sequence rules, namespaces, caps.
+
+Each test states the counterfactual it guards against.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterrouting import InvalidRecordError
+from prefixcache import Candidate, ReplicaKey, extract_token_chain
+from prefixcache.kvevents import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    EventBatch,
+    KvResidency,
+    ResidencyState,
+    extract_kv_chain,
+)
+
+A, B, C = ReplicaKey("a"), ReplicaKey("b"), ReplicaKey("c")
+EXACT, DEGRADED, UNKNOWN = ResidencyState.EXACT, ResidencyState.DEGRADED, ResidencyState.UNKNOWN
+TOKENS = list(range(100, 132))  # 8 blocks of 4
+
+
+def stored(hashes, tokens, *, parent=None, size=4, medium="GPU", **kw) -> BlockStored:  # type: ignore[no-untyped-def]
+    return BlockStored(
+        block_hashes=hashes,
+        parent_block_hash=parent,
+        token_ids=tokens,
+        block_size=size,
+        medium=medium,
+        **kw,
+    )
+
+
+def batch(*events) -> EventBatch:  # type: ignore[no-untyped-def]
+    return EventBatch(ts=0.0, rank=0, events=events)
+
+
+def residency(**kw) -> KvResidency:  # type: ignore[no-untyped-def]
+    kw.setdefault("block_tokens", 4)
+    return KvResidency(clock=lambda: 0.0, **kw)
+
+
+def test_chain_without_lora_or_salt_equals_extract_token_chain() -> None:
+    # Counterfactual: a different root would silently invalidate every user's chains.
+    assert extract_kv_chain("m", TOKENS, block_tokens=4) == extract_token_chain(
+        "m", TOKENS, block_tokens=4
+    )
+    res = residency()
+    assert res.chain("m", [*TOKENS, 1, 2]) == extract_token_chain("m", TOKENS, block_tokens=4)
+
+
+def test_stored_blocks_are_identified_by_our_chain_not_the_engine_hash() -> None:
+    res = residency()
+    # Engine hashes are arbitrary (any algorithm, any seed): only the tokens matter.
+    res.apply(A, 0, batch(stored([999, 5], TOKENS[:8])), model="m")
+    res.apply(B, 0, batch(stored([1, 2], TOKENS[:8])), model="m")
+    assert res.overlap("m", TOKENS, [A, B, C]) == {A: 2, B: 2, C: 0}
+    assert res.overlap("other-model", TOKENS, [A]) == {A: 0}
+    res._check()
+
+
+def test_child_store_continues_from_the_parent_canonical_hash() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([10], TOKENS[:4])), model="m")
+    report = res.apply(A, 1, batch(stored([11, 12], TOKENS[4:12], parent=10)), model="m")
+    assert (report.applied_stores, report.stored_blocks) == (1, 2)
+    # The child's hashes equal the chain of the whole prompt: a prefix query matches 3.
+    assert res.overlap("m", TOKENS, [A]) == {A: 3}
+    assert res.overlap_chain(extract_token_chain("m", TOKENS, block_tokens=4), [A]) == {A: 3}
+
+
+def test_engine_blocks_of_a_multiple_size_are_split() -> None:
+    res = residency()
+    report = res.apply(A, 0, batch(stored([1, 2], TOKENS[:16], size=8)), model="m")
+    assert report.stored_blocks == 2
+    assert res.overlap("m", TOKENS, [A]) == {A: 4}  # 2 engine blocks = 4 of ours
+    assert res.status(A).canonical_blocks == 4
+
+
+def test_engine_block_size_not_a_multiple_is_dropped_and_counted() -> None:
+    res = residency()
+    report = res.apply(A, 0, batch(stored([1], TOKENS[:6], size=6)), model="m")
+    assert (report.dropped_block_size, report.applied_stores) == (1, 0)
+    assert res.overlap("m", TOKENS, [A]) == {A: 0}
+    assert res.state(A) is EXACT  # a deliberate drop is not an inconsistency
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        stored([1, 2], TOKENS[:7]),  # tokens not a multiple of block_size
+        stored([1], [], size=0),  # CPU placeholder
+        stored([], []),  # no block
+    ],
+)
+def test_tokens_that_do_not_fill_the_blocks_are_dropped(event: BlockStored) -> None:
+    report = residency().apply(A, 0, batch(event), model="m")
+    assert (report.dropped_tokens, report.stored_blocks) == (1, 0)
+
+
+def test_media_not_routed_on_are_dropped_and_none_means_gpu() -> None:
+    res = residency()
+    report = res.apply(
+        A,
+        0,
+        batch(stored([1], TOKENS[:4], medium="CPU"), stored([2], TOKENS[:4], medium=None)),
+        model="m",
+    )
+    assert (report.dropped_medium, report.applied_stores) == (1, 1)
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}
+    # With CPU routed on too, the CPU copy counts as well.
+    both = residency(media={"GPU", "CPU"})
+    both.apply(A, 0, batch(stored([1], TOKENS[:4], medium="CPU")), model="m")
+    assert both.overlap("m", TOKENS, [A]) == {A: 1}
+
+
+def test_only_the_main_group_is_indexed() -> None:
+    res = residency()
+    report = res.apply(A, 0, batch(stored([1], TOKENS[:4], group_idx=1)), model="m")
+    assert report.dropped_group == 1
+    assert res.overlap("m", TOKENS, [A]) == {A: 0}
+
+
+def test_duplicate_store_needs_two_removes() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([7], TOKENS[:4]), stored([7], TOKENS[:4])), model="m")
+    first = res.apply(A, 1, batch(BlockRemoved(block_hashes=[7], medium="GPU")), model="m")
+    # Counterfactual: forgetting at the first remove would lose a copy still cached.
+    assert first.removed_blocks == 1
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}
+    res.apply(A, 2, batch(BlockRemoved(block_hashes=[7], medium="GPU")), model="m")
+    assert res.overlap("m", TOKENS, [A]) == {A: 0}
+    assert res.status(A).blocks == 0
+    res._check()
+
+
+def test_refcounts_are_per_medium() -> None:
+    res = residency(media={"GPU", "CPU"})
+    res.apply(
+        A, 0, batch(stored([7], TOKENS[:4]), stored([7], TOKENS[:4], medium="CPU")), model="m"
+    )
+    res.apply(A, 1, batch(BlockRemoved(block_hashes=[7], medium="CPU")), model="m")
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}  # the GPU copy is still there
+    res.apply(A, 2, batch(BlockRemoved(block_hashes=[7], medium="GPU")), model="m")
+    assert res.overlap("m", TOKENS, [A]) == {A: 0}
+
+
+def test_removal_of_an_unknown_block_is_counted_and_harmless() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([7], TOKENS[:4])), model="m")
+    report = res.apply(A, 1, batch(BlockRemoved(block_hashes=[8, 9], medium="GPU")), model="m")
+    assert (report.unknown_removals, report.removed_blocks) == (2, 0)
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}
+    assert res.state(A) is EXACT
+
+
+def test_self_referencing_store_is_dropped() -> None:
+    res = residency()
+    report = res.apply(
+        A, 0, batch(stored([5, 5], TOKENS[:8]), stored([6], TOKENS[:4], parent=6)), model="m"
+    )
+    assert report.dropped_self_reference == 2
+    assert res.status(A).blocks == 0
+
+
+def test_orphan_without_a_gap_is_dropped_and_degrades() -> None:
+    res = residency()
+    res.apply(A, 0, batch(), model="m")
+    report = res.apply(A, 1, batch(stored([2], TOKENS[4:8], parent=1)), model="m")
+    # Counterfactual: hashing from the model salt would invent a block at the wrong depth.
+    assert report.dropped_orphan == 1
+    assert res.state(A) is DEGRADED
+    assert res.status(A).blocks == 0
+
+
+def test_all_blocks_cleared_drops_everything_and_resets_to_exact() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1, 2], TOKENS[:8])), model="m")
+    res.apply(A, 1, batch(stored([3], TOKENS[8:12], parent=9)), model="m")  # orphan: degraded
+    assert res.state(A) is DEGRADED
+    report = res.apply(A, 2, batch(AllBlocksCleared(), stored([4], TOKENS[:4])), model="m")
+    assert (report.applied_clears, report.cleared_blocks) == (1, 2)
+    assert res.state(A) is EXACT
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}  # stored after the clear, in the same batch
+
+
+# --- sequence numbers -----------------------------------------------------------------
+def test_first_batch_at_zero_is_exact_unknown_before() -> None:
+    res = residency()
+    assert res.state(A) is UNKNOWN
+    assert res.apply(A, 0, batch(), model="m").state is EXACT
+
+
+def test_first_batch_above_zero_is_degraded_until_replayed() -> None:
+    res = residency()
+    report = res.apply(A, 3, batch(stored([4], TOKENS[12:16], parent=3)), model="m")
+    assert (report.state, report.missed, report.deferred) == (DEGRADED, 3, 1)
+    assert res.missing_from(A) == 0
+    res.apply(A, 0, batch(stored([1], TOKENS[:4])), model="m", replayed=True)
+    res.apply(A, 1, batch(stored([2], TOKENS[4:8], parent=1)), model="m", replayed=True)
+    assert res.state(A) is DEGRADED
+    last = res.apply(A, 2, batch(stored([3], TOKENS[8:12], parent=2)), model="m", replayed=True)
+    # The deferred store of seq 3 found its parent: the whole prefix is held.
+    assert (last.state, last.filled, last.resumed) == (EXACT, 1, 1)
+    assert res.overlap("m", TOKENS, [A]) == {A: 4}
+    res._check()
+
+
+def test_seq_gap_degrades_and_a_replay_that_closes_it_restores_exact() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1], TOKENS[:4])), model="m")
+    gap = res.apply(A, 3, batch(), model="m")
+    assert (gap.state, gap.missed) == (DEGRADED, 2)
+    assert res.missing_from(A) == 1
+    res.apply(A, 1, batch(stored([2], TOKENS[4:8], parent=1)), model="m", replayed=True)
+    assert res.state(A) is DEGRADED
+    res.apply(A, 2, batch(), model="m", replayed=True)
+    assert res.state(A) is EXACT
+    assert res.missing_from(A) is None
+    assert res.overlap("m", TOKENS, [A]) == {A: 2}
+
+
+def test_replayed_batches_already_applied_are_duplicates() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1], TOKENS[:4])), model="m")
+    res.apply(A, 1, batch(stored([1], TOKENS[:4])), model="m")
+    again = res.apply(A, 1, batch(stored([1], TOKENS[:4])), model="m", replayed=True)
+    # Counterfactual: re-applying would add a third copy that no removal will ever match.
+    assert (again.duplicate, again.stored_blocks, again.restarted) == (True, 0, False)
+    res.apply(A, 2, batch(BlockRemoved(block_hashes=[1, 1], medium="GPU")), model="m")
+    assert res.overlap("m", TOKENS, [A]) == {A: 0}
+
+
+def test_seq_going_backwards_is_a_restart_that_drops_everything() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1, 2], TOKENS[:8])), model="m")
+    res.apply(A, 1, batch(), model="m")
+    report = res.apply(A, 0, batch(stored([5], TOKENS[16:20])), model="m")
+    assert (report.restarted, report.cleared_blocks, report.state) == (True, 2, EXACT)
+    assert res.overlap("m", TOKENS, [A]) == {A: 0}
+    assert res.status(A).restarts == 1
+    res._check()
+
+
+def test_restart_seen_late_is_degraded() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1], TOKENS[:4])), model="m")
+    res.apply(A, 9, batch(), model="m")
+    report = res.apply(A, 4, batch(), model="m")  # a new publisher, its 0..3 missed
+    assert (report.restarted, report.state, report.missed) == (True, DEGRADED, 4)
+
+
+def test_repeated_live_seq_counts_as_a_restart() -> None:
+    # A publisher that sent only seq 0 and restarted sends seq 0 again: non-increasing.
+    res = residency()
+    res.apply(A, 0, batch(stored([1], TOKENS[:4])), model="m")
+    assert res.apply(A, 0, batch(), model="m").restarted
+    assert res.overlap("m", TOKENS, [A]) == {A: 0}
+
+
+def test_replayed_batch_is_never_a_restart() -> None:
+    res = residency()
+    res.apply(A, 5, batch(stored([1], TOKENS[:4])), model="m")
+    report = res.apply(A, 2, batch(), model="m", replayed=True)
+    assert (report.restarted, report.filled) == (False, 1)
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}
+
+
+def test_a_replay_beyond_the_live_stream_then_the_live_copy() -> None:
+    res = residency()
+    res.apply(A, 0, batch(), model="m")
+    res.apply(A, 2, batch(), model="m")  # gap: 1
+    res.apply(A, 1, batch(), model="m", replayed=True)
+    res.apply(A, 3, batch(stored([1], TOKENS[:4])), model="m", replayed=True)  # ahead of live
+    live = res.apply(A, 3, batch(stored([1], TOKENS[:4])), model="m")
+    # Counterfactual: comparing with the highest applied seq would call this a restart.
+    assert (live.restarted, live.duplicate) == (False, True)
+    assert res.state(A) is EXACT
+    assert res.status(A).blocks == 1
+
+
+def test_removal_during_a_gap_waits_for_the_store_it_removes() -> None:
+    res = residency()
+    res.apply(A, 0, batch(), model="m")
+    res.apply(A, 2, batch(BlockRemoved(block_hashes=[1], medium="GPU")), model="m")
+    res.apply(A, 1, batch(stored([1], TOKENS[:4])), model="m", replayed=True)
+    # Store (seq 1) then remove (seq 2): nothing is held, though they arrived reversed.
+    assert res.overlap("m", TOKENS, [A]) == {A: 0}
+    assert res.state(A) is EXACT
+    res._check()
+
+
+def test_replayed_clear_keeps_blocks_of_later_batches() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1], TOKENS[:4])), model="m")
+    res.apply(A, 2, batch(stored([9], TOKENS[16:20])), model="m")
+    res.apply(A, 1, batch(AllBlocksCleared()), model="m", replayed=True)
+    assert res.overlap("m", TOKENS, [A]) == {A: 0}  # block 1 (seq 0) cleared
+    assert res.overlap("m", TOKENS[16:], [A]) == {A: 1}  # block 9 (seq 2) kept
+    assert res.state(A) is EXACT
+
+
+def test_malformed_events_degrade() -> None:
+    res = residency()
+    report = res.apply(A, 0, EventBatch(ts=0.0, events=[], dropped=1), model="m")
+    assert (report.decode_dropped, report.state) == (1, DEGRADED)
+
+
+# --- namespaces -----------------------------------------------------------------------
+def test_lora_blocks_match_only_the_same_adapter() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1], TOKENS[:4], lora_name="sql")), model="m")
+    res.apply(B, 0, batch(stored([1], TOKENS[:4])), model="m")
+    assert res.overlap("m", TOKENS, [A, B]) == {A: 0, B: 1}
+    assert res.overlap("m", TOKENS, [A, B], lora_name="sql") == {A: 1, B: 0}
+
+
+def test_cache_salt_in_extra_keys_is_a_namespace() -> None:
+    res = residency()
+    # vLLM: the first block's extra keys carry the LoRA name, then the cache salt.
+    res.apply(
+        A,
+        0,
+        batch(
+            stored([1, 2], TOKENS[:8], lora_name="sql", extra_keys=[["sql", "tenant-1"], ["sql"]])
+        ),
+        model="m",
+    )
+    res.apply(B, 0, batch(stored([1], TOKENS[:4], extra_keys=[["tenant-1"]])), model="m")
+    assert res.overlap("m", TOKENS, [A, B]) == {A: 0, B: 0}
+    assert res.overlap("m", TOKENS, [A, B], cache_salt="tenant-1") == {A: 0, B: 1}
+    assert res.overlap("m", TOKENS, [A, B], lora_name="sql", cache_salt="tenant-1") == {A: 2, B: 0}
+
+
+def test_salted_child_continues_in_its_namespace() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1], TOKENS[:4], extra_keys=[["t"]])), model="m")
+    res.apply(A, 1, batch(stored([2], TOKENS[4:8], parent=1)), model="m")
+    assert res.overlap("m", TOKENS, [A], cache_salt="t") == {A: 2}
+    assert res.overlap("m", TOKENS, [A]) == {A: 0}
+
+
+def test_multimodal_keys_on_a_later_block_stop_a_token_only_match() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1, 2, 3], TOKENS[:12], extra_keys=[None, ["img-hash"], None])),
+              model="m")  # fmt: skip
+    # Tokens alone cannot tell two images apart: only the block before the image matches.
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}
+
+
+# --- queries, caps, misuse ------------------------------------------------------------
+def test_overlap_accepts_candidate_records_and_ignores_unknown_keys() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1, 2, 3], TOKENS[:12])), model="m")
+    res.apply(B, 0, batch(stored([1], TOKENS[:4])), model="m")
+    got = res.overlap("m", TOKENS, [Candidate(A), Candidate(B, in_flight=3), Candidate(C)])
+    assert got == {A: 3, B: 1, C: 0}
+    assert res.overlap("m", TOKENS[:3], [A]) == {A: 0}  # no full block
+    assert res.overlap("m", [], []) == {}
+
+
+def test_overlap_counts_leading_blocks_only() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1], TOKENS[:4])), model="m")
+    other = [1, 1, 1, 1, *TOKENS[4:8]]
+    res.apply(A, 1, batch(stored([7, 8], other)), model="m")
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}  # block 2 of TOKENS is not held
+
+
+def test_forget_makes_a_replica_unknown_and_frees_everything() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1, 2], TOKENS[:8])), model="m")
+    res.apply(B, 0, batch(stored([1], TOKENS[:4])), model="m")
+    assert res.forget(A) == 2
+    assert res.state(A) is UNKNOWN
+    assert res.overlap("m", TOKENS, [A, B]) == {A: 0, B: 1}
+    res._check()
+    res.apply(C, 0, batch(stored([1], TOKENS[:4])), model="m")  # reuses A's slot
+    assert res.overlap("m", TOKENS, [A, B, C]) == {A: 0, B: 1, C: 1}
+    res._check()
+
+
+def test_block_cap_forgets_the_oldest_stored() -> None:
+    res = residency(max_blocks_per_replica=2)
+    res.apply(A, 0, batch(stored([1], TOKENS[:4])), model="m")
+    report = res.apply(A, 1, batch(stored([2, 3], TOKENS[4:12], parent=1)), model="m")
+    assert report.evicted_blocks == 1
+    assert res.status(A).blocks == 2
+    assert res.overlap("m", TOKENS, [A]) == {A: 0}  # the root block went first
+    res._check()
+
+
+def test_replica_cap_refuses_new_replicas() -> None:
+    res = residency(max_replicas=1)
+    res.apply(A, 0, batch(), model="m")
+    report = res.apply(B, 0, batch(stored([1], TOKENS[:4])), model="m")
+    assert (report.refused, report.state) == (True, UNKNOWN)
+    assert res.replicas() == frozenset({A})
+
+
+def test_status_reports_sizes_sequence_and_time() -> None:
+    res = KvResidency(block_tokens=4, clock=lambda: 123.0)
+    res.apply(A, 0, batch(stored([1], TOKENS[:8], size=8)), model="m")
+    res.apply(A, 4, batch(), model="m", now=130.0)
+    status = res.status(A)
+    assert (status.blocks, status.canonical_blocks, status.last_seq) == (1, 2, 4)
+    assert (status.missing, status.updated_at, status.state) == (3, 130.0, DEGRADED)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"replica": "a"}, "replica"),
+        ({"seq": -1}, "seq"),
+        ({"seq": 1 << 64}, "seq"),
+        ({"batch": [AllBlocksCleared()]}, "batch"),
+        ({"model": None}, "model"),
+    ],
+)
+def test_apply_misuse_raises_naming_the_argument(kwargs: dict[str, object], field: str) -> None:
+    args: dict[str, object] = {"replica": A, "seq": 0, "batch": batch(), "model": "m"}
+    args.update(kwargs)
+    with pytest.raises(InvalidRecordError) as info:
+        residency().apply(args["replica"], args["seq"], args["batch"], model=args["model"])  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_constructor_misuse() -> None:
+    with pytest.raises(InvalidRecordError, match="block_tokens"):
+        KvResidency(block_tokens=0)
+    with pytest.raises(InvalidRecordError, match="media"):
+        KvResidency(media="GPU")
+    with pytest.raises(InvalidRecordError, match="candidates"):
+        residency().overlap_chain((1,), ["a"])
