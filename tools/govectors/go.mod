@@ -1,0 +1,3 @@
+module govectors
+
+go 1.22
