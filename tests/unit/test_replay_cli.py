@@ -169,3 +169,51 @@ def test_every_policy_runs_on_a_synthetic_trace(
     for x in doc["policies"]:
         assert 0.0 <= x["hit_ratio"] <= doc["ideal_hit_ratio"]
         assert sum(x["requests_per_replica"]) == len(reqs)
+
+
+def test_kv_events_compares_each_approximate_policy_with_its_precise_counterpart(
+    trace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import prefixcache.replay._cli as cli
+    from prefixcache.replay import ClusterModel
+
+    small = synthetic_trace(seed=1, sessions=30, duration_s=60.0)
+    monkeypatch.setattr(cli, "eviction_case", lambda seed: (small, ClusterModel(cache_blocks=8)))
+    rc = main([str(trace), "--kv-events", "--no-progress", "--kv-event-loss", "0.1", *HAND_FLAGS])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "loss 0.1" in out
+    for approx, precise in (
+        ("cache-cost", "cache-cost-precise"),
+        ("llm-d-default", "llm-d-precise"),
+        ("dynamo-kv-approx", "dynamo-kv"),
+    ):
+        assert sum(1 for line in out.splitlines() if approx in line and precise in line) == 2
+    rc = main([str(trace), "--kv-events", "--json", "--no-progress", *HAND_FLAGS])
+    doc = json.loads(capsys.readouterr().out)
+    (tiny, synth) = doc["kv_events"]
+    assert tiny["trace"] == "tiny.jsonl" and synth["cluster"]["cache_blocks"] == 8
+    assert {p["name"] for p in synth["policies"]} >= {"dynamo-kv", "dynamo-kv-approx"}
+
+
+def test_policies_all_slo_and_restarts(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        [
+            str(trace),
+            "--json",
+            "--no-progress",
+            "--policies",
+            "all",
+            "--slo",
+            "0.11",
+            "--restart-every",
+            "0.5",
+            *HAND_FLAGS,
+        ]
+    )
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [p["name"] for p in doc["policies"]] == list(POLICY_NAMES)
+    assert doc["slo_s"] == 0.11
+    assert all(0.0 <= p["slo_share"] <= 1.0 for p in doc["policies"])
+    assert doc["cluster"]["restarts"] == [[0.5, 0], [1.0, 1]]
