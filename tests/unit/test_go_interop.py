@@ -4,6 +4,7 @@ or as documented where Go is wrong), plus the decoder error types of network inp
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -24,6 +25,7 @@ from prefixcache import (
     messages_prefix_source,
     messages_prefix_source_from_body,
     select,
+    validate_thresholds,
 )
 
 
@@ -43,6 +45,20 @@ def test_case1_infinite_threshold_keeps_the_absolute_slack() -> None:
     # a at 2 exceeds 0 + slack 1: not eligible; the cold order then names b.
     assert select([Candidate(a, 2), Candidate(b, 0)], hot_a, config) == b
     assert select([Candidate(a, 1), Candidate(b, 0)], hot_a, config) == a
+
+
+@pytest.mark.parametrize("field", ["balance_rel_threshold", "min_prefix_match"])
+def test_nan_thresholds_are_rejected_where_go_lets_them_through(field: str) -> None:
+    # Go's ValidateThresholds compares with < and >, which NaN never satisfies.
+    args = {
+        "route_policy": "",
+        "balance_abs_threshold": 0,
+        "balance_rel_threshold": 0.0,
+        "min_prefix_match": 0.5,
+        field: math.nan,
+    }
+    with pytest.raises(ValueError, match="NaN"):
+        validate_thresholds(**args)  # type: ignore[arg-type]
 
 
 # -- case 2: a lone surrogate in a gossip record --------------------------------------------
@@ -106,6 +122,24 @@ def test_case5_lone_surrogate_in_content_hashes_as_replacement() -> None:
 
 
 # -- cases 7-11: gossip records ------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-01-01T00:00:00,5Z",  # Go's fallback parser takes a comma fraction
+        "2026-01-01T00:00:00+24:00",  # and offsets of 24 hours
+        "2026-01-01T00:00:00+23:60",  # or 60 minutes
+        "2026-01-01T1:00:00Z",  # and one-digit hours
+        "0000-01-01T00:00:00Z",  # Go: year 0; here outside years 1..9999 UTC
+        "9999-12-31T23:59:59-01:00",  # Go: year 10000 in UTC
+    ],
+)
+def test_last_seen_forms_go_accepts_are_rejected_as_documented(text: str) -> None:
+    with pytest.raises(NodeDataDecodeError) as info:
+        NodeData.from_json(json.dumps({"LastSeen": text}))
+    assert info.value.field == "LastSeen"
+
+
+
 @pytest.mark.parametrize("literal", ["1.0", "1e3", "-0", "0.0"])
 def test_case7_uint64_rejects_non_integer_literals(literal: str) -> None:
     with pytest.raises(NodeDataDecodeError) as info:
