@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import pytest
 
+from prefixcache.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay import (
     PEER_POLICIES,
     AibrixPrefixCachePolicy,
@@ -21,10 +22,6 @@ from prefixcache.replay import (
     RayPrefixAffinityPolicy,
     Request,
     SglangCacheAwarePolicy,
-    SimAllBlocksCleared,
-    SimBlockRemoved,
-    SimBlockStored,
-    SimEventBatch,
     SmgCacheAwarePolicy,
     make_policy,
     simulate,
@@ -52,11 +49,16 @@ def rq(blocks: tuple[int, ...], tokens: int | None = None) -> Request:
     )
 
 
-def stored(*blocks: int) -> SimEventBatch:
-    return SimEventBatch(
+def stored(*blocks: int, parent: int | None = None) -> EventBatch:
+    """What a simulated engine publishes: one stand-in token per block (its id)."""
+    return EventBatch(
         ts=0.0,
         rank=None,
-        events=(SimBlockStored(block_hashes=blocks, parent_block_hash=None, block_size=BT),),
+        events=(
+            BlockStored(
+                block_hashes=blocks, parent_block_hash=parent, token_ids=blocks, block_size=1
+            ),
+        ),
     )
 
 
@@ -336,17 +338,20 @@ def test_engine_index_refcounts_restarts_and_gaps() -> None:
     assert idx.state(0) == "unknown"
     idx.apply(0, 0, stored(1, 2))
     idx.apply(0, 1, stored(1))  # a second copy of block 1
-    rm = SimEventBatch(ts=0.0, rank=None, events=(SimBlockRemoved(block_hashes=(1,)),))
+    rm = EventBatch(ts=0.0, rank=None, events=(BlockRemoved(block_hashes=(1,)),))
     idx.apply(0, 2, rm)
     assert idx.run(0, (1, 2)) == 2 and idx.state(0) == "exact"
+    assert idx.overlaps((1, 2), 2) == [2, 0]
     idx.apply(0, 3, rm)
     assert idx.run(0, (1, 2)) == 0
     idx.apply(0, 5, stored(7))  # seq 4 lost
     assert idx.state(0) == "degraded"
     idx.apply(0, 0, stored(8))  # publisher restarted: everything before is gone
     assert idx.state(0) == "exact" and idx.run(0, (7,)) == 0 and idx.run(0, (8,)) == 1
-    clear = SimEventBatch(ts=0.0, rank=None, events=(SimAllBlocksCleared(),))
-    idx.apply(0, 1, clear)
+    idx.apply(0, 1, stored(9, parent=8))  # a continuation is found under its parent
+    assert idx.run(0, (8, 9)) == 2 and idx.run(0, (9,)) == 0
+    clear = EventBatch(ts=0.0, rank=None, events=(AllBlocksCleared(),))
+    idx.apply(0, 2, clear)
     assert idx.run(0, (8,)) == 0
 
 

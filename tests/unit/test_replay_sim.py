@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
+from prefixcache.kvevents import BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay import (
     ClusterModel,
     ClusterView,
     Request,
     RoundRobinPolicy,
-    SimBlockRemoved,
-    SimBlockStored,
-    SimEventBatch,
     TraceFormatError,
     auto_speedup,
     ideal_hit_ratio,
@@ -228,9 +226,9 @@ class Listener(Scripted):
 
     def __init__(self, plan: list[int]) -> None:
         super().__init__(plan)
-        self.batches: list[tuple[int, int, float, SimEventBatch]] = []
+        self.batches: list[tuple[int, int, float, EventBatch]] = []
 
-    def on_kv_events(self, replica: int, seq: int, batch: SimEventBatch, now: float) -> None:
+    def on_kv_events(self, replica: int, seq: int, batch: EventBatch, now: float) -> None:
         self.batches.append((replica, seq, now, batch))
 
 
@@ -242,12 +240,22 @@ def test_engine_events_store_remove_with_delay() -> None:
     (r0, s0, t0, b0), (_r1, s1, t1, b1) = pol.batches
     assert (r0, s0, t1 - 11.1) == (0, 0, pytest.approx(0.5))
     assert t0 == pytest.approx(2.6)  # prefill ends at 2.1
-    assert b0.events == (SimBlockStored(block_hashes=(1, 2), parent_block_hash=None, block_size=1),)
+    assert b0.events == (
+        BlockStored(
+            block_hashes=(1, 2),
+            parent_block_hash=None,
+            token_ids=(1, 2),
+            block_size=1,
+            medium="GPU",
+        ),
+    )
     # r1's admission evicts block 2 (least recent), then stores block 3.
     assert s1 == 1
     assert b1.events == (
-        SimBlockRemoved(block_hashes=(2,)),
-        SimBlockStored(block_hashes=(3,), parent_block_hash=None, block_size=1),
+        BlockRemoved(block_hashes=(2,), medium="GPU"),
+        BlockStored(
+            block_hashes=(3,), parent_block_hash=None, token_ids=(3,), block_size=1, medium="GPU"
+        ),
     )
     assert out.kv_batches == (2, 2, 0)
     # A policy that does not read events gets none, and the stream costs nothing.

@@ -22,13 +22,9 @@ import random
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from prefixcache.replay._sim import (
-    ClusterView,
-    SimAllBlocksCleared,
-    SimBlockRemoved,
-    SimBlockStored,
-    SimEventBatch,
-)
+from prefixcache._types import ReplicaKey
+from prefixcache.kvevents import EventBatch, KvResidency
+from prefixcache.replay._sim import TOKEN_MASK, ClusterView
 from prefixcache.replay._trace import Request
 
 __all__ = [
@@ -43,6 +39,9 @@ __all__ = [
     "SglangCacheAwarePolicy",
     "SmgCacheAwarePolicy",
 ]
+
+REPLAY_MODEL = "trace"
+"""The model name engine events and indexes are filed under (traces carry none)."""
 
 CHARS_PER_TOKEN = 4
 """Characters per token of the stand-in text (llm-d's own constant; fact sheet 10)."""
@@ -79,71 +78,52 @@ def block_chars(request: Request, block_tokens: int, chars_per_token: int) -> li
 
 
 class EngineIndex:
-    """The exact, multi-owner record of engine-cached blocks built from event batches.
+    """The engines' cached blocks, as ``prefixcache.kvevents.KvResidency`` records them.
 
-    ``apply(replica, seq, batch)``: a stored block is counted once more for that replica
-    (a duplicate store needs as many removes), a removed one once less, a clear or a
-    backward ``seq`` (publisher restart) drops everything the replica held. A ``seq`` gap
-    (lost batches) marks the replica ``degraded`` until a clear or restart; ``state``
-    is ``unknown`` before its first batch and ``exact`` otherwise. ``run(replica,
-    blocks)`` is the number of leading blocks the replica holds.
+    Replicas are numbered; each maps to ``ReplicaKey("replica-NN")``. Batches come from
+    the simulated engines, whose block ``i`` is one stand-in token (see
+    ``ClusterModel``), so the residency runs at ``block_tokens=1`` and its chain over a
+    request's block ids identifies trace blocks. ``apply`` hands a batch to
+    ``KvResidency.apply`` (refcounts, restarts, gaps as documented there); ``overlaps``
+    hashes a request once and asks ``overlap_chain`` for every replica.
     """
 
-    __slots__ = ("_held", "_last", "_state")
+    __slots__ = ("_keys", "residency")
 
     def __init__(self) -> None:
-        self._held: dict[int, dict[int, int]] = {}
-        self._last: dict[int, int] = {}
-        self._state: dict[int, str] = {}
+        self.residency = KvResidency(block_tokens=1)
+        self._keys: list[ReplicaKey] = []
+
+    def key(self, replica: int) -> ReplicaKey:
+        """The residency key of replica ``replica``."""
+        keys = self._keys
+        while len(keys) <= replica:
+            keys.append(ReplicaKey(f"replica-{len(keys):02d}"))
+        return keys[replica]
 
     def state(self, replica: int) -> str:
         """``"exact"``, ``"degraded"`` or ``"unknown"``."""
-        return self._state.get(replica, "unknown")
+        return str(self.residency.state(self.key(replica)))
 
-    def apply(self, replica: int, seq: int, batch: SimEventBatch) -> None:
-        last = self._last.get(replica)
-        held = self._held.setdefault(replica, {})
-        if last is None:
-            self._state[replica] = "exact" if seq == 0 else "degraded"
-        elif seq <= last:
-            held.clear()
-            self._state[replica] = "exact" if seq == 0 else "degraded"
-        elif seq > last + 1:
-            self._state[replica] = "degraded"
-        self._last[replica] = seq
-        for ev in batch.events:
-            if isinstance(ev, SimBlockStored):
-                for b in ev.block_hashes:
-                    held[b] = held.get(b, 0) + 1
-            elif isinstance(ev, SimBlockRemoved):
-                for b in ev.block_hashes:
-                    c = held.get(b)
-                    if c is not None:
-                        if c <= 1:
-                            del held[b]
-                        else:
-                            held[b] = c - 1
-            elif isinstance(ev, SimAllBlocksCleared):
-                held.clear()
-                self._state[replica] = "exact"
+    def apply(self, replica: int, seq: int, batch: EventBatch) -> None:
+        """Apply one engine batch of replica ``replica``."""
+        self.residency.apply(self.key(replica), seq, batch, model=REPLAY_MODEL, now=batch.ts)
+
+    def chain(self, blocks: Sequence[int]) -> tuple[int, ...]:
+        """The residency's chain of a request's block ids."""
+        return self.residency.chain(REPLAY_MODEL, [b & TOKEN_MASK for b in blocks])
+
+    def overlaps(self, blocks: Sequence[int], n: int) -> list[int]:
+        """Leading blocks of ``blocks`` held by each of replicas ``0..n-1``."""
+        if not blocks:
+            return [0] * n
+        keys = [self.key(r) for r in range(n)]
+        got = self.residency.overlap_chain(self.chain(blocks), keys)
+        return [got[k] for k in keys]
 
     def run(self, replica: int, blocks: Sequence[int]) -> int:
         """Leading blocks of ``blocks`` that ``replica`` holds."""
-        held = self._held.get(replica)
-        if not held:
-            return 0
-        k = 0
-        n = len(blocks)
-        while k < n and blocks[k] in held:
-            k += 1
-        return k
-
-    def holds_any(self, blocks: Sequence[int]) -> bool:
-        """Whether some replica holds the first block."""
-        if not blocks:
-            return False
-        b = blocks[0]
-        return any(b in h for h in self._held.values())
+        return self.overlaps(blocks, replica + 1)[replica]
 
 
 class _EventPeer(_Peer):
@@ -152,7 +132,7 @@ class _EventPeer(_Peer):
     def __init__(self) -> None:
         self.engine_index = EngineIndex()
 
-    def on_kv_events(self, replica: int, seq: int, batch: SimEventBatch, now: float) -> None:
+    def on_kv_events(self, replica: int, seq: int, batch: EventBatch, now: float) -> None:
         self.engine_index.apply(replica, seq, batch)
 
 
@@ -524,8 +504,8 @@ class LlmdPrecisePolicy(_EventPeer):
         n = view.replicas
         full = request.input_tokens // self._bt
         blocks = request.blocks[:full]
-        idx = self.engine_index
-        pref = [min(1.0, idx.run(p, blocks) / full) if full else 0.0 for p in range(n)]
+        runs = self.engine_index.overlaps(blocks, n)
+        pref = [min(1.0, runs[p] / full) if full else 0.0 for p in range(n)]
         q = _queue_scores(view.waiting)
         w1, w2, w3 = self.weights
         scores = [w1 * pref[p] + w2 * q[p] + w3 * (1.0 - view.kv_usage[p]) for p in range(n)]
@@ -578,8 +558,6 @@ class DynamoKvPolicy(_EventPeer):
         self._approx: list[dict[int, float]] = []
 
     def _overlap(self, p: int, blocks: Sequence[int], now: float) -> int:
-        if self.reads_kv_events:
-            return self.engine_index.run(p, blocks)
         seen = self._approx[p]
         k = 0
         ttl = self.approx_ttl_s
@@ -596,10 +574,12 @@ class DynamoKvPolicy(_EventPeer):
         blocks = request.blocks
         need = -(-isl // bt)
         out = []
-        ovl = []
+        if self.reads_kv_events:
+            ovl = self.engine_index.overlaps(blocks, n)
+        else:
+            ovl = [self._overlap(p, blocks, now) for p in range(n)]
         for p in range(n):
-            o = self._overlap(p, blocks, now)
-            ovl.append(o)
+            o = ovl[p]
             prefill = max(0.0, (self.active_prefill[p] + isl) / bt - self.overlap_credit * o)
             act = self.active_blocks[p]
             depth = 0
@@ -721,9 +701,9 @@ class ProdstackLoadAwarePolicy(_EventPeer):
         n = view.replicas
         if len(self._recent) != n:
             self._recent = [[] for _ in range(n)]
-        idx = self.engine_index
         tokens = request.input_tokens
-        matched = [min(tokens, idx.run(p, request.blocks) * self._bt) for p in range(n)]
+        runs = self.engine_index.overlaps(request.blocks, n)
+        matched = [min(tokens, runs[p] * self._bt) for p in range(n)]
         if not any(matched):
             r = self._qps_pick(n, now)
         else:

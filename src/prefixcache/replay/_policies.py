@@ -14,6 +14,7 @@ from clusterrouting import (
     pick_best_replica,
     pick_with_affinity,
 )
+from prefixcache.kvevents import EventBatch
 from prefixcache.replay._peers import (
     AibrixPrefixCachePolicy,
     DynamoKvPolicy,
@@ -26,7 +27,7 @@ from prefixcache.replay._peers import (
     SglangCacheAwarePolicy,
     SmgCacheAwarePolicy,
 )
-from prefixcache.replay._sim import ClusterModel, ClusterView, ReplayPolicy, SimEventBatch
+from prefixcache.replay._sim import ClusterModel, ClusterView, ReplayPolicy
 from prefixcache.replay._trace import Request
 
 __all__ = [
@@ -327,6 +328,9 @@ class CacheCostPolicy(_Base):
         self._bt = block_tokens
         self._w = DEFAULT_QUEUE_WEIGHT if queue_weight is None else queue_weight
         self._cc = CostCandidate
+        from prefixcache.kvevents import CacheSource
+
+        self._src = CacheSource
         self._pick = pick_lowest_cost
         self._key_cls = ReplicaKey
         self._window_cls = DispatchWindow
@@ -344,26 +348,37 @@ class CacheCostPolicy(_Base):
         if precise:
             self.name = "cache-cost-precise"
 
-    def on_kv_events(self, replica: int, seq: int, batch: SimEventBatch, now: float) -> None:
+    def on_kv_events(self, replica: int, seq: int, batch: EventBatch, now: float) -> None:
         """Apply an engine event batch (precise variant only)."""
         self.engine_index.apply(replica, seq, batch)
 
-    def _cached_blocks(self, k: int, blocks: tuple[int, ...]) -> int:
+    def _held(self, blocks: tuple[int, ...], n: int) -> tuple[list[int], list[bool]]:
+        """Leading blocks each replica is believed to hold, and whether that came from the
+        engines' events (an ``exact`` replica of the precise variant) or the mirror."""
+        mirror = self._mirror
+        keys = self._keys
         if not self.reads_kv_events:
-            return self._mirror.matched_blocks(self._keys[k], blocks)
+            return [mirror.matched_blocks(keys[k], blocks) for k in range(n)], [False] * n
         idx = self.engine_index
-        if idx.state(k) != "exact":
-            self.sources["mirror"] += 1
-            return self._mirror.matched_blocks(self._keys[k], blocks)
-        self.sources["events"] += 1
-        run = idx.run(k, blocks)
-        # Blocks of requests it sent there that the engine has not reported yet.
-        pend = self._pending[k]
-        p = 0
-        n = len(blocks)
-        while p < n and blocks[p] in pend:
-            p += 1
-        return run if run >= p else p
+        runs = idx.overlaps(blocks, n)
+        held = []
+        exact = []
+        for k in range(n):
+            if idx.state(k) != "exact":
+                self.sources["mirror"] += 1
+                held.append(mirror.matched_blocks(keys[k], blocks))
+                exact.append(False)
+                continue
+            self.sources["events"] += 1
+            # Blocks of requests sent there that the engine has not reported yet.
+            pend = self._pending[k]
+            p = 0
+            nb = len(blocks)
+            while p < nb and blocks[p] in pend:
+                p += 1
+            held.append(max(runs[k], p))
+            exact.append(True)
+        return held, exact
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         if len(self._keys) != view.replicas:
@@ -375,15 +390,16 @@ class CacheCostPolicy(_Base):
                 self.hot = HotPrefixes(window=WINDOW_PER_REPLICA * view.replicas)
         keys = self._keys
         window = self._window
-        cached = self._cached_blocks
         blocks = request.blocks
         bt = self._bt
         inp = request.input_tokens
         cc = self._cc
         inf = view.in_flight
         queued = self._queued
+        events = self._src.EVENTS
+        mirror_src = self._src.MIRROR
         n = len(keys)
-        held = [cached(k, blocks) for k in range(n)]
+        held, exact = self._held(blocks, n)
         credit = held
         hot = self.hot
         if hot is not None:
@@ -403,6 +419,7 @@ class CacheCostPolicy(_Base):
                 cached_tokens=min(inp, credit[k] * bt),
                 queued_tokens=queued[k],
                 recent_dispatches=window.count(keys[k]),
+                cached_source=events if exact[k] else mirror_src,
             )
             for k in range(n)
         ]

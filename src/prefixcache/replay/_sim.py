@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import attrs
 
 from clusterrouting import InvalidRecordError
+from prefixcache.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay._trace import Request
 
 __all__ = [
@@ -23,11 +24,8 @@ __all__ = [
     "ClusterModel",
     "ClusterView",
     "ReplayPolicy",
-    "SimAllBlocksCleared",
-    "SimBlockRemoved",
-    "SimBlockStored",
-    "SimEventBatch",
     "SimulationOutcome",
+    "TOKEN_MASK",
     "simulate",
 ]
 
@@ -109,10 +107,12 @@ class ClusterModel:
     idle replica is always admitted). A block counts as cached from its request's admission.
 
     **Engine events** (issue-15 stream, only built when a policy reads it): after each
-    step with changes, the engine publishes one batch (``seq`` counting from 0 per
-    publisher): a :class:`SimBlockStored` for the blocks a request computed, when its
-    prefill completes, and a :class:`SimBlockRemoved` for evicted blocks. Engine block =
-    trace block (``block_hashes`` are the trace's block ids). A batch reaches the router
+    step with changes, the engine publishes one ``prefixcache.kvevents.EventBatch``
+    (``seq`` counting from 0 per publisher): a ``BlockStored`` for the blocks a request
+    computed, when its prefill completes, and a ``BlockRemoved`` for evicted blocks.
+    Engine block = trace block: ``block_hashes`` are the trace's block ids, ``block_size``
+    is 1 and each block's one stand-in token is its id (``TOKEN_MASK``), so a consumer's
+    chain over those tokens identifies trace blocks exactly. A batch reaches the router
     ``kv_event_delay_s`` after its step ends and is lost with probability
     ``kv_event_loss`` (a seeded ``random.Random(kv_event_seed)``). ``restarts`` lists
     ``(time_s, replica)``: at that (simulated) time the engine's cache is emptied (pinned
@@ -174,46 +174,9 @@ class ClusterModel:
 DEFAULT_CLUSTER = ClusterModel()
 
 
-# --- the engine event stream (the values of issue 15's kvevents contract) ---------------
-
-
-@attrs.frozen(kw_only=True, slots=True)
-class SimBlockStored:
-    """Blocks newly cached for one request (engine block = trace block; no token ids)."""
-
-    block_hashes: tuple[int, ...]
-    parent_block_hash: int | None
-    token_ids: tuple[int, ...] = ()
-    block_size: int = 0
-    medium: str | None = "GPU"
-    lora_name: str | None = None
-    group_idx: int | None = None
-    extra_keys: tuple[Any, ...] | None = None
-
-
-@attrs.frozen(kw_only=True, slots=True)
-class SimBlockRemoved:
-    """Blocks the engine evicted."""
-
-    block_hashes: tuple[int, ...]
-    medium: str | None = "GPU"
-    group_idx: int | None = None
-
-
-@attrs.frozen(slots=True)
-class SimAllBlocksCleared:
-    """The engine emptied its cache."""
-
-
-@attrs.frozen(kw_only=True, slots=True)
-class SimEventBatch:
-    """One published batch: ``ts`` the engine's (simulated) time, ``rank`` its data-parallel
-    rank (always ``None`` here), ``dropped`` events the decoder dropped (always 0)."""
-
-    ts: float
-    rank: int | None
-    events: tuple[SimBlockStored | SimBlockRemoved | SimAllBlocksCleared, ...]
-    dropped: int = 0
+TOKEN_MASK = 0xFFFF_FFFF
+"""Engine events carry one stand-in token per trace block: its id's low 32 bits (our chain
+hashes tokens, and trace ids are below 2**32 in the Mooncake traces)."""
 
 
 class ClusterView:
@@ -403,14 +366,14 @@ def simulate(
     out_done = [0.0] * n
     arrive = [0.0] * n
     heap: list[tuple[float, int, int]] = []
-    payloads: dict[int, tuple[int, int, SimEventBatch]] = {}
+    payloads: dict[int, tuple[int, int, EventBatch]] = {}
     counter = [0]
     push = heapq.heappush
     perf = time.perf_counter
-    ev_step: list[SimBlockStored | SimBlockRemoved | SimAllBlocksCleared] = []
+    ev_step: list[BlockStored | BlockRemoved | AllBlocksCleared] = []
 
     def publish(r: int, e: _Engine, t: float) -> None:
-        batch = SimEventBatch(ts=t, rank=None, events=tuple(ev_step))
+        batch = EventBatch(ts=float(t), rank=None, events=tuple(ev_step))
         ev_step.clear()
         seq = e.seq
         e.seq = seq + 1
@@ -465,7 +428,7 @@ def simulate(
             while lru and len(lru) + used > cap:
                 removed.append(lru.popitem(last=False)[0])
             if events_on and removed:
-                ev_step.append(SimBlockRemoved(block_hashes=tuple(removed)))
+                ev_step.append(BlockRemoved(block_hashes=tuple(removed), medium="GPU"))
         out_hit[j] = k
         inp = req.input_tokens
         rem = inp - k * bt
@@ -603,10 +566,12 @@ def simulate(
                         blocks = req.blocks
                         if hb < len(blocks):
                             ev_step.append(
-                                SimBlockStored(
+                                BlockStored(
                                     block_hashes=blocks[hb:],
                                     parent_block_hash=blocks[hb - 1] if hb else None,
-                                    block_size=bt,
+                                    token_ids=tuple(b & TOKEN_MASK for b in blocks[hb:]),
+                                    block_size=1,
+                                    medium="GPU",
                                 )
                             )
                     if req.output_tokens <= 1:
