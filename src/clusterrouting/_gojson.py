@@ -104,11 +104,19 @@ class NegativeZero(int):
 NEGATIVE_ZERO: Final = NegativeZero(0)
 
 
-class HugeNumber(str):
-    """An integer literal too long for ``int()`` (thousands of digits); its text, which is
-    out of range for every Go number type."""
+class HugeNumber:
+    """An integer literal too long for ``int()`` (thousands of digits), out of range for
+    every Go number type; ``text`` is the literal."""
 
-    __slots__ = ()
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"<{len(self.text)}-digit number>"
+
+    __str__ = __repr__
 
 
 def _reject_constant(name: str) -> object:
@@ -371,7 +379,7 @@ def _type_name(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
-    if isinstance(value, str) and not isinstance(value, HugeNumber):
+    if isinstance(value, str):
         return "a string"
     if isinstance(value, Pairs):
         return "an object"
@@ -498,9 +506,14 @@ def decode_uint64_slice(old: GoSlice | None, value: object, field: str) -> GoSli
     """:func:`decode_slice` of :func:`decode_uint64` elements, with a fast path for an array
     of plain in-range integers (the usual chain: a few C-level passes instead of a call per
     element)."""
-    if type(value) is list and value and set(map(type, value)) == {int}:
-        if min(value) >= 0 and max(value) < _UINT64_END:
-            if old is not None and len(old.buf) > len(value):
-                return GoSlice(value + old.buf[len(value) :], len(value))
-            return GoSlice(list(value), len(value))
+    if (
+        type(value) is list
+        and value
+        and set(map(type, value)) == {int}
+        and min(value) >= 0
+        and max(value) < _UINT64_END
+    ):
+        if old is not None and len(old.buf) > len(value):
+            return GoSlice(value + old.buf[len(value) :], len(value))
+        return GoSlice(list(value), len(value))
     return decode_slice(old, value, field, decode_uint64, int)

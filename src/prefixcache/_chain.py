@@ -14,8 +14,6 @@ Every function here is pure (no clock, no I/O) and thread-safe.
 from __future__ import annotations
 
 import array
-import codecs
-import json
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -580,30 +578,7 @@ def messages_prefix_source_from_body(body: bytes | bytearray | memoryview | str)
     return "".join(out)
 
 
-class _Pairs(list[tuple[str, object]]):
-    """A decoded JSON object, kept as its (key, value) pairs in document order."""
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"not JSON: {name}")
-
-
-def _skip_number(_text: str) -> object:
-    # Numbers are never needed; not converting them also avoids CPython's int-digit limit.
-    # Not None: that would read as JSON null, and ``{"model": "x", "model": 1}`` must fail
-    # like any non-string model value (Go's type error), not keep "x".
-    return 0
-
-
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _replace_each_byte(error: UnicodeError) -> tuple[str, int]:
-    # Go's decoder replaces every invalid byte with its own U+FFFD (utf8.DecodeRune reports
-    # width 1); Python's "replace" would fold a truncated sequence into one U+FFFD.
-    assert isinstance(error, UnicodeDecodeError)
-    return ("\ufffd", error.start + 1)
-
 
 #: Go's ``unicode.IsSpace`` set (``strings.TrimSpace`` in the reference): Python's
 #: ``str.isspace`` minus the ASCII separators U+001C..U+001F, which Go does not trim.
@@ -612,111 +587,20 @@ _GO_SPACE: Final = (
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 
-_GO_REPLACE: Final = "prefixcache.go-replace"
-codecs.register_error(_GO_REPLACE, _replace_each_byte)
+_MODEL_ONLY: Final = gojson.GoStruct(("model",))
 
 
-#: Go's ``encoding/json`` rejects documents nested deeper than this (its scanner's
-#: ``maxNestingDepth``, counting every open object and array).
-_GO_MAX_DEPTH: Final[int] = 10000
-_JSON_TOKEN = re.compile(
-    r'[ \t\n\r]*(?:(?P<str>"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*")'
-    r"|(?P<num>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
-    r"|(?P<lit>true|false|null)|(?P<punct>[\[\]{}:,]))"
-)
-_JSON_TAIL = re.compile(r"[ \t\n\r]*")
-
-
-def _scan_top_level(text: str) -> _Pairs | None:
-    """Validate ``text`` as one JSON document without recursion (any depth up to Go's
-    limit) and return its top-level object's pairs, each value decoded if it is a string,
-    ``None`` for ``null`` and ``0`` for anything else; ``None`` if the document is invalid,
-    too deep or not an object. Only used when ``json.loads`` hits the recursion limit."""
-    pairs = _Pairs()
-    stack: list[str] = []  # "[" or "{" per open container
-    pos = 0
-    end = len(text)
-    # What may come next: "value", "key" (or "}" right after "{"), "colon", "comma".
-    want = "value"
-    first = False  # just after "[" or "{": the closer is allowed
-    key: str | None = None
-    match = _JSON_TOKEN.match
-    while True:
-        if not stack and want == "comma":  # the top-level value is complete
-            return pairs if _JSON_TAIL.match(text, pos).end() == end else None  # type: ignore[union-attr]
-        m = match(text, pos)
-        if m is None:
-            return None
-        pos = m.end()
-        kind = m.lastgroup
-        tok = m.group(kind) if kind else ""
-        if want == "key":
-            if kind == "str":
-                key = json.loads(tok) if len(stack) == 1 else None
-                want = "colon"
-            elif tok == "}" and first:
-                stack.pop()
-                want = "comma"
-            else:
-                return None
-            first = False
-            continue
-        if want == "colon":
-            if tok != ":":
-                return None
-            want = "value"
-            continue
-        if want == "comma":
-            top = stack[-1]
-            if tok == ",":
-                want = "key" if top == "{" else "value"
-            elif (tok == "]" and top == "[") or (tok == "}" and top == "{"):
-                stack.pop()
-            else:
-                return None
-            continue
-        # want == "value"
-        if tok in ("[", "{"):
-            if not stack and tok == "[":
-                pairs = None  # type: ignore[assignment]  # valid JSON, but not an object
-            if key is not None and len(stack) == 1:
-                pairs.append((key, 0))
-                key = None
-            stack.append(tok)
-            if len(stack) > _GO_MAX_DEPTH:
-                return None
-            want = "key" if tok == "{" else "value"
-            first = True
-            continue
-        if tok == "]" and first and stack and stack[-1] == "[":
-            stack.pop()
-            want = "comma"
-            first = False
-            continue
-        if kind not in ("str", "num", "lit"):
-            return None
-        if not stack:
-            pairs = None  # type: ignore[assignment]  # a scalar document
-        elif key is not None and len(stack) == 1:
-            value: object = json.loads(tok) if kind == "str" else None if tok == "null" else 0
-            pairs.append((key, value))
-            key = None
-        first = False
-        want = "comma"
-
-
-def _model_from_pairs(pairs: _Pairs) -> str:
+def _model_from_pairs(pairs: Iterable[tuple[object, object]]) -> str:
     # Go's encoding/json (the reference) matches keys case-insensitively, lets the last
     # occurrence win, leaves the field unset for null, and fails on a non-string value.
     model = ""
     for key, value in pairs:
-        if key.isascii() and key.lower() == "model":
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                return ""
-            model = value
-    # Go decodes an unpaired surrogate escape to U+FFFD; Python keeps it (unencodable).
+        if type(key) is not str or _MODEL_ONLY.match(key) is None or value is None:
+            continue
+        if not isinstance(value, str):
+            return ""
+        model = value
+    # A decoded mapping may hold a lone surrogate; Go's decoder never yields one.
     return _LONE_SURROGATE.sub("\ufffd", model)
 
 
@@ -729,11 +613,12 @@ def extract_model(query_model: object, body: object) -> str:
        given (not stripped); blank means only Go ``unicode.IsSpace`` characters, as the
        reference's ``strings.TrimSpace`` (so U+001C..U+001F are not blank);
     2. else the top-level ``"model"`` string of the JSON ``body`` (``bytes``, ``bytearray``,
-       ``memoryview`` or ``str``; each invalid UTF-8 byte becomes one U+FFFD, as in Go; a
-       decoded ``Mapping`` is read directly). Like Go's ``encoding/json`` in the reference:
-       the key matches case-insensitively and the last occurrence wins, ``null`` leaves it
-       unset, a non-string value, a non-object document or invalid JSON (``NaN`` included)
-       gives ``""``;
+       ``memoryview`` or ``str``; a decoded ``Mapping`` is read directly), read with the
+       rules every decoder of network input shares (:mod:`clusterrouting._gojson`, Go's
+       ``encoding/json`` ones): each invalid UTF-8 byte and each escaped lone surrogate
+       becomes U+FFFD, the key matches by exact name or Unicode simple case folding and the
+       last occurrence wins, ``null`` leaves it unset, a non-string value, a non-object
+       document or invalid JSON (``NaN``, nesting deeper than 10000 levels) gives ``""``;
     3. else ``""`` (empty or missing body, any other type).
 
     Never raises, whatever the input (deep nesting, huge numbers, junk types).
@@ -760,28 +645,13 @@ def extract_model(query_model: object, body: object) -> str:
         if isinstance(query_model, str) and query_model.strip(_GO_SPACE):
             return query_model
         if isinstance(body, Mapping):
-            return _model_from_pairs(_Pairs((k, v) for k, v in body.items() if type(k) is str))
-        if isinstance(body, bytes | bytearray | memoryview):
-            text = bytes(body).decode("utf-8", _GO_REPLACE)
-        elif isinstance(body, str):
-            text = body
-        else:
-            return ""
-        if not text:
+            return _model_from_pairs(body.items())
+        if not isinstance(body, bytes | bytearray | memoryview | str) or not body:
             return ""
         try:
-            doc = json.loads(
-                text,
-                object_pairs_hook=_Pairs,
-                parse_int=_skip_number,
-                parse_float=_skip_number,
-                parse_constant=_reject_constant,
-            )
-        except RecursionError:
-            # Nesting beyond Python's recursion limit but within Go's 10000 levels is
-            # valid JSON to the reference: scan it iteratively instead.
-            top = _scan_top_level(text)
-            return "" if top is None else _model_from_pairs(top)
-        return _model_from_pairs(doc) if isinstance(doc, _Pairs) else ""
+            doc = gojson.loads(body)
+        except gojson.GoJSONError:
+            return ""
+        return _model_from_pairs(doc) if isinstance(doc, gojson.Pairs) else ""
     except Exception:  # never raise into request handling (RecursionError included)
         return ""
