@@ -26,6 +26,7 @@ from prefixcache import (
     MAX_EVENT_CHAIN,
     EventDecodeError,
     decode_event,
+    extract_model,
     messages_prefix_source_from_body,
 )
 from prefixcache._events import MAX_NAME_BYTES
@@ -186,6 +187,15 @@ def test_chat_bodies_give_go_prefix_sources() -> None:
         assert messages_prefix_source_from_body(raw) == expected, raw[:300]
         rejected += expected is None
     assert rejected > 50
+
+
+def test_extract_model_reads_bodies_as_go_unmarshal() -> None:
+    named = 0
+    for raw, case in _cases("go_messages.json"):
+        # "model" is absent where Go's json.Unmarshal failed: the model is then "".
+        assert extract_model(None, raw) == case.get("model", ""), raw[:300]
+        named += bool(case.get("model"))
+    assert named > 50
 
 
 def test_fold_table_is_go_unicode_simple_folding() -> None:

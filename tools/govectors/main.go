@@ -618,6 +618,12 @@ func messageCases(g gen) []any {
 		if ok {
 			c["source"] = src
 		}
+		var named struct {
+			Model string `json:"model"`
+		}
+		if err := json.Unmarshal(doc, &named); err == nil {
+			c["model"] = named.Model
+		}
 		cases = append(cases, c)
 	}
 	return cases
@@ -748,7 +754,7 @@ func main() {
 	g := gen{rand.New(rand.NewPCG(*seed, 0x9e3779b97f4a7c15))}
 	write(*out, "go_nodedata.json", "json.Unmarshal into the NodeData gossip record", nodeDataCases(g))
 	write(*out, "go_events.json", "json.Unmarshal into the observe and invalidate sync events", eventCases(g))
-	write(*out, "go_messages.json", "chat request body -> prefix source (json.Decoder.Decode of model and messages)", messageCases(g))
+	write(*out, "go_messages.json", "chat request body -> prefix source (json.Decoder.Decode of model and messages); model: json.Unmarshal into a struct with a model string, absent when it fails", messageCases(g))
 	write(*out, "go_rfc3339.json", "time.Parse(time.RFC3339Nano, s) and time.Time.UnmarshalJSON of the quoted bytes", timeCases(g))
 	folds := foldCases()
 	write(*out, "go_fold.json", "[rune, least rune of its unicode.SimpleFold class] for every non-ASCII rune that folds", folds)
