@@ -8,8 +8,17 @@ from typing import Any, Final
 
 import attrs
 
-from clusterrouting import _gojson as gojson
 from clusterrouting._errors import InvalidRecordError, NodeDataDecodeError
+from clusterrouting._gojson import (
+    GoJSONError,
+    GoSlice,
+    GoStruct,
+    Pairs,
+    decode_slice,
+    decode_string,
+    decode_uint64,
+    loads,
+)
 from clusterrouting._rfc3339 import (
     MAX_TIME,
     MIN_TIME,
@@ -237,16 +246,16 @@ class NodeData:
                 "<document>", f"must be str or bytes, not {type(text).__name__}"
             )
         try:
-            doc = gojson.loads(text)
-        except gojson.GoJSONError as exc:
+            doc = loads(text)
+        except GoJSONError as exc:
             raise NodeDataDecodeError(exc.field, exc.reason) from None
         if doc is None:
             return cls()
-        if not isinstance(doc, gojson.Pairs):
+        if not isinstance(doc, Pairs):
             raise NodeDataDecodeError("<document>", "must be a JSON object")
         strings = {"Name": "", "ID": "", "TunnelAddress": "", "ServiceID": ""}
         vram = 0
-        models: gojson.GoSlice | None = None
+        models: GoSlice | None = None
         last_seen: str | None = None
         try:
             for key, value in doc:
@@ -254,19 +263,19 @@ class NodeData:
                 if go_name is None:
                     continue
                 if go_name in strings:
-                    strings[go_name] = gojson.decode_string(strings[go_name], value, go_name)
+                    strings[go_name] = decode_string(strings[go_name], value, go_name)
                 elif go_name == "AvailableVRAM":
-                    vram = gojson.decode_uint64(vram, value, go_name)
+                    vram = decode_uint64(vram, value, go_name)
                 elif go_name == "Models":
-                    models = gojson.decode_slice(
-                        models, value, go_name, gojson.decode_string, str
+                    models = decode_slice(
+                        models, value, go_name, decode_string, str
                     )
                 elif value is not None:  # LastSeen: null leaves it as it was
                     if type(value) is not str:
-                        raise gojson.GoJSONError(go_name, "must be an RFC 3339 string")
+                        raise GoJSONError(go_name, "must be an RFC 3339 string")
                     _parse_last_seen(value)  # Go fails at the first bad time, even if replaced
                     last_seen = value
-        except gojson.GoJSONError as exc:
+        except GoJSONError as exc:
             raise NodeDataDecodeError(exc.field, exc.reason) from None
         return cls(
             name=strings["Name"],
@@ -279,14 +288,14 @@ class NodeData:
         )
 
 
-_NODE_STRUCT: Final = gojson.GoStruct(_GO_FIELDS)
+_NODE_STRUCT: Final = GoStruct(_GO_FIELDS)
 
 
 def _parse_last_seen(text: str) -> int | None:
     try:
         return parse_rfc3339(text)
     except ValueError as exc:
-        raise gojson.GoJSONError("LastSeen", str(exc)) from None
+        raise GoJSONError("LastSeen", str(exc)) from None
 
 
 def _last_seen_seconds(text: str) -> float | None:

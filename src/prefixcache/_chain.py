@@ -22,7 +22,18 @@ from typing import TYPE_CHECKING, Final, Union, cast
 from xxhash import xxh64_intdigest
 
 from clusterrouting import InvalidRecordError
-from clusterrouting import _gojson as gojson
+from clusterrouting._gojson import (
+    GoJSONError,
+    GoSlice,
+    GoStruct,
+    Pairs,
+    decode_any,
+    decode_int64,
+    decode_optional_string,
+    decode_slice,
+    decode_string,
+    loads,
+)
 from prefixcache._config import DEFAULT_CONFIG, Config
 
 if TYPE_CHECKING:
@@ -304,8 +315,8 @@ def extract_token_chain(
 
 
 # Field names of the Go structs a chat request decodes into.
-_REQUEST: Final = gojson.GoStruct(("model", "messages"))
-_MESSAGE: Final = gojson.GoStruct(
+_REQUEST: Final = GoStruct(("model", "messages"))
+_MESSAGE: Final = GoStruct(
     (
         "role",
         "name",
@@ -317,9 +328,9 @@ _MESSAGE: Final = gojson.GoStruct(
         "reasoning_content",
     )
 )
-_TOOL_CALL: Final = gojson.GoStruct(("index", "id", "type", "function"))
-_TOOL_FUNCTION: Final = gojson.GoStruct(("name", "arguments"))
-_PART: Final = gojson.GoStruct(
+_TOOL_CALL: Final = GoStruct(("index", "id", "type", "function"))
+_TOOL_FUNCTION: Final = GoStruct(("name", "arguments"))
+_PART: Final = GoStruct(
     ("type", "text", "image_url", "audio_url", "video_url", "input_audio")
 )
 
@@ -335,7 +346,7 @@ def _parts_text(parts: Iterable[object]) -> str:
     """
     out: list[str] = []
     for part in parts:
-        if isinstance(part, gojson.Pairs):
+        if isinstance(part, Pairs):
             members: dict[object, object] = dict(part)
         elif isinstance(part, Mapping):
             members = dict(part)
@@ -459,26 +470,26 @@ def _check_tool_calls(value: object, field: str) -> None:
     if value is None:
         return
     if type(value) is not list:
-        raise gojson.GoJSONError(field, "must be an array")
+        raise GoJSONError(field, "must be an array")
     for call in value:
         if call is None:
             continue
-        if type(call) is not gojson.Pairs:
-            raise gojson.GoJSONError(field, "must hold objects")
+        if type(call) is not Pairs:
+            raise GoJSONError(field, "must hold objects")
         for key, item in call:
             name = _TOOL_CALL.match(key)
             if name == "index":
-                gojson.decode_int64(0, item, "tool_calls.index")
+                decode_int64(0, item, "tool_calls.index")
             elif name == "function":
                 if item is None:
                     continue
-                if type(item) is not gojson.Pairs:
-                    raise gojson.GoJSONError("tool_calls.function", "must be an object")
+                if type(item) is not Pairs:
+                    raise GoJSONError("tool_calls.function", "must be an object")
                 for fkey, fitem in item:
                     if _TOOL_FUNCTION.match(fkey) is not None:
-                        gojson.decode_string("", fitem, "tool_calls.function")
+                        decode_string("", fitem, "tool_calls.function")
             elif name is not None:
-                gojson.decode_string("", item, f"tool_calls.{name}")
+                decode_string("", item, f"tool_calls.{name}")
 
 
 def _decode_message(old: _Message, value: object, field: str) -> _Message:
@@ -486,24 +497,24 @@ def _decode_message(old: _Message, value: object, field: str) -> _Message:
     # a value of the wrong type anywhere in it fails the whole request.
     if value is None:
         return old
-    if type(value) is not gojson.Pairs:
-        raise gojson.GoJSONError(field, "must hold objects")
+    if type(value) is not Pairs:
+        raise GoJSONError(field, "must hold objects")
     for key, item in value:
         name = _MESSAGE.match(key)
         if name is None:
             continue
         if name == "role":
-            old.role = gojson.decode_string(old.role, item, name)
+            old.role = decode_string(old.role, item, name)
         elif name == "content":
-            old.content = gojson.decode_any(item, name)
+            old.content = decode_any(item, name)
         elif name == "function_call":
-            gojson.decode_any(item, name)
+            decode_any(item, name)
         elif name == "tool_calls":
             _check_tool_calls(item, name)
         elif name in ("reasoning", "reasoning_content"):
-            gojson.decode_optional_string(None, item, name)
+            decode_optional_string(None, item, name)
         else:
-            gojson.decode_string("", item, name)
+            decode_string("", item, name)
     return old
 
 
@@ -549,21 +560,21 @@ def messages_prefix_source_from_body(body: bytes | bytearray | memoryview | str)
             return None
         if not body:
             return ""
-        doc = gojson.loads(body, first_value_only=True)
+        doc = loads(body, first_value_only=True)
         if doc is None:
             return ""
-        if type(doc) is not gojson.Pairs:
+        if type(doc) is not Pairs:
             return None
-        messages: gojson.GoSlice | None = None
+        messages: GoSlice | None = None
         for key, value in doc:
             name = _REQUEST.match(key)
             if name == "messages":
-                messages = gojson.decode_slice(
+                messages = decode_slice(
                     messages, value, name, _decode_message, _Message
                 )
             elif name == "model":
-                gojson.decode_string("", value, name)
-    except gojson.GoJSONError:
+                decode_string("", value, name)
+    except GoJSONError:
         return None
     except Exception:  # never raise into request handling
         return None
@@ -587,7 +598,7 @@ _GO_SPACE: Final = (
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 
-_MODEL_ONLY: Final = gojson.GoStruct(("model",))
+_MODEL_ONLY: Final = GoStruct(("model",))
 
 
 def _model_from_pairs(pairs: Iterable[tuple[object, object]]) -> str:
@@ -649,9 +660,9 @@ def extract_model(query_model: object, body: object) -> str:
         if not isinstance(body, bytes | bytearray | memoryview | str) or not body:
             return ""
         try:
-            doc = gojson.loads(body)
-        except gojson.GoJSONError:
+            doc = loads(body)
+        except GoJSONError:
             return ""
-        return _model_from_pairs(doc) if isinstance(doc, gojson.Pairs) else ""
+        return _model_from_pairs(doc) if isinstance(doc, Pairs) else ""
     except Exception:  # never raise into request handling (RecursionError included)
         return ""

@@ -33,7 +33,16 @@ from typing import ClassVar, Final
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
-from clusterrouting import _gojson as gojson
+from clusterrouting._gojson import (
+    GoJSONError,
+    GoSlice,
+    GoStruct,
+    Pairs,
+    decode_int64,
+    decode_string,
+    decode_uint64_slice,
+    loads,
+)
 from prefixcache._types import ReplicaKey
 
 __all__ = [
@@ -282,13 +291,13 @@ def decode_event(subject: str, payload: bytes) -> ObserveEvent | InvalidateEvent
     raise EventDecodeError("<subject>", subject, f"is not one of {list(EVENT_SUBJECTS)}")
 
 
-_OBSERVE_STRUCT: Final = gojson.GoStruct(("model", "chain", "node_id", "replica"))
-_INVALIDATE_STRUCT: Final = gojson.GoStruct(("model", "node_id", "replica"))
+_OBSERVE_STRUCT: Final = GoStruct(("model", "chain", "node_id", "replica"))
+_INVALIDATE_STRUCT: Final = GoStruct(("model", "node_id", "replica"))
 
 
 def _decode_fields(
-    payload: bytes, struct: gojson.GoStruct
-) -> tuple[str, gojson.GoSlice | None, str, int]:
+    payload: bytes, struct: GoStruct
+) -> tuple[str, GoSlice | None, str, int]:
     """The fields as Go's decoder fills its event struct (``struct`` names its fields)."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise EventDecodeError("<payload>", type(payload).__name__, "must be bytes")
@@ -297,27 +306,27 @@ def _decode_fields(
             "<payload>", f"{len(payload)} bytes", f"is larger than {MAX_EVENT_BYTES} bytes"
         )
     try:
-        doc = gojson.loads(payload)
-    except gojson.GoJSONError as exc:
+        doc = loads(payload)
+    except GoJSONError as exc:
         raise EventDecodeError("<payload>", bytes(payload[:40]), exc.reason) from None
-    if type(doc) is not gojson.Pairs:
+    if type(doc) is not Pairs:
         raise EventDecodeError("<payload>", bytes(payload[:40]), "is not a JSON object")
     model = node_id = ""
     replica = 0
-    chain: gojson.GoSlice | None = None
+    chain: GoSlice | None = None
     value: object = None
     try:
         for key, value in doc:
             name = struct.match(key)
             if name == "node_id":
-                node_id = gojson.decode_string(node_id, value, name)
+                node_id = decode_string(node_id, value, name)
             elif name == "model":
-                model = gojson.decode_string(model, value, name)
+                model = decode_string(model, value, name)
             elif name == "replica":
-                replica = gojson.decode_int64(replica, value, name)
+                replica = decode_int64(replica, value, name)
             elif name == "chain":
-                chain = gojson.decode_uint64_slice(chain, value, name)
-    except gojson.GoJSONError as exc:
+                chain = decode_uint64_slice(chain, value, name)
+    except GoJSONError as exc:
         raise EventDecodeError(exc.field, value, exc.reason) from None
     for field, text in (("model", model), ("node_id", node_id)):
         reason = _check_name(field, text, non_empty=field == "node_id")
@@ -326,7 +335,7 @@ def _decode_fields(
     return model, chain, node_id, replica
 
 
-def _decode_chain(chain: gojson.GoSlice | None, *, allow_empty: bool) -> tuple[int, ...]:
+def _decode_chain(chain: GoSlice | None, *, allow_empty: bool) -> tuple[int, ...]:
     items = () if chain is None else chain.items()
     if len(items) > MAX_EVENT_CHAIN:
         raise EventDecodeError("chain", f"{len(items)} hashes", f"is longer than {MAX_EVENT_CHAIN}")

@@ -45,7 +45,11 @@ import attrs
 import xxhash
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
-from clusterrouting import _gojson as gojson
+from clusterrouting._gojson import (
+    GoJSONError,
+    Pairs,
+    loads,
+)
 from prefixcache._events import MAX_EVENT_CHAIN, MAX_NAME_BYTES
 from prefixcache._types import ReplicaKey
 
@@ -211,10 +215,10 @@ class Snapshot:
                 "<payload>", f"{len(payload)} bytes is larger than max_bytes={max_bytes}"
             )
         try:
-            parsed = gojson.loads(payload)
-        except gojson.GoJSONError as exc:
+            parsed = loads(payload)
+        except GoJSONError as exc:
             raise SnapshotDecodeError("<payload>", f"not UTF-8 JSON ({exc.reason})") from None
-        doc = dict(parsed) if type(parsed) is gojson.Pairs else None
+        doc = dict(parsed) if type(parsed) is Pairs else None
         if doc is None or doc.get("version") != 1:
             raise SnapshotDecodeError("version", "expected an object with version 1")
         models = doc.get("models")
