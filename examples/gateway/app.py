@@ -81,7 +81,12 @@ import aiohttp
 import attrs
 from aiohttp import WSMsgType, http_exceptions, web
 
-from clusterrouting import ReplicaCandidate, build_candidates, pick_with_affinity
+from clusterrouting import (
+    ReplicaCandidate,
+    build_candidates,
+    pick_with_affinity,
+    within_load_guard,
+)
 from examples.gateway.cluster_page import render_cluster_page
 from examples.gateway.membership import Membership
 from examples.gateway.mock_backend import NODE_QUERY_SUBJECT, NODE_SUBJECT
@@ -92,6 +97,7 @@ from prefixcache import (
     Index,
     Pressure,
     ReplicaKey,
+    SessionPins,
     Sync,
     affinity_preferred,
     extract_chain,
@@ -247,6 +253,11 @@ class Gateway:
         settings: tunables.
         sync_transport: when given, affinity is shared with other gateways through
             ``prefixcache.Sync`` over it (off by default: a single gateway is the common case).
+        pins: session pins (``prefixcache.SessionPins``); a request naming its session in the
+            ``session_header`` header prefers the session's backend while that backend is
+            within the load guard, is re-pinned on success and unpinned on failure. Shared
+            over ``sync_transport`` when both are given.
+        session_header: the request header naming the session.
         clock: wall clock (seconds). It stamps the index and is compared with ``last_seen`` of
             announcements from other processes, so it must be wall time.
     """
@@ -258,7 +269,11 @@ class Gateway:
         settings: GatewaySettings | None = None,
         sync_transport: MessageTransport | None = None,
         clock: Callable[[], float] = time.time,
+        pins: SessionPins | None = None,
+        session_header: str = "X-Session-Id",
     ) -> None:
+        self.pins = pins
+        self.session_header = session_header
         self.settings = settings or GatewaySettings()
         self.config = self.settings.config
         self.clock = clock
@@ -325,6 +340,8 @@ class Gateway:
             )
         if self.sync is not None and self._sync_transport is not None:
             self._unsubscribes.append(self.sync.attach(self._sync_transport))
+            if self.pins is not None:
+                self._unsubscribes.append(self.pins.attach(self._sync_transport))
         for transport in {
             id(t): t for t in (self._membership_transport, self._sync_transport) if t is not None
         }.values():
@@ -394,7 +411,12 @@ class Gateway:
         return [attrs.evolve(c, last_used=self.last_used.get(c.node_id)) for c in built]
 
     def choose(
-        self, model: str, chain: Sequence[int], now: float, exclude: Sequence[str] = ()
+        self,
+        model: str,
+        chain: Sequence[int],
+        now: float,
+        exclude: Sequence[str] = (),
+        session: str | None = None,
     ) -> tuple[ReplicaCandidate | None, str | None]:
         """Pick a backend and **reserve** it (in-flight +1, last use = ``now``).
 
@@ -410,6 +432,14 @@ class Gateway:
         if not cands:
             return None, None
         preferred = affinity_preferred(self.provider, model, chain, cands, self.config, now)
+        pinned = self.pins.get(model, session, now=now) if self.pins and session else None
+        if pinned is not None:
+            # A session pin is a strong preference, not a hard route: it yields to the guard.
+            least = min(c.in_flight for c in cands)
+            slack = self.config.balance_abs_threshold
+            for c in cands:
+                if c.node_id == pinned and within_load_guard(c.in_flight, least, slack=slack):
+                    preferred = pinned
         picked = pick_with_affinity(cands, preferred, slack=self.config.balance_abs_threshold)
         if picked is None:
             return None, preferred
@@ -548,9 +578,10 @@ class Gateway:
         body = await self._read_body(request, held)
         model = extract_model(request.query.get("model", ""), body)
         chain = self.chain_for(request.path, model, body)
+        session = request.headers.get(self.session_header) or None
         tried: list[str] = []
         for _attempt in range(self.settings.max_attempts):
-            picked, _preferred = self.choose(model, chain, self.clock(), tried)
+            picked, _preferred = self.choose(model, chain, self.clock(), tried, session)
             if picked is None:
                 break
             node_id = picked.node_id
@@ -565,8 +596,12 @@ class Gateway:
             if complete and response.status // 100 == 2:
                 self.stats[node_id].served += 1
                 self.observe(model, chain, node_id)
+                if self.pins is not None and session:
+                    self.pins.pin(model, session, node_id, now=self.clock())
             else:
                 self.stats[node_id].errors += 1
+                if self.pins is not None and session:
+                    self.pins.unpin(model, session, deployment=node_id, now=self.clock())
             return response
         self.rejected["503"] += 1
         return _json_error(

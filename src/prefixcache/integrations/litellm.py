@@ -53,13 +53,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import itertools
 import math
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeGuard
 
 import attrs
 from litellm.integrations.custom_logger import CustomLogger
@@ -187,11 +188,43 @@ class _Reservation:
 
 
 def _deployment_id(deployment: object) -> str:
-    info = deployment.get("model_info") if isinstance(deployment, Mapping) else None
-    did = info.get("id") if isinstance(info, Mapping) else None
+    # LiteLLM's records are dicts: test that first (an ABC check costs far more).
+    info = deployment.get("model_info") if _is_mapping(deployment) else None
+    did = info.get("id") if _is_mapping(info) else None
     if not isinstance(did, str) or not did:
         raise InvalidRecordError("deployment", deployment, "has no model_info.id")
     return did
+
+
+def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
+    return type(value) is dict or isinstance(value, Mapping)
+
+
+_PLAIN_KEYS: Final = frozenset(("role", "content"))
+
+
+def _plain_source(messages: Sequence[object]) -> str | None:
+    """``messages_prefix_source(messages)`` for the common case it is cheap to build here:
+    every message a dict with exactly the keys ``role`` and ``content``, both strings, and
+    ASCII text (no case-folded keys, part lists or lone surrogates to normalise); ``None``
+    otherwise. SPEED: a copy of that rule for plain messages (~5x faster on chat traffic,
+    see benchmarks/bench_litellm.py); tests/integration/test_litellm.py checks it against
+    ``messages_prefix_source``."""
+    parts: list[str] = []
+    add = parts.append
+    for m in messages:
+        if type(m) is not dict or m.keys() != _PLAIN_KEYS:
+            return None
+        role = m["role"]
+        content = m["content"]
+        if type(role) is not str or type(content) is not str:
+            return None
+        add(role)
+        add("\n")
+        add(content)
+        add("\n")
+    text = "".join(parts)
+    return text if text.isascii() else None
 
 
 def _metadata(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -282,6 +315,8 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         self.clock = clock
         self.mirror = KvCacheMirror()
         self._uid = uuid.uuid4().hex
+        self._keys: dict[str, ReplicaKey] = {}
+        self._next_rid = itertools.count()
         # LiteLLM registers a logger for callbacks only if no logger with the same class and
         # public str/bool/int attributes is registered: this public id keeps plugins apart.
         self.plugin_id = self._uid
@@ -337,19 +372,54 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
                     return value if isinstance(value, str) and value else None
         return None
 
-    def _source(self, messages: object, kwargs: Mapping[str, Any]) -> str:
-        if isinstance(messages, list | tuple) and messages:
-            return messages_prefix_source(messages)
-        for name in ("prompt", "input"):
-            value = kwargs.get(name)
-            if isinstance(value, str):
-                return value
-            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                return messages_prefix_source(value)
-        return ""
+    def _source(self, messages: object, kwargs: Mapping[str, Any]) -> tuple[str, int]:
+        """``(source, length)``: the prefix source, built only as far as the chain can reach
+        when chains hash bytes (``messages_prefix_source`` of leading messages is a prefix of
+        the whole), and the whole source's length in characters."""
+        if not (isinstance(messages, list | tuple) and messages):
+            messages = None
+            for name in ("prompt", "input"):
+                value = kwargs.get(name)
+                if isinstance(value, str):
+                    return value, len(value)
+                if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                    messages = value
+                    break
+            if messages is None:
+                return "", 0
+        if self.tokenizer is not None:
+            text = messages_prefix_source(messages)
+            return text, len(text)
+        # Hash only the leading messages whose text reaches the chain's depth (a character is
+        # at least one byte); plain messages after them count by their text length.
+        reach = self.config.max_depth * self.config.window_bytes
+        seen = 0
+        rest = 0
+        cut = len(messages)
+        for i, message in enumerate(messages):
+            content = message.get("content") if type(message) is dict else None
+            if type(content) is not str:
+                seen = -1  # a part list or an object: hash everything
+                break
+            seen += len(content) + 8
+            if seen > reach:
+                cut = i + 1
+                break
+        if seen > reach and cut < len(messages):
+            tail = messages[cut:]
+            if all(
+                type(m) is dict and type(m.get("content")) is str and type(m.get("role")) is str
+                for m in tail
+            ):
+                rest = sum(len(m["role"]) + len(m["content"]) + 2 for m in tail)
+                messages = messages[:cut]
+        plain = _plain_source(messages)
+        text = messages_prefix_source(messages) if plain is None else plain
+        return text, len(text) + rest
 
-    def _chain(self, group: str, source: str) -> tuple[tuple[int, ...], int, int]:
-        """``(chain, prompt_tokens, tokens per block)``."""
+    def _chain(self, group: str, source: str, length: int) -> tuple[tuple[int, ...], int, int]:
+        """``(chain, prompt_tokens, tokens per block)``; without a tokenizer a token is
+        taken as 4 characters."""
         if self.tokenizer is not None:
             ids = self.tokenizer(group, source)
             chain = extract_token_chain(
@@ -357,8 +427,13 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             )
             return chain, len(ids), self.block_tokens
         chain = extract_chain(group, source, self.config)
-        n_bytes = len(source.encode("utf-8", "surrogatepass"))
-        return chain, -(-n_bytes // _BYTES_PER_TOKEN), self.block_tokens
+        return chain, -(-length // _BYTES_PER_TOKEN), self.block_tokens
+
+    def _key(self, deployment_id: str) -> ReplicaKey:
+        key = self._keys[deployment_id] = ReplicaKey(deployment_id)
+        if len(self._keys) > 4096:  # deployments come and go: keep the cache bounded
+            self._keys.clear()
+        return key
 
     def _request_id(self, kwargs: Mapping[str, Any]) -> str:
         md = _metadata(kwargs)
@@ -367,7 +442,11 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             if isinstance(rid, str) and rid:
                 return rid
         call_id = kwargs.get("litellm_call_id")
-        rid = call_id if isinstance(call_id, str) and call_id else uuid.uuid4().hex
+        rid = (
+            call_id
+            if isinstance(call_id, str) and call_id
+            else f"{self._uid}-{next(self._next_rid)}"
+        )
         if md is not None:
             md[REQUEST_ID_METADATA_KEY] = rid
         return rid
@@ -393,11 +472,12 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             raise InvalidRecordError("deployments", deployments, "must not be empty")
         t = self.clock() if now is None else now
         ids = [_deployment_id(d) for d in deployments]
-        source = self._source(messages, request_kwargs)
-        chain, prompt_tokens, block_tokens = self._chain(group, source)
+        source, length = self._source(messages, request_kwargs)
+        chain, prompt_tokens, block_tokens = self._chain(group, source, length)
         session = self._session_of(request_kwargs) if self.pins is not None else None
         rid = self._request_id(request_kwargs)
-        keys = [ReplicaKey(i) for i in ids]
+        known = self._keys
+        keys = [known.get(i) or self._key(i) for i in ids]
         decision = self.provider.decide(group, chain, keys, t)
         hot = decision.hot
         hot_blocks = round(decision.match_ratio * len(chain)) if hot is not None else 0
@@ -524,11 +604,12 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
                 self._counts["unmatched"] += 1
                 return False
             self._counts["released"] += 1
+            key = self._keys.get(deployment) or self._key(deployment)
             if success:
-                self.mirror.observe(ReplicaKey(deployment), res.chain)
+                self.mirror.observe(key, res.chain)
         if success:
             if res.chain:
-                self.provider.observe(res.group, res.chain, ReplicaKey(deployment), t)
+                self.provider.observe(res.group, res.chain, key, t)
                 self._bump("observed")
             if res.session is not None and self.pins is not None:
                 self.pins.pin(res.group, res.session, deployment, now=t)
@@ -544,14 +625,14 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
     @staticmethod
     def _callback_deployment(kwargs: Mapping[str, Any]) -> str:
         lp = kwargs.get("litellm_params")
-        if isinstance(lp, Mapping):
+        if _is_mapping(lp):
             info = lp.get("model_info")
-            if isinstance(info, Mapping) and isinstance(info.get("id"), str):
+            if _is_mapping(info) and isinstance(info.get("id"), str):
                 return str(info["id"])
             md = lp.get("metadata")
-            if isinstance(md, Mapping):
+            if _is_mapping(md):
                 info = md.get("model_info")
-                if isinstance(info, Mapping) and isinstance(info.get("id"), str):
+                if _is_mapping(info) and isinstance(info.get("id"), str):
                     return str(info["id"])
         mid = kwargs.get("model_id")
         return mid if isinstance(mid, str) else ""
@@ -560,10 +641,10 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
     def _callback_request_ids(kwargs: Mapping[str, Any]) -> list[str]:
         ids: list[str] = []
         lp = kwargs.get("litellm_params")
-        if isinstance(lp, Mapping):
+        if _is_mapping(lp):
             for name in ("metadata", "litellm_metadata"):
                 md = lp.get(name)
-                if isinstance(md, Mapping):
+                if _is_mapping(md):
                     rid = md.get(REQUEST_ID_METADATA_KEY)
                     if isinstance(rid, str) and rid not in ids:
                         ids.append(rid)
@@ -610,7 +691,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
     ) -> None:
         """Release the attempt's reservation, observe its chain and pin its session."""
         try:
-            if isinstance(kwargs, Mapping):
+            if _is_mapping(kwargs):
                 self.release(kwargs, success=True)
         except Exception:
             self._bump("errors")
@@ -620,7 +701,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
     ) -> None:
         """Release the attempt's reservation; clear its session's pin to that deployment."""
         try:
-            if isinstance(kwargs, Mapping):
+            if _is_mapping(kwargs):
                 self.release(kwargs, success=False)
         except Exception:
             self._bump("errors")
