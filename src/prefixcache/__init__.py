@@ -23,8 +23,11 @@ from prefixcache._cost import (
     DEFAULT_SHARE_FACTOR,
     DEFAULT_SHARE_SLACK,
     CostCandidate,
+    CostExplanation,
+    CostTerms,
     DispatchWindow,
     KvCacheMirror,
+    explain_lowest_cost,
     pick_lowest_cost,
 )
 from prefixcache._events import (
@@ -38,6 +41,7 @@ from prefixcache._events import (
     ObserveEvent,
     decode_event,
 )
+from prefixcache._explain import SelectCandidate, SelectExplanation, explain_select
 from prefixcache._index import Index, Provider
 from prefixcache._pins import (
     MAX_PIN_BYTES,
@@ -94,6 +98,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "CostCandidate",
+    "CostExplanation",
+    "CostTerms",
     "DEFAULT_BACKEND",
     "DEFAULT_CONFIG",
     "DEFAULT_IN_FLIGHT_TOKENS",
@@ -129,6 +135,8 @@ __all__ = [
     "RadixTree",
     "ReplicaKey",
     "RoutePolicy",
+    "SelectCandidate",
+    "SelectExplanation",
     "SessionPins",
     "Snapshot",
     "SnapshotDecodeError",
@@ -143,6 +151,8 @@ __all__ = [
     "digest",
     "digests",
     "eviction_interval",
+    "explain_lowest_cost",
+    "explain_select",
     "export_snapshot",
     "extract_chain",
     "extract_model",

@@ -32,8 +32,11 @@ __all__ = [
     "DEFAULT_SHARE_SLACK",
     "CacheSource",
     "CostCandidate",
+    "CostExplanation",
+    "CostTerms",
     "DispatchWindow",
     "KvCacheMirror",
+    "explain_lowest_cost",
     "pick_lowest_cost",
 ]
 
@@ -244,6 +247,176 @@ def pick_lowest_cost(
         return (total, c.queued_tokens, c.in_flight, c.tie_rank, c.key)
 
     return min(eligible, key=cost).key
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class CostTerms:
+    """One candidate in an :class:`CostExplanation`.
+
+    Attributes:
+        key: the replica.
+        signals: every :class:`CostCandidate` field but ``key``, as passed (JSON-ready:
+            enums as their value).
+        excluded_by: ``"fair_share"`` when the fair-share guard left it out, else ``None``.
+        uncached_tokens: ``max(0, prompt_tokens - cached_tokens)``.
+        queue_term: ``queue_weight * queued_tokens``.
+        load_term: ``in_flight_tokens * (in_flight - min_in_flight)``.
+        pin_term: ``-pinned_tokens``.
+        cost: the sum of the four terms (tier 1 of :func:`pick_lowest_cost`).
+    """
+
+    key: ReplicaKey
+    signals: dict[str, Any]
+    excluded_by: str | None
+    uncached_tokens: int
+    queue_term: float
+    load_term: float
+    pin_term: float
+    cost: float
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (``key`` as ``"node_id/replica"``)."""
+        d = attrs.asdict(self, recurse=False)
+        d["key"] = f"{self.key.node_id}/{self.key.replica}"
+        d["signals"] = dict(self.signals)
+        return d
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class CostExplanation:
+    """Why :func:`pick_lowest_cost` chose what it chose (:func:`explain_lowest_cost`).
+
+    Attributes:
+        chosen: the key :func:`pick_lowest_cost` returns for the same arguments.
+        rule: the tier that separated the winner from the best other eligible candidate:
+            ``"cost"``, ``"queued_tokens"``, ``"in_flight"``, ``"tie_rank"`` or ``"key"``;
+            ``"only_eligible"`` when one candidate passed the guard, ``"empty"`` for none.
+        candidates: a :class:`CostTerms` per candidate, in input order.
+        min_in_flight: the least ``in_flight`` over all candidates (``None`` when empty).
+        share_limit: the fair-share guard's limit in dispatches (``None``: guard off or no
+            candidates).
+        params: the arguments the decision used (prompt tokens and weights).
+    """
+
+    chosen: ReplicaKey | None
+    rule: str
+    candidates: tuple[CostTerms, ...]
+    min_in_flight: int | None
+    share_limit: float | None
+    params: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (no prompt content: only counts and weights)."""
+        return {
+            "chosen": None
+            if self.chosen is None
+            else f"{self.chosen.node_id}/{self.chosen.replica}",
+            "rule": self.rule,
+            "min_in_flight": self.min_in_flight,
+            "share_limit": self.share_limit,
+            "params": dict(self.params),
+            "candidates": [c.to_json() for c in self.candidates],
+        }
+
+
+_TIERS = ("cost", "queued_tokens", "in_flight", "tie_rank", "key")
+
+
+def explain_lowest_cost(
+    candidates: Sequence[CostCandidate],
+    *,
+    prompt_tokens: int,
+    queue_weight: float = DEFAULT_QUEUE_WEIGHT,
+    in_flight_tokens: float = DEFAULT_IN_FLIGHT_TOKENS,
+    share_factor: float | None = DEFAULT_SHARE_FACTOR,
+    share_slack: int = DEFAULT_SHARE_SLACK,
+) -> CostExplanation:
+    """:func:`pick_lowest_cost` with its reasons: every candidate's signals, the filter that
+    excluded it, each cost term, and the tier that decided.
+
+    Same arguments and errors as :func:`pick_lowest_cost`; ``chosen`` is always what it
+    returns for them (it is called to decide). O(len(candidates) log len(candidates)).
+
+    >>> a = CostCandidate(key=ReplicaKey("a"), cached_tokens=1024, queued_tokens=4000)
+    >>> b = CostCandidate(key=ReplicaKey("b"))
+    >>> e = explain_lowest_cost([a, b], prompt_tokens=2048)
+    >>> e.chosen.node_id, e.rule, [c.cost for c in e.candidates]
+    ('a', 'cost', [1424.0, 2048.0])
+    """
+    chosen = pick_lowest_cost(
+        candidates,
+        prompt_tokens=prompt_tokens,
+        queue_weight=queue_weight,
+        in_flight_tokens=in_flight_tokens,
+        share_factor=share_factor,
+        share_slack=share_slack,
+    )
+    params: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "queue_weight": queue_weight,
+        "in_flight_tokens": in_flight_tokens,
+        "share_factor": share_factor,
+        "share_slack": share_slack,
+    }
+    if not candidates:
+        return CostExplanation(
+            chosen=None,
+            rule="empty",
+            candidates=(),
+            min_in_flight=None,
+            share_limit=None,
+            params=params,
+        )
+    min_if = min(c.in_flight for c in candidates)
+    limit: float | None = None
+    if share_factor is not None:
+        limit = sum(c.recent_dispatches for c in candidates) / len(candidates)
+        limit = limit * share_factor + share_slack
+    terms = []
+    ranked = []
+    for c in candidates:
+        excluded = None
+        if limit is not None and not (c.recent_dispatches <= limit or c.pinned_tokens):
+            excluded = "fair_share"
+        uncached = max(0, prompt_tokens - c.cached_tokens)
+        qt = queue_weight * c.queued_tokens
+        lt = in_flight_tokens * (c.in_flight - min_if)
+        total = uncached + qt + lt - c.pinned_tokens
+        signals = {
+            f.name: (v.value if isinstance(v, StrEnum) else v)
+            for f in attrs.fields(type(c))
+            if f.name != "key"
+            for v in (getattr(c, f.name),)
+        }
+        t = CostTerms(
+            key=c.key,
+            signals=signals,
+            excluded_by=excluded,
+            uncached_tokens=uncached,
+            queue_term=float(qt),
+            load_term=float(lt),
+            pin_term=float(-c.pinned_tokens),
+            cost=float(total),
+        )
+        terms.append(t)
+        if excluded is None:
+            ranked.append((float(total), c.queued_tokens, c.in_flight, c.tie_rank, c.key))
+    ranked.sort()
+    if len(ranked) == 1:
+        rule = "only_eligible"
+    else:
+        first, second = ranked[0], ranked[1]
+        rule = next(
+            (name for name, x, y in zip(_TIERS, first, second, strict=True) if x != y), "key"
+        )
+    return CostExplanation(
+        chosen=chosen,
+        rule=rule,
+        candidates=tuple(terms),
+        min_in_flight=min_if,
+        share_limit=limit,
+        params=params,
+    )
 
 
 class DispatchWindow:

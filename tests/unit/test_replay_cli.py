@@ -217,3 +217,44 @@ def test_policies_all_slo_and_restarts(trace: Path, capsys: pytest.CaptureFixtur
     assert doc["slo_s"] == 0.11
     assert all(0.0 <= p["slo_share"] <= 1.0 for p in doc["policies"])
     assert doc["cluster"]["restarts"] == [[0.5, 0], [1.0, 1]]
+
+
+def test_decision_log_explains_sampled_decisions_without_prompt_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reqs = synthetic_trace(seed=3, sessions=40, duration_s=60.0)
+    p = tmp_path / "synth.jsonl"
+    p.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "timestamp": r.arrival * 1000,
+                    "input_length": r.input_tokens,
+                    "output_length": r.output_tokens,
+                    "hash_ids": list(r.blocks),
+                }
+            )
+            for r in reqs
+        )
+    )
+    log = tmp_path / "decisions.jsonl"
+    argv = [str(p), "--no-progress", "--policies", "cache-cost,prefix,round-robin"]
+    rc = main([*argv, "--decision-log", str(log), "--decision-every", "5", "--replicas", "3"])
+    assert rc == 0
+    capsys.readouterr()
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    by_policy = {x["policy"] for x in lines}
+    assert by_policy == {"cache-cost", "prefix"}  # round-robin has nothing to explain
+    n = len(reqs)
+    assert sum(1 for x in lines if x["policy"] == "cache-cost") == len(range(0, n, 5))
+    for x in lines:
+        assert x["request"] % 5 == 0
+        e = x["explanation"]
+        assert e["chosen"] in {c["key"] for c in e["candidates"]}
+        assert "hash_ids" not in json.dumps(x) and "blocks" not in e
+    cost = next(x for x in lines if x["policy"] == "cache-cost")["explanation"]
+    assert {"uncached_tokens", "queue_term", "load_term", "cost", "signals"} <= set(
+        cost["candidates"][0]
+    )
+    sel = next(x for x in lines if x["policy"] == "prefix")["explanation"]
+    assert sel["rule"] in ("hot", "cold_order", "least_loaded")

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import attrs
 
@@ -213,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="restart one engine (in turn) every SECONDS of simulated time: its cache is "
         "emptied and its event publisher starts again at seq 0",
     )
+    p.add_argument(
+        "--decision-log",
+        metavar="FILE.jsonl",
+        default=None,
+        help="write sampled decisions of cache-cost, cache-cost-precise and prefix with "
+        "their explanations (one JSON object per line; counts only, no prompt content)",
+    )
+    p.add_argument(
+        "--decision-every",
+        type=int,
+        default=100,
+        metavar="N",
+        help="with --decision-log: explain every N-th request (default 100)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument(
         "--plot",
@@ -367,6 +381,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.kv_events:
         return _kv_events(args, requests, path.name, model)
     progress = None if args.no_progress else _Progress(sys.stderr, len(args.policies))
+    log_fh = None
+    if args.decision_log is not None:
+        try:
+            log_fh = open(args.decision_log, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            print(f"clusterrouting-replay: --decision-log: {exc}", file=sys.stderr)
+            return 1
+
+    def sink(record: dict[str, Any]) -> None:
+        assert log_fh is not None
+        log_fh.write(json.dumps(record, sort_keys=True) + "\n")
+
     try:
         result = run_replay(
             requests,
@@ -379,10 +405,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             observe_at=args.observe,
             progress=progress,
             slo_s=args.slo,
+            on_decision=None if log_fh is None else sink,
+            decision_every=args.decision_every,
         )
     except ClusterRoutingError as exc:
         print(f"clusterrouting-replay: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if log_fh is not None:
+            log_fh.close()
     if args.json:
         print(json.dumps(result.to_json(), indent=None, sort_keys=False))
     else:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 from clusterrouting import (
     InvalidRecordError,
@@ -55,9 +55,30 @@ REPLAY_MODEL = "trace"
 """The model name the replay's indexes file every chain under (traces carry none)."""
 
 
+DecisionSink = Callable[[dict[str, Any]], None]
+"""Receives one sampled decision record (see :func:`run_replay`'s ``on_decision``)."""
+
+
 class _Base:
     name = "base"
     observe_at: str = "-"
+    #: Explain every ``log_every``-th decision into ``log_sink`` (0: never). Policies
+    #: built on ``pick_lowest_cost`` or ``select`` support it.
+    log_every: int = 0
+    log_sink: DecisionSink | None = None
+
+    def _log(self, i: int, request: Request, now: float, explanation: dict[str, Any]) -> None:
+        if self.log_sink is not None:
+            self.log_sink(
+                {
+                    "policy": self.name,
+                    "request": i,
+                    "time_s": now,
+                    "prompt_tokens": request.input_tokens,
+                    "prompt_blocks": len(request.blocks),
+                    "explanation": explanation,
+                }
+            )
 
     def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
         pass
@@ -180,6 +201,12 @@ class PrefixPolicy(_IndexPolicy):
         decision = self.index.decide(REPLAY_MODEL, request.blocks, cands, now)
         key = self._select(cands, decision, self.config)
         assert key is not None
+        if self.log_every and i % self.log_every == 0:
+            from prefixcache._explain import explain_select
+
+            e = explain_select(cands, decision, self.config)
+            assert e.chosen == key
+            self._log(i, request, now, e.to_json())
         return keys.index(key)
 
 
@@ -425,6 +452,14 @@ class CacheCostPolicy(_Base):
         ]
         key = self._pick(cands, prompt_tokens=inp, queue_weight=self._w)
         assert key is not None
+        if self.log_every and i % self.log_every == 0:
+            from prefixcache._cost import explain_lowest_cost
+
+            e = explain_lowest_cost(cands, prompt_tokens=inp, queue_weight=self._w)
+            assert e.chosen == key
+            d = e.to_json()
+            d["warm_copies"] = len(credit) if credit is not held else 0
+            self._log(i, request, now, d)
         r = keys.index(key)
         self._est[i] = inp - min(inp, held[r] * bt)
         return r

@@ -192,6 +192,8 @@ def run_replay(
     observe_at: ObserveAt | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     slo_s: float | None = None,
+    on_decision: Callable[[dict[str, Any]], None] | None = None,
+    decision_every: int = 100,
 ) -> ReplayResult:
     """Replay ``requests`` through each named policy on a fresh cluster ``model``.
 
@@ -207,6 +209,11 @@ def run_replay(
         observe_at: override when indexing policies observe (``None``: each one's default).
         progress: ``progress(policy, done, total)`` as the replay advances.
         slo_s: a TTFT objective; each policy then reports the share of requests meeting it.
+        on_decision: receives every ``decision_every``-th decision of the policies built on
+            ``pick_lowest_cost`` or ``select`` (``cache-cost``, ``cache-cost-precise``,
+            ``prefix``), explained: ``{"policy", "request", "time_s", "prompt_tokens",
+            "prompt_blocks", "explanation"}`` (counts only, no prompt content).
+        decision_every: the sampling period of ``on_decision`` (int >= 1).
 
     Returns:
         A :class:`ReplayResult`. Per policy: ``hit_ratio`` (cached leading blocks at
@@ -225,6 +232,8 @@ def run_replay(
     """
     if not policies:
         raise InvalidRecordError("policies", list(policies), "must name at least one policy")
+    if type(decision_every) is not int or decision_every < 1:
+        raise InvalidRecordError("decision_every", decision_every, "must be an int >= 1")
     names = list(policies)
     for name in names:  # fail before a long replay, not in the middle of it
         make_policy(name, model, seed=seed, observe_at=observe_at)
@@ -234,6 +243,9 @@ def run_replay(
     results = []
     for name in names:
         policy = make_policy(name, model, seed=seed, observe_at=observe_at)
+        if on_decision is not None:
+            policy.log_every = decision_every  # type: ignore[attr-defined]
+            policy.log_sink = on_decision  # type: ignore[attr-defined]
         cb = None if progress is None else functools.partial(progress, name)
 
         out = simulate(requests, policy, model, speedup=sp, progress=cb)

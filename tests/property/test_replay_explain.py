@@ -1,0 +1,128 @@
+"""Explanations agree with the decisions they explain: ``explain_lowest_cost`` chooses what
+``pick_lowest_cost`` chooses and ``explain_select`` what ``select`` chooses, for the same
+arguments, and their stated rule and terms reproduce that choice."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prefixcache import (
+    Candidate,
+    Config,
+    CostCandidate,
+    PrefixDecision,
+    ReplicaKey,
+    pick_lowest_cost,
+    select,
+)
+from prefixcache._cost import explain_lowest_cost
+from prefixcache._explain import explain_select
+
+keys = st.builds(ReplicaKey, st.sampled_from(["a", "b", "c", "d"]), st.integers(0, 2))
+
+cost_candidates = st.builds(
+    CostCandidate,
+    key=keys,
+    in_flight=st.integers(0, 12),
+    cached_tokens=st.integers(0, 4096),
+    queued_tokens=st.integers(0, 20_000),
+    recent_dispatches=st.integers(0, 40),
+    pinned_tokens=st.sampled_from([0, 0, 0, 1 << 20]),
+    tie_rank=st.integers(0, 3),
+)
+
+
+@given(
+    cands=st.lists(cost_candidates, max_size=6),
+    prompt=st.integers(0, 8192),
+    qw=st.sampled_from([0.0, 0.1, 1.0]),
+    ift=st.sampled_from([0.0, 256.0]),
+    share=st.sampled_from([None, 1.0, 1.1, 2.0]),
+    slack=st.integers(0, 3),
+)
+def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
+    cands: list[CostCandidate],
+    prompt: int,
+    qw: float,
+    ift: float,
+    share: float | None,
+    slack: int,
+) -> None:
+    kw = {
+        "prompt_tokens": prompt,
+        "queue_weight": qw,
+        "in_flight_tokens": ift,
+        "share_factor": share,
+        "share_slack": slack,
+    }
+    e = explain_lowest_cost(cands, **kw)  # type: ignore[arg-type]
+    assert e.chosen == pick_lowest_cost(cands, **kw)  # type: ignore[arg-type]
+    assert len(e.candidates) == len(cands)
+    json.dumps(e.to_json())
+    if not cands:
+        assert e.rule == "empty"
+        return
+    eligible = [t for t in e.candidates if t.excluded_by is None]
+    assert eligible  # the guard never empties the set
+    # The terms add up, and the least (cost, queue, in-flight, tie rank, key) eligible
+    # candidate is the chosen one.
+    for t, c in zip(e.candidates, cands, strict=True):
+        assert t.key == c.key
+        assert t.cost == t.uncached_tokens + t.queue_term + t.load_term + t.pin_term
+        assert t.signals["in_flight"] == c.in_flight
+    best = min(
+        zip(e.candidates, cands, strict=True),
+        key=lambda tc: (
+            tc[0].cost if tc[0].excluded_by is None else float("inf"),
+            tc[1].queued_tokens,
+            tc[1].in_flight,
+            tc[1].tie_rank,
+            tc[1].key,
+        ),
+    )
+    assert best[0].key == e.chosen
+    assert e.rule in ("only_eligible", "cost", "queued_tokens", "in_flight", "tie_rank", "key")
+
+
+@st.composite
+def decisions(draw: st.DrawFn) -> PrefixDecision:
+    hot = draw(st.one_of(st.none(), keys))
+    ratio = 0.0 if hot is None else draw(st.floats(0.0, 1.0))
+    cold = tuple(draw(st.lists(keys, max_size=6, unique=True)))
+    return PrefixDecision(hot, ratio, cold)
+
+
+@given(
+    cands=st.lists(st.builds(Candidate, keys, st.integers(0, 12)), max_size=6),
+    decision=decisions(),
+    abs_t=st.integers(0, 4),
+    rel_t=st.sampled_from([1.0, 1.5, 3.0]),
+    mpm=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_explain_select_chooses_what_select_chooses(
+    cands: list[Candidate],
+    decision: PrefixDecision,
+    abs_t: int,
+    rel_t: float,
+    mpm: float,
+) -> None:
+    config = Config(balance_abs_threshold=abs_t, balance_rel_threshold=rel_t, min_prefix_match=mpm)
+    e = explain_select(cands, decision, config)
+    chosen = select(cands, decision, config)
+    assert e.chosen == chosen
+    json.dumps(e.to_json())
+    if not cands:
+        assert e.rule == "empty" and chosen is None
+        return
+    ok = {c.key for c in e.candidates if c.excluded_by is None}
+    if e.rule == "hot":
+        assert chosen == decision.hot and chosen in ok
+    elif e.rule == "cold_order":
+        assert chosen == next(k for k in decision.cold_order if k in ok)
+    else:
+        assert e.rule == "least_loaded"
+        assert chosen in ok
+        assert not any(k in ok for k in decision.cold_order)
