@@ -410,6 +410,8 @@ var fixedDocs = []string{
 	`{"u":NaN}`, `{"u":Infinity}`, `{"u":01}`, `{"u":.5}`, `{"u":1.}`, `{"u":+1}`, "{\"u\":\"\x01\"}",
 	`{"u":"\x"}`, `{"u":1}garbage`, `{"u":"` + strings.Repeat("9", 5000) + `"}`,
 	`{"u":` + strings.Repeat("9", 5000) + `}`, `{"u":1e99999}`, `{,}`, `{"a":1,}`, `[1,]`,
+	"nullx", "null x", "null]", `{"messages":[]}x`, `{"messages":[{"role":"u"}]}]`, "[]x", "5x",
+	`"s"x`, "{} garbage", `{"model":"m"}{"model":"n"}`, "truex", " \t\r\n{}", "{}\u00a0",
 }
 
 // ---- families ----
