@@ -45,12 +45,12 @@ from typing import Any, Final
 from clusterrouting._gofold import FOLD
 
 __all__ = [
-    "NEGATIVE_ZERO",
-    "NESTING_LIMIT",
     "GoJSONError",
     "GoSlice",
     "GoStruct",
     "HugeNumber",
+    "NEGATIVE_ZERO",
+    "NESTING_LIMIT",
     "NegativeZero",
     "Pairs",
     "check_float64",
