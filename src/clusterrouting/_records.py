@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -302,9 +303,20 @@ def _last_seen_seconds(text: str) -> float | None:
     ns = _parse_last_seen(text)
     if ns is None:
         return None
-    seconds = ns_to_seconds(ns)
-    if not (MIN_TIME < seconds < MAX_TIME):
+    if not (_MIN_NS < ns < _MAX_NS):
         raise NodeDataDecodeError(
             "LastSeen", f"outside years 1..9999 UTC (RFC 3339 cannot write it): {text!r}"
         )
+    seconds = ns_to_seconds(ns)
+    # Float seconds there are ~8 us apart: an instant that rounds onto either bound is kept
+    # inside (just after Go's zero time it is "never", offline for Go as well; just before
+    # year 10000, the last float of year 9999, online as for Go).
+    if seconds <= MIN_TIME:
+        return None
+    if seconds >= MAX_TIME:
+        return math.nextafter(MAX_TIME, 0.0)
     return seconds
+
+
+_MIN_NS: Final = int(MIN_TIME) * 1_000_000_000
+_MAX_NS: Final = int(MAX_TIME) * 1_000_000_000

@@ -219,7 +219,8 @@ class Snapshot:
         except GoJSONError as exc:
             raise SnapshotDecodeError("<payload>", f"not UTF-8 JSON ({exc.reason})") from None
         doc = dict(parsed) if type(parsed) is Pairs else None
-        if doc is None or doc.get("version") != 1:
+        version = None if doc is None else doc.get("version")
+        if doc is None or type(version) is not int or version != 1:
             raise SnapshotDecodeError("version", "expected an object with version 1")
         models = doc.get("models")
         rows = doc.get("entries")

@@ -174,3 +174,15 @@ def test_milliseconds_encode_without_float_noise(seconds: float, text: str) -> N
 
 def test_null_model_entry_decodes_to_empty_string_as_in_go() -> None:
     assert NodeData.from_json('{"Models": ["a", null]}').models == ("a", "")
+
+
+@pytest.mark.parametrize(
+    ("text", "online_far_future"),
+    [("0001-01-01T00:00:00.000001Z", False), ("9999-12-31T23:59:59.999999999Z", True)],
+)
+def test_last_seen_at_the_calendar_edges_is_kept_inside(text: str, online_far_future: bool) -> None:
+    # Go accepts both; floats round them onto the bounds, which NodeData cannot hold.
+    # Counterfactual: rejecting them would drop a record every Go router keeps.
+    n = NodeData.from_json(json.dumps({"LastSeen": text}))
+    assert n.is_online_at(T0) is online_far_future
+    assert NodeData.from_json(n.to_json()) == n
