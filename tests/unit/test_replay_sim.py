@@ -350,3 +350,17 @@ def test_parse_trace_and_errors(tmp_path: Path) -> None:
     p = tmp_path / "t.jsonl"
     p.write_text("\n".join(lines))
     assert load_trace(p) == reqs
+
+
+def test_parallel_replay_equals_the_serial_one() -> None:
+    from prefixcache.replay import synthetic_trace
+
+    reqs = synthetic_trace(seed=6, sessions=40, duration_s=60.0)
+    names = ["round-robin", "cache-cost", "dynamo-kv", "sglang-cache-aware"]
+    serial = run_replay(reqs, policies=names, jobs=1)
+    forked = run_replay(reqs, policies=names, jobs=2)
+    strip = ("decisions_per_s", "routing_s", "wall_s")
+    for a, b in zip(serial.policies, forked.policies, strict=True):
+        da = {k: v for k, v in a.to_json().items() if k not in strip}
+        db = {k: v for k, v in b.to_json().items() if k not in strip}
+        assert da == db

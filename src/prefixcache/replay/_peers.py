@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 from prefixcache._types import ReplicaKey
@@ -685,7 +685,7 @@ class ProdstackLoadAwarePolicy(_EventPeer):
         self._bt = block_tokens
         self.beta = beta
         self.qps_window_s = qps_window_s
-        self._recent: list[list[float]] = []
+        self._recent: list[deque[float]] = []
 
     def _qps_pick(self, n: int, now: float) -> int:
         lo = now - self.qps_window_s
@@ -693,14 +693,14 @@ class ProdstackLoadAwarePolicy(_EventPeer):
         for p in range(n):
             ts = self._recent[p]
             while ts and ts[0] < lo:
-                ts.pop(0)
+                ts.popleft()
             counts.append(len(ts))
         return min(range(n), key=lambda p: (counts[p], p))
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         n = view.replicas
         if len(self._recent) != n:
-            self._recent = [[] for _ in range(n)]
+            self._recent = [deque() for _ in range(n)]
         tokens = request.input_tokens
         runs = self.engine_index.overlaps(request.blocks, n)
         matched = [min(tokens, runs[p] * self._bt) for p in range(n)]

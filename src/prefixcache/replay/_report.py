@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -180,6 +182,86 @@ def auto_speedup(
     return target_load * capacity * span / tokens
 
 
+@attrs.frozen(kw_only=True)
+class _Job:
+    """One trace and cluster, replayed once per policy."""
+
+    requests: Sequence[Request]
+    model: ClusterModel
+    speedup: float
+    seed: int
+    observe_at: ObserveAt | None
+    slo_s: float | None
+    ideal: float
+    total_blocks: int
+
+    def run(
+        self,
+        name: str,
+        progress: Callable[[int, int], None] | None = None,
+        on_decision: Callable[[dict[str, Any]], None] | None = None,
+        decision_every: int = 100,
+    ) -> PolicyResult:
+        requests = self.requests
+        sp = self.speedup
+        total_blocks = self.total_blocks
+        ideal = self.ideal
+        slo_s = self.slo_s
+        policy = make_policy(name, self.model, seed=self.seed, observe_at=self.observe_at)
+        if on_decision is not None:
+            policy.log_every = decision_every  # type: ignore[attr-defined]
+            policy.log_sink = on_decision  # type: ignore[attr-defined]
+        out = simulate(requests, policy, self.model, speedup=sp, progress=progress)
+        hits = sum(out.hit_blocks)
+        hr = hits / total_blocks if total_blocks else 0.0
+        ttft = sorted(out.ttft_s)
+        rpr = out.requests_per_replica
+        mean_req = sum(rpr) / len(rpr)
+        reach = sum(out.reachable_blocks)
+        regret = sum(
+            max(0, a - b) for a, b in zip(out.reachable_blocks, out.hit_blocks, strict=True)
+        )
+        ppr = out.prefill_tokens_per_replica
+        mean_pf = sum(ppr) / len(ppr) if ppr else 0.0
+        start = requests[0].arrival / sp if requests else 0.0
+        span = out.end_s - start
+        out_tokens = sum(r.output_tokens for r in requests)
+        return PolicyResult(
+            name=name,
+            observe_at=policy.observe_at,
+            hit_ratio=hr,
+            ideal_fraction=hr / ideal if ideal > 0 else (1.0 if hr == 0 else math.inf),
+            ttft_mean_s=sum(ttft) / len(ttft) if ttft else math.nan,
+            ttft_p50_s=percentile(ttft, 0.5),
+            ttft_p99_s=percentile(ttft, 0.99),
+            max_over_mean_requests=max(rpr) / mean_req if mean_req else math.nan,
+            requests_per_replica=rpr,
+            decisions_per_s=len(requests) / out.routing_s if out.routing_s > 0 else math.inf,
+            routing_s=out.routing_s,
+            wall_s=out.wall_s,
+            reachable_hit_ratio=reach / total_blocks if total_blocks else 0.0,
+            regret_ratio=regret / total_blocks if total_blocks else 0.0,
+            ttft_p90_s=percentile(ttft, 0.9),
+            throughput_tokens_per_s=out_tokens / span if span > 0 else math.nan,
+            slo_share=(
+                None
+                if slo_s is None
+                else (sum(1 for x in ttft if x <= slo_s) / len(ttft) if ttft else 1.0)
+            ),
+            max_over_mean_prefill=max(ppr) / mean_pf if mean_pf else math.nan,
+            kv_batches=out.kv_batches,
+        )
+
+
+_JOB: _Job | None = None
+"""The job forked workers inherit (set only while a pool runs)."""
+
+
+def _run_job(name: str) -> PolicyResult:
+    assert _JOB is not None
+    return _JOB.run(name)
+
+
 def run_replay(
     requests: Sequence[Request],
     *,
@@ -194,6 +276,7 @@ def run_replay(
     slo_s: float | None = None,
     on_decision: Callable[[dict[str, Any]], None] | None = None,
     decision_every: int = 100,
+    jobs: int | None = None,
 ) -> ReplayResult:
     """Replay ``requests`` through each named policy on a fresh cluster ``model``.
 
@@ -214,6 +297,10 @@ def run_replay(
             ``prefix``), explained: ``{"policy", "request", "time_s", "prompt_tokens",
             "prompt_blocks", "explanation"}`` (counts only, no prompt content).
         decision_every: the sampling period of ``on_decision`` (int >= 1).
+        jobs: policies replayed at once in forked worker processes (``None``: up to 2, the
+            CPUs available; 1: in this process). Results do not depend on it; with
+            ``on_decision`` the replay stays in this process, and ``progress`` then only
+            hears of each policy when it finishes.
 
     Returns:
         A :class:`ReplayResult`. Per policy: ``hit_ratio`` (cached leading blocks at
@@ -240,56 +327,41 @@ def run_replay(
     sp = auto_speedup(requests, model, target_load=target_load) if speedup is None else speedup
     total_blocks = sum(len(r.blocks) for r in requests)
     ideal = ideal_hit_ratio(requests)
-    results = []
-    for name in names:
-        policy = make_policy(name, model, seed=seed, observe_at=observe_at)
-        if on_decision is not None:
-            policy.log_every = decision_every  # type: ignore[attr-defined]
-            policy.log_sink = on_decision  # type: ignore[attr-defined]
-        cb = None if progress is None else functools.partial(progress, name)
-
-        out = simulate(requests, policy, model, speedup=sp, progress=cb)
-        hits = sum(out.hit_blocks)
-        hr = hits / total_blocks if total_blocks else 0.0
-        ttft = sorted(out.ttft_s)
-        rpr = out.requests_per_replica
-        mean_req = sum(rpr) / len(rpr)
-        reach = sum(out.reachable_blocks)
-        regret = sum(
-            max(0, a - b) for a, b in zip(out.reachable_blocks, out.hit_blocks, strict=True)
-        )
-        ppr = out.prefill_tokens_per_replica
-        mean_pf = sum(ppr) / len(ppr) if ppr else 0.0
-        start = requests[0].arrival / sp if requests else 0.0
-        span = out.end_s - start
-        out_tokens = sum(r.output_tokens for r in requests)
-        results.append(
-            PolicyResult(
-                name=name,
-                observe_at=policy.observe_at,
-                hit_ratio=hr,
-                ideal_fraction=hr / ideal if ideal > 0 else (1.0 if hr == 0 else math.inf),
-                ttft_mean_s=sum(ttft) / len(ttft) if ttft else math.nan,
-                ttft_p50_s=percentile(ttft, 0.5),
-                ttft_p99_s=percentile(ttft, 0.99),
-                max_over_mean_requests=max(rpr) / mean_req if mean_req else math.nan,
-                requests_per_replica=rpr,
-                decisions_per_s=len(requests) / out.routing_s if out.routing_s > 0 else math.inf,
-                routing_s=out.routing_s,
-                wall_s=out.wall_s,
-                reachable_hit_ratio=reach / total_blocks if total_blocks else 0.0,
-                regret_ratio=regret / total_blocks if total_blocks else 0.0,
-                ttft_p90_s=percentile(ttft, 0.9),
-                throughput_tokens_per_s=out_tokens / span if span > 0 else math.nan,
-                slo_share=(
-                    None
-                    if slo_s is None
-                    else (sum(1 for x in ttft if x <= slo_s) / len(ttft) if ttft else 1.0)
-                ),
-                max_over_mean_prefill=max(ppr) / mean_pf if mean_pf else math.nan,
-                kv_batches=out.kv_batches,
-            )
-        )
+    job = _Job(
+        requests=requests,
+        model=model,
+        speedup=sp,
+        seed=seed,
+        observe_at=observe_at,
+        slo_s=slo_s,
+        ideal=ideal,
+        total_blocks=total_blocks,
+    )
+    if jobs is None:
+        jobs = min(2, os.cpu_count() or 1)
+    parallel = (
+        jobs > 1
+        and len(names) > 1
+        and on_decision is None
+        and "fork" in multiprocessing.get_all_start_methods()
+    )
+    results: list[PolicyResult] = []
+    if parallel:
+        global _JOB
+        _JOB = job
+        try:
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(min(jobs, len(names))) as pool:
+                for res in pool.imap(_run_job, names):
+                    results.append(res)
+                    if progress is not None:
+                        progress(res.name, len(requests), len(requests))
+        finally:
+            _JOB = None
+    else:
+        for name in names:
+            cb = None if progress is None else functools.partial(progress, name)
+            results.append(job.run(name, cb, on_decision, decision_every))
     return ReplayResult(
         trace=trace_name,
         requests=len(requests),
