@@ -22,7 +22,11 @@ Sections:
    function over the dict backend's node layout, against the floor and ``Index[dict]`` in
    the same run (what the API layers cost).
 
-Options: ``--quick`` (sizes up to 10^5, fewer rounds), ``--no-write``, ``--no-ceiling``.
+5. *LiteLLM plugin overhead*: ``benchmarks/bench_litellm.py``, paired per call against
+   LiteLLM's ``simple-shuffle`` in the same run.
+
+Options: ``--quick`` (sizes up to 10^5, fewer rounds), ``--no-write``, ``--no-ceiling``,
+``--no-litellm``.
 """
 
 # The timed closures run inside the iteration that defines them, so late binding is fine.
@@ -612,6 +616,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = to_markdown(
         info, scale, routing, chain_md, time.perf_counter() - t0, replay_md, ceiling_md
     )
+    if "--no-litellm" not in args:
+        # LiteLLM is an optional extra: its overhead section is skipped, not failed, without it.
+        sys.path.insert(0, str(HERE))
+        try:
+            import bench_litellm
+
+            text += "\n\n" + bench_litellm.to_markdown(bench_litellm.run(print, quick=quick))
+        except ImportError as exc:
+            text += f"\n\n(bench_litellm.py skipped: {exc})"
     if write:
         (HERE / "RESULTS.md").write_text(text + "\n")
     print(text)

@@ -20,6 +20,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
 
@@ -371,3 +373,29 @@ async def shared_scenario(ra: Any, rb: Any, pa: PrefixRoutingPlugin, pb: Any) ->
     # Same session, a prompt nobody has seen: the shared pin decides.
     assert await ask(rb, chat("new topic", system="other"), metadata={"session_id": "s"}) == "d1"
     assert pa.stats().decisions == 3 and pb.stats().decisions == 2  # each decided its own
+
+
+plain_text = st.text(st.characters(codec="ascii"), max_size=40) | st.text(max_size=10)
+plain_messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "user", "assistant"]), "content": plain_text}
+    ),
+    max_size=6,
+)
+
+
+@given(plain_messages)
+def test_the_plain_message_shortcut_agrees_with_messages_prefix_source(
+    messages: list[dict[str, str]],
+) -> None:
+    # The plugin builds the source of plain ASCII chat messages itself (speed); whenever it
+    # does, it must equal the library's rule, and it must decline what it cannot build.
+    from prefixcache.integrations.litellm import _plain_source
+
+    fast = _plain_source(messages)
+    if fast is not None:
+        assert fast == messages_prefix_source(messages)
+    else:
+        assert not messages_prefix_source(messages).isascii()
+    assert _plain_source([{"Role": "user", "content": "x"}]) is None  # case-folded key
+    assert _plain_source([{"role": "user", "content": [{"type": "text", "text": "x"}]}]) is None

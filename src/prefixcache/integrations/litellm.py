@@ -242,7 +242,9 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
     registers nothing.
 
     Args:
-        router: the ``litellm.Router`` whose requests it decides.
+        router: the ``litellm.Router`` whose requests it decides, or ``None`` for a filter-mode
+            plugin that LiteLLM registers itself (the proxy's ``litellm_settings.callbacks``;
+            one router per process, so there are no other routers' requests to tell apart).
         mode: ``"filter"`` (narrow ``healthy_deployments`` to the choice; LiteLLM's health
             and cooldown logic stays) or ``"strategy"`` (a full routing strategy: it
             bypasses LiteLLM's cooldowns and health filtering).
@@ -281,6 +283,8 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         super().__init__()
         if mode not in ("filter", "strategy"):
             raise InvalidRecordError("mode", mode, "must be 'filter' or 'strategy'")
+        if router is None and mode != "filter":
+            raise InvalidRecordError("router", router, "is required in strategy mode")
         if not isinstance(config, Config):
             raise InvalidRecordError("config", config, "must be a prefixcache.Config")
         if index is not None and not isinstance(index, Index):
@@ -754,9 +758,17 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             self._wrapped[name] = original
             setattr(self.router, name, _scoped(self, original))
 
-    def _attach(self) -> None:
+    def attach(self) -> None:
+        """Subscribe the index (through ``Sync``) and the pins to the ``sync`` transport
+        (:func:`install` calls it; a plugin built directly calls it once). A synchronous
+        transport is subscribed when this returns; an asynchronous one from a task on the
+        running loop (``await ready()``).
+
+        Raises:
+            InvalidRecordError: an asynchronous transport and no running event loop.
+        """
         transport = self.transport
-        if transport is None:
+        if transport is None or self._detach or self._attach_task is not None:
             return
         if inspect.iscoroutinefunction(transport.subscribe):
             import asyncio
@@ -903,7 +915,7 @@ def install(
         block_tokens=block_tokens,
         clock=clock,
     )
-    plugin._attach()
+    plugin.attach()
     plugin._wrap_endpoints()
     if mode == "strategy":
         strategy = _Strategy(plugin)
