@@ -24,6 +24,7 @@ from prefixcache.replay._policies import (
     KV_EVENT_PAIRS,
     PEER_POLICIES,
     POLICY_NAMES,
+    TUNABLE,
     CacheCostPolicy,
     FederationPolicy,
     HotPrefixes,
@@ -64,6 +65,7 @@ from prefixcache.replay._trace import (
     load_trace,
     parse_trace,
 )
+from prefixcache.replay._tune import Objective, TuneResult, parse_objective, tune
 
 __all__ = [
     "AibrixPrefixCachePolicy",
@@ -84,6 +86,7 @@ __all__ = [
     "LeastLoadedPolicy",
     "LlmdDefaultPolicy",
     "LlmdPrecisePolicy",
+    "Objective",
     "ObserveAt",
     "PEER_POLICIES",
     "POLICY_NAMES",
@@ -101,7 +104,9 @@ __all__ = [
     "SglangCacheAwarePolicy",
     "SimulationOutcome",
     "SmgCacheAwarePolicy",
+    "TUNABLE",
     "TraceFormatError",
+    "TuneResult",
     "auto_speedup",
     "bench_policies",
     "eviction_case",
@@ -111,6 +116,7 @@ __all__ = [
     "load_trace",
     "main",
     "make_policy",
+    "parse_objective",
     "parse_trace",
     "percentile",
     "plot_result",
@@ -118,4 +124,5 @@ __all__ = [
     "shared_prefix_trace",
     "simulate",
     "synthetic_trace",
+    "tune",
 ]

@@ -353,8 +353,14 @@ def _kv_events(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``clusterrouting-replay``; returns the exit status (0 ok, 2 usage,
-    1 bad trace or model)."""
+    """Entry point of ``clusterrouting-replay`` (and of ``clusterrouting-replay tune ...``,
+    see ``prefixcache.replay._tune``); returns the exit status (0 ok, 2 usage, 1 bad trace
+    or model)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tune"]:
+        from prefixcache.replay._tune import tune_main
+
+        return tune_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     path = Path(args.trace) if args.trace is not None else BUNDLED_TRACE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from clusterrouting import (
@@ -340,6 +340,10 @@ class CacheCostPolicy(_Base):
         queue_weight: float | None = None,
         precise: bool = False,
         hot_prefixes: bool = True,
+        in_flight_tokens: float | None = None,
+        share_factor: float | None = -1.0,
+        share_slack: int | None = None,
+        hot_lower: float = 0.75,
     ) -> None:
         from prefixcache import (
             DEFAULT_QUEUE_WEIGHT,
@@ -353,7 +357,17 @@ class CacheCostPolicy(_Base):
         self.observe_at: str = observe_at
         self._mirror = KvCacheMirror(capacity_blocks=capacity_blocks)
         self._bt = block_tokens
+        from prefixcache import (
+            DEFAULT_IN_FLIGHT_TOKENS,
+            DEFAULT_SHARE_FACTOR,
+            DEFAULT_SHARE_SLACK,
+        )
+
         self._w = DEFAULT_QUEUE_WEIGHT if queue_weight is None else queue_weight
+        self._ift = DEFAULT_IN_FLIGHT_TOKENS if in_flight_tokens is None else in_flight_tokens
+        self._sf = DEFAULT_SHARE_FACTOR if share_factor == -1.0 else share_factor
+        self._ss = DEFAULT_SHARE_SLACK if share_slack is None else share_slack
+        self._hot_lower = hot_lower
         self._cc = CostCandidate
         from prefixcache.kvevents import CacheSource
 
@@ -414,7 +428,9 @@ class CacheCostPolicy(_Base):
             self._window = self._window_cls(size=WINDOW_PER_REPLICA * view.replicas)
             self._pending = [{} for _ in range(view.replicas)]
             if self._hot_on:
-                self.hot = HotPrefixes(window=WINDOW_PER_REPLICA * view.replicas)
+                self.hot = HotPrefixes(
+                    window=WINDOW_PER_REPLICA * view.replicas, lower=self._hot_lower
+                )
         keys = self._keys
         window = self._window
         blocks = request.blocks
@@ -450,12 +466,26 @@ class CacheCostPolicy(_Base):
             )
             for k in range(n)
         ]
-        key = self._pick(cands, prompt_tokens=inp, queue_weight=self._w)
+        key = self._pick(
+            cands,
+            prompt_tokens=inp,
+            queue_weight=self._w,
+            in_flight_tokens=self._ift,
+            share_factor=self._sf,
+            share_slack=self._ss,
+        )
         assert key is not None
         if self.log_every and i % self.log_every == 0:
             from prefixcache._cost import explain_lowest_cost
 
-            e = explain_lowest_cost(cands, prompt_tokens=inp, queue_weight=self._w)
+            e = explain_lowest_cost(
+                cands,
+                prompt_tokens=inp,
+                queue_weight=self._w,
+                in_flight_tokens=self._ift,
+                share_factor=self._sf,
+                share_slack=self._ss,
+            )
             assert e.chosen == key
             d = e.to_json()
             d["warm_copies"] = len(credit) if credit is not held else 0
@@ -527,23 +557,62 @@ KV_EVENT_PAIRS: tuple[tuple[str, str], ...] = (
 its cached-block view written from its own dispatches, then read from engine events."""
 
 
+_COST_PARAMS: dict[str, Callable[[float], Any]] = {
+    "queue_weight": float,
+    "in_flight_tokens": float,
+    "share_factor": float,
+    "share_slack": int,
+    "hot_lower": float,
+}
+
+TUNABLE: dict[str, dict[str, Callable[[float], Any]]] = {
+    "cache-cost": _COST_PARAMS,
+    "cache-cost-precise": _COST_PARAMS,
+    "sglang-cache-aware": {
+        "cache_threshold": float,
+        "balance_abs_threshold": int,
+        "balance_rel_threshold": float,
+    },
+    "dynamo-kv": {"overlap_credit": float},
+    "dynamo-kv-approx": {"overlap_credit": float},
+    "aibrix-prefix-cache": {"imbalance": int, "std_factor": float},
+    "ray-prefix-affinity": {"match_rate_threshold": float},
+}
+"""Per policy, the parameters ``make_policy(params=...)`` accepts and their types."""
+
+
 def make_policy(
     name: str,
     model: ClusterModel,
     *,
     seed: int = 0,
     observe_at: ObserveAt | None = None,
+    params: Mapping[str, float] | None = None,
 ) -> ReplayPolicy:
     """A fresh policy by name (one of :data:`POLICY_NAMES`).
 
     ``observe_at=None`` keeps each indexing policy's own default (``prefix`` and
-    ``federation``: completion, as the reference; ``cache-cost``: dispatch).
+    ``federation``: completion, as the reference; ``cache-cost``: dispatch). ``params``
+    overrides constructor parameters listed in :data:`TUNABLE` for that policy (the tuner
+    uses it); every other policy takes none.
 
     Raises:
-        InvalidRecordError: unknown ``name`` or ``observe_at``.
+        InvalidRecordError: unknown ``name``, ``observe_at`` or parameter.
     """
     if observe_at not in (None, "dispatch", "completion"):
         raise InvalidRecordError("observe_at", observe_at, "must be 'dispatch' or 'completion'")
+    kw: dict[str, Any] = {}
+    if params:
+        allowed = TUNABLE.get(name, {})
+        for k, v in params.items():
+            if k not in allowed:
+                raise InvalidRecordError(
+                    "params",
+                    k,
+                    f"not a tunable parameter of {name!r} (tunable: "
+                    f"{', '.join(sorted(allowed)) or 'none'})",
+                )
+            kw[k] = allowed[k](v)
     if name == "round-robin":
         return RoundRobinPolicy()
     if name == "random":
@@ -560,10 +629,11 @@ def make_policy(
             block_tokens=model.block_tokens,
             observe_at=observe_at or "dispatch",
             precise=name == "cache-cost-precise",
+            **kw,
         )
     bt = model.block_tokens
     if name == "sglang-cache-aware":
-        return SglangCacheAwarePolicy(block_tokens=bt)
+        return SglangCacheAwarePolicy(block_tokens=bt, **kw)
     if name == "smg-cache-aware":
         return SmgCacheAwarePolicy(block_tokens=bt, seed=seed)
     if name == "llm-d-default":
@@ -571,15 +641,15 @@ def make_policy(
     if name == "llm-d-precise":
         return LlmdPrecisePolicy(block_tokens=bt, seed=seed)
     if name in ("dynamo-kv", "dynamo-kv-approx"):
-        return DynamoKvPolicy(block_tokens=bt, seed=seed, kv_events=name == "dynamo-kv")
+        return DynamoKvPolicy(block_tokens=bt, seed=seed, kv_events=name == "dynamo-kv", **kw)
     if name == "prodstack-prefix":
         return ProdstackPrefixPolicy(seed=seed)
     if name == "prodstack-loadaware":
         return ProdstackLoadAwarePolicy(block_tokens=bt)
     if name == "aibrix-prefix-cache":
-        return AibrixPrefixCachePolicy(block_tokens=bt, seed=seed)
+        return AibrixPrefixCachePolicy(block_tokens=bt, seed=seed, **kw)
     if name == "ray-prefix-affinity":
-        return RayPrefixAffinityPolicy(block_tokens=bt, seed=seed)
+        return RayPrefixAffinityPolicy(block_tokens=bt, seed=seed, **kw)
     raise InvalidRecordError(
         "policies", name, f"unknown policy; choose from {', '.join(POLICY_NAMES)}"
     )

@@ -201,13 +201,16 @@ class _Job:
         progress: Callable[[int, int], None] | None = None,
         on_decision: Callable[[dict[str, Any]], None] | None = None,
         decision_every: int = 100,
+        params: dict[str, float] | None = None,
     ) -> PolicyResult:
         requests = self.requests
         sp = self.speedup
         total_blocks = self.total_blocks
         ideal = self.ideal
         slo_s = self.slo_s
-        policy = make_policy(name, self.model, seed=self.seed, observe_at=self.observe_at)
+        policy = make_policy(
+            name, self.model, seed=self.seed, observe_at=self.observe_at, params=params
+        )
         if on_decision is not None:
             policy.log_every = decision_every  # type: ignore[attr-defined]
             policy.log_sink = on_decision  # type: ignore[attr-defined]
