@@ -484,13 +484,16 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         keys = [known.get(i) or self._key(i) for i in ids]
         decision = self.provider.decide(group, chain, keys, t)
         hot = decision.hot
+        hot_id = hot.node_id if hot is not None else None
         hot_blocks = round(decision.match_ratio * len(chain)) if hot is not None else 0
         pinned = None
         if session is not None and self.pins is not None:
             pinned = self.pins.get(group, session, now=t)
         with self._lock:
             self._sweep(t)
-            flights = [self._in_flight.get(i, 0) for i in ids]
+            in_flight = self._in_flight
+            queued = self._queued
+            flights = [in_flight.get(i, 0) for i in ids]
             least = min(flights)
             if len(ids) * _WINDOW_PER_DEPLOYMENT > self._window.size:
                 self._window = DispatchWindow(size=len(ids) * _WINDOW_PER_DEPLOYMENT)
@@ -500,7 +503,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             cands = []
             for i, key, flight in zip(ids, keys, flights, strict=True):
                 blocks = mirror.matched_blocks(key, chain)
-                if key == hot and hot_blocks > blocks:
+                if i == hot_id and hot_blocks > blocks:
                     blocks = hot_blocks
                 recent = window.count(key)
                 pin_credit = 0
@@ -516,7 +519,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
                         key=key,
                         in_flight=flight,
                         cached_tokens=min(prompt_tokens, blocks * block_tokens),
-                        queued_tokens=self._queued.get(i, 0),
+                        queued_tokens=queued.get(i, 0),
                         recent_dispatches=recent,
                         pinned_tokens=pin_credit,
                         tie_rank=recent,
@@ -539,11 +542,12 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             )
             self._held.setdefault((rid, chosen), []).append(res)
             self._expiry.append(res)
-            self._in_flight[chosen] = self._in_flight.get(chosen, 0) + 1
-            self._queued[chosen] = self._queued.get(chosen, 0) + uncached
+            in_flight[chosen] = in_flight.get(chosen, 0) + 1
+            queued[chosen] = queued.get(chosen, 0) + uncached
             window.record(best)
-            self._counts["reserved"] += 1
-            self._counts["decisions"] += 1
+            counts = self._counts
+            counts["reserved"] += 1
+            counts["decisions"] += 1
         return pos
 
     def _sweep(self, now: float) -> None:
@@ -614,10 +618,11 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         if success:
             if res.chain:
                 self.provider.observe(res.group, res.chain, key, t)
-                self._bump("observed")
             if res.session is not None and self.pins is not None:
                 self.pins.pin(res.group, res.session, deployment, now=t)
-                self._bump("pinned")
+            with self._lock:
+                self._counts["observed"] += bool(res.chain)
+                self._counts["pinned"] += res.session is not None and self.pins is not None
         elif (
             res.session is not None
             and self.pins is not None
