@@ -399,3 +399,63 @@ def test_the_plain_message_shortcut_agrees_with_messages_prefix_source(
         assert not messages_prefix_source(messages).isascii()
     assert _plain_source([{"Role": "user", "content": "x"}]) is None  # case-folded key
     assert _plain_source([{"role": "user", "content": [{"type": "text", "text": "x"}]}]) is None
+
+
+def test_an_asyncio_transport_carries_observations_and_pins() -> None:
+    from prefixcache import OBSERVE_SUBJECT, PIN_SUBJECT
+    from prefixcache.testing import GatedAsyncTransport
+
+    async def main() -> None:
+        async with backends(2) as bs:
+            transport = GatedAsyncTransport()
+            transport.open()
+            r = router(bs)
+            plugin = install(r, sync=transport, pins=SessionPins(ttl=600, max_entries=9))
+            async with installed(plugin):
+                await plugin.ready()
+                subjects = sorted(s for s, _ in transport.handlers)
+                assert subjects == sorted(["prefixcache.invalidate", OBSERVE_SUBJECT, PIN_SUBJECT])
+                replica = await ask(r, chat("hello"), metadata={"session_id": "s"})
+                await settled(plugin, 1)
+                assert plugin.pins is not None
+                await plugin.pins.flush()
+                await wait_for(lambda: len(transport.published) == 2, "both messages sent")
+                sent = dict(transport.published)
+                assert OBSERVE_SUBJECT in sent
+                assert replica in sent[PIN_SUBJECT].decode()
+
+    run(main)
+
+
+def test_a_retry_after_a_refused_connection_releases_both_attempts_and_re_pins() -> None:
+    import socket
+
+    async def main() -> None:
+        async with backends(1) as bs:
+            with socket.socket() as sock:  # a port nobody listens on: connections are refused
+                sock.bind(("127.0.0.1", 0))
+                dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+                ml = [
+                    *bs.model_list(),
+                    {
+                        "model_name": MODEL,
+                        "litellm_params": {
+                            "model": f"openai/{MODEL}",
+                            "api_base": dead,
+                            "api_key": "unused",
+                        },
+                        "model_info": {"id": "dead"},
+                    },
+                ]
+                r = Router(model_list=ml, num_retries=2, retry_after=0)
+                pins = SessionPins(ttl=600, max_entries=9)
+                plugin = install(r, pins=pins)
+                async with installed(plugin):
+                    pins.pin(MODEL, "s", "dead")  # the first attempt goes there
+                    assert await ask(r, chat("hi"), metadata={"session_id": "s"}) == "d0"
+                    await settled(plugin, 2)
+                    st = plugin.stats()
+                    assert (st.released, st.observed, st.unpinned, st.pinned) == (2, 1, 1, 1)
+                    assert pins.get(MODEL, "s") == "d0"  # re-pinned where it succeeded
+
+    run(main)
