@@ -352,6 +352,24 @@ def _kv_events(
     return 0
 
 
+def _claim_main(argv: Sequence[str]) -> int:
+    from prefixcache.replay._claim import format_claim, plot_claim, run_claim
+
+    p = argparse.ArgumentParser(
+        prog="clusterrouting-replay claim",
+        description="Every policy on the claim's cases (bundled trace, shared-prefix shapes, "
+        "synthetic traces, eviction case); prints Markdown tables.",
+    )
+    p.add_argument("--plot", metavar="FILE.png", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(list(argv))
+    results = run_claim(progress=None if args.no_progress else _Progress(sys.stderr, 0))
+    print(format_claim(results))
+    if args.plot is not None:
+        plot_claim(results, args.plot)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``clusterrouting-replay`` (and of ``clusterrouting-replay tune ...``,
     see ``prefixcache.replay._tune``); returns the exit status (0 ok, 2 usage, 1 bad trace
@@ -361,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from prefixcache.replay._tune import tune_main
 
         return tune_main(argv[1:])
+    if argv[:1] == ["claim"]:
+        return _claim_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     path = Path(args.trace) if args.trace is not None else BUNDLED_TRACE

@@ -1,0 +1,169 @@
+"""``clusterrouting-replay claim``: every policy on the cases the project's claim covers.
+
+The cases (fixed before any tuning; every policy at its defaults):
+
+* the bundled Mooncake conversation trace with the default cluster;
+* sglang issue #21199's shape, 400 prompts sharing a ~2.5k-token system prompt, on 2 and
+  on 8 replicas; and 8 system prompts with Zipf popularity (2,000 prompts) on 8 replicas.
+  Auto speed-up at ``--target-load 2.2``: two thirds of each prompt is the shared prompt,
+  so the uncached load is about 0.75 of the prefill capacity;
+* two synthetic multi-turn chat traces (:func:`synthetic_trace` seeds 0 and 1);
+* the eviction case (:func:`eviction_case`, working set near the KV capacity).
+
+For each case the report lists every policy's mean and p99 TTFT, hit fraction of the
+ideal and max/mean requests, and names the lowest mean and p99 among policies at
+max/mean <= 1.15, with the default policy's rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from prefixcache.replay._policies import POLICY_NAMES
+from prefixcache.replay._report import BALANCE_LIMIT, DEFAULT_POLICY, ReplayResult, run_replay
+from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
+from prefixcache.replay._synth import eviction_case, shared_prefix_trace, synthetic_trace
+from prefixcache.replay._trace import Request, load_trace
+
+__all__ = ["claim_cases", "format_claim", "plot_claim", "run_claim"]
+
+
+@attrs.frozen
+class ClaimCase:
+    """One case: a name, its requests, the cluster and the load level."""
+
+    name: str
+    requests: Sequence[Request]
+    model: ClusterModel
+    target_load: float = 0.8
+
+
+def claim_cases() -> list[ClaimCase]:
+    """The claim's cases (see the module docstring)."""
+    from prefixcache.replay._cli import BUNDLED_TRACE
+
+    ev_reqs, ev_model = eviction_case(0)
+    return [
+        ClaimCase("mooncake conversation, 8 replicas", load_trace(BUNDLED_TRACE), DEFAULT_CLUSTER),
+        ClaimCase(
+            "1 system prompt x 400, 2 replicas",
+            shared_prefix_trace(seed=0),
+            attrs.evolve(DEFAULT_CLUSTER, replicas=2),
+            2.2,
+        ),
+        ClaimCase(
+            "1 system prompt x 400, 8 replicas",
+            shared_prefix_trace(seed=0),
+            DEFAULT_CLUSTER,
+            2.2,
+        ),
+        ClaimCase(
+            "8 Zipf system prompts x 2000, 8 repl.",
+            shared_prefix_trace(seed=0, groups=8, prompts=2000, duration_s=120.0),
+            DEFAULT_CLUSTER,
+            2.2,
+        ),
+        ClaimCase("synthetic chat, seed 0", synthetic_trace(seed=0), DEFAULT_CLUSTER),
+        ClaimCase("synthetic chat, seed 1", synthetic_trace(seed=1), DEFAULT_CLUSTER),
+        ClaimCase("eviction case (KV ~ working set)", ev_reqs, ev_model),
+    ]
+
+
+def run_claim(
+    *,
+    policies: Sequence[str] = POLICY_NAMES,
+    jobs: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[ReplayResult]:
+    """Replay every claim case with ``policies``."""
+    return [
+        run_replay(
+            c.requests,
+            trace_name=c.name,
+            model=c.model,
+            policies=policies,
+            target_load=c.target_load,
+            jobs=jobs,
+            progress=progress,
+        )
+        for c in claim_cases()
+    ]
+
+
+def _best(res: ReplayResult, attr: str) -> str | None:
+    ok = [p for p in res.policies if p.max_over_mean_requests <= BALANCE_LIMIT]
+    if not ok:
+        return None
+    return min(ok, key=lambda p: getattr(p, attr)).name
+
+
+def format_claim(results: Sequence[ReplayResult]) -> str:
+    """A Markdown report: one table per case, then a summary line per case."""
+    out = []
+    summary = [
+        "| case | lowest mean TTFT (balanced) | lowest p99 TTFT (balanced) | "
+        f"{DEFAULT_POLICY} mean / p99 | rank of {DEFAULT_POLICY} (mean, p99) |",
+        "|---|---|---|---|---|",
+    ]
+    for res in results:
+        out.append(f"### {res.trace}")
+        out.append("")
+        out.append(
+            f"{res.requests} requests, {res.model.replicas} replicas, speedup "
+            f"{res.speedup:.2f}, ideal hit ratio {res.ideal_hit_ratio:.3f}"
+        )
+        out.append("")
+        out.append("| policy | hit / ideal | TTFT mean (s) | p90 | p99 | max/mean |")
+        out.append("|---|---|---|---|---|---|")
+        for p in res.policies:
+            out.append(
+                f"| {p.name} | {p.ideal_fraction:.1%} | {p.ttft_mean_s:.3f} | "
+                f"{p.ttft_p90_s:.3f} | {p.ttft_p99_s:.3f} | {p.max_over_mean_requests:.2f} |"
+            )
+        out.append("")
+        ok = [p for p in res.policies if p.max_over_mean_requests <= BALANCE_LIMIT]
+        ours = next((p for p in res.policies if p.name == DEFAULT_POLICY), None)
+        if ours is None:
+            continue
+        bm, bp = _best(res, "ttft_mean_s"), _best(res, "ttft_p99_s")
+        rank_m = 1 + sum(1 for p in ok if p.ttft_mean_s < ours.ttft_mean_s)
+        rank_p = 1 + sum(1 for p in ok if p.ttft_p99_s < ours.ttft_p99_s)
+        mean_best = res.policy(bm).ttft_mean_s if bm else math.nan
+        p99_best = res.policy(bp).ttft_p99_s if bp else math.nan
+        summary.append(
+            f"| {res.trace} | {bm} ({mean_best:.3f} s) | {bp} ({p99_best:.3f} s) | "
+            f"{ours.ttft_mean_s:.3f} / {ours.ttft_p99_s:.3f} s | {rank_m}, {rank_p} of {len(ok)} |"
+        )
+    return "\n".join([*summary, "", *out])
+
+
+def plot_claim(results: Sequence[ReplayResult], path: str) -> None:
+    """Mean TTFT of every policy per case, relative to round-robin (log scale), as a PNG.
+
+    Raises:
+        ModuleNotFoundError: matplotlib is missing.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [p.name for p in results[0].policies]
+    fig, ax = plt.subplots(figsize=(12, 5))
+    width = 0.8 / len(results)
+    for k, res in enumerate(results):
+        rr = next((p.ttft_mean_s for p in res.policies if p.name == "round-robin"), 1.0)
+        vals = [p.ttft_mean_s / rr for p in res.policies]
+        xs = [i + k * width for i in range(len(names))]
+        ax.bar(xs, vals, width, label=res.trace)
+    ax.axhline(1.0, color="k", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=40, ha="right")
+    ax.set_ylabel("mean TTFT / round-robin's (log)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
