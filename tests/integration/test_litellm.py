@@ -459,3 +459,45 @@ def test_a_retry_after_a_refused_connection_releases_both_attempts_and_re_pins()
                     assert pins.get(MODEL, "s") == "d0"  # re-pinned where it succeeded
 
     run(main)
+
+
+def test_a_tokenizer_keys_chains_by_token_blocks() -> None:
+    from prefixcache import extract_token_chain
+
+    def tokenizer(group: str, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    plugin = PrefixRoutingPlugin(None, tokenizer=tokenizer, block_tokens=16)
+    deployments = [{"model_info": {"id": "d0"}}, {"model_info": {"id": "d1"}}]
+    kwargs: dict[str, Any] = {"metadata": {}}
+    messages = chat("hello", system="short system prompt")
+    pos = plugin.choose(MODEL, deployments, messages, kwargs)
+    chosen = ["d0", "d1"][pos]
+    assert plugin.release(
+        {"litellm_params": {"metadata": kwargs["metadata"], "model_info": {"id": chosen}}},
+        success=True,
+    )
+    ids = tokenizer(MODEL, messages_prefix_source(messages))
+    chain = extract_token_chain(MODEL, ids, block_tokens=16)
+    hot = plugin.index.decide(MODEL, chain, [ReplicaKey("d0"), ReplicaKey("d1")], time.time()).hot
+    assert hot == ReplicaKey(chosen)
+    # Counterfactual: the byte-window chain of the same text is not what was stored.
+    byte_chain = extract_chain(MODEL, messages_prefix_source(messages))
+    assert plugin.index.decide(MODEL, byte_chain, [ReplicaKey(chosen)], time.time()).hot is None
+
+
+def test_misuse_raises_typed_errors_naming_the_argument() -> None:
+    from clusterrouting import InvalidRecordError
+
+    for kw, name in (
+        ({"mode": "router"}, "mode"),
+        ({"mode": "strategy"}, "router"),  # a strategy needs its router
+        ({"reservation_ttl": 0}, "reservation_ttl"),
+        ({"mirror_blocks": 0}, "mirror_blocks"),
+        ({"block_tokens": 0}, "block_tokens"),
+        ({"sync": object()}, "sync"),
+        ({"pins": {}}, "pins"),
+    ):
+        with pytest.raises(InvalidRecordError) as err:
+            PrefixRoutingPlugin(None, **kw)
+        assert err.value.field == name

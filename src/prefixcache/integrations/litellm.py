@@ -87,6 +87,7 @@ from prefixcache._sync import Sync
 from prefixcache._types import ReplicaKey
 
 __all__ = [
+    "DEFAULT_MIRROR_BLOCKS",
     "DEFAULT_RESERVATION_TTL",
     "DEFAULT_SESSION_HEADER",
     "DEFAULT_SESSION_METADATA_KEY",
@@ -105,6 +106,9 @@ Tokenizer = Callable[[str, str], Sequence[int]]
 
 DEFAULT_RESERVATION_TTL: Final = 600.0
 """Seconds after which a reservation no callback released expires."""
+
+DEFAULT_MIRROR_BLOCKS: Final = 1 << 16
+"""Blocks the local KV-cache mirror keeps per deployment (least recently used go first)."""
 
 DEFAULT_SESSION_HEADER: Final = "x-session-id"
 """The request header read for the session key (case-insensitive)."""
@@ -260,6 +264,11 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             ``block_tokens`` token ids and prompt lengths are exact.
         block_tokens: tokens per block with a tokenizer (default ``window_bytes // 4``).
         clock: the wall clock (index entries and pins cross processes).
+        mirror_blocks: blocks the local KV-cache mirror keeps per deployment (int >= 1).
+
+    Memory is bounded: the index by its ttl (swept every ``ttl / 2`` from routing calls),
+    the mirror by ``mirror_blocks`` per deployment, reservations by ``reservation_ttl``, the
+    pins by their ``max_entries``.
 
     Thread-safe: the routing state is locked.
     """
@@ -279,6 +288,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         tokenizer: Tokenizer | None = None,
         block_tokens: int | None = None,
         clock: Clock | Callable[[], float] = time.time,
+        mirror_blocks: int = DEFAULT_MIRROR_BLOCKS,
     ) -> None:
         super().__init__()
         if mode not in ("filter", "strategy"):
@@ -300,6 +310,8 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             raise InvalidRecordError(
                 "reservation_ttl", reservation_ttl, "must be a finite number > 0 (seconds)"
             )
+        if type(mirror_blocks) is not int or mirror_blocks < 1:
+            raise InvalidRecordError("mirror_blocks", mirror_blocks, "must be an int >= 1")
         if block_tokens is not None and (type(block_tokens) is not int or block_tokens < 1):
             raise InvalidRecordError("block_tokens", block_tokens, "must be an int >= 1")
         if sync is not None and not callable(getattr(sync, "subscribe", None)):
@@ -317,7 +329,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         self.tokenizer = tokenizer
         self.block_tokens = block_tokens or max(1, config.window_bytes // _BYTES_PER_TOKEN)
         self.clock = clock
-        self.mirror = KvCacheMirror()
+        self.mirror = KvCacheMirror(capacity_blocks=mirror_blocks)
         self._uid = uuid.uuid4().hex
         self._keys: dict[str, ReplicaKey] = {}
         self._next_rid = itertools.count()
@@ -888,6 +900,7 @@ def install(
     tokenizer: Tokenizer | None = None,
     block_tokens: int | None = None,
     clock: Clock | Callable[[], float] = time.time,
+    mirror_blocks: int = DEFAULT_MIRROR_BLOCKS,
 ) -> PrefixRoutingPlugin:
     """Make ``router`` route by prefix cache cost and session pins; returns the plugin.
 
@@ -919,6 +932,7 @@ def install(
         tokenizer=tokenizer,
         block_tokens=block_tokens,
         clock=clock,
+        mirror_blocks=mirror_blocks,
     )
     plugin.attach()
     plugin._wrap_endpoints()
