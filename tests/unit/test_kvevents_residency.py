@@ -436,3 +436,15 @@ def test_constructor_misuse() -> None:
         KvResidency(media="GPU")
     with pytest.raises(InvalidRecordError, match="candidates"):
         residency().overlap_chain((1,), ["a"])
+
+
+def test_report_counts_only_what_happened_and_names_are_checked() -> None:
+    report = residency().apply(A, 0, batch(stored([1, 2], TOKENS[:8])), model="m")
+    assert report.counts == (("applied_stores", 1), ("stored_blocks", 2))
+    assert (report.stored_blocks, report.removed_blocks, report.count("applied_stores")) == (
+        2,
+        0,
+        1,
+    )
+    with pytest.raises(InvalidRecordError, match="name"):
+        report.count("stored")

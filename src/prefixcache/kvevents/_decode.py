@@ -156,16 +156,33 @@ def _get(items: list[Any], i: int) -> Any:
 def _event(raw: Any, flavour: str) -> Event | None:
     """The event ``raw`` encodes; ``None`` for an unknown tag; raises ``_BadEvent``."""
     if type(raw) is list:
-        if not raw:
+        n = len(raw)
+        if not n:
             raise _BadEvent
         tag = raw[0]
         if tag == "BlockStored":
-            if len(raw) < 5:
+            # The common case (vLLM up to v0.23), spelled out without helper calls.
+            if n < 5:
                 raise _BadEvent
-            return _stored(
-                raw[1], raw[2], raw[3], raw[4],
-                _get(raw, 6), _get(raw, 7), _get(raw, 8), _get(raw, 9), flavour,
-            )  # fmt: skip
+            tokens = raw[3]
+            extra = raw[8] if n > 8 else None
+            if (
+                type(tokens) is not list
+                or len(tokens) > MAX_EVENT_TOKENS
+                or (extra is not None and type(extra) is not list)
+            ):
+                raise _BadEvent
+            parent = raw[2]
+            return BlockStored(
+                block_hashes=_hash_list(raw[1], flavour),
+                parent_block_hash=parent if parent is None else _hash_of(parent, flavour),
+                token_ids=tokens,
+                block_size=raw[4],
+                medium=raw[6] if n > 6 else None,
+                lora_name=raw[7] if n > 7 else None,
+                group_idx=raw[9] if n > 9 else None,
+                extra_keys=extra,
+            )
         if tag == "BlockRemoved":
             if len(raw) < 2:
                 raise _BadEvent

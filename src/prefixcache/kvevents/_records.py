@@ -56,19 +56,51 @@ class KvEventDecodeError(ClusterRoutingError, ValueError):
         super().__init__(f"KV event {field}: {reason}")
 
 
-def _hashes(value: Iterable[int]) -> tuple[int, ...]:
-    return value if type(value) is tuple else tuple(value)
+def _ints(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(value)
 
 
-def _check_hashes(_inst: object, attr: attrs.Attribute[Any], value: tuple[object, ...]) -> None:
+def _events(value: Iterable[Event]) -> tuple[Event, ...]:
+    return tuple(value)
+
+
+# Validation runs as one __attrs_post_init__ call per record rather than one validator per
+# field: records are built once per decoded event, on the ingest path, where each Python call
+# costs as much as hashing a block.
+
+
+def _check_hashes(value: tuple[object, ...]) -> None:
     for h in value:
         if type(h) is not int or not _HASH_MIN <= h < _HASH_END:
-            raise InvalidRecordError(attr.name, value, f"holds {h!r}, not a 64-bit int")
+            raise InvalidRecordError("block_hashes", value, f"holds {h!r}, not a 64-bit int")
 
 
-def _check_parent(_inst: object, _attr: object, value: Any) -> None:
-    if value is not None and (type(value) is not int or not _HASH_MIN <= value < _HASH_END):
-        raise InvalidRecordError("parent_block_hash", value, "must be None or a 64-bit int")
+def _check_optional_str(name: str, value: object) -> None:
+    if value is not None and type(value) is not str:
+        raise InvalidRecordError(name, value, "must be None or a str")
+
+
+def _check_group(value: object) -> None:
+    if value is not None and (type(value) is not int or value < 0):
+        raise InvalidRecordError("group_idx", value, "must be None or an int >= 0")
+
+
+def _check_stored(e: BlockStored) -> None:
+    for h in e.block_hashes:
+        if type(h) is not int or not _HASH_MIN <= h < _HASH_END:
+            _check_hashes(e.block_hashes)  # raises, naming the field
+    parent = e.parent_block_hash
+    if parent is not None and (type(parent) is not int or not _HASH_MIN <= parent < _HASH_END):
+        raise InvalidRecordError("parent_block_hash", parent, "must be None or a 64-bit int")
+    if type(e.block_size) is not int or e.block_size < 0:
+        raise InvalidRecordError("block_size", e.block_size, "must be an int >= 0")
+    medium, lora, group = e.medium, e.lora_name, e.group_idx
+    if medium is not None and type(medium) is not str:
+        _check_optional_str("medium", medium)
+    if lora is not None and type(lora) is not str:
+        _check_optional_str("lora_name", lora)
+    if group is not None:
+        _check_group(group)
 
 
 def _pack_tokens(self: BlockStored) -> bytes:
@@ -89,24 +121,6 @@ def _pack_tokens(self: BlockStored) -> bytes:
     if not _LITTLE:  # pragma: no cover - big-endian hosts
         packed.byteswap()
     return packed.tobytes()
-
-
-def _check_block_size(_inst: object, _attr: object, value: Any) -> None:
-    if type(value) is not int or value < 0:
-        raise InvalidRecordError("block_size", value, "must be an int >= 0")
-
-
-def _optional_str(name: str) -> Any:
-    def check(_inst: object, _attr: object, value: Any) -> None:
-        if value is not None and type(value) is not str:
-            raise InvalidRecordError(name, value, "must be None or a str")
-
-    return check
-
-
-def _check_group(_inst: object, _attr: object, value: Any) -> None:
-    if value is not None and (type(value) is not int or value < 0):
-        raise InvalidRecordError("group_idx", value, "must be None or an int >= 0")
 
 
 def _freeze(value: object) -> object:
@@ -152,19 +166,21 @@ class BlockStored:
                 medium=None, lora_name=None, group_idx=None, extra_keys=None)
     """
 
-    block_hashes: tuple[int, ...] = attrs.field(converter=_hashes, validator=_check_hashes)
-    parent_block_hash: int | None = attrs.field(default=None, validator=_check_parent)
-    token_ids: tuple[int, ...] = attrs.field(converter=_hashes)
-    block_size: int = attrs.field(validator=_check_block_size)
-    medium: str | None = attrs.field(default=None, validator=_optional_str("medium"))
-    lora_name: str | None = attrs.field(default=None, validator=_optional_str("lora_name"))
-    group_idx: int | None = attrs.field(default=None, validator=_check_group)
+    block_hashes: tuple[int, ...] = attrs.field(converter=_ints)
+    parent_block_hash: int | None = None
+    token_ids: tuple[int, ...] = attrs.field(converter=_ints)
+    block_size: int
+    medium: str | None = None
+    lora_name: str | None = None
+    group_idx: int | None = None
     extra_keys: tuple[object, ...] | None = attrs.field(default=None, converter=_to_extra_keys)
     #: ``token_ids`` as consecutive little-endian uint32 (the bytes our chain hashes),
     #: computed at construction, which checks every id is an int in ``[0, 2**32)``.
     token_bytes: bytes = attrs.field(
         init=False, eq=False, repr=False, default=attrs.Factory(_pack_tokens, takes_self=True)
     )
+
+    __attrs_post_init__ = _check_stored
 
 
 @attrs.frozen(kw_only=True, slots=True)
@@ -180,9 +196,14 @@ class BlockRemoved:
     (7,)
     """
 
-    block_hashes: tuple[int, ...] = attrs.field(converter=_hashes, validator=_check_hashes)
-    medium: str | None = attrs.field(default=None, validator=_optional_str("medium"))
-    group_idx: int | None = attrs.field(default=None, validator=_check_group)
+    block_hashes: tuple[int, ...] = attrs.field(converter=_ints)
+    medium: str | None = None
+    group_idx: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _check_hashes(self.block_hashes)
+        _check_optional_str("medium", self.medium)
+        _check_group(self.group_idx)
 
 
 @attrs.frozen(slots=True)
@@ -200,37 +221,22 @@ Event: TypeAlias = BlockStored | BlockRemoved | AllBlocksCleared
 _EVENT_TYPES: Final = (BlockStored, BlockRemoved, AllBlocksCleared)
 
 
-def _check_ts(_inst: object, _attr: object, value: Any) -> None:
-    if type(value) is not float or not math.isfinite(value):
-        raise InvalidRecordError("ts", value, "must be a finite float")
-
-
-def _check_rank(_inst: object, _attr: object, value: Any) -> None:
-    if value is not None and (type(value) is not int or value < 0):
-        raise InvalidRecordError("rank", value, "must be None or an int >= 0")
-
-
 def _to_ts(value: Any) -> Any:
     # msgpack writes whole numbers as ints; the envelope's ts is seconds either way.
     return float(value) if type(value) is int else value
 
 
-def _to_events(value: Iterable[Event]) -> tuple[Event, ...]:
-    return value if type(value) is tuple else tuple(value)
-
-
-def _check_events(_inst: object, _attr: object, value: tuple[object, ...]) -> None:
-    for e in value:
-        if not isinstance(e, _EVENT_TYPES):
-            raise InvalidRecordError("events", value, f"holds {e!r}, not a KV event")
-
-
-def _check_count(name: str) -> Any:
-    def check(_inst: object, _attr: object, value: Any) -> None:
+def _check_batch(b: EventBatch) -> None:
+    if type(b.ts) is not float or not math.isfinite(b.ts):
+        raise InvalidRecordError("ts", b.ts, "must be a finite float")
+    if b.rank is not None and (type(b.rank) is not int or b.rank < 0):
+        raise InvalidRecordError("rank", b.rank, "must be None or an int >= 0")
+    for e in b.events:
+        if type(e) not in _EVENT_TYPES:
+            raise InvalidRecordError("events", b.events, f"holds {e!r}, not a KV event")
+    for name, value in (("dropped", b.dropped), ("ignored", b.ignored)):
         if type(value) is not int or value < 0:
             raise InvalidRecordError(name, value, "must be an int >= 0")
-
-    return check
 
 
 @attrs.frozen(kw_only=True, slots=True)
@@ -250,8 +256,11 @@ class EventBatch:
     (AllBlocksCleared(),)
     """
 
-    ts: float = attrs.field(converter=_to_ts, validator=_check_ts)
-    rank: int | None = attrs.field(default=None, validator=_check_rank)
-    events: tuple[Event, ...] = attrs.field(converter=_to_events, validator=_check_events)
-    dropped: int = attrs.field(default=0, validator=_check_count("dropped"))
-    ignored: int = attrs.field(default=0, validator=_check_count("ignored"), eq=False)
+    ts: float = attrs.field(converter=_to_ts)
+    rank: int | None = None
+    events: tuple[Event, ...] = attrs.field(converter=_events)
+    dropped: int = 0
+    ignored: int = attrs.field(default=0, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        _check_batch(self)

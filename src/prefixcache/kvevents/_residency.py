@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from typing import Any, Final
@@ -28,7 +29,6 @@ from prefixcache._chain import (
 )
 from prefixcache._types import ReplicaKey
 from prefixcache.kvevents._records import (
-    AllBlocksCleared,
     BlockRemoved,
     BlockStored,
     EventBatch,
@@ -87,14 +87,12 @@ class ResidencyState(StrEnum):
     UNKNOWN = "unknown"
 
 
-def _count() -> Any:
-    # An output record built once per batch on the ingest path: no validators.
-    return attrs.field(default=0)
-
-
 @attrs.frozen(kw_only=True, slots=True)
 class IngestReport:
     """What :meth:`KvResidency.apply` did with one batch: counts by outcome.
+
+    Counts are read as attributes (``report.stored_blocks``; 0 when nothing had that
+    outcome); ``counts`` holds the non-zero ones as sorted ``(name, count)`` pairs.
 
     Batch level:
         state: the replica's state after the batch.
@@ -139,26 +137,127 @@ class IngestReport:
     refused: bool = False
     duplicate: bool = False
     restarted: bool = False
-    missed: int = _count()
-    filled: int = _count()
-    decode_dropped: int = _count()
-    applied_stores: int = _count()
-    applied_removes: int = _count()
-    applied_clears: int = _count()
-    dropped_medium: int = _count()
-    dropped_group: int = _count()
-    dropped_block_size: int = _count()
-    dropped_tokens: int = _count()
-    dropped_self_reference: int = _count()
-    dropped_orphan: int = _count()
-    deferred: int = _count()
-    resumed: int = _count()
-    abandoned: int = _count()
-    stored_blocks: int = _count()
-    removed_blocks: int = _count()
-    unknown_removals: int = _count()
-    cleared_blocks: int = _count()
-    evicted_blocks: int = _count()
+    counts: tuple[tuple[str, int], ...] = ()
+
+    def count(self, name: str) -> int:
+        """The count named ``name`` (0 when nothing had that outcome).
+
+        Raises:
+            InvalidRecordError: ``name`` is not one of the counts listed above.
+        """
+        if name not in COUNT_NAMES:
+            raise InvalidRecordError("name", name, f"must be one of {sorted(COUNT_NAMES)}")
+        for key, value in self.counts:
+            if key == name:
+                return value
+        return 0
+
+    @property
+    def missed(self) -> int:
+        return self.count("missed")
+
+    @property
+    def filled(self) -> int:
+        return self.count("filled")
+
+    @property
+    def decode_dropped(self) -> int:
+        return self.count("decode_dropped")
+
+    @property
+    def applied_stores(self) -> int:
+        return self.count("applied_stores")
+
+    @property
+    def applied_removes(self) -> int:
+        return self.count("applied_removes")
+
+    @property
+    def applied_clears(self) -> int:
+        return self.count("applied_clears")
+
+    @property
+    def dropped_medium(self) -> int:
+        return self.count("dropped_medium")
+
+    @property
+    def dropped_group(self) -> int:
+        return self.count("dropped_group")
+
+    @property
+    def dropped_block_size(self) -> int:
+        return self.count("dropped_block_size")
+
+    @property
+    def dropped_tokens(self) -> int:
+        return self.count("dropped_tokens")
+
+    @property
+    def dropped_self_reference(self) -> int:
+        return self.count("dropped_self_reference")
+
+    @property
+    def dropped_orphan(self) -> int:
+        return self.count("dropped_orphan")
+
+    @property
+    def deferred(self) -> int:
+        return self.count("deferred")
+
+    @property
+    def resumed(self) -> int:
+        return self.count("resumed")
+
+    @property
+    def abandoned(self) -> int:
+        return self.count("abandoned")
+
+    @property
+    def stored_blocks(self) -> int:
+        return self.count("stored_blocks")
+
+    @property
+    def removed_blocks(self) -> int:
+        return self.count("removed_blocks")
+
+    @property
+    def unknown_removals(self) -> int:
+        return self.count("unknown_removals")
+
+    @property
+    def cleared_blocks(self) -> int:
+        return self.count("cleared_blocks")
+
+    @property
+    def evicted_blocks(self) -> int:
+        return self.count("evicted_blocks")
+
+
+#: The names of :class:`IngestReport`'s counts.
+COUNT_NAMES: Final = frozenset(
+    {
+        "missed",
+        "filled",
+        "decode_dropped",
+        "applied_stores",
+        "applied_removes",
+        "applied_clears",
+        "dropped_medium",
+        "dropped_group",
+        "dropped_block_size",
+        "dropped_tokens",
+        "dropped_self_reference",
+        "dropped_orphan",
+        "deferred",
+        "resumed",
+        "abandoned",
+        "stored_blocks",
+        "removed_blocks",
+        "unknown_removals",
+        "cleared_blocks",
+        "evicted_blocks",
+    }
+)
 
 
 @attrs.frozen(kw_only=True, slots=True)
@@ -273,19 +372,15 @@ def extract_kv_chain(
     return _chain_bytes(root, data, width, depth)
 
 
-class _Entry:
-    """One engine block held by one replica in one (medium, group).
-
-    ``refs``: copies stored and not yet removed; ``canon``: our hashes of its
-    ``block_size // block_tokens`` sub-blocks; ``stamp``: the seq of its latest store (a
-    replayed clear drops what was stored before it).
-    """
-
-    __slots__ = ("canon", "refs", "stamp")
-
-    refs: int
-    canon: tuple[int, ...]
-    stamp: int
+# One engine block held by one replica in one (medium, group): a list, not a class (building
+# it is a third of the ingest loop's cost otherwise), indexed by these names.
+# REFS: copies stored and not yet removed; CANON: our hashes of its block_size // block_tokens
+# sub-blocks (a tuple); STAMP: the seq of its latest store (a replayed clear drops what was
+# stored before it).
+_REFS: Final = 0
+_CANON: Final = 1
+_STAMP: Final = 2
+_Entry = list[Any]
 
 
 # A store waiting for its parent: (seq, model, event).
@@ -345,87 +440,25 @@ class _Replica:
         return self.nblocks
 
 
-class _Tally:
-    """Mutable counters of one apply call (frozen into an :class:`IngestReport`)."""
+# Counts of one apply call, by name (see IngestReport).
+_Counts = defaultdict[str, int]
 
-    __slots__ = (
-        "abandoned",
-        "applied_clears",
-        "applied_removes",
-        "applied_stores",
-        "cleared_blocks",
-        "decode_dropped",
-        "deferred",
-        "dropped_block_size",
-        "dropped_group",
-        "dropped_medium",
-        "dropped_orphan",
-        "dropped_self_reference",
-        "dropped_tokens",
-        "duplicate",
-        "evicted_blocks",
-        "filled",
-        "missed",
-        "refused",
-        "removed_blocks",
-        "restarted",
-        "resumed",
-        "stored_blocks",
-        "unknown_removals",
+
+def _report(
+    state: ResidencyState,
+    tally: _Counts,
+    *,
+    refused: bool = False,
+    duplicate: bool = False,
+    restarted: bool = False,
+) -> IngestReport:
+    return IngestReport(
+        state=state,
+        refused=refused,
+        duplicate=duplicate,
+        restarted=restarted,
+        counts=tuple(sorted(tally.items())),  # only outcomes that happened are keys
     )
-
-    def __init__(self) -> None:
-        self.refused = False
-        self.duplicate = False
-        self.restarted = False
-        self.missed = 0
-        self.filled = 0
-        self.decode_dropped = 0
-        self.applied_stores = 0
-        self.applied_removes = 0
-        self.applied_clears = 0
-        self.dropped_medium = 0
-        self.dropped_group = 0
-        self.dropped_block_size = 0
-        self.dropped_tokens = 0
-        self.dropped_self_reference = 0
-        self.dropped_orphan = 0
-        self.deferred = 0
-        self.resumed = 0
-        self.abandoned = 0
-        self.stored_blocks = 0
-        self.removed_blocks = 0
-        self.unknown_removals = 0
-        self.cleared_blocks = 0
-        self.evicted_blocks = 0
-
-    def report(self, state: ResidencyState) -> IngestReport:
-        return IngestReport(
-            state=state,
-            refused=self.refused,
-            duplicate=self.duplicate,
-            restarted=self.restarted,
-            missed=self.missed,
-            filled=self.filled,
-            decode_dropped=self.decode_dropped,
-            applied_stores=self.applied_stores,
-            applied_removes=self.applied_removes,
-            applied_clears=self.applied_clears,
-            dropped_medium=self.dropped_medium,
-            dropped_group=self.dropped_group,
-            dropped_block_size=self.dropped_block_size,
-            dropped_tokens=self.dropped_tokens,
-            dropped_self_reference=self.dropped_self_reference,
-            dropped_orphan=self.dropped_orphan,
-            deferred=self.deferred,
-            resumed=self.resumed,
-            abandoned=self.abandoned,
-            stored_blocks=self.stored_blocks,
-            removed_blocks=self.removed_blocks,
-            unknown_removals=self.unknown_removals,
-            cleared_blocks=self.cleared_blocks,
-            evicted_blocks=self.evicted_blocks,
-        )
 
 
 def _check_positive(name: str, value: object) -> int:
@@ -545,6 +578,9 @@ class KvResidency:
         self._replicas: dict[ReplicaKey, _Replica] = {}
         self._free_slots: list[int] = []
         self._where: dict[int, int] = {}  # our hash -> bitmask of replica slots holding it
+        # Medium as on the wire, of events without a group -> the table key they are
+        # recorded under (only media routed on: a handful).
+        self._table_keys: dict[str | None, _TableKey] = {}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -772,18 +808,19 @@ class KvResidency:
             raise InvalidRecordError("model", model, "must be a str")
         if now is None:
             now = self._clock()
-        tally = _Tally()
+        tally: _Counts = defaultdict(int)
+        restarted = False
         with self._lock:
             r = self._replicas.get(replica)
             if r is None:
                 if len(self._replicas) >= self._max_replicas:
-                    tally.refused = True
-                    return tally.report(ResidencyState.UNKNOWN)
+                    return _report(ResidencyState.UNKNOWN, tally, refused=True)
                 r = self._new_replica(replica)
                 self._start(r, seq, replayed, tally)
             elif not replayed and seq <= r.live_last:
-                tally.restarted = True
-                tally.cleared_blocks += r.blocks()
+                restarted = True
+                if r.nblocks:
+                    tally["cleared_blocks"] += r.nblocks
                 self._drop_all(r)
                 r.reset()
                 r.restarts += 1
@@ -795,22 +832,28 @@ class KvResidency:
                 if not replayed:
                     r.live_last = seq
             elif self._fill(r, seq):
-                tally.filled = 1
+                tally["filled"] = 1
                 if not replayed:
                     r.live_last = seq
             else:
                 if not replayed:
                     r.live_last = seq
-                tally.duplicate = True
-                return tally.report(r.state())
+                return _report(r.state(), tally, duplicate=True)
             r.updated_at = now
             if batch.dropped:
-                tally.decode_dropped = batch.dropped
+                tally["decode_dropped"] = batch.dropped
                 r.tainted = True
-            self._apply_events(r, seq, model, batch.events, tally)
+            for event in batch.events:
+                cls = type(event)
+                if cls is BlockStored:
+                    self._store(r, seq, model, event, tally)  # type: ignore[arg-type]
+                elif cls is BlockRemoved:
+                    self._remove(r, event, tally)  # type: ignore[arg-type]
+                else:
+                    self._clear(r, seq, tally)
             if not r.missing and (r.deferred or r.tombstones):
                 self._settle(r, tally)
-            return tally.report(r.state())
+            return _report(r.state(), tally, restarted=restarted)
 
     def _check(self) -> None:
         """Assert the internal invariants (for tests): each replica's counts equal the
@@ -827,9 +870,9 @@ class KvResidency:
                 n = 0
                 for table in r.tables.values():
                     for e in table.values():
-                        assert e.refs >= 1
+                        assert e[_REFS] >= 1
                         n += 1
-                        for h in e.canon:
+                        for h in e[_CANON]:
                             counts[h] = counts.get(h, 0) + 1
                 assert n == r.nblocks, (n, r.nblocks)
                 assert counts == r.canon
@@ -847,14 +890,14 @@ class KvResidency:
         r = self._replicas[key] = _Replica(slot)
         return r
 
-    def _start(self, r: _Replica, seq: int, replayed: bool, tally: _Tally) -> None:
+    def _start(self, r: _Replica, seq: int, replayed: bool, tally: _Counts) -> None:
         r.high = seq
         r.live_last = -1 if replayed else seq
         if seq > 0:
             self._open_gap(r, 0, seq - 1, tally)
 
-    def _open_gap(self, r: _Replica, lo: int, hi: int, tally: _Tally) -> None:
-        tally.missed += hi - lo + 1
+    def _open_gap(self, r: _Replica, lo: int, hi: int, tally: _Counts) -> None:
+        tally["missed"] += hi - lo + 1
         r.missing.append([lo, hi])  # gaps open in increasing seq order
         if len(r.missing) > _MAX_GAPS:
             r.missing.pop(0)  # given up: those batches can no longer be told apart
@@ -881,10 +924,10 @@ class KvResidency:
                 return True
         return False
 
-    def _settle(self, r: _Replica, tally: _Tally) -> None:
+    def _settle(self, r: _Replica, tally: _Counts) -> None:
         # Every gap is filled: what still waits can no longer be explained by a replay.
         if r.deferred_count:
-            tally.abandoned += r.deferred_count
+            tally["abandoned"] += r.deferred_count
             r.tainted = True
         r.deferred = {}
         r.deferred_count = 0
@@ -921,99 +964,107 @@ class KvResidency:
                 else:
                     del where[h]
 
-    def _apply_events(
-        self, r: _Replica, seq: int, model: str, events: Iterable[object], tally: _Tally
-    ) -> None:
-        for event in events:
-            cls = type(event)
-            if cls is BlockStored:
-                self._store(r, seq, model, event, tally)  # type: ignore[arg-type]
-            elif cls is BlockRemoved:
-                self._remove(r, event, tally)  # type: ignore[arg-type]
-            elif cls is AllBlocksCleared:
-                self._clear(r, seq, tally)
-
     def _table_key(self, medium: str | None, group: int | None) -> _TableKey | None:
         m = "GPU" if medium is None else medium
         g = 0 if group is None else group
         if m not in self._media or g not in self._groups:
             return None
+        if group is None:  # the usual case, cached by medium (a handful of media)
+            self._table_keys.setdefault(medium, (m, g))
         return (m, g)
 
-    def _store(self, r: _Replica, seq: int, model: str, ev: BlockStored, tally: _Tally) -> None:
-        tk = self._table_key(ev.medium, ev.group_idx)
+    def _store(self, r: _Replica, seq: int, model: str, ev: BlockStored, tally: _Counts) -> None:
+        medium, group = ev.medium, ev.group_idx
+        tk = self._table_keys.get(medium) if group is None else None
         if tk is None:
-            if (ev.medium or "GPU") not in self._media:
-                tally.dropped_medium += 1
-            else:
-                tally.dropped_group += 1
-            return
+            tk = self._table_key(medium, group)
+            if tk is None:
+                if (medium or "GPU") not in self._media:
+                    tally["dropped_medium"] += 1
+                else:
+                    tally["dropped_group"] += 1
+                return
         hashes = ev.block_hashes
         n = len(hashes)
         size = ev.block_size
         if n == 0 or size == 0 or len(ev.token_ids) != n * size:
-            tally.dropped_tokens += 1
+            tally["dropped_tokens"] += 1
             return
         bt = self._bt
         if size % bt:
-            tally.dropped_block_size += 1
+            tally["dropped_block_size"] += 1
             return
         parent = ev.parent_block_hash
         if (n > 1 and len(set(hashes)) != n) or (parent is not None and parent in hashes):
-            tally.dropped_self_reference += 1
+            tally["dropped_self_reference"] += 1
             return
         table = r.tables.get(tk)
         extra = ev.extra_keys
         lora = ev.lora_name
         if parent is None:
-            keys0: tuple[object, ...] = ()
-            if extra and extra[0]:
-                keys0 = _extra_keys_of(extra[0], lora)
-            prev = _namespace_root(model, lora, keys0)
+            if lora is None and (extra is None or not extra[0]):
+                prev = _salt(model)
+            else:
+                keys0: tuple[object, ...] = ()
+                if extra and extra[0]:
+                    keys0 = _extra_keys_of(extra[0], lora)
+                prev = _namespace_root(model, lora, keys0)
         else:
             pe = None if table is None else table.get(parent)
             if pe is None:
                 self._orphan(r, tk, parent, seq, model, ev, tally)
                 return
-            prev = pe.canon[-1]
-        per = size // bt
-        data = ev.token_bytes
-        width = 4 * bt
-        if extra is None or not _has_foreign_keys(extra, lora, parent is None):
-            canon = _chain_bytes(prev, data, width, n * per)
-        else:
-            canon = _chain_with_extra(prev, data, width, per, extra, lora, parent is None)
+            prev = pe[_CANON][-1]
         if table is None:
             table = r.tables[tk] = {}
+        per = size // bt
+        data = ev.token_bytes
         counts = r.canon
         where = self._where
         bit = r.bit
-        added = 0
-        new_entry = object.__new__
-        for i, h in enumerate(hashes):
+        if n == 1 and per == 1 and extra is None:
+            # One block of ours (a decode step completing a block): the loop below, unrolled.
+            h = hashes[0]
             e = table.get(h)
             if e is None:
-                sub = canon[i * per : (i + 1) * per] if per > 1 else (canon[i],)
-                # Built without __init__ (its frame is a third of this loop's cost).
-                e = new_entry(_Entry)
-                e.refs = 1
-                e.canon = sub
-                e.stamp = seq
-                table[h] = e
-                added += 1
-                for c in sub:  # _hold, inlined: this loop is the ingest hot path
-                    k = counts.get(c)
-                    if k is None:
-                        counts[c] = 1
-                        where[c] = where.get(c, 0) | bit
-                    else:
-                        counts[c] = k + 1
+                c = xxh64_intdigest(prev.to_bytes(8, "little") + data)
+                table[h] = [1, (c,), seq]  # _REFS, _CANON, _STAMP
+                r.nblocks += 1
+                k = counts.get(c)
+                if k is None:
+                    counts[c] = 1
+                    where[c] = where.get(c, 0) | bit
+                else:
+                    counts[c] = k + 1
             else:
-                e.refs += 1
-                e.stamp = seq
-        r.nblocks += added
-        tally.stored_blocks += n
-        tally.applied_stores += 1
+                e[_REFS] += 1
+                e[_STAMP] = seq
+        else:
+            width = 4 * bt
+            if extra is None or not _has_foreign_keys(extra, lora, parent is None):
+                canon = _chain_bytes(prev, data, width, n * per)
+            else:
+                canon = _chain_with_extra(prev, data, width, per, extra, lora, parent is None)
+            added = 0
+            for i, h in enumerate(hashes):
+                e = table.get(h)
+                if e is None:
+                    sub = canon[i * per : (i + 1) * per] if per > 1 else (canon[i],)
+                    table[h] = [1, sub, seq]  # _REFS, _CANON, _STAMP
+                    added += 1
+                    for c in sub:
+                        k = counts.get(c)
+                        if k is None:
+                            counts[c] = 1
+                            where[c] = where.get(c, 0) | bit
+                        else:
+                            counts[c] = k + 1
+                else:
+                    e[_REFS] += 1
+                    e[_STAMP] = seq
+            r.nblocks += added
+        tally["stored_blocks"] += n
+        tally["applied_stores"] += 1
         if r.tombstones:
             for h in hashes:
                 self._apply_tombstone(r, tk, table, h, tally)
@@ -1022,7 +1073,7 @@ class KvResidency:
         if r.deferred:
             self._resume(r, tk, hashes, tally)
 
-    def _resume(self, r: _Replica, tk: _TableKey, hashes: Iterable[int], tally: _Tally) -> None:
+    def _resume(self, r: _Replica, tk: _TableKey, hashes: Iterable[int], tally: _Counts) -> None:
         """Apply the stores that waited for one of ``hashes`` as their parent (and, in
         turn, those waiting for theirs)."""
         stack = list(hashes)
@@ -1032,7 +1083,7 @@ class KvResidency:
                 continue
             r.deferred_count -= len(waiting)
             for wseq, wmodel, wev in waiting:
-                tally.resumed += 1
+                tally["resumed"] += 1
                 self._store(r, wseq, wmodel, wev, tally)
 
     def _orphan(
@@ -1043,79 +1094,80 @@ class KvResidency:
         seq: int,
         model: str,
         ev: BlockStored,
-        tally: _Tally,
+        tally: _Counts,
     ) -> None:
         if r.missing and r.deferred_count < self._max_deferred:
             r.deferred.setdefault((tk, parent), []).append((seq, model, ev))
             r.deferred_count += 1
-            tally.deferred += 1
+            tally["deferred"] += 1
         else:
-            tally.dropped_orphan += 1
+            tally["dropped_orphan"] += 1
             r.tainted = True
 
     def _apply_tombstone(
-        self, r: _Replica, tk: _TableKey, table: _Table, h: int, tally: _Tally
+        self, r: _Replica, tk: _TableKey, table: _Table, h: int, tally: _Counts
     ) -> None:
         pending = r.tombstones.pop((tk, h), 0)
         while pending and h in table:
             pending -= 1
             self._remove_one(r, tk, table, h)
-            tally.removed_blocks += 1
+            tally["removed_blocks"] += 1
         if pending:
             r.tombstones[(tk, h)] = pending
 
     def _remove_one(self, r: _Replica, tk: _TableKey, table: _Table, h: int) -> None:
         e = table[h]
-        e.refs -= 1
-        if e.refs == 0:
+        e[_REFS] -= 1
+        if e[_REFS] == 0:
             del table[h]
             r.nblocks -= 1
-            self._release(r, e.canon)
+            self._release(r, e[_CANON])
 
-    def _remove(self, r: _Replica, ev: BlockRemoved, tally: _Tally) -> None:
+    def _remove(self, r: _Replica, ev: BlockRemoved, tally: _Counts) -> None:
         tk = self._table_key(ev.medium, ev.group_idx)
         if tk is None:
             if (ev.medium or "GPU") not in self._media:
-                tally.dropped_medium += 1
+                tally["dropped_medium"] += 1
             else:
-                tally.dropped_group += 1
+                tally["dropped_group"] += 1
             return
         table = r.tables.get(tk)
         for h in ev.block_hashes:
             if table is not None and h in table:
                 self._remove_one(r, tk, table, h)
-                tally.removed_blocks += 1
+                tally["removed_blocks"] += 1
             else:
-                tally.unknown_removals += 1
+                tally["unknown_removals"] += 1
                 if r.missing and r.deferred_count < self._max_deferred:
                     key = (tk, h)
                     r.tombstones[key] = r.tombstones.get(key, 0) + 1
-        tally.applied_removes += 1
+        tally["applied_removes"] += 1
 
-    def _clear(self, r: _Replica, seq: int, tally: _Tally) -> None:
-        tally.applied_clears += 1
+    def _clear(self, r: _Replica, seq: int, tally: _Counts) -> None:
+        tally["applied_clears"] += 1
         if seq >= r.high:  # in order: everything held was stored before the clear
-            tally.cleared_blocks += r.blocks()
+            if r.nblocks:
+                tally["cleared_blocks"] += r.nblocks
             self._drop_all(r)
             r.missing = []
         else:  # a replayed clear: later batches' blocks stay
             for table in r.tables.values():
-                for h in [h for h, e in table.items() if e.stamp <= seq]:
+                for h in [h for h, e in table.items() if e[_STAMP] <= seq]:
                     e = table.pop(h)
                     r.nblocks -= 1
-                    self._release(r, e.canon)
-                    tally.cleared_blocks += 1
+                    self._release(r, e[_CANON])
+                    tally["cleared_blocks"] += 1
             r.missing = [gap for gap in r.missing if gap[0] > seq]
         r.tainted = False
 
-    def _evict(self, r: _Replica, tally: _Tally) -> None:
+    def _evict(self, r: _Replica, tally: _Counts) -> None:
         # Oldest stored first, table by table (one medium's table is usually all there is).
         for table in r.tables.values():
             while table and r.nblocks > self._max_blocks:
                 e = table.pop(next(iter(table)))
                 r.nblocks -= 1
-                self._release(r, e.canon)
-                tally.evicted_blocks += 1
+                self._release(r, e[_CANON])
+                tally["evicted_blocks"] += 1
             if r.nblocks <= self._max_blocks:
                 return
 
