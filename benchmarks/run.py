@@ -16,7 +16,9 @@ Sections:
    bytes per stored node (tracemalloc, retained after the replay / value-bearing nodes; the
    chain ints themselves belong to the caller and are excluded), and the bare-dict floor
    (walk while present, then write every block).
-3. The chain-hashing benchmarks of ``benchmarks/bench_chain.py`` when present.
+3. The chain-hashing benchmarks of ``benchmarks/bench_chain.py`` when present, and the
+   KV-event ingest and overlap benchmarks of ``benchmarks/bench_kvevents.py``
+   (``--no-kvevents`` skips them).
 
 4. *Fused loop*: ``benchmarks/ceiling.py``, the routing loop fused by hand into one
    function over the dict backend's node layout, against the floor and ``Index[dict]`` in
@@ -606,6 +608,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             chain_md = bench_chain.to_markdown(bench_chain.run(report=print))
         except Exception as exc:  # keep the index results even if P2's script breaks
             chain_md = f"(bench_chain.py failed: {exc!r})"
+    kvevents_md = ""
+    if (HERE / "bench_kvevents.py").exists() and "--no-kvevents" not in args:
+        sys.path.insert(0, str(HERE))
+        try:
+            import bench_kvevents
+
+            kvevents_md = bench_kvevents.to_markdown(
+                bench_kvevents.run(repeat=5 if quick else 15, report=print)
+            )
+        except Exception as exc:  # keep the other results if the kvevents extra is missing
+            kvevents_md = f"(bench_kvevents.py failed: {exc!r})"
     replay_md = "" if "--no-replay" in args else bench_replay(1 if quick else 3, print)
     ceiling_md = ""
     if "--no-ceiling" not in args:
@@ -625,6 +638,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             text += "\n\n" + bench_litellm.to_markdown(bench_litellm.run(print, quick=quick))
         except ImportError as exc:
             text += f"\n\n(bench_litellm.py skipped: {exc})"
+    if kvevents_md:
+        text += "\n## KV-cache events (benchmarks/bench_kvevents.py)\n\n" + kvevents_md + "\n"
     if write:
         (HERE / "RESULTS.md").write_text(text + "\n")
     print(text)
