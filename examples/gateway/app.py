@@ -87,7 +87,7 @@ from clusterrouting import (
     pick_with_affinity,
     within_load_guard,
 )
-from examples.gateway.cluster_page import render_cluster_page
+from examples.gateway.cluster_page import RoutingHistory, render_cluster_page
 from examples.gateway.membership import Membership
 from examples.gateway.mock_backend import NODE_QUERY_SUBJECT, NODE_SUBJECT
 from examples.gateway.serving import RAW_BODIES_KEY, SERVER_LIMITS_KEY, ServerLimits
@@ -289,6 +289,7 @@ class Gateway:
         self.last_used: dict[str, float] = {}
         self.stats: dict[str, _BackendStats] = defaultdict(_BackendStats)
         self.requests = 0
+        self.routing = RoutingHistory()
         self.rejected = {"400": 0, "408": 0, "413": 0, "503": 0, "busy": 0}
         self.buffered_bytes = 0
         self._membership_transport = membership_transport
@@ -450,6 +451,17 @@ class Gateway:
                 self.pressure.record(model, now)
         self.in_flight[picked.node_id] += 1
         self.last_used[picked.node_id] = now
+        self.routing.record(
+            now=now,
+            model=model,
+            chain_blocks=len(chain),
+            candidates=cands,
+            preferred=preferred,
+            pinned=pinned,
+            picked=picked.node_id,
+            slack=self.config.balance_abs_threshold,
+            in_flight=dict(self.in_flight),
+        )
         return picked, preferred
 
     def release(self, node_id: str) -> None:
@@ -833,6 +845,7 @@ class Gateway:
             },
             "requests": self.requests,
             "rejected": dict(self.rejected),
+            **self.routing.to_json(),
             "membership": {
                 "announcements": self.membership.announcements,
                 "dropped": self.membership.dropped,
