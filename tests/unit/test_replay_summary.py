@@ -23,3 +23,16 @@ def test_no_comparison_line_when_round_robin_was_not_replayed() -> None:
     text = format_table(run_replay(reqs, policies=("least-loaded",)))
     assert "lowest mean TTFT: least-loaded" in text
     assert "vs round-robin" not in text
+
+
+def test_claim_report_ranks_balanced_policies_and_names_the_leaders() -> None:
+    from prefixcache.replay._claim import format_claim
+
+    reqs = synthetic_trace(seed=4, sessions=50, duration_s=300.0)
+    res = run_replay(reqs, trace_name="tiny", policies=("round-robin", "cache-cost", "random"))
+    text = format_claim([res])
+    best = min(res.policies, key=lambda p: p.ttft_mean_s)
+    assert f"| tiny | {best.name} ({best.ttft_mean_s:.3f} s) |" in text
+    assert "### tiny" in text
+    ours = res.policy("cache-cost")
+    assert f"| cache-cost | {ours.ideal_fraction:.1%} | {ours.ttft_mean_s:.3f} |" in text
