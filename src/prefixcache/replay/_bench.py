@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prefixcache.replay._policies import POLICY_NAMES, make_policy
+from prefixcache.replay._policies import PEER_POLICIES, POLICY_NAMES, make_policy
 from prefixcache.replay._report import auto_speedup
 from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel, simulate
 from prefixcache.replay._trace import Request, load_trace
 
-__all__ = ["bench_policies"]
+__all__ = ["LIBRARY_POLICIES", "bench_policies"]
+
+LIBRARY_POLICIES: tuple[str, ...] = tuple(n for n in POLICY_NAMES if n not in PEER_POLICIES)
+"""The policies whose routing path is this library's (the peers' re-implementations are
+the replay's, not the library's, so ``make bench`` leaves them out)."""
 
 
 def bench_policies(
     requests: Sequence[Request] | None = None,
     *,
-    policies: Sequence[str] = POLICY_NAMES,
+    policies: Sequence[str] = LIBRARY_POLICIES,
     model: ClusterModel = DEFAULT_CLUSTER,
     repeats: int = 1,
 ) -> dict[str, float]:
