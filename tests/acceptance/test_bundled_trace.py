@@ -92,3 +92,23 @@ def test_every_policy_on_the_bundled_trace(reqs: list[Request]) -> None:
     # Every prompt starts with the same block: production-stack's prefix trie, with no
     # load signal, sends everything to one replica.
     assert res.policy("prodstack-prefix").max_over_mean_requests == 8.0
+
+
+def test_precise_policies_win_where_engines_evict() -> None:
+    # eviction_case: KV capacity below the working set. The router's own record of what it
+    # sent drifts from what the engines hold; the engines' events do not.
+    from prefixcache.replay import eviction_case
+
+    reqs, model = eviction_case(0)
+    names = ["cache-cost", "cache-cost-precise", "llm-d-default", "llm-d-precise"]
+    res = run_replay(reqs, model=model, policies=names)
+    for approx, precise in (
+        ("cache-cost", "cache-cost-precise"),
+        ("llm-d-default", "llm-d-precise"),
+    ):
+        a, p = res.policy(approx), res.policy(precise)
+        assert p.ttft_mean_s < a.ttft_mean_s
+        assert p.ttft_p99_s < a.ttft_p99_s
+        assert p.hit_ratio >= a.hit_ratio
+        assert p.kv_batches[1] == p.kv_batches[0] > 0  # every batch delivered (no loss)
+        assert a.kv_batches == (0, 0, 0)  # approximate policies cost the stream nothing
