@@ -239,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Progress:
-    """A one-line progress bar on a terminal; one line per policy otherwise."""
+    """A one-line progress bar on a terminal; one line per policy otherwise. When policies
+    replay in worker processes, each is heard of once, finished; its time is then the time
+    since the previous line (``n_policies=0``: count unknown)."""
 
     def __init__(self, stream: TextIO, n_policies: int) -> None:
         self._s = stream
@@ -248,24 +250,29 @@ class _Progress:
         self._k = 0
         self._cur: str | None = None
         self._t0 = time.perf_counter()
+        self._last = self._t0
 
     def __call__(self, name: str, done: int, total: int) -> None:
         if name != self._cur:
             self._cur = name
             self._k += 1
-            self._t0 = time.perf_counter()
+            self._t0 = self._last if done >= total else time.perf_counter()
+        if done >= total:
+            self._last = time.perf_counter()
         frac = done / total if total else 1.0
         if self._tty:
             width = 30
             fill = int(frac * width)
             bar = "#" * fill + "." * (width - fill)
-            self._s.write(f"\r[{self._k}/{self._n}] {name:<13} [{bar}] {frac:6.1%} {done}/{total}")
+            of = f"{self._k}/{self._n}" if self._n else str(self._k)
+            self._s.write(f"\r[{of}] {name:<13} [{bar}] {frac:6.1%} {done}/{total}")
             if done >= total:
                 self._s.write(f" {time.perf_counter() - self._t0:.1f}s\n")
             self._s.flush()
         elif done >= total:
+            of = f"{self._k}/{self._n}" if self._n else str(self._k)
             self._s.write(
-                f"[{self._k}/{self._n}] {name}: {total} requests replayed in "
+                f"[{of}] {name}: {total} requests replayed in "
                 f"{time.perf_counter() - self._t0:.1f}s\n"
             )
             self._s.flush()
