@@ -1,6 +1,6 @@
 """Overhead of the LiteLLM plugin against LiteLLM's default ``simple-shuffle``, paired per call.
 
-One ``litellm.Router`` with ``DEPLOYMENTS`` deployments (never called: only routing runs)
+One ``litellm.Router`` with 2, 4 or 8 deployments (never called: only routing runs)
 picks a deployment for each request of a seeded multi-turn workload (``SESSIONS`` sessions
 sharing a ~2 kB system prompt, conversations growing turn by turn). Each request is routed
 twice, in alternating order: once by LiteLLM alone (``simple-shuffle``; the plugin is not in
@@ -24,7 +24,7 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-DEPLOYMENTS = 8
+DEPLOYMENTS = (2, 4, 8)
 SESSIONS = 64
 SEED = 20260101
 MODEL = "chat"
@@ -48,7 +48,7 @@ def _workload(n: int, rng: random.Random) -> list[tuple[str, list[dict[str, str]
     return out
 
 
-async def _measure(n: int) -> dict[str, Any]:
+async def _measure(n: int, deployments: int) -> dict[str, Any]:
     import litellm
     from litellm import Router
 
@@ -65,7 +65,7 @@ async def _measure(n: int) -> dict[str, Any]:
             },
             "model_info": {"id": f"d{i}"},
         }
-        for i in range(DEPLOYMENTS)
+        for i in range(deployments)
     ]
     router = Router(model_list=model_list, routing_strategy="simple-shuffle")
     plugin = install(router, pins=SessionPins(ttl=600, max_entries=10_000))
@@ -117,6 +117,7 @@ async def _measure(n: int) -> dict[str, Any]:
     base_p50 = _percentile(base, 0.5)
     budget = 0.15 * base_p50 + 50.0
     return {
+        "deployments": deployments,
         "calls": n,
         "litellm": litellm.__version__ if hasattr(litellm, "__version__") else "?",
         "shuffle_p50_us": base_p50,
@@ -132,42 +133,47 @@ async def _measure(n: int) -> dict[str, Any]:
     }
 
 
-def run(report: Callable[[str], None] = print, *, quick: bool = False) -> dict[str, Any]:
-    """Measure (``quick``: 600 calls, else 3000) and report one line; returns the numbers."""
-    result = asyncio.run(_measure(600 if quick else 3000))
-    report(
-        f"litellm plugin overhead: diff p50 {result['diff_p50_us']:.1f} us (budget "
-        f"{result['budget_us']:.1f} us), p99 {result['diff_p99_us']:.1f} us; simple-shuffle "
-        f"p50 {result['shuffle_p50_us']:.1f} us"
-    )
-    return result
+def run(report: Callable[[str], None] = print, *, quick: bool = False) -> list[dict[str, Any]]:
+    """Measure each size (``quick``: 600 calls, else 3000) and report a line for each."""
+    results = []
+    for deployments in DEPLOYMENTS:
+        r = asyncio.run(_measure(600 if quick else 3000, deployments))
+        report(
+            f"litellm plugin overhead, {deployments} deployments: diff p50 "
+            f"{r['diff_p50_us']:.1f} us (budget {r['budget_us']:.1f} us), p99 "
+            f"{r['diff_p99_us']:.1f} us; simple-shuffle p50 {r['shuffle_p50_us']:.1f} us"
+        )
+        results.append(r)
+    return results
 
 
-def to_markdown(r: dict[str, Any]) -> str:
+def to_markdown(results: list[dict[str, Any]]) -> str:
     """The section ``benchmarks/run.py`` appends to RESULTS.md."""
     from importlib.metadata import version
 
-    ok = "within" if r["within_budget"] else "**over**"
-    return "\n".join(
-        [
-            "## LiteLLM plugin overhead (benchmarks/bench_litellm.py)",
-            "",
-            f"litellm {version('litellm')}; {r['calls']} calls over {DEPLOYMENTS} deployments, "
-            f"{SESSIONS} sessions sharing a ~2 kB system prompt; each call routed by "
-            "simple-shuffle and by the plugin (filter mode, routing + success callback), "
-            "alternating; microseconds per call.",
-            "",
-            "| | p50 | p99 |",
-            "|---|---:|---:|",
-            f"| simple-shuffle | {r['shuffle_p50_us']:.1f} | {r['shuffle_p99_us']:.1f} |",
-            f"| plugin | {r['plugin_p50_us']:.1f} | {r['plugin_p99_us']:.1f} |",
-            f"| paired difference | {r['diff_p50_us']:.1f} | {r['diff_p99_us']:.1f} |",
-            "",
-            f"Target: p50 of the differences <= 0.15 x simple-shuffle's p50 + 50 us = "
-            f"{r['budget_us']:.1f} us: {ok}. Plugin decisions {r['decisions']}, "
-            f"internal errors {r['errors']}.",
-        ]
-    )
+    out = [
+        "## LiteLLM plugin overhead (benchmarks/bench_litellm.py)",
+        "",
+        f"litellm {version('litellm')}; {results[0]['calls']} calls per row, {SESSIONS} "
+        "sessions sharing a ~2 kB system prompt; each call routed by simple-shuffle and by "
+        "the plugin (filter mode, routing + success callback), alternating; microseconds "
+        "per call. Target: p50 of the paired differences <= 0.15 x simple-shuffle's p50 + "
+        "50 us.",
+        "",
+        "| deployments | simple-shuffle p50 | p99 | plugin p50 | p99 | difference p50 | p99 "
+        "| target | |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        ok = "within" if r["within_budget"] else "**over**"
+        out.append(
+            f"| {r['deployments']} | {r['shuffle_p50_us']:.1f} | {r['shuffle_p99_us']:.1f} "
+            f"| {r['plugin_p50_us']:.1f} | {r['plugin_p99_us']:.1f} | {r['diff_p50_us']:.1f} "
+            f"| {r['diff_p99_us']:.1f} | {r['budget_us']:.1f} | {ok} |"
+        )
+    errors = sum(r["errors"] for r in results)
+    out += ["", f"Plugin internal errors: {errors}."]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -119,11 +119,18 @@ async def installed(*plugins: PrefixRoutingPlugin) -> AsyncIterator[None]:
 
 
 def hot_of(plugin: Any, messages: list[dict[str, str]]) -> str | None:
-    """The deployment the plugin's index says holds the longest prefix of ``messages``."""
+    """The deployment the plugin's shared index says holds the longest prefix of
+    ``messages``."""
     chain = extract_chain(MODEL, messages_prefix_source(messages))
     keys = [ReplicaKey("d0"), ReplicaKey("d1"), ReplicaKey("d2")]
     hot = plugin.index.decide(MODEL, chain, keys, time.time()).hot
     return None if hot is None else str(hot.node_id)
+
+
+def cached_blocks(plugin: Any, messages: list[dict[str, str]]) -> dict[str, int]:
+    """Leading blocks of ``messages`` the plugin's mirror holds, per deployment."""
+    chain = extract_chain(MODEL, messages_prefix_source(messages))
+    return {d: plugin.mirror.matched_blocks(ReplicaKey(d), chain) for d in ("d0", "d1", "d2")}
 
 
 def chat(user: str, *, system: str = SYSTEM) -> list[dict[str, str]]:
@@ -238,8 +245,10 @@ def test_a_failing_deployment_releases_its_reservation_and_is_not_observed() -> 
                 st = plugin.stats()
                 assert (st.released, st.observed, st.expired) == (2, 1, 0)
                 assert plugin.in_flight("d0") == plugin.in_flight("d1") == 0
-                # Not observed: the failed prompt is known nowhere.
-                assert hot_of(plugin, chat("x", system="another prompt " * 50)) is None
+                # Not observed: the failed prompt is known nowhere (the served one is).
+                failed = cached_blocks(plugin, chat("x", system="another prompt " * 50))
+                assert set(failed.values()) == {0}
+                assert max(cached_blocks(plugin, chat("hello")).values()) > 0
                 # The failure cleared the session's pin: the next turn re-pins on success.
                 assert pins.get(MODEL, "s-1") is None and st.unpinned == 1
                 again = await ask(r, chat("hello again"), metadata=dict(meta))
@@ -280,10 +289,11 @@ def test_internal_errors_return_the_input_unchanged_and_are_counted() -> None:
             plugin = install(r)
             async with installed(plugin):
 
-                def broken(*_a: object, **_k: object) -> object:
-                    raise RuntimeError("index bug")
+                class Broken:
+                    def matched_blocks(self, *_a: object) -> int:
+                        raise RuntimeError("mirror bug")
 
-                plugin.provider.decide = broken  # type: ignore[method-assign]
+                plugin.mirror = Broken()  # type: ignore[assignment]
                 # The request is still served (LiteLLM's own choice among the deployments).
                 assert await ask(r, chat("still served")) in ("d0", "d1")
                 assert plugin.stats().errors >= 1
@@ -392,13 +402,21 @@ def test_the_plain_message_shortcut_agrees_with_messages_prefix_source(
     # does, it must equal the library's rule, and it must decline what it cannot build.
     from prefixcache.integrations.litellm import _plain_source
 
-    fast = _plain_source(messages)
+    whole = messages_prefix_source(messages)
+    fast = _plain_source(messages, 10**9)
     if fast is not None:
-        assert fast == messages_prefix_source(messages)
+        assert fast == (whole, len(whole))
     else:
-        assert not messages_prefix_source(messages).isascii()
-    assert _plain_source([{"Role": "user", "content": "x"}]) is None  # case-folded key
-    assert _plain_source([{"role": "user", "content": [{"type": "text", "text": "x"}]}]) is None
+        assert not whole.isascii()
+    # With a short reach only leading messages are built; the length is still the whole's.
+    short = _plain_source(messages, 30)
+    if short is not None:
+        text, length = short
+        assert whole.startswith(text) and length == len(whole)
+        assert len(text) >= min(30, len(whole))
+    assert _plain_source([{"Role": "user", "content": "x"}], 99) is None  # case-folded key
+    parts = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    assert _plain_source(parts, 99) is None
 
 
 def test_an_asyncio_transport_carries_observations_and_pins() -> None:
@@ -479,11 +497,10 @@ def test_a_tokenizer_keys_chains_by_token_blocks() -> None:
     )
     ids = tokenizer(MODEL, messages_prefix_source(messages))
     chain = extract_token_chain(MODEL, ids, block_tokens=16)
-    hot = plugin.index.decide(MODEL, chain, [ReplicaKey("d0"), ReplicaKey("d1")], time.time()).hot
-    assert hot == ReplicaKey(chosen)
+    assert plugin.mirror.matched_blocks(ReplicaKey(chosen), chain) == len(chain) > 1
     # Counterfactual: the byte-window chain of the same text is not what was stored.
     byte_chain = extract_chain(MODEL, messages_prefix_source(messages))
-    assert plugin.index.decide(MODEL, byte_chain, [ReplicaKey(chosen)], time.time()).hot is None
+    assert plugin.mirror.matched_blocks(ReplicaKey(chosen), byte_chain) == 0
 
 
 def test_misuse_raises_typed_errors_naming_the_argument() -> None:

@@ -9,10 +9,11 @@ least by the library's default policy (``cache-cost``, :func:`prefixcache.pick_l
   :func:`prefixcache.messages_prefix_source` of the messages (or
   :func:`prefixcache.extract_token_chain` over the ids of a host-supplied ``tokenizer``),
   salted with the model group name;
-* what each deployment caches comes from the shared :class:`prefixcache.Index` (the
-  longest live match, through ``Sync`` when ``sync=`` is given) and from a local
-  :class:`prefixcache.KvCacheMirror`; in-flight counts and the prefill backlog come from
-  reservations; recent shares from a :class:`prefixcache.DispatchWindow`;
+* what each deployment caches comes from a local :class:`prefixcache.KvCacheMirror` (what
+  this router saw succeed there) and, with ``sync=`` (or a host-supplied ``index=``), from a
+  :class:`prefixcache.Index` shared through ``Sync`` (the longest live match, learned from
+  every router); in-flight counts and the prefill backlog come from reservations; recent
+  shares from a :class:`prefixcache.DispatchWindow`;
 * a session pin (:class:`prefixcache.SessionPins`) adds ``DEFAULT_PIN_TOKENS`` to its
   deployment's savings while that deployment is within the library's load guard
   (:func:`clusterrouting.within_load_guard` with the config's balance thresholds): a strong
@@ -200,6 +201,17 @@ def _deployment_id(deployment: object) -> str:
     return did
 
 
+def _deployment_ids(deployments: Sequence[Mapping[str, Any]]) -> list[str]:
+    try:  # LiteLLM's records: plain dicts with a string id
+        ids = [d["model_info"]["id"] for d in deployments]
+    except (KeyError, TypeError, IndexError):
+        return [_deployment_id(d) for d in deployments]
+    for i, did in enumerate(ids):
+        if type(did) is not str or not did:
+            _deployment_id(deployments[i])  # raises, naming the deployment
+    return ids
+
+
 def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
     return type(value) is dict or isinstance(value, Mapping)
 
@@ -207,15 +219,18 @@ def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
 _PLAIN_KEYS: Final = frozenset(("role", "content"))
 
 
-def _plain_source(messages: Sequence[object]) -> str | None:
-    """``messages_prefix_source(messages)`` for the common case it is cheap to build here:
-    every message a dict with exactly the keys ``role`` and ``content``, both strings, and
-    ASCII text (no case-folded keys, part lists or lone surrogates to normalise); ``None``
-    otherwise. SPEED: a copy of that rule for plain messages (~5x faster on chat traffic,
-    see benchmarks/bench_litellm.py); tests/integration/test_litellm.py checks it against
-    ``messages_prefix_source``."""
+def _plain_source(messages: Sequence[object], reach: int) -> tuple[str, int] | None:
+    """``(text, length)`` for the common case that is cheap to build here: every message a
+    dict with exactly the keys ``role`` and ``content``, both strings (no case-folded keys,
+    part lists or lone surrogates to normalise). ``text`` is ``messages_prefix_source`` of the
+    leading messages until it holds at least ``reach`` characters (a prefix of the whole
+    source), ``length`` the whole source's length; ``None`` when a message is not plain or
+    ``text`` is not ASCII. SPEED: a copy of that rule for plain messages (several times faster
+    on chat traffic, see benchmarks/bench_litellm.py); tests/integration/test_litellm.py
+    checks it against ``messages_prefix_source``."""
     parts: list[str] = []
     add = parts.append
+    built = rest = 0
     for m in messages:
         if type(m) is not dict or m.keys() != _PLAIN_KEYS:
             return None
@@ -223,12 +238,17 @@ def _plain_source(messages: Sequence[object]) -> str | None:
         content = m["content"]
         if type(role) is not str or type(content) is not str:
             return None
-        add(role)
-        add("\n")
-        add(content)
-        add("\n")
+        size = len(role) + len(content) + 2
+        if built < reach:
+            add(role)
+            add("\n")
+            add(content)
+            add("\n")
+            built += size
+        else:
+            rest += size
     text = "".join(parts)
-    return text if text.isascii() else None
+    return (text, built + rest) if text.isascii() else None
 
 
 def _metadata(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -252,7 +272,8 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         mode: ``"filter"`` (narrow ``healthy_deployments`` to the choice; LiteLLM's health
             and cooldown logic stays) or ``"strategy"`` (a full routing strategy: it
             bypasses LiteLLM's cooldowns and health filtering).
-        index: the prefix index (default: a new ``Index(config)``).
+        index: a prefix index to keep (default: a new ``Index(config)`` when ``sync`` is
+            given, else none: the local mirror is this router's whole knowledge).
         config: window size, depth and the load-guard thresholds for pins.
         sync: a transport shared with peer routers (affinity on the index's subjects,
             pins on ``prefixcache.pin``), or ``None``.
@@ -319,8 +340,12 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         self.router = router
         self.mode: Mode = mode
         self.config = config
-        self.index = Index(config) if index is None else index
-        self.provider: Provider = self.index if sync is None else Sync(self.index, clock=clock)
+        # The mirror alone is this router's knowledge; an index is kept only to share it
+        # (sync) or when the host passes one (it then reads what this router learned).
+        self.index: Index | None = Index(config) if index is None and sync is not None else index
+        self.provider: Provider | None = (
+            self.index if sync is None or self.index is None else Sync(self.index, clock=clock)
+        )
         self.transport = sync
         self.pins = pins
         self.reservation_ttl = float(reservation_ttl)
@@ -407,31 +432,13 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             text = messages_prefix_source(messages)
             return text, len(text)
         # Hash only the leading messages whose text reaches the chain's depth (a character is
-        # at least one byte); plain messages after them count by their text length.
+        # at least one byte); the messages after them count by their text length.
         reach = self.config.max_depth * self.config.window_bytes
-        seen = 0
-        rest = 0
-        cut = len(messages)
-        for i, message in enumerate(messages):
-            content = message.get("content") if type(message) is dict else None
-            if type(content) is not str:
-                seen = -1  # a part list or an object: hash everything
-                break
-            seen += len(content) + 8
-            if seen > reach:
-                cut = i + 1
-                break
-        if seen > reach and cut < len(messages):
-            tail = messages[cut:]
-            if all(
-                type(m) is dict and type(m.get("content")) is str and type(m.get("role")) is str
-                for m in tail
-            ):
-                rest = sum(len(m["role"]) + len(m["content"]) + 2 for m in tail)
-                messages = messages[:cut]
-        plain = _plain_source(messages)
-        text = messages_prefix_source(messages) if plain is None else plain
-        return text, len(text) + rest
+        plain = _plain_source(messages, reach)
+        if plain is not None:
+            return plain
+        text = messages_prefix_source(messages)
+        return text, len(text)
 
     def _chain(self, group: str, source: str, length: int) -> tuple[tuple[int, ...], int, int]:
         """``(chain, prompt_tokens, tokens per block)``; without a tokenizer a token is
@@ -487,17 +494,21 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         if not deployments:
             raise InvalidRecordError("deployments", deployments, "must not be empty")
         t = self.clock() if now is None else now
-        ids = [_deployment_id(d) for d in deployments]
+        ids = _deployment_ids(deployments)
         source, length = self._source(messages, request_kwargs)
         chain, prompt_tokens, block_tokens = self._chain(group, source, length)
         session = self._session_of(request_kwargs) if self.pins is not None else None
         rid = self._request_id(request_kwargs)
         known = self._keys
         keys = [known.get(i) or self._key(i) for i in ids]
-        decision = self.provider.decide(group, chain, keys, t)
-        hot = decision.hot
-        hot_id = hot.node_id if hot is not None else None
-        hot_blocks = round(decision.match_ratio * len(chain)) if hot is not None else 0
+        hot_id = None
+        hot_blocks = 0
+        if self.provider is not None and chain:
+            decision = self.provider.decide(group, chain, keys, t)
+            hot = decision.hot
+            if hot is not None:
+                hot_id = hot.node_id
+                hot_blocks = round(decision.match_ratio * len(chain))
         pinned = None
         if session is not None and self.pins is not None:
             pinned = self.pins.get(group, session, now=t)
@@ -575,7 +586,8 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             self._next_sweep = now + self.config.ttl / 2
         elif now >= self._next_sweep:
             self._next_sweep = now + self.config.ttl / 2
-            self.provider.evict(now)
+            if self.provider is not None:
+                self.provider.evict(now)
             if self.pins is not None:
                 self.pins.evict(now)
 
@@ -628,7 +640,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             if success:
                 self.mirror.observe(key, res.chain)
         if success:
-            if res.chain:
+            if res.chain and self.provider is not None:
                 self.provider.observe(res.group, res.chain, key, t)
             if res.session is not None and self.pins is not None:
                 self.pins.pin(res.group, res.session, deployment, now=t)
