@@ -161,19 +161,28 @@ class AsyncNatsTransport:
             transport.reconnects += 1
             _log.info("nats reconnected")
 
+        settings: dict[str, Any] = {
+            "name": name,
+            "no_echo": True,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": reconnect_time_wait,
+            "connect_timeout": connect_timeout,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnect,
+            "reconnected_cb": on_reconnect,
+        }
+        settings.update(options)  # the caller's options win (but no_echo is the contract)
+        settings["no_echo"] = True
+        # nats-py retries a refused *first* connection (bad credentials, TLS mismatch) forever
+        # when reconnecting is allowed; connect once without it, then allow reconnects.
+        reconnect = bool(settings.pop("allow_reconnect"))
         transport.client = await nats.connect(
             servers=[servers] if isinstance(servers, str) else list(servers),
-            name=name,
-            no_echo=True,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=reconnect_time_wait,
-            connect_timeout=connect_timeout,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            **options,
+            allow_reconnect=False,
+            **settings,
         )
+        transport.client.options["allow_reconnect"] = reconnect
         return transport
 
     @property

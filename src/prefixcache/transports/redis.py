@@ -128,7 +128,9 @@ class AsyncRedisTransport:
         if password is not None:
             common["password"] = password
         if tls_ca_file or tls_cert_file:
-            common.update(ssl=True, ssl_cert_reqs="required", ssl_check_hostname=True)
+            if url.startswith("redis://"):
+                url = "rediss://" + url[len("redis://") :]
+            common.update(ssl_cert_reqs="required", ssl_check_hostname=True)
             if tls_ca_file:
                 common["ssl_ca_certs"] = tls_ca_file
             if tls_cert_file:

@@ -1,0 +1,113 @@
+"""NatsTransport against nats-server instances that require credentials or TLS: each accepted
+credential carries sync between two routers; a missing or wrong one is refused."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker_security import make_creds, make_nkey_user, make_pki, nats_with_config
+from sync_brokers import Broker, wait_until
+
+from prefixcache import Candidate, Index, ReplicaKey, Sync
+from prefixcache.transports.nats import NatsTransport
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker_factory() -> Iterator[Callable[[Path, str, str], Broker]]:
+    started: list[Broker] = []
+
+    def start(directory: Path, config: str, scheme: str = "nats") -> Broker:
+        broker = nats_with_config(directory, config, scheme=scheme)
+        broker.start()
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+def syncs_through(url: str, **options: Any) -> None:
+    """Two routers connected with ``options`` share an observation."""
+    ta = NatsTransport.connect(url, connect_timeout=5.0, **options)
+    tb = NatsTransport.connect(url, connect_timeout=5.0, **options)
+    try:
+        a, b = Sync(Index(), clock=time.time), Sync(Index(), clock=time.time)
+        a.attach(ta)
+        b.attach(tb)
+        key = ReplicaKey("n1")
+        assert a.observe("m", (1, 2), key, time.time())
+        wait_until(
+            lambda: b.decide("m", (1, 2), [Candidate(key)], time.time()).hot == key,
+            what="observe through the locked-down broker",
+        )
+    finally:
+        ta.close()
+        tb.close()
+
+
+def refused(url: str, **options: Any) -> None:
+    with pytest.raises(Exception) as info:
+        NatsTransport.connect(url, connect_timeout=2.0, **options)
+    assert not isinstance(info.value, TypeError), info.value  # refused, not misused
+
+
+def test_user_and_password(tmp_path: Path, broker_factory: Callable[..., Broker]) -> None:
+    broker = broker_factory(tmp_path, "authorization { user: router, password: s3cret-pw }\n")
+    syncs_through(broker.url, user="router", password="s3cret-pw")
+    refused(broker.url, user="router", password="wrong")
+    refused(broker.url)
+
+
+def test_token(tmp_path: Path, broker_factory: Callable[..., Broker]) -> None:
+    broker = broker_factory(tmp_path, 'authorization { token: "t0ken-for-routers" }\n')
+    syncs_through(broker.url, token="t0ken-for-routers")
+    refused(broker.url, token="other")
+    refused(broker.url)
+
+
+def test_nkey(tmp_path: Path, broker_factory: Callable[..., Broker]) -> None:
+    public, seed_file = make_nkey_user(tmp_path)
+    broker = broker_factory(tmp_path, f"authorization {{ users: [ {{ nkey: {public} }} ] }}\n")
+    syncs_through(broker.url, nkey_seed_file=str(seed_file))
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    _, other_seed = make_nkey_user(stranger)
+    refused(broker.url, nkey_seed_file=str(other_seed))
+    refused(broker.url)
+
+
+def test_credentials_file(tmp_path: Path, broker_factory: Callable[..., Broker]) -> None:
+    config, creds = make_creds(tmp_path)
+    broker = broker_factory(tmp_path, config)
+    syncs_through(broker.url, credentials_file=str(creds))
+    refused(broker.url)
+
+
+def test_tls_with_a_client_certificate(
+    tmp_path: Path, broker_factory: Callable[..., Broker]
+) -> None:
+    pki = make_pki(tmp_path)
+    config = (
+        "tls {\n"
+        f'  cert_file: "{pki.server_cert}"\n'
+        f'  key_file: "{pki.server_key}"\n'
+        f'  ca_file: "{pki.ca}"\n'
+        "  verify: true\n"
+        "}\n"
+    )
+    broker = broker_factory(tmp_path, config, "tls")
+    syncs_through(
+        broker.url,
+        tls_ca_file=str(pki.ca),
+        tls_cert_file=str(pki.client_cert),
+        tls_key_file=str(pki.client_key),
+    )
+    refused(broker.url, tls_ca_file=str(pki.ca))  # no client certificate
+    refused(broker.url)  # the server's CA is not trusted by default
