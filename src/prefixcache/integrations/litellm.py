@@ -216,9 +216,6 @@ def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
     return type(value) is dict or isinstance(value, Mapping)
 
 
-_PLAIN_KEYS: Final = frozenset(("role", "content"))
-
-
 def _plain_source(messages: Sequence[object], reach: int) -> tuple[str, int] | None:
     """``(text, length)`` for the common case that is cheap to build here: every message a
     dict with exactly the keys ``role`` and ``content``, both strings (no case-folded keys,
@@ -232,12 +229,12 @@ def _plain_source(messages: Sequence[object], reach: int) -> tuple[str, int] | N
     add = parts.append
     built = rest = 0
     for m in messages:
-        if type(m) is not dict or m.keys() != _PLAIN_KEYS:
+        if type(m) is not dict or len(m) != 2:
             return None
-        role = m["role"]
-        content = m["content"]
+        role = m.get("role")
+        content = m.get("content")
         if type(role) is not str or type(content) is not str:
-            return None
+            return None  # another key, or not strings
         size = len(role) + len(content) + 2
         if built < reach:
             add(role)
@@ -635,18 +632,20 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             if res is None:
                 self._counts["unmatched"] += 1
                 return False
-            self._counts["released"] += 1
+            counts = self._counts
+            counts["released"] += 1
             key = self._keys.get(deployment) or self._key(deployment)
+            pin = success and res.session is not None and self.pins is not None
             if success:
                 self.mirror.observe(key, res.chain)
+                counts["observed"] += bool(res.chain)
+                counts["pinned"] += pin
         if success:
             if res.chain and self.provider is not None:
                 self.provider.observe(res.group, res.chain, key, t)
-            if res.session is not None and self.pins is not None:
+            if pin:
+                assert self.pins is not None and res.session is not None
                 self.pins.pin(res.group, res.session, deployment, now=t)
-            with self._lock:
-                self._counts["observed"] += bool(res.chain)
-                self._counts["pinned"] += res.session is not None and self.pins is not None
         elif (
             res.session is not None
             and self.pins is not None
