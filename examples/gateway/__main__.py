@@ -5,6 +5,11 @@
   gateways over the same NATS (off by default).
 * ``demo``: everything in one process without a broker: three mock backends and one gateway
   connected by the in-memory transport.
+
+Precise mode (``examples.gateway.kv_events``): ``backend --kv-events`` publishes the mock's
+emulated KV cache as engine events over ZMQ (one stream per model, printed at start);
+``gateway --precise --kv-events NODE:MODEL=ENDPOINT[,REPLAY_ENDPOINT] ...`` subscribes to them
+and routes on what the backends really cache; ``demo --precise`` wires it all in one process.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from examples.gateway.app import (
     Gateway,
     GatewaySettings,
 )
+from examples.gateway.kv_events import PreciseMode
 from examples.gateway.mock_backend import DEFAULT_ANNOUNCE_INTERVAL, MockBackend
 from examples.gateway.serving import (
     DEFAULT_HEADER_TIMEOUT,
@@ -80,14 +86,44 @@ async def run_backend(args: argparse.Namespace) -> None:
         backend.run_announcer(bridge, args.announce_interval)
     )
     print(f"backend {args.name} listening on {server.url} models={backend.models}", flush=True)
+    if args.kv_events:
+        base = args.kv_events_port
+        ports = {m: (base + 2 * i, base + 2 * i + 1) for i, m in enumerate(backend.models)}
+        for model, (pub, replay) in backend.enable_kv_events(
+            host=args.host, ports=ports if base else None
+        ).items():
+            print(f"backend {args.name} KV events for {model}: {pub} (replay {replay})", flush=True)
     try:
         await _wait_for_signal()
     finally:
+        backend.close_kv_events()
         announcer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await announcer
         await bridge.close()
         await server.close()
+
+
+def parse_kv_events(text: str) -> tuple[str, str, str, str | None]:
+    """``"b1:llama=tcp://h:5557,tcp://h:5558"`` -> ``("b1", "llama", endpoint, replay)``."""
+    target, sep, endpoints = text.partition("=")
+    node_id, colon, model = target.partition(":")
+    pub, _, replay = endpoints.partition(",")
+    if not sep or not colon or not node_id or not model or "://" not in pub:
+        raise argparse.ArgumentTypeError(f"not NODE:MODEL=ENDPOINT[,REPLAY_ENDPOINT]: {text!r}")
+    return node_id, model, pub, replay or None
+
+
+def _precise_mode(args: argparse.Namespace, gateway: Gateway) -> PreciseMode | None:
+    """The gateway's precise mode from ``--precise`` / ``--kv-events`` (``None``: off)."""
+    streams = getattr(args, "kv_events", None) or []
+    if not args.precise and not streams:
+        return None
+    mode = PreciseMode(block_tokens=gateway.config.window_bytes // 4)
+    for node_id, model, pub, replay in streams:
+        mode.add_backend(node_id, model, pub, replay)
+    mode.attach(gateway)
+    return mode
 
 
 def _settings(args: argparse.Namespace) -> GatewaySettings:
@@ -123,17 +159,22 @@ async def run_gateway(args: argparse.Namespace) -> None:
         sync_transport=bridge if args.sync else None,
         settings=settings,
     )
+    precise = _precise_mode(args, gateway)
     server = await start_server(
         gateway.make_app(), host=args.host, port=args.port, handler_cancellation=True
     )
+    if precise is not None:
+        await precise.start()
     print(
         f"gateway {args.name} listening on {server.url} (cluster page: {server.url}/cluster, "
-        f"sync {'on' if args.sync else 'off'})",
+        f"sync {'on' if args.sync else 'off'}, precise {'on' if precise else 'off'})",
         flush=True,
     )
     try:
         await _wait_for_signal()
     finally:
+        if precise is not None:
+            await precise.stop()
         await server.close()
         await bridge.close()
 
@@ -154,9 +195,11 @@ async def run_demo(args: argparse.Namespace) -> None:
         membership_transport=bus.connect(),
         settings=_settings(args),
     )
+    precise = _precise_mode(args, gateway)
     gateway_server = await start_server(
         gateway.make_app(), host=args.host, port=args.port, handler_cancellation=True
     )
+    backends: list[MockBackend] = []
     for name, models, vram in specs:
         backend = MockBackend(
             name=name, models=models, available_vram=vram, chunk_delay=args.chunk_delay
@@ -164,19 +207,29 @@ async def run_demo(args: argparse.Namespace) -> None:
         server = await start_server(backend.make_app(), host=args.host)
         backend.address = server.address
         servers.append(server)
+        backends.append(backend)
+        if precise is not None:
+            for model, (pub, replay) in backend.enable_kv_events(host=args.host).items():
+                precise.add_backend(name, model, pub, replay)
         connection = bus.connect()
         backend.answer_queries(connection)
         announcers.append(loop.create_task(backend.run_announcer(connection, 5.0)))
         print(f"backend {name} on {server.url} models={models}", flush=True)
+    if precise is not None:
+        await precise.start()
     print(f"gateway on {gateway_server.url}; cluster page {gateway_server.url}/cluster", flush=True)
     try:
         await _wait_for_signal()
     finally:
         for task in announcers:
             task.cancel()
+        if precise is not None:
+            await precise.stop()
         await gateway_server.close()
         for server in servers:
             await server.close()
+        for backend in backends:
+            backend.close_kv_events()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--nats", default="nats://127.0.0.1:4222")
     b.add_argument("--announce-interval", type=float, default=DEFAULT_ANNOUNCE_INTERVAL)
     b.add_argument("--chunk-delay", type=float, default=0.05, help="seconds between SSE chunks")
+    b.add_argument(
+        "--kv-events",
+        action="store_true",
+        help="publish the emulated KV cache as engine events over ZMQ (one stream per model)",
+    )
+    b.add_argument(
+        "--kv-events-port",
+        type=int,
+        default=0,
+        help="first port of the KV streams: model i on +2i, its replay socket on +2i+1 "
+        "(0 = free ports)",
+    )
 
     for name, help_text in (
         ("gateway", "run one gateway (backends found over NATS)"),
@@ -270,7 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
             default=DEFAULT_CONFIG.ttl,
             help="seconds a prefix stays in the index without being seen again",
         )
+        g.add_argument(
+            "--precise",
+            action="store_true",
+            help="route on the backends' KV-cache events (examples.gateway.kv_events)",
+        )
         if name == "gateway":
+            g.add_argument(
+                "--kv-events",
+                action="append",
+                default=[],
+                type=parse_kv_events,
+                metavar="NODE:MODEL=ENDPOINT[,REPLAY]",
+                help="a backend's KV-event stream for one model (repeat per backend and "
+                "model; implies --precise)",
+            )
             g.add_argument("--nats", default="nats://127.0.0.1:4222")
             g.add_argument(
                 "--sync",

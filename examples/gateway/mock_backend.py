@@ -13,6 +13,12 @@ What it does, and why each piece exists:
   ``usage.prompt_tokens_details.cached_tokens`` (the OpenAI field) and the ``X-Cached-Tokens``
   header. Token counts are the usual approximation of 4 bytes per token. A gateway with good
   affinity therefore shows high cached-token counts; a round-robin one does not.
+* **KV-cache events** (opt-in, :meth:`MockBackend.enable_kv_events`): the emulated cache is
+  published as real engine events on loopback ZMQ, one publisher per model with vLLM's
+  framing and replay socket: a ``BlockStored`` for the full blocks a served request adds
+  (token ids: the prompt's bytes 4 per token, see ``examples.gateway.kv_events``; engine
+  hashes salted by ``kv_hash_seed``, as an engine's seed would) and a ``BlockRemoved`` for
+  each block the cache evicts. A restarted backend publishes from ``seq`` 0 again.
 * ``GET /ws``: a websocket echo. Its first message is a JSON "hello" reporting the replica and
   the ``Connection``/``Upgrade`` headers of the handshake it received (so a test can check that
   a proxy preserved ``Connection: Upgrade``); then every text/binary message is echoed.
@@ -48,9 +54,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
+from xxhash import xxh64_intdigest
 
 from clusterrouting import NodeData
+from examples.gateway.kv_events import mock_token_ids
 from prefixcache import DEFAULT_CONFIG, extract_chain, extract_model, messages_prefix_source
+from prefixcache.kvevents import BlockRemoved, BlockStored, EventBatch, KvEventPublisher
 
 __all__ = [
     "DEFAULT_ANNOUNCE_INTERVAL",
@@ -102,6 +111,8 @@ class MockBackend:
         chunk_delay: seconds between SSE chunks (0 = as fast as possible).
         window_bytes: block size of the emulated prefix cache (the library's default 256).
         clock: wall clock used for ``NodeData.last_seen`` (crosses processes: wall time).
+        kv_hash_seed: salts the engine block hashes of its KV events (the router must not
+            depend on them).
     """
 
     def __init__(
@@ -114,6 +125,7 @@ class MockBackend:
         chunk_delay: float = 0.0,
         window_bytes: int = DEFAULT_CONFIG.window_bytes,
         clock: Callable[[], float] = time.time,
+        kv_hash_seed: int = 0,
     ) -> None:
         self.name = name
         self.node_id = node_id or name
@@ -124,7 +136,10 @@ class MockBackend:
         self.address = ""  # host:port, set by the host once it knows where it listens
         self._clock = clock
         self._config = DEFAULT_CONFIG
-        self._seen_blocks: OrderedDict[int, None] = OrderedDict()
+        self._seen_blocks: OrderedDict[int, str] = OrderedDict()  # chain hash -> model
+        self._kv: dict[str, KvEventPublisher] = {}
+        self._kv_seed = kv_hash_seed
+        self._kv_announced: set[int] = set()  # chain hashes published as stored
         self._holds: dict[str, asyncio.Queue[None]] = {}
         self.served = 0
         self.in_flight = 0
@@ -193,12 +208,99 @@ class MockBackend:
             depth += 1
         return depth
 
-    def _remember(self, chain: Sequence[int]) -> None:
+    def _remember(self, chain: Sequence[int], *, model: str = "", data: bytes = b"") -> None:
+        publisher = self._kv.get(model)
+        stored = self._new_full_blocks(chain, model, data) if publisher is not None else []
         for h in chain:
-            self._seen_blocks[h] = None
+            self._seen_blocks[h] = model
             self._seen_blocks.move_to_end(h)
+        evicted: dict[str, list[int]] = {}
         while len(self._seen_blocks) > _MAX_REMEMBERED_BLOCKS:
-            self._seen_blocks.popitem(last=False)
+            h, m = self._seen_blocks.popitem(last=False)
+            if h in self._kv_announced:
+                self._kv_announced.discard(h)
+                evicted.setdefault(m, []).append(self._engine_hash(h))
+        for m, hashes in evicted.items():
+            self._publish(m, [BlockRemoved(block_hashes=hashes, medium="GPU")])
+        if stored:
+            self._publish(model, stored)
+
+    # ------------------------------------------------------------------ KV events
+    def enable_kv_events(
+        self, *, host: str = "127.0.0.1", ports: dict[str, tuple[int, int]] | None = None
+    ) -> dict[str, tuple[str, str]]:
+        """Publish the emulated cache as KV events: one PUB + replay ROUTER pair per model.
+
+        Args:
+            host: where to bind.
+            ports: ``{model: (pub_port, replay_port)}``; a missing model gets free ports.
+
+        Returns:
+            ``{model: (endpoint, replay_endpoint)}``.
+
+        Raises:
+            ValueError: the backend does not name its models (one stream per model).
+        """
+        if not self.models:
+            raise ValueError("KV events need the backend's models (one stream per model)")
+        for model in self.models:
+            if model in self._kv:
+                continue
+            pub_port, replay_port = (ports or {}).get(model, (0, 0))
+            publisher = KvEventPublisher(
+                f"tcp://{host}:{pub_port}",
+                replay_endpoint=f"tcp://{host}:{replay_port}",
+                topic=f"kv@{self.name}@{model}",
+            )
+            publisher.start()
+            self._kv[model] = publisher
+        return self.kv_event_endpoints
+
+    @property
+    def kv_event_endpoints(self) -> dict[str, tuple[str, str]]:
+        """``{model: (endpoint, replay_endpoint)}`` of the running publishers."""
+        return {m: (p.endpoint, p.replay_endpoint) for m, p in self._kv.items()}
+
+    def close_kv_events(self) -> None:
+        """Stop publishing (subscribers see the connection drop)."""
+        for publisher in self._kv.values():
+            publisher.close()
+        self._kv.clear()
+
+    def _engine_hash(self, h: int) -> int:
+        return xxh64_intdigest(h.to_bytes(8, "little"), seed=self._kv_seed)
+
+    def _new_full_blocks(self, chain: Sequence[int], model: str, data: bytes) -> list[BlockStored]:
+        """One ``BlockStored`` per run of full blocks of ``chain`` not cached yet."""
+        width = self.window_bytes
+        full = min(len(chain), len(data) // width)
+        events: list[BlockStored] = []
+        i = 0
+        while i < full:
+            # Announced blocks are cached (an eviction un-announces them).
+            if chain[i] in self._kv_announced:
+                i += 1
+                continue
+            j = i
+            while j < full and chain[j] not in self._kv_announced:
+                j += 1
+            events.append(
+                BlockStored(
+                    block_hashes=[self._engine_hash(h) for h in chain[i:j]],
+                    parent_block_hash=self._engine_hash(chain[i - 1]) if i else None,
+                    token_ids=mock_token_ids(data[i * width : j * width]),
+                    block_size=width // 4,
+                    medium="GPU",
+                )
+            )
+            self._kv_announced.update(chain[i:j])
+            i = j
+        return events
+
+    def _publish(self, model: str, events: list[Any]) -> None:
+        publisher = self._kv.get(model)
+        if publisher is not None:
+            publisher.publish(EventBatch(ts=self._clock(), rank=0, events=events))
 
     # ------------------------------------------------------------------ handlers
     async def _health(self, _request: web.Request) -> web.Response:
@@ -314,7 +416,7 @@ class MockBackend:
                     headers=headers,
                 )
             # Only a served answer warms the cache (a failed one would not have).
-            self._remember(chain)
+            self._remember(chain, model=model, data=data)
             self.served += 1
             return response
         finally:

@@ -255,3 +255,31 @@ def test_package_publisher_disconnect_hook_and_replay(ctx: zmq.Context[zmq.Socke
     finally:
         sub.stop()
         pub.close()
+
+
+def test_publisher_that_cannot_bind_releases_what_it_bound(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    taken = ctx.socket(zmq.ROUTER)
+    port = taken.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        pub = KvEventPublisher("tcp://127.0.0.1:0", replay_endpoint=f"tcp://127.0.0.1:{port}",
+                               context=ctx)  # fmt: skip
+        with pytest.raises(zmq.ZMQError):
+            pub.start()
+        # Counterfactual: a leaked PUB socket would keep its port for good; a closed one
+        # frees it once ZMQ's I/O thread has closed it.
+        assert pub.endpoint.startswith("tcp://127.0.0.1:")
+        again = KvEventPublisher(pub.endpoint, context=ctx)
+
+        def bound() -> bool:
+            try:
+                again.start()
+            except zmq.ZMQError:
+                return False
+            return True
+
+        wait_until(bound)
+        again.close()
+    finally:
+        taken.close(0)

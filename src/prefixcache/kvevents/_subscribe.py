@@ -608,15 +608,20 @@ class KvEventPublisher:
         import zmq
 
         ctx = self._context or zmq.Context.instance()
-        self._pub = ctx.socket(zmq.PUB)
-        self._pub.setsockopt(zmq.LINGER, 0)
-        self._pub.bind(self._bind)
-        self.endpoint = self._pub.getsockopt(zmq.LAST_ENDPOINT).decode()
-        if self._replay_bind is not None:
-            self._router = ctx.socket(zmq.ROUTER)
-            self._router.setsockopt(zmq.LINGER, 0)
-            self._router.bind(self._replay_bind)
-            self.replay_endpoint = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        try:
+            self._pub = ctx.socket(zmq.PUB)
+            self._pub.setsockopt(zmq.LINGER, 0)
+            self._pub.bind(self._bind)
+            self.endpoint = self._pub.getsockopt(zmq.LAST_ENDPOINT).decode()
+            if self._replay_bind is not None:
+                self._router = ctx.socket(zmq.ROUTER)
+                self._router.setsockopt(zmq.LINGER, 0)
+                self._router.bind(self._replay_bind)
+                self.replay_endpoint = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        except Exception:
+            self.close()  # a port in use: release the socket already bound
+            raise
+        if self._router is not None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._serve, name="kvevents-replay", daemon=True)
             self._thread.start()
