@@ -518,3 +518,29 @@ def test_misuse_raises_typed_errors_naming_the_argument() -> None:
         with pytest.raises(InvalidRecordError) as err:
             PrefixRoutingPlugin(None, **kw)
         assert err.value.field == name
+
+
+def test_an_overloaded_pinned_deployment_loses_the_session_which_re_pins_where_it_lands() -> None:
+    pins = SessionPins(ttl=600, max_entries=9)
+    plugin = PrefixRoutingPlugin(None, pins=pins)
+    deployments = [{"model_info": {"id": "d0"}}, {"model_info": {"id": "d1"}}]
+    pins.pin(MODEL, "s", "d0")
+    picks = []
+    for i in range(4):  # concurrent turns of one session: none completes
+        kwargs = {"metadata": {"session_id": "s"}}
+        picks.append(["d0", "d1"][plugin.choose(MODEL, deployments, chat(f"t{i}"), kwargs)])
+    # The pin holds while d0 is within the load guard (in flight <= least + 2 and <= least *
+    # 1.5 + 1): with 0 and 1 in flight against 0 it is; with 2 against 0 it is not (2 > 1),
+    # so the third turn goes to d1; with 2 against 1 (2 <= 2.5) it is again.
+    assert picks == ["d0", "d0", "d1", "d0"]
+    moved = {"metadata": {"session_id": "s"}}
+    pos = plugin.choose(MODEL, deployments, chat("late"), moved)
+    done = {
+        "litellm_params": {
+            "metadata": moved["metadata"],
+            "model_info": deployments[pos]["model_info"],
+        }
+    }
+    assert plugin.release(done, success=True)
+    # 3 in flight against 1 (3 > 2.5): overloaded, so d1 serves and the session re-pins there.
+    assert pos == 1 and pins.get(MODEL, "s") == "d1"
