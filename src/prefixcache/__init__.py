@@ -61,12 +61,21 @@ from prefixcache._protocols import (
     Transport,
     Unsubscribe,
 )
+from prefixcache._resync import ResyncLoop, ResyncStats
 from prefixcache._select import (
     DecisionProvider,
     Pressure,
     affinity_preferred,
     select,
     select_peer,
+)
+from prefixcache._signing import (
+    RateLimit,
+    RateLimiter,
+    SignedTransport,
+    Signer,
+    SigningKeys,
+    Verifier,
 )
 from prefixcache._snapshot import (
     MAX_SNAPSHOT_BYTES,
@@ -133,11 +142,18 @@ __all__ = [
     "Provider",
     "Publisher",
     "RadixTree",
+    "RateLimit",
+    "RateLimiter",
     "ReplicaKey",
+    "ResyncLoop",
+    "ResyncStats",
     "RoutePolicy",
     "SelectCandidate",
     "SelectExplanation",
     "SessionPins",
+    "SignedTransport",
+    "Signer",
+    "SigningKeys",
     "Snapshot",
     "SnapshotDecodeError",
     "SnapshotEntry",
@@ -145,6 +161,7 @@ __all__ = [
     "SyncStats",
     "Transport",
     "Unsubscribe",
+    "Verifier",
     "affinity_preferred",
     "apply_snapshot",
     "decode_event",
