@@ -448,3 +448,12 @@ def test_report_counts_only_what_happened_and_names_are_checked() -> None:
     )
     with pytest.raises(InvalidRecordError, match="name"):
         report.count("stored")
+
+
+def test_a_parent_in_another_routed_medium_links_the_chain() -> None:
+    res = residency(media={"GPU", "CPU"})
+    res.apply(A, 0, batch(stored([1], TOKENS[:4], medium="CPU")), model="m")
+    report = res.apply(A, 1, batch(stored([2], TOKENS[4:8], parent=1)), model="m")
+    # Counterfactual: looking only in the GPU table would call the store an orphan.
+    assert (report.applied_stores, report.dropped_orphan) == (1, 0)
+    assert res.overlap("m", TOKENS, [A]) == {A: 2}

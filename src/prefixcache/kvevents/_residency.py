@@ -1012,6 +1012,10 @@ class KvResidency:
         else:
             pe = None if table is None else table.get(parent)
             if pe is None:
+                # The parent may live in another medium (a GPU block whose prefix was
+                # offloaded to the CPU): the chain is the same.
+                pe = next((t[parent] for t in r.tables.values() if parent in t), None)
+            if pe is None:
                 self._orphan(r, tk, parent, seq, model, ev, tally)
                 return
             prev = pe[_CANON][-1]
