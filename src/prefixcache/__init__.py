@@ -30,6 +30,7 @@ from prefixcache._cost import (
     explain_lowest_cost,
     pick_lowest_cost,
 )
+from prefixcache._decision import DecisionBasis, PrefixDecision
 from prefixcache._events import (
     EVENT_SUBJECTS,
     INVALIDATE_SUBJECT,
@@ -93,8 +94,14 @@ from prefixcache._sync import (
     SyncStats,
     eviction_interval,
 )
-from prefixcache._tree import BACKENDS, DEFAULT_BACKEND, Backend, RadixTree
-from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
+from prefixcache._tree import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    Backend,
+    BackendUnavailableError,
+    RadixTree,
+)
+from prefixcache._types import Candidate, ReplicaKey
 
 __all__ = [
     "AsyncPublisher",
@@ -102,6 +109,7 @@ __all__ = [
     "AsyncUnsubscribe",
     "BACKENDS",
     "Backend",
+    "BackendUnavailableError",
     "Candidate",
     "Clock",
     "Config",
@@ -116,6 +124,7 @@ __all__ = [
     "DEFAULT_QUEUE_WEIGHT",
     "DEFAULT_SHARE_FACTOR",
     "DEFAULT_SHARE_SLACK",
+    "DecisionBasis",
     "DecisionProvider",
     "DispatchWindow",
     "EVENT_SUBJECTS",

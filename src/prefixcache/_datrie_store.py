@@ -73,7 +73,7 @@ from typing import Any
 
 import datrie
 
-from prefixcache._tree import _follow, _Runs
+from prefixcache._runs import ROOT, Node, RunStore, follow
 
 __all__ = ["DatrieStore"]
 
@@ -84,11 +84,9 @@ _MERGE_MIN = 1024
 _REBUILD_MIN = 4096
 _PART_SIZE = 1024  # keys per trie after a split (a trie holds at most twice this)
 
-_ROOT = -1  # the tree's parent slot of a depth-1 node
 _consume = deque
 _KEY = itemgetter(0)
 _VAL = itemgetter(1)
-Node = int  # a node slot of prefixcache._tree.RadixTree
 
 
 _DIGIT = list(_ALPHABET)
@@ -141,7 +139,7 @@ class _Part:
         self.dead = 0
 
 
-class DatrieStore(_Runs):
+class DatrieStore(RunStore):
     """Runs of nodes; run starts in a forest of ``datrie.BaseTrie`` plus a dict write overlay.
     Not thread-safe on its own: :class:`prefixcache.RadixTree` calls it under its lock."""
 
@@ -193,7 +191,7 @@ class DatrieStore(_Runs):
         if r is not None:
             return r
         got: int = self._parts[bisect_right(self._bounds, s)].trie.get(s, -1)
-        return got if got >= 0 and self._runs[got] is not None else -1
+        return got if got >= 0 and self.runs[got] is not None else -1
 
     def walk(self, key: Sequence[int]) -> list[Node]:
         nodes: list[Node] = []
@@ -203,12 +201,12 @@ class DatrieStore(_Runs):
         ids_get = self._ids.get
         cstr = self._cstr
         oget = self._overlay.get
-        runs = self._runs
-        hs_of = self._hs
+        runs = self.runs
+        hs_of = self.hashes
         par = self.par
         bounds = self._bounds
         parts = self._parts
-        x = _ROOT
+        x = ROOT
         d = 0
         while True:
             # The run starting at (x, key[d]): a node there is always a run start.
@@ -225,19 +223,19 @@ class DatrieStore(_Runs):
                 if r < 0:
                     return nodes
                 run = runs[r]
-            d = _follow(nodes, run, hs_of[r], key, d)
+            d = follow(nodes, run, hs_of[r], key, d)  # type: ignore[arg-type]
             if d >= n_key:
                 return nodes
             x = nodes[-1]
 
     def extend(self, parent: Node, new: list[Node], hs: Sequence[int]) -> None:
         if (
-            not self._free
-            and len(self._runs) > _MAX_ID
-            and (parent == _ROOT or self._runs[self._rid[parent]][-1] != parent)  # type: ignore[index]
+            not self.free_runs
+            and len(self.runs) > _MAX_ID
+            and (parent == ROOT or self.runs[self.run_of[parent]][-1] != parent)  # type: ignore[index]
         ):
             raise OverflowError("datrie store: too many runs")  # a new run needs an id
-        r = self._add(parent, new, hs)
+        r = self.add(parent, new, hs)
         if r < 0:
             return  # the parent ends its run: the run grows, no trie write
         # A new run, keyed by its start hash's code (or with its parent's code: see above).
@@ -263,7 +261,7 @@ class DatrieStore(_Runs):
             self._tcost += len(part.members) - part.dead
 
     def discard(self, node: Node) -> None:
-        r = self._pop(node)
+        r = self.pop(node)
         if r < 0:
             return
         # The run is dead.
@@ -271,7 +269,7 @@ class DatrieStore(_Runs):
         self._key[r] = ""
         if self._overlay.get(s) == r:
             del self._overlay[s]
-            self._free.append(r)
+            self.free_runs.append(r)
         else:
             self._parts[bisect_right(self._bounds, s)].dead += 1
             self._dead += 1
@@ -300,7 +298,7 @@ class DatrieStore(_Runs):
         """Rebuild the tries the overlay's keys fall in, with them (splitting big ones)."""
         bounds = self._bounds
         parts = self._parts
-        runs = self._runs
+        runs = self.runs
         keys = self._key
         new = sorted(self._overlay.items())
         where = [bisect_right(bounds, s) for s, _ in new]
@@ -311,7 +309,7 @@ class DatrieStore(_Runs):
             start = bisect_left(where, p)
             part = parts[p]
             live = [r for r in part.members if runs[r] is not None]
-            self._free += [r for r in part.members if runs[r] is None]
+            self.free_runs += [r for r in part.members if runs[r] is None]
             self._dead -= part.dead
             items = sorted([*zip(map(keys.__getitem__, live), live, strict=True), *new[start:end]])
             out = self._split(items)
@@ -326,8 +324,8 @@ class DatrieStore(_Runs):
     def _rebuild(self, recycle: bool) -> None:
         """A fresh forest of every live run's key (overlay included), in sorted order;
         tombstoned ids become free. With ``recycle``, the start hashes are interned afresh."""
-        runs = self._runs
-        hs_of = self._hs
+        runs = self.runs
+        hs_of = self.hashes
         live = [r for r, run in enumerate(runs) if run is not None]
         if recycle:
             ids: dict[int, int] = {}
@@ -358,7 +356,9 @@ class DatrieStore(_Runs):
         # Dead ids past the last live one are dropped; the others become free.
         n_ids = live[-1] + 1 if live else 0
         del runs[n_ids:], hs_of[n_ids:], keys[n_ids:]
-        self._free = [r for r in range(n_ids - 1, -1, -1) if runs[r] is None]  # pop(): low first
+        self.free_runs = [
+            r for r in range(n_ids - 1, -1, -1) if runs[r] is None
+        ]  # pop(): low first
         self._dead = 0
         self._in_trie = len(live)
         self._overlay = {}
@@ -366,9 +366,9 @@ class DatrieStore(_Runs):
         self._tcost = 0
 
     def check(self, nodes: list[Node]) -> None:
-        live = self._check_runs(nodes)
+        live = self.check_runs(nodes)
         par = self.par
-        runs = self._runs
+        runs = self.runs
         n_ids = len(runs)
         assert len(self._key) == n_ids
         overlay = self._overlay
@@ -376,7 +376,7 @@ class DatrieStore(_Runs):
         keyed: dict[str, int] = {}
         for r in live:
             run: Any = runs[r]
-            hs: Any = self._hs[r]
+            hs: Any = self.hashes[r]
             s = self._key[r]
             _validate(s)
             c = self._cstr[self._ids[hs[0]]]
@@ -408,12 +408,12 @@ class DatrieStore(_Runs):
             assert part.dead == d, "tombstone count wrong"
             dead += d
         assert self._dead == dead
-        free = set(self._free)
-        assert len(free) == len(self._free), "run id freed twice"
+        free = set(self.free_runs)
+        assert len(free) == len(self.free_runs), "run id freed twice"
         assert not free & members and not free.intersection(live), "a used run id is free"
         dead_ids = {r for r in range(n_ids) if runs[r] is None}
         assert dead_ids == free | {r for r in members if runs[r] is None}, "run id lost"
-        assert all(self._hs[r] is None and not self._key[r] for r in dead_ids)
+        assert all(self.hashes[r] is None and not self._key[r] for r in dead_ids)
         assert self._cstr == list(map(_code, range(len(self._cstr)))), "codes wrong"
         assert (
             sorted(self._ids.values())

@@ -4,50 +4,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from operator import attrgetter
-from typing import Protocol, runtime_checkable
 
 from clusterrouting import InvalidRecordError
 from prefixcache._config import DEFAULT_CONFIG, Config
-from prefixcache._order import _decision, order_cold
-from prefixcache._tree import DEFAULT_BACKEND, Backend, RadixTree, _bad_key
-from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
+from prefixcache._decision import CandidateMemo, DecisionBasis, PrefixDecision
+from prefixcache._keys import check_key
+from prefixcache._protocols import Provider
+from prefixcache._tree import DEFAULT_BACKEND, Backend, RadixTree
+from prefixcache._types import Candidate, ReplicaKey
 
-__all__ = ["Index", "Provider", "order_cold"]
+__all__ = ["Index", "Provider"]
 
-_KEY = attrgetter("key")
-#: (candidates, keys, keys sorted by (node_id, replica), ids of the keys, shared in-flight)
-_Memo = tuple[
-    tuple[object, ...], tuple[ReplicaKey, ...], list[ReplicaKey], frozenset[int], "int | None"
-]
-_NODE_REPLICA = attrgetter("node_id", "replica")
-
-
-@runtime_checkable
-class Provider(Protocol):
-    """What routers call on a prefix index: :class:`Index`, ``Sync`` and
-    ``ReferenceIndex`` all satisfy it structurally.
-
-    Times are float seconds of the host's clock (the wall clock when events cross routers).
-    """
-
-    def decide(
-        self,
-        model: str,
-        chain: Sequence[int],
-        candidates: Sequence[Candidate | ReplicaKey],
-        now: float,
-    ) -> PrefixDecision: ...
-
-    def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool: ...
-
-    def invalidate(self, model: str, key: ReplicaKey) -> object: ...
-
-    def invalidate_node(self, model: str, node_id: str) -> object: ...
-
-    def evict(self, now: float) -> object: ...
-
-    def models(self) -> frozenset[str]: ...
+_NO_MEMO = CandidateMemo(())
 
 
 class Index:
@@ -61,8 +29,9 @@ class Index:
       non-empty chain the longest live match, which counts only if its owner is one of the
       candidates (else no hot replica and ratio 0.0); ``match_ratio = depth / len(chain)``;
       ``cold_order`` = candidate keys sorted by (weight asc, node id, replica), see
-      :func:`order_cold`. Cost O(len(chain) + len(candidates)), independent of the number of
-      stored entries (weights are maintained per owner, never by walking the tree).
+      :func:`prefixcache._decision.order_cold`, computed on first access. Cost
+      O(len(chain) + len(candidates)), independent of the number of stored entries
+      (weights are maintained per owner, never by walking the tree).
     * ``observe(model, chain, key, now)``: ignores (``False``) an empty chain or empty node
       id; else records ``key`` as the owner of every node of the chain and returns ``True``
       unless ``key`` already owned the whole chain live, every node of it ("new or
@@ -100,8 +69,8 @@ class Index:
         self._backend: Backend = backend
         self._trees: dict[str, RadixTree[ReplicaKey]] = {}
         self._lock = threading.Lock()
-        # The last candidate list's memo (see _memo_for).
-        self._memo: _Memo = ((), (), [], frozenset(), None)
+        # What the last candidate list gave (see decide).
+        self._memo = _NO_MEMO
 
     @property
     def config(self) -> Config:
@@ -138,43 +107,28 @@ class Index:
         """The hot replica, match ratio and cold order for ``chain`` over ``candidates``.
 
         ``candidates`` may be :class:`Candidate` records or bare :class:`ReplicaKey` values
-        (``ReplicaKey.key`` is the key itself). In-flight counts do not change the decision;
-        it notes whether the candidates share one, which spares :func:`select` reading them
-        for the same candidates. The cold order is sorted on first access (see
-        :class:`PrefixDecision`).
+        (``ReplicaKey.key`` is the key itself). In-flight counts do not change the decision.
+        What depends only on the candidates (their keys, whether they share an in-flight
+        count, their order by name) is derived once and reused while the same records, or
+        records with the same key objects, come back (:class:`CandidateMemo`). The decision
+        keeps its :class:`DecisionBasis`, from which :func:`prefixcache.select` finds the
+        first cold key without ordering the others.
         """
-        # What depends only on the candidates is computed once per distinct candidate list
-        # (the very same candidate objects: ``==`` on tuples compares identical items
-        # without calling their __eq__, and the first item decides whether to try, so new
-        # Candidate records fail at once): see _memo_for.
         over = candidates if type(candidates) is tuple else tuple(candidates)
         memo = self._memo
-        c_over = memo[0]
-        if not (over is c_over or (over and c_over and over[0] is c_over[0] and over == c_over)):
-            memo = self._memo_for(over)
+        if not memo.describes(over):
+            memo = self._memo = CandidateMemo(over, memo)
         tree = self._trees.get(model)
         if tree is None:
             if len(chain):
-                _bad_key(chain, 0)
-            return _decision(None, 0.0, memo, [0.0] * len(memo[2]), 1.0)
-        return tree._decide(chain, memo, now)
-
-    def _memo_for(self, over: tuple[Candidate | ReplicaKey, ...]) -> _Memo:
-        """``(candidates, their keys, the keys sorted by (node_id, replica), ids of the key
-        objects, the in-flight count every candidate shares or None)``, cached as the last
-        list's. A stable sort by weight alone of the sorted keys breaks ties correctly;
-        ``select`` reads the shared in-flight count of a decision over these candidates."""
-        keys = tuple(map(_KEY, over))
-        old = self._memo
-        if old[1] == keys:
-            ks, ids = old[2], old[3]
-        else:
-            ks = sorted(keys, key=_NODE_REPLICA)
-            ids = frozenset(map(id, keys))
-        flights = [getattr(c, "in_flight", None) for c in over]
-        flat = flights[0] if flights and flights.count(flights[0]) == len(flights) else None
-        memo = self._memo = (over, keys, ks, ids, flat)
-        return memo
+                check_key(chain, 0)
+            basis = DecisionBasis(memo, [0.0] * len(memo.keys), 1.0)
+            return PrefixDecision(None, 0.0, basis=basis)
+        q = tree.query(chain, memo.keys, now)
+        basis = DecisionBasis(memo, q.sums, q.scale)
+        if q.owner is not None and memo.holds(q.owner):
+            return PrefixDecision(q.owner, q.depth / len(chain), basis=basis)
+        return PrefixDecision(None, 0.0, basis=basis)
 
     def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool:
         """Record that ``key`` caches ``chain``; ``True`` when new or extended."""
@@ -186,14 +140,14 @@ class Index:
         if tree is None:
             tree = self._tree_for(model)
             try:
-                return tree._observe(chain, key, now)
+                return tree.observe(chain, key, now)
             except BaseException:
                 # A rejected chain must not leave a new, empty tree behind in models().
                 with self._lock:
                     if not len(tree) and self._trees.get(model) is tree:
                         del self._trees[model]
                 raise
-        return tree._observe(chain, key, now)
+        return tree.observe(chain, key, now)
 
     def invalidate(self, model: str, key: ReplicaKey) -> int:
         """Drop every entry of ``model`` owned by ``key``; returns how many."""

@@ -12,8 +12,6 @@ import bisect
 import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from operator import attrgetter
-from typing import Protocol
 
 import attrs
 
@@ -22,21 +20,15 @@ from clusterrouting import (
     NodeData,
     ReplicaCandidate,
     build_candidates,
+    load_limit,
     pick_with_affinity,
-    within_load_guard,
 )
 from prefixcache._config import DEFAULT_CONFIG, Config
-from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
+from prefixcache._decision import PrefixDecision
+from prefixcache._protocols import DecisionProvider
+from prefixcache._types import Candidate, ReplicaKey
 
 __all__ = ["DecisionProvider", "Pressure", "affinity_preferred", "select", "select_peer"]
-
-
-_KEY = attrgetter("key")
-
-
-def _least_loaded_item(item: tuple[ReplicaKey, int]) -> tuple[int, str, int]:
-    key, in_flight = item
-    return (in_flight, key.node_id, key.replica)
 
 
 def select(
@@ -76,7 +68,11 @@ def select(
     Returns:
         The chosen :class:`ReplicaKey`, or ``None`` when ``candidates`` is empty.
 
-    Complexity: O(len(candidates) + len(cold_order)). Pure: reads only its arguments.
+    Complexity: O(len(candidates) + len(cold_order)). For a decision ``Index`` made over
+    these candidates (the same records, or records with the same key objects in the same
+    order), a few C-level passes over their loads and weights, and no cold order is sorted
+    unless near-equal weights need it (:meth:`prefixcache.DecisionBasis.first_cold`). Pure:
+    reads only its arguments.
 
     >>> a, b = ReplicaKey("a"), ReplicaKey("b")
     >>> hot_a = PrefixDecision(a, 1.0, (b, a))
@@ -89,47 +85,55 @@ def select(
     """
     if not candidates:
         return None
+    over = candidates if type(candidates) is tuple else tuple(candidates)
+    basis = decision.basis
+    memo = basis.memo if basis is not None else None
+    if basis is None or memo is None or not memo.distinct:
+        return _select_any(over, decision, config)
     hot = decision.hot
-    # A decision Index made over these very candidates (``==`` on tuples compares identical
-    # items without calling their __eq__; the first item decides whether to try) names only
-    # their keys and knows whether they share one in-flight count f0. Then every candidate
-    # is eligible or none (slack >= 0 is guaranteed by Config; the relative guard is tested
-    # as written, an infinite factor times 0 being NaN), and tiers 1 and 2 need no tests.
-    memo = decision._over
-    if memo is not None:
-        over = memo[0]
-        if over is candidates or (over and over[0] is candidates[0] and over == tuple(candidates)):
-            f0 = memo[4]
-            if f0 is not None and f0 <= f0 * config.balance_rel_threshold + 1:
-                if hot is not None and decision.match_ratio >= config.min_prefix_match:
-                    return hot
-                # The first cold key: an Index decision then need not order the others.
-                return decision._first_cold()
-    # Same fast path for any decision: tiers 1 and 2 need only key membership, tested by
-    # identity first, as ``in`` alone would call the Python-level __eq__ on every other key.
-    flights = [c.in_flight for c in candidates]
-    f0 = flights[0]
-    if flights.count(f0) == len(flights) and f0 <= f0 * config.balance_rel_threshold + 1:
-        keys = list(map(_KEY, candidates))
-        ids = list(map(id, keys))
-        if (
-            hot is not None
-            and decision.match_ratio >= config.min_prefix_match
-            and (id(hot) in ids or hot in keys)
-        ):
-            return hot
-        for key in decision.cold_order:
-            if id(key) in ids or key in keys:
-                return key
-    min_if = min(flights)
-    slack = config.balance_abs_threshold
-    factor = config.balance_rel_threshold
+    wants_hot = hot is not None and decision.match_ratio >= config.min_prefix_match
+    if memo.describes(over):
+        if memo.shared_in_flight is not None:
+            # Equal loads make every candidate eligible (Config keeps the slack >= 0 and the
+            # factor >= 1): tiers 1 and 2 need no load test.
+            return hot if wants_hot else decision.first_cold()
+    elif not memo.has_keys_of(over):
+        return _select_any(over, decision, config)
+    # The decision's candidates, position by position (their loads may have changed).
+    flights = [c.in_flight for c in over]
+    limit = _limit(config, min(flights))
+    if max(flights) <= limit:
+        return hot if wants_hot else decision.first_cold()
+    eligible = [f <= limit for f in flights]
+    at = memo.position(hot) if hot is not None and wants_hot else None
+    if at is not None and eligible[at]:
+        return hot
+    return basis.first_cold(eligible)
+
+
+def _least_loaded_item(item: tuple[ReplicaKey, int]) -> tuple[int, str, int]:
+    key, in_flight = item
+    return (in_flight, key.node_id, key.replica)
+
+
+def _limit(config: Config, min_in_flight: int) -> float:
+    """The most in-flight requests an eligible candidate may have (the load guard)."""
+    return load_limit(
+        min_in_flight, slack=config.balance_abs_threshold, factor=config.balance_rel_threshold
+    )
+
+
+def _select_any(
+    over: tuple[Candidate, ...], decision: PrefixDecision, config: Config
+) -> ReplicaKey | None:
+    """:func:`select` for any decision (built by hand, or over other candidates)."""
+    limit = _limit(config, min([c.in_flight for c in over]))
     # Eligible keys with their least eligible in-flight count: a key listed several times
     # is eligible when any of its entries is.
     eligible: dict[ReplicaKey, int] = {}
-    for c in candidates:
+    for c in over:
         f = c.in_flight
-        if within_load_guard(f, min_if, slack=slack, factor=factor):
+        if f <= limit:
             prev = eligible.get(c.key)
             if prev is None or f < prev:
                 eligible[c.key] = f
@@ -261,19 +265,6 @@ class Pressure:
         """Models currently holding events (possibly aged out but not yet pruned)."""
         with self._lock:
             return frozenset(self._events)
-
-
-class DecisionProvider(Protocol):
-    """What the federation path needs from an index: ``decide`` (``Index``, ``Sync`` and
-    ``ReferenceIndex`` all satisfy it)."""
-
-    def decide(
-        self,
-        model: str,
-        chain: Sequence[int],
-        candidates: Sequence[Candidate | ReplicaKey],
-        now: float,
-    ) -> PrefixDecision: ...
 
 
 def affinity_preferred(

@@ -41,6 +41,7 @@ from typing import Any, Protocol, TypeVar
 import attrs
 
 from clusterrouting import InvalidRecordError
+from prefixcache._decision import PrefixDecision
 from prefixcache._events import (
     INVALIDATE_SUBJECT,
     MAX_EVENT_BYTES,
@@ -63,7 +64,7 @@ from prefixcache._protocols import (
 )
 from prefixcache._signing import RateLimit, RateLimiter, Signer, Verifier
 from prefixcache._snapshot import Snapshot, apply_snapshot, digests, export_snapshot
-from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
+from prefixcache._types import Candidate, ReplicaKey
 
 __all__ = [
     "DEFAULT_PUBLISH_TIMEOUT",

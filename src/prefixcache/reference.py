@@ -21,7 +21,8 @@ import attrs
 
 from clusterrouting import InvalidRecordError
 from prefixcache._config import DEFAULT_CONFIG, Config
-from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
+from prefixcache._decision import PrefixDecision
+from prefixcache._types import Candidate, ReplicaKey
 
 __all__ = [
     "WEIGHT_REL_TOLERANCE",

@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from xxhash import xxh64_intdigest
 
 from prefixcache._config import DEFAULT_CONFIG, Config
+from prefixcache._decision import PrefixDecision
 from prefixcache._events import InvalidateEvent, ObserveEvent
-from prefixcache._types import Candidate, PrefixDecision, ReplicaKey
+from prefixcache._types import Candidate, ReplicaKey
 from prefixcache.reference import (
     Advance,
     Decide,

@@ -58,7 +58,7 @@ def test_capped_tree_memory_stops_growing_and_ttl_reclaims_everything(backend: s
     assert first == CAP - 1
     assert len(tree) == 0 and tree.items() == []
     assert tree._store.size() == 0
-    assert not tree._owners and len(tree._age) <= 64 and len(tree._exp) <= 64
+    assert not tree._weights.owners and len(tree._age) <= 64 and tree._weights.pending() <= 64
     assert tree.weights_for(list(range(8)), last + 61.0) == dict.fromkeys(range(8), 0.0)
     tree._check()
 

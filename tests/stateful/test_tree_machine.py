@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import heapq
 import math
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from prefixcache import RadixTree
+from prefixcache import RadixTree, _runs, _tree
 from prefixcache._datrie_store import DatrieStore
+from prefixcache._weights import Weights
 
 TTL = 10.0
 HALF_LIFE = 3.0
@@ -196,22 +205,55 @@ TreeMachine.TestCase.settings = settings(
 test_tree_machine = TreeMachine.TestCase
 
 
-def test_machine_catches_an_off_by_one_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Self-test: a tree treating age == ttl as expired must be caught by the machine."""
-    from hypothesis import Phase
-    from hypothesis.stateful import run_state_machine_as_test
+def _follow_one_short(nodes: list[int], run: Any, hs: Any, key: Any, d: int) -> int:
+    """The walk's run follower, stopping one block early on runs of three or more."""
+    lim = min(len(hs), len(key) - d)
+    j = 1
+    while j < lim - 1 and hs[j] == key[d + j]:
+        j += 1
+    nodes += run[:j]
+    return d + j
 
-    from prefixcache._tree import RadixTree as Tree
 
-    def broken_match(self: Tree[str], nodes: list[int], now: float) -> object:
-        ttl = self._ttl
-        for i in range(len(nodes) - 1, -1, -1):
-            b = self._bat[nodes[i]]  # nodes are slots into the tree's lists
-            if b is not None and not (ttl > 0 and now - b.t >= ttl):  # type: ignore[attr-defined]
-                return b.owner.value, i + 1  # type: ignore[attr-defined]
-        return None
+def _drop_without_weight(self: Weights, b: Any, nodes: int) -> None:
+    """Nodes leave a batch but its owner's weight sum is not lowered."""
+    b.live -= nodes
+    if not b.live:
+        b.counted = False
 
-    monkeypatch.setattr(Tree, "_match", broken_match)
+
+def _evict_deepest_first(self: RadixTree[str], b: Any) -> None:
+    """LRU eviction of a lone oldest batch that takes its deepest nodes first."""
+    bat = self._bat
+    excess = self._len - self._cap
+    mine = [n for n in b.nodes if bat[n] is b]
+    victims = mine[len(mine) - excess :][::-1]
+    self._take_nodes(b, len(victims))
+    if b.live:
+        heapq.heappush(self._age, (b.t, b.seq, b))
+    for n in victims:
+        self._unset(n)
+
+
+def _live_off_by_one(t: float, now: float, ttl: float) -> bool:
+    """Treats an entry exactly ``ttl`` old as expired."""
+    return not (ttl > 0 and now - t >= ttl)
+
+
+@pytest.mark.parametrize(
+    ("target", "name", "mutant"),
+    [
+        pytest.param(_runs, "follow", _follow_one_short, id="walk"),
+        pytest.param(Weights, "drop", _drop_without_weight, id="weights"),
+        pytest.param(RadixTree, "_evict_oldest_of", _evict_deepest_first, id="eviction-order"),
+        pytest.param(_tree, "live_at", _live_off_by_one, id="expiry-boundary"),
+    ],
+)
+def test_machine_catches_a_broken_tree(
+    monkeypatch: pytest.MonkeyPatch, target: object, name: str, mutant: object
+) -> None:
+    """Self-test: a mutant of a function the hot path really uses must fail the machine."""
+    monkeypatch.setattr(target, name, mutant)
     with pytest.raises(AssertionError):
         run_state_machine_as_test(
             TreeMachine,

@@ -49,7 +49,7 @@ class Pair:
                     assert self.dt.longest_match(q2, now) == self.ref.longest_match(q2, now)
 
     def runs(self) -> list[list[int]]:
-        return [r for r in self.store._runs if r is not None]
+        return [r for r in self.store.runs if r is not None]
 
 
 def test_appending_to_a_runs_end_writes_no_new_run() -> None:
@@ -102,7 +102,7 @@ def test_tombstones_are_rebuilt_away_and_ids_recycled() -> None:
     assert len(p.store._cstr) <= 4 * len(p.runs()) + 32
     p.evict(1e9)
     assert p.store.size() == 0 and p.runs() == []
-    assert set(p.store._runs) <= {None} and p.store._in_trie == 0
+    assert set(p.store.runs) <= {None} and p.store._in_trie == 0
 
 
 def test_tiny_merges_split_the_forest_and_keep_results() -> None:

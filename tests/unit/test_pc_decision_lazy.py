@@ -1,8 +1,8 @@
 """PrefixDecision as a value record, and the lazy cold order of decisions made by ``Index``.
 
 An ``Index`` decision captures its weights at decide time and orders them on first use
-(``_cold_of``); ``select`` answers from ``_first_cold()`` when the decision was made over the
-very candidates (``_over``). The laziness must be invisible: equality, hash, repr, pickling,
+(its ``DecisionBasis``); ``select`` answers from ``first_cold()`` when the decision was made
+over the very candidates. The laziness must be invisible: equality, hash, repr, pickling,
 later index changes and ``select`` all see the decision an eager build would have given.
 """
 
@@ -32,7 +32,7 @@ from prefixcache import (
     ReplicaKey,
     select,
 )
-from prefixcache._order import _cold_of, order_cold
+from prefixcache._decision import CandidateMemo, DecisionBasis, order_cold
 from prefixcache.reference import ReferenceIndex
 from prefixcache.strategies import chains
 
@@ -45,6 +45,15 @@ KEYS = (ReplicaKey("node-a"), ReplicaKey("node-a", 1), ReplicaKey("node-b"), Rep
 
 def eager(d: PrefixDecision) -> PrefixDecision:
     return PrefixDecision(d.hot, d.match_ratio, d.cold_order)
+
+
+def is_lazy(d: PrefixDecision) -> bool:
+    """Whether ``d``'s cold order is still unordered (read from its basis on first use)."""
+    return "cold_order" not in vars(d)
+
+
+def basis_of(ks: Sequence[ReplicaKey], vals: Sequence[float], scale: float) -> DecisionBasis:
+    return DecisionBasis(CandidateMemo(tuple(ks)), list(vals), scale)
 
 
 # -- the public record ------------------------------------------------------------------------
@@ -90,9 +99,7 @@ def fresh_index_decision() -> PrefixDecision:
 
 
 @pytest.mark.parametrize("make", [lambda: SAMPLE, fresh_index_decision], ids=["plain", "lazy"])
-@pytest.mark.parametrize(
-    "name", ["hot", "match_ratio", "cold_order", "has_hot", "_cold", "_src", "_over", "new"]
-)
+@pytest.mark.parametrize("name", ["hot", "match_ratio", "cold_order", "has_hot", "basis", "new"])
 def test_every_attribute_is_frozen(make: Callable[[], PrefixDecision], name: str) -> None:
     d = make()
     before = repr(d)
@@ -197,29 +204,29 @@ def test_index_decision_behaves_as_its_eager_twin(backend: Backend) -> None:
     assert take() == want and want == take() and not operator.ne(take(), want)
     assert hash(take()) == hash(want) and repr(take()) == repr(want)
     assert pickle.loads(pickle.dumps(take())) == want and copy.deepcopy(take()) == want
-    assert take()._first_cold() == A1 and take().has_hot
+    assert take().first_cold() == A1 and take().has_hot
 
 
 def test_first_cold_skips_ordering_only_when_the_first_gap_is_clear() -> None:
     d = fresh_index_decision()  # weights a > 0, b = c = 0: b and c tie, ordered by key
-    assert d._first_cold() == B and d.cold_order == (B, C, A)
+    assert d.first_cold() == B and d.cold_order == (B, C, A)
     ix = Index()
     ix.observe(MODEL, (1,), A, now=0.0)
     clear = ix.decide(MODEL, (1,), [A, B], now=0.0)
-    assert clear._first_cold() == B
-    assert clear._cold is None  # counterfactual: the full order would have been stored
+    assert clear.first_cold() == B
+    assert is_lazy(clear)  # counterfactual: the full order would have been stored
     assert clear.cold_order == (B, A)
     # Copies of the least weight (idle replicas) form the first group: its first key in key
     # order, still without sorting; a near-tie after them needs the full rule.
     tied = ix.decide(MODEL, (1,), [C, A, B], now=0.0)
-    assert tied._first_cold() == B and tied._cold is None
+    assert tied.first_cold() == B and is_lazy(tied)
     assert tied.cold_order == (B, C, A)
     idle = Index().decide(MODEL, (1,), [C, B], now=0.0)
-    assert idle._first_cold() == B and idle.cold_order == (B, C)
-    assert _cold_of([A, B, C], [1.0, 0.0, 0.0], 1.0, True) == B
+    assert idle.first_cold() == B and idle.cold_order == (B, C)
+    assert basis_of([A, B, C], [1.0, 0.0, 0.0], 1.0).first_cold() == B
     # a (1 + 1e-12) is near-tied with the copies b, c (1.0): one group, a first by key.
-    assert _cold_of([A, B, C], [1.0 + 1e-12, 1.0, 1.0], 1.0, True) is None
-    assert _cold_of([A, B, C], [1.0 + 1e-12, 1.0, 1.0], 1.0) == (A, B, C)
+    assert basis_of([A, B, C], [1.0 + 1e-12, 1.0, 1.0], 1.0).first_cold() == A
+    assert basis_of([A, B, C], [1.0 + 1e-12, 1.0, 1.0], 1.0).cold_order() == (A, B, C)
 
 
 DTS = (0.0, 0.5, 1.0, 7.0, 120.0, 301.0, 5000.0)
@@ -283,18 +290,18 @@ def test_lazy_cold_order_reflects_the_weights_at_decide_time(
     for step in data.draw(st.lists(steps, min_size=1, max_size=8)):
         now = apply(step, now, ix, ref)
         ix.decide(MODEL, step[2], data.draw(candidate_keys), now)  # moves caches and time
-    assert lazy._cold is None  # still lazy, so the checks below test the captured weights
+    assert is_lazy(lazy)  # still lazy, so the checks below test the captured weights
     assert lazy.cold_order == expected.cold_order and lazy == expected
     assert hash(lazy) == hash(expected) and repr(lazy) == repr(expected)
     unpickled = pickle.loads(pickle.dumps(pickled))
-    assert unpickled == expected and unpickled._over is None  # a plain record
-    assert first._first_cold() == expected.cold_order[0]
+    assert unpickled == expected and unpickled.basis is None  # a plain record
+    assert first.first_cold() == expected.cold_order[0]
 
 
-# -- _cold_of against order_cold ---------------------------------------------------------------
+# -- DecisionBasis against order_cold ---------------------------------------------------------------
 SPECIAL = (0.0, 5e-324, 2.2e-308, 1e-300, 1e-150, 1.0, 3.0, 1e150, 1e300, 1.7e308, math.inf)
 # Relative steps from an earlier weight: exact ties, near ties (<= 1e-9) and gaps just clear of
-# the 1e-9 tie rule and of _cold_of's 2e-9 shortcut threshold.
+# the 1e-9 tie rule and of DecisionBasis's 2e-9 shortcut threshold.
 REL_STEPS = (0.0, 1e-12, 5e-10, 1e-9, 1.5e-9, 2e-9, 2.0000001e-9, 3e-9, 1e-6, 0.5)
 SCALES = (1.0, 0.5, 2.0, 3.0, 2.0**-300, 2.0**300, 2.0**-599, 2.0**599, 2.0**-1000, 2.0**-1074)
 
@@ -327,15 +334,15 @@ def weighted_keys(draw: st.DrawFn) -> tuple[list[ReplicaKey], list[float]]:
 @example(kv=([A, B], [1.25, 1.0]), scale=2.0**-1074)
 # A gap of 5e-10 relative is a near tie: ordered by key, not by weight.
 @example(kv=([A, B], [1.0 + 5e-10, 1.0]), scale=1.0)
-def test_cold_of_is_order_cold_of_the_scaled_weights(
+def testDecisionBasis_is_orderDecisionBasis_the_scaled_weights(
     kv: tuple[list[ReplicaKey], list[float]], scale: float
 ) -> None:
     ks, vals = kv
     saved = (list(ks), list(vals))
-    full = _cold_of(ks, vals, scale)
+    full = basis_of(ks, vals, scale).cold_order()
     assert full == order_cold(ks, [v * scale for v in vals])
-    first = _cold_of(ks, vals, scale, True)
-    assert first is None or first == full[0]
+    first = basis_of(ks, vals, scale).first_cold()
+    assert first == full[0]
     assert len(ks) > 1 or first == ks[0]  # one key is always plain
     assert (ks, vals) == saved  # the captured lists are read, never changed
 
@@ -347,9 +354,11 @@ def test_select_over_the_decided_candidates_orders_nothing(backend: Backend) -> 
     ix.observe(MODEL, (1,), A, now=0.0)
     cands = [Candidate(A), Candidate(B)]
     d = ix.decide(MODEL, (2,), cands, now=0.0)  # no hot; b (weight 0) is plainly first
-    assert select(cands, d) == B and d._cold is None  # the fast path: _first_cold only
+    assert select(cands, d) == B and is_lazy(d)  # the fast path: first_cold only
     d = ix.decide(MODEL, (2,), cands, now=0.0)
-    assert select(cands[::-1], d) == B and d._cold == (B, A)  # counterfactual: general path
+    assert (
+        select(cands[::-1], d) == B and not is_lazy(d) and d.cold_order == (B, A)
+    )  # counterfactual: general path
 
 
 select_configs = st.builds(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prefixcache import BACKENDS, Candidate, Config, Index, Provider, RadixTree, ReplicaKey
-from prefixcache._index import order_cold
+from prefixcache._decision import order_cold
 from prefixcache.reference import ReferenceIndex
 
 A, B, C = ReplicaKey("a"), ReplicaKey("b"), ReplicaKey("c")

@@ -1,0 +1,92 @@
+"""Validation of block-hash keys and times, and the decay rule, shared by every index.
+
+One place says what a valid key is (every element an ``int`` in ``[0, 2**64)``, checked by
+type so that ``1.0`` or ``True`` never walks like a stored ``1``) and what a valid time is
+(a number, not NaN). Errors are :class:`clusterrouting.InvalidRecordError` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Sequence
+from typing import Any
+
+from clusterrouting import InvalidRecordError
+
+__all__ = ["U64", "check_key", "check_time", "decay", "fast_key_ok"]
+
+U64 = 1 << 64
+"""Block hashes are integers in ``[0, U64)``."""
+
+assert array("Q").itemsize == 8, "array 'Q' must hold exactly the uint64 range"
+
+
+def check_time(name: str, value: object) -> float:
+    """``value`` as a float, or :class:`InvalidRecordError` naming ``name`` if it is not a
+    number (bools are not numbers here) or is NaN.
+
+    >>> check_time("now", 3)
+    3.0
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise InvalidRecordError(name, value, "must be a number (seconds), not NaN")
+    return float(value)
+
+
+def fast_key_ok(key: Sequence[Any], start: int) -> bool:
+    """True when every element of ``key`` is exactly an ``int`` and ``key[start:]`` is in
+    ``[0, 2**64)`` (``key[:start]`` equals a stored path, so it is in range): the common
+    case, in C-level passes (the range check packs the tail into an unsigned 64-bit
+    ``array``, which rejects exactly the out-of-range ints). False means: ask
+    :func:`check_key`."""
+    n = len(key)
+    if list(map(type, key)).count(int) != n:
+        return False
+    if start >= n:
+        return True
+    try:
+        array("Q", key[start:] if start else key)
+    except OverflowError:
+        return False
+    return True
+
+
+def check_key(key: Sequence[Any], start: int) -> Sequence[int] | None:
+    """Validate ``key``, knowing that ``key[:start]`` equals a stored path: ``None`` if
+    every element is an ``int`` in range, a normalised tuple if some are integer-like (numpy
+    scalars), else raise.
+
+    Raises:
+        InvalidRecordError: an element is not an integer (bools and floats are not) or is
+            outside ``[0, 2**64)``.
+
+    >>> check_key((1, 2), 0) is None
+    True
+    >>> check_key((1, 2.0), 0)
+    Traceback (most recent call last):
+    ...
+    clusterrouting._errors.InvalidRecordError: key=2.0: block hashes must be integers in [0, 2**64)
+    """
+    if fast_key_ok(key, start):
+        return None
+    out: list[int] = []
+    for h in key:
+        if isinstance(h, bool) or not hasattr(h, "__index__"):
+            raise InvalidRecordError("key", h, "block hashes must be integers in [0, 2**64)")
+        v = h.__index__()
+        if not 0 <= v < U64:
+            raise InvalidRecordError("key", h, "block hashes must be integers in [0, 2**64)")
+        out.append(v)
+    return tuple(out)
+
+
+def decay(x: float) -> float:
+    """``0.5 ** x`` for ``x = age / half_life``; ``math.inf`` where that overflows a float
+    (``x <= -1024``: an entry more than 1024 half-lives in the future of ``now``), where
+    Python's ``**`` would raise ``OverflowError``.
+
+    >>> decay(1.0), decay(-2000.0)
+    (0.5, inf)
+    """
+    return math.inf if x <= -1024.0 else 0.5**x
