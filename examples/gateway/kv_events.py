@@ -63,6 +63,9 @@ class PreciseProvider:
     deepest match wins (ties: candidate order), ``match_ratio = depth / len(chain)``.
     ``sources`` counts which source each hot answer came from (``"events"`` or
     ``"dispatch"``). Every other provider call goes to ``fallback``.
+
+    Thread-safety: as ``fallback`` for everything but ``decide``'s counters, which belong to
+    the gateway's event loop.
     """
 
     def __init__(self, fallback: Any, mode: PreciseMode) -> None:
@@ -132,6 +135,9 @@ class PreciseMode:
 
     Args:
         block_tokens: tokens per block, ``window_bytes // 4`` of the gateway's config.
+
+    Thread-safety: belongs to the gateway's event loop (the residencies themselves are
+    thread-safe).
     """
 
     def __init__(self, *, block_tokens: int) -> None:

@@ -160,6 +160,8 @@ class BlockStored:
         InvalidRecordError: a hash outside the 64-bit range, a token id outside
             ``[0, 2**32)``, a negative ``block_size`` or group, a non-str medium or adapter.
 
+    Immutable: safe to share between threads.
+
     >>> BlockStored(block_hashes=[7], parent_block_hash=None, token_ids=[1, 2], block_size=2)
     ... # doctest: +NORMALIZE_WHITESPACE
     BlockStored(block_hashes=(7,), parent_block_hash=None, token_ids=(1, 2), block_size=2,
@@ -192,6 +194,8 @@ class BlockRemoved:
         medium: where they were evicted from (``None``: not said, i.e. the GPU).
         group_idx: the KV-cache group, ``None`` when not said.
 
+    Immutable: safe to share between threads.
+
     >>> BlockRemoved(block_hashes=[7], medium="GPU").block_hashes
     (7,)
     """
@@ -208,7 +212,7 @@ class BlockRemoved:
 
 @attrs.frozen(slots=True)
 class AllBlocksCleared:
-    """The engine emptied its whole prefix cache (no fields).
+    """The engine emptied its whole prefix cache (no fields). Immutable.
 
     >>> AllBlocksCleared() == AllBlocksCleared()
     True
@@ -251,6 +255,8 @@ class EventBatch:
         ignored: events with a tag this decoder does not know (a newer engine's), left out
             and not counted as ``dropped``. Diagnostic only: not part of equality, so a batch
             equals the same batch from an engine that sends no such events.
+
+    Immutable: safe to share between threads.
 
     >>> EventBatch(ts=1.5, rank=0, events=[AllBlocksCleared()], dropped=0).events
     (AllBlocksCleared(),)

@@ -128,6 +128,8 @@ class IngestReport:
         cleared_blocks: blocks dropped by ``AllBlocksCleared`` or a restart.
         evicted_blocks: blocks forgotten to stay under the per-replica block cap.
 
+    Immutable: safe to share between threads.
+
     Every event of an applied batch has exactly one outcome: ``applied_stores - resumed +
     deferred + dropped_*`` (store drops) is the number of ``BlockStored`` events, and
     ``applied_removes`` + removal drops the number of ``BlockRemoved`` events.
@@ -273,6 +275,8 @@ class ResidencyStatus:
         missing: sequence numbers known missing (open gaps).
         restarts: publisher restarts seen since the replica was first seen.
         updated_at: the clock's time of the last applied batch, ``None`` when unknown.
+
+    Immutable: safe to share between threads.
     """
 
     state: ResidencyState

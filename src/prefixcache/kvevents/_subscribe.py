@@ -103,6 +103,8 @@ class SubscriberStats:
         replayed: batches received through replays.
         replays_timed_out: replay requests abandoned after ``replay_timeout``.
         disconnects: times the SUB socket lost its connection.
+
+    Immutable: safe to share between threads.
     """
 
     received: int = 0
