@@ -266,7 +266,7 @@ class CostTerms:
     """
 
     key: ReplicaKey
-    signals: dict[str, Any]
+    signals: dict[str, int | str]
     excluded_by: str | None
     uncached_tokens: int
     queue_term: float
@@ -303,7 +303,7 @@ class CostExplanation:
     candidates: tuple[CostTerms, ...]
     min_in_flight: int | None
     share_limit: float | None
-    params: dict[str, Any]
+    params: dict[str, int | float | None]
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (no prompt content: only counts and weights)."""
@@ -351,7 +351,7 @@ def explain_lowest_cost(
         share_factor=share_factor,
         share_slack=share_slack,
     )
-    params: dict[str, Any] = {
+    params: dict[str, int | float | None] = {
         "prompt_tokens": prompt_tokens,
         "queue_weight": queue_weight,
         "in_flight_tokens": in_flight_tokens,
@@ -382,7 +382,7 @@ def explain_lowest_cost(
         qt = queue_weight * c.queued_tokens
         lt = in_flight_tokens * (c.in_flight - min_if)
         total = uncached + qt + lt - c.pinned_tokens
-        signals = {
+        signals: dict[str, int | str] = {
             f.name: (v.value if isinstance(v, StrEnum) else v)
             for f in attrs.fields(type(c))
             if f.name != "key"
