@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = DEFAULT_CLUSTER
     p = argparse.ArgumentParser(
         prog="clusterrouting-replay",
+        epilog="Also: 'clusterrouting-replay tune ...' (seeded search over a policy's "
+        "parameters) and 'clusterrouting-replay claim' (every policy on the claim's cases); "
+        "each takes --help.",
         description=(
             "Replay a Mooncake-format JSONL trace through a simulated inference cluster under "
             "each routing policy and report block hit ratio, TTFT, balance and the library's "
