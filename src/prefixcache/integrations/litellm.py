@@ -227,7 +227,7 @@ def _plain_source(messages: Sequence[object], reach: int) -> tuple[str, int] | N
     checks it against ``messages_prefix_source``."""
     parts: list[str] = []
     add = parts.append
-    built = rest = 0
+    built = 0
     for m in messages:
         if type(m) is not dict or len(m) != 2:
             return None
@@ -235,17 +235,14 @@ def _plain_source(messages: Sequence[object], reach: int) -> tuple[str, int] | N
         content = m.get("content")
         if type(role) is not str or type(content) is not str:
             return None  # another key, or not strings
-        size = len(role) + len(content) + 2
         if built < reach:
-            add(role)
-            add("\n")
-            add(content)
-            add("\n")
-            built += size
+            piece = f"{role}\n{content}\n"
+            add(piece)
+            built += len(piece)
         else:
-            rest += size
+            built += len(role) + len(content) + 2
     text = "".join(parts)
-    return (text, built + rest) if text.isascii() else None
+    return (text, built) if text.isascii() else None
 
 
 def _metadata(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
