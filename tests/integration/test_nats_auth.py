@@ -111,3 +111,20 @@ def test_tls_with_a_client_certificate(
     )
     refused(broker.url, tls_ca_file=str(pki.ca))  # no client certificate
     refused(broker.url)  # the server's CA is not trusted by default
+
+
+def test_a_least_privilege_user_is_enough(
+    tmp_path: Path, broker_factory: Callable[..., Broker]
+) -> None:
+    # The permissions docs/security.md recommends: the sync subjects and nothing else.
+    public, seed_file = make_nkey_user(tmp_path)
+    allow = '{ publish: "prefixcache.>", subscribe: "prefixcache.>" }'
+    config = f"authorization {{ users: [ {{ nkey: {public}, permissions: {allow} }} ] }}\n"
+    broker = broker_factory(tmp_path, config)
+    syncs_through(broker.url, nkey_seed_file=str(seed_file))
+    t = NatsTransport.connect(broker.url, nkey_seed_file=str(seed_file))
+    try:
+        t.publish("other.subject", b"x")  # refused by the server: an asynchronous error
+        wait_until(lambda: t.transport.errors >= 1, what="the permission violation reported")
+    finally:
+        t.close()

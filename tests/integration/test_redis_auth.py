@@ -70,6 +70,40 @@ def test_acl_user_and_password(acl_redis: Broker) -> None:
     refused(acl_redis.url)  # the default user is off
 
 
+def test_a_least_privilege_acl_user_is_enough() -> None:
+    # The ACL docs/security.md recommends: the sync channels, publish/subscribe, nothing else.
+    acl = [
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "router",
+        "on",
+        ">s3cret-pw",
+        "resetchannels",
+        "&prefixcache.*",
+        "-@all",
+        "+publish",
+        "+subscribe",
+        "+unsubscribe",
+        "+ping",
+        "+hello",
+        "+auth",
+    ]
+    broker = redis_with_args(lambda _port: acl)
+    broker.start()
+    try:
+        syncs_through(broker.url, username="router", password="s3cret-pw")
+        t = RedisTransport.connect(broker.url, username="router", password="s3cret-pw")
+        try:
+            t.publish("other.channel", b"x")  # not a sync channel: refused by the server
+            wait_until(lambda: t.publish_errors == 1, what="the refused publish counted")
+        finally:
+            t.close()
+    finally:
+        broker.stop()
+
+
 @pytest.mark.e2e
 def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
     exe = shutil.which("redis-server", path="/usr/bin:/usr/local/bin")

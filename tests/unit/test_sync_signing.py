@@ -4,6 +4,8 @@ router that requires signatures ignoring a stranger on the broker."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -211,3 +213,14 @@ def test_signed_transport_guards_any_subject() -> None:
     hub.connect("x").publish("prefixcache.pin", pin)
     assert len(got) == 1 and json.loads(got[0])["origin"] == "r9"  # the record's own origin
     assert b.dropped["unsigned"] == 1
+
+
+def test_the_security_page_example_prints_what_it_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+    (code,) = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.DOTALL)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "<docs/security.md>", "exec"), {"__name__": "__doc_example__"})
+    expected = [line[2:] for line in code.splitlines() if line.startswith("# ")]
+    assert capsys.readouterr().out.splitlines() == expected
