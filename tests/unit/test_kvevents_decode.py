@@ -447,3 +447,19 @@ def test_token_bytes_are_little_endian_uint32() -> None:
 
 def test_ignored_is_diagnostic_and_not_part_of_equality() -> None:
     assert EventBatch(ts=0.0, events=[], ignored=2) == EventBatch(ts=0.0, events=[])
+
+
+def test_deeply_nested_extra_keys_drop_the_event_not_the_decoder() -> None:
+    nested: object = "salt"
+    for _ in range(600):  # past Python's recursion limit for a recursive converter
+        nested = [nested]
+    raw = ["BlockStored", [1], None, [1], 1, None, "GPU", None, [nested], None]
+    batch = decode_payload(_enc([0.0, [raw, ["AllBlocksCleared"]], 0]))
+    assert (batch.events, batch.dropped) == ((AllBlocksCleared(),), 1)
+
+
+def test_map_valued_extra_keys_are_frozen_to_pairs() -> None:
+    raw = ["BlockStored", [1], None, [1], 1, None, "GPU", None, [{"mm": "h1"}], None]
+    (event,) = decode_payload(_enc([0.0, [raw], 0])).events
+    assert event.extra_keys == ((("mm", "h1"),),)
+    assert hash(event) == hash(event)  # hashable all the way down

@@ -307,7 +307,7 @@ def decode_payload(payload: bytes, *, flavour: Flavour = "vllm") -> EventBatch:
     for raw in raw_events:
         try:
             event = _event(raw, fl)
-        except (_BadEvent, InvalidRecordError):
+        except (_BadEvent, InvalidRecordError, RecursionError):
             dropped += 1
             continue
         if event is None:

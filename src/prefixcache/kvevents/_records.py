@@ -123,10 +123,20 @@ def _pack_tokens(self: BlockStored) -> bytes:
     return packed.tobytes()
 
 
-def _freeze(value: object) -> object:
-    # Decoded msgpack arrays are lists; a frozen record holds tuples all the way down.
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
+#: Deepest nesting accepted inside ``extra_keys`` (vLLM's are two levels deep).
+_MAX_KEY_DEPTH: Final = 16
+
+
+def _freeze(value: object, depth: int = 0) -> object:
+    # Decoded msgpack arrays are lists and maps dicts; a frozen, hashable record holds
+    # tuples all the way down (a map becomes its (key, value) pairs).
+    if isinstance(value, list | tuple | dict):
+        if depth >= _MAX_KEY_DEPTH:
+            raise InvalidRecordError(
+                "extra_keys", "<nested>", f"nested deeper than {_MAX_KEY_DEPTH} levels"
+            )
+        items = value.items() if isinstance(value, dict) else value
+        return tuple(_freeze(v, depth + 1) for v in items)
     return value
 
 
