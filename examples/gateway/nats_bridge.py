@@ -2,7 +2,9 @@
 
 The library's ``Transport`` port is synchronous (``publish`` returns ``None``), while nats-py is
 asyncio. Inside an asyncio host (the gateway and the mock backend) the bridge keeps both on the
-one loop: ``publish`` queues the send as a task on the loop, ``subscribe`` queues the
+one loop: ``publish`` appends to a bounded outgoing queue that one task on the loop sends in
+order (so a hung server never blocks routing, and when the queue is full the oldest messages
+are dropped and counted in :attr:`NatsBridge.dropped`), ``subscribe`` queues the
 subscription, and :meth:`NatsBridge.flush` waits until everything queued has reached the server
 (a NATS ``PING``/``PONG`` round trip), so a host can be sure its subscriptions are active before
 it relies on them. The connection is opened with ``no_echo`` (the port's contract: a router
@@ -14,6 +16,7 @@ Thread-safety: use from the event loop's thread only.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import sys
 from collections.abc import Callable
@@ -21,19 +24,29 @@ from typing import Any
 
 import nats
 
-__all__ = ["NatsBridge"]
+__all__ = ["DEFAULT_BRIDGE_QUEUE", "NatsBridge"]
+
+#: Messages the bridge holds for sending before it drops the oldest.
+DEFAULT_BRIDGE_QUEUE = 10_000
 
 
 class NatsBridge:
     """Synchronous ``publish``/``subscribe`` over an asyncio NATS connection (see module)."""
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(
+        self, connection: Any, *, max_queue: int = DEFAULT_BRIDGE_QUEUE, send_timeout: float = 2.0
+    ) -> None:
         self._nc = connection
         self._loop = asyncio.get_running_loop()
         self._pending: set[asyncio.Task[Any]] = set()
+        self._outgoing: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._sender: asyncio.Task[None] | None = None
+        self.max_queue = max_queue
+        self.send_timeout = send_timeout
         self.errors = 0
         self.published = 0
         self.delivered = 0
+        self.dropped = 0
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "clusterrouting-gateway") -> NatsBridge:
@@ -67,11 +80,25 @@ class NatsBridge:
             self.errors += 1
 
     def publish(self, subject: str, payload: bytes) -> None:
-        """Queue ``payload`` for ``subject`` (errors are counted in :attr:`errors`)."""
+        """Queue ``payload`` for ``subject`` and return (send errors and timeouts are counted
+        in :attr:`errors`, messages dropped from a full queue in :attr:`dropped`)."""
         if self._nc.is_closed:
             raise ConnectionError("NATS connection is closed")
         self.published += 1
-        self._spawn(self._nc.publish(subject, bytes(payload)))
+        self._outgoing.append((subject, bytes(payload)))
+        while len(self._outgoing) > self.max_queue:
+            self._outgoing.popleft()
+            self.dropped += 1
+        if self._sender is None or self._sender.done():
+            self._sender = self._spawn(self._send_queued())
+
+    async def _send_queued(self) -> None:
+        while self._outgoing:
+            subject, payload = self._outgoing.popleft()
+            try:
+                await asyncio.wait_for(self._nc.publish(subject, payload), self.send_timeout)
+            except Exception:  # a hung or closed connection: counted, the next one is tried
+                self.errors += 1
 
     def subscribe(self, subject: str, handler: Callable[[str, bytes], None]) -> Callable[[], None]:
         """Call ``handler(subject, payload)`` for each message; returns the unsubscriber."""
