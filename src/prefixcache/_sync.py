@@ -29,6 +29,7 @@ What a group of routers agrees on (tested in ``tests/property/test_sync_converge
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import json
@@ -67,6 +68,7 @@ from prefixcache._snapshot import Snapshot, apply_snapshot, digests, export_snap
 from prefixcache._types import Candidate, ReplicaKey
 
 __all__ = [
+    "DEFAULT_MAX_PENDING_PUBLISHES",
     "DEFAULT_PUBLISH_TIMEOUT",
     "EvictionTicker",
     "PublishErrorHook",
@@ -82,6 +84,9 @@ PublishErrorHook = Callable[[str, BaseException], None]
 
 DEFAULT_PUBLISH_TIMEOUT = 2.0
 """Seconds an asynchronous publish may take before it counts as failed."""
+
+DEFAULT_MAX_PENDING_PUBLISHES = 10_000
+"""Asynchronous publishes a :class:`Sync` keeps in flight before it drops the oldest."""
 
 
 class _LogPublishErrors:
@@ -133,6 +138,8 @@ class SyncStats:
         published: messages handed to the publisher successfully (for an async publisher,
             completed).
         publish_errors: publishes that raised or timed out (each also went to the hook).
+        publish_dropped: asynchronous publishes dropped unsent because
+            ``max_pending_publishes`` were already in flight (a hung broker).
         received: messages delivered by an attached transport (every subject).
         applied_observe / applied_invalidate: peer events applied to the provider.
         dropped_malformed: payloads that failed :func:`~prefixcache.decode_event`.
@@ -146,6 +153,7 @@ class SyncStats:
 
     published: int = 0
     publish_errors: int = 0
+    publish_dropped: int = 0
     received: int = 0
     applied_observe: int = 0
     applied_invalidate: int = 0
@@ -205,7 +213,9 @@ class Sync:
     never breaks a routing call: the error is counted and passed to ``on_publish_error``
     (default: a warning on the ``prefixcache.sync`` logger). An :class:`AsyncPublisher` is
     supported from inside a running event loop: each publish becomes a task, chained so that
-    messages leave in call order; :meth:`flush` awaits them.
+    messages leave in call order; :meth:`flush` awaits them. At most ``max_pending_publishes``
+    are in flight: beyond that the oldest is cancelled and counted (``publish_dropped``), so a
+    hung broker bounds memory instead of growing a task per routing call.
 
     Args:
         provider: the wrapped provider (normally an ``Index``).
@@ -215,6 +225,7 @@ class Sync:
         on_publish_error: the failure hook (default: a warning for the first failure of a
             streak, then every 100th, on the ``prefixcache.sync`` logger).
         publish_timeout: seconds, for asynchronous publishers.
+        max_pending_publishes: asynchronous publishes in flight at most (>= 1).
         max_payload_bytes: larger incoming payloads are dropped unparsed.
         signer: signs outgoing messages.
         verifier: admits only verified incoming messages.
@@ -248,6 +259,7 @@ class Sync:
         signer: Signer | None = None,
         verifier: Verifier | None = None,
         rate_limit: RateLimit | RateLimiter | None = None,
+        max_pending_publishes: int = DEFAULT_MAX_PENDING_PUBLISHES,
     ) -> None:
         if not publish_timeout > 0:
             raise InvalidRecordError("publish_timeout", publish_timeout, "must be > 0")
@@ -265,6 +277,12 @@ class Sync:
         self._count_lock = threading.Lock()
         self._tail: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._pending_order: collections.deque[asyncio.Task[None]] = collections.deque()
+        if type(max_pending_publishes) is not int or max_pending_publishes < 1:
+            raise InvalidRecordError(
+                "max_pending_publishes", max_pending_publishes, "must be an int >= 1"
+            )
+        self.max_pending_publishes = max_pending_publishes
         self.signer = signer
         self.verifier = verifier
         self.rate_limiter = (
@@ -565,10 +583,20 @@ class Sync:
                 subject, RuntimeError("an async publisher was called outside a running event loop")
             )
             return
+        order = self._pending_order
+        while order and order[0].done():
+            order.popleft()
+        if len(order) >= self.max_pending_publishes:
+            # A hung broker: the oldest unsent message gives way (the next one waits for it).
+            order.popleft().cancel()
+            self._bump("publish_dropped")
         task = loop.create_task(self._send_after(self._tail, result, subject))
         self._tail = task
         self._pending.add(task)
+        order.append(task)
         task.add_done_callback(self._pending.discard)
+        if inspect.iscoroutine(result):
+            task.add_done_callback(_closer(result))
 
     async def _send_after(
         self, previous: asyncio.Task[None] | None, send: Awaitable[Any], subject: str
@@ -592,6 +620,16 @@ class Sync:
         loop = asyncio.get_running_loop()
         while mine := {t for t in self._pending if t.get_loop() is loop}:
             await asyncio.wait(mine)
+
+
+def _closer(coro: Coroutine[Any, Any, Any]) -> Callable[[asyncio.Task[None]], None]:
+    """A done callback closing ``coro`` (a no-op once it ran): a send dropped before its task
+    started is then not reported as never awaited."""
+
+    def close(_task: asyncio.Task[None]) -> None:
+        coro.close()
+
+    return close
 
 
 def _short_repr(value: object, limit: int = 200) -> str:

@@ -7,6 +7,7 @@ check is exact and needs no timing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -107,3 +108,31 @@ def test_publish_after_close_raises_and_caps_are_validated() -> None:
     for bad in ({"max_queue": 0}, {"max_queue_bytes": 0}, {"max_queue": 1.5}):
         with pytest.raises(InvalidRecordError):
             gated(**bad)
+
+
+class _HungAsyncPublisher:
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.sent: list[bytes] = []
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        await self.release.wait()
+        self.sent.append(payload)
+
+
+@pytest.mark.filterwarnings("error")  # a dropped, never-started send is closed, not leaked
+def test_an_async_publisher_that_hangs_keeps_at_most_the_cap_in_flight() -> None:
+    async def main() -> None:
+        pub = _HungAsyncPublisher()
+        sync = Sync(Index(), pub, clock=lambda: 0.0, max_pending_publishes=3, publish_timeout=NEVER)
+        for i in range(10):
+            assert sync.observe("m", (i,), ReplicaKey("a"), 0.0)  # returns at once
+        # Before: ten tasks, one per routing call, however long the broker hangs.
+        assert len(sync._pending_order) == 3
+        pub.release.set()
+        await asyncio.wait_for(sync.flush(), BOUND)
+        stats = sync.stats()
+        assert stats.publish_dropped == 7 and stats.published == 3
+        assert [ObserveEvent.decode(p).chain for p in pub.sent] == [(7,), (8,), (9,)]
+
+    asyncio.run(main())
