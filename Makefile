@@ -11,6 +11,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(VENV)/bin/pytest
+# `make test` runs the suite on this many processes (pytest-xdist; `0` runs it serially).
+TEST_WORKERS ?= auto
 
 .PHONY: test lint typecheck unit soak e2e dist demo bench vectors clean
 
@@ -30,7 +32,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict --explicit-package-bases -p examples.gateway
 
 unit: $(STAMP)
-	$(PYTEST)
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile
 
 test: lint typecheck unit
 
