@@ -257,3 +257,68 @@ def test_encode_decode_round_trip_in_both_layouts(events: list[object]) -> None:
     for layout in ("positional", "map"):
         again = decode_payload(encode_payload(batch, layout=layout))  # type: ignore[arg-type]
         assert (again.ts, again.rank, again.events) == (batch.ts, batch.rank, batch.events)
+
+
+# --- any event history keeps the residency consistent ----------------------------------
+small_hash = st.integers(0, 7)
+any_event = st.one_of(
+    st.builds(
+        lambda hs, parent, size, medium, ex: BlockStored(
+            block_hashes=hs,
+            parent_block_hash=parent,
+            token_ids=[h % 3 for h in hs for _ in range(size)],
+            block_size=size,
+            medium=medium,
+            extra_keys=ex,
+        ),
+        st.lists(small_hash, min_size=1, max_size=3),
+        st.none() | small_hash,
+        st.sampled_from([BT, 2 * BT, 3]),
+        st.sampled_from(["GPU", "CPU", None]),
+        st.none() | st.just([["salt"]]),
+    ),
+    st.builds(
+        lambda hs, medium: BlockRemoved(block_hashes=hs, medium=medium),
+        st.lists(small_hash, max_size=3),
+        st.sampled_from(["GPU", "CPU", None]),
+    ),
+    st.just(AllBlocksCleared()),
+)
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(KEYS[:2]),
+        st.sampled_from(["next", "skip", "back", "replay"]),
+        st.lists(any_event, max_size=4),
+    ),
+    max_size=25,
+)
+
+
+@given(steps)
+def test_any_history_keeps_the_invariants(
+    history: list[tuple[ReplicaKey, str, list[object]]],
+) -> None:
+    res = KvResidency(block_tokens=BT, media={"GPU", "CPU"}, max_blocks_per_replica=6,
+                      max_deferred=3, clock=lambda: 0.0)  # fmt: skip
+    sent: dict[ReplicaKey, list[EventBatch]] = {k: [] for k in KEYS}
+    live: dict[ReplicaKey, int] = dict.fromkeys(KEYS, -1)
+    for key, how, events in history:
+        batch = EventBatch(ts=0.0, events=events)
+        if how == "replay" and sent[key]:
+            seq = len(sent[key]) - 1
+            res.apply(key, seq, sent[key][seq], model="m", replayed=True)
+        else:
+            seq = {"next": live[key] + 1, "skip": live[key] + 3, "back": 0}.get(how, live[key] + 1)
+            if how == "back":
+                sent[key] = []
+            while len(sent[key]) < seq:
+                sent[key].append(EventBatch(ts=0.0, events=[]))
+            sent[key][seq:] = [batch]
+            live[key] = seq
+            report = res.apply(key, seq, batch, model="m")
+            assert report.state is res.state(key)
+        res._check()
+    for key in KEYS:
+        assert res.status(key).blocks <= 6
+        held = res.overlap("m", [0, 1, 2] * BT, KEYS)
+        assert all(0 <= v <= 3 for v in held.values())
