@@ -92,10 +92,10 @@ __all__ = [
     "DEFAULT_RESERVATION_TTL",
     "DEFAULT_SESSION_HEADER",
     "DEFAULT_SESSION_METADATA_KEY",
-    "REQUEST_ID_METADATA_KEY",
     "Mode",
     "PluginStats",
     "PrefixRoutingPlugin",
+    "REQUEST_ID_METADATA_KEY",
     "Tokenizer",
     "install",
 ]
@@ -256,8 +256,8 @@ def _metadata(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
 class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is untyped to mypy
     """Prefix-aware deployment choice for one ``litellm.Router`` (see the module docstring).
 
-    Build it with :func:`install`, which registers it with LiteLLM; the constructor alone
-    registers nothing.
+    Build it with :func:`install`, which registers it with LiteLLM (the constructor alone
+    registers nothing; the proxy registers an instance named in its config).
 
     Args:
         router: the ``litellm.Router`` whose requests it decides, or ``None`` for a filter-mode
@@ -484,6 +484,16 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
 
         Raises:
             InvalidRecordError: a deployment without ``model_info.id``; an empty list.
+
+        >>> plugin = PrefixRoutingPlugin(None)
+        >>> deployments = [{"model_info": {"id": "a"}}, {"model_info": {"id": "b"}}]
+        >>> hi = [{"role": "user", "content": "hi"}]
+        >>> plugin.choose("m", deployments, hi, {"metadata": {}}, now=0.0)  # a tie: least key
+        0
+        >>> plugin.choose("m", deployments, hi, {"metadata": {}}, now=0.0)  # a is busier
+        1
+        >>> plugin.in_flight("a"), plugin.in_flight("b"), plugin.expire(now=601.0)
+        (1, 1, 2)
         """
         if not deployments:
             raise InvalidRecordError("deployments", deployments, "must not be empty")
