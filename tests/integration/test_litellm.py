@@ -364,6 +364,26 @@ def test_two_routers_share_affinity_and_pins_through_redis(redis: Any) -> None:
     run(main)
 
 
+def test_two_routers_share_affinity_and_pins_through_nats(nats: Any) -> None:
+    from prefixcache.transports.nats import NatsTransport
+
+    async def main() -> None:
+        ta = await asyncio.to_thread(NatsTransport.connect, nats.url)
+        tb = await asyncio.to_thread(NatsTransport.connect, nats.url)
+        try:
+            async with backends(2) as bs:
+                ra, rb = router(bs), router(bs)
+                pa = install(ra, sync=ta, pins=SessionPins(ttl=600, max_entries=99))
+                pb = install(rb, sync=tb, pins=SessionPins(ttl=600, max_entries=99))
+                async with installed(pa, pb):
+                    await shared_scenario(ra, rb, pa, pb)
+        finally:
+            await asyncio.to_thread(ta.close)
+            await asyncio.to_thread(tb.close)
+
+    run(main)
+
+
 async def shared_scenario(ra: Any, rb: Any, pa: PrefixRoutingPlugin, pb: Any) -> None:
     """Router A learns a prompt and a session on d1; router B, which never saw either, sends
     them to d1 too. (Alone, B would pick d0: equal costs and no dispatches go to the least
