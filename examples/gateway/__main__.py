@@ -21,6 +21,8 @@ import re
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from examples.gateway.app import (
     DEFAULT_BODY_LIMIT,
@@ -39,7 +41,16 @@ from examples.gateway.serving import (
     ServerLimits,
     start_server,
 )
-from prefixcache import DEFAULT_CONFIG, Config, ConfigError
+from prefixcache import (
+    DEFAULT_CONFIG,
+    Config,
+    ConfigError,
+    RateLimit,
+    SignedTransport,
+    Signer,
+    SigningKeys,
+    Verifier,
+)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -67,6 +78,51 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
+def _trusted(args: argparse.Namespace, bridge: Any) -> Any:
+    """``bridge`` behind signing, verification and per-origin rate limits, as the flags say
+    (see docs/security.md); ``bridge`` itself when no signing key file is given."""
+    if not args.signing_key_file:
+        if args.require_signatures:
+            raise SystemExit("--require-signatures needs --signing-key-file")
+        return bridge
+    keys = read_signing_keys(args.signing_key_file)
+    return SignedTransport(
+        bridge,
+        signer=Signer(keys, origin=args.origin or args.name),
+        verifier=Verifier(keys) if args.require_signatures else None,
+        rate_limit=(
+            RateLimit(rate=args.peer_rate, burst=max(1.0, 5 * args.peer_rate))
+            if args.peer_rate > 0
+            else None
+        ),
+    )
+
+
+def read_signing_keys(path: str) -> SigningKeys:
+    """Keys from a file of ``key-id secret`` lines (``#`` comments); the first is active.
+
+    Raises:
+        SystemExit: the file is unreadable or holds no valid key.
+    """
+    keys: dict[str, bytes] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SystemExit(f"--signing-key-file: {exc}") from None
+    for line in lines:
+        parts = line.split("#", 1)[0].split()
+        if len(parts) == 2:
+            keys.setdefault(parts[0], parts[1].encode("utf-8"))
+        elif parts:
+            raise SystemExit(f"--signing-key-file: expected 'key-id secret', got {line!r}")
+    if not keys:
+        raise SystemExit(f"--signing-key-file: no key in {path}")
+    try:
+        return SigningKeys(keys=keys, active=next(iter(keys)))
+    except ValueError as exc:
+        raise SystemExit(f"--signing-key-file: {exc}") from None
+
+
 async def run_backend(args: argparse.Namespace) -> None:
     from examples.gateway.nats_bridge import NatsBridge
 
@@ -78,12 +134,13 @@ async def run_backend(args: argparse.Namespace) -> None:
     )
     print(f"backend {args.name}: connecting to NATS at {args.nats} ...", flush=True)
     bridge = await NatsBridge.connect(args.nats, name=f"backend-{args.name}")
+    transport = _trusted(args, bridge)
     server = await start_server(backend.make_app(), host=args.host, port=args.port)
     backend.address = args.advertise or server.address
-    backend.answer_queries(bridge)
+    backend.answer_queries(transport)
     await bridge.flush()
     announcer = asyncio.get_running_loop().create_task(
-        backend.run_announcer(bridge, args.announce_interval)
+        backend.run_announcer(transport, args.announce_interval)
     )
     print(f"backend {args.name} listening on {server.url} models={backend.models}", flush=True)
     if args.kv_events:
@@ -154,9 +211,10 @@ async def run_gateway(args: argparse.Namespace) -> None:
     settings = _settings(args)
     print(f"gateway {args.name}: connecting to NATS at {args.nats} ...", flush=True)
     bridge = await NatsBridge.connect(args.nats, name=f"gateway-{args.name}")
+    transport = _trusted(args, bridge)
     gateway = Gateway(
-        membership_transport=bridge,
-        sync_transport=bridge if args.sync else None,
+        membership_transport=transport,
+        sync_transport=transport if args.sync else None,
         settings=settings,
     )
     precise = _precise_mode(args, gateway)
@@ -232,6 +290,27 @@ async def run_demo(args: argparse.Namespace) -> None:
             backend.close_kv_events()
 
 
+def _trust_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--signing-key-file",
+        default="",
+        help="sign NATS messages with the shared keys in this file ('key-id secret' lines, "
+        "the first active; see docs/security.md)",
+    )
+    p.add_argument(
+        "--require-signatures",
+        action="store_true",
+        help="drop unsigned, forged, stale and replayed NATS messages",
+    )
+    p.add_argument("--origin", default="", help="this process's name in signatures (--name)")
+    p.add_argument(
+        "--peer-rate",
+        type=float,
+        default=0.0,
+        help="messages per second one origin may send (burst 5x; 0 = no limit)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m examples.gateway",
@@ -253,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="free VRAM to announce, e.g. 24GiB",
     )
     b.add_argument("--nats", default="nats://127.0.0.1:4222")
+    _trust_flags(b)
     b.add_argument("--announce-interval", type=float, default=DEFAULT_ANNOUNCE_INTERVAL)
     b.add_argument("--chunk-delay", type=float, default=0.05, help="seconds between SSE chunks")
     b.add_argument(
@@ -351,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "model; implies --precise)",
             )
             g.add_argument("--nats", default="nats://127.0.0.1:4222")
+            _trust_flags(g)
             g.add_argument(
                 "--sync",
                 action="store_true",

@@ -445,14 +445,15 @@ class SignedTransport:
         self._lock = threading.Lock()
 
     def publish(self, subject: str, payload: bytes) -> None:
-        """Sign (when a signer is set) and publish.
+        """Sign (when a signer is set) and publish. An empty payload (a bare notification,
+        such as a query for announcements) is signed as the empty JSON object.
 
         Raises:
-            ValueError: ``payload`` is not a JSON object (with a signer).
+            ValueError: ``payload`` is neither empty nor a JSON object (with a signer).
             Exception: whatever the wrapped transport raises.
         """
         if self.signer is not None:
-            payload = self.signer.sign(subject, payload, now=self.clock())
+            payload = self.signer.sign(subject, payload or b"{}", now=self.clock())
         self.transport.publish(subject, payload)
 
     def admit(self, subject: str, payload: bytes) -> bool:
@@ -486,6 +487,12 @@ class SignedTransport:
                     self.dropped["forged"] += 1
 
         return self.transport.subscribe(subject, checked)
+
+    def flush(self) -> object:
+        """The wrapped transport's ``flush()`` result (an awaitable for asyncio bridges), or
+        ``None`` when it has none."""
+        flush = getattr(self.transport, "flush", None)
+        return flush() if callable(flush) else None
 
     def close(self) -> None:
         """Close the wrapped transport, if it can be closed."""
