@@ -46,6 +46,7 @@ from prefixcache import (
     Config,
     ConfigError,
     RateLimit,
+    ResyncLoop,
     SignedTransport,
     Signer,
     SigningKeys,
@@ -217,6 +218,13 @@ async def run_gateway(args: argparse.Namespace) -> None:
         sync_transport=transport if args.sync else None,
         settings=settings,
     )
+    resync: asyncio.Task[None] | None = None
+    if gateway.sync is not None and args.resync_interval > 0:
+        loop = ResyncLoop(
+            gateway.sync, transport, origin=args.origin or args.name, interval=args.resync_interval
+        )
+        loop.attach()
+        resync = asyncio.get_running_loop().create_task(loop.run())
     precise = _precise_mode(args, gateway)
     server = await start_server(
         gateway.make_app(), host=args.host, port=args.port, handler_cancellation=True
@@ -231,6 +239,10 @@ async def run_gateway(args: argparse.Namespace) -> None:
     try:
         await _wait_for_signal()
     finally:
+        if resync is not None:
+            resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await resync
         if precise is not None:
             await precise.stop()
         await server.close()
@@ -432,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
             g.add_argument("--nats", default="nats://127.0.0.1:4222")
             _trust_flags(g)
+            g.add_argument(
+                "--resync-interval",
+                type=float,
+                default=0.0,
+                help="with --sync: seconds between digest comparisons with the other "
+                "gateways; drift pulls a snapshot (0 = off; see docs/security.md)",
+            )
             g.add_argument(
                 "--sync",
                 action="store_true",

@@ -32,6 +32,7 @@ three; routers without a resync loop ignore them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -130,7 +131,8 @@ class ResyncLoop:
     """Digest comparison and snapshot pull over a transport (see the module docstring).
 
     Nothing happens until the host calls :meth:`attach` (subscriptions) and :meth:`tick`, or
-    :meth:`start` (a daemon thread ticking every ``interval`` seconds) / :meth:`stop`.
+    :meth:`start` (a daemon thread ticking every ``interval`` seconds) / :meth:`stop`, or
+    runs the :meth:`run` coroutine as a task on its event loop.
 
     Args:
         sync: the router's :class:`~prefixcache.Sync` over an ``Index``; its clock, signer,
@@ -250,6 +252,17 @@ class ResyncLoop:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+    async def run(self) -> None:
+        """Tick now and then every ``interval`` seconds until cancelled: the asyncio form of
+        :meth:`start`, for hosts whose transport lives on their event loop."""
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                self._bump("errors")
+                _log.exception("resync tick failed")
+            await asyncio.sleep(self.interval)
 
     def _run(self) -> None:
         while True:

@@ -143,3 +143,25 @@ def test_arguments_are_validated() -> None:
         kw: dict[str, object] = {"origin": "r", **bad}
         with pytest.raises(InvalidRecordError):
             ResyncLoop(sync, hub.connect(), **kw)  # type: ignore[arg-type]
+
+
+def test_the_asyncio_runner_ticks_until_cancelled() -> None:
+    import asyncio
+
+    async def main() -> None:
+        clock = ManualClock(1000.0)
+        hub = InMemoryTransport()
+        a, loop_a = router(hub, "a", clock, interval=0.01)
+        _b, loop_b = router(hub, "b", clock)
+        fill(a, 3, "n1", clock())
+        task = asyncio.get_running_loop().create_task(loop_a.run())
+        for _ in range(2000):  # bounded poll
+            if loop_b.stats().snapshots_applied:
+                break
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert loop_a.stats().digests_sent >= 1 and loop_b.stats().snapshots_applied == 1
+
+    asyncio.run(main())
