@@ -92,6 +92,7 @@ class ResyncStats:
         digests_sent / digests_received: digest messages (own / peers').
         drift_seen: peer digest messages that differed from this router's digests.
         requests_sent / requests_answered: snapshot requests made / served.
+        requests_refused: requests within ``min_answer_interval`` of the last answer.
         chunks_sent / chunks_received: snapshot chunks (received: accepted ones).
         snapshots_applied: complete snapshots applied; ``entries_applied`` their entries.
         timeouts: requests abandoned after ``request_timeout``.
@@ -104,6 +105,7 @@ class ResyncStats:
     drift_seen: int = 0
     requests_sent: int = 0
     requests_answered: int = 0
+    requests_refused: int = 0
     chunks_sent: int = 0
     chunks_received: int = 0
     snapshots_applied: int = 0
@@ -143,6 +145,9 @@ class ResyncLoop:
         chunk_bytes: snapshot bytes per chunk (>= 1024).
         request_timeout: seconds an outstanding request may take (> 0).
         min_request_interval: seconds between two requests of this router (>= 0).
+        min_answer_interval: seconds between two snapshots this router sends (>= 0): a
+            request arriving sooner is refused and counted, so requests cannot make a router
+            export and send its index in a loop.
         max_snapshot_bytes: largest snapshot accepted.
         replace: apply snapshots replacing (``True``) or merging (``False``).
 
@@ -162,6 +167,7 @@ class ResyncLoop:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         request_timeout: float = 10.0,
         min_request_interval: float = 60.0,
+        min_answer_interval: float = 5.0,
         max_snapshot_bytes: int = MAX_SNAPSHOT_BYTES,
         replace: bool = False,
     ) -> None:
@@ -173,10 +179,12 @@ class ResyncLoop:
             raise InvalidRecordError("chunk_bytes", chunk_bytes, "must be an int >= 1024")
         if not request_timeout > 0:
             raise InvalidRecordError("request_timeout", request_timeout, "must be > 0 seconds")
-        if not min_request_interval >= 0:
-            raise InvalidRecordError(
-                "min_request_interval", min_request_interval, "must be >= 0 seconds"
-            )
+        for field, value in (
+            ("min_request_interval", min_request_interval),
+            ("min_answer_interval", min_answer_interval),
+        ):
+            if not value >= 0:
+                raise InvalidRecordError(field, value, "must be >= 0 seconds")
         self.sync = sync
         self.transport = transport
         self.origin = origin
@@ -184,6 +192,9 @@ class ResyncLoop:
         self.chunk_bytes = chunk_bytes
         self.request_timeout = request_timeout
         self.min_request_interval = min_request_interval
+        self.min_answer_interval = min_answer_interval
+        self._last_answer: float | None = None
+        self._own: tuple[float, dict[str, int]] | None = None
         self.max_snapshot_bytes = max_snapshot_bytes
         self.replace = replace
         self.reply_subject = reply_subject(origin)
@@ -329,18 +340,19 @@ class ResyncLoop:
             return
         self._bump("digests_received")
         now = self.sync.clock()
-        own = self.sync.digests(now)
+        with self._lock:
+            idle = self._pending is None and (
+                self._last_request is None or now - self._last_request >= self.min_request_interval
+            )
+        if not idle:  # a request could not be sent anyway: skip the comparison's cost
+            return
+        own = self._own_digests(now)
         drift = any(str(own.get(model, 0)) != value for model, value in theirs.items())
         if not drift:
             return
         self._bump("drift_seen")
         with self._lock:
             if self._pending is not None:
-                return
-            if (
-                self._last_request is not None
-                and now - self._last_request < self.min_request_interval
-            ):
                 return
             ident = self._new_id()
             self._pending = _Pending(ident=ident, peer=obj["origin"], started=now)
@@ -350,6 +362,18 @@ class ResyncLoop:
         ):
             self._bump("requests_sent")
 
+    def _own_digests(self, now: float) -> dict[str, int]:
+        # Computed at most once a second however many digests arrive (a digest walks the
+        # whole index).
+        with self._lock:
+            cached = self._own
+        if cached is not None and 0 <= now - cached[0] < 1.0:
+            return cached[1]
+        own = self.sync.digests(now)
+        with self._lock:
+            self._own = (now, own)
+        return own
+
     def _on_request(self, subject: str, payload: bytes) -> None:
         obj = self._parse(subject, payload, _MAX_CONTROL_BYTES)
         if obj is None or obj.get("to") != self.origin:
@@ -358,6 +382,13 @@ class ResyncLoop:
         if type(ident) is not str or not 0 < len(ident) <= 64:
             self._bump("dropped")
             return
+        now = self.sync.clock()
+        with self._lock:
+            last = self._last_answer
+            if last is not None and 0 <= now - last < self.min_answer_interval:
+                self._counts["requests_refused"] += 1
+                return
+            self._last_answer = now
         data = self.sync.export_snapshot().encode()
         n = self.chunk_bytes
         pieces = [data[i : i + n] for i in range(0, len(data), n)] or [b""]

@@ -165,3 +165,39 @@ def test_the_asyncio_runner_ticks_until_cancelled() -> None:
         assert loop_a.stats().digests_sent >= 1 and loop_b.stats().snapshots_applied == 1
 
     asyncio.run(main())
+
+
+def test_a_flood_of_requests_gets_one_snapshot_per_answer_interval() -> None:
+    clock = ManualClock(1000.0)
+    hub = InMemoryTransport()
+    a, loop_a = router(hub, "a", clock, min_answer_interval=5.0)
+    fill(a, 50, "n1", clock())
+    x = hub.connect("x")
+    for i in range(100):
+        x.publish(SNAPSHOT_REQUEST_SUBJECT, f'{{"origin":"x","to":"a","id":"{i}"}}'.encode())
+    # Before: every request made the router export and send its whole index.
+    assert loop_a.stats().requests_answered == 1 and loop_a.stats().requests_refused == 99
+    clock.advance(5.0)
+    x.publish(SNAPSHOT_REQUEST_SUBJECT, b'{"origin":"x","to":"a","id":"again"}')
+    assert loop_a.stats().requests_answered == 2
+
+
+def test_a_flood_of_digests_computes_own_digests_at_most_once_a_second() -> None:
+    clock = ManualClock(1000.0)
+    hub = InMemoryTransport()
+    a, loop_a = router(hub, "a", clock)
+    calls = []
+    real = a.digests
+
+    def counting(now: float | None = None) -> dict[str, int]:
+        calls.append(now)
+        return real(now)
+
+    a.digests = counting  # type: ignore[method-assign]
+    x = hub.connect("x")
+    for _ in range(100):
+        x.publish(DIGEST_SUBJECT, b'{"origin":"x","digests":{}}')
+    assert loop_a.stats().digests_received == 100 and len(calls) == 1
+    clock.advance(1.0)
+    x.publish(DIGEST_SUBJECT, b'{"origin":"x","digests":{}}')
+    assert len(calls) == 2
