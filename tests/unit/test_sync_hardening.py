@@ -75,3 +75,22 @@ def test_a_sync_of_a_long_chain_does_not_log_the_chain(
         sync.observe("m", tuple(range(1, 6000)), ReplicaKey("a"), 0.0)
     assert sync.stats().publish_errors == 1
     assert caplog.records and all(len(r.getMessage()) < 400 for r in caplog.records)
+
+
+def test_a_max_depth_above_the_event_limit_still_publishes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from prefixcache import MAX_EVENT_CHAIN, Config, ObserveEvent, extract_chain
+    from prefixcache.testing import RecordingPublisher
+
+    config = Config(max_depth=MAX_EVENT_CHAIN + 500)
+    chain = extract_chain("m", "x" * (config.window_bytes * config.max_depth), config)
+    assert len(chain) == MAX_EVENT_CHAIN + 500
+    pub = RecordingPublisher()
+    sync = Sync(Index(config), pub, clock=lambda: 0.0)
+    with caplog.at_level(logging.WARNING, logger="prefixcache.sync"):
+        assert sync.observe("m", chain, ReplicaKey("a"), 0.0)
+    # Before: every observe failed to publish and logged the whole chain (~100 KB a line).
+    assert sync.stats().publish_errors == 0 and not caplog.records
+    (event,) = pub.events()
+    assert isinstance(event, ObserveEvent) and event.chain == tuple(chain[:MAX_EVENT_CHAIN])
