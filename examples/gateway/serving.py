@@ -83,7 +83,9 @@ class _Connection(asyncio.Protocol):
     def _arm(self, seconds: float, reason: str) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = self.guard.loop.call_later(seconds, self._expire, reason)
+            self.timer = None
+        if self.transport is not None:  # not after the connection is gone
+            self.timer = self.guard.loop.call_later(seconds, self._expire, reason)
 
     def _expire(self, reason: str) -> None:
         self.timer = None
@@ -129,6 +131,7 @@ class _Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.transport = None
         self.guard.close_connection(self)
         self.inner.connection_lost(exc)
 
@@ -185,7 +188,7 @@ class ConnectionGuard:
         try:
             return await handler(request)
         finally:
-            if conn is not None and conn.transport is not None:
+            if conn is not None:
                 conn.request_finished()
 
 

@@ -261,3 +261,25 @@ def test_a_compression_bomb_meets_the_body_cap() -> None:
             assert gw.gateway.rejected["413"] == 1 and gw.gateway.buffered_bytes == 0
 
     run(main)
+
+
+def test_a_client_leaving_mid_request_leaves_no_timer_behind() -> None:
+    async def main() -> None:
+        async with LocalCluster() as cluster:
+            gw = await start(cluster, settings(idle_timeout=SHORT))
+            guard = gw.server.guard
+            assert guard is not None
+            _r, w = await raw(gw)
+            w.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\n\r\nab"
+            )
+            await w.drain()
+            await wait_until(lambda: gw.gateway.buffered_bytes == 2, what="body started")
+            (conn,) = guard._by_inner.values()
+            w.close()
+            await wait_until(lambda: guard.open == 0, what="connection gone")
+            await wait_until(lambda: gw.gateway.buffered_bytes == 0, what="handler ended")
+            # Before: the ended handler armed the idle deadline on the dead connection.
+            assert conn.timer is None and conn.transport is None
+
+    run(main)
