@@ -283,3 +283,48 @@ def test_publisher_that_cannot_bind_releases_what_it_bound(
         again.close()
     finally:
         taken.close(0)
+
+
+class _SgStored(msgspec.Struct, tag="BlockStored", array_like=True):
+    block_hashes: list[bytes]
+    parent_block_hash: bytes | None
+    token_ids: list[int]
+    block_size: int
+    lora_id: int | None = None
+    medium: str | None = None
+
+
+class _SgBatch(msgspec.Struct, array_like=True):
+    ts: float
+    events: list[_SgStored]
+
+
+def test_sglang_flavour_bytes_digests_through_the_socket(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    # SGLang-style: raw SHA-256 digests as block ids (first 8 bytes signed), a 2-item
+    # envelope, no medium; the parent link goes through the same digest.
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    res = KvResidency(block_tokens=BT)
+    sub = KvEventSubscriber(f"tcp://127.0.0.1:{port}", replica=KEY, residency=res, model="m",
+                            flavour="sglang", context=ctx)  # fmt: skip
+    d1, d2 = bytes([0x80]) + bytes(31), bytes(range(32))
+    seq = 0
+
+    def send(events: list[_SgStored]) -> None:
+        nonlocal seq
+        payload = msgspec.msgpack.encode(_SgBatch(ts=1.0, events=events))
+        pub.send_multipart([b"", seq.to_bytes(8, "big"), payload])
+        seq += 1
+
+    try:
+        sub.start()
+        wait_until(lambda: res.status(KEY).last_seq is not None, tick=lambda: send([]))
+        send([_SgStored([d1], None, PROMPT[:4], BT)])
+        send([_SgStored([d2], d1, PROMPT[4:8], BT)])
+        wait_until(lambda: res.overlap("m", PROMPT, [KEY]) == {KEY: 2})
+    finally:
+        sub.stop()
+        pub.close(0)
