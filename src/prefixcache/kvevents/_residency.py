@@ -847,14 +847,22 @@ class KvResidency:
             if batch.dropped:
                 tally["decode_dropped"] = batch.dropped
                 r.tainted = True
+            store = self._store
+            stores = blocks = 0
             for event in batch.events:
                 cls = type(event)
                 if cls is BlockStored:
-                    self._store(r, seq, model, event, tally)  # type: ignore[arg-type]
+                    n = store(r, seq, model, event, tally)  # type: ignore[arg-type]
+                    if n:
+                        stores += 1
+                        blocks += n
                 elif cls is BlockRemoved:
                     self._remove(r, event, tally)  # type: ignore[arg-type]
                 else:
                     self._clear(r, seq, tally)
+            if stores:
+                tally["applied_stores"] += stores
+                tally["stored_blocks"] += blocks
             if not r.missing and (r.deferred or r.tombstones):
                 self._settle(r, tally)
             return _report(r.state(), tally, restarted=restarted)
@@ -977,7 +985,9 @@ class KvResidency:
             self._table_keys.setdefault(medium, (m, g))
         return (m, g)
 
-    def _store(self, r: _Replica, seq: int, model: str, ev: BlockStored, tally: _Counts) -> None:
+    def _store(self, r: _Replica, seq: int, model: str, ev: BlockStored, tally: _Counts) -> int:
+        """Apply one store; returns the engine blocks stored (0: dropped or deferred, and
+        counted in ``tally``; the caller counts applied stores and blocks)."""
         medium, group = ev.medium, ev.group_idx
         tk = self._table_keys.get(medium) if group is None else None
         if tk is None:
@@ -987,21 +997,21 @@ class KvResidency:
                     tally["dropped_medium"] += 1
                 else:
                     tally["dropped_group"] += 1
-                return
+                return 0
         hashes = ev.block_hashes
         n = len(hashes)
         size = ev.block_size
         if n == 0 or size == 0 or len(ev.token_ids) != n * size:
             tally["dropped_tokens"] += 1
-            return
+            return 0
         bt = self._bt
         if size % bt:
             tally["dropped_block_size"] += 1
-            return
+            return 0
         parent = ev.parent_block_hash
         if (n > 1 and len(set(hashes)) != n) or (parent is not None and parent in hashes):
             tally["dropped_self_reference"] += 1
-            return
+            return 0
         table = r.tables.get(tk)
         extra = ev.extra_keys
         lora = ev.lora_name
@@ -1021,7 +1031,7 @@ class KvResidency:
                 pe = next((t[parent] for t in r.tables.values() if parent in t), None)
             if pe is None:
                 self._orphan(r, tk, parent, seq, model, ev, tally)
-                return
+                return 0
             prev = pe[_CANON][-1]
         if table is None:
             table = r.tables[tk] = {}
@@ -1071,8 +1081,6 @@ class KvResidency:
                     e[_REFS] += 1
                     e[_STAMP] = seq
             r.nblocks += added
-        tally["stored_blocks"] += n
-        tally["applied_stores"] += 1
         if r.tombstones:
             for h in hashes:
                 self._apply_tombstone(r, tk, table, h, tally)
@@ -1080,6 +1088,7 @@ class KvResidency:
             self._evict(r, tally)
         if r.deferred:
             self._resume(r, tk, hashes, tally)
+        return n
 
     def _resume(self, r: _Replica, tk: _TableKey, hashes: Iterable[int], tally: _Counts) -> None:
         """Apply the stores that waited for one of ``hashes`` as their parent (and, in
@@ -1091,8 +1100,11 @@ class KvResidency:
                 continue
             r.deferred_count -= len(waiting)
             for wseq, wmodel, wev in waiting:
-                tally["resumed"] += 1
-                self._store(r, wseq, wmodel, wev, tally)
+                n = self._store(r, wseq, wmodel, wev, tally)
+                if n:
+                    tally["resumed"] += 1
+                    tally["applied_stores"] += 1
+                    tally["stored_blocks"] += n
 
     def _orphan(
         self,
