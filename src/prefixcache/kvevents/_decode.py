@@ -265,8 +265,8 @@ def decode_payload(payload: bytes, *, flavour: Flavour = "vllm") -> EventBatch:
     >>> batch.events[0].token_ids, batch.events[1].medium
     ((1, 2), 'GPU')
     """
-    fl = _check_flavour(flavour)
-    if not isinstance(payload, bytes | bytearray | memoryview):
+    fl = flavour if flavour == "vllm" else _check_flavour(flavour)
+    if type(payload) is not bytes and not isinstance(payload, bytearray | memoryview):
         raise InvalidRecordError("payload", payload, "must be bytes")
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise KvEventDecodeError(

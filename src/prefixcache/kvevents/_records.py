@@ -248,9 +248,10 @@ def _check_batch(b: EventBatch) -> None:
     for e in b.events:
         if type(e) not in _EVENT_TYPES:
             raise InvalidRecordError("events", b.events, f"holds {e!r}, not a KV event")
-    for name, value in (("dropped", b.dropped), ("ignored", b.ignored)):
-        if type(value) is not int or value < 0:
-            raise InvalidRecordError(name, value, "must be an int >= 0")
+    if type(b.dropped) is not int or b.dropped < 0:
+        raise InvalidRecordError("dropped", b.dropped, "must be an int >= 0")
+    if type(b.ignored) is not int or b.ignored < 0:
+        raise InvalidRecordError("ignored", b.ignored, "must be an int >= 0")
 
 
 @attrs.frozen(kw_only=True, slots=True)
