@@ -28,6 +28,7 @@ from examples.gateway.app import (
     DEFAULT_BODY_LIMIT,
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_WRITE_TIMEOUT,
     Gateway,
     GatewaySettings,
 )
@@ -197,6 +198,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout,
         body_timeout=args.body_timeout,
+        write_timeout=args.write_timeout,
         max_buffered_bytes=args.max_buffered_bytes,
         limits=ServerLimits(
             header_timeout=args.header_timeout,
@@ -387,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             default=DEFAULT_BODY_TIMEOUT,
             help="seconds the whole request body may take to arrive (408 beyond)",
+        )
+        g.add_argument(
+            "--write-timeout",
+            type=float,
+            default=DEFAULT_WRITE_TIMEOUT,
+            help="seconds a client may leave a response chunk unread before it is cut off",
         )
         g.add_argument(
             "--idle-timeout",

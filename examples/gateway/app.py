@@ -109,6 +109,7 @@ __all__ = [
     "DEFAULT_BODY_LIMIT",
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_BUFFERED_BYTES",
+    "DEFAULT_WRITE_TIMEOUT",
     "Gateway",
     "GatewaySettings",
     "MessageTransport",
@@ -118,6 +119,8 @@ __all__ = [
 DEFAULT_BODY_LIMIT = 15 * 1024 * 1024
 #: Seconds a request body may take to arrive in full, counted from the end of the headers.
 DEFAULT_BODY_TIMEOUT = 60.0
+#: Seconds a client may leave a response chunk unread before the gateway cuts it off.
+DEFAULT_WRITE_TIMEOUT = 60.0
 #: Request body bytes all requests together may hold in memory at once: 256 MiB.
 DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
 # Content codings the gateway decodes while reading a request body, with zlib's wbits.
@@ -178,6 +181,8 @@ class GatewaySettings:
         max_attempts: backends tried for one request when connecting fails.
         evict_interval: seconds between index sweeps (``ttl / 2`` when 0).
         body_timeout: seconds for the whole request body to arrive (408 beyond).
+        write_timeout: seconds a client may leave a response chunk unread before it is cut
+            off (its backend is released).
         max_buffered_bytes: request body bytes held by all requests at once (503 beyond).
         limits: header deadline, idle keep-alive limit and connection cap of the server.
     """
@@ -191,6 +196,9 @@ class GatewaySettings:
     evict_interval: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
     body_timeout: float = attrs.field(
         default=DEFAULT_BODY_TIMEOUT, validator=attrs.validators.gt(0)
+    )
+    write_timeout: float = attrs.field(
+        default=DEFAULT_WRITE_TIMEOUT, validator=attrs.validators.gt(0)
     )
     max_buffered_bytes: int = attrs.field(
         default=DEFAULT_MAX_BUFFERED_BYTES, validator=attrs.validators.ge(1)
@@ -292,6 +300,7 @@ class Gateway:
         self.routing = RoutingHistory()
         self.rejected = {"400": 0, "408": 0, "413": 0, "503": 0, "busy": 0}
         self.buffered_bytes = 0
+        self.slow_readers = 0
         self._membership_transport = membership_transport
         self._sync_transport = sync_transport
         self._unsubscribes: list[Callable[[], None]] = []
@@ -694,11 +703,32 @@ class Gateway:
                     return response, False
                 if not chunk:
                     break
-                # A failure here is the client's (it went away): it propagates, the backend
-                # is not blamed, and the caller releases the reservation.
-                await response.write(chunk)
+                # A failure here is the client's (it went away, or stopped reading for
+                # write_timeout): it propagates, the backend is not blamed, and the caller
+                # releases the reservation.
+                await self._write_to_client(request, response, chunk)
             await response.write_eof()
             return response, True
+
+    async def _write_to_client(
+        self, request: web.Request, response: web.StreamResponse, chunk: bytes
+    ) -> None:
+        """Relay one chunk; a client that reads nothing for ``write_timeout`` seconds is cut
+        off (counted in :attr:`slow_readers`) so it cannot hold a backend forever.
+
+        Raises:
+            ConnectionResetError: the client stopped reading.
+        """
+        try:
+            async with asyncio.timeout(self.settings.write_timeout):
+                await response.write(chunk)
+        except TimeoutError:
+            self.slow_readers += 1
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError(
+                f"the client read nothing for {self.settings.write_timeout} s"
+            ) from None
 
     async def _proxy_websocket(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None, "Gateway.start() was not called"
@@ -845,6 +875,7 @@ class Gateway:
             },
             "requests": self.requests,
             "rejected": dict(self.rejected),
+            "slow_readers": self.slow_readers,
             **self.routing.to_json(),
             "membership": {
                 "announcements": self.membership.announcements,

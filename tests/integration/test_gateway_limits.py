@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import json
 import sys
+import time
 import zlib
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -281,5 +282,57 @@ def test_a_client_leaving_mid_request_leaves_no_timer_behind() -> None:
             await wait_until(lambda: gw.gateway.buffered_bytes == 0, what="handler ended")
             # Before: the ended handler armed the idle deadline on the dead connection.
             assert conn.timer is None and conn.transport is None
+
+    run(main)
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_frees_its_backend() -> None:
+    from aiohttp import web
+
+    from clusterrouting import NodeData
+    from examples.gateway.serving import start_server
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        block = b"x" * (1 << 20)
+        for _ in range(256):  # 256 MiB: far more than any socket buffers
+            await response.write(block)
+        await response.write_eof()
+        return response
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/completions", huge)
+        backend = await start_server(app)
+        try:
+            async with LocalCluster() as cluster:
+                s = GatewaySettings(
+                    limits=ServerLimits(header_timeout=LONG, idle_timeout=LONG),
+                    body_timeout=LONG,
+                    write_timeout=SHORT,
+                )
+                gw = await cluster.add_gateway(membership_transport=None, settings=s)
+                gw.gateway.membership.add(
+                    NodeData(
+                        id="big", name="big", tunnel_address=backend.address, last_seen=time.time()
+                    )
+                )
+                _r, w = await raw(gw)
+                body = b'{"model":"m","prompt":"hi"}'
+                w.write(
+                    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
+                await w.drain()
+                # The client reads nothing. Before: the relay waited forever, holding "big".
+                await wait_until(lambda: gw.gateway.slow_readers == 1, timeout=BOUND, what="cut")
+                await wait_until(lambda: not gw.gateway.in_flight, what="backend released")
+                assert gw.gateway.stats["big"].errors == 0  # the backend is not blamed
+                w.close()
+        finally:
+            await backend.close()
 
     run(main)
