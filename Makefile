@@ -61,10 +61,15 @@ print("smoke test passed:", clusterrouting.__file__)
 endef
 export SMOKE
 
-dist: $(STAMP)
+# build and twine get a venv of their own, made fresh: twine must read the metadata version
+# the current build backend writes, whatever the dev extra's other tools pin.
+dist:
 	rm -rf dist
-	$(PY) -m build --outdir dist .
-	$(VENV)/bin/twine check --strict dist/*
+	set -e; tools=$$(mktemp -d); trap 'rm -rf "$$tools"' EXIT; \
+	  $(PYTHON) -m venv "$$tools"; \
+	  "$$tools/bin/pip" install --quiet --upgrade build twine; \
+	  "$$tools/bin/python" -m build --outdir dist .; \
+	  "$$tools/bin/twine" check --strict dist/*
 	set -e; for artifact in dist/*.whl dist/*.tar.gz; do \
 	  tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	  $(PYTHON) -m venv "$$tmp/venv"; \

