@@ -135,7 +135,7 @@ async def run_backend(args: argparse.Namespace) -> None:
         chunk_delay=args.chunk_delay,
     )
     print(f"backend {args.name}: connecting to NATS at {args.nats} ...", flush=True)
-    bridge = await NatsBridge.connect(args.nats, name=f"backend-{args.name}")
+    bridge = await NatsBridge.connect(args.nats, name=f"backend-{args.name}", **_nats_auth(args))
     transport = _trusted(args, bridge)
     server = await start_server(backend.make_app(), host=args.host, port=args.port)
     backend.address = args.advertise or server.address
@@ -213,7 +213,7 @@ async def run_gateway(args: argparse.Namespace) -> None:
 
     settings = _settings(args)
     print(f"gateway {args.name}: connecting to NATS at {args.nats} ...", flush=True)
-    bridge = await NatsBridge.connect(args.nats, name=f"gateway-{args.name}")
+    bridge = await NatsBridge.connect(args.nats, name=f"gateway-{args.name}", **_nats_auth(args))
     transport = _trusted(args, bridge)
     gateway = Gateway(
         membership_transport=transport,
@@ -304,7 +304,42 @@ async def run_demo(args: argparse.Namespace) -> None:
             backend.close_kv_events()
 
 
+def _nats_auth(args: argparse.Namespace) -> dict[str, Any]:
+    """``nats.connect`` keyword arguments for the broker's authentication and TLS flags."""
+    from prefixcache.transports import client_tls_context
+
+    auth: dict[str, Any] = {}
+    if args.nats_user:
+        auth["user"] = args.nats_user
+    if args.nats_password_file:
+        auth["password"] = Path(args.nats_password_file).read_text(encoding="utf-8").strip()
+    if args.nats_token_file:
+        auth["token"] = Path(args.nats_token_file).read_text(encoding="utf-8").strip()
+    if args.nats_nkey_seed:
+        auth["nkeys_seed"] = args.nats_nkey_seed
+    if args.nats_creds:
+        auth["user_credentials"] = args.nats_creds
+    if args.nats_tls_ca or args.nats_tls_cert:
+        auth["tls"] = client_tls_context(
+            ca_file=args.nats_tls_ca or None,
+            cert_file=args.nats_tls_cert or None,
+            key_file=args.nats_tls_key or None,
+        )
+    return auth
+
+
 def _trust_flags(p: argparse.ArgumentParser) -> None:
+    for flag, help_text in (
+        ("--nats-user", "NATS user (with --nats-password-file)"),
+        ("--nats-password-file", "file holding the NATS user's password"),
+        ("--nats-token-file", "file holding a NATS token"),
+        ("--nats-nkey-seed", "NKey seed file"),
+        ("--nats-creds", "NATS credentials (.creds) file"),
+        ("--nats-tls-ca", "CA file that signed the NATS server's certificate (TLS on)"),
+        ("--nats-tls-cert", "client certificate for NATS TLS"),
+        ("--nats-tls-key", "client key for NATS TLS"),
+    ):
+        p.add_argument(flag, default="", help=help_text)
     p.add_argument(
         "--signing-key-file",
         default="",

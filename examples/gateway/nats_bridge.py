@@ -49,8 +49,13 @@ class NatsBridge:
         self.dropped = 0
 
     @classmethod
-    async def connect(cls, url: str, *, name: str = "clusterrouting-gateway") -> NatsBridge:
-        """Connect to ``url`` (``nats://host:port``), retrying while the server comes up."""
+    async def connect(
+        cls, url: str, *, name: str = "clusterrouting-gateway", **auth: Any
+    ) -> NatsBridge:
+        """Connect to ``url`` (``nats://host:port`` or ``tls://``), retrying while the server
+        comes up. ``auth`` goes to ``nats.connect``: ``user``/``password``, ``token``,
+        ``nkeys_seed`` (a seed file), ``user_credentials`` (a ``.creds`` file), ``tls`` (an
+        ``ssl.SSLContext``)."""
 
         async def on_error(exc: Exception) -> None:
             # nats-py's default prints a traceback per failed reconnect; one line is enough.
@@ -65,6 +70,7 @@ class NatsBridge:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             allow_reconnect=True,
+            **auth,
         )
         return cls(nc)
 

@@ -128,3 +128,33 @@ def test_a_least_privilege_user_is_enough(
         wait_until(lambda: t.transport.errors >= 1, what="the permission violation reported")
     finally:
         t.close()
+
+
+def test_the_example_gateway_bridge_authenticates(
+    tmp_path: Path, broker_factory: Callable[..., Broker]
+) -> None:
+    import asyncio
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from examples.gateway.nats_bridge import NatsBridge
+
+    broker = broker_factory(tmp_path, 'authorization { token: "t0ken-for-routers" }\n')
+
+    async def main() -> None:
+        a = await NatsBridge.connect(broker.url, token="t0ken-for-routers")
+        b = await NatsBridge.connect(broker.url, token="t0ken-for-routers")
+        got: list[bytes] = []
+        b.subscribe("s", lambda _s, p: got.append(p))
+        await b.flush()
+        a.publish("s", b"hello")
+        await a.flush()
+        for _ in range(1000):  # bounded poll
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [b"hello"]
+        await a.close()
+        await b.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -43,3 +43,26 @@ def test_bad_key_files_are_refused(tmp_path: Path) -> None:
         read_signing_keys(str(tmp_path / "missing"))
     with pytest.raises(SystemExit):
         _trusted(build_parser().parse_args(["gateway", "--require-signatures"]), None)
+
+
+def test_nats_auth_flags(tmp_path: Path) -> None:
+    from examples.gateway.__main__ import _nats_auth
+
+    (tmp_path / "pw").write_text("s3cret\n")
+    args = build_parser().parse_args(
+        [
+            "gateway",
+            "--nats-user",
+            "router",
+            "--nats-password-file",
+            str(tmp_path / "pw"),
+            "--nats-creds",
+            "/etc/router.creds",
+        ]
+    )
+    assert _nats_auth(args) == {
+        "user": "router",
+        "password": "s3cret",
+        "user_credentials": "/etc/router.creds",
+    }
+    assert _nats_auth(build_parser().parse_args(["gateway"])) == {}
