@@ -1,4 +1,4 @@
-"""SPEC §1 records: validation, online window, model filter."""
+"""clusterrouting records: validation, online window, model filter."""
 
 from __future__ import annotations
 

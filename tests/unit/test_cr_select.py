@@ -1,4 +1,4 @@
-"""SPEC §1: pick_best_replica, pick_with_affinity, build_candidates, the load guard."""
+"""pick_best_replica, pick_with_affinity, build_candidates, the load guard."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Sync decorator: SPEC §2 publish rules, applying peer events, failure isolation."""
+"""The Sync decorator: publish rules, applying peer events, failure isolation."""
 
 from __future__ import annotations
 
