@@ -7,7 +7,7 @@ What holds (the guarantees documented in ``prefixcache._sync``):
    and a replica is either observed or invalidated, never both): once delivery completes,
    every router holds the same live owners (equal digests) and the same hot replica and
    match ratio for every chain. Re-observing a chain its owner already holds refreshes
-   ``last_seen`` locally but is not broadcast (SPEC: publish only when new or extended), so
+   ``last_seen`` locally but is not broadcast (published only when new or extended), so
    ``last_seen`` -- hence weights, cold order and expiry -- can differ by that refresh
    history; when time does not move between operations, every router holds exactly the same
    entries and answers ``decide`` identically for every chain and candidate set.
