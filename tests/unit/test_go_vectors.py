@@ -144,6 +144,35 @@ def test_nodedata_decodes_as_go_except_documented_differences() -> None:
     assert compared > 300
 
 
+_LAST_SEEN = re.compile(r'"LastSeen":"([^"]*)"')
+
+
+def test_nodedata_reencodes_byte_for_byte_as_go_marshal() -> None:
+    identical = 0
+    for raw, case in _cases("go_nodedata.json"):
+        if "encoded" not in case:
+            continue
+        try:
+            ours = NodeData.from_json(raw).to_json()
+        except NodeDataDecodeError:
+            continue  # a documented LastSeen difference (checked above)
+        go = case["encoded"]
+        if ours == go:
+            identical += 1
+            continue
+        # Two documented representation limits, nothing else may differ: float seconds keep
+        # LastSeen to ~0.24 us, and an empty Models is written as null (Go's nil slice), where
+        # Go re-encodes a decoded [] as []; both mean "any model" to every router.
+        ours_seen, go_seen = _LAST_SEEN.search(ours), _LAST_SEEN.search(go)
+        assert ours_seen is not None and go_seen is not None
+        ours_ns, go_ns = parse_rfc3339(ours_seen.group(1)), parse_rfc3339(go_seen.group(1))
+        assert abs((ours_ns or 0) - (go_ns or 0)) < 1000, (ours, go)
+        assert _LAST_SEEN.sub("", ours) == _LAST_SEEN.sub("", go).replace(
+            '"Models":[]', '"Models":null'
+        ), (ours, go)
+    assert identical > 300
+
+
 def _library_limit(subject: str, out: dict[str, Any]) -> bool:
     """The library's own limits on top of Go's decoding (see ``prefixcache._events``)."""
     observe = subject.endswith("observe")

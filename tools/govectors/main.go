@@ -453,6 +453,11 @@ func nodeDataCases(g gen) []any {
 				"Name": n.Name, "ID": n.ID, "TunnelAddress": n.TunnelAddress, "ServiceID": n.ServiceID,
 				"LastSeen": timeJSON(n.LastSeen), "AvailableVRAM": fmt.Sprint(n.AvailableVRAM), "Models": n.Models,
 			}
+			// What a Go peer announces for this record, its time in UTC as peers write it.
+			n.LastSeen = n.LastSeen.UTC()
+			if encoded, err := json.Marshal(n); err == nil {
+				c["encoded"] = string(encoded)
+			}
 		}
 		cases = append(cases, c)
 	}
@@ -754,7 +759,7 @@ func main() {
 		panic(err)
 	}
 	g := gen{rand.New(rand.NewPCG(*seed, 0x9e3779b97f4a7c15))}
-	write(*out, "go_nodedata.json", "json.Unmarshal into the NodeData gossip record", nodeDataCases(g))
+	write(*out, "go_nodedata.json", "json.Unmarshal into the NodeData gossip record; encoded: json.Marshal of the result (LastSeen in UTC)", nodeDataCases(g))
 	write(*out, "go_events.json", "json.Unmarshal into the observe and invalidate sync events", eventCases(g))
 	write(*out, "go_messages.json", "chat request body -> prefix source (json.Decoder.Decode of model and messages); model: json.Unmarshal into a struct with a model string, absent when it fails", messageCases(g))
 	write(*out, "go_rfc3339.json", "time.Parse(time.RFC3339Nano, s) and time.Time.UnmarshalJSON of the quoted bytes", timeCases(g))
