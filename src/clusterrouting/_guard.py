@@ -64,8 +64,10 @@ def load_limit(min_in_flight: int, *, slack: int, factor: float | None = None) -
     Raises:
         InvalidRecordError: ``slack`` is negative or ``factor`` is NaN or below 1.
 
-    >>> load_limit(1, slack=2), load_limit(1, slack=2, factor=1.5), load_limit(0, slack=3, factor=float("inf"))
-    (3, 2.5, 3)
+    >>> load_limit(1, slack=2), load_limit(1, slack=2, factor=1.5)
+    (3, 2.5)
+    >>> load_limit(0, slack=3, factor=float("inf"))
+    3
     """
     if slack < 0:
         raise InvalidRecordError("slack", slack, "must be >= 0")

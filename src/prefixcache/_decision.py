@@ -14,6 +14,7 @@ remembers about the candidates it was made over.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from itertools import compress
 from operator import attrgetter
@@ -138,7 +139,9 @@ class CandidateMemo:
         tuple ``==`` never calls the ``__eq__`` of identical items, and the first item
         decides whether to try, so new records fail at once)."""
         c = self.candidates
-        return over is c or (bool(over) and bool(c) and over[0] is c[0] and over == c)
+        if over is c:
+            return True
+        return len(over) == len(c) != 0 and over[0] is c[0] and over == c
 
     def has_keys_of(self, over: Sequence[Any]) -> bool:
         """Whether ``over`` lists these very key objects in this order (its records, and
@@ -208,22 +211,27 @@ class DecisionBasis:
         candidates by name up to the answer.
         """
         sums = self.sums
-        vals = sums if eligible is None else list(compress(sums, eligible))
-        if not vals:
+        if not sums:
             return None
-        lo = min(vals)
-        hi = max(sums)
-        below = max(filter(lo.__gt__, sums), default=None)
-        above = min(filter(lo.__lt__, sums), default=None)
-        gap = _GAP * hi
-        if not (
-            (below is None or lo - below > gap)
-            and (above is None or above - lo > gap)
-            and ((below is None and above is None) or _NORMAL[0] <= hi * self.scale <= _NORMAL[1])
+        sv = sorted(sums)
+        if eligible is None:
+            lo = sv[0]
+            k, k2 = 0, sv.count(lo)  # sv[k:k2] are the copies of the least weight
+        else:
+            chosen = sorted(compress(sums, eligible))
+            if not chosen:
+                return None
+            lo = chosen[0]
+            k, k2 = bisect_left(sv, lo), bisect_right(sv, lo)
+        hi = sv[-1]
+        if (k or k2 < len(sv)) and not (
+            (not k or lo - sv[k - 1] > _GAP * hi)
+            and (k2 == len(sv) or sv[k2] - lo > _GAP * hi)
+            and _NORMAL[0] <= hi * self.scale <= _NORMAL[1]
         ):
             return self._first_of_order(eligible)
         keys: tuple[ReplicaKey, ...] = self.memo.keys
-        if eligible is None and vals.count(lo) == 1:
+        if k2 - k == 1:  # the least eligible weight's only copy
             return keys[sums.index(lo)]
         for i in self.memo.by_name():
             if sums[i] == lo and (eligible is None or eligible[i]):
@@ -244,8 +252,6 @@ def _check_hot(_inst: object, _attr: object, value: Any) -> None:
 
 
 def _check_ratio(_inst: object, _attr: object, value: Any) -> None:
-    if type(value) is float and 0.0 <= value <= 1.0:
-        return
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
@@ -268,9 +274,6 @@ def _check_cold_order(_inst: object, _attr: object, value: tuple[object, ...]) -
     for item in value:
         if not isinstance(item, ReplicaKey):
             raise InvalidRecordError("cold_order", value, f"item {item!r} is not a ReplicaKey")
-
-
-_set = object.__setattr__
 
 
 @attrs.frozen(init=False, slots=False)
@@ -315,15 +318,19 @@ class PrefixDecision:
         *,
         basis: DecisionBasis | None = None,
     ) -> None:
-        _check_hot(self, None, hot)
-        _check_ratio(self, None, match_ratio)
-        _set(self, "hot", hot)
-        _set(self, "match_ratio", match_ratio)
-        _set(self, "basis", basis)
+        if not (hot is None or type(hot) is ReplicaKey):
+            _check_hot(self, None, hot)
+        if not (type(match_ratio) is float and 0.0 <= match_ratio <= 1.0):
+            _check_ratio(self, None, match_ratio)
+        # Frozen: fields are written once, straight into the instance dict.
+        fields = self.__dict__
+        fields["hot"] = hot
+        fields["match_ratio"] = match_ratio
+        fields["basis"] = basis
         if basis is None:
             cold = _to_key_tuple(cold_order)
             _check_cold_order(self, None, cold)
-            _set(self, "cold_order", cold)
+            fields["cold_order"] = cold
 
     @property
     def has_hot(self) -> bool:

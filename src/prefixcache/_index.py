@@ -126,8 +126,9 @@ class Index:
             return PrefixDecision(None, 0.0, basis=basis)
         q = tree.query(chain, memo.keys, now)
         basis = DecisionBasis(memo, q.sums, q.scale)
-        if q.owner is not None and memo.holds(q.owner):
-            return PrefixDecision(q.owner, q.depth / len(chain), basis=basis)
+        owner = q.owner
+        if owner is not None and (id(owner) in memo.key_ids or memo.holds(owner)):
+            return PrefixDecision(owner, q.depth / len(chain), basis=basis)
         return PrefixDecision(None, 0.0, basis=basis)
 
     def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool:

@@ -96,14 +96,14 @@ def select(
         if memo.shared_in_flight is not None:
             # Equal loads make every candidate eligible (Config keeps the slack >= 0 and the
             # factor >= 1): tiers 1 and 2 need no load test.
-            return hot if wants_hot else decision.first_cold()
+            return hot if wants_hot else basis.first_cold()
     elif not memo.has_keys_of(over):
         return _select_any(over, decision, config)
     # The decision's candidates, position by position (their loads may have changed).
     flights = [c.in_flight for c in over]
     limit = _limit(config, min(flights))
     if max(flights) <= limit:
-        return hot if wants_hot else decision.first_cold()
+        return hot if wants_hot else basis.first_cold()
     eligible = [f <= limit for f in flights]
     at = memo.position(hot) if hot is not None and wants_hot else None
     if at is not None and eligible[at]:

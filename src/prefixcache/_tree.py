@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from itertools import compress
 from operator import itemgetter
-from typing import Any, Generic, Literal, NamedTuple, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from clusterrouting import InvalidRecordError
 from prefixcache._keys import check_key, check_time, fast_key_ok
@@ -85,7 +85,7 @@ def make_store(backend: str) -> NodeStore:
     raise InvalidRecordError("backend", backend, "must be 'dict' or 'datrie'")
 
 
-class Query(NamedTuple):
+class Query:
     """What :meth:`RadixTree.query` knows about a key, in plain values.
 
     Attributes:
@@ -95,10 +95,13 @@ class Query(NamedTuple):
         scale: the common factor: ``weight = sums[i] * scale``.
     """
 
-    owner: Any
-    depth: int
-    sums: list[float]
-    scale: float
+    __slots__ = ("depth", "owner", "scale", "sums")
+
+    def __init__(self, owner: Any, depth: int, sums: list[float], scale: float) -> None:
+        self.owner = owner
+        self.depth = depth
+        self.sums = sums
+        self.scale = scale
 
 
 class RadixTree(Generic[V]):
@@ -348,7 +351,8 @@ class RadixTree(Generic[V]):
         leave their batches for it."""
         weights = self._weights
         f = weights.factor(t)
-        counted = weights.counted_at(t)
+        # Not older than the watermark: live there (W - t <= 0 <= ttl), no rule to apply.
+        counted = t >= weights.watermark or weights.counted_at(t)
         if not found:
             b = Batch(o, t, self._seq, f, counted, found)
             weights.attach(b)

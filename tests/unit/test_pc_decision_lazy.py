@@ -298,7 +298,7 @@ def test_lazy_cold_order_reflects_the_weights_at_decide_time(
     assert first.first_cold() == expected.cold_order[0]
 
 
-# -- DecisionBasis against order_cold ---------------------------------------------------------------
+# -- DecisionBasis against order_cold ------------------------------------------------------------
 SPECIAL = (0.0, 5e-324, 2.2e-308, 1e-300, 1e-150, 1.0, 3.0, 1e150, 1e300, 1.7e308, math.inf)
 # Relative steps from an earlier weight: exact ties, near ties (<= 1e-9) and gaps just clear of
 # the 1e-9 tie rule and of DecisionBasis's 2e-9 shortcut threshold.
