@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from enum import StrEnum
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any
 
 import attrs
