@@ -52,6 +52,7 @@ from prefixcache._pins import (
     PinStats,
     SessionPins,
 )
+from prefixcache._pool import CandidateSet
 from prefixcache._protocols import (
     AsyncPublisher,
     AsyncTransport,
@@ -111,6 +112,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "Candidate",
+    "CandidateSet",
     "Clock",
     "Config",
     "ConfigError",

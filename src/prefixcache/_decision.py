@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
-from itertools import compress
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -91,11 +90,14 @@ class CandidateMemo:
         candidates: the list as a tuple (the records themselves).
         keys: each candidate's key, in candidate order.
         key_ids: the identities of those key objects (membership without ``__eq__``).
-        shared_in_flight: the in-flight count every candidate has, or ``None`` if they
-            differ (bare keys count as 0).
         distinct: whether no key appears twice.
+        flights: each candidate's in-flight count (bare keys count 0).
+        equal_loads: whether every candidate has the same in-flight count.
 
-    Immutable once built; safe to share between threads.
+    What depends on the keys alone (identities, positions, order by name) is kept from the
+    previous memo when the same key objects come back in the same order, so records whose
+    loads change cost one pass over their keys. Safe to share between threads (lazy parts
+    are computed to equal values if threads race).
     """
 
     __slots__ = (
@@ -104,14 +106,22 @@ class CandidateMemo:
         "_where",
         "candidates",
         "distinct",
+        "equal_loads",
+        "flights",
         "key_ids",
         "keys",
-        "shared_in_flight",
     )
 
     def __init__(self, candidates: tuple[Any, ...], previous: CandidateMemo | None = None) -> None:
         keys: tuple[ReplicaKey, ...] = tuple([c.key for c in candidates])
         self.candidates = candidates
+        try:
+            self.flights: list[int] = [c.in_flight for c in candidates]
+        except AttributeError:  # bare ReplicaKey values
+            self.flights = [getattr(c, "in_flight", 0) for c in candidates]
+        self.equal_loads = (
+            self.flights.count(self.flights[0]) == len(self.flights) if candidates else True
+        )
         self.keys: tuple[ReplicaKey, ...]
         self.key_ids: frozenset[int]
         self.distinct: bool
@@ -130,9 +140,6 @@ class CandidateMemo:
             self._by_name = None
             self._names = None
             self._where = None
-        flights = [getattr(c, "in_flight", 0) for c in candidates]
-        first = flights[0] if flights else None
-        self.shared_in_flight = first if flights.count(first) == len(flights) else None
 
     def describes(self, over: tuple[Any, ...]) -> bool:
         """Whether ``over`` holds exactly these candidate records (compared by identity:
@@ -180,69 +187,107 @@ class CandidateMemo:
 
 
 class DecisionBasis:
-    """What an ``Index`` decision was made from: its :class:`CandidateMemo` and each
-    candidate's cache weight, ``sums[i] * scale`` (``scale`` is shared, so ``sums``
-    already orders them). Immutable; the decision owns it."""
+    """What an ``Index`` decision was made from: its :class:`CandidateMemo` and the cache
+    weights of the candidates that own something, ``sums[j] * scale`` for the candidate at
+    ``positions[j]`` (ascending); every other candidate weighs 0.0. ``scale`` is shared, so
+    ``sums`` already orders them. Immutable; the decision owns it."""
 
-    __slots__ = ("memo", "scale", "sums")
+    __slots__ = ("memo", "positions", "scale", "sums")
 
-    def __init__(self, memo: CandidateMemo, sums: list[float], scale: float) -> None:
+    def __init__(
+        self, memo: CandidateMemo, positions: list[int], sums: list[float], scale: float
+    ) -> None:
         self.memo = memo
+        self.positions = positions
         self.sums = sums
         self.scale = scale
 
     def weights(self) -> list[float]:
         """Each candidate's weight, in candidate order."""
+        out = [0.0] * len(self.memo.keys)
         scale = self.scale
-        return self.sums if scale == 1.0 else [s * scale for s in self.sums]
+        for i, s in zip(self.positions, self.sums, strict=True):
+            out[i] = s * scale
+        return out
 
     def cold_order(self) -> tuple[ReplicaKey, ...]:
         """:func:`order_cold` of the candidates' keys by weight."""
         return order_cold(self.memo.keys, self.weights())
 
-    def first_cold(self, eligible: list[bool] | None = None) -> ReplicaKey | None:
-        """The first key of :meth:`cold_order` whose position is ``eligible`` (every one
-        when ``None``), or ``None`` if there is none.
+    def first_cold(
+        self, flights: Sequence[int] | None = None, limit: float = math.inf
+    ) -> ReplicaKey | None:
+        """The first key of :meth:`cold_order` whose candidate is eligible, i.e. has
+        ``flights[i] <= limit`` (every one when ``flights`` is ``None``), or ``None``.
 
-        The least eligible weight's copies come first by name when its neighbours among
-        *all* weights are farther than 2e-9 of the largest (no near-tie can chain them, see
-        :func:`order_cold`) and the largest scaled weight is normal; otherwise the whole
-        order is computed. So this costs a few C-level passes, plus a walk of the
-        candidates by name up to the answer.
+        A weightless candidate (0.0 never near-ties a positive weight) comes first by name,
+        found by walking the candidates by name up to it; otherwise the least eligible
+        weight's copies come first by name when its neighbours among the weights are
+        farther than 2e-9 of the largest (no near-tie can chain them, see
+        :func:`order_cold`) and the largest scaled weight is normal; else the whole order
+        is computed. So this costs the walk, or a few C-level passes over the owners.
         """
+        keys = self.memo.keys
         sums = self.sums
-        if not sums:
+        scale = self.scale
+        if not keys:
             return None
         sv = sorted(sums)
-        if eligible is None:
+        if len(sums) < len(keys) or (sv and sv[0] * scale == 0.0):
+            i = self._first_weightless(flights, limit)
+            if i is not None:
+                return keys[i]
+            sv = sv[bisect_right(sv, 0.0) :]  # the positive sums
+            if sv and sv[0] * scale == 0.0:  # a weight that underflows when scaled
+                return self._first_of_order(flights, limit)
+        if not sv:
+            return None
+        if flights is None:
             lo = sv[0]
-            k, k2 = 0, sv.count(lo)  # sv[k:k2] are the copies of the least weight
         else:
-            chosen = sorted(compress(sums, eligible))
-            if not chosen:
+            eligible = [s for i, s in zip(self.positions, sums, strict=True) if flights[i] <= limit]
+            if not eligible:
                 return None
-            lo = chosen[0]
-            k, k2 = bisect_left(sv, lo), bisect_right(sv, lo)
+            lo = min(eligible)
+        # sv[k:k2]: the copies of lo.
+        k, k2 = (
+            (0, sv.count(lo)) if flights is None else (bisect_left(sv, lo), bisect_right(sv, lo))
+        )
         hi = sv[-1]
         if (k or k2 < len(sv)) and not (
             (not k or lo - sv[k - 1] > _GAP * hi)
             and (k2 == len(sv) or sv[k2] - lo > _GAP * hi)
-            and _NORMAL[0] <= hi * self.scale <= _NORMAL[1]
+            and _NORMAL[0] <= hi * scale <= _NORMAL[1]
         ):
-            return self._first_of_order(eligible)
-        keys: tuple[ReplicaKey, ...] = self.memo.keys
+            return self._first_of_order(flights, limit)
+        positions = self.positions
         if k2 - k == 1:  # the least eligible weight's only copy
-            return keys[sums.index(lo)]
+            return keys[positions[sums.index(lo)]]
+        copies = {positions[j] for j, s in enumerate(sums) if s == lo}
         for i in self.memo.by_name():
-            if sums[i] == lo and (eligible is None or eligible[i]):
+            if i in copies and (flights is None or flights[i] <= limit):
                 return keys[i]
         return None  # unreachable: lo is some eligible weight
 
-    def _first_of_order(self, eligible: list[bool] | None) -> ReplicaKey | None:
+    def _first_weightless(self, flights: Sequence[int] | None, limit: float) -> int | None:
+        """The first eligible candidate by name that weighs 0.0, or ``None``."""
+        positions = self.positions
+        sums = self.sums
+        scale = self.scale
+        n_owned = len(positions)
+        for i in self.memo.by_name():
+            if flights is not None and flights[i] > limit:
+                continue
+            j = bisect_left(positions, i)
+            if j == n_owned or positions[j] != i or not sums[j] * scale:
+                return i
+        return None
+
+    def _first_of_order(self, flights: Sequence[int] | None, limit: float) -> ReplicaKey | None:
         order = self.cold_order()
-        if eligible is None:
+        if flights is None:
             return order[0]
-        ok = set(compress(self.memo.keys, eligible))
+        ok = {k for k, f in zip(self.memo.keys, flights, strict=True) if f <= limit}
         return next((k for k in order if k in ok), None)
 
 

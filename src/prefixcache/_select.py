@@ -93,22 +93,21 @@ def select(
     hot = decision.hot
     wants_hot = hot is not None and decision.match_ratio >= config.min_prefix_match
     if memo.describes(over):
-        if memo.shared_in_flight is not None:
+        flights = memo.flights
+        if memo.equal_loads:
             # Equal loads make every candidate eligible (Config keeps the slack >= 0 and the
             # factor >= 1): tiers 1 and 2 need no load test.
             return hot if wants_hot else basis.first_cold()
-    elif not memo.has_keys_of(over):
+    elif memo.has_keys_of(over):
+        # The decision's candidates, position by position, with their loads of now.
+        flights = [c.in_flight for c in over]
+    else:
         return _select_any(over, decision, config)
-    # The decision's candidates, position by position (their loads may have changed).
-    flights = [c.in_flight for c in over]
     limit = _limit(config, min(flights))
-    if max(flights) <= limit:
-        return hot if wants_hot else basis.first_cold()
-    eligible = [f <= limit for f in flights]
     at = memo.position(hot) if hot is not None and wants_hot else None
-    if at is not None and eligible[at]:
+    if at is not None and flights[at] <= limit:
         return hot
-    return basis.first_cold(eligible)
+    return basis.first_cold(flights, limit)
 
 
 def _least_loaded_item(item: tuple[ReplicaKey, int]) -> tuple[int, str, int]:

@@ -53,7 +53,7 @@ def is_lazy(d: PrefixDecision) -> bool:
 
 
 def basis_of(ks: Sequence[ReplicaKey], vals: Sequence[float], scale: float) -> DecisionBasis:
-    return DecisionBasis(CandidateMemo(tuple(ks)), list(vals), scale)
+    return DecisionBasis(CandidateMemo(tuple(ks)), list(range(len(ks))), list(vals), scale)
 
 
 # -- the public record ------------------------------------------------------------------------
@@ -427,3 +427,37 @@ def test_select_with_candidates_a_decision_was_not_made_over() -> None:
     d = ix.decide(MODEL, (1, 2), [Candidate(A), Candidate(B)], 1.0)
     assert select([Candidate(B)], d) == B  # the hot key is no candidate here
     assert select([Candidate(B), Candidate(A)], d) == A  # same keys, other order
+
+
+@settings(max_examples=settings.default.max_examples * 3)
+@given(
+    kv=weighted_keys(),
+    owned=st.lists(st.booleans(), min_size=10, max_size=10),
+    loads=st.lists(st.integers(0, 4), min_size=10, max_size=10),
+    limit=st.sampled_from((0, 1, 2, 3, math.inf)),
+    scale=st.sampled_from(SCALES),
+)
+# The only weightless candidate is ineligible: the least positive weight decides.
+@example(
+    kv=([A, B, C], [0.0, 2.0, 1.0]),
+    owned=[True] * 10,
+    loads=[3, 0, 0] + [0] * 7,
+    limit=1,
+    scale=1.0,
+)
+def test_first_cold_over_eligible_candidates_is_the_first_eligible_of_the_order(
+    kv: tuple[list[ReplicaKey], list[float]],
+    owned: list[bool],
+    loads: list[int],
+    limit: float,
+    scale: float,
+) -> None:
+    ks, vals = kv
+    positions = [i for i in range(len(ks)) if owned[i]]
+    basis = DecisionBasis(CandidateMemo(tuple(ks)), positions, [vals[i] for i in positions], scale)
+    flights = loads[: len(ks)]
+    weights = [vals[i] * scale if owned[i] else 0.0 for i in range(len(ks))]
+    ok = {k for k, f in zip(ks, flights, strict=True) if f <= limit}
+    want = next((k for k in order_cold(ks, weights) if k in ok), None)
+    assert basis.first_cold(flights, limit) == want
+    assert basis.first_cold() == order_cold(ks, weights)[0]
