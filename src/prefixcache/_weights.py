@@ -11,10 +11,22 @@ half_life)``. The *how*, kept here so the tree only says which nodes change hand
   expiry work: ``weight(now) = live_sum * 2 ** ((t0 - now) / half_life)``. The origin
   ``t0`` is shared by every owner (one ``pow`` scales them all) and rebased before a factor
   can overflow.
-* Rounding: every change of a sum counts one operation; a sum is recomputed exactly once
-  ``ops * peak > DRIFT * live_sum`` (its accumulated rounding bound could reach 1e-11
-  relative). A query with ``now < W`` (a clock going backwards), an extreme exponent or a
-  sum too small to scale safely is answered by an exact sum over the owner's batches.
+* Rounding: every change of a sum counts one operation, whose rounding error is at most
+  ``2 * 2**-53 * peak`` (``peak``: the largest sum since the last exact one); a sum is
+  recomputed exactly once ``ops * peak > DRIFT * live_sum``, so its relative error stays
+  below ``2 * 2**-53 * DRIFT`` (4.4e-12). With the rounding of the factors and of the
+  scale (their exponents are rounded, a few 1e-13 relative at most) a weight that is a
+  normal float stays within 1e-11 relative of the plain per-node sum of ``0.5 ** (age /
+  half_life)``; one that is not is summed term by term as that sum is.
+* Range: while no factor is below ``2 ** -400`` and the scale exponent ``(t0 - now) /
+  half_life`` is within +-``EXACT_EXP``, every nonzero weight is a normal float and the
+  tree scales the sums by one shared ``2 ** e`` (the fast path). Otherwise each weight is
+  computed on its own: ``live_sum * 2 ** e`` split as ``ldexp(live_sum * 2 ** frac, int)``
+  so that ``2 ** e`` cannot flush to zero or lose bits as a subnormal; a weight that would
+  not be a normal float (so a few lost bits would matter, or it may round to zero) is
+  summed term by term over the owner's batches, as is every weight of a query with ``now <
+  W`` (a clock going backwards), with a scale exponent of ``EXACT_EXP`` or more, or after a
+  write so far before ``t0`` that its factor lost precision.
 * Expiry at the watermark: counted batches (``ttl > 0``) wait in time order, in a FIFO when
   pushed in order, else in a heap; :meth:`Weights.advance` uncounts those that expire.
 
@@ -25,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -37,9 +50,11 @@ REBASE = 512.0
 """Rebase the origin when a factor would exceed ``2 ** REBASE``."""
 EXACT_EXP = 600.0
 """Scale exponents beyond this are answered by exact sums."""
-DRIFT = 1e5
-"""Recompute a sum when ``ops * peak > DRIFT * |live_sum|`` (bound ~1e-11 relative)."""
-_TINY_EXP = -400.0  # factors below 2**-400 can sum below 1e-150: check sums for tiny values
+DRIFT = 2e4
+"""Recompute a sum when ``ops * peak > DRIFT * live_sum`` (bound ``2 * 2**-53 * DRIFT``,
+4.4e-12 relative)."""
+_TINY_EXP = -400.0  # below 2**-400 a factor times 2**-600 can leave the normal range
+_MIN_NORMAL = sys.float_info.min
 _LOST_EXP = -900.0  # a write this far before t0 loses precision: exact sums from then on
 
 
@@ -199,16 +214,19 @@ class Weights:
 
     def _note_small(self, e: float) -> None:
         if e < _TINY_EXP:
-            # Terms this small can sum below 1e-150, where weights take the exact path; a
-            # write ~900 half-lives before t0 would lose precision outright, so the tree then
-            # answers weights by exact sums (pathological clocks only).
+            # A sum of such terms times a scale near 2**-600 can leave the normal range, so
+            # weights leave the fast path; a factor ~900 half-lives before t0 nears the
+            # subnormals, where it would lose bits, so weights are then summed term by term
+            # (until a rebase recomputes every factor).
             self.tiny = True
             if e < _LOST_EXP:
                 self.exact_only = True
 
     def rebase(self, t0: float) -> None:
-        """Move the origin to ``t0``: every factor and sum recomputed."""
+        """Move the origin to ``t0``: every factor and sum recomputed (and with them the
+        flags that small factors set)."""
         self.t0 = t0
+        self.tiny = self.exact_only = False
         hl = self.half_life
         for o in self.owners.values():
             for b in o.batches:
@@ -323,12 +341,35 @@ class Weights:
         e = (self.t0 - now) / hl
         if not self.tiny and -EXACT_EXP < e < EXACT_EXP:
             return vals, 2.0**e
+        scaled = self.scaled
         return [
-            0.0
-            if o is None
-            else (s * 2.0**e if s > 1e-150 and e < EXACT_EXP else self.exact(o, now))
-            for o, s in zip(owners, vals, strict=True)
+            0.0 if o is None else scaled(o, s, e, now) for o, s in zip(owners, vals, strict=True)
         ], 1.0
+
+    def scaled(self, o: Owner, s: float, e: float, now: float) -> float:
+        """``o``'s weight at ``now`` from its sum ``s = o.live_sum`` and the scale exponent
+        ``e = (t0 - now) / half_life``, off the fast path: ``s * 2 ** e`` where that is a
+        normal float, else :meth:`exact`.
+
+        ``2 ** e`` alone is subnormal (bits lost) or zero below ``e = -1022`` even where
+        the weight is a normal float, so from ``e = -1000`` down ``e`` is split, exactly,
+        into its integer part ``n`` and a fraction in ``[0, 1)``, and the weight is
+        ``ldexp(s * 2 ** frac, n)``: one rounding, as in the plain product.
+
+        >>> w = Weights(ttl=0.0, half_life=1.0)
+        >>> w.scaled(w.owner_for("b"), 2.0**500, -1078.0, 0.0) == 2.0**-578
+        True
+        """
+        if e < EXACT_EXP:
+            w: float
+            if e > -1000.0:
+                w = s * 2.0**e
+            else:
+                n = math.floor(e)
+                w = math.ldexp(s * 2.0 ** (e - n), n)
+            if w >= _MIN_NORMAL:
+                return w
+        return self.exact(o, now)
 
     def clear_expiring(self) -> None:
         """Drop stale expiry entries (batches no longer counted, live or current)."""
