@@ -70,7 +70,7 @@ _SLICES: dict[tuple[int, int], tuple[slice, ...]] = {}
 _CACHE_MAX: Final[int] = 1024
 
 
-def _salt(model: str) -> int:
+def model_salt(model: str) -> int:
     salt = _SALTS.get(model)
     if salt is None:
         if len(_SALTS) >= _CACHE_MAX:
@@ -97,7 +97,7 @@ def _block_slices(blocks: int, width: int) -> tuple[slice, ...]:
 _VECTOR_MIN_BLOCKS: Final[int] = 48
 
 
-def _chain_bytes(salt: int, data: bytes, width: int, depth: int) -> tuple[int, ...]:
+def chain_of_bytes(salt: int, data: bytes, width: int, depth: int) -> tuple[int, ...]:
     prev = salt
     if depth == 1:  # the common short prompt: no comprehension, no slice table
         return (xxh64_intdigest(prev.to_bytes(8, "little") + data[:width]),)
@@ -181,10 +181,12 @@ def extract_chain(
         return ()
     blocks = -(-len(data) // width)
     max_depth = config.max_depth
-    return _chain_bytes(_salt(model), data, width, blocks if blocks < max_depth else max_depth)
+    return chain_of_bytes(
+        model_salt(model), data, width, blocks if blocks < max_depth else max_depth
+    )
 
 
-def _token_bytes_from_array(token_ids: npt.NDArray[np.generic]) -> bytes:
+def token_bytes_from_array(token_ids: npt.NDArray[np.generic]) -> bytes:
     import numpy as np  # deferred: only hosts passing arrays pay for numpy's import
 
     arr = np.asarray(token_ids)
@@ -220,7 +222,7 @@ def _token_bytes_from_array(token_ids: npt.NDArray[np.generic]) -> bytes:
     return arr.astype("<u4").tobytes()
 
 
-def _token_bytes_from_sequence(token_ids: Iterable[object]) -> bytes:
+def token_bytes_from_sequence(token_ids: Iterable[object]) -> bytes:
     if isinstance(token_ids, str | bytes | bytearray | memoryview):
         raise InvalidRecordError(
             "token_ids", token_ids, "must be a sequence of ints or an integer array"
@@ -302,16 +304,16 @@ def extract_token_chain(
     if max_depth is not None and (type(max_depth) is not int or max_depth <= 0):
         raise InvalidRecordError("max_depth", max_depth, "must be an int > 0 or None")
     if hasattr(token_ids, "dtype") and hasattr(token_ids, "ndim"):
-        data = _token_bytes_from_array(cast("npt.NDArray[np.generic]", token_ids))
+        data = token_bytes_from_array(cast("npt.NDArray[np.generic]", token_ids))
     else:
-        data = _token_bytes_from_sequence(token_ids)
+        data = token_bytes_from_sequence(token_ids)
     if not data:
         return ()
     width = 4 * block_tokens
     depth = -(-len(data) // width)
     if max_depth is not None and max_depth < depth:
         depth = max_depth
-    return _chain_bytes(_salt(model), data, width, depth)
+    return chain_of_bytes(model_salt(model), data, width, depth)
 
 
 # Field names of the Go structs a chat request decodes into.
@@ -330,9 +332,7 @@ _MESSAGE: Final = GoStruct(
 )
 _TOOL_CALL: Final = GoStruct(("index", "id", "type", "function"))
 _TOOL_FUNCTION: Final = GoStruct(("name", "arguments"))
-_PART: Final = GoStruct(
-    ("type", "text", "image_url", "audio_url", "video_url", "input_audio")
-)
+_PART: Final = GoStruct(("type", "text", "image_url", "audio_url", "video_url", "input_audio"))
 
 
 def _parts_text(parts: Iterable[object]) -> str:
@@ -569,9 +569,7 @@ def messages_prefix_source_from_body(body: bytes | bytearray | memoryview | str)
         for key, value in doc:
             name = _REQUEST.match(key)
             if name == "messages":
-                messages = decode_slice(
-                    messages, value, name, _decode_message, _Message
-                )
+                messages = decode_slice(messages, value, name, _decode_message, _Message)
             elif name == "model":
                 decode_string("", value, name)
     except GoJSONError:

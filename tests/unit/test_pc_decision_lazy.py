@@ -20,6 +20,7 @@ import pytest
 from attrs.exceptions import FrozenInstanceError
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from profiles import scaled_examples
 
 from clusterrouting import InvalidRecordError
 from prefixcache import (
@@ -260,7 +261,7 @@ def apply(step: Step, now: float, *providers: Index | ReferenceIndex) -> float:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=100)
+@settings(max_examples=scaled_examples(0.5))
 @given(
     cfg=st.sampled_from(CONFIGS),
     before=st.lists(steps, max_size=8),
@@ -323,7 +324,7 @@ def weighted_keys(draw: st.DrawFn) -> tuple[list[ReplicaKey], list[float]]:
     return ks, list(draw(st.permutations(vals)))  # a derived weight may go to any key
 
 
-@settings(max_examples=200)
+@settings(max_examples=scaled_examples(1.0))
 @given(
     kv=weighted_keys(),
     scale=st.sampled_from(SCALES) | st.floats(2.0**-1074, 2.0**1000),
@@ -370,7 +371,7 @@ select_configs = st.builds(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=100)
+@settings(max_examples=scaled_examples(0.5))
 @given(
     cfg=select_configs,
     history=st.lists(steps, max_size=8),
@@ -429,7 +430,7 @@ def test_select_with_candidates_a_decision_was_not_made_over() -> None:
     assert select([Candidate(B), Candidate(A)], d) == A  # same keys, other order
 
 
-@settings(max_examples=settings.default.max_examples * 3)
+@settings(max_examples=scaled_examples(3.0))
 @given(
     kv=weighted_keys(),
     owned=st.lists(st.booleans(), min_size=10, max_size=10),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import scaled_examples
 
 from clusterrouting import InvalidRecordError
 from prefixcache import (
@@ -109,7 +110,7 @@ configs = st.builds(
 )
 
 
-@settings(max_examples=settings.default.max_examples * 2)
+@settings(max_examples=scaled_examples(2.0))
 @given(steps=ops, cfg=configs, backend=st.sampled_from(BACKENDS))
 def test_pick_is_select_over_decide_on_the_same_members(
     steps: list[tuple[str, ReplicaKey, tuple[int, ...], float]], cfg: Config, backend: Backend

@@ -22,10 +22,10 @@ from xxhash import xxh64_intdigest
 from clusterrouting import InvalidRecordError
 from prefixcache._chain import (
     TokenIds,
-    _chain_bytes,
-    _salt,
-    _token_bytes_from_array,
-    _token_bytes_from_sequence,
+    chain_of_bytes,
+    model_salt,
+    token_bytes_from_array,
+    token_bytes_from_sequence,
 )
 from prefixcache._types import ReplicaKey
 from prefixcache.kvevents._records import (
@@ -294,7 +294,7 @@ def _namespace_root(model: str, lora_name: str | None, keys: tuple[object, ...])
     With no adapter and no keys it is ``XXH64(model)``, the salt of
     :func:`prefixcache.extract_token_chain`, so such chains equal today's chains.
     """
-    salt = _salt(model)
+    salt = model_salt(model)
     if lora_name is None and not keys:
         return salt
     tag = repr((lora_name, keys)).encode("utf-8", "surrogatepass")
@@ -309,8 +309,8 @@ def _mix_extra(h: int, keys: tuple[object, ...]) -> int:
 
 def _pack(token_ids: TokenIds) -> bytes:
     if hasattr(token_ids, "dtype") and hasattr(token_ids, "ndim"):
-        return _token_bytes_from_array(token_ids)  # type: ignore[arg-type]
-    return _token_bytes_from_sequence(token_ids)
+        return token_bytes_from_array(token_ids)  # type: ignore[arg-type]
+    return token_bytes_from_sequence(token_ids)
 
 
 def extract_kv_chain(
@@ -373,7 +373,7 @@ def extract_kv_chain(
     if max_depth is not None and max_depth < depth:
         depth = max_depth
     root = _namespace_root(model, lora_name, (cache_salt,) if cache_salt else ())
-    return _chain_bytes(root, data, width, depth)
+    return chain_of_bytes(root, data, width, depth)
 
 
 # One engine block held by one replica in one (medium, group): a list, not a class (building
@@ -1017,7 +1017,7 @@ class KvResidency:
         lora = ev.lora_name
         if parent is None:
             if lora is None and (extra is None or not extra[0]):
-                prev = _salt(model)
+                prev = model_salt(model)
             else:
                 keys0: tuple[object, ...] = ()
                 if extra and extra[0]:
@@ -1060,7 +1060,7 @@ class KvResidency:
         else:
             width = 4 * bt
             if extra is None or not _has_foreign_keys(extra, lora, parent is None):
-                canon = _chain_bytes(prev, data, width, n * per)
+                canon = chain_of_bytes(prev, data, width, n * per)
             else:
                 canon = _chain_with_extra(prev, data, width, per, extra, lora, parent is None)
             added = 0

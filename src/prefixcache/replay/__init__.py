@@ -6,7 +6,7 @@ Run ``clusterrouting-replay`` (or :func:`main`), or call :func:`run_replay` on r
 """
 
 from prefixcache.replay._bench import bench_policies
-from prefixcache.replay._cli import BUNDLED_TRACE, main
+from prefixcache.replay._cli import main
 from prefixcache.replay._peers import (
     AibrixPrefixCachePolicy,
     DynamoKvPolicy,
@@ -59,6 +59,7 @@ from prefixcache.replay._sim import (
 )
 from prefixcache.replay._synth import eviction_case, shared_prefix_trace, synthetic_trace
 from prefixcache.replay._trace import (
+    BUNDLED_TRACE,
     Request,
     TraceFormatError,
     ideal_hit_ratio,

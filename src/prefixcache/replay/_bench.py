@@ -33,7 +33,7 @@ def bench_policies(
         ``{policy name: decisions per second}`` in ``policies`` order.
     """
     if requests is None:
-        from prefixcache.replay._cli import BUNDLED_TRACE
+        from prefixcache.replay._trace import BUNDLED_TRACE
 
         requests = load_trace(BUNDLED_TRACE)
     sp = auto_speedup(requests, model)

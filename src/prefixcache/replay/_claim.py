@@ -43,7 +43,7 @@ class ClaimCase:
 
 def claim_cases() -> list[ClaimCase]:
     """The claim's cases (see the module docstring)."""
-    from prefixcache.replay._cli import BUNDLED_TRACE
+    from prefixcache.replay._trace import BUNDLED_TRACE
 
     ev_reqs, ev_model = eviction_case(0)
     return [

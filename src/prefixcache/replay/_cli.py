@@ -25,15 +25,9 @@ from prefixcache.replay._report import (
 )
 from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._synth import eviction_case
-from prefixcache.replay._trace import Request, load_trace
+from prefixcache.replay._trace import BUNDLED_TRACE, Request, load_trace
 
 __all__ = ["BUNDLED_TRACE", "main"]
-
-BUNDLED_TRACE = (
-    Path(__file__).resolve().parent / "data" / "mooncake_fast25_conversation_trace.jsonl.gz"
-)
-"""The Mooncake FAST'25 conversation trace shipped inside the package (``replay/data/``), so
-``clusterrouting-replay`` works after a plain ``pip install``."""
 
 
 def _cache_blocks(text: str) -> int | None:

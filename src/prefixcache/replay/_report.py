@@ -183,7 +183,7 @@ def auto_speedup(
 
 
 @attrs.frozen(kw_only=True)
-class _Job:
+class ReplayJob:
     """One trace and cluster, replayed once per policy."""
 
     requests: Sequence[Request]
@@ -256,7 +256,7 @@ class _Job:
         )
 
 
-_JOB: _Job | None = None
+_JOB: ReplayJob | None = None
 """The job forked workers inherit (set only while a pool runs)."""
 
 
@@ -330,7 +330,7 @@ def run_replay(
     sp = auto_speedup(requests, model, target_load=target_load) if speedup is None else speedup
     total_blocks = sum(len(r.blocks) for r in requests)
     ideal = ideal_hit_ratio(requests)
-    job = _Job(
+    job = ReplayJob(
         requests=requests,
         model=model,
         speedup=sp,

@@ -18,7 +18,20 @@ import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
 
-__all__ = ["Request", "TraceFormatError", "ideal_hit_ratio", "load_trace", "parse_trace"]
+__all__ = [
+    "BUNDLED_TRACE",
+    "Request",
+    "TraceFormatError",
+    "ideal_hit_ratio",
+    "load_trace",
+    "parse_trace",
+]
+
+BUNDLED_TRACE = (
+    Path(__file__).resolve().parent / "data" / "mooncake_fast25_conversation_trace.jsonl.gz"
+)
+"""The Mooncake FAST'25 conversation trace shipped inside the package (``replay/data/``), so
+``clusterrouting-replay`` works after a plain ``pip install``."""
 
 
 class TraceFormatError(ClusterRoutingError, ValueError):

@@ -23,7 +23,7 @@ import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
 from prefixcache.replay._policies import TUNABLE
-from prefixcache.replay._report import PolicyResult, _Job, auto_speedup
+from prefixcache.replay._report import PolicyResult, ReplayJob, auto_speedup
 from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._trace import Request, ideal_hit_ratio, load_trace
 
@@ -156,7 +156,7 @@ def tune(
         raise InvalidRecordError("budget", budget, "must be an int >= 1")
     rng = random.Random(seed)
     sp = auto_speedup(requests, model) if speedup is None else speedup
-    job = _Job(
+    job = ReplayJob(
         requests=requests,
         model=model,
         speedup=sp,
@@ -263,7 +263,7 @@ def tune_main(argv: Sequence[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
     p.add_argument("--replicas", type=int, default=DEFAULT_CLUSTER.replicas)
     args = p.parse_args(list(argv))
-    from prefixcache.replay._cli import BUNDLED_TRACE
+    from prefixcache.replay._trace import BUNDLED_TRACE
 
     path = Path(args.trace) if args.trace is not None else BUNDLED_TRACE
     try:
