@@ -23,10 +23,10 @@ half_life)``. The *how*, kept here so the tree only says which nodes change hand
   tree scales the sums by one shared ``2 ** e`` (the fast path). Otherwise each weight is
   computed on its own: ``live_sum * 2 ** e`` split as ``ldexp(live_sum * 2 ** frac, int)``
   so that ``2 ** e`` cannot flush to zero or lose bits as a subnormal; a weight that would
-  not be a normal float (so a few lost bits would matter, or it may round to zero) is
-  summed term by term over the owner's batches, as is every weight of a query with ``now <
-  W`` (a clock going backwards), with a scale exponent of ``EXACT_EXP`` or more, or after a
-  write so far before ``t0`` that its factor lost precision.
+  not be a normal float (so a few lost bits would matter, or it may round to zero), or
+  whose sum is so small that factors gone subnormal could matter in it, is summed term by
+  term over the owner's batches, as is every weight of a query with ``now < W`` (a clock
+  going backwards) or with a scale exponent of ``EXACT_EXP`` or more.
 * Expiry at the watermark: counted batches (``ttl > 0``) wait in time order, in a FIFO when
   pushed in order, else in a heap; :meth:`Weights.advance` uncounts those that expire.
 
@@ -55,7 +55,8 @@ DRIFT = 2e4
 4.4e-12 relative)."""
 _TINY_EXP = -400.0  # below 2**-400 a factor times 2**-600 can leave the normal range
 _MIN_NORMAL = sys.float_info.min
-_LOST_EXP = -900.0  # a write this far before t0 loses precision: exact sums from then on
+_SUM_FLOOR = 2.0**-960  # below this a sum may owe a relative 2**-114 per node to factors
+# that lost bits as subnormals (each is off by at most 2**-1074): summed term by term
 
 
 def live_at(t: float, now: float, ttl: float) -> bool:
@@ -117,7 +118,6 @@ class Weights:
     __slots__ = (
         "batches",
         "by_id",
-        "exact_only",
         "expiring",
         "expiring_in_order",
         "generation",
@@ -142,7 +142,6 @@ class Weights:
         self.watermark = -math.inf  # batches are counted iff live at the watermark
         self.t0 = 0.0  # the origin of every factor
         self.tiny = False  # some factor is < 2**-400: check sums for tiny values
-        self.exact_only = False  # a factor lost precision: answer by exact sums
         self.expiring: list[_Entry] = []  # counted batches (ttl > 0) pushed out of order
         self.expiring_in_order: deque[_Entry] = deque()  # ... and those pushed in order
 
@@ -209,31 +208,24 @@ class Weights:
         if e > REBASE or e != e:
             self.rebase(t)
             return 1.0
-        self._note_small(e)
+        # A sum of such terms times a scale near 2**-600 can leave the normal range: weights
+        # leave the fast path until a rebase recomputes every factor.
+        self.tiny = True
         return 2.0**e if e > -1074.0 else 0.0
 
-    def _note_small(self, e: float) -> None:
-        if e < _TINY_EXP:
-            # A sum of such terms times a scale near 2**-600 can leave the normal range, so
-            # weights leave the fast path; a factor ~900 half-lives before t0 nears the
-            # subnormals, where it would lose bits, so weights are then summed term by term
-            # (until a rebase recomputes every factor).
-            self.tiny = True
-            if e < _LOST_EXP:
-                self.exact_only = True
-
     def rebase(self, t0: float) -> None:
-        """Move the origin to ``t0``: every factor and sum recomputed (and with them the
-        flags that small factors set)."""
+        """Move the origin to ``t0``: every factor and sum recomputed, and whether some
+        factor is below ``2 ** -400``."""
         self.t0 = t0
-        self.tiny = self.exact_only = False
+        tiny = False
         hl = self.half_life
         for o in self.owners.values():
             for b in o.batches:
                 e = (b.t - t0) / hl
                 b.factor = 2.0**e if e > -1074.0 else 0.0
-                self._note_small(e)
+                tiny = tiny or e < _TINY_EXP
             self.resum(o)
+        self.tiny = tiny
 
     def add(self, o: Owner, delta: float) -> None:
         """Add ``delta`` to ``o``'s sum; recompute it exactly if its rounding bound grew."""
@@ -329,7 +321,7 @@ class Weights:
         it is 1.0 where the sums are exact weights. Moves the watermark forward."""
         if now > self.watermark:
             self.advance(now)
-        if now < self.watermark or self.exact_only:
+        if now < self.watermark:
             return [0.0 if o is None else self.exact(o, now) for o in owners], 1.0
         if None in owners:
             vals = [0.0 if o is None else o.live_sum for o in owners]
@@ -349,7 +341,8 @@ class Weights:
     def scaled(self, o: Owner, s: float, e: float, now: float) -> float:
         """``o``'s weight at ``now`` from its sum ``s = o.live_sum`` and the scale exponent
         ``e = (t0 - now) / half_life``, off the fast path: ``s * 2 ** e`` where that is a
-        normal float, else :meth:`exact`.
+        normal float and ``s`` is at least ``2 ** -960`` (factors that went subnormal or to
+        zero cost such a sum under a relative ``2 ** -114`` per node), else :meth:`exact`.
 
         ``2 ** e`` alone is subnormal (bits lost) or zero below ``e = -1022`` even where
         the weight is a normal float, so from ``e = -1000`` down ``e`` is split, exactly,
@@ -360,7 +353,7 @@ class Weights:
         >>> w.scaled(w.owner_for("b"), 2.0**500, -1078.0, 0.0) == 2.0**-578
         True
         """
-        if e < EXACT_EXP:
+        if e < EXACT_EXP and s >= _SUM_FLOOR:
             w: float
             if e > -1000.0:
                 w = s * 2.0**e

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from prefixcache import BACKENDS, Candidate, Config, Index, RadixTree, ReplicaKey
+from prefixcache._weights import Owner, Weights
 
 REL = 1e-11
 MIN_NORMAL = sys.float_info.min
@@ -97,15 +98,40 @@ def test_a_weight_beyond_the_float_range_is_inf_not_an_error(backend: str) -> No
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_rebase_forgets_the_small_factors_it_replaced(backend: str) -> None:
-    # A write 1000 half-lives before the origin forces term-by-term sums; once its owner is
-    # gone and a later write moves the origin, weights return to the shared scale.
+    # A factor below 2**-400 takes every weight off the shared scale; once its owner is gone
+    # and a later write moves the origin, weights return to the shared scale.
     t = RadixTree[str](ttl=0.0, half_life=1.0, backend=backend)
     t.insert((1,), "a", 300.0)
     t.insert((2,), "far", -1000.0)
-    weights = t._weights  # the fast-path flags are internal state
-    assert weights.exact_only and weights.tiny
+    weights = t._weights  # the fast-path flag is internal state
+    assert weights.tiny
     t.remove("far")
     t.insert((3,), "b", 600.0)  # beyond 2**512: the origin moves to 600
-    assert not weights.exact_only and not weights.tiny
+    assert not weights.tiny
     assert t.weight("a", 600.0) == pytest.approx(plain([300.0], 1.0), rel=REL, abs=0.0)
     assert t.weight("b", 600.0) == 1.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_factor_gone_subnormal_costs_only_its_own_owner_a_term_by_term_sum(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "far" was written 1050 half-lives before the origin: its factor is subnormal, so its
+    # weight is summed term by term, and is nonzero; the others keep their O(1) sums.
+    t = RadixTree[str](ttl=0.0, half_life=1.0, backend=backend)
+    t.insert((1,), "a", 0.0)
+    t.insert((2, 3), "b", 100.0)
+    t.insert((4,), "far", -1050.0)
+    summed: list[object] = []
+    exact = Weights.exact
+
+    def recording_exact(w: Weights, o: Owner, now: float) -> float:
+        summed.append(o.value)
+        return exact(w, o, now)
+
+    monkeypatch.setattr(Weights, "exact", recording_exact)
+    got = t.weights_for(["a", "b", "far"], 20.0)
+    assert summed == ["far"]
+    assert got["far"] == plain([1070.0], 1.0) > 0.0
+    assert got["a"] == pytest.approx(plain([20.0], 1.0), rel=REL, abs=0.0)
+    assert got["b"] == pytest.approx(plain([-80.0] * 2, 1.0), rel=REL, abs=0.0)
