@@ -17,7 +17,10 @@ Design (the *why*; the *what* is in :class:`RadixTree`'s docstring):
   incrementally (:mod:`prefixcache._weights`), so a weight never walks the tree.
 * A heap of batches by age (lazy deletion, compacted when mostly stale) makes ``evict`` and
   the ``max_entries`` LRU cost O(removed + log n); an owner -> batches index makes
-  ``remove`` cost O(removed).
+  ``remove`` cost O(removed). A batch's live nodes are always the deepest ``live`` nodes of
+  its path (a later insert takes a *prefix* of it, the LRU evicts its shallowest first), so
+  an entry keyed ``(last_seen, depth of the shallowest live node, seq)`` orders batches
+  exactly as the LRU orders nodes: equal ``last_seen`` values need no regrouping.
 * ``query`` then ``observe`` of the same tuple chain (``Index.decide`` then
   ``Index.observe``) walk and validate it once: the walk is remembered with the mutation
   counter and reused only if nothing changed.
@@ -28,12 +31,12 @@ from __future__ import annotations
 import heapq
 import math
 import threading
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from itertools import compress
 from operator import itemgetter
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
-from clusterrouting import InvalidRecordError
+from clusterrouting import ClusterRoutingError, InvalidRecordError
 from prefixcache._keys import check_key, check_time, fast_key_ok
 from prefixcache._protocols import NodeStore
 from prefixcache._runs import ROOT, DictStore, Node
@@ -46,6 +49,7 @@ __all__ = [
     "BackendUnavailableError",
     "Query",
     "RadixTree",
+    "TreeClosedError",
     "make_store",
 ]
 
@@ -56,7 +60,15 @@ DEFAULT_BACKEND: Backend = "dict"
 V = TypeVar("V", bound=Hashable)
 
 _NOT_WALKED: tuple[Any, list[Node], int, Any] = (object(), [], -1, ())
+_Aged: TypeAlias = tuple[float, int, int, Batch, int]
+"""An age-heap entry: ``(last_seen, depth of the batch's shallowest live node -- a lower
+bound once nodes have left it --, seq, batch, depth of its deepest node)``."""
 _COMPACT_EVERY = 32  # inserts between checks of the heaps for stale entries
+
+
+class TreeClosedError(ClusterRoutingError, RuntimeError):
+    """A write reached a tree closed by :meth:`RadixTree.close_if_empty` (its owner, e.g.
+    an ``Index``, has dropped it: write to the owner's current tree instead)."""
 
 
 class BackendUnavailableError(ImportError):
@@ -91,15 +103,20 @@ class Query:
     Attributes:
         owner: the value of the deepest live node on the key's path, or ``None``.
         depth: that node's depth (0 without an owner).
-        sums: per requested value, its weight divided by ``scale`` (0.0 if it owns nothing).
-        scale: the common factor: ``weight = sums[i] * scale``.
+        positions: the positions of the requested values that own nodes (ascending); the
+            others weigh 0.0.
+        sums: for each of those positions, its weight divided by ``scale``.
+        scale: the common factor: ``weight = sums[j] * scale``.
     """
 
-    __slots__ = ("depth", "owner", "scale", "sums")
+    __slots__ = ("depth", "owner", "positions", "scale", "sums")
 
-    def __init__(self, owner: Any, depth: int, sums: list[float], scale: float) -> None:
+    def __init__(
+        self, owner: Any, depth: int, positions: list[int], sums: list[float], scale: float
+    ) -> None:
         self.owner = owner
         self.depth = depth
+        self.positions = positions
         self.sums = sums
         self.scale = scale
 
@@ -127,7 +144,11 @@ class RadixTree(Generic[V]):
     * ``len(tree)`` counts value-bearing nodes, unswept expired ones included.
     * ``max_entries``: after an insert that exceeds the cap, values are evicted in order of
       (``last_seen``, depth, insert sequence number) -- least recently seen first, ancestors
-      before descendants on equal age, then older inserts first -- pruning as it goes.
+      before descendants on equal age, then older inserts first -- pruning as it goes, until
+      ``len(tree) == max_entries``. The insert itself may lose its shallowest nodes (a key
+      longer than the cap keeps its deepest ``max_entries`` nodes).
+    * ``close_if_empty()`` closes an empty tree for good: later inserts and observes raise
+      :class:`TreeClosedError`; reads and removals still work (on nothing).
     * Keys outside ``0 <= h < 2**64`` (or non-integers) raise
       :class:`clusterrouting.InvalidRecordError` (a ``ValueError``); nothing is stored.
 
@@ -139,7 +160,9 @@ class RadixTree(Generic[V]):
 
     Complexity: ``insert``/``longest_match`` O(len(key)) (plus amortised O(1) bookkeeping),
     ``weight`` amortised O(1), ``weights_for`` O(len(values)), ``evict``/``remove`` O(removed
-    + log), ``remove_if`` O(distinct values + removed), ``items`` O(n log n).
+    + log), ``remove_if`` O(distinct values + removed), ``items`` O(n log n); the
+    ``max_entries`` LRU amortised O(log n) per evicted value, however many share a
+    ``last_seen``.
 
     Raises:
         InvalidRecordError: ``ttl`` or ``half_life`` is not a number, ``ttl < 0``,
@@ -186,11 +209,19 @@ class RadixTree(Generic[V]):
         self._weights = Weights(ttl, half_life if half_life > 0 else 0.0)
         self._len = 0
         self._seq = 0  # bumped by every insert and removal (also guards the remembered walk)
-        self._age: list[tuple[float, int, Batch]] = []  # every batch with live nodes
+        self._age: list[_Aged] = []  # every batch with live nodes, once (see _Aged)
+        self._closed = False
         self._until_compact = _COMPACT_EVERY
         self._walked: tuple[Any, list[Node], int, Any] = _NOT_WALKED
-        # Owners resolved for the last ``query`` value list: (list object, generation, owners).
-        self._resolved: tuple[Any, int, list[Owner | None]] = (None, -1, [])
+        # Owners resolved for the last ``query`` value list: (list object, generation,
+        # positions of the values that own something, their owners, position -> owner).
+        self._resolved: tuple[Any, int, list[int], list[Owner], dict[int, Owner]] = (
+            None,
+            -1,
+            [],
+            [],
+            {},
+        )
 
     # ----------------------------------------------------------------- properties
     @property
@@ -212,6 +243,23 @@ class RadixTree(Generic[V]):
     def backend(self) -> Backend:
         """The node-lookup backend (``"dict"`` or ``"datrie"``)."""
         return self._backend
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close_if_empty` closed the tree (it then stays empty)."""
+        return self._closed
+
+    def close_if_empty(self) -> bool:
+        """Close the tree if it holds no value; returns whether it is closed.
+
+        Atomic with every write: an insert either lands first (the tree is not empty, so it
+        stays open) or raises :class:`TreeClosedError` afterwards, so a closed tree never
+        holds a value. Its owner can then drop it without losing a concurrent write.
+        """
+        with self._lock:
+            if not self._len:
+                self._closed = True
+            return self._closed
 
     def __len__(self) -> int:
         return self._len
@@ -243,11 +291,12 @@ class RadixTree(Generic[V]):
 
     def query(self, key: Sequence[int], values: Sequence[V], now: float) -> Query:
         """Under one lock: the deepest live owner on ``key``'s path and its depth, and the
-        weights of ``values`` (see :class:`Query`). An empty key has no owner.
+        weights of those ``values`` that own nodes (see :class:`Query`). An empty key has no
+        owner. Cost O(len(key) + owners among ``values``) when ``values`` is remembered.
 
         ``values`` is remembered by identity with the owners it resolved to, until an owner
-        is created or dropped: pass the same (unchanging) list again to skip resolving it.
-        The walk of a tuple ``key`` is remembered for an ``observe`` of the same object.
+        is created or dropped: pass the same (unchanging) sequence again to skip resolving
+        it. The walk of a tuple ``key`` is remembered for an ``observe`` of the same object.
 
         Raises:
             InvalidRecordError: a block hash is not an integer in ``[0, 2**64)``, or ``now``
@@ -263,17 +312,45 @@ class RadixTree(Generic[V]):
                 if type(key) is tuple:
                     self._walked = (key, nodes, self._seq, checked)
                 owner, depth = self._deepest_live(nodes, now)
-            sums, scale = self._weights.sums(self._owners_of(values), now)
-            return Query(owner, depth, sums, scale)
+            positions, owners = self._owners_of(values)
+            sums, scale = self._weights.sums(owners, now)
+            return Query(owner, depth, positions, sums, scale)
 
-    def _owners_of(self, values: Sequence[Any]) -> list[Owner | None]:
+    def first_weightless(self, values: Sequence[V], order: Iterable[int], now: float) -> int | None:
+        """The first position ``i`` of ``order`` whose value ``values[i]`` weighs 0.0 at
+        ``now`` (it owns no node live there), or ``None``.
+
+        Costs O(positions tried): nothing is summed for the values that are not tried.
+
+        Raises:
+            InvalidRecordError: ``now`` is not a number.
+        """
+        now = check_time("now", now)
+        with self._lock:
+            weights = self._weights
+            self._owners_of(values)
+            at = self._resolved[4]
+            for i in order:
+                o = at.get(i)
+                if o is None or not weights.sums((o,), now)[0][0]:
+                    return i
+            return None
+
+    def _owners_of(self, values: Sequence[Any]) -> tuple[list[int], list[Owner]]:
+        """The positions of ``values`` that own something, and their owners (remembered for
+        this very sequence until an owner is created or dropped)."""
+        if not values:
+            return [], []
         resolved = self._resolved
         generation = self._weights.generation
         if resolved[0] is values and resolved[1] == generation:
-            return resolved[2]
-        owners = self._weights.owners_of(values)
-        self._resolved = (values, generation, owners)
-        return owners
+            return resolved[2], resolved[3]
+        found = self._weights.owners_of(values)
+        positions = [i for i, o in enumerate(found) if o is not None]
+        owners = [o for o in found if o is not None]
+        at = dict(zip(positions, owners, strict=True))
+        self._resolved = (values, generation, positions, owners, at)
+        return positions, owners
 
     def _walk(self, key: Sequence[int]) -> tuple[list[Node], Sequence[int]]:
         """The nodes on ``key``'s path and the validated key (normalised if it held
@@ -313,8 +390,11 @@ class RadixTree(Generic[V]):
 
         Raises:
             InvalidRecordError: as :meth:`insert`.
+            TreeClosedError: the tree was closed (nothing is stored).
         """
         with self._lock:
+            if self._closed:
+                raise TreeClosedError("this tree was closed by close_if_empty()")
             found, key = self._walk_for_write(key)
             fresh = len(found) < len(key) or not self._owns_all_at(found, value, now)
             t = now if type(now) is float and now == now else check_time("now", now)
@@ -453,7 +533,8 @@ class RadixTree(Generic[V]):
     def _after_insert(self, b: Batch) -> None:
         """Age ``b``, compact stale heap entries now and then, enforce the cap, let the
         store maintain itself."""
-        heapq.heappush(self._age, (b.t, b.seq, b))
+        # Every node of the key is b's now: its shallowest live node has depth 1.
+        heapq.heappush(self._age, (b.t, 1, b.seq, b, b.live))
         self._until_compact -= 1
         if not self._until_compact:
             self._until_compact = _COMPACT_EVERY
@@ -472,7 +553,7 @@ class RadixTree(Generic[V]):
             age = self._age
             removed = 0
             while age and not live_at(age[0][0], now, ttl):
-                _, seq, b = heapq.heappop(age)
+                _, _, seq, b, _ = heapq.heappop(age)
                 if b.live and b.seq == seq:
                     removed += self._drop_batch(b)
             if removed:
@@ -538,67 +619,64 @@ class RadixTree(Generic[V]):
         batches = self._weights.batches
         if len(self._age) + self._weights.pending() <= 4 * batches + 128:
             return
-        self._age = [e for e in self._age if e[2].live and e[2].seq == e[1]]
+        self._age = [e for e in self._age if e[3].live and e[3].seq == e[2]]
         heapq.heapify(self._age)
         self._weights.clear_expiring()
 
     def _evict_lru(self) -> None:
-        """Evict by (last_seen, depth, seq) until within the cap."""
+        """Evict values in (last_seen, depth, seq) order until within the cap.
+
+        The heap is a k-way merge of the batches' node lists: the entry on top stands for
+        the next node to go, its batch's shallowest live node (depth ``last - live + 1``:
+        see the module docstring). An entry whose depth is behind (nodes were taken from
+        its batch since) is re-keyed when it surfaces. The popped batch then loses, in one
+        step, every node that precedes the next entry. So each evicted node costs
+        amortised O(1) heap operations, O(log n), whatever the number of equal
+        ``last_seen`` values.
+        """
         age = self._age
         cap = self._cap
         while self._len > cap and age:
-            t, seq, b = heapq.heappop(age)
-            if not b.live or b.seq != seq:
+            t, d, seq, b, last = age[0]
+            if b.seq != seq or not b.live:
+                heapq.heappop(age)  # stale: its batch was re-stamped or emptied
                 continue
-            group = [b]
-            while age and age[0][0] == t:
-                _, s2, b2 = heapq.heappop(age)
-                if b2.live and b2.seq == s2:
-                    group.append(b2)
-            if len(group) == 1:
-                self._evict_oldest_of(b)
+            first = last - b.live + 1
+            if first != d:
+                heapq.heapreplace(age, (t, first, seq, b, last))
+                continue
+            k = min(b.live, self._len - cap)
+            if len(age) > 1:
+                # The next entry: the smaller child of the top. b's nodes at depths first,
+                # first + 1, ... precede it while (depth, seq) is smaller than its own.
+                nxt = age[1] if len(age) == 2 or age[1] < age[2] else age[2]
+                if nxt[0] == t:
+                    k = min(k, nxt[1] - first + (seq < nxt[2]))
+            self._evict_shallowest(b, k)
+            if b.live:
+                heapq.heapreplace(age, (t, first + k, seq, b, last))
             else:
-                self._evict_by_depth(group)
+                heapq.heappop(age)
         self._seq += 1  # a mutation: forgets the remembered walk
 
-    def _evict_oldest_of(self, b: Batch) -> None:
-        """Evict ``b``'s shallowest nodes (its node list is in depth order) until within the
-        cap; re-age it if some stay."""
-        bat = self._bat
-        excess = self._len - self._cap
-        victims = [n for n in b.nodes if bat[n] is b][:excess]
-        self._take_nodes(b, len(victims))
-        if b.live:
-            heapq.heappush(self._age, (b.t, b.seq, b))
+    def _evict_shallowest(self, b: Batch, k: int) -> None:
+        """Evict the ``k`` shallowest live nodes of ``b`` (its live nodes are the last
+        ``b.live`` of its node list, in depth order), pruning what they leave bare."""
+        nodes = b.nodes
+        start = len(nodes) - b.live
+        victims = nodes[start : start + k]
+        self._take_nodes(b, k)
         for n in victims:
             self._unset(n)
 
-    def _evict_by_depth(self, group: list[Batch]) -> None:
-        """Evict the nodes of equally old batches by (depth, seq) until within the cap;
-        re-age the batches that keep nodes."""
-        bat = self._bat
+    def _depth(self, n: Node) -> int:
+        """Node ``n``'s depth, by walking to the root (O(depth): for checks)."""
         par = self._par
-        ordered: list[tuple[int, int, Node, Batch]] = []
-        for g in group:
-            for n in g.nodes:
-                if bat[n] is g:
-                    d = 0
-                    cur = n
-                    while cur != ROOT:
-                        d += 1
-                        cur = par[cur]
-                    ordered.append((d, g.seq, n, g))
-        ordered.sort(key=itemgetter(0, 1))
-        for _d, _s, n, g in ordered:
-            if self._len <= self._cap:
-                break
-            if bat[n] is not g:
-                continue
-            self._take_nodes(g, 1)
-            self._unset(n)
-        for g in group:
-            if g.live:
-                heapq.heappush(self._age, (g.t, g.seq, g))
+        d = 0
+        while n != ROOT:
+            d += 1
+            n = par[n]
+        return d
 
     def _take_nodes(self, b: Batch, k: int) -> None:
         """``k`` nodes leave batch ``b`` for good (retiring it when none is left)."""
@@ -672,7 +750,12 @@ class RadixTree(Generic[V]):
                 assert len(mine) == b.live, "batch live count wrong"
                 assert len(set(mine)) == len(mine), "node twice in a batch"
                 live += b.live
-                assert any(e[2] is b and e[1] == b.seq for e in self._age), "batch not aged"
+                aged = [e for e in self._age if e[3] is b and e[2] == b.seq]
+                assert len(aged) == 1, "batch not aged exactly once"
+                # Its live nodes are the deepest of its path; the entry's depth bounds them.
+                assert mine == b.nodes[len(b.nodes) - b.live :], "live nodes not a suffix"
+                first = aged[0][4] - b.live + 1
+                assert aged[0][1] <= first == self._depth(mine[0]), "age entry depth wrong"
                 assert b.counted == weights.counted_at(b.t), "counted flag wrong"
             assert live == self._len, "len differs from live node count"
             allnodes = self._check_nodes(batches)

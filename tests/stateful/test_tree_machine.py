@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import math
 from typing import Any
 
@@ -222,15 +221,10 @@ def _drop_without_weight(self: Weights, b: Any, nodes: int) -> None:
         b.counted = False
 
 
-def _evict_deepest_first(self: RadixTree[str], b: Any) -> None:
-    """LRU eviction of a lone oldest batch that takes its deepest nodes first."""
-    bat = self._bat
-    excess = self._len - self._cap
-    mine = [n for n in b.nodes if bat[n] is b]
-    victims = mine[len(mine) - excess :][::-1]
-    self._take_nodes(b, len(victims))
-    if b.live:
-        heapq.heappush(self._age, (b.t, b.seq, b))
+def _evict_deepest_first(self: RadixTree[str], b: Any, k: int) -> None:
+    """LRU eviction that takes a batch's deepest live nodes instead of its shallowest."""
+    victims = b.nodes[len(b.nodes) - k :][::-1]
+    self._take_nodes(b, k)
     for n in victims:
         self._unset(n)
 
@@ -245,7 +239,7 @@ def _live_off_by_one(t: float, now: float, ttl: float) -> bool:
     [
         pytest.param(_runs, "follow", _follow_one_short, id="walk"),
         pytest.param(Weights, "drop", _drop_without_weight, id="weights"),
-        pytest.param(RadixTree, "_evict_oldest_of", _evict_deepest_first, id="eviction-order"),
+        pytest.param(RadixTree, "_evict_shallowest", _evict_deepest_first, id="eviction-order"),
         pytest.param(_tree, "live_at", _live_off_by_one, id="expiry-boundary"),
     ],
 )
