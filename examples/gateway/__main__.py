@@ -193,6 +193,8 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
             balance_abs_threshold=args.balance_abs_threshold,
             balance_rel_threshold=args.balance_rel_threshold,
             ttl=args.ttl,
+            max_entries=args.max_entries,
+            max_models=args.max_models,
         ),
         body_limit=args.body_limit,
         connect_timeout=args.connect_timeout,
@@ -469,6 +471,20 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             default=DEFAULT_CONFIG.ttl,
             help="seconds a prefix stays in the index without being seen again",
+        )
+        g.add_argument(
+            "--max-entries",
+            type=int,
+            default=DEFAULT_CONFIG.max_entries,
+            help="most index entries per model; beyond it the least recently seen are "
+            "evicted (0: no cap)",
+        )
+        g.add_argument(
+            "--max-models",
+            type=int,
+            default=DEFAULT_CONFIG.max_models,
+            help="most models the index tracks at once; a further model is routed without "
+            "affinity until one empties (0: no cap)",
         )
         g.add_argument(
             "--precise",

@@ -863,7 +863,11 @@ class Gateway:
             "gateway": self.settings.name,
             "now": now,
             "backends": backends,
-            "index": {"models": models, "entries": self._index_entries()},
+            "index": {
+                "models": models,
+                "entries": self._index_entries(),
+                "refused_observes": self.index.refused_observes,
+            },
             "sync": {"enabled": self.sync is not None, "stats": sync_stats},
             "pressure": {
                 "window": self.config.pressure_window,
@@ -888,6 +892,8 @@ class Gateway:
                 "ttl": self.config.ttl,
                 "window_bytes": self.config.window_bytes,
                 "body_limit": self.settings.body_limit,
+                "max_entries": self.config.max_entries,
+                "max_models": self.config.max_models,
             },
         }
 

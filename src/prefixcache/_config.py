@@ -10,7 +10,20 @@ import attrs
 
 from clusterrouting import ClusterRoutingError
 
-__all__ = ["DEFAULT_CONFIG", "Config", "ConfigError", "RoutePolicy", "validate_thresholds"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_MAX_MODELS",
+    "Config",
+    "ConfigError",
+    "RoutePolicy",
+    "validate_thresholds",
+]
+
+DEFAULT_MAX_ENTRIES = 25_000
+"""Default cap on one model's index entries (see :class:`Config`)."""
+DEFAULT_MAX_MODELS = 8
+"""Default cap on the models an index holds a tree for (see :class:`Config`)."""
 
 
 class ConfigError(ClusterRoutingError, ValueError):
@@ -118,6 +131,14 @@ def _check_positive_int(field: str) -> Callable[[object, object, object], None]:
     return check
 
 
+def _check_cap(field: str) -> Callable[[object, object, object], None]:
+    def check(_i: object, _a: object, value: object) -> None:
+        if _integer(field, value) < 0:
+            raise ConfigError(field, value, "must be >= 0 (0: no cap)")
+
+    return check
+
+
 def _check_window(_i: object, _a: object, value: object) -> None:
     if _number("pressure_window", value) <= 0.0:
         raise ConfigError("pressure_window", value, "must be > 0 (seconds)")
@@ -143,6 +164,20 @@ class Config:
         max_depth: most blocks hashed per prompt (> 0).
         pressure_window: forced-disturb counting window (> 0).
         pressure_scale_threshold: disturb count at which the host should scale up (>= 0).
+        max_entries: most entries (chain blocks with an owner, expired but unswept ones
+            included) one model's tree holds (>= 0; 0: no cap). An observe that would
+            exceed it evicts entries least recently seen first -- ancestors before
+            descendants on equal ``last_seen``, then older observes first -- until the tree
+            holds exactly ``max_entries``.
+        max_models: most models an index holds a tree for at once (>= 0; 0: no cap). An
+            observe that would create a tree beyond it stores nothing and returns
+            ``False`` (counted by ``Index.refused_observes``); a model's tree is dropped,
+            freeing its place, once an evict or invalidation leaves it empty.
+
+    The defaults bound an index to ``max_models * max_entries`` (200,000) entries: about
+    300 MiB on the ``dict`` backend (500 MiB on ``datrie``) when every entry comes from its
+    own one-block observe and the caps churn (the costliest shape), about 35 MiB for long
+    shared chains.
 
     Raises:
         ConfigError: a value is out of range, NaN or of the wrong type; the message contains
@@ -166,6 +201,8 @@ class Config:
     max_depth: int = attrs.field(default=64, validator=_check_positive_int("max_depth"))
     pressure_window: float = attrs.field(default=60.0, validator=_check_window)
     pressure_scale_threshold: int = attrs.field(default=1, validator=_check_scale)
+    max_entries: int = attrs.field(default=DEFAULT_MAX_ENTRIES, validator=_check_cap("max_entries"))
+    max_models: int = attrs.field(default=DEFAULT_MAX_MODELS, validator=_check_cap("max_models"))
 
 
 DEFAULT_CONFIG = Config()

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from clusterrouting import InvalidRecordError
 from prefixcache._config import DEFAULT_CONFIG, Config
 from prefixcache._decision import CandidateMemo, DecisionBasis, PrefixDecision
-from prefixcache._keys import check_key
+from prefixcache._keys import check_key, check_time
 from prefixcache._protocols import Provider
-from prefixcache._tree import DEFAULT_BACKEND, Backend, RadixTree
+from prefixcache._tree import DEFAULT_BACKEND, Backend, RadixTree, TreeClosedError
 from prefixcache._types import Candidate, ReplicaKey
 
 __all__ = ["Index", "Provider"]
@@ -21,9 +21,10 @@ _NO_MEMO = CandidateMemo(())
 class Index:
     """The prefix-affinity index: one :class:`RadixTree` per model, created lazily.
 
-    Each tree is ``RadixTree(ttl=config.ttl, half_life=config.half_life, backend=backend)``
-    owned by :class:`ReplicaKey` values. Times are float seconds of the host's clock (the
-    wall clock if events cross routers through ``Sync``).
+    Each tree is ``RadixTree(ttl=config.ttl, half_life=config.half_life,
+    max_entries=config.max_entries, backend=backend)`` owned by :class:`ReplicaKey` values.
+    Times are float seconds of the host's clock (the wall clock if events cross routers
+    through ``Sync``).
 
     * ``decide(model, chain, candidates, now)``: every candidate's cache weight; for a
       non-empty chain the longest live match, which counts only if its owner is one of the
@@ -36,18 +37,27 @@ class Index:
       id; else records ``key`` as the owner of every node of the chain and returns ``True``
       unless ``key`` already owned the whole chain live, every node of it ("new or
       extended": the caller broadcasts on ``True``; a prefix another key took since is news
-      for peers, so it is broadcast too).
+      for peers, so it is broadcast too). The chain and ``now`` are validated before a tree
+      is created, so a rejected observe leaves nothing behind. A tree beyond
+      ``config.max_models`` is not created: the observe stores nothing and returns
+      ``False`` (:attr:`refused_observes` counts these). A tree over ``config.max_entries``
+      evicts its least recently seen entries (see :class:`RadixTree`).
     * ``invalidate(model, key)`` / ``invalidate_node(model, node_id)``: drop that replica's /
       every replica of that node's entries; never create a tree. Return how many were
       dropped. ``evict(now)`` sweeps every tree (returns the total removed).
-      ``models()``: models holding a tree (a tree emptied by invalidation stays).
+    * A tree that an ``evict``, ``invalidate`` or ``invalidate_node`` leaves empty is
+      dropped at once (freeing its place under ``max_models``), so ``models()`` (the models
+      holding a tree), ``tree(model)``, snapshots and digests never show an empty tree.
     * ``tree(model)``: the model's tree or ``None`` (read access for snapshots).
 
-    Thread-safe: each tree locks itself; tree creation is serialised.
+    Thread-safe: each tree locks itself; creating and dropping trees is serialised by the
+    index's lock, and a tree is closed (:meth:`RadixTree.close_if_empty`) as it is dropped,
+    so an observe racing with the drop either lands first (and the tree stays) or finds it
+    closed and writes to the model's new tree: no write is lost.
 
     Raises:
-        InvalidRecordError: a chain element is not an integer in ``[0, 2**64)``, or ``key``
-            is not a :class:`ReplicaKey`.
+        InvalidRecordError: a chain element is not an integer in ``[0, 2**64)``, ``now`` is
+            not a number, or ``key`` is not a :class:`ReplicaKey`.
 
     >>> ix = Index()
     >>> a, b = ReplicaKey("a"), ReplicaKey("b")
@@ -69,6 +79,7 @@ class Index:
         self._backend: Backend = backend
         self._trees: dict[str, RadixTree[ReplicaKey]] = {}
         self._lock = threading.Lock()
+        self._refused = 0
         # What the last candidate list gave (see decide).
         self._memo = _NO_MEMO
 
@@ -82,20 +93,14 @@ class Index:
         """The trees' backend."""
         return self._backend
 
-    def tree(self, model: str) -> RadixTree[ReplicaKey] | None:
-        """The model's tree, or ``None`` if none was created (read access for snapshots)."""
-        return self._trees.get(model)
+    @property
+    def refused_observes(self) -> int:
+        """Observes that stored nothing because ``config.max_models`` trees existed."""
+        return self._refused
 
-    def _tree_for(self, model: str) -> RadixTree[ReplicaKey]:
-        tree = self._trees.get(model)
-        if tree is None:
-            with self._lock:
-                tree = self._trees.get(model)
-                if tree is None:
-                    c = self._config
-                    tree = RadixTree(ttl=c.ttl, half_life=c.half_life, backend=self._backend)
-                    self._trees[model] = tree
-        return tree
+    def tree(self, model: str) -> RadixTree[ReplicaKey] | None:
+        """The model's tree, or ``None`` if it has none (read access for snapshots)."""
+        return self._trees.get(model)
 
     def decide(
         self,
@@ -122,10 +127,10 @@ class Index:
         if tree is None:
             if len(chain):
                 check_key(chain, 0)
-            basis = DecisionBasis(memo, [0.0] * len(memo.keys), 1.0)
+            basis = DecisionBasis(memo, [], [], 1.0)
             return PrefixDecision(None, 0.0, basis=basis)
         q = tree.query(chain, memo.keys, now)
-        basis = DecisionBasis(memo, q.sums, q.scale)
+        basis = DecisionBasis(memo, q.positions, q.sums, q.scale)
         owner = q.owner
         if owner is not None and (id(owner) in memo.key_ids or memo.holds(owner)):
             return PrefixDecision(owner, q.depth / len(chain), basis=basis)
@@ -138,35 +143,72 @@ class Index:
         if not len(chain) or not key.node_id:
             return False
         tree = self._trees.get(model)
-        if tree is None:
-            tree = self._tree_for(model)
+        if tree is not None:
             try:
                 return tree.observe(chain, key, now)
-            except BaseException:
-                # A rejected chain must not leave a new, empty tree behind in models().
-                with self._lock:
-                    if not len(tree) and self._trees.get(model) is tree:
-                        del self._trees[model]
-                raise
-        return tree.observe(chain, key, now)
+            except TreeClosedError:
+                pass  # dropped since we looked it up (it was empty): use the model's new tree
+        return self._observe_creating(model, chain, key, now)
+
+    def _observe_creating(
+        self, model: str, chain: Sequence[int], key: ReplicaKey, now: float
+    ) -> bool:
+        """Observe into the model's tree under the index lock, creating it if absent (and
+        allowed by ``max_models``). A new tree is published only with its first entry."""
+        check_key(chain, 0)
+        check_time("now", now)
+        with self._lock:
+            tree = self._trees.get(model)
+            if tree is not None:
+                return tree.observe(chain, key, now)  # never closed: dropping needs the lock
+            c = self._config
+            if c.max_models and len(self._trees) >= c.max_models:
+                self._refused += 1
+                return False
+            tree = RadixTree(
+                ttl=c.ttl, half_life=c.half_life, max_entries=c.max_entries, backend=self._backend
+            )
+            fresh = tree.observe(chain, key, now)
+            self._trees[model] = tree
+            return fresh
+
+    def _drop_if_empty(self, model: str, tree: RadixTree[ReplicaKey]) -> None:
+        """Drop ``model``'s tree if it is empty (the caller holds the index lock)."""
+        if not len(tree) and tree.close_if_empty():
+            del self._trees[model]
 
     def invalidate(self, model: str, key: ReplicaKey) -> int:
         """Drop every entry of ``model`` owned by ``key``; returns how many."""
-        tree = self._trees.get(model)
-        return 0 if tree is None else tree.remove(key)
+        with self._lock:
+            tree = self._trees.get(model)
+            if tree is None:
+                return 0
+            removed = tree.remove(key)
+            self._drop_if_empty(model, tree)
+            return removed
 
     def invalidate_node(self, model: str, node_id: str) -> int:
         """Drop every entry of ``model`` owned by any replica of ``node_id``; returns how
         many."""
-        tree = self._trees.get(model)
-        if tree is None:
-            return 0
-        return tree.remove_if(lambda k: k.node_id == node_id)
+        with self._lock:
+            tree = self._trees.get(model)
+            if tree is None:
+                return 0
+            removed = tree.remove_if(lambda k: k.node_id == node_id)
+            self._drop_if_empty(model, tree)
+            return removed
 
     def evict(self, now: float) -> int:
-        """Drop expired entries of every model; returns how many."""
-        return sum(t.evict(now) for t in list(self._trees.values()))
+        """Drop expired entries of every model, and the trees left empty; returns how many
+        entries."""
+        with self._lock:
+            removed = 0
+            for model, tree in list(self._trees.items()):
+                removed += tree.evict(now)
+                self._drop_if_empty(model, tree)
+            return removed
 
     def models(self) -> frozenset[str]:
-        """Models holding a tree."""
-        return frozenset(self._trees)
+        """Models holding a tree (never an empty one)."""
+        with self._lock:
+            return frozenset(self._trees)

@@ -47,14 +47,16 @@ _U64 = 1 << 64
 
 
 class _Node:
-    """One trie node: the block hash that leads here is its key in the parent's children."""
+    """One trie node: the block hash that leads here is its key in the parent's children;
+    ``seq`` numbers the observe that last wrote it."""
 
-    __slots__ = ("children", "last_seen", "value")
+    __slots__ = ("children", "last_seen", "seq", "value")
 
     def __init__(self) -> None:
         self.children: dict[int, _Node] = {}
         self.value: ReplicaKey | None = None
         self.last_seen = 0.0
+        self.seq = 0
 
 
 def _decay(x: float) -> float:
@@ -108,10 +110,15 @@ class ReferenceIndex:
     - an owner's weight sums ``0.5 ** (age / half_life)`` (1 when ``half_life <= 0``) over
       its live nodes, computed here by visiting every node, summed with ``math.fsum``; a term
       that overflows a float (an entry 1024+ half-lives after ``now``) is ``math.inf``;
-    - eviction and invalidation clear owners, then prune branches left without owners.
+    - eviction and invalidation clear owners, then prune branches left without owners;
+    - caps (``config.max_entries``, ``config.max_models``; 0: none): after an observe, while
+      the model holds more than ``max_entries`` owners, the owner first in (last_seen,
+      depth, observe sequence number) order is cleared; an observe that would create a tree
+      while ``max_models`` trees exist stores nothing and returns ``False``.
 
-    Trees are created by ``observe`` only (for a non-empty chain and node id); ``decide``,
-    ``invalidate`` and ``invalidate_node`` never create one; a tree left empty stays.
+    Trees are created by ``observe`` only (for a non-empty, valid chain and node id);
+    ``decide``, ``invalidate`` and ``invalidate_node`` never create one; a tree that
+    ``evict``, ``invalidate`` or ``invalidate_node`` leaves without owners is dropped.
 
     Not thread-safe. Cost: every call may walk everything (that is the point).
 
@@ -127,6 +134,7 @@ class ReferenceIndex:
     def __init__(self, config: Config = DEFAULT_CONFIG) -> None:
         self.config = config
         self._roots: dict[str, _Node] = {}
+        self._seq = 0
 
     # -- helpers ----------------------------------------------------------------------------
     def _live(self, node: _Node, now: float) -> bool:
@@ -164,6 +172,8 @@ class ReferenceIndex:
                 n.value = None
                 removed += 1
         self._prune(root)
+        if not root.children:
+            del self._roots[model]
         return removed
 
     @staticmethod
@@ -250,12 +260,38 @@ class ReferenceIndex:
             if node is None or not self._live(node, now) or node.value != key:
                 owned = False
                 break
-        node = self._roots.setdefault(model, _Node())
+        root = self._roots.get(model)
+        if root is None:
+            if self.config.max_models and len(self._roots) >= self.config.max_models:
+                return False
+            root = self._roots[model] = _Node()
+        self._seq += 1
+        node = root
         for h in chain:
             node = node.children.setdefault(h, _Node())
             node.value = key
             node.last_seen = now
+            node.seq = self._seq
+        self._evict_over_cap(root)
         return not owned
+
+    def _evict_over_cap(self, root: _Node) -> None:
+        """Clear owners in (last_seen, depth, seq) order while more than ``max_entries``
+        remain, then prune."""
+        cap = self.config.max_entries
+        owned: list[tuple[float, int, int, _Node]] = []
+        stack = [(root, 0)]
+        while stack:
+            n, depth = stack.pop()
+            if n is not root and n.value is not None:
+                owned.append((n.last_seen, depth, n.seq, n))
+            stack.extend((child, depth + 1) for child in n.children.values())
+        if not cap or len(owned) <= cap:
+            return
+        owned.sort(key=lambda e: e[:3])
+        for _, _, _, n in owned[: len(owned) - cap]:
+            n.value = None
+        self._prune(root)
 
     def invalidate(self, model: str, key: ReplicaKey) -> int:
         """Drop every entry owned by ``key``; returns how many were dropped."""

@@ -243,6 +243,8 @@ class IndexAgreement(RuleBasedStateMachine):
     @invariant()
     def same_entries_and_trees_are_consistent(self) -> None:
         for name, s in self.subjects.items():
+            # Emptied trees are dropped and capped models refused alike.
+            assert s.models() == self.ref.models(), (name, "models", s.models())
             for model in MODELS:
                 expected = self.ref.entry_count(model)
                 if getattr(s, "tree", None) is None:  # not an Index: compare counts only
@@ -274,6 +276,18 @@ class IndexAgreementNoDecay(IndexAgreement):
 
 TestIndexAgreementNoDecay = IndexAgreementNoDecay.TestCase
 TestIndexAgreementNoDecay.settings = settings(MACHINE_SETTINGS, max_examples=100)
+
+
+class IndexAgreementCapped(IndexAgreement):
+    """Tiny caps: a tree of more than 5 entries evicts in (last_seen, depth, observe seq)
+    order (equal last_seen values are common: the clock often stands still between steps),
+    and a second model is refused until the first one's tree empties."""
+
+    CONFIG: ClassVar[Config] = attrs.evolve(CONFIG, max_entries=5, max_models=1)
+
+
+TestIndexAgreementCapped = IndexAgreementCapped.TestCase
+TestIndexAgreementCapped.settings = MACHINE_SETTINGS
 
 
 # -- the harness must catch broken indexes --------------------------------------------------

@@ -36,10 +36,22 @@ def test_tree_is_created_by_observe_only(index: Index) -> None:
     assert index.models() == frozenset({"m"})
 
 
-def test_emptied_tree_stays(index: Index) -> None:
+def test_emptied_tree_is_dropped(index: Index) -> None:
+    # An emptied tree kept forever is memory a stream of model names never gives back.
     index.observe("m", (1,), A, 0.0)
+    index.observe("n", (1, 2), A, 0.0)
+    index.observe("n", (3,), B, 0.0)
+    emptied = index.tree("m")
     assert index.invalidate("m", A) == 1
-    assert index.models() == frozenset({"m"})
+    assert index.models() == frozenset({"n"}) and index.tree("m") is None
+    assert emptied is not None and emptied.closed
+    assert index.invalidate_node("n", "a") == 2
+    assert index.models() == frozenset({"n"})  # B's entry keeps it
+    assert index.evict(20.0) == 1
+    assert index.models() == frozenset() and index.tree("n") is None
+    # The model comes back with its next observe, in a new tree.
+    assert index.observe("m", (1,), B, 20.0) is True
+    assert index.tree("m") is not emptied and index.models() == frozenset({"m"})
 
 
 def test_observe_return_values(index: Index) -> None:
@@ -116,7 +128,7 @@ def test_evict_sweeps_every_model(index: Index) -> None:
     index.observe("m2", (5,), B, 8.0)
     assert index.evict(10.0) == 0  # age == ttl is live
     assert index.evict(10.5) == 3
-    assert index.models() == frozenset({"m1", "m2"})
+    assert index.models() == frozenset({"m2"})  # m1, emptied, was dropped; B's entry lives
 
 
 def test_order_cold_near_equal_weights_tie_by_key() -> None:
