@@ -20,9 +20,9 @@ __all__ = [
     "validate_thresholds",
 ]
 
-DEFAULT_MAX_ENTRIES = 25_000
+DEFAULT_MAX_ENTRIES = 250_000
 """Default cap on one model's index entries (see :class:`Config`)."""
-DEFAULT_MAX_MODELS = 8
+DEFAULT_MAX_MODELS = 4
 """Default cap on the models an index holds a tree for (see :class:`Config`)."""
 
 
@@ -174,10 +174,13 @@ class Config:
             ``False`` (counted by ``Index.refused_observes``); a model's tree is dropped,
             freeing its place, once an evict or invalidation leaves it empty.
 
-    The defaults bound an index to ``max_models * max_entries`` (200,000) entries: about
-    300 MiB on the ``dict`` backend (500 MiB on ``datrie``) when every entry comes from its
-    own one-block observe and the caps churn (the costliest shape), about 35 MiB for long
-    shared chains.
+    The defaults bound an index to ``max_models * max_entries`` (1,000,000) entries: one
+    model's tree holds a whole working set of the bundled conversation trace (183,000
+    entries at a 300 s ttl) without evicting. At the 135 bytes an entry measured on that
+    trace (``make bench``), 1,000,000 entries are about 130 MiB on the ``dict`` backend;
+    a flood where every entry comes from its own one-block
+    observe (the costliest shape) costs about 1.5 KiB an entry, so a deployment exposed to
+    untrusted writers lowers ``max_entries`` (docs/security.md).
 
     Raises:
         ConfigError: a value is out of range, NaN or of the wrong type; the message contains

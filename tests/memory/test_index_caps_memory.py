@@ -2,7 +2,7 @@
 since datrie allocates in C).
 
 100,000 peer events, each for a model name never seen before with an 8-block chain, go
-through ``Sync`` into an ``Index`` with the default ``Config``: the models held never exceed
+through ``Sync`` into an ``Index`` capped for untrusted writers: the models held never exceed
 ``max_models``, no tree exceeds ``max_entries``, and the process grows by a bounded amount.
 Then the caps churn with distinct chains on the models that were admitted.
 """
@@ -17,9 +17,10 @@ import pytest
 from prefixcache import BACKENDS, Config, Index, ObserveEvent, Sync
 
 EVENTS = 100_000
-# The default caps hold at most 8 trees of 25,000 entries; what they may cost is documented
-# in docs/security.md. Before the caps this flood kept one tree per name (+405 MiB).
+# The caps of a router exposed to untrusted writers (docs/security.md): at most 8 trees of
+# 25,000 entries. Before the caps this flood kept one tree per name (+405 MiB).
 RSS_LIMIT = 256 * 1024 * 1024
+CAPPED = Config(max_entries=25_000, max_models=8)
 
 
 def _rss() -> int:
@@ -30,7 +31,7 @@ def _rss() -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_flood_of_invented_models_and_chains_stays_within_the_caps(backend: str) -> None:
-    config = Config()
+    config = CAPPED
     index = Index(config, backend=backend)  # type: ignore[arg-type]
     sync = Sync(index, None, clock=lambda: 1.0)
     before = _rss()
