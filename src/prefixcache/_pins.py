@@ -184,6 +184,8 @@ class Pin:
             doc = json.loads(bytes(payload).decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise PinDecodeError("<payload>", payload, f"is not UTF-8 JSON ({exc})") from None
+        except RecursionError:
+            raise PinDecodeError("<payload>", len(payload), "nests too deeply") from None
         if type(doc) is not dict:
             raise PinDecodeError("<payload>", doc, "is not a JSON object")
         fields: dict[str, Any] = {}
@@ -195,6 +197,8 @@ class Pin:
         ):
             if key not in doc:
                 raise PinDecodeError(key, None, "is missing")
+            if type(doc[key]) is str:
+                doc[key] = _no_lone_surrogates(doc[key])
             problem = _name_problem(doc[key], empty_ok=empty_ok)
             if problem is not None:
                 raise PinDecodeError(key, doc[key], problem)
@@ -599,3 +603,11 @@ class SessionPins:
 
 async def _awaited(aw: Awaitable[Any]) -> Any:
     return await aw
+
+
+def _no_lone_surrogates(text: str) -> str:
+    """``text`` with each escaped lone surrogate as U+FFFD (the one rule for network text,
+    as Go decodes it), so a decoded pin always encodes again."""
+    if text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

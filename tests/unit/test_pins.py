@@ -186,3 +186,14 @@ def test_a_failing_publisher_is_counted_and_the_write_still_holds() -> None:
     assert pins.pin("m", "s", "d", now=0.0)
     assert pins.get("m", "s", now=0.0) == "d"
     assert pins.stats().publish_errors == 1 and seen == [PIN_SUBJECT]
+
+
+def test_decode_of_deep_nesting_and_lone_surrogates_follows_the_network_text_rule() -> None:
+    from prefixcache import Pin, PinDecodeError
+
+    with pytest.raises(PinDecodeError, match="nests too deeply"):
+        Pin.decode(b"[" * 5000)
+    raw = b'{"ns": "m\\ud800", "session": "s", "deployment": "d", "t": 1.0, "origin": "o"}'
+    pin = Pin.decode(raw)
+    assert pin.namespace == "m\ufffd"  # counterfactual: a kept surrogate could not encode
+    assert Pin.decode(pin.encode()) == pin
