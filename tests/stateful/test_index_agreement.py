@@ -4,8 +4,8 @@ A hypothesis ``RuleBasedStateMachine`` drives random observe / invalidate / inva
 evict / clock-advance / decide operations against the reference and every subject, and
 requires identical answers after every step: observe's bool, the decision's hot key and
 match ratio exactly, the cold order as the reference's weights order it (weights within a
-relative 1e-9 are ties, SPEC), each replica's weight within 1e-9, and the entry count. An
-invariant runs the trees' own ``_check()``.
+relative 1e-9 are ties, docs/behaviour.md), each replica's weight within 1e-9, and the entry
+count. An invariant runs the trees' own ``_check()``.
 
 The self-tests at the bottom run the same machine against deliberately broken indexes (one
 whose ``decide`` ignores expiry, one that breaks cold-order ties the wrong way) and require
@@ -30,6 +30,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from profiles import scaled_examples
 
 from prefixcache import Candidate, Config, Index, PrefixDecision, ReplicaKey
 from prefixcache.reference import WEIGHT_REL_TOLERANCE, ReferenceIndex
@@ -275,7 +276,7 @@ class IndexAgreementNoDecay(IndexAgreement):
 
 
 TestIndexAgreementNoDecay = IndexAgreementNoDecay.TestCase
-TestIndexAgreementNoDecay.settings = settings(MACHINE_SETTINGS, max_examples=100)
+TestIndexAgreementNoDecay.settings = settings(MACHINE_SETTINGS, max_examples=scaled_examples(0.5))
 
 
 class IndexAgreementCapped(IndexAgreement):
@@ -345,7 +346,7 @@ class WrongTieIndex(Index):
 
 SELF_TEST_SETTINGS = settings(
     MACHINE_SETTINGS,
-    max_examples=200,
+    max_examples=scaled_examples(1.0),
     database=None,
     derandomize=True,
     phases=[Phase.generate],  # no shrinking: we only need the failure
@@ -384,5 +385,6 @@ def test_machine_passes_the_reference_against_itself() -> None:
         CHECK_WEIGHTS = False
 
     run_state_machine_as_test(
-        ControlMachine, settings=settings(SELF_TEST_SETTINGS, max_examples=50)
+        ControlMachine,
+        settings=settings(SELF_TEST_SETTINGS, max_examples=scaled_examples(0.25)),
     )

@@ -1,4 +1,5 @@
-"""RadixTree (both backends) against a naive trie written from SPEC §2, step by step."""
+"""RadixTree (both backends) against a naive trie written from the documented tree rules,
+step by step (docs/behaviour.md)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from profiles import scaled_examples
 
 from prefixcache import RadixTree, _runs, _tree
 from prefixcache._datrie_store import DatrieStore
@@ -32,7 +34,7 @@ values = st.sampled_from(["a", "b", "c", "d"])
 
 
 class NaiveTree:
-    """The SPEC, literally: path -> (value, last_seen, insert seq)."""
+    """The documented rules, literally: path -> (value, last_seen, insert seq)."""
 
     def __init__(self, ttl: float, half_life: float, max_entries: int) -> None:
         self.ttl, self.hl, self.cap = ttl, half_life, max_entries
@@ -252,7 +254,7 @@ def test_machine_catches_a_broken_tree(
         run_state_machine_as_test(
             TreeMachine,
             settings=settings(
-                max_examples=500,
+                max_examples=scaled_examples(2.5),
                 stateful_step_count=50,
                 derandomize=True,
                 deadline=None,

@@ -160,7 +160,7 @@ def test_a_rejected_chain_creates_no_tree() -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "gap",
-    # Not exactly 1e-9: there the answer rests on the last bit of each weight, which SPEC
+    # Not exactly 1e-9: there the answer rests on the last bit of each weight, which the contract
     # lets differ from the naive sum (1e-9 relative).
     [0.0, 1e-12, 0.5e-9, 0.999e-9, 1.001e-9, 1.5e-9, 1.999e-9, 2.0e-9, 2.001e-9, 2.5e-9, 1e-6],
 )

@@ -1,4 +1,4 @@
-"""SPEC §2 "select": tiers, the shared load guard and its exact boundaries."""
+"""``select``: tiers, the shared load guard and its exact boundaries."""
 
 from __future__ import annotations
 
