@@ -101,6 +101,7 @@ from prefixcache._tree import (
     Backend,
     BackendUnavailableError,
     RadixTree,
+    TreeClosedError,
 )
 from prefixcache._types import Candidate, ReplicaKey
 
@@ -171,6 +172,7 @@ __all__ = [
     "Sync",
     "SyncStats",
     "Transport",
+    "TreeClosedError",
     "Unsubscribe",
     "Verifier",
     "affinity_preferred",

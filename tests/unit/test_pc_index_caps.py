@@ -21,6 +21,7 @@ from prefixcache import (
     ObserveEvent,
     ReplicaKey,
     Sync,
+    TreeClosedError,
     _tree,
     digests,
     export_snapshot,
@@ -167,9 +168,9 @@ def test_a_closed_tree_refuses_writes_and_stays_empty(backend: str) -> None:
     assert tree is not None and not tree.close_if_empty() and not tree.closed  # not empty
     ix.invalidate_node("m", "a")
     assert tree.closed and ix.models() == frozenset()
-    with pytest.raises(_tree.TreeClosedError):
+    with pytest.raises(TreeClosedError):
         tree.insert((1,), A, 0.0)
-    assert isinstance(_tree.TreeClosedError("x"), RuntimeError)
+    assert isinstance(TreeClosedError("x"), RuntimeError)
     assert len(tree) == 0 and tree.longest_match((1,), 0.0) is None
 
 
