@@ -145,7 +145,8 @@ def bench_scale(
     rows: list[dict[str, Any]] = []
     keys = [ReplicaKey(f"node-{i}") for i in range(8)]
     cands = [Candidate(k) for k in keys]
-    cfg = Config(ttl=1e9, half_life=120.0)
+    # No entry cap: the sizes are the point (the default caps hold 250,000 entries a model).
+    cfg = Config(ttl=1e9, half_life=120.0, max_entries=0, max_models=0)
     for size in sizes:
         rng = random.Random(SEED + size)
         stored = random_chains(rng, size // CHAIN_LEN, CHAIN_LEN)

@@ -279,6 +279,8 @@ class ReferenceIndex:
         """Clear owners in (last_seen, depth, seq) order while more than ``max_entries``
         remain, then prune."""
         cap = self.config.max_entries
+        if not cap:
+            return
         owned: list[tuple[float, int, int, _Node]] = []
         stack = [(root, 0)]
         while stack:
@@ -286,7 +288,7 @@ class ReferenceIndex:
             if n is not root and n.value is not None:
                 owned.append((n.last_seen, depth, n.seq, n))
             stack.extend((child, depth + 1) for child in n.children.values())
-        if not cap or len(owned) <= cap:
+        if len(owned) <= cap:
             return
         owned.sort(key=lambda e: e[:3])
         for _, _, _, n in owned[: len(owned) - cap]:
