@@ -332,7 +332,7 @@ class RadixTree(Generic[V]):
             at = self._resolved[4]
             for i in order:
                 o = at.get(i)
-                if o is None or not weights.sums((o,), now)[0][0]:
+                if o is None or not weights.weighs(o, now):
                     return i
             return None
 

@@ -338,6 +338,18 @@ class Weights:
             0.0 if o is None else scaled(o, s, e, now) for o, s in zip(owners, vals, strict=True)
         ], 1.0
 
+    def weighs(self, o: Owner, now: float) -> bool:
+        """Whether ``o``'s weight at ``now`` is positive (what :meth:`sums` would give as a
+        nonzero weight, without building lists). Moves the watermark forward."""
+        if now > self.watermark:
+            self.advance(now)
+        if now >= self.watermark and not self.tiny:
+            # The fast path: a weight is live_sum times a positive normal scale.
+            hl = self.half_life
+            if hl <= 0 or -EXACT_EXP < (self.t0 - now) / hl < EXACT_EXP:
+                return o.live_sum > 0.0
+        return self.sums((o,), now)[0][0] > 0.0
+
     def scaled(self, o: Owner, s: float, e: float, now: float) -> float:
         """``o``'s weight at ``now`` from its sum ``s = o.live_sum`` and the scale exponent
         ``e = (t0 - now) / half_life``, off the fast path: ``s * 2 ** e`` where that is a

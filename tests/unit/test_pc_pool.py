@@ -134,3 +134,28 @@ def test_pick_is_select_over_decide_on_the_same_members(
             cands = pool.candidates()
             want = select(cands, ix.decide("m", chain, cands, now), cfg)
             assert pool.pick(ix, "m", chain, now, cfg) == want
+
+
+@settings(max_examples=scaled_examples(1.0))
+@given(
+    writes=st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(0, 5), st.floats(-1e4, 1e4)), max_size=12
+    ),
+    now=st.floats(-2e4, 2e4),
+    ttl=st.sampled_from((0.0, 5.0, 300.0)),
+    half_life=st.sampled_from((0.0, 0.25, 2.0, 120.0)),
+)
+def test_weighs_agrees_with_the_weight_the_tree_reports(
+    writes: list[tuple[str, int, float]], now: float, ttl: float, half_life: float
+) -> None:
+    # first_weightless (CandidateSet.pick) tests weights with Weights.weighs, which skips
+    # building the sums: it must say "positive" exactly where the weight is.
+    from prefixcache import RadixTree
+
+    tree: RadixTree[str] = RadixTree(ttl=ttl, half_life=half_life)
+    for value, h, t in sorted(writes, key=lambda w: w[2]):
+        tree.insert((h, h + 1), value, t)
+    for value in "abc":
+        owner = tree._weights.owners.get(value)
+        want = tree.weight(value, now) > 0.0
+        assert (owner is not None and tree._weights.weighs(owner, now)) == want
