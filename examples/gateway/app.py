@@ -75,7 +75,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import attrs
@@ -99,6 +99,7 @@ from prefixcache import (
     ReplicaKey,
     SessionPins,
     Sync,
+    Transport,
     affinity_preferred,
     extract_chain,
     extract_model,
@@ -159,12 +160,8 @@ _CONNECT_TIMEOUT: tuple[type[BaseException], ...] = tuple(
 )
 
 
-class MessageTransport(Protocol):
-    """What the gateway needs from a transport: the library's ``Transport`` port."""
-
-    def publish(self, subject: str, payload: bytes) -> None: ...
-
-    def subscribe(self, subject: str, handler: Any) -> Callable[[], None]: ...
+MessageTransport = Transport
+"""What the gateway needs from a transport: the library's ``Transport`` port."""
 
 
 @attrs.frozen(kw_only=True)

@@ -51,14 +51,21 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from xxhash import xxh64_intdigest
 
 from clusterrouting import NodeData
 from examples.gateway.kv_events import mock_token_ids
-from prefixcache import DEFAULT_CONFIG, extract_chain, extract_model, messages_prefix_source
+from prefixcache import (
+    DEFAULT_CONFIG,
+    Publisher,
+    Transport,
+    extract_chain,
+    extract_model,
+    messages_prefix_source,
+)
 from prefixcache.kvevents import BlockRemoved, BlockStored, EventBatch, KvEventPublisher
 
 __all__ = [
@@ -86,18 +93,11 @@ _MAX_REMEMBERED_BLOCKS = 100_000
 _MAX_BODY = 64 * 1024 * 1024
 
 
-class PayloadPublisher(Protocol):
-    """Where announcements go: the library's ``Publisher`` port (``publish(subject, payload)``)."""
+PayloadPublisher = Publisher
+"""Where announcements go: the library's ``Publisher`` port (``publish(subject, payload)``)."""
 
-    def publish(self, subject: str, payload: bytes) -> None: ...
-
-
-class QueryTransport(PayloadPublisher, Protocol):
-    """A publisher that can also subscribe (the library's ``Transport`` port)."""
-
-    def subscribe(
-        self, subject: str, handler: Callable[[str, bytes], None]
-    ) -> Callable[[], None]: ...
+QueryTransport = Transport
+"""A publisher that can also subscribe: the library's ``Transport`` port."""
 
 
 class MockBackend:

@@ -146,11 +146,13 @@ class ReferenceProvider(DecisionProvider, Protocol):
 
     def invalidate_node(self, model: str, node_id: str) -> object: ...
 
+    def evict(self, now: float) -> object: ...
+
 
 class Evictable(Protocol):
-    """What the eviction ticker sweeps: ``evict(now)`` returning how many were removed."""
+    """What the eviction ticker sweeps: ``evict(now)`` (what it returns is not read)."""
 
-    def evict(self, now: float) -> int: ...
+    def evict(self, now: float) -> object: ...
 
 
 @runtime_checkable
@@ -160,8 +162,6 @@ class Provider(ReferenceProvider, Protocol):
 
     Times are float seconds of the host's clock (the wall clock when events cross routers).
     """
-
-    def evict(self, now: float) -> object: ...
 
     def models(self) -> frozenset[str]: ...
 

@@ -38,8 +38,8 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterable, Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Iterable
+from typing import Any, Final
 
 import attrs
 import xxhash
@@ -51,6 +51,7 @@ from clusterrouting._gojson import (
     loads,
 )
 from prefixcache._events import MAX_EVENT_CHAIN, MAX_NAME_BYTES
+from prefixcache._protocols import SnapshotSource, SnapshotTarget
 from prefixcache._types import ReplicaKey
 
 __all__ = [
@@ -73,26 +74,6 @@ _U64: Final = 1 << 64
 _MAX_SNAPSHOT_ENTRIES: Final = 10_000_000
 #: Largest snapshot payload :meth:`Snapshot.decode` parses by default (bytes).
 MAX_SNAPSHOT_BYTES: Final = 256 * 2**20
-
-
-class _Tree(Protocol):
-    def items(self) -> Iterable[tuple[tuple[int, ...], Any, float]]: ...
-
-
-class SnapshotSource(Protocol):
-    """What :func:`export_snapshot` and :func:`digests` read: an ``Index``."""
-
-    def models(self) -> frozenset[str]: ...
-
-    def tree(self, model: str) -> Any: ...
-
-
-class SnapshotTarget(SnapshotSource, Protocol):
-    """What :func:`apply_snapshot` writes through: an ``Index``."""
-
-    def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool: ...
-
-    def invalidate(self, model: str, key: ReplicaKey) -> Any: ...
 
 
 def _check_chain(_inst: object, _attr: object, value: tuple[int, ...]) -> None:
@@ -207,9 +188,7 @@ class Snapshot:
                 outside ``[0, 2**64)`` or written ``-0``, a negative or non-finite age).
         """
         if not isinstance(payload, bytes | bytearray | memoryview):
-            raise SnapshotDecodeError(
-                "<payload>", f"must be bytes, not {type(payload).__name__}"
-            )
+            raise SnapshotDecodeError("<payload>", f"must be bytes, not {type(payload).__name__}")
         if len(payload) > max_bytes:
             raise SnapshotDecodeError(
                 "<payload>", f"{len(payload)} bytes is larger than max_bytes={max_bytes}"

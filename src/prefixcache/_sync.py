@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -59,6 +59,7 @@ from prefixcache._protocols import (
     AsyncTransport,
     AsyncUnsubscribe,
     Clock,
+    Evictable,
     Publisher,
     Transport,
     Unsubscribe,
@@ -646,10 +647,6 @@ async def _as_coroutine(aw: Awaitable[Any]) -> Any:
     return await aw
 
 
-class _Evictable(Protocol):
-    def evict(self, now: float) -> object: ...
-
-
 def eviction_interval(ttl: float) -> float:
     """The sweep period for entries living ``ttl`` seconds: ``ttl / 2``, or 60 s if that is
     not positive (``ttl <= 0`` means entries never expire).
@@ -681,7 +678,7 @@ class EvictionTicker:
 
     def __init__(
         self,
-        target: _Evictable,
+        target: Evictable,
         *,
         ttl: float = 0.0,
         interval: float | None = None,

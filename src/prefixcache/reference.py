@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
 
 import attrs
 
 from clusterrouting import InvalidRecordError
 from prefixcache._config import DEFAULT_CONFIG, Config
 from prefixcache._decision import PrefixDecision
+from prefixcache._protocols import ReferenceProvider
 from prefixcache._types import Candidate, ReplicaKey
 
 __all__ = [
@@ -317,27 +317,6 @@ class ReferenceIndex:
     def models(self) -> frozenset[str]:
         """Models holding a tree."""
         return frozenset(self._roots)
-
-
-class ReferenceProvider(Protocol):
-    """The provider methods :func:`run_operations` calls (``Index``, ``Sync`` and
-    :class:`ReferenceIndex` satisfy it)."""
-
-    def decide(
-        self,
-        model: str,
-        chain: Sequence[int],
-        candidates: Sequence[Candidate | ReplicaKey],
-        now: float,
-    ) -> PrefixDecision: ...
-
-    def observe(self, model: str, chain: Sequence[int], key: ReplicaKey, now: float) -> bool: ...
-
-    def invalidate(self, model: str, key: ReplicaKey) -> object: ...
-
-    def invalidate_node(self, model: str, node_id: str) -> object: ...
-
-    def evict(self, now: float) -> object: ...
 
 
 def _to_chain(value: Iterable[int]) -> tuple[int, ...]:

@@ -16,10 +16,14 @@ import logging
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from clusterrouting import InvalidRecordError
-from prefixcache._protocols import AsyncUnsubscribe, MessageHandler, Unsubscribe
+from prefixcache._protocols import (
+    ClosableAsyncTransport,
+    MessageHandler,
+    Unsubscribe,
+)
 
 __all__ = [
     "DEFAULT_MAX_QUEUE",
@@ -36,16 +40,6 @@ DEFAULT_MAX_QUEUE_BYTES = 16 * 1024 * 1024
 
 _log = logging.getLogger("prefixcache.transports")
 _R = TypeVar("_R")
-
-
-class ClosableAsyncTransport(Protocol):
-    """An :class:`~prefixcache.AsyncTransport` with ``await close()``."""
-
-    async def publish(self, subject: str, payload: bytes) -> None: ...
-
-    async def subscribe(self, subject: str, handler: MessageHandler) -> AsyncUnsubscribe: ...
-
-    async def close(self) -> None: ...
 
 
 _T = TypeVar("_T", bound=ClosableAsyncTransport)
