@@ -1,0 +1,210 @@
+"""What every peer routing policy of the replay shares: the trace-to-text mapping, the
+engines' event index, a block-granular character tree and the policy base classes.
+
+Mapping onto the trace (fact sheet section 10): a trace block of ``T`` tokens stands for
+``C = chars_per_token x T`` characters (default 4, llm-d's own constant); the last,
+partial block for ``chars_per_token`` characters per token it holds. Character trees are
+built at block granularity (one edge per block; a match never counts part of a block),
+and chunk hashes of 64/128 characters are counted per block (a trace block is 32 or 16
+of them). Engine-event policies read the simulated engines' event stream, whose engine
+block is the trace block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prefixcache._types import ReplicaKey
+from prefixcache.kvevents import EventBatch, KvResidency
+from prefixcache.replay._sim import TOKEN_MASK
+from prefixcache.replay._trace import Request
+
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "REPLAY_MODEL",
+    "CharTree",
+    "EngineIndex",
+    "EventPeer",
+    "Peer",
+    "block_chars",
+]
+
+REPLAY_MODEL = "trace"
+"""The model name engine events and indexes are filed under (traces carry none)."""
+
+CHARS_PER_TOKEN = 4
+"""Characters per token of the stand-in text (llm-d's own constant; fact sheet 10)."""
+
+
+class Peer:
+    """A peer policy's defaults: observes at dispatch, reads no engine events, and ignores
+    the dispatch, first-token and completion callbacks."""
+
+    name = "peer"
+    observe_at: str = "dispatch"
+    reads_kv_events = False
+
+    def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
+        pass
+
+    def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
+        pass
+
+    def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
+        pass
+
+
+def block_chars(request: Request, block_tokens: int, chars_per_token: int) -> list[int]:
+    """Characters of each block of ``request``'s stand-in text (last block partial)."""
+    n = len(request.blocks)
+    if n == 0:
+        return []
+    full = block_tokens * chars_per_token
+    last = max(0, request.input_tokens - block_tokens * (n - 1)) * chars_per_token
+    out = [full] * n
+    out[-1] = min(full, last)
+    return out
+
+
+# --- engine events -------------------------------------------------------------------
+
+
+class EngineIndex:
+    """The engines' cached blocks, as ``prefixcache.kvevents.KvResidency`` records them.
+
+    Replicas are numbered; each maps to ``ReplicaKey("replica-NN")``. Batches come from
+    the simulated engines, whose block ``i`` is one stand-in token (see
+    ``ClusterModel``), so the residency runs at ``block_tokens=1`` and its chain over a
+    request's block ids identifies trace blocks. ``apply`` hands a batch to
+    ``KvResidency.apply`` (refcounts, restarts, gaps as documented there); ``overlaps``
+    hashes a request once and asks ``overlap_chain`` for every replica.
+    """
+
+    __slots__ = ("_keys", "residency")
+
+    def __init__(self) -> None:
+        self.residency = KvResidency(block_tokens=1)
+        self._keys: list[ReplicaKey] = []
+
+    def key(self, replica: int) -> ReplicaKey:
+        """The residency key of replica ``replica``."""
+        keys = self._keys
+        while len(keys) <= replica:
+            keys.append(ReplicaKey(f"replica-{len(keys):02d}"))
+        return keys[replica]
+
+    def state(self, replica: int) -> str:
+        """``"exact"``, ``"degraded"`` or ``"unknown"``."""
+        return str(self.residency.state(self.key(replica)))
+
+    def apply(self, replica: int, seq: int, batch: EventBatch) -> None:
+        """Apply one engine batch of replica ``replica``."""
+        self.residency.apply(self.key(replica), seq, batch, model=REPLAY_MODEL, now=batch.ts)
+
+    def chain(self, blocks: Sequence[int]) -> tuple[int, ...]:
+        """The residency's chain of a request's block ids."""
+        return self.residency.chain(REPLAY_MODEL, [b & TOKEN_MASK for b in blocks])
+
+    def overlaps(self, blocks: Sequence[int], n: int) -> list[int]:
+        """Leading blocks of ``blocks`` held by each of replicas ``0..n-1``."""
+        if not blocks:
+            return [0] * n
+        keys = [self.key(r) for r in range(n)]
+        got = self.residency.overlap_chain(self.chain(blocks), keys)
+        return [got[k] for k in keys]
+
+    def run(self, replica: int, blocks: Sequence[int]) -> int:
+        """Leading blocks of ``blocks`` that ``replica`` holds."""
+        return self.overlaps(blocks, replica + 1)[replica]
+
+
+class EventPeer(Peer):
+    """A peer policy that reads the engines' event stream into its ``engine_index``."""
+
+    reads_kv_events = True
+
+    def __init__(self) -> None:
+        self.engine_index = EngineIndex()
+
+    def on_kv_events(self, replica: int, seq: int, batch: EventBatch, now: float) -> None:
+        self.engine_index.apply(replica, seq, batch)
+
+
+# --- character tree ------------------------------------------------------------------
+
+
+class CharTree:
+    """A character radix tree at block granularity, shared by all tenants.
+
+    Node = block id (ids are prefix-chained). Per node: tenant -> last-access stamp (an
+    operation counter), and the owner (the tenant whose insert created it). Per tenant:
+    characters held.
+    """
+
+    __slots__ = ("chars", "nodes", "op", "owner")
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, dict[int, int]] = {}
+        self.owner: dict[int, int] = {}
+        self.chars: dict[int, int] = {}
+        self.op = 0
+
+    def match(self, blocks: Sequence[int], chars: Sequence[int]) -> tuple[int, int]:
+        """(leading blocks present for some tenant, their characters)."""
+        k = 0
+        c = 0
+        nodes = self.nodes
+        n = len(blocks)
+        while k < n and blocks[k] in nodes:
+            c += chars[k]
+            k += 1
+        return k, c
+
+    def insert(self, blocks: Sequence[int], chars: Sequence[int], tenant: int) -> None:
+        self.op += 1
+        op = self.op
+        nodes = self.nodes
+        add = 0
+        for b, ch in zip(blocks, chars, strict=True):
+            t = nodes.get(b)
+            if t is None:
+                nodes[b] = {tenant: op}
+                self.owner[b] = tenant
+                add += ch
+            else:
+                if tenant not in t:
+                    add += ch
+                t[tenant] = op
+        self.chars[tenant] = self.chars.get(tenant, 0) + add
+
+    def evict(self, cap_chars: int, chars_of: dict[int, int], per_tenant: bool) -> None:
+        """Drop (tenant, node) entries, least recently stamped first, until each tenant
+        (or, with ``per_tenant=False``, the whole tree) holds at most ``cap_chars``."""
+        total = sum(self.chars.values())
+        if per_tenant:
+            over = {t for t, c in self.chars.items() if c > cap_chars}
+            if not over:
+                return
+        elif total <= cap_chars:
+            return
+        entries = [
+            (stamp, b, t)
+            for b, ts in self.nodes.items()
+            for t, stamp in ts.items()
+            if not per_tenant or t in over
+        ]
+        entries.sort(key=lambda e: e[0])
+        for _stamp, b, t in entries:
+            if per_tenant:
+                if self.chars.get(t, 0) <= cap_chars:
+                    continue
+            elif total <= cap_chars:
+                break
+            ts = self.nodes[b]
+            del ts[t]
+            ch = chars_of.get(b, 0)
+            self.chars[t] -= ch
+            total -= ch
+            if not ts:
+                del self.nodes[b]
+                self.owner.pop(b, None)

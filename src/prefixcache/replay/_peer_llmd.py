@@ -1,0 +1,174 @@
+"""llm-d's peer policies: the EPP default profile (approximate prefix + load scorers)
+and the precise prefix-cache scorer over the engines' KV events.
+
+Every random choice draws from one ``random.Random(seed)`` per policy.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from prefixcache.replay._peer_base import CHARS_PER_TOKEN, EventPeer, Peer, block_chars
+from prefixcache.replay._sim import ClusterView
+from prefixcache.replay._trace import Request
+
+__all__ = [
+    "LlmdDefaultPolicy",
+    "LlmdPrecisePolicy",
+]
+
+
+# --- 2/3. llm-d -------------------------------------------------------------------------
+
+
+def _queue_scores(waiting: Sequence[int]) -> list[float]:
+    hi = max(waiting)
+    lo = min(waiting)
+    if hi == lo:
+        return [1.0] * len(waiting)
+    return [(hi - w) / (hi - lo) for w in waiting]
+
+
+def _max_score_pick(scores: Sequence[float], rng: random.Random) -> int:
+    order = list(range(len(scores)))
+    rng.shuffle(order)
+    order.sort(key=lambda k: -scores[k])  # stable: ties keep the shuffled order
+    return order[0]
+
+
+class LlmdDefaultPolicy(Peer):
+    """llm-d EPP default profile (approximate prefix + load), llm-d-inference-scheduler
+    @520af478 (``approximateprefix/hashing.go``, ``scheduler_profile.go``,
+    ``config/loader/defaults.go``, ``picker/maxscore/picker.go``); fact sheet section 2.
+
+    State: a per-pod LRU of chunk hashes written after each pick (all the request's
+    hashes, most recent), holding ``num_gpu_blocks`` chunks (autoTune), and engine metrics
+    (``waiting``, KV use) scraped every 50 ms. Hashing: a chunk is ``4 x B`` characters
+    with the pod's reported engine block ``B`` (16 for a default vLLM, so 64 characters,
+    32 per trace block); the trailing partial chunk is hashed; only the first 256 chunks
+    are (so only the first 8 trace blocks are ever scored).
+    Decision: walk the hashes, stopping at the first one no pod holds; each pod holding the
+    current one gets +1. ``score = 3 x match/n_hashes + 2 x queue + 2 x (1 - kv)`` with
+    ``queue = (max_w - w)/(max_w - min_w)`` (1 if all equal); the max score wins, ties
+    uniformly at random (shuffle, then stable sort).
+    """
+
+    name = "llm-d-default"
+
+    def __init__(
+        self,
+        *,
+        block_tokens: int,
+        num_gpu_blocks: int | None,
+        seed: int = 0,
+        engine_block_tokens: int = 16,
+        max_chunks: int = 256,
+        weights: tuple[float, float, float] = (3.0, 2.0, 2.0),
+        chars_per_token: int = CHARS_PER_TOKEN,
+    ) -> None:
+        self._bt = block_tokens
+        self._cpt = chars_per_token
+        self._chunk = 4 * engine_block_tokens
+        self.max_chunks = max_chunks
+        self.weights = weights
+        self._rng = random.Random(seed)
+        # The pod reports num_gpu_blocks engine blocks; the LRU holds that many chunks, a
+        # trace block being (block_tokens * cpt / chunk) of them.
+        per_block = max(1, block_tokens * chars_per_token // self._chunk)
+        if num_gpu_blocks is None:
+            self._cap: int | None = None
+        else:
+            chunks = num_gpu_blocks * block_tokens // engine_block_tokens
+            self._cap = max(1, chunks // per_block)
+        self.lru: list[OrderedDict[int, None]] = []
+
+    def _chunks(self, request: Request) -> tuple[list[int], int]:
+        """Chunks per scored block (cumulative cap applied) and the hash count."""
+        out = []
+        total = 0
+        for ch in block_chars(request, self._bt, self._cpt):
+            c = -(-ch // self._chunk)
+            if total + c > self.max_chunks:
+                c = self.max_chunks - total
+            if c <= 0:
+                break
+            out.append(c)
+            total += c
+        return out, total
+
+    def prefix_scores(self, request: Request, n: int) -> list[float]:
+        per, total = self._chunks(request)
+        match = [0] * n
+        if total == 0:
+            return [0.0] * n
+        blocks = request.blocks
+        for idx, c in enumerate(per):
+            b = blocks[idx]
+            holders = [p for p in range(n) if b in self.lru[p]]
+            if not holders:
+                break
+            for p in holders:
+                match[p] += c
+        return [min(1.0, m / total) for m in match]
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        n = view.replicas
+        if len(self.lru) != n:
+            self.lru = [OrderedDict() for _ in range(n)]
+        pref = self.prefix_scores(request, n)
+        q = _queue_scores(view.waiting)
+        w1, w2, w3 = self.weights
+        scores = [w1 * pref[p] + w2 * q[p] + w3 * (1.0 - view.kv_usage[p]) for p in range(n)]
+        r = _max_score_pick(scores, self._rng)
+        per, _ = self._chunks(request)
+        lru = self.lru[r]
+        for b in request.blocks[: len(per)]:
+            if b in lru:
+                lru.move_to_end(b)
+            else:
+                lru[b] = None
+        if self._cap is not None:
+            while len(lru) > self._cap:
+                lru.popitem(last=False)
+        return r
+
+
+class LlmdPrecisePolicy(EventPeer):
+    """llm-d ``precise-prefix-cache-scorer`` (KV events), llm-d-inference-scheduler
+    @520af478 ``scorer/preciseprefixcache/`` with llm-d-kv-cache @7be76e11
+    (``kvblock_scorer.go``, ``backend.go``) and the precise-prefix-cache-aware guide;
+    fact sheet section 3.
+
+    State: block -> pods from every engine's events (nothing written at route time), plus
+    scraped ``waiting`` and KV use. Decision: ``run[p]`` = consecutive blocks from block 0
+    that pod p holds (all GPU-tier here), ``prefix = min(1, run/full_blocks)`` (0 without
+    a full block; a partial tail block is never keyed), ``score = 2 x prefix + 1 x queue
+    + 1 x (1 - kv)``, max score with random ties.
+    """
+
+    name = "llm-d-precise"
+
+    def __init__(
+        self,
+        *,
+        block_tokens: int,
+        seed: int = 0,
+        weights: tuple[float, float, float] = (2.0, 1.0, 1.0),
+    ) -> None:
+        super().__init__()
+        self._bt = block_tokens
+        self.weights = weights
+        self._rng = random.Random(seed)
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        n = view.replicas
+        full = request.input_tokens // self._bt
+        blocks = request.blocks[:full]
+        runs = self.engine_index.overlaps(blocks, n)
+        pref = [min(1.0, runs[p] / full) if full else 0.0 for p in range(n)]
+        q = _queue_scores(view.waiting)
+        w1, w2, w3 = self.weights
+        scores = [w1 * pref[p] + w2 * q[p] + w3 * (1.0 - view.kv_usage[p]) for p in range(n)]
+        return _max_score_pick(scores, self._rng)

@@ -1,0 +1,164 @@
+"""Peer policies on a character radix tree written from the router's own decisions:
+SGLang router / SMG ``cache_aware`` before and after SMG PR #2161.
+
+Every random choice draws from one ``random.Random(seed)`` per policy.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from prefixcache.replay._peer_base import CHARS_PER_TOKEN, CharTree, Peer, block_chars
+from prefixcache.replay._sim import ClusterView
+from prefixcache.replay._trace import Request
+
+__all__ = [
+    "SglangCacheAwarePolicy",
+    "SmgCacheAwarePolicy",
+]
+
+
+# --- 1. SGLang / SMG cache_aware -----------------------------------------------------
+
+
+class SglangCacheAwarePolicy(Peer):
+    """SGLang router / SMG ``cache_aware``, HTTP path, as of SMG @73da68ca
+    (``model_gateway/src/policies/cache_aware.rs``; CLI defaults in
+    ``model_gateway/src/main.rs``); fact sheet section 1.
+
+    State: one character tree written at dispatch from the router's own decisions; load
+    is the router's in-flight count plus ``processed`` (requests routed here).
+    Decision: (1) if ``max - min > balance_abs_threshold`` and ``max > balance_rel_threshold
+    x min`` over in-flight, the min-load worker (least ``(in_flight, processed, index)``);
+    (2) otherwise walk the tree: ``rate = matched chars / text chars``; if ``rate >
+    cache_threshold`` (strict) the owner of the deepest matched node (if evicted there, the
+    lowest-index remaining tenant), else the min-load worker (``miss_fallback="min_load"``)
+    or, before sglang PR #14650, the tenant with the smallest tree
+    (``miss_fallback="smallest_tree"``). The text is inserted for the pick.
+    Eviction: every ``eviction_interval_s``, each tenant is trimmed to ``max_tree_chars``,
+    least recently stamped entries first (here every node of an insert gets its stamp).
+    Defaults: 0.3 / 64 / 1.5 / 120 s / 2**26 chars.
+    """
+
+    name = "sglang-cache-aware"
+
+    def __init__(
+        self,
+        *,
+        block_tokens: int,
+        cache_threshold: float = 0.3,
+        balance_abs_threshold: int = 64,
+        balance_rel_threshold: float = 1.5,
+        eviction_interval_s: float = 120.0,
+        max_tree_chars: int = 2**26,
+        miss_fallback: str = "min_load",
+        chars_per_token: int = CHARS_PER_TOKEN,
+    ) -> None:
+        self.tree = CharTree()
+        self.processed: list[int] = []
+        self._bt = block_tokens
+        self._cpt = chars_per_token
+        self.cache_threshold = cache_threshold
+        self.balance_abs_threshold = balance_abs_threshold
+        self.balance_rel_threshold = balance_rel_threshold
+        self.eviction_interval_s = eviction_interval_s
+        self.max_tree_chars = max_tree_chars
+        self.miss_fallback = miss_fallback
+        self._next_evict: float | None = None
+        self._chars_of: dict[int, int] = {}
+        self._per_tenant = True
+
+    def _min_load(self, view: ClusterView) -> int:
+        inf = view.in_flight
+        pr = self.processed
+        return min(range(view.replicas), key=lambda k: (inf[k], pr[k], k))
+
+    def _maybe_evict(self, now: float) -> None:
+        if self._next_evict is None:
+            self._next_evict = now + self.eviction_interval_s
+        elif now >= self._next_evict:
+            self.tree.evict(self.max_tree_chars, self._chars_of, self._per_tenant)
+            self._next_evict = now + self.eviction_interval_s
+
+    def _found(self, blocks: Sequence[int], k: int) -> int:
+        b = blocks[k - 1]
+        owner = self.tree.owner.get(b)
+        tenants = self.tree.nodes[b]
+        if owner is not None and owner in tenants:
+            return owner
+        return min(tenants)
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        n = view.replicas
+        if len(self.processed) != n:
+            self.processed = [0] * n
+        self._maybe_evict(now)
+        inf = view.in_flight
+        hi = max(inf)
+        lo = min(inf)
+        chars = block_chars(request, self._bt, self._cpt)
+        if hi - lo > self.balance_abs_threshold and hi > self.balance_rel_threshold * lo:
+            return self._commit(self._min_load(view), request, chars)
+        k, matched = self.tree.match(request.blocks, chars)
+        text = sum(chars)
+        rate = matched / text if text else 0.0
+        if k > 0 and rate > self.cache_threshold:
+            r = self._found(request.blocks, k)
+        elif self.miss_fallback == "smallest_tree":
+            ch = self.tree.chars
+            r = min(range(n), key=lambda x: (ch.get(x, 0), x))
+        else:
+            r = self._min_load(view)
+        return self._commit(r, request, chars)
+
+    def _commit(self, r: int, request: Request, chars: list[int]) -> int:
+        self.tree.insert(request.blocks, chars, r)
+        for b, c in zip(request.blocks, chars, strict=True):
+            self._chars_of[b] = c
+        self.processed[r] += 1
+        return r
+
+
+class SmgCacheAwarePolicy(SglangCacheAwarePolicy):
+    """SMG ``cache_aware`` after PR #2161 (read at smg @f8daa883,
+    ``model_gateway/src/policies/cache_aware.rs``); fact sheet section 1b.
+
+    No global switch. Hit (``rate > 0.3``): among up to 8 tenants of the deepest matched
+    node (lowest indices), the lowest in-flight, random among ties; spill gate: if that
+    pick has ``in_flight > 1.5 x mean`` and ``> mean + 64`` (mean over all workers), the
+    min-load worker. Miss: the min-load worker ``(in_flight, processed, index)``. The text
+    is inserted for the final pick (a hot prefix gains a second owner). ``max_tree_chars``
+    is one budget for the whole tree (per model).
+    """
+
+    name = "smg-cache-aware"
+
+    def __init__(self, *, block_tokens: int, seed: int = 0, max_owners: int = 8) -> None:
+        super().__init__(block_tokens=block_tokens)
+        self._rng = random.Random(seed)
+        self._per_tenant = False
+        self.max_owners = max_owners
+        self.spill_rel = 1.5
+        self.spill_abs = 64
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        n = view.replicas
+        if len(self.processed) != n:
+            self.processed = [0] * n
+        self._maybe_evict(now)
+        inf = view.in_flight
+        chars = block_chars(request, self._bt, self._cpt)
+        k, matched = self.tree.match(request.blocks, chars)
+        text = sum(chars)
+        rate = matched / text if text else 0.0
+        if k > 0 and rate > self.cache_threshold:
+            owners = sorted(self.tree.nodes[request.blocks[k - 1]])[: self.max_owners]
+            least = min(inf[o] for o in owners)
+            r = self._rng.choice([o for o in owners if inf[o] == least])
+            mean = sum(inf) / n
+            if inf[r] > self.spill_rel * mean and inf[r] > mean + self.spill_abs:
+                r = self._min_load(view)
+        else:
+            r = self._min_load(view)
+        return self._commit(r, request, chars)
