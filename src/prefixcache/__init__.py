@@ -89,12 +89,8 @@ from prefixcache._snapshot import (
     digests,
     export_snapshot,
 )
-from prefixcache._sync import (
-    EvictionTicker,
-    Sync,
-    SyncStats,
-    eviction_interval,
-)
+from prefixcache._sync import Sync, SyncStats
+from prefixcache._ticker import EvictionTicker, eviction_interval
 from prefixcache._tree import (
     BACKENDS,
     DEFAULT_BACKEND,

@@ -40,6 +40,7 @@ from typing import Any, Final
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
+from prefixcache._plumbing import attach_handler, attach_handler_async, awaited
 from prefixcache._protocols import (
     AsyncPublisher,
     AsyncTransport,
@@ -494,41 +495,11 @@ class SessionPins:
         Without a publisher, this object publishes through ``transport`` until detached.
         ``detach()`` is idempotent.
         """
-        unsubscribe = transport.subscribe(PIN_SUBJECT, self.handle)
-        adopted = self.publisher is None
-        if adopted:
-            self.publisher = transport
-        done = False
-
-        def detach() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            unsubscribe()
-            if adopted and self.publisher is transport:
-                self.publisher = None
-
-        return detach
+        return attach_handler(self, transport, (PIN_SUBJECT,), self.handle)
 
     async def attach_async(self, transport: AsyncTransport) -> AsyncUnsubscribe:
         """The asyncio form of :meth:`attach` (subscribed when it returns)."""
-        unsubscribe = await transport.subscribe(PIN_SUBJECT, self.handle)
-        adopted = self.publisher is None
-        if adopted:
-            self.publisher = transport
-        done = False
-
-        async def detach() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            await unsubscribe()
-            if adopted and self.publisher is transport:
-                self.publisher = None
-
-        return detach
+        return await attach_handler_async(self, transport, (PIN_SUBJECT,), self.handle)
 
     # -- expiry -----------------------------------------------------------------------------
     def evict(self, now: float | None = None) -> int:
@@ -589,7 +560,7 @@ class SessionPins:
         if previous is not None and not previous.done():
             await asyncio.wait({previous})
         try:
-            await asyncio.wait_for(_awaited(send), _PUBLISH_TIMEOUT)
+            await asyncio.wait_for(awaited(send), _PUBLISH_TIMEOUT)
         except Exception as exc:
             self._failed(exc)
         else:
@@ -599,10 +570,6 @@ class SessionPins:
         """Wait until every asynchronous publish started so far has finished (or failed)."""
         while self._pending:
             await asyncio.wait(set(self._pending))
-
-
-async def _awaited(aw: Awaitable[Any]) -> Any:
-    return await aw
 
 
 def _no_lone_surrogates(text: str) -> str:

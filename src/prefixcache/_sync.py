@@ -1,4 +1,4 @@
-"""Sharing affinity across routers: the :class:`Sync` decorator and the eviction ticker.
+"""Sharing affinity across routers: the :class:`Sync` decorator.
 
 A :class:`Sync` wraps a provider (an :class:`~prefixcache.Index`) and is itself a provider:
 hosts route through it exactly as through the index, and it tells peers what changed through
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import inspect
 import json
 import logging
@@ -54,12 +53,12 @@ from prefixcache._events import (
     decode_event,
 )
 from prefixcache._index import Provider
+from prefixcache._plumbing import attach_handler, attach_handler_async, awaited
 from prefixcache._protocols import (
     AsyncPublisher,
     AsyncTransport,
     AsyncUnsubscribe,
     Clock,
-    Evictable,
     Publisher,
     Transport,
     Unsubscribe,
@@ -71,11 +70,9 @@ from prefixcache._types import Candidate, ReplicaKey
 __all__ = [
     "DEFAULT_MAX_PENDING_PUBLISHES",
     "DEFAULT_PUBLISH_TIMEOUT",
-    "EvictionTicker",
     "PublishErrorHook",
     "Sync",
     "SyncStats",
-    "eviction_interval",
 ]
 
 _log = logging.getLogger("prefixcache.sync")
@@ -457,47 +454,13 @@ class Sync:
         If this Sync has no publisher, it publishes through ``transport`` until detached.
         ``detach()`` unsubscribes both subjects; calling it again is a no-op.
         """
-        unsubs = [
-            transport.subscribe(s, self.handle) for s in (OBSERVE_SUBJECT, INVALIDATE_SUBJECT)
-        ]
-        adopted = self.publisher is None
-        if adopted:
-            self.publisher = transport
-        done = False
-
-        def detach() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            for unsub in unsubs:
-                unsub()
-            if adopted and self.publisher is transport:
-                self.publisher = None
-
-        return detach
+        return attach_handler(self, transport, (OBSERVE_SUBJECT, INVALIDATE_SUBJECT), self.handle)
 
     async def attach_async(self, transport: AsyncTransport) -> AsyncUnsubscribe:
         """The asyncio form of :meth:`attach` (subscriptions active when it returns)."""
-        unsubs = [
-            await transport.subscribe(s, self.handle) for s in (OBSERVE_SUBJECT, INVALIDATE_SUBJECT)
-        ]
-        adopted = self.publisher is None
-        if adopted:
-            self.publisher = transport
-        done = False
-
-        async def detach() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            for unsub in unsubs:
-                await unsub()
-            if adopted and self.publisher is transport:
-                self.publisher = None
-
-        return detach
+        return await attach_handler_async(
+            self, transport, (OBSERVE_SUBJECT, INVALIDATE_SUBJECT), self.handle
+        )
 
     # -- anti-entropy -----------------------------------------------------------------------
     def _indexed(self) -> Any:
@@ -609,7 +572,7 @@ class Sync:
         ):
             await asyncio.wait({previous})
         try:
-            await asyncio.wait_for(_as_coroutine(send), self.publish_timeout)
+            await asyncio.wait_for(awaited(send), self.publish_timeout)
         except Exception as exc:  # TimeoutError included
             self._publish_failed(subject, exc)
         else:
@@ -641,132 +604,3 @@ def _short_repr(value: object, limit: int = 200) -> str:
 
 def _head(chain: Sequence[int], n: int) -> Sequence[int]:
     return chain[:n] if len(chain) > n else chain
-
-
-async def _as_coroutine(aw: Awaitable[Any]) -> Any:
-    return await aw
-
-
-def eviction_interval(ttl: float) -> float:
-    """The sweep period for entries living ``ttl`` seconds: ``ttl / 2``, or 60 s if that is
-    not positive (``ttl <= 0`` means entries never expire).
-
-    >>> eviction_interval(300.0), eviction_interval(0.0)
-    (150.0, 60.0)
-    """
-    half = ttl / 2
-    return half if half > 0 else 60.0
-
-
-class EvictionTicker:
-    """Calls ``target.evict(clock())`` periodically, started and stopped by the host.
-
-    Nothing runs until the host asks: :meth:`start` / :meth:`stop` run a daemon thread
-    (``with ticker:`` does both), :meth:`start_async` / :meth:`stop_async` an asyncio task on the
-    running loop, :meth:`run` is the bare coroutine, and :meth:`tick` does one sweep now (what
-    tests call). An exception from ``evict`` is logged and counted (:attr:`errors`); the
-    ticker keeps going.
-
-    Args:
-        target: anything with ``evict(now)``: an ``Index`` or a :class:`Sync`.
-        ttl: the entries' time to live; the period is :func:`eviction_interval` of it.
-        interval: an explicit period in seconds (> 0), overriding ``ttl``.
-        clock: where ``now`` comes from (the host's clock domain).
-
-    Thread-safe to start/stop from one controlling thread.
-    """
-
-    def __init__(
-        self,
-        target: Evictable,
-        *,
-        ttl: float = 0.0,
-        interval: float | None = None,
-        clock: Clock | Callable[[], float] = time.time,
-    ) -> None:
-        if interval is not None and not interval > 0:
-            raise InvalidRecordError("interval", interval, "must be > 0 seconds")
-        self.target = target
-        self.interval = eviction_interval(ttl) if interval is None else interval
-        self.clock = clock
-        self.ticks = 0
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def tick(self, now: float | None = None) -> object:
-        """Sweep once at ``now`` (default ``clock()``); return what ``evict`` returned (``None``
-        after an error)."""
-        try:
-            result = self.target.evict(self.clock() if now is None else now)
-        except Exception:
-            self.errors += 1
-            _log.exception("eviction failed")
-            return None
-        finally:
-            self.ticks += 1
-        return result
-
-    @property
-    def running(self) -> bool:
-        """Whether the thread or the task is running."""
-        thread_alive = self._thread is not None and self._thread.is_alive()
-        return thread_alive or (self._task is not None and not self._task.done())
-
-    def start(self) -> None:
-        """Start the daemon thread (first sweep one interval from now).
-
-        Raises:
-            RuntimeError: already running.
-        """
-        if self.running:
-            raise RuntimeError("EvictionTicker is already running")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="prefixcache-eviction", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.tick()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop the thread and wait for it (at most ``timeout`` s). Idempotent."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def __enter__(self) -> EvictionTicker:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    async def run(self) -> None:
-        """Sweep every interval until cancelled (the coroutine behind :meth:`start_async`)."""
-        while True:
-            await asyncio.sleep(self.interval)
-            self.tick()
-
-    def start_async(self) -> asyncio.Task[None]:
-        """Run :meth:`run` as a task on the running loop and return it.
-
-        Raises:
-            RuntimeError: already running, or no running event loop.
-        """
-        if self.running:
-            raise RuntimeError("EvictionTicker is already running")
-        loop = asyncio.get_running_loop()
-        coro: Coroutine[Any, Any, None] = self.run()
-        self._task = loop.create_task(coro)
-        return self._task
-
-    async def stop_async(self) -> None:
-        """Cancel the task and wait for it. Idempotent."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
