@@ -23,6 +23,8 @@ from prefixcache.kvevents._decode import (
     decode_payload,
     encode_payload,
 )
+from prefixcache.kvevents._kvchain import extract_kv_chain
+from prefixcache.kvevents._outcomes import IngestReport, ResidencyState, ResidencyStatus
 from prefixcache.kvevents._policy import cache_source_of, fill_cached_tokens
 from prefixcache.kvevents._records import (
     AllBlocksCleared,
@@ -36,11 +38,7 @@ from prefixcache.kvevents._residency import (
     DEFAULT_MAX_BLOCKS_PER_REPLICA,
     DEFAULT_MAX_DEFERRED,
     DEFAULT_MAX_REPLICAS,
-    IngestReport,
     KvResidency,
-    ResidencyState,
-    ResidencyStatus,
-    extract_kv_chain,
 )
 from prefixcache.kvevents._subscribe import (
     DEFAULT_REPLAY_TIMEOUT,

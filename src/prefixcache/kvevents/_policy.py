@@ -14,7 +14,8 @@ import attrs
 from clusterrouting import InvalidRecordError
 from prefixcache._cost import CacheSource, CostCandidate, KvCacheMirror
 from prefixcache._types import ReplicaKey
-from prefixcache.kvevents._residency import KvResidency, ResidencyState
+from prefixcache.kvevents._outcomes import ResidencyState
+from prefixcache.kvevents._residency import KvResidency
 
 __all__ = ["cache_source_of", "fill_cached_tokens"]
 

@@ -35,8 +35,9 @@ from prefixcache.kvevents._decode import (
     decode_payload,
     encode_payload,
 )
+from prefixcache.kvevents._outcomes import IngestReport
 from prefixcache.kvevents._records import EventBatch, KvEventDecodeError
-from prefixcache.kvevents._residency import IngestReport, KvResidency
+from prefixcache.kvevents._residency import KvResidency
 
 if TYPE_CHECKING:
     import zmq

@@ -1,0 +1,420 @@
+"""One replica's record: its blocks, its ``seq`` gaps, and the bookkeeping that applies events.
+
+:class:`Replica` holds everything recorded about one replica key and tracks its sequence
+numbers (gaps opened and filled); :class:`BlockLedger` applies stores, removals and clears
+to a replica's tables and keeps the owner map shared by all replicas. Neither locks: the
+owning :class:`~prefixcache.kvevents.KvResidency` guards both with its lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+from xxhash import xxh64_intdigest
+
+from prefixcache._chain import chain_of_bytes, model_salt
+from prefixcache.kvevents._kvchain import (
+    chain_with_extra,
+    extra_keys_of,
+    has_foreign_keys,
+    namespace_root,
+)
+from prefixcache.kvevents._outcomes import Counts, ResidencyState
+from prefixcache.kvevents._records import BlockRemoved, BlockStored
+
+__all__ = ["CANON", "REFS", "STAMP", "BlockLedger", "Replica"]
+
+#: Open ``seq`` gaps tracked per replica; past it the oldest is given up (stays degraded).
+_MAX_GAPS: Final = 64
+
+
+# One engine block held by one replica in one (medium, group): a list, not a class (building
+# it is a third of the ingest loop's cost otherwise), indexed by these names.
+# REFS: copies stored and not yet removed; CANON: our hashes of its block_size // block_tokens
+# sub-blocks (a tuple); STAMP: the seq of its latest store (a replayed clear drops what was
+# stored before it).
+REFS: Final = 0
+CANON: Final = 1
+STAMP: Final = 2
+_Entry = list[Any]
+
+
+# A store waiting for its parent: (seq, model, event).
+_Deferred = tuple[int, str, BlockStored]
+_Table = dict[int, _Entry]
+_TableKey = tuple[str, int]
+
+
+class Replica:
+    """Everything recorded about one replica key (guarded by the residency's lock)."""
+
+    __slots__ = (
+        "bit",
+        "canon",
+        "deferred",
+        "deferred_count",
+        "high",
+        "live_last",
+        "missing",
+        "nblocks",
+        "restarts",
+        "slot",
+        "tables",
+        "tainted",
+        "tombstones",
+        "updated_at",
+    )
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.bit = 1 << slot
+        self.restarts = 0
+        self.updated_at: float | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the blocks' bookkeeping and the sequence (the caller released the
+        blocks' hashes from the residency's owner map first)."""
+        # Per (medium, group): engine hash -> entry, in store order (the eviction order).
+        self.tables: dict[_TableKey, _Table] = {}
+        self.nblocks = 0
+        self.canon: dict[int, int] = {}  # our hash -> entries holding it
+        self.live_last = -1  # last seq received live (-1: none yet)
+        self.high = -1  # highest seq applied
+        self.missing: list[list[int]] = []  # sorted, disjoint [lo, hi] seq ranges
+        self.tainted = False
+        self.deferred: dict[tuple[_TableKey, int], list[_Deferred]] = {}
+        self.deferred_count = 0
+        self.tombstones: dict[tuple[_TableKey, int], int] = {}
+
+    def state(self) -> ResidencyState:
+        if self.missing or self.tainted:
+            return ResidencyState.DEGRADED
+        return ResidencyState.EXACT
+
+    def blocks(self) -> int:
+        return self.nblocks
+
+    def start(self, seq: int, replayed: bool, tally: Counts) -> None:
+        """Take ``seq`` as the first batch seen (after a first sight or a restart)."""
+        self.high = seq
+        self.live_last = -1 if replayed else seq
+        if seq > 0:
+            self.open_gap(0, seq - 1, tally)
+
+    def open_gap(self, lo: int, hi: int, tally: Counts) -> None:
+        """Record ``[lo, hi]`` as missing (above every gap already open)."""
+        tally["missed"] += hi - lo + 1
+        self.missing.append([lo, hi])  # gaps open in increasing seq order
+        if len(self.missing) > _MAX_GAPS:
+            self.missing.pop(0)  # given up: those batches can no longer be told apart
+            self.tainted = True
+
+    def fill(self, seq: int) -> bool:
+        """Mark ``seq`` as no longer missing; whether it was."""
+        missing = self.missing
+        for i, gap in enumerate(missing):
+            lo, hi = gap
+            if seq < lo:
+                return False
+            if seq <= hi:
+                if lo == hi:
+                    del missing[i]
+                elif seq == lo:
+                    gap[0] = lo + 1
+                elif seq == hi:
+                    gap[1] = hi - 1
+                else:
+                    gap[1] = seq - 1
+                    missing.insert(i + 1, [seq + 1, hi])
+                    if len(missing) > _MAX_GAPS:
+                        missing.pop(0)
+                        self.tainted = True
+                return True
+        return False
+
+    def settle(self, tally: Counts) -> None:
+        """Every gap is filled: what still waits can no longer be explained by a replay."""
+        if self.deferred_count:
+            tally["abandoned"] += self.deferred_count
+            self.tainted = True
+        self.deferred = {}
+        self.deferred_count = 0
+        self.tombstones = {}
+
+
+class BlockLedger:
+    """Applies one replica's block events to its tables and to the owner map of all replicas.
+
+    ``where`` maps each of our hashes held anywhere to the bitmask of the replica slots
+    holding it. Not thread-safe by itself: the caller holds its lock around every call.
+    """
+
+    def __init__(
+        self,
+        *,
+        block_tokens: int,
+        media: frozenset[str],
+        groups: frozenset[int],
+        max_blocks: int,
+        max_deferred: int,
+    ) -> None:
+        self._bt = block_tokens
+        self._media = media
+        self._groups = groups
+        self._max_blocks = max_blocks
+        self._max_deferred = max_deferred
+        self.where: dict[int, int] = {}  # our hash -> bitmask of replica slots holding it
+        # Medium as on the wire, of events without a group -> the table key they are
+        # recorded under (only media routed on: a handful).
+        self._table_keys: dict[str | None, _TableKey] = {}
+
+    def drop_all(self, r: Replica) -> None:
+        """Drop every block ``r`` holds (the sequence is left as it is)."""
+        where = self.where
+        bit = r.bit
+        for h in r.canon:
+            held = where[h] & ~bit
+            if held:
+                where[h] = held
+            else:
+                del where[h]
+        r.canon = {}
+        r.tables = {}
+        r.nblocks = 0
+        r.deferred = {}
+        r.deferred_count = 0
+        r.tombstones = {}
+
+    def _release(self, r: Replica, canon: tuple[int, ...]) -> None:
+        counts = r.canon
+        where = self.where
+        for h in canon:
+            n = counts[h] - 1
+            if n:
+                counts[h] = n
+            else:
+                del counts[h]
+                held = where[h] & ~r.bit
+                if held:
+                    where[h] = held
+                else:
+                    del where[h]
+
+    def _table_key(self, medium: str | None, group: int | None) -> _TableKey | None:
+        m = "GPU" if medium is None else medium
+        g = 0 if group is None else group
+        if m not in self._media or g not in self._groups:
+            return None
+        if group is None:  # the usual case, cached by medium (a handful of media)
+            self._table_keys.setdefault(medium, (m, g))
+        return (m, g)
+
+    def store(self, r: Replica, seq: int, model: str, ev: BlockStored, tally: Counts) -> int:
+        """Apply one store; returns the engine blocks stored (0: dropped or deferred, and
+        counted in ``tally``; the caller counts applied stores and blocks)."""
+        medium, group = ev.medium, ev.group_idx
+        tk = self._table_keys.get(medium) if group is None else None
+        if tk is None:
+            tk = self._table_key(medium, group)
+            if tk is None:
+                if (medium or "GPU") not in self._media:
+                    tally["dropped_medium"] += 1
+                else:
+                    tally["dropped_group"] += 1
+                return 0
+        hashes = ev.block_hashes
+        n = len(hashes)
+        size = ev.block_size
+        if n == 0 or size == 0 or len(ev.token_ids) != n * size:
+            tally["dropped_tokens"] += 1
+            return 0
+        bt = self._bt
+        if size % bt:
+            tally["dropped_block_size"] += 1
+            return 0
+        parent = ev.parent_block_hash
+        if (n > 1 and len(set(hashes)) != n) or (parent is not None and parent in hashes):
+            tally["dropped_self_reference"] += 1
+            return 0
+        table = r.tables.get(tk)
+        extra = ev.extra_keys
+        lora = ev.lora_name
+        if parent is None:
+            if lora is None and (extra is None or not extra[0]):
+                prev = model_salt(model)
+            else:
+                keys0: tuple[object, ...] = ()
+                if extra and extra[0]:
+                    keys0 = extra_keys_of(extra[0], lora)
+                prev = namespace_root(model, lora, keys0)
+        else:
+            pe = None if table is None else table.get(parent)
+            if pe is None:
+                # The parent may live in another medium (a GPU block whose prefix was
+                # offloaded to the CPU): the chain is the same.
+                pe = next((t[parent] for t in r.tables.values() if parent in t), None)
+            if pe is None:
+                self._orphan(r, tk, parent, seq, model, ev, tally)
+                return 0
+            prev = pe[CANON][-1]
+        if table is None:
+            table = r.tables[tk] = {}
+        per = size // bt
+        data = ev.token_bytes
+        counts = r.canon
+        where = self.where
+        bit = r.bit
+        if n == 1 and per == 1 and extra is None:
+            # One block of ours (a decode step completing a block): the loop below, unrolled.
+            h = hashes[0]
+            e = table.get(h)
+            if e is None:
+                c = xxh64_intdigest(prev.to_bytes(8, "little") + data)
+                table[h] = [1, (c,), seq]  # REFS, CANON, STAMP
+                r.nblocks += 1
+                k = counts.get(c)
+                if k is None:
+                    counts[c] = 1
+                    where[c] = where.get(c, 0) | bit
+                else:
+                    counts[c] = k + 1
+            else:
+                e[REFS] += 1
+                e[STAMP] = seq
+        else:
+            width = 4 * bt
+            if extra is None or not has_foreign_keys(extra, lora, parent is None):
+                canon = chain_of_bytes(prev, data, width, n * per)
+            else:
+                canon = chain_with_extra(prev, data, width, per, extra, lora, parent is None)
+            added = 0
+            for i, h in enumerate(hashes):
+                e = table.get(h)
+                if e is None:
+                    sub = canon[i * per : (i + 1) * per] if per > 1 else (canon[i],)
+                    table[h] = [1, sub, seq]  # REFS, CANON, STAMP
+                    added += 1
+                    for c in sub:
+                        k = counts.get(c)
+                        if k is None:
+                            counts[c] = 1
+                            where[c] = where.get(c, 0) | bit
+                        else:
+                            counts[c] = k + 1
+                else:
+                    e[REFS] += 1
+                    e[STAMP] = seq
+            r.nblocks += added
+        if r.tombstones:
+            for h in hashes:
+                self._apply_tombstone(r, tk, table, h, tally)
+        if r.nblocks > self._max_blocks:
+            self._evict(r, tally)
+        if r.deferred:
+            self._resume(r, tk, hashes, tally)
+        return n
+
+    def _resume(self, r: Replica, tk: _TableKey, hashes: Iterable[int], tally: Counts) -> None:
+        """Apply the stores that waited for one of ``hashes`` as their parent (and, in
+        turn, those waiting for theirs)."""
+        stack = list(hashes)
+        while stack and r.deferred:
+            waiting = r.deferred.pop((tk, stack.pop()), None)
+            if not waiting:
+                continue
+            r.deferred_count -= len(waiting)
+            for wseq, wmodel, wev in waiting:
+                n = self.store(r, wseq, wmodel, wev, tally)
+                if n:
+                    tally["resumed"] += 1
+                    tally["applied_stores"] += 1
+                    tally["stored_blocks"] += n
+
+    def _orphan(
+        self,
+        r: Replica,
+        tk: _TableKey,
+        parent: int,
+        seq: int,
+        model: str,
+        ev: BlockStored,
+        tally: Counts,
+    ) -> None:
+        if r.missing and r.deferred_count < self._max_deferred:
+            r.deferred.setdefault((tk, parent), []).append((seq, model, ev))
+            r.deferred_count += 1
+            tally["deferred"] += 1
+        else:
+            tally["dropped_orphan"] += 1
+            r.tainted = True
+
+    def _apply_tombstone(
+        self, r: Replica, tk: _TableKey, table: _Table, h: int, tally: Counts
+    ) -> None:
+        pending = r.tombstones.pop((tk, h), 0)
+        while pending and h in table:
+            pending -= 1
+            self._remove_one(r, tk, table, h)
+            tally["removed_blocks"] += 1
+        if pending:
+            r.tombstones[(tk, h)] = pending
+
+    def _remove_one(self, r: Replica, tk: _TableKey, table: _Table, h: int) -> None:
+        e = table[h]
+        e[REFS] -= 1
+        if e[REFS] == 0:
+            del table[h]
+            r.nblocks -= 1
+            self._release(r, e[CANON])
+
+    def remove(self, r: Replica, ev: BlockRemoved, tally: Counts) -> None:
+        """Apply one removal (counted in ``tally``)."""
+        tk = self._table_key(ev.medium, ev.group_idx)
+        if tk is None:
+            if (ev.medium or "GPU") not in self._media:
+                tally["dropped_medium"] += 1
+            else:
+                tally["dropped_group"] += 1
+            return
+        table = r.tables.get(tk)
+        for h in ev.block_hashes:
+            if table is not None and h in table:
+                self._remove_one(r, tk, table, h)
+                tally["removed_blocks"] += 1
+            else:
+                tally["unknown_removals"] += 1
+                if r.missing and r.deferred_count < self._max_deferred:
+                    key = (tk, h)
+                    r.tombstones[key] = r.tombstones.get(key, 0) + 1
+        tally["applied_removes"] += 1
+
+    def clear(self, r: Replica, seq: int, tally: Counts) -> None:
+        """Apply an ``AllBlocksCleared`` of batch ``seq`` (counted in ``tally``)."""
+        tally["applied_clears"] += 1
+        if seq >= r.high:  # in order: everything held was stored before the clear
+            if r.nblocks:
+                tally["cleared_blocks"] += r.nblocks
+            self.drop_all(r)
+            r.missing = []
+        else:  # a replayed clear: later batches' blocks stay
+            for table in r.tables.values():
+                for h in [h for h, e in table.items() if e[STAMP] <= seq]:
+                    e = table.pop(h)
+                    r.nblocks -= 1
+                    self._release(r, e[CANON])
+                    tally["cleared_blocks"] += 1
+            r.missing = [gap for gap in r.missing if gap[0] > seq]
+        r.tainted = False
+
+    def _evict(self, r: Replica, tally: Counts) -> None:
+        # Oldest stored first, table by table (one medium's table is usually all there is).
+        for table in r.tables.values():
+            while table and r.nblocks > self._max_blocks:
+                e = table.pop(next(iter(table)))
+                r.nblocks -= 1
+                self._release(r, e[CANON])
+                tally["evicted_blocks"] += 1
+            if r.nblocks <= self._max_blocks:
+                return
