@@ -1,6 +1,8 @@
 """prefixcache: prefix chains, the radix index, affinity decisions and cross-router sync."""
 
 from clusterrouting import __version__ as __version__  # one version for the distribution
+from prefixcache._answers import TreeClosedError
+from prefixcache._backends import BACKENDS, DEFAULT_BACKEND, Backend, BackendUnavailableError
 from prefixcache._chain import (
     MAX_TOKEN_ID,
     extract_chain,
@@ -91,14 +93,7 @@ from prefixcache._snapshot import (
 )
 from prefixcache._sync import Sync, SyncStats
 from prefixcache._ticker import EvictionTicker, eviction_interval
-from prefixcache._tree import (
-    BACKENDS,
-    DEFAULT_BACKEND,
-    Backend,
-    BackendUnavailableError,
-    RadixTree,
-    TreeClosedError,
-)
+from prefixcache._tree import RadixTree
 from prefixcache._types import Candidate, ReplicaKey
 
 __all__ = [

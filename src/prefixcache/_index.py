@@ -6,11 +6,13 @@ import threading
 from collections.abc import Sequence
 
 from clusterrouting import InvalidRecordError
+from prefixcache._answers import TreeClosedError
+from prefixcache._backends import DEFAULT_BACKEND, Backend
 from prefixcache._config import DEFAULT_CONFIG, Config
 from prefixcache._decision import CandidateMemo, DecisionBasis, PrefixDecision
 from prefixcache._keys import check_key, check_time
 from prefixcache._protocols import Provider
-from prefixcache._tree import DEFAULT_BACKEND, Backend, RadixTree, TreeClosedError
+from prefixcache._tree import RadixTree
 from prefixcache._types import Candidate, ReplicaKey
 
 __all__ = ["Index", "Provider"]

@@ -15,12 +15,9 @@ Design (the *why*; the *what* is in :class:`RadixTree`'s docstring):
   new path (a repeated prompt, a conversation's next turn), that batch is *taken over* in
   O(1); only the other found nodes change batch. Weights are per-owner sums maintained
   incrementally (:mod:`prefixcache._weights`), so a weight never walks the tree.
-* A heap of batches by age (lazy deletion, compacted when mostly stale) makes ``evict`` and
-  the ``max_entries`` LRU cost O(removed + log n); an owner -> batches index makes
-  ``remove`` cost O(removed). A batch's live nodes are always the deepest ``live`` nodes of
-  its path (a later insert takes a *prefix* of it, the LRU evicts its shallowest first), so
-  an entry keyed ``(last_seen, depth of the shallowest live node, seq)`` orders batches
-  exactly as the LRU orders nodes: equal ``last_seen`` values need no regrouping.
+* A heap of batches by age (:mod:`prefixcache._age`) makes ``evict`` and the
+  ``max_entries`` LRU cost O(removed + log n); an owner -> batches index makes ``remove``
+  cost O(removed).
 * ``query`` then ``observe`` of the same tuple chain (``Index.decide`` then
   ``Index.observe``) walk and validate it once: the walk is remembered with the mutation
   counter and reused only if nothing changed.
@@ -28,97 +25,28 @@ Design (the *why*; the *what* is in :class:`RadixTree`'s docstring):
 
 from __future__ import annotations
 
-import heapq
 import math
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from itertools import compress
 from operator import itemgetter
-from typing import Any, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Generic, TypeVar
 
-from clusterrouting import ClusterRoutingError, InvalidRecordError
+from clusterrouting import InvalidRecordError
+from prefixcache._age import AgeHeap
+from prefixcache._answers import Query, TreeClosedError
+from prefixcache._backends import DEFAULT_BACKEND, Backend, make_store
 from prefixcache._keys import check_key, check_time, fast_key_ok
 from prefixcache._protocols import NodeStore
-from prefixcache._runs import ROOT, DictStore, Node
+from prefixcache._runs import ROOT, Node
 from prefixcache._weights import Batch, Owner, Weights, live_at
 
-__all__ = [
-    "BACKENDS",
-    "DEFAULT_BACKEND",
-    "Backend",
-    "BackendUnavailableError",
-    "Query",
-    "RadixTree",
-    "TreeClosedError",
-    "make_store",
-]
-
-Backend = Literal["dict", "datrie"]
-BACKENDS: tuple[Backend, ...] = ("dict", "datrie")
-DEFAULT_BACKEND: Backend = "dict"
+__all__ = ["RadixTree"]
 
 V = TypeVar("V", bound=Hashable)
 
 _NOT_WALKED: tuple[Any, list[Node], int, Any] = (object(), [], -1, ())
-_Aged: TypeAlias = tuple[float, int, int, Batch, int]
-"""An age-heap entry: ``(last_seen, depth of the batch's shallowest live node -- a lower
-bound once nodes have left it --, seq, batch, depth of its deepest node)``."""
 _COMPACT_EVERY = 32  # inserts between checks of the heaps for stale entries
-
-
-class TreeClosedError(ClusterRoutingError, RuntimeError):
-    """A write reached a tree closed by :meth:`RadixTree.close_if_empty` (its owner, e.g.
-    an ``Index``, has dropped it: write to the owner's current tree instead)."""
-
-
-class BackendUnavailableError(ImportError):
-    """A backend's optional dependency is not installed (``backend="datrie"`` needs
-    ``pip install 'clusterrouting[datrie]'``)."""
-
-
-def make_store(backend: str) -> NodeStore:
-    """A fresh node store for ``backend``.
-
-    Raises:
-        InvalidRecordError: ``backend`` is not one of :data:`BACKENDS`.
-        BackendUnavailableError: ``"datrie"`` without the ``datrie`` package.
-    """
-    if backend == "dict":
-        return DictStore()
-    if backend == "datrie":
-        try:
-            from prefixcache._datrie_store import DatrieStore
-        except ImportError as exc:  # the C extension is an optional extra
-            raise BackendUnavailableError(
-                "backend='datrie' needs the datrie package: "
-                "pip install 'clusterrouting[datrie]' (a C compiler builds it)"
-            ) from exc
-        return DatrieStore()
-    raise InvalidRecordError("backend", backend, "must be 'dict' or 'datrie'")
-
-
-class Query:
-    """What :meth:`RadixTree.query` knows about a key, in plain values.
-
-    Attributes:
-        owner: the value of the deepest live node on the key's path, or ``None``.
-        depth: that node's depth (0 without an owner).
-        positions: the positions of the requested values that own nodes (ascending); the
-            others weigh 0.0.
-        sums: for each of those positions, its weight divided by ``scale``.
-        scale: the common factor: ``weight = sums[j] * scale``.
-    """
-
-    __slots__ = ("depth", "owner", "positions", "scale", "sums")
-
-    def __init__(
-        self, owner: Any, depth: int, positions: list[int], sums: list[float], scale: float
-    ) -> None:
-        self.owner = owner
-        self.depth = depth
-        self.positions = positions
-        self.sums = sums
-        self.scale = scale
 
 
 class RadixTree(Generic[V]):
@@ -209,7 +137,7 @@ class RadixTree(Generic[V]):
         self._weights = Weights(ttl, half_life if half_life > 0 else 0.0)
         self._len = 0
         self._seq = 0  # bumped by every insert and removal (also guards the remembered walk)
-        self._age: list[_Aged] = []  # every batch with live nodes, once (see _Aged)
+        self._age = AgeHeap()  # every batch with live nodes, once
         self._closed = False
         self._until_compact = _COMPACT_EVERY
         self._walked: tuple[Any, list[Node], int, Any] = _NOT_WALKED
@@ -533,8 +461,7 @@ class RadixTree(Generic[V]):
     def _after_insert(self, b: Batch) -> None:
         """Age ``b``, compact stale heap entries now and then, enforce the cap, let the
         store maintain itself."""
-        # Every node of the key is b's now: its shallowest live node has depth 1.
-        heapq.heappush(self._age, (b.t, 1, b.seq, b, b.live))
+        self._age.push(b)
         self._until_compact -= 1
         if not self._until_compact:
             self._until_compact = _COMPACT_EVERY
@@ -549,13 +476,7 @@ class RadixTree(Generic[V]):
         branches left without values. Returns the number of values removed."""
         now = check_time("now", now)
         with self._lock:
-            ttl = self._ttl
-            age = self._age
-            removed = 0
-            while age and not live_at(age[0][0], now, ttl):
-                _, _, seq, b, _ = heapq.heappop(age)
-                if b.live and b.seq == seq:
-                    removed += self._drop_batch(b)
+            removed = sum(self._drop_batch(b) for b in self._age.pop_expired(now, self._ttl))
             if removed:
                 self._after_removal()
             return removed
@@ -619,45 +540,16 @@ class RadixTree(Generic[V]):
         batches = self._weights.batches
         if len(self._age) + self._weights.pending() <= 4 * batches + 128:
             return
-        self._age = [e for e in self._age if e[3].live and e[3].seq == e[2]]
-        heapq.heapify(self._age)
+        self._age.compact()
         self._weights.clear_expiring()
 
     def _evict_lru(self) -> None:
-        """Evict values in (last_seen, depth, seq) order until within the cap.
-
-        The heap is a k-way merge of the batches' node lists: the entry on top stands for
-        the next node to go, its batch's shallowest live node (depth ``last - live + 1``:
-        see the module docstring). An entry whose depth is behind (nodes were taken from
-        its batch since) is re-keyed when it surfaces. The popped batch then loses, in one
-        step, every node that precedes the next entry. So each evicted node costs
-        amortised O(1) heap operations, O(log n), whatever the number of equal
-        ``last_seen`` values.
-        """
-        age = self._age
-        cap = self._cap
-        while self._len > cap and age:
-            t, d, seq, b, last = age[0]
-            if b.seq != seq or not b.live:
-                heapq.heappop(age)  # stale: its batch was re-stamped or emptied
-                continue
-            first = last - b.live + 1
-            if first != d:
-                heapq.heapreplace(age, (t, first, seq, b, last))
-                continue
-            k = min(b.live, self._len - cap)
-            if len(age) > 1:
-                # The next entry: the smaller child of the top. b's nodes at depths first,
-                # first + 1, ... precede it while (depth, seq) is smaller than its own.
-                nxt = age[1] if len(age) == 2 or age[1] < age[2] else age[2]
-                if nxt[0] == t:
-                    k = min(k, nxt[1] - first + (seq < nxt[2]))
-            self._evict_shallowest(b, k)
-            if b.live:
-                heapq.heapreplace(age, (t, first + k, seq, b, last))
-            else:
-                heapq.heappop(age)
+        """Evict values in (last_seen, depth, seq) order until within the cap."""
+        self._age.evict_lru(self._excess, self._evict_shallowest)
         self._seq += 1  # a mutation: forgets the remembered walk
+
+    def _excess(self) -> int:
+        return self._len - self._cap
 
     def _evict_shallowest(self, b: Batch, k: int) -> None:
         """Evict the ``k`` shallowest live nodes of ``b`` (its live nodes are the last
@@ -750,7 +642,7 @@ class RadixTree(Generic[V]):
                 assert len(mine) == b.live, "batch live count wrong"
                 assert len(set(mine)) == len(mine), "node twice in a batch"
                 live += b.live
-                aged = [e for e in self._age if e[3] is b and e[2] == b.seq]
+                aged = self._age.entry_of(b)
                 assert len(aged) == 1, "batch not aged exactly once"
                 # Its live nodes are the deepest of its path; the entry's depth bounds them.
                 assert mine == b.nodes[len(b.nodes) - b.live :], "live nodes not a suffix"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from prefixcache import BACKENDS, RadixTree, _tree
+from prefixcache import BACKENDS, RadixTree, _age
 
 
 @pytest.fixture(params=BACKENDS)
@@ -20,7 +20,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 class CountingHeapq:
-    """Stands in for the ``heapq`` module inside ``prefixcache._tree``: counts every call."""
+    """Stands in for the ``heapq`` module inside ``prefixcache._age`` (the tree's age
+    heap): counts every call."""
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
@@ -63,7 +64,7 @@ def test_equal_last_seen_costs_constant_heap_operations_per_insert(
     for i in range(n):
         tree.insert((i,), "a", 0.0)
     counting = CountingHeapq()
-    monkeypatch.setattr(_tree, "heapq", counting)
+    monkeypatch.setattr(_age, "heapq", counting)
     for i in range(n, 2 * n):
         tree.insert((i,), "b", 0.0)  # each insert evicts the oldest one-block entry
     assert len(tree) == n
@@ -85,7 +86,7 @@ def test_equal_last_seen_across_depths_costs_constant_heap_operations_per_evicti
     for key, value, now in inserts:
         tree.insert(key, value, now)
     counting = CountingHeapq()
-    monkeypatch.setattr(_tree, "heapq", counting)
+    monkeypatch.setattr(_age, "heapq", counting)
     more = [
         (tuple(range(10**6 + i * 100, 10**6 + i * 100 + depth)), "b", 0.0) for i in range(chains)
     ]
