@@ -1,0 +1,104 @@
+"""The LiteLLM plugin's in-flight bookkeeping: reservations held per ``(request id,
+deployment id)``, their deadlines, and per deployment the in-flight count and the backlog
+of uncached prompt tokens they add up to."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+__all__ = ["Ledger", "Reservation"]
+
+
+class Reservation:
+    """One reserved attempt; ``done`` once released or expired."""
+
+    __slots__ = ("chain", "deployment", "done", "expires", "group", "rid", "session", "uncached")
+
+    def __init__(
+        self,
+        rid: str,
+        deployment: str,
+        group: str,
+        chain: tuple[int, ...],
+        session: str | None,
+        uncached: int,
+        expires: float,
+    ) -> None:
+        self.rid = rid
+        self.deployment = deployment
+        self.group = group
+        self.chain = chain
+        self.session = session
+        self.uncached = uncached
+        self.expires = expires
+        self.done = False
+
+
+class Ledger:
+    """The reservations one plugin holds.
+
+    ``in_flight`` and ``queued`` map a deployment id to its held reservations and their
+    uncached tokens (a deployment with none is absent). Reservations expire first in, first
+    out: every one shares the plugin's ttl, so ``expires`` grows with insertion.
+
+    Not thread-safe: the plugin calls it with its lock held.
+    """
+
+    __slots__ = ("_expiry", "_held", "in_flight", "queued")
+
+    def __init__(self) -> None:
+        self.in_flight: dict[str, int] = {}
+        self.queued: dict[str, int] = {}
+        self._held: dict[tuple[str, str], list[Reservation]] = {}
+        self._expiry: deque[Reservation] = deque()
+
+    def __len__(self) -> int:
+        """Reservations held (not yet released or expired)."""
+        return sum(len(v) for v in self._held.values())
+
+    def reserve(self, res: Reservation) -> None:
+        """Hold ``res`` until :meth:`take` or :meth:`expire` drops it."""
+        self._held.setdefault((res.rid, res.deployment), []).append(res)
+        self._expiry.append(res)
+        d = res.deployment
+        self.in_flight[d] = self.in_flight.get(d, 0) + 1
+        self.queued[d] = self.queued.get(d, 0) + res.uncached
+
+    def take(self, rids: Iterable[str], deployment: str) -> Reservation | None:
+        """Drop and return the oldest reservation on ``deployment`` under the first of
+        ``rids`` that holds one; ``None`` when none does (or ``deployment`` is empty)."""
+        if not deployment:
+            return None
+        for rid in rids:
+            held = self._held.get((rid, deployment))
+            if held:
+                res = held[0]
+                self._drop(res)
+                return res
+        return None
+
+    def expire(self, now: float) -> int:
+        """Drop the reservations whose deadline is before ``now``; returns how many."""
+        expiry = self._expiry
+        expired = 0
+        while expiry and (expiry[0].done or expiry[0].expires < now):
+            res = expiry.popleft()
+            if not res.done:
+                self._drop(res)
+                expired += 1
+        return expired
+
+    def _drop(self, res: Reservation) -> None:
+        res.done = True
+        held = self._held.get((res.rid, res.deployment))
+        if held is not None:
+            held.remove(res)
+            if not held:
+                del self._held[(res.rid, res.deployment)]
+        d = res.deployment
+        self.in_flight[d] -= 1
+        self.queued[d] -= res.uncached
+        if not self.in_flight[d]:
+            del self.in_flight[d]
+            self.queued.pop(d, None)
