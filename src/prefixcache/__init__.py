@@ -19,6 +19,7 @@ from prefixcache._config import (
     validate_thresholds,
 )
 from prefixcache._cost import (
+    DEFAULT_COST_MARGIN,
     DEFAULT_IN_FLIGHT_TOKENS,
     DEFAULT_PIN_TOKENS,
     DEFAULT_QUEUE_WEIGHT,
@@ -45,6 +46,7 @@ from prefixcache._events import (
     decode_event,
 )
 from prefixcache._explain import SelectCandidate, SelectExplanation, explain_select
+from prefixcache._hot import DEFAULT_HOT_LOWER, DEFAULT_HOT_MAX_CHAIN, HotPrefixes
 from prefixcache._index import Index, Provider
 from prefixcache._pins import (
     MAX_PIN_BYTES,
@@ -113,6 +115,9 @@ __all__ = [
     "CostTerms",
     "DEFAULT_BACKEND",
     "DEFAULT_CONFIG",
+    "DEFAULT_COST_MARGIN",
+    "DEFAULT_HOT_LOWER",
+    "DEFAULT_HOT_MAX_CHAIN",
     "DEFAULT_IN_FLIGHT_TOKENS",
     "DEFAULT_PIN_TOKENS",
     "DEFAULT_QUEUE_WEIGHT",
@@ -124,6 +129,7 @@ __all__ = [
     "EVENT_SUBJECTS",
     "EventDecodeError",
     "EvictionTicker",
+    "HotPrefixes",
     "INVALIDATE_SUBJECT",
     "Index",
     "InvalidateEvent",

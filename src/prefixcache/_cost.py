@@ -25,6 +25,7 @@ from clusterrouting import InvalidRecordError
 from prefixcache._types import ReplicaKey
 
 __all__ = [
+    "DEFAULT_COST_MARGIN",
     "DEFAULT_IN_FLIGHT_TOKENS",
     "DEFAULT_PIN_TOKENS",
     "DEFAULT_QUEUE_WEIGHT",
@@ -43,8 +44,12 @@ __all__ = [
 DEFAULT_QUEUE_WEIGHT = 0.1
 """A queued prefill token costs 0.1 uncached prompt token (see ``pick_lowest_cost``)."""
 
-DEFAULT_IN_FLIGHT_TOKENS = 256
-"""Each request in flight above the least-loaded replica costs 256 prompt tokens."""
+DEFAULT_IN_FLIGHT_TOKENS = 64
+"""Each request in flight above the least-loaded replica costs 64 prompt tokens."""
+
+DEFAULT_COST_MARGIN = 512
+"""Costs within 512 prompt tokens (one 512-token block) of the least are ties, which go to
+the lower ``tie_rank`` (see ``pick_lowest_cost``)."""
 
 DEFAULT_SHARE_FACTOR = 1.1
 """Fair-share guard: a replica may take a request while its recent dispatches are at most
@@ -110,10 +115,12 @@ class CostCandidate:
             pinned replica is exempt from the fair-share guard: a session's turns are not
             the traffic's share. The host sets it only while the replica is within its load
             guard, so an overloaded session still moves.
-        tie_rank: orders candidates whose cost, queue and in-flight count tie, lower first,
-            before the key (a host passes ``recent_dispatches`` so that new sessions, whose
-            costs tie, spread instead of all taking the least key); 0 (the default)
-            everywhere keeps the key order.
+        tie_rank: orders the candidates whose costs tie (within ``cost_margin`` of the
+            least), lower first. A host passes how recently it dispatched to each replica
+            (0 for the least recently used; the replay does) or its ``recent_dispatches``,
+            so that requests whose savings are alike everywhere rotate over the replicas as
+            round-robin would instead of following in-flight noise; 0 (the default)
+            everywhere leaves ties to the cost, then the queue, in-flight count and key.
 
     Raises:
         InvalidRecordError: a count is not an ``int >= 0``, ``key`` is not a ReplicaKey or
@@ -138,6 +145,7 @@ def pick_lowest_cost(
     in_flight_tokens: float = DEFAULT_IN_FLIGHT_TOKENS,
     share_factor: float | None = DEFAULT_SHARE_FACTOR,
     share_slack: int = DEFAULT_SHARE_SLACK,
+    cost_margin: float = DEFAULT_COST_MARGIN,
 ) -> ReplicaKey | None:
     """Pick the replica where the request costs the cluster least, within its fair share.
 
@@ -147,20 +155,22 @@ def pick_lowest_cost(
     dispatches is always eligible, so the filter never empties the set. A candidate with
     ``pinned_tokens > 0`` is always eligible too.
 
-    Then tiers over the eligible candidates, applied with one ``min`` key (first non-tie
-    wins):
+    The cost of an eligible candidate, in prompt tokens::
 
-    1. cost, ascending, in prompt tokens::
+        max(0, prompt_tokens - cached_tokens)                  # prefill work it adds
+        + queue_weight * queued_tokens                         # backlog, discounted
+        + in_flight_tokens * (in_flight - min_in_flight)       # load above the least
+        - pinned_tokens                                        # the session's pin
 
-           max(0, prompt_tokens - cached_tokens)                  # prefill work it adds
-           + queue_weight * queued_tokens                         # backlog, discounted
-           + in_flight_tokens * (in_flight - min_in_flight)       # load above the least
-           - pinned_tokens                                        # the session's pin
+    with ``min_in_flight`` the least ``in_flight`` over all candidates.
 
-       with ``min_in_flight`` the least ``in_flight`` over all candidates;
-    2. ``queued_tokens`` ascending (of two equal costs, the shorter queue);
-    3. ``in_flight`` ascending;
-    4. ``tie_rank`` ascending (0 everywhere unless the host ranks ties);
+    Tiers, applied with one ``min`` key over the eligible candidates whose cost is at most
+    the least cost + ``cost_margin`` (the *ties*; first non-tie wins):
+
+    1. ``tie_rank`` ascending (the host's rotation order; 0 everywhere skips this tier);
+    2. cost ascending;
+    3. ``queued_tokens`` ascending (of two equal costs, the shorter queue);
+    4. ``in_flight`` ascending;
     5. ``key`` ascending (stable, deterministic).
 
     Why these weights. The request's own TTFT would weigh uncached work and backlog
@@ -169,13 +179,22 @@ def pick_lowest_cost(
     a second replica, spending cache capacity and splitting the session's future hits; a
     backlog drains. With ``queue_weight=0.1`` a replica holding the prefix keeps the request
     unless another's backlog is shorter by more than ten times the tokens it would save
-    (``1.0`` is the greedy own-TTFT rule, which the replay measures at ~82% of the ideal hit
-    ratio against ~98% on the Mooncake trace). The in-flight term keeps request counts
-    even: requests whose cache savings are equal everywhere (new sessions) go to the least
-    loaded replica, and a popular shared prefix spreads to more replicas instead of piling
-    onto the one that cached it first; at half a 512-token block per extra request it is
-    far below what a cached conversation saves (thousands of tokens), so sessions stay put.
+    (``1.0`` is the greedy own-TTFT rule, which loses a large share of the hits in the
+    replay). The in-flight term (an eighth of a 512-token
+    block per extra request) moves a request off a replica only when many more requests run
+    there; it is small because in-flight counts include requests that are only decoding,
+    whose cost to a new request's first token is a sliver of a step.
     ``queue_weight=0, in_flight_tokens=0`` is pure affinity (hot replicas melt down).
+
+    Why a margin. When the savings are alike everywhere (every replica holds a shared
+    system prompt, or none holds a new session's), the costs differ only by backlog and
+    in-flight noise, and following that noise sends bursts of requests to one replica.
+    Costs within ``cost_margin`` of the least are ties, and ties go by the host's
+    ``tie_rank``: with the least recently used replica ranked first, such requests rotate
+    over the replicas exactly as round-robin does, which is what identical requests on even
+    arrivals want, while a replica saving more than the margin (a cached conversation, a
+    prefix only some replicas hold) still wins on cost. ``cost_margin=0`` breaks ties only
+    between exactly equal costs.
 
     Why a guard on shares as well. Cache savings are unbounded (a shared 30k-token system
     prompt saves 30k tokens on every replica holding it), so no fixed load weight keeps
@@ -195,25 +214,60 @@ def pick_lowest_cost(
         in_flight_tokens: cost per in-flight request above the least loaded (finite, >= 0).
         share_factor: the fair-share factor (finite, >= 1), or ``None`` for no guard.
         share_slack: the fair-share guard's absolute slack in dispatches (int >= 0).
+        cost_margin: costs within this many prompt tokens of the least tie (finite, >= 0).
 
     Returns:
         The chosen key, or ``None`` for an empty ``candidates``.
 
     Raises:
-        InvalidRecordError: ``prompt_tokens`` < 0 or not an int; a bad weight.
+        InvalidRecordError: ``prompt_tokens`` < 0 or not an int; a bad weight or margin.
 
     Complexity: O(len(candidates)).
 
     >>> a = CostCandidate(key=ReplicaKey("a"), cached_tokens=1024, queued_tokens=4000)
     >>> b = CostCandidate(key=ReplicaKey("b"), queued_tokens=0)
-    >>> pick_lowest_cost([a, b], prompt_tokens=2048).node_id   # 1024 + 400 < 2048 + 0
+    >>> pick_lowest_cost([a, b], prompt_tokens=2048).node_id   # 1024 + 400 + 512 < 2048
     'a'
     >>> pick_lowest_cost([a, b], prompt_tokens=2048, queue_weight=1.0).node_id
     'b'
+    >>> c = CostCandidate(key=ReplicaKey("c"), cached_tokens=1024, tie_rank=1)
+    >>> d = CostCandidate(key=ReplicaKey("d"), cached_tokens=1024, queued_tokens=900)
+    >>> pick_lowest_cost([c, d], prompt_tokens=2048).node_id   # 1024 vs 1114: a tie
+    'd'
     """
+    _check_args(
+        prompt_tokens, queue_weight, in_flight_tokens, share_factor, share_slack, cost_margin
+    )
+    if not candidates:
+        return None
+    min_if = min(c.in_flight for c in candidates)
+    eligible = _eligible(candidates, share_factor, share_slack)
+    costs = [_cost(c, prompt_tokens, queue_weight, in_flight_tokens, min_if) for c in eligible]
+    limit = min(costs) + cost_margin
+    return min(
+        (
+            (c.tie_rank, cost, c.queued_tokens, c.in_flight, c.key)
+            for c, cost in zip(eligible, costs, strict=True)
+            if cost <= limit
+        )
+    )[-1]
+
+
+def _check_args(
+    prompt_tokens: int,
+    queue_weight: float,
+    in_flight_tokens: float,
+    share_factor: float | None,
+    share_slack: int,
+    cost_margin: float,
+) -> None:
     if type(prompt_tokens) is not int or prompt_tokens < 0:
         raise InvalidRecordError("prompt_tokens", prompt_tokens, "must be an int >= 0")
-    for name, w in (("queue_weight", queue_weight), ("in_flight_tokens", in_flight_tokens)):
+    for name, w in (
+        ("queue_weight", queue_weight),
+        ("in_flight_tokens", in_flight_tokens),
+        ("cost_margin", cost_margin),
+    ):
         if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
             raise InvalidRecordError(name, w, "must be a finite number >= 0")
     if share_factor is not None and (
@@ -225,28 +279,45 @@ def pick_lowest_cost(
         raise InvalidRecordError("share_factor", share_factor, "must be a finite number >= 1")
     if type(share_slack) is not int or share_slack < 0:
         raise InvalidRecordError("share_slack", share_slack, "must be an int >= 0")
-    if not candidates:
+
+
+def _share_limit(
+    candidates: Sequence[CostCandidate], share_factor: float | None, share_slack: int
+) -> float | None:
+    """The fair-share guard's limit in dispatches (``None``: guard off)."""
+    if share_factor is None:
         return None
-    min_if = min(c.in_flight for c in candidates)
-    eligible: Sequence[CostCandidate] = candidates
-    if share_factor is not None:
-        limit = sum(c.recent_dispatches for c in candidates) / len(candidates)
-        limit = limit * share_factor + share_slack
-        eligible = [c for c in candidates if c.recent_dispatches <= limit or c.pinned_tokens]
+    mean = sum(c.recent_dispatches for c in candidates) / len(candidates)
+    return mean * share_factor + share_slack
 
-    def cost(c: CostCandidate) -> tuple[float, int, int, int, ReplicaKey]:
-        uncached = prompt_tokens - c.cached_tokens
-        if uncached < 0:
-            uncached = 0
-        total = (
-            uncached
-            + queue_weight * c.queued_tokens
-            + in_flight_tokens * (c.in_flight - min_if)
-            - c.pinned_tokens
-        )
-        return (total, c.queued_tokens, c.in_flight, c.tie_rank, c.key)
 
-    return min(eligible, key=cost).key
+def _eligible(
+    candidates: Sequence[CostCandidate], share_factor: float | None, share_slack: int
+) -> Sequence[CostCandidate]:
+    """The candidates the fair-share guard lets through (never empty for a non-empty set)."""
+    limit = _share_limit(candidates, share_factor, share_slack)
+    if limit is None:
+        return candidates
+    return [c for c in candidates if c.recent_dispatches <= limit or c.pinned_tokens]
+
+
+def _cost(
+    c: CostCandidate,
+    prompt_tokens: int,
+    queue_weight: float,
+    in_flight_tokens: float,
+    min_in_flight: int,
+) -> float:
+    """The cost of ``c`` in prompt tokens (see ``pick_lowest_cost``)."""
+    uncached = prompt_tokens - c.cached_tokens
+    if uncached < 0:
+        uncached = 0
+    return (
+        uncached
+        + queue_weight * c.queued_tokens
+        + in_flight_tokens * (c.in_flight - min_in_flight)
+        - c.pinned_tokens
+    )
 
 
 @attrs.frozen(kw_only=True, slots=True)
@@ -288,14 +359,19 @@ class CostExplanation:
 
     Attributes:
         chosen: the key :func:`pick_lowest_cost` returns for the same arguments.
-        rule: the tier that separated the winner from the best other eligible candidate:
-            ``"cost"``, ``"queued_tokens"``, ``"in_flight"``, ``"tie_rank"`` or ``"key"``;
-            ``"only_eligible"`` when one candidate passed the guard, ``"empty"`` for none.
+        rule: what separated the winner from the best other eligible candidate:
+            ``"cost"`` when no other eligible candidate's cost is within the margin (the
+            winner is the only tie), else the first tier of :func:`pick_lowest_cost` on
+            which the two ties differ: ``"tie_rank"``, ``"cost"``, ``"queued_tokens"``,
+            ``"in_flight"`` or ``"key"``; ``"only_eligible"`` when one candidate passed
+            the guard, ``"empty"`` for none.
         candidates: a :class:`CostTerms` per candidate, in input order.
         min_in_flight: the least ``in_flight`` over all candidates (``None`` when empty).
         share_limit: the fair-share guard's limit in dispatches (``None``: guard off or no
             candidates).
-        params: the arguments the decision used (prompt tokens and weights).
+        params: the arguments the decision used (prompt tokens, weights and margin).
+        tie_limit: the least eligible cost plus ``cost_margin``: eligible candidates
+            costing at most this tie (``None`` when empty).
     """
 
     chosen: ReplicaKey | None
@@ -304,6 +380,7 @@ class CostExplanation:
     min_in_flight: int | None
     share_limit: float | None
     params: dict[str, int | float | None]
+    tie_limit: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (no prompt content: only counts and weights)."""
@@ -314,12 +391,13 @@ class CostExplanation:
             "rule": self.rule,
             "min_in_flight": self.min_in_flight,
             "share_limit": self.share_limit,
+            "tie_limit": self.tie_limit,
             "params": dict(self.params),
             "candidates": [c.to_json() for c in self.candidates],
         }
 
 
-_TIERS = ("cost", "queued_tokens", "in_flight", "tie_rank", "key")
+_TIERS = ("tie_rank", "cost", "queued_tokens", "in_flight", "key")
 
 
 def explain_lowest_cost(
@@ -330,6 +408,7 @@ def explain_lowest_cost(
     in_flight_tokens: float = DEFAULT_IN_FLIGHT_TOKENS,
     share_factor: float | None = DEFAULT_SHARE_FACTOR,
     share_slack: int = DEFAULT_SHARE_SLACK,
+    cost_margin: float = DEFAULT_COST_MARGIN,
 ) -> CostExplanation:
     """:func:`pick_lowest_cost` with its reasons: every candidate's signals, the filter that
     excluded it, each cost term, and the tier that decided.
@@ -340,8 +419,8 @@ def explain_lowest_cost(
     >>> a = CostCandidate(key=ReplicaKey("a"), cached_tokens=1024, queued_tokens=4000)
     >>> b = CostCandidate(key=ReplicaKey("b"))
     >>> e = explain_lowest_cost([a, b], prompt_tokens=2048)
-    >>> e.chosen.node_id, e.rule, [c.cost for c in e.candidates]
-    ('a', 'cost', [1424.0, 2048.0])
+    >>> e.chosen.node_id, e.rule, [c.cost for c in e.candidates], e.tie_limit
+    ('a', 'cost', [1424.0, 2048.0], 1936.0)
     """
     chosen = pick_lowest_cost(
         candidates,
@@ -350,6 +429,7 @@ def explain_lowest_cost(
         in_flight_tokens=in_flight_tokens,
         share_factor=share_factor,
         share_slack=share_slack,
+        cost_margin=cost_margin,
     )
     params: dict[str, int | float | None] = {
         "prompt_tokens": prompt_tokens,
@@ -357,6 +437,7 @@ def explain_lowest_cost(
         "in_flight_tokens": in_flight_tokens,
         "share_factor": share_factor,
         "share_slack": share_slack,
+        "cost_margin": cost_margin,
     }
     if not candidates:
         return CostExplanation(
@@ -368,20 +449,14 @@ def explain_lowest_cost(
             params=params,
         )
     min_if = min(c.in_flight for c in candidates)
-    limit: float | None = None
-    if share_factor is not None:
-        limit = sum(c.recent_dispatches for c in candidates) / len(candidates)
-        limit = limit * share_factor + share_slack
+    limit = _share_limit(candidates, share_factor, share_slack)
     terms = []
     ranked = []
     for c in candidates:
         excluded = None
         if limit is not None and not (c.recent_dispatches <= limit or c.pinned_tokens):
             excluded = "fair_share"
-        uncached = max(0, prompt_tokens - c.cached_tokens)
-        qt = queue_weight * c.queued_tokens
-        lt = in_flight_tokens * (c.in_flight - min_if)
-        total = uncached + qt + lt - c.pinned_tokens
+        total = _cost(c, prompt_tokens, queue_weight, in_flight_tokens, min_if)
         signals: dict[str, int | str] = {
             f.name: (v.value if isinstance(v, StrEnum) else v)
             for f in attrs.fields(type(c))
@@ -392,20 +467,23 @@ def explain_lowest_cost(
             key=c.key,
             signals=signals,
             excluded_by=excluded,
-            uncached_tokens=uncached,
-            queue_term=float(qt),
-            load_term=float(lt),
+            uncached_tokens=max(0, prompt_tokens - c.cached_tokens),
+            queue_term=float(queue_weight * c.queued_tokens),
+            load_term=float(in_flight_tokens * (c.in_flight - min_if)),
             pin_term=float(-c.pinned_tokens),
             cost=float(total),
         )
         terms.append(t)
         if excluded is None:
-            ranked.append((float(total), c.queued_tokens, c.in_flight, c.tie_rank, c.key))
-    ranked.sort()
+            ranked.append((c.tie_rank, float(total), c.queued_tokens, c.in_flight, c.key))
+    tie_limit = min(r[1] for r in ranked) + cost_margin
+    ties = sorted(r for r in ranked if r[1] <= tie_limit)
     if len(ranked) == 1:
         rule = "only_eligible"
+    elif len(ties) == 1:
+        rule = "cost"
     else:
-        first, second = ranked[0], ranked[1]
+        first, second = ties[0], ties[1]
         rule = next(
             (name for name, x, y in zip(_TIERS, first, second, strict=True) if x != y), "key"
         )
@@ -416,6 +494,7 @@ def explain_lowest_cost(
         min_in_flight=min_if,
         share_limit=limit,
         params=params,
+        tie_limit=float(tie_limit),
     )
 
 

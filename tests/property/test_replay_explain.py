@@ -39,9 +39,10 @@ cost_candidates = st.builds(
     cands=st.lists(cost_candidates, max_size=6),
     prompt=st.integers(0, 8192),
     qw=st.sampled_from([0.0, 0.1, 1.0]),
-    ift=st.sampled_from([0.0, 256.0]),
+    ift=st.sampled_from([0.0, 64.0, 256.0]),
     share=st.sampled_from([None, 1.0, 1.1, 2.0]),
     slack=st.integers(0, 3),
+    margin=st.sampled_from([0.0, 100.0, 512.0]),
 )
 def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
     cands: list[CostCandidate],
@@ -50,6 +51,7 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
     ift: float,
     share: float | None,
     slack: int,
+    margin: float,
 ) -> None:
     kw = {
         "prompt_tokens": prompt,
@@ -57,6 +59,7 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
         "in_flight_tokens": ift,
         "share_factor": share,
         "share_slack": slack,
+        "cost_margin": margin,
     }
     e = explain_lowest_cost(cands, **kw)  # type: ignore[arg-type]
     assert e.chosen == pick_lowest_cost(cands, **kw)  # type: ignore[arg-type]
@@ -67,24 +70,37 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
         return
     eligible = [t for t in e.candidates if t.excluded_by is None]
     assert eligible  # the guard never empties the set
-    # The terms add up, and the least (cost, queue, in-flight, tie rank, key) eligible
-    # candidate is the chosen one.
+    # The terms add up; the ties are the eligible candidates within the margin of the least
+    # cost, and the least (tie rank, cost, queue, in-flight, key) tie is the chosen one.
     for t, c in zip(e.candidates, cands, strict=True):
         assert t.key == c.key
         assert t.cost == t.uncached_tokens + t.queue_term + t.load_term + t.pin_term
         assert t.signals["in_flight"] == c.in_flight
-    best = min(
-        zip(e.candidates, cands, strict=True),
+    least = min(t.cost for t in eligible)
+    assert e.tie_limit == least + margin
+    ties = [
+        (t, c)
+        for t, c in zip(e.candidates, cands, strict=True)
+        if t.excluded_by is None and t.cost <= least + margin
+    ]
+    ranked = sorted(
+        ties,
         key=lambda tc: (
-            tc[0].cost if tc[0].excluded_by is None else float("inf"),
+            tc[1].tie_rank,
+            tc[0].cost,
             tc[1].queued_tokens,
             tc[1].in_flight,
-            tc[1].tie_rank,
             tc[1].key,
         ),
     )
-    assert best[0].key == e.chosen
+    assert ranked[0][0].key == e.chosen
     assert e.rule in ("only_eligible", "cost", "queued_tokens", "in_flight", "tie_rank", "key")
+    if e.rule == "cost" and len(ranked) > 1:
+        # Cost decided between two ties: their ranks were equal and their costs not.
+        (t0, c0), (t1, c1) = ranked[0], ranked[1]
+        assert c0.tie_rank == c1.tie_rank and t0.cost < t1.cost
+    if e.rule == "tie_rank":
+        assert ranked[0][1].tie_rank < ranked[1][1].tie_rank
 
 
 @st.composite

@@ -34,9 +34,12 @@ def test_tie_rank_orders_ties_before_the_key_and_only_ties() -> None:
     assert pick_lowest_cost([a, b], prompt_tokens=100) == B
     # Counterfactual: equal ranks fall back to the key.
     assert pick_lowest_cost([CostCandidate(key=A), CostCandidate(key=B)], prompt_tokens=100) == A
-    # A rank never beats a lower cost.
+    # A rank beats a lower cost within the margin (90 vs 100 tokens) ...
     cheaper = CostCandidate(key=A, cached_tokens=10, tie_rank=9)
-    assert pick_lowest_cost([cheaper, b], prompt_tokens=100) == A
+    assert pick_lowest_cost([cheaper, b], prompt_tokens=100) == B
+    # ... never beyond it (1000 vs 2000 tokens, more than 512 apart).
+    much_cheaper = CostCandidate(key=A, cached_tokens=1000, tie_rank=9)
+    assert pick_lowest_cost([much_cheaper, b], prompt_tokens=2000) == A
 
 
 @pytest.mark.parametrize("field", ["pinned_tokens", "tie_rank"])

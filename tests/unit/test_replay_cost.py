@@ -6,6 +6,7 @@ import pytest
 
 from clusterrouting import InvalidRecordError
 from prefixcache import (
+    DEFAULT_COST_MARGIN,
     DEFAULT_IN_FLIGHT_TOKENS,
     DEFAULT_QUEUE_WEIGHT,
     DEFAULT_SHARE_FACTOR,
@@ -96,19 +97,45 @@ def test_mirror_lru_evicts_leaves_before_their_prefixes() -> None:
 
 
 def test_in_flight_term_spreads_equal_savings_but_keeps_deep_matches() -> None:
-    # Equal savings (a new session): the least-loaded replica wins, 256 tokens per request.
+    # Equal savings (a new session): the least-loaded replica wins, 64 tokens per request.
     busy = CostCandidate(key=A, in_flight=3, cached_tokens=512)
     idle = CostCandidate(key=B, in_flight=1, cached_tokens=512)
     assert pick_lowest_cost([busy, idle], prompt_tokens=4096) == B
-    # A deep match (8 blocks = 4096 tokens saved) outweighs 2 extra in-flight requests.
+    # A deep match (3584 tokens more saved) outweighs 2 extra in-flight requests (128).
     deep = CostCandidate(key=A, in_flight=3, cached_tokens=4096)
     assert pick_lowest_cost([deep, idle], prompt_tokens=8192) == A
-    # Counterfactual: with 20 extra requests (5120 tokens) it no longer does.
-    swamped = CostCandidate(key=A, in_flight=21, cached_tokens=4096)
+    # Still at 47 extra requests: 4096 + 47 x 64 = 7104, more than the margin below 7680.
+    loaded = CostCandidate(key=A, in_flight=48, cached_tokens=4096)
+    assert pick_lowest_cost([loaded, idle], prompt_tokens=8192) == A
+    # Counterfactual: with 60 extra requests (3840 tokens) it no longer does.
+    swamped = CostCandidate(key=A, in_flight=61, cached_tokens=4096)
     assert pick_lowest_cost([swamped, idle], prompt_tokens=8192) == B
-    assert DEFAULT_IN_FLIGHT_TOKENS == 256
+    assert DEFAULT_IN_FLIGHT_TOKENS == 64
     with pytest.raises(InvalidRecordError, match="in_flight_tokens"):
         pick_lowest_cost([], prompt_tokens=1, in_flight_tokens=-1.0)
+
+
+def test_costs_within_the_margin_tie_and_ties_go_by_tie_rank() -> None:
+    # Costs 1000 (a) and 1400 (b): within the 512-token margin, so the lower tie_rank (b,
+    # the least recently used replica in the replay) wins although a costs less.
+    a = CostCandidate(key=A, cached_tokens=1000, tie_rank=1)
+    b = CostCandidate(key=B, cached_tokens=600, tie_rank=0)
+    assert pick_lowest_cost([a, b], prompt_tokens=2000) == B
+    # Exactly at the margin still ties (1000 + 512 = 1512).
+    b_edge = CostCandidate(key=B, cached_tokens=488, tie_rank=0)
+    assert pick_lowest_cost([a, b_edge], prompt_tokens=2000) == B
+    # Counterfactual: one token beyond the margin, the cheaper a wins whatever its rank.
+    b_far = CostCandidate(key=B, cached_tokens=487, tie_rank=0)
+    assert pick_lowest_cost([a, b_far], prompt_tokens=2000) == A
+    # Margin 0: only exactly equal costs tie.
+    assert pick_lowest_cost([a, b], prompt_tokens=2000, cost_margin=0) == A
+    # Equal ranks: the ties go by cost, as before.
+    b_same = CostCandidate(key=B, cached_tokens=600, tie_rank=1)
+    assert pick_lowest_cost([a, b_same], prompt_tokens=2000) == A
+    assert DEFAULT_COST_MARGIN == 512
+    for bad in (-1.0, float("inf"), True):
+        with pytest.raises(InvalidRecordError, match="cost_margin"):
+            pick_lowest_cost([], prompt_tokens=1, cost_margin=bad)
 
 
 def test_fair_share_guard_skips_replicas_over_their_share() -> None:

@@ -31,7 +31,8 @@ def test_claim_report_ranks_balanced_policies_and_names_the_leaders() -> None:
     reqs = synthetic_trace(seed=4, sessions=50, duration_s=300.0)
     res = run_replay(reqs, trace_name="tiny", policies=("round-robin", "cache-cost", "random"))
     text = format_claim([res])
-    best = min(res.policies, key=lambda p: p.ttft_mean_s)
+    balanced = [p for p in res.policies if p.max_over_mean_requests <= 1.15]
+    best = min(balanced, key=lambda p: p.ttft_mean_s)
     assert f"| tiny | {best.name} ({best.ttft_mean_s:.3f} s) |" in text
     assert "### tiny" in text
     ours = res.policy("cache-cost")

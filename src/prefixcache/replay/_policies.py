@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from clusterrouting import (
@@ -14,6 +13,7 @@ from clusterrouting import (
     pick_best_replica,
     pick_with_affinity,
 )
+from prefixcache._hot import DEFAULT_HOT_LOWER, HotPrefixes
 from prefixcache.kvevents import EventBatch
 from prefixcache.replay._peers import (
     AibrixPrefixCachePolicy,
@@ -231,101 +231,21 @@ class FederationPolicy(_IndexPolicy):
         return best.replica_index
 
 
-class HotPrefixes:
-    """Warm copies for prefixes whose demand exceeds one replica, with hysteresis.
-
-    A request's *prefix key* is its deepest block cached on some replica (for a new
-    conversation under a shared system prompt, the prompt's last block; for a session's
-    next turn, its own previous turn). Over the router's last ``window`` dispatches, a
-    key's demand in replicas is ``u = share of dispatches x replicas`` (1.0: one replica's
-    fair share of the traffic). A key keeps ``k`` warm replicas: ``k`` rises to ``ceil(u)``
-    as soon as ``u > k`` and falls by one only once ``u < (k - 1) x lower``, so a constant
-    demand never flaps. The warm set starts with the replicas holding the prefix, and a
-    new copy goes to the replica with the fewest in-flight requests (lowest index on
-    ties); a copy leaves last-in first-out. Keys at ``k = 1`` are forgotten, so memory is
-    bounded by ``window`` keys.
-
-    The cost policy treats every warm replica as holding the prefix: a hot prefix's
-    requests spread over its ``k`` copies by load, each copy paying the prefix's prefill
-    once, instead of queueing behind the one replica that cached it first.
-    """
-
-    __slots__ = ("_counts", "_k", "_recent", "_warm", "lower", "window")
-
-    def __init__(self, *, window: int, lower: float = 0.75) -> None:
-        if type(window) is not int or window < 1:
-            raise InvalidRecordError("window", window, "must be an int >= 1")
-        if not 0 < lower <= 1:
-            raise InvalidRecordError("lower", lower, "must be in (0, 1]")
-        self.window = window
-        self.lower = lower
-        self._recent: deque[int] = deque()
-        self._counts: dict[int, int] = {}
-        self._k: dict[int, int] = {}
-        self._warm: dict[int, list[int]] = {}
-
-    def demand(self, key: int, replicas: int) -> float:
-        """``u``: the key's share of the window times ``replicas`` (0 before any dispatch)."""
-        n = len(self._recent)
-        return self._counts.get(key, 0) * replicas / n if n else 0.0
-
-    def copies(self, key: int) -> int:
-        """The key's current number of warm copies (1 when it is not hot)."""
-        return self._k.get(key, 1)
-
-    def warm(self, key: int, holders: Sequence[int], in_flight: Sequence[int]) -> tuple[int, ...]:
-        """Update ``key``'s copy count from its demand and return its warm replicas
-        (empty when it needs one copy). ``holders``: replicas that cache the prefix."""
-        n = len(in_flight)
-        u = self.demand(key, n)
-        k = self._k.get(key, 1)
-        if u > k:
-            k = min(n, math.ceil(u))
-        while k > 1 and u < (k - 1) * self.lower:
-            k -= 1
-        if k <= 1:
-            self._k.pop(key, None)
-            self._warm.pop(key, None)
-            return ()
-        self._k[key] = k
-        warm = self._warm.get(key)
-        if warm is None:
-            warm = self._warm[key] = [h for h in holders][:k]
-        for h in holders:
-            if len(warm) >= k:
-                break
-            if h not in warm:
-                warm.append(h)
-        while len(warm) < k:
-            rest = [r for r in range(n) if r not in warm]
-            warm.append(min(rest, key=lambda r: (in_flight[r], r)))
-        del warm[k:]
-        return tuple(warm)
-
-    def record(self, key: int | None) -> None:
-        """Count one dispatch under ``key`` (``None``: a request with no cached prefix)."""
-        k = -1 if key is None else key
-        self._recent.append(k)
-        self._counts[k] = self._counts.get(k, 0) + 1
-        if len(self._recent) > self.window:
-            old = self._recent.popleft()
-            c = self._counts[old] - 1
-            if c:
-                self._counts[old] = c
-            else:
-                del self._counts[old]
-
-
 class CacheCostPolicy(_Base):
-    """Ours: ``prefixcache.pick_lowest_cost`` over a ``KvCacheMirror``.
+    """Ours: ``prefixcache.pick_lowest_cost`` over a ``KvCacheMirror``, with hot prefixes.
 
     The router mirrors each replica's KV cache (LRU, capacity = the replica's KV blocks,
     which engines report) from what it dispatched, and keeps each replica's prefill backlog
     in tokens: the estimated uncached tokens of requests whose first token has not come back
-    yet, and its last ``256 x replicas`` dispatches (``DispatchWindow``). Each request goes,
-    among the replicas within their fair share of those dispatches (<= 1.1 x mean + 2),
-    where uncached work + 0.1 x backlog + 256 tokens per in-flight request above the
-    least-loaded replica is least (``pick_lowest_cost`` defaults). Observes at dispatch by
+    yet, and its last ``256 x replicas`` dispatches (``DispatchWindow``). A request's
+    deepest block cached on some replica is its prefix; ``prefixcache.HotPrefixes`` (over
+    the same ``256 x replicas`` dispatches) keeps ``ceil(demand)`` warm copies of a prefix
+    whose demand exceeds one replica, and every warm replica counts as holding it. Each
+    request goes, among the replicas within their fair share of those dispatches (<= 1.1 x
+    mean + 2), where uncached work + 0.1 x backlog + 64 tokens per in-flight request above
+    the least-loaded replica is least; costs within 512 tokens of the least tie, and ties
+    go to the replica dispatched to least recently (``tie_rank``), so identical requests
+    rotate as round-robin would (``pick_lowest_cost`` defaults). Observes at dispatch by
     default (the router knows what it just sent).
     """
 
@@ -343,7 +263,8 @@ class CacheCostPolicy(_Base):
         in_flight_tokens: float | None = None,
         share_factor: float | None = -1.0,
         share_slack: int | None = None,
-        hot_lower: float = 0.75,
+        hot_lower: float = DEFAULT_HOT_LOWER,
+        cost_margin: float | None = None,
     ) -> None:
         from prefixcache import (
             DEFAULT_QUEUE_WEIGHT,
@@ -358,6 +279,7 @@ class CacheCostPolicy(_Base):
         self._mirror = KvCacheMirror(capacity_blocks=capacity_blocks)
         self._bt = block_tokens
         from prefixcache import (
+            DEFAULT_COST_MARGIN,
             DEFAULT_IN_FLIGHT_TOKENS,
             DEFAULT_SHARE_FACTOR,
             DEFAULT_SHARE_SLACK,
@@ -368,6 +290,7 @@ class CacheCostPolicy(_Base):
         self._sf = DEFAULT_SHARE_FACTOR if share_factor == -1.0 else share_factor
         self._ss = DEFAULT_SHARE_SLACK if share_slack is None else share_slack
         self._hot_lower = hot_lower
+        self._margin = DEFAULT_COST_MARGIN if cost_margin is None else cost_margin
         self._cc = CostCandidate
         from prefixcache.kvevents import CacheSource
 
@@ -385,7 +308,6 @@ class CacheCostPolicy(_Base):
         self.sources: dict[str, int] = {"events": 0, "mirror": 0}
         self._hot_on = hot_prefixes
         self.hot: HotPrefixes | None = None
-        self._key: dict[int, int | None] = {}
         if precise:
             self.name = "cache-cost-precise"
 
@@ -444,17 +366,27 @@ class CacheCostPolicy(_Base):
         n = len(keys)
         held, exact = self._held(blocks, n)
         credit = held
+        warm: tuple[int, ...] = ()
         hot = self.hot
         if hot is not None:
             deepest = max(held)
-            pkey = blocks[deepest - 1] if deepest else None
-            self._key[i] = pkey
-            if pkey is not None:
-                warm = hot.warm(pkey, [k for k in range(n) if held[k] == deepest], inf)
+            if deepest:
+                warm = hot.warm(
+                    blocks[deepest - 1],
+                    holders=[k for k in range(n) if held[k] == deepest],
+                    in_flight=dict(enumerate(inf)),
+                )
                 if warm:
                     credit = list(held)
                     for k in warm:
                         credit[k] = deepest
+        # Ties rotate: the replica dispatched to least recently ranks first.
+        lu = view.last_used
+        rank = [0] * n
+        for pos, k in enumerate(
+            sorted(range(n), key=lambda k: (-math.inf if lu[k] is None else lu[k], k))
+        ):
+            rank[k] = pos
         cands = [
             cc(
                 key=keys[k],
@@ -463,6 +395,7 @@ class CacheCostPolicy(_Base):
                 queued_tokens=queued[k],
                 recent_dispatches=window.count(keys[k]),
                 cached_source=events if exact[k] else mirror_src,
+                tie_rank=rank[k],
             )
             for k in range(n)
         ]
@@ -473,6 +406,7 @@ class CacheCostPolicy(_Base):
             in_flight_tokens=self._ift,
             share_factor=self._sf,
             share_slack=self._ss,
+            cost_margin=self._margin,
         )
         assert key is not None
         if self.log_every and i % self.log_every == 0:
@@ -485,10 +419,11 @@ class CacheCostPolicy(_Base):
                 in_flight_tokens=self._ift,
                 share_factor=self._sf,
                 share_slack=self._ss,
+                cost_margin=self._margin,
             )
             assert e.chosen == key
             d = e.to_json()
-            d["warm_copies"] = len(credit) if credit is not held else 0
+            d["warm_copies"] = len(warm)
             self._log(i, request, now, d)
         r = keys.index(key)
         self._est[i] = inp - min(inp, held[r] * bt)
@@ -498,7 +433,7 @@ class CacheCostPolicy(_Base):
         self._queued[replica] += self._est[i]
         self._window.record(self._keys[replica])
         if self.hot is not None:
-            self.hot.record(self._key.pop(i, None))
+            self.hot.record(request.blocks)
         if self.observe_at == "dispatch":
             self._mirror.observe(self._keys[replica], request.blocks)
         if self.reads_kv_events:
@@ -563,6 +498,7 @@ _COST_PARAMS: dict[str, Callable[[float], Any]] = {
     "share_factor": float,
     "share_slack": int,
     "hot_lower": float,
+    "cost_margin": float,
 }
 
 TUNABLE: dict[str, dict[str, Callable[[float], Any]]] = {

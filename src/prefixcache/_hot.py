@@ -1,0 +1,211 @@
+"""Warm copies for hot prefixes: how many replicas should hold a prefix, and which.
+
+A prefix that more than one replica's worth of the traffic needs (one shared system prompt
+in front of most requests) pins its requests to the replica that cached it first when a
+router follows the cache alone: that replica queues while the others idle. A router that
+keeps ``k`` *warm copies* of such a prefix, and treats every warm replica as holding it,
+spreads its requests by load instead; each copy pays the prefix's prefill once.
+
+:class:`HotPrefixes` decides ``k`` from the router's recent dispatches and remembers the
+warm set, with hysteresis so that a steady load never flaps between ``k`` and ``k - 1``.
+It reads no clock: recency is the order of :meth:`HotPrefixes.record` calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Collection, Hashable, Mapping, Sequence
+from typing import TypeVar
+
+from clusterrouting import InvalidRecordError
+
+__all__ = [
+    "DEFAULT_HOT_LOWER",
+    "DEFAULT_HOT_MAX_CHAIN",
+    "HotPrefixes",
+]
+
+DEFAULT_HOT_LOWER = 0.75
+"""A prefix with ``k`` warm copies drops to ``k - 1`` only once its demand falls below
+``0.75 x (k - 1)`` replicas (see :class:`HotPrefixes`)."""
+
+DEFAULT_HOT_MAX_CHAIN = 4096
+"""Blocks of a chain :meth:`HotPrefixes.record` counts (a 2M-token prompt at 512 tokens
+per block); deeper blocks are ignored, which bounds the memory per dispatch."""
+
+R = TypeVar("R", bound=Hashable)
+
+
+class HotPrefixes:
+    """How many warm copies each prefix needs, from the router's last ``window`` dispatches.
+
+    Demand. :meth:`record` counts one dispatch and every block of its prefix chain (blocks
+    are prefix-chained hashes, so a block stands for the whole prefix ending there). A
+    prefix's demand in replicas is ``u = (dispatches in the window whose chain contains
+    it) / (dispatches in the window) x replicas``: 1.0 is one replica's fair share of the
+    traffic. A shared system prompt in front of every request has ``u = replicas`` from the
+    first dispatch on, so its copies are placed at once, not after a queue has formed.
+
+    Copies, with hysteresis. :meth:`warm` keeps a count ``k`` per prefix (1 when absent):
+    ``k`` rises to ``min(replicas, ceil(u))`` as soon as ``u > k`` and falls by one while
+    ``u < (k - 1) x lower``. Under a constant demand ``u``, ``k = ceil(u)`` and never
+    changes (``(ceil(u) - 1) x lower < u``); a demand must fall by more than ``1 - lower``
+    of a copy before a copy is dropped.
+
+    Placement. The warm set starts with the replicas that hold the prefix (``holders``, in
+    the order given); a new copy goes to the replica with the fewest requests in flight
+    (the first in ``in_flight``'s order on ties); when ``k`` falls, the copy added last
+    leaves first. A warm replica missing from ``in_flight`` (it left) is dropped.
+
+    Memory. The window holds ``window`` chains of at most ``max_chain`` blocks, and one
+    count per distinct block among them; copy counts and warm sets are kept only for
+    prefixes whose ``k >= 2`` and whose block is still counted in the window (a prefix
+    that leaves the window is forgotten). O(window x max_chain) in all.
+
+    The clock is the dispatch order: no time is read. Not thread-safe: guard it with the
+    router's lock.
+
+    Args:
+        window: dispatches remembered (int >= 1); a few hundred per replica (the replay uses
+            256 x replicas).
+        lower: the hysteresis factor in (0, 1] (1: drop a copy as soon as ``u <= k - 1``).
+        max_chain: blocks counted per chain (int >= 1).
+
+    Raises:
+        InvalidRecordError: a bad ``window``, ``lower`` or ``max_chain`` (the message names
+            it and the value).
+
+    >>> hot = HotPrefixes(window=4)
+    >>> for chain in [(1, 2), (1, 3), (1, 4), (9,)]:
+    ...     hot.record(chain)
+    >>> hot.demand(1, replicas=4)      # 3 of 4 dispatches share block 1
+    3.0
+    >>> hot.warm(1, holders=["a"], in_flight={"a": 5, "b": 2, "c": 0, "d": 0})
+    ('a', 'c', 'd')
+    >>> hot.copies(1), hot.warm(9, holders=["b"], in_flight={"a": 5, "b": 2})
+    (3, ())
+    """
+
+    __slots__ = ("_chains", "_counts", "_k", "_warm", "lower", "max_chain", "window")
+
+    def __init__(
+        self,
+        *,
+        window: int,
+        lower: float = DEFAULT_HOT_LOWER,
+        max_chain: int = DEFAULT_HOT_MAX_CHAIN,
+    ) -> None:
+        if type(window) is not int or window < 1:
+            raise InvalidRecordError("window", window, "must be an int >= 1")
+        if isinstance(lower, bool) or not isinstance(lower, int | float) or not 0 < lower <= 1:
+            raise InvalidRecordError("lower", lower, "must be a number in (0, 1]")
+        if type(max_chain) is not int or max_chain < 1:
+            raise InvalidRecordError("max_chain", max_chain, "must be an int >= 1")
+        self.window = window
+        self.lower = float(lower)
+        self.max_chain = max_chain
+        self._chains: deque[tuple[int, ...]] = deque()
+        self._counts: dict[int, int] = {}
+        self._k: dict[int, int] = {}
+        self._warm: dict[int, list[Hashable]] = {}
+
+    def __len__(self) -> int:
+        """Dispatches in the window."""
+        return len(self._chains)
+
+    def record(self, chain: Sequence[int]) -> None:
+        """Count one dispatch whose prompt has the prefix chain ``chain`` (may be empty).
+
+        O(len(chain)), amortised with the dispatch that leaves the window.
+
+        Raises:
+            InvalidRecordError: a block is not an int.
+        """
+        blocks = tuple(chain[: self.max_chain])
+        for b in blocks:
+            if type(b) is not int:
+                raise InvalidRecordError("chain", b, "blocks must be ints")
+        counts = self._counts
+        for b in set(blocks):
+            counts[b] = counts.get(b, 0) + 1
+        self._chains.append(blocks)
+        if len(self._chains) > self.window:
+            for b in set(self._chains.popleft()):
+                c = counts[b] - 1
+                if c:
+                    counts[b] = c
+                else:
+                    del counts[b]
+                    self._k.pop(b, None)
+                    self._warm.pop(b, None)
+
+    def demand(self, prefix: int, replicas: int) -> float:
+        """``u``: the share of the window's dispatches containing ``prefix``, times
+        ``replicas`` (0.0 before any dispatch).
+
+        Raises:
+            InvalidRecordError: ``replicas`` is not an int >= 1.
+        """
+        if type(replicas) is not int or replicas < 1:
+            raise InvalidRecordError("replicas", replicas, "must be an int >= 1")
+        n = len(self._chains)
+        return self._counts.get(prefix, 0) * replicas / n if n else 0.0
+
+    def copies(self, prefix: int) -> int:
+        """The prefix's current number of warm copies (1 when it is not hot)."""
+        return self._k.get(prefix, 1)
+
+    def warm(
+        self, prefix: int, *, holders: Collection[R], in_flight: Mapping[R, int]
+    ) -> tuple[R, ...]:
+        """Update ``prefix``'s copy count from its demand and return its warm replicas.
+
+        Args:
+            prefix: the prefix's block (its deepest block, e.g. the deepest block of the
+                request's chain cached on some replica).
+            holders: replicas believed to hold the prefix, preferred first.
+            in_flight: every candidate replica with its requests in flight; its length is
+                the replica count and its order breaks placement ties.
+
+        Returns:
+            The warm replicas, holders first then newer copies in the order they were
+            added; empty when the prefix needs one copy (it is then forgotten).
+
+        Raises:
+            InvalidRecordError: ``prefix`` is not an int, or ``in_flight`` is empty.
+
+        Complexity: O(replicas x k) when copies are added, O(k + len(holders)) otherwise.
+        """
+        if type(prefix) is not int:
+            raise InvalidRecordError("prefix", prefix, "must be an int (a chain block)")
+        n = len(in_flight)
+        if n == 0:
+            raise InvalidRecordError("in_flight", in_flight, "must name at least one replica")
+        u = self.demand(prefix, n)
+        k = self._k.get(prefix, 1)
+        if u > k:
+            k = min(n, math.ceil(u))
+        k = min(k, n)
+        while k > 1 and u < (k - 1) * self.lower:
+            k -= 1
+        if k <= 1:
+            self._k.pop(prefix, None)
+            self._warm.pop(prefix, None)
+            return ()
+        self._k[prefix] = k
+        warm = [r for r in self._warm.get(prefix, ()) if r in in_flight]
+        for h in holders:
+            if len(warm) >= k:
+                break
+            if h in in_flight and h not in warm:
+                warm.append(h)
+        if len(warm) < k:
+            order = {r: pos for pos, r in enumerate(in_flight)}
+            rest = sorted(
+                (r for r in in_flight if r not in warm), key=lambda r: (in_flight[r], order[r])
+            )
+            warm.extend(rest[: k - len(warm)])
+        del warm[k:]
+        self._warm[prefix] = warm
+        return tuple(warm)  # type: ignore[arg-type]

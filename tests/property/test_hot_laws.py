@@ -1,0 +1,87 @@
+"""Laws of HotPrefixes: under a constant demand the warm set never changes (no flapping);
+copies never exceed the replicas nor fall below the demand's ceiling while it lasts; the
+warm set holds distinct candidate replicas."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prefixcache import HotPrefixes
+
+
+@given(
+    replicas=st.integers(1, 16),
+    share=st.integers(1, 20),
+    period=st.integers(1, 20),
+    window_periods=st.integers(1, 20),
+    lower=st.sampled_from([0.5, 0.75, 0.9, 1.0]),
+    rounds=st.integers(1, 30),
+    loads=st.lists(st.integers(0, 50), min_size=16, max_size=16),
+)
+def test_constant_demand_never_flaps(
+    replicas: int,
+    share: int,
+    period: int,
+    window_periods: int,
+    lower: float,
+    rounds: int,
+    loads: list[int],
+) -> None:
+    # A periodic dispatch pattern: `share` of every `period + share` dispatches carry the
+    # prefix; the window is a whole number of periods, so the demand is exactly constant.
+    cycle = [(7, 8)] * share + [(9,)] * period
+    hot = HotPrefixes(window=len(cycle) * window_periods, lower=lower)
+    for _ in range(window_periods):
+        for chain in cycle:
+            hot.record(chain)
+    u = hot.demand(7, replicas)
+    in_flight = {r: loads[r] for r in range(replicas)}
+    first = hot.warm(7, holders=[0], in_flight=in_flight)
+    expected = min(replicas, math.ceil(u)) if u > 1 else 1
+    assert hot.copies(7) == expected
+    assert len(first) == (expected if expected > 1 else 0)
+    for i in range(rounds):
+        for chain in cycle:  # the window slides by whole periods: demand unchanged
+            hot.record(chain)
+        # Loads change between calls; the warm set must not.
+        shifted = {r: loads[(r + i) % 16] for r in range(replicas)}
+        assert hot.warm(7, holders=[0], in_flight=shifted) == first
+
+
+@given(
+    replicas=st.integers(1, 8),
+    chains=st.lists(st.lists(st.integers(0, 5), max_size=4).map(tuple), min_size=1, max_size=60),
+    window=st.integers(1, 30),
+    lower=st.sampled_from([0.5, 0.75, 1.0]),
+    holders=st.lists(st.integers(0, 7), max_size=4),
+)
+def test_copies_stay_within_bounds_and_warm_sets_are_distinct_candidates(
+    replicas: int,
+    chains: list[tuple[int, ...]],
+    window: int,
+    lower: float,
+    holders: list[int],
+) -> None:
+    hot = HotPrefixes(window=window, lower=lower)
+    in_flight = dict.fromkeys(range(replicas), 0)
+    for i, chain in enumerate(chains):
+        hot.record(chain)
+        assert len(hot) == min(window, i + 1)
+        for prefix in range(6):
+            before = hot.copies(prefix)
+            warm = hot.warm(prefix, holders=holders, in_flight=in_flight)
+            u = hot.demand(prefix, replicas)
+            k = hot.copies(prefix)
+            assert 1 <= k <= replicas
+            assert len(warm) == (k if k > 1 else 0)
+            assert len(set(warm)) == len(warm) and set(warm) <= set(in_flight)
+            # Rises to the demand's ceiling at once; falls only below lower x (k - 1) ...
+            if u > before:
+                assert k >= min(replicas, math.ceil(u))
+            if k < min(before, replicas):
+                assert u < k * lower
+            # ... and never keeps a copy the demand's hysteresis band does not cover.
+            assert k == 1 or u >= (k - 1) * lower

@@ -1,0 +1,126 @@
+"""prefixcache.HotPrefixes: demand from recent dispatches, warm copies with hysteresis."""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterrouting import InvalidRecordError
+from prefixcache import DEFAULT_HOT_LOWER, HotPrefixes
+
+EIGHT = dict.fromkeys(range(8), 0)
+
+
+def fill(hot: HotPrefixes, with_prefix: int, without: int, prefix: int = 7) -> None:
+    for _ in range(with_prefix):
+        hot.record((prefix, 100))
+    for _ in range(without):
+        hot.record((200,))
+
+
+def test_demand_counts_every_dispatch_whose_chain_contains_the_prefix() -> None:
+    hot = HotPrefixes(window=4)
+    assert hot.demand(1, replicas=4) == 0.0  # nothing recorded yet
+    hot.record((1, 2))
+    hot.record((1, 2, 3))
+    hot.record((5,))
+    hot.record(())  # a dispatch without a chain still counts in the window
+    assert len(hot) == 4
+    assert hot.demand(1, replicas=4) == 2.0 and hot.demand(2, replicas=4) == 2.0
+    assert hot.demand(3, replicas=4) == 1.0
+    # The window slides: the oldest dispatch (1, 2) leaves.
+    hot.record((9,))
+    assert hot.demand(1, replicas=4) == 1.0 and hot.demand(9, replicas=4) == 1.0
+    # A block repeated in one chain counts once for that dispatch.
+    hot.record((4, 4, 4))
+    assert hot.demand(4, replicas=4) == 1.0
+
+
+def test_a_prompt_shared_by_every_dispatch_is_warm_everywhere_at_the_second_request() -> None:
+    # The first request created the prefix; its demand is the whole traffic from then on,
+    # so the next request already sees every replica warm, not only the first holder.
+    hot = HotPrefixes(window=2048)
+    hot.record((1, 2, 3, 4, 50))
+    assert hot.warm(4, holders=[0], in_flight=EIGHT) == (0, 1, 2, 3, 4, 5, 6, 7)
+    # Counterfactual: a prefix in no recorded chain has no demand and no copies.
+    assert hot.warm(5, holders=[0], in_flight=EIGHT) == ()
+
+
+def test_copies_follow_demand_holders_first_then_least_loaded() -> None:
+    hot = HotPrefixes(window=100)
+    fill(hot, 30, 70)  # u = 0.3 x 8 = 2.4 replicas of demand: 3 copies
+    loads = {0: 3, 1: 1, 2: 0, 3: 0, 4: 2, 5: 9, 6: 0, 7: 0}
+    # The holder first, then the fewest in flight (mapping order on ties).
+    assert hot.warm(7, holders=[5], in_flight=loads) == (5, 2, 3)
+    assert hot.copies(7) == 3
+    # Constant load: the same copies every time, whatever the loads do now.
+    for _ in range(50):
+        assert hot.warm(7, holders=[5, 2], in_flight=EIGHT) == (5, 2, 3)
+
+
+def test_hysteresis_drops_a_copy_only_below_lower_times_k_minus_one() -> None:
+    hot = HotPrefixes(window=100)
+    fill(hot, 30, 70)
+    assert hot.warm(7, holders=[5], in_flight=EIGHT) == (5, 0, 1)
+    # u = 1.6 >= (3 - 1) x 0.75 = 1.5: still 3 copies.
+    fill(hot, 20, 80)
+    assert hot.warm(7, holders=[5], in_flight=EIGHT) == (5, 0, 1)
+    # u = 1.44 < 1.5: down to 2, the copy added last leaves first; 1.44 >= (2 - 1) x 0.75.
+    fill(hot, 18, 82)
+    assert hot.warm(7, holders=[5], in_flight=EIGHT) == (5, 0)
+    # Rising again to u = 2.4 adds one copy (ceil), at the least loaded replica.
+    fill(hot, 30, 70)
+    assert hot.warm(7, holders=[5], in_flight={**EIGHT, 1: 4}) == (5, 0, 2)
+    # u = 0.72 < 0.75: one copy, and the prefix is forgotten.
+    fill(hot, 9, 91)
+    assert hot.warm(7, holders=[5], in_flight=EIGHT) == ()
+    assert hot.copies(7) == 1
+    assert DEFAULT_HOT_LOWER == 0.75
+
+
+def test_copies_are_capped_by_the_replicas_and_departed_replicas_are_dropped() -> None:
+    hot = HotPrefixes(window=10)
+    fill(hot, 10, 0)
+    assert hot.warm(7, holders=["a"], in_flight={"a": 0, "b": 0}) == ("a", "b")
+    # "b" left the candidate set: the warm set refills from who is there.
+    assert hot.warm(7, holders=["a"], in_flight={"a": 0, "c": 0}) == ("a", "c")
+
+
+def test_memory_is_bounded_by_the_window() -> None:
+    hot = HotPrefixes(window=8, max_chain=3)
+    for i in range(1000):
+        hot.record((i, i + 10_000, i + 20_000, i + 30_000))  # the 4th block is not counted
+        hot.warm(i, holders=[0], in_flight={0: 0, 1: 0})
+    assert len(hot) == 8
+    assert len(hot._counts) <= 8 * 3
+    # A prefix that left the window has no copies left behind.
+    assert len(hot._k) <= 8 and len(hot._warm) <= 8
+    assert hot.demand(30_999, replicas=2) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"window": 0}, "window"),
+        ({"window": 2.0}, "window"),
+        ({"window": 4, "lower": 0.0}, "lower"),
+        ({"window": 4, "lower": 1.5}, "lower"),
+        ({"window": 4, "lower": True}, "lower"),
+        ({"window": 4, "max_chain": 0}, "max_chain"),
+    ],
+)
+def test_bad_arguments_raise_a_typed_error_naming_them(kwargs: dict, name: str) -> None:
+    with pytest.raises(InvalidRecordError, match=name):
+        HotPrefixes(**kwargs)
+
+
+def test_bad_calls_raise_a_typed_error_naming_the_argument() -> None:
+    hot = HotPrefixes(window=4)
+    with pytest.raises(InvalidRecordError, match="chain"):
+        hot.record((1, "2"))  # type: ignore[arg-type]
+    with pytest.raises(InvalidRecordError, match="replicas"):
+        hot.demand(1, replicas=0)
+    with pytest.raises(InvalidRecordError, match="in_flight"):
+        hot.warm(1, holders=[], in_flight={})
+    with pytest.raises(InvalidRecordError, match="prefix"):
+        hot.warm("1", holders=[], in_flight={0: 0})  # type: ignore[arg-type]
+    assert issubclass(InvalidRecordError, ValueError)
