@@ -295,10 +295,14 @@ class RadixTree(Generic[V]):
         """``(owner value, depth)`` of the deepest live node of ``nodes``, or ``(None, 0)``."""
         bat = self._bat
         ttl = self._ttl
+        dead = None  # the last batch found expired: its other nodes need no second look
         for i in range(len(nodes) - 1, -1, -1):
             b = bat[nodes[i]]
-            if b is not None and live_at(b.t, now, ttl):
+            if b is None or b is dead:
+                continue
+            if live_at(b.t, now, ttl):
                 return b.owner.value, i + 1
+            dead = b
         return None, 0
 
     # ----------------------------------------------------------------- writes

@@ -40,6 +40,7 @@ import math
 import sys
 from collections import deque
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 from prefixcache._keys import decay
@@ -57,6 +58,9 @@ _TINY_EXP = -400.0  # below 2**-400 a factor times 2**-600 can leave the normal 
 _MIN_NORMAL = sys.float_info.min
 _SUM_FLOOR = 2.0**-960  # below this a sum may owe a relative 2**-114 per node to factors
 # that lost bits as subnormals (each is off by at most 2**-1074): summed term by term
+
+
+_live_sum = attrgetter("live_sum")
 
 
 def live_at(t: float, now: float, ttl: float) -> bool:
@@ -326,7 +330,7 @@ class Weights:
         if None in owners:
             vals = [0.0 if o is None else o.live_sum for o in owners]
         else:
-            vals = [o.live_sum for o in owners]  # type: ignore[union-attr]
+            vals = list(map(_live_sum, owners))
         hl = self.half_life
         if hl <= 0:
             return vals, 1.0
