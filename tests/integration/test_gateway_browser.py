@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import aiohttp
@@ -22,58 +20,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from browser import dump_dom, find_chromium
+
 from examples.gateway.harness import LocalCluster, wait_until
 from prefixcache.testing import InMemoryTransport
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-
-#: Where Chromium is looked for after PATH (the Debian package's location).
-CHROMIUM_FALLBACK = Path("/usr/bin/chromium")
-
-
-def find_chromium() -> str:
-    """Chromium from PATH, else ``CHROMIUM_FALLBACK``; a test failure (never a skip) if neither."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and CHROMIUM_FALLBACK.is_file():
-        found = str(CHROMIUM_FALLBACK)
-    if found is None:
-        pytest.fail(
-            "Chromium is needed by this e2e test and was found neither on PATH (chromium, "
-            f"chromium-browser) nor at {CHROMIUM_FALLBACK}; install it (Debian: "
-            "apt-get install chromium) or run `make test`, which leaves e2e tests out",
-            pytrace=False,
-        )
-    return found
-
-
-async def dump_dom(url: str) -> str:
-    chromium = find_chromium()
-    with tempfile.TemporaryDirectory(prefix="gw-chromium-") as profile:
-        proc = await asyncio.create_subprocess_exec(
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            url,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
-        return out.decode()
 
 
 def test_cluster_page_lists_backends_in_headless_chromium() -> None:
