@@ -16,9 +16,13 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import attrs
-from sync_brokers import Broker
+import pytest
+from sync_brokers import Broker, wait_until
+
+from prefixcache import Candidate, Index, ReplicaKey, Sync, Transport
 
 __all__ = [
     "Pki",
@@ -27,6 +31,8 @@ __all__ = [
     "make_pki",
     "nats_with_config",
     "redis_with_args",
+    "refused",
+    "syncs_through",
 ]
 
 
@@ -235,3 +241,34 @@ def redis_with_args(
     if exe is not None:
         broker.binary = exe
     return broker
+
+
+class ClosableTransport(Transport, Protocol):
+    def close(self) -> None: ...
+
+
+def syncs_through(connect: Callable[[], ClosableTransport]) -> None:
+    """Two routers, each on a transport from ``connect()``, share an observation."""
+    ta = connect()
+    tb = connect()
+    try:
+        a, b = Sync(Index(), clock=time.time), Sync(Index(), clock=time.time)
+        a.attach(ta)
+        b.attach(tb)
+        key = ReplicaKey("n1")
+        assert a.observe("m", (1, 2), key, time.time())
+        wait_until(
+            lambda: b.decide("m", (1, 2), [Candidate(key)], time.time()).hot == key,
+            what="observe through the locked-down broker",
+        )
+    finally:
+        ta.close()
+        tb.close()
+
+
+def refused(connect: Callable[[], object]) -> None:
+    """``connect()`` is refused by the broker (any error but a ``TypeError``, which would
+    mean the options were misused rather than refused)."""
+    with pytest.raises(Exception) as info:
+        connect()
+    assert not isinstance(info.value, TypeError), info.value

