@@ -46,7 +46,12 @@ from prefixcache._events import (
     decode_event,
 )
 from prefixcache._explain import SelectCandidate, SelectExplanation, explain_select
-from prefixcache._hot import DEFAULT_HOT_LOWER, DEFAULT_HOT_MAX_CHAIN, HotPrefixes
+from prefixcache._hot import (
+    DEFAULT_HOT_LOWER,
+    DEFAULT_HOT_MAX_CHAIN,
+    DEFAULT_HOT_PER_COPY,
+    HotPrefixes,
+)
 from prefixcache._index import Index, Provider
 from prefixcache._pins import (
     MAX_PIN_BYTES,
@@ -118,6 +123,7 @@ __all__ = [
     "DEFAULT_COST_MARGIN",
     "DEFAULT_HOT_LOWER",
     "DEFAULT_HOT_MAX_CHAIN",
+    "DEFAULT_HOT_PER_COPY",
     "DEFAULT_IN_FLIGHT_TOKENS",
     "DEFAULT_PIN_TOKENS",
     "DEFAULT_QUEUE_WEIGHT",

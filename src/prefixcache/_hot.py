@@ -23,12 +23,18 @@ from clusterrouting import InvalidRecordError
 __all__ = [
     "DEFAULT_HOT_LOWER",
     "DEFAULT_HOT_MAX_CHAIN",
+    "DEFAULT_HOT_PER_COPY",
     "HotPrefixes",
 ]
 
 DEFAULT_HOT_LOWER = 0.75
 """A prefix with ``k`` warm copies drops to ``k - 1`` only once its demand falls below
 ``0.75 x (k - 1)`` replicas (see :class:`HotPrefixes`)."""
+
+DEFAULT_HOT_PER_COPY = 0.75
+"""One warm copy carries at most 0.75 of a replica's share of the traffic for its prefix,
+leaving room on that replica for other work and for the rotation of ties (see
+:class:`HotPrefixes`)."""
 
 DEFAULT_HOT_MAX_CHAIN = 4096
 """Blocks of a chain :meth:`HotPrefixes.record` counts (a 2M-token prompt at 512 tokens
@@ -47,11 +53,12 @@ class HotPrefixes:
     traffic. A shared system prompt in front of every request has ``u = replicas`` from the
     first dispatch on, so its copies are placed at once, not after a queue has formed.
 
-    Copies, with hysteresis. :meth:`warm` keeps a count ``k`` per prefix (1 when absent):
-    ``k`` rises to ``min(replicas, ceil(u))`` as soon as ``u > k`` and falls by one while
-    ``u < (k - 1) x lower``. Under a constant demand ``u``, ``k = ceil(u)`` and never
-    changes (``(ceil(u) - 1) x lower < u``); a demand must fall by more than ``1 - lower``
-    of a copy before a copy is dropped.
+    Copies, with hysteresis. Each copy may carry ``per_copy`` replicas of demand, so the
+    prefix needs ``c = u / per_copy`` copies. :meth:`warm` keeps a count ``k`` per prefix
+    (1 when absent): ``k`` rises to ``min(replicas, ceil(c))`` as soon as ``c > k`` and
+    falls by one while ``c < (k - 1) x lower``. Under a constant demand, ``k = ceil(c)``
+    and never changes (``(ceil(c) - 1) x lower < c``); a demand must fall by more than
+    ``1 - lower`` of a copy before a copy is dropped.
 
     Placement. The warm set starts with the replicas that hold the prefix (``holders``, in
     the order given); a new copy goes to the replica with the fewest requests in flight
@@ -71,23 +78,32 @@ class HotPrefixes:
             256 x replicas).
         lower: the hysteresis factor in (0, 1] (1: drop a copy as soon as ``u <= k - 1``).
         max_chain: blocks counted per chain (int >= 1).
+        per_copy: the demand one copy may carry, in replicas (finite, > 0; 1.0: a copy per
+            replica's worth of traffic). Below 1, a prefix at ``u = 0.75`` already gets a
+            second copy: its requests then rotate over two replicas instead of queueing on
+            one that is nearly full with them.
 
     Raises:
-        InvalidRecordError: a bad ``window``, ``lower`` or ``max_chain`` (the message names
-            it and the value).
+        InvalidRecordError: a bad ``window``, ``lower``, ``max_chain`` or ``per_copy`` (the
+            message names it and the value).
 
     >>> hot = HotPrefixes(window=4)
     >>> for chain in [(1, 2), (1, 3), (1, 4), (9,)]:
     ...     hot.record(chain)
     >>> hot.demand(1, replicas=4)      # 3 of 4 dispatches share block 1
     3.0
-    >>> hot.warm(1, holders=["a"], in_flight={"a": 5, "b": 2, "c": 0, "d": 0})
-    ('a', 'c', 'd')
-    >>> hot.copies(1), hot.warm(9, holders=["b"], in_flight={"a": 5, "b": 2})
-    (3, ())
+    >>> loads = {"a": 5, "b": 2, "c": 0, "d": 0}
+    >>> hot.warm(1, holders=["a"], in_flight=loads)  # 3 / 0.75 = 4 copies
+    ('a', 'c', 'd', 'b')
+    >>> hot.warm(9, holders=["b"], in_flight=loads)  # 1 / 0.75: 2 copies
+    ('b', 'c')
+    >>> per_replica = HotPrefixes(window=4, per_copy=1.0)
+    >>> per_replica.record((9,))
+    >>> per_replica.warm(9, holders=["b"], in_flight={"a": 0, "b": 0}), per_replica.copies(9)
+    (('b', 'a'), 2)
     """
 
-    __slots__ = ("_chains", "_counts", "_k", "_warm", "lower", "max_chain", "window")
+    __slots__ = ("_chains", "_counts", "_k", "_warm", "lower", "max_chain", "per_copy", "window")
 
     def __init__(
         self,
@@ -95,6 +111,7 @@ class HotPrefixes:
         window: int,
         lower: float = DEFAULT_HOT_LOWER,
         max_chain: int = DEFAULT_HOT_MAX_CHAIN,
+        per_copy: float = DEFAULT_HOT_PER_COPY,
     ) -> None:
         if type(window) is not int or window < 1:
             raise InvalidRecordError("window", window, "must be an int >= 1")
@@ -102,9 +119,17 @@ class HotPrefixes:
             raise InvalidRecordError("lower", lower, "must be a number in (0, 1]")
         if type(max_chain) is not int or max_chain < 1:
             raise InvalidRecordError("max_chain", max_chain, "must be an int >= 1")
+        if (
+            isinstance(per_copy, bool)
+            or not isinstance(per_copy, int | float)
+            or not math.isfinite(per_copy)
+            or per_copy <= 0
+        ):
+            raise InvalidRecordError("per_copy", per_copy, "must be a finite number > 0")
         self.window = window
         self.lower = float(lower)
         self.max_chain = max_chain
+        self.per_copy = float(per_copy)
         self._chains: deque[tuple[int, ...]] = deque()
         self._counts: dict[int, int] = {}
         self._k: dict[int, int] = {}
@@ -182,7 +207,7 @@ class HotPrefixes:
         n = len(in_flight)
         if n == 0:
             raise InvalidRecordError("in_flight", in_flight, "must name at least one replica")
-        u = self.demand(prefix, n)
+        u = self.demand(prefix, n) / self.per_copy
         k = self._k.get(prefix, 1)
         if u > k:
             k = min(n, math.ceil(u))

@@ -1,6 +1,6 @@
 """Laws of HotPrefixes: under a constant demand the warm set never changes (no flapping);
-copies never exceed the replicas nor fall below the demand's ceiling while it lasts; the
-warm set holds distinct candidate replicas."""
+copies never exceed the replicas nor fall below the ceiling of the copies the demand needs
+while it lasts; the warm set holds distinct candidate replicas."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from prefixcache import HotPrefixes
     period=st.integers(1, 20),
     window_periods=st.integers(1, 20),
     lower=st.sampled_from([0.5, 0.75, 0.9, 1.0]),
+    per_copy=st.sampled_from([0.5, 0.75, 1.0, 2.0]),
     rounds=st.integers(1, 30),
     loads=st.lists(st.integers(0, 50), min_size=16, max_size=16),
 )
@@ -27,20 +28,21 @@ def test_constant_demand_never_flaps(
     period: int,
     window_periods: int,
     lower: float,
+    per_copy: float,
     rounds: int,
     loads: list[int],
 ) -> None:
     # A periodic dispatch pattern: `share` of every `period + share` dispatches carry the
     # prefix; the window is a whole number of periods, so the demand is exactly constant.
     cycle = [(7, 8)] * share + [(9,)] * period
-    hot = HotPrefixes(window=len(cycle) * window_periods, lower=lower)
+    hot = HotPrefixes(window=len(cycle) * window_periods, lower=lower, per_copy=per_copy)
     for _ in range(window_periods):
         for chain in cycle:
             hot.record(chain)
-    u = hot.demand(7, replicas)
+    c = hot.demand(7, replicas) / per_copy  # copies the demand needs
     in_flight = {r: loads[r] for r in range(replicas)}
     first = hot.warm(7, holders=[0], in_flight=in_flight)
-    expected = min(replicas, math.ceil(u)) if u > 1 else 1
+    expected = min(replicas, math.ceil(c)) if c > 1 else 1
     assert hot.copies(7) == expected
     assert len(first) == (expected if expected > 1 else 0)
     for i in range(rounds):
@@ -56,6 +58,7 @@ def test_constant_demand_never_flaps(
     chains=st.lists(st.lists(st.integers(0, 5), max_size=4).map(tuple), min_size=1, max_size=60),
     window=st.integers(1, 30),
     lower=st.sampled_from([0.5, 0.75, 1.0]),
+    per_copy=st.sampled_from([0.5, 0.75, 1.0]),
     holders=st.lists(st.integers(0, 7), max_size=4),
 )
 def test_copies_stay_within_bounds_and_warm_sets_are_distinct_candidates(
@@ -63,9 +66,10 @@ def test_copies_stay_within_bounds_and_warm_sets_are_distinct_candidates(
     chains: list[tuple[int, ...]],
     window: int,
     lower: float,
+    per_copy: float,
     holders: list[int],
 ) -> None:
-    hot = HotPrefixes(window=window, lower=lower)
+    hot = HotPrefixes(window=window, lower=lower, per_copy=per_copy)
     in_flight = dict.fromkeys(range(replicas), 0)
     for i, chain in enumerate(chains):
         hot.record(chain)
@@ -73,7 +77,7 @@ def test_copies_stay_within_bounds_and_warm_sets_are_distinct_candidates(
         for prefix in range(6):
             before = hot.copies(prefix)
             warm = hot.warm(prefix, holders=holders, in_flight=in_flight)
-            u = hot.demand(prefix, replicas)
+            u = hot.demand(prefix, replicas) / per_copy  # copies the demand needs
             k = hot.copies(prefix)
             assert 1 <= k <= replicas
             assert len(warm) == (k if k > 1 else 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clusterrouting import InvalidRecordError
-from prefixcache import DEFAULT_HOT_LOWER, HotPrefixes
+from prefixcache import DEFAULT_HOT_LOWER, DEFAULT_HOT_PER_COPY, HotPrefixes
 
 EIGHT = dict.fromkeys(range(8), 0)
 
@@ -46,7 +46,7 @@ def test_a_prompt_shared_by_every_dispatch_is_warm_everywhere_at_the_second_requ
 
 
 def test_copies_follow_demand_holders_first_then_least_loaded() -> None:
-    hot = HotPrefixes(window=100)
+    hot = HotPrefixes(window=100, per_copy=1.0)
     fill(hot, 30, 70)  # u = 0.3 x 8 = 2.4 replicas of demand: 3 copies
     loads = {0: 3, 1: 1, 2: 0, 3: 0, 4: 2, 5: 9, 6: 0, 7: 0}
     # The holder first, then the fewest in flight (mapping order on ties).
@@ -57,8 +57,23 @@ def test_copies_follow_demand_holders_first_then_least_loaded() -> None:
         assert hot.warm(7, holders=[5, 2], in_flight=EIGHT) == (5, 2, 3)
 
 
+def test_each_copy_carries_at_most_per_copy_replicas_of_demand() -> None:
+    # u = 0.3 x 8 = 2.4: 3 copies at one replica's worth each, 4 at the default 0.75.
+    for per_copy, copies in ((1.0, 3), (DEFAULT_HOT_PER_COPY, 4), (0.5, 5)):
+        hot = HotPrefixes(window=100, per_copy=per_copy)
+        fill(hot, 30, 70)
+        assert len(hot.warm(7, holders=[5], in_flight=EIGHT)) == copies
+    # A prefix at u = 0.8 (under one replica's worth): one copy at per_copy=1, but two by
+    # default, so its requests rotate over two replicas instead of nearly filling one.
+    for per_copy, copies in ((1.0, 0), (DEFAULT_HOT_PER_COPY, 2)):
+        hot = HotPrefixes(window=100, per_copy=per_copy)
+        fill(hot, 10, 90)
+        assert len(hot.warm(7, holders=[5], in_flight=EIGHT)) == copies
+    assert DEFAULT_HOT_PER_COPY == 0.75
+
+
 def test_hysteresis_drops_a_copy_only_below_lower_times_k_minus_one() -> None:
-    hot = HotPrefixes(window=100)
+    hot = HotPrefixes(window=100, per_copy=1.0)
     fill(hot, 30, 70)
     assert hot.warm(7, holders=[5], in_flight=EIGHT) == (5, 0, 1)
     # u = 1.6 >= (3 - 1) x 0.75 = 1.5: still 3 copies.
@@ -78,7 +93,7 @@ def test_hysteresis_drops_a_copy_only_below_lower_times_k_minus_one() -> None:
 
 
 def test_copies_are_capped_by_the_replicas_and_departed_replicas_are_dropped() -> None:
-    hot = HotPrefixes(window=10)
+    hot = HotPrefixes(window=10, per_copy=1.0)
     fill(hot, 10, 0)
     assert hot.warm(7, holders=["a"], in_flight={"a": 0, "b": 0}) == ("a", "b")
     # "b" left the candidate set: the warm set refills from who is there.
@@ -106,6 +121,8 @@ def test_memory_is_bounded_by_the_window() -> None:
         ({"window": 4, "lower": 1.5}, "lower"),
         ({"window": 4, "lower": True}, "lower"),
         ({"window": 4, "max_chain": 0}, "max_chain"),
+        ({"window": 4, "per_copy": 0.0}, "per_copy"),
+        ({"window": 4, "per_copy": float("nan")}, "per_copy"),
     ],
 )
 def test_bad_arguments_raise_a_typed_error_naming_them(kwargs: dict, name: str) -> None:

@@ -70,11 +70,13 @@ def test_observe_at_completion_does_not_see_requests_still_in_flight() -> None:
 
 
 def test_cache_cost_sends_the_next_turn_where_its_prefix_is() -> None:
-    # Toy 4-token blocks, so no margin (the default 512-token margin would make every
-    # saving here a tie). a -> 00 (all tie, first by last use); b: nothing cached anywhere,
-    # all tie: the least recently used replica, 01. c would cost 4 tokens on 01, 20 on 00.
-    pol = CacheCostPolicy(capacity_blocks=None, block_tokens=4, cost_margin=0)
-    out = simulate(ABC, pol, MODEL)
+    # The cost alone: toy 4-token blocks, so no margin (the default 512-token margin makes
+    # every saving here a tie), and no hot prefixes (in a window of two dispatches, b's
+    # prefix is half the traffic: hot). a -> 00 (all tie, first by last use); b: nothing
+    # cached anywhere, all tie: the least recently used replica, 01. c would cost 4 tokens
+    # on 01, 20 on 00.
+    toy = {"capacity_blocks": None, "block_tokens": 4, "cost_margin": 0, "hot_prefixes": False}
+    out = simulate(ABC, CacheCostPolicy(**toy), MODEL)  # type: ignore[arg-type]
     assert out.replica == (0, 1, 1)
     assert out.hit_blocks == (0, 0, 4)
     # Counterfactual: with the default margin, saving 16 tokens is a tie, and ties rotate.
@@ -89,8 +91,7 @@ def test_cache_cost_sends_the_next_turn_where_its_prefix_is() -> None:
         decode_tokens_per_s=10.0,
     )
     trace = [req(0.0, (1, 2, 3, 4)), req(0.0, tuple(range(100, 150))), req(1.0, (1, 2, 3, 4, 5))]
-    pol = CacheCostPolicy(capacity_blocks=None, block_tokens=4, cost_margin=0)
-    out = simulate(trace, pol, slow)
+    out = simulate(trace, CacheCostPolicy(**toy), slow)  # type: ignore[arg-type]
     # first -> 00; the 200-token second -> 01 (cost 200 + 0.1*16 + 64*1 on 00 vs 200);
     # third: 00 costs 4 + 0.1*16 = 5.6, 01 costs 20 + 0.1*200 = 40 -> 00.
     assert out.replica == (0, 1, 0)

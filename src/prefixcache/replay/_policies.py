@@ -13,7 +13,7 @@ from clusterrouting import (
     pick_best_replica,
     pick_with_affinity,
 )
-from prefixcache._hot import DEFAULT_HOT_LOWER, HotPrefixes
+from prefixcache._hot import DEFAULT_HOT_LOWER, DEFAULT_HOT_PER_COPY, HotPrefixes
 from prefixcache.kvevents import EventBatch
 from prefixcache.replay._peers import (
     AibrixPrefixCachePolicy,
@@ -239,8 +239,9 @@ class CacheCostPolicy(_Base):
     in tokens: the estimated uncached tokens of requests whose first token has not come back
     yet, and its last ``256 x replicas`` dispatches (``DispatchWindow``). A request's
     deepest block cached on some replica is its prefix; ``prefixcache.HotPrefixes`` (over
-    the same ``256 x replicas`` dispatches) keeps ``ceil(demand)`` warm copies of a prefix
-    whose demand exceeds one replica, and every warm replica counts as holding it. Each
+    the same ``256 x replicas`` dispatches) keeps ``ceil(demand / 0.75)`` warm copies of a
+    prefix whose demand exceeds 0.75 of a replica, and every warm replica counts as
+    holding it. Each
     request goes, among the replicas within their fair share of those dispatches (<= 1.1 x
     mean + 2), where uncached work + 0.1 x backlog + 64 tokens per in-flight request above
     the least-loaded replica is least; costs within 512 tokens of the least tie, and ties
@@ -265,6 +266,7 @@ class CacheCostPolicy(_Base):
         share_slack: int | None = None,
         hot_lower: float = DEFAULT_HOT_LOWER,
         cost_margin: float | None = None,
+        hot_per_copy: float = DEFAULT_HOT_PER_COPY,
     ) -> None:
         from prefixcache import (
             DEFAULT_QUEUE_WEIGHT,
@@ -291,6 +293,7 @@ class CacheCostPolicy(_Base):
         self._ss = DEFAULT_SHARE_SLACK if share_slack is None else share_slack
         self._hot_lower = hot_lower
         self._margin = DEFAULT_COST_MARGIN if cost_margin is None else cost_margin
+        self._per_copy = hot_per_copy
         self._cc = CostCandidate
         from prefixcache.kvevents import CacheSource
 
@@ -351,7 +354,9 @@ class CacheCostPolicy(_Base):
             self._pending = [{} for _ in range(view.replicas)]
             if self._hot_on:
                 self.hot = HotPrefixes(
-                    window=WINDOW_PER_REPLICA * view.replicas, lower=self._hot_lower
+                    window=WINDOW_PER_REPLICA * view.replicas,
+                    lower=self._hot_lower,
+                    per_copy=self._per_copy,
                 )
         keys = self._keys
         window = self._window
@@ -499,6 +504,7 @@ _COST_PARAMS: dict[str, Callable[[float], Any]] = {
     "share_slack": int,
     "hot_lower": float,
     "cost_margin": float,
+    "hot_per_copy": float,
 }
 
 TUNABLE: dict[str, dict[str, Callable[[float], Any]]] = {
