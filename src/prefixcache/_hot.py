@@ -76,7 +76,7 @@ class HotPrefixes:
     Args:
         window: dispatches remembered (int >= 1); a few hundred per replica (the replay uses
             256 x replicas).
-        lower: the hysteresis factor in (0, 1] (1: drop a copy as soon as ``u <= k - 1``).
+        lower: the hysteresis factor in (0, 1] (1: drop a copy as soon as ``c < k - 1``).
         max_chain: blocks counted per chain (int >= 1).
         per_copy: the demand one copy may carry, in replicas (finite, > 0; 1.0: a copy per
             replica's worth of traffic). Below 1, a prefix at ``u = 0.75`` already gets a
