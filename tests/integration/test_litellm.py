@@ -431,6 +431,8 @@ def test_the_plain_message_shortcut_agrees_with_messages_prefix_source(
     assert _plain_source([{"Role": "user", "content": "x"}]) is None  # case-folded key
     assert _plain_source([{"role": "user", "content": None}]) is None
     assert _plain_source([{"role": "user", "content": "x", "name": "n"}]) is None
+    assert _plain_source([{"role": 5, "content": "x"}]) is None  # a role that is no string
+    assert _plain_source(["ab"]) is None  # two characters, not a two-key message
     parts = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
     assert _plain_source(parts) is None
 
