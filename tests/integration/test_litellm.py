@@ -437,6 +437,35 @@ def test_the_plain_message_shortcut_agrees_with_messages_prefix_source(
     assert _plain_source(parts) is None
 
 
+candidate_fields = st.tuples(
+    st.sampled_from(["a", "b"]),
+    *(st.integers(min_value=0, max_value=3) for _ in range(5)),
+)
+
+
+@given(st.lists(candidate_fields, max_size=30))
+def test_a_reused_cost_candidate_always_equals_a_fresh_one(
+    calls: list[tuple[str, int, int, int, int, int]],
+) -> None:
+    # The plugin reuses a deployment's last CostCandidate when its fields are unchanged
+    # (speed); a reused one that differed in any field would mislead the cost policy.
+    from prefixcache import CostCandidate
+
+    plugin = PrefixRoutingPlugin(None)
+    for name, in_flight, cached, queued, recent, pinned in calls:
+        key = ReplicaKey(name)
+        got = plugin._candidate(key, in_flight, cached, queued, recent, pinned)
+        assert got == CostCandidate(
+            key=key,
+            in_flight=in_flight,
+            cached_tokens=cached,
+            queued_tokens=queued,
+            recent_dispatches=recent,
+            pinned_tokens=pinned,
+            tie_rank=recent,
+        )
+
+
 def test_an_asyncio_transport_carries_observations_and_pins() -> None:
     from prefixcache import OBSERVE_SUBJECT, PIN_SUBJECT
     from prefixcache.testing import GatedAsyncTransport

@@ -39,6 +39,7 @@ REQUEST_ID_METADATA_KEY: Final = "prefixcache_request_id"
 BYTES_PER_TOKEN: Final = 4
 """Characters taken as one token when there is no tokenizer."""
 
+
 def is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
     """Whether ``value`` is a mapping (LiteLLM's records are dicts: tested first, an ABC
     check costs far more)."""
