@@ -466,6 +466,36 @@ def test_a_reused_cost_candidate_always_equals_a_fresh_one(
         )
 
 
+chain_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["s", "t", None]),
+        st.booleans(),  # continue the session's last prompt, or start a new one
+        st.text(st.sampled_from("ab"), max_size=12) | st.just("é"),
+    ),
+    max_size=25,
+)
+
+
+@given(chain_steps, st.sampled_from([1, 2, 3]))
+def test_a_continued_session_chain_equals_extract_chain(
+    steps: list[tuple[str | None, bool, str]], capacity: int
+) -> None:
+    # The plugin hashes only the blocks a session's prompt adds to its previous one
+    # (speed); every chain must still be extract_chain's, whether the prompt continues,
+    # rewrites, shortens or outgrows (max_depth) the previous one, or is not ASCII.
+    from prefixcache import Config
+    from prefixcache.integrations._litellm_chains import SessionChains
+
+    config = Config(window_bytes=3, max_depth=5)
+    chains = SessionChains(config, capacity=capacity)
+    prompts: dict[str | None, str] = {}
+    for session, extend, text in steps:
+        prompt = prompts.get(session, "") + text if extend else text
+        prompts[session] = prompt
+        assert chains.chain("m", session, prompt) == extract_chain("m", prompt, config)
+        assert len(chains) <= capacity
+
+
 def test_an_asyncio_transport_carries_observations_and_pins() -> None:
     from prefixcache import OBSERVE_SUBJECT, PIN_SUBJECT
     from prefixcache.testing import GatedAsyncTransport

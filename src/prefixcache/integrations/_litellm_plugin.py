@@ -33,6 +33,7 @@ from prefixcache._pins import SessionPins
 from prefixcache._protocols import AsyncTransport, Clock, Transport
 from prefixcache._sync import Sync
 from prefixcache._types import ReplicaKey
+from prefixcache.integrations._litellm_chains import SessionChains
 from prefixcache.integrations._litellm_ledger import Ledger, Reservation
 from prefixcache.integrations._litellm_requests import (
     BYTES_PER_TOKEN,
@@ -146,7 +147,9 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
 
     Memory is bounded: the index by its ttl (swept every ``ttl / 2`` from routing calls),
     the mirror by ``mirror_blocks`` per deployment, reservations by ``reservation_ttl``, the
-    pins by their ``max_entries``.
+    pins by their ``max_entries``, the sessions' last chains (a session's next turn hashes
+    only the blocks it adds) to ``DEFAULT_SESSION_CHAINS`` sessions of at most
+    ``window_bytes * max_depth`` characters each.
 
     Thread-safe: the routing state is locked.
     """
@@ -212,6 +215,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         self.block_tokens = block_tokens or max(1, config.window_bytes // BYTES_PER_TOKEN)
         self.clock = clock
         self.mirror = KvCacheMirror(capacity_blocks=mirror_blocks)
+        self._chains = SessionChains(config)
         self._uid = uuid.uuid4().hex
         self._keys: dict[str, ReplicaKey] = {}
         self._candidates: dict[ReplicaKey, CostCandidate] = {}
@@ -323,6 +327,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         ids = deployment_ids(deployments)
         tokenizer = self.tokenizer
         source, length = prefix_source(messages, request_kwargs, plain=tokenizer is None)
+        session = session_of(request_kwargs, self.session_metadata_key, self.session_header)
         chain, prompt_tokens, block_tokens = request_chain(
             group,
             source,
@@ -330,11 +335,8 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             tokenizer=tokenizer,
             block_tokens=self.block_tokens,
             config=self.config,
-        )
-        session = (
-            session_of(request_kwargs, self.session_metadata_key, self.session_header)
-            if self.pins is not None
-            else None
+            chains=self._chains,
+            session=session,
         )
         rid = request_id(request_kwargs, self._uid, self._next_rid)
         known = self._keys

@@ -13,6 +13,7 @@ from typing import Any, Final, TypeGuard
 from clusterrouting import InvalidRecordError
 from prefixcache._chain import extract_chain, extract_token_chain, messages_prefix_source
 from prefixcache._config import Config
+from prefixcache.integrations._litellm_chains import SessionChains
 
 __all__ = [
     "BYTES_PER_TOKEN",
@@ -167,17 +168,23 @@ def request_chain(
     tokenizer: Tokenizer | None,
     block_tokens: int,
     config: Config,
+    chains: SessionChains | None = None,
+    session: str | None = None,
 ) -> tuple[tuple[int, ...], int, int]:
     """``(chain, prompt_tokens, tokens per block)`` of a prefix source salted with
     ``group``: with ``tokenizer(group, source) -> ids``, blocks of ``block_tokens`` ids;
-    without, :func:`prefixcache.extract_chain` and a token taken as 4 characters."""
+    without, :func:`prefixcache.extract_chain` (continued from the session's previous
+    prompt by ``chains``, when given) and a token taken as 4 characters."""
     if tokenizer is not None:
         ids = tokenizer(group, source)
         chain = extract_token_chain(
             group, ids, block_tokens=block_tokens, max_depth=config.max_depth
         )
         return chain, len(ids), block_tokens
-    chain = extract_chain(group, source, config)
+    if chains is not None:
+        chain = chains.chain(group, session, source)
+    else:
+        chain = extract_chain(group, source, config)
     return chain, -(-length // BYTES_PER_TOKEN), block_tokens
 
 
