@@ -323,6 +323,14 @@ def test_mixed_layouts_in_one_batch_keep_their_order() -> None:
         ["BlockStored", [1], 2.5, [1], 1],
         ["BlockStored", [b""], None, [1], 1],
         ["BlockStored", [1], "parent", [1], 1],
+        ["BlockStored", [1], True, [1], 1],  # a msgpack bool is not a hash
+        {
+            "type": "BlockStored",
+            "block_hashes": [1],
+            "parent_block_hash": False,
+            "token_ids": [1],
+            "block_size": 1,
+        },
         ["BlockStored", [1], None, [-1], 1],
         ["BlockStored", [1], None, [1 << 32], 1],
         ["BlockStored", [1], None, ["x"], 1],

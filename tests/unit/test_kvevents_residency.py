@@ -450,6 +450,26 @@ def test_report_counts_only_what_happened_and_names_are_checked() -> None:
         report.count("stored")
 
 
+def test_reports_of_equal_outcomes_are_equal_and_sorted_whatever_the_counting_order() -> None:
+    # Counterfactual: reports shared by their tally in counting order would leak that order
+    # into `counts` (or give two different reports for one outcome) if they were not sorted.
+    res = residency()
+    removal_first = res.apply(
+        A, 0, batch(BlockRemoved(block_hashes=[9]), stored([1], TOKENS[:4])), model="m"
+    )
+    store_first = res.apply(
+        B, 0, batch(stored([1], TOKENS[:4]), BlockRemoved(block_hashes=[9])), model="m"
+    )
+    expected = (
+        ("applied_removes", 1),
+        ("applied_stores", 1),
+        ("stored_blocks", 1),
+        ("unknown_removals", 1),
+    )
+    assert removal_first.counts == store_first.counts == expected
+    assert removal_first == store_first
+
+
 def test_a_parent_in_another_routed_medium_links_the_chain() -> None:
     res = residency(media={"GPU", "CPU"})
     res.apply(A, 0, batch(stored([1], TOKENS[:4], medium="CPU")), model="m")

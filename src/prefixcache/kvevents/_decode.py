@@ -102,6 +102,8 @@ class _BadEvent(Exception):
 
 
 def _hash_of(value: object, flavour: str) -> int:
+    # An int parent and a list of int hashes reach the record as they are (its check
+    # rejects an int outside the 64-bit range): this is for the other hashes.
     if type(value) is int:
         if _HASH_MIN <= value < _HASH_END:
             return value
@@ -137,9 +139,11 @@ def _stored(
         raise _BadEvent
     if extra_keys is not None and type(extra_keys) is not list:
         raise _BadEvent
+    if parent is not None and type(parent) is not int:
+        parent = _hash_of(parent, flavour)
     return BlockStored(
         block_hashes=_hash_list(hashes, flavour),
-        parent_block_hash=None if parent is None else _hash_of(parent, flavour),
+        parent_block_hash=parent,
         token_ids=tokens,
         block_size=block_size,
         medium=medium,
@@ -173,9 +177,11 @@ def _event(raw: Any, flavour: str) -> Event | None:
             ):
                 raise _BadEvent
             parent = raw[2]
+            if parent is not None and type(parent) is not int:
+                parent = _hash_of(parent, flavour)
             return BlockStored(
                 block_hashes=_hash_list(raw[1], flavour),
-                parent_block_hash=parent if parent is None else _hash_of(parent, flavour),
+                parent_block_hash=parent,
                 token_ids=tokens,
                 block_size=raw[4],
                 medium=raw[6] if n > 6 else None,

@@ -3,6 +3,7 @@ batch's outcome counts and a replica's snapshot."""
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from enum import StrEnum
 from typing import Final
@@ -261,10 +262,27 @@ def make_report(
     duplicate: bool = False,
     restarted: bool = False,
 ) -> IngestReport:
+    """The report of one batch: ``tally``'s outcomes (only those that happened are keys)."""
+    return _shared_report(state, refused, duplicate, restarted, tuple(tally.items()))
+
+
+# Reports are immutable values and a stream repeats a few outcomes ("4 stores of 4 blocks,
+# exact") batch after batch: equal reports are shared, built once (building a frozen record
+# costs as much as applying a one-block store). Bounded: least recently used dropped first.
+# Keyed by the tally in counting order (one code path always counts in the same order), so
+# a shared report costs no sort.
+@functools.lru_cache(maxsize=1024)
+def _shared_report(
+    state: ResidencyState,
+    refused: bool,
+    duplicate: bool,
+    restarted: bool,
+    tallied: tuple[tuple[str, int], ...],
+) -> IngestReport:
     return IngestReport(
         state=state,
         refused=refused,
         duplicate=duplicate,
         restarted=restarted,
-        counts=tuple(sorted(tally.items())),  # only outcomes that happened are keys
+        counts=tuple(sorted(tallied)),
     )
