@@ -3,7 +3,7 @@ repeats the previous prompt and adds to it, so only the blocks it adds are hashe
 
 from __future__ import annotations
 
-import threading
+import contextlib
 from collections import OrderedDict
 from typing import Final
 
@@ -33,8 +33,10 @@ class SessionChains:
     other prompt, and a request without a session, is hashed whole.
 
     Memory: at most ``capacity`` sessions, each at most ``window_bytes * max_depth``
-    characters and ``max_depth`` hashes. Thread-safe (its own lock; hashing runs outside
-    it).
+    characters and ``max_depth`` hashes. Thread-safe without a lock (taking one costs more
+    than the rest of a continued chain): each entry is an immutable value that is checked
+    against the prompt before it is used, and each access to the table is one operation on
+    it, atomic under the GIL; concurrent turns of one session at worst hash in full.
 
     Raises (constructor):
         InvalidRecordError: ``capacity`` is not an ``int >= 1``.
@@ -47,7 +49,7 @@ class SessionChains:
     True
     """
 
-    __slots__ = ("_capacity", "_config", "_last", "_limit", "_lock", "_width")
+    __slots__ = ("_capacity", "_config", "_last", "_limit", "_width")
 
     def __init__(self, config: Config, *, capacity: int = DEFAULT_SESSION_CHAINS) -> None:
         if type(capacity) is not int or capacity < 1:
@@ -57,7 +59,6 @@ class SessionChains:
         self._width = config.window_bytes
         self._limit = config.window_bytes * config.max_depth
         self._last: OrderedDict[tuple[str, str], tuple[str, tuple[int, ...]]] = OrderedDict()
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         """Sessions held."""
@@ -72,10 +73,8 @@ class SessionChains:
         width = self._width
         head = source[: self._limit]
         key = (group, session)
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None:
-                self._last.move_to_end(key)
+        table = self._last
+        last = table.get(key)
         if last is not None and head.startswith(last[0]):
             shared = last[1]
             done = len(shared)
@@ -88,9 +87,9 @@ class SessionChains:
             chain = extract_chain(group, head, self._config)
         full = len(head) // width
         if full:
-            with self._lock:
-                self._last[key] = (head[: full * width], chain[:full])
-                self._last.move_to_end(key)
-                if len(self._last) > self._capacity:
-                    self._last.popitem(last=False)
+            table.pop(key, None)  # re-inserted last: the most recently used
+            table[key] = (head[: full * width], chain[:full])
+            while len(table) > self._capacity:
+                with contextlib.suppress(KeyError):  # another thread emptied it meanwhile
+                    table.popitem(last=False)
         return chain
