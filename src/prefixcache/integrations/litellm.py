@@ -8,7 +8,9 @@ least by the library's default policy (``cache-cost``, :func:`prefixcache.pick_l
 * the prefix chain is :func:`prefixcache.extract_chain` over
   :func:`prefixcache.messages_prefix_source` of the messages (or
   :func:`prefixcache.extract_token_chain` over the ids of a host-supplied ``tokenizer``),
-  salted with the model group name;
+  salted with the model group name; a session's next turn hashes only the blocks it adds
+  to the session's previous prompt (the last ``DEFAULT_SESSION_CHAINS`` sessions are
+  remembered);
 * what each deployment caches comes from a local :class:`prefixcache.KvCacheMirror` (what
   this router saw succeed there) and, with ``sync=`` (or a host-supplied ``index=``), from a
   :class:`prefixcache.Index` shared through ``Sync`` (the longest live match, learned from
@@ -51,6 +53,7 @@ LiteLLM facts this module relies on (checked against LiteLLM 1.108 and 1.110):
 
 from __future__ import annotations
 
+from prefixcache.integrations._litellm_chains import DEFAULT_SESSION_CHAINS
 from prefixcache.integrations._litellm_plugin import (
     DEFAULT_MIRROR_BLOCKS,
     DEFAULT_RESERVATION_TTL,
@@ -70,6 +73,7 @@ from prefixcache.integrations._litellm_requests import (
 __all__ = [
     "DEFAULT_MIRROR_BLOCKS",
     "DEFAULT_RESERVATION_TTL",
+    "DEFAULT_SESSION_CHAINS",
     "DEFAULT_SESSION_HEADER",
     "DEFAULT_SESSION_METADATA_KEY",
     "Mode",
