@@ -149,6 +149,47 @@ def test_refcounts_are_per_medium() -> None:
     assert res.overlap("m", TOKENS, [A]) == {A: 0}
 
 
+def test_a_block_of_ours_held_by_several_engine_blocks_stays_until_the_last_goes() -> None:
+    # Two engine hashes (and a CPU copy) for the same tokens are one block of ours, held
+    # three times. Counterfactual: releasing it with its first holder (or counting it once
+    # per holder in the status) would lose or double a block still cached.
+    res = residency(media={"GPU", "CPU"})
+    res.apply(
+        A,
+        0,
+        batch(
+            stored([7], TOKENS[:4]), stored([8], TOKENS[:4]), stored([9], TOKENS[:4], medium="CPU")
+        ),
+        model="m",
+    )
+    res.apply(B, 0, batch(stored([7], TOKENS[:4])), model="m")
+    assert (res.status(A).blocks, res.status(A).canonical_blocks) == (3, 1)
+    res._check()
+    for seq, (h, medium) in enumerate([(8, "GPU"), (9, "CPU")], start=1):
+        res.apply(A, seq, batch(BlockRemoved(block_hashes=[h], medium=medium)), model="m")
+        assert res.overlap("m", TOKENS, [A, B]) == {A: 1, B: 1}
+        assert res.status(A).canonical_blocks == 1
+        res._check()
+    res.apply(A, 3, batch(BlockRemoved(block_hashes=[7], medium="GPU")), model="m")
+    assert res.overlap("m", TOKENS, [A, B]) == {A: 0, B: 1}
+    assert res.status(A).canonical_blocks == 0
+    res._check()
+
+
+def test_dropping_a_replica_releases_blocks_of_ours_held_several_times() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([7], TOKENS[:4]), stored([8], TOKENS[:4])), model="m")
+    res.apply(B, 0, batch(stored([7], TOKENS[:4])), model="m")
+    # Counterfactual: a clear that walked the shared hash twice would strip B's bit or fail.
+    res.apply(A, 1, batch(AllBlocksCleared()), model="m")
+    assert res.overlap("m", TOKENS, [A, B]) == {A: 0, B: 1}
+    assert res.status(A).canonical_blocks == 0
+    res._check()
+    assert res.forget(B) == 1
+    assert res.overlap("m", TOKENS, [A, B]) == {A: 0, B: 0}
+    res._check()
+
+
 def test_removal_of_an_unknown_block_is_counted_and_harmless() -> None:
     res = residency()
     res.apply(A, 0, batch(stored([7], TOKENS[:4])), model="m")

@@ -51,14 +51,16 @@ class Replica:
 
     __slots__ = (
         "bit",
-        "canon",
         "deferred",
         "deferred_count",
         "high",
         "live_last",
         "missing",
         "nblocks",
+        "ncanon",
         "restarts",
+        "routes",
+        "shared",
         "slot",
         "tables",
         "tainted",
@@ -78,8 +80,15 @@ class Replica:
         blocks' hashes from the residency's owner map first)."""
         # Per (medium, group): engine hash -> entry, in store order (the eviction order).
         self.tables: dict[_TableKey, _Table] = {}
+        # Medium as on the wire, of stores without a group -> (table key, its table): one
+        # lookup on the ingest path instead of two (only media routed on: a handful).
+        self.routes: dict[str | None, tuple[_TableKey, _Table]] = {}
         self.nblocks = 0
-        self.canon: dict[int, int] = {}  # our hash -> entries holding it
+        # Our hashes held: a hash held by one entry is only this replica's bit in the owner
+        # map; one held by several also has its entry count here (a new block then costs
+        # two dict operations, not four).
+        self.shared: dict[int, int] = {}  # our hash -> entries holding it, when 2 or more
+        self.ncanon = 0  # distinct hashes of ours held
         self.live_last = -1  # last seq received live (-1: none yet)
         self.high = -1  # highest seq applied
         self.missing: list[list[int]] = []  # sorted, disjoint [lo, hi] seq ranges
@@ -166,57 +175,59 @@ class BlockLedger:
         self._max_blocks = max_blocks
         self._max_deferred = max_deferred
         self.where: dict[int, int] = {}  # our hash -> bitmask of replica slots holding it
-        # Medium as on the wire, of events without a group -> the table key they are
-        # recorded under (only media routed on: a handful).
-        self._table_keys: dict[str | None, _TableKey] = {}
 
     def drop_all(self, r: Replica) -> None:
         """Drop every block ``r`` holds (the sequence is left as it is)."""
         where = self.where
         bit = r.bit
-        for h in r.canon:
-            held = where[h] & ~bit
-            if held:
-                where[h] = held
-            else:
-                del where[h]
-        r.canon = {}
+        for table in r.tables.values():
+            for e in table.values():
+                for h in e[CANON]:
+                    held = where.get(h, 0)
+                    if held & bit:  # else a shared hash already released
+                        if held ^ bit:
+                            where[h] = held ^ bit
+                        else:
+                            del where[h]
+        r.shared = {}
+        r.ncanon = 0
         r.tables = {}
+        r.routes = {}
         r.nblocks = 0
         r.deferred = {}
         r.deferred_count = 0
         r.tombstones = {}
 
     def _release(self, r: Replica, canon: tuple[int, ...]) -> None:
-        counts = r.canon
+        shared = r.shared
         where = self.where
         for h in canon:
-            n = counts[h] - 1
-            if n:
-                counts[h] = n
-            else:
-                del counts[h]
+            k = shared.get(h)
+            if k is None:  # its last holder
                 held = where[h] & ~r.bit
                 if held:
                     where[h] = held
                 else:
                     del where[h]
+                r.ncanon -= 1
+            elif k == 2:
+                del shared[h]
+            else:
+                shared[h] = k - 1
 
     def _table_key(self, medium: str | None, group: int | None) -> _TableKey | None:
         m = "GPU" if medium is None else medium
         g = 0 if group is None else group
         if m not in self._media or g not in self._groups:
             return None
-        if group is None:  # the usual case, cached by medium (a handful of media)
-            self._table_keys.setdefault(medium, (m, g))
         return (m, g)
 
     def store(self, r: Replica, seq: int, model: str, ev: BlockStored, tally: Counts) -> int:
         """Apply one store; returns the engine blocks stored (0: dropped or deferred, and
         counted in ``tally``; the caller counts applied stores and blocks)."""
         medium, group = ev.medium, ev.group_idx
-        tk = self._table_keys.get(medium) if group is None else None
-        if tk is None:
+        route = r.routes.get(medium) if group is None else None
+        if route is None:
             tk = self._table_key(medium, group)
             if tk is None:
                 if (medium or "GPU") not in self._media:
@@ -224,6 +235,9 @@ class BlockLedger:
                 else:
                     tally["dropped_group"] += 1
                 return 0
+            table = r.tables.get(tk)
+        else:
+            tk, table = route
         hashes = ev.block_hashes
         n = len(hashes)
         size = ev.block_size
@@ -238,7 +252,6 @@ class BlockLedger:
         if (n > 1 and len(set(hashes)) != n) or (parent is not None and parent in hashes):
             tally["dropped_self_reference"] += 1
             return 0
-        table = r.tables.get(tk)
         extra = ev.extra_keys
         lora = ev.lora_name
         if parent is None:
@@ -261,9 +274,11 @@ class BlockLedger:
             prev = pe[CANON][-1]
         if table is None:
             table = r.tables[tk] = {}
+        if route is None and group is None:
+            r.routes[medium] = (tk, table)
         per = size // bt
         data = ev.token_bytes
-        counts = r.canon
+        shared = r.shared
         where = self.where
         bit = r.bit
         if n == 1 and per == 1 and extra is None:
@@ -274,12 +289,12 @@ class BlockLedger:
                 c = xxh64_intdigest(prev.to_bytes(8, "little") + data)
                 table[h] = [1, (c,), seq]  # REFS, CANON, STAMP
                 r.nblocks += 1
-                k = counts.get(c)
-                if k is None:
-                    counts[c] = 1
-                    where[c] = where.get(c, 0) | bit
+                held = where.get(c, 0)
+                if held & bit:
+                    shared[c] = shared.get(c, 1) + 1
                 else:
-                    counts[c] = k + 1
+                    where[c] = held | bit
+                    r.ncanon += 1
             else:
                 e[REFS] += 1
                 e[STAMP] = seq
@@ -289,7 +304,7 @@ class BlockLedger:
                 canon = chain_of_bytes(prev, data, width, n * per)
             else:
                 canon = chain_with_extra(prev, data, width, per, extra, lora, parent is None)
-            added = 0
+            added = fresh = 0
             for i, h in enumerate(hashes):
                 e = table.get(h)
                 if e is None:
@@ -297,16 +312,17 @@ class BlockLedger:
                     table[h] = [1, sub, seq]  # REFS, CANON, STAMP
                     added += 1
                     for c in sub:
-                        k = counts.get(c)
-                        if k is None:
-                            counts[c] = 1
-                            where[c] = where.get(c, 0) | bit
+                        held = where.get(c, 0)
+                        if held & bit:
+                            shared[c] = shared.get(c, 1) + 1
                         else:
-                            counts[c] = k + 1
+                            where[c] = held | bit
+                            fresh += 1
                 else:
                     e[REFS] += 1
                     e[STAMP] = seq
             r.nblocks += added
+            r.ncanon += fresh
         if r.tombstones:
             for h in hashes:
                 self._apply_tombstone(r, tk, table, h, tally)

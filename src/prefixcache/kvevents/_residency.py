@@ -199,7 +199,7 @@ class KvResidency:
             return ResidencyStatus(
                 state=r.state(),
                 blocks=r.blocks(),
-                canonical_blocks=len(r.canon),
+                canonical_blocks=r.ncanon,
                 last_seq=r.high if r.high >= 0 else None,
                 missing=sum(hi - lo + 1 for lo, hi in r.missing),
                 restarts=r.restarts,
@@ -455,9 +455,9 @@ class KvResidency:
             return make_report(r.state(), tally, restarted=restarted)
 
     def _check(self) -> None:
-        """Assert the internal invariants (for tests): each replica's counts equal the
-        entries' hashes, the owner map holds exactly the held hashes with the right bits,
-        block counts match, slots are distinct."""
+        """Assert the internal invariants (for tests): each replica's shared counts and
+        distinct count match the entries' hashes, the owner map holds exactly the held
+        hashes with the right bits, block counts match, slots are distinct."""
         with self._lock:
             expected: dict[int, int] = {}
             slots = set()
@@ -474,7 +474,10 @@ class KvResidency:
                         for h in e[CANON]:
                             counts[h] = counts.get(h, 0) + 1
                 assert n == r.nblocks, (n, r.nblocks)
-                assert counts == r.canon
+                for tk, table in r.routes.values():
+                    assert r.tables[tk] is table
+                assert {h: k for h, k in counts.items() if k > 1} == r.shared
+                assert len(counts) == r.ncanon
                 for h in counts:
                     expected[h] = expected.get(h, 0) | r.bit
                 assert sum(len(w) for w in r.deferred.values()) == r.deferred_count
