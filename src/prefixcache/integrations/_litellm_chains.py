@@ -21,11 +21,13 @@ class SessionChains:
     """:func:`prefixcache.extract_chain` of a session's prompts, continued from the
     session's previous prompt where this one repeats it.
 
-    For each ``(model group, session)`` it keeps the previous prompt's full blocks (their
-    text and their chain). A prompt that starts with that text shares those chain elements
-    (element ``i`` hashes the prefix up to the end of block ``i``), so only the blocks after
-    them are hashed, chained on from the last shared element: ``extract_chain``'s step 5
-    from that block on. SPEED: a continuation of ``extract_chain`` (a conversation's turn
+    For each ``(model group, session)`` it keeps the previous prompt (as far as the chain
+    reaches) and the chain of its full blocks. A prompt that starts with that prompt shares
+    those chain elements (element ``i`` hashes the prefix up to the end of block ``i``), so
+    only the blocks after them are hashed, chained on from the last shared element:
+    ``extract_chain``'s step 5 from that block on. (A conversation's next turn starts with
+    the previous one; keeping the whole prompt instead of a copy of its full blocks saves
+    copying it.) SPEED: a continuation of ``extract_chain`` (a conversation's turn
     hashes one or two new blocks instead of all of them, up to ``max_depth``);
     tests/integration/test_litellm.py checks every chain against ``extract_chain``.
 
@@ -66,8 +68,8 @@ class SessionChains:
 
     def chain(self, group: str, session: str | None, source: str) -> tuple[int, ...]:
         """``extract_chain(group, source, config)``, continued from ``session``'s previous
-        prompt in ``group`` when ``source`` starts with its full blocks; remembered as that
-        session's previous prompt. O(new blocks + len(source)) for a continued prompt."""
+        prompt in ``group`` when ``source`` starts with it; remembered as that session's
+        previous prompt. O(new blocks + len(source)) for a continued prompt."""
         if session is None or not source.isascii():
             return extract_chain(group, source, self._config)
         width = self._width
@@ -88,7 +90,7 @@ class SessionChains:
         full = len(head) // width
         if full:
             table.pop(key, None)  # re-inserted last: the most recently used
-            table[key] = (head[: full * width], chain[:full])
+            table[key] = (head, chain[:full])
             while len(table) > self._capacity:
                 with contextlib.suppress(KeyError):  # another thread emptied it meanwhile
                     table.popitem(last=False)
