@@ -13,6 +13,7 @@ Pieces a gateway combines (the replay's ``cache-cost`` policy is exactly this):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -263,6 +264,22 @@ def _check_args(
 ) -> None:
     if type(prompt_tokens) is not int or prompt_tokens < 0:
         raise InvalidRecordError("prompt_tokens", prompt_tokens, "must be an int >= 0")
+    params = (queue_weight, in_flight_tokens, share_factor, share_slack, cost_margin)
+    try:
+        _check_params_once(*params)
+    except InvalidRecordError:
+        raise
+    except TypeError:  # an unhashable parameter: the uncached check names it
+        _check_params(*params)
+
+
+def _check_params(
+    queue_weight: float,
+    in_flight_tokens: float,
+    share_factor: float | None,
+    share_slack: int,
+    cost_margin: float,
+) -> None:
     for name, w in (
         ("queue_weight", queue_weight),
         ("in_flight_tokens", in_flight_tokens),
@@ -279,6 +296,12 @@ def _check_args(
         raise InvalidRecordError("share_factor", share_factor, "must be a finite number >= 1")
     if type(share_slack) is not int or share_slack < 0:
         raise InvalidRecordError("share_slack", share_slack, "must be an int >= 0")
+
+
+# A host passes the same few parameter sets on every call, so a set that passed is
+# remembered: ``typed`` keeps ``True`` apart from ``1`` and ``1`` from ``1.0``, a NaN never
+# equals itself (never found), and a set that raised is never stored.
+_check_params_once = functools.lru_cache(maxsize=64, typed=True)(_check_params)
 
 
 def _share_limit(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from clusterrouting import InvalidRecordError
@@ -173,3 +175,20 @@ def test_dispatch_window_counts_the_last_n() -> None:
     assert (w.count(A), w.count(B), w.count(C), len(w)) == (0, 1, 2, 3)
     with pytest.raises(InvalidRecordError, match="size"):
         DispatchWindow(size=0)
+
+
+def test_accepted_parameters_are_remembered_by_type_and_value() -> None:
+    # A parameter set that passed is remembered; one equal to it but of another type is
+    # checked again and refused, and a NaN or an unhashable value never passes.
+    c = [CostCandidate(key=ReplicaKey("a"))]
+    assert pick_lowest_cost(c, prompt_tokens=10, share_slack=1) == ReplicaKey("a")
+    with pytest.raises(InvalidRecordError, match="share_slack"):
+        pick_lowest_cost(c, prompt_tokens=10, share_slack=True)
+    assert pick_lowest_cost(c, prompt_tokens=10, queue_weight=0) == ReplicaKey("a")
+    with pytest.raises(InvalidRecordError, match="queue_weight"):
+        pick_lowest_cost(c, prompt_tokens=10, queue_weight=False)
+    for _ in range(2):
+        with pytest.raises(InvalidRecordError, match="cost_margin"):
+            pick_lowest_cost(c, prompt_tokens=10, cost_margin=math.nan)
+        with pytest.raises(InvalidRecordError, match="in_flight_tokens"):
+            pick_lowest_cost(c, prompt_tokens=10, in_flight_tokens=[1.0])  # type: ignore[arg-type]
