@@ -347,41 +347,29 @@ def test_two_routers_share_affinity_and_pins_in_memory() -> None:
 def test_two_routers_share_affinity_and_pins_through_redis(redis: Any) -> None:
     from prefixcache.transports.redis import RedisTransport
 
-    async def main() -> None:
-        ta = await asyncio.to_thread(RedisTransport.connect, redis.url)
-        tb = await asyncio.to_thread(RedisTransport.connect, redis.url)
-        try:
-            async with backends(2) as bs:
-                ra, rb = router(bs), router(bs)
-                pa = install(ra, sync=ta, pins=SessionPins(ttl=600, max_entries=99))
-                pb = install(rb, sync=tb, pins=SessionPins(ttl=600, max_entries=99))
-                async with installed(pa, pb):
-                    await shared_scenario(ra, rb, pa, pb)
-        finally:
-            await asyncio.to_thread(ta.close)
-            await asyncio.to_thread(tb.close)
-
-    run(main)
+    run(lambda: shared_through_broker(lambda: RedisTransport.connect(redis.url)))
 
 
 def test_two_routers_share_affinity_and_pins_through_nats(nats: Any) -> None:
     from prefixcache.transports.nats import NatsTransport
 
-    async def main() -> None:
-        ta = await asyncio.to_thread(NatsTransport.connect, nats.url)
-        tb = await asyncio.to_thread(NatsTransport.connect, nats.url)
-        try:
-            async with backends(2) as bs:
-                ra, rb = router(bs), router(bs)
-                pa = install(ra, sync=ta, pins=SessionPins(ttl=600, max_entries=99))
-                pb = install(rb, sync=tb, pins=SessionPins(ttl=600, max_entries=99))
-                async with installed(pa, pb):
-                    await shared_scenario(ra, rb, pa, pb)
-        finally:
-            await asyncio.to_thread(ta.close)
-            await asyncio.to_thread(tb.close)
+    run(lambda: shared_through_broker(lambda: NatsTransport.connect(nats.url)))
 
-    run(main)
+
+async def shared_through_broker(connect: Callable[[], Any]) -> None:
+    """:func:`shared_scenario` with each router on its own transport from ``connect()``."""
+    ta = await asyncio.to_thread(connect)
+    tb = await asyncio.to_thread(connect)
+    try:
+        async with backends(2) as bs:
+            ra, rb = router(bs), router(bs)
+            pa = install(ra, sync=ta, pins=SessionPins(ttl=600, max_entries=99))
+            pb = install(rb, sync=tb, pins=SessionPins(ttl=600, max_entries=99))
+            async with installed(pa, pb):
+                await shared_scenario(ra, rb, pa, pb)
+    finally:
+        await asyncio.to_thread(ta.close)
+        await asyncio.to_thread(tb.close)
 
 
 async def shared_scenario(ra: Any, rb: Any, pa: PrefixRoutingPlugin, pb: Any) -> None:
