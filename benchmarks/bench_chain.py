@@ -29,12 +29,12 @@ import os
 import platform
 import random
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import xxhash
+from _measure import best_pair, cpu_name
 from xxhash import xxh3_64_intdigest, xxh64_intdigest
 
 from prefixcache import Config, extract_chain, extract_token_chain
@@ -42,37 +42,6 @@ from prefixcache import Config, extract_chain, extract_token_chain
 Row = dict[str, Any]
 
 TARGET_RATIO = 1.5
-
-
-def _calibrate(fn: Callable[[], object], budget_s: float = 0.003) -> int:
-    number = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        if time.perf_counter() - t0 >= budget_s or number >= 1 << 20:
-            return number
-        number *= 2
-
-
-def _best_pair(
-    ours: Callable[[], object], base: Callable[[], object], repeat: int
-) -> tuple[float, float]:
-    """Best per-call seconds of ``ours`` and ``base``, measured alternately."""
-    number = max(_calibrate(ours), 1)
-    best_ours = best_base = float("inf")
-    for _ in range(repeat):
-        for which in (0, 1):
-            fn = ours if which == 0 else base
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            dt = (time.perf_counter() - t0) / number
-            if which == 0:
-                best_ours = min(best_ours, dt)
-            else:
-                best_base = min(best_base, dt)
-    return best_ours, best_base
 
 
 _ASCII = "abcdefghijklmnopqrstuvwxyz      ,.\nABCDEF"
@@ -117,9 +86,9 @@ def bench_extract_chain(repeat: int, rng: random.Random) -> list[Row]:
             data = prompt.encode()
             return [xxh64_intdigest(data[o : o + w]) for o in offsets]
 
-        t_ours, t_base = _best_pair(ours, base, repeat)
-        _, t_hash = _best_pair(ours, base_hash_only, repeat)
-        _, t_enc = _best_pair(ours, base_with_encode, repeat)
+        t_ours, t_base = best_pair(ours, base, repeat)
+        _, t_hash = best_pair(ours, base_hash_only, repeat)
+        _, t_enc = best_pair(ours, base_with_encode, repeat)
         rows.append(
             {
                 "bench": "extract_chain",
@@ -169,10 +138,10 @@ def bench_extract_token_chain(repeat: int, rng: random.Random) -> list[Row]:
         def base_slices(raw: bytes = raw, width: int = width) -> object:
             return [xxh64_intdigest(raw[o : o + width]) for o in range(0, len(raw), width)]
 
-        t_ours, t_base = _best_pair(ours, base_rows, repeat)
-        _, t_x3 = _best_pair(ours, base_rows_xxh3, repeat)
-        _, t_sl = _best_pair(ours, base_slices, repeat)
-        t_list, t_base2 = _best_pair(ours_list, base_rows, repeat)
+        t_ours, t_base = best_pair(ours, base_rows, repeat)
+        _, t_x3 = best_pair(ours, base_rows_xxh3, repeat)
+        _, t_sl = best_pair(ours, base_slices, repeat)
+        t_list, t_base2 = best_pair(ours_list, base_rows, repeat)
         common = {
             "bench": "extract_token_chain",
             "size": label,
@@ -208,17 +177,8 @@ def bench_extract_token_chain(repeat: int, rng: random.Random) -> list[Row]:
 
 def machine() -> dict[str, str]:
     """Machine and versions, for the results table."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
-        "cpu": f"{cpu} ({os.cpu_count()} logical CPUs)",
+        "cpu": f"{cpu_name()} ({os.cpu_count()} logical CPUs)",
         "os": platform.platform(),
         "python": sys.version.split()[0],
         "numpy": np.__version__,

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from _measure import best_pair, cpu_name
 
 from prefixcache import Candidate, Index, ReplicaKey, extract_token_chain
 from prefixcache.kvevents import (
@@ -52,17 +53,8 @@ MODEL = "bench-model"
 def machine() -> dict[str, str]:
     from importlib.metadata import version
 
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "os": platform.platform(),
         "python": sys.version.split()[0],
         "msgspec": version("msgspec"),
@@ -70,34 +62,12 @@ def machine() -> dict[str, str]:
     }
 
 
-# CPU time of this process, not wall time: on a shared, oversubscribed machine a round that
-# lost the CPU to another process is not counted slower for it.
-_clock = time.process_time
-
-
-def _calibrate(fn: Callable[[], object], budget_s: float = 0.01) -> int:
-    number = 1
-    while True:
-        t0 = _clock()
-        for _ in range(number):
-            fn()
-        if _clock() - t0 >= budget_s or number >= 1 << 20:
-            return number
-        number *= 2
-
-
 def _best_pair(
     ours: Callable[[], object], base: Callable[[], object], repeat: int
 ) -> tuple[float, float]:
-    number = _calibrate(ours)
-    best = [float("inf"), float("inf")]
-    for _ in range(repeat):
-        for i, fn in enumerate((ours, base)):
-            t0 = _clock()
-            for _ in range(number):
-                fn()
-            best[i] = min(best[i], (_clock() - t0) / number)
-    return best[0], best[1]
+    # CPU time of this process, not wall time: on a shared, oversubscribed machine a round
+    # that lost the CPU to another process is not counted slower for it.
+    return best_pair(ours, base, repeat, clock=time.process_time, budget_s=0.01)
 
 
 def _payloads(rng: random.Random, blocks_per_event: int, batches: int) -> list[bytes]:

@@ -49,6 +49,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from _measure import cpu_name
+
 import prefixcache
 from prefixcache import Candidate, Config, Index, ReplicaKey, select
 from prefixcache.replay import BUNDLED_TRACE
@@ -69,14 +71,6 @@ except ImportError:  # pragma: no cover - P2's module may not exist yet
 
 
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
@@ -86,7 +80,7 @@ def machine() -> dict[str, str]:
         except PackageNotFoundError:
             versions[dist] = "missing"
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "nproc": str(os.cpu_count()),
         "python": sys.version.split()[0] + " " + platform.python_implementation(),
         "platform": platform.platform(),
