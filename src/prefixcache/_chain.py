@@ -299,6 +299,19 @@ def extract_token_chain(
     """
     if type(model) is not str:
         raise InvalidRecordError("model", model, "must be a str")
+    return chain_of_tokens(model_salt(model), token_ids, block_tokens, max_depth)
+
+
+def chain_of_tokens(
+    root: int, token_ids: TokenIds, block_tokens: int, max_depth: int | None
+) -> tuple[int, ...]:
+    """The chain of ``token_ids`` in blocks of ``block_tokens`` tokens, continued from
+    ``root`` (a namespace's salt): the steps of :func:`extract_token_chain` after the
+    model's salt, for namespaces that salt differently.
+
+    Raises:
+        InvalidRecordError: as :func:`extract_token_chain`, for everything but ``model``.
+    """
     if type(block_tokens) is not int or block_tokens <= 0:
         raise InvalidRecordError("block_tokens", block_tokens, "must be an int > 0")
     if max_depth is not None and (type(max_depth) is not int or max_depth <= 0):
@@ -313,7 +326,7 @@ def extract_token_chain(
     depth = -(-len(data) // width)
     if max_depth is not None and max_depth < depth:
         depth = max_depth
-    return chain_of_bytes(model_salt(model), data, width, depth)
+    return chain_of_bytes(root, data, width, depth)
 
 
 # Field names of the Go structs a chat request decodes into.

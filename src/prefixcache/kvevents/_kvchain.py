@@ -12,13 +12,7 @@ from typing import Final
 from xxhash import xxh64_intdigest
 
 from clusterrouting import InvalidRecordError
-from prefixcache._chain import (
-    TokenIds,
-    chain_of_bytes,
-    model_salt,
-    token_bytes_from_array,
-    token_bytes_from_sequence,
-)
+from prefixcache._chain import TokenIds, chain_of_tokens, model_salt
 
 __all__ = [
     "chain_with_extra",
@@ -49,12 +43,6 @@ def _mix_extra(h: int, keys: tuple[object, ...]) -> int:
     return xxh64_intdigest(
         h.to_bytes(8, "little") + _EXTRA_TAG + repr(keys).encode("utf-8", "surrogatepass")
     )
-
-
-def _pack(token_ids: TokenIds) -> bytes:
-    if hasattr(token_ids, "dtype") and hasattr(token_ids, "ndim"):
-        return token_bytes_from_array(token_ids)  # type: ignore[arg-type]
-    return token_bytes_from_sequence(token_ids)
 
 
 def extract_kv_chain(
@@ -101,23 +89,12 @@ def extract_kv_chain(
     """
     if type(model) is not str:
         raise InvalidRecordError("model", model, "must be a str")
-    if type(block_tokens) is not int or block_tokens <= 0:
-        raise InvalidRecordError("block_tokens", block_tokens, "must be an int > 0")
-    if max_depth is not None and (type(max_depth) is not int or max_depth <= 0):
-        raise InvalidRecordError("max_depth", max_depth, "must be an int > 0 or None")
     if lora_name is not None and type(lora_name) is not str:
         raise InvalidRecordError("lora_name", lora_name, "must be a str or None")
     if cache_salt is not None and type(cache_salt) is not str:
         raise InvalidRecordError("cache_salt", cache_salt, "must be a str or None")
-    data = _pack(token_ids)
-    if not data:
-        return ()
-    width = 4 * block_tokens
-    depth = -(-len(data) // width)
-    if max_depth is not None and max_depth < depth:
-        depth = max_depth
     root = namespace_root(model, lora_name, (cache_salt,) if cache_salt else ())
-    return chain_of_bytes(root, data, width, depth)
+    return chain_of_tokens(root, token_ids, block_tokens, max_depth)
 
 
 def extra_keys_of(entry: object, lora: str | None) -> tuple[object, ...]:
