@@ -287,12 +287,17 @@ class CacheCostPolicy(_Base):
             DEFAULT_SHARE_SLACK,
         )
 
-        self._w = DEFAULT_QUEUE_WEIGHT if queue_weight is None else queue_weight
-        self._ift = DEFAULT_IN_FLIGHT_TOKENS if in_flight_tokens is None else in_flight_tokens
-        self._sf = DEFAULT_SHARE_FACTOR if share_factor == -1.0 else share_factor
-        self._ss = DEFAULT_SHARE_SLACK if share_slack is None else share_slack
+        # The cost function's parameters, passed alike to the pick and its explanation.
+        self._params: dict[str, Any] = {
+            "queue_weight": DEFAULT_QUEUE_WEIGHT if queue_weight is None else queue_weight,
+            "in_flight_tokens": (
+                DEFAULT_IN_FLIGHT_TOKENS if in_flight_tokens is None else in_flight_tokens
+            ),
+            "share_factor": DEFAULT_SHARE_FACTOR if share_factor == -1.0 else share_factor,
+            "share_slack": DEFAULT_SHARE_SLACK if share_slack is None else share_slack,
+            "cost_margin": DEFAULT_COST_MARGIN if cost_margin is None else cost_margin,
+        }
         self._hot_lower = hot_lower
-        self._margin = DEFAULT_COST_MARGIN if cost_margin is None else cost_margin
         self._per_copy = hot_per_copy
         self._cc = CostCandidate
         from prefixcache.kvevents import CacheSource
@@ -404,28 +409,12 @@ class CacheCostPolicy(_Base):
             )
             for k in range(n)
         ]
-        key = self._pick(
-            cands,
-            prompt_tokens=inp,
-            queue_weight=self._w,
-            in_flight_tokens=self._ift,
-            share_factor=self._sf,
-            share_slack=self._ss,
-            cost_margin=self._margin,
-        )
+        key = self._pick(cands, prompt_tokens=inp, **self._params)
         assert key is not None
         if self.log_every and i % self.log_every == 0:
-            from prefixcache._cost import explain_lowest_cost
+            from prefixcache import explain_lowest_cost
 
-            e = explain_lowest_cost(
-                cands,
-                prompt_tokens=inp,
-                queue_weight=self._w,
-                in_flight_tokens=self._ift,
-                share_factor=self._sf,
-                share_slack=self._ss,
-                cost_margin=self._margin,
-            )
+            e = explain_lowest_cost(cands, prompt_tokens=inp, **self._params)
             assert e.chosen == key
             d = e.to_json()
             d["warm_copies"] = len(warm)
