@@ -268,22 +268,22 @@ class ResyncLoop:
         """Tick now and then every ``interval`` seconds until cancelled: the asyncio form of
         :meth:`start`, for hosts whose transport lives on their event loop."""
         while True:
-            try:
-                self.tick()
-            except Exception:
-                self._bump("errors")
-                _log.exception("resync tick failed")
+            self._tick_counting_errors()
             await asyncio.sleep(self.interval)
 
     def _run(self) -> None:
         while True:
-            try:
-                self.tick()
-            except Exception:
-                self._bump("errors")
-                _log.exception("resync tick failed")
+            self._tick_counting_errors()
             if self._stop.wait(self.interval):
                 return
+
+    def _tick_counting_errors(self) -> None:
+        """:meth:`tick`; a failure is counted and logged, never raised into the loop."""
+        try:
+            self.tick()
+        except Exception:
+            self._bump("errors")
+            _log.exception("resync tick failed")
 
     # -- sending ----------------------------------------------------------------------------
     def _bump(self, name: str, n: int = 1) -> None:

@@ -15,6 +15,7 @@ from clusterrouting import (
 )
 from prefixcache._hot import DEFAULT_HOT_LOWER, DEFAULT_HOT_PER_COPY, HotPrefixes
 from prefixcache.kvevents import EventBatch
+from prefixcache.replay._peer_base import REPLAY_MODEL
 from prefixcache.replay._peers import (
     AibrixPrefixCachePolicy,
     DynamoKvPolicy,
@@ -50,10 +51,6 @@ ObserveAt = Literal["dispatch", "completion"]
 
 WINDOW_PER_REPLICA = 256
 """``cache-cost`` keeps its last ``256 x replicas`` dispatches for the fair-share guard."""
-
-REPLAY_MODEL = "trace"
-"""The model name the replay's indexes file every chain under (traces carry none)."""
-
 
 DecisionSink = Callable[[dict[str, Any]], None]
 """Receives one sampled decision record (see :func:`run_replay`'s ``on_decision``)."""
