@@ -20,7 +20,7 @@ from typing import Protocol
 
 import attrs
 import pytest
-from sync_brokers import Broker, wait_until
+from sync_brokers import Broker, redis_argv, wait_until
 
 from prefixcache import Candidate, Index, ReplicaKey, Sync, Transport
 
@@ -225,17 +225,7 @@ def redis_with_args(
     ``exe`` picks the binary (default: the one the other broker tests use)."""
 
     def argv(port: int) -> list[str]:
-        base = [
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        return base + args(port)
+        return redis_argv(port) + args(port)
 
     broker = Broker("redis-server", argv, scheme)
     if exe is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "find_binary",
     "free_port",
     "nats_server",
+    "redis_argv",
     "redis_server",
     "wait_until",
 ]
@@ -134,21 +135,13 @@ def nats_server() -> Broker:
     return Broker("nats-server", lambda p: ["-a", "127.0.0.1", "-p", str(p)], "nats")
 
 
+def redis_argv(port: int) -> list[str]:
+    """A throwaway redis-server on loopback ``port``: no snapshots, no append-only file."""
+    return ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
 def redis_server() -> Broker:
-    return Broker(
-        "redis-server",
-        lambda p: [
-            "--port",
-            str(p),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        "redis",
-    )
+    return Broker("redis-server", redis_argv, "redis")
 
 
 # -- scenarios shared by the NATS and Redis integration tests ----------------------------
