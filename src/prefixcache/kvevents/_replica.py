@@ -255,7 +255,7 @@ class BlockLedger:
         extra = ev.extra_keys
         lora = ev.lora_name
         if parent is None:
-            if lora is None and (extra is None or not extra[0]):
+            if lora is None and not (extra and extra[0]):
                 prev = model_salt(model)
             else:
                 keys0: tuple[object, ...] = ()
