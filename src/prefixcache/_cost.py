@@ -4,8 +4,8 @@ Pieces a gateway combines (the replay's ``cache-cost`` policy is exactly this):
 
 * :class:`KvCacheMirror`, the router's approximation of each replica's KV cache: an LRU of
   prefix-chained block hashes per :class:`ReplicaKey`, bounded by the replica's KV capacity
-  in blocks (routers that receive the engines' KV events know this exactly; this mirrors it
-  from what the router itself dispatched);
+  in blocks less what its running requests hold (routers that receive the engines' KV
+  events know this exactly; this mirrors it from what the router itself dispatched);
 * :class:`DispatchWindow`, how many of the router's last N dispatches went to each replica
   (its recent share of the traffic);
 * :func:`pick_lowest_cost`, a pure decision over :class:`CostCandidate` snapshots.
@@ -583,7 +583,23 @@ class KvCacheMirror:
     extensions and eviction removes leaves before their ancestors (as paged-attention
     engines do). With ``capacity_blocks`` set, each replica keeps at most that many blocks,
     evicting least-recently-touched first; ``None`` is unbounded. No clock: recency is the
-    order of ``observe`` calls.
+    order of calls.
+
+    Running requests. An engine's KV capacity is shared by the cached prefixes and the
+    requests it is running: their prompt blocks cannot be evicted while they run, their
+    output needs blocks of its own, and their prompt blocks become evictable (most recent
+    first) only when they finish. A router that knows when each request it sent ends
+    mirrors this with :meth:`start` and :meth:`finish` instead of :meth:`observe`:
+    ``start(key, chain, private_blocks)`` records ``chain`` as held and *pinned* (never
+    evicted while pinned; pins count per request) and ``private_blocks`` more blocks in use
+    beside the cache (its output); ``finish`` with the same arguments unpins the chain,
+    touching it deepest first as :meth:`observe` does, and frees the private blocks. A
+    replica then keeps at most ``capacity_blocks - pinned - private`` unpinned blocks
+    (evicting least-recent first; pinned blocks alone may exceed it, as an engine that
+    admitted them). Without :meth:`start`, nothing is pinned and the mirror is the plain
+    LRU. :meth:`invalidate` also forgets pins and private blocks; a later ``finish`` of a
+    request started before it leaves no block behind (only pinned blocks are released)
+    and frees at most the private blocks still recorded.
 
     Not thread-safe: guard it with the router's lock.
 
@@ -597,9 +613,17 @@ class KvCacheMirror:
     >>> m.observe(ReplicaKey("a"), (1, 7))      # evicts 3, the least recent leaf
     >>> m.matched_blocks(ReplicaKey("a"), (1, 2, 3))
     2
+    >>> r = KvCacheMirror(capacity_blocks=4)
+    >>> r.observe(ReplicaKey("a"), (1, 2))
+    >>> r.start(ReplicaKey("a"), (5, 6), private_blocks=1)  # 2 pinned + 1 output: room for 1
+    >>> r.matched_blocks(ReplicaKey("a"), (1, 2)), r.blocks(ReplicaKey("a"))
+    (1, 3)
+    >>> r.finish(ReplicaKey("a"), (5, 6), private_blocks=1)
+    >>> r.matched_blocks(ReplicaKey("a"), (5, 6)), r.blocks(ReplicaKey("a"))
+    (2, 3)
     """
 
-    __slots__ = ("_cap", "_lru")
+    __slots__ = ("_cap", "_lru", "_pins", "_private")
 
     def __init__(self, *, capacity_blocks: int | None = None) -> None:
         if capacity_blocks is not None and (
@@ -610,6 +634,8 @@ class KvCacheMirror:
             )
         self._cap = capacity_blocks
         self._lru: dict[ReplicaKey, OrderedDict[int, None]] = {}
+        self._pins: dict[ReplicaKey, dict[int, int]] = {}
+        self._private: dict[ReplicaKey, int] = {}
 
     @property
     def capacity_blocks(self) -> int | None:
@@ -617,39 +643,119 @@ class KvCacheMirror:
         return self._cap
 
     def matched_blocks(self, key: ReplicaKey, chain: Sequence[int]) -> int:
-        """Leading blocks of ``chain`` that ``key`` holds (0 for an unknown key). O(match)."""
+        """Leading blocks of ``chain`` that ``key`` holds, pinned or not (0 for an unknown
+        key). O(match)."""
         lru = self._lru.get(key)
         if lru is None:
             return 0
+        pins = self._pins.get(key)
         k = 0
         n = len(chain)
-        while k < n and chain[k] in lru:
-            k += 1
+        if pins:
+            while k < n and (chain[k] in lru or chain[k] in pins):
+                k += 1
+        else:
+            while k < n and chain[k] in lru:
+                k += 1
         return k
 
-    def observe(self, key: ReplicaKey, chain: Sequence[int]) -> None:
-        """Record that ``key`` now holds every block of ``chain``. O(len(chain))."""
-        if not chain:
-            return
+    def _replica(self, key: ReplicaKey) -> OrderedDict[int, None]:
         lru = self._lru.get(key)
         if lru is None:
             lru = self._lru[key] = OrderedDict()
+        return lru
+
+    def _fit(self, key: ReplicaKey, lru: OrderedDict[int, None]) -> None:
+        """Evict least-recent unpinned blocks until ``key``'s blocks fit its capacity."""
+        cap = self._cap
+        if cap is None:
+            return
+        pins = self._pins.get(key)
+        room = cap - (len(pins) if pins else 0) - self._private.get(key, 0)
+        if room < 0:
+            room = 0
+        while len(lru) > room:
+            lru.popitem(last=False)
+
+    def observe(self, key: ReplicaKey, chain: Sequence[int]) -> None:
+        """Record that ``key`` now holds every block of ``chain`` (a pinned block stays
+        pinned). O(len(chain))."""
+        if not chain:
+            return
+        lru = self._replica(key)
+        pins = self._pins.get(key)
         for b in reversed(chain):
+            if pins and b in pins:
+                continue
             if b in lru:
                 lru.move_to_end(b)
             else:
                 lru[b] = None
-        cap = self._cap
-        if cap is not None:
-            while len(lru) > cap:
-                lru.popitem(last=False)
+        self._fit(key, lru)
+
+    def start(self, key: ReplicaKey, chain: Sequence[int], *, private_blocks: int = 0) -> None:
+        """A request with prompt ``chain`` started on ``key``: hold and pin its blocks, and
+        count ``private_blocks`` (int >= 0) more blocks in use there. O(len(chain)).
+
+        Raises:
+            InvalidRecordError: ``private_blocks`` is not an ``int >= 0``.
+        """
+        if type(private_blocks) is not int or private_blocks < 0:
+            raise InvalidRecordError("private_blocks", private_blocks, "must be an int >= 0")
+        lru = self._replica(key)
+        pins = self._pins.get(key)
+        if pins is None:
+            pins = self._pins[key] = {}
+        for b in chain:
+            c = pins.get(b)
+            if c is None:
+                lru.pop(b, None)
+                pins[b] = 1
+            else:
+                pins[b] = c + 1
+        if private_blocks:
+            self._private[key] = self._private.get(key, 0) + private_blocks
+        self._fit(key, lru)
+
+    def finish(self, key: ReplicaKey, chain: Sequence[int], *, private_blocks: int = 0) -> None:
+        """The request :meth:`start` recorded with these arguments ended: unpin its blocks
+        (a block whose last pin this was becomes the most recent, deepest first) and free its
+        private blocks. O(len(chain)).
+
+        Raises:
+            InvalidRecordError: ``private_blocks`` is not an ``int >= 0``.
+        """
+        if type(private_blocks) is not int or private_blocks < 0:
+            raise InvalidRecordError("private_blocks", private_blocks, "must be an int >= 0")
+        pins = self._pins.get(key)
+        lru = self._replica(key)
+        if pins:
+            for b in reversed(chain):
+                c = pins.get(b)
+                if c is None:
+                    continue
+                if c == 1:
+                    del pins[b]
+                    lru[b] = None
+                else:
+                    pins[b] = c - 1
+        left = self._private.get(key, 0) - private_blocks
+        if left > 0:
+            self._private[key] = left
+        else:
+            self._private.pop(key, None)
+        self._fit(key, lru)
 
     def invalidate(self, key: ReplicaKey) -> int:
-        """Forget everything ``key`` holds (it restarted); returns the blocks dropped."""
+        """Forget everything ``key`` holds (it restarted), pins and private blocks included;
+        returns the blocks dropped."""
         lru = self._lru.pop(key, None)
-        return 0 if lru is None else len(lru)
+        pins = self._pins.pop(key, None)
+        self._private.pop(key, None)
+        return (0 if lru is None else len(lru)) + (0 if pins is None else len(pins))
 
     def blocks(self, key: ReplicaKey) -> int:
-        """Blocks currently recorded for ``key``."""
+        """Blocks currently recorded for ``key``, pinned or not."""
         lru = self._lru.get(key)
-        return 0 if lru is None else len(lru)
+        pins = self._pins.get(key)
+        return (0 if lru is None else len(lru)) + (0 if pins is None else len(pins))

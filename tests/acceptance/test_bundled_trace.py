@@ -100,17 +100,32 @@ def test_precise_policies_win_where_engines_evict() -> None:
     from prefixcache.replay import eviction_case
 
     reqs, model = eviction_case(0)
-    names = ["cache-cost", "cache-cost-precise", "llm-d-default", "llm-d-precise"]
+    names = ["llm-d-default", "llm-d-precise"]
     res = run_replay(reqs, model=model, policies=names)
-    for approx, precise in (
-        ("cache-cost", "cache-cost-precise"),
-        ("llm-d-default", "llm-d-precise"),
-    ):
-        a, p = res.policy(approx), res.policy(precise)
-        assert p.ttft_mean_s < a.ttft_mean_s
-        # The tail is not always the precise one's: cache-cost's p99 is 1.070 s against
-        # 1.096 s for cache-cost-precise (llm-d: 1.71 s vs 1.29 s); within 5 % either way.
-        assert p.ttft_p99_s < 1.05 * a.ttft_p99_s
-        assert p.hit_ratio >= a.hit_ratio
-        assert p.kv_batches[1] == p.kv_batches[0] > 0  # every batch delivered (no loss)
-        assert a.kv_batches == (0, 0, 0)  # approximate policies cost the stream nothing
+    a, p = res.policy("llm-d-default"), res.policy("llm-d-precise")
+    assert p.ttft_mean_s < a.ttft_mean_s
+    assert p.ttft_p99_s < 1.05 * a.ttft_p99_s
+    assert p.hit_ratio >= a.hit_ratio
+    assert p.kv_batches[1] == p.kv_batches[0] > 0  # every batch delivered (no loss)
+    assert a.kv_batches == (0, 0, 0)  # approximate policies cost the stream nothing
+
+
+def test_cache_cost_leads_the_eviction_case() -> None:
+    # cache-cost's mirror uses KV as the engines do (running requests pin their prompt
+    # blocks and hold output blocks; blocks become evictable when their request ends), so
+    # its record of what it sent stays as close to the engines as their events: it has the
+    # lowest mean and p99 TTFT of every balanced policy, cache-cost-precise included
+    # (0.187 s / 1.035 s against 0.189 s / 1.096 s).
+    from prefixcache.replay import BALANCE_LIMIT, POLICY_NAMES, eviction_case
+
+    reqs, model = eviction_case(0)
+    res = run_replay(reqs, model=model, policies=POLICY_NAMES)
+    balanced = [p for p in res.policies if p.max_over_mean_requests <= BALANCE_LIMIT]
+    ours = res.policy("cache-cost")
+    assert ours in balanced
+    assert ours.ttft_mean_s == min(p.ttft_mean_s for p in balanced)
+    assert ours.ttft_p99_s == min(p.ttft_p99_s for p in balanced)
+    precise = res.policy("cache-cost-precise")
+    assert ours.hit_ratio >= precise.hit_ratio
+    assert precise.kv_batches[1] == precise.kv_batches[0] > 0
+    assert ours.kv_batches == (0, 0, 0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clusterrouting import InvalidRecordError
 from prefixcache import (
@@ -96,6 +98,92 @@ def test_mirror_lru_evicts_leaves_before_their_prefixes() -> None:
     zero = KvCacheMirror(capacity_blocks=0)
     zero.observe(A, (1,))
     assert zero.matched_blocks(A, (1,)) == 0
+
+
+def test_mirror_running_requests_pin_their_blocks_and_take_room_for_output() -> None:
+    m = KvCacheMirror(capacity_blocks=4)
+    m.observe(A, (1, 2))  # recency: 2, 1
+    m.start(A, (5, 6), private_blocks=1)  # 2 pinned + 1 output: room for 1 cached block
+    assert m.matched_blocks(A, (5, 6)) == 2
+    assert m.matched_blocks(A, (1, 2)) == 1  # 2, the least recent, went
+    assert m.blocks(A) == 3
+    m.start(A, (7, 8, 9), private_blocks=1)  # pinned alone exceed the room: nothing cached
+    assert m.matched_blocks(A, (1,)) == 0
+    assert m.matched_blocks(A, (7, 8, 9)) == 3 and m.matched_blocks(A, (5, 6)) == 2
+    m.observe(A, (5, 3))  # pinned 5 stays pinned; 3 finds no room
+    assert m.matched_blocks(A, (5, 3)) == 1
+    m.finish(A, (7, 8, 9), private_blocks=1)  # unpinned deepest first: 9, 8, 7 (7 newest)
+    assert m.blocks(A) == 3  # 5, 6 pinned + output 1: room for 1, the most recent (7)
+    assert m.matched_blocks(A, (7, 8)) == 1
+    m.finish(A, (5, 6), private_blocks=1)
+    assert m.matched_blocks(A, (5, 6)) == 2 and m.matched_blocks(A, (7,)) == 1
+    assert m.blocks(A) == 3
+
+
+def test_mirror_pins_count_per_request_and_finish_keeps_other_pins() -> None:
+    m = KvCacheMirror(capacity_blocks=2)
+    m.start(A, (1, 2))
+    m.start(A, (1, 3))  # 1 is pinned twice
+    m.finish(A, (1, 2))
+    m.observe(A, (4, 5, 6))  # pressure: 2 goes before 1 is touched
+    assert m.matched_blocks(A, (1, 3)) == 2  # still pinned by the second request
+    assert m.matched_blocks(A, (1, 2)) == 1
+    m.finish(A, (1, 3))
+    assert m.blocks(A) == 2  # 3 and 1, the two just released
+    assert m.matched_blocks(A, (1, 3)) == 2
+
+
+def test_mirror_invalidate_forgets_pins_and_output() -> None:
+    m = KvCacheMirror(capacity_blocks=3)
+    m.start(A, (1, 2), private_blocks=1)
+    m.start(B, (1,))
+    assert m.invalidate(A) == 2
+    assert m.matched_blocks(A, (1,)) == 0 and m.matched_blocks(B, (1,)) == 1
+    m.finish(A, (1, 2), private_blocks=1)  # started before the restart: leaves nothing
+    assert m.blocks(A) == 0
+    m.observe(A, (7, 8, 9))  # no private blocks left over: the full capacity
+    assert m.blocks(A) == 3
+    with pytest.raises(InvalidRecordError, match="private_blocks"):
+        m.start(A, (1,), private_blocks=-1)
+    with pytest.raises(InvalidRecordError, match="private_blocks"):
+        m.finish(A, (1,), private_blocks=True)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cap=st.integers(0, 6),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["start", "finish", "observe"]),
+            st.lists(st.integers(0, 9), min_size=0, max_size=4, unique=True),
+            st.integers(0, 2),
+        ),
+        max_size=30,
+    ),
+)
+def test_mirror_never_evicts_pinned_blocks_and_respects_its_room(
+    cap: int, ops: list[tuple[str, list[int], int]]
+) -> None:
+    m = KvCacheMirror(capacity_blocks=cap)
+    running: list[tuple[tuple[int, ...], int]] = []
+    for op, chain, private in ops:
+        c = tuple(chain)
+        if op == "start":
+            m.start(A, c, private_blocks=private)
+            running.append((c, private))
+        elif op == "finish" and running:
+            c, private = running.pop(0)
+            m.finish(A, c, private_blocks=private)
+        else:
+            m.observe(A, c)
+        pinned = {b for ch, _ in running for b in ch}
+        for ch, _ in running:
+            assert m.matched_blocks(A, ch) == len(ch)
+        room = max(0, cap - len(pinned) - sum(p for _, p in running))
+        assert len(pinned) <= m.blocks(A) <= len(pinned) + room
+    for c, private in running:
+        m.finish(A, c, private_blocks=private)
+    assert m.blocks(A) <= cap
 
 
 def test_in_flight_term_spreads_equal_savings_but_keeps_deep_matches() -> None:

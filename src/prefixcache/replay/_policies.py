@@ -232,19 +232,25 @@ class CacheCostPolicy(_Base):
     """Ours: ``prefixcache.pick_lowest_cost`` over a ``KvCacheMirror``, with hot prefixes.
 
     The router mirrors each replica's KV cache (LRU, capacity = the replica's KV blocks,
-    which engines report) from what it dispatched, and keeps each replica's prefill backlog
-    in tokens: the estimated uncached tokens of requests whose first token has not come back
-    yet, and its last ``256 x replicas`` dispatches (``DispatchWindow``). A request's
-    deepest block cached on some replica is its prefix; ``prefixcache.HotPrefixes`` (over
-    the same ``256 x replicas`` dispatches) keeps ``ceil(demand / 0.75)`` warm copies of a
-    prefix whose demand exceeds 0.75 of a replica, and every warm replica counts as
-    holding it. Each
-    request goes, among the replicas within their fair share of those dispatches (<= 1.1 x
+    which engines report) from what it dispatched, as the engine uses it: a request's prompt
+    blocks are pinned from its dispatch to its completion, when they become the most recent
+    (``KvCacheMirror.start`` / ``finish``), and each running request also takes the mean
+    output blocks of the requests completed so far, rounded to whole blocks (the router
+    counts the tokens it streams back; 0 before the first completion), so the mirror evicts
+    about when the engine does. It keeps each replica's prefill backlog in tokens: the
+    estimated uncached tokens of requests whose first token has not come back yet, and its
+    last ``256 x replicas`` dispatches (``DispatchWindow``). A request's deepest block
+    cached on some replica is its prefix; ``prefixcache.HotPrefixes`` (over the same
+    ``256 x replicas`` dispatches) keeps ``ceil(demand / 0.75)`` warm copies of a prefix
+    whose demand exceeds 0.75 of a replica, and every warm replica counts as holding it.
+    Each request goes, among the replicas within their fair share of those dispatches (<= 1.1 x
     mean + 2), where uncached work + 0.1 x backlog + 64 tokens per in-flight request above
     the least-loaded replica is least; costs within 512 tokens of the least tie, and ties
     go to the replica dispatched to least recently (``tie_rank``), so identical requests
     rotate as round-robin would (``pick_lowest_cost`` defaults). Observes at dispatch by
-    default (the router knows what it just sent).
+    default (the router knows what it just sent); with ``observe_at="completion"`` the
+    mirror instead records a prompt when its request completes (``KvCacheMirror.observe``,
+    no pins).
     """
 
     name = "cache-cost"
@@ -307,6 +313,9 @@ class CacheCostPolicy(_Base):
         self._keys: list[ReplicaKey] = []
         self._queued: list[int] = []
         self._est: dict[int, int] = {}
+        self._private: dict[int, int] = {}
+        self._out_blocks = 0
+        self._completed = 0
         self.reads_kv_events = precise
         self.engine_index = EngineIndex()
         self._pending: list[dict[int, int]] = []
@@ -426,7 +435,9 @@ class CacheCostPolicy(_Base):
         if self.hot is not None:
             self.hot.record(request.blocks)
         if self.observe_at == "dispatch":
-            self._mirror.observe(self._keys[replica], request.blocks)
+            private = round(self._out_blocks / self._completed) if self._completed else 0
+            self._private[i] = private
+            self._mirror.start(self._keys[replica], request.blocks, private_blocks=private)
         if self.reads_kv_events:
             pend = self._pending[replica]
             for b in request.blocks:
@@ -438,6 +449,13 @@ class CacheCostPolicy(_Base):
     def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
         if self.observe_at == "completion":
             self._mirror.observe(self._keys[replica], request.blocks)
+        else:
+            self._mirror.finish(
+                self._keys[replica], request.blocks, private_blocks=self._private.pop(i)
+            )
+        # The router counted the response's tokens as it streamed them back.
+        self._out_blocks += -(-request.output_tokens // self._bt)
+        self._completed += 1
         if self.reads_kv_events:
             pend = self._pending[replica]
             for b in request.blocks:
