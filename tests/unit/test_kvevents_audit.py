@@ -30,6 +30,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clusterrouting import ClusterRoutingError
 from prefixcache import ReplicaKey, extract_token_chain
@@ -723,3 +725,184 @@ def test_data_parallel_ranks_are_separate_replicas() -> None:
     assert res.overlap(M, PROMPT, [K0, K1]) == {K0: 1, K1: 0}
     restart = apply_raw(res, K1, 0, [0.0, [], 1])
     assert restart.restarted and res.state(K0) is EXACT and res.status(K0).restarts == 0
+
+
+# ============================================================== laws, from a tiny engine
+# A minimal engine as the fact sheet describes one (section 2 "Meaning"): it caches full
+# blocks of prompts, stores a child only while its parent is cached, removes one copy per
+# eviction of a block it holds, and can clear everything. Its batches are delivered in
+# order to one residency and, to another, with a run of sequence numbers lost and fetched
+# again through a replay (everything from the first missing seq on, as the replay socket
+# answers). Whatever the losses, once every gap is filled the second record must equal the
+# first (issue 15: "a replay that closes the gap -> exact").
+
+SIM_BT = 2
+SIM_PROMPTS = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 7, 8], [1, 2, 9, 9], [5, 6, 3, 4], [1, 2]]
+
+
+def _engine_hash(prefix: list[int]) -> int:
+    # Any deterministic function of the prefix will do; spread over the whole uint64 range.
+    return (hash(tuple(prefix)) * 0x9E3779B97F4A7C15) % (1 << 64)
+
+
+class TinyEngine:
+    def __init__(self) -> None:
+        self.copies: dict[int, int] = {}  # engine hash -> copies cached
+
+    def store(self, prompt: list[int], start: int, copy: bool) -> dict[str, Any] | None:
+        n = len(prompt) // SIM_BT
+        hashes = [_engine_hash(prompt[: (i + 1) * SIM_BT]) for i in range(n)]
+        start = min(start, n)
+        while start and self.copies.get(hashes[start - 1], 0) == 0:
+            start -= 1  # the parent is not cached: the request recomputes it
+        new = [h for h in hashes[start:] if copy or not self.copies.get(h)]
+        if new != hashes[start:] or not new:
+            return None  # keep it simple: store a suffix only when all of it is new
+        for h in new:
+            self.copies[h] = self.copies.get(h, 0) + 1
+        return stored_doc(
+            new,
+            prompt[start * SIM_BT : n * SIM_BT],
+            parent=hashes[start - 1] if start else None,
+            block_size=SIM_BT,
+        )
+
+    def evict(self, pick: int) -> list[Any] | None:
+        held = sorted(h for h, k in self.copies.items() if k)
+        if not held:
+            return None
+        h = held[pick % len(held)]
+        self.copies[h] -= 1
+        return ["BlockRemoved", [h], "GPU"]
+
+    def clear(self) -> list[Any]:
+        self.copies = {}
+        return ["AllBlocksCleared"]
+
+
+_ops = st.one_of(
+    st.tuples(st.just("store"), st.integers(0, len(SIM_PROMPTS) - 1), st.integers(0, 3),
+              st.booleans()),
+    st.tuples(st.just("evict"), st.integers(0, 50)),
+    st.tuples(st.just("clear")),
+)  # fmt: skip
+
+
+def _engine_batches(plan: list[list[tuple[Any, ...]]]) -> list[Any]:
+    """The engine's payloads for ``plan``, then one batch evicting every copy it holds
+    (which leaves a record with a wrong refcount holding a phantom block)."""
+    engine = TinyEngine()
+    out = []
+    for ops in plan:
+        events: list[Any] = []
+        for op in ops:
+            if op[0] == "store":
+                event = engine.store(SIM_PROMPTS[op[1]], op[2], op[3])
+            elif op[0] == "evict":
+                event = engine.evict(op[1])
+            else:
+                event = engine.clear()
+            if event is not None:
+                events.append(event)
+        out.append([float(len(out)), events, 0])
+    last = [["BlockRemoved", [h], "GPU"] for h, k in engine.copies.items() for _ in range(k)]
+    out.append([float(len(out)), last, 0])
+    return out
+
+
+def _view(res: KvResidency) -> tuple[Any, ...]:
+    status = res.status(K0)
+    overlaps = tuple(res.overlap(M, p, [K0])[K0] for p in SIM_PROMPTS)
+    return status.state, status.blocks, status.canonical_blocks, overlaps
+
+
+@given(
+    st.lists(st.lists(_ops, max_size=4), min_size=1, max_size=10),
+    st.data(),
+)
+def test_a_gap_filled_by_a_replay_ends_exactly_as_in_order_delivery(
+    plan: list[list[tuple[Any, ...]]], data: st.DataObject
+) -> None:
+    docs = _engine_batches(plan)
+    in_order = KvResidency(block_tokens=SIM_BT, clock=lambda: 0.0)
+    for seq, doc in enumerate(docs):
+        apply_raw(in_order, K0, seq, doc)
+    assert in_order.state(K0) is EXACT  # a real engine's stream is always consistent
+    lo = data.draw(st.integers(0, len(docs) - 1), label="first lost seq")
+    hi = data.draw(st.integers(lo, len(docs) - 1), label="last lost seq")
+    gapped = KvResidency(block_tokens=SIM_BT, clock=lambda: 0.0)
+    for seq, doc in enumerate(docs):
+        if not lo <= seq <= hi:
+            apply_raw(gapped, K0, seq, doc)
+    for seq in range(lo, len(docs)):  # the replay socket answers every seq >= start
+        apply_raw(gapped, K0, seq, docs[seq], replayed=True)
+    gapped._check()
+    assert _view(gapped) == _view(in_order)
+    assert gapped.status(K0).blocks == 0  # the last batch evicted everything
+
+
+@given(st.lists(st.lists(_ops, max_size=4), min_size=1, max_size=10))
+def test_a_stream_played_in_order_matches_the_engine_cache(
+    plan: list[list[tuple[Any, ...]]],
+) -> None:
+    # Issue 15: "overlap never exceeds what was stored" and, for an exact record, equals
+    # the engine's cache: a prompt's leading full blocks the engine holds.
+    engine_batches = _engine_batches(plan)[:-1]  # not the final eviction of everything
+    res = KvResidency(block_tokens=SIM_BT, clock=lambda: 0.0)
+    for seq, doc in enumerate(engine_batches):
+        apply_raw(res, K0, seq, doc)
+    res._check()
+    replay = TinyEngine()  # rebuild the engine's final cache from its own events
+    for _ts, events, _rank in engine_batches:
+        for e in events:
+            if isinstance(e, dict):
+                for h in e["block_hashes"]:
+                    replay.copies[h] = replay.copies.get(h, 0) + 1
+            elif e[0] == "BlockRemoved":
+                replay.copies[e[1][0]] -= 1
+            else:
+                replay.copies = {}
+    for p in SIM_PROMPTS:
+        want = 0
+        for i in range(len(p) // SIM_BT):
+            if not replay.copies.get(_engine_hash(p[: (i + 1) * SIM_BT])):
+                break
+            want += 1
+        assert res.overlap(M, p, [K0]) == {K0: want}
+    assert res.status(K0).blocks == sum(1 for k in replay.copies.values() if k)
+
+
+@given(
+    st.lists(st.lists(_ops, max_size=4), min_size=1, max_size=12),
+    st.data(),
+)
+def test_losses_anywhere_and_replays_while_live_batches_flow_end_as_in_order(
+    plan: list[list[tuple[Any, ...]]], data: st.DataObject
+) -> None:
+    # The subscriber's pattern: any seqs lost, a replay (of every seq from the first
+    # missing one up to the newest seen) whenever a loss shows, live batches continuing
+    # meanwhile, and a last replay once the stream ends.
+    docs = _engine_batches(plan)
+    in_order = KvResidency(block_tokens=SIM_BT, clock=lambda: 0.0)
+    for seq, doc in enumerate(docs):
+        apply_raw(in_order, K0, seq, doc)
+    # The last batch arrives: a loss at the very end shows only with the next message.
+    lost = data.draw(st.sets(st.integers(0, len(docs) - 2)), label="lost seqs")
+    replay_after = data.draw(st.sets(st.integers(0, len(docs) - 1)), label="replays after")
+    res = KvResidency(block_tokens=SIM_BT, clock=lambda: 0.0)
+
+    def replay() -> None:
+        start = res.missing_from(K0)
+        if start is not None:
+            for seq in range(start, res.status(K0).last_seq + 1):  # type: ignore[operator]
+                apply_raw(res, K0, seq, docs[seq], replayed=True)
+
+    for seq, doc in enumerate(docs):
+        if seq not in lost:
+            apply_raw(res, K0, seq, doc)
+        if seq in replay_after and res.replicas():
+            replay()
+    replay()
+    res._check()
+    assert res.missing_from(K0) is None
+    assert _view(res) == _view(in_order)

@@ -335,14 +335,20 @@ def test_removal_during_a_gap_waits_for_the_store_it_removes() -> None:
     res._check()
 
 
-def test_replayed_clear_keeps_blocks_of_later_batches() -> None:
+def test_replayed_clear_is_followed_by_the_later_batches_again() -> None:
+    # A replay sends every seq from its start on: after a replayed clear, the batches
+    # after it are applied again, in order, on the cleared record. Counterfactual: keeping
+    # what they stored out of order mixes copies the clear removed with later ones.
     res = residency()
     res.apply(A, 0, batch(stored([1], TOKENS[:4])), model="m")
     res.apply(A, 2, batch(stored([9], TOKENS[16:20])), model="m")
-    res.apply(A, 1, batch(AllBlocksCleared()), model="m", replayed=True)
+    report = res.apply(A, 1, batch(AllBlocksCleared()), model="m", replayed=True)
+    assert report.missed == 1 and res.missing_from(A) == 2
     assert res.overlap("m", TOKENS, [A]) == {A: 0}  # block 1 (seq 0) cleared
-    assert res.overlap("m", TOKENS[16:], [A]) == {A: 1}  # block 9 (seq 2) kept
-    assert res.state(A) is EXACT
+    assert res.state(A) is DEGRADED  # seq 2 must be applied again
+    res.apply(A, 2, batch(stored([9], TOKENS[16:20])), model="m", replayed=True)
+    assert res.overlap("m", TOKENS[16:], [A]) == {A: 1}  # block 9 (seq 2) back
+    assert res.state(A) is EXACT and res.status(A).blocks == 1
 
 
 def test_malformed_events_degrade() -> None:

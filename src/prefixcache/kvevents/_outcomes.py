@@ -86,7 +86,7 @@ class IngestReport:
         stored_blocks: block copies stored (a copy of a block already held counts too).
         removed_blocks: block copies removed.
         unknown_removals: removals of blocks not held (ignored; held for a replay when a gap
-            is open).
+            is open or being filled).
         cleared_blocks: blocks dropped by ``AllBlocksCleared`` or a restart.
         evicted_blocks: blocks forgotten to stay under the per-replica block cap.
 

@@ -23,7 +23,7 @@ from prefixcache.kvevents._kvchain import (
 from prefixcache.kvevents._outcomes import Counts, ResidencyState
 from prefixcache.kvevents._records import BlockRemoved, BlockStored
 
-__all__ = ["CANON", "REFS", "STAMP", "BlockLedger", "Replica"]
+__all__ = ["CANON", "REFS", "BlockLedger", "Replica"]
 
 #: Open ``seq`` gaps tracked per replica; past it the oldest is given up (stays degraded).
 _MAX_GAPS: Final = 64
@@ -32,11 +32,9 @@ _MAX_GAPS: Final = 64
 # One engine block held by one replica in one (medium, group): a list, not a class (building
 # it is a third of the ingest loop's cost otherwise), indexed by these names.
 # REFS: copies stored and not yet removed; CANON: our hashes of its block_size // block_tokens
-# sub-blocks (a tuple); STAMP: the seq of its latest store (a replayed clear drops what was
-# stored before it).
+# sub-blocks (a tuple).
 REFS: Final = 0
 CANON: Final = 1
-STAMP: Final = 2
 _Entry = list[Any]
 
 
@@ -51,8 +49,10 @@ class Replica:
 
     __slots__ = (
         "bit",
+        "catching_up",
         "deferred",
         "deferred_count",
+        "ghosts",
         "high",
         "live_last",
         "missing",
@@ -93,9 +93,16 @@ class Replica:
         self.high = -1  # highest seq applied
         self.missing: list[list[int]] = []  # sorted, disjoint [lo, hi] seq ranges
         self.tainted = False
+        # Whether the batch being applied comes out of order (a gap is open or it fills
+        # one): its removals are then counted against stores that may still arrive.
+        self.catching_up = False
         self.deferred: dict[tuple[_TableKey, int], list[_Deferred]] = {}
         self.deferred_count = 0
         self.tombstones: dict[tuple[_TableKey, int], int] = {}
+        # While a gap is open: engine hash -> our last hash of blocks removed meanwhile, so
+        # that a replayed store of a child (stored, in the engine, before its parent was
+        # removed) still continues the parent's chain.
+        self.ghosts: dict[int, int] = {}
 
     def state(self) -> ResidencyState:
         if self.missing or self.tainted:
@@ -151,6 +158,7 @@ class Replica:
         self.deferred = {}
         self.deferred_count = 0
         self.tombstones = {}
+        self.ghosts = {}
 
 
 class BlockLedger:
@@ -197,6 +205,7 @@ class BlockLedger:
         r.deferred = {}
         r.deferred_count = 0
         r.tombstones = {}
+        r.ghosts = {}
 
     def _release(self, r: Replica, canon: tuple[int, ...]) -> None:
         shared = r.shared
@@ -268,10 +277,13 @@ class BlockLedger:
                 # The parent may live in another medium (a GPU block whose prefix was
                 # offloaded to the CPU): the chain is the same.
                 pe = next((t[parent] for t in r.tables.values() if parent in t), None)
-            if pe is None:
+            if pe is not None:
+                prev = pe[CANON][-1]
+            elif parent in r.ghosts:
+                prev = r.ghosts[parent]
+            else:
                 self._orphan(r, tk, parent, seq, model, ev, tally)
                 return 0
-            prev = pe[CANON][-1]
         if table is None:
             table = r.tables[tk] = {}
         if route is None and group is None:
@@ -287,7 +299,7 @@ class BlockLedger:
             e = table.get(h)
             if e is None:
                 c = xxh64_intdigest(prev.to_bytes(8, "little") + data)
-                table[h] = [1, (c,), seq]  # REFS, CANON, STAMP
+                table[h] = [1, (c,)]  # REFS, CANON
                 r.nblocks += 1
                 held = where.get(c, 0)
                 if held & bit:
@@ -297,7 +309,6 @@ class BlockLedger:
                     r.ncanon += 1
             else:
                 e[REFS] += 1
-                e[STAMP] = seq
         else:
             width = 4 * bt
             if extra is None or not has_foreign_keys(extra, lora, parent is None):
@@ -309,7 +320,7 @@ class BlockLedger:
                 e = table.get(h)
                 if e is None:
                     sub = canon[i * per : (i + 1) * per] if per > 1 else (canon[i],)
-                    table[h] = [1, sub, seq]  # REFS, CANON, STAMP
+                    table[h] = [1, sub]  # REFS, CANON
                     added += 1
                     for c in sub:
                         held = where.get(c, 0)
@@ -320,7 +331,6 @@ class BlockLedger:
                             fresh += 1
                 else:
                     e[REFS] += 1
-                    e[STAMP] = seq
             r.nblocks += added
             r.ncanon += fresh
         if r.tombstones:
@@ -372,18 +382,22 @@ class BlockLedger:
         pending = r.tombstones.pop((tk, h), 0)
         while pending and h in table:
             pending -= 1
-            self._remove_one(r, tk, table, h)
+            self._remove_one(r, tk, table, h, True)  # a removal seen before this store
             tally["removed_blocks"] += 1
         if pending:
             r.tombstones[(tk, h)] = pending
 
-    def _remove_one(self, r: Replica, tk: _TableKey, table: _Table, h: int) -> None:
+    def _remove_one(
+        self, r: Replica, tk: _TableKey, table: _Table, h: int, keep_ghost: bool
+    ) -> None:
         e = table[h]
         e[REFS] -= 1
         if e[REFS] == 0:
             del table[h]
             r.nblocks -= 1
             self._release(r, e[CANON])
+            if keep_ghost and len(r.ghosts) < self._max_deferred:
+                r.ghosts[h] = e[CANON][-1]
 
     def remove(self, r: Replica, ev: BlockRemoved, tally: Counts) -> None:
         """Apply one removal (counted in ``tally``)."""
@@ -397,31 +411,33 @@ class BlockLedger:
         table = r.tables.get(tk)
         for h in ev.block_hashes:
             if table is not None and h in table:
-                self._remove_one(r, tk, table, h)
+                self._remove_one(r, tk, table, h, r.catching_up)
                 tally["removed_blocks"] += 1
             else:
                 tally["unknown_removals"] += 1
-                if r.missing and r.deferred_count < self._max_deferred:
+                if r.catching_up:
+                    # Its store may be in a batch not applied yet: the removal waits for it.
                     key = (tk, h)
-                    r.tombstones[key] = r.tombstones.get(key, 0) + 1
+                    if key in r.tombstones or len(r.tombstones) < self._max_deferred:
+                        r.tombstones[key] = r.tombstones.get(key, 0) + 1
+                    else:
+                        r.tainted = True
         tally["applied_removes"] += 1
 
     def clear(self, r: Replica, seq: int, tally: Counts) -> None:
         """Apply an ``AllBlocksCleared`` of batch ``seq`` (counted in ``tally``)."""
         tally["applied_clears"] += 1
+        if r.nblocks:
+            tally["cleared_blocks"] += r.nblocks
+        self.drop_all(r)
         if seq >= r.high:  # in order: everything held was stored before the clear
-            if r.nblocks:
-                tally["cleared_blocks"] += r.nblocks
-            self.drop_all(r)
             r.missing = []
-        else:  # a replayed clear: later batches' blocks stay
-            for table in r.tables.values():
-                for h in [h for h, e in table.items() if e[STAMP] <= seq]:
-                    e = table.pop(h)
-                    r.nblocks -= 1
-                    self._release(r, e[CANON])
-                    tally["cleared_blocks"] += 1
-            r.missing = [gap for gap in r.missing if gap[0] > seq]
+        else:
+            # A replayed clear: the later batches were applied before it, so what they
+            # stored is mixed with what it cleared. Their seqs are missing again; the replay
+            # that brought the clear brings them next (it sends every seq from its start).
+            tally["missed"] += r.high - seq
+            r.missing = [[seq + 1, r.high]]
         r.tainted = False
 
     def _evict(self, r: Replica, tally: Counts) -> None:

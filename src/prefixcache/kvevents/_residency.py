@@ -89,12 +89,16 @@ class KvResidency:
     * ``seq``: live batches must increase; one that does not is a publisher restart (the
       replica's blocks are dropped first); a jump opens a gap (``degraded``); replayed
       batches (``replayed=True``) fill gaps, are applied once (a ``seq`` already applied is a
-      duplicate and changes nothing) and are never a restart. While a gap is open, a store
-      whose parent is unknown and a removal of an unknown block wait (bounded) for the
-      replay that may explain them;
-    * ``AllBlocksCleared`` drops every block stored before it (a replayed clear keeps the
-      blocks of later batches) and resets the replica to ``exact`` unless gaps after it
-      remain.
+      duplicate and changes nothing) and are never a restart. While a gap is open (and in
+      the batch that closes it), a store whose parent is unknown and a removal of an
+      unknown block wait (bounded) for the replay that may explain them, and a removed
+      block's place in the chain is remembered for the children a replay may still bring,
+      so a gap filled in any order ends as in-order delivery would;
+    * ``AllBlocksCleared`` drops every block and resets the replica to ``exact``. A
+      replayed clear (below the highest ``seq`` applied) drops every block too and marks
+      the batches after it missing again: they were applied out of order around it, and
+      the replay that brought it (which sends every ``seq`` from its start on) brings them
+      next.
 
     Memory is bounded: at most ``max_replicas`` replicas, ``max_blocks_per_replica`` engine
     blocks each (oldest stored forgotten first), ``max_deferred`` waiting events each, 64
@@ -429,6 +433,8 @@ class KvResidency:
                 if not replayed:
                     r.live_last = seq
                 return make_report(r.state(), tally, duplicate=True)
+            # Out of order while a gap is open, or filling one (this batch may close it).
+            r.catching_up = bool(r.missing) or "filled" in tally
             r.updated_at = now
             if batch.dropped:
                 tally["decode_dropped"] = batch.dropped
@@ -450,7 +456,7 @@ class KvResidency:
             if stores:
                 tally["applied_stores"] += stores
                 tally["stored_blocks"] += blocks
-            if not r.missing and (r.deferred or r.tombstones):
+            if not r.missing and (r.deferred or r.tombstones or r.ghosts):
                 r.settle(tally)
             return make_report(r.state(), tally, restarted=restarted)
 
