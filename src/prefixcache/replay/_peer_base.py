@@ -12,6 +12,7 @@ block is the trace block.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 
 from prefixcache._types import ReplicaKey
@@ -134,20 +135,33 @@ class EventPeer(Peer):
 
 
 class CharTree:
-    """A character radix tree at block granularity, shared by all tenants.
+    """A character radix tree at block granularity, shared by all tenants, with the
+    stamps and eviction of SMG's ``crates/kv_index/src/string_tree.rs``.
 
-    Node = block id (ids are prefix-chained). Per node: tenant -> last-access stamp (an
-    operation counter), and the owner (the tenant whose insert created it). Per tenant:
-    characters held.
+    Node = block id (ids are prefix-chained, so a block has one parent). Per node:
+    tenant -> last-access stamp (an operation counter, see :meth:`next_stamp`), the owner
+    (SMG's ``last_tenant``: the tenant whose insert created the block, until a lookup
+    finds it gone and stores another), its parent and children. Per tenant: characters
+    held. Invariant: a tenant on a block is on its parent too (inserts join the whole
+    path; eviction removes leaves first).
     """
 
-    __slots__ = ("chars", "nodes", "op", "owner")
+    __slots__ = ("chars", "chars_of", "children", "nodes", "op", "owner", "parent")
 
     def __init__(self) -> None:
         self.nodes: dict[int, dict[int, int]] = {}
         self.owner: dict[int, int] = {}
+        self.parent: dict[int, int | None] = {}
+        self.children: dict[int, set[int]] = {}
+        self.chars_of: dict[int, int] = {}
         self.chars: dict[int, int] = {}
         self.op = 0
+
+    def next_stamp(self) -> int:
+        """The next value of the operation counter (SMG's ``get_epoch``: fetch, then add)."""
+        op = self.op
+        self.op = op + 1
+        return op
 
     def match(self, blocks: Sequence[int], chars: Sequence[int]) -> tuple[int, int]:
         """(leading blocks present for some tenant, their characters)."""
@@ -160,51 +174,82 @@ class CharTree:
             k += 1
         return k, c
 
-    def insert(self, blocks: Sequence[int], chars: Sequence[int], tenant: int) -> None:
-        self.op += 1
-        op = self.op
+    def insert(
+        self, blocks: Sequence[int], chars: Sequence[int], tenant: int, stamp: int | None = None
+    ) -> None:
+        """Insert a text for ``tenant`` as SMG's ``insert_text`` does: path blocks the
+        tenant already holds keep their stamp, blocks it joins get 0, and the blocks this
+        insert creates (one new leaf node there) and the last block get ``stamp`` (by
+        default :meth:`next_stamp`)."""
+        if stamp is None:
+            stamp = self.next_stamp()
         nodes = self.nodes
         add = 0
+        prev: int | None = None
         for b, ch in zip(blocks, chars, strict=True):
             t = nodes.get(b)
             if t is None:
-                nodes[b] = {tenant: op}
+                nodes[b] = {tenant: stamp}
                 self.owner[b] = tenant
+                self.parent[b] = prev
+                self.children[b] = set()
+                if prev is not None:
+                    self.children[prev].add(b)
+                self.chars_of[b] = ch
                 add += ch
-            else:
-                if tenant not in t:
-                    add += ch
-                t[tenant] = op
+            elif tenant not in t:
+                t[tenant] = 0
+                add += ch
+            prev = b
+        if prev is not None:
+            nodes[prev][tenant] = stamp
         self.chars[tenant] = self.chars.get(tenant, 0) + add
 
-    def evict(self, cap_chars: int, chars_of: dict[int, int], per_tenant: bool) -> None:
-        """Drop (tenant, node) entries, least recently stamped first, until each tenant
-        (or, with ``per_tenant=False``, the whole tree) holds at most ``cap_chars``."""
-        total = sum(self.chars.values())
+    def _is_leaf(self, b: int, tenant: int) -> bool:
+        nodes = self.nodes
+        return not any(tenant in nodes[c] for c in self.children[b])
+
+    def evict(self, cap_chars: int, *, per_tenant: bool) -> None:
+        """Drop (tenant, leaf) entries, least recently stamped first, until each tenant
+        (``per_tenant=True``, smg @73da68ca) or the whole tree (smg @f8daa883, one budget
+        per model) holds at most ``cap_chars``. A block is a leaf for a tenant when no
+        child holds that tenant; its parent becomes one when the last such child goes.
+        Ties in stamp go to the lower block id, then the lower tenant."""
+        chars = self.chars
+        total = sum(chars.values())
         if per_tenant:
-            over = {t for t, c in self.chars.items() if c > cap_chars}
-            if not over:
+            if all(c <= cap_chars for c in chars.values()):
                 return
         elif total <= cap_chars:
             return
-        entries = [
+        nodes = self.nodes
+        heap = [
             (stamp, b, t)
-            for b, ts in self.nodes.items()
+            for b, ts in nodes.items()
             for t, stamp in ts.items()
-            if not per_tenant or t in over
+            if self._is_leaf(b, t)
         ]
-        entries.sort(key=lambda e: e[0])
-        for _stamp, b, t in entries:
-            if per_tenant:
-                if self.chars.get(t, 0) <= cap_chars:
-                    continue
-            elif total <= cap_chars:
+        heapq.heapify(heap)
+        while heap:
+            if not per_tenant and total <= cap_chars:
                 break
-            ts = self.nodes[b]
+            _stamp, b, t = heapq.heappop(heap)
+            if per_tenant and chars.get(t, 0) <= cap_chars:
+                continue
+            ts = nodes.get(b)
+            if ts is None or t not in ts or not self._is_leaf(b, t):
+                continue
             del ts[t]
-            ch = chars_of.get(b, 0)
-            self.chars[t] -= ch
+            ch = self.chars_of[b]
+            chars[t] -= ch
             total -= ch
-            if not ts:
-                del self.nodes[b]
-                self.owner.pop(b, None)
+            par = self.parent[b]
+            if not ts and not self.children[b]:
+                del nodes[b]
+                del self.owner[b], self.parent[b], self.children[b], self.chars_of[b]
+                if par is not None:
+                    self.children[par].discard(b)
+            if par is not None:
+                pts = nodes[par]
+                if t in pts and self._is_leaf(par, t):
+                    heapq.heappush(heap, (pts[t], par, t))
