@@ -48,7 +48,8 @@ class LlmdDefaultPolicy(Peer):
     (``waiting``, KV use) scraped every 50 ms. Hashing: a chunk is ``4 x B`` characters
     with the pod's reported engine block ``B`` (16 for a default vLLM, so 64 characters,
     32 per trace block); the trailing partial chunk is hashed; only the first 256 chunks
-    are (so only the first 8 trace blocks are ever scored).
+    are (so only the first 8 trace blocks are ever scored); a text shorter than one chunk
+    has no hash, scores 0 everywhere and adds nothing (``hashPrompt``).
     Decision: walk the hashes, stopping at the first one no pod holds; each pod holding the
     current one gets +1. ``score = 3 x match/n_hashes + 2 x queue + 2 x (1 - kv)`` with
     ``queue = (max_w - w)/(max_w - min_w)`` (1 if all equal); the max score wins, ties
@@ -85,10 +86,14 @@ class LlmdDefaultPolicy(Peer):
         self.lru: list[OrderedDict[int, None]] = []
 
     def _chunks(self, request: Request) -> tuple[list[int], int]:
-        """Chunks per scored block (cumulative cap applied) and the hash count."""
+        """Chunks per scored block (cumulative cap applied) and the hash count; none for
+        a text shorter than one chunk (``hashPrompt`` returns nil)."""
+        chars = block_chars(request, self._bt, self._cpt)
+        if sum(chars) < self._chunk:
+            return [], 0
         out = []
         total = 0
-        for ch in block_chars(request, self._bt, self._cpt):
+        for ch in chars:
             c = -(-ch // self._chunk)
             if total + c > self.max_chunks:
                 c = self.max_chunks - total
