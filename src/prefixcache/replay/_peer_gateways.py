@@ -36,19 +36,24 @@ __all__ = [
 class DynamoKvPolicy(EventPeer):
     """NVIDIA Dynamo KV router, default selector (ai-dynamo/dynamo main via wxsms/dynamo
     @2a6da14c: ``lib/kv-router/src/scheduling/selector/default.rs``, ``selector/mod.rs``,
-    ``config.rs``; docs ``routing-concepts.md``); fact sheet section 4.
+    ``scheduling/types.rs``, ``config.rs``, ``protocols.rs``; docs
+    ``routing-concepts.md``); fact sheet section 4.
 
+    The router hashes complete blocks only (``compute_block_hash_for_seq``): a prompt's
+    trailing partial block is neither looked up, nor indexed, nor tracked as active.
     State: the engines' cached blocks from their events (or, with ``kv_events=False``,
-    as ``--no-router-kv-events``: an index written at routing time whose entries expire
-    after 120 s), and router-side active sequences per worker: uncached prompt tokens of
-    in-flight requests before their first token, the unique prompt blocks of in-flight
-    requests, and their count. Cost per worker, in blocks of ``B`` tokens::
+    as ``--no-router-kv-events``: an index of full blocks written at routing time whose
+    entries expire after 120 s), and router-side active sequences per worker: uncached
+    prompt tokens of in-flight requests before their first token, the unique full prompt
+    blocks of in-flight requests, and their count. Cost per worker, in blocks of ``B``
+    tokens::
 
         prefill = max(0, (active_prefill_tokens + ISL) / B - 1.0 x overlap)
-        decode  = active_blocks + (ceil(ISL / B) - request blocks already active there)
+        decode  = active_blocks + (full blocks - full blocks already active there)
+                  + (1 if the prompt ends in a partial block)
 
-    ``overlap`` = leading request blocks the worker holds. Temperature 0: the least cost,
-    exact ties uniformly at random.
+    ``overlap`` = leading full request blocks the worker holds. Temperature 0: the least
+    cost, exact ties uniformly at random (``minimum_cost_index``).
     """
 
     name = "dynamo-kv"
@@ -75,6 +80,16 @@ class DynamoKvPolicy(EventPeer):
         self._pending: dict[int, int] = {}
         self._approx: list[dict[int, float]] = []
 
+    def _ensure(self, n: int) -> None:
+        if len(self.active_prefill) != n:
+            self.active_prefill = [0] * n
+            self.active_blocks = [{} for _ in range(n)]
+            self._approx = [{} for _ in range(n)]
+
+    def _full(self, request: Request) -> Sequence[int]:
+        """The request's complete blocks, the only ones the router hashes."""
+        return request.blocks[: request.input_tokens // self._bt]
+
     def _overlap(self, p: int, blocks: Sequence[int], now: float) -> int:
         seen = self._approx[p]
         k = 0
@@ -87,10 +102,13 @@ class DynamoKvPolicy(EventPeer):
         return k
 
     def costs(self, request: Request, now: float, n: int) -> tuple[list[float], list[int]]:
+        """Each worker's cost and overlap (in full blocks) for ``request``."""
+        self._ensure(n)
         bt = self._bt
         isl = request.input_tokens
-        blocks = request.blocks
-        need = -(-isl // bt)
+        blocks = self._full(request)
+        full = len(blocks)
+        tail = -(-isl // bt) - full
         out = []
         if self.reads_kv_events:
             ovl = self.engine_index.overlaps(blocks, n)
@@ -101,18 +119,14 @@ class DynamoKvPolicy(EventPeer):
             prefill = max(0.0, (self.active_prefill[p] + isl) / bt - self.overlap_credit * o)
             act = self.active_blocks[p]
             depth = 0
-            while depth < len(blocks) and blocks[depth] in act:
+            while depth < full and blocks[depth] in act:
                 depth += 1
-            decode = len(act) + (need - depth)
+            decode = len(act) + (full - depth) + tail
             out.append(prefill + decode)
         return out, ovl
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         n = view.replicas
-        if len(self.active_prefill) != n:
-            self.active_prefill = [0] * n
-            self.active_blocks = [{} for _ in range(n)]
-            self._approx = [{} for _ in range(n)]
         cost, ovl = self.costs(request, now, n)
         lo = min(cost)
         ties = [p for p in range(n) if cost[p] == lo]
@@ -121,11 +135,12 @@ class DynamoKvPolicy(EventPeer):
         self._pending[i] = uncached
         self.active_prefill[r] += uncached
         act = self.active_blocks[r]
-        for b in request.blocks:
+        blocks = self._full(request)
+        for b in blocks:
             act[b] = act.get(b, 0) + 1
         if not self.reads_kv_events:
             seen = self._approx[r]
-            for b in request.blocks:
+            for b in blocks:
                 seen[b] = now
         return r
 
@@ -134,7 +149,7 @@ class DynamoKvPolicy(EventPeer):
 
     def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
         act = self.active_blocks[replica]
-        for b in request.blocks:
+        for b in self._full(request):
             c = act[b]
             if c == 1:
                 del act[b]
@@ -189,11 +204,13 @@ class ProdstackLoadAwarePolicy(EventPeer):
 
     State: the engines' cached blocks (LMCache's controller; here the engine event
     stream), the router's in-flight requests per endpoint and its requests over the last
-    60 s. Decision: if no endpoint holds the prompt's first block, the endpoint with the
-    fewest requests in the last 60 s (no session header in a trace); otherwise for every
-    endpoint ``benefit = min(matched, n)/max(n, 1)`` (tokens), ``rel = (load -
-    mean)/max(1, mean)``, ``score = benefit - 1.0 x rel``; argmax scanning in URL order
-    with a strict ``>`` (ties to the first endpoint).
+    60 s. Decision: if no endpoint holds the prompt's first block, ``_qps_routing`` (no
+    session header in a trace; ``routing_logic.py`` @a6c01db0): scanning in URL order, the
+    first endpoint this router never sent a request to wins at once, else the fewest
+    requests in the last 60 s with a strict ``<``; otherwise for every endpoint
+    ``benefit = min(matched, n)/max(n, 1)`` (tokens), ``rel = (load - mean)/max(1,
+    mean)``, ``score = benefit - 1.0 x rel``; argmax scanning in URL order with a strict
+    ``>`` (ties to the first endpoint).
     """
 
     name = "prodstack-loadaware"
@@ -204,21 +221,28 @@ class ProdstackLoadAwarePolicy(EventPeer):
         self.beta = beta
         self.qps_window_s = qps_window_s
         self._recent: list[deque[float]] = []
+        self._routed: list[bool] = []
 
     def _qps_pick(self, n: int, now: float) -> int:
         lo = now - self.qps_window_s
-        counts = []
+        best = -1
+        fewest = math.inf
         for p in range(n):
+            if not self._routed[p]:
+                return p
             ts = self._recent[p]
             while ts and ts[0] < lo:
                 ts.popleft()
-            counts.append(len(ts))
-        return min(range(n), key=lambda p: (counts[p], p))
+            if len(ts) < fewest:
+                fewest = len(ts)
+                best = p
+        return best
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         n = view.replicas
         if len(self._recent) != n:
             self._recent = [deque() for _ in range(n)]
+            self._routed = [False] * n
         tokens = request.input_tokens
         runs = self.engine_index.overlaps(request.blocks, n)
         matched = [min(tokens, runs[p] * self._bt) for p in range(n)]
@@ -237,6 +261,7 @@ class ProdstackLoadAwarePolicy(EventPeer):
                     best = s
                     r = p
         self._recent[r].append(now)
+        self._routed[r] = True
         return r
 
 
@@ -251,12 +276,16 @@ class AibrixPrefixCachePolicy(Peer):
 
     State: one global LRU table of 128-byte block hashes (16 per trace block, the trailing
     partial one dropped) -> pod -> last write, written after each pick; 200,000 entries
-    (12,500 trace blocks); entries not written for 20 min do not match. Load: the
-    gateway's in-flight count. Decision: if ``max - min`` in-flight > 16, only the pods at
-    the minimum may match; walk the blocks keeping the candidates that hold each one
-    (``pct = floor(chunks matched x 100 / chunks)``); with a match, the matched pods by
-    ``pct`` descending then in-flight ascending (random ties), the first with in-flight
-    ``<= mean + 2 x sample std`` over all pods; else the least in-flight, random ties.
+    (12,500 trace blocks), a write moving its entry to the head, a lookup leaving it
+    alone. An entry not written by any pod for 20 min is dropped whole, with all its pods
+    (``lrustore/lru_store.go``: one ``lastAccessTime`` per entry, refreshed by every
+    ``Put``; ``matchPods`` reads no per-pod time). Load: the gateway's in-flight count.
+    Decision: if ``max - min`` in-flight > 16, only the pods at the minimum may match;
+    walk the blocks keeping the candidates that hold each one (``pct = floor(chunks
+    matched x 100 / chunks)``; a pod dropped on the way keeps its earlier ``pct``); with
+    a match, the matched pods by ``pct`` descending then in-flight ascending (random
+    ties), the first with in-flight ``<= mean + 2 x sample std`` over all pods; else the
+    least in-flight, random ties.
     """
 
     name = "aibrix-prefix-cache"
@@ -297,16 +326,23 @@ class AibrixPrefixCachePolicy(Peer):
         cands = set(range(n))
         if max(inf) - lo > self.imbalance:
             cands = {p for p in range(n) if inf[p] == lo}
+        table = self.table
+        live_since = now - self.ttl_s
+        while table:  # the 1 s sweep: oldest writes first
+            first = next(iter(table.values()))
+            if max(first.values()) >= live_since:
+                break
+            table.popitem(last=False)
         pct: dict[int, int] = {}
         done = 0
         blocks = request.blocks
         for idx, c in enumerate(chunks):
             if c == 0:
                 break
-            entry = self.table.get(blocks[idx])
-            if entry is None:
+            entry = table.get(blocks[idx])
+            if entry is None or max(entry.values()) < live_since:
                 break
-            keep = {p for p in cands if p in entry and now - entry[p] <= self.ttl_s}
+            keep = {p for p in cands if p in entry}
             if not keep:
                 break
             cands = keep
@@ -326,17 +362,16 @@ class AibrixPrefixCachePolicy(Peer):
                     break
         if r < 0:
             r = self._least(inf)
-        table = self.table
         for idx, c in enumerate(chunks):
             if c == 0:
                 break
             b = blocks[idx]
             entry = table.get(b)
-            if entry is None:
+            if entry is None or max(entry.values()) < live_since:
                 table[b] = {r: now}
             else:
                 entry[r] = now
-                table.move_to_end(b)
+            table.move_to_end(b)
         while len(table) > self._cap:
             table.popitem(last=False)
         return r
