@@ -1,0 +1,384 @@
+"""An audit of the peer policies against their sources: small hand-made cases whose
+expected decision was worked out from the peer's own code (the file and function named
+in each test), not from ours. ``test_replay_peers.py`` pins the fact sheet's headline
+tiers; these cases cover what it leaves open: units, strict versus inclusive thresholds,
+tie-break order, what is inserted and when, eviction order, one replica and all-equal
+loads."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+
+from prefixcache.kvevents import BlockStored, EventBatch
+from prefixcache.replay import (
+    AibrixPrefixCachePolicy,
+    ClusterModel,
+    ClusterView,
+    DynamoKvPolicy,
+    LlmdDefaultPolicy,
+    LlmdPrecisePolicy,
+    ProdstackLoadAwarePolicy,
+    ProdstackPrefixPolicy,
+    RayPrefixAffinityPolicy,
+    Request,
+    SglangCacheAwarePolicy,
+    SmgCacheAwarePolicy,
+)
+
+BT = 10  # tokens per trace block: 40 characters per full block
+
+
+def view(n: int, in_flight: list[int] | None = None, **metrics: list[float]) -> ClusterView:
+    v = ClusterView(ClusterModel(replicas=n, block_tokens=BT))
+    if in_flight is not None:
+        v.in_flight[:] = in_flight
+    for k, vals in metrics.items():
+        getattr(v, k)[:] = vals
+    return v
+
+
+def rq(blocks: tuple[int, ...], tokens: int | None = None, bt: int = BT) -> Request:
+    return Request(
+        arrival=0.0,
+        input_tokens=bt * len(blocks) if tokens is None else tokens,
+        output_tokens=1,
+        blocks=blocks,
+    )
+
+
+def stored(*blocks: int) -> EventBatch:
+    """A simulated engine's store of ``blocks`` (one stand-in token per block)."""
+    return EventBatch(
+        ts=0.0,
+        rank=None,
+        events=(
+            BlockStored(
+                block_hashes=blocks, parent_block_hash=None, token_ids=blocks, block_size=1
+            ),
+        ),
+    )
+
+
+# --- SGLang router / SMG cache_aware (smg @73da68ca) -------------------------------------
+
+
+def test_sglang_one_replica_and_equal_loads_spread_misses_by_processed() -> None:
+    # select_worker: min key (load, processed, idx); a miss goes there, processed += 1.
+    one = SglangCacheAwarePolicy(block_tokens=BT)
+    assert [one.choose(i, rq((100 + i,)), 0.0, view(1, [0])) for i in range(3)] == [0, 0, 0]
+    p = SglangCacheAwarePolicy(block_tokens=BT)
+    picks = [p.choose(i, rq((100 + i,)), 0.0, view(3, [2, 2, 2])) for i in range(4)]
+    # Equal in-flight: processed 0,0,0 -> 0; then 1,0,0 -> 1; 1,1,0 -> 2; 1,1,1 -> 0.
+    assert picks == [0, 1, 2, 0]
+    assert p.processed == [2, 1, 1]
+
+
+def test_sglang_global_switch_inserts_for_the_min_load_worker() -> None:
+    # select_worker_min_load inserts the text for the min-load worker and bumps processed,
+    # so the next request with that text (balanced again) follows the new owner only if
+    # it created the node: the original creator stays the owner.
+    p = SglangCacheAwarePolicy(block_tokens=BT)
+    p.choose(0, rq((1, 2)), 0.0, view(2, [0, 0]))  # replica 0 creates (1, 2)
+    assert p.choose(1, rq((1, 2)), 0.0, view(2, [100, 0])) == 1  # switch
+    assert set(p.tree.nodes[2]) == {0, 1}
+    assert p.processed == [1, 1]
+    assert p.choose(2, rq((1, 2)), 0.0, view(2, [3, 0])) == 0  # owner: the creator
+
+
+def test_sglang_owner_evicted_from_its_node_is_replaced_for_good() -> None:
+    # match_prefix_with_counts: a stale last_tenant cache falls back to the first tenant
+    # left on the node and *stores* it; the cached owner then stays even after the old
+    # owner rejoins the node.
+    p = SglangCacheAwarePolicy(block_tokens=BT)
+    p.choose(0, rq((1, 2)), 0.0, view(3, [0, 0, 0]))  # owner 0
+    p.choose(1, rq((1, 2)), 0.0, view(3, [100, 0, 0]))  # switch: replica 1 joins
+    del p.tree.nodes[2][0]  # replica 0's entry evicted from the deepest node
+    assert p.choose(2, rq((1, 2)), 0.0, view(3, [0, 0, 0])) == 1
+    p.choose(3, rq((1, 2)), 0.0, view(3, [0, 100, 50]))  # switch: replica 0 rejoins
+    assert 0 in p.tree.nodes[2]
+    assert p.choose(4, rq((1, 2)), 0.0, view(3, [0, 0, 0])) == 1
+
+
+def test_sglang_eviction_removes_leaves_first() -> None:
+    # evict_tenant_by_size: only (tenant, leaf) entries enter the heap; a parent is pushed
+    # when its last child with that tenant goes, so a prefix never loses a block while a
+    # deeper block of the same tenant stays. (1, 2, 3) is one new leaf (one stamp); (5,)
+    # is later. Cap 2 blocks: 3 goes, then 2 (now a leaf); 1 and 5 stay.
+    p = SglangCacheAwarePolicy(block_tokens=BT, max_tree_chars=80, eviction_interval_s=10.0)
+    v = view(1, [0])
+    p.choose(0, rq((1, 2, 3)), 0.0, v)
+    p.choose(1, rq((5,)), 1.0, v)
+    p.choose(2, rq((9,)), 11.0, v)  # the eviction pass runs first
+    assert set(p.tree.nodes) == {1, 5, 9}
+    assert p.tree.chars[0] == 120
+
+
+def test_sglang_eviction_passes_fall_on_a_fixed_grid() -> None:
+    # policies/utils.rs PeriodicTask: sleep interval, run, repeat; a late request does not
+    # shift the grid. Interval 10 from t=0: passes at 10, 20, 30, ...
+    p = SglangCacheAwarePolicy(block_tokens=BT, max_tree_chars=40, eviction_interval_s=10.0)
+    v = view(1, [0])
+    p.choose(0, rq((1,)), 0.0, v)
+    p.choose(1, rq((2,)), 25.0, v)  # the pass due at 20 runs now: 40 chars, nothing to do
+    p.choose(2, rq((3,)), 30.0, v)  # the pass at 30 drops the older leaf, block 1
+    assert set(p.tree.nodes) == {2, 3}
+
+
+def test_sglang_eviction_keeps_every_kept_block_under_its_parent() -> None:
+    # Leaf-first eviction never leaves a tenant on a block whose parent it lost (a radix
+    # tree cannot express that), whatever the stamps. Two tenants, branching prompts.
+    p = SglangCacheAwarePolicy(block_tokens=BT, max_tree_chars=200, eviction_interval_s=5.0)
+    prompts = [(1, 2, 3), (1, 2, 4), (1, 5), (6, 7, 8, 9), (1, 2, 3, 10), (6, 11), (1, 5, 12)]
+    for i in range(40):
+        loads = [0, 100] if i % 3 else [100, 0]  # alternate the switch between replicas
+        p.choose(i, rq(prompts[i % len(prompts)]), float(i), view(2, loads))
+        tree = p.tree
+        for b, tenants in tree.nodes.items():
+            par = tree.parent[b]
+            assert par is None or set(tenants) <= set(tree.nodes[par])
+        for t, held in tree.chars.items():
+            assert held == sum(tree.chars_of[b] for b, ts in tree.nodes.items() if t in ts)
+    p.tree.evict(200, per_tenant=True)
+    assert all(c <= 200 for c in p.tree.chars.values())
+
+
+def test_smg_eviction_budget_is_one_per_model() -> None:
+    # smg @f8daa883 string_tree.rs evict_tenant_by_size: the tree-wide total is trimmed,
+    # least recent leaves first across tenants.
+    p = SmgCacheAwarePolicy(block_tokens=BT)
+    p.max_tree_chars = 80
+    p.eviction_interval_s = 10.0
+    p.choose(0, rq((1,)), 0.0, view(2, [0, 0]))  # miss -> replica 0
+    p.choose(1, rq((2,)), 1.0, view(2, [0, 0]))  # miss -> replica 1 (processed)
+    p.choose(2, rq((3,)), 2.0, view(2, [0, 0]))  # miss -> replica 0
+    p.choose(3, rq((4,)), 11.0, view(2, [0, 0]))  # pass first: 120 chars > 80
+    assert 1 not in p.tree.nodes and {2, 3, 4} <= set(p.tree.nodes)
+
+
+def test_smg_spill_gate_is_strict_on_both_bounds() -> None:
+    # cache_aware.rs gate_selected_candidate: load > avg x 1.5 and load > avg + 64, both
+    # strict, avg over the healthy workers; a spill goes to min (load, processed, idx).
+    def owned_by_0(n: int) -> SmgCacheAwarePolicy:
+        p = SmgCacheAwarePolicy(block_tokens=BT)
+        p.choose(0, rq((1,)), 0.0, view(n, [0] * n))  # miss -> replica 0 owns block 1
+        return p
+
+    # avg 36: 100 is not above 36 + 64 -> stays; 101 is above 36.25 + 64 -> spills.
+    assert owned_by_0(4).choose(1, rq((1,)), 0.0, view(4, [100, 44, 0, 0])) == 0
+    assert owned_by_0(4).choose(1, rq((1,)), 0.0, view(4, [101, 44, 0, 0])) == 2
+    # avg 200: 300 is not above 1.5 x 200 -> stays; 301 is above 1.5 x 200.5 -> spills.
+    assert owned_by_0(2).choose(1, rq((1,)), 0.0, view(2, [300, 100])) == 0
+    assert owned_by_0(2).choose(1, rq((1,)), 0.0, view(2, [301, 100])) == 1
+
+
+# --- llm-d default profile (llm-d-inference-scheduler @520af478) ---------------------------
+
+
+def test_llmd_default_input_shorter_than_one_chunk_has_no_hashes() -> None:
+    # approximateprefix/hashing.go hashPrompt: len(input) < blockSizeTokens x 4 -> nil.
+    # 15 tokens = 60 characters < 64: prefix 0 everywhere and nothing is added.
+    p = LlmdDefaultPolicy(block_tokens=16, num_gpu_blocks=None, engine_block_tokens=16)
+    short = rq((1,), tokens=15, bt=16)
+    p.choose(0, short, 0.0, view(2, waiting=[0, 0], kv_usage=[0.0, 0.0]))
+    assert all(len(lru) == 0 for lru in p.lru)
+    assert p.prefix_scores(short, 2) == [0.0, 0.0]
+    # 16 tokens = 64 characters: exactly one full chunk, hashed and added.
+    p.choose(1, rq((1,), tokens=16, bt=16), 0.0, view(2, waiting=[0, 0], kv_usage=[0.0, 0.0]))
+    assert sum(len(lru) for lru in p.lru) == 1
+
+
+def test_llmd_default_trailing_partial_chunk_counts() -> None:
+    # hashPrompt hashes the trailing partial chunk too. Engine block 16 with 16-token trace
+    # blocks: 64 chars = one chunk per full block; a 4-token tail is a 16-char chunk.
+    p = LlmdDefaultPolicy(block_tokens=16, num_gpu_blocks=None, engine_block_tokens=16)
+    p.lru = [OrderedDict.fromkeys((1, 2)), OrderedDict.fromkeys((1, 2, 3))]
+    r = rq((1, 2, 3), tokens=36, bt=16)
+    assert p.prefix_scores(r, 2) == pytest.approx([2 / 3, 1.0])
+
+
+def test_llmd_default_equal_queues_leave_kv_and_prefix_to_decide() -> None:
+    # queue.go: max == min -> 1.0 for every endpoint; kvcache_utilization.go: 1 - kv.
+    p = LlmdDefaultPolicy(block_tokens=BT, num_gpu_blocks=None)
+    assert p.choose(0, rq((5,)), 0.0, view(3, waiting=[4, 4, 4], kv_usage=[0.5, 0.2, 0.3])) == 1
+    one = LlmdDefaultPolicy(block_tokens=BT, num_gpu_blocks=None)
+    assert one.choose(0, rq((5,)), 0.0, view(1, waiting=[9], kv_usage=[1.0])) == 0
+
+
+# --- llm-d precise prefix-cache scorer -------------------------------------------------------
+
+
+def test_llmd_precise_run_is_consecutive_from_block_zero_and_full_blocks_only() -> None:
+    # kvblock_scorer.go: consecutive blocks from the first; utils.go absoluteScoredPods:
+    # min(1, run / total full blocks), 0 with no full block.
+    p = LlmdPrecisePolicy(block_tokens=BT)
+    p.on_kv_events(0, 0, stored(2), 0.0)  # block 2 only: no run from block 0
+    p.on_kv_events(1, 0, stored(1, 2, 3), 0.0)  # the tail block too
+    r = rq((1, 2, 3), tokens=2 * BT + 3)
+    # pod 1: 2 x 1 + 1 x 0 + 1 x 1 = 3 against pod 0: 0 + 1 + 1 = 2, though pod 1 queues.
+    assert p.choose(0, r, 0.0, view(2, waiting=[0, 2], kv_usage=[0.0, 0.0])) == 1
+    tiny = rq((1,), tokens=BT - 1)  # no full block: prefix 0, queue and KV decide
+    assert p.choose(1, tiny, 0.0, view(2, waiting=[0, 2], kv_usage=[0.0, 0.0])) == 0
+
+
+# --- Dynamo KV router (dynamo @2a6da14c) -----------------------------------------------------
+
+
+def test_dynamo_queries_full_blocks_only() -> None:
+    # protocols.rs compute_block_hash_for_seq hashes complete blocks only, so the overlap
+    # never counts the tail; selector/mod.rs: raw prefill = (active + ISL) / B.
+    p = DynamoKvPolicy(block_tokens=BT)
+    p.on_kv_events(0, 0, stored(1, 2, 3), 0.0)  # the engine also cached the tail block
+    r = rq((1, 2, 3), tokens=25)
+    cost, ovl = p.costs(r, 0.0, 2)
+    assert ovl == [2, 0]
+    # w0: prefill 2.5 - 2 = 0.5, decode 0 + 3 -> 3.5; w1: 2.5 + 3 = 5.5.
+    assert cost == pytest.approx([3.5, 5.5])
+
+
+def test_dynamo_active_blocks_track_full_prompt_blocks() -> None:
+    # scheduling/types.rs potential_decode_blocks_after_admission: active blocks are the
+    # tracked (full) prompt blocks; a request's untracked tail adds 1 to its own projection
+    # but is not kept as an active block after admission.
+    p = DynamoKvPolicy(block_tokens=BT)
+    a = rq((1, 2, 3), tokens=25)
+    assert p.choose(0, a, 0.0, view(1)) == 0
+    assert p.active_prefill == [25]
+    b = rq((1, 2, 4), tokens=25)  # same full blocks, another tail
+    cost, _ = p.costs(b, 0.0, 1)
+    # prefill (25 + 25)/10 = 5; decode: 2 active + (2 - 2 shared) + 1 tail = 3.
+    assert cost == pytest.approx([8.0])
+    p.on_first_token(0, a, 0, 0.0)
+    p.on_complete(0, a, 0, 0.0)
+    assert p.active_prefill == [0] and p.costs(b, 0.0, 1)[0] == pytest.approx([5.5])
+
+
+def test_dynamo_approx_index_writes_full_blocks_at_route_time() -> None:
+    p = DynamoKvPolicy(block_tokens=BT, kv_events=False)
+    p.choose(0, rq((1, 2, 3), tokens=25), 0.0, view(1))
+    # full blocks (1, 2) are recorded; the tail is not part of the query or the index.
+    assert p.costs(rq((1, 2, 3), tokens=30), 1.0, 1)[1] == [2]
+
+
+# --- production-stack ------------------------------------------------------------------------
+
+
+def test_prodstack_prefix_one_endpoint_and_partial_paths() -> None:
+    # hashtrie.py longest_prefix_match: stop at a missing chunk or an empty intersection.
+    p = ProdstackPrefixPolicy()
+    assert p.choose(0, rq((1, 2)), 0.0, view(1)) == 0
+    assert p.trie == {1: {0}, 2: {0}}
+    p.trie = {1: {0, 1, 2}, 2: {1, 2}, 3: {2}, 4: {0}}
+    assert p.candidates(rq((1, 2, 3)), 3) == [2]
+    assert p.candidates(rq((1, 2, 4)), 3) == [1, 2]  # 4's endpoints miss {1, 2}
+
+
+def test_prodstack_loadaware_fallback_prefers_an_endpoint_never_routed_to() -> None:
+    # routing_logic.py _qps_routing: scanning in URL order, an endpoint without request
+    # stats wins at once; others compare QPS over the window with a strict <. Endpoint 0
+    # got a request at t=0 (stats kept, QPS 0 after 60 s); endpoint 1 never did.
+    p = ProdstackLoadAwarePolicy(block_tokens=BT)
+    assert p.choose(0, rq((5,)), 0.0, view(2, [0, 0])) == 0
+    assert p.choose(1, rq((6,)), 100.0, view(2, [0, 0])) == 1
+    # both have stats now, both QPS 0 at t=300: the first in URL order.
+    assert p.choose(2, rq((7,)), 300.0, view(2, [0, 0])) == 0
+
+
+def test_prodstack_loadaware_one_endpoint_and_all_equal() -> None:
+    p = ProdstackLoadAwarePolicy(block_tokens=BT)
+    p.on_kv_events(0, 0, stored(1), 0.0)
+    assert p.choose(0, rq((1, 2)), 0.0, view(1, [7])) == 0
+    # both hold the whole prompt, equal load: equal scores -> smallest URL.
+    q = ProdstackLoadAwarePolicy(block_tokens=BT)
+    q.on_kv_events(0, 0, stored(1, 2), 0.0)
+    q.on_kv_events(1, 0, stored(1, 2), 0.0)
+    assert q.choose(0, rq((1, 2)), 0.0, view(2, [3, 3])) == 0
+    # half a hit on replica 1 (benefit 0.5) beats an idle replica 0 only while its relative
+    # load stays under 0.5 above replica 0's: loads [1, 2], mean 1.5 -> rel -1/3, +1/3.
+    r = ProdstackLoadAwarePolicy(block_tokens=BT)
+    r.on_kv_events(1, 0, stored(1), 0.0)
+    assert r.choose(0, rq((1, 2)), 0.0, view(2, [1, 2])) == 0  # 1/3 vs 0.5 - 1/3
+    assert r.choose(1, rq((1, 2)), 0.0, view(2, [2, 2])) == 1  # 0 vs 0.5
+
+
+# --- AIBrix prefix-cache (aibrix @e3e10f9e) ----------------------------------------------------
+
+
+def _aibrix(**kw: float) -> AibrixPrefixCachePolicy:
+    return AibrixPrefixCachePolicy(block_tokens=32 * BT, **kw)  # 1280 chars: 10 chunks
+
+
+def _one(block: int = 1) -> Request:
+    return Request(arrival=0, input_tokens=32 * BT, output_tokens=1, blocks=(block,))
+
+
+def test_aibrix_ttl_is_per_block_entry_refreshed_by_any_write() -> None:
+    # lru_store.go: Put refreshes the entry's lastAccessTime whoever writes it; evict drops
+    # entries idle > 20 min, whole; matchPods reads no per-pod time. Pod 0 wrote at 0, pod 1
+    # at 1000: at 1300 both still hold the block, and pod 0 (fewer in flight) wins.
+    p = _aibrix()
+    assert p.choose(0, _one(), 0.0, view(2, [0, 1])) == 0
+    assert p.choose(1, _one(), 1000.0, view(2, [17, 0])) == 1  # spread 17 > 16: pod 1
+    assert p.choose(2, _one(), 1300.0, view(2, [0, 1])) == 0
+    # Idle for more than 20 min: the entry is gone, all its pods with it.
+    q = _aibrix()
+    assert q.choose(0, _one(), 0.0, view(3, [0, 1, 1])) == 0
+    assert q.choose(1, _one(), 1205.0, view(3, [2, 0, 1])) == 1  # no match: least
+    assert q.table[1] == {1: 1205.0}
+
+
+def test_aibrix_table_is_an_lru_of_writes() -> None:
+    # lru_store.go Put: a write moves the entry to the head; past capacity the tail goes.
+    p = _aibrix(max_entries=20)  # 2 trace blocks of 10 chunks each
+    for i, b in enumerate((1, 2, 1, 3)):
+        p.choose(i, _one(b), 0.0, view(2, [0, 1]))
+    assert list(p.table) == [1, 3]
+
+
+def test_aibrix_percent_is_floored_over_all_chunks_and_best_first() -> None:
+    # hash.go seqSearchPrefix: pct = (i + 1) x 100 / len(hashes), integer division; the
+    # deepest match first, then fewer in flight, within mean + 2 sigma.
+    p = _aibrix()
+    two = Request(arrival=0, input_tokens=32 * BT * 2 + 200, output_tokens=1, blocks=(1, 2, 3))
+    # 10 + 10 + 6 chunks (the 32-byte remainder of the tail is dropped): 26 hashes.
+    p.table[1] = {0: 0.0, 1: 0.0}
+    p.table[2] = {1: 0.0}
+    assert p.choose(0, two, 0.0, view(3, [0, 3, 0])) == 1  # 76 % beats 38 %
+    # with pod 1 far above mean + 2 sigma the shallower match (pod 0) is taken instead.
+    q = _aibrix()
+    q.table[1] = {0: 0.0, 1: 0.0}
+    q.table[2] = {1: 0.0}
+    assert q.choose(0, two, 0.0, view(8, [1, 9, 0, 0, 0, 0, 0, 0])) == 0
+
+
+def test_aibrix_one_pod() -> None:
+    p = _aibrix()
+    assert [p.choose(i, _one(), float(i), view(1, [i])) for i in range(3)] == [0, 0, 0]
+
+
+# --- Ray Serve PrefixCacheAffinityRouter --------------------------------------------------------
+
+
+def test_ray_candidates_are_the_tenants_of_the_deepest_node_only() -> None:
+    # prefix_tree.py prefix_match: the tenants of the last node reached, not of the path.
+    p = RayPrefixAffinityPolicy(block_tokens=BT)
+    p.choose(0, rq((1,)), 0.0, view(3, [0, 0, 0]))  # cold -> 0 (smallest, list order)
+    p.choose(1, rq((1, 2)), 0.0, view(3, [0, 0, 0]))  # rate 0.5 -> tenants of 1: {0}
+    p.tree.insert((1, 2, 3), [40, 40, 40], 2)  # replica 2 also holds (1, 2, 3)
+    # (1, 2, 3, 4): deepest node 3 -> {2}, though 0 is idle and holds (1, 2).
+    assert p.choose(2, rq((1, 2, 3, 4)), 0.0, view(3, [0, 0, 5])) == 2
+    # (1, 2, 9): deepest node 2 -> {0, 2}: lowest queue, then list order.
+    assert p.choose(3, rq((1, 2, 9)), 0.0, view(3, [4, 0, 4])) == 0
+    assert p.choose(4, rq((1, 2, 13)), 0.0, view(3, [5, 0, 4])) == 2
+
+
+def test_ray_one_replica_and_below_threshold_goes_to_the_smallest_tree() -> None:
+    one = RayPrefixAffinityPolicy(block_tokens=BT)
+    assert [one.choose(i, rq((i,)), 0.0, view(1, [i])) for i in range(3)] == [0, 0, 0]
+    p = RayPrefixAffinityPolicy(block_tokens=BT)
+    p.tree.insert((1,), [40], 0)
+    p.tree.insert((5, 6), [40, 40], 1)
+    # 1 of 11 blocks = 0.09 < 0.1: smallest totals {2} (0 chars), not the tenants of 1.
+    eleven = rq((1, *range(100, 110)))
+    assert p.choose(0, eleven, 0.0, view(3, [0, 0, 9])) == 2
