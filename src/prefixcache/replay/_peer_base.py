@@ -217,18 +217,23 @@ class CharTree:
         Ties in stamp go to the lower block id, then the lower tenant."""
         chars = self.chars
         total = sum(chars.values())
-        if per_tenant:
-            if all(c <= cap_chars for c in chars.values()):
-                return
-        elif total <= cap_chars:
+        over = {t for t, c in chars.items() if c > cap_chars or not per_tenant}
+        if (per_tenant and not over) or (not per_tenant and total <= cap_chars):
             return
         nodes = self.nodes
-        heap = [
-            (stamp, b, t)
-            for b, ts in nodes.items()
-            for t, stamp in ts.items()
-            if self._is_leaf(b, t)
-        ]
+        children = self.children
+        heap: list[tuple[int, int, int]] = []
+        push = heap.append
+        for b, ts in nodes.items():
+            kids = children[b]
+            if not kids:
+                for t, stamp in ts.items():
+                    if t in over:
+                        push((stamp, b, t))
+                continue
+            for t, stamp in ts.items():
+                if t in over and not any(t in nodes[c] for c in kids):
+                    push((stamp, b, t))
         heapq.heapify(heap)
         while heap:
             if not per_tenant and total <= cap_chars:
@@ -236,15 +241,15 @@ class CharTree:
             _stamp, b, t = heapq.heappop(heap)
             if per_tenant and chars.get(t, 0) <= cap_chars:
                 continue
-            ts = nodes.get(b)
-            if ts is None or t not in ts or not self._is_leaf(b, t):
+            held = nodes.get(b)
+            if held is None or t not in held or not self._is_leaf(b, t):
                 continue
-            del ts[t]
+            del held[t]
             ch = self.chars_of[b]
             chars[t] -= ch
             total -= ch
             par = self.parent[b]
-            if not ts and not self.children[b]:
+            if not held and not self.children[b]:
                 del nodes[b]
                 del self.owner[b], self.parent[b], self.children[b], self.chars_of[b]
                 if par is not None:
