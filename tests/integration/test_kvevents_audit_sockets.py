@@ -185,6 +185,8 @@ def test_two_ranks_map_layout_replayed_clear_garbage_and_a_buffer_too_short(
             model=MODEL,
             topic="kv@",
             replay_endpoint=rank.replay_endpoint,
+            # Longer than the test: a new request waits for the engine's end marker.
+            replay_timeout=DEADLINE * 10,
             context=ctx,
         )
         for endpoint, key, rank in zip(endpoints, keys, ranks, strict=True)

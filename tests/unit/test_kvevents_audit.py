@@ -872,24 +872,13 @@ def test_a_stream_played_in_order_matches_the_engine_cache(
     assert res.status(K0).blocks == sum(1 for k in replay.copies.values() if k)
 
 
-@given(
-    st.lists(st.lists(_ops, max_size=4), min_size=1, max_size=12),
-    st.data(),
-)
-def test_losses_anywhere_and_replays_while_live_batches_flow_end_as_in_order(
-    plan: list[list[tuple[Any, ...]]], data: st.DataObject
-) -> None:
-    # The subscriber's pattern: any seqs lost, a replay (of every seq from the first
-    # missing one up to the newest seen) whenever a loss shows, live batches continuing
-    # meanwhile, and a last replay once the stream ends.
-    docs = _engine_batches(plan)
-    in_order = KvResidency(block_tokens=SIM_BT, clock=lambda: 0.0)
-    for seq, doc in enumerate(docs):
-        apply_raw(in_order, K0, seq, doc)
-    # The last batch arrives: a loss at the very end shows only with the next message.
+def _deliver_with_losses(res: KvResidency, docs: list[Any], data: st.DataObject) -> None:
+    """The subscriber's pattern: any seqs lost (never the last: a loss at the very end
+    shows only with a later message), a replay (every seq from the first missing one up to
+    the newest seen, from the engine's buffer) whenever one is drawn, live batches flowing
+    meanwhile, and a last replay once the stream ends."""
     lost = data.draw(st.sets(st.integers(0, len(docs) - 2)), label="lost seqs")
     replay_after = data.draw(st.sets(st.integers(0, len(docs) - 1)), label="replays after")
-    res = KvResidency(block_tokens=SIM_BT, clock=lambda: 0.0)
 
     def replay() -> None:
         start = res.missing_from(K0)
@@ -900,9 +889,61 @@ def test_losses_anywhere_and_replays_while_live_batches_flow_end_as_in_order(
     for seq, doc in enumerate(docs):
         if seq not in lost:
             apply_raw(res, K0, seq, doc)
-        if seq in replay_after and res.replicas():
+        if seq in replay_after:
             replay()
     replay()
+
+
+def _in_order(docs: list[Any]) -> KvResidency:
+    res = KvResidency(block_tokens=SIM_BT, clock=lambda: 0.0)
+    for seq, doc in enumerate(docs):
+        apply_raw(res, K0, seq, doc)
+    return res
+
+
+@given(
+    st.lists(st.lists(_ops, max_size=4), min_size=1, max_size=12),
+    st.data(),
+)
+def test_losses_anywhere_and_replays_while_live_batches_flow_end_as_in_order(
+    plan: list[list[tuple[Any, ...]]], data: st.DataObject
+) -> None:
+    docs = _engine_batches(plan)
+    res = KvResidency(block_tokens=SIM_BT, clock=lambda: 0.0)
+    _deliver_with_losses(res, docs, data)
     res._check()
     assert res.missing_from(K0) is None
-    assert _view(res) == _view(in_order)
+    assert _view(res) == _view(_in_order(docs))
+
+
+@given(
+    st.lists(st.lists(_ops, max_size=4), min_size=1, max_size=8),
+    st.lists(st.lists(_ops, max_size=4), min_size=1, max_size=8),
+    st.data(),
+)
+def test_a_restart_amid_losses_ends_as_the_new_run_alone(
+    before: list[list[tuple[Any, ...]]],
+    after: list[list[tuple[Any, ...]]],
+    data: st.DataObject,
+) -> None:
+    # Section 1: a seq lower than the last one seen is a restart, whose cache is new; its
+    # own losses are filled from its own replay buffer. The new run's seq 0 is seen live
+    # (a restart whose first seqs are all lost and whose stream is still shorter than the
+    # old one's is seen only as a gap: see the report of this audit).
+    old, new = _engine_batches(before), _engine_batches(after)
+    res = KvResidency(block_tokens=SIM_BT, clock=lambda: 0.0)
+    _deliver_with_losses(res, old, data)
+    apply_raw(res, K0, 0, new[0])
+    assert res.status(K0).restarts == 1
+    # The new run's last batch arrives; any between may be lost and come from its replay.
+    lost = data.draw(st.sets(st.integers(1, max(1, len(new) - 2))), label="lost after restart")
+    for seq in range(1, len(new)):
+        if seq not in lost or seq == len(new) - 1:
+            apply_raw(res, K0, seq, new[seq])
+    start = res.missing_from(K0)
+    if start is not None:
+        for seq in range(start, len(new)):
+            apply_raw(res, K0, seq, new[seq], replayed=True)
+    res._check()
+    assert res.missing_from(K0) is None
+    assert _view(res) == _view(_in_order(new))
