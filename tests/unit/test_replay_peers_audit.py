@@ -13,6 +13,7 @@ import pytest
 
 from prefixcache.kvevents import BlockStored, EventBatch
 from prefixcache.replay import (
+    PEER_POLICIES,
     AibrixPrefixCachePolicy,
     ClusterModel,
     ClusterView,
@@ -25,6 +26,9 @@ from prefixcache.replay import (
     Request,
     SglangCacheAwarePolicy,
     SmgCacheAwarePolicy,
+    make_policy,
+    simulate,
+    synthetic_trace,
 )
 
 BT = 10  # tokens per trace block: 40 characters per full block
@@ -382,3 +386,19 @@ def test_ray_one_replica_and_below_threshold_goes_to_the_smallest_tree() -> None
     # 1 of 11 blocks = 0.09 < 0.1: smallest totals {2} (0 chars), not the tenants of 1.
     eleven = rq((1, *range(100, 110)))
     assert p.choose(0, eleven, 0.0, view(3, [0, 0, 9])) == 2
+
+
+# --- every peer ----------------------------------------------------------------------------
+
+
+def test_every_peer_is_deterministic_for_a_seed() -> None:
+    # Each peer draws only from its own seeded random.Random (fact sheet section 10), so a
+    # replay repeats decision for decision.
+    reqs = synthetic_trace(seed=3, sessions=30, duration_s=40.0)
+    model = ClusterModel(replicas=4)
+    for name in PEER_POLICIES:
+        runs = [
+            simulate(reqs, make_policy(name, model, seed=7), model, speedup=4.0).replica
+            for _ in range(2)
+        ]
+        assert runs[0] == runs[1], name
