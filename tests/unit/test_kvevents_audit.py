@@ -30,8 +30,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from profiles import scaled_examples
 
 from clusterrouting import ClusterRoutingError
 from prefixcache import ReplicaKey, extract_token_chain
@@ -536,6 +537,28 @@ def test_the_all_ones_hash_links_a_child_and_is_removed() -> None:
     assert res.overlap(M, PROMPT, [K0]) == {K0: 0}
 
 
+@pytest.mark.parametrize(
+    ("flavour", "first", "second"),
+    [
+        ("vllm", 3236607068019569386, 2758186210834249151),  # sha256_cbor
+        ("vllm", 7536218907325174565, 9048537298590080561),  # sha256 (pickle)
+        ("vllm", 882618318818381833, 12890060145260523405),  # xxhash_cbor
+        ("sglang", 8635429971592222890, 1256577331724852459),  # SGLang's chain
+        ("vllm", 0, 1),  # a zero hash is a hash, not "no parent"
+    ],
+)
+def test_the_known_engine_vectors_all_give_our_chain(flavour: str, first: int, second: int) -> None:
+    # Section 3's vectors (tokens 1..16 then 17..32, block size 16): whichever algorithm
+    # the engine used, the blocks are ours, equal to extract_token_chain's.
+    res = res16()
+    tokens = list(range(1, 33))
+    apply_raw(res, K0, 0, [0.0, [stored_doc([first], tokens[:16])]], flavour=flavour)
+    apply_raw(res, K0, 1, [0.0, [stored_doc([second], tokens[16:], parent=first)]],
+              flavour=flavour)  # fmt: skip
+    assert res.overlap_chain(extract_token_chain(M, tokens, block_tokens=16), [K0]) == {K0: 2}
+    assert res.state(K0) is EXACT
+
+
 def test_engine_blocks_of_a_multiple_of_block_tokens_split_and_others_drop() -> None:
     # Issue 15: "Engine block sizes that are multiples of block_tokens are split; others
     # are dropped and counted". Engine blocks of 32 over ours of 16: two of ours each.
@@ -947,3 +970,88 @@ def test_a_restart_amid_losses_ends_as_the_new_run_alone(
     res._check()
     assert res.missing_from(K0) is None
     assert _view(res) == _view(_in_order(new))
+
+
+# ============================================================ never raises, on any stream
+_hashes = st.sampled_from([0, 1, 2, 3, U64_MAX, -1, I64_MIN, b"\x01" * 32, b"\x02" * 16, b"\x03"])
+_fields = st.fixed_dictionaries(
+    {
+        "block_hashes": st.lists(_hashes, max_size=3),
+        "parent_block_hash": st.one_of(st.none(), _hashes),
+        "token_ids": st.lists(st.integers(0, 3), max_size=9),
+        "block_size": st.sampled_from([0, 1, 2, 3, 4]),
+        "lora_id": st.sampled_from([None, 1]),
+        "medium": st.sampled_from([None, "GPU", "CPU", "FS"]),
+        "lora_name": st.sampled_from([None, "a", ""]),
+        "extra_keys": st.sampled_from(
+            [
+                None,
+                [],
+                [None],
+                [[]],
+                [["a"]],
+                [["a", "s"], None],
+                [["s"], ["a"]],
+                [[["mm-hash", 3]]],
+                ["x"],
+                [{"k": 1}],
+                [[None]],
+            ]
+        ),
+        "group_idx": st.sampled_from([None, 0, 1]),
+    }
+)
+_positional_order = ["block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id",
+                     "medium", "lora_name", "extra_keys", "group_idx"]  # fmt: skip
+
+
+@st.composite
+def _any_event(draw: st.DrawFn) -> Any:
+    kind = draw(st.sampled_from(["stored", "removed", "cleared"]))
+    fields = draw(_fields)
+    if draw(st.integers(0, 3)):  # mostly well-formed stores, so that they reach the ledger
+        fields["block_hashes"] = list(dict.fromkeys(fields["block_hashes"])) or [5]
+        fields["block_size"] = draw(st.sampled_from([2, 4]))
+        size = len(fields["block_hashes"]) * fields["block_size"]
+        fields["token_ids"] = draw(st.lists(st.integers(0, 3), min_size=size, max_size=size))
+    if draw(st.booleans()):  # map layout, some keys left out
+        if kind == "cleared":
+            return {"type": "AllBlocksCleared"}
+        keys = _positional_order if kind == "stored" else ["block_hashes", "medium", "group_idx"]
+        kept = draw(st.lists(st.sampled_from(keys), unique=True))
+        tag = "BlockStored" if kind == "stored" else "BlockRemoved"
+        return {"type": tag, **{k: fields[k] for k in kept}}
+    if kind == "cleared":
+        return ["AllBlocksCleared"]
+    if kind == "removed":
+        return ["BlockRemoved", fields["block_hashes"], fields["medium"], fields["group_idx"]]
+    n = draw(st.integers(1, len(_positional_order)))
+    return ["BlockStored", *(fields[k] for k in _positional_order[:n])]
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 6), st.booleans(), st.lists(_any_event(), max_size=4)),
+        max_size=8,
+    ),
+    st.sampled_from(["vllm", "sglang"]),
+)
+@example(  # a root store with extra_keys=[] once raised IndexError
+    stream=[(0, False, [["BlockStored", [5], None, [1, 2], 2, None, "GPU", None, []]])],
+    flavour="vllm",
+)
+@settings(max_examples=scaled_examples(3))
+def test_no_stream_of_decodable_payloads_makes_apply_raise(
+    stream: list[tuple[int, bool, list[Any]]], flavour: str
+) -> None:
+    # Issue 15 / STYLE: network input never raises past the decoder; the subscriber's
+    # thread calls apply with whatever decoded. Counts add up and the invariants hold.
+    res = KvResidency(block_tokens=2, clock=lambda: 0.0, max_deferred=3, max_blocks_per_replica=5)
+    for seq, replayed, events in stream:
+        batch = decode_payload(enc([0.0, events, 0]), flavour=flavour)  # type: ignore[arg-type]
+        assert len(batch.events) + batch.dropped + batch.ignored == len(events)
+        res.apply(K0, seq, batch, model=M, replayed=replayed)
+        res._check()
+    for lora, salt in ((None, None), ("a", None), ("a", "s"), (None, "s")):
+        got = res.overlap(M, [0, 1, 2, 3, 0, 1], [K0], lora_name=lora, cache_salt=salt)
+        assert 0 <= got[K0] <= res.status(K0).canonical_blocks
