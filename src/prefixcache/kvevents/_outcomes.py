@@ -63,7 +63,8 @@ class IngestReport:
             nothing changed.
         restarted: the live ``seq`` did not increase (the publisher restarted): everything
             the replica held was dropped before the batch was applied.
-        missed: sequence numbers newly known to be missing (the gap this batch opened).
+        missed: sequence numbers newly known to be missing (the gap this batch opened, or
+            the batches after a replayed clear, which must be applied again after it).
         filled: 1 if this (replayed) batch filled a missing ``seq``, else 0.
         decode_dropped: ``batch.dropped``, the malformed events the decoder left out.
 
