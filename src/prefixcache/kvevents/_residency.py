@@ -93,7 +93,7 @@ class KvResidency:
       the batch that closes it), a store whose parent is unknown and a removal of an
       unknown block wait (bounded) for the replay that may explain them, and a removed
       block's place in the chain is remembered for the children a replay may still bring,
-      so a gap filled in any order ends as in-order delivery would;
+      so gaps filled by replays, in any order, end as in-order delivery would;
     * ``AllBlocksCleared`` drops every block and resets the replica to ``exact``. A
       replayed clear (below the highest ``seq`` applied) drops every block too and marks
       the batches after it missing again: they were applied out of order around it, and
@@ -101,8 +101,9 @@ class KvResidency:
       next.
 
     Memory is bounded: at most ``max_replicas`` replicas, ``max_blocks_per_replica`` engine
-    blocks each (oldest stored forgotten first), ``max_deferred`` waiting events each, 64
-    open gaps each; the engine-hash map holds exactly the blocks held.
+    blocks each (oldest stored forgotten first), ``max_deferred`` waiting events (and as
+    many remembered removed blocks) each, 64 open gaps each; the engine-hash map holds
+    exactly the blocks held.
 
     Thread-safe: one lock guards everything; :meth:`apply` holds it for one batch,
     :meth:`overlap` for one chain walk. Callers never block on I/O here.
