@@ -14,6 +14,7 @@ Network waits poll with a bounded deadline; nothing asserts on timing.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ import zmq
 
 from prefixcache import ReplicaKey
 from prefixcache.kvevents import (
+    AsyncKvEventSubscriber,
     KvEventSubscriber,
     KvResidency,
     ResidencyState,
@@ -249,3 +251,56 @@ def test_two_ranks_map_layout_replayed_clear_garbage_and_a_buffer_too_short(
             s.stop()
         for rank in ranks:
             rank.close()
+
+
+def test_the_asyncio_subscriber_replays_a_lost_clear_too(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    base, pubs = bind_consecutive(ctx)
+    pubs[1].close(0)
+    rank = Rank(ctx, pubs[0], 0)
+    key = ReplicaKey("pod", 0)
+    res = KvResidency(block_tokens=BT)
+    a, b = list(range(1, 9)), list(range(101, 109))
+
+    async def main() -> None:
+        sub = AsyncKvEventSubscriber(
+            f"tcp://127.0.0.1:{base}",
+            replica=key,
+            residency=res,
+            model=MODEL,
+            replay_endpoint=rank.replay_endpoint,
+            replay_timeout=DEADLINE * 10,
+        )
+        rank.publish(stored([11, 12], a))
+        await sub.start()
+        try:
+            await wait_until_async(lambda: res.state(key) is EXACT, tick=rank.publish)
+            rank.publish(Cleared(), stored([21], b[:4]), send=False)
+            rank.publish(stored([22], b[4:], parent=21), stored([11], a[:4]))
+            await wait_until_async(
+                lambda: res.state(key) is EXACT and res.overlap(MODEL, b, [key]) == {key: 2}
+            )
+            assert res.overlap(MODEL, a, [key]) == {key: 1}  # a's first block, stored again
+            assert res.status(key).blocks == 3
+            rank.publish(Removed(block_hashes=[11], medium="GPU"))  # its only copy since
+            await wait_until_async(lambda: res.status(key).blocks == 2)
+            assert res.overlap(MODEL, a, [key]) == {key: 0}
+        finally:
+            await sub.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        rank.close()
+
+
+async def wait_until_async(
+    predicate: Callable[[], bool], *, tick: Callable[[], object] | None = None
+) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        if tick is not None:
+            tick()
+        await asyncio.sleep(0.02)
