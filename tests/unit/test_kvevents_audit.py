@@ -951,8 +951,9 @@ def test_a_restart_amid_losses_ends_as_the_new_run_alone(
 ) -> None:
     # Section 1: a seq lower than the last one seen is a restart, whose cache is new; its
     # own losses are filled from its own replay buffer. The new run's seq 0 is seen live
-    # (a restart whose first seqs are all lost and whose stream is still shorter than the
-    # old one's is seen only as a gap: see the report of this audit).
+    # (a restart first seen at a seq above the last one of the old run cannot be told from
+    # a gap by the sequence numbers alone; the subscriber's on_disconnect hook is the
+    # host's signal then).
     old, new = _engine_batches(before), _engine_batches(after)
     res = KvResidency(block_tokens=SIM_BT, clock=lambda: 0.0)
     _deliver_with_losses(res, old, data)
