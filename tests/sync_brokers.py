@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 __all__ = [
     "BROKER_WHEELS",
     "Broker",
@@ -95,29 +97,50 @@ class Broker:
         self.name = name
         self.binary = find_binary(name)  # never skip: a missing broker is a broken environment
         self.args = args
-        self.port = free_port()
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.scheme = scheme
+        self._use_port(free_port())
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started = False
 
-    def _accepting(self) -> bool:
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.url = f"{self.scheme}://127.0.0.1:{port}"
+
+    def _listening(self, proc: subprocess.Popen[bytes]) -> bool:
+        # Our own process must hold the listening socket: a connection that succeeds may
+        # reach another test's broker that took the port between free_port() and the bind
+        # (parallel workers), and that broker stops when its test ends.
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
+            conns = psutil.Process(proc.pid).net_connections(kind="tcp")
+        except psutil.Error:
             return False
+        return any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.port for c in conns)
 
     def start(self, timeout: float = 15.0) -> None:
-        self.proc = subprocess.Popen(
+        """Start the server and wait until it listens. On a first start whose port was
+        taken meanwhile, move to a fresh port (up to 3 times); a restart keeps its port."""
+        for _ in range(3):
+            if self._launch(timeout):
+                self._started = True
+                return
+            if self._started:
+                break
+            self._use_port(free_port())
+        raise RuntimeError(f"{self.name} did not start on port {self.port}")
+
+    def _launch(self, timeout: float) -> bool:
+        proc = self.proc = subprocess.Popen(
             [self.binary, *self.args(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
-        while not self._accepting():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+        while not self._listening(proc):
+            if proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"{self.name} did not start on port {self.port}")
+                return False
             time.sleep(0.02)
+        return True
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
