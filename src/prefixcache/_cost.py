@@ -14,6 +14,7 @@ Pieces a gateway combines (the replay's ``cache-cost`` policy is exactly this):
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -575,6 +576,11 @@ class DispatchWindow:
         return self._counts.get(key, 0)
 
 
+_PIN_BOUND = 4
+"""Pinned (and private) blocks a :class:`KvCacheMirror` replica keeps, in multiples of its
+capacity: past it, ``finish`` calls were lost and the oldest pins are released."""
+
+
 class KvCacheMirror:
     """Per-replica LRU of prefix-chained block hashes: what each replica's KV cache holds.
 
@@ -595,11 +601,16 @@ class KvCacheMirror:
     beside the cache (its output); ``finish`` with the same arguments unpins the chain,
     touching it deepest first as :meth:`observe` does, and frees the private blocks. A
     replica then keeps at most ``capacity_blocks - pinned - private`` unpinned blocks
-    (evicting least-recent first; pinned blocks alone may exceed it, as an engine that
-    admitted them). Without :meth:`start`, nothing is pinned and the mirror is the plain
-    LRU. :meth:`invalidate` also forgets pins and private blocks; a later ``finish`` of a
-    request started before it leaves no block behind (only pinned blocks are released)
-    and frees at most the private blocks still recorded.
+    (evicting least-recent first). Pinned and private blocks may exceed the capacity (a
+    router's running requests include those still queued at the engine; 1.7 x at the peak
+    of the replay's overloaded eviction case) but are each bounded by
+    four times ``capacity_blocks``: a host that loses ``finish`` calls cannot grow the
+    mirror, because past that bound the oldest pins are released (they become the most
+    recent unpinned blocks) and private blocks are counted up to it.
+    Without :meth:`start`, nothing is pinned and the mirror is the plain LRU.
+    :meth:`invalidate` also forgets pins and private blocks; a later ``finish`` of a request
+    started before it leaves no block behind (only pinned blocks are released) and frees at
+    most the private blocks still recorded.
 
     Not thread-safe: guard it with the router's lock.
 
@@ -713,8 +724,15 @@ class KvCacheMirror:
                 pins[b] = 1
             else:
                 pins[b] = c + 1
+        bound = None if self._cap is None else _PIN_BOUND * self._cap
         if private_blocks:
-            self._private[key] = self._private.get(key, 0) + private_blocks
+            held = self._private.get(key, 0) + private_blocks
+            self._private[key] = held if bound is None else min(held, bound)
+        if bound is not None and len(pins) > bound:
+            # Far more pinned than the replica holds: finishes were lost. Release the oldest.
+            for b in list(itertools.islice(pins, len(pins) - bound)):
+                del pins[b]
+                lru[b] = None
         self._fit(key, lru)
 
     def finish(self, key: ReplicaKey, chain: Sequence[int], *, private_blocks: int = 0) -> None:

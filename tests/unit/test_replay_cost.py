@@ -149,6 +149,19 @@ def test_mirror_invalidate_forgets_pins_and_output() -> None:
         m.finish(A, (1,), private_blocks=True)  # type: ignore[arg-type]
 
 
+def test_mirror_lost_finishes_cannot_grow_it_past_four_times_its_capacity() -> None:
+    m = KvCacheMirror(capacity_blocks=3)
+    for i in range(100):  # a host that never reports these requests' ends
+        m.start(A, (i,), private_blocks=1)
+    assert m.blocks(A) == 12  # 4 x 3 pinned, no room left for unpinned blocks
+    assert m.matched_blocks(A, (99,)) == 1 and m.matched_blocks(A, (88,)) == 1
+    assert m.matched_blocks(A, (87,)) == 0  # the oldest pins were released, then evicted
+    for i in range(100):
+        m.finish(A, (i,), private_blocks=1)
+    assert m.blocks(A) == 3  # private blocks counted up to the bound: all freed again
+    assert m.matched_blocks(A, (99,)) == 1
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     cap=st.integers(0, 6),
@@ -166,6 +179,7 @@ def test_mirror_never_evicts_pinned_blocks_and_respects_its_room(
 ) -> None:
     m = KvCacheMirror(capacity_blocks=cap)
     running: list[tuple[tuple[int, ...], int]] = []
+    within_bound = True  # pins and private blocks never passed 4 x cap (no lost finishes)
     for op, chain, private in ops:
         c = tuple(chain)
         if op == "start":
@@ -177,10 +191,14 @@ def test_mirror_never_evicts_pinned_blocks_and_respects_its_room(
         else:
             m.observe(A, c)
         pinned = {b for ch, _ in running for b in ch}
-        for ch, _ in running:
-            assert m.matched_blocks(A, ch) == len(ch)
-        room = max(0, cap - len(pinned) - sum(p for _, p in running))
-        assert len(pinned) <= m.blocks(A) <= len(pinned) + room
+        held = sum(p for _, p in running)
+        within_bound = within_bound and len(pinned) <= 4 * cap and held <= 4 * cap
+        assert m.blocks(A) <= 5 * cap  # at most 4 x cap pinned and cap unpinned, always
+        if within_bound:
+            for ch, _ in running:
+                assert m.matched_blocks(A, ch) == len(ch)
+            room = max(0, cap - len(pinned) - held)
+            assert len(pinned) <= m.blocks(A) <= len(pinned) + room
     for c, private in running:
         m.finish(A, c, private_blocks=private)
     assert m.blocks(A) <= cap
