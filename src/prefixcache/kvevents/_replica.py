@@ -182,6 +182,7 @@ class BlockLedger:
         self._groups = groups
         self._max_blocks = max_blocks
         self._max_deferred = max_deferred
+        self._resuming = False  # inside _resume: stores leave resuming their children to it
         self.where: dict[int, int] = {}  # our hash -> bitmask of replica slots holding it
 
     def drop_all(self, r: Replica) -> None:
@@ -338,25 +339,40 @@ class BlockLedger:
                 self._apply_tombstone(r, tk, table, h, tally)
         if r.nblocks > self._max_blocks:
             self._evict(r, tally)
-        if r.deferred:
+        if r.deferred and not self._resuming:
             self._resume(r, tk, hashes, tally)
         return n
 
     def _resume(self, r: Replica, tk: _TableKey, hashes: Iterable[int], tally: Counts) -> None:
         """Apply the stores that waited for one of ``hashes`` as their parent (and, in
-        turn, those waiting for theirs)."""
-        stack = list(hashes)
-        while stack and r.deferred:
-            waiting = r.deferred.pop((tk, stack.pop()), None)
-            if not waiting:
-                continue
-            r.deferred_count -= len(waiting)
-            for wseq, wmodel, wev in waiting:
+        turn, those waiting for theirs), depth-first.
+
+        An explicit stack, not nested calls: a chain of waiting stores can be
+        ``max_deferred`` long (a decode stream completing a block per batch while a gap is
+        open), far past Python's recursion limit. The stack holds engine hashes whose
+        waiting stores are still to be looked up, and waiting stores still to be applied;
+        ``_resuming`` stops :meth:`store` from resuming by itself meanwhile.
+        """
+        stack: list[int | _Deferred] = list(hashes)
+        self._resuming = True
+        try:
+            while stack:
+                item = stack.pop()
+                if isinstance(item, int):
+                    waiting = r.deferred.pop((tk, item), None) if r.deferred else None
+                    if waiting:
+                        r.deferred_count -= len(waiting)
+                        stack.extend(reversed(waiting))  # applied in arrival order
+                    continue
+                wseq, wmodel, wev = item
                 n = self.store(r, wseq, wmodel, wev, tally)
                 if n:
                     tally["resumed"] += 1
                     tally["applied_stores"] += 1
                     tally["stored_blocks"] += n
+                    stack.extend(wev.block_hashes)
+        finally:
+            self._resuming = False
 
     def _orphan(
         self,
@@ -436,7 +452,8 @@ class BlockLedger:
             # A replayed clear: the later batches were applied before it, so what they
             # stored is mixed with what it cleared. Their seqs are missing again; the replay
             # that brought the clear brings them next (it sends every seq from its start).
-            tally["missed"] += r.high - seq
+            already = sum(hi - max(lo, seq + 1) + 1 for lo, hi in r.missing if hi > seq)
+            tally["missed"] += r.high - seq - already
             r.missing = [[seq + 1, r.high]]
         r.tainted = False
 
