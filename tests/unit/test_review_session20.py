@@ -5,9 +5,15 @@ Each test states the counterfactual it guards against.
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from profiles import scaled_examples
+
 from prefixcache import ReplicaKey
 from prefixcache.kvevents import (
     AllBlocksCleared,
+    BlockRemoved,
     BlockStored,
     EventBatch,
     KvResidency,
@@ -56,3 +62,48 @@ def test_a_replayed_clear_counts_as_missed_only_batches_not_already_missing() ->
     report = res.apply(A, 5, batch(AllBlocksCleared()), model="m", replayed=True)
     assert report.missed == 1
     assert res.missing_from(A) == 6
+
+
+def test_check_catches_waiting_events_left_once_no_gap_is_open() -> None:
+    # A settle skipped when the last gap closes would leave pending removals that cancel
+    # later stores; _check must notice (it checked only the deferred count before).
+    res = KvResidency(block_tokens=4, clock=lambda: 0.0)
+    res.apply(A, 0, batch(), model="m")
+    res.apply(A, 2, batch(BlockRemoved(block_hashes=[9], medium="GPU")), model="m")
+    res._check()
+    res._replicas[A].missing = []  # the gap closed without settling
+    with pytest.raises(AssertionError):
+        res._check()
+
+
+_event = st.one_of(
+    st.builds(
+        one_block,
+        st.integers(1, 6),
+        st.one_of(st.none(), st.integers(1, 6)),
+    ),
+    st.builds(
+        lambda hs: BlockRemoved(block_hashes=hs, medium="GPU"),
+        st.lists(st.integers(1, 6), min_size=1, max_size=3),
+    ),
+    st.just(AllBlocksCleared()),
+)
+
+
+@settings(max_examples=scaled_examples(0.5), deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 12), st.booleans(), st.lists(_event, max_size=4)),
+        max_size=30,
+    )
+)
+def test_waiting_state_stays_within_max_deferred_for_any_seq_order(
+    steps: list[tuple[int, bool, list[object]]],
+) -> None:
+    # Pending removals, deferred stores and remembered removed blocks are each capped by
+    # max_deferred (past it the replica degrades instead), whatever order batches come in;
+    # without the caps a long gap with many removals would grow them without bound.
+    res = KvResidency(block_tokens=4, clock=lambda: 0.0, max_deferred=2)
+    for seq, replayed, events in steps:
+        res.apply(A, seq, batch(*events), model="m", replayed=replayed)
+        res._check()

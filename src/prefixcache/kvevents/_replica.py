@@ -104,6 +104,25 @@ class Replica:
         # removed) still continues the parent's chain.
         self.ghosts: dict[int, int] = {}
 
+    def check(self, max_deferred: int) -> None:
+        """Assert the sequence and waiting-event invariants (for tests): gaps sorted,
+        disjoint, at most ``_MAX_GAPS``, within the highest ``seq`` applied; deferred
+        stores, pending removals and remembered removed blocks each within
+        ``max_deferred`` and all empty once no gap is open (``settle`` ran)."""
+        prev_hi = -1  # gaps may touch: a replayed clear re-marks the highest seq missing
+        for lo, hi in self.missing:
+            assert prev_hi < lo <= hi <= self.high, (self.missing, self.high)
+            prev_hi = hi
+        assert len(self.missing) <= _MAX_GAPS
+        assert sum(len(w) for w in self.deferred.values()) == self.deferred_count
+        assert all(self.deferred.values())
+        assert self.deferred_count <= max_deferred
+        assert len(self.tombstones) <= max_deferred
+        assert all(k >= 1 for k in self.tombstones.values())
+        assert len(self.ghosts) <= max_deferred
+        if not self.missing:
+            assert not (self.deferred or self.tombstones or self.ghosts)
+
     def state(self) -> ResidencyState:
         if self.missing or self.tainted:
             return ResidencyState.DEGRADED

@@ -464,7 +464,9 @@ class KvResidency:
     def _check(self) -> None:
         """Assert the internal invariants (for tests): each replica's shared counts and
         distinct count match the entries' hashes, the owner map holds exactly the held
-        hashes with the right bits, block counts match, slots are distinct."""
+        hashes with the right bits, block counts match, slots are distinct, and each
+        replica's gaps and waiting events are well formed and bounded
+        (:meth:`Replica.check`)."""
         with self._lock:
             expected: dict[int, int] = {}
             slots = set()
@@ -487,9 +489,7 @@ class KvResidency:
                 assert len(counts) == r.ncanon
                 for h in counts:
                     expected[h] = expected.get(h, 0) | r.bit
-                assert sum(len(w) for w in r.deferred.values()) == r.deferred_count
-                for lo, hi in r.missing:
-                    assert 0 <= lo <= hi <= r.high
+                r.check(self._max_deferred)
             assert expected == self._where
             assert not slots & set(self._free_slots)
 
