@@ -107,3 +107,37 @@ def test_waiting_state_stays_within_max_deferred_for_any_seq_order(
     for seq, replayed, events in steps:
         res.apply(A, seq, batch(*events), model="m", replayed=replayed)
         res._check()
+
+
+GOOD = one_block(7, None)
+
+
+def test_a_pending_removal_cancels_a_store_before_it_in_the_same_batch() -> None:
+    # Batch 2 stores 8 under 7 (7 is in lost batch 1, so the store waits) and then removes
+    # 8: once 7 arrives, 8 is stored and its waiting removal takes it away. A rule letting a
+    # removal match only stores of earlier batches would keep 8.
+    child = BlockStored(
+        block_hashes=[8], parent_block_hash=7, token_ids=[8] * 4, block_size=4, medium="GPU"
+    )
+    res = KvResidency(block_tokens=4, clock=lambda: 0.0)
+    res.apply(A, 0, batch(), model="m")
+    res.apply(A, 2, batch(child, BlockRemoved(block_hashes=[8], medium="GPU")), model="m")
+    res.apply(A, 1, batch(GOOD), model="m", replayed=True)
+    assert res.status(A).blocks == 1  # 7 only
+    assert res.status(A).state is EXACT
+
+
+def test_a_pending_removal_spares_a_store_after_it_in_the_same_batch() -> None:
+    # Batch 2 removes 8 (its copy is in lost batch 1), then stores 8 under 7 again (7 also
+    # in batch 1, so that store waits): one copy is removed, the later one stays. Letting
+    # the waiting removal take every copy stored meanwhile would lose 8.
+    child = BlockStored(
+        block_hashes=[8], parent_block_hash=7, token_ids=[8] * 4, block_size=4, medium="GPU"
+    )
+    res = KvResidency(block_tokens=4, clock=lambda: 0.0)
+    res.apply(A, 0, batch(), model="m")
+    res.apply(A, 2, batch(BlockRemoved(block_hashes=[8], medium="GPU"), child), model="m")
+    res.apply(A, 1, batch(GOOD, child), model="m", replayed=True)
+    assert res.status(A).blocks == 2  # 7 and the later copy of 8
+    assert res.status(A).state is EXACT
+    res._check()

@@ -93,7 +93,10 @@ class KvResidency:
       the batch that closes it), a store whose parent is unknown and a removal of an
       unknown block wait (bounded) for the replay that may explain them, and a removed
       block's place in the chain is remembered for the children a replay may still bring,
-      so gaps filled by replays, in any order, end as in-order delivery would;
+      so gaps filled by replays, in any order, end as in-order delivery would. Waiting
+      removals are matched by count, not by position: exact for an engine's stream, but a
+      removal of a block we never held (its store dropped, or evicted by our cap) may
+      instead take away a copy the engine stored after it;
     * ``AllBlocksCleared`` drops every block and resets the replica to ``exact``. A
       replayed clear (below the highest ``seq`` applied) drops every block too and marks
       the batches after it missing again: they were applied out of order around it, and
@@ -101,9 +104,10 @@ class KvResidency:
       next.
 
     Memory is bounded: at most ``max_replicas`` replicas, ``max_blocks_per_replica`` engine
-    blocks each (oldest stored forgotten first), ``max_deferred`` waiting events (and as
-    many remembered removed blocks) each, 64 open gaps each; the engine-hash map holds
-    exactly the blocks held.
+    blocks each (oldest stored forgotten first), ``max_deferred`` waiting stores, as many
+    blocks with waiting removals and as many remembered removed blocks each (what no longer
+    fits degrades the replica until a clear, at the latest when it would have been used), 64
+    open gaps each; the engine-hash map holds exactly the blocks held.
 
     Thread-safe: one lock guards everything; :meth:`apply` holds it for one batch,
     :meth:`overlap` for one chain walk. Callers never block on I/O here.
@@ -115,7 +119,8 @@ class KvResidency:
             full-attention group of hybrid models.
         max_blocks_per_replica: engine blocks kept per replica (> 0).
         max_replicas: replicas recorded (> 0).
-        max_deferred: waiting events per replica (> 0).
+        max_deferred: waiting stores, blocks with waiting removals and remembered removed
+            blocks per replica, each (> 0).
         clock: wall clock for ``ResidencyStatus.updated_at`` (batches cross processes), read
             once per :meth:`apply` unless ``now=`` is given.
 
