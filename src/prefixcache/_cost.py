@@ -605,12 +605,15 @@ class KvCacheMirror:
     router's running requests include those still queued at the engine; 1.7 x at the peak
     of the replay's overloaded eviction case) but are each bounded by
     four times ``capacity_blocks``: a host that loses ``finish`` calls cannot grow the
-    mirror, because past that bound the oldest pins are released (they become the most
-    recent unpinned blocks) and private blocks are counted up to it.
+    mirror, because past that bound the oldest pins (oldest first pinned) are dropped
+    (pinned blocks then fill the capacity, so no unpinned block stays either) and private
+    blocks are counted up to it.
     Without :meth:`start`, nothing is pinned and the mirror is the plain LRU.
     :meth:`invalidate` also forgets pins and private blocks; a later ``finish`` of a request
-    started before it leaves no block behind (only pinned blocks are released) and frees at
-    most the private blocks still recorded.
+    started before it records nothing for a replica not started since, and otherwise
+    releases the pins it names (pins count per block, not per request: a block a newer
+    request also pinned loses one of its pins) and frees at most the private blocks still
+    recorded.
 
     Not thread-safe: guard it with the router's lock.
 
@@ -725,9 +728,11 @@ class KvCacheMirror:
             else:
                 pins[b] = c + 1
         bound = None if self._cap is None else _PIN_BOUND * self._cap
-        if private_blocks:
-            held = self._private.get(key, 0) + private_blocks
-            self._private[key] = held if bound is None else min(held, bound)
+        held = self._private.get(key, 0) + private_blocks
+        if bound is not None:
+            held = min(held, bound)
+        if held:
+            self._private[key] = held
         if bound is not None and len(pins) > bound:
             # Far more pinned than the replica holds: finishes were lost. Release the oldest.
             for b in list(itertools.islice(pins, len(pins) - bound)):
@@ -745,8 +750,15 @@ class KvCacheMirror:
         """
         if type(private_blocks) is not int or private_blocks < 0:
             raise InvalidRecordError("private_blocks", private_blocks, "must be an int >= 0")
+        left = self._private.get(key, 0) - private_blocks
+        if left > 0:
+            self._private[key] = left
+        else:
+            self._private.pop(key, None)
+        lru = self._lru.get(key)
+        if lru is None:  # invalidated since (or never started): nothing to unpin
+            return
         pins = self._pins.get(key)
-        lru = self._replica(key)
         if pins:
             for b in reversed(chain):
                 c = pins.get(b)
@@ -757,11 +769,6 @@ class KvCacheMirror:
                     lru[b] = None
                 else:
                     pins[b] = c - 1
-        left = self._private.get(key, 0) - private_blocks
-        if left > 0:
-            self._private[key] = left
-        else:
-            self._private.pop(key, None)
         self._fit(key, lru)
 
     def invalidate(self, key: ReplicaKey) -> int:
@@ -777,3 +784,21 @@ class KvCacheMirror:
         lru = self._lru.get(key)
         pins = self._pins.get(key)
         return (0 if lru is None else len(lru)) + (0 if pins is None else len(pins))
+
+    def _check(self) -> None:
+        """Assert the invariants (for tests): pins and private blocks only for recorded
+        replicas; a block is pinned or in the LRU, not both; pin counts positive; pinned
+        and private blocks each within the bound; the unpinned blocks within the room."""
+        cap = self._cap
+        assert self._pins.keys() <= self._lru.keys()
+        assert self._private.keys() <= self._lru.keys() | self._pins.keys()
+        for key, lru in self._lru.items():
+            pins = self._pins.get(key, {})
+            private = self._private.get(key, 0)
+            assert not pins.keys() & lru.keys()
+            assert all(c >= 1 for c in pins.values())
+            if cap is not None:
+                assert len(pins) <= _PIN_BOUND * cap
+                assert private <= _PIN_BOUND * cap
+                assert len(lru) <= max(0, cap - len(pins) - private)
+        assert all(p > 0 for p in self._private.values())
