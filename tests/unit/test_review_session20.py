@@ -143,6 +143,27 @@ def test_a_pending_removal_spares_a_store_after_it_in_the_same_batch() -> None:
     res._check()
 
 
+def test_a_waiting_store_resumes_when_its_parent_arrives_in_another_medium() -> None:
+    # A CPU block whose parent is a GPU block (an offloaded prefix): a store continues the
+    # chain across media, but a waiting store was filed under its own medium and looked up
+    # under the parent's, so it was abandoned and the replica stayed degraded until a clear.
+    gpu = one_block(1, None)
+    cpu = BlockStored(
+        block_hashes=[2], parent_block_hash=1, token_ids=[2] * 4, block_size=4, medium="CPU"
+    )
+    media = frozenset({"GPU", "CPU"})
+    in_order = KvResidency(block_tokens=4, clock=lambda: 0.0, media=media)
+    for seq, b in enumerate([batch(), batch(gpu), batch(cpu)]):
+        in_order.apply(A, seq, b, model="m")
+    res = KvResidency(block_tokens=4, clock=lambda: 0.0, media=media)
+    res.apply(A, 0, batch(), model="m")
+    res.apply(A, 2, batch(cpu), model="m")
+    report = res.apply(A, 1, batch(gpu), model="m", replayed=True)
+    assert report.resumed == 1
+    assert res.status(A) == in_order.status(A)
+    assert res.status(A).state is EXACT
+    res._check()
+
 # --- KvCacheMirror: running requests ---------------------------------------------------
 M1, M2 = ReplicaKey("m1"), ReplicaKey("m2")
 

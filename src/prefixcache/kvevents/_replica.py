@@ -96,7 +96,9 @@ class Replica:
         # Whether the batch being applied comes out of order (a gap is open or it fills
         # one): its removals are then counted against stores that may still arrive.
         self.catching_up = False
-        self.deferred: dict[tuple[_TableKey, int], list[_Deferred]] = {}
+        # Parent engine hash -> the stores waiting for it (in any medium: a chain continues
+        # across media, as a store's parent lookup does).
+        self.deferred: dict[int, list[_Deferred]] = {}
         self.deferred_count = 0
         self.tombstones: dict[tuple[_TableKey, int], int] = {}
         # While a gap is open: engine hash -> our last hash of blocks removed meanwhile, so
@@ -302,7 +304,7 @@ class BlockLedger:
             elif parent in r.ghosts:
                 prev = r.ghosts[parent]
             else:
-                self._orphan(r, tk, parent, seq, model, ev, tally)
+                self._orphan(r, parent, seq, model, ev, tally)
                 return 0
         if table is None:
             table = r.tables[tk] = {}
@@ -359,10 +361,10 @@ class BlockLedger:
         if r.nblocks > self._max_blocks:
             self._evict(r, tally)
         if r.deferred and not self._resuming:
-            self._resume(r, tk, hashes, tally)
+            self._resume(r, hashes, tally)
         return n
 
-    def _resume(self, r: Replica, tk: _TableKey, hashes: Iterable[int], tally: Counts) -> None:
+    def _resume(self, r: Replica, hashes: Iterable[int], tally: Counts) -> None:
         """Apply the stores that waited for one of ``hashes`` as their parent (and, in
         turn, those waiting for theirs), depth-first.
 
@@ -378,7 +380,7 @@ class BlockLedger:
             while stack:
                 item = stack.pop()
                 if isinstance(item, int):
-                    waiting = r.deferred.pop((tk, item), None) if r.deferred else None
+                    waiting = r.deferred.pop(item, None) if r.deferred else None
                     if waiting:
                         r.deferred_count -= len(waiting)
                         stack.extend(reversed(waiting))  # applied in arrival order
@@ -396,7 +398,6 @@ class BlockLedger:
     def _orphan(
         self,
         r: Replica,
-        tk: _TableKey,
         parent: int,
         seq: int,
         model: str,
@@ -404,7 +405,7 @@ class BlockLedger:
         tally: Counts,
     ) -> None:
         if r.missing and r.deferred_count < self._max_deferred:
-            r.deferred.setdefault((tk, parent), []).append((seq, model, ev))
+            r.deferred.setdefault(parent, []).append((seq, model, ev))
             r.deferred_count += 1
             tally["deferred"] += 1
         else:
