@@ -4,7 +4,6 @@ batch's outcome counts and a replica's snapshot."""
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
 from enum import StrEnum
 from typing import Final
 
@@ -251,8 +250,8 @@ class ResidencyStatus:
     updated_at: float | None = None
 
 
-# Counts of one apply call, by name (see IngestReport).
-Counts = defaultdict[str, int]
+# Counts of one apply call, by name (see IngestReport); only outcomes that happened are keys.
+Counts = dict[str, int]
 
 
 def make_report(

@@ -142,7 +142,7 @@ class Replica:
 
     def open_gap(self, lo: int, hi: int, tally: Counts) -> None:
         """Record ``[lo, hi]`` as missing (above every gap already open)."""
-        tally["missed"] += hi - lo + 1
+        tally["missed"] = tally.get("missed", 0) + hi - lo + 1
         self.missing.append([lo, hi])  # gaps open in increasing seq order
         if len(self.missing) > _MAX_GAPS:
             self.missing.pop(0)  # given up: those batches can no longer be told apart
@@ -174,7 +174,7 @@ class Replica:
     def settle(self, tally: Counts) -> None:
         """Every gap is filled: what still waits can no longer be explained by a replay."""
         if self.deferred_count:
-            tally["abandoned"] += self.deferred_count
+            tally["abandoned"] = tally.get("abandoned", 0) + self.deferred_count
             self.tainted = True
         self.deferred = {}
         self.deferred_count = 0
@@ -262,9 +262,9 @@ class BlockLedger:
             tk = self._table_key(medium, group)
             if tk is None:
                 if (medium or "GPU") not in self._media:
-                    tally["dropped_medium"] += 1
+                    tally["dropped_medium"] = tally.get("dropped_medium", 0) + 1
                 else:
-                    tally["dropped_group"] += 1
+                    tally["dropped_group"] = tally.get("dropped_group", 0) + 1
                 return 0
             table = r.tables.get(tk)
         else:
@@ -273,15 +273,15 @@ class BlockLedger:
         n = len(hashes)
         size = ev.block_size
         if n == 0 or size == 0 or len(ev.token_ids) != n * size:
-            tally["dropped_tokens"] += 1
+            tally["dropped_tokens"] = tally.get("dropped_tokens", 0) + 1
             return 0
         bt = self._bt
         if size % bt:
-            tally["dropped_block_size"] += 1
+            tally["dropped_block_size"] = tally.get("dropped_block_size", 0) + 1
             return 0
         parent = ev.parent_block_hash
         if (n > 1 and len(set(hashes)) != n) or (parent is not None and parent in hashes):
-            tally["dropped_self_reference"] += 1
+            tally["dropped_self_reference"] = tally.get("dropped_self_reference", 0) + 1
             return 0
         extra = ev.extra_keys
         lora = ev.lora_name
@@ -388,9 +388,9 @@ class BlockLedger:
                 wseq, wmodel, wev = item
                 n = self.store(r, wseq, wmodel, wev, tally)
                 if n:
-                    tally["resumed"] += 1
-                    tally["applied_stores"] += 1
-                    tally["stored_blocks"] += n
+                    tally["resumed"] = tally.get("resumed", 0) + 1
+                    tally["applied_stores"] = tally.get("applied_stores", 0) + 1
+                    tally["stored_blocks"] = tally.get("stored_blocks", 0) + n
                     stack.extend(wev.block_hashes)
         finally:
             self._resuming = False
@@ -407,9 +407,9 @@ class BlockLedger:
         if r.missing and r.deferred_count < self._max_deferred:
             r.deferred.setdefault(parent, []).append((seq, model, ev))
             r.deferred_count += 1
-            tally["deferred"] += 1
+            tally["deferred"] = tally.get("deferred", 0) + 1
         else:
-            tally["dropped_orphan"] += 1
+            tally["dropped_orphan"] = tally.get("dropped_orphan", 0) + 1
             r.tainted = True
 
     def _apply_tombstone(
@@ -419,7 +419,7 @@ class BlockLedger:
         while pending and h in table:
             pending -= 1
             self._remove_one(r, tk, table, h, True)  # a removal seen before this store
-            tally["removed_blocks"] += 1
+            tally["removed_blocks"] = tally.get("removed_blocks", 0) + 1
         if pending:
             r.tombstones[(tk, h)] = pending
 
@@ -440,17 +440,17 @@ class BlockLedger:
         tk = self._table_key(ev.medium, ev.group_idx)
         if tk is None:
             if (ev.medium or "GPU") not in self._media:
-                tally["dropped_medium"] += 1
+                tally["dropped_medium"] = tally.get("dropped_medium", 0) + 1
             else:
-                tally["dropped_group"] += 1
+                tally["dropped_group"] = tally.get("dropped_group", 0) + 1
             return
         table = r.tables.get(tk)
         for h in ev.block_hashes:
             if table is not None and h in table:
                 self._remove_one(r, tk, table, h, r.catching_up)
-                tally["removed_blocks"] += 1
+                tally["removed_blocks"] = tally.get("removed_blocks", 0) + 1
             else:
-                tally["unknown_removals"] += 1
+                tally["unknown_removals"] = tally.get("unknown_removals", 0) + 1
                 if r.catching_up:
                     # Its store may be in a batch not applied yet: the removal waits for it.
                     key = (tk, h)
@@ -458,13 +458,13 @@ class BlockLedger:
                         r.tombstones[key] = r.tombstones.get(key, 0) + 1
                     else:
                         r.tainted = True
-        tally["applied_removes"] += 1
+        tally["applied_removes"] = tally.get("applied_removes", 0) + 1
 
     def clear(self, r: Replica, seq: int, tally: Counts) -> None:
         """Apply an ``AllBlocksCleared`` of batch ``seq`` (counted in ``tally``)."""
-        tally["applied_clears"] += 1
+        tally["applied_clears"] = tally.get("applied_clears", 0) + 1
         if r.nblocks:
-            tally["cleared_blocks"] += r.nblocks
+            tally["cleared_blocks"] = tally.get("cleared_blocks", 0) + r.nblocks
         self.drop_all(r)
         if seq >= r.high:  # in order: everything held was stored before the clear
             r.missing = []
@@ -473,7 +473,7 @@ class BlockLedger:
             # stored is mixed with what it cleared. Their seqs are missing again; the replay
             # that brought the clear brings them next (it sends every seq from its start).
             already = sum(hi - max(lo, seq + 1) + 1 for lo, hi in r.missing if hi > seq)
-            tally["missed"] += r.high - seq - already
+            tally["missed"] = tally.get("missed", 0) + r.high - seq - already
             r.missing = [[seq + 1, r.high]]
         r.tainted = False
 
@@ -484,6 +484,6 @@ class BlockLedger:
                 e = table.pop(next(iter(table)))
                 r.nblocks -= 1
                 self._release(r, e[CANON])
-                tally["evicted_blocks"] += 1
+                tally["evicted_blocks"] = tally.get("evicted_blocks", 0) + 1
             if r.nblocks <= self._max_blocks:
                 return

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
@@ -408,7 +407,7 @@ class KvResidency:
             raise InvalidRecordError("model", model, "must be a str")
         if now is None:
             now = self._clock()
-        tally: Counts = defaultdict(int)
+        tally: Counts = {}
         restarted = False
         with self._lock:
             r = self._replicas.get(replica)
@@ -420,7 +419,7 @@ class KvResidency:
             elif not replayed and seq <= r.live_last:
                 restarted = True
                 if r.nblocks:
-                    tally["cleared_blocks"] += r.nblocks
+                    tally["cleared_blocks"] = tally.get("cleared_blocks", 0) + r.nblocks
                 self._ledger.drop_all(r)
                 r.reset()
                 r.restarts += 1
@@ -460,8 +459,8 @@ class KvResidency:
                 else:
                     ledger.clear(r, seq, tally)
             if stores:
-                tally["applied_stores"] += stores
-                tally["stored_blocks"] += blocks
+                tally["applied_stores"] = tally.get("applied_stores", 0) + stores
+                tally["stored_blocks"] = tally.get("stored_blocks", 0) + blocks
             if not r.missing and (r.deferred or r.tombstones or r.ghosts):
                 r.settle(tally)
             return make_report(r.state(), tally, restarted=restarted)
