@@ -14,7 +14,7 @@ import array
 import math
 import sys
 from collections.abc import Iterable
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
 
@@ -56,12 +56,17 @@ class KvEventDecodeError(ClusterRoutingError, ValueError):
         super().__init__(f"KV event {field}: {reason}")
 
 
-def _ints(value: Iterable[int]) -> tuple[int, ...]:
-    return tuple(value)
+# The converters are the builtin ``tuple`` itself: a Python wrapper around it would cost one
+# more call per field of every decoded event. mypy's attrs plugin cannot derive an __init__
+# argument type from ``converter=tuple`` (a generic class), so it reads these signatures.
+if TYPE_CHECKING:
 
+    def _ints(value: Iterable[int], /) -> tuple[int, ...]: ...
 
-def _events(value: Iterable[Event]) -> tuple[Event, ...]:
-    return tuple(value)
+    def _events(value: Iterable[Event], /) -> tuple[Event, ...]: ...
+
+else:
+    _ints = _events = tuple
 
 
 # Validation runs as one __attrs_post_init__ call per record rather than one validator per
@@ -279,5 +284,4 @@ class EventBatch:
     dropped: int = 0
     ignored: int = attrs.field(default=0, eq=False)
 
-    def __attrs_post_init__(self) -> None:
-        _check_batch(self)
+    __attrs_post_init__ = _check_batch
