@@ -317,6 +317,9 @@ class BlockLedger:
         bit = r.bit
         if n == 1 and per == 1 and extra is None:
             # One block of ours (a decode step completing a block): the loop below, unrolled.
+            # Saves ~3.7k instructions per such event (callgrind: 1-block ingest, apply
+            # 79.0k -> 64.1k per batch of 4); tests/property/test_kvevents_one_block_path.py
+            # fails if it drifts from the loop.
             h = hashes[0]
             e = table.get(h)
             if e is None:
