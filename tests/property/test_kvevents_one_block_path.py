@@ -1,9 +1,13 @@
-"""Drift test for ``BlockLedger.store``'s one-block path.
+"""Drift tests for two hand-specialised copies on the ingest path.
 
-``store`` applies a store of one engine block that is one of our blocks, with no extra keys
-(a decode step completing a block: the common event), by a hand-unrolled copy of its
-general loop. Storing a prompt one block per event must therefore leave exactly the record
-that storing it in one event leaves (the general loop), duplicates and removals included.
+``BlockStored`` packs its token ids with its own copy of the chain's packer
+(``token_bytes_from_sequence``): both must accept and pack exactly alike.
+
+``BlockLedger.store`` applies a store of one engine block that is one of our blocks, with
+no extra keys (a decode step completing a block: the common event), by a hand-unrolled
+copy of its general loop. Storing a prompt one block per event must therefore leave
+exactly the record that storing it in one event leaves (the general loop), duplicates and
+removals included.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clusterrouting import InvalidRecordError
 from prefixcache import ReplicaKey
+from prefixcache._chain import token_bytes_from_sequence
 from prefixcache.kvevents import BlockRemoved, BlockStored, EventBatch, KvResidency
 
 BT = 4
@@ -70,3 +76,22 @@ def test_one_block_events_leave_what_one_event_leaves(
             left = n - len(removed) if k == repeat - 1 else n
             assert res.overlap_chain(chain, [KEY]) == {KEY: left}
         assert per_block.status(KEY) == one.status(KEY)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tokens=st.lists(st.one_of(st.integers(-3, 2**32 + 3), st.integers(0, 2**32 - 1)), max_size=12)
+)
+def test_record_packs_token_ids_as_the_chain_does(tokens: list[int]) -> None:
+    # BlockStored packs its token ids with its own copy of the chain's packer.
+    try:
+        expected: bytes | None = token_bytes_from_sequence(tokens)
+    except InvalidRecordError:
+        expected = None
+    try:
+        got: bytes | None = BlockStored(
+            block_hashes=[1], token_ids=tokens, block_size=len(tokens)
+        ).token_bytes
+    except InvalidRecordError:
+        got = None
+    assert got == expected
