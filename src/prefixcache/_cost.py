@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from clusterrouting import InvalidRecordError
+from prefixcache._keys import NUMBER_TYPES
 from prefixcache._types import ReplicaKey
 
 __all__ = [
@@ -286,11 +287,11 @@ def _check_params(
         ("in_flight_tokens", in_flight_tokens),
         ("cost_margin", cost_margin),
     ):
-        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+        if isinstance(w, bool) or not isinstance(w, NUMBER_TYPES) or not math.isfinite(w) or w < 0:
             raise InvalidRecordError(name, w, "must be a finite number >= 0")
     if share_factor is not None and (
         isinstance(share_factor, bool)
-        or not isinstance(share_factor, int | float)
+        or not isinstance(share_factor, NUMBER_TYPES)
         or not math.isfinite(share_factor)
         or share_factor < 1
     ):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from clusterrouting import InvalidRecordError
+from prefixcache._keys import NUMBER_TYPES
 from prefixcache._types import ReplicaKey
 
 __all__ = [
@@ -299,7 +300,7 @@ def _check_hot(_inst: object, _attr: object, value: Any) -> None:
 def _check_ratio(_inst: object, _attr: object, value: Any) -> None:
     if (
         isinstance(value, bool)
-        or not isinstance(value, int | float)
+        or not isinstance(value, NUMBER_TYPES)
         or math.isnan(value)
         or not 0.0 <= value <= 1.0
     ):

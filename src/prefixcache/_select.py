@@ -25,6 +25,7 @@ from clusterrouting import (
 )
 from prefixcache._config import DEFAULT_CONFIG, Config
 from prefixcache._decision import PrefixDecision
+from prefixcache._keys import NUMBER_TYPES
 from prefixcache._protocols import DecisionProvider
 from prefixcache._types import Candidate, ReplicaKey
 
@@ -182,7 +183,7 @@ class Pressure:
     def __init__(self, window: float) -> None:
         if (
             isinstance(window, bool)
-            or not isinstance(window, int | float)
+            or not isinstance(window, NUMBER_TYPES)
             or not math.isfinite(window)
             or window <= 0
         ):
