@@ -45,6 +45,9 @@ from clusterrouting._gojson import (
 )
 from prefixcache._types import ReplicaKey
 
+#: An ``isinstance`` target built once (an inline union is built on every call).
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
 __all__ = [
     "EVENT_SUBJECTS",
     "INVALIDATE_SUBJECT",
@@ -299,7 +302,7 @@ def _decode_fields(
     payload: bytes, struct: GoStruct
 ) -> tuple[str, GoSlice | None, str, int]:
     """The fields as Go's decoder fills its event struct (``struct`` names its fields)."""
-    if not isinstance(payload, bytes | bytearray | memoryview):
+    if not isinstance(payload, _BYTES_LIKE):
         raise EventDecodeError("<payload>", type(payload).__name__, "must be bytes")
     if len(payload) > MAX_EVENT_BYTES:
         raise EventDecodeError(

@@ -51,6 +51,9 @@ from prefixcache._protocols import (
     Unsubscribe,
 )
 
+#: An ``isinstance`` target built once (an inline union is built on every call).
+_NUMBER = (int, float)
+
 __all__ = [
     "MAX_PIN_BYTES",
     "MAX_PIN_KEY_CHARS",
@@ -100,7 +103,7 @@ def _name_problem(value: object, *, empty_ok: bool) -> str | None:
 
 
 def _stamp_problem(value: object) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, _NUMBER):
         return "must be a number"
     if not math.isfinite(value) or value < 0:
         return "must be a finite number >= 0"

@@ -50,6 +50,9 @@ from prefixcache._protocols import Transport, Unsubscribe
 from prefixcache._snapshot import MAX_SNAPSHOT_BYTES, Snapshot, SnapshotDecodeError
 from prefixcache._sync import Sync
 
+#: An ``isinstance`` target built once (an inline union is built on every call).
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_RESYNC_INTERVAL",
@@ -316,7 +319,7 @@ class ResyncLoop:
 
     # -- receiving --------------------------------------------------------------------------
     def _parse(self, subject: str, payload: bytes, limit: int) -> dict[str, Any] | None:
-        if not isinstance(payload, bytes | bytearray | memoryview) or len(payload) > limit:
+        if not isinstance(payload, _BYTES_LIKE) or len(payload) > limit:
             self._bump("dropped")
             return None
         if not self.sync.admit(subject, bytes(payload)):

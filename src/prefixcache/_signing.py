@@ -56,6 +56,9 @@ import attrs
 from clusterrouting import InvalidRecordError
 from prefixcache._protocols import MessageHandler, Transport, Unsubscribe
 
+#: An ``isinstance`` target built once (an inline union is built on every call).
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
 __all__ = [
     "DEFAULT_MAX_NONCES",
     "SignedTransport",
@@ -478,11 +481,11 @@ class SignedTransport:
         unsubscribe."""
 
         def checked(subj: str, payload: bytes) -> None:
-            if isinstance(payload, bytes | bytearray | memoryview) and self.admit(
+            if isinstance(payload, _BYTES_LIKE) and self.admit(
                 subj, bytes(payload)
             ):
                 handler(subj, payload)
-            elif not isinstance(payload, bytes | bytearray | memoryview):
+            elif not isinstance(payload, _BYTES_LIKE):
                 with self._lock:
                     self.dropped["forged"] += 1
 

@@ -67,6 +67,9 @@ from prefixcache._signing import RateLimit, RateLimiter, Signer, Verifier
 from prefixcache._snapshot import Snapshot, apply_snapshot, digests, export_snapshot
 from prefixcache._types import Candidate, ReplicaKey
 
+#: An ``isinstance`` target built once (an inline union is built on every call).
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
 __all__ = [
     "DEFAULT_MAX_PENDING_PUBLISHES",
     "DEFAULT_PUBLISH_TIMEOUT",
@@ -117,7 +120,7 @@ def _as_event(cls: type[_E], event: object) -> _E:
         return event
     if isinstance(event, str):
         return cls.decode(event.encode("utf-8"))
-    if isinstance(event, bytes | bytearray | memoryview):
+    if isinstance(event, _BYTES_LIKE):
         return cls.decode(bytes(event))
     if isinstance(event, Mapping):
         try:
@@ -391,7 +394,7 @@ class Sync:
         """
         self._bump("received")
         try:
-            if not isinstance(payload, bytes | bytearray | memoryview):
+            if not isinstance(payload, _BYTES_LIKE):
                 self._bump("dropped_malformed")
                 _log.debug("dropped a %s payload on %r", type(payload).__name__, subject)
                 return

@@ -15,6 +15,9 @@ from prefixcache._chain import extract_chain, extract_token_chain, messages_pref
 from prefixcache._config import Config
 from prefixcache.integrations._litellm_chains import SessionChains
 
+#: An ``isinstance`` target built once (an inline union is built on every call).
+_LIST_OR_TUPLE = (list, tuple)
+
 __all__ = [
     "BYTES_PER_TOKEN",
     "REQUEST_ID_METADATA_KEY",
@@ -141,7 +144,7 @@ def prefix_source(messages: object, kwargs: Mapping[str, Any], *, plain: bool) -
     message list under ``prompt`` or ``input``); a string ``prompt`` or ``input`` is its own
     source; no prompt at all gives ``("", 0)``. ``plain`` allows :func:`plain_source`.
     """
-    if not (isinstance(messages, list | tuple) and messages):
+    if not (isinstance(messages, _LIST_OR_TUPLE) and messages):
         messages = None
         for name in ("prompt", "input"):
             value = kwargs.get(name)

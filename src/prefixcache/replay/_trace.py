@@ -18,6 +18,9 @@ import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
 
+#: An ``isinstance`` target built once (an inline union is built on every call).
+_NUMBER = (int, float)
+
 __all__ = [
     "BUNDLED_TRACE",
     "Request",
@@ -66,7 +69,7 @@ class Request:
     blocks: tuple[int, ...]
 
     def __attrs_post_init__(self) -> None:
-        if not (isinstance(self.arrival, int | float) and 0 <= self.arrival < math.inf):
+        if not (isinstance(self.arrival, _NUMBER) and 0 <= self.arrival < math.inf):
             raise InvalidRecordError("arrival", self.arrival, "must be a finite number >= 0")
         for name in ("input_tokens", "output_tokens"):
             v = getattr(self, name)
