@@ -26,13 +26,9 @@ from prefixcache._cost import (
     DEFAULT_SHARE_FACTOR,
     DEFAULT_SHARE_SLACK,
     CostCandidate,
-    CostExplanation,
-    CostTerms,
-    DispatchWindow,
-    KvCacheMirror,
-    explain_lowest_cost,
     pick_lowest_cost,
 )
+from prefixcache._cost_explain import CostExplanation, CostTerms, explain_lowest_cost
 from prefixcache._decision import DecisionBasis, PrefixDecision
 from prefixcache._events import (
     EVENT_SUBJECTS,
@@ -53,6 +49,7 @@ from prefixcache._hot import (
     HotPrefixes,
 )
 from prefixcache._index import Index, Provider
+from prefixcache._mirror import DispatchWindow, KvCacheMirror
 from prefixcache._pins import (
     MAX_PIN_BYTES,
     PIN_SUBJECT,

@@ -18,7 +18,7 @@ from prefixcache import (
     pick_lowest_cost,
     select,
 )
-from prefixcache._cost import explain_lowest_cost
+from prefixcache._cost_explain import explain_lowest_cost
 from prefixcache._explain import explain_select
 
 keys = st.builds(ReplicaKey, st.sampled_from(["a", "b", "c", "d"]), st.integers(0, 2))

@@ -17,6 +17,8 @@ DECISION_MODULES = {
     "prefixcache._index",
     "prefixcache._pool",
     "prefixcache._cost",
+    "prefixcache._cost_explain",
+    "prefixcache._mirror",
     "prefixcache._explain",
 }
 TREE_MODULES = {

@@ -24,11 +24,10 @@ from prefixcache._cost import (
     DEFAULT_SHARE_FACTOR,
     DEFAULT_SHARE_SLACK,
     CostCandidate,
-    DispatchWindow,
-    KvCacheMirror,
     pick_lowest_cost,
 )
 from prefixcache._index import Index, Provider
+from prefixcache._mirror import DispatchWindow, KvCacheMirror
 from prefixcache._pins import SessionPins
 from prefixcache._protocols import AsyncTransport, Clock, Transport
 from prefixcache._sync import Sync

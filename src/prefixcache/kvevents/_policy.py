@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import attrs
 
 from clusterrouting import InvalidRecordError
-from prefixcache._cost import CacheSource, CostCandidate, KvCacheMirror
+from prefixcache._cost import CacheSource, CostCandidate
+from prefixcache._mirror import KvCacheMirror
 from prefixcache._types import ReplicaKey
 from prefixcache.kvevents._outcomes import ResidencyState
 from prefixcache.kvevents._residency import KvResidency
