@@ -18,11 +18,11 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import msgspec
 import pytest
 import zmq
+from engine_structs import VCleared, VMapBatch, VRemoved, VStored
 
 from prefixcache import ReplicaKey
 from prefixcache.kvevents import (
@@ -41,40 +41,8 @@ DEADLINE = 15.0
 EXACT, DEGRADED = ResidencyState.EXACT, ResidencyState.DEGRADED
 
 
-class _Event(msgspec.Struct, omit_defaults=True, tag=True):
-    pass
-
-
-class Stored(_Event, tag="BlockStored"):
-    block_hashes: list[int]
-    parent_block_hash: int | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    medium: str | None
-    lora_name: str | None
-    extra_keys: list[tuple[Any, ...] | None] | None = None
-    group_idx: int | None = None
-
-
-class Removed(_Event, tag="BlockRemoved"):
-    block_hashes: list[int]
-    medium: str | None
-    group_idx: int | None = None
-
-
-class Cleared(_Event, tag="AllBlocksCleared"):
-    pass
-
-
-class Batch(msgspec.Struct, omit_defaults=True):
-    ts: float
-    events: list[Stored | Removed | Cleared]
-    data_parallel_rank: int | None = None
-
-
-def stored(hashes: list[int], tokens: list[int], parent: int | None = None) -> Stored:
-    return Stored(block_hashes=hashes, parent_block_hash=parent, token_ids=tokens,
+def stored(hashes: list[int], tokens: list[int], parent: int | None = None) -> VStored:
+    return VStored(block_hashes=hashes, parent_block_hash=parent, token_ids=tokens,
                   block_size=BT, lora_id=None, medium="GPU", lora_name=None)  # fmt: skip
 
 
@@ -102,9 +70,9 @@ class Rank:
     def replay_endpoint(self) -> str:
         return f"tcp://127.0.0.1:{self.replay_port}"
 
-    def publish(self, *events: Stored | Removed | Cleared, send: bool = True) -> int:
+    def publish(self, *events: VStored | VRemoved | VCleared, send: bool = True) -> int:
         payload = msgspec.msgpack.encode(
-            Batch(ts=time.time(), events=list(events), data_parallel_rank=self.rank)
+            VMapBatch(ts=time.time(), events=list(events), data_parallel_rank=self.rank)
         )
         with self.lock:
             seq = self.seq
@@ -211,13 +179,13 @@ def test_two_ranks_map_layout_replayed_clear_garbage_and_a_buffer_too_short(
         # Lost: a batch that clears the cache and stores b. The next batch (b's last block,
         # and a cached again) reveals the gap; the replay brings the clear below the newest
         # seq applied, then that batch again. The engine holds one copy of a's blocks.
-        r0.publish(Cleared(), stored([21, 22], b[:8]), send=False)
+        r0.publish(VCleared(), stored([21, 22], b[:8]), send=False)
         r0.publish(stored([23], b[8:], parent=22), stored([11, 12], a))
         wait_until(lambda: res.overlap(MODEL, b, [k0]) == {k0: 3})
         wait_until(lambda: res.state(k0) is EXACT)
         assert res.overlap(MODEL, a, [k0]) == {k0: 2} and res.status(k0).blocks == 5
         assert subs[0].stats().replays_requested >= 2
-        r0.publish(Removed(block_hashes=[12, 11], medium="GPU"))  # its only copy goes
+        r0.publish(VRemoved(block_hashes=[12, 11], medium="GPU"))  # its only copy goes
         wait_until(lambda: res.status(k0).blocks == 3)
         assert res.overlap(MODEL, a, [k0]) == {k0: 0}
 
@@ -225,7 +193,7 @@ def test_two_ranks_map_layout_replayed_clear_garbage_and_a_buffer_too_short(
         # as a garbled copy of it would have carried).
         r0.pub.send_multipart([b"kv@pod@m", r0.seq.to_bytes(8, "big"), b"\xc1"])
         wait_until(lambda: subs[0].stats().decode_errors == 1)
-        r0.publish(Removed(block_hashes=[23], medium="GPU"))
+        r0.publish(VRemoved(block_hashes=[23], medium="GPU"))
         wait_until(lambda: res.overlap(MODEL, b, [k0]) == {k0: 2})
         assert res.state(k0) is EXACT
 
@@ -239,7 +207,7 @@ def test_two_ranks_map_layout_replayed_clear_garbage_and_a_buffer_too_short(
         wait_until(lambda: subs[0].stats().replayed > 0 and res.missing_from(k0) == lost)
         assert res.state(k0) is DEGRADED
         # A clear resets what the gap made uncertain.
-        r0.publish(Cleared(), stored([25], a[:4]))
+        r0.publish(VCleared(), stored([25], a[:4]))
         wait_until(lambda: res.state(k0) is EXACT)
         assert res.overlap(MODEL, a, [k0]) == {k0: 1} and res.status(k0).blocks == 1
 
@@ -276,14 +244,14 @@ def test_the_asyncio_subscriber_replays_a_lost_clear_too(
         await sub.start()
         try:
             await wait_until_async(lambda: res.state(key) is EXACT, tick=rank.publish)
-            rank.publish(Cleared(), stored([21], b[:4]), send=False)
+            rank.publish(VCleared(), stored([21], b[:4]), send=False)
             rank.publish(stored([22], b[4:], parent=21), stored([11], a[:4]))
             await wait_until_async(
                 lambda: res.state(key) is EXACT and res.overlap(MODEL, b, [key]) == {key: 2}
             )
             assert res.overlap(MODEL, a, [key]) == {key: 1}  # a's first block, stored again
             assert res.status(key).blocks == 3
-            rank.publish(Removed(block_hashes=[11], medium="GPU"))  # its only copy since
+            rank.publish(VRemoved(block_hashes=[11], medium="GPU"))  # its only copy since
             await wait_until_async(lambda: res.status(key).blocks == 2)
             assert res.overlap(MODEL, a, [key]) == {key: 0}
         finally:

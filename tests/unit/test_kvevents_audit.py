@@ -1,9 +1,9 @@
 """Conformance audit of ``prefixcache.kvevents`` against ``shared/kv-events.md`` and issue 15.
 
-Every payload here is built in this file, either with msgspec structs declared as the
-engines declare theirs or as raw msgpack, and every expectation is written by hand from the
-fact sheet's words (its section is named in each test). Where the fact sheet leaves a
-detail open, the engine source that settles it is cited:
+Every payload here is built either with msgspec structs declared as the engines declare
+theirs (``tests/engine_structs.py``) or as raw msgpack, and every expectation is written
+by hand from the fact sheet's words (its section is named in each test). Where the fact
+sheet leaves a detail open, the engine source that settles it is cited:
 
 * vLLM ``vllm/distributed/kv_events.py`` (main, read 2026-12): ``EventBatch`` and the
   events are plain (map) msgspec structs with ``omit_defaults=True`` and ``tag=True``
@@ -30,6 +30,19 @@ from typing import Any
 
 import msgspec
 import pytest
+from engine_structs import (
+    PBatch,
+    PRemoved,
+    PStored,
+    SBatch,
+    SCleared,
+    SRemoved,
+    SStored,
+    VCleared,
+    VMapBatch,
+    VRemoved,
+    VStored,
+)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from profiles import scaled_examples
@@ -50,102 +63,6 @@ from prefixcache.kvevents import (
 EXACT, DEGRADED, UNKNOWN = ResidencyState.EXACT, ResidencyState.DEGRADED, ResidencyState.UNKNOWN
 U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 I64_MIN = -(1 << 63)
-
-
-# --- vLLM today: map events in a map envelope (section 2 "Map"; vLLM main) -------------
-class VEvent(msgspec.Struct, omit_defaults=True, tag=True):
-    pass
-
-
-class VStored(VEvent, tag="BlockStored"):
-    block_hashes: list[int | bytes]
-    parent_block_hash: int | bytes | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    medium: str | None
-    lora_name: str | None
-    extra_keys: list[tuple[Any, ...] | None] | None = None
-    group_idx: int | None = None
-    kv_cache_spec_kind: str | None = None
-    kv_cache_spec_sliding_window: int | None = None
-
-
-class VRemoved(VEvent, tag="BlockRemoved"):
-    block_hashes: list[int | bytes]
-    medium: str | None
-    group_idx: int | None = None
-
-
-class VCleared(VEvent, tag="AllBlocksCleared"):
-    pass
-
-
-class VMapBatch(msgspec.Struct, omit_defaults=True):
-    ts: float
-    events: list[VStored | VRemoved | VCleared]
-    data_parallel_rank: int | None = None
-
-
-# --- vLLM up to v0.23: positional events (section 2 "Positional") ------------------------
-class PEvent(msgspec.Struct, array_like=True, tag=True):
-    pass
-
-
-class PStored(PEvent, tag="BlockStored"):
-    block_hashes: list[int | bytes]
-    parent_block_hash: int | bytes | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    medium: str | None
-    lora_name: str | None
-    extra_keys: list[tuple[Any, ...] | None] | None = None
-    group_idx: int | None = None
-    kv_cache_spec_kind: str | None = None
-    kv_cache_spec_sliding_window: int | None = None
-
-
-class PRemoved(PEvent, tag="BlockRemoved"):
-    block_hashes: list[int | bytes]
-    medium: str | None
-    group_idx: int | None = None
-
-
-class PCleared(PEvent, tag="AllBlocksCleared"):
-    pass
-
-
-class PBatch(msgspec.Struct, array_like=True):
-    ts: float
-    events: list[PStored | PRemoved | PCleared]
-    data_parallel_rank: int | None
-
-
-# --- an older SGLang: positional, defaults omitted, no rank -------------------------------
-class SEvent(msgspec.Struct, array_like=True, omit_defaults=True, tag=True):
-    pass
-
-
-class SStored(SEvent, tag="BlockStored"):
-    block_hashes: list[int]
-    parent_block_hash: int | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-
-
-class SRemoved(SEvent, tag="BlockRemoved"):
-    block_hashes: list[int]
-
-
-class SCleared(SEvent, tag="AllBlocksCleared"):
-    pass
-
-
-class SBatch(msgspec.Struct, array_like=True, omit_defaults=True):
-    ts: float
-    events: list[SStored | SRemoved | SCleared]
 
 
 def enc(obj: object) -> bytes:

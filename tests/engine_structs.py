@@ -1,0 +1,115 @@
+"""msgspec structs declared as the engines declare their KV-event payloads (for tests).
+
+Written from ``shared/kv-events.md`` and the engine sources it cites:
+
+* vLLM ``vllm/distributed/kv_events.py`` (main, read 2026-12): ``EventBatch`` and the
+  events are plain (map) msgspec structs with ``omit_defaults=True`` and ``tag=True``
+  (tag field ``"type"``); ``BlockStored`` always carries ``lora_id``, ``medium`` and
+  ``lora_name`` and omits unset ``extra_keys``, ``group_idx`` and the KV-cache spec fields.
+* vLLM up to v0.23: the same events as positional (``array_like``) structs.
+* An older SGLang (``python/sglang/srt/disaggregation/kv_events.py``): ``array_like=True,
+  omit_defaults=True``, ``EventBatch`` is ``[ts, events]``, ``BlockStored`` has 5 fields
+  and ``BlockRemoved`` only ``block_hashes``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+# --- vLLM today: map events in a map envelope (section 2 "Map"; vLLM main) -------------
+class VEvent(msgspec.Struct, omit_defaults=True, tag=True):
+    pass
+
+
+class VStored(VEvent, tag="BlockStored"):
+    block_hashes: list[int | bytes]
+    parent_block_hash: int | bytes | None
+    token_ids: list[int]
+    block_size: int
+    lora_id: int | None
+    medium: str | None
+    lora_name: str | None
+    extra_keys: list[tuple[Any, ...] | None] | None = None
+    group_idx: int | None = None
+    kv_cache_spec_kind: str | None = None
+    kv_cache_spec_sliding_window: int | None = None
+
+
+class VRemoved(VEvent, tag="BlockRemoved"):
+    block_hashes: list[int | bytes]
+    medium: str | None
+    group_idx: int | None = None
+
+
+class VCleared(VEvent, tag="AllBlocksCleared"):
+    pass
+
+
+class VMapBatch(msgspec.Struct, omit_defaults=True):
+    ts: float
+    events: list[VStored | VRemoved | VCleared]
+    data_parallel_rank: int | None = None
+
+
+# --- vLLM up to v0.23: positional events (section 2 "Positional") ------------------------
+class PEvent(msgspec.Struct, array_like=True, tag=True):
+    pass
+
+
+class PStored(PEvent, tag="BlockStored"):
+    block_hashes: list[int | bytes]
+    parent_block_hash: int | bytes | None
+    token_ids: list[int]
+    block_size: int
+    lora_id: int | None
+    medium: str | None
+    lora_name: str | None
+    extra_keys: list[tuple[Any, ...] | None] | None = None
+    group_idx: int | None = None
+    kv_cache_spec_kind: str | None = None
+    kv_cache_spec_sliding_window: int | None = None
+
+
+class PRemoved(PEvent, tag="BlockRemoved"):
+    block_hashes: list[int | bytes]
+    medium: str | None
+    group_idx: int | None = None
+
+
+class PCleared(PEvent, tag="AllBlocksCleared"):
+    pass
+
+
+class PBatch(msgspec.Struct, array_like=True):
+    ts: float
+    events: list[PStored | PRemoved | PCleared]
+    data_parallel_rank: int | None
+
+
+# --- an older SGLang: positional, defaults omitted, no rank -------------------------------
+class SEvent(msgspec.Struct, array_like=True, omit_defaults=True, tag=True):
+    pass
+
+
+class SStored(SEvent, tag="BlockStored"):
+    block_hashes: list[int]
+    parent_block_hash: int | None
+    token_ids: list[int]
+    block_size: int
+    lora_id: int | None
+
+
+class SRemoved(SEvent, tag="BlockRemoved"):
+    block_hashes: list[int]
+
+
+class SCleared(SEvent, tag="AllBlocksCleared"):
+    pass
+
+
+class SBatch(msgspec.Struct, array_like=True, omit_defaults=True):
+    ts: float
+    events: list[SStored | SRemoved | SCleared]
