@@ -79,14 +79,20 @@ def free_port() -> int:
 
 
 def wait_until(
-    predicate: Callable[[], bool], *, timeout: float = 15.0, what: str = "condition"
+    predicate: Callable[[], bool],
+    *,
+    timeout: float = 15.0,
+    what: str = "condition",
+    tick: Callable[[], object] | None = None,
 ) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds (a bound, not a timing
-    assertion)."""
+    """Poll ``predicate`` until true, calling ``tick`` (if given) between polls; fail after
+    ``timeout`` seconds (a bound, not a timing assertion)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not reached within {timeout} s")
+        if tick is not None:
+            tick()
         time.sleep(0.01)
 
 

@@ -23,6 +23,7 @@ import msgspec
 import pytest
 import zmq
 from engine_structs import VCleared, VMapBatch, VRemoved, VStored
+from sync_brokers import wait_until
 
 from prefixcache import ReplicaKey
 from prefixcache.kvevents import (
@@ -123,13 +124,6 @@ def bind_consecutive(ctx: zmq.Context[zmq.Socket[bytes]]) -> tuple[int, list[zmq
     raise AssertionError("no two consecutive free ports on 127.0.0.1")
 
 
-def wait_until(predicate: Callable[[], bool], *, tick: Callable[[], object] | None = None) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        if tick is not None:
-            tick()
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import msgspec
 import pytest
 import zmq
+from sync_brokers import wait_until
 
 from prefixcache import ReplicaKey
 from prefixcache.kvevents import (
@@ -116,13 +117,6 @@ class FakeEngine:
         self.router.close(0)
 
 
-def wait_until(predicate: Callable[[], bool], *, tick: Callable[[], object] | None = None) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        if tick is not None:
-            tick()
-        time.sleep(0.02)
 
 
 @pytest.fixture
