@@ -46,6 +46,8 @@ from prefixcache._hot import (
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_MAX_CHAIN,
     DEFAULT_HOT_PER_COPY,
+    DEFAULT_SHARED_DEMAND,
+    DEFAULT_SHARED_QUEUE_WEIGHT,
     HotPrefixes,
 )
 from prefixcache._index import Index, Provider
@@ -124,6 +126,8 @@ __all__ = [
     "DEFAULT_IN_FLIGHT_TOKENS",
     "DEFAULT_PIN_TOKENS",
     "DEFAULT_QUEUE_WEIGHT",
+    "DEFAULT_SHARED_DEMAND",
+    "DEFAULT_SHARED_QUEUE_WEIGHT",
     "DEFAULT_SHARE_FACTOR",
     "DEFAULT_SHARE_SLACK",
     "DecisionBasis",

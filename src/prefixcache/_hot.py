@@ -24,6 +24,8 @@ __all__ = [
     "DEFAULT_HOT_LOWER",
     "DEFAULT_HOT_MAX_CHAIN",
     "DEFAULT_HOT_PER_COPY",
+    "DEFAULT_SHARED_DEMAND",
+    "DEFAULT_SHARED_QUEUE_WEIGHT",
     "HotPrefixes",
 ]
 
@@ -39,6 +41,17 @@ leaving room on that replica for other work and for the rotation of ties (see
 DEFAULT_HOT_MAX_CHAIN = 4096
 """Blocks of a chain :meth:`HotPrefixes.record` counts (a 2M-token prompt at 512 tokens
 per block); deeper blocks are ignored, which bounds the memory per dispatch."""
+
+DEFAULT_SHARED_DEMAND = 0.25
+"""A prefix whose demand is at least a quarter of one replica's share of the traffic is
+*shared* (:meth:`HotPrefixes.shared`): many requests in the window start with it."""
+
+DEFAULT_SHARED_QUEUE_WEIGHT = 0.5
+"""The backlog weight the replay's ``cache-cost`` passes to ``pick_lowest_cost`` for a
+request whose deepest cached prefix is shared but not held everywhere, instead of
+``DEFAULT_QUEUE_WEIGHT`` (0.1): one more copy of a shared prefix serves many later
+requests, so a busy holder should give way to an idle replica sooner than it would for a
+conversation's own history."""
 
 R = TypeVar("R", bound=Hashable)
 
@@ -176,6 +189,21 @@ class HotPrefixes:
             raise InvalidRecordError("replicas", replicas, "must be an int >= 1")
         n = len(self._chains)
         return self._counts.get(prefix, 0) * replicas / n if n else 0.0
+
+    def shared(self, prefix: int, replicas: int, demand: float = DEFAULT_SHARED_DEMAND) -> bool:
+        """Whether ``prefix`` is shared: its demand (:meth:`demand`) is at least ``demand``
+        replicas (default a quarter of one replica's share of the traffic).
+
+        >>> hot = HotPrefixes(window=8)
+        >>> for chain in [(1, 2), (1, 3), (4,), (5,), (6,), (7,), (8,), (9,)]:
+        ...     hot.record(chain)
+        >>> hot.shared(1, replicas=1), hot.shared(2, replicas=1), hot.shared(2, replicas=2)
+        (True, False, True)
+
+        Raises:
+            InvalidRecordError: ``replicas`` is not an int >= 1.
+        """
+        return self.demand(prefix, replicas) >= demand
 
     def copies(self, prefix: int) -> int:
         """The prefix's current number of warm copies (1 when it is not hot)."""

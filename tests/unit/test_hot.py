@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from clusterrouting import InvalidRecordError
-from prefixcache import DEFAULT_HOT_LOWER, DEFAULT_HOT_PER_COPY, HotPrefixes
+from prefixcache import (
+    DEFAULT_HOT_LOWER,
+    DEFAULT_HOT_PER_COPY,
+    DEFAULT_SHARED_DEMAND,
+    DEFAULT_SHARED_QUEUE_WEIGHT,
+    HotPrefixes,
+)
 
 EIGHT = dict.fromkeys(range(8), 0)
 
@@ -33,6 +39,21 @@ def test_demand_counts_every_dispatch_whose_chain_contains_the_prefix() -> None:
     # A block repeated in one chain counts once for that dispatch.
     hot.record((4, 4, 4))
     assert hot.demand(4, replicas=4) == 1.0
+
+
+def test_shared_means_demand_of_at_least_a_quarter_replica_by_default() -> None:
+    assert DEFAULT_SHARED_DEMAND == 0.25
+    assert DEFAULT_SHARED_QUEUE_WEIGHT == 0.5
+    hot = HotPrefixes(window=32)
+    fill(hot, with_prefix=1, without=31)  # 1 of 32 dispatches
+    assert hot.demand(7, replicas=8) == 0.25
+    assert hot.shared(7, replicas=8)  # the bound is inclusive
+    assert not hot.shared(7, replicas=7)  # 7/32 < 0.25
+    assert not hot.shared(100 + 1, replicas=8)  # never dispatched: demand 0
+    assert hot.shared(7, replicas=4, demand=0.125)
+    assert not hot.shared(7, replicas=8, demand=0.26)
+    with pytest.raises(InvalidRecordError, match="replicas"):
+        hot.shared(7, replicas=0)
 
 
 def test_a_prompt_shared_by_every_dispatch_is_warm_everywhere_at_the_second_request() -> None:

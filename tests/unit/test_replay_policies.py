@@ -152,3 +152,61 @@ def test_replay_reexports_the_library_hot_prefixes() -> None:
     import prefixcache
 
     assert HotPrefixes is prefixcache.HotPrefixes
+
+
+# The shared-prefix rule, isolated: no margin, no in-flight term, no share guard, and no
+# warm copies (a copy would carry 100 replicas of demand), so only the backlog weight acts.
+ISOLATED = {
+    "cost_margin": 0.0,
+    "in_flight_tokens": 0.0,
+    "share_factor": None,
+    "hot_per_copy": 100.0,
+}
+# 20 prompts sharing the 8-block prefix (1..8) plus one block of their own, arriving 1 ms
+# apart: all before the first one's first token (a step lasts 0.1 s), so the holder's
+# backlog grows by the 4 uncached tokens of each.
+PREFIX = tuple(range(1, 9))
+BURST = [req(200.0 + k / 1000, (*PREFIX, 1000 + k)) for k in range(20)]
+# 200 unrelated one-block requests first, spread out and finished before the burst.
+UNRELATED = [req(float(t) / 2, (5000 + t,)) for t in range(200)]
+
+
+def placements(trace: list[Request], **params: float | None) -> tuple[int, ...]:
+    model = ClusterModel(
+        replicas=2,
+        cache_blocks=None,
+        block_tokens=4,
+        prefill_tokens_per_s=1000.0,
+        decode_tokens_per_s=10.0,
+    )
+    policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4, **ISOLATED, **params)
+    return simulate(trace, policy, model).replica[-len(BURST) :]
+
+
+def test_cache_cost_gives_way_to_an_idle_replica_sooner_for_a_shared_prefix() -> None:
+    # Every dispatch so far shares the prefix: demand 2 replicas >= 0.25, and replica 1
+    # does not hold it. With the backlog at 0.5 the holder (cost 4 + 0.5 x backlog) gives
+    # way once its backlog reaches 64 tokens (the idle replica's cost is the whole
+    # 36-token prompt, 32 more): the 9th request sees a backlog of 36 + 7 x 4 = 64, a tie,
+    # and ties go to the replica used least recently. At the plain 0.1 it would take a
+    # backlog of 320 tokens (72 requests).
+    shared = placements(BURST)
+    assert shared[:9] == (0,) * 8 + (1,)
+    assert placements(BURST, shared_queue_weight=0.1) == (0,) * 20
+
+
+def test_cache_cost_keeps_a_private_prefix_on_its_holder_at_the_plain_weight() -> None:
+    # The same burst after 200 unrelated requests: the prefix's demand stays below 0.25
+    # of a replica (at most 2 x 20 / 220), so the backlog keeps its 0.1 weight and the
+    # whole burst stays on the replica that holds the prefix.
+    private = placements(UNRELATED + BURST)
+    assert len(set(private)) == 1
+    # Declaring every prefix shared (demand >= 0) moves it as in the shared case.
+    assert len(set(placements(UNRELATED + BURST, shared_demand=0.0))) == 2
+
+
+def test_cache_cost_checks_the_shared_demand() -> None:
+    with pytest.raises(ValueError, match="shared_demand"):
+        CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_demand=-1.0)
+    with pytest.raises(ValueError, match="shared_demand"):
+        CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_demand=float("nan"))

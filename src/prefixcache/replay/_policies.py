@@ -13,7 +13,13 @@ from clusterrouting import (
     pick_best_replica,
     pick_with_affinity,
 )
-from prefixcache._hot import DEFAULT_HOT_LOWER, DEFAULT_HOT_PER_COPY, HotPrefixes
+from prefixcache._hot import (
+    DEFAULT_HOT_LOWER,
+    DEFAULT_HOT_PER_COPY,
+    DEFAULT_SHARED_DEMAND,
+    DEFAULT_SHARED_QUEUE_WEIGHT,
+    HotPrefixes,
+)
 from prefixcache.kvevents import EventBatch
 from prefixcache.replay._peer_base import REPLAY_MODEL
 from prefixcache.replay._peers import (
@@ -247,7 +253,13 @@ class CacheCostPolicy(_Base):
     mean + 2), where uncached work + 0.1 x backlog + 64 tokens per in-flight request above
     the least-loaded replica is least; costs within 512 tokens of the least tie, and ties
     go to the replica dispatched to least recently (``tie_rank``), so identical requests
-    rotate as round-robin would (``pick_lowest_cost`` defaults). Observes at dispatch by
+    rotate as round-robin would (``pick_lowest_cost`` defaults). When the request's prefix
+    is *shared* (``HotPrefixes.shared``: demand >= ``shared_demand``, 0.25 of a replica)
+    and some replica does not hold it, the backlog weighs ``shared_queue_weight`` (0.5)
+    instead of 0.1: a copy of a shared prefix on one more replica serves many later
+    requests, so a busy holder gives way to an idle replica once its backlog exceeds the
+    idle one's by about 4k tokens per 2k saved, not 20k; a conversation's own history
+    (demand far below a replica) keeps the 0.1. Observes at dispatch by
     default (the router knows what it just sent); with ``observe_at="completion"`` the
     mirror instead records a prompt when its request completes (``KvCacheMirror.observe``,
     no pins).
@@ -270,6 +282,8 @@ class CacheCostPolicy(_Base):
         hot_lower: float = DEFAULT_HOT_LOWER,
         cost_margin: float | None = None,
         hot_per_copy: float = DEFAULT_HOT_PER_COPY,
+        shared_queue_weight: float = DEFAULT_SHARED_QUEUE_WEIGHT,
+        shared_demand: float = DEFAULT_SHARED_DEMAND,
     ) -> None:
         from prefixcache import (
             DEFAULT_QUEUE_WEIGHT,
@@ -300,6 +314,16 @@ class CacheCostPolicy(_Base):
             "share_slack": DEFAULT_SHARE_SLACK if share_slack is None else share_slack,
             "cost_margin": DEFAULT_COST_MARGIN if cost_margin is None else cost_margin,
         }
+        # A request whose deepest cached prefix is shared but not held everywhere.
+        self._shared_params = {**self._params, "queue_weight": shared_queue_weight}
+        if (
+            isinstance(shared_demand, bool)
+            or not isinstance(shared_demand, int | float)
+            or not math.isfinite(shared_demand)
+            or shared_demand < 0
+        ):
+            raise InvalidRecordError("shared_demand", shared_demand, "must be a finite number >= 0")
+        self._shared_demand = shared_demand
         self._hot_lower = hot_lower
         self._per_copy = hot_per_copy
         self._cc = CostCandidate
@@ -383,10 +407,13 @@ class CacheCostPolicy(_Base):
         held, exact = self._held(blocks, n)
         credit = held
         warm: tuple[int, ...] = ()
+        params = self._params
         hot = self.hot
         if hot is not None:
             deepest = max(held)
             if deepest:
+                if min(held) < deepest and hot.shared(blocks[deepest - 1], n, self._shared_demand):
+                    params = self._shared_params
                 warm = hot.warm(
                     blocks[deepest - 1],
                     holders=[k for k in range(n) if held[k] == deepest],
@@ -415,15 +442,16 @@ class CacheCostPolicy(_Base):
             )
             for k in range(n)
         ]
-        key = self._pick(cands, prompt_tokens=inp, **self._params)
+        key = self._pick(cands, prompt_tokens=inp, **params)
         assert key is not None
         if self.log_every and i % self.log_every == 0:
             from prefixcache import explain_lowest_cost
 
-            e = explain_lowest_cost(cands, prompt_tokens=inp, **self._params)
+            e = explain_lowest_cost(cands, prompt_tokens=inp, **params)
             assert e.chosen == key
             d = e.to_json()
             d["warm_copies"] = len(warm)
+            d["shared_prefix"] = params is self._shared_params
             self._log(i, request, now, d)
         r = keys.index(key)
         self._est[i] = inp - min(inp, held[r] * bt)
@@ -509,6 +537,8 @@ _COST_PARAMS: dict[str, Callable[[float], Any]] = {
     "hot_lower": float,
     "cost_margin": float,
     "hot_per_copy": float,
+    "shared_queue_weight": float,
+    "shared_demand": float,
 }
 
 TUNABLE: dict[str, dict[str, Callable[[float], Any]]] = {
