@@ -48,6 +48,7 @@ from prefixcache._hot import (
     DEFAULT_HOT_PER_COPY,
     DEFAULT_SHARED_DEMAND,
     DEFAULT_SHARED_QUEUE_WEIGHT,
+    DEFAULT_SHARED_ROOM,
     HotPrefixes,
 )
 from prefixcache._index import Index, Provider
@@ -128,6 +129,7 @@ __all__ = [
     "DEFAULT_QUEUE_WEIGHT",
     "DEFAULT_SHARED_DEMAND",
     "DEFAULT_SHARED_QUEUE_WEIGHT",
+    "DEFAULT_SHARED_ROOM",
     "DEFAULT_SHARE_FACTOR",
     "DEFAULT_SHARE_SLACK",
     "DecisionBasis",

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_HOT_PER_COPY",
     "DEFAULT_SHARED_DEMAND",
     "DEFAULT_SHARED_QUEUE_WEIGHT",
+    "DEFAULT_SHARED_ROOM",
     "HotPrefixes",
 ]
 
@@ -52,6 +53,12 @@ request whose deepest cached prefix is shared but not held everywhere, instead o
 ``DEFAULT_QUEUE_WEIGHT`` (0.1): one more copy of a shared prefix serves many later
 requests, so a busy holder should give way to an idle replica sooner than it would for a
 conversation's own history."""
+
+DEFAULT_SHARED_ROOM = 0.1
+"""The replay's ``cache-cost`` weighs a shared prefix's backlog at
+``DEFAULT_SHARED_QUEUE_WEIGHT`` only while every replica's ``KvCacheMirror`` has at least a
+tenth of its capacity free: a copy is cheap while it evicts nothing, and under KV pressure
+it would push out blocks that later requests need."""
 
 R = TypeVar("R", bound=Hashable)
 

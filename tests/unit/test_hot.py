@@ -10,6 +10,7 @@ from prefixcache import (
     DEFAULT_HOT_PER_COPY,
     DEFAULT_SHARED_DEMAND,
     DEFAULT_SHARED_QUEUE_WEIGHT,
+    DEFAULT_SHARED_ROOM,
     HotPrefixes,
 )
 
@@ -44,6 +45,7 @@ def test_demand_counts_every_dispatch_whose_chain_contains_the_prefix() -> None:
 def test_shared_means_demand_of_at_least_a_quarter_replica_by_default() -> None:
     assert DEFAULT_SHARED_DEMAND == 0.25
     assert DEFAULT_SHARED_QUEUE_WEIGHT == 0.5
+    assert DEFAULT_SHARED_ROOM == 0.1
     hot = HotPrefixes(window=32)
     fill(hot, with_prefix=1, without=31)  # 1 of 32 dispatches
     assert hot.demand(7, replicas=8) == 0.25

@@ -171,7 +171,9 @@ BURST = [req(200.0 + k / 1000, (*PREFIX, 1000 + k)) for k in range(20)]
 UNRELATED = [req(float(t) / 2, (5000 + t,)) for t in range(200)]
 
 
-def placements(trace: list[Request], **params: float | None) -> tuple[int, ...]:
+def placements(
+    trace: list[Request], capacity: int | None = None, **params: float | None
+) -> tuple[int, ...]:
     model = ClusterModel(
         replicas=2,
         cache_blocks=None,
@@ -179,7 +181,7 @@ def placements(trace: list[Request], **params: float | None) -> tuple[int, ...]:
         prefill_tokens_per_s=1000.0,
         decode_tokens_per_s=10.0,
     )
-    policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4, **ISOLATED, **params)
+    policy = CacheCostPolicy(capacity_blocks=capacity, block_tokens=4, **ISOLATED, **params)
     return simulate(trace, policy, model).replica[-len(BURST) :]
 
 
@@ -195,6 +197,15 @@ def test_cache_cost_gives_way_to_an_idle_replica_sooner_for_a_shared_prefix() ->
     assert placements(BURST, shared_queue_weight=0.1) == (0,) * 20
 
 
+def test_cache_cost_weighs_a_shared_prefix_at_the_plain_weight_under_kv_pressure() -> None:
+    # The rule holds only while every replica's mirror has a tenth of its capacity free.
+    # When the 9th request arrives replica 0 holds the prefix and 8 prompts' own blocks:
+    # 16 of 17 blocks leave 1 free (< 1.7), so the burst stays; with 40 there is room.
+    assert placements(BURST, capacity=17) == (0,) * 20
+    assert placements(BURST, capacity=40)[:9] == (0,) * 8 + (1,)
+    assert placements(BURST, capacity=17, shared_room=0.0)[:9] == (0,) * 8 + (1,)
+
+
 def test_cache_cost_keeps_a_private_prefix_on_its_holder_at_the_plain_weight() -> None:
     # The same burst after 200 unrelated requests: the prefix's demand stays below 0.25
     # of a replica (at most 2 x 20 / 220), so the backlog keeps its 0.1 weight and the
@@ -205,8 +216,11 @@ def test_cache_cost_keeps_a_private_prefix_on_its_holder_at_the_plain_weight() -
     assert len(set(placements(UNRELATED + BURST, shared_demand=0.0))) == 2
 
 
-def test_cache_cost_checks_the_shared_demand() -> None:
+def test_cache_cost_checks_the_shared_demand_and_room() -> None:
     with pytest.raises(ValueError, match="shared_demand"):
         CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_demand=-1.0)
     with pytest.raises(ValueError, match="shared_demand"):
         CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_demand=float("nan"))
+    for bad in (-0.1, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match="shared_room"):
+            CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_room=bad)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from prefixcache._hot import (
     DEFAULT_HOT_PER_COPY,
     DEFAULT_SHARED_DEMAND,
     DEFAULT_SHARED_QUEUE_WEIGHT,
+    DEFAULT_SHARED_ROOM,
     HotPrefixes,
 )
 from prefixcache.kvevents import EventBatch
@@ -254,12 +255,13 @@ class CacheCostPolicy(_Base):
     the least-loaded replica is least; costs within 512 tokens of the least tie, and ties
     go to the replica dispatched to least recently (``tie_rank``), so identical requests
     rotate as round-robin would (``pick_lowest_cost`` defaults). When the request's prefix
-    is *shared* (``HotPrefixes.shared``: demand >= ``shared_demand``, 0.25 of a replica)
-    and some replica does not hold it, the backlog weighs ``shared_queue_weight`` (0.5)
-    instead of 0.1: a copy of a shared prefix on one more replica serves many later
-    requests, so a busy holder gives way to an idle replica once its backlog exceeds the
-    idle one's by about 4k tokens per 2k saved, not 20k; a conversation's own history
-    (demand far below a replica) keeps the 0.1. Observes at dispatch by
+    is *shared* (``HotPrefixes.shared``: demand >= ``shared_demand``, 0.25 of a replica),
+    some replica does not hold it and every replica's mirror has ``shared_room`` (a tenth)
+    of its capacity free, the backlog weighs ``shared_queue_weight`` (0.5) instead of 0.1:
+    a copy of a shared prefix on one more replica serves many later requests and, while the
+    caches have room, evicts nothing, so a busy holder gives way to an idle replica once
+    its backlog exceeds the idle one's by about 4k tokens per 2k saved, not 20k; a
+    conversation's own history (demand far below a replica) keeps the 0.1. Observes at dispatch by
     default (the router knows what it just sent); with ``observe_at="completion"`` the
     mirror instead records a prompt when its request completes (``KvCacheMirror.observe``,
     no pins).
@@ -284,6 +286,7 @@ class CacheCostPolicy(_Base):
         hot_per_copy: float = DEFAULT_HOT_PER_COPY,
         shared_queue_weight: float = DEFAULT_SHARED_QUEUE_WEIGHT,
         shared_demand: float = DEFAULT_SHARED_DEMAND,
+        shared_room: float = DEFAULT_SHARED_ROOM,
     ) -> None:
         from prefixcache import (
             DEFAULT_QUEUE_WEIGHT,
@@ -316,14 +319,14 @@ class CacheCostPolicy(_Base):
         }
         # A request whose deepest cached prefix is shared but not held everywhere.
         self._shared_params = {**self._params, "queue_weight": shared_queue_weight}
-        if (
-            isinstance(shared_demand, bool)
-            or not isinstance(shared_demand, int | float)
-            or not math.isfinite(shared_demand)
-            or shared_demand < 0
+        for name, v, hi in (
+            ("shared_demand", shared_demand, math.inf),
+            ("shared_room", shared_room, 1),
         ):
-            raise InvalidRecordError("shared_demand", shared_demand, "must be a finite number >= 0")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= hi:
+                raise InvalidRecordError(name, v, f"must be a number in [0, {hi}]")
         self._shared_demand = shared_demand
+        self._shared_room = shared_room
         self._hot_lower = hot_lower
         self._per_copy = hot_per_copy
         self._cc = CostCandidate
@@ -352,6 +355,16 @@ class CacheCostPolicy(_Base):
     def on_kv_events(self, replica: int, seq: int, batch: EventBatch, now: float) -> None:
         """Apply an engine event batch (precise variant only)."""
         self.engine_index.apply(replica, seq, batch)
+
+    def _room_everywhere(self) -> bool:
+        """Whether every replica's mirror has ``shared_room`` of its capacity free."""
+        mirror = self._mirror
+        cap = mirror.capacity_blocks
+        if cap is None:
+            return True
+        need = self._shared_room * cap
+        free = mirror.free_blocks
+        return all((free(k) or 0) >= need for k in self._keys)
 
     def _held(self, blocks: tuple[int, ...], n: int) -> tuple[list[int], list[bool]]:
         """Leading blocks each replica is believed to hold, and whether that came from the
@@ -412,7 +425,11 @@ class CacheCostPolicy(_Base):
         if hot is not None:
             deepest = max(held)
             if deepest:
-                if min(held) < deepest and hot.shared(blocks[deepest - 1], n, self._shared_demand):
+                if (
+                    min(held) < deepest
+                    and hot.shared(blocks[deepest - 1], n, self._shared_demand)
+                    and self._room_everywhere()
+                ):
                     params = self._shared_params
                 warm = hot.warm(
                     blocks[deepest - 1],
@@ -539,6 +556,7 @@ _COST_PARAMS: dict[str, Callable[[float], Any]] = {
     "hot_per_copy": float,
     "shared_queue_weight": float,
     "shared_demand": float,
+    "shared_room": float,
 }
 
 TUNABLE: dict[str, dict[str, Callable[[float], Any]]] = {
