@@ -221,6 +221,9 @@ def test_cache_cost_checks_the_shared_demand_and_room() -> None:
         CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_demand=-1.0)
     with pytest.raises(ValueError, match="shared_demand"):
         CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_demand=float("nan"))
+    for bad in (-1.0, float("inf"), float("nan"), True):
+        with pytest.raises(ValueError, match="shared_queue_weight"):
+            CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_queue_weight=bad)
     for bad in (-0.1, 1.5, True, "0.1"):
         with pytest.raises(ValueError, match="shared_room"):
             CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_room=bad)  # type: ignore[arg-type]

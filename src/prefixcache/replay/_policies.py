@@ -261,10 +261,11 @@ class CacheCostPolicy(_Base):
     a copy of a shared prefix on one more replica serves many later requests and, while the
     caches have room, evicts nothing, so a busy holder gives way to an idle replica once
     its backlog exceeds the idle one's by about 4k tokens per 2k saved, not 20k; a
-    conversation's own history (demand far below a replica) keeps the 0.1. Observes at dispatch by
-    default (the router knows what it just sent); with ``observe_at="completion"`` the
-    mirror instead records a prompt when its request completes (``KvCacheMirror.observe``,
-    no pins).
+    conversation's own history (demand far below a replica) keeps the 0.1.
+
+    Observes at dispatch by default (the router knows what it just sent); with
+    ``observe_at="completion"`` the mirror instead records a prompt when its request
+    completes (``KvCacheMirror.observe``, no pins).
     """
 
     name = "cache-cost"
@@ -319,12 +320,19 @@ class CacheCostPolicy(_Base):
         }
         # A request whose deepest cached prefix is shared but not held everywhere.
         self._shared_params = {**self._params, "queue_weight": shared_queue_weight}
-        for name, v, hi in (
-            ("shared_demand", shared_demand, math.inf),
-            ("shared_room", shared_room, 1),
+        for name, v, bound in (
+            ("shared_queue_weight", shared_queue_weight, "a finite number >= 0"),
+            ("shared_demand", shared_demand, "a finite number >= 0"),
+            ("shared_room", shared_room, "a number in [0, 1]"),
         ):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= hi:
-                raise InvalidRecordError(name, v, f"must be a number in [0, {hi}]")
+            hi = 1 if name == "shared_room" else math.inf
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, int | float)
+                or not 0 <= v <= hi
+                or math.isinf(v)
+            ):
+                raise InvalidRecordError(name, v, f"must be {bound}")
         self._shared_demand = shared_demand
         self._shared_room = shared_room
         self._hot_lower = hot_lower
