@@ -47,8 +47,8 @@ from prefixcache._hot import (
     DEFAULT_HOT_MAX_CHAIN,
     DEFAULT_HOT_PER_COPY,
     DEFAULT_SHARED_DEMAND,
+    DEFAULT_SHARED_KV_USAGE,
     DEFAULT_SHARED_QUEUE_WEIGHT,
-    DEFAULT_SHARED_ROOM,
     HotPrefixes,
 )
 from prefixcache._index import Index, Provider
@@ -128,8 +128,8 @@ __all__ = [
     "DEFAULT_PIN_TOKENS",
     "DEFAULT_QUEUE_WEIGHT",
     "DEFAULT_SHARED_DEMAND",
+    "DEFAULT_SHARED_KV_USAGE",
     "DEFAULT_SHARED_QUEUE_WEIGHT",
-    "DEFAULT_SHARED_ROOM",
     "DEFAULT_SHARE_FACTOR",
     "DEFAULT_SHARE_SLACK",
     "DecisionBasis",

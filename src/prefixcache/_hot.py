@@ -19,14 +19,15 @@ from collections.abc import Collection, Hashable, Mapping, Sequence
 from typing import TypeVar
 
 from clusterrouting import InvalidRecordError
+from prefixcache._keys import NUMBER_TYPES
 
 __all__ = [
     "DEFAULT_HOT_LOWER",
     "DEFAULT_HOT_MAX_CHAIN",
     "DEFAULT_HOT_PER_COPY",
     "DEFAULT_SHARED_DEMAND",
+    "DEFAULT_SHARED_KV_USAGE",
     "DEFAULT_SHARED_QUEUE_WEIGHT",
-    "DEFAULT_SHARED_ROOM",
     "HotPrefixes",
 ]
 
@@ -54,11 +55,13 @@ request whose deepest cached prefix is shared but not held everywhere, instead o
 requests, so a busy holder should give way to an idle replica sooner than it would for a
 conversation's own history."""
 
-DEFAULT_SHARED_ROOM = 0.1
+DEFAULT_SHARED_KV_USAGE = 0.8
 """The replay's ``cache-cost`` weighs a shared prefix's backlog at
-``DEFAULT_SHARED_QUEUE_WEIGHT`` only while every replica's ``KvCacheMirror`` has at least a
-tenth of its capacity free: a copy is cheap while it evicts nothing, and under KV pressure
-it would push out blocks that later requests need."""
+``DEFAULT_SHARED_QUEUE_WEIGHT`` only while every replica's KV usage (the blocks its running
+requests hold over its capacity, as engines report it; ``KvCacheMirror.running_blocks``)
+is below 0.8, the KV threshold at which llm-d's saturation detector counts a pod as
+saturated: a copy of a prefix is cheap while the caches have room beside the running
+requests, and on a saturated replica it pushes out blocks that later requests need."""
 
 R = TypeVar("R", bound=Hashable)
 
@@ -208,8 +211,15 @@ class HotPrefixes:
         (True, False, True)
 
         Raises:
-            InvalidRecordError: ``replicas`` is not an int >= 1.
+            InvalidRecordError: ``replicas`` is not an int >= 1, or ``demand`` is not a
+                finite number >= 0.
         """
+        if (
+            isinstance(demand, bool)
+            or not isinstance(demand, NUMBER_TYPES)
+            or not 0 <= demand < math.inf
+        ):
+            raise InvalidRecordError("demand", demand, "must be a finite number >= 0")
         return self.demand(prefix, replicas) >= demand
 
     def copies(self, prefix: int) -> int:

@@ -283,22 +283,19 @@ class KvCacheMirror:
         pins = self._pins.get(key)
         return (0 if lru is None else len(lru)) + (0 if pins is None else len(pins))
 
-    def free_blocks(self, key: ReplicaKey) -> int | None:
-        """Blocks ``key`` can still take without evicting: the capacity minus its pinned,
-        private and cached blocks (0 when those exceed it; the whole capacity for an
-        unknown key), or ``None`` when the mirror is unbounded.
+    def running_blocks(self, key: ReplicaKey) -> int:
+        """Blocks ``key``'s running requests hold: their pinned prompt blocks and their
+        output blocks (what an engine reports as KV usage; cached blocks no request pins
+        count as free there, since they can be evicted at once).
 
         >>> m = KvCacheMirror(capacity_blocks=8)
         >>> m.observe(ReplicaKey("a"), (1, 2))
-        >>> m.start(ReplicaKey("a"), (3,), private_blocks=2)
-        >>> m.free_blocks(ReplicaKey("a")), m.free_blocks(ReplicaKey("b"))
-        (3, 8)
+        >>> m.start(ReplicaKey("a"), (2, 3), private_blocks=2)
+        >>> m.running_blocks(ReplicaKey("a")), m.running_blocks(ReplicaKey("b"))
+        (4, 0)
         """
-        cap = self._cap
-        if cap is None:
-            return None
-        used = self.blocks(key) + self._private.get(key, 0)
-        return cap - used if used < cap else 0
+        pins = self._pins.get(key)
+        return (0 if pins is None else len(pins)) + self._private.get(key, 0)
 
     def _check(self) -> None:
         """Assert the invariants (for tests): pins and private blocks only for recorded

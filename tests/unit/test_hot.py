@@ -9,8 +9,8 @@ from prefixcache import (
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_PER_COPY,
     DEFAULT_SHARED_DEMAND,
+    DEFAULT_SHARED_KV_USAGE,
     DEFAULT_SHARED_QUEUE_WEIGHT,
-    DEFAULT_SHARED_ROOM,
     HotPrefixes,
 )
 
@@ -45,7 +45,7 @@ def test_demand_counts_every_dispatch_whose_chain_contains_the_prefix() -> None:
 def test_shared_means_demand_of_at_least_a_quarter_replica_by_default() -> None:
     assert DEFAULT_SHARED_DEMAND == 0.25
     assert DEFAULT_SHARED_QUEUE_WEIGHT == 0.5
-    assert DEFAULT_SHARED_ROOM == 0.1
+    assert DEFAULT_SHARED_KV_USAGE == 0.8
     hot = HotPrefixes(window=32)
     fill(hot, with_prefix=1, without=31)  # 1 of 32 dispatches
     assert hot.demand(7, replicas=8) == 0.25
@@ -56,6 +56,9 @@ def test_shared_means_demand_of_at_least_a_quarter_replica_by_default() -> None:
     assert not hot.shared(7, replicas=8, demand=0.26)
     with pytest.raises(InvalidRecordError, match="replicas"):
         hot.shared(7, replicas=0)
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.25"):
+        with pytest.raises(InvalidRecordError, match="demand"):
+            hot.shared(7, replicas=8, demand=bad)  # type: ignore[arg-type]
 
 
 def test_a_prompt_shared_by_every_dispatch_is_warm_everywhere_at_the_second_request() -> None:

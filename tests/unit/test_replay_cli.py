@@ -256,11 +256,14 @@ def test_decision_log_explains_sampled_decisions_without_prompt_content(
     assert {"uncached_tokens", "queue_term", "load_term", "cost", "signals"} <= set(
         cost["candidates"][0]
     )
+    shared = 0
     for x in lines:
         if x["policy"] == "cache-cost":
             e = x["explanation"]
             assert e["warm_copies"] >= 0
             # The backlog weight the decision used: 0.5 for a shared prefix, else 0.1.
             assert e["params"]["queue_weight"] == (0.5 if e["shared_prefix"] else 0.1)
+            shared += e["shared_prefix"]
+    assert 0 < shared < len(range(0, n, 5))  # both kinds are sampled
     sel = next(x for x in lines if x["policy"] == "prefix")["explanation"]
     assert sel["rule"] in ("hot", "cold_order", "least_loaded")

@@ -120,19 +120,20 @@ def test_mirror_running_requests_pin_their_blocks_and_take_room_for_output() -> 
     assert m.blocks(A) == 3
 
 
-def test_mirror_free_blocks_is_the_capacity_left_by_pins_output_and_cache() -> None:
-    assert KvCacheMirror().free_blocks(A) is None  # unbounded
+def test_mirror_running_blocks_are_the_pinned_and_output_blocks() -> None:
     m = KvCacheMirror(capacity_blocks=6)
-    assert m.free_blocks(A) == 6  # a replica never seen has all of it
-    m.observe(A, (1, 2))
-    m.start(A, (3,), private_blocks=2)
-    assert m.free_blocks(A) == 1  # 6 - 2 cached - 1 pinned - 2 output
-    m.start(A, (4, 5, 6, 7), private_blocks=3)  # running requests past the capacity
-    assert m.free_blocks(A) == 0 and m.blocks(A) == 5  # the cached blocks went first
-    m.finish(A, (4, 5, 6, 7), private_blocks=3)  # room for 3 beside 3 pinned + 2 output
-    m.finish(A, (3,), private_blocks=2)
-    assert m.free_blocks(A) == 2 and m.blocks(A) == 4  # 4, 5, 6 and then 3 cached
-    assert m.invalidate(A) == 4 and m.free_blocks(A) == 6
+    assert m.running_blocks(A) == 0  # a replica never seen
+    m.observe(A, (1, 2))  # cached, pinned by no request: not running
+    assert m.running_blocks(A) == 0
+    m.start(A, (2, 3), private_blocks=2)
+    m.start(A, (3, 4), private_blocks=1)  # 3 is pinned twice but counts once
+    assert m.running_blocks(A) == 3 + 3
+    m.finish(A, (2, 3), private_blocks=2)
+    assert m.running_blocks(A) == 2 + 1
+    m.finish(A, (3, 4), private_blocks=1)
+    assert m.running_blocks(A) == 0 and m.blocks(A) == 3  # 1 was evicted for the runners
+    m.start(A, (5,), private_blocks=4)
+    assert m.invalidate(A) == 2 and m.running_blocks(A) == 0  # 5 and one cached block
 
 
 def test_mirror_pins_count_per_request_and_finish_keeps_other_pins() -> None:
@@ -214,7 +215,7 @@ def test_mirror_never_evicts_pinned_blocks_and_respects_its_room(
                 assert m.matched_blocks(A, ch) == len(ch)
             room = max(0, cap - len(pinned) - held)
             assert len(pinned) <= m.blocks(A) <= len(pinned) + room
-            assert m.free_blocks(A) == max(0, cap - m.blocks(A) - held)
+            assert m.running_blocks(A) == len(pinned) + held
     for c, private in running:
         m.finish(A, c, private_blocks=private)
     assert m.blocks(A) <= cap

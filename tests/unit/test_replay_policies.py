@@ -197,13 +197,23 @@ def test_cache_cost_gives_way_to_an_idle_replica_sooner_for_a_shared_prefix() ->
     assert placements(BURST, shared_queue_weight=0.1) == (0,) * 20
 
 
+def test_the_shared_weight_never_lowers_a_larger_queue_weight() -> None:
+    # At queue_weight 0.9 the shared weight (0.5) would keep a shared prefix on its holder
+    # longer than any other prompt; the larger weight applies instead, so the burst
+    # spreads exactly as with the rule off (a demand bound no prefix reaches).
+    heavy = placements(BURST, queue_weight=0.9)
+    assert heavy == placements(BURST, queue_weight=0.9, shared_demand=1e9)
+    assert heavy[:4] == (0, 1, 0, 1)
+
+
 def test_cache_cost_weighs_a_shared_prefix_at_the_plain_weight_under_kv_pressure() -> None:
-    # The rule holds only while every replica's mirror has a tenth of its capacity free.
-    # When the 9th request arrives replica 0 holds the prefix and 8 prompts' own blocks:
-    # 16 of 17 blocks leave 1 free (< 1.7), so the burst stays; with 40 there is room.
-    assert placements(BURST, capacity=17) == (0,) * 20
-    assert placements(BURST, capacity=40)[:9] == (0,) * 8 + (1,)
-    assert placements(BURST, capacity=17, shared_room=0.0)[:9] == (0,) * 8 + (1,)
+    # The rule holds only while every replica's KV usage in the mirror (its running
+    # requests' blocks) is below 0.8 of its capacity. When the 9th request arrives the
+    # eight before it still run on replica 0 and pin the prefix and their own block: 16
+    # blocks, not below 0.8 x 20 (the burst stays), below 0.8 x 21 (it moves).
+    assert placements(BURST, capacity=20) == (0,) * 20
+    assert placements(BURST, capacity=21)[:9] == (0,) * 8 + (1,)
+    assert placements(BURST, capacity=20, shared_kv_usage=0.85)[:9] == (0,) * 8 + (1,)
 
 
 def test_cache_cost_keeps_a_private_prefix_on_its_holder_at_the_plain_weight() -> None:
@@ -216,14 +226,55 @@ def test_cache_cost_keeps_a_private_prefix_on_its_holder_at_the_plain_weight() -
     assert len(set(placements(UNRELATED + BURST, shared_demand=0.0))) == 2
 
 
-def test_cache_cost_checks_the_shared_demand_and_room() -> None:
-    with pytest.raises(ValueError, match="shared_demand"):
-        CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_demand=-1.0)
-    with pytest.raises(ValueError, match="shared_demand"):
-        CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_demand=float("nan"))
-    for bad in (-1.0, float("inf"), float("nan"), True):
-        with pytest.raises(ValueError, match="shared_queue_weight"):
-            CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_queue_weight=bad)
-    for bad in (-0.1, 1.5, True, "0.1"):
-        with pytest.raises(ValueError, match="shared_room"):
-            CacheCostPolicy(capacity_blocks=None, block_tokens=4, shared_room=bad)  # type: ignore[arg-type]
+def test_the_rule_reads_the_deepest_cached_prefix_not_the_first_block() -> None:
+    # Every request starts with the same block 9999 (a system prompt, held by both
+    # replicas), so the first block is shared; the burst's deepest cached prefix is its
+    # own 8 blocks, whose demand stays below 0.25: the plain weight, the burst stays.
+    system = 9999
+    unrelated = [req(r.arrival, (system, *r.blocks)) for r in UNRELATED]
+    burst = [req(r.arrival, (system, *r.blocks)) for r in BURST]
+    assert len(set(placements(unrelated + burst))) == 1
+
+
+def test_no_request_counts_as_shared_once_every_replica_holds_its_prefix() -> None:
+    # One system prompt in front of every request: its demand is the whole traffic, but
+    # once both replicas hold it the backlog weight stays 0.1 (the costs tie and rotate).
+    reqs = shared_prefix_trace(seed=0, prompts=200)
+    model = ClusterModel(replicas=2)
+    policy = CacheCostPolicy(capacity_blocks=model.cache_blocks, block_tokens=512)
+    shared: list[int] = []
+
+    def sink(record: dict[str, object]) -> None:
+        explanation = record["explanation"]
+        assert isinstance(explanation, dict)
+        if explanation["shared_prefix"]:
+            shared.append(int(str(record["request"])))
+
+    policy.log_every = 1
+    policy.log_sink = sink
+    simulate(reqs, policy, model, speedup=10.0)
+    assert shared and max(shared) < 4
+
+
+def test_cache_cost_checks_the_shared_parameters() -> None:
+    def make(**kw: object) -> CacheCostPolicy:
+        return CacheCostPolicy(capacity_blocks=None, block_tokens=4, **kw)  # type: ignore[arg-type]
+
+    for bad in (-1.0, float("inf"), float("nan"), True, "0.1"):
+        for name in ("shared_queue_weight", "shared_demand"):
+            with pytest.raises(ValueError, match=name):
+                make(**{name: bad})
+    for bad in (-0.1, 1.5, float("nan"), True, "0.1"):
+        with pytest.raises(ValueError, match="shared_kv_usage"):
+            make(shared_kv_usage=bad)
+    make(shared_demand=10**400)  # a huge int is finite
+    with pytest.raises(ValueError, match="queue_weight"):
+        make(queue_weight=-1.0)  # every cost parameter is checked at construction
+    policy = make_policy(
+        "cache-cost",
+        MODEL,
+        params={"shared_queue_weight": 0.3, "shared_demand": 1.0, "shared_kv_usage": 0.9},
+    )
+    assert isinstance(policy, CacheCostPolicy)
+    with pytest.raises(ValueError, match="shared_kv_usage"):
+        make_policy("cache-cost", MODEL, params={"shared_kv_usage": 2.0})

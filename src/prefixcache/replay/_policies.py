@@ -17,8 +17,8 @@ from prefixcache._hot import (
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_PER_COPY,
     DEFAULT_SHARED_DEMAND,
+    DEFAULT_SHARED_KV_USAGE,
     DEFAULT_SHARED_QUEUE_WEIGHT,
-    DEFAULT_SHARED_ROOM,
     HotPrefixes,
 )
 from prefixcache.kvevents import EventBatch
@@ -235,6 +235,18 @@ class FederationPolicy(_IndexPolicy):
         return best.replica_index
 
 
+def _check_number(name: str, value: object, hi: float) -> None:
+    """Refuse a ``value`` that is not a number in [0, ``hi``] (finite when ``hi`` is not)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= hi
+        or value == math.inf
+    ):
+        bound = "a finite number >= 0" if hi == math.inf else f"a number in [0, {hi:g}]"
+        raise InvalidRecordError(name, value, f"must be {bound}")
+
+
 class CacheCostPolicy(_Base):
     """Ours: ``prefixcache.pick_lowest_cost`` over a ``KvCacheMirror``, with hot prefixes.
 
@@ -256,12 +268,17 @@ class CacheCostPolicy(_Base):
     go to the replica dispatched to least recently (``tie_rank``), so identical requests
     rotate as round-robin would (``pick_lowest_cost`` defaults). When the request's prefix
     is *shared* (``HotPrefixes.shared``: demand >= ``shared_demand``, 0.25 of a replica),
-    some replica does not hold it and every replica's mirror has ``shared_room`` (a tenth)
-    of its capacity free, the backlog weighs ``shared_queue_weight`` (0.5) instead of 0.1:
-    a copy of a shared prefix on one more replica serves many later requests and, while the
-    caches have room, evicts nothing, so a busy holder gives way to an idle replica once
-    its backlog exceeds the idle one's by about 4k tokens per 2k saved, not 20k; a
-    conversation's own history (demand far below a replica) keeps the 0.1.
+    some replica does not hold it and every replica's KV usage in the mirror (its running
+    requests' blocks over its capacity) is below ``shared_kv_usage`` (0.8), the
+    backlog weighs ``shared_queue_weight`` (0.5; ``queue_weight`` if that is larger)
+    instead of 0.1: a copy of a shared prefix on one more replica serves many later
+    requests and, while the caches have room beside the running requests, pushes out
+    little that later requests need, so a busy holder gives way to an idle replica once
+    its backlog exceeds the idle one's by about 4k tokens per 2k saved, not 20k. A
+    conversation's own history keeps the 0.1 once the window holds a few dispatches per
+    replica (its demand is then far below a replica; in the first ``4 x replicas``
+    dispatches a prefix seen once already counts as shared). With ``hot_prefixes=False``
+    there is no demand, and no request counts as shared.
 
     Observes at dispatch by default (the router knows what it just sent); with
     ``observe_at="completion"`` the mirror instead records a prompt when its request
@@ -287,7 +304,7 @@ class CacheCostPolicy(_Base):
         hot_per_copy: float = DEFAULT_HOT_PER_COPY,
         shared_queue_weight: float = DEFAULT_SHARED_QUEUE_WEIGHT,
         shared_demand: float = DEFAULT_SHARED_DEMAND,
-        shared_room: float = DEFAULT_SHARED_ROOM,
+        shared_kv_usage: float = DEFAULT_SHARED_KV_USAGE,
     ) -> None:
         from prefixcache import (
             DEFAULT_QUEUE_WEIGHT,
@@ -319,22 +336,21 @@ class CacheCostPolicy(_Base):
             "cost_margin": DEFAULT_COST_MARGIN if cost_margin is None else cost_margin,
         }
         # A request whose deepest cached prefix is shared but not held everywhere.
-        self._shared_params = {**self._params, "queue_weight": shared_queue_weight}
-        for name, v, bound in (
-            ("shared_queue_weight", shared_queue_weight, "a finite number >= 0"),
-            ("shared_demand", shared_demand, "a finite number >= 0"),
-            ("shared_room", shared_room, "a number in [0, 1]"),
+        for name, v, hi in (
+            ("shared_queue_weight", shared_queue_weight, math.inf),
+            ("shared_demand", shared_demand, math.inf),
+            ("shared_kv_usage", shared_kv_usage, 1.0),
         ):
-            hi = 1 if name == "shared_room" else math.inf
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, int | float)
-                or not 0 <= v <= hi
-                or math.isinf(v)
-            ):
-                raise InvalidRecordError(name, v, f"must be {bound}")
+            _check_number(name, v, hi)
+        # Checks every cost parameter now, not at the first pick (no candidates: no pick).
+        pick_lowest_cost([], prompt_tokens=0, **self._params)
+        # A request whose prefix is shared: the backlog weighs at least the shared weight.
+        self._shared_params = {
+            **self._params,
+            "queue_weight": max(self._params["queue_weight"], shared_queue_weight),
+        }
         self._shared_demand = shared_demand
-        self._shared_room = shared_room
+        self._shared_kv_usage = shared_kv_usage
         self._hot_lower = hot_lower
         self._per_copy = hot_per_copy
         self._cc = CostCandidate
@@ -364,15 +380,16 @@ class CacheCostPolicy(_Base):
         """Apply an engine event batch (precise variant only)."""
         self.engine_index.apply(replica, seq, batch)
 
-    def _room_everywhere(self) -> bool:
-        """Whether every replica's mirror has ``shared_room`` of its capacity free."""
+    def _kv_room_everywhere(self) -> bool:
+        """Whether every replica's KV usage (running requests' blocks in the mirror, over
+        the capacity) is below ``shared_kv_usage``."""
         mirror = self._mirror
         cap = mirror.capacity_blocks
         if cap is None:
             return True
-        need = self._shared_room * cap
-        free = mirror.free_blocks
-        return all((free(k) or 0) >= need for k in self._keys)
+        limit = self._shared_kv_usage * cap
+        running = mirror.running_blocks
+        return all(running(k) < limit for k in self._keys)
 
     def _held(self, blocks: tuple[int, ...], n: int) -> tuple[list[int], list[bool]]:
         """Leading blocks each replica is believed to hold, and whether that came from the
@@ -436,7 +453,7 @@ class CacheCostPolicy(_Base):
                 if (
                     min(held) < deepest
                     and hot.shared(blocks[deepest - 1], n, self._shared_demand)
-                    and self._room_everywhere()
+                    and self._kv_room_everywhere()
                 ):
                     params = self._shared_params
                 warm = hot.warm(
@@ -564,7 +581,7 @@ _COST_PARAMS: dict[str, Callable[[float], Any]] = {
     "hot_per_copy": float,
     "shared_queue_weight": float,
     "shared_demand": float,
-    "shared_room": float,
+    "shared_kv_usage": float,
 }
 
 TUNABLE: dict[str, dict[str, Callable[[float], Any]]] = {
