@@ -194,6 +194,13 @@ def test_kv_events_compares_each_approximate_policy_with_its_precise_counterpart
     (tiny, synth) = doc["kv_events"]
     assert tiny["trace"] == "tiny.jsonl" and synth["cluster"]["cache_blocks"] == 8
     assert {p["name"] for p in synth["policies"]} >= {"dynamo-kv", "dynamo-kv-approx"}
+    assert synth["cluster"]["restarts"] == []
+    # --restart-every restarts the eviction case's engines too, on its own time line.
+    rc = main([str(trace), "--kv-events", "--json", "--no-progress", "--restart-every", "1"])
+    doc = json.loads(capsys.readouterr().out)
+    (_, synth) = doc["kv_events"]
+    restarts = synth["cluster"]["restarts"]
+    assert restarts[:3] == [[1.0, 0], [2.0, 1], [3.0, 2]]
 
 
 def test_policies_all_slo_and_restarts(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:

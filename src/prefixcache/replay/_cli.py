@@ -275,25 +275,37 @@ class _Progress:
             self._s.flush()
 
 
+def _restarts(
+    every: float | None,
+    requests: Sequence[Request],
+    model: ClusterModel,
+    speedup: float | None,
+    target_load: float,
+) -> tuple[tuple[float, int], ...]:
+    """``--restart-every``: a restart every ``every`` simulated seconds until the last
+    arrival (at most 10,000), replicas in turn; none for ``None``."""
+    if every is None:
+        return ()
+    if not (every > 0 and math.isfinite(every)):
+        raise InvalidRecordError("restart_every", every, "must be > 0")
+    sp = speedup if speedup is not None else auto_speedup(requests, model, target_load=target_load)
+    end = requests[-1].arrival / sp if requests else 0.0
+    out = []
+    k = 1
+    while k * every <= end and k <= 10_000:
+        out.append((k * every, (k - 1) % model.replicas))
+        k += 1
+    return tuple(out)
+
+
 def _model(args: argparse.Namespace, requests: Sequence[Request]) -> ClusterModel:
-    restarts: tuple[tuple[float, int], ...] = ()
-    if args.restart_every is not None:
-        if not (args.restart_every > 0 and math.isfinite(args.restart_every)):
-            raise InvalidRecordError("restart_every", args.restart_every, "must be > 0")
-        sp = args.speedup
-        if sp is None:
-            sp = auto_speedup(
-                requests,
-                ClusterModel(replicas=args.replicas, prefill_tokens_per_s=args.prefill_rate),
-                target_load=args.target_load,
-            )
-        end = requests[-1].arrival / sp if requests else 0.0
-        k = 1
-        out = []
-        while k * args.restart_every <= end and k <= 10_000:
-            out.append((k * args.restart_every, (k - 1) % args.replicas))
-            k += 1
-        restarts = tuple(out)
+    restarts = _restarts(
+        args.restart_every,
+        requests,
+        ClusterModel(replicas=args.replicas, prefill_tokens_per_s=args.prefill_rate),
+        args.speedup,
+        args.target_load,
+    )
     return ClusterModel(
         replicas=args.replicas,
         cache_blocks=args.cache_blocks,
@@ -323,6 +335,7 @@ def _kv_events(
         ev_model,
         kv_event_delay_s=model.kv_event_delay_s,
         kv_event_loss=model.kv_event_loss,
+        restarts=_restarts(args.restart_every, ev_reqs, ev_model, None, args.target_load),
     )
     cases.append(("synthetic, working set ~ KV capacity", ev_reqs, ev_model, None))
     results = []
