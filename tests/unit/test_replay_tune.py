@@ -66,6 +66,18 @@ def test_bad_objectives_and_parameters_are_typed_errors() -> None:
             ranges=[("queue_weight", 0, 1)],
             objective=Objective("ttft_p99"),
         )
+    # A range end the policy refuses fails before any replay (no progress is reported).
+    calls: list[int] = []
+    for name, lo, hi in (("shared_kv_usage", 0.5, 2.0), ("queue_weight", -1.0, 0.5)):
+        with pytest.raises(InvalidRecordError, match=name):
+            tune(
+                REQS,
+                ranges=[(name, lo, hi)],
+                objective=Objective("ttft_p99"),
+                model=MODEL,
+                progress=lambda k, n: calls.append(k),
+            )
+    assert calls == []
 
 
 def test_tune_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
-from prefixcache.replay._policies import TUNABLE
+from prefixcache.replay._policies import TUNABLE, make_policy
 from prefixcache.replay._report import PolicyResult, ReplayJob, auto_speedup
 from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._trace import Request, ideal_hit_ratio, load_trace
@@ -142,16 +142,20 @@ def tune(
     (integers for integer parameters) with ``random.Random(seed)``.
 
     Raises:
-        InvalidRecordError: a parameter the policy does not take, a bad budget.
+        InvalidRecordError: a parameter the policy does not take, a range end its
+            constructor refuses (each end is checked by building the policy with it, before
+            any replay), a bad budget.
     """
     allowed = TUNABLE.get(policy, {})
-    for name, _lo, _hi in ranges:
+    for name, lo, hi in ranges:
         if name not in allowed:
             raise InvalidRecordError(
                 "param",
                 name,
                 f"not tunable for {policy!r} (tunable: {', '.join(sorted(allowed)) or 'none'})",
             )
+        for end in (lo, hi):
+            make_policy(policy, model, seed=seed, params={name: end})
     if type(budget) is not int or budget < 1:
         raise InvalidRecordError("budget", budget, "must be an int >= 1")
     rng = random.Random(seed)
