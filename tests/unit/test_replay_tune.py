@@ -68,7 +68,12 @@ def test_bad_objectives_and_parameters_are_typed_errors() -> None:
         )
     # A range end the policy refuses fails before any replay (no progress is reported).
     calls: list[int] = []
-    for name, lo, hi in (("shared_kv_usage", 0.5, 2.0), ("queue_weight", -1.0, 0.5)):
+    for name, lo, hi in (
+        ("shared_kv_usage", 0.5, 2.0),
+        ("queue_weight", -1.0, 0.5),
+        ("hot_lower", 0.5, 1.5),
+        ("hot_per_copy", 0.0, 1.0),
+    ):
         with pytest.raises(InvalidRecordError, match=name):
             tune(
                 REQS,

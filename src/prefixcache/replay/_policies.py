@@ -342,8 +342,13 @@ class CacheCostPolicy(_Base):
             ("shared_kv_usage", shared_kv_usage, 1.0),
         ):
             _check_number(name, v, hi)
-        # Checks every cost parameter now, not at the first pick (no candidates: no pick).
+        # Checks every cost and hot-prefix parameter now, not at the first request (no
+        # candidates: no pick; the hot-prefix record is sized at the first request).
         pick_lowest_cost([], prompt_tokens=0, **self._params)
+        try:
+            HotPrefixes(window=1, lower=hot_lower, per_copy=hot_per_copy)
+        except InvalidRecordError as exc:  # named as this constructor's parameter
+            raise InvalidRecordError(f"hot_{exc.field}", exc.value, exc.reason) from exc
         # A request whose prefix is shared: the backlog weighs at least the shared weight.
         self._shared_params = {
             **self._params,
