@@ -274,3 +274,10 @@ def test_decision_log_explains_sampled_decisions_without_prompt_content(
     assert 0 < shared < len(range(0, n, 5))  # both kinds are sampled
     sel = next(x for x in lines if x["policy"] == "prefix")["explanation"]
     assert sel["rule"] in ("hot", "cold_order", "least_loaded")
+
+
+def test_claim_refuses_a_negative_seed_count(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["claim", "--seeds", "-1"])
+    assert exc.value.code == 2
+    assert "--seeds must be >= 0" in capsys.readouterr().err

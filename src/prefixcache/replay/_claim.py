@@ -12,7 +12,9 @@ The cases (fixed before any tuning; every policy at its defaults):
 
 For each case the report lists every policy's mean and p99 TTFT, hit fraction of the
 ideal and max/mean requests, and names the lowest mean and p99 among policies at
-max/mean <= 1.15, with the default policy's rank.
+max/mean <= 1.15, with the default policy's rank. :func:`run_seeds` and
+:func:`format_seeds` do the same for the generated cases over several seeds
+(``clusterrouting-replay claim --seeds N``), ranking by the means over the seeds.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._synth import eviction_case, shared_prefix_trace, synthetic_trace
 from prefixcache.replay._trace import Request, load_trace
 
-__all__ = ["claim_cases", "format_claim", "plot_claim", "run_claim"]
+__all__ = [
+    "claim_cases",
+    "format_claim",
+    "format_seeds",
+    "plot_claim",
+    "run_claim",
+    "run_seeds",
+    "seeded_cases",
+]
 
 
 @attrs.frozen
@@ -41,6 +51,30 @@ class ClaimCase:
     target_load: float = 0.8
 
 
+def _shared_prefix_cases(seed: int) -> list[ClaimCase]:
+    """sglang #21199's shape on 2 and 8 replicas, and 8 Zipf-popular system prompts."""
+    return [
+        ClaimCase(
+            "1 system prompt x 400, 2 replicas",
+            shared_prefix_trace(seed=seed),
+            attrs.evolve(DEFAULT_CLUSTER, replicas=2),
+            2.2,
+        ),
+        ClaimCase(
+            "1 system prompt x 400, 8 replicas",
+            shared_prefix_trace(seed=seed),
+            DEFAULT_CLUSTER,
+            2.2,
+        ),
+        ClaimCase(
+            "8 Zipf system prompts x 2000, 8 repl.",
+            shared_prefix_trace(seed=seed, groups=8, prompts=2000, duration_s=120.0),
+            DEFAULT_CLUSTER,
+            2.2,
+        ),
+    ]
+
+
 def claim_cases() -> list[ClaimCase]:
     """The claim's cases (see the module docstring)."""
     from prefixcache.replay._trace import BUNDLED_TRACE
@@ -48,26 +82,20 @@ def claim_cases() -> list[ClaimCase]:
     ev_reqs, ev_model = eviction_case(0)
     return [
         ClaimCase("mooncake conversation, 8 replicas", load_trace(BUNDLED_TRACE), DEFAULT_CLUSTER),
-        ClaimCase(
-            "1 system prompt x 400, 2 replicas",
-            shared_prefix_trace(seed=0),
-            attrs.evolve(DEFAULT_CLUSTER, replicas=2),
-            2.2,
-        ),
-        ClaimCase(
-            "1 system prompt x 400, 8 replicas",
-            shared_prefix_trace(seed=0),
-            DEFAULT_CLUSTER,
-            2.2,
-        ),
-        ClaimCase(
-            "8 Zipf system prompts x 2000, 8 repl.",
-            shared_prefix_trace(seed=0, groups=8, prompts=2000, duration_s=120.0),
-            DEFAULT_CLUSTER,
-            2.2,
-        ),
+        *_shared_prefix_cases(0),
         ClaimCase("synthetic chat, seed 0", synthetic_trace(seed=0), DEFAULT_CLUSTER),
         ClaimCase("synthetic chat, seed 1", synthetic_trace(seed=1), DEFAULT_CLUSTER),
+        ClaimCase("eviction case (KV ~ working set)", ev_reqs, ev_model),
+    ]
+
+
+def seeded_cases(seed: int) -> list[ClaimCase]:
+    """The claim's generated cases drawn with ``seed``: the three shared-prefix shapes, a
+    synthetic chat trace and the eviction case (the bundled trace has no seed)."""
+    ev_reqs, ev_model = eviction_case(seed)
+    return [
+        *_shared_prefix_cases(seed),
+        ClaimCase("synthetic chat", synthetic_trace(seed=seed), DEFAULT_CLUSTER),
         ClaimCase("eviction case (KV ~ working set)", ev_reqs, ev_model),
     ]
 
@@ -91,6 +119,66 @@ def run_claim(
         )
         for c in claim_cases()
     ]
+
+
+def run_seeds(
+    seeds: Sequence[int],
+    *,
+    policies: Sequence[str] = POLICY_NAMES,
+    jobs: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[list[ReplayResult]]:
+    """Replay :func:`seeded_cases` for each seed; one list of results per seed."""
+    return [
+        [
+            run_replay(
+                c.requests,
+                trace_name=c.name,
+                model=c.model,
+                policies=policies,
+                target_load=c.target_load,
+                jobs=jobs,
+                progress=progress,
+            )
+            for c in seeded_cases(seed)
+        ]
+        for seed in seeds
+    ]
+
+
+def format_seeds(per_seed: Sequence[Sequence[ReplayResult]]) -> str:
+    """A Markdown summary over seeds: per case, every policy's mean TTFT and p99 TTFT
+    averaged over the seeds, and the lowest of each among the policies balanced on every
+    seed (max/mean <= 1.15), with the default policy's rank."""
+    n = len(per_seed)
+    lines = [
+        f"| case (mean over {n} seeds) | lowest mean TTFT (balanced) | lowest p99 TTFT "
+        f"(balanced) | {DEFAULT_POLICY} mean / p99 | rank of {DEFAULT_POLICY} (mean, p99) |",
+        "|---|---|---|---|---|",
+    ]
+    for k, first in enumerate(per_seed[0]):
+        names = [p.name for p in first.policies]
+        mean: dict[str, float] = {}
+        p99: dict[str, float] = {}
+        ok = []
+        for name in names:
+            runs = [seed_results[k].policy(name) for seed_results in per_seed]
+            mean[name] = sum(r.ttft_mean_s for r in runs) / n
+            p99[name] = sum(r.ttft_p99_s for r in runs) / n
+            if all(r.max_over_mean_requests <= BALANCE_LIMIT for r in runs):
+                ok.append(name)
+        if DEFAULT_POLICY not in mean or not ok:
+            continue
+        bm = min(ok, key=lambda x: mean[x])
+        bp = min(ok, key=lambda x: p99[x])
+        rank_m = 1 + sum(1 for x in ok if mean[x] < mean[DEFAULT_POLICY])
+        rank_p = 1 + sum(1 for x in ok if p99[x] < p99[DEFAULT_POLICY])
+        lines.append(
+            f"| {first.trace} | {bm} ({mean[bm]:.4f} s) | {bp} ({p99[bp]:.4f} s) | "
+            f"{mean[DEFAULT_POLICY]:.4f} / {p99[DEFAULT_POLICY]:.4f} s | "
+            f"{rank_m}, {rank_p} of {len(ok)} |"
+        )
+    return "\n".join(lines)
 
 
 def _best(res: ReplayResult, attr: str) -> str | None:

@@ -370,7 +370,13 @@ def _kv_events(
 
 
 def _claim_main(argv: Sequence[str]) -> int:
-    from prefixcache.replay._claim import format_claim, plot_claim, run_claim
+    from prefixcache.replay._claim import (
+        format_claim,
+        format_seeds,
+        plot_claim,
+        run_claim,
+        run_seeds,
+    )
 
     p = argparse.ArgumentParser(
         prog="clusterrouting-replay claim",
@@ -379,9 +385,25 @@ def _claim_main(argv: Sequence[str]) -> int:
     )
     p.add_argument("--plot", metavar="FILE.png", default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also replay the generated cases (shared-prefix shapes, synthetic chat, eviction "
+        "case) for seeds 0..N-1 and print their means over the seeds (default 0: off)",
+    )
     args = p.parse_args(list(argv))
+    if args.seeds < 0:
+        p.error("--seeds must be >= 0")
     results = run_claim(progress=None if args.no_progress else _Progress(sys.stderr, 0))
     print(format_claim(results))
+    if args.seeds:
+        per_seed = run_seeds(
+            range(args.seeds), progress=None if args.no_progress else _Progress(sys.stderr, 0)
+        )
+        print()
+        print(format_seeds(per_seed))
     if args.plot is not None:
         plot_claim(results, args.plot)
     return 0
