@@ -174,15 +174,9 @@ UNRELATED = [req(float(t) / 2, (5000 + t,)) for t in range(200)]
 def placements(
     trace: list[Request], capacity: int | None = None, **params: float | None
 ) -> tuple[int, ...]:
-    model = ClusterModel(
-        replicas=2,
-        cache_blocks=None,
-        block_tokens=4,
-        prefill_tokens_per_s=1000.0,
-        decode_tokens_per_s=10.0,
-    )
+    # The engines cache without bound; ``capacity`` is only the mirror's.
     policy = CacheCostPolicy(capacity_blocks=capacity, block_tokens=4, **ISOLATED, **params)
-    return simulate(trace, policy, model).replica[-len(BURST) :]
+    return simulate(trace, policy, MODEL).replica[-len(BURST) :]
 
 
 def test_cache_cost_gives_way_to_an_idle_replica_sooner_for_a_shared_prefix() -> None:

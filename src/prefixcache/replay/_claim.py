@@ -100,13 +100,12 @@ def seeded_cases(seed: int) -> list[ClaimCase]:
     ]
 
 
-def run_claim(
-    *,
-    policies: Sequence[str] = POLICY_NAMES,
-    jobs: int | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+def _replay(
+    cases: Sequence[ClaimCase],
+    policies: Sequence[str],
+    jobs: int | None,
+    progress: Callable[[str, int, int], None] | None,
 ) -> list[ReplayResult]:
-    """Replay every claim case with ``policies``."""
     return [
         run_replay(
             c.requests,
@@ -117,8 +116,18 @@ def run_claim(
             jobs=jobs,
             progress=progress,
         )
-        for c in claim_cases()
+        for c in cases
     ]
+
+
+def run_claim(
+    *,
+    policies: Sequence[str] = POLICY_NAMES,
+    jobs: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[ReplayResult]:
+    """Replay every claim case with ``policies``."""
+    return _replay(claim_cases(), policies, jobs, progress)
 
 
 def run_seeds(
@@ -129,21 +138,7 @@ def run_seeds(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[list[ReplayResult]]:
     """Replay :func:`seeded_cases` for each seed; one list of results per seed."""
-    return [
-        [
-            run_replay(
-                c.requests,
-                trace_name=c.name,
-                model=c.model,
-                policies=policies,
-                target_load=c.target_load,
-                jobs=jobs,
-                progress=progress,
-            )
-            for c in seeded_cases(seed)
-        ]
-        for seed in seeds
-    ]
+    return [_replay(seeded_cases(seed), policies, jobs, progress) for seed in seeds]
 
 
 def format_seeds(per_seed: Sequence[Sequence[ReplayResult]]) -> str:
