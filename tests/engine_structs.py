@@ -19,33 +19,40 @@ from typing import Any
 import msgspec
 
 
+def vllm_events(*, array_like: bool, omit_defaults: bool) -> tuple[Any, Any, Any]:
+    """vLLM's ``BlockStored``, ``BlockRemoved`` and ``AllBlocksCleared`` in one layout:
+    tagged (field ``"type"``) structs, positional with ``array_like``, unset trailing
+    fields left out with ``omit_defaults``."""
+
+    class Event(msgspec.Struct, array_like=array_like, omit_defaults=omit_defaults, tag=True):
+        pass
+
+    class Stored(Event, tag="BlockStored"):
+        block_hashes: list[int | bytes]
+        parent_block_hash: int | bytes | None
+        token_ids: list[int]
+        block_size: int
+        lora_id: int | None
+        medium: str | None
+        lora_name: str | None
+        extra_keys: list[tuple[Any, ...] | None] | None = None
+        group_idx: int | None = None
+        kv_cache_spec_kind: str | None = None
+        kv_cache_spec_sliding_window: int | None = None
+
+    class Removed(Event, tag="BlockRemoved"):
+        block_hashes: list[int | bytes]
+        medium: str | None
+        group_idx: int | None = None
+
+    class Cleared(Event, tag="AllBlocksCleared"):
+        pass
+
+    return Stored, Removed, Cleared
+
+
 # --- vLLM today: map events in a map envelope (section 2 "Map"; vLLM main) -------------
-class VEvent(msgspec.Struct, omit_defaults=True, tag=True):
-    pass
-
-
-class VStored(VEvent, tag="BlockStored"):
-    block_hashes: list[int | bytes]
-    parent_block_hash: int | bytes | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    medium: str | None
-    lora_name: str | None
-    extra_keys: list[tuple[Any, ...] | None] | None = None
-    group_idx: int | None = None
-    kv_cache_spec_kind: str | None = None
-    kv_cache_spec_sliding_window: int | None = None
-
-
-class VRemoved(VEvent, tag="BlockRemoved"):
-    block_hashes: list[int | bytes]
-    medium: str | None
-    group_idx: int | None = None
-
-
-class VCleared(VEvent, tag="AllBlocksCleared"):
-    pass
+VStored, VRemoved, VCleared = vllm_events(array_like=False, omit_defaults=True)
 
 
 class VMapBatch(msgspec.Struct, omit_defaults=True):
@@ -55,32 +62,7 @@ class VMapBatch(msgspec.Struct, omit_defaults=True):
 
 
 # --- vLLM up to v0.23: positional events (section 2 "Positional") ------------------------
-class PEvent(msgspec.Struct, array_like=True, tag=True):
-    pass
-
-
-class PStored(PEvent, tag="BlockStored"):
-    block_hashes: list[int | bytes]
-    parent_block_hash: int | bytes | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    medium: str | None
-    lora_name: str | None
-    extra_keys: list[tuple[Any, ...] | None] | None = None
-    group_idx: int | None = None
-    kv_cache_spec_kind: str | None = None
-    kv_cache_spec_sliding_window: int | None = None
-
-
-class PRemoved(PEvent, tag="BlockRemoved"):
-    block_hashes: list[int | bytes]
-    medium: str | None
-    group_idx: int | None = None
-
-
-class PCleared(PEvent, tag="AllBlocksCleared"):
-    pass
+PStored, PRemoved, PCleared = vllm_events(array_like=True, omit_defaults=False)
 
 
 class PBatch(msgspec.Struct, array_like=True):

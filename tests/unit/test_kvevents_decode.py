@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from engine_structs import vllm_events
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
 from prefixcache.kvevents import (
@@ -54,33 +55,8 @@ GOLDEN_EVENTS = (
 )
 
 
-# --- structs declared like vLLM's (positional: tagged array-like structs) -------------
-class _Event(msgspec.Struct, tag=True, array_like=True, omit_defaults=True):
-    pass
-
-
-class VBlockStored(_Event, tag="BlockStored"):
-    block_hashes: list[int | bytes]
-    parent_block_hash: int | bytes | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    medium: str | None
-    lora_name: str | None
-    extra_keys: list[list[object] | None] | None = None
-    group_idx: int | None = None
-    kv_cache_spec_kind: str | None = None
-    kv_cache_spec_sliding_window: int | None = None
-
-
-class VBlockRemoved(_Event, tag="BlockRemoved"):
-    block_hashes: list[int | bytes]
-    medium: str | None
-    group_idx: int | None = None
-
-
-class VAllBlocksCleared(_Event, tag="AllBlocksCleared"):
-    pass
+# --- structs declared like vLLM's (positional, unset trailing fields omitted) ----------
+VBlockStored, VBlockRemoved, VAllBlocksCleared = vllm_events(array_like=True, omit_defaults=True)
 
 
 class VEventBatch(msgspec.Struct, array_like=True):
