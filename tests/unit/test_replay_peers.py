@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import pytest
+from peer_cases import BT, rq, stored, view
 
-from prefixcache.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
+from prefixcache.kvevents import AllBlocksCleared, BlockRemoved, EventBatch
 from prefixcache.replay import (
     PEER_POLICIES,
     AibrixPrefixCachePolicy,
@@ -27,40 +28,6 @@ from prefixcache.replay import (
     simulate,
     synthetic_trace,
 )
-
-BT = 10  # tokens per block: 40 characters per full block
-
-
-def view(n: int, in_flight: list[int] | None = None, **metrics: list[float]) -> ClusterView:
-    v = ClusterView(ClusterModel(replicas=n, block_tokens=BT))
-    if in_flight is not None:
-        v.in_flight[:] = in_flight
-    for k, vals in metrics.items():
-        getattr(v, k)[:] = vals
-    return v
-
-
-def rq(blocks: tuple[int, ...], tokens: int | None = None) -> Request:
-    return Request(
-        arrival=0.0,
-        input_tokens=BT * len(blocks) if tokens is None else tokens,
-        output_tokens=1,
-        blocks=blocks,
-    )
-
-
-def stored(*blocks: int, parent: int | None = None) -> EventBatch:
-    """What a simulated engine publishes: one stand-in token per block (its id)."""
-    return EventBatch(
-        ts=0.0,
-        rank=None,
-        events=(
-            BlockStored(
-                block_hashes=blocks, parent_block_hash=parent, token_ids=blocks, block_size=1
-            ),
-        ),
-    )
-
 
 # --- SGLang / SMG ----------------------------------------------------------------------
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import pytest
+from peer_cases import BT, rq, stored, view
 
-from prefixcache.kvevents import BlockStored, EventBatch
 from prefixcache.replay import (
     PEER_POLICIES,
     AibrixPrefixCachePolicy,
     ClusterModel,
-    ClusterView,
     DynamoKvPolicy,
     LlmdDefaultPolicy,
     LlmdPrecisePolicy,
@@ -30,40 +29,6 @@ from prefixcache.replay import (
     simulate,
     synthetic_trace,
 )
-
-BT = 10  # tokens per trace block: 40 characters per full block
-
-
-def view(n: int, in_flight: list[int] | None = None, **metrics: list[float]) -> ClusterView:
-    v = ClusterView(ClusterModel(replicas=n, block_tokens=BT))
-    if in_flight is not None:
-        v.in_flight[:] = in_flight
-    for k, vals in metrics.items():
-        getattr(v, k)[:] = vals
-    return v
-
-
-def rq(blocks: tuple[int, ...], tokens: int | None = None, bt: int = BT) -> Request:
-    return Request(
-        arrival=0.0,
-        input_tokens=bt * len(blocks) if tokens is None else tokens,
-        output_tokens=1,
-        blocks=blocks,
-    )
-
-
-def stored(*blocks: int) -> EventBatch:
-    """A simulated engine's store of ``blocks`` (one stand-in token per block)."""
-    return EventBatch(
-        ts=0.0,
-        rank=None,
-        events=(
-            BlockStored(
-                block_hashes=blocks, parent_block_hash=None, token_ids=blocks, block_size=1
-            ),
-        ),
-    )
-
 
 # --- SGLang router / SMG cache_aware (smg @73da68ca) -------------------------------------
 
