@@ -49,6 +49,7 @@ from prefixcache._hot import (
     DEFAULT_SHARED_DEMAND,
     DEFAULT_SHARED_KV_USAGE,
     DEFAULT_SHARED_QUEUE_WEIGHT,
+    HotCredit,
     HotPrefixes,
 )
 from prefixcache._index import Index, Provider
@@ -138,6 +139,7 @@ __all__ = [
     "EVENT_SUBJECTS",
     "EventDecodeError",
     "EvictionTicker",
+    "HotCredit",
     "HotPrefixes",
     "INVALIDATE_SUBJECT",
     "Index",

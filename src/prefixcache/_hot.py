@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Collection, Hashable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from typing import Generic, TypeVar
+
+import attrs
 
 from clusterrouting import InvalidRecordError
 from prefixcache._keys import NUMBER_TYPES
@@ -28,6 +30,7 @@ __all__ = [
     "DEFAULT_SHARED_DEMAND",
     "DEFAULT_SHARED_KV_USAGE",
     "DEFAULT_SHARED_QUEUE_WEIGHT",
+    "HotCredit",
     "HotPrefixes",
 ]
 
@@ -64,6 +67,23 @@ saturated: a copy of a prefix is cheap while the caches have room beside the run
 requests, and on a saturated replica it pushes out blocks that later requests need."""
 
 R = TypeVar("R", bound=Hashable)
+
+
+@attrs.frozen(kw_only=True)
+class HotCredit(Generic[R]):
+    """What the hot-prefix rule (:meth:`HotPrefixes.credit`) changes for one request.
+
+    Attributes:
+        held: per candidate (in the order given), the leading blocks it counts as holding:
+            the blocks it holds, or the prefix's depth for a warm copy.
+        warm: the prefix's warm replicas (empty: one copy is enough).
+        shared: whether the prefix is shared and not held everywhere: the policy then
+            weighs the backlog at ``DEFAULT_SHARED_QUEUE_WEIGHT`` (or more).
+    """
+
+    held: tuple[int, ...]
+    warm: tuple[R, ...]
+    shared: bool
 
 
 class HotPrefixes:
@@ -279,3 +299,82 @@ class HotPrefixes:
         del warm[k:]
         self._warm[prefix] = warm
         return tuple(warm)  # type: ignore[arg-type]
+
+    def credit(
+        self,
+        chain: Sequence[int],
+        held: Sequence[int],
+        replicas: Sequence[R],
+        in_flight: Sequence[int],
+        *,
+        shared_demand: float = DEFAULT_SHARED_DEMAND,
+        room: Callable[[], bool] | None = None,
+    ) -> HotCredit[R] | None:
+        """The default policy's hot-prefix rule for one request (``cache-cost``, and the
+        LiteLLM plugin).
+
+        The request's *prefix* is ``chain[d - 1]``, ``d = max(held)``: its deepest block
+        some candidate holds. The rule applies only while every *holder* (``held == d``)
+        has a request in flight: an idle holder serves the next request at once, so its
+        requests keep their affinity and a light load never pays for an extra copy. Then
+
+        * :meth:`warm` places the prefix's copies (holders first, then the fewest in flight),
+          and every warm replica counts as holding ``d`` blocks;
+        * the prefix is *shared* when some candidate holds fewer than ``d`` blocks, its
+          demand is at least ``shared_demand`` replicas (:meth:`shared`) and ``room()``
+          (default: always) says no replica is saturated.
+
+        Does not record the dispatch: call :meth:`record` once the request is sent.
+
+        Args:
+            chain: the request's prefix chain.
+            held: per candidate, the leading blocks of ``chain`` it holds.
+            replicas: the candidates (hashable ids, stable across calls: warm sets are
+                kept by id), in the order of ``held`` and ``in_flight``.
+            in_flight: per candidate, its requests in flight.
+            shared_demand: the demand, in replicas, from which a prefix is shared.
+            room: ``room() -> bool``, called only when the rest of the shared test holds.
+
+        Returns:
+            ``None`` when the rule changes nothing (no prefix held, an idle holder, one
+            copy enough and not shared), else the :class:`HotCredit`.
+
+        Raises:
+            InvalidRecordError: ``held``, ``replicas`` and ``in_flight`` differ in length or
+                are empty; a ``held`` above ``len(chain)``; a bad ``shared_demand``.
+
+        >>> hot = HotPrefixes(window=8)
+        >>> for _ in range(8):
+        ...     hot.record((1, 2))
+        >>> hot.credit((1, 2), held=[2, 0, 0], replicas="abc", in_flight=[0, 0, 0]) is None
+        True
+        >>> hot.credit((1, 2), held=[2, 0, 0], replicas="abc", in_flight=[3, 1, 0])
+        HotCredit(held=(2, 2, 2), warm=('a', 'c', 'b'), shared=True)
+        """
+        n = len(held)
+        if n == 0 or len(replicas) != n or len(in_flight) != n:
+            raise InvalidRecordError(
+                "held", held, "held, replicas and in_flight must be non-empty and of equal length"
+            )
+        d = max(held)
+        if d > len(chain):
+            raise InvalidRecordError("held", held, f"exceeds the chain's {len(chain)} blocks")
+        if d == 0:
+            return None
+        for h, f in zip(held, in_flight, strict=True):
+            if h == d and f == 0:
+                return None  # an idle holder
+        holders = [r for r, h in zip(replicas, held, strict=True) if h == d]
+        prefix = chain[d - 1]
+        shared = (
+            min(held) < d and self.shared(prefix, n, shared_demand) and (room is None or room())
+        )
+        warm = self.warm(
+            prefix, holders=holders, in_flight=dict(zip(replicas, in_flight, strict=True))
+        )
+        if not warm and not shared:
+            return None
+        if warm:
+            hot = set(warm)
+            held = [d if r in hot else h for r, h in zip(replicas, held, strict=True)]
+        return HotCredit(held=tuple(held), warm=warm, shared=shared)

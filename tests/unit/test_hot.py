@@ -11,6 +11,7 @@ from prefixcache import (
     DEFAULT_SHARED_DEMAND,
     DEFAULT_SHARED_KV_USAGE,
     DEFAULT_SHARED_QUEUE_WEIGHT,
+    HotCredit,
     HotPrefixes,
 )
 
@@ -167,3 +168,59 @@ def test_bad_calls_raise_a_typed_error_naming_the_argument() -> None:
     with pytest.raises(InvalidRecordError, match="prefix"):
         hot.warm("1", holders=[], in_flight={0: 0})  # type: ignore[arg-type]
     assert issubclass(InvalidRecordError, ValueError)
+
+
+def hot_of(chains: int, chain: tuple[int, ...] = (1, 2, 3)) -> HotPrefixes:
+    hot = HotPrefixes(window=8)
+    for _ in range(chains):
+        hot.record(chain)
+    return hot
+
+
+def test_credit_applies_only_while_every_holder_is_busy() -> None:
+    hot = hot_of(8)  # every dispatch shares (1, 2, 3): demand = all replicas
+    chain = (1, 2, 3, 4)
+    # No prefix held anywhere, or an idle holder: nothing changes.
+    assert hot.credit(chain, [0, 0, 0], "abc", [5, 5, 5]) is None
+    assert hot.credit(chain, [3, 0, 3], "abc", [2, 0, 0]) is None  # c holds it, idle
+    assert hot.copies(3) == 1  # the rule did not even update the copy count
+    # Both holders busy: every replica is warm (demand 3 / 0.75 = 4 copies, capped at 3)
+    # and, b lacking the prefix, it is shared.
+    rule = hot.credit(chain, [3, 0, 3], "abc", [2, 0, 1])
+    assert rule == HotCredit(held=(3, 3, 3), warm=("a", "c", "b"), shared=True)
+    assert len(hot) == 8  # credit never records a dispatch
+
+
+def test_credit_is_shared_only_with_demand_a_missing_holder_and_room() -> None:
+    chain = (1, 2, 3)
+    calls: list[int] = []
+
+    def room() -> bool:
+        calls.append(1)
+        return False
+
+    # Held everywhere: warm copies, not shared (room is not even asked).
+    rule = hot_of(8).credit(chain, [3, 3], "ab", [1, 1], room=room)
+    assert rule is not None and not rule.shared and calls == []
+    # No room: not shared, but the copies still apply.
+    rule = hot_of(8).credit(chain, [3, 0], "ab", [1, 0], room=room)
+    assert rule == HotCredit(held=(3, 3), warm=("a", "b"), shared=False) and calls == [1]
+    # A demand of 1 dispatch in 8 on 2 replicas (0.25) is shared; a bound above it is not.
+    hot = hot_of(1)
+    for _ in range(7):
+        hot.record((9,))
+    rule = hot.credit(chain, [3, 0], "ab", [1, 0])
+    assert rule == HotCredit(held=(3, 0), warm=(), shared=True)
+    assert hot.credit(chain, [3, 0], "ab", [1, 0], shared_demand=0.3) is None
+
+
+def test_credit_refuses_inconsistent_arguments() -> None:
+    hot = hot_of(1)
+    with pytest.raises(InvalidRecordError, match="held"):
+        hot.credit((1,), [], "", [])
+    with pytest.raises(InvalidRecordError, match="held"):
+        hot.credit((1,), [1, 0], "a", [0, 0])
+    with pytest.raises(InvalidRecordError, match="held"):
+        hot.credit((1,), [2], "a", [1])  # more blocks held than the chain has
+    with pytest.raises(InvalidRecordError, match="demand"):
+        hot.credit((1,), [1, 0], "ab", [1, 0], shared_demand=-1.0)

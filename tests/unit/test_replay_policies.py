@@ -272,3 +272,19 @@ def test_cache_cost_checks_the_shared_parameters() -> None:
     assert isinstance(policy, CacheCostPolicy)
     with pytest.raises(ValueError, match="shared_kv_usage"):
         make_policy("cache-cost", MODEL, params={"shared_kv_usage": 2.0})
+
+
+def test_cache_cost_keeps_a_hot_prefix_on_an_idle_holder() -> None:
+    # Every request shares the prefix (demand: the whole traffic), but each one finishes
+    # before the next arrives: the holder is idle at every decision, so the hot-prefix rule
+    # (warm copies, shared weight) stays off and the prompt keeps its replica. The same
+    # requests in a burst find the holder busy and spread over warm copies. (A 200-block
+    # prefix: its 800 tokens outweigh the 512-token cost margin.)
+    prefix = tuple(range(1, 201))
+    # Five requests: the sixth would exceed the holder's fair share of the dispatches.
+    spaced = [req(10.0 * k, (*prefix, 1000 + k)) for k in range(5)]
+    policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4)
+    assert simulate(spaced, policy, MODEL).replica == (0,) * 5
+    burst = [req(100.0 + k / 1000, r.blocks) for k, r in enumerate(spaced)]
+    policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4)
+    assert len(set(simulate(burst, policy, MODEL).replica)) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from clusterrouting import (
@@ -261,7 +261,10 @@ class CacheCostPolicy(_Base):
     last ``256 x replicas`` dispatches (``DispatchWindow``). A request's deepest block
     cached on some replica is its prefix; ``prefixcache.HotPrefixes`` (over the same
     ``256 x replicas`` dispatches) keeps ``ceil(demand / 0.75)`` warm copies of a prefix
-    whose demand exceeds 0.75 of a replica, and every warm replica counts as holding it.
+    whose demand exceeds 0.75 of a replica, and every warm replica counts as holding it,
+    while every replica holding the prefix has a request in flight (an idle holder keeps
+    the prefix's requests: ``HotPrefixes.credit``, which also applies the shared weight
+    below).
     Each request goes, among the replicas within their fair share of those dispatches (<= 1.1 x
     mean + 2), where uncached work + 0.1 x backlog + 64 tokens per in-flight request above
     the least-loaded replica is least; costs within 512 tokens of the least tie, and ties
@@ -448,28 +451,24 @@ class CacheCostPolicy(_Base):
         mirror_src = self._src.MIRROR
         n = len(keys)
         held, exact = self._held(blocks, n)
-        credit = held
+        credit: Sequence[int] = held
         warm: tuple[int, ...] = ()
         params = self._params
         hot = self.hot
         if hot is not None:
-            deepest = max(held)
-            if deepest:
-                if (
-                    min(held) < deepest
-                    and hot.shared(blocks[deepest - 1], n, self._shared_demand)
-                    and self._kv_room_everywhere()
-                ):
+            rule = hot.credit(
+                blocks,
+                held,
+                range(n),
+                inf,
+                shared_demand=self._shared_demand,
+                room=self._kv_room_everywhere,
+            )
+            if rule is not None:
+                credit = rule.held
+                warm = rule.warm
+                if rule.shared:
                     params = self._shared_params
-                warm = hot.warm(
-                    blocks[deepest - 1],
-                    holders=[k for k in range(n) if held[k] == deepest],
-                    in_flight=dict(enumerate(inf)),
-                )
-                if warm:
-                    credit = list(held)
-                    for k in warm:
-                        credit[k] = deepest
         # Ties rotate: the replica dispatched to least recently ranks first.
         lu = view.last_used
         rank = [0] * n
