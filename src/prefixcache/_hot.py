@@ -108,8 +108,15 @@ class HotPrefixes:
     (the first in ``in_flight``'s order on ties); when ``k`` falls, the copy added last
     leaves first. A warm replica missing from ``in_flight`` (it left) is dropped.
 
-    Memory. The window holds ``window`` chains of at most ``max_chain`` blocks, and one
-    count per distinct block among them; copy counts and warm sets are kept only for
+    Stride. With ``stride`` s > 1 only the prefixes ending at depths s, 2s, ... (the
+    chain's blocks ``s - 1``, ``2s - 1``, ...) are counted, and :meth:`credit` rounds a
+    request's prefix down to such a depth: s times less work per dispatch, for a credit
+    up to ``s - 1`` blocks short. A router whose blocks are small next to the tokens that
+    change a decision (the LiteLLM plugin: 64-token blocks, a 512-token cost margin) loses
+    nothing it can see.
+
+    Memory. The window holds ``window`` chains of at most ``max_chain / stride`` counted
+    blocks, and one count per distinct block among them; copy counts and warm sets are kept only for
     prefixes whose ``k >= 2`` and whose block is still counted in the window (a prefix
     that leaves the window is forgotten). O(window x max_chain) in all.
 
@@ -120,15 +127,16 @@ class HotPrefixes:
         window: dispatches remembered (int >= 1); a few hundred per replica (the replay uses
             256 x replicas).
         lower: the hysteresis factor in (0, 1] (1: drop a copy as soon as ``c < k - 1``).
-        max_chain: blocks counted per chain (int >= 1).
+        max_chain: blocks of a chain read (int >= 1); deeper blocks are ignored.
+        stride: count every ``stride``-th prefix depth only (int >= 1; default 1: all).
         per_copy: the demand one copy may carry, in replicas (finite, > 0; 1.0: a copy per
             replica's worth of traffic). Below 1, a prefix at ``u = 0.75`` already gets a
             second copy: its requests then rotate over two replicas instead of queueing on
             one that is nearly full with them.
 
     Raises:
-        InvalidRecordError: a bad ``window``, ``lower``, ``max_chain`` or ``per_copy`` (the
-            message names it and the value).
+        InvalidRecordError: a bad ``window``, ``lower``, ``max_chain``, ``per_copy`` or
+            ``stride`` (the message names it and the value).
 
     >>> hot = HotPrefixes(window=4)
     >>> for chain in [(1, 2), (1, 3), (1, 4), (9,)]:
@@ -146,7 +154,17 @@ class HotPrefixes:
     (('b', 'a'), 2)
     """
 
-    __slots__ = ("_chains", "_counts", "_k", "_warm", "lower", "max_chain", "per_copy", "window")
+    __slots__ = (
+        "_chains",
+        "_counts",
+        "_k",
+        "_warm",
+        "lower",
+        "max_chain",
+        "per_copy",
+        "stride",
+        "window",
+    )
 
     def __init__(
         self,
@@ -155,6 +173,7 @@ class HotPrefixes:
         lower: float = DEFAULT_HOT_LOWER,
         max_chain: int = DEFAULT_HOT_MAX_CHAIN,
         per_copy: float = DEFAULT_HOT_PER_COPY,
+        stride: int = 1,
     ) -> None:
         if type(window) is not int or window < 1:
             raise InvalidRecordError("window", window, "must be an int >= 1")
@@ -169,11 +188,14 @@ class HotPrefixes:
             or per_copy <= 0
         ):
             raise InvalidRecordError("per_copy", per_copy, "must be a finite number > 0")
+        if type(stride) is not int or stride < 1:
+            raise InvalidRecordError("stride", stride, "must be an int >= 1")
         self.window = window
         self.lower = float(lower)
         self.max_chain = max_chain
         self.per_copy = float(per_copy)
-        self._chains: deque[tuple[int, ...]] = deque()
+        self.stride = stride
+        self._chains: deque[set[int]] = deque()
         self._counts: dict[int, int] = {}
         self._k: dict[int, int] = {}
         self._warm: dict[int, list[Hashable]] = {}
@@ -183,23 +205,26 @@ class HotPrefixes:
         return len(self._chains)
 
     def record(self, chain: Sequence[int]) -> None:
-        """Count one dispatch whose prompt has the prefix chain ``chain`` (may be empty).
+        """Count one dispatch whose prompt has the prefix chain ``chain`` (may be empty):
+        its blocks at depths ``stride``, ``2 x stride``, ... up to ``max_chain``.
 
-        O(len(chain)), amortised with the dispatch that leaves the window.
+        O(len(chain) / stride), amortised with the dispatch that leaves the window.
 
         Raises:
-            InvalidRecordError: a block is not an int.
+            InvalidRecordError: a counted block is not an int.
         """
-        blocks = tuple(chain[: self.max_chain])
+        blocks = tuple(chain[self.stride - 1 : self.max_chain : self.stride])
         for b in blocks:
             if type(b) is not int:
                 raise InvalidRecordError("chain", b, "blocks must be ints")
         counts = self._counts
-        for b in set(blocks):
-            counts[b] = counts.get(b, 0) + 1
-        self._chains.append(blocks)
+        get = counts.get
+        distinct = set(blocks)
+        for b in distinct:
+            counts[b] = get(b, 0) + 1
+        self._chains.append(distinct)
         if len(self._chains) > self.window:
-            for b in set(self._chains.popleft()):
+            for b in self._chains.popleft():
                 c = counts[b] - 1
                 if c:
                     counts[b] = c
@@ -313,13 +338,14 @@ class HotPrefixes:
         """The default policy's hot-prefix rule for one request (``cache-cost``, and the
         LiteLLM plugin).
 
-        The request's *prefix* is ``chain[d - 1]``, ``d = max(held)``: its deepest block
-        some candidate holds. The rule applies only while every *holder* (``held == d``)
-        has a request in flight: an idle holder serves the next request at once, so its
-        requests keep their affinity and a light load never pays for an extra copy. Then
+        The request's *prefix* is ``chain[d - 1]``, ``d`` being ``max(held)`` (its deepest
+        block some candidate holds) rounded down to a multiple of ``stride``. The rule
+        applies only while every *holder* (``held >= d``) has a request in flight: an idle
+        holder serves the next request at once, so its requests keep their affinity and a
+        light load never pays for an extra copy. Then
 
         * :meth:`warm` places the prefix's copies (holders first, then the fewest in flight),
-          and every warm replica counts as holding ``d`` blocks;
+          and every warm replica counts as holding at least ``d`` blocks;
         * the prefix is *shared* when some candidate holds fewer than ``d`` blocks, its
           demand is at least ``shared_demand`` replicas (:meth:`shared`) and ``room()``
           (default: always) says no replica is saturated.
@@ -336,8 +362,8 @@ class HotPrefixes:
             room: ``room() -> bool``, called only when the rest of the shared test holds.
 
         Returns:
-            ``None`` when the rule changes nothing (no prefix held, an idle holder, one
-            copy enough and not shared), else the :class:`HotCredit`.
+            ``None`` when the rule changes nothing (no counted prefix held, an idle holder,
+            one copy enough and not shared), else the :class:`HotCredit`.
 
         Raises:
             InvalidRecordError: ``held``, ``replicas`` and ``in_flight`` differ in length or
@@ -356,15 +382,18 @@ class HotPrefixes:
             raise InvalidRecordError(
                 "held", held, "held, replicas and in_flight must be non-empty and of equal length"
             )
+        if not any(in_flight):
+            return None  # every holder is idle
         d = max(held)
         if d > len(chain):
             raise InvalidRecordError("held", held, f"exceeds the chain's {len(chain)} blocks")
+        d -= d % self.stride
         if d == 0:
             return None
         for h, f in zip(held, in_flight, strict=True):
-            if h == d and f == 0:
+            if h >= d and f == 0:
                 return None  # an idle holder
-        holders = [r for r, h in zip(replicas, held, strict=True) if h == d]
+        holders = [r for r, h in zip(replicas, held, strict=True) if h >= d]
         prefix = chain[d - 1]
         shared = (
             min(held) < d and self.shared(prefix, n, shared_demand) and (room is None or room())
@@ -376,5 +405,5 @@ class HotPrefixes:
             return None
         if warm:
             hot = set(warm)
-            held = [d if r in hot else h for r, h in zip(replicas, held, strict=True)]
+            held = [max(h, d) if r in hot else h for r, h in zip(replicas, held, strict=True)]
         return HotCredit(held=tuple(held), warm=warm, shared=shared)

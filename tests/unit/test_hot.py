@@ -224,3 +224,19 @@ def test_credit_refuses_inconsistent_arguments() -> None:
         hot.credit((1,), [2], "a", [1])  # more blocks held than the chain has
     with pytest.raises(InvalidRecordError, match="demand"):
         hot.credit((1,), [1, 0], "ab", [1, 0], shared_demand=-1.0)
+
+
+def test_a_stride_counts_every_stride_th_prefix_and_rounds_the_credit_down() -> None:
+    hot = HotPrefixes(window=4, stride=2)
+    for _ in range(4):
+        hot.record((1, 2, 3, 4, 5))
+    # Depths 2 and 4 are counted (blocks 2 and 4); 1, 3 and 5 are not.
+    assert [hot.demand(b, replicas=2) for b in (1, 2, 3, 4, 5)] == [0.0, 2.0, 0.0, 2.0, 0.0]
+    # The deepest held prefix (5 blocks) rounds down to depth 4: holders hold >= 4 blocks,
+    # and a warm copy is credited with 4 (a holder keeps its 5).
+    rule = hot.credit((1, 2, 3, 4, 5), [5, 0, 4], "abc", [1, 0, 2])
+    assert rule == HotCredit(held=(5, 4, 4), warm=("a", "c", "b"), shared=True)
+    # A prefix shorter than the stride is never hot.
+    assert hot.credit((1, 2, 3), [1, 0, 0], "abc", [1, 1, 1]) is None
+    with pytest.raises(InvalidRecordError, match="stride"):
+        HotPrefixes(window=4, stride=0)
