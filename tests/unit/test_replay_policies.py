@@ -288,3 +288,18 @@ def test_cache_cost_keeps_a_hot_prefix_on_an_idle_holder() -> None:
     burst = [req(100.0 + k / 1000, r.blocks) for k, r in enumerate(spaced)]
     policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4)
     assert len(set(simulate(burst, policy, MODEL).replica)) == 2
+
+
+def test_cache_cost_observing_at_completion_counts_prompts_in_flight_as_held() -> None:
+    # What a gateway learns from success callbacks: the mirror records a prompt when its
+    # request completes, and until then the prompt counts as held where it runs. Twelve
+    # short unrelated requests first (the prompt is then not hot), then a long-running
+    # request and, while it runs, one sharing its 200-block prefix: it follows it (without
+    # the credit the costs tie and it would go to the replica used less recently).
+    prefix = tuple(range(1, 201))
+    unrelated = [req(float(k), (5000 + k,)) for k in range(12)]
+    pair = [req(20.0, (*prefix, 1000), out=100), req(21.0, (*prefix, 1001))]
+    policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4, observe_at="completion")
+    placed = simulate(unrelated + pair, policy, MODEL).replica
+    assert placed[-1] == placed[-2]
+    assert policy._mirror.blocks(policy._keys[placed[-2]]) >= 201  # learnt at completion

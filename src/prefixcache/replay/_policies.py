@@ -284,8 +284,10 @@ class CacheCostPolicy(_Base):
     there is no demand, and no request counts as shared.
 
     Observes at dispatch by default (the router knows what it just sent); with
-    ``observe_at="completion"`` the mirror instead records a prompt when its request
-    completes (``KvCacheMirror.observe``, no pins).
+    ``observe_at="completion"`` (what a gateway learns from success callbacks, as the
+    LiteLLM plugin does) the mirror instead records a prompt when its request completes
+    (``KvCacheMirror.observe``, no pins), and until then a request's prompt counts as held
+    on its replica (an engine keeps a running request's prompt in its KV cache).
     """
 
     name = "cache-cost"
@@ -377,7 +379,10 @@ class CacheCostPolicy(_Base):
         self._completed = 0
         self.reads_kv_events = precise
         self.engine_index = EngineIndex()
+        # Blocks of the requests in flight per replica: what the engine has not reported
+        # yet (precise), or what it holds for them before the mirror learns it at completion.
         self._pending: list[dict[int, int]] = []
+        self._tracks_pending = precise or observe_at == "completion"
         self.sources: dict[str, int] = {"events": 0, "mirror": 0}
         self._hot_on = hot_prefixes
         self.hot: HotPrefixes | None = None
@@ -405,7 +410,16 @@ class CacheCostPolicy(_Base):
         mirror = self._mirror
         keys = self._keys
         if not self.reads_kv_events:
-            return [mirror.matched_blocks(keys[k], blocks) for k in range(n)], [False] * n
+            held = [mirror.matched_blocks(keys[k], blocks) for k in range(n)]
+            if self.observe_at == "completion":  # and the prompts of requests in flight
+                nb = len(blocks)
+                for k in range(n):
+                    pend = self._pending[k]
+                    p = held[k]
+                    while p < nb and blocks[p] in pend:
+                        p += 1
+                    held[k] = p
+            return held, [False] * n
         idx = self.engine_index
         runs = idx.overlaps(blocks, n)
         held = []
@@ -512,7 +526,7 @@ class CacheCostPolicy(_Base):
             private = round(self._out_blocks / self._completed) if self._completed else 0
             self._private[i] = private
             self._mirror.start(self._keys[replica], request.blocks, private_blocks=private)
-        if self.reads_kv_events:
+        if self._tracks_pending:
             pend = self._pending[replica]
             for b in request.blocks:
                 pend[b] = pend.get(b, 0) + 1
@@ -530,7 +544,7 @@ class CacheCostPolicy(_Base):
         # The router counted the response's tokens as it streamed them back.
         self._out_blocks += -(-request.output_tokens // self._bt)
         self._completed += 1
-        if self.reads_kv_events:
+        if self._tracks_pending:
             pend = self._pending[replica]
             for b in request.blocks:
                 c = pend[b]
