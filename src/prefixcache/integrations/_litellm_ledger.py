@@ -1,11 +1,11 @@
 """The LiteLLM plugin's in-flight bookkeeping: reservations held per ``(request id,
-deployment id)``, their deadlines, and per deployment the in-flight count and the backlog
-of uncached prompt tokens they add up to."""
+deployment id)``, their deadlines, and per deployment the in-flight count, the backlog
+of uncached prompt tokens they add up to and the prompt blocks they hold."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 __all__ = ["Ledger", "Reservation"]
 
@@ -39,17 +39,26 @@ class Ledger:
     """The reservations one plugin holds.
 
     ``in_flight`` and ``queued`` map a deployment id to its held reservations and their
-    uncached tokens (a deployment with none is absent). Reservations expire first in, first
-    out: every one shares the plugin's ttl, so ``expires`` grows with insertion.
+    uncached tokens (a deployment with none is absent). :meth:`running_blocks` extends a
+    match by the blocks of the chains in flight on a deployment (an engine holds a running
+    request's prompt in its KV cache); it tracks each chain's blocks at depths ``stride``,
+    ``2 x stride``, ... and its last block, so a match is found to within ``stride - 1``
+    blocks (exact for a whole chain in flight). Reservations expire first in, first out:
+    every one shares the plugin's ttl, so ``expires`` grows with insertion.
+
+    Memory: the reservations held and, per deployment, one count per distinct tracked
+    block of their chains.
 
     Not thread-safe: the plugin calls it with its lock held.
     """
 
-    __slots__ = ("_expiry", "_held", "in_flight", "queued")
+    __slots__ = ("_blocks", "_expiry", "_held", "in_flight", "queued", "stride")
 
-    def __init__(self) -> None:
+    def __init__(self, stride: int = 1) -> None:
+        self.stride = stride
         self.in_flight: dict[str, int] = {}
         self.queued: dict[str, int] = {}
+        self._blocks: dict[str, dict[int, int]] = {}
         self._held: dict[tuple[str, str], list[Reservation]] = {}
         self._expiry: deque[Reservation] = deque()
 
@@ -64,6 +73,39 @@ class Ledger:
         d = res.deployment
         self.in_flight[d] = self.in_flight.get(d, 0) + 1
         self.queued[d] = self.queued.get(d, 0) + res.uncached
+        if res.chain:
+            blocks = self._blocks.setdefault(d, {})
+            get = blocks.get
+            for b in self._tracked(res.chain):
+                blocks[b] = get(b, 0) + 1
+
+    def _tracked(self, chain: tuple[int, ...]) -> tuple[int, ...]:
+        """The blocks of ``chain`` tracked in flight: every ``stride``-th, and the last."""
+        s = self.stride
+        if s == 1:
+            return chain
+        if len(chain) % s:
+            return (*chain[s - 1 :: s], chain[-1])
+        return chain[s - 1 :: s]
+
+    def running_blocks(self, deployment: str, chain: Sequence[int], matched: int) -> int:
+        """``matched`` (leading blocks of ``chain`` known to be cached on ``deployment``)
+        extended by the following blocks that a request in flight there holds: the longest
+        prefix ``chain`` shares with a chain in flight there, rounded down to a multiple of
+        ``stride`` unless the two chains are equal. Chains are prefix-chained, so a block
+        held in flight implies its whole prefix."""
+        blocks = self._blocks.get(deployment)
+        n = len(chain)
+        if blocks is None or matched >= n:
+            return matched
+        if chain[n - 1] in blocks:
+            return n
+        s = self.stride
+        depth = matched - matched % s + s
+        while depth <= n and chain[depth - 1] in blocks:
+            matched = depth
+            depth += s
+        return matched
 
     def take(self, rids: Iterable[str], deployment: str) -> Reservation | None:
         """Drop and return the oldest reservation on ``deployment`` under the first of
@@ -102,3 +144,12 @@ class Ledger:
         if not self.in_flight[d]:
             del self.in_flight[d]
             self.queued.pop(d, None)
+            self._blocks.pop(d, None)
+        elif res.chain:
+            blocks = self._blocks[d]
+            for b in self._tracked(res.chain):
+                c = blocks[b]
+                if c == 1:
+                    del blocks[b]
+                else:
+                    blocks[b] = c - 1

@@ -18,6 +18,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from clusterrouting import InvalidRecordError, within_load_guard
 from prefixcache._config import DEFAULT_CONFIG, Config
 from prefixcache._cost import (
+    DEFAULT_COST_MARGIN,
     DEFAULT_IN_FLIGHT_TOKENS,
     DEFAULT_PIN_TOKENS,
     DEFAULT_QUEUE_WEIGHT,
@@ -26,6 +27,7 @@ from prefixcache._cost import (
     CostCandidate,
     pick_lowest_cost,
 )
+from prefixcache._hot import DEFAULT_SHARED_QUEUE_WEIGHT, HotPrefixes
 from prefixcache._index import Index, Provider
 from prefixcache._mirror import DispatchWindow, KvCacheMirror
 from prefixcache._pins import SessionPins
@@ -85,6 +87,9 @@ DEFAULT_SESSION_METADATA_KEY: Final = "session_id"
 
 _CLAIM_METADATA_KEY: Final = "prefixcache_plugin"
 _WINDOW_PER_DEPLOYMENT: Final = 256
+_HOT_GROUPS: Final = 64
+"""Model groups whose hot-prefix demand is kept (all are forgotten when one more comes)."""
+_SHARED_QUEUE_WEIGHT: Final = max(DEFAULT_QUEUE_WEIGHT, DEFAULT_SHARED_QUEUE_WEIGHT)
 
 
 @attrs.frozen(kw_only=True)
@@ -148,7 +153,9 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
     the mirror by ``mirror_blocks`` per deployment, reservations by ``reservation_ttl``, the
     pins by their ``max_entries``, the sessions' last chains (a session's next turn hashes
     only the blocks it adds) to ``DEFAULT_SESSION_CHAINS`` sessions of at most
-    ``window_bytes * max_depth`` characters each.
+    ``window_bytes * max_depth`` characters each, the blocks tracked in flight by the
+    reservations, and the hot-prefix demand to 64 model groups of ``256 x deployments``
+    dispatches of at most ``max_depth`` blocks each.
 
     Thread-safe: the routing state is locked.
     """
@@ -224,7 +231,11 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         self.plugin_id = self._uid
         self._lock = threading.RLock()
         self._window = DispatchWindow(size=_WINDOW_PER_DEPLOYMENT)
-        self._ledger = Ledger()
+        self._hot: dict[str, HotPrefixes] = {}
+        # Prefix depths tracked in flight and for hot prefixes: every stride-th block, a
+        # credit less than half the cost margin short (DEFAULT_COST_MARGIN: 512 tokens).
+        self._stride = max(1, DEFAULT_COST_MARGIN // 2 // self.block_tokens)
+        self._ledger = Ledger(self._stride)
         self._counts: dict[str, int] = dict.fromkeys(attrs.fields_dict(PluginStats), 0)
         self._next_sweep: float | None = None
         self._subscription = Subscription(self.provider, pins, sync)
@@ -363,12 +374,16 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             window = self._window
             mirror = self.mirror
             config = self.config
+            running = ledger.running_blocks
+            held = []
             cands = []
             for i, key, flight in zip(ids, keys, flights, strict=True):
                 blocks = mirror.matched_blocks(key, chain)
                 if i == hot_id and hot_blocks > blocks:
                     blocks = hot_blocks
-                recent = window.count(key)
+                if flight:  # its requests in flight hold their prompts there
+                    blocks = running(i, chain, blocks)
+                held.append(blocks)
                 pin_credit = 0
                 if i == pinned and within_load_guard(
                     flight,
@@ -383,14 +398,33 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
                         flight,
                         min(prompt_tokens, blocks * block_tokens),
                         queued.get(i, 0),
-                        recent,
+                        window.count(key),
                         pin_credit,
                     )
                 )
+            hot_prefixes = self._hot.get(group)
+            if hot_prefixes is None or hot_prefixes.window < len(ids) * _WINDOW_PER_DEPLOYMENT:
+                hot_prefixes = self._new_hot_prefixes(group, len(ids))
+            queue_weight = DEFAULT_QUEUE_WEIGHT
+            rule = hot_prefixes.credit(chain, held, ids, flights) if chain else None
+            if rule is not None:
+                if rule.shared:
+                    queue_weight = _SHARED_QUEUE_WEIGHT
+                for p, (blocks, warm) in enumerate(zip(held, rule.held, strict=True)):
+                    if warm != blocks:  # a warm copy counts as holding the prefix
+                        c = cands[p]
+                        cands[p] = self._candidate(
+                            c.key,
+                            c.in_flight,
+                            min(prompt_tokens, warm * block_tokens),
+                            c.queued_tokens,
+                            c.recent_dispatches,
+                            c.pinned_tokens,
+                        )
             best = pick_lowest_cost(
                 cands,
                 prompt_tokens=prompt_tokens,
-                queue_weight=DEFAULT_QUEUE_WEIGHT,
+                queue_weight=queue_weight,
                 in_flight_tokens=DEFAULT_IN_FLIGHT_TOKENS,
                 share_factor=DEFAULT_SHARE_FACTOR,
                 share_slack=DEFAULT_SHARE_SLACK,
@@ -398,15 +432,29 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             assert best is not None  # candidates is not empty
             pos = keys.index(best)
             chosen = ids[pos]
-            uncached = prompt_tokens - cands[pos].cached_tokens
+            uncached = prompt_tokens - min(prompt_tokens, held[pos] * block_tokens)
             ledger.reserve(
                 Reservation(rid, chosen, group, chain, session, uncached, t + self.reservation_ttl)
             )
             window.record(best)
+            hot_prefixes.record(chain)
             counts = self._counts
             counts["reserved"] += 1
             counts["decisions"] += 1
         return pos
+
+    def _new_hot_prefixes(self, group: str, deployments: int) -> HotPrefixes:
+        """A new, empty record of ``group``'s hot-prefix demand over its last ``256 x
+        deployments`` dispatches (the group is new or has grown). Called with the lock
+        held."""
+        if len(self._hot) >= _HOT_GROUPS:  # groups come and go: keep memory bounded
+            self._hot.clear()
+        hot = self._hot[group] = HotPrefixes(
+            window=deployments * _WINDOW_PER_DEPLOYMENT,
+            max_chain=self.config.max_depth,
+            stride=self._stride,
+        )
+        return hot
 
     def _sweep(self, now: float) -> None:
         """Expire reservations past their deadline (FIFO: they share one ttl) and sweep the

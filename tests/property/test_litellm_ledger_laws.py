@@ -1,0 +1,103 @@
+"""The LiteLLM plugin's ledger against a naive reference: the prompt blocks its requests in
+flight hold on each deployment."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prefixcache.integrations._litellm_ledger import Ledger, Reservation
+
+# A small tree of prompts: chain[j] stands for the prefix path[: j + 1], so two chains share
+# exactly their common leading blocks, as prefix-chained hashes do.
+paths = st.lists(st.integers(0, 2), min_size=1, max_size=12)
+reserve = st.tuples(st.just("reserve"), st.sampled_from("ab"), paths)
+ops = st.lists(
+    st.one_of(
+        reserve,
+        reserve,
+        reserve,
+        st.tuples(st.just("take"), st.integers(0, 20)),
+        st.tuples(st.just("expire"), st.integers(0, 6)),
+    ),
+    max_size=30,
+)
+
+
+def chain_of(path: list[int]) -> tuple[int, ...]:
+    return tuple(hash(tuple(path[: j + 1])) & (2**62 - 1) for j in range(len(path)))
+
+
+def reference(
+    alive: dict[str, tuple[str, tuple[int, ...], float]],
+    deployment: str,
+    chain: tuple[int, ...],
+    matched: int,
+    stride: int,
+) -> int:
+    """``matched``, or the longest common prefix of ``chain`` with a chain in flight on
+    ``deployment``, rounded down to a multiple of ``stride`` unless the two chains are
+    equal (the ledger tracks every ``stride``-th block of a chain, and its last)."""
+    best = matched
+    for d, other, _t in alive.values():
+        if d == deployment:
+            n = 0
+            while n < min(len(chain), len(other)) and chain[n] == other[n]:
+                n += 1
+            best = max(best, n if n == len(chain) == len(other) else n - n % stride)
+    return best
+
+
+@given(
+    steps=ops,
+    query=paths,
+    cut=st.integers(0, 12),
+    extend=st.lists(st.integers(0, 2), max_size=3),
+    matched=st.one_of(st.just(0), st.integers(0, 12)),
+    stride=st.integers(1, 4),
+)
+def test_running_blocks_is_the_longest_prefix_in_flight(
+    steps: list[tuple[object, ...]],
+    query: list[int],
+    cut: int,
+    extend: list[int],
+    matched: int,
+    stride: int,
+) -> None:
+    ledger = Ledger(stride)
+    alive: dict[str, tuple[str, tuple[int, ...], float]] = {}
+    paths_of: dict[str, list[int]] = {}
+    for n, step in enumerate(steps):
+        if step[0] == "reserve":
+            _, deployment, path = step
+            assert isinstance(deployment, str) and isinstance(path, list)
+            chain = chain_of(path)
+            ledger.reserve(Reservation(f"r{n}", deployment, "g", chain, None, 1, float(n)))
+            alive[f"r{n}"] = (deployment, chain, float(n))
+            paths_of[f"r{n}"] = path
+        elif step[0] == "take" and alive:
+            rid = sorted(alive)[int(str(step[1])) % len(alive)]
+            res = ledger.take([rid], alive[rid][0])
+            assert res is not None and res.chain == alive.pop(rid)[1]
+        elif step[0] == "expire":
+            t = float(str(step[1]))
+            dropped = ledger.expire(t)
+            gone = [rid for rid, (_d, _c, exp) in alive.items() if exp < t]
+            assert dropped == len(gone)
+            for rid in gone:
+                del alive[rid]
+    held = [paths_of[rid] for rid in sorted(alive)]
+    if held and cut % 3:  # mostly a prefix of a prompt in flight, perhaps extended
+        path = held[cut % len(held)]
+        query = path[: max(1, len(path) - cut // 3)] + extend
+    q = chain_of(query)
+    m = min(matched, len(q))
+    for deployment in "ab":
+        assert ledger.running_blocks(deployment, q, m) == reference(alive, deployment, q, m, stride)
+        assert ledger.in_flight.get(deployment, 0) == sum(
+            d == deployment for d, _c, _t in alive.values()
+        )
+    # Every reservation gone: no block is remembered (memory follows the reservations).
+    ledger.expire(float("inf"))
+    assert ledger.running_blocks("a", q, 0) == 0 and ledger.running_blocks("b", q, 0) == 0
+    assert not ledger._blocks

@@ -1,0 +1,109 @@
+"""The LiteLLM plugin's decision without LiteLLM's router around it (``choose`` and
+``release`` called directly, at an injected time): requests in flight hold their prompts,
+and the default policy's hot-prefix rule (``HotPrefixes.credit``) applies."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
+
+from prefixcache import ReplicaKey, extract_chain, messages_prefix_source
+from prefixcache.integrations.litellm import PrefixRoutingPlugin
+
+GROUP = "m"
+DEPLOYMENTS = [{"model_info": {"id": "a"}}, {"model_info": {"id": "b"}}]
+LONG = "You are a careful assistant for a shipping company; answer briefly. " * 150  # ~10 kB
+
+
+def chat(user: str, system: str = LONG) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system}] if system else []
+    return [*msgs, {"role": "user", "content": user}]
+
+
+def route(plugin: PrefixRoutingPlugin, messages: list[dict[str, str]]) -> tuple[str, Any]:
+    """Choose a deployment; returns its id and the callback kwargs that release it."""
+    kwargs: dict[str, Any] = {"metadata": {}}
+    pos = plugin.choose(GROUP, DEPLOYMENTS, messages, kwargs, now=1.0)
+    info = DEPLOYMENTS[pos]["model_info"]
+    done = {"litellm_params": {"metadata": kwargs["metadata"], "model_info": info}}
+    return str(info["id"]), done
+
+
+def served(plugin: PrefixRoutingPlugin, messages: list[dict[str, str]]) -> str:
+    """Route and complete a request (success): the deployment it went to."""
+    home, done = route(plugin, messages)
+    assert plugin.release(done, success=True, now=1.0)
+    return home
+
+
+def observed(plugin: PrefixRoutingPlugin, messages: list[dict[str, str]]) -> dict[str, int]:
+    chain = extract_chain(GROUP, messages_prefix_source(messages))
+    return {d: plugin.mirror.matched_blocks(ReplicaKey(d), chain) for d in "ab"}
+
+
+def test_a_prompt_in_flight_counts_as_cached_where_it_runs_until_it_ends() -> None:
+    plugin = PrefixRoutingPlugin(None)
+    # Unrelated one-off requests first: the long prompt is not hot (1 dispatch in 13).
+    for k in range(12):
+        served(plugin, chat(f"unrelated question {k} " * 5, system=""))
+    first, first_done = route(plugin, chat("question 1"))
+    # Nothing has succeeded yet, so nothing is observed; but the engine holds the prompt
+    # of the request it is running, so the same prompt follows it (without the credit
+    # the costs tie and the request goes to the other deployment, used less recently).
+    assert observed(plugin, chat("question 2")) == {"a": 0, "b": 0}
+    second, second_done = route(plugin, chat("question 2"))
+    assert second == first
+    # Failures release the reservations and observe nothing: the credit is gone.
+    assert plugin.release(first_done, success=False, now=1.0)
+    assert plugin.release(second_done, success=False, now=1.0)
+    assert plugin.reservations() == 0
+    assert observed(plugin, chat("question 3")) == {"a": 0, "b": 0}
+    assert plugin.stats().errors == 0
+
+
+def test_a_hot_prompt_keeps_an_idle_holder_and_spreads_from_a_busy_one() -> None:
+    plugin = PrefixRoutingPlugin(None)
+    # Half the requests share the prompt (demand: one deployment's share of the traffic),
+    # and each one completes before the next: the holder is idle at each decision and
+    # keeps them all, even the second of two in a row (a warm copy elsewhere would win
+    # that tie, as the deployment used less recently). The unrelated requests go to the
+    # other deployment and even out the dispatch shares, so the fair-share guard moves
+    # nothing.
+    homes = set()
+    for k in range(2):
+        homes.add(served(plugin, chat(f"question {2 * k}")))
+        homes.add(served(plugin, chat(f"question {2 * k + 1}")))
+        served(plugin, chat(f"unrelated question {k} " * 5, system=""))
+    for k in range(2, 4):
+        served(plugin, chat(f"unrelated question {k} " * 5, system=""))
+    assert len(homes) == 1
+    # The same prompt while the holder is busy: the other deployment is a warm copy too
+    # (credited with the prompt), so the requests in flight spread by load. Without the
+    # rule all four would stay where the prompt is cached (it saves ~2,500 tokens each).
+    burst = [route(plugin, chat(f"burst {k}"))[0] for k in range(4)]
+    assert set(burst) == {"a", "b"}
+    assert plugin.stats().errors == 0
+
+
+def test_a_shared_prompt_on_a_busy_holder_weighs_its_backlog_more() -> None:
+    plugin = PrefixRoutingPlugin(None)
+    for k in range(12):
+        served(plugin, chat(f"unrelated question {k} " * 5, system=""))
+    # Requests in flight sharing the prompt. At the fifth, 4 of the 16 dispatches had it:
+    # a demand of 0.5 deployments, shared (>= 0.25) but below a second copy (0.75). The
+    # holder's backlog (mostly the first request's whole prompt) then weighs 0.5, not 0.1,
+    # so the holder's cost comes within the margin of the other's and the tie goes to the
+    # other, used less recently. At 0.1 all five (and a sixth) would stay on the holder.
+    homes = [route(plugin, chat(f"question {k}"))[0] for k in range(5)]
+    assert len(set(homes[:4])) == 1 and homes[4] != homes[0]
+
+
+def test_hot_prefix_demand_is_kept_for_a_bounded_number_of_groups() -> None:
+    plugin = PrefixRoutingPlugin(None)
+    for g in range(70):
+        kwargs: dict[str, Any] = {"metadata": {}}
+        plugin.choose(f"group-{g}", DEPLOYMENTS, chat("hello"), kwargs, now=1.0)
+    assert 1 <= len(plugin._hot) <= 64
+    assert plugin.stats().errors == 0
