@@ -233,8 +233,8 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         self._window = DispatchWindow(size=_WINDOW_PER_DEPLOYMENT)
         self._hot: dict[str, HotPrefixes] = {}
         # Prefix depths tracked in flight and for hot prefixes: every stride-th block, a
-        # credit less than half the cost margin short (DEFAULT_COST_MARGIN: 512 tokens).
-        self._stride = max(1, DEFAULT_COST_MARGIN // 2 // self.block_tokens)
+        # credit less than the cost margin short (DEFAULT_COST_MARGIN: 512 tokens).
+        self._stride = max(1, DEFAULT_COST_MARGIN // self.block_tokens)
         self._ledger = Ledger(self._stride)
         self._counts: dict[str, int] = dict.fromkeys(attrs.fields_dict(PluginStats), 0)
         self._next_sweep: float | None = None

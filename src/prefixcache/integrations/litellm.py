@@ -14,10 +14,11 @@ least by the library's default policy (``cache-cost``, :func:`prefixcache.pick_l
 * what each deployment caches comes from a local :class:`prefixcache.KvCacheMirror` (what
   this router saw succeed there), from the prompts of this router's requests in flight there
   (an engine holds a running request's prompt in its KV cache; the match is found to within
-  a quarter of a 512-token cost margin with the default blocks) and, with ``sync=`` (or a
-  host-supplied ``index=``), from a :class:`prefixcache.Index` shared through ``Sync`` (the
-  longest live match, learned from every router); in-flight counts and the prefill backlog
-  come from reservations; recent shares from a :class:`prefixcache.DispatchWindow`;
+  the 512-token cost margin: every eighth of the default 64-token blocks is tracked) and,
+  with ``sync=`` (or a host-supplied ``index=``), from a :class:`prefixcache.Index` shared
+  through ``Sync`` (the longest live match, learned from every router); in-flight counts
+  and the prefill backlog come from reservations; recent shares from a
+  :class:`prefixcache.DispatchWindow`;
 * hot prefixes: :meth:`prefixcache.HotPrefixes.credit` over the model group's last ``256 x
   deployments`` dispatches, as in the replay's ``cache-cost``: while every deployment holding
   the request's prefix has a request in flight, a prefix in demand beyond 0.75 of a
