@@ -329,10 +329,11 @@ class HotPrefixes:
     def credit(
         self,
         chain: Sequence[int],
+        *,
         held: Sequence[int],
         replicas: Sequence[R],
         in_flight: Sequence[int],
-        *,
+        overloaded: Callable[[int, int], bool] | None = None,
         shared_demand: float = DEFAULT_SHARED_DEMAND,
         room: Callable[[], bool] | None = None,
     ) -> HotCredit[R] | None:
@@ -341,9 +342,13 @@ class HotPrefixes:
 
         The request's *prefix* is ``chain[d - 1]``, ``d`` being ``max(held)`` (its deepest
         block some candidate holds) rounded down to a multiple of ``stride``. The rule
-        applies only while every *holder* (``held >= d``) has a request in flight: an idle
-        holder serves the next request at once, so its requests keep their affinity and a
-        light load never pays for an extra copy. Then
+        applies only while every *holder* (``held >= d``) is *busy*: by default, it has a
+        request in flight (an idle holder serves the next request at once, so its requests
+        keep their affinity and a light load never pays for an extra copy); with
+        ``overloaded``, ``overloaded(its in-flight count, the least in-flight count)`` is
+        true (the LiteLLM plugin passes its load guard, so that a prompt keeps its
+        deployment until that deployment is overloaded). A holder with nothing in flight
+        is never busy. Then
 
         * :meth:`warm` places the prefix's copies (holders first, then the fewest in flight),
           and every warm replica counts as holding at least ``d`` blocks;
@@ -352,23 +357,28 @@ class HotPrefixes:
           (default: always) says no replica is saturated.
 
         Does not record the dispatch: call :meth:`record` once the request is sent.
+        O(len(held)), plus :meth:`warm`'s placement when copies are added.
 
         Args:
             chain: the request's prefix chain.
-            held: per candidate, the leading blocks of ``chain`` it holds.
-            replicas: the candidates (hashable ids, stable across calls: warm sets are
-                kept by id), in the order of ``held`` and ``in_flight``.
+            held: per candidate, the leading blocks of ``chain`` it holds (ints in
+                ``[0, len(chain)]``).
+            replicas: the candidates (distinct hashable ids, stable across calls: warm
+                sets are kept by id), in the order of ``held`` and ``in_flight``.
             in_flight: per candidate, its requests in flight.
+            overloaded: ``overloaded(in_flight, least) -> bool``, when a holder is busy
+                (default: ``in_flight > 0``).
             shared_demand: the demand, in replicas, from which a prefix is shared.
             room: ``room() -> bool``, called only when the rest of the shared test holds.
 
         Returns:
-            ``None`` when the rule changes nothing (no counted prefix held, an idle holder,
-            one copy enough and not shared), else the :class:`HotCredit`.
+            ``None`` when the rule changes nothing (no counted prefix held, a holder not
+            busy, one copy enough and not shared), else the :class:`HotCredit`.
 
         Raises:
             InvalidRecordError: ``held``, ``replicas`` and ``in_flight`` differ in length or
-                are empty; a ``held`` above ``len(chain)``; a bad ``shared_demand``.
+                are empty; a ``held`` outside ``[0, len(chain)]``; repeated replicas (when
+                the holders are busy); a bad ``shared_demand``.
 
         >>> hot = HotPrefixes(window=8)
         >>> for _ in range(8):
@@ -383,17 +393,20 @@ class HotPrefixes:
             raise InvalidRecordError(
                 "held", held, "held, replicas and in_flight must be non-empty and of equal length"
             )
+        d = max(held)
+        if d > len(chain) or min(held) < 0:
+            raise InvalidRecordError("held", held, f"must be in [0, {len(chain)}] (the chain)")
         if not any(in_flight):
             return None  # every holder is idle
-        d = max(held)
-        if d > len(chain):
-            raise InvalidRecordError("held", held, f"exceeds the chain's {len(chain)} blocks")
         d -= d % self.stride
         if d == 0:
             return None
+        least = min(in_flight)
         for h, f in zip(held, in_flight, strict=True):
-            if h >= d and f == 0:
-                return None  # an idle holder
+            if h >= d and (f == 0 if overloaded is None else not overloaded(f, least)):
+                return None  # a holder that is not busy
+        if len(set(replicas)) != n:
+            raise InvalidRecordError("replicas", replicas, "must be distinct")
         holders = [r for r, h in zip(replicas, held, strict=True) if h >= d]
         prefix = chain[d - 1]
         shared = (

@@ -181,12 +181,14 @@ def test_credit_applies_only_while_every_holder_is_busy() -> None:
     hot = hot_of(8)  # every dispatch shares (1, 2, 3): demand = all replicas
     chain = (1, 2, 3, 4)
     # No prefix held anywhere, or an idle holder: nothing changes.
-    assert hot.credit(chain, [0, 0, 0], "abc", [5, 5, 5]) is None
-    assert hot.credit(chain, [3, 0, 3], "abc", [2, 0, 0]) is None  # c holds it, idle
+    assert hot.credit(chain, held=[0, 0, 0], replicas="abc", in_flight=[5, 5, 5]) is None
+    assert (
+        hot.credit(chain, held=[3, 0, 3], replicas="abc", in_flight=[2, 0, 0]) is None
+    )  # c holds it, idle
     assert hot.copies(3) == 1  # the rule did not even update the copy count
     # Both holders busy: every replica is warm (demand 3 / 0.75 = 4 copies, capped at 3)
     # and, b lacking the prefix, it is shared.
-    rule = hot.credit(chain, [3, 0, 3], "abc", [2, 0, 1])
+    rule = hot.credit(chain, held=[3, 0, 3], replicas="abc", in_flight=[2, 0, 1])
     assert rule == HotCredit(held=(3, 3, 3), warm=("a", "c", "b"), shared=True)
     assert len(hot) == 8  # credit never records a dispatch
 
@@ -200,30 +202,34 @@ def test_credit_is_shared_only_with_demand_a_missing_holder_and_room() -> None:
         return False
 
     # Held everywhere: warm copies, not shared (room is not even asked).
-    rule = hot_of(8).credit(chain, [3, 3], "ab", [1, 1], room=room)
+    rule = hot_of(8).credit(chain, held=[3, 3], replicas="ab", in_flight=[1, 1], room=room)
     assert rule is not None and not rule.shared and calls == []
     # No room: not shared, but the copies still apply.
-    rule = hot_of(8).credit(chain, [3, 0], "ab", [1, 0], room=room)
+    rule = hot_of(8).credit(chain, held=[3, 0], replicas="ab", in_flight=[1, 0], room=room)
     assert rule == HotCredit(held=(3, 3), warm=("a", "b"), shared=False) and calls == [1]
     # A demand of 1 dispatch in 8 on 2 replicas (0.25) is shared; a bound above it is not.
     hot = hot_of(1)
     for _ in range(7):
         hot.record((9,))
-    rule = hot.credit(chain, [3, 0], "ab", [1, 0])
+    rule = hot.credit(chain, held=[3, 0], replicas="ab", in_flight=[1, 0])
     assert rule == HotCredit(held=(3, 0), warm=(), shared=True)
-    assert hot.credit(chain, [3, 0], "ab", [1, 0], shared_demand=0.3) is None
+    assert (
+        hot.credit(chain, held=[3, 0], replicas="ab", in_flight=[1, 0], shared_demand=0.3) is None
+    )
 
 
 def test_credit_refuses_inconsistent_arguments() -> None:
     hot = hot_of(1)
     with pytest.raises(InvalidRecordError, match="held"):
-        hot.credit((1,), [], "", [])
+        hot.credit((1,), held=[], replicas="", in_flight=[])
     with pytest.raises(InvalidRecordError, match="held"):
-        hot.credit((1,), [1, 0], "a", [0, 0])
+        hot.credit((1,), held=[1, 0], replicas="a", in_flight=[0, 0])
     with pytest.raises(InvalidRecordError, match="held"):
-        hot.credit((1,), [2], "a", [1])  # more blocks held than the chain has
+        hot.credit(
+            (1,), held=[2], replicas="a", in_flight=[1]
+        )  # more blocks held than the chain has
     with pytest.raises(InvalidRecordError, match="demand"):
-        hot.credit((1,), [1, 0], "ab", [1, 0], shared_demand=-1.0)
+        hot.credit((1,), held=[1, 0], replicas="ab", in_flight=[1, 0], shared_demand=-1.0)
 
 
 def test_a_stride_counts_every_stride_th_prefix_and_rounds_the_credit_down() -> None:
@@ -234,9 +240,33 @@ def test_a_stride_counts_every_stride_th_prefix_and_rounds_the_credit_down() -> 
     assert [hot.demand(b, replicas=2) for b in (1, 2, 3, 4, 5)] == [0.0, 2.0, 0.0, 2.0, 0.0]
     # The deepest held prefix (5 blocks) rounds down to depth 4: holders hold >= 4 blocks,
     # and a warm copy is credited with 4 (a holder keeps its 5).
-    rule = hot.credit((1, 2, 3, 4, 5), [5, 0, 4], "abc", [1, 0, 2])
+    rule = hot.credit((1, 2, 3, 4, 5), held=[5, 0, 4], replicas="abc", in_flight=[1, 0, 2])
     assert rule == HotCredit(held=(5, 4, 4), warm=("a", "c", "b"), shared=True)
-    # A prefix shorter than the stride is never hot.
-    assert hot.credit((1, 2, 3), [1, 0, 0], "abc", [1, 1, 1]) is None
+    # Without the rounding the prefix would be block 5, never counted: no rule at all.
+    assert hot.demand(5, replicas=3) == 0.0
     with pytest.raises(InvalidRecordError, match="stride"):
         HotPrefixes(window=4, stride=0)
+
+
+def test_credit_takes_the_hosts_notion_of_a_busy_holder() -> None:
+    hot = hot_of(8)
+    chain = (1, 2, 3)
+    # Beyond a load guard of 2 requests over the least loaded (the LiteLLM plugin's).
+    beyond = lambda f, least: f > least + 2  # noqa: E731
+    assert (
+        hot.credit(chain, held=[3, 0], replicas="ab", in_flight=[2, 0], overloaded=beyond) is None
+    )
+    rule = hot.credit(chain, held=[3, 0], replicas="ab", in_flight=[3, 0], overloaded=beyond)
+    assert rule is not None and rule.held == (3, 3)
+    # The default: one request in flight is busy.
+    assert hot.credit(chain, held=[3, 0], replicas="ab", in_flight=[1, 0]) is not None
+
+
+def test_credit_checks_held_and_replicas_whatever_the_load() -> None:
+    hot = hot_of(8)
+    with pytest.raises(InvalidRecordError, match="held"):  # checked though all are idle
+        hot.credit((1, 2), held=[9, 0], replicas="ab", in_flight=[0, 0])
+    with pytest.raises(InvalidRecordError, match="held"):
+        hot.credit((1, 2), held=[2, -1], replicas="ab", in_flight=[1, 0])
+    with pytest.raises(InvalidRecordError, match="replicas"):
+        hot.credit((1, 2, 3), held=[3, 0, 0], replicas="abb", in_flight=[3, 5, 0])

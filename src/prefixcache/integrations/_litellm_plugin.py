@@ -88,7 +88,7 @@ DEFAULT_SESSION_METADATA_KEY: Final = "session_id"
 _CLAIM_METADATA_KEY: Final = "prefixcache_plugin"
 _WINDOW_PER_DEPLOYMENT: Final = 256
 _HOT_GROUPS: Final = 64
-"""Model groups whose hot-prefix demand is kept (all are forgotten when one more comes)."""
+"""Model groups whose hot-prefix demand is kept (the one first seen is forgotten first)."""
 _SHARED_QUEUE_WEIGHT: Final = max(DEFAULT_QUEUE_WEIGHT, DEFAULT_SHARED_QUEUE_WEIGHT)
 
 
@@ -406,7 +406,11 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             if hot_prefixes is None or hot_prefixes.window < len(ids) * _WINDOW_PER_DEPLOYMENT:
                 hot_prefixes = self._new_hot_prefixes(group, len(ids))
             queue_weight = DEFAULT_QUEUE_WEIGHT
-            rule = hot_prefixes.credit(chain, held, ids, flights) if chain else None
+            rule = None
+            if chain:
+                rule = hot_prefixes.credit(
+                    chain, held=held, replicas=ids, in_flight=flights, overloaded=self._overloaded
+                )
             if rule is not None:
                 if rule.shared:
                     queue_weight = _SHARED_QUEUE_WEIGHT
@@ -443,12 +447,24 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             counts["decisions"] += 1
         return pos
 
+    def _overloaded(self, in_flight: int, least: int) -> bool:
+        """Whether a deployment with ``in_flight`` reservations is beyond the load guard
+        (the config's balance thresholds over the least loaded): a hot prompt keeps its
+        deployment until then (warm copies elsewhere only beyond it)."""
+        config = self.config
+        return not within_load_guard(
+            in_flight,
+            least,
+            slack=config.balance_abs_threshold,
+            factor=config.balance_rel_threshold,
+        )
+
     def _new_hot_prefixes(self, group: str, deployments: int) -> HotPrefixes:
         """A new, empty record of ``group``'s hot-prefix demand over its last ``256 x
         deployments`` dispatches (the group is new or has grown). Called with the lock
         held."""
-        if len(self._hot) >= _HOT_GROUPS:  # groups come and go: keep memory bounded
-            self._hot.clear()
+        if group not in self._hot and len(self._hot) >= _HOT_GROUPS:
+            del self._hot[next(iter(self._hot))]  # the group seen first goes first
         hot = self._hot[group] = HotPrefixes(
             window=deployments * _WINDOW_PER_DEPLOYMENT,
             max_chain=self.config.max_depth,

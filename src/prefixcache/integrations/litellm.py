@@ -20,11 +20,13 @@ least by the library's default policy (``cache-cost``, :func:`prefixcache.pick_l
   and the prefill backlog come from reservations; recent shares from a
   :class:`prefixcache.DispatchWindow`;
 * hot prefixes: :meth:`prefixcache.HotPrefixes.credit` over the model group's last ``256 x
-  deployments`` dispatches, as in the replay's ``cache-cost``: while every deployment holding
-  the request's prefix has a request in flight, a prefix in demand beyond 0.75 of a
+  deployments`` dispatches, as in the replay's ``cache-cost`` except for when a holder counts
+  as busy: while every deployment holding the request's prefix is beyond the load guard
+  (its reservations; the config's balance thresholds), a prefix in demand beyond 0.75 of a
   deployment gets warm copies, and a shared one weighs the backlog at
-  ``DEFAULT_SHARED_QUEUE_WEIGHT``. The plugin does not know the engines' KV usage, so that
-  weight has no saturation gate here;
+  ``DEFAULT_SHARED_QUEUE_WEIGHT``. So a prompt keeps its deployment while that deployment is
+  not overloaded. The plugin does not know the engines' KV usage, so the shared weight has
+  no saturation gate here;
 * a session pin (:class:`prefixcache.SessionPins`) adds ``DEFAULT_PIN_TOKENS`` to its
   deployment's savings while that deployment is within the library's load guard
   (:func:`clusterrouting.within_load_guard` with the config's balance thresholds): a strong

@@ -264,7 +264,8 @@ class CacheCostPolicy(_Base):
     whose demand exceeds 0.75 of a replica, and every warm replica counts as holding it,
     while every replica holding the prefix has a request in flight (an idle holder keeps
     the prefix's requests: ``HotPrefixes.credit``, which also applies the shared weight
-    below).
+    below; ``hot_overloaded(in_flight, least)`` replaces that test, e.g. by the LiteLLM
+    plugin's load guard).
     Each request goes, among the replicas within their fair share of those dispatches (<= 1.1 x
     mean + 2), where uncached work + 0.1 x backlog + 64 tokens per in-flight request above
     the least-loaded replica is least; costs within 512 tokens of the least tie, and ties
@@ -287,7 +288,9 @@ class CacheCostPolicy(_Base):
     ``observe_at="completion"`` (what a gateway learns from success callbacks, as the
     LiteLLM plugin does) the mirror instead records a prompt when its request completes
     (``KvCacheMirror.observe``, no pins), and until then a request's prompt counts as held
-    on its replica (an engine keeps a running request's prompt in its KV cache).
+    on its replica (an engine keeps a running request's prompt in its KV cache). The
+    mirror then pins nothing, so the shared weight's KV-usage gate stays open (as in the
+    LiteLLM plugin, which does not see the engines' KV usage).
     """
 
     name = "cache-cost"
@@ -310,6 +313,7 @@ class CacheCostPolicy(_Base):
         shared_queue_weight: float = DEFAULT_SHARED_QUEUE_WEIGHT,
         shared_demand: float = DEFAULT_SHARED_DEMAND,
         shared_kv_usage: float = DEFAULT_SHARED_KV_USAGE,
+        hot_overloaded: Callable[[int, int], bool] | None = None,
     ) -> None:
         from prefixcache import (
             DEFAULT_QUEUE_WEIGHT,
@@ -360,6 +364,7 @@ class CacheCostPolicy(_Base):
             "queue_weight": max(self._params["queue_weight"], shared_queue_weight),
         }
         self._shared_demand = shared_demand
+        self._hot_overloaded = hot_overloaded
         self._shared_kv_usage = shared_kv_usage
         self._hot_lower = hot_lower
         self._per_copy = hot_per_copy
@@ -404,6 +409,15 @@ class CacheCostPolicy(_Base):
         running = mirror.running_blocks
         return all(running(k) < limit for k in self._keys)
 
+    def _through_pending(self, k: int, blocks: tuple[int, ...], p: int) -> int:
+        """``p`` leading blocks held on replica ``k``, extended through the blocks of the
+        requests in flight there (``_pending``)."""
+        pend = self._pending[k]
+        nb = len(blocks)
+        while p < nb and blocks[p] in pend:
+            p += 1
+        return p
+
     def _held(self, blocks: tuple[int, ...], n: int) -> tuple[list[int], list[bool]]:
         """Leading blocks each replica is believed to hold, and whether that came from the
         engines' events (an ``exact`` replica of the precise variant) or the mirror."""
@@ -412,13 +426,7 @@ class CacheCostPolicy(_Base):
         if not self.reads_kv_events:
             held = [mirror.matched_blocks(keys[k], blocks) for k in range(n)]
             if self.observe_at == "completion":  # and the prompts of requests in flight
-                nb = len(blocks)
-                for k in range(n):
-                    pend = self._pending[k]
-                    p = held[k]
-                    while p < nb and blocks[p] in pend:
-                        p += 1
-                    held[k] = p
+                held = [self._through_pending(k, blocks, held[k]) for k in range(n)]
             return held, [False] * n
         idx = self.engine_index
         runs = idx.overlaps(blocks, n)
@@ -432,12 +440,7 @@ class CacheCostPolicy(_Base):
                 continue
             self.sources["events"] += 1
             # Blocks of requests sent there that the engine has not reported yet.
-            pend = self._pending[k]
-            p = 0
-            nb = len(blocks)
-            while p < nb and blocks[p] in pend:
-                p += 1
-            held.append(max(runs[k], p))
+            held.append(max(runs[k], self._through_pending(k, blocks, 0)))
             exact.append(True)
         return held, exact
 
@@ -472,9 +475,10 @@ class CacheCostPolicy(_Base):
         if hot is not None:
             rule = hot.credit(
                 blocks,
-                held,
-                range(n),
-                inf,
+                held=held,
+                replicas=range(n),
+                in_flight=inf,
+                overloaded=self._hot_overloaded,
                 shared_demand=self._shared_demand,
                 room=self._kv_room_everywhere,
             )
