@@ -6,6 +6,9 @@ Each test states the counterfactual it guards against.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from profiles import scaled_examples
 
 from clusterrouting import InvalidRecordError
 from prefixcache import Candidate, ReplicaKey, extract_token_chain
@@ -524,3 +527,141 @@ def test_a_parent_in_another_routed_medium_links_the_chain() -> None:
     # Counterfactual: looking only in the GPU table would call the store an orphan.
     assert (report.applied_stores, report.dropped_orphan) == (1, 0)
     assert res.overlap("m", TOKENS, [A]) == {A: 2}
+
+
+# --- Regressions of the replay rework (each states the counterfactual it guards against) ---
+
+
+def one_block(h: int, parent: int | None) -> BlockStored:
+    return stored([h], [h] * 4, parent=parent)
+
+
+def test_a_long_chain_of_waiting_stores_resumes_without_recursion() -> None:
+    # A decode stream completing one block per batch while a gap is open defers one store
+    # per block, each waiting for the one before. Resuming them by nested calls raised
+    # RecursionError out of apply (network input ending the subscriber's thread) once the
+    # chain passed Python's recursion limit.
+    n = 3000
+    res = KvResidency(block_tokens=4, clock=lambda: 0.0)
+    res.apply(A, 0, batch(), model="m")
+    res.apply(A, n + 2, batch(), model="m")  # gap [1, n + 1]
+    res.apply(A, n + 1, batch(), model="m", replayed=True)
+    for i in range(n, 1, -1):  # block i in batch i, its parent stored in batch i - 1
+        res.apply(A, i, batch(one_block(i, i - 1)), model="m", replayed=True)
+    report = res.apply(A, 1, batch(one_block(1, None)), model="m", replayed=True)
+    assert report.resumed == n - 1
+    assert report.state is EXACT
+    assert res.status(A).blocks == n
+    res._check()
+
+
+def test_a_replayed_clear_counts_as_missed_only_batches_not_already_missing() -> None:
+    # Batches 1..9 are missing; the replayed clear of batch 5 marks 6..10 missing again, of
+    # which only 10 was applied (6..9 were already missing). Counting high - seq said 5.
+    res = KvResidency(block_tokens=4, clock=lambda: 0.0)
+    res.apply(A, 0, batch(), model="m")
+    assert res.apply(A, 10, batch(), model="m").missed == 9
+    report = res.apply(A, 5, batch(AllBlocksCleared()), model="m", replayed=True)
+    assert report.missed == 1
+    assert res.missing_from(A) == 6
+
+
+def test_check_catches_waiting_events_left_once_no_gap_is_open() -> None:
+    # A settle skipped when the last gap closes would leave pending removals that cancel
+    # later stores; _check must notice (it checked only the deferred count before).
+    res = KvResidency(block_tokens=4, clock=lambda: 0.0)
+    res.apply(A, 0, batch(), model="m")
+    res.apply(A, 2, batch(BlockRemoved(block_hashes=[9], medium="GPU")), model="m")
+    res._check()
+    res._replicas[A].missing = []  # the gap closed without settling
+    with pytest.raises(AssertionError):
+        res._check()
+
+
+_event = st.one_of(
+    st.builds(
+        one_block,
+        st.integers(1, 6),
+        st.one_of(st.none(), st.integers(1, 6)),
+    ),
+    st.builds(
+        lambda hs: BlockRemoved(block_hashes=hs, medium="GPU"),
+        st.lists(st.integers(1, 6), min_size=1, max_size=3),
+    ),
+    st.just(AllBlocksCleared()),
+)
+
+
+@settings(max_examples=scaled_examples(0.5), deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 12), st.booleans(), st.lists(_event, max_size=4)),
+        max_size=30,
+    )
+)
+def test_waiting_state_stays_within_max_deferred_for_any_seq_order(
+    steps: list[tuple[int, bool, list[object]]],
+) -> None:
+    # Pending removals, deferred stores and remembered removed blocks are each capped by
+    # max_deferred (past it the replica degrades instead), whatever order batches come in;
+    # without the caps a long gap with many removals would grow them without bound.
+    res = KvResidency(block_tokens=4, clock=lambda: 0.0, max_deferred=2)
+    for seq, replayed, events in steps:
+        res.apply(A, seq, batch(*events), model="m", replayed=replayed)
+        res._check()
+
+
+GOOD = one_block(7, None)
+
+
+def test_a_pending_removal_cancels_a_store_before_it_in_the_same_batch() -> None:
+    # Batch 2 stores 8 under 7 (7 is in lost batch 1, so the store waits) and then removes
+    # 8: once 7 arrives, 8 is stored and its waiting removal takes it away. A rule letting a
+    # removal match only stores of earlier batches would keep 8.
+    child = BlockStored(
+        block_hashes=[8], parent_block_hash=7, token_ids=[8] * 4, block_size=4, medium="GPU"
+    )
+    res = KvResidency(block_tokens=4, clock=lambda: 0.0)
+    res.apply(A, 0, batch(), model="m")
+    res.apply(A, 2, batch(child, BlockRemoved(block_hashes=[8], medium="GPU")), model="m")
+    res.apply(A, 1, batch(GOOD), model="m", replayed=True)
+    assert res.status(A).blocks == 1  # 7 only
+    assert res.status(A).state is EXACT
+
+
+def test_a_pending_removal_spares_a_store_after_it_in_the_same_batch() -> None:
+    # Batch 2 removes 8 (its copy is in lost batch 1), then stores 8 under 7 again (7 also
+    # in batch 1, so that store waits): one copy is removed, the later one stays. Letting
+    # the waiting removal take every copy stored meanwhile would lose 8.
+    child = BlockStored(
+        block_hashes=[8], parent_block_hash=7, token_ids=[8] * 4, block_size=4, medium="GPU"
+    )
+    res = KvResidency(block_tokens=4, clock=lambda: 0.0)
+    res.apply(A, 0, batch(), model="m")
+    res.apply(A, 2, batch(BlockRemoved(block_hashes=[8], medium="GPU"), child), model="m")
+    res.apply(A, 1, batch(GOOD, child), model="m", replayed=True)
+    assert res.status(A).blocks == 2  # 7 and the later copy of 8
+    assert res.status(A).state is EXACT
+    res._check()
+
+
+def test_a_waiting_store_resumes_when_its_parent_arrives_in_another_medium() -> None:
+    # A CPU block whose parent is a GPU block (an offloaded prefix): a store continues the
+    # chain across media, but a waiting store was filed under its own medium and looked up
+    # under the parent's, so it was abandoned and the replica stayed degraded until a clear.
+    gpu = one_block(1, None)
+    cpu = BlockStored(
+        block_hashes=[2], parent_block_hash=1, token_ids=[2] * 4, block_size=4, medium="CPU"
+    )
+    media = frozenset({"GPU", "CPU"})
+    in_order = KvResidency(block_tokens=4, clock=lambda: 0.0, media=media)
+    for seq, b in enumerate([batch(), batch(gpu), batch(cpu)]):
+        in_order.apply(A, seq, b, model="m")
+    res = KvResidency(block_tokens=4, clock=lambda: 0.0, media=media)
+    res.apply(A, 0, batch(), model="m")
+    res.apply(A, 2, batch(cpu), model="m")
+    report = res.apply(A, 1, batch(gpu), model="m", replayed=True)
+    assert report.resumed == 1
+    assert res.status(A) == in_order.status(A)
+    assert res.status(A).state is EXACT
+    res._check()

@@ -7,6 +7,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import scaled_examples
 
 from clusterrouting import InvalidRecordError
 from prefixcache import (
@@ -315,3 +316,51 @@ def test_accepted_parameters_are_remembered_by_type_and_value() -> None:
             pick_lowest_cost(c, prompt_tokens=10, cost_margin=math.nan)
         with pytest.raises(InvalidRecordError, match="in_flight_tokens"):
             pick_lowest_cost(c, prompt_tokens=10, in_flight_tokens=[1.0])  # type: ignore[arg-type]
+
+
+# --- KvCacheMirror: lost and late finishes ----------------------------------------------
+M1, M2 = ReplicaKey("m1"), ReplicaKey("m2")
+
+
+def test_a_finish_after_invalidate_leaves_no_record_behind() -> None:
+    # A replica removed from the pool is invalidated; its requests' finish calls still
+    # arrive. Each re-created an empty record that nothing removed again, so a pool whose
+    # replicas come and go (new keys every scale-up) grew the mirror without bound.
+    m = KvCacheMirror(capacity_blocks=8)
+    m.start(M1, (1, 2), private_blocks=1)
+    assert m.invalidate(M1) == 2
+    m.finish(M1, (1, 2), private_blocks=1)
+    assert m.blocks(M1) == 0
+    assert M1 not in m._lru and M1 not in m._pins and M1 not in m._private
+    m._check()
+
+
+_chains = st.lists(st.integers(0, 12), min_size=0, max_size=5).map(tuple)
+_mirror_ops = st.one_of(
+    st.tuples(st.just("observe"), st.sampled_from([M1, M2]), _chains, st.just(0)),
+    st.tuples(st.just("start"), st.sampled_from([M1, M2]), _chains, st.integers(0, 5)),
+    st.tuples(st.just("finish"), st.sampled_from([M1, M2]), _chains, st.integers(0, 5)),
+    st.tuples(st.just("invalidate"), st.sampled_from([M1, M2]), _chains, st.just(0)),
+)
+
+
+@settings(max_examples=scaled_examples(0.5), deadline=None)
+@given(st.integers(0, 4), st.lists(_mirror_ops, max_size=40))
+def test_mirror_bounds_hold_for_any_calls_lost_finishes_included(
+    cap: int, ops: list[tuple[str, ReplicaKey, tuple[int, ...], int]]
+) -> None:
+    # Finish calls may be lost, repeated, or name chains never started: pinned and private
+    # blocks still stay within four times the capacity and the unpinned blocks within the
+    # room left; without the pin bound, lost finishes would grow the pins forever.
+    m = KvCacheMirror(capacity_blocks=cap)
+    for op, key, chain, private in ops:
+        if op == "observe":
+            m.observe(key, chain)
+        elif op == "start":
+            m.start(key, chain, private_blocks=private)
+        elif op == "finish":
+            m.finish(key, chain, private_blocks=private)
+        else:
+            m.invalidate(key)
+        m._check()
+        assert m.blocks(key) <= 5 * cap
