@@ -81,9 +81,24 @@ class HotCredit(Generic[R]):
             weighs the backlog at ``DEFAULT_SHARED_QUEUE_WEIGHT`` (or more).
     """
 
-    held: tuple[int, ...]
-    warm: tuple[R, ...]
-    shared: bool
+    held: tuple[int, ...] = attrs.field(validator=lambda _i, _a, v: _check_held(v))
+    warm: tuple[R, ...] = attrs.field(validator=lambda _i, _a, v: _check_tuple("warm", v))
+    shared: bool = attrs.field(validator=lambda _i, _a, v: _check_bool("shared", v))
+
+
+def _check_held(value: object) -> None:
+    if type(value) is not tuple or any(type(h) is not int or h < 0 for h in value):
+        raise InvalidRecordError("held", value, "must be a tuple of ints >= 0")
+
+
+def _check_tuple(name: str, value: object) -> None:
+    if type(value) is not tuple:
+        raise InvalidRecordError(name, value, "must be a tuple")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if type(value) is not bool:
+        raise InvalidRecordError(name, value, "must be a bool")
 
 
 class HotPrefixes:

@@ -270,3 +270,15 @@ def test_credit_checks_held_and_replicas_whatever_the_load() -> None:
         hot.credit((1, 2), held=[2, -1], replicas="ab", in_flight=[1, 0])
     with pytest.raises(InvalidRecordError, match="replicas"):
         hot.credit((1, 2, 3), held=[3, 0, 0], replicas="abb", in_flight=[3, 5, 0])
+
+
+def test_a_hot_credit_refuses_what_credit_never_builds() -> None:
+    assert HotCredit(held=(1, 0), warm=("a",), shared=False).held == (1, 0)
+    for kwargs, name in (
+        ({"held": [1], "warm": (), "shared": False}, "held"),
+        ({"held": (-1,), "warm": (), "shared": False}, "held"),
+        ({"held": (1,), "warm": ["a"], "shared": False}, "warm"),
+        ({"held": (1,), "warm": (), "shared": 1}, "shared"),
+    ):
+        with pytest.raises(InvalidRecordError, match=name):
+            HotCredit(**kwargs)  # type: ignore[arg-type]
