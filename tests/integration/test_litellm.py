@@ -293,7 +293,7 @@ def test_internal_errors_return_the_input_unchanged_and_are_counted() -> None:
                     def matched_blocks(self, *_a: object) -> int:
                         raise RuntimeError("mirror bug")
 
-                plugin.mirror = Broken()  # type: ignore[assignment]
+                plugin._costs.mirror = Broken()  # type: ignore[assignment]
                 # The request is still served (LiteLLM's own choice among the deployments).
                 assert await ask(r, chat("still served")) in ("d0", "d1")
                 assert plugin.stats().errors >= 1
@@ -442,7 +442,7 @@ def test_a_reused_cost_candidate_always_equals_a_fresh_one(
     plugin = PrefixRoutingPlugin(None)
     for name, in_flight, cached, queued, recent, pinned in calls:
         key = ReplicaKey(name)
-        got = plugin._candidate(key, in_flight, cached, queued, recent, pinned)
+        got = plugin._costs._candidate(key, in_flight, cached, queued, recent, pinned)
         assert got == CostCandidate(
             key=key,
             in_flight=in_flight,

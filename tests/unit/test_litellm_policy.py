@@ -88,7 +88,7 @@ def test_a_hot_prompt_keeps_its_deployment_until_it_is_overloaded() -> None:
     assert burst[:2] == [home] * 2 and burst[2] != home
     # The copy is credited for the choice only: the request still prefills the whole
     # prompt there, and that is the backlog it adds (~2,600 tokens, not its user turn).
-    assert plugin._ledger.queued[burst[2]] > 2000
+    assert plugin._costs.ledger.queued[burst[2]] > 2000
     assert plugin.stats().errors == 0
 
 
@@ -111,7 +111,7 @@ def test_hot_prefix_demand_is_kept_for_a_bounded_number_of_groups() -> None:
     for g in range(70):
         kwargs: dict[str, Any] = {"metadata": {}}
         plugin.choose(f"group-{g}", DEPLOYMENTS, chat("hello"), kwargs, now=1.0)
-    assert 1 <= len(plugin._hot) <= 64
+    assert 1 <= len(plugin._costs._hot) <= 64
     assert plugin.stats().errors == 0
 
 
@@ -119,6 +119,6 @@ def test_a_group_that_grows_gets_a_demand_window_for_its_size() -> None:
     plugin = PrefixRoutingPlugin(None)
     kwargs: dict[str, Any] = {"metadata": {}}
     plugin.choose(GROUP, DEPLOYMENTS[:1], chat("hello"), kwargs, now=1.0)
-    assert plugin._hot[GROUP].window == 256
+    assert plugin._costs._hot[GROUP].window == 256
     plugin.choose(GROUP, DEPLOYMENTS, chat("hello"), {"metadata": {}}, now=1.0)
-    assert plugin._hot[GROUP].window == 512  # 256 dispatches per deployment
+    assert plugin._costs._hot[GROUP].window == 512  # 256 dispatches per deployment

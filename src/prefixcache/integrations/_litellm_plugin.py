@@ -1,6 +1,7 @@
-"""The LiteLLM plugin (:class:`PrefixRoutingPlugin`) and :func:`install`; the policy, the
-reservations and the LiteLLM facts relied on are specified in
-:mod:`prefixcache.integrations.litellm`."""
+"""The LiteLLM plugin (:class:`PrefixRoutingPlugin`) and :func:`install`: request parsing,
+the lock, outcomes, LiteLLM's hooks and wiring. The decision and its state are
+:class:`~prefixcache.integrations._litellm_costs.CostState`; the policy, the reservations
+and the LiteLLM facts relied on are specified in :mod:`prefixcache.integrations.litellm`."""
 
 from __future__ import annotations
 
@@ -15,27 +16,16 @@ from typing import Any, Final, Literal
 import attrs
 from litellm.integrations.custom_logger import CustomLogger
 
-from clusterrouting import InvalidRecordError, within_load_guard
+from clusterrouting import InvalidRecordError
 from prefixcache._config import DEFAULT_CONFIG, Config
-from prefixcache._cost import (
-    DEFAULT_COST_MARGIN,
-    DEFAULT_IN_FLIGHT_TOKENS,
-    DEFAULT_PIN_TOKENS,
-    DEFAULT_QUEUE_WEIGHT,
-    DEFAULT_SHARE_FACTOR,
-    DEFAULT_SHARE_SLACK,
-    CostCandidate,
-    pick_lowest_cost,
-)
-from prefixcache._hot import DEFAULT_SHARED_QUEUE_WEIGHT, HotPrefixes
 from prefixcache._index import Index, Provider
-from prefixcache._mirror import DispatchWindow, KvCacheMirror
+from prefixcache._mirror import KvCacheMirror
 from prefixcache._pins import SessionPins
 from prefixcache._protocols import AsyncTransport, Clock, Transport
 from prefixcache._sync import Sync
-from prefixcache._types import ReplicaKey
 from prefixcache.integrations._litellm_chains import SessionChains
-from prefixcache.integrations._litellm_ledger import Ledger, Reservation
+from prefixcache.integrations._litellm_costs import CostState
+from prefixcache.integrations._litellm_ledger import Reservation
 from prefixcache.integrations._litellm_requests import (
     BYTES_PER_TOKEN,
     Tokenizer,
@@ -86,10 +76,6 @@ DEFAULT_SESSION_METADATA_KEY: Final = "session_id"
 """The request metadata key read for the session key (before the header)."""
 
 _CLAIM_METADATA_KEY: Final = "prefixcache_plugin"
-_WINDOW_PER_DEPLOYMENT: Final = 256
-_HOT_GROUPS: Final = 64
-"""Model groups whose hot-prefix demand is kept (the one first seen is forgotten first)."""
-_SHARED_QUEUE_WEIGHT: Final = max(DEFAULT_QUEUE_WEIGHT, DEFAULT_SHARED_QUEUE_WEIGHT)
 
 
 @attrs.frozen(kw_only=True)
@@ -220,22 +206,14 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         self.tokenizer = tokenizer
         self.block_tokens = block_tokens or max(1, config.window_bytes // BYTES_PER_TOKEN)
         self.clock = clock
-        self.mirror = KvCacheMirror(capacity_blocks=mirror_blocks)
+        self._costs = CostState(config, block_tokens=self.block_tokens, mirror_blocks=mirror_blocks)
         self._chains = SessionChains(config)
         self._uid = uuid.uuid4().hex
-        self._keys: dict[str, ReplicaKey] = {}
-        self._candidates: dict[ReplicaKey, CostCandidate] = {}
         self._next_rid = itertools.count()
         # LiteLLM registers a logger for callbacks only if no logger with the same class and
         # public str/bool/int attributes is registered: this public id keeps plugins apart.
         self.plugin_id = self._uid
         self._lock = threading.RLock()
-        self._window = DispatchWindow(size=_WINDOW_PER_DEPLOYMENT)
-        self._hot: dict[str, HotPrefixes] = {}
-        # Prefix depths tracked in flight and for hot prefixes: every stride-th block, a
-        # credit less than the cost margin short (DEFAULT_COST_MARGIN: 512 tokens).
-        self._stride = max(1, DEFAULT_COST_MARGIN // self.block_tokens)
-        self._ledger = Ledger(self._stride)
         self._counts: dict[str, int] = dict.fromkeys(attrs.fields_dict(PluginStats), 0)
         self._next_sweep: float | None = None
         self._subscription = Subscription(self.provider, pins, sync)
@@ -243,6 +221,11 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         self._strategy: Strategy | None = None
 
     # -- reading state ----------------------------------------------------------------------
+    @property
+    def mirror(self) -> KvCacheMirror:
+        """What this router saw succeed on each deployment (its local KV-cache mirror)."""
+        return self._costs.mirror
+
     def stats(self) -> PluginStats:
         """A consistent copy of the counters."""
         with self._lock:
@@ -250,60 +233,18 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
 
     def in_flight(self, deployment_id: str) -> int:
         """Reservations held on ``deployment_id``."""
-        return self._ledger.in_flight.get(deployment_id, 0)
+        return self._costs.ledger.in_flight.get(deployment_id, 0)
 
     def reservations(self) -> int:
         """Reservations held (not yet released or expired)."""
         with self._lock:
-            return len(self._ledger)
+            return len(self._costs.ledger)
 
     def _bump(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
 
     # -- the decision -------------------------------------------------------------------------
-    def _key(self, deployment_id: str) -> ReplicaKey:
-        key = self._keys[deployment_id] = ReplicaKey(deployment_id)
-        if len(self._keys) > 4096:  # deployments come and go: keep the caches bounded
-            self._keys.clear()
-            self._candidates.clear()
-        return key
-
-    def _candidate(
-        self,
-        key: ReplicaKey,
-        in_flight: int,
-        cached_tokens: int,
-        queued_tokens: int,
-        recent: int,
-        pinned_tokens: int,
-    ) -> CostCandidate:
-        """``key``'s cost candidate, ``tie_rank`` being ``recent``: the one built last for
-        ``key`` when every field is equal, else a new one. Candidates are immutable values,
-        and between two requests most deployments' fields stay the same, while building one
-        (eight validators) costs about fifteen times comparing it. Called with the lock
-        held."""
-        last = self._candidates.get(key)
-        if (
-            last is not None
-            and last.in_flight == in_flight
-            and last.cached_tokens == cached_tokens
-            and last.queued_tokens == queued_tokens
-            and last.recent_dispatches == recent
-            and last.pinned_tokens == pinned_tokens
-        ):
-            return last
-        cand = self._candidates[key] = CostCandidate(
-            key=key,
-            in_flight=in_flight,
-            cached_tokens=cached_tokens,
-            queued_tokens=queued_tokens,
-            recent_dispatches=recent,
-            pinned_tokens=pinned_tokens,
-            tie_rank=recent,
-        )
-        return cand
-
     def choose(
         self,
         group: str,
@@ -349,133 +290,42 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             session=session,
         )
         rid = request_id(request_kwargs, self._uid, self._next_rid)
-        known = self._keys
-        keys = [known.get(i) or self._key(i) for i in ids]
-        hot_id = None
-        hot_blocks = 0
+        costs = self._costs
+        keys = [costs.key(i) for i in ids]
+        indexed: tuple[str | None, int] = (None, 0)
         if self.provider is not None and chain:
             decision = self.provider.decide(group, chain, keys, t)
-            hot = decision.hot
-            if hot is not None:
-                hot_id = hot.node_id
-                hot_blocks = round(decision.match_ratio * len(chain))
+            if decision.hot is not None:
+                indexed = (decision.hot.node_id, round(decision.match_ratio * len(chain)))
         pinned = None
         if session is not None and self.pins is not None:
             pinned = self.pins.get(group, session, now=t)
         with self._lock:
             self._sweep(t)
-            ledger = self._ledger
-            in_flight = ledger.in_flight
-            queued = ledger.queued
-            flights = [in_flight.get(i, 0) for i in ids]
-            least = min(flights)
-            if len(ids) * _WINDOW_PER_DEPLOYMENT > self._window.size:
-                self._window = DispatchWindow(size=len(ids) * _WINDOW_PER_DEPLOYMENT)
-            window = self._window
-            mirror = self.mirror
-            config = self.config
-            running = ledger.running_blocks
-            held = []
-            cands = []
-            for i, key, flight in zip(ids, keys, flights, strict=True):
-                blocks = mirror.matched_blocks(key, chain)
-                if i == hot_id and hot_blocks > blocks:
-                    blocks = hot_blocks
-                if flight:  # its requests in flight hold their prompts there
-                    blocks = running(i, chain, blocks)
-                held.append(blocks)
-                pin_credit = 0
-                if i == pinned and within_load_guard(
-                    flight,
-                    least,
-                    slack=config.balance_abs_threshold,
-                    factor=config.balance_rel_threshold,
-                ):
-                    pin_credit = DEFAULT_PIN_TOKENS
-                cands.append(
-                    self._candidate(
-                        key,
-                        flight,
-                        min(prompt_tokens, blocks * block_tokens),
-                        queued.get(i, 0),
-                        window.count(key),
-                        pin_credit,
-                    )
-                )
-            hot_prefixes = self._hot.get(group)
-            if hot_prefixes is None or hot_prefixes.window < len(ids) * _WINDOW_PER_DEPLOYMENT:
-                hot_prefixes = self._new_hot_prefixes(group, len(ids))
-            queue_weight = DEFAULT_QUEUE_WEIGHT
-            rule = None
-            if chain:
-                rule = hot_prefixes.credit(
-                    chain, held=held, replicas=ids, in_flight=flights, overloaded=self._overloaded
-                )
-            if rule is not None:
-                if rule.shared:
-                    queue_weight = _SHARED_QUEUE_WEIGHT
-                for p, (blocks, warm) in enumerate(zip(held, rule.held, strict=True)):
-                    if warm != blocks:  # a warm copy counts as holding the prefix
-                        c = cands[p]
-                        cands[p] = self._candidate(
-                            c.key,
-                            c.in_flight,
-                            min(prompt_tokens, warm * block_tokens),
-                            c.queued_tokens,
-                            c.recent_dispatches,
-                            c.pinned_tokens,
-                        )
-            best = pick_lowest_cost(
-                cands,
+            pos, uncached = costs.decide(
+                group,
+                ids,
+                keys,
+                chain,
                 prompt_tokens=prompt_tokens,
-                queue_weight=queue_weight,
-                in_flight_tokens=DEFAULT_IN_FLIGHT_TOKENS,
-                share_factor=DEFAULT_SHARE_FACTOR,
-                share_slack=DEFAULT_SHARE_SLACK,
+                block_tokens=block_tokens,
+                indexed=indexed,
+                pinned=pinned,
             )
-            assert best is not None  # candidates is not empty
-            pos = keys.index(best)
-            chosen = ids[pos]
-            uncached = prompt_tokens - min(prompt_tokens, held[pos] * block_tokens)
-            ledger.reserve(
-                Reservation(rid, chosen, group, chain, session, uncached, t + self.reservation_ttl)
+            self._costs.ledger.reserve(
+                Reservation(
+                    rid, ids[pos], group, chain, session, uncached, t + self.reservation_ttl
+                )
             )
-            window.record(best)
-            hot_prefixes.record(chain)
             counts = self._counts
             counts["reserved"] += 1
             counts["decisions"] += 1
         return pos
 
-    def _overloaded(self, in_flight: int, least: int) -> bool:
-        """Whether a deployment with ``in_flight`` reservations is beyond the load guard
-        (the config's balance thresholds over the least loaded): a hot prompt keeps its
-        deployment until then (warm copies elsewhere only beyond it)."""
-        config = self.config
-        return not within_load_guard(
-            in_flight,
-            least,
-            slack=config.balance_abs_threshold,
-            factor=config.balance_rel_threshold,
-        )
-
-    def _new_hot_prefixes(self, group: str, deployments: int) -> HotPrefixes:
-        """A new, empty record of ``group``'s hot-prefix demand over its last ``256 x
-        deployments`` dispatches (the group is new or has grown). Called with the lock
-        held."""
-        if group not in self._hot and len(self._hot) >= _HOT_GROUPS:
-            del self._hot[next(iter(self._hot))]  # the group seen first goes first
-        hot = self._hot[group] = HotPrefixes(
-            window=deployments * _WINDOW_PER_DEPLOYMENT,
-            max_chain=self.config.max_depth,
-            stride=self._stride,
-        )
-        return hot
-
     def _sweep(self, now: float) -> None:
         """Expire reservations past their deadline (FIFO: they share one ttl) and sweep the
         index and pins every ``ttl / 2``. Called with the lock held."""
-        self._counts["expired"] += self._ledger.expire(now)
+        self._counts["expired"] += self._costs.ledger.expire(now)
         if self._next_sweep is None:
             self._next_sweep = now + self.config.ttl / 2
         elif now >= self._next_sweep:
@@ -505,13 +355,13 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         t = self.clock() if now is None else now
         deployment, rids = callback_target(kwargs)
         with self._lock:
-            res = self._ledger.take(rids, deployment)
+            res = self._costs.ledger.take(rids, deployment)
             if res is None:
                 self._counts["unmatched"] += 1
                 return False
             counts = self._counts
             counts["released"] += 1
-            key = self._keys.get(deployment) or self._key(deployment)
+            key = self._costs.key(deployment)
             pin = success and res.session is not None and self.pins is not None
             if success:
                 self.mirror.observe(key, res.chain)

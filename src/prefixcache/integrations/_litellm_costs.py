@@ -1,0 +1,226 @@
+"""The LiteLLM plugin's routing state and decision (:class:`CostState`): the default policy
+``cache-cost`` over a model group's deployments, as :mod:`prefixcache.integrations.litellm`
+specifies it. The plugin parses requests, keeps the lock and handles LiteLLM; this module
+decides."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from clusterrouting import within_load_guard
+from prefixcache._config import Config
+from prefixcache._cost import (
+    DEFAULT_COST_MARGIN,
+    DEFAULT_IN_FLIGHT_TOKENS,
+    DEFAULT_PIN_TOKENS,
+    DEFAULT_QUEUE_WEIGHT,
+    DEFAULT_SHARE_FACTOR,
+    DEFAULT_SHARE_SLACK,
+    CostCandidate,
+    pick_lowest_cost,
+)
+from prefixcache._hot import DEFAULT_SHARED_QUEUE_WEIGHT, HotPrefixes
+from prefixcache._mirror import DispatchWindow, KvCacheMirror
+from prefixcache._types import ReplicaKey
+from prefixcache.integrations._litellm_ledger import Ledger
+
+__all__ = ["CostState"]
+
+WINDOW_PER_DEPLOYMENT: Final = 256
+"""Dispatches per deployment in the recent-share and hot-prefix windows."""
+
+HOT_GROUPS: Final = 64
+"""Model groups whose hot-prefix demand is kept (the one first seen is forgotten first)."""
+
+_SHARED_QUEUE_WEIGHT: Final = max(DEFAULT_QUEUE_WEIGHT, DEFAULT_SHARED_QUEUE_WEIGHT)
+
+
+class CostState:
+    """What one plugin knows of its deployments, and the choice made from it.
+
+    * ``mirror``: what succeeded where (:class:`prefixcache.KvCacheMirror`);
+    * ``ledger``: the reservations in flight, their backlog and their prompts' blocks;
+    * the recent dispatch shares (:class:`prefixcache.DispatchWindow`) and, per model group,
+      the hot-prefix demand (:class:`prefixcache.HotPrefixes`, 64 groups at most);
+    * caches of :class:`ReplicaKey` and of the last :class:`CostCandidate` per deployment.
+
+    In flight and for hot prefixes every ``stride``-th block of a chain is tracked, so that
+    a credit is less than the cost margin (``DEFAULT_COST_MARGIN``, 512 tokens) short.
+
+    Not thread-safe: the plugin calls :meth:`decide` and touches the state with its lock
+    held (:meth:`keys` is safe without it).
+    """
+
+    __slots__ = ("_candidates", "_hot", "_keys", "_window", "config", "ledger", "mirror", "stride")
+
+    def __init__(self, config: Config, *, block_tokens: int, mirror_blocks: int) -> None:
+        self.config = config
+        self.mirror = KvCacheMirror(capacity_blocks=mirror_blocks)
+        self.stride = max(1, DEFAULT_COST_MARGIN // block_tokens)
+        self.ledger = Ledger(self.stride)
+        self._window = DispatchWindow(size=WINDOW_PER_DEPLOYMENT)
+        self._hot: dict[str, HotPrefixes] = {}
+        self._keys: dict[str, ReplicaKey] = {}
+        self._candidates: dict[ReplicaKey, CostCandidate] = {}
+
+    def key(self, deployment_id: str) -> ReplicaKey:
+        """The deployment's :class:`ReplicaKey` (cached; the caches are cleared past 4,096
+        deployments, which come and go)."""
+        key = self._keys.get(deployment_id)
+        if key is None:
+            key = self._keys[deployment_id] = ReplicaKey(deployment_id)
+            if len(self._keys) > 4096:
+                self._keys.clear()
+                self._candidates.clear()
+        return key
+
+    def decide(
+        self,
+        group: str,
+        ids: Sequence[str],
+        keys: Sequence[ReplicaKey],
+        chain: tuple[int, ...],
+        *,
+        prompt_tokens: int,
+        block_tokens: int,
+        indexed: tuple[str | None, int],
+        pinned: str | None,
+    ) -> tuple[int, int]:
+        """Choose among the deployments ``ids`` (keyed ``keys``) for a request of ``group``
+        with prefix ``chain``; returns the chosen position and the prompt tokens it holds
+        no cache for (the backlog its reservation adds). Records the dispatch (shares, hot
+        demand); the caller reserves.
+
+        ``indexed`` is the shared index's longest match, ``(deployment id, blocks)``
+        (``(None, 0)``: none); ``pinned`` the deployment the request's session is pinned to.
+        """
+        ledger = self.ledger
+        in_flight = ledger.in_flight
+        queued = ledger.queued
+        flights = [in_flight.get(i, 0) for i in ids]
+        least = min(flights)
+        if len(ids) * WINDOW_PER_DEPLOYMENT > self._window.size:
+            self._window = DispatchWindow(size=len(ids) * WINDOW_PER_DEPLOYMENT)
+        window = self._window
+        mirror = self.mirror
+        running = ledger.running_blocks
+        hot_id, hot_blocks = indexed
+        held = []
+        cands = []
+        for i, key, flight in zip(ids, keys, flights, strict=True):
+            blocks = mirror.matched_blocks(key, chain)
+            if i == hot_id and hot_blocks > blocks:
+                blocks = hot_blocks
+            if flight:  # its requests in flight hold their prompts there
+                blocks = running(i, chain, blocks)
+            held.append(blocks)
+            pin_credit = (
+                DEFAULT_PIN_TOKENS if i == pinned and not self._overloaded(flight, least) else 0
+            )
+            cands.append(
+                self._candidate(
+                    key,
+                    flight,
+                    min(prompt_tokens, blocks * block_tokens),
+                    queued.get(i, 0),
+                    window.count(key),
+                    pin_credit,
+                )
+            )
+        hot_prefixes = self._hot_prefixes(group, len(ids))
+        queue_weight = DEFAULT_QUEUE_WEIGHT
+        rule = None
+        if chain:
+            rule = hot_prefixes.credit(
+                chain, held=held, replicas=ids, in_flight=flights, overloaded=self._overloaded
+            )
+        if rule is not None:
+            if rule.shared:
+                queue_weight = _SHARED_QUEUE_WEIGHT
+            for p, (blocks, warm) in enumerate(zip(held, rule.held, strict=True)):
+                if warm != blocks:  # a warm copy counts as holding the prefix
+                    c = cands[p]
+                    cands[p] = self._candidate(
+                        c.key,
+                        c.in_flight,
+                        min(prompt_tokens, warm * block_tokens),
+                        c.queued_tokens,
+                        c.recent_dispatches,
+                        c.pinned_tokens,
+                    )
+        best = pick_lowest_cost(
+            cands,
+            prompt_tokens=prompt_tokens,
+            queue_weight=queue_weight,
+            in_flight_tokens=DEFAULT_IN_FLIGHT_TOKENS,
+            share_factor=DEFAULT_SHARE_FACTOR,
+            share_slack=DEFAULT_SHARE_SLACK,
+        )
+        assert best is not None  # candidates is not empty
+        pos = keys.index(best)
+        window.record(best)
+        hot_prefixes.record(chain)
+        return pos, prompt_tokens - min(prompt_tokens, held[pos] * block_tokens)
+
+    def _overloaded(self, in_flight: int, least: int) -> bool:
+        """Whether a deployment with ``in_flight`` reservations is beyond the load guard
+        (the config's balance thresholds over the least loaded). A session pin counts only
+        within it, and a hot prompt keeps its deployment until then (warm copies elsewhere
+        only beyond it)."""
+        config = self.config
+        return not within_load_guard(
+            in_flight,
+            least,
+            slack=config.balance_abs_threshold,
+            factor=config.balance_rel_threshold,
+        )
+
+    def _hot_prefixes(self, group: str, deployments: int) -> HotPrefixes:
+        """``group``'s hot-prefix demand over its last ``256 x deployments`` dispatches (a
+        new, empty record when the group is new or has grown)."""
+        hot = self._hot.get(group)
+        if hot is not None and hot.window >= deployments * WINDOW_PER_DEPLOYMENT:
+            return hot
+        if hot is None and len(self._hot) >= HOT_GROUPS:
+            del self._hot[next(iter(self._hot))]  # the group seen first goes first
+        hot = self._hot[group] = HotPrefixes(
+            window=deployments * WINDOW_PER_DEPLOYMENT,
+            max_chain=self.config.max_depth,
+            stride=self.stride,
+        )
+        return hot
+
+    def _candidate(
+        self,
+        key: ReplicaKey,
+        in_flight: int,
+        cached_tokens: int,
+        queued_tokens: int,
+        recent: int,
+        pinned_tokens: int,
+    ) -> CostCandidate:
+        """``key``'s cost candidate, ``tie_rank`` being ``recent``: the one built last for
+        ``key`` when every field is equal, else a new one. Candidates are immutable values,
+        and between two requests most deployments' fields stay the same, while building one
+        (eight validators) costs about fifteen times comparing it."""
+        last = self._candidates.get(key)
+        if (
+            last is not None
+            and last.in_flight == in_flight
+            and last.cached_tokens == cached_tokens
+            and last.queued_tokens == queued_tokens
+            and last.recent_dispatches == recent
+            and last.pinned_tokens == pinned_tokens
+        ):
+            return last
+        cand = self._candidates[key] = CostCandidate(
+            key=key,
+            in_flight=in_flight,
+            cached_tokens=cached_tokens,
+            queued_tokens=queued_tokens,
+            recent_dispatches=recent,
+            pinned_tokens=pinned_tokens,
+            tie_rank=recent,
+        )
+        return cand
