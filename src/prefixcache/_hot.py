@@ -82,8 +82,8 @@ class HotCredit(Generic[R]):
     """
 
     held: tuple[int, ...] = attrs.field(validator=lambda _i, _a, v: _check_held(v))
-    warm: tuple[R, ...] = attrs.field(validator=lambda _i, _a, v: _check_tuple("warm", v))
-    shared: bool = attrs.field(validator=lambda _i, _a, v: _check_bool("shared", v))
+    warm: tuple[R, ...] = attrs.field(validator=lambda _i, a, v: _check_type(a.name, v, tuple))
+    shared: bool = attrs.field(validator=lambda _i, a, v: _check_type(a.name, v, bool))
 
 
 def _check_held(value: object) -> None:
@@ -91,14 +91,9 @@ def _check_held(value: object) -> None:
         raise InvalidRecordError("held", value, "must be a tuple of ints >= 0")
 
 
-def _check_tuple(name: str, value: object) -> None:
-    if type(value) is not tuple:
-        raise InvalidRecordError(name, value, "must be a tuple")
-
-
-def _check_bool(name: str, value: object) -> None:
-    if type(value) is not bool:
-        raise InvalidRecordError(name, value, "must be a bool")
+def _check_type(name: str, value: object, kind: type) -> None:
+    if type(value) is not kind:
+        raise InvalidRecordError(name, value, f"must be a {kind.__name__}")
 
 
 class HotPrefixes:
@@ -126,9 +121,9 @@ class HotPrefixes:
     Stride. With ``stride`` s > 1 only the prefixes ending at depths s, 2s, ... (the
     chain's blocks ``s - 1``, ``2s - 1``, ...) are counted, and :meth:`credit` rounds a
     request's prefix down to such a depth: s times less work per dispatch, for a credit
-    up to ``s - 1`` blocks short. A router whose blocks are small next to the tokens that
-    change a decision (the LiteLLM plugin: 64-token blocks, a 512-token cost margin) loses
-    nothing it can see.
+    up to ``s - 1`` blocks short, which can turn a small advantage into a tie. It suits a
+    router whose blocks are small next to the cost margin (the LiteLLM plugin: 64-token
+    blocks, every eighth tracked, a 512-token margin).
 
     Memory. The window holds ``window`` chains of at most ``max_chain / stride`` counted
     blocks, and one count per distinct block among them; copy counts and warm sets are kept only for
