@@ -25,6 +25,7 @@ from prefixcache._cost import (
     DEFAULT_QUEUE_WEIGHT,
     DEFAULT_SHARE_FACTOR,
     DEFAULT_SHARE_SLACK,
+    DEFAULT_SHARE_TOKENS,
     CostCandidate,
     pick_lowest_cost,
 )
@@ -133,6 +134,7 @@ __all__ = [
     "DEFAULT_SHARED_QUEUE_WEIGHT",
     "DEFAULT_SHARE_FACTOR",
     "DEFAULT_SHARE_SLACK",
+    "DEFAULT_SHARE_TOKENS",
     "DecisionBasis",
     "DecisionProvider",
     "DispatchWindow",

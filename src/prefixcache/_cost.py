@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_QUEUE_WEIGHT",
     "DEFAULT_SHARE_FACTOR",
     "DEFAULT_SHARE_SLACK",
+    "DEFAULT_SHARE_TOKENS",
     "CacheSource",
     "CostCandidate",
     "pick_lowest_cost",
@@ -43,12 +44,18 @@ DEFAULT_COST_MARGIN = 512
 """Costs within 512 prompt tokens (one 512-token block) of the least are ties, which go to
 the lower ``tie_rank`` (see ``pick_lowest_cost``)."""
 
+DEFAULT_SHARE_TOKENS = 16
+"""Each recent dispatch above the least-dispatched replica's costs 16 prompt tokens: a
+replica that took 32 more of the router's recent requests pays one cost margin."""
+
 DEFAULT_SHARE_FACTOR = 1.1
-"""Fair-share guard: a replica may take a request while its recent dispatches are at most
+"""The optional fair-share guard's factor, for a host that turns it on (``share_factor``;
+off by default): a replica may take a request while its recent dispatches are at most
 1.1 x the mean (+ ``DEFAULT_SHARE_SLACK``)."""
 
 DEFAULT_SHARE_SLACK = 2
-"""Absolute slack of the fair-share guard, in dispatches (absorbs small-number noise)."""
+"""Absolute slack of the optional fair-share guard, in dispatches (absorbs small-number
+noise)."""
 
 DEFAULT_PIN_TOKENS = 1 << 20
 """A session pin is worth 2**20 prompt tokens: more than any prompt saves, so a pinned
@@ -99,13 +106,14 @@ class CostCandidate:
         queued_tokens: prefill tokens already dispatched to it whose first token has not
             come back yet (its prefill backlog, in tokens).
         recent_dispatches: requests the router sent it among its last N dispatches
-            (:meth:`DispatchWindow.count`); 0 everywhere disables the fair-share guard.
+            (:meth:`DispatchWindow.count`); equal everywhere (e.g. 0), the share price and
+            the fair-share guard do nothing.
         cached_source: where ``cached_tokens`` came from (:class:`CacheSource`; default
             ``mirror``). Informational: the cost does not depend on it.
         pinned_tokens: prompt tokens credited to the replica because the request's session
             is pinned to it (e.g. ``DEFAULT_PIN_TOKENS``); 0 (the default) for no pin. A
-            pinned replica is exempt from the fair-share guard: a session's turns are not
-            the traffic's share. The host sets it only while the replica is within its load
+            pinned replica is exempt from the optional fair-share guard: a session's turns
+            are not the traffic's share. The host sets it only while the replica is within its load
             guard, so an overloaded session still moves.
         tie_rank: orders the candidates whose costs tie (within ``cost_margin`` of the
             least), lower first. A host passes how recently it dispatched to each replica
@@ -135,26 +143,29 @@ def pick_lowest_cost(
     prompt_tokens: int,
     queue_weight: float = DEFAULT_QUEUE_WEIGHT,
     in_flight_tokens: float = DEFAULT_IN_FLIGHT_TOKENS,
-    share_factor: float | None = DEFAULT_SHARE_FACTOR,
+    share_tokens: float = DEFAULT_SHARE_TOKENS,
+    share_factor: float | None = None,
     share_slack: int = DEFAULT_SHARE_SLACK,
     cost_margin: float = DEFAULT_COST_MARGIN,
 ) -> ReplicaKey | None:
-    """Pick the replica where the request costs the cluster least, within its fair share.
+    """Pick the replica where the request costs the cluster least.
 
-    Filter (the fair-share guard): a candidate is eligible iff ``recent_dispatches <=
-    mean_recent * share_factor + share_slack``, ``mean_recent`` being the mean over all
-    candidates (``share_factor=None`` disables it). The candidate with the fewest recent
-    dispatches is always eligible, so the filter never empties the set. A candidate with
-    ``pinned_tokens > 0`` is always eligible too.
-
-    The cost of an eligible candidate, in prompt tokens::
+    The cost of a candidate, in prompt tokens::
 
         max(0, prompt_tokens - cached_tokens)                  # prefill work it adds
         + queue_weight * queued_tokens                         # backlog, discounted
         + in_flight_tokens * (in_flight - min_in_flight)       # load above the least
+        + share_tokens * (recent_dispatches - min_recent)      # share above the least
         - pinned_tokens                                        # the session's pin
 
-    with ``min_in_flight`` the least ``in_flight`` over all candidates.
+    with ``min_in_flight`` and ``min_recent`` the least ``in_flight`` and
+    ``recent_dispatches`` over all candidates.
+
+    Optional filter (the fair-share guard, off by default): with ``share_factor`` set, a
+    candidate is eligible iff ``recent_dispatches <= mean_recent * share_factor +
+    share_slack``, ``mean_recent`` being the mean over all candidates. The candidate with
+    the fewest recent dispatches is always eligible, so the filter never empties the set. A
+    candidate with ``pinned_tokens > 0`` is always eligible too.
 
     Tiers, applied with one ``min`` key over the eligible candidates whose cost is at most
     the least cost + ``cost_margin`` (the *ties*; first non-tie wins):
@@ -176,7 +187,8 @@ def pick_lowest_cost(
     block per extra request) moves a request off a replica only when many more requests run
     there; it is small because in-flight counts include requests that are only decoding,
     whose cost to a new request's first token is a sliver of a step.
-    ``queue_weight=0, in_flight_tokens=0`` is pure affinity (hot replicas melt down).
+    ``queue_weight=0, in_flight_tokens=0, share_tokens=0`` is pure affinity (hot replicas
+    melt down).
 
     Why a margin. When the savings are alike everywhere (every replica holds a shared
     system prompt, or none holds a new session's), the costs differ only by backlog and
@@ -188,23 +200,32 @@ def pick_lowest_cost(
     prefix only some replicas hold) still wins on cost. ``cost_margin=0`` breaks ties only
     between exactly equal costs.
 
-    Why a guard on shares as well. Cache savings are unbounded (a shared 30k-token system
-    prompt saves 30k tokens on every replica holding it), so no fixed load weight keeps
-    request counts even on every trace. The guard caps each replica's share of the
-    router's recent dispatches at 10 % above the mean: a replica over it is skipped, the
-    request lands on the next-cheapest replica, which then holds the prefix too, and the
-    savings even out. It counts dispatches, not in-flight requests: in-flight counts jump
-    with every long decode, and a guard on them (as ``select``'s) moves sessions away from
-    their cache on noise. (It is mean-based, unlike ``clusterrouting.within_load_guard``'s
-    min-based in-flight guard: a share is a fraction of the traffic, whose fair value is
-    the mean.)
+    Why a price on shares. Sessions stick to the replica that holds their context, so the
+    replicas that happened to start long sessions take more and more of the traffic, and a
+    backlog or in-flight term sees that only once queues have formed. Each of the router's
+    recent dispatches above the least-dispatched candidate's costs ``share_tokens`` (16: a
+    replica that took 32 more of the last ``256 x replicas`` requests pays one cost
+    margin). A new session, whose savings are alike everywhere, then goes to a replica
+    with a small share, and a session leaves its cache only when its replica's excess
+    share costs more than the cache saves. It counts dispatches, not in-flight requests:
+    in-flight counts jump with every long decode and would move sessions on noise.
+
+    Why the guard is off. A guard skips a replica over its share whatever the request
+    saves there: every skipped session pays a cold prefill elsewhere. Under overload every
+    cold prefill lengthens every queue, and the replay measured the guard (at 1.1 x the
+    mean + 2) at 1.85 s mean TTFT on the bundled trace at 1.2x load, against 1.23 s for the
+    price alone, with requests as even (max/mean 1.05 and 1.04; docs/replay.md). The
+    guard is mean-based, unlike ``clusterrouting.within_load_guard``'s min-based in-flight
+    guard: a share is a fraction of the traffic, whose fair value is the mean.
 
     Args:
         candidates: the replicas that may serve the request.
         prompt_tokens: the request's prompt length in tokens (>= 0).
         queue_weight: cost per queued token (finite, >= 0).
         in_flight_tokens: cost per in-flight request above the least loaded (finite, >= 0).
-        share_factor: the fair-share factor (finite, >= 1), or ``None`` for no guard.
+        share_tokens: cost per recent dispatch above the least dispatched (finite, >= 0).
+        share_factor: the fair-share guard's factor (finite, >= 1), or ``None`` (the
+            default) for no guard.
         share_slack: the fair-share guard's absolute slack in dispatches (int >= 0).
         cost_margin: costs within this many prompt tokens of the least tie (finite, >= 0).
 
@@ -226,16 +247,32 @@ def pick_lowest_cost(
     >>> d = CostCandidate(key=ReplicaKey("d"), cached_tokens=1024, queued_tokens=900)
     >>> pick_lowest_cost([c, d], prompt_tokens=2048).node_id   # 1024 vs 1114: a tie
     'd'
+    >>> e = CostCandidate(key=ReplicaKey("e"), cached_tokens=1024, recent_dispatches=50)
+    >>> f = CostCandidate(key=ReplicaKey("f"), recent_dispatches=10)
+    >>> pick_lowest_cost([e, f], prompt_tokens=2048).node_id   # 1024 + 640 vs 2048
+    'e'
+    >>> pick_lowest_cost([e, f], prompt_tokens=2048, share_tokens=64).node_id  # 3584
+    'f'
     """
     _check_args(
-        prompt_tokens, queue_weight, in_flight_tokens, share_factor, share_slack, cost_margin
+        prompt_tokens,
+        queue_weight,
+        in_flight_tokens,
+        share_tokens,
+        share_factor,
+        share_slack,
+        cost_margin,
     )
     if not candidates:
         return None
     min_if = min(c.in_flight for c in candidates)
+    min_recent = min(c.recent_dispatches for c in candidates)
     eligible = _eligible(candidates, share_factor, share_slack)
     cost = candidate_cost
-    costs = [cost(c, prompt_tokens, queue_weight, in_flight_tokens, min_if) for c in eligible]
+    costs = [
+        cost(c, prompt_tokens, queue_weight, in_flight_tokens, share_tokens, min_if, min_recent)
+        for c in eligible
+    ]
     limit = min(costs) + cost_margin
     return min(
         (
@@ -250,13 +287,14 @@ def _check_args(
     prompt_tokens: int,
     queue_weight: float,
     in_flight_tokens: float,
+    share_tokens: float,
     share_factor: float | None,
     share_slack: int,
     cost_margin: float,
 ) -> None:
     if type(prompt_tokens) is not int or prompt_tokens < 0:
         raise InvalidRecordError("prompt_tokens", prompt_tokens, "must be an int >= 0")
-    params = (queue_weight, in_flight_tokens, share_factor, share_slack, cost_margin)
+    params = (queue_weight, in_flight_tokens, share_tokens, share_factor, share_slack, cost_margin)
     try:
         _check_params_once(*params)
     except InvalidRecordError:
@@ -268,6 +306,7 @@ def _check_args(
 def _check_params(
     queue_weight: float,
     in_flight_tokens: float,
+    share_tokens: float,
     share_factor: float | None,
     share_slack: int,
     cost_margin: float,
@@ -275,6 +314,7 @@ def _check_params(
     for name, w in (
         ("queue_weight", queue_weight),
         ("in_flight_tokens", in_flight_tokens),
+        ("share_tokens", share_tokens),
         ("cost_margin", cost_margin),
     ):
         if isinstance(w, bool) or not isinstance(w, NUMBER_TYPES) or not math.isfinite(w) or w < 0:
@@ -321,7 +361,9 @@ def candidate_cost(
     prompt_tokens: int,
     queue_weight: float,
     in_flight_tokens: float,
+    share_tokens: float,
     min_in_flight: int,
+    min_recent: int,
 ) -> float:
     """The cost of ``c`` in prompt tokens (see ``pick_lowest_cost``)."""
     uncached = prompt_tokens - c.cached_tokens
@@ -331,5 +373,6 @@ def candidate_cost(
         uncached
         + queue_weight * c.queued_tokens
         + in_flight_tokens * (c.in_flight - min_in_flight)
+        + share_tokens * (c.recent_dispatches - min_recent)
         - c.pinned_tokens
     )

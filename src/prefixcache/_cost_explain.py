@@ -16,8 +16,8 @@ from prefixcache._cost import (
     DEFAULT_COST_MARGIN,
     DEFAULT_IN_FLIGHT_TOKENS,
     DEFAULT_QUEUE_WEIGHT,
-    DEFAULT_SHARE_FACTOR,
     DEFAULT_SHARE_SLACK,
+    DEFAULT_SHARE_TOKENS,
     CostCandidate,
     candidate_cost,
     pick_lowest_cost,
@@ -36,12 +36,14 @@ class CostTerms:
         key: the replica.
         signals: every :class:`CostCandidate` field but ``key``, as passed (JSON-ready:
             enums as their value).
-        excluded_by: ``"fair_share"`` when the fair-share guard left it out, else ``None``.
+        excluded_by: ``"fair_share"`` when the optional fair-share guard left it out, else
+            ``None``.
         uncached_tokens: ``max(0, prompt_tokens - cached_tokens)``.
         queue_term: ``queue_weight * queued_tokens``.
         load_term: ``in_flight_tokens * (in_flight - min_in_flight)``.
+        share_term: ``share_tokens * (recent_dispatches - min_recent)``.
         pin_term: ``-pinned_tokens``.
-        cost: the sum of the four terms (tier 1 of :func:`pick_lowest_cost`).
+        cost: the sum of the five terms (the cost of :func:`pick_lowest_cost`).
     """
 
     key: ReplicaKey
@@ -50,6 +52,7 @@ class CostTerms:
     uncached_tokens: int
     queue_term: float
     load_term: float
+    share_term: float
     pin_term: float
     cost: float
 
@@ -75,6 +78,8 @@ class CostExplanation:
             the guard, ``"empty"`` for none.
         candidates: a :class:`CostTerms` per candidate, in input order.
         min_in_flight: the least ``in_flight`` over all candidates (``None`` when empty).
+        min_recent: the least ``recent_dispatches`` over all candidates (``None`` when
+            empty).
         share_limit: the fair-share guard's limit in dispatches (``None``: guard off or no
             candidates).
         params: the arguments the decision used (prompt tokens, weights and margin).
@@ -89,6 +94,7 @@ class CostExplanation:
     share_limit: float | None
     params: dict[str, int | float | None]
     tie_limit: float | None = None
+    min_recent: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (no prompt content: only counts and weights)."""
@@ -98,6 +104,7 @@ class CostExplanation:
             else f"{self.chosen.node_id}/{self.chosen.replica}",
             "rule": self.rule,
             "min_in_flight": self.min_in_flight,
+            "min_recent": self.min_recent,
             "share_limit": self.share_limit,
             "tie_limit": self.tie_limit,
             "params": dict(self.params),
@@ -114,7 +121,8 @@ def explain_lowest_cost(
     prompt_tokens: int,
     queue_weight: float = DEFAULT_QUEUE_WEIGHT,
     in_flight_tokens: float = DEFAULT_IN_FLIGHT_TOKENS,
-    share_factor: float | None = DEFAULT_SHARE_FACTOR,
+    share_tokens: float = DEFAULT_SHARE_TOKENS,
+    share_factor: float | None = None,
     share_slack: int = DEFAULT_SHARE_SLACK,
     cost_margin: float = DEFAULT_COST_MARGIN,
 ) -> CostExplanation:
@@ -135,6 +143,7 @@ def explain_lowest_cost(
         prompt_tokens=prompt_tokens,
         queue_weight=queue_weight,
         in_flight_tokens=in_flight_tokens,
+        share_tokens=share_tokens,
         share_factor=share_factor,
         share_slack=share_slack,
         cost_margin=cost_margin,
@@ -143,6 +152,7 @@ def explain_lowest_cost(
         "prompt_tokens": prompt_tokens,
         "queue_weight": queue_weight,
         "in_flight_tokens": in_flight_tokens,
+        "share_tokens": share_tokens,
         "share_factor": share_factor,
         "share_slack": share_slack,
         "cost_margin": cost_margin,
@@ -157,6 +167,7 @@ def explain_lowest_cost(
             params=params,
         )
     min_if = min(c.in_flight for c in candidates)
+    min_recent = min(c.recent_dispatches for c in candidates)
     limit = share_limit(candidates, share_factor, share_slack)
     terms = []
     ranked = []
@@ -164,7 +175,9 @@ def explain_lowest_cost(
         excluded = None
         if limit is not None and not (c.recent_dispatches <= limit or c.pinned_tokens):
             excluded = "fair_share"
-        total = candidate_cost(c, prompt_tokens, queue_weight, in_flight_tokens, min_if)
+        total = candidate_cost(
+            c, prompt_tokens, queue_weight, in_flight_tokens, share_tokens, min_if, min_recent
+        )
         signals: dict[str, int | str] = {
             f.name: (v.value if isinstance(v, StrEnum) else v)
             for f in attrs.fields(type(c))
@@ -178,6 +191,7 @@ def explain_lowest_cost(
             uncached_tokens=max(0, prompt_tokens - c.cached_tokens),
             queue_term=float(queue_weight * c.queued_tokens),
             load_term=float(in_flight_tokens * (c.in_flight - min_if)),
+            share_term=float(share_tokens * (c.recent_dispatches - min_recent)),
             pin_term=float(-c.pinned_tokens),
             cost=float(total),
         )
@@ -200,6 +214,7 @@ def explain_lowest_cost(
         rule=rule,
         candidates=tuple(terms),
         min_in_flight=min_if,
+        min_recent=min_recent,
         share_limit=limit,
         params=params,
         tie_limit=float(tie_limit),

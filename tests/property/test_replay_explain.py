@@ -40,6 +40,7 @@ cost_candidates = st.builds(
     prompt=st.integers(0, 8192),
     qw=st.sampled_from([0.0, 0.1, 1.0]),
     ift=st.sampled_from([0.0, 64.0, 256.0]),
+    price=st.sampled_from([0.0, 16.0, 100.0]),
     share=st.sampled_from([None, 1.0, 1.1, 2.0]),
     slack=st.integers(0, 3),
     margin=st.sampled_from([0.0, 100.0, 512.0]),
@@ -49,6 +50,7 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
     prompt: int,
     qw: float,
     ift: float,
+    price: float,
     share: float | None,
     slack: int,
     margin: float,
@@ -57,6 +59,7 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
         "prompt_tokens": prompt,
         "queue_weight": qw,
         "in_flight_tokens": ift,
+        "share_tokens": price,
         "share_factor": share,
         "share_slack": slack,
         "cost_margin": margin,
@@ -74,7 +77,9 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
     # cost, and the least (tie rank, cost, queue, in-flight, key) tie is the chosen one.
     for t, c in zip(e.candidates, cands, strict=True):
         assert t.key == c.key
-        assert t.cost == t.uncached_tokens + t.queue_term + t.load_term + t.pin_term
+        parts = (t.uncached_tokens, t.queue_term, t.load_term, t.share_term, t.pin_term)
+        assert t.cost == sum(parts)
+        assert t.share_term == price * (c.recent_dispatches - e.min_recent)
         assert t.signals["in_flight"] == c.in_flight
     least = min(t.cost for t in eligible)
     assert e.tie_limit == least + margin

@@ -69,7 +69,7 @@ def test_a_hot_prompt_keeps_its_deployment_until_it_is_overloaded() -> None:
     # and each one completes before the next: the holder keeps them all, even the second of
     # two in a row (a warm copy elsewhere would win that tie, as the deployment used less
     # recently). The unrelated requests go to the other deployment and even out the
-    # dispatch shares, so the fair-share guard moves nothing.
+    # dispatch shares, so the share price moves nothing.
     homes = set()
     for k in range(2):
         homes.add(served(plugin, chat(f"question {2 * k}")))

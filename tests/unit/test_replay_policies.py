@@ -154,12 +154,12 @@ def test_replay_reexports_the_library_hot_prefixes() -> None:
     assert HotPrefixes is prefixcache.HotPrefixes
 
 
-# The shared-prefix rule, isolated: no margin, no in-flight term, no share guard, and no
+# The shared-prefix rule, isolated: no margin, no in-flight term, no share price, and no
 # warm copies (a copy would carry 100 replicas of demand), so only the backlog weight acts.
 ISOLATED = {
     "cost_margin": 0.0,
     "in_flight_tokens": 0.0,
-    "share_factor": None,
+    "share_tokens": 0.0,
     "hot_per_copy": 100.0,
 }
 # 20 prompts sharing the 8-block prefix (1..8) plus one block of their own, arriving 1 ms
@@ -281,18 +281,20 @@ def test_cache_cost_keeps_a_hot_prefix_on_an_idle_holder() -> None:
     # requests in a burst find the holder busy and spread over warm copies. (A 200-block
     # prefix: its 800 tokens outweigh the 512-token cost margin.)
     prefix = tuple(range(1, 201))
-    # Five requests: the sixth would exceed the holder's fair share of the dispatches.
-    spaced = [req(10.0 * k, (*prefix, 1000 + k)) for k in range(5)]
+    # The holder keeps 18 of them: the 19th finds its 18 extra dispatches priced at
+    # 16 x 18 = 288 tokens, which bring its cost (4 + 288) within the 512-token margin of
+    # the idle replica's 804, and the tie goes to the replica used least recently.
+    spaced = [req(10.0 * k, (*prefix, 1000 + k)) for k in range(20)]
     policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4)
-    assert simulate(spaced, policy, MODEL).replica == (0,) * 5
-    burst = [req(100.0 + k / 1000, r.blocks) for k, r in enumerate(spaced)]
+    assert simulate(spaced, policy, MODEL).replica == (0,) * 18 + (1, 0)
+    burst = [req(100.0 + k / 1000, r.blocks) for k, r in enumerate(spaced[:5])]
     policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4)
-    assert len(set(simulate(burst, policy, MODEL).replica[:4])) == 2
+    assert len(set(simulate(burst, policy, MODEL).replica[:3])) == 2
     # A host's own test of a busy holder replaces "has a request in flight": one that never
-    # holds leaves the first four on the holder (its 800 cached tokens outweigh the backlog
-    # and the in-flight term until then).
+    # holds leaves the first three on the holder (its 800 cached tokens outweigh the
+    # backlog, in-flight and share terms until then).
     never = CacheCostPolicy(capacity_blocks=None, block_tokens=4, hot_overloaded=lambda f, m: False)
-    assert simulate(burst, never, MODEL).replica[:4] == (0,) * 4
+    assert simulate(burst, never, MODEL).replica[:3] == (0,) * 3
 
 
 def test_cache_cost_observing_at_completion_counts_prompts_in_flight_as_held() -> None:

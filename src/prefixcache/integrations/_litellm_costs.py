@@ -15,8 +15,6 @@ from prefixcache._cost import (
     DEFAULT_IN_FLIGHT_TOKENS,
     DEFAULT_PIN_TOKENS,
     DEFAULT_QUEUE_WEIGHT,
-    DEFAULT_SHARE_FACTOR,
-    DEFAULT_SHARE_SLACK,
     CostCandidate,
     pick_lowest_cost,
 )
@@ -154,8 +152,6 @@ class CostState:
             prompt_tokens=prompt_tokens,
             queue_weight=queue_weight,
             in_flight_tokens=DEFAULT_IN_FLIGHT_TOKENS,
-            share_factor=DEFAULT_SHARE_FACTOR,
-            share_slack=DEFAULT_SHARE_SLACK,
         )
         assert best is not None  # candidates is not empty
         pos = keys.index(best)

@@ -57,7 +57,7 @@ __all__ = [
 ObserveAt = Literal["dispatch", "completion"]
 
 WINDOW_PER_REPLICA = 256
-"""``cache-cost`` keeps its last ``256 x replicas`` dispatches for the fair-share guard."""
+"""``cache-cost`` keeps its last ``256 x replicas`` dispatches for the share price."""
 
 DecisionSink = Callable[[dict[str, Any]], None]
 """Receives one sampled decision record (see :func:`run_replay`'s ``on_decision``)."""
@@ -266,9 +266,10 @@ class CacheCostPolicy(_Base):
     the prefix's requests: ``HotPrefixes.credit``, which also applies the shared weight
     below; ``hot_overloaded(in_flight, least)`` replaces that test, e.g. by the LiteLLM
     plugin's load guard).
-    Each request goes, among the replicas within their fair share of those dispatches (<= 1.1 x
-    mean + 2), where uncached work + 0.1 x backlog + 64 tokens per in-flight request above
-    the least-loaded replica is least; costs within 512 tokens of the least tie, and ties
+    Each request goes where uncached work + 0.1 x backlog + 64 tokens per in-flight request
+    above the least-loaded replica + 16 tokens per dispatch among those last ``256 x
+    replicas`` above the least-dispatched replica's is least (no fair-share guard unless
+    ``share_factor`` is set); costs within 512 tokens of the least tie, and ties
     go to the replica dispatched to least recently (``tie_rank``), so identical requests
     rotate as round-robin would (``pick_lowest_cost`` defaults). When the request's prefix
     is *shared* (``HotPrefixes.shared``: demand >= ``shared_demand``, 0.25 of a replica),
@@ -305,7 +306,8 @@ class CacheCostPolicy(_Base):
         precise: bool = False,
         hot_prefixes: bool = True,
         in_flight_tokens: float | None = None,
-        share_factor: float | None = -1.0,
+        share_tokens: float | None = None,
+        share_factor: float | None = None,
         share_slack: int | None = None,
         hot_lower: float = DEFAULT_HOT_LOWER,
         cost_margin: float | None = None,
@@ -330,8 +332,8 @@ class CacheCostPolicy(_Base):
         from prefixcache import (
             DEFAULT_COST_MARGIN,
             DEFAULT_IN_FLIGHT_TOKENS,
-            DEFAULT_SHARE_FACTOR,
             DEFAULT_SHARE_SLACK,
+            DEFAULT_SHARE_TOKENS,
         )
 
         # The cost function's parameters, passed alike to the pick and its explanation.
@@ -340,7 +342,8 @@ class CacheCostPolicy(_Base):
             "in_flight_tokens": (
                 DEFAULT_IN_FLIGHT_TOKENS if in_flight_tokens is None else in_flight_tokens
             ),
-            "share_factor": DEFAULT_SHARE_FACTOR if share_factor == -1.0 else share_factor,
+            "share_tokens": DEFAULT_SHARE_TOKENS if share_tokens is None else share_tokens,
+            "share_factor": share_factor,
             "share_slack": DEFAULT_SHARE_SLACK if share_slack is None else share_slack,
             "cost_margin": DEFAULT_COST_MARGIN if cost_margin is None else cost_margin,
         }
@@ -596,6 +599,7 @@ its cached-block view written from its own dispatches, then read from engine eve
 _COST_PARAMS: dict[str, Callable[[float], Any]] = {
     "queue_weight": float,
     "in_flight_tokens": float,
+    "share_tokens": float,
     "share_factor": float,
     "share_slack": int,
     "hot_lower": float,
