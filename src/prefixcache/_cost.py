@@ -44,9 +44,9 @@ DEFAULT_COST_MARGIN = 512
 """Costs within 512 prompt tokens (one 512-token block) of the least are ties, which go to
 the lower ``tie_rank`` (see ``pick_lowest_cost``)."""
 
-DEFAULT_SHARE_TOKENS = 16
-"""Each recent dispatch above the least-dispatched replica's costs 16 prompt tokens: a
-replica that took 32 more of the router's recent requests pays one cost margin."""
+DEFAULT_SHARE_TOKENS = 32
+"""Each recent dispatch above the least-dispatched replica's costs 32 prompt tokens: a
+replica that took 16 more of the router's recent requests pays one cost margin."""
 
 DEFAULT_SHARE_FACTOR = 1.1
 """The optional fair-share guard's factor, for a host that turns it on (``share_factor``;
@@ -203,8 +203,8 @@ def pick_lowest_cost(
     Why a price on shares. Sessions stick to the replica that holds their context, so the
     replicas that happened to start long sessions take more and more of the traffic, and a
     backlog or in-flight term sees that only once queues have formed. Each of the router's
-    recent dispatches above the least-dispatched candidate's costs ``share_tokens`` (16: a
-    replica that took 32 more of the last ``256 x replicas`` requests pays one cost
+    recent dispatches above the least-dispatched candidate's costs ``share_tokens`` (32: a
+    replica that took 16 more of the last ``256 x replicas`` requests pays one cost
     margin). A new session, whose savings are alike everywhere, then goes to a replica
     with a small share, and a session leaves its cache only when its replica's excess
     share costs more than the cache saves. It counts dispatches, not in-flight requests:
@@ -213,8 +213,8 @@ def pick_lowest_cost(
     Why the guard is off. A guard skips a replica over its share whatever the request
     saves there: every skipped session pays a cold prefill elsewhere. Under overload every
     cold prefill lengthens every queue, and the replay measured the guard (at 1.1 x the
-    mean + 2) at 1.85 s mean TTFT on the bundled trace at 1.2x load, against 1.23 s for the
-    price alone, with requests as even (max/mean 1.05 and 1.04; docs/replay.md). The
+    mean + 2) at 1.85 s mean TTFT on the bundled trace at 1.2x load, against 1.24 s for the
+    price alone, with requests as even (max/mean 1.05 for both; docs/replay.md). The
     guard is mean-based, unlike ``clusterrouting.within_load_guard``'s min-based in-flight
     guard: a share is a fraction of the traffic, whose fair value is the mean.
 
@@ -249,10 +249,10 @@ def pick_lowest_cost(
     'd'
     >>> e = CostCandidate(key=ReplicaKey("e"), cached_tokens=1024, recent_dispatches=50)
     >>> f = CostCandidate(key=ReplicaKey("f"), recent_dispatches=10)
-    >>> pick_lowest_cost([e, f], prompt_tokens=2048).node_id   # 1024 + 640 vs 2048
-    'e'
-    >>> pick_lowest_cost([e, f], prompt_tokens=2048, share_tokens=64).node_id  # 3584
+    >>> pick_lowest_cost([e, f], prompt_tokens=2048).node_id   # 1024 + 1280 vs 2048
     'f'
+    >>> pick_lowest_cost([e, f], prompt_tokens=2048, share_tokens=8).node_id  # 1344
+    'e'
     """
     _check_args(
         prompt_tokens,

@@ -267,27 +267,27 @@ def test_costs_within_the_margin_tie_and_ties_go_by_tie_rank() -> None:
 
 
 def test_each_dispatch_above_the_least_dispatched_costs_the_share_price() -> None:
-    # a holds 1,024 of the 2,048 prompt tokens and took 50 of the recent dispatches, b 10:
-    # a costs 1,024 + 16 x 40 = 1,664, b 2,048 -> a.
-    a = CostCandidate(key=A, cached_tokens=1024, recent_dispatches=50)
+    # a holds 1,024 of the 2,048 prompt tokens and took 40 of the recent dispatches, b 10:
+    # a costs 1,024 + 32 x 30 = 1,984, b 2,048 -> a.
+    a = CostCandidate(key=A, cached_tokens=1024, recent_dispatches=40)
     b = CostCandidate(key=B, recent_dispatches=10)
     assert pick_lowest_cost([a, b], prompt_tokens=2048, cost_margin=0) == A
-    # At 75 dispatches a costs 1,024 + 16 x 65 = 2,064 > 2,048: its share outweighs what it
+    # At 43 dispatches a costs 1,024 + 32 x 33 = 2,080 > 2,048: its share outweighs what it
     # saves, and the request moves.
-    a75 = CostCandidate(key=A, cached_tokens=1024, recent_dispatches=75)
-    assert pick_lowest_cost([a75, b], prompt_tokens=2048, cost_margin=0) == B
+    a43 = CostCandidate(key=A, cached_tokens=1024, recent_dispatches=43)
+    assert pick_lowest_cost([a43, b], prompt_tokens=2048, cost_margin=0) == B
     # A new session saves nothing anywhere: it goes to the smaller share (tier 2, cost),
     # even within the margin, where the equal tie ranks leave the choice to the cost.
     a0 = CostCandidate(key=A, recent_dispatches=11)
     assert pick_lowest_cost([a0, b], prompt_tokens=2048) == B
     # The explanation shows the term, relative to the least-dispatched candidate.
-    e = explain_lowest_cost([a75, b], prompt_tokens=2048, cost_margin=0)
-    assert [t.share_term for t in e.candidates] == [1040.0, 0.0]
-    assert (e.min_recent, e.chosen, e.params["share_tokens"]) == (10, B, 16)
-    assert [t.cost for t in e.candidates] == [2064.0, 2048.0]
-    # share_tokens=0 turns it off; the default is 16 tokens per dispatch.
-    assert pick_lowest_cost([a75, b], prompt_tokens=2048, share_tokens=0, cost_margin=0) == A
-    assert DEFAULT_SHARE_TOKENS == 16
+    e = explain_lowest_cost([a43, b], prompt_tokens=2048, cost_margin=0)
+    assert [t.share_term for t in e.candidates] == [1056.0, 0.0]
+    assert (e.min_recent, e.chosen, e.params["share_tokens"]) == (10, B, 32)
+    assert [t.cost for t in e.candidates] == [2080.0, 2048.0]
+    # share_tokens=0 turns it off; the default is 32 tokens per dispatch.
+    assert pick_lowest_cost([a43, b], prompt_tokens=2048, share_tokens=0, cost_margin=0) == A
+    assert DEFAULT_SHARE_TOKENS == 32
     for bad in (-1.0, float("inf"), float("nan"), True, "16"):
         with pytest.raises(InvalidRecordError, match="share_tokens"):
             pick_lowest_cost([], prompt_tokens=1, share_tokens=bad)  # type: ignore[arg-type]
@@ -295,7 +295,7 @@ def test_each_dispatch_above_the_least_dispatched_costs_the_share_price() -> Non
 
 def test_fair_share_guard_is_off_by_default_and_skips_replicas_over_their_share() -> None:
     # a holds the whole prompt but took 14 of the last 20 dispatches. By default there is no
-    # guard: a costs 16 x 11 = 176 tokens of share against 8,192 saved, and keeps it.
+    # guard: a costs 32 x 11 = 352 tokens of share against 8,192 saved, and keeps it.
     a = CostCandidate(key=A, cached_tokens=8192, recent_dispatches=14)
     b = CostCandidate(key=B, recent_dispatches=3)
     c = CostCandidate(key=C, recent_dispatches=3, queued_tokens=10)

@@ -281,12 +281,12 @@ def test_cache_cost_keeps_a_hot_prefix_on_an_idle_holder() -> None:
     # requests in a burst find the holder busy and spread over warm copies. (A 200-block
     # prefix: its 800 tokens outweigh the 512-token cost margin.)
     prefix = tuple(range(1, 201))
-    # The holder keeps 18 of them: the 19th finds its 18 extra dispatches priced at
-    # 16 x 18 = 288 tokens, which bring its cost (4 + 288) within the 512-token margin of
+    # The holder keeps 9 of them: the 10th finds its 9 extra dispatches priced at
+    # 32 x 9 = 288 tokens, which bring its cost (4 + 288) within the 512-token margin of
     # the idle replica's 804, and the tie goes to the replica used least recently.
-    spaced = [req(10.0 * k, (*prefix, 1000 + k)) for k in range(20)]
+    spaced = [req(10.0 * k, (*prefix, 1000 + k)) for k in range(11)]
     policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4)
-    assert simulate(spaced, policy, MODEL).replica == (0,) * 18 + (1, 0)
+    assert simulate(spaced, policy, MODEL).replica == (0,) * 9 + (1, 0)
     burst = [req(100.0 + k / 1000, r.blocks) for k, r in enumerate(spaced[:5])]
     policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4)
     assert len(set(simulate(burst, policy, MODEL).replica[:3])) == 2

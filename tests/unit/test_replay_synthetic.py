@@ -28,7 +28,7 @@ def test_synthetic_trace_is_deterministic_and_prefix_chained() -> None:
 def test_cache_cost_keeps_counts_even_with_long_shared_prompts() -> None:
     # Two shared prompts of 40-60 blocks: without the hot-prefix rule and the share price
     # the replicas that cached them first took most of the traffic (max/mean 5.5 measured;
-    # 1.12 with the rule alone, 1.04 with both).
+    # 1.12 with the rule alone, 1.06 with both).
     reqs = synthetic_trace(seed=3, sessions=800, shared_prefixes=2, prefix_blocks=(40, 60))
     res = run_replay(reqs, policies=["round-robin", "cache-cost"])
     ours = res.policy("cache-cost")

@@ -267,7 +267,7 @@ class CacheCostPolicy(_Base):
     below; ``hot_overloaded(in_flight, least)`` replaces that test, e.g. by the LiteLLM
     plugin's load guard).
     Each request goes where uncached work + 0.1 x backlog + 64 tokens per in-flight request
-    above the least-loaded replica + 16 tokens per dispatch among those last ``256 x
+    above the least-loaded replica + 32 tokens per dispatch among those last ``256 x
     replicas`` above the least-dispatched replica's is least (no fair-share guard unless
     ``share_factor`` is set); costs within 512 tokens of the least tie, and ties
     go to the replica dispatched to least recently (``tie_rank``), so identical requests
