@@ -112,9 +112,9 @@ class CostCandidate:
             ``mirror``). Informational: the cost does not depend on it.
         pinned_tokens: prompt tokens credited to the replica because the request's session
             is pinned to it (e.g. ``DEFAULT_PIN_TOKENS``); 0 (the default) for no pin. A
-            pinned replica is exempt from the optional fair-share guard: a session's turns
-            are not the traffic's share. The host sets it only while the replica is within its load
-            guard, so an overloaded session still moves.
+            pinned replica pays no share price and passes the optional fair-share guard: a
+            session's turns are not the traffic's share. The host sets it only while the
+            replica is within its load guard, so an overloaded session still moves.
         tie_rank: orders the candidates whose costs tie (within ``cost_margin`` of the
             least), lower first. A host passes how recently it dispatched to each replica
             (0 for the least recently used; the replay does) or its ``recent_dispatches``,
@@ -159,7 +159,8 @@ def pick_lowest_cost(
         - pinned_tokens                                        # the session's pin
 
     with ``min_in_flight`` and ``min_recent`` the least ``in_flight`` and
-    ``recent_dispatches`` over all candidates.
+    ``recent_dispatches`` over all candidates; a pinned candidate (``pinned_tokens > 0``)
+    has no share term.
 
     Optional filter (the fair-share guard, off by default): with ``share_factor`` set, a
     candidate is eligible iff ``recent_dispatches <= mean_recent * share_factor +
@@ -204,17 +205,16 @@ def pick_lowest_cost(
     replicas that happened to start long sessions take more and more of the traffic, and a
     backlog or in-flight term sees that only once queues have formed. Each of the router's
     recent dispatches above the least-dispatched candidate's costs ``share_tokens`` (32: a
-    replica that took 16 more of the last ``256 x replicas`` requests pays one cost
-    margin). A new session, whose savings are alike everywhere, then goes to a replica
-    with a small share, and a session leaves its cache only when its replica's excess
-    share costs more than the cache saves. It counts dispatches, not in-flight requests:
-    in-flight counts jump with every long decode and would move sessions on noise.
+    replica that took 16 more of the router's recent requests, a window of ``256 x
+    replicas`` in the replay and the LiteLLM plugin, pays one cost margin). A new
+    session, whose savings are alike everywhere, then goes to a replica with a small
+    share, and a session leaves its cache only when its replica's excess share costs more
+    than the cache saves. It counts dispatches, not in-flight requests: in-flight counts
+    jump with every long decode and would move sessions on noise.
 
     Why the guard is off. A guard skips a replica over its share whatever the request
-    saves there: every skipped session pays a cold prefill elsewhere. Under overload every
-    cold prefill lengthens every queue, and the replay measured the guard (at 1.1 x the
-    mean + 2) at 1.85 s mean TTFT on the bundled trace at 1.2x load, against 1.24 s for the
-    price alone, with requests as even (max/mean 1.05 for both; docs/replay.md). The
+    saves there: every skipped session pays a cold prefill elsewhere, and under overload
+    every cold prefill lengthens every queue (docs/replay.md compares the two). The
     guard is mean-based, unlike ``clusterrouting.within_load_guard``'s min-based in-flight
     guard: a share is a fraction of the traffic, whose fair value is the mean.
 
@@ -233,7 +233,9 @@ def pick_lowest_cost(
         The chosen key, or ``None`` for an empty ``candidates``.
 
     Raises:
-        InvalidRecordError: ``prompt_tokens`` < 0 or not an int; a bad weight or margin.
+        InvalidRecordError: ``prompt_tokens`` < 0 or not an int; a bad weight
+            (``queue_weight``, ``in_flight_tokens``, ``share_tokens``), ``share_factor``,
+            ``share_slack`` or ``cost_margin``, named in the error.
 
     Complexity: O(len(candidates)).
 
@@ -270,7 +272,15 @@ def pick_lowest_cost(
     eligible = _eligible(candidates, share_factor, share_slack)
     cost = candidate_cost
     costs = [
-        cost(c, prompt_tokens, queue_weight, in_flight_tokens, share_tokens, min_if, min_recent)
+        cost(
+            c,
+            prompt_tokens=prompt_tokens,
+            queue_weight=queue_weight,
+            in_flight_tokens=in_flight_tokens,
+            share_tokens=share_tokens,
+            min_in_flight=min_if,
+            min_recent=min_recent,
+        )
         for c in eligible
     ]
     limit = min(costs) + cost_margin
@@ -358,6 +368,7 @@ def _eligible(
 
 def candidate_cost(
     c: CostCandidate,
+    *,
     prompt_tokens: int,
     queue_weight: float,
     in_flight_tokens: float,
@@ -373,6 +384,14 @@ def candidate_cost(
         uncached
         + queue_weight * c.queued_tokens
         + in_flight_tokens * (c.in_flight - min_in_flight)
-        + share_tokens * (c.recent_dispatches - min_recent)
+        + share_term(c, share_tokens, min_recent)
         - c.pinned_tokens
     )
+
+
+def share_term(c: CostCandidate, share_tokens: float, min_recent: int) -> float:
+    """``c``'s share price: ``share_tokens`` per recent dispatch above ``min_recent`` (none
+    for a pinned candidate)."""
+    if c.pinned_tokens:
+        return 0.0
+    return share_tokens * (c.recent_dispatches - min_recent)

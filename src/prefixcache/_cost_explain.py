@@ -22,6 +22,7 @@ from prefixcache._cost import (
     candidate_cost,
     pick_lowest_cost,
     share_limit,
+    share_term,
 )
 from prefixcache._types import ReplicaKey
 
@@ -41,7 +42,7 @@ class CostTerms:
         uncached_tokens: ``max(0, prompt_tokens - cached_tokens)``.
         queue_term: ``queue_weight * queued_tokens``.
         load_term: ``in_flight_tokens * (in_flight - min_in_flight)``.
-        share_term: ``share_tokens * (recent_dispatches - min_recent)``.
+        share_term: ``share_tokens * (recent_dispatches - min_recent)`` (0 when pinned).
         pin_term: ``-pinned_tokens``.
         cost: the sum of the five terms (the cost of :func:`pick_lowest_cost`).
     """
@@ -93,8 +94,8 @@ class CostExplanation:
     min_in_flight: int | None
     share_limit: float | None
     params: dict[str, int | float | None]
+    min_recent: int | None
     tie_limit: float | None = None
-    min_recent: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (no prompt content: only counts and weights)."""
@@ -163,6 +164,7 @@ def explain_lowest_cost(
             rule="empty",
             candidates=(),
             min_in_flight=None,
+            min_recent=None,
             share_limit=None,
             params=params,
         )
@@ -176,7 +178,13 @@ def explain_lowest_cost(
         if limit is not None and not (c.recent_dispatches <= limit or c.pinned_tokens):
             excluded = "fair_share"
         total = candidate_cost(
-            c, prompt_tokens, queue_weight, in_flight_tokens, share_tokens, min_if, min_recent
+            c,
+            prompt_tokens=prompt_tokens,
+            queue_weight=queue_weight,
+            in_flight_tokens=in_flight_tokens,
+            share_tokens=share_tokens,
+            min_in_flight=min_if,
+            min_recent=min_recent,
         )
         signals: dict[str, int | str] = {
             f.name: (v.value if isinstance(v, StrEnum) else v)
@@ -191,7 +199,7 @@ def explain_lowest_cost(
             uncached_tokens=max(0, prompt_tokens - c.cached_tokens),
             queue_term=float(queue_weight * c.queued_tokens),
             load_term=float(in_flight_tokens * (c.in_flight - min_if)),
-            share_term=float(share_tokens * (c.recent_dispatches - min_recent)),
+            share_term=float(share_term(c, share_tokens, min_recent)),
             pin_term=float(-c.pinned_tokens),
             cost=float(total),
         )

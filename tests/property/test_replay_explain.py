@@ -79,7 +79,9 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
         assert t.key == c.key
         parts = (t.uncached_tokens, t.queue_term, t.load_term, t.share_term, t.pin_term)
         assert t.cost == sum(parts)
-        assert t.share_term == price * (c.recent_dispatches - e.min_recent)
+        assert e.min_recent is not None
+        share = 0 if c.pinned_tokens else price * (c.recent_dispatches - e.min_recent)
+        assert t.share_term == share
         assert t.signals["in_flight"] == c.in_flight
     least = min(t.cost for t in eligible)
     assert e.tie_limit == least + margin

@@ -122,3 +122,20 @@ def test_a_group_that_grows_gets_a_demand_window_for_its_size() -> None:
     assert plugin._costs._hot[GROUP].window == 256
     plugin.choose(GROUP, DEPLOYMENTS, chat("hello"), {"metadata": {}}, now=1.0)
     assert plugin._costs._hot[GROUP].window == 512  # 256 dispatches per deployment
+
+
+def test_a_cached_prompt_leaves_a_deployment_whose_share_costs_more_than_it_saves() -> None:
+    plugin = PrefixRoutingPlugin(None)
+    # One conversation's prompt, each request completing before the next: its deployment
+    # holds the ~2,500-token system prompt and stays idle, so it keeps the requests while
+    # 32 tokens per dispatch above the other's (the share price) plus the 512-token margin
+    # are less than what the cache saves: about 60 in a row. Then the costs tie and the
+    # request goes to the deployment with the fewer recent dispatches. (Without the price
+    # it would stay for ever; with the old fair-share guard, 1.1 x the mean + 2, it would
+    # have moved at the sixth.)
+    homes = [served(plugin, chat(f"question {k}")) for k in range(90)]
+    assert len(set(homes[:50])) == 1
+    assert len(set(homes)) == 2
+    moved = next(k for k, h in enumerate(homes) if h != homes[0])
+    assert 50 <= moved <= 80
+    assert plugin.stats().errors == 0

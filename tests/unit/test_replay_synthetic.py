@@ -28,10 +28,10 @@ def test_synthetic_trace_is_deterministic_and_prefix_chained() -> None:
 def test_cache_cost_keeps_counts_even_with_long_shared_prompts() -> None:
     # Two shared prompts of 40-60 blocks: without the hot-prefix rule and the share price
     # the replicas that cached them first took most of the traffic (max/mean 5.5 measured;
-    # 1.12 with the rule alone, 1.06 with both).
+    # 1.12 with the rule alone, 1.06 with both, hence the bound below 1.12).
     reqs = synthetic_trace(seed=3, sessions=800, shared_prefixes=2, prefix_blocks=(40, 60))
     res = run_replay(reqs, policies=["round-robin", "cache-cost"])
     ours = res.policy("cache-cost")
-    assert ours.max_over_mean_requests <= 1.15
+    assert ours.max_over_mean_requests <= 1.10
     assert ours.ideal_fraction >= 0.95
     assert ours.ttft_mean_s < res.policy("round-robin").ttft_mean_s
