@@ -270,19 +270,15 @@ def pick_lowest_cost(
     min_if = min(c.in_flight for c in candidates)
     min_recent = min(c.recent_dispatches for c in candidates)
     eligible = _eligible(candidates, share_factor, share_slack)
-    cost = candidate_cost
-    costs = [
-        cost(
-            c,
-            prompt_tokens=prompt_tokens,
-            queue_weight=queue_weight,
-            in_flight_tokens=in_flight_tokens,
-            share_tokens=share_tokens,
-            min_in_flight=min_if,
-            min_recent=min_recent,
-        )
-        for c in eligible
-    ]
+    costs = candidate_costs(
+        eligible,
+        prompt_tokens=prompt_tokens,
+        queue_weight=queue_weight,
+        in_flight_tokens=in_flight_tokens,
+        share_tokens=share_tokens,
+        min_in_flight=min_if,
+        min_recent=min_recent,
+    )
     limit = min(costs) + cost_margin
     return min(
         (
@@ -366,8 +362,8 @@ def _eligible(
     return [c for c in candidates if c.recent_dispatches <= limit or c.pinned_tokens]
 
 
-def candidate_cost(
-    c: CostCandidate,
+def candidate_costs(
+    candidates: Sequence[CostCandidate],
     *,
     prompt_tokens: int,
     queue_weight: float,
@@ -375,23 +371,22 @@ def candidate_cost(
     share_tokens: float,
     min_in_flight: int,
     min_recent: int,
-) -> float:
-    """The cost of ``c`` in prompt tokens (see ``pick_lowest_cost``)."""
-    uncached = prompt_tokens - c.cached_tokens
-    if uncached < 0:
-        uncached = 0
-    return (
-        uncached
-        + queue_weight * c.queued_tokens
-        + in_flight_tokens * (c.in_flight - min_in_flight)
-        + share_term(c, share_tokens, min_recent)
-        - c.pinned_tokens
-    )
-
-
-def share_term(c: CostCandidate, share_tokens: float, min_recent: int) -> float:
-    """``c``'s share price: ``share_tokens`` per recent dispatch above ``min_recent`` (none
-    for a pinned candidate)."""
-    if c.pinned_tokens:
-        return 0.0
-    return share_tokens * (c.recent_dispatches - min_recent)
+) -> list[float]:
+    """The cost of each of ``candidates`` in prompt tokens (see ``pick_lowest_cost``; a
+    pinned candidate has no share term)."""
+    costs: list[float] = []
+    add = costs.append
+    for c in candidates:
+        uncached = prompt_tokens - c.cached_tokens
+        if uncached < 0:
+            uncached = 0
+        pinned = c.pinned_tokens
+        share = 0 if pinned else share_tokens * (c.recent_dispatches - min_recent)
+        add(
+            uncached
+            + queue_weight * c.queued_tokens
+            + in_flight_tokens * (c.in_flight - min_in_flight)
+            + share
+            - pinned
+        )
+    return costs

@@ -19,10 +19,9 @@ from prefixcache._cost import (
     DEFAULT_SHARE_SLACK,
     DEFAULT_SHARE_TOKENS,
     CostCandidate,
-    candidate_cost,
+    candidate_costs,
     pick_lowest_cost,
     share_limit,
-    share_term,
 )
 from prefixcache._types import ReplicaKey
 
@@ -171,21 +170,21 @@ def explain_lowest_cost(
     min_if = min(c.in_flight for c in candidates)
     min_recent = min(c.recent_dispatches for c in candidates)
     limit = share_limit(candidates, share_factor, share_slack)
+    totals = candidate_costs(
+        candidates,
+        prompt_tokens=prompt_tokens,
+        queue_weight=queue_weight,
+        in_flight_tokens=in_flight_tokens,
+        share_tokens=share_tokens,
+        min_in_flight=min_if,
+        min_recent=min_recent,
+    )
     terms = []
     ranked = []
-    for c in candidates:
+    for c, total in zip(candidates, totals, strict=True):
         excluded = None
         if limit is not None and not (c.recent_dispatches <= limit or c.pinned_tokens):
             excluded = "fair_share"
-        total = candidate_cost(
-            c,
-            prompt_tokens=prompt_tokens,
-            queue_weight=queue_weight,
-            in_flight_tokens=in_flight_tokens,
-            share_tokens=share_tokens,
-            min_in_flight=min_if,
-            min_recent=min_recent,
-        )
         signals: dict[str, int | str] = {
             f.name: (v.value if isinstance(v, StrEnum) else v)
             for f in attrs.fields(type(c))
@@ -199,7 +198,9 @@ def explain_lowest_cost(
             uncached_tokens=max(0, prompt_tokens - c.cached_tokens),
             queue_term=float(queue_weight * c.queued_tokens),
             load_term=float(in_flight_tokens * (c.in_flight - min_if)),
-            share_term=float(share_term(c, share_tokens, min_recent)),
+            share_term=0.0
+            if c.pinned_tokens
+            else float(share_tokens * (c.recent_dispatches - min_recent)),
             pin_term=float(-c.pinned_tokens),
             cost=float(total),
         )
