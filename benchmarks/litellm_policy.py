@@ -4,10 +4,12 @@ the bundled trace and the generated cases per seed), next to the replay's defaul
 The plugin runs ``cache-cost`` but learns what a deployment caches from success callbacks,
 which come when a request ends; until then it counts the prompt of each request in flight
 as held where it runs, and it applies the hot-prefix rule only to a holder beyond its load
-guard (issue 17: a prompt keeps its deployment while that deployment is not overloaded).
-The replay models that with ``CacheCostPolicy(observe_at="completion",
-hot_overloaded=<the load guard>)``. One router sees every request here; each plugin only
-sees its own.
+guard (issue 17: a prompt keeps its deployment while that deployment is not overloaded),
+and, seeing no first token, it drains each deployment's backlog at
+``DEFAULT_PREFILL_TOKENS_PER_S`` (the simulated servers' prefill rate). The replay models
+that with ``CacheCostPolicy(observe_at="completion", hot_overloaded=<the load guard>,
+prefill_rate=DEFAULT_PREFILL_TOKENS_PER_S)``. One router sees every request here; each
+plugin only sees its own.
 
 Run: ``python benchmarks/litellm_policy.py [SEEDS]`` (default 4: seeds 0-3; about 15 s
 on 2 cores). Prints a markdown table of mean / p99 TTFT, averaged over the seeds,
@@ -24,6 +26,7 @@ from typing import Any
 
 from clusterrouting import within_load_guard
 from prefixcache import DEFAULT_CONFIG
+from prefixcache.integrations._litellm_ledger import DEFAULT_PREFILL_TOKENS_PER_S
 from prefixcache.replay import CacheCostPolicy, auto_speedup, percentile, simulate
 from prefixcache.replay._claim import ClaimCase, claim_cases, seeded_cases
 
@@ -41,7 +44,11 @@ def load_guard_exceeded(in_flight: int, least: int) -> bool:
 VARIANTS: dict[str, dict[str, Any]] = {
     "replay default (dispatch)": {},
     "--observe completion": {"observe_at": "completion"},
-    "LiteLLM plugin": {"observe_at": "completion", "hot_overloaded": load_guard_exceeded},
+    "LiteLLM plugin": {
+        "observe_at": "completion",
+        "hot_overloaded": load_guard_exceeded,
+        "prefill_rate": DEFAULT_PREFILL_TOKENS_PER_S,
+    },
 }
 
 

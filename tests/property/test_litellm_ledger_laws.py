@@ -1,5 +1,5 @@
-"""The LiteLLM plugin's ledger against a naive reference: the prompt blocks its requests in
-flight hold on each deployment."""
+"""The LiteLLM plugin's ledger against naive references: the prompt blocks its requests in
+flight hold on each deployment, and each deployment's prefill backlog."""
 
 from __future__ import annotations
 
@@ -72,7 +72,9 @@ def test_running_blocks_is_the_longest_prefix_in_flight(
             _, deployment, path = step
             assert isinstance(deployment, str) and isinstance(path, list)
             chain = chain_of(path)
-            ledger.reserve(Reservation(f"r{n}", deployment, "g", chain, None, 1, float(n)))
+            ledger.reserve(
+                Reservation(f"r{n}", deployment, "g", chain, None, 1, float(n)), float(n)
+            )
             alive[f"r{n}"] = (deployment, chain, float(n))
             paths_of[f"r{n}"] = path
         elif step[0] == "take" and alive:
@@ -101,3 +103,56 @@ def test_running_blocks_is_the_longest_prefix_in_flight(
     ledger.expire(float("inf"))
     assert ledger.running_blocks("a", q, 0) == 0 and ledger.running_blocks("b", q, 0) == 0
     assert not ledger._blocks
+
+
+backlog_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("reserve"),
+            st.sampled_from("ab"),
+            st.integers(0, 5000),
+            st.floats(0.0, 0.5, allow_nan=False),
+        ),
+        st.tuples(st.just("take"), st.integers(0, 20), st.floats(0.0, 0.5, allow_nan=False)),
+    ),
+    max_size=30,
+)
+
+
+@given(steps=backlog_ops, rate=st.one_of(st.none(), st.floats(1000.0, 50_000.0)))
+def test_backlog_drains_at_the_prefill_rate_until_nothing_is_in_flight(
+    steps: list[tuple[object, ...]], rate: float | None
+) -> None:
+    # Reference: per deployment a level that drains at `rate` between events (never below
+    # 0), gains a reservation's uncached tokens, and is 0 once nothing is in flight there;
+    # without a rate, the sum of the uncached tokens of the reservations held.
+    ledger = Ledger(1, rate)
+    alive: dict[str, tuple[str, int]] = {}
+    level = {"a": 0.0, "b": 0.0}
+    now = 0.0
+    for n, step in enumerate(steps):
+        dt = float(str(step[-1]))
+        now += dt
+        if rate is not None:
+            for d in level:
+                level[d] = max(0.0, level[d] - rate * dt)
+        if step[0] == "reserve":
+            d, uncached = str(step[1]), int(str(step[2]))
+            ledger.reserve(Reservation(f"r{n}", d, "g", (), None, uncached, 1e9), now)
+            alive[f"r{n}"] = (d, uncached)
+            level[d] += uncached
+        elif alive:
+            rid = sorted(alive)[int(str(step[1])) % len(alive)]
+            d, uncached = alive.pop(rid)
+            assert ledger.take([rid], d) is not None
+            if rate is None:
+                level[d] -= uncached
+            if not any(dd == d for dd, _u in alive.values()):
+                level[d] = 0.0
+        for d in "ab":
+            expected = sum(u for dd, u in alive.values() if dd == d) if rate is None else level[d]
+            assert abs(ledger.backlog(d, now) - expected) <= 1
+    # Nothing in flight: no backlog, and nothing remembered.
+    ledger.expire(float("inf"))
+    assert ledger.backlog("a", now) == ledger.backlog("b", now) == 0
+    assert not ledger._queued and not ledger._at

@@ -9,8 +9,11 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
 
+import pytest
+
+from clusterrouting import InvalidRecordError
 from prefixcache import ReplicaKey, extract_chain, messages_prefix_source
-from prefixcache.integrations.litellm import PrefixRoutingPlugin
+from prefixcache.integrations.litellm import DEFAULT_PREFILL_TOKENS_PER_S, PrefixRoutingPlugin
 
 GROUP = "m"
 DEPLOYMENTS = [{"model_info": {"id": "a"}}, {"model_info": {"id": "b"}}]
@@ -88,7 +91,7 @@ def test_a_hot_prompt_keeps_its_deployment_until_it_is_overloaded() -> None:
     assert burst[:2] == [home] * 2 and burst[2] != home
     # The copy is credited for the choice only: the request still prefills the whole
     # prompt there, and that is the backlog it adds (~2,600 tokens, not its user turn).
-    assert plugin._costs.ledger.queued[burst[2]] > 2000
+    assert plugin.backlog(burst[2], now=1.0) > 2000
     assert plugin.stats().errors == 0
 
 
@@ -139,3 +142,27 @@ def test_a_cached_prompt_leaves_a_deployment_whose_share_costs_more_than_it_save
     moved = next(k for k, h in enumerate(homes) if h != homes[0])
     assert 50 <= moved <= 80
     assert plugin.stats().errors == 0
+
+
+def test_a_backlog_drains_at_the_prefill_rate_until_its_requests_end() -> None:
+    # LiteLLM reports a request only when it ends, long after its prefill: a deployment's
+    # backlog (the ~2,600 uncached tokens of a cold prompt) drains at prefill_tokens_per_s
+    # from the reservation on, and is gone once nothing is in flight there.
+    plugin = PrefixRoutingPlugin(None, prefill_tokens_per_s=1000.0)
+    kwargs: dict[str, Any] = {"metadata": {}}
+    pos = plugin.choose(GROUP, DEPLOYMENTS, chat("question"), kwargs, now=10.0)
+    home = str(DEPLOYMENTS[pos]["model_info"]["id"])
+    start = plugin.backlog(home, now=10.0)
+    assert 2000 < start < 3500
+    assert plugin.backlog(home, now=11.0) == start - 1000
+    assert plugin.backlog(home, now=10.0 + start / 1000 + 1) == 0
+    # Without a rate the tokens stay until the request ends.
+    held = PrefixRoutingPlugin(None, prefill_tokens_per_s=None)
+    home2, done = route(held, chat("question"))
+    assert held.backlog(home2, now=1000.0) == start
+    assert held.release(done, success=True, now=1000.0)
+    assert held.backlog(home2, now=1000.0) == 0
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "fast"):
+        with pytest.raises(InvalidRecordError, match="prefill_tokens_per_s"):
+            PrefixRoutingPlugin(None, prefill_tokens_per_s=bad)  # type: ignore[arg-type]
+    assert DEFAULT_PREFILL_TOKENS_PER_S == 20_000.0

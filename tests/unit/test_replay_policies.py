@@ -310,3 +310,34 @@ def test_cache_cost_observing_at_completion_counts_prompts_in_flight_as_held() -
     placed = simulate(unrelated + pair, policy, MODEL).replica
     assert placed[-1] == placed[-2]
     assert policy._mirror.blocks(policy._keys[placed[-2]]) >= 201  # learnt at completion
+
+
+def test_cache_cost_without_first_tokens_drains_the_backlog_at_the_prefill_rate() -> None:
+    # Two cold 800-token prompts (each decoding for ~10 s) at 0 and 0.4 s, then probes. By
+    # default a request's tokens leave its replica's backlog at its first token (0.8 and
+    # 1.2 s here); with prefill_rate (the LiteLLM plugin sees no first token) the backlog
+    # drains at that rate between decisions, and is 0 once nothing is in flight there.
+    trace = [
+        req(0.0, tuple(range(1000, 1200)), out=100),
+        req(0.4, tuple(range(2000, 2200)), out=100),
+        req(2.0, (7,)),
+        req(60.0, (8,)),
+    ]
+
+    def backlogs(**params: float) -> list[list[int]]:
+        policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4, **params)
+        seen: list[list[int]] = []
+        policy.log_every = 1
+        policy.log_sink = lambda r: seen.append(
+            [c["signals"]["queued_tokens"] for c in r["explanation"]["candidates"]]
+        )
+        simulate(trace, policy, MODEL)
+        return seen
+
+    assert backlogs() == [[0, 0], [800, 0], [0, 0], [0, 0]]
+    # 100 tokens/s: 800 - 40 = 760 at 0.4 s; at 2.0 s 760 - 160 = 600 and 800 - 160 = 640.
+    assert backlogs(prefill_rate=100.0) == [[0, 0], [760, 0], [600, 640], [0, 0]]
+    # 1 token/s: still 740 and 782 at 60 s, but both requests have ended there.
+    assert backlogs(prefill_rate=1.0)[3] == [0, 0]
+    with pytest.raises(ValueError, match="prefill_rate"):
+        CacheCostPolicy(capacity_blocks=None, block_tokens=4, prefill_rate=0.0)

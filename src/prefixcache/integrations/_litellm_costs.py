@@ -52,11 +52,18 @@ class CostState:
 
     __slots__ = ("_candidates", "_hot", "_keys", "_window", "config", "ledger", "mirror", "stride")
 
-    def __init__(self, config: Config, *, block_tokens: int, mirror_blocks: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        block_tokens: int,
+        mirror_blocks: int,
+        prefill_rate: float | None,
+    ) -> None:
         self.config = config
         self.mirror = KvCacheMirror(capacity_blocks=mirror_blocks)
         self.stride = max(1, DEFAULT_COST_MARGIN // block_tokens)
-        self.ledger = Ledger(self.stride)
+        self.ledger = Ledger(self.stride, prefill_rate)
         self._window = DispatchWindow(size=WINDOW_PER_DEPLOYMENT)
         self._hot: dict[str, HotPrefixes] = {}
         self._keys: dict[str, ReplicaKey] = {}
@@ -84,6 +91,7 @@ class CostState:
         block_tokens: int,
         indexed: tuple[str | None, int],
         pinned: str | None,
+        now: float,
     ) -> tuple[int, int]:
         """Choose among the deployments ``ids`` (keyed ``keys``) for a request of ``group``
         with prefix ``chain``; returns the chosen position and the prompt tokens it holds
@@ -95,7 +103,7 @@ class CostState:
         """
         ledger = self.ledger
         in_flight = ledger.in_flight
-        queued = ledger.queued
+        backlog = ledger.backlog
         flights = [in_flight.get(i, 0) for i in ids]
         least = min(flights)
         if len(ids) * WINDOW_PER_DEPLOYMENT > self._window.size:
@@ -121,7 +129,7 @@ class CostState:
                     key,
                     flight,
                     min(prompt_tokens, blocks * block_tokens),
-                    queued.get(i, 0),
+                    backlog(i, now) if flight else 0,
                     window.count(key),
                     pin_credit,
                 )

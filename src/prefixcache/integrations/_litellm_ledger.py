@@ -1,13 +1,18 @@
 """The LiteLLM plugin's in-flight bookkeeping: reservations held per ``(request id,
 deployment id)``, their deadlines, and per deployment the in-flight count, the backlog
-of uncached prompt tokens they add up to and the prompt blocks they hold."""
+of uncached prompt tokens still to prefill and the prompt blocks they hold."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Sequence
+from typing import Final
 
-__all__ = ["Ledger", "Reservation"]
+__all__ = ["DEFAULT_PREFILL_TOKENS_PER_S", "Ledger", "Reservation"]
+
+DEFAULT_PREFILL_TOKENS_PER_S: Final = 20_000.0
+"""Prompt tokens a deployment prefills per second, for its backlog estimate: the replay's
+default server (a 70B model on 8 H100s, docs/replay.md)."""
 
 
 class Reservation:
@@ -38,8 +43,12 @@ class Reservation:
 class Ledger:
     """The reservations one plugin holds.
 
-    ``in_flight`` and ``queued`` map a deployment id to its held reservations and their
-    uncached tokens (a deployment with none is absent). :meth:`running_blocks` extends a
+    ``in_flight`` maps a deployment id to its held reservations (a deployment with none is
+    absent). :meth:`backlog` is a deployment's prefill backlog: the uncached prompt tokens
+    of its reservations, drained at ``prefill_rate`` tokens per second from each one's
+    reservation on (LiteLLM reports a request only when it ends, long after its prefill),
+    and 0 once none is held; with ``prefill_rate=None`` a reservation's tokens stay until
+    it is released. :meth:`running_blocks` extends a
     match by the blocks of the chains in flight on a deployment (an engine holds a running
     request's prompt in its KV cache); it tracks each chain's blocks at depths ``stride``,
     ``2 x stride``, ... and its last block, so a match is found to within ``stride - 1``
@@ -52,12 +61,23 @@ class Ledger:
     Not thread-safe: the plugin calls it with its lock held.
     """
 
-    __slots__ = ("_blocks", "_expiry", "_held", "in_flight", "queued", "stride")
+    __slots__ = (
+        "_at",
+        "_blocks",
+        "_expiry",
+        "_held",
+        "_queued",
+        "in_flight",
+        "prefill_rate",
+        "stride",
+    )
 
-    def __init__(self, stride: int = 1) -> None:
+    def __init__(self, stride: int = 1, prefill_rate: float | None = None) -> None:
         self.stride = stride
+        self.prefill_rate = prefill_rate
         self.in_flight: dict[str, int] = {}
-        self.queued: dict[str, int] = {}
+        self._queued: dict[str, float] = {}  # the backlog at _at[deployment]
+        self._at: dict[str, float] = {}
         self._blocks: dict[str, dict[int, int]] = {}
         self._held: dict[tuple[str, str], list[Reservation]] = {}
         self._expiry: deque[Reservation] = deque()
@@ -66,13 +86,32 @@ class Ledger:
         """Reservations held (not yet released or expired)."""
         return sum(len(v) for v in self._held.values())
 
-    def reserve(self, res: Reservation) -> None:
-        """Hold ``res`` until :meth:`take` or :meth:`expire` drops it."""
+    def backlog(self, deployment: str, now: float) -> int:
+        """``deployment``'s prefill backlog at ``now``, in tokens (see the class)."""
+        level = self._queued.get(deployment)
+        if level is None:
+            return 0
+        rate = self.prefill_rate
+        if rate is not None:
+            at = self._at[deployment]
+            if now > at:
+                level = level - rate * (now - at)
+                if level < 0:
+                    level = 0.0
+                self._queued[deployment] = level
+                self._at[deployment] = now
+        return int(level)
+
+    def reserve(self, res: Reservation, now: float) -> None:
+        """Hold ``res``, reserved at ``now``, until :meth:`take` or :meth:`expire` drops it."""
         self._held.setdefault((res.rid, res.deployment), []).append(res)
         self._expiry.append(res)
         d = res.deployment
         self.in_flight[d] = self.in_flight.get(d, 0) + 1
-        self.queued[d] = self.queued.get(d, 0) + res.uncached
+        self.backlog(d, now)  # drained to now first
+        self._queued[d] = self._queued.get(d, 0.0) + res.uncached
+        if d not in self._at or now > self._at[d]:
+            self._at[d] = now
         if res.chain:
             blocks = self._blocks.setdefault(d, {})
             get = blocks.get
@@ -140,10 +179,12 @@ class Ledger:
                 del self._held[(res.rid, res.deployment)]
         d = res.deployment
         self.in_flight[d] -= 1
-        self.queued[d] -= res.uncached
-        if not self.in_flight[d]:
+        if self.prefill_rate is None:
+            self._queued[d] -= res.uncached
+        if not self.in_flight[d]:  # nothing in flight: nothing left to prefill
             del self.in_flight[d]
-            self.queued.pop(d, None)
+            self._queued.pop(d, None)
+            self._at.pop(d, None)
             self._blocks.pop(d, None)
         elif res.chain:
             blocks = self._blocks[d]

@@ -25,7 +25,7 @@ from prefixcache._protocols import AsyncTransport, Clock, Transport
 from prefixcache._sync import Sync
 from prefixcache.integrations._litellm_chains import SessionChains
 from prefixcache.integrations._litellm_costs import CostState
-from prefixcache.integrations._litellm_ledger import Reservation
+from prefixcache.integrations._litellm_ledger import DEFAULT_PREFILL_TOKENS_PER_S, Reservation
 from prefixcache.integrations._litellm_requests import (
     BYTES_PER_TOKEN,
     Tokenizer,
@@ -52,6 +52,7 @@ from prefixcache.integrations._litellm_wiring import (
 
 __all__ = [
     "DEFAULT_MIRROR_BLOCKS",
+    "DEFAULT_PREFILL_TOKENS_PER_S",
     "DEFAULT_RESERVATION_TTL",
     "DEFAULT_SESSION_HEADER",
     "DEFAULT_SESSION_METADATA_KEY",
@@ -68,6 +69,7 @@ DEFAULT_RESERVATION_TTL: Final = 600.0
 
 DEFAULT_MIRROR_BLOCKS: Final = 1 << 16
 """Blocks the local KV-cache mirror keeps per deployment (least recently used go first)."""
+
 
 DEFAULT_SESSION_HEADER: Final = "x-session-id"
 """The request header read for the session key (case-insensitive)."""
@@ -134,6 +136,10 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         block_tokens: tokens per block with a tokenizer (default ``window_bytes // 4``).
         clock: the wall clock (index entries and pins cross processes).
         mirror_blocks: blocks the local KV-cache mirror keeps per deployment (int >= 1).
+        prefill_tokens_per_s: how fast a deployment prefills (finite, > 0), or ``None``.
+            A deployment's backlog (the uncached prompt tokens of its reservations) drains
+            at this rate from each reservation on, since LiteLLM reports a request only when
+            it ends; ``None`` keeps a reservation's tokens until then.
 
     Memory is bounded: the index by its ttl (swept every ``ttl / 2`` from routing calls),
     the mirror by ``mirror_blocks`` per deployment, reservations by ``reservation_ttl``, the
@@ -162,6 +168,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         block_tokens: int | None = None,
         clock: Clock | Callable[[], float] = time.time,
         mirror_blocks: int = DEFAULT_MIRROR_BLOCKS,
+        prefill_tokens_per_s: float | None = DEFAULT_PREFILL_TOKENS_PER_S,
     ) -> None:
         super().__init__()
         if mode not in ("filter", "strategy"):
@@ -185,6 +192,15 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             )
         if type(mirror_blocks) is not int or mirror_blocks < 1:
             raise InvalidRecordError("mirror_blocks", mirror_blocks, "must be an int >= 1")
+        if prefill_tokens_per_s is not None and (
+            isinstance(prefill_tokens_per_s, bool)
+            or not isinstance(prefill_tokens_per_s, int | float)
+            or not math.isfinite(prefill_tokens_per_s)
+            or prefill_tokens_per_s <= 0
+        ):
+            raise InvalidRecordError(
+                "prefill_tokens_per_s", prefill_tokens_per_s, "must be a finite number > 0 or None"
+            )
         if block_tokens is not None and (type(block_tokens) is not int or block_tokens < 1):
             raise InvalidRecordError("block_tokens", block_tokens, "must be an int >= 1")
         if sync is not None and not callable(getattr(sync, "subscribe", None)):
@@ -206,7 +222,12 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         self.tokenizer = tokenizer
         self.block_tokens = block_tokens or max(1, config.window_bytes // BYTES_PER_TOKEN)
         self.clock = clock
-        self._costs = CostState(config, block_tokens=self.block_tokens, mirror_blocks=mirror_blocks)
+        self._costs = CostState(
+            config,
+            block_tokens=self.block_tokens,
+            mirror_blocks=mirror_blocks,
+            prefill_rate=None if prefill_tokens_per_s is None else float(prefill_tokens_per_s),
+        )
         self._chains = SessionChains(config)
         self._uid = uuid.uuid4().hex
         self._next_rid = itertools.count()
@@ -234,6 +255,14 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
     def in_flight(self, deployment_id: str) -> int:
         """Reservations held on ``deployment_id``."""
         return self._costs.ledger.in_flight.get(deployment_id, 0)
+
+    def backlog(self, deployment_id: str, *, now: float | None = None) -> int:
+        """``deployment_id``'s estimated prefill backlog at ``now`` (default ``clock()``): the
+        uncached prompt tokens of its reservations, drained at ``prefill_tokens_per_s``
+        since each was made (``None``: held until released); 0 with none held."""
+        t = self.clock() if now is None else now
+        with self._lock:
+            return self._costs.ledger.backlog(deployment_id, t)
 
     def reservations(self) -> int:
         """Reservations held (not yet released or expired)."""
@@ -311,11 +340,13 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
                 block_tokens=block_tokens,
                 indexed=indexed,
                 pinned=pinned,
+                now=t,
             )
             self._costs.ledger.reserve(
                 Reservation(
                     rid, ids[pos], group, chain, session, uncached, t + self.reservation_ttl
-                )
+                ),
+                t,
             )
             counts = self._counts
             counts["reserved"] += 1
@@ -520,6 +551,7 @@ def install(
     block_tokens: int | None = None,
     clock: Clock | Callable[[], float] = time.time,
     mirror_blocks: int = DEFAULT_MIRROR_BLOCKS,
+    prefill_tokens_per_s: float | None = DEFAULT_PREFILL_TOKENS_PER_S,
 ) -> PrefixRoutingPlugin:
     """Make ``router`` route by prefix cache cost and session pins; returns the plugin.
 
@@ -552,6 +584,7 @@ def install(
         block_tokens=block_tokens,
         clock=clock,
         mirror_blocks=mirror_blocks,
+        prefill_tokens_per_s=prefill_tokens_per_s,
     )
     plugin.attach()
     plugin._wrap_endpoints()

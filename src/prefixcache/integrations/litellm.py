@@ -17,8 +17,9 @@ least by the library's default policy (``cache-cost``, :func:`prefixcache.pick_l
   the 512-token cost margin: every eighth of the default 64-token blocks is tracked) and,
   with ``sync=`` (or a host-supplied ``index=``), from a :class:`prefixcache.Index` shared
   through ``Sync`` (the longest live match, learned from every router); in-flight counts
-  and the prefill backlog come from reservations; recent shares from a
-  :class:`prefixcache.DispatchWindow`;
+  and the prefill backlog come from reservations (LiteLLM reports no first token, so a
+  deployment's backlog drains at ``prefill_tokens_per_s``, ``DEFAULT_PREFILL_TOKENS_PER_S``,
+  from each reservation on); recent shares from a :class:`prefixcache.DispatchWindow`;
 * hot prefixes: :meth:`prefixcache.HotPrefixes.credit` over the model group's last ``256 x
   deployments`` dispatches, as in the replay's ``cache-cost`` except for when a holder counts
   as busy: while every deployment holding the request's prefix is beyond the load guard
@@ -67,6 +68,7 @@ from __future__ import annotations
 from prefixcache.integrations._litellm_chains import DEFAULT_SESSION_CHAINS
 from prefixcache.integrations._litellm_plugin import (
     DEFAULT_MIRROR_BLOCKS,
+    DEFAULT_PREFILL_TOKENS_PER_S,
     DEFAULT_RESERVATION_TTL,
     DEFAULT_SESSION_HEADER,
     DEFAULT_SESSION_METADATA_KEY,
@@ -83,6 +85,7 @@ from prefixcache.integrations._litellm_requests import (
 
 __all__ = [
     "DEFAULT_MIRROR_BLOCKS",
+    "DEFAULT_PREFILL_TOKENS_PER_S",
     "DEFAULT_RESERVATION_TTL",
     "DEFAULT_SESSION_CHAINS",
     "DEFAULT_SESSION_HEADER",

@@ -292,6 +292,11 @@ class CacheCostPolicy(_Base):
     on its replica (an engine keeps a running request's prompt in its KV cache). The
     mirror then pins nothing, so the shared weight's KV-usage gate stays open (as in the
     LiteLLM plugin, which does not see the engines' KV usage).
+
+    The backlog drops a request's tokens at its first token by default. With
+    ``prefill_rate`` (tokens per second per replica) the router sees no first token, as the
+    LiteLLM plugin (whose callbacks come when a request ends): each replica's backlog
+    drains at that rate between decisions, and is 0 while nothing is in flight there.
     """
 
     name = "cache-cost"
@@ -316,6 +321,7 @@ class CacheCostPolicy(_Base):
         shared_demand: float = DEFAULT_SHARED_DEMAND,
         shared_kv_usage: float = DEFAULT_SHARED_KV_USAGE,
         hot_overloaded: Callable[[int, int], bool] | None = None,
+        prefill_rate: float | None = None,
     ) -> None:
         from prefixcache import (
             DEFAULT_QUEUE_WEIGHT,
@@ -368,6 +374,12 @@ class CacheCostPolicy(_Base):
         }
         self._shared_demand = shared_demand
         self._hot_overloaded = hot_overloaded
+        if prefill_rate is not None:
+            _check_number("prefill_rate", prefill_rate, math.inf)
+            if not prefill_rate > 0:
+                raise InvalidRecordError("prefill_rate", prefill_rate, "must be > 0")
+        self._drain = prefill_rate
+        self._drained_at = 0.0
         self._shared_kv_usage = shared_kv_usage
         self._hot_lower = hot_lower
         self._per_copy = hot_per_copy
@@ -466,6 +478,8 @@ class CacheCostPolicy(_Base):
         inp = request.input_tokens
         cc = self._cc
         inf = view.in_flight
+        if self._drain is not None:
+            self._drain_backlog(now, inf)
         queued = self._queued
         events = self._src.EVENTS
         mirror_src = self._src.MIRROR
@@ -538,8 +552,20 @@ class CacheCostPolicy(_Base):
             for b in request.blocks:
                 pend[b] = pend.get(b, 0) + 1
 
+    def _drain_backlog(self, now: float, in_flight: Sequence[int]) -> None:
+        """Drain each replica's backlog at ``prefill_rate`` since the last decision (0 where
+        nothing is in flight)."""
+        assert self._drain is not None
+        d = self._drain * (now - self._drained_at)
+        self._drained_at = now
+        self._queued = [
+            max(0, round(q - d)) if f else 0 for q, f in zip(self._queued, in_flight, strict=True)
+        ]
+
     def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
-        self._queued[replica] -= self._est.pop(i)
+        est = self._est.pop(i)
+        if self._drain is None:
+            self._queued[replica] -= est
 
     def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
         if self.observe_at == "completion":
