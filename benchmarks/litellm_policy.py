@@ -49,6 +49,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "hot_overloaded": load_guard_exceeded,
         "prefill_rate": DEFAULT_PREFILL_TOKENS_PER_S,
     },
+    # prefill_tokens_per_s=None: a backlog drains only as its requests end (a rate of 1e-9
+    # tokens per second drains nothing, and the backlog is capped by the requests not ended).
+    "backlog held until the request ends": {
+        "observe_at": "completion",
+        "hot_overloaded": load_guard_exceeded,
+        "prefill_rate": 1e-9,
+    },
 }
 
 

@@ -19,7 +19,7 @@ from clusterrouting import InvalidRecordError
 #: routing hot path.
 NUMBER_TYPES: Final = (int, float)
 
-__all__ = ["U64", "check_key", "check_time", "decay", "fast_key_ok"]
+__all__ = ["U64", "check_key", "check_rate", "check_time", "decay", "fast_key_ok"]
 
 U64 = 1 << 64
 """Block hashes are integers in ``[0, U64)``."""
@@ -37,6 +37,27 @@ def check_time(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, NUMBER_TYPES) or math.isnan(value):
         raise InvalidRecordError(name, value, "must be a number (seconds), not NaN")
     return float(value)
+
+
+def check_rate(name: str, value: object) -> float | None:
+    """``value`` as a finite float > 0 (``None`` stays ``None``), or
+    :class:`InvalidRecordError` naming ``name`` (bools, NaN, infinities, ints beyond any
+    float, and numbers <= 0 are refused).
+
+    >>> check_rate("rate", 20_000)
+    20000.0
+    """
+    if value is None:
+        return None
+    rate = math.nan
+    if isinstance(value, NUMBER_TYPES) and not isinstance(value, bool):
+        try:
+            rate = float(value)
+        except OverflowError:  # an int beyond any float
+            rate = math.inf
+    if not 0 < rate < math.inf:
+        raise InvalidRecordError(name, value, "must be a finite number > 0 or None")
+    return rate
 
 
 def fast_key_ok(key: Sequence[Any], start: int) -> bool:

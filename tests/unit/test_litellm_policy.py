@@ -162,7 +162,33 @@ def test_a_backlog_drains_at_the_prefill_rate_until_its_requests_end() -> None:
     assert held.backlog(home2, now=1000.0) == start
     assert held.release(done, success=True, now=1000.0)
     assert held.backlog(home2, now=1000.0) == 0
-    for bad in (0, -1.0, float("inf"), float("nan"), True, "fast"):
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "fast", 10**400):
         with pytest.raises(InvalidRecordError, match="prefill_tokens_per_s"):
             PrefixRoutingPlugin(None, prefill_tokens_per_s=bad)  # type: ignore[arg-type]
     assert DEFAULT_PREFILL_TOKENS_PER_S == 20_000.0
+
+
+def test_a_choice_reads_the_drained_backlog() -> None:
+    # Nine cold ~2,600-token prompts reserved on "a" at t=0 (about 23,000 tokens of
+    # backlog), the first of them the conversation's. Its next turn saves ~2,600 tokens on
+    # "a" (held in flight) but would wait behind the backlog (0.1 x 23,000) and eight more
+    # requests: it goes to "b". Ten seconds later the backlog has drained at 20,000 tokens
+    # per second and the turn stays on "a"; with the tokens held until the requests end it
+    # still goes to "b".
+    def next_turn_home(rate: float | None, at: float) -> str:
+        plugin = PrefixRoutingPlugin(None, prefill_tokens_per_s=rate)
+        for k in range(9):
+            kwargs: dict[str, Any] = {"metadata": {}}
+            plugin.choose(
+                GROUP, DEPLOYMENTS[:1], chat(f"question {k}", system=f"{k} {LONG}"), kwargs, now=0.0
+            )
+        assert plugin.backlog("a", now=0.0) > 20_000
+        kwargs = {"metadata": {}}
+        pos = plugin.choose(
+            GROUP, DEPLOYMENTS, chat("question 9", system=f"0 {LONG}"), kwargs, now=at
+        )
+        return str(DEPLOYMENTS[pos]["model_info"]["id"])
+
+    assert next_turn_home(20_000.0, 0.0) == "b"
+    assert next_turn_home(20_000.0, 10.0) == "a"
+    assert next_turn_home(None, 10.0) == "b"

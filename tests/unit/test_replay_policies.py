@@ -337,7 +337,11 @@ def test_cache_cost_without_first_tokens_drains_the_backlog_at_the_prefill_rate(
     assert backlogs() == [[0, 0], [800, 0], [0, 0], [0, 0]]
     # 100 tokens/s: 800 - 40 = 760 at 0.4 s; at 2.0 s 760 - 160 = 600 and 800 - 160 = 640.
     assert backlogs(prefill_rate=100.0) == [[0, 0], [760, 0], [600, 640], [0, 0]]
-    # 1 token/s: still 740 and 782 at 60 s, but both requests have ended there.
+    # 1,000 tokens/s: 400 left at 0.4 s, none at 2.0 s (never below 0).
+    assert backlogs(prefill_rate=1000.0) == [[0, 0], [400, 0], [0, 0], [0, 0]]
+    # 1 token/s: still 740 and 782 at 60 s, but both requests have ended there, and a
+    # backlog never exceeds the tokens of the requests not yet ended.
     assert backlogs(prefill_rate=1.0)[3] == [0, 0]
-    with pytest.raises(ValueError, match="prefill_rate"):
-        CacheCostPolicy(capacity_blocks=None, block_tokens=4, prefill_rate=0.0)
+    for bad in (0.0, -1.0, float("inf"), float("nan"), True, 10**400):
+        with pytest.raises(ValueError, match="prefill_rate"):
+            CacheCostPolicy(capacity_blocks=None, block_tokens=4, prefill_rate=bad)

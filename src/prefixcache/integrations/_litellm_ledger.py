@@ -47,8 +47,11 @@ class Ledger:
     absent). :meth:`backlog` is a deployment's prefill backlog: the uncached prompt tokens
     of its reservations, drained at ``prefill_rate`` tokens per second from each one's
     reservation on (LiteLLM reports a request only when it ends, long after its prefill),
-    and 0 once none is held; with ``prefill_rate=None`` a reservation's tokens stay until
-    it is released. :meth:`running_blocks` extends a
+    and never more than the uncached tokens of the reservations still held (a released
+    request's tokens leave at once; none held, no backlog). With ``prefill_rate=None`` it is
+    that sum: a reservation's tokens stay until it is released. Time only moves forward
+    for the drain: a ``now`` earlier than a deployment's last reservation reads the backlog
+    as of that reservation. :meth:`running_blocks` extends a
     match by the blocks of the chains in flight on a deployment (an engine holds a running
     request's prompt in its KV cache); it tracks each chain's blocks at depths ``stride``,
     ``2 x stride``, ... and its last block, so a match is found to within ``stride - 1``
@@ -66,7 +69,8 @@ class Ledger:
         "_blocks",
         "_expiry",
         "_held",
-        "_queued",
+        "_held_tokens",
+        "_level",
         "in_flight",
         "prefill_rate",
         "stride",
@@ -76,7 +80,8 @@ class Ledger:
         self.stride = stride
         self.prefill_rate = prefill_rate
         self.in_flight: dict[str, int] = {}
-        self._queued: dict[str, float] = {}  # the backlog at _at[deployment]
+        self._held_tokens: dict[str, int] = {}  # uncached tokens of the reservations held
+        self._level: dict[str, float] = {}  # the drained backlog as of _at (with a rate)
         self._at: dict[str, float] = {}
         self._blocks: dict[str, dict[int, int]] = {}
         self._held: dict[tuple[str, str], list[Reservation]] = {}
@@ -87,20 +92,24 @@ class Ledger:
         return sum(len(v) for v in self._held.values())
 
     def backlog(self, deployment: str, now: float) -> int:
-        """``deployment``'s prefill backlog at ``now``, in tokens (see the class)."""
-        level = self._queued.get(deployment)
-        if level is None:
-            return 0
+        """``deployment``'s prefill backlog at ``now``, in tokens (see the class). A read:
+        it changes nothing."""
+        held = self._held_tokens.get(deployment, 0)
+        if self.prefill_rate is None or not held:
+            return held
+        level = self._drained(deployment, now)
+        return int(level) if level < held else held
+
+    def _drained(self, deployment: str, now: float) -> float:
+        """The drained level at ``now`` (never drained backwards), before the cap."""
         rate = self.prefill_rate
-        if rate is not None:
-            at = self._at[deployment]
-            if now > at:
-                level = level - rate * (now - at)
-                if level < 0:
-                    level = 0.0
-                self._queued[deployment] = level
-                self._at[deployment] = now
-        return int(level)
+        at = self._at.get(deployment)
+        if rate is None or at is None:
+            return 0.0
+        level = self._level[deployment]
+        if now > at:
+            level -= rate * (now - at)
+        return level if level > 0 else 0.0
 
     def reserve(self, res: Reservation, now: float) -> None:
         """Hold ``res``, reserved at ``now``, until :meth:`take` or :meth:`expire` drops it."""
@@ -108,10 +117,13 @@ class Ledger:
         self._expiry.append(res)
         d = res.deployment
         self.in_flight[d] = self.in_flight.get(d, 0) + 1
-        self.backlog(d, now)  # drained to now first
-        self._queued[d] = self._queued.get(d, 0.0) + res.uncached
-        if d not in self._at or now > self._at[d]:
-            self._at[d] = now
+        held = self._held_tokens.get(d, 0)
+        if self.prefill_rate is not None:
+            level = self._drained(d, now)
+            self._level[d] = (level if level < held else held) + res.uncached
+            at = self._at.get(d)
+            self._at[d] = now if at is None or now > at else at
+        self._held_tokens[d] = held + res.uncached
         if res.chain:
             blocks = self._blocks.setdefault(d, {})
             get = blocks.get
@@ -179,11 +191,11 @@ class Ledger:
                 del self._held[(res.rid, res.deployment)]
         d = res.deployment
         self.in_flight[d] -= 1
-        if self.prefill_rate is None:
-            self._queued[d] -= res.uncached
+        self._held_tokens[d] -= res.uncached
         if not self.in_flight[d]:  # nothing in flight: nothing left to prefill
             del self.in_flight[d]
-            self._queued.pop(d, None)
+            del self._held_tokens[d]
+            self._level.pop(d, None)
             self._at.pop(d, None)
             self._blocks.pop(d, None)
         elif res.chain:

@@ -19,6 +19,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from clusterrouting import InvalidRecordError
 from prefixcache._config import DEFAULT_CONFIG, Config
 from prefixcache._index import Index, Provider
+from prefixcache._keys import check_rate
 from prefixcache._mirror import KvCacheMirror
 from prefixcache._pins import SessionPins
 from prefixcache._protocols import AsyncTransport, Clock, Transport
@@ -192,15 +193,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             )
         if type(mirror_blocks) is not int or mirror_blocks < 1:
             raise InvalidRecordError("mirror_blocks", mirror_blocks, "must be an int >= 1")
-        if prefill_tokens_per_s is not None and (
-            isinstance(prefill_tokens_per_s, bool)
-            or not isinstance(prefill_tokens_per_s, int | float)
-            or not math.isfinite(prefill_tokens_per_s)
-            or prefill_tokens_per_s <= 0
-        ):
-            raise InvalidRecordError(
-                "prefill_tokens_per_s", prefill_tokens_per_s, "must be a finite number > 0 or None"
-            )
+        prefill_rate = check_rate("prefill_tokens_per_s", prefill_tokens_per_s)
         if block_tokens is not None and (type(block_tokens) is not int or block_tokens < 1):
             raise InvalidRecordError("block_tokens", block_tokens, "must be an int >= 1")
         if sync is not None and not callable(getattr(sync, "subscribe", None)):
@@ -226,7 +219,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             config,
             block_tokens=self.block_tokens,
             mirror_blocks=mirror_blocks,
-            prefill_rate=None if prefill_tokens_per_s is None else float(prefill_tokens_per_s),
+            prefill_rate=prefill_rate,
         )
         self._chains = SessionChains(config)
         self._uid = uuid.uuid4().hex

@@ -21,6 +21,7 @@ from prefixcache._hot import (
     DEFAULT_SHARED_QUEUE_WEIGHT,
     HotPrefixes,
 )
+from prefixcache._keys import check_rate
 from prefixcache.kvevents import EventBatch
 from prefixcache.replay._peer_base import REPLAY_MODEL
 from prefixcache.replay._peers import (
@@ -296,7 +297,8 @@ class CacheCostPolicy(_Base):
     The backlog drops a request's tokens at its first token by default. With
     ``prefill_rate`` (tokens per second per replica) the router sees no first token, as the
     LiteLLM plugin (whose callbacks come when a request ends): each replica's backlog
-    drains at that rate between decisions, and is 0 while nothing is in flight there.
+    drains at that rate between decisions, and never exceeds the estimates of its requests
+    not yet ended (0 while nothing is in flight there).
     """
 
     name = "cache-cost"
@@ -374,12 +376,9 @@ class CacheCostPolicy(_Base):
         }
         self._shared_demand = shared_demand
         self._hot_overloaded = hot_overloaded
-        if prefill_rate is not None:
-            _check_number("prefill_rate", prefill_rate, math.inf)
-            if not prefill_rate > 0:
-                raise InvalidRecordError("prefill_rate", prefill_rate, "must be > 0")
-        self._drain = prefill_rate
+        self._drain = check_rate("prefill_rate", prefill_rate)
         self._drained_at = 0.0
+        self._held_est: list[int] = []  # per replica: estimates of requests not yet ended
         self._shared_kv_usage = shared_kv_usage
         self._hot_lower = hot_lower
         self._per_copy = hot_per_copy
@@ -463,6 +462,7 @@ class CacheCostPolicy(_Base):
         if len(self._keys) != view.replicas:
             self._keys = [self._key_cls(nid, 0) for nid in view.node_ids]
             self._queued = [0] * view.replicas
+            self._held_est = [0] * view.replicas
             self._window = self._window_cls(size=WINDOW_PER_REPLICA * view.replicas)
             self._pending = [{} for _ in range(view.replicas)]
             if self._hot_on:
@@ -479,7 +479,7 @@ class CacheCostPolicy(_Base):
         cc = self._cc
         inf = view.in_flight
         if self._drain is not None:
-            self._drain_backlog(now, inf)
+            self._drain_backlog(now)
         queued = self._queued
         events = self._src.EVENTS
         mirror_src = self._src.MIRROR
@@ -540,6 +540,8 @@ class CacheCostPolicy(_Base):
 
     def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
         self._queued[replica] += self._est[i]
+        if self._drain is not None:
+            self._held_est[replica] += self._est[i]
         self._window.record(self._keys[replica])
         if self.hot is not None:
             self.hot.record(request.blocks)
@@ -552,20 +554,19 @@ class CacheCostPolicy(_Base):
             for b in request.blocks:
                 pend[b] = pend.get(b, 0) + 1
 
-    def _drain_backlog(self, now: float, in_flight: Sequence[int]) -> None:
-        """Drain each replica's backlog at ``prefill_rate`` since the last decision (0 where
-        nothing is in flight)."""
+    def _drain_backlog(self, now: float) -> None:
+        """Drain each replica's backlog at ``prefill_rate`` since the last decision, to at
+        most the estimates of its requests not yet ended."""
         assert self._drain is not None
         d = self._drain * (now - self._drained_at)
         self._drained_at = now
         self._queued = [
-            max(0, round(q - d)) if f else 0 for q, f in zip(self._queued, in_flight, strict=True)
+            min(h, max(0, round(q - d))) for q, h in zip(self._queued, self._held_est, strict=True)
         ]
 
     def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
-        est = self._est.pop(i)
         if self._drain is None:
-            self._queued[replica] -= est
+            self._queued[replica] -= self._est.pop(i)
 
     def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
         if self.observe_at == "completion":
@@ -574,6 +575,10 @@ class CacheCostPolicy(_Base):
             self._mirror.finish(
                 self._keys[replica], request.blocks, private_blocks=self._private.pop(i)
             )
+        if self._drain is not None:  # its tokens leave the backlog if still there
+            held = self._held_est[replica] = self._held_est[replica] - self._est.pop(i)
+            if self._queued[replica] > held:
+                self._queued[replica] = held
         # The router counted the response's tokens as it streamed them back.
         self._out_blocks += -(-request.output_tokens // self._bt)
         self._completed += 1
