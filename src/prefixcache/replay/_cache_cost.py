@@ -1,0 +1,385 @@
+"""Our policy in the replay: ``cache-cost``, ``prefixcache.pick_lowest_cost`` over a
+``KvCacheMirror`` with hot prefixes (and ``cache-cost-precise``, reading engine events)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from clusterrouting import InvalidRecordError
+from prefixcache._hot import (
+    DEFAULT_HOT_LOWER,
+    DEFAULT_HOT_PER_COPY,
+    DEFAULT_SHARED_DEMAND,
+    DEFAULT_SHARED_KV_USAGE,
+    DEFAULT_SHARED_QUEUE_WEIGHT,
+    HotPrefixes,
+)
+from prefixcache._keys import check_rate
+from prefixcache.kvevents import EventBatch
+from prefixcache.replay._baselines import BasePolicy, ObserveAt
+from prefixcache.replay._peers import EngineIndex
+from prefixcache.replay._sim import ClusterView
+from prefixcache.replay._trace import Request
+
+__all__ = ["WINDOW_PER_REPLICA", "CacheCostPolicy"]
+
+WINDOW_PER_REPLICA = 256
+"""``cache-cost`` keeps its last ``256 x replicas`` dispatches for the share price."""
+
+
+def _check_number(name: str, value: object, hi: float) -> None:
+    """Refuse a ``value`` that is not a number in [0, ``hi``] (finite when ``hi`` is not)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= hi
+        or value == math.inf
+    ):
+        bound = "a finite number >= 0" if hi == math.inf else f"a number in [0, {hi:g}]"
+        raise InvalidRecordError(name, value, f"must be {bound}")
+
+
+class CacheCostPolicy(BasePolicy):
+    """Ours: ``prefixcache.pick_lowest_cost`` over a ``KvCacheMirror``, with hot prefixes.
+
+    The router mirrors each replica's KV cache (LRU, capacity = the replica's KV blocks,
+    which engines report) from what it dispatched, as the engine uses it: a request's prompt
+    blocks are pinned from its dispatch to its completion, when they become the most recent
+    (``KvCacheMirror.start`` / ``finish``), and each running request also takes the mean
+    output blocks of the requests completed so far, rounded to whole blocks (the router
+    counts the tokens it streams back; 0 before the first completion), so the mirror evicts
+    about when the engine does. It keeps each replica's prefill backlog in tokens: the
+    estimated uncached tokens of requests whose first token has not come back yet, and its
+    last ``256 x replicas`` dispatches (``DispatchWindow``). A request's deepest block
+    cached on some replica is its prefix; ``prefixcache.HotPrefixes`` (over the same
+    ``256 x replicas`` dispatches) keeps ``ceil(demand / 0.75)`` warm copies of a prefix
+    whose demand exceeds 0.75 of a replica, and every warm replica counts as holding it,
+    while every replica holding the prefix has a request in flight (an idle holder keeps
+    the prefix's requests: ``HotPrefixes.credit``, which also applies the shared weight
+    below; ``hot_overloaded(in_flight, least)`` replaces that test, e.g. by the LiteLLM
+    plugin's load guard).
+    Each request goes where uncached work + 0.1 x backlog + 64 tokens per in-flight request
+    above the least-loaded replica + 32 tokens per dispatch among those last ``256 x
+    replicas`` above the least-dispatched replica's is least (no fair-share guard unless
+    ``share_factor`` is set); costs within 512 tokens of the least tie, and ties
+    go to the replica dispatched to least recently (``tie_rank``), so identical requests
+    rotate as round-robin would (``pick_lowest_cost`` defaults). When the request's prefix
+    is *shared* (``HotPrefixes.shared``: demand >= ``shared_demand``, 0.25 of a replica),
+    some replica does not hold it and every replica's KV usage in the mirror (its running
+    requests' blocks over its capacity) is below ``shared_kv_usage`` (0.8), the
+    backlog weighs ``shared_queue_weight`` (0.5; ``queue_weight`` if that is larger)
+    instead of 0.1: a copy of a shared prefix on one more replica serves many later
+    requests and, while the caches have room beside the running requests, pushes out
+    little that later requests need, so a busy holder gives way to an idle replica once
+    its backlog exceeds the idle one's by about 4k tokens per 2k saved, not 20k. A
+    conversation's own history keeps the 0.1 once the window holds a few dispatches per
+    replica (its demand is then far below a replica; in the first ``4 x replicas``
+    dispatches a prefix seen once already counts as shared). With ``hot_prefixes=False``
+    there is no demand, and no request counts as shared.
+
+    Observes at dispatch by default (the router knows what it just sent); with
+    ``observe_at="completion"`` (what a gateway learns from success callbacks, as the
+    LiteLLM plugin does) the mirror instead records a prompt when its request completes
+    (``KvCacheMirror.observe``, no pins), and until then a request's prompt counts as held
+    on its replica (an engine keeps a running request's prompt in its KV cache). The
+    mirror then pins nothing, so the shared weight's KV-usage gate stays open (as in the
+    LiteLLM plugin, which does not see the engines' KV usage).
+
+    The backlog drops a request's tokens at its first token by default. With
+    ``prefill_rate`` (tokens per second per replica) the router sees no first token, as the
+    LiteLLM plugin (whose callbacks come when a request ends): each replica's backlog
+    drains at that rate between decisions, and never exceeds the estimates of its requests
+    not yet ended (0 while nothing is in flight there).
+    """
+
+    name = "cache-cost"
+
+    def __init__(
+        self,
+        *,
+        capacity_blocks: int | None,
+        block_tokens: int,
+        observe_at: ObserveAt = "dispatch",
+        queue_weight: float | None = None,
+        precise: bool = False,
+        hot_prefixes: bool = True,
+        in_flight_tokens: float | None = None,
+        share_tokens: float | None = None,
+        share_factor: float | None = None,
+        share_slack: int | None = None,
+        hot_lower: float = DEFAULT_HOT_LOWER,
+        cost_margin: float | None = None,
+        hot_per_copy: float = DEFAULT_HOT_PER_COPY,
+        shared_queue_weight: float = DEFAULT_SHARED_QUEUE_WEIGHT,
+        shared_demand: float = DEFAULT_SHARED_DEMAND,
+        shared_kv_usage: float = DEFAULT_SHARED_KV_USAGE,
+        hot_overloaded: Callable[[int, int], bool] | None = None,
+        prefill_rate: float | None = None,
+    ) -> None:
+        from prefixcache import (
+            DEFAULT_QUEUE_WEIGHT,
+            CostCandidate,
+            DispatchWindow,
+            KvCacheMirror,
+            ReplicaKey,
+            pick_lowest_cost,
+        )
+
+        self.observe_at: str = observe_at
+        self._mirror = KvCacheMirror(capacity_blocks=capacity_blocks)
+        self._bt = block_tokens
+        from prefixcache import (
+            DEFAULT_COST_MARGIN,
+            DEFAULT_IN_FLIGHT_TOKENS,
+            DEFAULT_SHARE_SLACK,
+            DEFAULT_SHARE_TOKENS,
+        )
+
+        # The cost function's parameters, passed alike to the pick and its explanation.
+        self._params: dict[str, Any] = {
+            "queue_weight": DEFAULT_QUEUE_WEIGHT if queue_weight is None else queue_weight,
+            "in_flight_tokens": (
+                DEFAULT_IN_FLIGHT_TOKENS if in_flight_tokens is None else in_flight_tokens
+            ),
+            "share_tokens": DEFAULT_SHARE_TOKENS if share_tokens is None else share_tokens,
+            "share_factor": share_factor,
+            "share_slack": DEFAULT_SHARE_SLACK if share_slack is None else share_slack,
+            "cost_margin": DEFAULT_COST_MARGIN if cost_margin is None else cost_margin,
+        }
+        # A request whose deepest cached prefix is shared but not held everywhere.
+        for name, v, hi in (
+            ("shared_queue_weight", shared_queue_weight, math.inf),
+            ("shared_demand", shared_demand, math.inf),
+            ("shared_kv_usage", shared_kv_usage, 1.0),
+        ):
+            _check_number(name, v, hi)
+        # Checks every cost and hot-prefix parameter now, not at the first request (no
+        # candidates: no pick; the hot-prefix record is sized at the first request).
+        pick_lowest_cost([], prompt_tokens=0, **self._params)
+        try:
+            HotPrefixes(window=1, lower=hot_lower, per_copy=hot_per_copy)
+        except InvalidRecordError as exc:  # named as this constructor's parameter
+            raise InvalidRecordError(f"hot_{exc.field}", exc.value, exc.reason) from exc
+        # A request whose prefix is shared: the backlog weighs at least the shared weight.
+        self._shared_params = {
+            **self._params,
+            "queue_weight": max(self._params["queue_weight"], shared_queue_weight),
+        }
+        self._shared_demand = shared_demand
+        self._hot_overloaded = hot_overloaded
+        self._drain = check_rate("prefill_rate", prefill_rate)
+        self._drained_at = 0.0
+        self._held_est: list[int] = []  # per replica: estimates of requests not yet ended
+        self._shared_kv_usage = shared_kv_usage
+        self._hot_lower = hot_lower
+        self._per_copy = hot_per_copy
+        self._cc = CostCandidate
+        from prefixcache.kvevents import CacheSource
+
+        self._src = CacheSource
+        self._pick = pick_lowest_cost
+        self._key_cls = ReplicaKey
+        self._window_cls = DispatchWindow
+        self._window = DispatchWindow(size=1)
+        self._keys: list[ReplicaKey] = []
+        self._queued: list[int] = []
+        self._est: dict[int, int] = {}
+        self._private: dict[int, int] = {}
+        self._out_blocks = 0
+        self._completed = 0
+        self.reads_kv_events = precise
+        self.engine_index = EngineIndex()
+        # Blocks of the requests in flight per replica: what the engine has not reported
+        # yet (precise), or what it holds for them before the mirror learns it at completion.
+        self._pending: list[dict[int, int]] = []
+        self._tracks_pending = precise or observe_at == "completion"
+        self.sources: dict[str, int] = {"events": 0, "mirror": 0}
+        self._hot_on = hot_prefixes
+        self.hot: HotPrefixes | None = None
+        if precise:
+            self.name = "cache-cost-precise"
+
+    def on_kv_events(self, replica: int, seq: int, batch: EventBatch, now: float) -> None:
+        """Apply an engine event batch (precise variant only)."""
+        self.engine_index.apply(replica, seq, batch)
+
+    def _kv_room_everywhere(self) -> bool:
+        """Whether every replica's KV usage (running requests' blocks in the mirror, over
+        the capacity) is below ``shared_kv_usage``."""
+        mirror = self._mirror
+        cap = mirror.capacity_blocks
+        if cap is None:
+            return True
+        limit = self._shared_kv_usage * cap
+        running = mirror.running_blocks
+        return all(running(k) < limit for k in self._keys)
+
+    def _through_pending(self, k: int, blocks: tuple[int, ...], p: int) -> int:
+        """``p`` leading blocks held on replica ``k``, extended through the blocks of the
+        requests in flight there (``_pending``)."""
+        pend = self._pending[k]
+        nb = len(blocks)
+        while p < nb and blocks[p] in pend:
+            p += 1
+        return p
+
+    def _held(self, blocks: tuple[int, ...], n: int) -> tuple[list[int], list[bool]]:
+        """Leading blocks each replica is believed to hold, and whether that came from the
+        engines' events (an ``exact`` replica of the precise variant) or the mirror."""
+        mirror = self._mirror
+        keys = self._keys
+        if not self.reads_kv_events:
+            held = [mirror.matched_blocks(keys[k], blocks) for k in range(n)]
+            if self.observe_at == "completion":  # and the prompts of requests in flight
+                held = [self._through_pending(k, blocks, held[k]) for k in range(n)]
+            return held, [False] * n
+        idx = self.engine_index
+        runs = idx.overlaps(blocks, n)
+        held = []
+        exact = []
+        for k in range(n):
+            if idx.state(k) != "exact":
+                self.sources["mirror"] += 1
+                held.append(mirror.matched_blocks(keys[k], blocks))
+                exact.append(False)
+                continue
+            self.sources["events"] += 1
+            # Blocks of requests sent there that the engine has not reported yet.
+            held.append(max(runs[k], self._through_pending(k, blocks, 0)))
+            exact.append(True)
+        return held, exact
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        if len(self._keys) != view.replicas:
+            self._keys = [self._key_cls(nid, 0) for nid in view.node_ids]
+            self._queued = [0] * view.replicas
+            self._held_est = [0] * view.replicas
+            self._window = self._window_cls(size=WINDOW_PER_REPLICA * view.replicas)
+            self._pending = [{} for _ in range(view.replicas)]
+            if self._hot_on:
+                self.hot = HotPrefixes(
+                    window=WINDOW_PER_REPLICA * view.replicas,
+                    lower=self._hot_lower,
+                    per_copy=self._per_copy,
+                )
+        keys = self._keys
+        window = self._window
+        blocks = request.blocks
+        bt = self._bt
+        inp = request.input_tokens
+        cc = self._cc
+        inf = view.in_flight
+        if self._drain is not None:
+            self._drain_backlog(now)
+        queued = self._queued
+        events = self._src.EVENTS
+        mirror_src = self._src.MIRROR
+        n = len(keys)
+        held, exact = self._held(blocks, n)
+        credit: Sequence[int] = held
+        warm: tuple[int, ...] = ()
+        params = self._params
+        hot = self.hot
+        if hot is not None:
+            rule = hot.credit(
+                blocks,
+                held=held,
+                replicas=range(n),
+                in_flight=inf,
+                overloaded=self._hot_overloaded,
+                shared_demand=self._shared_demand,
+                room=self._kv_room_everywhere,
+            )
+            if rule is not None:
+                credit = rule.held
+                warm = rule.warm
+                if rule.shared:
+                    params = self._shared_params
+        # Ties rotate: the replica dispatched to least recently ranks first.
+        lu = view.last_used
+        rank = [0] * n
+        for pos, k in enumerate(
+            sorted(range(n), key=lambda k: (-math.inf if lu[k] is None else lu[k], k))
+        ):
+            rank[k] = pos
+        cands = [
+            cc(
+                key=keys[k],
+                in_flight=inf[k],
+                cached_tokens=min(inp, credit[k] * bt),
+                queued_tokens=queued[k],
+                recent_dispatches=window.count(keys[k]),
+                cached_source=events if exact[k] else mirror_src,
+                tie_rank=rank[k],
+            )
+            for k in range(n)
+        ]
+        key = self._pick(cands, prompt_tokens=inp, **params)
+        assert key is not None
+        if self.log_every and i % self.log_every == 0:
+            from prefixcache import explain_lowest_cost
+
+            e = explain_lowest_cost(cands, prompt_tokens=inp, **params)
+            assert e.chosen == key
+            d = e.to_json()
+            d["warm_copies"] = len(warm)
+            d["shared_prefix"] = params is self._shared_params
+            self._log(i, request, now, d)
+        r = keys.index(key)
+        self._est[i] = inp - min(inp, held[r] * bt)
+        return r
+
+    def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
+        self._queued[replica] += self._est[i]
+        if self._drain is not None:
+            self._held_est[replica] += self._est[i]
+        self._window.record(self._keys[replica])
+        if self.hot is not None:
+            self.hot.record(request.blocks)
+        if self.observe_at == "dispatch":
+            private = round(self._out_blocks / self._completed) if self._completed else 0
+            self._private[i] = private
+            self._mirror.start(self._keys[replica], request.blocks, private_blocks=private)
+        if self._tracks_pending:
+            pend = self._pending[replica]
+            for b in request.blocks:
+                pend[b] = pend.get(b, 0) + 1
+
+    def _drain_backlog(self, now: float) -> None:
+        """Drain each replica's backlog at ``prefill_rate`` since the last decision, to at
+        most the estimates of its requests not yet ended."""
+        assert self._drain is not None
+        d = self._drain * (now - self._drained_at)
+        self._drained_at = now
+        self._queued = [
+            min(h, max(0, round(q - d))) for q, h in zip(self._queued, self._held_est, strict=True)
+        ]
+
+    def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
+        if self._drain is None:
+            self._queued[replica] -= self._est.pop(i)
+
+    def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
+        if self.observe_at == "completion":
+            self._mirror.observe(self._keys[replica], request.blocks)
+        else:
+            self._mirror.finish(
+                self._keys[replica], request.blocks, private_blocks=self._private.pop(i)
+            )
+        if self._drain is not None:  # its tokens leave the backlog if still there
+            held = self._held_est[replica] = self._held_est[replica] - self._est.pop(i)
+            if self._queued[replica] > held:
+                self._queued[replica] = held
+        # The router counted the response's tokens as it streamed them back.
+        self._out_blocks += -(-request.output_tokens // self._bt)
+        self._completed += 1
+        if self._tracks_pending:
+            pend = self._pending[replica]
+            for b in request.blocks:
+                c = pend[b]
+                if c == 1:
+                    del pend[b]
+                else:
+                    pend[b] = c - 1
