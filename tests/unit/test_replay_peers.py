@@ -329,3 +329,28 @@ def test_every_peer_runs_on_a_synthetic_trace_within_the_ideal() -> None:
         out = simulate(reqs, make_policy(name, model), model, speedup=4.0)
         assert sum(out.requests_per_replica) == len(reqs)
         assert all(0 <= k <= len(r.blocks) for k, r in zip(out.hit_blocks, reqs, strict=True))
+
+
+# --- the shared character tree ----------------------------------------------------------
+
+
+def test_char_tree_match_counts_leading_blocks_and_their_characters() -> None:
+    from prefixcache.replay._peer_base import CharTree, TreeMatch
+
+    tree = CharTree()
+    tree.insert((1, 2), (100, 60), tenant=0)
+    m = tree.match((1, 2, 3), (100, 60, 40))
+    assert m == TreeMatch(blocks=2, chars=160, text=200)
+    assert m.rate == 0.8
+    # a gap ends the match: block 2 without block 1 in front counts nothing
+    assert tree.match((5, 2), (10, 60)) == TreeMatch(blocks=0, chars=0, text=70)
+    assert tree.match((), ()).rate == 0.0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.0, True, None])
+def test_tree_match_counts_are_ints_at_least_zero(bad: object) -> None:
+    from clusterrouting import InvalidRecordError
+    from prefixcache.replay._peer_base import TreeMatch
+
+    with pytest.raises(InvalidRecordError, match="chars"):
+        TreeMatch(blocks=0, chars=bad, text=0)  # type: ignore[arg-type]

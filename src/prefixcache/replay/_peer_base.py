@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from typing import Any
 
+import attrs
+
+from clusterrouting import InvalidRecordError
 from prefixcache._types import ReplicaKey
 from prefixcache.kvevents import EventBatch, KvResidency
 from prefixcache.replay._sim import TOKEN_MASK
@@ -27,6 +31,7 @@ __all__ = [
     "EngineIndex",
     "EventPeer",
     "Peer",
+    "TreeMatch",
     "block_chars",
 ]
 
@@ -134,6 +139,32 @@ class EventPeer(Peer):
 # --- character tree ------------------------------------------------------------------
 
 
+def _count(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not int or value < 0:
+        raise InvalidRecordError(attr.name, value, "must be an int >= 0")
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class TreeMatch:
+    """What :meth:`CharTree.match` found for a request.
+
+    Attributes:
+        blocks: leading blocks present in the tree (for some tenant).
+        chars: their characters.
+        text: the request's characters (all its blocks).
+    """
+
+    blocks: int = attrs.field(validator=_count)
+    chars: int = attrs.field(validator=_count)
+    text: int = attrs.field(validator=_count)
+
+    @property
+    def rate(self) -> float:
+        """The matched share of the text (``chars / text``; 0.0 for an empty text): the
+        match rate SGLang's and AIBrix's thresholds compare."""
+        return self.chars / self.text if self.text else 0.0
+
+
 class CharTree:
     """A character radix tree at block granularity, shared by all tenants, with the
     stamps and eviction of SMG's ``crates/kv_index/src/string_tree.rs``.
@@ -163,8 +194,9 @@ class CharTree:
         self.op = op + 1
         return op
 
-    def match(self, blocks: Sequence[int], chars: Sequence[int]) -> tuple[int, int]:
-        """(leading blocks present for some tenant, their characters)."""
+    def match(self, blocks: Sequence[int], chars: Sequence[int]) -> TreeMatch:
+        """The leading ``blocks`` present for some tenant and their characters, out of
+        ``sum(chars)`` (``chars[k]``: block ``k``'s characters)."""
         k = 0
         c = 0
         nodes = self.nodes
@@ -172,7 +204,7 @@ class CharTree:
         while k < n and blocks[k] in nodes:
             c += chars[k]
             k += 1
-        return k, c
+        return TreeMatch(blocks=k, chars=c, text=sum(chars))
 
     def insert(
         self, blocks: Sequence[int], chars: Sequence[int], tenant: int, stamp: int | None = None

@@ -415,10 +415,9 @@ class RayPrefixAffinityPolicy(Peer):
         n = view.replicas
         pair = self._rng.sample(range(n), min(2, n))
         chars = block_chars(request, self._bt, self._cpt)
-        k, matched = self.tree.match(request.blocks, chars)
-        text = sum(chars)
-        rate = matched / text if text else 0.0
-        if k > 0 and rate >= self.match_rate_threshold:
+        m = self.tree.match(request.blocks, chars)
+        k = m.blocks
+        if k > 0 and m.rate >= self.match_rate_threshold:
             cands = sorted(self.tree.nodes[request.blocks[k - 1]])
         else:
             ch = self.tree.chars

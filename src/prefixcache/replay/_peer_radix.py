@@ -125,11 +125,9 @@ class SglangCacheAwarePolicy(Peer):
         chars = block_chars(request, self._bt, self._cpt)
         if hi - lo > self.balance_abs_threshold and hi > self.balance_rel_threshold * lo:
             return self._commit(self._min_load(view), request, chars)
-        k, matched = self.tree.match(request.blocks, chars)
-        owner = self._lookup(request.blocks, k)
-        text = sum(chars)
-        rate = matched / text if text else 0.0
-        if owner is not None and rate > self.cache_threshold:
+        m = self.tree.match(request.blocks, chars)
+        owner = self._lookup(request.blocks, m.blocks)
+        if owner is not None and m.rate > self.cache_threshold:
             r = owner
         elif self.miss_fallback == "smallest_tree":
             ch = self.tree.chars
@@ -174,11 +172,10 @@ class SmgCacheAwarePolicy(SglangCacheAwarePolicy):
         self._maybe_evict(now)
         inf = view.in_flight
         chars = block_chars(request, self._bt, self._cpt)
-        k, matched = self.tree.match(request.blocks, chars)
+        m = self.tree.match(request.blocks, chars)
+        k = m.blocks
         self._lookup(request.blocks, k)
-        text = sum(chars)
-        rate = matched / text if text else 0.0
-        if k > 0 and rate > self.cache_threshold:
+        if k > 0 and m.rate > self.cache_threshold:
             owners = sorted(self.tree.nodes[request.blocks[k - 1]])[: self.max_owners]
             least = min(inf[o] for o in owners)
             r = self._rng.choice([o for o in owners if inf[o] == least])
