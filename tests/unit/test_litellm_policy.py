@@ -114,7 +114,8 @@ def test_hot_prefix_demand_is_kept_for_a_bounded_number_of_groups() -> None:
     for g in range(70):
         kwargs: dict[str, Any] = {"metadata": {}}
         plugin.choose(f"group-{g}", DEPLOYMENTS, chat("hello"), kwargs, now=1.0)
-    assert 1 <= len(plugin._costs._hot) <= 64
+    tracked = [g for g in range(70) if plugin.demand_window(f"group-{g}") is not None]
+    assert tracked == list(range(6, 70))  # the 64 most recently first seen
     assert plugin.stats().errors == 0
 
 
@@ -122,9 +123,12 @@ def test_a_group_that_grows_gets_a_demand_window_for_its_size() -> None:
     plugin = PrefixRoutingPlugin(None)
     kwargs: dict[str, Any] = {"metadata": {}}
     plugin.choose(GROUP, DEPLOYMENTS[:1], chat("hello"), kwargs, now=1.0)
-    assert plugin._costs._hot[GROUP].window == 256
+    assert plugin.demand_window(GROUP) == 256
     plugin.choose(GROUP, DEPLOYMENTS, chat("hello"), {"metadata": {}}, now=1.0)
-    assert plugin._costs._hot[GROUP].window == 512  # 256 dispatches per deployment
+    assert plugin.demand_window(GROUP) == 512  # 256 dispatches per deployment
+    plugin.choose(GROUP, DEPLOYMENTS[:1], chat("hello"), {"metadata": {}}, now=1.0)
+    assert plugin.demand_window(GROUP) == 512  # a shorter list keeps the larger window
+    assert plugin.demand_window("never-seen") is None
 
 
 def test_a_cached_prompt_leaves_a_deployment_whose_share_costs_more_than_it_saves() -> None:

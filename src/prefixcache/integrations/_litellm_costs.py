@@ -180,6 +180,12 @@ class CostState:
             factor=config.balance_rel_threshold,
         )
 
+    def demand_window(self, group: str) -> int | None:
+        """The dispatches ``group``'s hot-prefix demand is counted over, or ``None`` for a
+        group not tracked (never seen, or dropped: at most ``HOT_GROUPS`` are kept)."""
+        hot = self._hot.get(group)
+        return None if hot is None else hot.window
+
     def _hot_prefixes(self, group: str, deployments: int) -> HotPrefixes:
         """``group``'s hot-prefix demand over its last ``256 x deployments`` dispatches (a
         new, empty record when the group is new or has grown)."""

@@ -257,6 +257,14 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         with self._lock:
             return self._costs.ledger.backlog(deployment_id, t)
 
+    def demand_window(self, model_group: str) -> int | None:
+        """The recent dispatches over which ``model_group``'s hot-prefix demand is measured
+        (256 per deployment of the largest candidate list seen for it), or ``None`` for a
+        group not tracked: never decided, or dropped (the plugin keeps at most 64 groups, the
+        one seen first leaving first)."""
+        with self._lock:
+            return self._costs.demand_window(model_group)
+
     def reservations(self) -> int:
         """Reservations held (not yet released or expired)."""
         with self._lock:
