@@ -79,7 +79,7 @@ def test_running_blocks_is_the_longest_prefix_in_flight(
             paths_of[f"r{n}"] = path
         elif step[0] == "take" and alive:
             rid = sorted(alive)[int(str(step[1])) % len(alive)]
-            res = ledger.take([rid], alive[rid][0])
+            res = ledger.take([rid], alive[rid][0], 0.0)
             assert res is not None and res.chain == alive.pop(rid)[1]
         elif step[0] == "expire":
             t = float(str(step[1]))
@@ -124,9 +124,10 @@ def test_backlog_drains_at_the_prefill_rate_to_at_most_the_tokens_held(
     steps: list[tuple[object, ...]], rate: float | None
 ) -> None:
     # Reference, per deployment: the uncached tokens of the reservations held, and (with a
-    # rate) a level that drains at the rate from the latest reservation's time on (a clock
-    # going back drains nothing), is capped by the tokens held and gains each reservation's
-    # tokens; without a rate, the backlog is the tokens held. Nothing held: nothing at all.
+    # rate) a level that drains at the rate from the latest reservation or release on (a
+    # clock going back drains nothing), gains each reservation's tokens and is cut to the
+    # tokens still held at each release; without a rate, the backlog is the tokens held.
+    # Nothing held: nothing at all.
     ledger = Ledger(1, rate)
     alive: dict[str, tuple[str, int]] = {}
     held = {"a": 0, "b": 0}
@@ -151,17 +152,20 @@ def test_backlog_drains_at_the_prefill_rate_to_at_most_the_tokens_held(
         elif alive:
             rid = sorted(alive)[int(str(step[1])) % len(alive)]
             d, uncached = alive.pop(rid)
-            assert ledger.take([rid], d) is not None
+            assert ledger.take([rid], d, now) is not None
             held[d] -= uncached
-            if not any(dd == d for dd, _u in alive.values()):
+            level[d] = min(drained(d, now), held[d])
+            if d in at:
+                at[d] = max(at[d], now)
+            if not held[d]:
                 at.pop(d, None)
         for d in "ab":
             expected = held[d] if rate is None else min(held[d], drained(d, now))
-            assert abs(ledger.backlog(d, now) - expected) <= 1
+            assert abs(ledger.backlog.read(d, now) - expected) <= 1
             # A read changes nothing: a later clock, then the present, read alike.
-            ledger.backlog(d, now + 100.0)
-            assert abs(ledger.backlog(d, now) - expected) <= 1
+            ledger.backlog.read(d, now + 100.0)
+            assert abs(ledger.backlog.read(d, now) - expected) <= 1
     # Nothing in flight: no backlog, and nothing remembered.
     ledger.expire(float("inf"))
-    assert ledger.backlog("a", now) == ledger.backlog("b", now) == 0
-    assert not ledger._held_tokens and not ledger._level and not ledger._at
+    assert ledger.backlog.read("a", now) == ledger.backlog.read("b", now) == 0
+    assert len(ledger.backlog) == 0

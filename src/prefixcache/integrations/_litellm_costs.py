@@ -103,7 +103,7 @@ class CostState:
         """
         ledger = self.ledger
         in_flight = ledger.in_flight
-        backlog = ledger.backlog
+        backlog = ledger.backlog.read
         flights = [in_flight.get(i, 0) for i in ids]
         least = min(flights)
         if len(ids) * WINDOW_PER_DEPLOYMENT > self._window.size:

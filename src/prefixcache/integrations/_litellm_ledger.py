@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from prefixcache._backlog import DrainedBacklog
+
 __all__ = ["DEFAULT_PREFILL_TOKENS_PER_S", "Ledger", "Reservation"]
 
 DEFAULT_PREFILL_TOKENS_PER_S: Final = 20_000.0
@@ -44,14 +46,11 @@ class Ledger:
     """The reservations one plugin holds.
 
     ``in_flight`` maps a deployment id to its held reservations (a deployment with none is
-    absent). :meth:`backlog` is a deployment's prefill backlog: the uncached prompt tokens
-    of its reservations, drained at ``prefill_rate`` tokens per second from each one's
-    reservation on (LiteLLM reports a request only when it ends, long after its prefill),
-    and never more than the uncached tokens of the reservations still held (a released
-    request's tokens leave at once; none held, no backlog). With ``prefill_rate=None`` it is
-    that sum: a reservation's tokens stay until it is released. Time only moves forward
-    for the drain: a ``now`` earlier than a deployment's last reservation reads the backlog
-    as of that reservation. :meth:`running_blocks` extends a
+    absent). ``backlog`` is each deployment's prefill backlog, a
+    :class:`~prefixcache._backlog.DrainedBacklog` at ``prefill_rate`` (LiteLLM reports a
+    request only when it ends, long after its prefill): a reservation adds its uncached
+    prompt tokens, the level drains at the rate, and a released or expired reservation's
+    tokens leave at once (``None``: the tokens stay until then). :meth:`running_blocks` extends a
     match by the blocks of the chains in flight on a deployment (an engine holds a running
     request's prompt in its KV cache); it tracks each chain's blocks at depths ``stride``,
     ``2 x stride``, ... and its last block, so a match is found to within ``stride - 1``
@@ -64,25 +63,12 @@ class Ledger:
     Not thread-safe: the plugin calls it with its lock held.
     """
 
-    __slots__ = (
-        "_at",
-        "_blocks",
-        "_expiry",
-        "_held",
-        "_held_tokens",
-        "_level",
-        "in_flight",
-        "prefill_rate",
-        "stride",
-    )
+    __slots__ = ("_blocks", "_expiry", "_held", "backlog", "in_flight", "stride")
 
     def __init__(self, stride: int = 1, prefill_rate: float | None = None) -> None:
         self.stride = stride
-        self.prefill_rate = prefill_rate
+        self.backlog: DrainedBacklog[str] = DrainedBacklog(prefill_rate)
         self.in_flight: dict[str, int] = {}
-        self._held_tokens: dict[str, int] = {}  # uncached tokens of the reservations held
-        self._level: dict[str, float] = {}  # the drained backlog as of _at (with a rate)
-        self._at: dict[str, float] = {}
         self._blocks: dict[str, dict[int, int]] = {}
         self._held: dict[tuple[str, str], list[Reservation]] = {}
         self._expiry: deque[Reservation] = deque()
@@ -91,39 +77,13 @@ class Ledger:
         """Reservations held (not yet released or expired)."""
         return sum(len(v) for v in self._held.values())
 
-    def backlog(self, deployment: str, now: float) -> int:
-        """``deployment``'s prefill backlog at ``now``, in tokens (see the class). A read:
-        it changes nothing."""
-        held = self._held_tokens.get(deployment, 0)
-        if self.prefill_rate is None or not held:
-            return held
-        level = self._drained(deployment, now)
-        return int(level) if level < held else held
-
-    def _drained(self, deployment: str, now: float) -> float:
-        """The drained level at ``now`` (never drained backwards), before the cap."""
-        rate = self.prefill_rate
-        at = self._at.get(deployment)
-        if rate is None or at is None:
-            return 0.0
-        level = self._level[deployment]
-        if now > at:
-            level -= rate * (now - at)
-        return level if level > 0 else 0.0
-
     def reserve(self, res: Reservation, now: float) -> None:
         """Hold ``res``, reserved at ``now``, until :meth:`take` or :meth:`expire` drops it."""
         self._held.setdefault((res.rid, res.deployment), []).append(res)
         self._expiry.append(res)
         d = res.deployment
         self.in_flight[d] = self.in_flight.get(d, 0) + 1
-        held = self._held_tokens.get(d, 0)
-        if self.prefill_rate is not None:
-            level = self._drained(d, now)
-            self._level[d] = (level if level < held else held) + res.uncached
-            at = self._at.get(d)
-            self._at[d] = now if at is None or now > at else at
-        self._held_tokens[d] = held + res.uncached
+        self.backlog.add(d, res.uncached, now)
         if res.chain:
             blocks = self._blocks.setdefault(d, {})
             get = blocks.get
@@ -158,16 +118,17 @@ class Ledger:
             depth += s
         return matched
 
-    def take(self, rids: Iterable[str], deployment: str) -> Reservation | None:
+    def take(self, rids: Iterable[str], deployment: str, now: float) -> Reservation | None:
         """Drop and return the oldest reservation on ``deployment`` under the first of
-        ``rids`` that holds one; ``None`` when none does (or ``deployment`` is empty)."""
+        ``rids`` that holds one, released at ``now``; ``None`` when none does (or
+        ``deployment`` is empty)."""
         if not deployment:
             return None
         for rid in rids:
             held = self._held.get((rid, deployment))
             if held:
                 res = held[0]
-                self._drop(res)
+                self._drop(res, now)
                 return res
         return None
 
@@ -178,11 +139,11 @@ class Ledger:
         while expiry and (expiry[0].done or expiry[0].expires < now):
             res = expiry.popleft()
             if not res.done:
-                self._drop(res)
+                self._drop(res, now)
                 expired += 1
         return expired
 
-    def _drop(self, res: Reservation) -> None:
+    def _drop(self, res: Reservation, now: float) -> None:
         res.done = True
         held = self._held.get((res.rid, res.deployment))
         if held is not None:
@@ -191,12 +152,9 @@ class Ledger:
                 del self._held[(res.rid, res.deployment)]
         d = res.deployment
         self.in_flight[d] -= 1
-        self._held_tokens[d] -= res.uncached
-        if not self.in_flight[d]:  # nothing in flight: nothing left to prefill
+        self.backlog.remove(d, res.uncached, now)
+        if not self.in_flight[d]:
             del self.in_flight[d]
-            del self._held_tokens[d]
-            self._level.pop(d, None)
-            self._at.pop(d, None)
             self._blocks.pop(d, None)
         elif res.chain:
             blocks = self._blocks[d]

@@ -255,7 +255,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         since each was made (``None``: held until released); 0 with none held."""
         t = self.clock() if now is None else now
         with self._lock:
-            return self._costs.ledger.backlog(deployment_id, t)
+            return self._costs.ledger.backlog.read(deployment_id, t)
 
     def demand_window(self, model_group: str) -> int | None:
         """The recent dispatches over which ``model_group``'s hot-prefix demand is measured
@@ -387,7 +387,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         t = self.clock() if now is None else now
         deployment, rids = callback_target(kwargs)
         with self._lock:
-            res = self._costs.ledger.take(rids, deployment)
+            res = self._costs.ledger.take(rids, deployment, t)
             if res is None:
                 self._counts["unmatched"] += 1
                 return False

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from clusterrouting import InvalidRecordError
+from prefixcache._backlog import DrainedBacklog
 from prefixcache._hot import (
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_PER_COPY,
@@ -169,9 +170,9 @@ class CacheCostPolicy(BasePolicy):
         }
         self._shared_demand = shared_demand
         self._hot_overloaded = hot_overloaded
-        self._drain = check_rate("prefill_rate", prefill_rate)
-        self._drained_at = 0.0
-        self._held_est: list[int] = []  # per replica: estimates of requests not yet ended
+        rate = check_rate("prefill_rate", prefill_rate)
+        # Without first tokens: per replica, the estimates drained at the rate.
+        self._drained = None if rate is None else DrainedBacklog[int](rate)
         self._shared_kv_usage = shared_kv_usage
         self._hot_lower = hot_lower
         self._per_copy = hot_per_copy
@@ -255,7 +256,6 @@ class CacheCostPolicy(BasePolicy):
         if len(self._keys) != view.replicas:
             self._keys = [self._key_cls(nid, 0) for nid in view.node_ids]
             self._queued = [0] * view.replicas
-            self._held_est = [0] * view.replicas
             self._window = self._window_cls(size=WINDOW_PER_REPLICA * view.replicas)
             self._pending = [{} for _ in range(view.replicas)]
             if self._hot_on:
@@ -271,12 +271,11 @@ class CacheCostPolicy(BasePolicy):
         inp = request.input_tokens
         cc = self._cc
         inf = view.in_flight
-        if self._drain is not None:
-            self._drain_backlog(now)
-        queued = self._queued
         events = self._src.EVENTS
         mirror_src = self._src.MIRROR
         n = len(keys)
+        drained = self._drained
+        queued = self._queued if drained is None else [drained.read(r, now) for r in range(n)]
         held, exact = self._held(blocks, n)
         credit: Sequence[int] = held
         warm: tuple[int, ...] = ()
@@ -332,9 +331,10 @@ class CacheCostPolicy(BasePolicy):
         return r
 
     def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
-        self._queued[replica] += self._est[i]
-        if self._drain is not None:
-            self._held_est[replica] += self._est[i]
+        if self._drained is None:
+            self._queued[replica] += self._est[i]
+        else:
+            self._drained.add(replica, self._est[i], now)
         self._window.record(self._keys[replica])
         if self.hot is not None:
             self.hot.record(request.blocks)
@@ -347,18 +347,8 @@ class CacheCostPolicy(BasePolicy):
             for b in request.blocks:
                 pend[b] = pend.get(b, 0) + 1
 
-    def _drain_backlog(self, now: float) -> None:
-        """Drain each replica's backlog at ``prefill_rate`` since the last decision, to at
-        most the estimates of its requests not yet ended."""
-        assert self._drain is not None
-        d = self._drain * (now - self._drained_at)
-        self._drained_at = now
-        self._queued = [
-            min(h, max(0, round(q - d))) for q, h in zip(self._queued, self._held_est, strict=True)
-        ]
-
     def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
-        if self._drain is None:
+        if self._drained is None:
             self._queued[replica] -= self._est.pop(i)
 
     def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
@@ -368,10 +358,8 @@ class CacheCostPolicy(BasePolicy):
             self._mirror.finish(
                 self._keys[replica], request.blocks, private_blocks=self._private.pop(i)
             )
-        if self._drain is not None:  # its tokens leave the backlog if still there
-            held = self._held_est[replica] = self._held_est[replica] - self._est.pop(i)
-            if self._queued[replica] > held:
-                self._queued[replica] = held
+        if self._drained is not None:  # its tokens leave the backlog if still there
+            self._drained.remove(replica, self._est.pop(i), now)
         # The router counted the response's tokens as it streamed them back.
         self._out_blocks += -(-request.output_tokens // self._bt)
         self._completed += 1
