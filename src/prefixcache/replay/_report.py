@@ -439,9 +439,16 @@ def _summary(result: ReplayResult) -> list[str]:
     ours = next((p for p in result.policies if p.name == DEFAULT_POLICY), None)
     if ours is not None and bp is not None and bp != DEFAULT_POLICY:
         b = result.policy(bp)
+        if ours.max_over_mean_requests > BALANCE_LIMIT:
+            why = (
+                f"the default {DEFAULT_POLICY} is unbalanced here (busiest replica "
+                f"{ours.max_over_mean_requests:.2f}x the mean requests)"
+            )
+        else:
+            why = f"{bp} beats the default {DEFAULT_POLICY} here"
         out.append(
-            f"  {bp} beats the default {DEFAULT_POLICY} here: mean TTFT {b.ttft_mean_s:.3f}s "
-            f"vs {ours.ttft_mean_s:.3f}s, p99 {b.ttft_p99_s:.3f}s vs {ours.ttft_p99_s:.3f}s"
+            f"  {why}: mean TTFT {b.ttft_mean_s:.3f}s ({bp}) vs {ours.ttft_mean_s:.3f}s, "
+            f"p99 {b.ttft_p99_s:.3f}s vs {ours.ttft_p99_s:.3f}s"
         )
     return out
 
