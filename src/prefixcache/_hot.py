@@ -24,6 +24,7 @@ from clusterrouting import InvalidRecordError
 from prefixcache._keys import NUMBER_TYPES
 
 __all__ = [
+    "DEFAULT_GUARD_DEMAND",
     "DEFAULT_HOT_LOWER",
     "DEFAULT_HOT_MAX_CHAIN",
     "DEFAULT_HOT_PER_COPY",
@@ -46,6 +47,12 @@ leaving room on that replica for other work and for the rotation of ties (see
 DEFAULT_HOT_MAX_CHAIN = 4096
 """Blocks of a chain :meth:`HotPrefixes.record` counts (a 2M-token prompt at 512 tokens
 per block); deeper blocks are ignored, which bounds the memory per dispatch."""
+
+DEFAULT_GUARD_DEMAND = 1.0
+"""A request whose deepest cached prefix has a demand of at least one replica and is not
+held everywhere picks with the fair-share guard (:meth:`HotPrefixes.needs_fair_share`):
+more than one replica's share of the traffic starts with that prefix, so its affinity
+alone would pile requests onto its holders."""
 
 DEFAULT_SHARED_DEMAND = 0.25
 """A prefix whose demand is at least a quarter of one replica's share of the traffic is
@@ -281,6 +288,67 @@ class HotPrefixes:
     def copies(self, prefix: int) -> int:
         """The prefix's current number of warm copies (1 when it is not hot)."""
         return self._k.get(prefix, 1)
+
+    def needs_fair_share(
+        self, chain: Sequence[int], *, held: Sequence[int], demand: float = DEFAULT_GUARD_DEMAND
+    ) -> bool:
+        """Whether a request should pick only among the replicas within their fair share of
+        the router's recent dispatches (``pick_lowest_cost``'s fair-share guard): its
+        prefix, ``chain[d - 1]`` with ``d = max(held)`` rounded down to a multiple of
+        ``stride``, has a demand (:meth:`demand`) of at least ``demand`` replicas and some
+        candidate holds fewer than ``d`` blocks.
+
+        Why. A prefix in front of more than one replica's share of the traffic is not one
+        conversation's history: a replica that lacks it pays its prefill once and then
+        serves its later requests as well as its holders do. Left to the cost alone, its
+        requests stay with the holders as long as one of them is idle (an idle holder saves
+        the whole prefix), so when they are light (a long shared prompt, a short question,
+        a few output tokens) the holders take far more requests than their share while
+        new conversations, whose savings are alike everywhere, are steered by the share
+        price onto the other replicas, which then prefill more. The guard sends such a
+        request elsewhere once its holders are over their share, which is also where the
+        next copy is needed. A prefix every candidate holds gives no affinity (nothing to
+        correct), and a conversation's own history (demand below one replica) keeps its
+        replica: moving it would pay its whole prefill again.
+
+        Args:
+            chain: the request's prefix chain.
+            held: per candidate, the leading blocks of ``chain`` it holds (non-empty).
+            demand: the demand, in replicas, from which the guard applies (finite, >= 0).
+
+        Raises:
+            InvalidRecordError: an empty ``held``, a ``held`` beyond the chain, or a bad
+                ``demand``.
+
+        Complexity: O(len(held)).
+
+        >>> hot = HotPrefixes(window=8)
+        >>> for chain in [(1, 2), (1, 3), (1, 4), (5,), (6,), (7,), (8,), (9,)]:
+        ...     hot.record(chain)
+        >>> hot.demand(1, replicas=4)   # 3 of 8 dispatches start with block 1
+        1.5
+        >>> hot.needs_fair_share((1, 10), held=[1, 0, 0, 0])   # hot, held by one replica
+        True
+        >>> hot.needs_fair_share((1, 10), held=[1, 1, 1, 1])   # held everywhere
+        False
+        >>> hot.needs_fair_share((1, 2, 11), held=[2, 1, 0, 0])   # prefix (1, 2): 0.5
+        False
+        """
+        if not held:
+            raise InvalidRecordError("held", held, "must name at least one candidate")
+        if (
+            isinstance(demand, bool)
+            or not isinstance(demand, NUMBER_TYPES)
+            or not 0 <= demand < math.inf
+        ):
+            raise InvalidRecordError("demand", demand, "must be a finite number >= 0")
+        d = max(held)
+        if d > len(chain):
+            raise InvalidRecordError("held", held, f"must be at most {len(chain)} (the chain)")
+        d -= d % self.stride
+        if d == 0 or min(held) >= d:
+            return False
+        return self.demand(chain[d - 1], len(held)) >= demand
 
     def warm(
         self, prefix: int, *, holders: Collection[R], in_flight: Mapping[R, int]

@@ -6,6 +6,7 @@ import pytest
 
 from clusterrouting import InvalidRecordError
 from prefixcache import (
+    DEFAULT_GUARD_DEMAND,
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_PER_COPY,
     DEFAULT_SHARED_DEMAND,
@@ -282,3 +283,36 @@ def test_a_hot_credit_refuses_what_credit_never_builds() -> None:
     ):
         with pytest.raises(InvalidRecordError, match=name):
             HotCredit(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_fair_share_guard_is_for_a_hot_prefix_some_candidate_lacks() -> None:
+    hot = HotPrefixes(window=10)
+    fill(hot, with_prefix=3, without=7)  # block 7 in 3 of 10 dispatches
+    assert DEFAULT_GUARD_DEMAND == 1.0
+    # 4 candidates: demand 1.2 >= 1; 8 candidates: 2.4; 2 candidates: 0.6 < 1.
+    assert hot.needs_fair_share((7, 300), held=[1, 0, 0, 0])
+    assert not hot.needs_fair_share((7, 300), held=[1, 0])
+    assert hot.needs_fair_share((7, 300), held=[1, 0], demand=0.6)  # the bound is inclusive
+    # Held everywhere: no affinity to correct. Held nowhere: no prefix.
+    assert not hot.needs_fair_share((7, 300), held=[1, 1, 1, 1])
+    assert not hot.needs_fair_share((7, 300), held=[0, 0, 0, 0])
+    # The deepest held prefix decides: (7, 100) is in 3 of 10 too, (7, 300) in none.
+    assert hot.needs_fair_share((7, 100), held=[2, 1, 0, 0])
+    assert not hot.needs_fair_share((7, 300), held=[2, 1, 0, 0])
+
+
+def test_the_fair_share_test_rounds_to_the_stride_and_checks_its_arguments() -> None:
+    hot = HotPrefixes(window=10, stride=2)
+    for _ in range(5):
+        hot.record((1, 2, 3, 4))
+    # held 3 rounds down to 2: prefix (1, 2), in every dispatch, held by one of 4.
+    assert hot.needs_fair_share((1, 2, 3, 9), held=[3, 0, 0, 0])
+    # held 1 rounds down to 0: no counted prefix.
+    assert not hot.needs_fair_share((1, 2, 3, 9), held=[1, 0, 0, 0])
+    with pytest.raises(InvalidRecordError, match="held"):
+        hot.needs_fair_share((1, 2), held=[])
+    with pytest.raises(InvalidRecordError, match="held"):
+        hot.needs_fair_share((1, 2), held=[3, 0])
+    for bad in (-1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(InvalidRecordError, match="demand"):
+            hot.needs_fair_share((1, 2), held=[1, 0], demand=bad)  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from prefixcache.replay import (
@@ -13,6 +15,7 @@ from prefixcache.replay import (
     PrefixPolicy,
     RandomPolicy,
     Request,
+    auto_speedup,
     make_policy,
     run_replay,
     shared_prefix_trace,
@@ -154,13 +157,15 @@ def test_replay_reexports_the_library_hot_prefixes() -> None:
     assert HotPrefixes is prefixcache.HotPrefixes
 
 
-# The shared-prefix rule, isolated: no margin, no in-flight term, no share price, and no
-# warm copies (a copy would carry 100 replicas of demand), so only the backlog weight acts.
+# The shared-prefix rule, isolated: no margin, no in-flight term, no share price, no
+# warm copies (a copy would carry 100 replicas of demand) and no fair-share guard for hot
+# prefixes, so only the backlog weight acts.
 ISOLATED = {
     "cost_margin": 0.0,
     "in_flight_tokens": 0.0,
     "share_tokens": 0.0,
     "hot_per_copy": 100.0,
+    "guard_demand": None,
 }
 # 20 prompts sharing the 8-block prefix (1..8) plus one block of their own, arriving 1 ms
 # apart: all before the first one's first token (a step lasts 0.1 s), so the holder's
@@ -277,16 +282,22 @@ def test_cache_cost_checks_the_shared_parameters() -> None:
 def test_cache_cost_keeps_a_hot_prefix_on_an_idle_holder() -> None:
     # Every request shares the prefix (demand: the whole traffic), but each one finishes
     # before the next arrives: the holder is idle at every decision, so the hot-prefix rule
-    # (warm copies, shared weight) stays off and the prompt keeps its replica. The same
-    # requests in a burst find the holder busy and spread over warm copies. (A 200-block
-    # prefix: its 800 tokens outweigh the 512-token cost margin.)
+    # (warm copies, shared weight) stays off and, without the fair-share guard, the prompt
+    # keeps its replica. The same requests in a burst find the holder busy and spread over
+    # warm copies. (A 200-block prefix: its 800 tokens outweigh the 512-token cost margin.)
     prefix = tuple(range(1, 201))
     # The holder keeps 9 of them: the 10th finds its 9 extra dispatches priced at
     # 32 x 9 = 288 tokens, which bring its cost (4 + 288) within the 512-token margin of
     # the idle replica's 804, and the tie goes to the replica used least recently.
     spaced = [req(10.0 * k, (*prefix, 1000 + k)) for k in range(11)]
-    policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4)
+    policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4, guard_demand=None)
     assert simulate(spaced, policy, MODEL).replica == (0,) * 9 + (1, 0)
+    # By default a prefix in front of more than one replica's share of the traffic that
+    # one replica holds picks within the fair share: after 5 dispatches the holder has 5,
+    # over 1.1 x 2.5 + 2, so the 6th goes to the other replica, which then holds it too
+    # (the guard is off again) and the two share the rest by the share price.
+    policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4)
+    assert simulate(spaced, policy, MODEL).replica == (0,) * 5 + (1, 0, 1, 0, 1, 0)
     burst = [req(100.0 + k / 1000, r.blocks) for k, r in enumerate(spaced[:5])]
     policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4)
     assert len(set(simulate(burst, policy, MODEL).replica[:3])) == 2
@@ -345,3 +356,56 @@ def test_cache_cost_without_first_tokens_drains_the_backlog_at_the_prefill_rate(
     for bad in (0.0, -1.0, float("inf"), float("nan"), True, 10**400):
         with pytest.raises(ValueError, match="prefill_rate"):
             CacheCostPolicy(capacity_blocks=None, block_tokens=4, prefill_rate=bad)
+
+
+def _light_and_heavy(seed: int = 0, n: int = 1200) -> list[Request]:
+    """40 % light requests behind one 12-block prompt (a block of their own, 13 output
+    tokens), 60 % long unique prompts with long answers: the shape of Mooncake's arxiv
+    trace, where a tool prompt carries a third of the traffic."""
+    rng = random.Random(seed)
+    hot = tuple(range(1, 13))
+    out: list[Request] = []
+    t = 0.0
+    nid = 10_000
+    for _ in range(n):
+        t += rng.expovariate(1.0)
+        if rng.random() < 0.4:
+            blocks: tuple[int, ...] = (*hot, nid)
+            nid += 1
+            out.append(
+                Request(arrival=t, input_tokens=13 * 512 - 200, output_tokens=13, blocks=blocks)
+            )
+        else:
+            m = rng.randint(8, 40)
+            blocks = tuple(range(nid, nid + m))
+            nid += m
+            out.append(
+                Request(arrival=t, input_tokens=m * 512 - 100, output_tokens=370, blocks=blocks)
+            )
+    return out
+
+
+def test_a_hot_prompt_of_light_requests_spreads_within_the_fair_share() -> None:
+    # Left to the cost, the light requests stay with the prompt's first holders while one
+    # is idle (an idle holder saves 6k tokens; the share price would need ~190 dispatches
+    # to outweigh that), and new long prompts, alike everywhere, are steered by the share
+    # price to the other replicas: the busiest replica takes 1.17x the mean requests. With
+    # the guard for hot prefixes not held everywhere (the default), the prompt's requests
+    # go only to replicas within 1.1x the mean share + 2 of the recent dispatches, which
+    # places copies where they are needed: max/mean <= 1.15, and no slower.
+    reqs = _light_and_heavy()
+    model = ClusterModel(replicas=8)
+    sp = auto_speedup(reqs, model, target_load=0.8)
+
+    def run(**params: float | None) -> tuple[float, float]:
+        policy = CacheCostPolicy(capacity_blocks=model.cache_blocks, block_tokens=512, **params)
+        out = simulate(reqs, policy, model, speedup=sp)
+        rpr = out.requests_per_replica
+        return max(rpr) * len(rpr) / sum(rpr), sum(out.ttft_s) / len(out.ttft_s)
+
+    balance, ttft = run()
+    unguarded_balance, unguarded_ttft = run(guard_demand=None)
+    assert balance <= 1.15 < unguarded_balance
+    assert ttft <= unguarded_ttft
+    with pytest.raises(ValueError, match="guard_demand"):
+        CacheCostPolicy(capacity_blocks=None, block_tokens=4, guard_demand=-1.0)

@@ -15,6 +15,7 @@ from prefixcache._cost import (
     DEFAULT_IN_FLIGHT_TOKENS,
     DEFAULT_PIN_TOKENS,
     DEFAULT_QUEUE_WEIGHT,
+    DEFAULT_SHARE_FACTOR,
     CostCandidate,
     pick_lowest_cost,
 )
@@ -155,11 +156,14 @@ class CostState:
                         c.recent_dispatches,
                         c.pinned_tokens,
                     )
+        # A hot prompt not held everywhere: only deployments within their fair share.
+        guarded = bool(chain) and hot_prefixes.needs_fair_share(chain, held=held)
         best = pick_lowest_cost(
             cands,
             prompt_tokens=prompt_tokens,
             queue_weight=queue_weight,
             in_flight_tokens=DEFAULT_IN_FLIGHT_TOKENS,
+            share_factor=DEFAULT_SHARE_FACTOR if guarded else None,
         )
         assert best is not None  # candidates is not empty
         pos = keys.index(best)

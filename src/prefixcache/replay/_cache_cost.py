@@ -10,6 +10,7 @@ from typing import Any
 from clusterrouting import InvalidRecordError
 from prefixcache._backlog import DrainedBacklog
 from prefixcache._hot import (
+    DEFAULT_GUARD_DEMAND,
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_PER_COPY,
     DEFAULT_SHARED_DEMAND,
@@ -118,6 +119,7 @@ class CacheCostPolicy(BasePolicy):
         shared_kv_usage: float = DEFAULT_SHARED_KV_USAGE,
         hot_overloaded: Callable[[int, int], bool] | None = None,
         prefill_rate: float | None = None,
+        guard_demand: float | None = DEFAULT_GUARD_DEMAND,
     ) -> None:
         from prefixcache import (
             DEFAULT_QUEUE_WEIGHT,
@@ -134,6 +136,7 @@ class CacheCostPolicy(BasePolicy):
         from prefixcache import (
             DEFAULT_COST_MARGIN,
             DEFAULT_IN_FLIGHT_TOKENS,
+            DEFAULT_SHARE_FACTOR,
             DEFAULT_SHARE_SLACK,
             DEFAULT_SHARE_TOKENS,
         )
@@ -169,6 +172,13 @@ class CacheCostPolicy(BasePolicy):
             "queue_weight": max(self._params["queue_weight"], shared_queue_weight),
         }
         self._shared_demand = shared_demand
+        # A hot prefix not held everywhere: the same parameters with the fair-share guard
+        # (``HotPrefixes.needs_fair_share``; a host that set ``share_factor`` has it always).
+        if guard_demand is not None:
+            _check_number("guard_demand", guard_demand, math.inf)
+        self._guard_demand = None if share_factor is not None else guard_demand
+        self._guarded_params = {**self._params, "share_factor": DEFAULT_SHARE_FACTOR}
+        self._shared_guarded_params = {**self._shared_params, "share_factor": DEFAULT_SHARE_FACTOR}
         self._hot_overloaded = hot_overloaded
         rate = check_rate("prefill_rate", prefill_rate)
         # Without first tokens: per replica, the estimates drained at the rate.
@@ -279,6 +289,7 @@ class CacheCostPolicy(BasePolicy):
         held, exact = self._held(blocks, n)
         credit: Sequence[int] = held
         warm: tuple[int, ...] = ()
+        shared = guarded = False
         params = self._params
         hot = self.hot
         if hot is not None:
@@ -294,8 +305,13 @@ class CacheCostPolicy(BasePolicy):
             if rule is not None:
                 credit = rule.held
                 warm = rule.warm
-                if rule.shared:
-                    params = self._shared_params
+                shared = rule.shared
+            guard = self._guard_demand
+            guarded = guard is not None and hot.needs_fair_share(blocks, held=held, demand=guard)
+            if guarded:
+                params = self._shared_guarded_params if shared else self._guarded_params
+            elif shared:
+                params = self._shared_params
         # Ties rotate: the replica dispatched to least recently ranks first.
         lu = view.last_used
         rank = [0] * n
@@ -324,7 +340,8 @@ class CacheCostPolicy(BasePolicy):
             assert e.chosen == key
             d = e.to_json()
             d["warm_copies"] = len(warm)
-            d["shared_prefix"] = params is self._shared_params
+            d["shared_prefix"] = shared
+            d["fair_share_guard"] = guarded
             self._log(i, request, now, d)
         r = keys.index(key)
         self._est[i] = inp - min(inp, held[r] * bt)
