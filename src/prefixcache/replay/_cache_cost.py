@@ -81,6 +81,15 @@ class CacheCostPolicy(BasePolicy):
     dispatches a prefix seen once already counts as shared). With ``hot_prefixes=False``
     there is no demand, and no request counts as shared.
 
+    When the request's prefix has a demand of at least ``guard_demand`` replicas
+    (``DEFAULT_GUARD_DEMAND``, 1.0) and some replica does not hold it
+    (``HotPrefixes.needs_fair_share``), the pick has the fair-share guard
+    (``DEFAULT_SHARE_FACTOR``: only replicas within 1.1 x the mean share of the window + 2),
+    whatever the load: a prefix in front of more than one replica's share of the traffic
+    then gets copies before its holders take far more requests than their share (light
+    requests behind a long tool prompt would otherwise stay on them while one is idle).
+    ``guard_demand=None`` turns this off; with ``share_factor`` set the guard is always on.
+
     Observes at dispatch by default (the router knows what it just sent); with
     ``observe_at="completion"`` (what a gateway learns from success callbacks, as the
     LiteLLM plugin does) the mirror instead records a prompt when its request completes

@@ -94,6 +94,7 @@ _COST_PARAMS: dict[str, Callable[[float], Any]] = {
     "shared_queue_weight": float,
     "shared_demand": float,
     "shared_kv_usage": float,
+    "guard_demand": float,
 }
 
 TUNABLE: dict[str, dict[str, Callable[[float], Any]]] = {
