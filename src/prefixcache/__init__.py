@@ -44,6 +44,7 @@ from prefixcache._events import (
 )
 from prefixcache._explain import SelectCandidate, SelectExplanation, explain_select
 from prefixcache._hot import (
+    DEFAULT_GUARD_COVER,
     DEFAULT_GUARD_DEMAND,
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_MAX_CHAIN,
@@ -124,6 +125,7 @@ __all__ = [
     "DEFAULT_BACKEND",
     "DEFAULT_CONFIG",
     "DEFAULT_COST_MARGIN",
+    "DEFAULT_GUARD_COVER",
     "DEFAULT_GUARD_DEMAND",
     "DEFAULT_HOT_LOWER",
     "DEFAULT_HOT_MAX_CHAIN",

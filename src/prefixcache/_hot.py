@@ -24,6 +24,7 @@ from clusterrouting import InvalidRecordError
 from prefixcache._keys import NUMBER_TYPES
 
 __all__ = [
+    "DEFAULT_GUARD_COVER",
     "DEFAULT_GUARD_DEMAND",
     "DEFAULT_HOT_LOWER",
     "DEFAULT_HOT_MAX_CHAIN",
@@ -53,6 +54,11 @@ DEFAULT_GUARD_DEMAND = 1.0
 held everywhere picks with the fair-share guard (:meth:`HotPrefixes.needs_fair_share`):
 more than one replica's share of the traffic starts with that prefix, so its affinity
 alone would pile requests onto its holders."""
+
+DEFAULT_GUARD_COVER = 0.75
+"""A hot prefix that makes up at least three quarters of the request's chain is guarded
+even when every candidate holds it (:meth:`HotPrefixes.needs_fair_share`): such a request
+is light wherever it goes."""
 
 DEFAULT_SHARED_DEMAND = 0.25
 """A prefix whose demand is at least a quarter of one replica's share of the traffic is
@@ -290,13 +296,19 @@ class HotPrefixes:
         return self._k.get(prefix, 1)
 
     def needs_fair_share(
-        self, chain: Sequence[int], *, held: Sequence[int], demand: float = DEFAULT_GUARD_DEMAND
+        self,
+        chain: Sequence[int],
+        *,
+        held: Sequence[int],
+        demand: float = DEFAULT_GUARD_DEMAND,
+        cover: float = DEFAULT_GUARD_COVER,
     ) -> bool:
         """Whether a request should pick only among the replicas within their fair share of
         the router's recent dispatches (``pick_lowest_cost``'s fair-share guard): its
         prefix, ``chain[d - 1]`` with ``d = max(held)`` rounded down to a multiple of
-        ``stride``, has a demand (:meth:`demand`) of at least ``demand`` replicas and some
-        candidate holds fewer than ``d`` blocks.
+        ``stride``, has a demand (:meth:`demand`) of at least ``demand`` replicas, and
+        some candidate holds fewer than ``d`` blocks or the prefix is at least ``cover`` of
+        the chain (``d >= cover x len(chain)``).
 
         Why. A prefix in front of more than one replica's share of the traffic is not one
         conversation's history: a replica that lacks it pays its prefill once and then
@@ -308,17 +320,22 @@ class HotPrefixes:
         price onto the other replicas, which then prefill more. The guard sends such a
         request elsewhere once its holders are over their share, which is also where the
         next copy is needed. A prefix every candidate holds gives no affinity (nothing to
-        correct), and a conversation's own history (demand below one replica) keeps its
-        replica: moving it would pay its whole prefill again.
+        correct) unless it is most of the request: then the request is light wherever it
+        goes, and under load the backlog term would send it away from the replicas busy
+        with long prefills and pile such requests onto the others. A conversation's own
+        history (demand below one replica) keeps its replica: moving it would pay its whole
+        prefill again.
 
         Args:
             chain: the request's prefix chain.
             held: per candidate, the leading blocks of ``chain`` it holds (non-empty).
             demand: the demand, in replicas, from which the guard applies (finite, >= 0).
+            cover: the share of the chain from which a prefix every candidate holds is
+                guarded too (finite, >= 0; above 1: never).
 
         Raises:
             InvalidRecordError: an empty ``held``, a ``held`` beyond the chain, or a bad
-                ``demand``.
+                ``demand`` or ``cover``.
 
         Complexity: O(len(held)).
 
@@ -329,24 +346,23 @@ class HotPrefixes:
         1.5
         >>> hot.needs_fair_share((1, 10), held=[1, 0, 0, 0])   # hot, held by one replica
         True
-        >>> hot.needs_fair_share((1, 10), held=[1, 1, 1, 1])   # held everywhere
+        >>> hot.needs_fair_share((1, 10), held=[1, 1, 1, 1])   # held everywhere, half
         False
+        >>> hot.needs_fair_share((1,), held=[1, 1, 1, 1])   # held everywhere, all of it
+        True
         >>> hot.needs_fair_share((1, 2, 11), held=[2, 1, 0, 0])   # prefix (1, 2): 0.5
         False
         """
         if not held:
             raise InvalidRecordError("held", held, "must name at least one candidate")
-        if (
-            isinstance(demand, bool)
-            or not isinstance(demand, NUMBER_TYPES)
-            or not 0 <= demand < math.inf
-        ):
-            raise InvalidRecordError("demand", demand, "must be a finite number >= 0")
+        for name, v in (("demand", demand), ("cover", cover)):
+            if isinstance(v, bool) or not isinstance(v, NUMBER_TYPES) or not 0 <= v < math.inf:
+                raise InvalidRecordError(name, v, "must be a finite number >= 0")
         d = max(held)
         if d > len(chain):
             raise InvalidRecordError("held", held, f"must be at most {len(chain)} (the chain)")
         d -= d % self.stride
-        if d == 0 or min(held) >= d:
+        if d == 0 or (min(held) >= d and d < cover * len(chain)):
             return False
         return self.demand(chain[d - 1], len(held)) >= demand
 

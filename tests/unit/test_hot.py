@@ -6,6 +6,7 @@ import pytest
 
 from clusterrouting import InvalidRecordError
 from prefixcache import (
+    DEFAULT_GUARD_COVER,
     DEFAULT_GUARD_DEMAND,
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_PER_COPY,
@@ -293,8 +294,13 @@ def test_the_fair_share_guard_is_for_a_hot_prefix_some_candidate_lacks() -> None
     assert hot.needs_fair_share((7, 300), held=[1, 0, 0, 0])
     assert not hot.needs_fair_share((7, 300), held=[1, 0])
     assert hot.needs_fair_share((7, 300), held=[1, 0], demand=0.6)  # the bound is inclusive
-    # Held everywhere: no affinity to correct. Held nowhere: no prefix.
-    assert not hot.needs_fair_share((7, 300), held=[1, 1, 1, 1])
+    # Held everywhere: no affinity to correct, unless the prefix is most of the request
+    # (at least DEFAULT_GUARD_COVER of its chain). Held nowhere: no prefix.
+    assert DEFAULT_GUARD_COVER == 0.75
+    assert not hot.needs_fair_share((7, 300), held=[1, 1, 1, 1])  # half of the chain
+    assert hot.needs_fair_share((7, 300), held=[1, 1, 1, 1], cover=0.5)
+    assert hot.needs_fair_share((7,), held=[1, 1, 1, 1])  # all of it
+    assert not hot.needs_fair_share((7,), held=[1, 1, 1, 1], cover=1.01)  # never
     assert not hot.needs_fair_share((7, 300), held=[0, 0, 0, 0])
     # The deepest held prefix decides: (7, 100) is in 3 of 10 too, (7, 300) in none.
     assert hot.needs_fair_share((7, 100), held=[2, 1, 0, 0])
@@ -316,3 +322,5 @@ def test_the_fair_share_test_rounds_to_the_stride_and_checks_its_arguments() -> 
     for bad in (-1.0, float("nan"), float("inf"), True, "1"):
         with pytest.raises(InvalidRecordError, match="demand"):
             hot.needs_fair_share((1, 2), held=[1, 0], demand=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidRecordError, match="cover"):
+            hot.needs_fair_share((1, 2), held=[1, 0], cover=bad)  # type: ignore[arg-type]
