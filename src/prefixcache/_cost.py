@@ -49,9 +49,10 @@ DEFAULT_SHARE_TOKENS = 32
 replica that took 16 more of the router's recent requests pays one cost margin."""
 
 DEFAULT_SHARE_FACTOR = 1.1
-"""The optional fair-share guard's factor, for a host that turns it on (``share_factor``;
-off by default): a replica may take a request while its recent dispatches are at most
-1.1 x the mean (+ ``DEFAULT_SHARE_SLACK``)."""
+"""The fair-share guard's factor: a replica may take a request while its recent
+dispatches are at most 1.1 x the mean (+ ``DEFAULT_SHARE_SLACK``). ``pick_lowest_cost``
+applies it only when given ``share_factor``; the default policy passes it for requests
+behind a hot prefix (``HotPrefixes.needs_fair_share``), a host may pass it always."""
 
 DEFAULT_SHARE_SLACK = 2
 """Absolute slack of the optional fair-share guard, in dispatches (absorbs small-number

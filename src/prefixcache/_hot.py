@@ -52,7 +52,7 @@ per block); deeper blocks are ignored, which bounds the memory per dispatch."""
 DEFAULT_GUARD_DEMAND = 1.0
 """A request whose deepest cached prefix has a demand of at least one replica and is not
 held everywhere picks with the fair-share guard (:meth:`HotPrefixes.needs_fair_share`):
-more than one replica's share of the traffic starts with that prefix, so its affinity
+at least one replica's share of the traffic starts with that prefix, so its affinity
 alone would pile requests onto its holders."""
 
 DEFAULT_GUARD_COVER = 0.75
@@ -310,7 +310,7 @@ class HotPrefixes:
         some candidate holds fewer than ``d`` blocks or the prefix is at least ``cover`` of
         the chain (``d >= cover x len(chain)``).
 
-        Why. A prefix in front of more than one replica's share of the traffic is not one
+        Why. A prefix in front of a replica's share of the traffic or more is not one
         conversation's history: a replica that lacks it pays its prefill once and then
         serves its later requests as well as its holders do. Left to the cost alone, its
         requests stay with the holders as long as one of them is idle (an idle holder saves

@@ -127,7 +127,7 @@ def test_backlog_drains_at_the_prefill_rate_to_at_most_the_tokens_held(
     # rate) a level that drains at the rate from the latest reservation or release on (a
     # clock going back drains nothing), gains each reservation's tokens and is cut to the
     # tokens still held at each release; without a rate, the backlog is the tokens held.
-    # Nothing held: nothing at all.
+    # Nothing held: nothing at all; a request of no tokens changes nothing.
     ledger = Ledger(1, rate)
     alive: dict[str, tuple[str, int]] = {}
     held = {"a": 0, "b": 0}
@@ -146,19 +146,20 @@ def test_backlog_drains_at_the_prefill_rate_to_at_most_the_tokens_held(
             d, uncached = str(step[1]), int(str(step[2]))
             ledger.reserve(Reservation(f"r{n}", d, "g", (), None, uncached, 1e9), now)
             alive[f"r{n}"] = (d, uncached)
-            level[d] = min(drained(d, now), held[d]) + uncached
-            at[d] = max(at.get(d, now), now)
-            held[d] += uncached
+            if uncached:  # a request of no tokens changes nothing
+                level[d] = min(drained(d, now), held[d]) + uncached
+                at[d] = max(at.get(d, now), now)
+                held[d] += uncached
         elif alive:
             rid = sorted(alive)[int(str(step[1])) % len(alive)]
             d, uncached = alive.pop(rid)
             assert ledger.take([rid], d, now) is not None
-            held[d] -= uncached
-            level[d] = min(drained(d, now), held[d])
-            if d in at:
+            if uncached:
+                held[d] -= uncached
+                level[d] = min(drained(d, now), held[d])
                 at[d] = max(at[d], now)
-            if not held[d]:
-                at.pop(d, None)
+                if not held[d]:
+                    at.pop(d, None)
         for d in "ab":
             expected = held[d] if rate is None else min(held[d], drained(d, now))
             assert abs(ledger.backlog.read(d, now) - expected) <= 1

@@ -361,7 +361,7 @@ def test_cache_cost_without_first_tokens_drains_the_backlog_at_the_prefill_rate(
 def _light_and_heavy(seed: int = 0, n: int = 1200) -> list[Request]:
     """40 % light requests behind one 12-block prompt (a block of their own, 13 output
     tokens), 60 % long unique prompts with long answers: the shape of Mooncake's arxiv
-    trace, where a tool prompt carries a third of the traffic."""
+    trace, where a tool prompt carries 40 % of the traffic."""
     rng = random.Random(seed)
     hot = tuple(range(1, 13))
     out: list[Request] = []
@@ -392,20 +392,41 @@ def test_a_hot_prompt_of_light_requests_spreads_within_the_fair_share() -> None:
     # price to the other replicas: the busiest replica takes 1.17x the mean requests. With
     # the guard for hot prefixes not held everywhere (the default), the prompt's requests
     # go only to replicas within 1.1x the mean share + 2 of the recent dispatches, which
-    # places copies where they are needed: max/mean <= 1.15, and no slower.
+    # places copies where they are needed: max/mean <= 1.15, at about the same mean TTFT
+    # (0.8 % lower on this seed, 0.6-1.5 % higher on seeds 1-3).
     reqs = _light_and_heavy()
     model = ClusterModel(replicas=8)
     sp = auto_speedup(reqs, model, target_load=0.8)
 
+    guarded: list[bool] = []
+
     def run(**params: float | None) -> tuple[float, float]:
         policy = CacheCostPolicy(capacity_blocks=model.cache_blocks, block_tokens=512, **params)
+        policy.log_every = 1
+        policy.log_sink = lambda r: guarded.append(bool(r["explanation"]["fair_share_guard"]))
         out = simulate(reqs, policy, model, speedup=sp)
         rpr = out.requests_per_replica
         return max(rpr) * len(rpr) / sum(rpr), sum(out.ttft_s) / len(out.ttft_s)
 
     balance, ttft = run()
+    assert 0 < sum(guarded) < len(guarded)  # the log says which picks were guarded
+    guarded.clear()
     unguarded_balance, unguarded_ttft = run(guard_demand=None)
+    assert not any(guarded)
     assert balance <= 1.15 < unguarded_balance
-    assert ttft <= unguarded_ttft
+    assert ttft <= unguarded_ttft * 1.02
     with pytest.raises(ValueError, match="guard_demand"):
         CacheCostPolicy(capacity_blocks=None, block_tokens=4, guard_demand=-1.0)
+
+
+def test_a_hosts_own_fair_share_factor_is_kept_for_hot_prefixes() -> None:
+    # A host that sets share_factor guards every pick with its own factor; the hot-prefix
+    # rule neither replaces it with 1.1 nor turns it off.
+    reqs = _light_and_heavy(n=300)
+    model = ClusterModel(replicas=8)
+    factors: set[float | None] = set()
+    policy = CacheCostPolicy(capacity_blocks=model.cache_blocks, block_tokens=512, share_factor=1.5)
+    policy.log_every = 1
+    policy.log_sink = lambda r: factors.add(r["explanation"]["params"]["share_factor"])
+    simulate(reqs, policy, model, speedup=auto_speedup(reqs, model, target_load=0.8))
+    assert factors == {1.5}

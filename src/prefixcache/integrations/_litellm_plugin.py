@@ -252,7 +252,8 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
     def backlog(self, deployment_id: str, *, now: float | None = None) -> int:
         """``deployment_id``'s estimated prefill backlog at ``now`` (default ``clock()``): the
         uncached prompt tokens of its reservations, drained at ``prefill_tokens_per_s``
-        since each was made (``None``: held until released); 0 with none held."""
+        since each was made and cut to the tokens still held when one is released
+        (``DrainedBacklog``; ``None``: held until released); 0 with none held."""
         t = self.clock() if now is None else now
         with self._lock:
             return self._costs.ledger.backlog.read(deployment_id, t)

@@ -64,26 +64,27 @@ class CacheCostPolicy(BasePolicy):
     plugin's load guard).
     Each request goes where uncached work + 0.1 x backlog + 64 tokens per in-flight request
     above the least-loaded replica + 32 tokens per dispatch among those last ``256 x
-    replicas`` above the least-dispatched replica's is least (no fair-share guard unless
-    ``share_factor`` is set); costs within 512 tokens of the least tie, and ties
-    go to the replica dispatched to least recently (``tie_rank``), so identical requests
-    rotate as round-robin would (``pick_lowest_cost`` defaults). When the request's prefix
-    is *shared* (``HotPrefixes.shared``: demand >= ``shared_demand``, 0.25 of a replica),
-    some replica does not hold it and every replica's KV usage in the mirror (its running
-    requests' blocks over its capacity) is below ``shared_kv_usage`` (0.8), the
-    backlog weighs ``shared_queue_weight`` (0.5; ``queue_weight`` if that is larger)
-    instead of 0.1: a copy of a shared prefix on one more replica serves many later
-    requests and, while the caches have room beside the running requests, pushes out
-    little that later requests need, so a busy holder gives way to an idle replica once
-    its backlog exceeds the idle one's by about 4k tokens per 2k saved, not 20k. A
-    conversation's own history keeps the 0.1 once the window holds a few dispatches per
-    replica (its demand is then far below a replica; in the first ``4 x replicas``
-    dispatches a prefix seen once already counts as shared). With ``hot_prefixes=False``
-    there is no demand, and no request counts as shared.
+    replicas`` above the least-dispatched replica's is least (the fair-share guard only for
+    hot prefixes, below, unless ``share_factor`` is set); costs within 512 tokens of the
+    least tie, and ties go to the replica dispatched to least recently (``tie_rank``), so
+    identical requests rotate as round-robin would (``pick_lowest_cost`` defaults). When the
+    request's prefix is *shared* (``HotPrefixes.shared``: demand >= ``shared_demand``, 0.25
+    of a replica), some replica does not hold it and every replica's KV usage in the mirror
+    (its running requests' blocks over its capacity) is below ``shared_kv_usage`` (0.8), the
+    backlog weighs ``shared_queue_weight`` (0.5; ``queue_weight`` if that is larger) instead
+    of 0.1: a copy of a shared prefix on one more replica serves many later requests and,
+    while the caches have room beside the running requests, pushes out little that later
+    requests need, so a busy holder gives way to an idle replica once its backlog exceeds
+    the idle one's by about 4k tokens per 2k saved, not 20k. A conversation's own history
+    keeps the 0.1 once the window holds a few dispatches per replica (its demand is then far
+    below a replica; in the first ``4 x replicas`` dispatches a prefix seen once already
+    counts as shared). With ``hot_prefixes=False`` there is no demand, and no request counts
+    as shared.
 
     When the request's prefix has a demand of at least ``guard_demand`` replicas
-    (``DEFAULT_GUARD_DEMAND``, 1.0) and some replica does not hold it
-    (``HotPrefixes.needs_fair_share``), the pick has the fair-share guard
+    (``DEFAULT_GUARD_DEMAND``, 1.0) and some replica does not hold it, or it is at least
+    three quarters of the request's chain (``HotPrefixes.needs_fair_share``,
+    ``DEFAULT_GUARD_COVER``), the pick has the fair-share guard
     (``DEFAULT_SHARE_FACTOR``: only replicas within 1.1 x the mean share of the window + 2),
     whatever the load: a prefix in front of more than one replica's share of the traffic
     then gets copies before its holders take far more requests than their share (light
