@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from clusterrouting import InvalidRecordError
 from prefixcache.replay import (
     CacheCostPolicy,
     ClusterModel,
@@ -126,6 +127,19 @@ def test_make_policy_defaults_and_errors() -> None:
         make_policy("prefix", MODEL, observe_at="never")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="policies"):
         make_policy("fastest", MODEL)
+
+
+def test_make_policy_params_are_numbers_or_the_constructors_unset() -> None:
+    # None is the constructor's own "unset": no fair-share guard at all.
+    policy = make_policy("cache-cost", MODEL, params={"share_factor": None, "guard_demand": None})
+    assert isinstance(policy, CacheCostPolicy) and policy._guard_demand is None
+    for name, bad in (("share_factor", "x"), ("share_slack", "abc"), ("queue_weight", [1])):
+        with pytest.raises(InvalidRecordError, match=name):
+            make_policy("cache-cost", MODEL, params={name: bad})  # type: ignore[dict-item]
+    with pytest.raises(InvalidRecordError, match="share_slack"):
+        make_policy("cache-cost", MODEL, params={"share_slack": float("inf")})
+    with pytest.raises(InvalidRecordError, match="hot_lower"):
+        make_policy("cache-cost", MODEL, params={"hot_lower": None})  # type: ignore[dict-item]
 
 
 @pytest.mark.parametrize("replicas", [2, 8])

@@ -119,17 +119,19 @@ def make_policy(
     *,
     seed: int = 0,
     observe_at: ObserveAt | None = None,
-    params: Mapping[str, float] | None = None,
+    params: Mapping[str, float | None] | None = None,
 ) -> ReplayPolicy:
     """A fresh policy by name (one of :data:`POLICY_NAMES`).
 
     ``observe_at=None`` keeps each indexing policy's own default (``prefix`` and
     ``federation``: completion, as the reference; ``cache-cost``: dispatch). ``params``
     overrides constructor parameters listed in :data:`TUNABLE` for that policy (the tuner
-    uses it); every other policy takes none.
+    uses it; ``None`` passes the constructor's own "unset", as ``share_factor=None``);
+    every other policy takes none.
 
     Raises:
-        InvalidRecordError: unknown ``name``, ``observe_at`` or parameter.
+        InvalidRecordError: unknown ``name``, ``observe_at`` or parameter, or a parameter
+            value that is not a number (or that its constructor refuses).
     """
     if observe_at not in (None, "dispatch", "completion"):
         raise InvalidRecordError("observe_at", observe_at, "must be 'dispatch' or 'completion'")
@@ -144,7 +146,13 @@ def make_policy(
                     f"not a tunable parameter of {name!r} (tunable: "
                     f"{', '.join(sorted(allowed)) or 'none'})",
                 )
-            kw[k] = allowed[k](v)
+            if v is None:  # the constructor's own "unset" (e.g. share_factor, guard_demand)
+                kw[k] = None
+                continue
+            try:
+                kw[k] = allowed[k](v)
+            except (TypeError, ValueError, OverflowError):
+                raise InvalidRecordError(k, v, "must be a number") from None
     if name == "round-robin":
         return RoundRobinPolicy()
     if name == "random":
