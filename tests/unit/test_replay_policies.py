@@ -433,6 +433,26 @@ def test_a_hot_prompt_of_light_requests_spreads_within_the_fair_share() -> None:
         CacheCostPolicy(capacity_blocks=None, block_tokens=4, guard_demand=-1.0)
 
 
+def test_the_hot_prefix_guard_waits_for_room_in_the_caches() -> None:
+    # As the shared weight: a copy is made only while every replica's KV usage in the
+    # mirror (its running requests' blocks) is below shared_kv_usage. With a 12-block
+    # mirror every running request fills a replica, so no pick is guarded.
+    reqs = _light_and_heavy(n=400)
+    model = ClusterModel(replicas=8)
+    sp = auto_speedup(reqs, model, target_load=0.8)
+
+    def guarded(capacity: int) -> int:
+        seen: list[bool] = []
+        policy = CacheCostPolicy(capacity_blocks=capacity, block_tokens=512)
+        policy.log_every = 1
+        policy.log_sink = lambda r: seen.append(bool(r["explanation"]["fair_share_guard"]))
+        simulate(reqs, policy, model, speedup=sp)
+        return sum(seen)
+
+    assert guarded(model.cache_blocks) > 50
+    assert guarded(12) == 0
+
+
 def test_a_hosts_own_fair_share_factor_is_kept_for_hot_prefixes() -> None:
     # A host that sets share_factor guards every pick with its own factor; the hot-prefix
     # rule neither replaces it with 1.1 nor turns it off.

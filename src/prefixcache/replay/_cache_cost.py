@@ -84,9 +84,11 @@ class CacheCostPolicy(BasePolicy):
     When the request's prefix has a demand of at least ``guard_demand`` replicas
     (``DEFAULT_GUARD_DEMAND``, 1.0) and some replica does not hold it, or it is at least
     three quarters of the request's chain (``HotPrefixes.needs_fair_share``,
-    ``DEFAULT_GUARD_COVER``), the pick has the fair-share guard
+    ``DEFAULT_GUARD_COVER``), and every replica's KV usage in the mirror is below
+    ``shared_kv_usage`` (as for the shared weight: a copy is made only while the caches
+    have room beside the running requests), the pick has the fair-share guard
     (``DEFAULT_SHARE_FACTOR``: only replicas within 1.1 x the mean share of the window + 2),
-    whatever the load: a prefix in front of more than one replica's share of the traffic
+    whatever the backlog: a prefix in front of a replica's share of the traffic or more
     then gets copies before its holders take far more requests than their share (light
     requests behind a long tool prompt would otherwise stay on them while one is idle).
     ``guard_demand=None`` turns this off; with ``share_factor`` set the guard is always on.
@@ -317,7 +319,11 @@ class CacheCostPolicy(BasePolicy):
                 warm = rule.warm
                 shared = rule.shared
             guard = self._guard_demand
-            guarded = guard is not None and hot.needs_fair_share(blocks, held=held, demand=guard)
+            guarded = (
+                guard is not None
+                and hot.needs_fair_share(blocks, held=held, demand=guard)
+                and self._kv_room_everywhere()
+            )
             if guarded:
                 params = self._shared_guarded_params if shared else self._guarded_params
             elif shared:
