@@ -109,6 +109,11 @@ def _check_type(name: str, value: object, kind: type) -> None:
         raise InvalidRecordError(name, value, f"must be a {kind.__name__}")
 
 
+def _check_bound(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, NUMBER_TYPES) or not 0 <= value < math.inf:
+        raise InvalidRecordError(name, value, "must be a finite number >= 0")
+
+
 class HotPrefixes:
     """How many warm copies each prefix needs, from the router's last ``window`` dispatches.
 
@@ -283,17 +288,21 @@ class HotPrefixes:
             InvalidRecordError: ``replicas`` is not an int >= 1, or ``demand`` is not a
                 finite number >= 0.
         """
-        if (
-            isinstance(demand, bool)
-            or not isinstance(demand, NUMBER_TYPES)
-            or not 0 <= demand < math.inf
-        ):
-            raise InvalidRecordError("demand", demand, "must be a finite number >= 0")
+        _check_bound("demand", demand)
         return self.demand(prefix, replicas) >= demand
 
     def copies(self, prefix: int) -> int:
         """The prefix's current number of warm copies (1 when it is not hot)."""
         return self._k.get(prefix, 1)
+
+    def _depth(self, chain: Sequence[int], held: Sequence[int]) -> int:
+        """The request's prefix depth: ``max(held)`` rounded down to a multiple of
+        ``stride`` (``chain[d - 1]`` is the prefix; 0: none). Refuses a ``held`` outside
+        ``[0, len(chain)]``."""
+        d = max(held)
+        if d > len(chain) or min(held) < 0:
+            raise InvalidRecordError("held", held, f"must be in [0, {len(chain)}] (the chain)")
+        return d - d % self.stride
 
     def needs_fair_share(
         self,
@@ -334,8 +343,8 @@ class HotPrefixes:
                 guarded too (finite, >= 0; above 1: never).
 
         Raises:
-            InvalidRecordError: an empty ``held``, a ``held`` beyond the chain, or a bad
-                ``demand`` or ``cover``.
+            InvalidRecordError: an empty ``held``, a ``held`` outside ``[0, len(chain)]``,
+                or a bad ``demand`` or ``cover``.
 
         Complexity: O(len(held)).
 
@@ -355,13 +364,9 @@ class HotPrefixes:
         """
         if not held:
             raise InvalidRecordError("held", held, "must name at least one candidate")
-        for name, v in (("demand", demand), ("cover", cover)):
-            if isinstance(v, bool) or not isinstance(v, NUMBER_TYPES) or not 0 <= v < math.inf:
-                raise InvalidRecordError(name, v, "must be a finite number >= 0")
-        d = max(held)
-        if d > len(chain):
-            raise InvalidRecordError("held", held, f"must be at most {len(chain)} (the chain)")
-        d -= d % self.stride
+        _check_bound("demand", demand)
+        _check_bound("cover", cover)
+        d = self._depth(chain, held)
         if d == 0 or (min(held) >= d and d < cover * len(chain)):
             return False
         return self.demand(chain[d - 1], len(held)) >= demand
@@ -487,12 +492,9 @@ class HotPrefixes:
             raise InvalidRecordError(
                 "held", held, "held, replicas and in_flight must be non-empty and of equal length"
             )
-        d = max(held)
-        if d > len(chain) or min(held) < 0:
-            raise InvalidRecordError("held", held, f"must be in [0, {len(chain)}] (the chain)")
+        d = self._depth(chain, held)
         if not any(in_flight):
             return None  # every holder is idle
-        d -= d % self.stride
         if d == 0:
             return None
         least = min(in_flight)

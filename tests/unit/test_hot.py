@@ -319,6 +319,8 @@ def test_the_fair_share_test_rounds_to_the_stride_and_checks_its_arguments() -> 
         hot.needs_fair_share((1, 2), held=[])
     with pytest.raises(InvalidRecordError, match="held"):
         hot.needs_fair_share((1, 2), held=[3, 0])
+    with pytest.raises(InvalidRecordError, match="held"):
+        hot.needs_fair_share((1, 2), held=[1, -1])
     for bad in (-1.0, float("nan"), float("inf"), True, "1"):
         with pytest.raises(InvalidRecordError, match="demand"):
             hot.needs_fair_share((1, 2), held=[1, 0], demand=bad)  # type: ignore[arg-type]
