@@ -1,5 +1,6 @@
 """The LiteLLM plugin's ledger against naive references: the prompt blocks its requests in
-flight hold on each deployment, and each deployment's prefill backlog."""
+flight hold on each deployment (the longest match, and how many), and each deployment's
+prefill backlog."""
 
 from __future__ import annotations
 
@@ -99,9 +100,18 @@ def test_running_blocks_is_the_longest_prefix_in_flight(
         assert ledger.in_flight.get(deployment, 0) == sum(
             d == deployment for d, _c, _t in alive.values()
         )
+        # The prompt blocks in flight: ``stride`` per distinct tracked block (every
+        # ``stride``-th of a chain, and its last), never fewer than the distinct blocks.
+        chains = [c for d, c, _t in alive.values() if d == deployment]
+        tracked = {
+            c[j] for c in chains for j in range(len(c)) if (j + 1) % stride == 0 or j == len(c) - 1
+        }
+        assert ledger.prompt_blocks(deployment) == len(tracked) * stride
+        assert ledger.prompt_blocks(deployment) >= len({b for c in chains for b in c})
     # Every reservation gone: no block is remembered (memory follows the reservations).
     ledger.expire(float("inf"))
     assert ledger.running_blocks("a", q, 0) == 0 and ledger.running_blocks("b", q, 0) == 0
+    assert ledger.prompt_blocks("a") == ledger.prompt_blocks("b") == 0
     assert not ledger._blocks
 
 

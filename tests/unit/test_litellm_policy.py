@@ -149,6 +149,41 @@ def test_a_prompt_carrying_all_the_traffic_leaves_its_idle_holder_for_its_fair_s
     assert plugin.stats().errors == 0
 
 
+def test_the_hot_prefix_rules_wait_for_room_in_the_deployments_kv_caches() -> None:
+    # The shared weight and the fair-share guard hold only while the prompts in flight on
+    # every deployment fill less than 0.8 of mirror_blocks (the engine's KV cache as the
+    # plugin models it). The plugin counts them in its tracked blocks, 8 blocks each: one
+    # ~10 kB prompt in flight is 5 tracked blocks, 40; a second one sharing its system
+    # prompt adds its last, 48 (below 0.8 x 61, not below 0.8 x 60).
+    def shared_burst(mirror_blocks: int) -> list[str]:
+        plugin = PrefixRoutingPlugin(None, mirror_blocks=mirror_blocks)
+        for k in range(12):
+            served(plugin, chat(f"unrelated question {k} " * 5, system=""))
+        return [route(plugin, chat(f"question {k}"))[0] for k in range(5)]
+
+    # As test_a_shared_prompt_on_a_busy_holder_weighs_its_backlog_more, then all on the
+    # holder (the plain 0.1 weight) once two requests fill the cache.
+    assert len(set(shared_burst(61))) == 2
+    assert len(set(shared_burst(60))) == 1
+
+    # One long unrelated prompt in flight on each deployment (7 tracked blocks, 56: below
+    # 0.8 x 71, not below 0.8 x 70), then the prompt carrying all the traffic: guarded, it
+    # leaves its idle holder after 5 dispatches (as in the test above); without room its
+    # holder keeps all 20.
+    def hot_traffic(mirror_blocks: int) -> str:
+        plugin = PrefixRoutingPlugin(None, mirror_blocks=mirror_blocks)
+        long = [
+            route(plugin, chat(f"a long unrelated question {k} " * 500, system=""))[0]
+            for k in range(2)
+        ]
+        assert sorted(long) == ["a", "b"]
+        return "".join(served(plugin, chat(f"question {k}")) for k in range(20))
+
+    guarded = hot_traffic(71)
+    assert guarded[:5] == guarded[0] * 5 and guarded[5] != guarded[0]
+    assert hot_traffic(70) == "a" * 20
+
+
 def test_a_backlog_drains_at_the_prefill_rate_until_its_requests_end() -> None:
     # LiteLLM reports a request only when it ends, long after its prefill: a deployment's
     # backlog (the ~2,600 uncached tokens of a cold prompt) drains at prefill_tokens_per_s

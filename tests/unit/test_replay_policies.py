@@ -227,6 +227,10 @@ def test_cache_cost_weighs_a_shared_prefix_at_the_plain_weight_under_kv_pressure
     assert placements(BURST, capacity=20) == (0,) * 20
     assert placements(BURST, capacity=21)[:9] == (0,) * 8 + (1,)
     assert placements(BURST, capacity=20, shared_kv_usage=0.85)[:9] == (0,) * 8 + (1,)
+    # Observing at completion (the LiteLLM plugin's model), the mirror pins nothing: the
+    # prompts of the requests in flight (16 distinct blocks) count instead.
+    assert placements(BURST, capacity=20, observe_at="completion") == (0,) * 20
+    assert placements(BURST, capacity=21, observe_at="completion")[:9] == (0,) * 8 + (1,)
 
 
 def test_cache_cost_keeps_a_private_prefix_on_its_holder_at_the_plain_weight() -> None:

@@ -5,6 +5,7 @@ decides."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Final
 
@@ -19,7 +20,7 @@ from prefixcache._cost import (
     CostCandidate,
     pick_lowest_cost,
 )
-from prefixcache._hot import DEFAULT_SHARED_QUEUE_WEIGHT, HotPrefixes
+from prefixcache._hot import DEFAULT_SHARED_KV_USAGE, DEFAULT_SHARED_QUEUE_WEIGHT, HotPrefixes
 from prefixcache._mirror import DispatchWindow, KvCacheMirror
 from prefixcache._types import ReplicaKey
 from prefixcache.integrations._litellm_ledger import Ledger
@@ -51,7 +52,17 @@ class CostState:
     held (:meth:`keys` is safe without it).
     """
 
-    __slots__ = ("_candidates", "_hot", "_keys", "_window", "config", "ledger", "mirror", "stride")
+    __slots__ = (
+        "_candidates",
+        "_hot",
+        "_keys",
+        "_kv_limit",
+        "_window",
+        "config",
+        "ledger",
+        "mirror",
+        "stride",
+    )
 
     def __init__(
         self,
@@ -63,6 +74,7 @@ class CostState:
     ) -> None:
         self.config = config
         self.mirror = KvCacheMirror(capacity_blocks=mirror_blocks)
+        self._kv_limit = DEFAULT_SHARED_KV_USAGE * mirror_blocks
         self.stride = max(1, DEFAULT_COST_MARGIN // block_tokens)
         self.ledger = Ledger(self.stride, prefill_rate)
         self._window = DispatchWindow(size=WINDOW_PER_DEPLOYMENT)
@@ -138,9 +150,15 @@ class CostState:
         hot_prefixes = self._hot_prefixes(group, len(ids))
         queue_weight = DEFAULT_QUEUE_WEIGHT
         rule = None
+        room = functools.partial(self._kv_room, ids)
         if chain:
             rule = hot_prefixes.credit(
-                chain, held=held, replicas=ids, in_flight=flights, overloaded=self._overloaded
+                chain,
+                held=held,
+                replicas=ids,
+                in_flight=flights,
+                overloaded=self._overloaded,
+                room=room,
             )
         if rule is not None:
             if rule.shared:
@@ -156,8 +174,9 @@ class CostState:
                         c.recent_dispatches,
                         c.pinned_tokens,
                     )
-        # A hot prompt not held everywhere: only deployments within their fair share.
-        guarded = bool(chain) and hot_prefixes.needs_fair_share(chain, held=held)
+        # A hot prompt not held everywhere (or making most of the chain), while the caches
+        # have room: only deployments within their fair share.
+        guarded = bool(chain) and hot_prefixes.needs_fair_share(chain, held=held) and room()
         best = pick_lowest_cost(
             cands,
             prompt_tokens=prompt_tokens,
@@ -170,6 +189,15 @@ class CostState:
         window.record(best)
         hot_prefixes.record(chain)
         return pos, prompt_tokens - min(prompt_tokens, held[pos] * block_tokens)
+
+    def _kv_room(self, ids: Sequence[str]) -> bool:
+        """Whether the prompts in flight on each of ``ids`` (``Ledger.prompt_blocks``) fill
+        less than ``DEFAULT_SHARED_KV_USAGE`` (0.8) of ``mirror_blocks``, the engine's KV
+        cache as the plugin models it; the plugin sees neither the engines' KV usage nor
+        the blocks of the outputs."""
+        limit = self._kv_limit
+        prompt_blocks = self.ledger.prompt_blocks
+        return all(prompt_blocks(i) < limit for i in ids)
 
     def _overloaded(self, in_flight: int, least: int) -> bool:
         """Whether a deployment with ``in_flight`` reservations is beyond the load guard

@@ -118,6 +118,13 @@ class Ledger:
             depth += s
         return matched
 
+    def prompt_blocks(self, deployment: str) -> int:
+        """The distinct prompt blocks the reservations on ``deployment`` hold, counted as
+        ``stride`` per tracked block (over by less than ``stride`` per chain): what its
+        engine holds for its running requests' prompts, as far as this plugin knows."""
+        blocks = self._blocks.get(deployment)
+        return 0 if blocks is None else len(blocks) * self.stride
+
     def take(self, rids: Iterable[str], deployment: str, now: float) -> Reservation | None:
         """Drop and return the oldest reservation on ``deployment`` under the first of
         ``rids`` that holds one, released at ``now``; ``None`` when none does (or

@@ -26,8 +26,14 @@ least by the library's default policy (``cache-cost``, :func:`prefixcache.pick_l
   (its reservations; the config's balance thresholds), a prefix in demand beyond 0.75 of a
   deployment gets warm copies, and a shared one weighs the backlog at
   ``DEFAULT_SHARED_QUEUE_WEIGHT``. So a prompt keeps its deployment while that deployment is
-  not overloaded. The plugin does not know the engines' KV usage, so the shared weight has
-  no saturation gate here;
+  not overloaded. A prefix in demand of at least one deployment that some deployment lacks
+  (or that is at least three quarters of the request's chain) picks only among the
+  deployments within their fair share (:meth:`prefixcache.HotPrefixes.needs_fair_share`,
+  the fair-share guard of :func:`prefixcache.pick_lowest_cost` at
+  ``DEFAULT_SHARE_FACTOR``). The plugin does not know the engines' KV usage: the shared
+  weight and the guard hold only while the distinct prompt blocks of the reservations on
+  every deployment fill less than ``DEFAULT_SHARED_KV_USAGE`` (0.8) of ``mirror_blocks``,
+  the engine's KV cache as the plugin models it;
 * a session pin (:class:`prefixcache.SessionPins`) adds ``DEFAULT_PIN_TOKENS`` to its
   deployment's savings while that deployment is within the library's load guard
   (:func:`clusterrouting.within_load_guard` with the config's balance thresholds): a strong

@@ -98,8 +98,9 @@ class CacheCostPolicy(BasePolicy):
     LiteLLM plugin does) the mirror instead records a prompt when its request completes
     (``KvCacheMirror.observe``, no pins), and until then a request's prompt counts as held
     on its replica (an engine keeps a running request's prompt in its KV cache). The
-    mirror then pins nothing, so the shared weight's KV-usage gate stays open (as in the
-    LiteLLM plugin, which does not see the engines' KV usage).
+    mirror then pins nothing, so the KV-usage gate of the shared weight and of the guard
+    reads each replica's distinct prompt blocks of the requests in flight instead (as the
+    LiteLLM plugin does: it sees neither the engines' KV usage nor the outputs' blocks).
 
     The backlog drops a request's tokens at its first token by default. With
     ``prefill_rate`` (tokens per second per replica) the router sees no first token, as the
@@ -230,12 +231,15 @@ class CacheCostPolicy(BasePolicy):
 
     def _kv_room_everywhere(self) -> bool:
         """Whether every replica's KV usage (running requests' blocks in the mirror, over
-        the capacity) is below ``shared_kv_usage``."""
+        the capacity) is below ``shared_kv_usage``; observing at completion, the distinct
+        prompt blocks of the requests in flight there."""
         mirror = self._mirror
         cap = mirror.capacity_blocks
         if cap is None:
             return True
         limit = self._shared_kv_usage * cap
+        if self.observe_at == "completion":
+            return all(len(pend) < limit for pend in self._pending)
         running = mirror.running_blocks
         return all(running(k) < limit for k in self._keys)
 
