@@ -149,6 +149,23 @@ def test_a_prompt_carrying_all_the_traffic_leaves_its_idle_holder_for_its_fair_s
     assert plugin.stats().errors == 0
 
 
+def test_a_prompt_with_more_than_one_deployments_share_is_guarded() -> None:
+    # Two of every three requests share the prompt (a demand of 1.33 deployments, above
+    # DEFAULT_GUARD_DEMAND) and each completes before the next. Guarded, the prompt gets a
+    # second copy once its holder is over its share, and neither deployment ends beyond
+    # 1.1 x its mean share + 2 (51 of 90); unguarded, its idle holder would keep all 60.
+    plugin = PrefixRoutingPlugin(None)
+    hot = []
+    homes = []
+    for k in range(30):
+        hot.append(served(plugin, chat(f"question {2 * k}")))
+        hot.append(served(plugin, chat(f"question {2 * k + 1}")))
+        homes.append(served(plugin, chat(f"unrelated question {k} " * 5, system="")))
+    homes += hot
+    assert set(hot) == {"a", "b"}
+    assert max(homes.count("a"), homes.count("b")) <= 1.1 * 45 + 2
+
+
 def test_the_hot_prefix_rules_wait_for_room_in_the_deployments_kv_caches() -> None:
     # The shared weight and the fair-share guard hold only while the prompts in flight on
     # every deployment fill less than 0.8 of mirror_blocks (the engine's KV cache as the

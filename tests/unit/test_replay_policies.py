@@ -457,6 +457,22 @@ def test_the_hot_prefix_guard_waits_for_room_in_the_caches() -> None:
     assert guarded(12) == 0
 
 
+def test_the_hot_prefix_guard_reads_what_replicas_hold_not_their_warm_credit() -> None:
+    # A 2-block prefix in front of every request (half of each 4-block chain, below the
+    # 3/4 cover), requests 1 ms apart on 2 replicas. The second finds the holder busy:
+    # both replicas count as warm copies for the cost, but replica 1 does not hold the
+    # prefix, so that pick is guarded. From the third on both hold it: no guard.
+    trace = [req(1.0 + k / 1000, (1, 2, 100 + 2 * k, 101 + 2 * k)) for k in range(12)]
+    log: list[tuple[int, bool]] = []
+    policy = CacheCostPolicy(capacity_blocks=None, block_tokens=4)
+    policy.log_every = 1
+    policy.log_sink = lambda r: log.append(
+        (r["explanation"]["warm_copies"], r["explanation"]["fair_share_guard"])
+    )
+    assert simulate(trace, policy, MODEL).replica == (0, 1) * 6
+    assert log == [(0, False), (2, True)] + [(2, False)] * 10
+
+
 def test_a_hosts_own_fair_share_factor_is_kept_for_hot_prefixes() -> None:
     # A host that sets share_factor guards every pick with its own factor; the hot-prefix
     # rule neither replaces it with 1.1 nor turns it off.
