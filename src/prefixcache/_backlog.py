@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
+from clusterrouting import InvalidRecordError
+from prefixcache._keys import check_rate
+
 __all__ = ["DrainedBacklog"]
 
 K = TypeVar("K", bound=Hashable)
@@ -28,6 +31,10 @@ class DrainedBacklog(Generic[K]):
     between two events either). With ``rate=None`` the backlog is ``held``: tokens stay
     until their request ends. A key with nothing held has no backlog and no state (memory
     follows the requests not yet ended); a request of 0 tokens changes nothing.
+
+    Bookkeeping errors are typed (:class:`clusterrouting.InvalidRecordError`): a negative
+    ``tokens``, a removal of more tokens than ``key`` holds (a request removed twice, or
+    never added), a ``rate`` that is not a finite number > 0 or ``None``.
 
     Time only moves forward for the drain: a ``now`` earlier than the key's last add or
     removal drains nothing (a wall clock stepping back pauses the drain). Reads change
@@ -51,7 +58,7 @@ class DrainedBacklog(Generic[K]):
     __slots__ = ("_at", "_held", "_level", "rate")
 
     def __init__(self, rate: float | None) -> None:
-        self.rate = rate
+        self.rate = check_rate("rate", rate)
         self._held: dict[K, int] = {}
         self._level: dict[K, float] = {}  # the level as of _at (rate set)
         self._at: dict[K, float] = {}
@@ -75,6 +82,8 @@ class DrainedBacklog(Generic[K]):
     def add(self, key: K, tokens: int, now: float) -> None:
         """A request with ``tokens`` uncached prompt tokens was sent to ``key`` at ``now``."""
         if tokens <= 0:
+            if tokens < 0:
+                raise InvalidRecordError("tokens", tokens, "must be >= 0")
             return
         held = self._held.get(key, 0)
         self._held[key] = held + tokens
@@ -85,9 +94,15 @@ class DrainedBacklog(Generic[K]):
         """A request with ``tokens`` (as added) ended on ``key`` at ``now``: its tokens leave
         what is held, and the level is cut to what remains."""
         if tokens <= 0:
+            if tokens < 0:
+                raise InvalidRecordError("tokens", tokens, "must be >= 0")
             return
-        held = self._held[key] - tokens
-        if held <= 0:  # nothing left to prefill: forget the key
+        held = self._held.get(key, 0) - tokens
+        if held < 0:
+            raise InvalidRecordError(
+                "tokens", tokens, f"must be at most the {held + tokens} held on {key!r}"
+            )
+        if not held:  # nothing left to prefill: forget the key
             del self._held[key]
             self._level.pop(key, None)
             self._at.pop(key, None)

@@ -3,9 +3,11 @@ LiteLLM plugin's ledger and the replay's ``CacheCostPolicy(prefill_rate=...)`` s
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from clusterrouting import InvalidRecordError
 from prefixcache._backlog import DrainedBacklog
 
 steps = st.lists(
@@ -110,3 +112,23 @@ def test_a_request_of_no_tokens_changes_nothing() -> None:
     b.add("a", 0, now=0.0)
     b.remove("a", 0, now=0.0)
     assert len(b) == 0 and b.read("a", now=0.0) == 0
+
+
+def test_bookkeeping_errors_are_typed_and_change_nothing() -> None:
+    b = DrainedBacklog[str](rate=100.0)
+    b.add("a", 500, now=0.0)
+    with pytest.raises(InvalidRecordError, match="tokens"):
+        b.add("a", -1, now=0.0)
+    with pytest.raises(InvalidRecordError, match="at most the 500 held on 'a'"):
+        b.remove("a", 501, now=1.0)
+    with pytest.raises(InvalidRecordError, match="at most the 0 held on 'b'"):
+        b.remove("b", 1, now=1.0)  # never added
+    with pytest.raises(InvalidRecordError, match="tokens"):
+        b.remove("a", -1, now=1.0)
+    assert b.held("a") == 500 and b.read("a", now=1.0) == 400 and len(b) == 1
+    b.remove("a", 500, now=1.0)
+    with pytest.raises(InvalidRecordError, match="at most the 0 held"):
+        b.remove("a", 500, now=1.0)  # removed twice
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "fast"):
+        with pytest.raises(InvalidRecordError, match="rate"):
+            DrainedBacklog[str](rate=bad)  # type: ignore[arg-type]
