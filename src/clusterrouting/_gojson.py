@@ -73,6 +73,7 @@ _UINT64_END: Final = 1 << 64
 _INT64_MIN: Final = -(1 << 63)
 _INT64_END: Final = 1 << 63
 
+
 class GoJSONError(ValueError):
     """A document Go's decoder would reject. ``field`` names the struct field whose value was
     wrong (``"<document>"`` for the document as a whole); ``reason`` says why."""
@@ -133,9 +134,7 @@ def _parse_int(text: str) -> object:
 
 
 # The C string scanner of the json module (not in its typed interface).
-_scanstring: Final[Callable[[str, int, bool], tuple[str, int]]] = (
-    json.decoder.scanstring  # type: ignore[attr-defined]
-)
+_scanstring: Final[Callable[[str, int, bool], tuple[str, int]]] = json.decoder.scanstring  # type: ignore[attr-defined]
 _PLAIN: Final = json.JSONDecoder(object_pairs_hook=Pairs, parse_constant=_reject_constant)
 _HOOKED: Final = json.JSONDecoder(
     object_pairs_hook=Pairs, parse_constant=_reject_constant, parse_int=_parse_int
@@ -188,9 +187,7 @@ def network_text(data: bytes | bytearray | memoryview | str) -> str:
         return raw.decode("utf-8", _GO_REPLACE)
 
 
-def loads(
-    data: bytes | bytearray | memoryview | str, *, first_value_only: bool = False
-) -> object:
+def loads(data: bytes | bytearray | memoryview | str, *, first_value_only: bool = False) -> object:
     """Decode one JSON document as Go's decoder reads it (see the module docstring).
 
     Args:

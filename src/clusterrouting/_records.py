@@ -268,9 +268,7 @@ class NodeData:
                 elif go_name == "AvailableVRAM":
                     vram = decode_uint64(vram, value, go_name)
                 elif go_name == "Models":
-                    models = decode_slice(
-                        models, value, go_name, decode_string, str
-                    )
+                    models = decode_slice(models, value, go_name, decode_string, str)
                 elif value is not None:  # LastSeen: null leaves it as it was
                     if type(value) is not str:
                         raise GoJSONError(go_name, "must be an RFC 3339 string")

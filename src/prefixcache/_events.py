@@ -298,9 +298,7 @@ _OBSERVE_STRUCT: Final = GoStruct(("model", "chain", "node_id", "replica"))
 _INVALIDATE_STRUCT: Final = GoStruct(("model", "node_id", "replica"))
 
 
-def _decode_fields(
-    payload: bytes, struct: GoStruct
-) -> tuple[str, GoSlice | None, str, int]:
+def _decode_fields(payload: bytes, struct: GoStruct) -> tuple[str, GoSlice | None, str, int]:
     """The fields as Go's decoder fills its event struct (``struct`` names its fields)."""
     if not isinstance(payload, _BYTES_LIKE):
         raise EventDecodeError("<payload>", type(payload).__name__, "must be bytes")

@@ -481,9 +481,7 @@ class SignedTransport:
         unsubscribe."""
 
         def checked(subj: str, payload: bytes) -> None:
-            if isinstance(payload, _BYTES_LIKE) and self.admit(
-                subj, bytes(payload)
-            ):
+            if isinstance(payload, _BYTES_LIKE) and self.admit(subj, bytes(payload)):
                 handler(subj, payload)
             elif not isinstance(payload, _BYTES_LIKE):
                 with self._lock:

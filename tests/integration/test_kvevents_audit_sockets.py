@@ -124,8 +124,6 @@ def bind_consecutive(ctx: zmq.Context[zmq.Socket[bytes]]) -> tuple[int, list[zmq
     raise AssertionError("no two consecutive free ports on 127.0.0.1")
 
 
-
-
 @pytest.fixture
 def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()

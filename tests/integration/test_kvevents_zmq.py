@@ -117,8 +117,6 @@ class FakeEngine:
         self.router.close(0)
 
 
-
-
 @pytest.fixture
 def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()

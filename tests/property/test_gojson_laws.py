@@ -283,8 +283,7 @@ def test_uint64_fields_take_exactly_what_parseuint_takes(literal: str) -> None:
 @given(_NUMBER)
 def test_int_fields_take_exactly_what_parseint_takes(literal: str) -> None:
     parseint_ok = (
-        re.fullmatch(r"-?(0|[1-9][0-9]*)", literal) is not None
-        and -(2**63) <= int(literal) < 2**63
+        re.fullmatch(r"-?(0|[1-9][0-9]*)", literal) is not None and -(2**63) <= int(literal) < 2**63
     )
     payload = f'{{"node_id":"n","replica":{literal}}}'.encode()
     try:

@@ -139,7 +139,6 @@ def test_last_seen_forms_go_accepts_are_rejected_as_documented(text: str) -> Non
     assert info.value.field == "LastSeen"
 
 
-
 @pytest.mark.parametrize("literal", ["1.0", "1e3", "-0", "0.0"])
 def test_case7_uint64_rejects_non_integer_literals(literal: str) -> None:
     with pytest.raises(NodeDataDecodeError) as info:

@@ -238,6 +238,7 @@ def test_extreme_uint64_keys(backend: str) -> None:
 
 def test_numpy_integers_are_accepted(backend: str) -> None:
     import numpy as np
+
     t = make(backend)
     t.insert(tuple(np.array([1, 2**63 + 5], dtype=np.uint64)), "a", 0.0)
     assert t.longest_match((1, 2**63 + 5), 0.0) == ("a", 2)
