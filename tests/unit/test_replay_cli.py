@@ -117,12 +117,50 @@ def test_plot_without_matplotlib_is_a_clear_error(
     assert not (tmp_path / "x.png").exists()
 
 
+def test_time_unit_reads_another_clock(
+    trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The tiny trace's instants as absolute nanoseconds in strings replay exactly as the
+    # milliseconds do, with --time-unit ns (and --speedup 1: the unit matters).
+    ns = tmp_path / "tiny_ns.jsonl"
+    start = 1_753_780_607_550_317_897
+    ns.write_text(
+        "\n".join(
+            json.dumps({**x, "timestamp": str(start + x["timestamp"] * 1_000_000)}) for x in LINES
+        )
+    )
+
+    def replay(path: Path, *unit: str) -> object:
+        assert (
+            main(
+                [
+                    str(path),
+                    "--json",
+                    "--no-progress",
+                    "--policies",
+                    "round-robin",
+                    *HAND_FLAGS,
+                    *unit,
+                ]
+            )
+            == 0
+        )
+        doc = json.loads(capsys.readouterr().out)
+        return [
+            {k: v for k, v in p.items() if k not in ("decisions_per_s", "routing_s", "wall_s")}
+            for p in doc["policies"]
+        ]
+
+    assert replay(ns, "--time-unit", "ns") == replay(trace) != replay(ns, "--time-unit", "us")
+
+
 def test_usage_errors(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for bad in (
         ["--policies", "round-robin,nope"],
         ["--speedup", "0"],
         ["--cache-blocks", "-3"],
         ["--observe", "sometimes"],
+        ["--time-unit", "minutes"],
     ):
         with pytest.raises(SystemExit) as ei:
             main([str(trace), *bad])

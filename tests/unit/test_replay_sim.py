@@ -331,7 +331,8 @@ def test_parse_trace_and_errors(tmp_path: Path) -> None:
         json.dumps({"timestamp": 1, "input_length": 0, "output_length": 0, "hash_ids": []}),
     ]
     reqs = parse_trace(lines)
-    assert [r.arrival for r in reqs] == [0.001, 0.005]  # sorted by time, ms -> s
+    # sorted by time, ms -> s, from the earliest timestamp
+    assert [r.arrival for r in reqs] == [0.0, 0.004]
     assert reqs[1].blocks == (7,)
     bad = [
         ('{"timestamp": 0, "output_length": 1, "hash_ids": []}', "input_length"),
@@ -340,6 +341,20 @@ def test_parse_trace_and_errors(tmp_path: Path) -> None:
         ('{"timestamp": 0, "input_length": 1, "output_length": 1, "hash_ids": 3}', "hash_ids"),
         ("[1, 2]", "<line>"),
         ("{not json", "<line>"),
+        (
+            '{"timestamp": "soon", "input_length": 1, "output_length": 1, "hash_ids": []}',
+            "timestamp",
+        ),
+        ('{"timestamp": "-5", "input_length": 1, "output_length": 1, "hash_ids": []}', "timestamp"),
+        (
+            '{"timestamp": "nan", "input_length": 1, "output_length": 1, "hash_ids": []}',
+            "timestamp",
+        ),
+        (
+            '{"timestamp": "\u00b2", "input_length": 1, "output_length": 1, "hash_ids": []}',
+            "timestamp",
+        ),
+        ('{"timestamp": null, "input_length": 1, "output_length": 1, "hash_ids": []}', "timestamp"),
     ]
     for text, field in bad:
         with pytest.raises(TraceFormatError) as ei:
@@ -350,6 +365,34 @@ def test_parse_trace_and_errors(tmp_path: Path) -> None:
     p = tmp_path / "t.jsonl"
     p.write_text("\n".join(lines))
     assert load_trace(p) == reqs
+
+
+def test_timestamps_in_other_units_and_as_strings(tmp_path: Path) -> None:
+    # Absolute nanoseconds written as strings (beyond 2**53: a float would lose them):
+    # arrivals count from the earliest, exactly, then become seconds.
+    base = 1_753_780_607_550_317_897
+    lines = [
+        json.dumps(
+            {"timestamp": str(base + d), "input_length": 1, "output_length": 1, "hash_ids": [d]}
+        )
+        for d in (2_500_000_001, 1, 0)
+    ]
+    reqs = parse_trace(lines, time_unit="ns")
+    assert [r.arrival for r in reqs] == [0.0, 1e-9, 2.500000001]
+    assert [r.blocks for r in reqs] == [(0,), (1,), (2_500_000_001,)]
+    # The same instants in seconds, as numbers and decimal strings.
+    secs = [
+        {"timestamp": t, "input_length": 1, "output_length": 1, "hash_ids": []} for t in (7, "9.5")
+    ]
+    assert [r.arrival for r in parse_trace(map(json.dumps, secs), time_unit="s")] == [0.0, 2.5]
+    assert [r.arrival for r in parse_trace(map(json.dumps, secs), time_unit="us")] == [0.0, 2.5e-6]
+    p = tmp_path / "ns.jsonl"
+    p.write_text("\n".join(lines))
+    assert load_trace(p, time_unit="ns") == reqs
+    for bad in ("min", "", None, 1000):
+        with pytest.raises(InvalidRecordError, match="time_unit"):
+            parse_trace(lines, time_unit=bad)  # type: ignore[arg-type]
+    assert parse_trace([]) == []
 
 
 def test_parallel_replay_equals_the_serial_one() -> None:

@@ -25,7 +25,7 @@ from prefixcache.replay._report import (
 )
 from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._synth import eviction_case
-from prefixcache.replay._trace import BUNDLED_TRACE, Request, load_trace
+from prefixcache.replay._trace import BUNDLED_TRACE, TIME_UNITS, Request, load_trace
 
 __all__ = ["BUNDLED_TRACE", "main"]
 
@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.block_tokens,
         help=f"tokens per trace block id (default {d.block_tokens})",
+    )
+    p.add_argument(
+        "--time-unit",
+        choices=sorted(TIME_UNITS),
+        default="ms",
+        help="unit of the trace's timestamps (default ms); matters only with --speedup N",
     )
     p.add_argument(
         "--prefill-rate",
@@ -424,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = Path(args.trace) if args.trace is not None else BUNDLED_TRACE
     try:
-        requests = load_trace(path)
+        requests = load_trace(path, time_unit=args.time_unit)
         model = _model(args, requests)
     except FileNotFoundError:
         hint = "" if args.trace else " (the bundled trace lives in the repository's data/)"

@@ -1,9 +1,17 @@
 """Reading request traces in the Mooncake JSONL format.
 
-One request per line: ``{"timestamp": <ms since trace start>, "input_length": <tokens>,
-"output_length": <tokens>, "hash_ids": [<int>, ...]}``. ``hash_ids`` are prefix-chained block
-ids (block ``i`` stands for the whole prompt prefix up to the end of block ``i``), so two
-requests share exactly their common leading ids. Files may be gzip-compressed (``.gz``).
+One request per line: ``{"timestamp": <ms>, "input_length": <tokens>, "output_length":
+<tokens>, "hash_ids": [<int>, ...]}``. ``hash_ids`` are prefix-chained block ids (block ``i``
+stands for the whole prompt prefix up to the end of block ``i``), so two requests share
+exactly their common leading ids. Files may be gzip-compressed (``.gz``).
+
+Other traces in this shape differ in their clock: some write absolute timestamps, some in
+nanoseconds, some as strings of digits (JSON numbers lose precision beyond 2**53).
+Timestamps may therefore be numbers or decimal strings, in ``time_unit`` (``"ms"`` by
+default; ``"s"``, ``"us"``, ``"ns"``), and arrivals count from the earliest one, computed
+exactly before the conversion to seconds. The replay's default speed-up (``auto``) sets the
+load from the trace's own spacing, so the unit only matters to an explicit speed-up. A
+trace's block size (``hash_ids`` per token) is the cluster's ``block_tokens``.
 """
 
 from __future__ import annotations
@@ -21,8 +29,12 @@ from clusterrouting import ClusterRoutingError, InvalidRecordError
 #: An ``isinstance`` target built once (an inline union is built on every call).
 _NUMBER = (int, float)
 
+#: Timestamp units per second.
+TIME_UNITS: dict[str, int] = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
 __all__ = [
     "BUNDLED_TRACE",
+    "TIME_UNITS",
     "Request",
     "TraceFormatError",
     "ideal_hit_ratio",
@@ -56,8 +68,8 @@ class Request:
             count, ``blocks`` not a tuple (ids themselves are checked by ``parse_trace``).
 
     Attributes:
-        arrival: arrival time in seconds since the trace start (already divided by any
-            speed-up the caller applied; :func:`parse_trace` leaves it unscaled).
+        arrival: arrival time in seconds since the trace's first request (already divided
+            by any speed-up the caller applied; :func:`parse_trace` leaves it unscaled).
         input_tokens: prompt length in tokens (>= 0).
         output_tokens: generated tokens (>= 0).
         blocks: the prefix-chained block ids of the prompt, shallow to deep.
@@ -93,17 +105,39 @@ def _int_field(obj: dict[str, object], key: str, line: int) -> int:
     return v
 
 
-def parse_trace(lines: Iterable[str]) -> list[Request]:
+def _timestamp(obj: dict[str, object], line: int) -> int | float:
+    """The line's ``timestamp``: a finite number >= 0, or a string of one (digits stay an
+    exact int)."""
+    ts = obj.get("timestamp")
+    if isinstance(ts, str):
+        text = ts.strip()
+        try:
+            ts = int(text) if text.isdigit() else float(text)
+        except ValueError:
+            raise TraceFormatError(line, "timestamp", f"not a number: {ts!r}") from None
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+        raise TraceFormatError(line, "timestamp", f"expected a finite number, got {ts!r}")
+    if ts < 0:
+        raise TraceFormatError(line, "timestamp", f"must be >= 0, got {ts!r}")
+    return ts
+
+
+def parse_trace(lines: Iterable[str], *, time_unit: str = "ms") -> list[Request]:
     """Parse Mooncake JSONL lines into requests sorted by arrival (stable for ties).
 
-    Blank lines are skipped. ``timestamp`` is in milliseconds (int or float) and becomes
-    :attr:`Request.arrival` in seconds.
+    Blank lines are skipped. ``timestamp`` (a number or a decimal string) is in
+    ``time_unit`` (a key of :data:`TIME_UNITS`); :attr:`Request.arrival` is the time since
+    the earliest timestamp in seconds.
 
     Raises:
         TraceFormatError: a line is not a JSON object, a field is missing, negative or of
             the wrong type, or a block id is outside ``0 <= id < 2**64``.
+        InvalidRecordError: ``time_unit`` is not a key of :data:`TIME_UNITS`.
     """
-    out: list[Request] = []
+    per_s = TIME_UNITS.get(time_unit) if isinstance(time_unit, str) else None
+    if per_s is None:
+        raise InvalidRecordError("time_unit", time_unit, f"must be one of {sorted(TIME_UNITS)}")
+    rows: list[tuple[int | float, int, int, tuple[int, ...]]] = []
     for n, raw in enumerate(lines, start=1):
         s = raw.strip()
         if not s:
@@ -114,11 +148,7 @@ def parse_trace(lines: Iterable[str]) -> list[Request]:
             raise TraceFormatError(n, "<line>", f"not JSON ({exc})") from None
         if not isinstance(obj, dict):
             raise TraceFormatError(n, "<line>", "not a JSON object")
-        ts = obj.get("timestamp")
-        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-            raise TraceFormatError(n, "timestamp", f"expected a finite number, got {ts!r}")
-        if ts < 0:
-            raise TraceFormatError(n, "timestamp", f"must be >= 0, got {ts!r}")
+        ts = _timestamp(obj, n)
         inp = _int_field(obj, "input_length", n)
         outp = _int_field(obj, "output_length", n)
         ids = obj.get("hash_ids")
@@ -127,31 +157,30 @@ def parse_trace(lines: Iterable[str]) -> list[Request]:
         for h in ids:
             if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < 2**64:
                 raise TraceFormatError(n, "hash_ids", f"bad block id {h!r}")
-        out.append(
-            Request(
-                arrival=float(ts) / 1000.0,
-                input_tokens=inp,
-                output_tokens=outp,
-                blocks=tuple(ids),
-            )
-        )
+        rows.append((ts, inp, outp, tuple(ids)))
+    start = min((r[0] for r in rows), default=0)
+    out = [
+        Request(arrival=(ts - start) / per_s, input_tokens=inp, output_tokens=outp, blocks=ids)
+        for ts, inp, outp, ids in rows
+    ]
     out.sort(key=lambda r: r.arrival)
     return out
 
 
-def load_trace(path: str | Path) -> list[Request]:
+def load_trace(path: str | Path, *, time_unit: str = "ms") -> list[Request]:
     """Read a Mooncake JSONL trace file (plain or ``.gz``); see :func:`parse_trace`.
 
     Raises:
         FileNotFoundError: no such file.
         TraceFormatError: malformed content.
+        InvalidRecordError: ``time_unit`` is not a key of :data:`TIME_UNITS`.
     """
     p = Path(path)
     if p.suffix == ".gz":
         with gzip.open(p, "rt", encoding="utf-8") as fh:
-            return parse_trace(fh)
+            return parse_trace(fh, time_unit=time_unit)
     with open(p, encoding="utf-8") as fh:
-        return parse_trace(fh)
+        return parse_trace(fh, time_unit=time_unit)
 
 
 def ideal_hit_ratio(requests: Sequence[Request]) -> float:
