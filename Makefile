@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (Python 3.11+ and a C compiler, for datrie): `make test` and
 # `make demo`. The brokers the integration tests start come from wheels in the `dev` extra.
-#   make test   ruff (lint, format), mypy --strict, every test but `slow` and `e2e` (ci profile when CI is set)
+#   make test   ruff (lint, format), mypy --strict, every test but `slow` and `e2e`
+#               (ci profile when CI is set)
 #   make soak   the `slow` tests (memory soaks)
 #   make e2e    the `e2e` tests, which need system software (Chromium); they fail without it
 #   make dist   sdist + wheel, twine check, each installed into a fresh venv and smoke-tested

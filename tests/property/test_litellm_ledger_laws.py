@@ -100,14 +100,22 @@ def test_running_blocks_is_the_longest_prefix_in_flight(
         assert ledger.in_flight.get(deployment, 0) == sum(
             d == deployment for d, _c, _t in alive.values()
         )
-        # The prompt blocks in flight: ``stride`` per distinct tracked block (every
-        # ``stride``-th of a chain, and its last), never fewer than the distinct blocks.
+        # The prompt blocks in flight: the distinct blocks, to within stride - 1 per chain
+        # (exact at stride 1), as each tracked block (every stride-th of a chain, and its
+        # last) stands for the blocks back to the previous tracked depth.
         chains = [c for d, c, _t in alive.values() if d == deployment]
+        distinct = len({b for c in chains for b in c})
         tracked = {
-            c[j] for c in chains for j in range(len(c)) if (j + 1) % stride == 0 or j == len(c) - 1
+            c[j]: (j + 1) - (j // stride) * stride
+            for c in chains
+            for j in range(len(c))
+            if (j + 1) % stride == 0 or j == len(c) - 1
         }
-        assert ledger.prompt_blocks(deployment) == len(tracked) * stride
-        assert ledger.prompt_blocks(deployment) >= len({b for c in chains for b in c})
+        got = ledger.prompt_blocks(deployment)
+        assert got == sum(tracked.values())
+        assert distinct <= got <= distinct + (stride - 1) * len(chains)
+        if stride == 1:
+            assert got == distinct
     # Every reservation gone: no block is remembered (memory follows the reservations).
     ledger.expire(float("inf"))
     assert ledger.running_blocks("a", q, 0) == 0 and ledger.running_blocks("b", q, 0) == 0

@@ -169,9 +169,10 @@ def test_a_prompt_with_more_than_one_deployments_share_is_guarded() -> None:
 def test_the_hot_prefix_rules_wait_for_room_in_the_deployments_kv_caches() -> None:
     # The shared weight and the fair-share guard hold only while the prompts in flight on
     # every deployment fill less than 0.8 of mirror_blocks (the engine's KV cache as the
-    # plugin models it). The plugin counts them in its tracked blocks, 8 blocks each: one
-    # ~10 kB prompt in flight is 5 tracked blocks, 40; a second one sharing its system
-    # prompt adds its last, 48 (below 0.8 x 61, not below 0.8 x 60).
+    # plugin models it). The plugin counts them from its tracked blocks (every 8th of a
+    # chain, and its last): one ~10 kB prompt in flight is 40 blocks; a second one sharing
+    # its system prompt but not its last tracked block adds 8, 48 (below 0.8 x 61, not
+    # below 0.8 x 60).
     def shared_burst(mirror_blocks: int) -> list[str]:
         plugin = PrefixRoutingPlugin(None, mirror_blocks=mirror_blocks)
         for k in range(12):
@@ -183,8 +184,8 @@ def test_the_hot_prefix_rules_wait_for_room_in_the_deployments_kv_caches() -> No
     assert len(set(shared_burst(61))) == 2
     assert len(set(shared_burst(60))) == 1
 
-    # One long unrelated prompt in flight on each deployment (7 tracked blocks, 56: below
-    # 0.8 x 71, not below 0.8 x 70), then the prompt carrying all the traffic: guarded, it
+    # One long unrelated prompt in flight on each deployment (55 blocks: below 0.8 x 69,
+    # not below 0.8 x 68), then the prompt carrying all the traffic: guarded, it
     # leaves its idle holder after 5 dispatches (as in the test above); without room its
     # holder keeps all 20.
     def hot_traffic(mirror_blocks: int) -> str:
@@ -196,9 +197,9 @@ def test_the_hot_prefix_rules_wait_for_room_in_the_deployments_kv_caches() -> No
         assert sorted(long) == ["a", "b"]
         return "".join(served(plugin, chat(f"question {k}")) for k in range(20))
 
-    guarded = hot_traffic(71)
+    guarded = hot_traffic(69)
     assert guarded[:5] == guarded[0] * 5 and guarded[5] != guarded[0]
-    assert hot_traffic(70) == "a" * 20
+    assert hot_traffic(68) == "a" * 20
 
 
 def test_a_backlog_drains_at_the_prefill_rate_until_its_requests_end() -> None:

@@ -180,6 +180,11 @@ def test_bad_trace_line_names_line_and_field(
     assert main([str(p), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "line 1" in err and "input_length" in err
+    huge = '{"timestamp": "%s", "input_length": 1, "output_length": 1, "hash_ids": []}\n'
+    p.write_text(huge % ("9" * 400))  # beyond any float: an error, not a traceback
+    assert main([str(p), "--no-progress", "--time-unit", "ns"]) == 1
+    err = capsys.readouterr().err
+    assert "line 1" in err and "timestamp" in err
 
 
 def test_every_policy_runs_on_a_synthetic_trace(

@@ -355,6 +355,37 @@ def test_parse_trace_and_errors(tmp_path: Path) -> None:
             "timestamp",
         ),
         ('{"timestamp": null, "input_length": 1, "output_length": 1, "hash_ids": []}', "timestamp"),
+        # non-ASCII digits, underscores, and numbers beyond 2**64 (as strings or not)
+        (
+            '{"timestamp": "\u0661\u0662", "input_length": 1, "output_length": 1, "hash_ids": []}',
+            "timestamp",
+        ),
+        (
+            '{"timestamp": "1_000", "input_length": 1, "output_length": 1, "hash_ids": []}',
+            "timestamp",
+        ),
+        (
+            '{"timestamp": "'
+            + "9" * 400
+            + '", "input_length": 1, "output_length": 1, "hash_ids": []}',
+            "timestamp",
+        ),
+        (
+            '{"timestamp": '
+            + "9" * 400
+            + ', "input_length": 1, "output_length": 1, "hash_ids": []}',
+            "timestamp",
+        ),
+        (
+            '{"timestamp": '
+            + str(2**64)
+            + ', "input_length": 1, "output_length": 1, "hash_ids": []}',
+            "timestamp",
+        ),
+        (
+            '{"timestamp": "1e400", "input_length": 1, "output_length": 1, "hash_ids": []}',
+            "timestamp",
+        ),
     ]
     for text, field in bad:
         with pytest.raises(TraceFormatError) as ei:
@@ -393,6 +424,20 @@ def test_timestamps_in_other_units_and_as_strings(tmp_path: Path) -> None:
         with pytest.raises(InvalidRecordError, match="time_unit"):
             parse_trace(lines, time_unit=bad)  # type: ignore[arg-type]
     assert parse_trace([]) == []
+    # The largest timestamp; and the order is the timestamps' own: with a fractional
+    # earliest timestamp the arrivals are floats, and two instants 1 ns apart at 1.7e18 ns
+    # get the same arrival, yet keep their order.
+    top = json.dumps(
+        {"timestamp": 2**64 - 1, "input_length": 1, "output_length": 1, "hash_ids": []}
+    )
+    assert parse_trace([top])[0].arrival == 0.0
+    mixed = [
+        json.dumps({"timestamp": t, "input_length": 1, "output_length": 1, "hash_ids": [k]})
+        for k, t in enumerate((str(base + 2), "0.5", str(base + 1)))
+    ]
+    got = parse_trace(mixed, time_unit="ns")
+    assert [r.blocks for r in got] == [(1,), (2,), (0,)]
+    assert got[1].arrival == got[2].arrival
 
 
 def test_parallel_replay_equals_the_serial_one() -> None:

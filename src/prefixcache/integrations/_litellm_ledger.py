@@ -57,19 +57,25 @@ class Ledger:
     blocks (exact for a whole chain in flight). Reservations expire first in, first out:
     every one shares the plugin's ttl, so ``expires`` grows with insertion.
 
+    :meth:`prompt_blocks` counts the prompt blocks in flight on a deployment from the same
+    tracked blocks: each stands for the blocks back to the previous tracked depth of its
+    chain (a block id fixes its depth), so the count is exact with ``stride`` 1 and over by
+    less than ``stride`` per chain otherwise.
+
     Memory: the reservations held and, per deployment, one count per distinct tracked
     block of their chains.
 
     Not thread-safe: the plugin calls it with its lock held.
     """
 
-    __slots__ = ("_blocks", "_expiry", "_held", "backlog", "in_flight", "stride")
+    __slots__ = ("_blocks", "_covered", "_expiry", "_held", "backlog", "in_flight", "stride")
 
     def __init__(self, stride: int = 1, prefill_rate: float | None = None) -> None:
         self.stride = stride
         self.backlog: DrainedBacklog[str] = DrainedBacklog(prefill_rate)
         self.in_flight: dict[str, int] = {}
         self._blocks: dict[str, dict[int, int]] = {}
+        self._covered: dict[str, int] = {}  # the blocks the distinct tracked ones stand for
         self._held: dict[tuple[str, str], list[Reservation]] = {}
         self._expiry: deque[Reservation] = deque()
 
@@ -87,17 +93,23 @@ class Ledger:
         if res.chain:
             blocks = self._blocks.setdefault(d, {})
             get = blocks.get
-            for b in self._tracked(res.chain):
-                blocks[b] = get(b, 0) + 1
+            added = 0
+            for b, gap in self._tracked(res.chain):
+                c = get(b, 0)
+                blocks[b] = c + 1
+                if not c:
+                    added += gap
+            self._covered[d] = self._covered.get(d, 0) + added
 
-    def _tracked(self, chain: tuple[int, ...]) -> tuple[int, ...]:
-        """The blocks of ``chain`` tracked in flight: every ``stride``-th, and the last."""
+    def _tracked(self, chain: tuple[int, ...]) -> list[tuple[int, int]]:
+        """The blocks of ``chain`` tracked in flight, every ``stride``-th and the last, each
+        with the blocks it stands for: its depth less the previous tracked depth."""
         s = self.stride
-        if s == 1:
-            return chain
-        if len(chain) % s:
-            return (*chain[s - 1 :: s], chain[-1])
-        return chain[s - 1 :: s]
+        n = len(chain)
+        tracked = [(chain[d - 1], s) for d in range(s, n + 1, s)]
+        if n % s:
+            tracked.append((chain[-1], n % s))
+        return tracked
 
     def running_blocks(self, deployment: str, chain: Sequence[int], matched: int) -> int:
         """``matched`` (leading blocks of ``chain`` known to be cached on ``deployment``)
@@ -119,11 +131,10 @@ class Ledger:
         return matched
 
     def prompt_blocks(self, deployment: str) -> int:
-        """The distinct prompt blocks the reservations on ``deployment`` hold, counted as
-        ``stride`` per tracked block (over by less than ``stride`` per chain): what its
-        engine holds for its running requests' prompts, as far as this plugin knows."""
-        blocks = self._blocks.get(deployment)
-        return 0 if blocks is None else len(blocks) * self.stride
+        """The distinct prompt blocks the reservations on ``deployment`` hold (over by less
+        than ``stride`` per chain in flight there): what its engine holds for its running
+        requests' prompts, as far as this plugin knows."""
+        return self._covered.get(deployment, 0)
 
     def take(self, rids: Iterable[str], deployment: str, now: float) -> Reservation | None:
         """Drop and return the oldest reservation on ``deployment`` under the first of
@@ -163,11 +174,15 @@ class Ledger:
         if not self.in_flight[d]:
             del self.in_flight[d]
             self._blocks.pop(d, None)
+            self._covered.pop(d, None)
         elif res.chain:
             blocks = self._blocks[d]
-            for b in self._tracked(res.chain):
+            removed = 0
+            for b, gap in self._tracked(res.chain):
                 c = blocks[b]
                 if c == 1:
                     del blocks[b]
+                    removed += gap
                 else:
                     blocks[b] = c - 1
+            self._covered[d] -= removed

@@ -70,7 +70,7 @@ DEFAULT_RESERVATION_TTL: Final = 600.0
 
 DEFAULT_MIRROR_BLOCKS: Final = 1 << 16
 """Blocks the local KV-cache mirror keeps per deployment (least recently used go first);
-set ``mirror_blocks`` to the engines' KV cache in blocks."""
+set ``mirror_blocks`` to the engines' KV cache in tokens over the plugin's block size."""
 
 
 DEFAULT_SESSION_HEADER: Final = "x-session-id"
@@ -138,8 +138,10 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         block_tokens: tokens per block with a tokenizer (default ``window_bytes // 4``).
         clock: the wall clock (index entries and pins cross processes).
         mirror_blocks: blocks the local KV-cache mirror keeps per deployment (int >= 1):
-            the engine's KV cache in blocks, so that the mirror evicts about when the engine
-            does and the hot-prefix rules wait for room (0.8 of it) as the replay's do.
+            the engine's KV cache in tokens over this plugin's block size (``block_tokens``,
+            or ``window_bytes`` characters without a tokenizer; not the engine's block
+            count), so that the mirror evicts about when the engine does and the hot-prefix
+            rules wait for room (0.8 of it) as the replay's do.
         prefill_tokens_per_s: how fast a deployment prefills (finite, > 0), or ``None``.
             A deployment's backlog (the uncached prompt tokens of its reservations) drains
             at this rate from each reservation on, since LiteLLM reports a request only when

@@ -61,6 +61,7 @@ from prefixcache.replay._synth import eviction_case, shared_prefix_trace, synthe
 from prefixcache.replay._trace import (
     BUNDLED_TRACE,
     Request,
+    TimeUnit,
     TraceFormatError,
     ideal_hit_ratio,
     load_trace,
@@ -106,6 +107,7 @@ __all__ = [
     "SimulationOutcome",
     "SmgCacheAwarePolicy",
     "TUNABLE",
+    "TimeUnit",
     "TraceFormatError",
     "TuneResult",
     "auto_speedup",

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 import attrs
 
@@ -25,7 +25,7 @@ from prefixcache.replay._report import (
 )
 from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._synth import eviction_case
-from prefixcache.replay._trace import BUNDLED_TRACE, TIME_UNITS, Request, load_trace
+from prefixcache.replay._trace import BUNDLED_TRACE, Request, TimeUnit, load_trace
 
 __all__ = ["BUNDLED_TRACE", "main"]
 
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--time-unit",
-        choices=sorted(TIME_UNITS),
+        choices=get_args(TimeUnit),
         default="ms",
         help="unit of the trace's timestamps (default ms); matters only with --speedup N",
     )

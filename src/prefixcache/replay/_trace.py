@@ -6,12 +6,14 @@ stands for the whole prompt prefix up to the end of block ``i``), so two request
 exactly their common leading ids. Files may be gzip-compressed (``.gz``).
 
 Other traces in this shape differ in their clock: some write absolute timestamps, some in
-nanoseconds, some as strings of digits (JSON numbers lose precision beyond 2**53).
-Timestamps may therefore be numbers or decimal strings, in ``time_unit`` (``"ms"`` by
-default; ``"s"``, ``"us"``, ``"ns"``), and arrivals count from the earliest one, computed
-exactly before the conversion to seconds. The replay's default speed-up (``auto``) sets the
-load from the trace's own spacing, so the unit only matters to an explicit speed-up. A
-trace's block size (``hash_ids`` per token) is the cluster's ``block_tokens``.
+nanoseconds, some as strings of digits (a parser that reads JSON numbers as doubles loses
+nanoseconds beyond 2**53). Timestamps may therefore be numbers or strings of ASCII digits
+(or of a decimal number), below 2**64, in ``time_unit`` (:data:`TimeUnit`, ``"ms"`` by
+default). Requests are ordered by their exact timestamps, and arrivals count from the
+earliest one: integer timestamps are subtracted exactly before the conversion to seconds,
+fractional ones as floats. The replay's default speed-up (``auto``) sets the load from the
+trace's own spacing, so the unit only matters to an explicit speed-up. A trace's block size
+(tokens per hash id) is the cluster's ``block_tokens``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
+from typing import Final, Literal, get_args
 
 import attrs
 
@@ -29,13 +33,20 @@ from clusterrouting import ClusterRoutingError, InvalidRecordError
 #: An ``isinstance`` target built once (an inline union is built on every call).
 _NUMBER = (int, float)
 
-#: Timestamp units per second.
-TIME_UNITS: dict[str, int] = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+TimeUnit = Literal["s", "ms", "us", "ns"]
+"""The unit of a trace's timestamps."""
+
+_PER_SECOND: Final[Mapping[str, int]] = MappingProxyType(
+    dict(zip(get_args(TimeUnit), (1, 1_000, 1_000_000, 1_000_000_000), strict=True))
+)
+
+#: The largest timestamp + 1 (as for block ids).
+_TIMESTAMP_BOUND: Final = 2**64
 
 __all__ = [
     "BUNDLED_TRACE",
-    "TIME_UNITS",
     "Request",
+    "TimeUnit",
     "TraceFormatError",
     "ideal_hit_ratio",
     "load_trace",
@@ -106,37 +117,39 @@ def _int_field(obj: dict[str, object], key: str, line: int) -> int:
 
 
 def _timestamp(obj: dict[str, object], line: int) -> int | float:
-    """The line's ``timestamp``: a finite number >= 0, or a string of one (digits stay an
-    exact int)."""
+    """The line's ``timestamp``: a number in [0, 2**64), or a string of one in ASCII (a
+    string of digits stays an exact int)."""
     ts = obj.get("timestamp")
     if isinstance(ts, str):
         text = ts.strip()
         try:
+            if not text.isascii() or "_" in text:
+                raise ValueError(text)
             ts = int(text) if text.isdigit() else float(text)
         except ValueError:
             raise TraceFormatError(line, "timestamp", f"not a number: {ts!r}") from None
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-        raise TraceFormatError(line, "timestamp", f"expected a finite number, got {ts!r}")
-    if ts < 0:
-        raise TraceFormatError(line, "timestamp", f"must be >= 0, got {ts!r}")
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise TraceFormatError(line, "timestamp", f"expected a number, got {ts!r}")
+    if not 0 <= ts < _TIMESTAMP_BOUND:  # also refuses NaN (and ints too large for a float)
+        raise TraceFormatError(line, "timestamp", f"must be in [0, 2**64), got {ts!r}")
     return ts
 
 
-def parse_trace(lines: Iterable[str], *, time_unit: str = "ms") -> list[Request]:
-    """Parse Mooncake JSONL lines into requests sorted by arrival (stable for ties).
+def parse_trace(lines: Iterable[str], *, time_unit: TimeUnit = "ms") -> list[Request]:
+    """Parse Mooncake JSONL lines into requests sorted by timestamp (stable for ties).
 
-    Blank lines are skipped. ``timestamp`` (a number or a decimal string) is in
-    ``time_unit`` (a key of :data:`TIME_UNITS`); :attr:`Request.arrival` is the time since
-    the earliest timestamp in seconds.
+    Blank lines are skipped. ``timestamp`` (a number or a string of one, in [0, 2**64)) is
+    in ``time_unit``; :attr:`Request.arrival` is the time since the earliest timestamp in
+    seconds (see the module docstring).
 
     Raises:
-        TraceFormatError: a line is not a JSON object, a field is missing, negative or of
-            the wrong type, or a block id is outside ``0 <= id < 2**64``.
-        InvalidRecordError: ``time_unit`` is not a key of :data:`TIME_UNITS`.
+        TraceFormatError: a line is not a JSON object, a field is missing, out of range or
+            of the wrong type, or a block id is outside ``0 <= id < 2**64``.
+        InvalidRecordError: ``time_unit`` is not a :data:`TimeUnit`.
     """
-    per_s = TIME_UNITS.get(time_unit) if isinstance(time_unit, str) else None
+    per_s = _PER_SECOND.get(time_unit) if isinstance(time_unit, str) else None
     if per_s is None:
-        raise InvalidRecordError("time_unit", time_unit, f"must be one of {sorted(TIME_UNITS)}")
+        raise InvalidRecordError("time_unit", time_unit, f"must be one of {get_args(TimeUnit)}")
     rows: list[tuple[int | float, int, int, tuple[int, ...]]] = []
     for n, raw in enumerate(lines, start=1):
         s = raw.strip()
@@ -158,22 +171,21 @@ def parse_trace(lines: Iterable[str], *, time_unit: str = "ms") -> list[Request]
             if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < 2**64:
                 raise TraceFormatError(n, "hash_ids", f"bad block id {h!r}")
         rows.append((ts, inp, outp, tuple(ids)))
-    start = min((r[0] for r in rows), default=0)
-    out = [
+    rows.sort(key=lambda r: r[0])  # int and float compare exactly
+    start = rows[0][0] if rows else 0
+    return [
         Request(arrival=(ts - start) / per_s, input_tokens=inp, output_tokens=outp, blocks=ids)
         for ts, inp, outp, ids in rows
     ]
-    out.sort(key=lambda r: r.arrival)
-    return out
 
 
-def load_trace(path: str | Path, *, time_unit: str = "ms") -> list[Request]:
+def load_trace(path: str | Path, *, time_unit: TimeUnit = "ms") -> list[Request]:
     """Read a Mooncake JSONL trace file (plain or ``.gz``); see :func:`parse_trace`.
 
     Raises:
         FileNotFoundError: no such file.
         TraceFormatError: malformed content.
-        InvalidRecordError: ``time_unit`` is not a key of :data:`TIME_UNITS`.
+        InvalidRecordError: ``time_unit`` is not a :data:`TimeUnit`.
     """
     p = Path(path)
     if p.suffix == ".gz":
