@@ -4,7 +4,7 @@ prefill backlog."""
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from prefixcache.integrations._litellm_ledger import Ledger, Reservation
@@ -49,6 +49,15 @@ def reference(
     return best
 
 
+# A last block off the stride still held by another chain when one is taken.
+@example(
+    steps=[("reserve", "a", [0]), ("reserve", "a", [0]), ("reserve", "a", [0, 0]), ("take", 0)],
+    query=[0],
+    cut=0,
+    extend=[],
+    matched=0,
+    stride=2,
+)
 @given(
     steps=ops,
     query=paths,

@@ -90,26 +90,35 @@ class Ledger:
         d = res.deployment
         self.in_flight[d] = self.in_flight.get(d, 0) + 1
         self.backlog.add(d, res.uncached, now)
-        if res.chain:
+        chain = res.chain
+        if chain:
             blocks = self._blocks.setdefault(d, {})
             get = blocks.get
-            added = 0
-            for b, gap in self._tracked(res.chain):
+            new = 0
+            for b in self._tracked(chain):
                 c = get(b, 0)
                 blocks[b] = c + 1
-                if not c:
-                    added += gap
-            self._covered[d] = self._covered.get(d, 0) + added
+                new += not c
+            first = blocks[chain[-1]] == 1  # the last block was not tracked before
+            self._covered[d] = self._covered.get(d, 0) + self._stands_for(chain, new, first)
 
-    def _tracked(self, chain: tuple[int, ...]) -> list[tuple[int, int]]:
-        """The blocks of ``chain`` tracked in flight, every ``stride``-th and the last, each
-        with the blocks it stands for: its depth less the previous tracked depth."""
+    def _tracked(self, chain: tuple[int, ...]) -> tuple[int, ...]:
+        """The blocks of ``chain`` tracked in flight: every ``stride``-th, and the last."""
         s = self.stride
-        n = len(chain)
-        tracked = [(chain[d - 1], s) for d in range(s, n + 1, s)]
-        if n % s:
-            tracked.append((chain[-1], n % s))
-        return tracked
+        if s == 1:
+            return chain
+        if len(chain) % s:
+            return (*chain[s - 1 :: s], chain[-1])
+        return chain[s - 1 :: s]
+
+    def _stands_for(self, chain: tuple[int, ...], changed: int, last: bool) -> int:
+        """The blocks that ``changed`` tracked blocks of ``chain`` (just added, or just
+        removed) stand for: ``stride`` each, back to the previous tracked depth, but
+        ``len(chain) % stride`` for its last block off the stride when ``last`` (it is one
+        of them)."""
+        s = self.stride
+        tail = len(chain) % s
+        return changed * s - (s - tail if tail and last else 0)
 
     def running_blocks(self, deployment: str, chain: Sequence[int], matched: int) -> int:
         """``matched`` (leading blocks of ``chain`` known to be cached on ``deployment``)
@@ -177,12 +186,13 @@ class Ledger:
             self._covered.pop(d, None)
         elif res.chain:
             blocks = self._blocks[d]
-            removed = 0
-            for b, gap in self._tracked(res.chain):
+            gone = 0
+            for b in self._tracked(res.chain):
                 c = blocks[b]
                 if c == 1:
                     del blocks[b]
-                    removed += gap
+                    gone += 1
                 else:
                     blocks[b] = c - 1
-            self._covered[d] -= removed
+            gone_last = res.chain[-1] not in blocks
+            self._covered[d] -= self._stands_for(res.chain, gone, gone_last)
