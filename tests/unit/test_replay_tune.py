@@ -109,3 +109,17 @@ def test_tune_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().out == out  # deterministic for a seed
     assert main([*argv, "--param", "nonsense"]) == 1
     assert "NAME=LO..HI" in capsys.readouterr().err
+    # The trace-shape flags of the replay: the same trace in nanosecond strings tunes the
+    # same; another block size is another cluster.
+    ns = tmp_path / "ns.jsonl"
+    ns.write_text(
+        "\n".join(
+            json.dumps({**json.loads(line), "timestamp": str(round(r.arrival * 1e9))})
+            for line, r in zip(p.read_text().splitlines(), REQS, strict=True)
+        )
+    )
+    ns_argv = ["tune", str(ns), *argv[2:], "--param", "queue_weight=0.05..0.5"]
+    assert main([*ns_argv, "--time-unit", "ns"]) == 0
+    assert capsys.readouterr().out == out
+    assert main([*ns_argv, "--time-unit", "ns", "--block-tokens", "256"]) == 0
+    assert capsys.readouterr().out != out

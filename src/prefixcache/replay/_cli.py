@@ -70,6 +70,31 @@ def _policies(text: str) -> list[str]:
     return names
 
 
+def add_trace_shape_args(p: argparse.ArgumentParser) -> None:
+    """The flags that fit the cluster to a trace's shape, shared by the replay and ``tune``:
+    ``--cache-blocks``, ``--block-tokens`` (the trace's tokens per hash id) and
+    ``--time-unit``."""
+    d = DEFAULT_CLUSTER
+    p.add_argument(
+        "--cache-blocks",
+        type=_cache_blocks,
+        default=d.cache_blocks,
+        help=f"KV cache per replica in blocks, LRU; 'inf' = unbounded (default {d.cache_blocks})",
+    )
+    p.add_argument(
+        "--block-tokens",
+        type=int,
+        default=d.block_tokens,
+        help=f"tokens per trace block id (default {d.block_tokens})",
+    )
+    p.add_argument(
+        "--time-unit",
+        choices=get_args(TimeUnit),
+        default="ms",
+        help="unit of the trace's timestamps (default ms); only a numeric --speedup depends on it",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULT_CLUSTER
     p = argparse.ArgumentParser(
@@ -102,24 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.replicas,
         help=f"replicas (servers) in the cluster (default {d.replicas})",
     )
-    p.add_argument(
-        "--cache-blocks",
-        type=_cache_blocks,
-        default=d.cache_blocks,
-        help=f"KV cache per replica in blocks, LRU; 'inf' = unbounded (default {d.cache_blocks})",
-    )
-    p.add_argument(
-        "--block-tokens",
-        type=int,
-        default=d.block_tokens,
-        help=f"tokens per trace block id (default {d.block_tokens})",
-    )
-    p.add_argument(
-        "--time-unit",
-        choices=get_args(TimeUnit),
-        default="ms",
-        help="unit of the trace's timestamps (default ms); matters only with --speedup N",
-    )
+    add_trace_shape_args(p)
     p.add_argument(
         "--prefill-rate",
         type=float,

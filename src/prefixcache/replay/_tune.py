@@ -266,6 +266,9 @@ def tune_main(argv: Sequence[str]) -> int:
     p.add_argument("--budget", type=int, default=20, help="points evaluated (default 20)")
     p.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
     p.add_argument("--replicas", type=int, default=DEFAULT_CLUSTER.replicas)
+    from prefixcache.replay._cli import add_trace_shape_args
+
+    add_trace_shape_args(p)
     args = p.parse_args(list(argv))
     from prefixcache.replay._trace import BUNDLED_TRACE
 
@@ -273,8 +276,13 @@ def tune_main(argv: Sequence[str]) -> int:
     try:
         ranges = [parse_param(x) for x in args.param]
         objective = parse_objective(args.objective)
-        requests = load_trace(path)
-        model = attrs.evolve(DEFAULT_CLUSTER, replicas=args.replicas)
+        requests = load_trace(path, time_unit=args.time_unit)
+        model = attrs.evolve(
+            DEFAULT_CLUSTER,
+            replicas=args.replicas,
+            cache_blocks=args.cache_blocks,
+            block_tokens=args.block_tokens,
+        )
         result = tune(
             requests,
             policy=args.policy,
