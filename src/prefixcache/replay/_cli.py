@@ -9,11 +9,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO, get_args
+from typing import Any, TextIO
 
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
+from prefixcache.replay._args import add_trace_shape_args
 from prefixcache.replay._policies import KV_EVENT_PAIRS, POLICY_NAMES
 from prefixcache.replay._report import (
     DEFAULT_TARGET_LOAD,
@@ -25,23 +26,9 @@ from prefixcache.replay._report import (
 )
 from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._synth import eviction_case
-from prefixcache.replay._trace import BUNDLED_TRACE, Request, TimeUnit, load_trace
+from prefixcache.replay._trace import BUNDLED_TRACE, Request, load_trace
 
 __all__ = ["BUNDLED_TRACE", "main"]
-
-
-def _cache_blocks(text: str) -> int | None:
-    if text.lower() in ("inf", "infinite", "none"):
-        return None
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--cache-blocks: not an integer or 'inf': {text!r}"
-        ) from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"--cache-blocks must be >= 0, got {v}")
-    return v
 
 
 def _speedup(text: str) -> float | None:
@@ -68,31 +55,6 @@ def _policies(text: str) -> list[str]:
             f"--policies: unknown {', '.join(bad)}; choose from {', '.join(POLICY_NAMES)}"
         )
     return names
-
-
-def add_trace_shape_args(p: argparse.ArgumentParser) -> None:
-    """The flags that fit the cluster to a trace's shape, shared by the replay and ``tune``:
-    ``--cache-blocks``, ``--block-tokens`` (the trace's tokens per hash id) and
-    ``--time-unit``."""
-    d = DEFAULT_CLUSTER
-    p.add_argument(
-        "--cache-blocks",
-        type=_cache_blocks,
-        default=d.cache_blocks,
-        help=f"KV cache per replica in blocks, LRU; 'inf' = unbounded (default {d.cache_blocks})",
-    )
-    p.add_argument(
-        "--block-tokens",
-        type=int,
-        default=d.block_tokens,
-        help=f"tokens per trace block id (default {d.block_tokens})",
-    )
-    p.add_argument(
-        "--time-unit",
-        choices=get_args(TimeUnit),
-        default="ms",
-        help="unit of the trace's timestamps (default ms); only a numeric --speedup depends on it",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

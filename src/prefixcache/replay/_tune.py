@@ -22,6 +22,7 @@ from pathlib import Path
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
+from prefixcache.replay._args import add_trace_shape_args
 from prefixcache.replay._policies import TUNABLE, make_policy
 from prefixcache.replay._report import PolicyResult, ReplayJob, auto_speedup
 from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
@@ -266,8 +267,6 @@ def tune_main(argv: Sequence[str]) -> int:
     p.add_argument("--budget", type=int, default=20, help="points evaluated (default 20)")
     p.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
     p.add_argument("--replicas", type=int, default=DEFAULT_CLUSTER.replicas)
-    from prefixcache.replay._cli import add_trace_shape_args
-
     add_trace_shape_args(p)
     args = p.parse_args(list(argv))
     from prefixcache.replay._trace import BUNDLED_TRACE

@@ -1,0 +1,51 @@
+"""The command-line flags ``clusterrouting-replay`` and its ``tune`` subcommand share: those
+that fit the simulated cluster to a trace's shape."""
+
+from __future__ import annotations
+
+import argparse
+from typing import get_args
+
+from prefixcache.replay._sim import DEFAULT_CLUSTER
+from prefixcache.replay._trace import TimeUnit
+
+__all__ = ["add_trace_shape_args", "cache_blocks_arg"]
+
+
+def cache_blocks_arg(text: str) -> int | None:
+    """``--cache-blocks``: an int >= 0, or ``inf`` / ``infinite`` / ``none`` (unbounded)."""
+    if text.lower() in ("inf", "infinite", "none"):
+        return None
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--cache-blocks: not an integer or 'inf': {text!r}"
+        ) from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"--cache-blocks must be >= 0, got {v}")
+    return v
+
+
+def add_trace_shape_args(p: argparse.ArgumentParser) -> None:
+    """Add ``--cache-blocks``, ``--block-tokens`` (the trace's tokens per hash id) and
+    ``--time-unit`` (its timestamps' unit) to ``p``."""
+    d = DEFAULT_CLUSTER
+    p.add_argument(
+        "--cache-blocks",
+        type=cache_blocks_arg,
+        default=d.cache_blocks,
+        help=f"KV cache per replica in blocks, LRU; 'inf' = unbounded (default {d.cache_blocks})",
+    )
+    p.add_argument(
+        "--block-tokens",
+        type=int,
+        default=d.block_tokens,
+        help=f"tokens per trace block id (default {d.block_tokens})",
+    )
+    p.add_argument(
+        "--time-unit",
+        choices=get_args(TimeUnit),
+        default="ms",
+        help="unit of the trace's timestamps (default ms); only a numeric --speedup depends on it",
+    )
