@@ -49,6 +49,15 @@ def reference(
     return best
 
 
+# Two reservations of one chain whose last block is off the stride: it stands for 1.
+@example(
+    steps=[("reserve", "a", [0]), ("reserve", "a", [0])],
+    query=[0],
+    cut=0,
+    extend=[],
+    matched=0,
+    stride=2,
+)
 # A last block off the stride still held by another chain when one is taken.
 @example(
     steps=[("reserve", "a", [0]), ("reserve", "a", [0]), ("reserve", "a", [0, 0]), ("take", 0)],

@@ -109,8 +109,9 @@ def test_tune_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().out == out  # deterministic for a seed
     assert main([*argv, "--param", "nonsense"]) == 1
     assert "NAME=LO..HI" in capsys.readouterr().err
-    # The trace-shape flags of the replay: the same trace in nanosecond strings tunes the
-    # same; another block size is another cluster.
+    # The trace-shape flags of the replay: another block size or cache is another cluster;
+    # the same trace in nanosecond strings tunes the same (the load is auto: the unit
+    # cancels, and tune has no --time-unit).
     ns = tmp_path / "ns.jsonl"
     ns.write_text(
         "\n".join(
@@ -119,7 +120,12 @@ def test_tune_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         )
     )
     ns_argv = ["tune", str(ns), *argv[2:], "--param", "queue_weight=0.05..0.5"]
-    assert main([*ns_argv, "--time-unit", "ns"]) == 0
+    assert main(ns_argv) == 0
     assert capsys.readouterr().out == out
-    assert main([*ns_argv, "--time-unit", "ns", "--block-tokens", "256"]) == 0
+    assert main([*ns_argv, "--block-tokens", "256"]) == 0
     assert capsys.readouterr().out != out
+    assert main([*ns_argv, "--cache-blocks", "8"]) == 0
+    assert capsys.readouterr().out != out
+    with pytest.raises(SystemExit):
+        main([*ns_argv, "--time-unit", "ns"])
+    capsys.readouterr()

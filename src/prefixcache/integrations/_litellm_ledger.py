@@ -98,9 +98,10 @@ class Ledger:
             for b in self._tracked(chain):
                 c = get(b, 0)
                 blocks[b] = c + 1
-                new += not c
-            first = blocks[chain[-1]] == 1  # the last block was not tracked before
-            self._covered[d] = self._covered.get(d, 0) + self._stands_for(chain, new, first)
+                if not c:
+                    new += 1
+            last_new = blocks[chain[-1]] == 1  # the last block was not tracked before
+            self._covered[d] = self._covered.get(d, 0) + self._stands_for(chain, new, last_new)
 
     def _tracked(self, chain: tuple[int, ...]) -> tuple[int, ...]:
         """The blocks of ``chain`` tracked in flight: every ``stride``-th, and the last."""

@@ -27,9 +27,10 @@ def cache_blocks_arg(text: str) -> int | None:
     return v
 
 
-def add_trace_shape_args(p: argparse.ArgumentParser) -> None:
-    """Add ``--cache-blocks``, ``--block-tokens`` (the trace's tokens per hash id) and
-    ``--time-unit`` (its timestamps' unit) to ``p``."""
+def add_trace_shape_args(p: argparse.ArgumentParser, *, time_unit: bool = True) -> None:
+    """Add ``--cache-blocks``, ``--block-tokens`` (the trace's tokens per hash id) and, with
+    ``time_unit``, ``--time-unit`` (its timestamps' unit, which only a numeric speed-up
+    depends on) to ``p``."""
     d = DEFAULT_CLUSTER
     p.add_argument(
         "--cache-blocks",
@@ -43,6 +44,8 @@ def add_trace_shape_args(p: argparse.ArgumentParser) -> None:
         default=d.block_tokens,
         help=f"tokens per trace block id (default {d.block_tokens})",
     )
+    if not time_unit:
+        return
     p.add_argument(
         "--time-unit",
         choices=get_args(TimeUnit),

@@ -267,7 +267,7 @@ def tune_main(argv: Sequence[str]) -> int:
     p.add_argument("--budget", type=int, default=20, help="points evaluated (default 20)")
     p.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
     p.add_argument("--replicas", type=int, default=DEFAULT_CLUSTER.replicas)
-    add_trace_shape_args(p)
+    add_trace_shape_args(p, time_unit=False)  # the load is always auto: no unit matters
     args = p.parse_args(list(argv))
     from prefixcache.replay._trace import BUNDLED_TRACE
 
@@ -275,7 +275,7 @@ def tune_main(argv: Sequence[str]) -> int:
     try:
         ranges = [parse_param(x) for x in args.param]
         objective = parse_objective(args.objective)
-        requests = load_trace(path, time_unit=args.time_unit)
+        requests = load_trace(path)
         model = attrs.evolve(
             DEFAULT_CLUSTER,
             replicas=args.replicas,
