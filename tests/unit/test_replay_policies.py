@@ -130,9 +130,13 @@ def test_make_policy_defaults_and_errors() -> None:
 
 
 def test_make_policy_params_are_numbers_or_the_constructors_unset() -> None:
-    # None is the constructor's own "unset": no fair-share guard at all.
+    # None is the constructor's own "unset": no fair-share guard at all, so a hot prefix on
+    # an idle holder keeps it for 9 requests (as in
+    # test_cache_cost_keeps_a_hot_prefix_on_an_idle_holder), not 5.
+    prefix = tuple(range(1, 201))
+    spaced = [req(10.0 * k, (*prefix, 1000 + k)) for k in range(11)]
     policy = make_policy("cache-cost", MODEL, params={"share_factor": None, "guard_demand": None})
-    assert isinstance(policy, CacheCostPolicy) and policy._guard_demand is None
+    assert simulate(spaced, policy, MODEL).replica == (0,) * 9 + (1, 0)
     for name, bad in (("share_factor", "x"), ("share_slack", "abc"), ("queue_weight", [1])):
         with pytest.raises(InvalidRecordError, match=name):
             make_policy("cache-cost", MODEL, params={name: bad})  # type: ignore[dict-item]

@@ -100,8 +100,7 @@ class Ledger:
                 blocks[b] = c + 1
                 if not c:
                     new += 1
-            last_new = blocks[chain[-1]] == 1  # the last block was not tracked before
-            self._covered[d] = self._covered.get(d, 0) + self._stands_for(chain, new, last_new)
+            self._covered[d] = self._covered.get(d, 0) + self._stands_for(chain, new)
 
     def _tracked(self, chain: tuple[int, ...]) -> tuple[int, ...]:
         """The blocks of ``chain`` tracked in flight: every ``stride``-th, and the last."""
@@ -112,14 +111,15 @@ class Ledger:
             return (*chain[s - 1 :: s], chain[-1])
         return chain[s - 1 :: s]
 
-    def _stands_for(self, chain: tuple[int, ...], changed: int, last: bool) -> int:
+    def _stands_for(self, chain: tuple[int, ...], changed: int) -> int:
         """The blocks that ``changed`` tracked blocks of ``chain`` (just added, or just
         removed) stand for: ``stride`` each, back to the previous tracked depth, but
-        ``len(chain) % stride`` for its last block off the stride when ``last`` (it is one
-        of them)."""
+        ``len(chain) % stride`` for its last block off the stride. The last block is one of
+        them whenever any is: chains are prefix-chained, so a chain in flight that holds
+        none of this one's deeper tracked blocks cannot hold its last."""
         s = self.stride
         tail = len(chain) % s
-        return changed * s - (s - tail if tail and last else 0)
+        return changed * s - (s - tail if tail and changed else 0)
 
     def running_blocks(self, deployment: str, chain: Sequence[int], matched: int) -> int:
         """``matched`` (leading blocks of ``chain`` known to be cached on ``deployment``)
@@ -195,5 +195,4 @@ class Ledger:
                     gone += 1
                 else:
                     blocks[b] = c - 1
-            gone_last = res.chain[-1] not in blocks
-            self._covered[d] -= self._stands_for(res.chain, gone, gone_last)
+            self._covered[d] -= self._stands_for(res.chain, gone)

@@ -40,8 +40,8 @@ _PER_SECOND: Final[Mapping[str, int]] = MappingProxyType(
     dict(zip(get_args(TimeUnit), (1, 1_000, 1_000_000, 1_000_000_000), strict=True))
 )
 
-#: The largest timestamp + 1 (as for block ids).
-_TIMESTAMP_BOUND: Final = 2**64
+#: Block ids and timestamps are below this.
+_BOUND: Final = 2**64
 
 __all__ = [
     "BUNDLED_TRACE",
@@ -130,7 +130,7 @@ def _timestamp(obj: dict[str, object], line: int) -> int | float:
             raise TraceFormatError(line, "timestamp", f"not a number: {ts!r}") from None
     if isinstance(ts, bool) or not isinstance(ts, int | float):
         raise TraceFormatError(line, "timestamp", f"expected a number, got {ts!r}")
-    if not 0 <= ts < _TIMESTAMP_BOUND:  # also refuses NaN (and ints too large for a float)
+    if not 0 <= ts < _BOUND:  # also refuses NaN (and ints too large for a float)
         raise TraceFormatError(line, "timestamp", f"must be in [0, 2**64), got {ts!r}")
     return ts
 
@@ -168,7 +168,7 @@ def parse_trace(lines: Iterable[str], *, time_unit: TimeUnit = "ms") -> list[Req
         if not isinstance(ids, list):
             raise TraceFormatError(n, "hash_ids", f"expected a list of integers, got {ids!r}")
         for h in ids:
-            if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < 2**64:
+            if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < _BOUND:
                 raise TraceFormatError(n, "hash_ids", f"bad block id {h!r}")
         rows.append((ts, inp, outp, tuple(ids)))
     rows.sort(key=lambda r: r[0])  # int and float compare exactly
