@@ -95,3 +95,35 @@ def test_summary_says_why_the_default_is_not_the_best_balanced_policy() -> None:
     slow = attrs.evolve(ours, ttft_mean_s=rr.ttft_mean_s * 2, max_over_mean_requests=1.0)
     text = format_table(attrs.evolve(res, policies=(rr, slow)))
     assert "round-robin beats the default cache-cost here" in text
+
+
+def test_claim_report_names_the_policies_better_on_both_counts() -> None:
+    import attrs
+
+    from prefixcache.replay._claim import format_claim, format_seeds
+
+    reqs = synthetic_trace(seed=4, sessions=50, duration_s=300.0)
+    res = run_replay(reqs, trace_name="tiny", policies=("round-robin", "cache-cost", "random"))
+    rr, ours, rnd = (res.policy(n) for n in ("round-robin", "cache-cost", "random"))
+    m, p = ours.ttft_mean_s, ours.ttft_p99_s
+
+    def last_cell(text: str) -> str:
+        row = next(line for line in text.splitlines() if line.startswith("| tiny |"))
+        return row.rstrip(" |").rsplit("|", 1)[1].strip()
+
+    # round-robin equal on the mean and lower on the p99 beats it on both; random, lower
+    # on the mean but higher on the p99, only trades; an unbalanced policy is not listed.
+    cases = [
+        (attrs.evolve(rr, ttft_mean_s=m, ttft_p99_s=p / 2), "round-robin"),
+        (attrs.evolve(rr, ttft_mean_s=m, ttft_p99_s=p), "none"),
+        (attrs.evolve(rr, ttft_mean_s=m / 2, ttft_p99_s=p / 2, max_over_mean_requests=1.2), "none"),
+    ]
+    trade = attrs.evolve(rnd, ttft_mean_s=m / 2, ttft_p99_s=p * 2, max_over_mean_requests=1.0)
+    for rr_case, expected in cases:
+        one = attrs.evolve(res, policies=(rr_case, ours, trade))
+        for text in (format_claim([one]), format_seeds([[one], [one]])):
+            cell = last_cell(text)
+            assert cell.startswith(expected), (cell, expected)
+            assert "random" not in cell
+    one = attrs.evolve(res, policies=(cases[0][0], ours, trade))
+    assert f"round-robin ({m:.4f} / {p / 2:.4f} s)" in last_cell(format_claim([one]))
