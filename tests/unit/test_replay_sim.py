@@ -452,3 +452,17 @@ def test_parallel_replay_equals_the_serial_one() -> None:
         da = {k: v for k, v in a.to_json().items() if k not in strip}
         db = {k: v for k, v in b.to_json().items() if k not in strip}
         assert da == db
+
+
+def test_a_shared_long_prompt_is_hit_only_once_every_chunk_is_scheduled() -> None:
+    # 25 tokens in blocks of 5, 10 tokens per step: r0's chunks 10 + 10 + 5 end at 0.2,
+    # 0.4 and 0.56 s. r1 (the same prompt) arrives at 0.05 s but gets no budget until the
+    # third step, which schedules r0's last 5 tokens: only then is it admitted, hitting all
+    # 5 blocks (every one scheduled), and it computes one token in that step. Admitting it
+    # beside r0's earlier chunks would hit blocks no step had computed yet.
+    model = flat(max_batch_tokens=10, block_tokens=5)
+    blocks = (1, 2, 3, 4, 5)
+    out = simulate([req(0, 25, 1, blocks), req(50, 25, 1, blocks)], Scripted([0, 0]), model)
+    assert out.hit_blocks == (0, 5)
+    assert out.ttft_s == pytest.approx((0.56, 0.51))
+    assert out.prefill_tokens_per_replica == (26,)

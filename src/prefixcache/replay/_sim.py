@@ -104,7 +104,11 @@ class ClusterModel:
     completes its prompt blocks stay cached, unpinned, in LRU order (deepest first, so a
     prefix is more recent than its extensions); allocation evicts the least recent unpinned
     blocks, and a request waits while pinned blocks leave no room (a request alone on an
-    idle replica is always admitted). A block counts as cached from its request's admission.
+    idle replica is always admitted). A block counts as cached from its request's admission:
+    a request is admitted only in a step whose budget is left over after the remaining
+    tokens of every earlier prefill, so by then every block of a running request is
+    scheduled, and vLLM V1 (which caches a block in the step that schedules its last
+    token) would hit it too.
 
     **Engine events** (issue-15 stream, only built when a policy reads it): after each
     step with changes, the engine publishes one ``prefixcache.kvevents.EventBatch``
