@@ -108,7 +108,8 @@ class ClusterModel:
     a request is admitted only in a step whose budget is left over after the remaining
     tokens of every earlier prefill, so by then every block of a running request is
     scheduled, and vLLM V1 (which caches a block in the step that schedules its last
-    token) would hit it too.
+    token: ``KVCacheManager.allocate_slots`` in ``vllm/v1/core/kv_cache_manager.py``) would
+    hit it too.
 
     **Engine events** (issue-15 stream, only built when a policy reads it): after each
     step with changes, the engine publishes one ``prefixcache.kvevents.EventBatch``
