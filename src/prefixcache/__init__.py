@@ -26,6 +26,7 @@ from prefixcache._cost import (
     DEFAULT_SHARE_FACTOR,
     DEFAULT_SHARE_SLACK,
     DEFAULT_SHARE_TOKENS,
+    DEFAULT_TIE_QUEUE_TOKENS,
     CostCandidate,
     pick_lowest_cost,
 )
@@ -139,6 +140,7 @@ __all__ = [
     "DEFAULT_SHARE_FACTOR",
     "DEFAULT_SHARE_SLACK",
     "DEFAULT_SHARE_TOKENS",
+    "DEFAULT_TIE_QUEUE_TOKENS",
     "DecisionBasis",
     "DecisionProvider",
     "DispatchWindow",

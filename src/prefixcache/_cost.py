@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_SHARE_FACTOR",
     "DEFAULT_SHARE_SLACK",
     "DEFAULT_SHARE_TOKENS",
+    "DEFAULT_TIE_QUEUE_TOKENS",
     "CacheSource",
     "CostCandidate",
     "pick_lowest_cost",
@@ -43,6 +44,11 @@ DEFAULT_IN_FLIGHT_TOKENS = 64
 DEFAULT_COST_MARGIN = 512
 """Costs within 512 prompt tokens (one 512-token block) of the least are ties, which go to
 the lower ``tie_rank`` (see ``pick_lowest_cost``)."""
+
+DEFAULT_TIE_QUEUE_TOKENS = 5120
+"""A candidate whose backlog exceeds the least-cost candidate's by more than 5,120 tokens
+(what the default margin buys at the default queue weight: 512 / 0.1) is no tie (see
+``pick_lowest_cost``)."""
 
 DEFAULT_SHARE_TOKENS = 32
 """Each recent dispatch above the least-dispatched replica's costs 32 prompt tokens: a
@@ -148,6 +154,7 @@ def pick_lowest_cost(
     share_factor: float | None = None,
     share_slack: int = DEFAULT_SHARE_SLACK,
     cost_margin: float = DEFAULT_COST_MARGIN,
+    tie_queue_tokens: float = DEFAULT_TIE_QUEUE_TOKENS,
 ) -> ReplicaKey | None:
     """Pick the replica where the request costs the cluster least.
 
@@ -169,8 +176,11 @@ def pick_lowest_cost(
     the fewest recent dispatches is always eligible, so the filter never empties the set. A
     candidate with ``pinned_tokens > 0`` is always eligible too.
 
-    Tiers, applied with one ``min`` key over the eligible candidates whose cost is at most
-    the least cost + ``cost_margin`` (the *ties*; first non-tie wins):
+    The *ties* are the eligible candidates whose cost is at most the least cost +
+    ``cost_margin`` and whose ``queued_tokens`` are at most the least-cost candidate's +
+    ``tie_queue_tokens`` (of several at the least cost, the one with the shortest backlog;
+    it is always a tie). Tiers, applied with one ``min`` key over the ties (first non-tie
+    wins):
 
     1. ``tie_rank`` ascending (the host's rotation order; 0 everywhere skips this tier);
     2. cost ascending;
@@ -200,7 +210,13 @@ def pick_lowest_cost(
     over the replicas exactly as round-robin does, which is what identical requests on even
     arrivals want, while a replica saving more than the margin (a cached conversation, a
     prefix only some replicas hold) still wins on cost. ``cost_margin=0`` breaks ties only
-    between exactly equal costs.
+    between exactly equal costs. But a candidate whose backlog exceeds the least-cost
+    candidate's by more than ``tie_queue_tokens`` (5,120: what the margin buys at the
+    default weight, 512 / 0.1) is no tie, whatever its cost: its other terms (fewer
+    dispatches, fewer requests in flight) bring it close, and a queue longer than the
+    margin could hide is not noise. Rotating onto it would make the request wait behind
+    that queue, as when the replicas that took fewer but heavier requests look cheap by
+    their share (docs/replay.md measures it on a real trace).
 
     Why a price on shares. Sessions stick to the replica that holds their context, so the
     replicas that happened to start long sessions take more and more of the traffic, and a
@@ -229,6 +245,8 @@ def pick_lowest_cost(
             default) for no guard.
         share_slack: the fair-share guard's absolute slack in dispatches (int >= 0).
         cost_margin: costs within this many prompt tokens of the least tie (finite, >= 0).
+        tie_queue_tokens: a tie's backlog is at most the least-cost candidate's + this many
+            tokens (finite, >= 0).
 
     Returns:
         The chosen key, or ``None`` for an empty ``candidates``.
@@ -236,7 +254,7 @@ def pick_lowest_cost(
     Raises:
         InvalidRecordError: ``prompt_tokens`` < 0 or not an int; a bad weight
             (``queue_weight``, ``in_flight_tokens``, ``share_tokens``), ``share_factor``,
-            ``share_slack`` or ``cost_margin``, named in the error.
+            ``share_slack``, ``cost_margin`` or ``tie_queue_tokens``, named in the error.
 
     Complexity: O(len(candidates)).
 
@@ -265,6 +283,7 @@ def pick_lowest_cost(
         share_factor,
         share_slack,
         cost_margin,
+        tie_queue_tokens,
     )
     if not candidates:
         return None
@@ -280,14 +299,30 @@ def pick_lowest_cost(
         min_in_flight=min_if,
         min_recent=min_recent,
     )
-    limit = min(costs) + cost_margin
+    limit, queue_limit = tie_limits(
+        eligible, costs, cost_margin=cost_margin, tie_queue_tokens=tie_queue_tokens
+    )
     return min(
         (
             (c.tie_rank, cost, c.queued_tokens, c.in_flight, c.key)
             for c, cost in zip(eligible, costs, strict=True)
-            if cost <= limit
+            if cost <= limit and c.queued_tokens <= queue_limit
         )
     )[-1]
+
+
+def tie_limits(
+    eligible: Sequence[CostCandidate],
+    costs: Sequence[float],
+    *,
+    cost_margin: float,
+    tie_queue_tokens: float,
+) -> tuple[float, float]:
+    """The ties' bounds (see ``pick_lowest_cost``): the least cost + ``cost_margin``, and
+    the least-cost candidate's backlog (of several, the shortest) + ``tie_queue_tokens``.
+    ``eligible`` is not empty; ``costs`` are its costs."""
+    least, queued = min(zip(costs, (c.queued_tokens for c in eligible), strict=True))
+    return least + cost_margin, queued + tie_queue_tokens
 
 
 def _check_args(
@@ -298,10 +333,19 @@ def _check_args(
     share_factor: float | None,
     share_slack: int,
     cost_margin: float,
+    tie_queue_tokens: float,
 ) -> None:
     if type(prompt_tokens) is not int or prompt_tokens < 0:
         raise InvalidRecordError("prompt_tokens", prompt_tokens, "must be an int >= 0")
-    params = (queue_weight, in_flight_tokens, share_tokens, share_factor, share_slack, cost_margin)
+    params = (
+        queue_weight,
+        in_flight_tokens,
+        share_tokens,
+        share_factor,
+        share_slack,
+        cost_margin,
+        tie_queue_tokens,
+    )
     try:
         _check_params_once(*params)
     except InvalidRecordError:
@@ -317,12 +361,14 @@ def _check_params(
     share_factor: float | None,
     share_slack: int,
     cost_margin: float,
+    tie_queue_tokens: float,
 ) -> None:
     for name, w in (
         ("queue_weight", queue_weight),
         ("in_flight_tokens", in_flight_tokens),
         ("share_tokens", share_tokens),
         ("cost_margin", cost_margin),
+        ("tie_queue_tokens", tie_queue_tokens),
     ):
         if isinstance(w, bool) or not isinstance(w, NUMBER_TYPES) or not math.isfinite(w) or w < 0:
             raise InvalidRecordError(name, w, "must be a finite number >= 0")

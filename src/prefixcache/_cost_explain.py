@@ -18,10 +18,12 @@ from prefixcache._cost import (
     DEFAULT_QUEUE_WEIGHT,
     DEFAULT_SHARE_SLACK,
     DEFAULT_SHARE_TOKENS,
+    DEFAULT_TIE_QUEUE_TOKENS,
     CostCandidate,
     candidate_costs,
     pick_lowest_cost,
     share_limit,
+    tie_limits,
 )
 from prefixcache._types import ReplicaKey
 
@@ -71,11 +73,12 @@ class CostExplanation:
     Attributes:
         chosen: the key :func:`pick_lowest_cost` returns for the same arguments.
         rule: what separated the winner from the best other eligible candidate:
-            ``"cost"`` when no other eligible candidate's cost is within the margin (the
-            winner is the only tie), else the first tier of :func:`pick_lowest_cost` on
-            which the two ties differ: ``"tie_rank"``, ``"cost"``, ``"queued_tokens"``,
-            ``"in_flight"`` or ``"key"``; ``"only_eligible"`` when one candidate passed
-            the guard, ``"empty"`` for none.
+            ``"cost"`` when no other eligible candidate is a tie (within the margins on the
+            cost and on the backlog: the winner is the only tie), else the first
+            tier of :func:`pick_lowest_cost` on which the two ties differ:
+            ``"tie_rank"``, ``"cost"``, ``"queued_tokens"``, ``"in_flight"`` or
+            ``"key"``; ``"only_eligible"`` when one candidate passed the guard,
+            ``"empty"`` for none.
         candidates: a :class:`CostTerms` per candidate, in input order.
         min_in_flight: the least ``in_flight`` over all candidates (``None`` when empty).
         min_recent: the least ``recent_dispatches`` over all candidates (``None`` when
@@ -84,7 +87,10 @@ class CostExplanation:
             candidates).
         params: the arguments the decision used (prompt tokens, weights and margin).
         tie_limit: the least eligible cost plus ``cost_margin``: eligible candidates
-            costing at most this tie (``None`` when empty).
+            costing at most this tie (``None`` when empty)...
+        tie_queue_limit: ...if their ``queued_tokens`` are at most this, the least-cost
+            eligible candidate's (of several, the shortest) plus ``tie_queue_tokens``
+            (``None`` when empty).
     """
 
     chosen: ReplicaKey | None
@@ -95,6 +101,7 @@ class CostExplanation:
     params: dict[str, int | float | None]
     min_recent: int | None
     tie_limit: float | None = None
+    tie_queue_limit: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (no prompt content: only counts and weights)."""
@@ -107,6 +114,7 @@ class CostExplanation:
             "min_recent": self.min_recent,
             "share_limit": self.share_limit,
             "tie_limit": self.tie_limit,
+            "tie_queue_limit": self.tie_queue_limit,
             "params": dict(self.params),
             "candidates": [c.to_json() for c in self.candidates],
         }
@@ -125,6 +133,7 @@ def explain_lowest_cost(
     share_factor: float | None = None,
     share_slack: int = DEFAULT_SHARE_SLACK,
     cost_margin: float = DEFAULT_COST_MARGIN,
+    tie_queue_tokens: float = DEFAULT_TIE_QUEUE_TOKENS,
 ) -> CostExplanation:
     """:func:`pick_lowest_cost` with its reasons: every candidate's signals, the filter that
     excluded it, each cost term, and the tier that decided.
@@ -147,6 +156,7 @@ def explain_lowest_cost(
         share_factor=share_factor,
         share_slack=share_slack,
         cost_margin=cost_margin,
+        tie_queue_tokens=tie_queue_tokens,
     )
     params: dict[str, int | float | None] = {
         "prompt_tokens": prompt_tokens,
@@ -156,6 +166,7 @@ def explain_lowest_cost(
         "share_factor": share_factor,
         "share_slack": share_slack,
         "cost_margin": cost_margin,
+        "tie_queue_tokens": tie_queue_tokens,
     }
     if not candidates:
         return CostExplanation(
@@ -207,8 +218,13 @@ def explain_lowest_cost(
         terms.append(t)
         if excluded is None:
             ranked.append((c.tie_rank, float(total), c.queued_tokens, c.in_flight, c.key))
-    tie_limit = min(r[1] for r in ranked) + cost_margin
-    ties = sorted(r for r in ranked if r[1] <= tie_limit)
+    tie_limit, queue_limit = tie_limits(
+        [c for c, t in zip(candidates, terms, strict=True) if t.excluded_by is None],
+        [r[1] for r in ranked],
+        cost_margin=cost_margin,
+        tie_queue_tokens=tie_queue_tokens,
+    )
+    ties = sorted(r for r in ranked if r[1] <= tie_limit and r[2] <= queue_limit)
     if len(ranked) == 1:
         rule = "only_eligible"
     elif len(ties) == 1:
@@ -227,4 +243,5 @@ def explain_lowest_cost(
         share_limit=limit,
         params=params,
         tie_limit=float(tie_limit),
+        tie_queue_limit=float(queue_limit),
     )

@@ -44,6 +44,7 @@ cost_candidates = st.builds(
     share=st.sampled_from([None, 1.0, 1.1, 2.0]),
     slack=st.integers(0, 3),
     margin=st.sampled_from([0.0, 100.0, 512.0]),
+    tie_queue=st.sampled_from([0.0, 1000.0, 5120.0, 1e9]),
 )
 def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
     cands: list[CostCandidate],
@@ -54,6 +55,7 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
     share: float | None,
     slack: int,
     margin: float,
+    tie_queue: float,
 ) -> None:
     kw = {
         "prompt_tokens": prompt,
@@ -63,6 +65,7 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
         "share_factor": share,
         "share_slack": slack,
         "cost_margin": margin,
+        "tie_queue_tokens": tie_queue,
     }
     e = explain_lowest_cost(cands, **kw)  # type: ignore[arg-type]
     assert e.chosen == pick_lowest_cost(cands, **kw)  # type: ignore[arg-type]
@@ -74,7 +77,8 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
     eligible = [t for t in e.candidates if t.excluded_by is None]
     assert eligible  # the guard never empties the set
     # The terms add up; the ties are the eligible candidates within the margin of the least
-    # cost, and the least (tie rank, cost, queue, in-flight, key) tie is the chosen one.
+    # cost whose backlog is within tie_queue_tokens of the least-cost candidate's, and the
+    # least (tie rank, cost, queue, in-flight, key) tie is the chosen one.
     for t, c in zip(e.candidates, cands, strict=True):
         assert t.key == c.key
         parts = (t.uncached_tokens, t.queue_term, t.load_term, t.share_term, t.pin_term)
@@ -85,11 +89,19 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
         assert t.signals["in_flight"] == c.in_flight
     least = min(t.cost for t in eligible)
     assert e.tie_limit == least + margin
+    # The reference backlog: the least-cost eligible candidate's (of several, the shortest).
+    ref = min(
+        c.queued_tokens
+        for t, c in zip(e.candidates, cands, strict=True)
+        if t.excluded_by is None and t.cost == least
+    )
+    assert e.tie_queue_limit == ref + tie_queue
     ties = [
         (t, c)
         for t, c in zip(e.candidates, cands, strict=True)
-        if t.excluded_by is None and t.cost <= least + margin
+        if t.excluded_by is None and t.cost <= least + margin and c.queued_tokens <= ref + tie_queue
     ]
+    assert any(t.cost == least for t, _ in ties)  # the least-cost candidate always ties
     ranked = sorted(
         ties,
         key=lambda tc: (

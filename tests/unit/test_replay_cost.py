@@ -17,6 +17,7 @@ from prefixcache import (
     DEFAULT_SHARE_FACTOR,
     DEFAULT_SHARE_SLACK,
     DEFAULT_SHARE_TOKENS,
+    DEFAULT_TIE_QUEUE_TOKENS,
     CostCandidate,
     DispatchWindow,
     KvCacheMirror,
@@ -264,6 +265,42 @@ def test_costs_within_the_margin_tie_and_ties_go_by_tie_rank() -> None:
     for bad in (-1.0, float("inf"), True):
         with pytest.raises(InvalidRecordError, match="cost_margin"):
             pick_lowest_cost([], prompt_tokens=1, cost_margin=bad)
+
+
+def test_a_backlog_longer_than_the_margin_can_hide_is_no_tie() -> None:
+    # Two replicas with nothing cached (a cold request of 2,000 tokens). a took fewer but
+    # heavier requests: 147 recent dispatches and a 26,000-token backlog; b took 196 and
+    # has 10,000. a costs 2,000 + 2,600 = 4,600, b 2,000 + 1,000 + 32 x 49 = 4,568: within
+    # the margin, but a's backlog exceeds b's by 16,000 > 5,120 tokens, so a is no tie and
+    # b, the least cost, wins although a ranks first. Counterfactual: the cost margin alone
+    # would let the rotation send the request behind a's queue.
+    a = CostCandidate(key=A, queued_tokens=26_000, recent_dispatches=147, tie_rank=0)
+    b = CostCandidate(key=B, queued_tokens=10_000, recent_dispatches=196, tie_rank=1)
+    assert pick_lowest_cost([a, b], prompt_tokens=2000) == B
+    e = explain_lowest_cost([a, b], prompt_tokens=2000)
+    assert (e.chosen, e.rule, e.tie_limit, e.tie_queue_limit) == (B, "cost", 5080.0, 15120.0)
+    assert e.params["tie_queue_tokens"] == DEFAULT_TIE_QUEUE_TOKENS == 5120
+    # A bound beyond the backlogs turns it off: the rotation picks a.
+    assert pick_lowest_cost([a, b], prompt_tokens=2000, tie_queue_tokens=20_000) == A
+    # At the bound it ties: b (recent 10) costs 3,320, a (15,120 queued) 3,512, and a's
+    # backlog is exactly b's + 5,120; 10 tokens more and it is no tie, though its cost
+    # (3,513) is still within the margin.
+    b10 = CostCandidate(key=B, queued_tokens=10_000, recent_dispatches=10, tie_rank=1)
+    at = CostCandidate(key=A, queued_tokens=15_120, tie_rank=0)
+    assert pick_lowest_cost([at, b10], prompt_tokens=2000) == A
+    beyond = CostCandidate(key=A, queued_tokens=15_130, tie_rank=0)
+    assert pick_lowest_cost([beyond, b10], prompt_tokens=2000) == B
+    # Of two candidates at the least cost, the shorter backlog is the reference: c (1,000
+    # cached, 10,000 queued) and d (nothing) both cost 2,000, and c, ranked first, is no
+    # tie at a bound of 5,000 tokens (10,000 > 0 + 5,000).
+    c = CostCandidate(key=C, cached_tokens=1000, queued_tokens=10_000, tie_rank=0)
+    d = CostCandidate(key=ReplicaKey("d"), tie_rank=1)
+    e2 = explain_lowest_cost([c, d], prompt_tokens=2000, tie_queue_tokens=5000)
+    assert [t.cost for t in e2.candidates] == [2000.0, 2000.0]
+    assert (e2.chosen, e2.rule, e2.tie_queue_limit) == (d.key, "cost", 5000.0)
+    for bad in (-1.0, float("inf"), float("nan"), True, "5120"):
+        with pytest.raises(InvalidRecordError, match="tie_queue_tokens"):
+            pick_lowest_cost([], prompt_tokens=1, tie_queue_tokens=bad)  # type: ignore[arg-type]
 
 
 def test_each_dispatch_above_the_least_dispatched_costs_the_share_price() -> None:

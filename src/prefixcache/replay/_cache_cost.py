@@ -66,7 +66,8 @@ class CacheCostPolicy(BasePolicy):
     above the least-loaded replica + 32 tokens per dispatch among those last ``256 x
     replicas`` above the least-dispatched replica's is least (the fair-share guard only for
     hot prefixes, below, unless ``share_factor`` is set); costs within 512 tokens of the
-    least tie, and ties go to the replica dispatched to least recently (``tie_rank``), so
+    least tie unless their backlog exceeds the least-cost replica's by more than 5,120
+    tokens, and ties go to the replica dispatched to least recently (``tie_rank``), so
     identical requests rotate as round-robin would (``pick_lowest_cost`` defaults). When the
     request's prefix is *shared* (``HotPrefixes.shared``: demand >= ``shared_demand``, 0.25
     of a replica), some replica does not hold it and every replica's KV usage in the mirror
@@ -126,6 +127,7 @@ class CacheCostPolicy(BasePolicy):
         share_slack: int | None = None,
         hot_lower: float = DEFAULT_HOT_LOWER,
         cost_margin: float | None = None,
+        tie_queue_tokens: float | None = None,
         hot_per_copy: float = DEFAULT_HOT_PER_COPY,
         shared_queue_weight: float = DEFAULT_SHARED_QUEUE_WEIGHT,
         shared_demand: float = DEFAULT_SHARED_DEMAND,
@@ -152,6 +154,7 @@ class CacheCostPolicy(BasePolicy):
             DEFAULT_SHARE_FACTOR,
             DEFAULT_SHARE_SLACK,
             DEFAULT_SHARE_TOKENS,
+            DEFAULT_TIE_QUEUE_TOKENS,
         )
 
         # The cost function's parameters, passed alike to the pick and its explanation.
@@ -164,6 +167,9 @@ class CacheCostPolicy(BasePolicy):
             "share_factor": share_factor,
             "share_slack": DEFAULT_SHARE_SLACK if share_slack is None else share_slack,
             "cost_margin": DEFAULT_COST_MARGIN if cost_margin is None else cost_margin,
+            "tie_queue_tokens": (
+                DEFAULT_TIE_QUEUE_TOKENS if tie_queue_tokens is None else tie_queue_tokens
+            ),
         }
         # A request whose deepest cached prefix is shared but not held everywhere.
         for name, v, hi in (

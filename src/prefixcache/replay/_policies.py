@@ -90,6 +90,7 @@ _COST_PARAMS: dict[str, Callable[[float], Any]] = {
     "share_slack": int,
     "hot_lower": float,
     "cost_margin": float,
+    "tie_queue_tokens": float,
     "hot_per_copy": float,
     "shared_queue_weight": float,
     "shared_demand": float,
