@@ -299,30 +299,34 @@ def pick_lowest_cost(
         min_in_flight=min_if,
         min_recent=min_recent,
     )
-    limit, queue_limit = tie_limits(
-        eligible, costs, cost_margin=cost_margin, tie_queue_tokens=tie_queue_tokens
-    )
-    return min(
-        (
-            (c.tie_rank, cost, c.queued_tokens, c.in_flight, c.key)
-            for c, cost in zip(eligible, costs, strict=True)
-            if cost <= limit and c.queued_tokens <= queue_limit
-        )
-    )[-1]
+    ties = tie_set(eligible, costs, cost_margin, tie_queue_tokens)[0]
+    return (min(ties) if len(ties) > 1 else ties[0])[-1]
 
 
-def tie_limits(
+#: A tie as ``pick_lowest_cost`` ranks it: (tie_rank, cost, queued_tokens, in_flight, key).
+TieRank = tuple[int, float, int, int, ReplicaKey]
+
+
+def tie_set(
     eligible: Sequence[CostCandidate],
     costs: Sequence[float],
-    *,
     cost_margin: float,
     tie_queue_tokens: float,
-) -> tuple[float, float]:
-    """The ties' bounds (see ``pick_lowest_cost``): the least cost + ``cost_margin``, and
-    the least-cost candidate's backlog (of several, the shortest) + ``tie_queue_tokens``.
-    ``eligible`` is not empty; ``costs`` are its costs."""
-    least, queued = min(zip(costs, (c.queued_tokens for c in eligible), strict=True))
-    return least + cost_margin, queued + tie_queue_tokens
+) -> tuple[list[TieRank], float, float]:
+    """The ties of ``pick_lowest_cost`` among ``eligible`` (not empty; ``costs`` are their
+    costs), ranked by its tiers, and their bounds: the least cost + ``cost_margin``, and the
+    least-cost candidate's backlog (of several, the shortest) + ``tie_queue_tokens``."""
+    least = min(costs)
+    limit = least + cost_margin
+    ties = [
+        (c.tie_rank, cost, c.queued_tokens, c.in_flight, c.key)
+        for c, cost in zip(eligible, costs, strict=True)
+        if cost <= limit
+    ]
+    if len(ties) == 1:  # the least-cost candidate alone
+        return ties, limit, ties[0][2] + tie_queue_tokens
+    queue_limit = min([t[2] for t in ties if t[1] == least]) + tie_queue_tokens
+    return [t for t in ties if t[2] <= queue_limit], limit, queue_limit
 
 
 def _check_args(

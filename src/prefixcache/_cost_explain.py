@@ -23,7 +23,7 @@ from prefixcache._cost import (
     candidate_costs,
     pick_lowest_cost,
     share_limit,
-    tie_limits,
+    tie_set,
 )
 from prefixcache._types import ReplicaKey
 
@@ -191,7 +191,8 @@ def explain_lowest_cost(
         min_recent=min_recent,
     )
     terms = []
-    ranked = []
+    eligible: list[CostCandidate] = []
+    eligible_costs: list[float] = []
     for c, total in zip(candidates, totals, strict=True):
         excluded = None
         if limit is not None and not (c.recent_dispatches <= limit or c.pinned_tokens):
@@ -217,15 +218,11 @@ def explain_lowest_cost(
         )
         terms.append(t)
         if excluded is None:
-            ranked.append((c.tie_rank, float(total), c.queued_tokens, c.in_flight, c.key))
-    tie_limit, queue_limit = tie_limits(
-        [c for c, t in zip(candidates, terms, strict=True) if t.excluded_by is None],
-        [r[1] for r in ranked],
-        cost_margin=cost_margin,
-        tie_queue_tokens=tie_queue_tokens,
-    )
-    ties = sorted(r for r in ranked if r[1] <= tie_limit and r[2] <= queue_limit)
-    if len(ranked) == 1:
+            eligible.append(c)
+            eligible_costs.append(float(total))
+    ties, tie_limit, queue_limit = tie_set(eligible, eligible_costs, cost_margin, tie_queue_tokens)
+    ties.sort()
+    if len(eligible) == 1:
         rule = "only_eligible"
     elif len(ties) == 1:
         rule = "cost"
