@@ -13,7 +13,7 @@ import functools
 import math
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -200,7 +200,7 @@ def pick_lowest_cost(
     there; it is small because in-flight counts include requests that are only decoding,
     whose cost to a new request's first token is a sliver of a step.
     ``queue_weight=0, in_flight_tokens=0, share_tokens=0`` is pure affinity (hot replicas
-    melt down).
+    melt down), but for the ties' backlog bound.
 
     Why a margin. When the savings are alike everywhere (every replica holds a shared
     system prompt, or none holds a new session's), the costs differ only by backlog and
@@ -246,7 +246,8 @@ def pick_lowest_cost(
         share_slack: the fair-share guard's absolute slack in dispatches (int >= 0).
         cost_margin: costs within this many prompt tokens of the least tie (finite, >= 0).
         tie_queue_tokens: a tie's backlog is at most the least-cost candidate's + this many
-            tokens (finite, >= 0).
+            tokens (finite, >= 0). It is in tokens and does not follow ``cost_margin`` or
+            ``queue_weight``: with other values of those, set it too.
 
     Returns:
         The chosen key, or ``None`` for an empty ``candidates``.
@@ -274,6 +275,13 @@ def pick_lowest_cost(
     'f'
     >>> pick_lowest_cost([e, f], prompt_tokens=2048, share_tokens=8).node_id  # 1344
     'e'
+    >>> g = CostCandidate(key=ReplicaKey("g"), queued_tokens=26_000, recent_dispatches=147)
+    >>> h = CostCandidate(key=ReplicaKey("h"), queued_tokens=10_000, recent_dispatches=196,
+    ...                   tie_rank=1)
+    >>> pick_lowest_cost([g, h], prompt_tokens=2000).node_id  # 4600 vs 4568: g queues 16k more
+    'h'
+    >>> pick_lowest_cost([g, h], prompt_tokens=2000, tie_queue_tokens=20_000).node_id
+    'g'
     """
     _check_args(
         prompt_tokens,
@@ -299,23 +307,42 @@ def pick_lowest_cost(
         min_in_flight=min_if,
         min_recent=min_recent,
     )
-    ties = tie_set(eligible, costs, cost_margin, tie_queue_tokens)[0]
-    return (min(ties) if len(ties) > 1 else ties[0])[-1]
+    ties = tie_set(eligible, costs, cost_margin=cost_margin, tie_queue_tokens=tie_queue_tokens)
+    return min(ties.ties)[-1]
 
 
-#: A tie as ``pick_lowest_cost`` ranks it: (tie_rank, cost, queued_tokens, in_flight, key).
+#: A tie as ``pick_lowest_cost`` orders it, by its tiers: (tie_rank, cost, queued_tokens,
+#: in_flight, key); the least is the pick.
 TieRank = tuple[int, float, int, int, ReplicaKey]
+
+
+class TieSet(NamedTuple):
+    """The ties of one ``pick_lowest_cost`` decision (:func:`tie_set`).
+
+    Attributes:
+        ties: the ties as :data:`TieRank` tuples, in the candidates' order (not sorted).
+        cost_limit: the least cost + ``cost_margin``.
+        queue_limit: the least-cost candidate's backlog (of several, the shortest) +
+            ``tie_queue_tokens``.
+    """
+
+    ties: list[TieRank]
+    cost_limit: float
+    queue_limit: float
 
 
 def tie_set(
     eligible: Sequence[CostCandidate],
     costs: Sequence[float],
+    *,
     cost_margin: float,
     tie_queue_tokens: float,
-) -> tuple[list[TieRank], float, float]:
-    """The ties of ``pick_lowest_cost`` among ``eligible`` (not empty; ``costs`` are their
-    costs), ranked by its tiers, and their bounds: the least cost + ``cost_margin``, and the
-    least-cost candidate's backlog (of several, the shortest) + ``tie_queue_tokens``."""
+) -> TieSet:
+    """The ties of ``pick_lowest_cost`` among ``eligible`` (not empty), whose costs are
+    ``costs``: the candidates within ``cost_margin`` of the least cost whose backlog exceeds
+    the reference backlog, the least-cost candidate's (of several, the shortest), by at
+    most ``tie_queue_tokens``. That candidate is always a tie. The backlogs are compared by
+    their difference, exact for integer backlogs of any size."""
     least = min(costs)
     limit = least + cost_margin
     ties = [
@@ -323,10 +350,10 @@ def tie_set(
         for c, cost in zip(eligible, costs, strict=True)
         if cost <= limit
     ]
-    if len(ties) == 1:  # the least-cost candidate alone
-        return ties, limit, ties[0][2] + tie_queue_tokens
-    queue_limit = min([t[2] for t in ties if t[1] == least]) + tie_queue_tokens
-    return [t for t in ties if t[2] <= queue_limit], limit, queue_limit
+    ref = min([t[2] for t in ties if t[1] == least])
+    return TieSet(
+        [t for t in ties if t[2] - ref <= tie_queue_tokens], limit, ref + tie_queue_tokens
+    )
 
 
 def _check_args(

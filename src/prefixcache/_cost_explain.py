@@ -72,25 +72,26 @@ class CostExplanation:
 
     Attributes:
         chosen: the key :func:`pick_lowest_cost` returns for the same arguments.
-        rule: what separated the winner from the best other eligible candidate:
-            ``"cost"`` when no other eligible candidate is a tie (within the margins on the
-            cost and on the backlog: the winner is the only tie), else the first
-            tier of :func:`pick_lowest_cost` on which the two ties differ:
-            ``"tie_rank"``, ``"cost"``, ``"queued_tokens"``, ``"in_flight"`` or
-            ``"key"``; ``"only_eligible"`` when one candidate passed the guard,
-            ``"empty"`` for none.
+        rule: what separated the winner from the best other eligible candidate. When the
+            winner is the only tie: ``"cost"`` if no other eligible candidate is within
+            the cost margin, ``"tie_queue"`` if some are but their backlogs exceed the
+            bound (``tie_queue_limit``). Otherwise the first tier of
+            :func:`pick_lowest_cost` on which the two best ties differ: ``"tie_rank"``,
+            ``"cost"``, ``"queued_tokens"``, ``"in_flight"`` or ``"key"``.
+            ``"only_eligible"`` when one candidate passed the guard, ``"empty"`` for none.
         candidates: a :class:`CostTerms` per candidate, in input order.
         min_in_flight: the least ``in_flight`` over all candidates (``None`` when empty).
         min_recent: the least ``recent_dispatches`` over all candidates (``None`` when
             empty).
         share_limit: the fair-share guard's limit in dispatches (``None``: guard off or no
             candidates).
-        params: the arguments the decision used (prompt tokens, weights and margin).
-        tie_limit: the least eligible cost plus ``cost_margin``: eligible candidates
-            costing at most this tie (``None`` when empty)...
-        tie_queue_limit: ...if their ``queued_tokens`` are at most this, the least-cost
-            eligible candidate's (of several, the shortest) plus ``tie_queue_tokens``
-            (``None`` when empty).
+        params: the arguments the decision used (prompt tokens, weights, the cost margin
+            and the backlog bound).
+        tie_limit: the least eligible cost plus ``cost_margin`` (``None`` when empty).
+        tie_queue_limit: the least-cost eligible candidate's ``queued_tokens`` (of
+            several, the shortest) plus ``tie_queue_tokens`` (``None`` when empty). The
+            ties are the eligible candidates costing at most ``tie_limit`` whose
+            ``queued_tokens`` are at most this.
     """
 
     chosen: ReplicaKey | None
@@ -220,12 +221,16 @@ def explain_lowest_cost(
         if excluded is None:
             eligible.append(c)
             eligible_costs.append(float(total))
-    ties, tie_limit, queue_limit = tie_set(eligible, eligible_costs, cost_margin, tie_queue_tokens)
-    ties.sort()
+    tie = tie_set(
+        eligible, eligible_costs, cost_margin=cost_margin, tie_queue_tokens=tie_queue_tokens
+    )
+    ties = sorted(tie.ties)
     if len(eligible) == 1:
         rule = "only_eligible"
     elif len(ties) == 1:
-        rule = "cost"
+        # Others within the cost margin were left out only by their backlogs.
+        near = sum(1 for cost in eligible_costs if cost <= tie.cost_limit)
+        rule = "tie_queue" if near > 1 else "cost"
     else:
         first, second = ties[0], ties[1]
         rule = next(
@@ -239,6 +244,6 @@ def explain_lowest_cost(
         min_recent=min_recent,
         share_limit=limit,
         params=params,
-        tie_limit=float(tie_limit),
-        tie_queue_limit=float(queue_limit),
+        tie_limit=float(tie.cost_limit),
+        tie_queue_limit=float(tie.queue_limit),
     )

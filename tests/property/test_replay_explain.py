@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
+import attrs
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from prefixcache import (
@@ -18,7 +19,8 @@ from prefixcache import (
     pick_lowest_cost,
     select,
 )
-from prefixcache._cost_explain import explain_lowest_cost
+from prefixcache._cost import tie_set
+from prefixcache._cost_explain import CostExplanation, explain_lowest_cost
 from prefixcache._explain import explain_select
 
 keys = st.builds(ReplicaKey, st.sampled_from(["a", "b", "c", "d"]), st.integers(0, 2))
@@ -101,7 +103,6 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
         for t, c in zip(e.candidates, cands, strict=True)
         if t.excluded_by is None and t.cost <= least + margin and c.queued_tokens <= ref + tie_queue
     ]
-    assert any(t.cost == least for t, _ in ties)  # the least-cost candidate always ties
     ranked = sorted(
         ties,
         key=lambda tc: (
@@ -113,13 +114,65 @@ def test_explain_lowest_cost_chooses_what_pick_lowest_cost_chooses(
         ),
     )
     assert ranked[0][0].key == e.chosen
-    assert e.rule in ("only_eligible", "cost", "queued_tokens", "in_flight", "tie_rank", "key")
+    assert e.rule in (
+        "only_eligible",
+        "cost",
+        "tie_queue",
+        "queued_tokens",
+        "in_flight",
+        "tie_rank",
+        "key",
+    )
+    near = [t for t in eligible if t.cost <= least + margin]
+    if len(eligible) > 1 and len(ranked) == 1:
+        # The winner alone tied: the bound decided iff others were within the cost margin.
+        assert e.rule == ("tie_queue" if len(near) > 1 else "cost")
     if e.rule == "cost" and len(ranked) > 1:
         # Cost decided between two ties: their ranks were equal and their costs not.
         (t0, c0), (t1, c1) = ranked[0], ranked[1]
         assert c0.tie_rank == c1.tie_rank and t0.cost < t1.cost
     if e.rule == "tie_rank":
         assert ranked[0][1].tie_rank < ranked[1][1].tie_rank
+
+
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 100.0, 400.0, 512.0, 600.0, 1000.0]), st.integers(0, 40_000)
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    margin=st.sampled_from([0.0, 100.0, 512.0]),
+    bound=st.sampled_from([0.0, 1000.0, 5120.0]),
+)
+def test_tie_set_is_the_documented_rule(
+    rows: list[tuple[float, int]], margin: float, bound: float
+) -> None:
+    # Costs from a few values (so that several candidates share the least cost) and
+    # backlogs far apart (so that the bound matters); the ties are those within the margin
+    # of the least cost whose backlog exceeds the reference, the shortest backlog among the
+    # least-cost candidates, by at most the bound.
+    cands = [
+        CostCandidate(key=ReplicaKey(f"r{i}"), queued_tokens=q, tie_rank=i)
+        for i, (_, q) in enumerate(rows)
+    ]
+    costs = [c for c, _ in rows]
+    got = tie_set(cands, costs, cost_margin=margin, tie_queue_tokens=bound)
+    least = min(costs)
+    ref = min(q for c, q in rows if c == least)
+    want = [i for i, (c, q) in enumerate(rows) if c <= least + margin and q - ref <= bound]
+    assert [t[-1] for t in got.ties] == [cands[i].key for i in want]
+    assert (got.cost_limit, got.queue_limit) == (least + margin, ref + bound)
+    assert any(rows[i] == (least, ref) for i in want)  # the reference candidate always ties
+    near = sum(1 for c in costs if c <= least + margin)
+    event("the bound left out a candidate within the margin" if len(want) < near else "no")
+
+
+def test_explanation_json_has_every_field() -> None:
+    a = CostCandidate(key=ReplicaKey("a"))
+    e = explain_lowest_cost([a], prompt_tokens=10)
+    assert set(e.to_json()) == {f.name for f in attrs.fields(CostExplanation)}
 
 
 @st.composite

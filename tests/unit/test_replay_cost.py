@@ -278,7 +278,13 @@ def test_a_backlog_longer_than_the_margin_can_hide_is_no_tie() -> None:
     b = CostCandidate(key=B, queued_tokens=10_000, recent_dispatches=196, tie_rank=1)
     assert pick_lowest_cost([a, b], prompt_tokens=2000) == B
     e = explain_lowest_cost([a, b], prompt_tokens=2000)
-    assert (e.chosen, e.rule, e.tie_limit, e.tie_queue_limit) == (B, "cost", 5080.0, 15120.0)
+    # The explanation names the bound as what decided: a was within the cost margin.
+    assert (e.chosen, e.rule, e.tie_limit, e.tie_queue_limit) == (
+        B,
+        "tie_queue",
+        5080.0,
+        15120.0,
+    )
     assert e.params["tie_queue_tokens"] == DEFAULT_TIE_QUEUE_TOKENS == 5120
     # A bound beyond the backlogs turns it off: the rotation picks a.
     assert pick_lowest_cost([a, b], prompt_tokens=2000, tie_queue_tokens=20_000) == A
@@ -297,7 +303,25 @@ def test_a_backlog_longer_than_the_margin_can_hide_is_no_tie() -> None:
     d = CostCandidate(key=ReplicaKey("d"), tie_rank=1)
     e2 = explain_lowest_cost([c, d], prompt_tokens=2000, tie_queue_tokens=5000)
     assert [t.cost for t in e2.candidates] == [2000.0, 2000.0]
-    assert (e2.chosen, e2.rule, e2.tie_queue_limit) == (d.key, "cost", 5000.0)
+    assert (e2.chosen, e2.rule, e2.tie_queue_limit) == (d.key, "tie_queue", 5000.0)
+    # The same in the other order: the reference is the shortest, not the first or last.
+    assert pick_lowest_cost([d, c], prompt_tokens=2000, tie_queue_tokens=5000) == d.key
+    # The reference is the least-cost candidate's backlog, not the shortest of all ties:
+    # l costs 1,600 (6,000 queued), s 2,000 (nothing queued), f 1,800 (8,000 queued), all
+    # within the margin; f's backlog is within 5,120 of l's, so the three tie and f, ranked
+    # first, wins. Measured from s's instead, f and l (the least cost) would not tie.
+    l_ = CostCandidate(key=A, cached_tokens=1000, queued_tokens=6000, tie_rank=2)
+    s_ = CostCandidate(key=B, tie_rank=1)
+    f_ = CostCandidate(key=C, cached_tokens=1000, queued_tokens=8000, tie_rank=0)
+    assert pick_lowest_cost([l_, s_, f_], prompt_tokens=2000) == C
+    # Backlogs are compared by their difference: exact for integers past 2**53, where the
+    # bound as a float would round (and the least-cost candidate would not tie itself).
+    big = 2**53 + 1
+    x = CostCandidate(key=A, queued_tokens=big, tie_rank=1)
+    y = CostCandidate(key=B, queued_tokens=big, tie_rank=0)
+    assert pick_lowest_cost([x, y], prompt_tokens=10, queue_weight=0.0, tie_queue_tokens=0.0) == B
+    e3 = explain_lowest_cost([x, y], prompt_tokens=10, queue_weight=0.0, tie_queue_tokens=0.0)
+    assert (e3.chosen, e3.rule) == (B, "tie_rank")
     for bad in (-1.0, float("inf"), float("nan"), True, "5120"):
         with pytest.raises(InvalidRecordError, match="tie_queue_tokens"):
             pick_lowest_cost([], prompt_tokens=1, tie_queue_tokens=bad)  # type: ignore[arg-type]
