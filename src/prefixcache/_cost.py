@@ -307,8 +307,7 @@ def pick_lowest_cost(
         min_in_flight=min_if,
         min_recent=min_recent,
     )
-    ties = tie_set(eligible, costs, cost_margin=cost_margin, tie_queue_tokens=tie_queue_tokens)
-    return min(ties.ties)[-1]
+    return min(_ties(eligible, costs, cost_margin, tie_queue_tokens)[0])[-1]
 
 
 #: A tie as ``pick_lowest_cost`` orders it, by its tiers: (tie_rank, cost, queued_tokens,
@@ -343,6 +342,17 @@ def tie_set(
     the reference backlog, the least-cost candidate's (of several, the shortest), by at
     most ``tie_queue_tokens``. That candidate is always a tie. The backlogs are compared by
     their difference, exact for integer backlogs of any size."""
+    ties, least, ref = _ties(eligible, costs, cost_margin, tie_queue_tokens)
+    return TieSet(ties, least + cost_margin, ref + tie_queue_tokens)
+
+
+def _ties(
+    eligible: Sequence[CostCandidate],
+    costs: Sequence[float],
+    cost_margin: float,
+    tie_queue_tokens: float,
+) -> tuple[list[TieRank], float, int]:
+    """:func:`tie_set`'s ties, with the least cost and the reference backlog."""
     least = min(costs)
     limit = least + cost_margin
     ties = [
@@ -350,10 +360,14 @@ def tie_set(
         for c, cost in zip(eligible, costs, strict=True)
         if cost <= limit
     ]
+    if len(ties) == 1:
+        # The least-cost candidate alone, a tie by definition: the result of the two
+        # passes below without them. It saves about 5,000 instructions per LiteLLM plugin
+        # call (callgrind, 8 deployments, most picks with one tie: 436.0k against 441.0k);
+        # test_tie_set_is_the_documented_rule (tests/property) checks both paths.
+        return ties, least, ties[0][2]
     ref = min([t[2] for t in ties if t[1] == least])
-    return TieSet(
-        [t for t in ties if t[2] - ref <= tie_queue_tokens], limit, ref + tie_queue_tokens
-    )
+    return [t for t in ties if t[2] - ref <= tie_queue_tokens], least, ref
 
 
 def _check_args(
