@@ -7,6 +7,7 @@ Run ``clusterrouting-replay`` (or :func:`main`), or call :func:`run_replay` on r
 
 from prefixcache.replay._bench import bench_policies
 from prefixcache.replay._cli import main
+from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._peers import (
     AibrixPrefixCachePolicy,
     DynamoKvPolicy,
@@ -49,14 +50,7 @@ from prefixcache.replay._report import (
     plot_result,
     run_replay,
 )
-from prefixcache.replay._sim import (
-    DEFAULT_CLUSTER,
-    ClusterModel,
-    ClusterView,
-    ReplayPolicy,
-    SimulationOutcome,
-    simulate,
-)
+from prefixcache.replay._sim import SimulationOutcome, simulate
 from prefixcache.replay._synth import eviction_case, shared_prefix_trace, synthetic_trace
 from prefixcache.replay._trace import (
     BUNDLED_TRACE,
@@ -68,6 +62,7 @@ from prefixcache.replay._trace import (
     parse_trace,
 )
 from prefixcache.replay._tune import Objective, TuneResult, parse_objective, tune
+from prefixcache.replay._view import ClusterView, ReplayPolicy
 
 __all__ = [
     "AibrixPrefixCachePolicy",

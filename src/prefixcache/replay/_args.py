@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import get_args
 
-from prefixcache.replay._sim import DEFAULT_CLUSTER
+from prefixcache.replay._cluster import DEFAULT_CLUSTER
 from prefixcache.replay._trace import TimeUnit
 
 __all__ = ["add_trace_shape_args", "cache_blocks_arg"]

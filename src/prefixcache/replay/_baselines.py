@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from clusterrouting import ReplicaCandidate, pick_best_replica, pick_with_affinity
 from prefixcache.replay._peer_base import REPLAY_MODEL
-from prefixcache.replay._sim import ClusterView
 from prefixcache.replay._trace import Request
+from prefixcache.replay._view import ClusterView
 
 __all__ = [
     "BasePolicy",

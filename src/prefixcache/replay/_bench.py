@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import PEER_POLICIES, POLICY_NAMES, make_policy
 from prefixcache.replay._report import auto_speedup
-from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel, simulate
+from prefixcache.replay._sim import simulate
 from prefixcache.replay._trace import Request, load_trace
 
 __all__ = ["LIBRARY_POLICIES", "bench_policies"]

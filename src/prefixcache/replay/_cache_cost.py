@@ -22,8 +22,8 @@ from prefixcache._keys import check_rate
 from prefixcache.kvevents import EventBatch
 from prefixcache.replay._baselines import BasePolicy, ObserveAt
 from prefixcache.replay._peers import EngineIndex
-from prefixcache.replay._sim import ClusterView
 from prefixcache.replay._trace import Request
+from prefixcache.replay._view import ClusterView
 
 __all__ = ["WINDOW_PER_REPLICA", "CacheCostPolicy"]
 

@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
+from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import POLICY_NAMES
 from prefixcache.replay._report import BALANCE_LIMIT, DEFAULT_POLICY, ReplayResult, run_replay
-from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._synth import eviction_case, shared_prefix_trace, synthetic_trace
 from prefixcache.replay._trace import Request, load_trace
 

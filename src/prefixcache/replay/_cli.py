@@ -15,6 +15,7 @@ import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
 from prefixcache.replay._args import add_trace_shape_args
+from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import KV_EVENT_PAIRS, POLICY_NAMES
 from prefixcache.replay._report import (
     DEFAULT_TARGET_LOAD,
@@ -24,7 +25,6 @@ from prefixcache.replay._report import (
     plot_result,
     run_replay,
 )
-from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._synth import eviction_case
 from prefixcache.replay._trace import BUNDLED_TRACE, Request, load_trace
 

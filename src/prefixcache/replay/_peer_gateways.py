@@ -18,8 +18,8 @@ from prefixcache.replay._peer_base import (
     Peer,
     block_chars,
 )
-from prefixcache.replay._sim import ClusterView
 from prefixcache.replay._trace import Request
+from prefixcache.replay._view import ClusterView
 
 __all__ = [
     "AibrixPrefixCachePolicy",

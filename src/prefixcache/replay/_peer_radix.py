@@ -11,8 +11,8 @@ import random
 from collections.abc import Sequence
 
 from prefixcache.replay._peer_base import CHARS_PER_TOKEN, CharTree, Peer, block_chars
-from prefixcache.replay._sim import ClusterView
 from prefixcache.replay._trace import Request
+from prefixcache.replay._view import ClusterView
 
 __all__ = [
     "SglangCacheAwarePolicy",

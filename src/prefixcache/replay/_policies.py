@@ -17,6 +17,7 @@ from prefixcache.replay._baselines import (
     RoundRobinPolicy,
 )
 from prefixcache.replay._cache_cost import CacheCostPolicy
+from prefixcache.replay._cluster import ClusterModel
 from prefixcache.replay._peers import (
     AibrixPrefixCachePolicy,
     DynamoKvPolicy,
@@ -28,7 +29,7 @@ from prefixcache.replay._peers import (
     SglangCacheAwarePolicy,
     SmgCacheAwarePolicy,
 )
-from prefixcache.replay._sim import ClusterModel, ReplayPolicy
+from prefixcache.replay._view import ReplayPolicy
 
 __all__ = [
     "DEFAULT_POLICIES",

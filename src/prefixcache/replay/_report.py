@@ -13,13 +13,14 @@ from typing import Any
 import attrs
 
 from clusterrouting import InvalidRecordError
+from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import (
     DEFAULT_POLICIES,
     KV_EVENT_PAIRS,
     ObserveAt,
     make_policy,
 )
-from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel, simulate
+from prefixcache.replay._sim import simulate
 from prefixcache.replay._trace import Request, ideal_hit_ratio
 
 __all__ = [

@@ -6,7 +6,7 @@ import heapq
 import math
 import random
 
-from prefixcache.replay._sim import ClusterModel
+from prefixcache.replay._cluster import ClusterModel
 from prefixcache.replay._trace import Request
 
 __all__ = ["eviction_case", "shared_prefix_trace", "synthetic_trace"]

@@ -23,9 +23,9 @@ import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
 from prefixcache.replay._args import add_trace_shape_args
+from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import TUNABLE, make_policy
 from prefixcache.replay._report import PolicyResult, ReplayJob, auto_speedup
-from prefixcache.replay._sim import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._trace import Request, ideal_hit_ratio, load_trace
 
 __all__ = ["Objective", "TunePoint", "TuneResult", "parse_objective", "tune", "tune_main"]
