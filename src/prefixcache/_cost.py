@@ -285,13 +285,15 @@ def pick_lowest_cost(
     """
     _check_args(
         prompt_tokens,
-        queue_weight,
-        in_flight_tokens,
-        share_tokens,
-        share_factor,
-        share_slack,
-        cost_margin,
-        tie_queue_tokens,
+        (
+            queue_weight,
+            in_flight_tokens,
+            share_tokens,
+            share_factor,
+            share_slack,
+            cost_margin,
+            tie_queue_tokens,
+        ),
     )
     if not candidates:
         return None
@@ -370,27 +372,11 @@ def _ties(
     return [t for t in ties if t[2] - ref <= tie_queue_tokens], least, ref
 
 
-def _check_args(
-    prompt_tokens: int,
-    queue_weight: float,
-    in_flight_tokens: float,
-    share_tokens: float,
-    share_factor: float | None,
-    share_slack: int,
-    cost_margin: float,
-    tie_queue_tokens: float,
-) -> None:
+def _check_args(prompt_tokens: int, params: tuple[Any, ...]) -> None:
+    """Check ``prompt_tokens`` and ``params``, the arguments of :func:`_check_params` in its
+    order (``pick_lowest_cost``'s weights and bounds)."""
     if type(prompt_tokens) is not int or prompt_tokens < 0:
         raise InvalidRecordError("prompt_tokens", prompt_tokens, "must be an int >= 0")
-    params = (
-        queue_weight,
-        in_flight_tokens,
-        share_tokens,
-        share_factor,
-        share_slack,
-        cost_margin,
-        tie_queue_tokens,
-    )
     try:
         _check_params_once(*params)
     except InvalidRecordError:
