@@ -47,6 +47,7 @@ from prefixcache._explain import SelectCandidate, SelectExplanation, explain_sel
 from prefixcache._hot import (
     DEFAULT_GUARD_COVER,
     DEFAULT_GUARD_DEMAND,
+    DEFAULT_HOT_CONFIDENCE,
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_MAX_CHAIN,
     DEFAULT_HOT_PER_COPY,
@@ -128,6 +129,7 @@ __all__ = [
     "DEFAULT_COST_MARGIN",
     "DEFAULT_GUARD_COVER",
     "DEFAULT_GUARD_DEMAND",
+    "DEFAULT_HOT_CONFIDENCE",
     "DEFAULT_HOT_LOWER",
     "DEFAULT_HOT_MAX_CHAIN",
     "DEFAULT_HOT_PER_COPY",

@@ -26,6 +26,7 @@ from prefixcache._keys import NUMBER_TYPES
 __all__ = [
     "DEFAULT_GUARD_COVER",
     "DEFAULT_GUARD_DEMAND",
+    "DEFAULT_HOT_CONFIDENCE",
     "DEFAULT_HOT_LOWER",
     "DEFAULT_HOT_MAX_CHAIN",
     "DEFAULT_HOT_PER_COPY",
@@ -35,6 +36,12 @@ __all__ = [
     "HotCredit",
     "HotPrefixes",
 ]
+
+DEFAULT_HOT_CONFIDENCE = 1.0
+"""A prefix's demand is its share of the window's dispatches taken one standard error low
+(the lower bound of the Wilson score interval at ``z = 1``; see :class:`HotPrefixes`): a
+share seen over a few dispatches is a guess, and each copy made on it pays a cold
+prefill."""
 
 DEFAULT_HOT_LOWER = 0.75
 """A prefix with ``k`` warm copies drops to ``k - 1`` only once its demand falls below
@@ -119,10 +126,22 @@ class HotPrefixes:
 
     Demand. :meth:`record` counts one dispatch and every block of its prefix chain (blocks
     are prefix-chained hashes, so a block stands for the whole prefix ending there). A
-    prefix's demand in replicas is ``u = (dispatches in the window whose chain contains
-    it) / (dispatches in the window) x replicas``: 1.0 is one replica's fair share of the
-    traffic. A shared system prompt in front of every request has ``u = replicas`` from the
-    first dispatch on, so its copies are placed at once, not after a queue has formed.
+    prefix's share is ``p = c / n``, ``c`` of the ``n`` dispatches in the window containing
+    it, and its demand in replicas is ``u = low(c, n) x replicas``: 1.0 is one replica's
+    fair share of the traffic. ``low`` is the lower bound of the Wilson score interval of
+    ``p`` at ``z = confidence`` standard errors::
+
+        low(c, n) = (p + z**2 / (2n) - z * sqrt(p (1 - p) / n + z**2 / (4 n**2)))
+                    / (1 + z**2 / n)
+
+    so a share seen over few dispatches counts for less than it seems (1 of 3 dispatches:
+    0.14, not 0.33; 1 of 20: 0.02, not 0.05), and the bound nears ``p`` as the window
+    fills (0.25 over 2,048 dispatches: 0.240). ``confidence=0`` gives ``p`` itself. A
+    shared system prompt in front of every request has ``low = n / (n + z**2)``: with the
+    default ``z = 1``, ``u = replicas / 2`` at the first dispatch and ``0.9 x replicas`` at
+    the ninth, so its copies are placed at once, not after a queue has formed; a prefix
+    seen in a few of the first dispatches gets its copies only once more dispatches show
+    it (each copy pays a cold prefill, which lengthens a queue under load).
 
     Copies, with hysteresis. Each copy may carry ``per_copy`` replicas of demand, so the
     prefix needs ``c = u / per_copy`` copies. :meth:`warm` keeps a count ``k`` per prefix
@@ -161,12 +180,14 @@ class HotPrefixes:
             replica's worth of traffic). Below 1, a prefix at ``u = 0.75`` already gets a
             second copy: its requests then rotate over two replicas instead of queueing on
             one that is nearly full with them.
+        confidence: the standard errors ``z`` the demand is taken below the observed share
+            (finite, >= 0; 0: the observed share).
 
     Raises:
-        InvalidRecordError: a bad ``window``, ``lower``, ``max_chain``, ``per_copy`` or
-            ``stride`` (the message names it and the value).
+        InvalidRecordError: a bad ``window``, ``lower``, ``max_chain``, ``per_copy``,
+            ``stride`` or ``confidence`` (the message names it and the value).
 
-    >>> hot = HotPrefixes(window=4)
+    >>> hot = HotPrefixes(window=4, confidence=0)   # the observed share
     >>> for chain in [(1, 2), (1, 3), (1, 4), (9,)]:
     ...     hot.record(chain)
     >>> hot.demand(1, replicas=4)      # 3 of 4 dispatches share block 1
@@ -176,7 +197,14 @@ class HotPrefixes:
     ('a', 'c', 'd', 'b')
     >>> hot.warm(9, holders=["b"], in_flight=loads)  # 1 / 0.75: 2 copies
     ('b', 'c')
-    >>> per_replica = HotPrefixes(window=4, per_copy=1.0)
+    >>> low = HotPrefixes(window=4)   # the default: one standard error below
+    >>> for chain in [(1, 2), (1, 3), (1, 4), (9,)]:
+    ...     low.record(chain)
+    >>> low.demand(1, replicas=4), round(low.demand(9, replicas=4), 3)
+    (2.0, 0.4)
+    >>> low.warm(1, holders=["a"], in_flight=loads)  # 2 / 0.75: 3 copies
+    ('a', 'c', 'd')
+    >>> per_replica = HotPrefixes(window=4, per_copy=1.0, confidence=0)
     >>> per_replica.record((9,))
     >>> per_replica.warm(9, holders=["b"], in_flight={"a": 0, "b": 0}), per_replica.copies(9)
     (('b', 'a'), 2)
@@ -187,6 +215,7 @@ class HotPrefixes:
         "_counts",
         "_k",
         "_warm",
+        "confidence",
         "lower",
         "max_chain",
         "per_copy",
@@ -202,6 +231,7 @@ class HotPrefixes:
         max_chain: int = DEFAULT_HOT_MAX_CHAIN,
         per_copy: float = DEFAULT_HOT_PER_COPY,
         stride: int = 1,
+        confidence: float = DEFAULT_HOT_CONFIDENCE,
     ) -> None:
         if type(window) is not int or window < 1:
             raise InvalidRecordError("window", window, "must be an int >= 1")
@@ -218,11 +248,13 @@ class HotPrefixes:
             raise InvalidRecordError("per_copy", per_copy, "must be a finite number > 0")
         if type(stride) is not int or stride < 1:
             raise InvalidRecordError("stride", stride, "must be an int >= 1")
+        _check_bound("confidence", confidence)
         self.window = window
         self.lower = float(lower)
         self.max_chain = max_chain
         self.per_copy = float(per_copy)
         self.stride = stride
+        self.confidence = float(confidence)
         self._chains: deque[tuple[int, ...]] = deque()
         self._counts: dict[int, int] = {}
         self._k: dict[int, int] = {}
@@ -263,8 +295,9 @@ class HotPrefixes:
                     self._warm.pop(b, None)
 
     def demand(self, prefix: int, replicas: int) -> float:
-        """``u``: the share of the window's dispatches containing ``prefix``, times
-        ``replicas`` (0.0 before any dispatch).
+        """``u``: the share of the window's dispatches containing ``prefix``, taken
+        ``confidence`` standard errors low (see the class docstring), times ``replicas``
+        (0.0 before any dispatch).
 
         Raises:
             InvalidRecordError: ``replicas`` is not an int >= 1.
@@ -272,13 +305,21 @@ class HotPrefixes:
         if type(replicas) is not int or replicas < 1:
             raise InvalidRecordError("replicas", replicas, "must be an int >= 1")
         n = len(self._chains)
-        return self._counts.get(prefix, 0) * replicas / n if n else 0.0
+        if not n:
+            return 0.0
+        p = self._counts.get(prefix, 0) / n
+        z = self.confidence
+        if not z or not p:
+            return p * replicas
+        zz_n = z * z / n
+        low = (p + zz_n / 2 - z * math.sqrt(p * (1 - p) / n + zz_n / (4 * n))) / (1 + zz_n)
+        return max(0.0, low) * replicas
 
     def shared(self, prefix: int, replicas: int, demand: float = DEFAULT_SHARED_DEMAND) -> bool:
         """Whether ``prefix`` is shared: its demand (:meth:`demand`) is at least ``demand``
         replicas (default a quarter of one replica's share of the traffic).
 
-        >>> hot = HotPrefixes(window=8)
+        >>> hot = HotPrefixes(window=8, confidence=0)   # the observed share
         >>> for chain in [(1, 2), (1, 3), (4,), (5,), (6,), (7,), (8,), (9,)]:
         ...     hot.record(chain)
         >>> hot.shared(1, replicas=1), hot.shared(2, replicas=1), hot.shared(2, replicas=2)
@@ -348,7 +389,7 @@ class HotPrefixes:
 
         Complexity: O(len(held)).
 
-        >>> hot = HotPrefixes(window=8)
+        >>> hot = HotPrefixes(window=8, confidence=0)   # the observed share
         >>> for chain in [(1, 2), (1, 3), (1, 4), (5,), (6,), (7,), (8,), (9,)]:
         ...     hot.record(chain)
         >>> hot.demand(1, replicas=4)   # 3 of 8 dispatches start with block 1

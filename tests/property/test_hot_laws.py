@@ -1,6 +1,8 @@
 """Laws of HotPrefixes: under a constant demand the warm set never changes (no flapping);
 copies never exceed the replicas nor fall below the ceiling of the copies the demand needs
-while it lasts; the warm set holds distinct candidate replicas."""
+while it lasts; the warm set holds distinct candidate replicas; the demand is a lower
+bound of the observed share that rises with the count and nears the share as the window
+fills."""
 
 from __future__ import annotations
 
@@ -89,3 +91,36 @@ def test_copies_stay_within_bounds_and_warm_sets_are_distinct_candidates(
                 assert u < k * lower
             # ... and never keeps a copy the demand's hysteresis band does not cover.
             assert k == 1 or u >= (k - 1) * lower
+
+
+def _demand(with_prefix: int, without: int, confidence: float) -> float:
+    hot = HotPrefixes(window=with_prefix + without, confidence=confidence)
+    for _ in range(with_prefix):
+        hot.record((7,))
+    for _ in range(without):
+        hot.record((8,))
+    return hot.demand(7, replicas=1)
+
+
+@given(
+    n=st.integers(1, 300),
+    data=st.data(),
+    z=st.floats(0, 3),
+    dz=st.floats(0, 1),
+)
+def test_demand_is_a_lower_bound_rising_with_the_count(
+    n: int, data: st.DataObject, z: float, dz: float
+) -> None:
+    c = data.draw(st.integers(0, n))
+    p = c / n
+    low = _demand(c, n - c, z)
+    assert 0 <= low <= p + 1e-12
+    # It misses the share by at most z standard errors plus the interval's shift.
+    a = z * z / n
+    assert p - low <= z * math.sqrt(p * (1 - p) / n) + a + 1e-12
+    # One more dispatch with the prefix (of as many) never lowers it; more confidence
+    # never raises it; no confidence is the share itself.
+    if c < n:
+        assert _demand(c + 1, n - c - 1, z) >= low - 1e-12
+    assert _demand(c, n - c, z + dz) <= low + 1e-12
+    assert _demand(c, n - c, 0) == p

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import math
+
 import pytest
 
 from clusterrouting import InvalidRecordError
 from prefixcache import (
     DEFAULT_GUARD_COVER,
     DEFAULT_GUARD_DEMAND,
+    DEFAULT_HOT_CONFIDENCE,
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_PER_COPY,
     DEFAULT_SHARED_DEMAND,
@@ -19,6 +23,11 @@ from prefixcache import (
 
 EIGHT = dict.fromkeys(range(8), 0)
 
+# The rules below act on a prefix's demand; their tests take the observed share
+# (``confidence=0``) so that their numbers read plainly. The default, one standard error
+# below it, has its own tests (test_demand_is_the_lower_bound_of_the_share).
+Observed = functools.partial(HotPrefixes, confidence=0)
+
 
 def fill(hot: HotPrefixes, with_prefix: int, without: int, prefix: int = 7) -> None:
     for _ in range(with_prefix):
@@ -28,7 +37,7 @@ def fill(hot: HotPrefixes, with_prefix: int, without: int, prefix: int = 7) -> N
 
 
 def test_demand_counts_every_dispatch_whose_chain_contains_the_prefix() -> None:
-    hot = HotPrefixes(window=4)
+    hot = Observed(window=4)
     assert hot.demand(1, replicas=4) == 0.0  # nothing recorded yet
     hot.record((1, 2))
     hot.record((1, 2, 3))
@@ -49,7 +58,7 @@ def test_shared_means_demand_of_at_least_a_quarter_replica_by_default() -> None:
     assert DEFAULT_SHARED_DEMAND == 0.25
     assert DEFAULT_SHARED_QUEUE_WEIGHT == 0.5
     assert DEFAULT_SHARED_KV_USAGE == 0.8
-    hot = HotPrefixes(window=32)
+    hot = Observed(window=32)
     fill(hot, with_prefix=1, without=31)  # 1 of 32 dispatches
     assert hot.demand(7, replicas=8) == 0.25
     assert hot.shared(7, replicas=8)  # the bound is inclusive
@@ -67,7 +76,7 @@ def test_shared_means_demand_of_at_least_a_quarter_replica_by_default() -> None:
 def test_a_prompt_shared_by_every_dispatch_is_warm_everywhere_at_the_second_request() -> None:
     # The first request created the prefix; its demand is the whole traffic from then on,
     # so the next request already sees every replica warm, not only the first holder.
-    hot = HotPrefixes(window=2048)
+    hot = Observed(window=2048)
     hot.record((1, 2, 3, 4, 50))
     assert hot.warm(4, holders=[0], in_flight=EIGHT) == (0, 1, 2, 3, 4, 5, 6, 7)
     # Counterfactual: a prefix in no recorded chain has no demand and no copies.
@@ -75,7 +84,7 @@ def test_a_prompt_shared_by_every_dispatch_is_warm_everywhere_at_the_second_requ
 
 
 def test_copies_follow_demand_holders_first_then_least_loaded() -> None:
-    hot = HotPrefixes(window=100, per_copy=1.0)
+    hot = Observed(window=100, per_copy=1.0)
     fill(hot, 30, 70)  # u = 0.3 x 8 = 2.4 replicas of demand: 3 copies
     loads = {0: 3, 1: 1, 2: 0, 3: 0, 4: 2, 5: 9, 6: 0, 7: 0}
     # The holder first, then the fewest in flight (mapping order on ties).
@@ -89,20 +98,20 @@ def test_copies_follow_demand_holders_first_then_least_loaded() -> None:
 def test_each_copy_carries_at_most_per_copy_replicas_of_demand() -> None:
     # u = 0.3 x 8 = 2.4: 3 copies at one replica's worth each, 4 at the default 0.75.
     for per_copy, copies in ((1.0, 3), (DEFAULT_HOT_PER_COPY, 4), (0.5, 5)):
-        hot = HotPrefixes(window=100, per_copy=per_copy)
+        hot = Observed(window=100, per_copy=per_copy)
         fill(hot, 30, 70)
         assert len(hot.warm(7, holders=[5], in_flight=EIGHT)) == copies
     # A prefix at u = 0.8 (under one replica's worth): one copy at per_copy=1, but two by
     # default, so its requests rotate over two replicas instead of nearly filling one.
     for per_copy, copies in ((1.0, 0), (DEFAULT_HOT_PER_COPY, 2)):
-        hot = HotPrefixes(window=100, per_copy=per_copy)
+        hot = Observed(window=100, per_copy=per_copy)
         fill(hot, 10, 90)
         assert len(hot.warm(7, holders=[5], in_flight=EIGHT)) == copies
     assert DEFAULT_HOT_PER_COPY == 0.75
 
 
 def test_hysteresis_drops_a_copy_only_below_lower_times_k_minus_one() -> None:
-    hot = HotPrefixes(window=100, per_copy=1.0)
+    hot = Observed(window=100, per_copy=1.0)
     fill(hot, 30, 70)
     assert hot.warm(7, holders=[5], in_flight=EIGHT) == (5, 0, 1)
     # u = 1.6 >= (3 - 1) x 0.75 = 1.5: still 3 copies.
@@ -122,7 +131,7 @@ def test_hysteresis_drops_a_copy_only_below_lower_times_k_minus_one() -> None:
 
 
 def test_copies_are_capped_by_the_replicas_and_departed_replicas_are_dropped() -> None:
-    hot = HotPrefixes(window=10, per_copy=1.0)
+    hot = Observed(window=10, per_copy=1.0)
     fill(hot, 10, 0)
     assert hot.warm(7, holders=["a"], in_flight={"a": 0, "b": 0}) == ("a", "b")
     # "b" left the candidate set: the warm set refills from who is there.
@@ -130,7 +139,7 @@ def test_copies_are_capped_by_the_replicas_and_departed_replicas_are_dropped() -
 
 
 def test_memory_is_bounded_by_the_window() -> None:
-    hot = HotPrefixes(window=8, max_chain=3)
+    hot = Observed(window=8, max_chain=3)
     for i in range(1000):
         hot.record((i, i + 10_000, i + 20_000, i + 30_000))  # the 4th block is not counted
         hot.warm(i, holders=[0], in_flight={0: 0, 1: 0})
@@ -152,6 +161,9 @@ def test_memory_is_bounded_by_the_window() -> None:
         ({"window": 4, "max_chain": 0}, "max_chain"),
         ({"window": 4, "per_copy": 0.0}, "per_copy"),
         ({"window": 4, "per_copy": float("nan")}, "per_copy"),
+        ({"window": 4, "confidence": -1.0}, "confidence"),
+        ({"window": 4, "confidence": math.inf}, "confidence"),
+        ({"window": 4, "confidence": True}, "confidence"),
     ],
 )
 def test_bad_arguments_raise_a_typed_error_naming_them(kwargs: dict, name: str) -> None:
@@ -160,7 +172,7 @@ def test_bad_arguments_raise_a_typed_error_naming_them(kwargs: dict, name: str) 
 
 
 def test_bad_calls_raise_a_typed_error_naming_the_argument() -> None:
-    hot = HotPrefixes(window=4)
+    hot = Observed(window=4)
     with pytest.raises(InvalidRecordError, match="chain"):
         hot.record((1, "2"))  # type: ignore[arg-type]
     with pytest.raises(InvalidRecordError, match="replicas"):
@@ -173,7 +185,7 @@ def test_bad_calls_raise_a_typed_error_naming_the_argument() -> None:
 
 
 def hot_of(chains: int, chain: tuple[int, ...] = (1, 2, 3)) -> HotPrefixes:
-    hot = HotPrefixes(window=8)
+    hot = Observed(window=8)
     for _ in range(chains):
         hot.record(chain)
     return hot
@@ -235,7 +247,7 @@ def test_credit_refuses_inconsistent_arguments() -> None:
 
 
 def test_a_stride_counts_every_stride_th_prefix_and_rounds_the_credit_down() -> None:
-    hot = HotPrefixes(window=4, stride=2)
+    hot = Observed(window=4, stride=2)
     for _ in range(4):
         hot.record((1, 2, 3, 4, 5))
     # Depths 2 and 4 are counted (blocks 2 and 4); 1, 3 and 5 are not.
@@ -287,7 +299,7 @@ def test_a_hot_credit_refuses_what_credit_never_builds() -> None:
 
 
 def test_the_fair_share_guard_is_for_a_hot_prefix_some_candidate_lacks() -> None:
-    hot = HotPrefixes(window=10)
+    hot = Observed(window=10)
     fill(hot, with_prefix=3, without=7)  # block 7 in 3 of 10 dispatches
     assert DEFAULT_GUARD_DEMAND == 1.0
     # 4 candidates: demand 1.2 >= 1; 8 candidates: 2.4; 2 candidates: 0.6 < 1.
@@ -308,7 +320,7 @@ def test_the_fair_share_guard_is_for_a_hot_prefix_some_candidate_lacks() -> None
 
 
 def test_the_fair_share_test_rounds_to_the_stride_and_checks_its_arguments() -> None:
-    hot = HotPrefixes(window=10, stride=2)
+    hot = Observed(window=10, stride=2)
     for _ in range(5):
         hot.record((1, 2, 3, 4))
     # held 3 rounds down to 2: prefix (1, 2), in every dispatch, held by one of 4.
@@ -326,3 +338,41 @@ def test_the_fair_share_test_rounds_to_the_stride_and_checks_its_arguments() -> 
             hot.needs_fair_share((1, 2), held=[1, 0], demand=bad)  # type: ignore[arg-type]
         with pytest.raises(InvalidRecordError, match="cover"):
             hot.needs_fair_share((1, 2), held=[1, 0], cover=bad)  # type: ignore[arg-type]
+
+
+def test_demand_is_the_lower_bound_of_the_share() -> None:
+    # The Wilson score interval's lower bound at z = confidence, times the replicas.
+    def share(with_prefix: int, without: int, **kwargs: float) -> float:
+        hot = HotPrefixes(window=4096, **kwargs)
+        fill(hot, with_prefix, without)
+        return hot.demand(7, replicas=1)
+
+    assert DEFAULT_HOT_CONFIDENCE == 1.0
+    # The class docstring's values: 1 of 3, 1 of 20, 512 of 2,048.
+    assert share(1, 2) == pytest.approx(0.1357, abs=1e-4)
+    assert share(1, 19) == pytest.approx(0.0193, abs=1e-4)
+    assert share(512, 1536) == pytest.approx(0.2406, abs=1e-4)
+    # In every dispatch: n / (n + z**2).
+    assert share(1, 0) == 0.5 and share(9, 0) == pytest.approx(0.9)
+    assert share(9, 0, confidence=2.0) == pytest.approx(9 / 13)
+    # By hand, z = 2, 3 of 10: p = 0.3, z**2 / n = 0.4.
+    low = (0.3 + 0.2 - 2 * math.sqrt(0.3 * 0.7 / 10 + 4 / 400)) / 1.4
+    assert share(3, 7, confidence=2.0) == pytest.approx(low)
+    # confidence=0: the observed share; no dispatch with the prefix: 0.
+    assert share(3, 7, confidence=0) == 0.3 and share(0, 10) == 0.0
+    hot = HotPrefixes(window=10)
+    fill(hot, 3, 7)
+    assert hot.demand(7, replicas=8) == pytest.approx(8 * share(3, 7))
+
+
+def test_a_prefix_seen_in_a_few_first_dispatches_gets_fewer_copies_than_its_share() -> None:
+    # 1 of the first 3 dispatches on 8 replicas: observed, 2.67 replicas (4 copies); one
+    # standard error low, 1.09 (2 copies). In every dispatch from the first: 4 replicas of
+    # demand, 6 copies at once.
+    for hot, copies in ((Observed(window=2048), 4), (HotPrefixes(window=2048), 2)):
+        fill(hot, 1, 2)
+        assert len(hot.warm(7, holders=[0], in_flight=EIGHT)) == copies
+    hot = HotPrefixes(window=2048)
+    hot.record((1, 2, 3))
+    assert hot.demand(3, replicas=8) == 4.0
+    assert len(hot.warm(3, holders=[0], in_flight=EIGHT)) == 6

@@ -411,11 +411,11 @@ def test_a_hot_prompt_of_light_requests_spreads_within_the_fair_share() -> None:
     # Left to the cost, the light requests stay with the prompt's first holders while one
     # is idle (an idle holder saves 6k tokens; the share price would need ~190 dispatches
     # to outweigh that), and new long prompts, alike everywhere, are steered by the share
-    # price to the other replicas: the busiest replica takes 1.09-1.17x the mean requests
-    # on seeds 0-3. With the guard for hot prefixes not held everywhere (the default), the
-    # prompt's requests go only to replicas within 1.1x the mean share + 2 of the recent
-    # dispatches, which places copies where they are needed: 1.06-1.10x, lower on every
-    # seed, at about the same mean TTFT (-0.4 to +1.2 %).
+    # price to the other replicas: the busiest replica takes 1.09-1.25x the mean requests
+    # on seeds 0-7, above 1.15x on five. With the guard for hot prefixes not held
+    # everywhere (the default), the prompt's requests go only to replicas within 1.1x the
+    # mean share + 2 of the recent dispatches, which places copies where they are needed:
+    # 1.05-1.11x on every seed, at about the same mean TTFT (-1.0 to +1.5 %).
     model = ClusterModel(replicas=8)
     guarded: list[bool] = []
 
@@ -428,7 +428,8 @@ def test_a_hot_prompt_of_light_requests_spreads_within_the_fair_share() -> None:
         rpr = out.requests_per_replica
         return max(rpr) * len(rpr) / sum(rpr), sum(out.ttft_s) / len(out.ttft_s)
 
-    for seed in range(4):
+    unbalanced = 0
+    for seed in range(8):
         reqs = _light_and_heavy(seed=seed)
         guarded.clear()
         balance, ttft = run(reqs)
@@ -436,8 +437,10 @@ def test_a_hot_prompt_of_light_requests_spreads_within_the_fair_share() -> None:
         guarded.clear()
         unguarded_balance, unguarded_ttft = run(reqs, guard_demand=None)
         assert not any(guarded)
-        assert balance <= 1.15 and balance < unguarded_balance, seed
+        assert balance <= 1.12, seed
+        unbalanced += unguarded_balance > 1.15
         assert ttft <= unguarded_ttft * 1.02, seed
+    assert unbalanced >= 4
     with pytest.raises(ValueError, match="guard_demand"):
         CacheCostPolicy(capacity_blocks=None, block_tokens=4, guard_demand=-1.0)
 
@@ -460,6 +463,25 @@ def test_the_tie_backlog_bound_reaches_the_pick_and_is_checked() -> None:
         CacheCostPolicy(capacity_blocks=None, block_tokens=4, tie_queue_tokens=-1.0)
     with pytest.raises(InvalidRecordError, match="tie_queue_tokens"):
         make_policy("cache-cost", MODEL, params={"tie_queue_tokens": "x"})  # type: ignore[dict-item]
+
+
+def test_the_hot_demand_confidence_reaches_the_hot_prefixes_and_is_checked() -> None:
+    # The policy builds its HotPrefixes with hot_confidence (default one standard error),
+    # and refuses a bad one, by name, from its constructor and from make_policy.
+    def confidence(policy: CacheCostPolicy) -> float:
+        simulate([req(0.0, (1, 2))], policy, MODEL)
+        assert policy.hot is not None
+        return policy.hot.confidence
+
+    assert confidence(CacheCostPolicy(capacity_blocks=None, block_tokens=4)) == 1.0
+    direct = CacheCostPolicy(capacity_blocks=None, block_tokens=4, hot_confidence=2.5)
+    assert confidence(direct) == 2.5
+    observed = make_policy("cache-cost", MODEL, params={"hot_confidence": 0})
+    assert isinstance(observed, CacheCostPolicy) and confidence(observed) == 0.0
+    with pytest.raises(InvalidRecordError, match="hot_confidence"):
+        CacheCostPolicy(capacity_blocks=None, block_tokens=4, hot_confidence=-1.0)
+    with pytest.raises(InvalidRecordError, match="hot_confidence"):
+        make_policy("cache-cost", MODEL, params={"hot_confidence": float("inf")})
 
 
 def test_the_hot_prefix_guard_waits_for_room_in_the_caches() -> None:

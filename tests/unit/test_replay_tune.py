@@ -73,6 +73,7 @@ def test_bad_objectives_and_parameters_are_typed_errors() -> None:
         ("queue_weight", -1.0, 0.5),
         ("hot_lower", 0.5, 1.5),
         ("hot_per_copy", 0.0, 1.0),
+        ("hot_confidence", -1.0, 1.0),
     ):
         with pytest.raises(InvalidRecordError, match=name):
             tune(

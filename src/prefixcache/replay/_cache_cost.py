@@ -11,6 +11,7 @@ from clusterrouting import InvalidRecordError
 from prefixcache._backlog import DrainedBacklog
 from prefixcache._hot import (
     DEFAULT_GUARD_DEMAND,
+    DEFAULT_HOT_CONFIDENCE,
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_PER_COPY,
     DEFAULT_SHARED_DEMAND,
@@ -57,7 +58,9 @@ class CacheCostPolicy(BasePolicy):
     last ``256 x replicas`` dispatches (``DispatchWindow``). A request's deepest block
     cached on some replica is its prefix; ``prefixcache.HotPrefixes`` (over the same
     ``256 x replicas`` dispatches) keeps ``ceil(demand / 0.75)`` warm copies of a prefix
-    whose demand exceeds 0.75 of a replica, and every warm replica counts as holding it,
+    whose demand exceeds 0.75 of a replica (its share of those dispatches taken
+    ``hot_confidence`` standard errors low, one by default: ``HotPrefixes.demand``), and
+    every warm replica counts as holding it,
     while every replica holding the prefix has a request in flight (an idle holder keeps
     the prefix's requests: ``HotPrefixes.credit``, which also applies the shared weight
     below; ``hot_overloaded(in_flight, least)`` replaces that test, e.g. by the LiteLLM
@@ -78,7 +81,7 @@ class CacheCostPolicy(BasePolicy):
     requests need, so a busy holder gives way to an idle replica once its backlog exceeds
     the idle one's by about 4k tokens per 2k saved, not 20k. A conversation's own history
     keeps the 0.1 once the window holds a few dispatches per replica (its demand is then far
-    below a replica; in the first ``4 x replicas`` dispatches a prefix seen once already
+    below a replica; in the first ``1.5 x replicas`` dispatches a prefix seen once already
     counts as shared). With ``hot_prefixes=False`` there is no demand, and no request counts
     as shared.
 
@@ -129,6 +132,7 @@ class CacheCostPolicy(BasePolicy):
         cost_margin: float | None = None,
         tie_queue_tokens: float | None = None,
         hot_per_copy: float = DEFAULT_HOT_PER_COPY,
+        hot_confidence: float = DEFAULT_HOT_CONFIDENCE,
         shared_queue_weight: float = DEFAULT_SHARED_QUEUE_WEIGHT,
         shared_demand: float = DEFAULT_SHARED_DEMAND,
         shared_kv_usage: float = DEFAULT_SHARED_KV_USAGE,
@@ -182,7 +186,7 @@ class CacheCostPolicy(BasePolicy):
         # candidates: no pick; the hot-prefix record is sized at the first request).
         pick_lowest_cost([], prompt_tokens=0, **self._params)
         try:
-            HotPrefixes(window=1, lower=hot_lower, per_copy=hot_per_copy)
+            HotPrefixes(window=1, lower=hot_lower, per_copy=hot_per_copy, confidence=hot_confidence)
         except InvalidRecordError as exc:  # named as this constructor's parameter
             raise InvalidRecordError(f"hot_{exc.field}", exc.value, exc.reason) from exc
         # A request whose prefix is shared: the backlog weighs at least the shared weight.
@@ -205,6 +209,7 @@ class CacheCostPolicy(BasePolicy):
         self._shared_kv_usage = shared_kv_usage
         self._hot_lower = hot_lower
         self._per_copy = hot_per_copy
+        self._confidence = hot_confidence
         self._cc = CostCandidate
         from prefixcache.kvevents import CacheSource
 
@@ -295,6 +300,7 @@ class CacheCostPolicy(BasePolicy):
                     window=WINDOW_PER_REPLICA * view.replicas,
                     lower=self._hot_lower,
                     per_copy=self._per_copy,
+                    confidence=self._confidence,
                 )
         keys = self._keys
         window = self._window

@@ -93,6 +93,7 @@ _COST_PARAMS: dict[str, Callable[[float], Any]] = {
     "cost_margin": float,
     "tie_queue_tokens": float,
     "hot_per_copy": float,
+    "hot_confidence": float,
     "shared_queue_weight": float,
     "shared_demand": float,
     "shared_kv_usage": float,
