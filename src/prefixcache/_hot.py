@@ -307,13 +307,15 @@ class HotPrefixes:
         n = len(self._chains)
         if not n:
             return 0.0
-        p = self._counts.get(prefix, 0) / n
+        c = self._counts.get(prefix, 0)
         z = self.confidence
-        if not z or not p:
-            return p * replicas
-        zz_n = z * z / n
-        low = (p + zz_n / 2 - z * math.sqrt(p * (1 - p) / n + zz_n / (4 * n))) / (1 + zz_n)
-        return max(0.0, low) * replicas
+        if not z or not c:
+            return c * replicas / n
+        # The class docstring's bound, its numerator multiplied out by its conjugate: no
+        # subtraction, so never negative, and 0.0 (not NaN) when z * z overflows.
+        zz = z * z
+        low = 2 * c * c / (n * (2 * c + zz + z * math.sqrt(zz + 4 * c * (n - c) / n)))
+        return low * replicas
 
     def shared(self, prefix: int, replicas: int, demand: float = DEFAULT_SHARED_DEMAND) -> bool:
         """Whether ``prefix`` is shared: its demand (:meth:`demand`) is at least ``demand``

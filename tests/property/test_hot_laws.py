@@ -93,13 +93,13 @@ def test_copies_stay_within_bounds_and_warm_sets_are_distinct_candidates(
             assert k == 1 or u >= (k - 1) * lower
 
 
-def _demand(with_prefix: int, without: int, confidence: float) -> float:
+def _demand(with_prefix: int, without: int, confidence: float, replicas: int = 1) -> float:
     hot = HotPrefixes(window=with_prefix + without, confidence=confidence)
     for _ in range(with_prefix):
         hot.record((7,))
     for _ in range(without):
         hot.record((8,))
-    return hot.demand(7, replicas=1)
+    return hot.demand(7, replicas=replicas)
 
 
 @given(
@@ -107,14 +107,18 @@ def _demand(with_prefix: int, without: int, confidence: float) -> float:
     data=st.data(),
     z=st.floats(0, 3),
     dz=st.floats(0, 1),
+    replicas=st.integers(1, 64),
 )
 def test_demand_is_a_lower_bound_rising_with_the_count(
-    n: int, data: st.DataObject, z: float, dz: float
+    n: int, data: st.DataObject, z: float, dz: float, replicas: int
 ) -> None:
     c = data.draw(st.integers(0, n))
     p = c / n
+    # No confidence: the observed share, counted exactly.
+    assert _demand(c, n - c, 0, replicas) == c * replicas / n
     low = _demand(c, n - c, z)
     assert 0 <= low <= p + 1e-12
+    assert math.isclose(_demand(c, n - c, z, replicas), low * replicas, rel_tol=1e-12)
     # It misses the share by at most z standard errors plus the interval's shift.
     a = z * z / n
     assert p - low <= z * math.sqrt(p * (1 - p) / n) + a + 1e-12

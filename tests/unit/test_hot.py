@@ -73,14 +73,21 @@ def test_shared_means_demand_of_at_least_a_quarter_replica_by_default() -> None:
             hot.shared(7, replicas=8, demand=bad)  # type: ignore[arg-type]
 
 
-def test_a_prompt_shared_by_every_dispatch_is_warm_everywhere_at_the_second_request() -> None:
-    # The first request created the prefix; its demand is the whole traffic from then on,
-    # so the next request already sees every replica warm, not only the first holder.
+def test_a_prompt_shared_by_every_dispatch_is_warm_at_once() -> None:
+    # The first request created the prefix; its demand is the whole traffic from then on
+    # (observed), or n / (n + 1) of it (the default), so the next request already sees
+    # most replicas warm, not only the first holder: every one observed; 6 of 8 at the
+    # second request by default (4 replicas of demand), all 8 at the third (5.33).
     hot = Observed(window=2048)
     hot.record((1, 2, 3, 4, 50))
     assert hot.warm(4, holders=[0], in_flight=EIGHT) == (0, 1, 2, 3, 4, 5, 6, 7)
     # Counterfactual: a prefix in no recorded chain has no demand and no copies.
     assert hot.warm(5, holders=[0], in_flight=EIGHT) == ()
+    hot = HotPrefixes(window=2048)
+    hot.record((1, 2, 3, 4, 50))
+    assert hot.warm(4, holders=[0], in_flight=EIGHT) == (0, 1, 2, 3, 4, 5)
+    hot.record((1, 2, 3, 4, 51))
+    assert hot.warm(4, holders=[0], in_flight=EIGHT) == (0, 1, 2, 3, 4, 5, 6, 7)
 
 
 def test_copies_follow_demand_holders_first_then_least_loaded() -> None:
@@ -376,3 +383,42 @@ def test_a_prefix_seen_in_a_few_first_dispatches_gets_fewer_copies_than_its_shar
     hot.record((1, 2, 3))
     assert hot.demand(3, replicas=8) == 4.0
     assert len(hot.warm(3, holders=[0], in_flight=EIGHT)) == 6
+
+
+def test_the_fair_share_guard_reads_the_bound() -> None:
+    # 3 of 10 dispatches on 4 candidates: 1.2 replicas observed, guarded; one standard
+    # error low 0.72, not.
+    for hot, guarded in ((Observed(window=10), True), (HotPrefixes(window=10), False)):
+        fill(hot, 3, 7)
+        assert hot.needs_fair_share((7, 300), held=[1, 0, 0, 0]) is guarded
+
+
+def test_the_observed_share_counts_exactly() -> None:
+    # confidence=0 is c x replicas / n, exactly: 1 of 49 dispatches on 49 replicas is one
+    # replica of demand (the guard's bound, inclusive), and 135 of 260 on 13 replicas
+    # needs 9 copies (6.75 / 0.75), not 10.
+    hot = Observed(window=49)
+    fill(hot, 1, 48)
+    assert hot.demand(7, replicas=49) == 1.0
+    assert hot.needs_fair_share((7, 300), held=[1] + [0] * 48)
+    hot = Observed(window=260)
+    fill(hot, 135, 125)
+    assert len(hot.warm(7, holders=[0], in_flight=dict.fromkeys(range(13), 0))) == 9
+
+
+@pytest.mark.parametrize(
+    ("replicas", "last"), [(1, 1), (2, 3), (3, 4), (8, 12), (13, 20), (64, 97)]
+)
+def test_a_prefix_seen_once_is_shared_for_about_the_first_one_and_a_half_replicas(
+    replicas: int, last: int
+) -> None:
+    # With the default bound, a prefix seen once among n dispatches is shared (a quarter of
+    # a replica of demand) up to n = last, about 1.5 x replicas (1.53 x replicas - 1 for
+    # many replicas); observed, up to 4 x replicas.
+    for n, shared in ((last, True), (last + 1, False)):
+        hot = HotPrefixes(window=n)
+        fill(hot, 1, n - 1)
+        assert hot.shared(7, replicas=replicas) is shared, n
+    observed = Observed(window=4 * replicas)
+    fill(observed, 1, 4 * replicas - 1)
+    assert observed.shared(7, replicas=replicas)
