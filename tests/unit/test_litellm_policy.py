@@ -101,7 +101,9 @@ def test_a_shared_prompt_on_a_busy_holder_weighs_its_backlog_more() -> None:
     for k in range(12):
         served(plugin, chat(f"unrelated question {k} " * 5, system=""))
     # Requests in flight sharing the prompt. From the third on, 2 to 4 of the 10 to 16
-    # dispatches had it: a demand of 0.4 to 0.5 deployments, shared (>= 0.25) but below a
+    # dispatches had it: a demand of 0.4 to 0.5 deployments (the plugin counts the
+    # observed share, HotPrefixes(confidence=0); one standard error low, only the fifth
+    # would be shared and the room test below would fail), shared (>= 0.25) but below a
     # second copy (0.75). The holder's backlog (mostly the first request's whole prompt)
     # then weighs 0.5, not 0.1, so the holder's cost comes within the margin of the other's
     # and the tie goes to the other, used less recently: one of the five moves. At 0.1 all
