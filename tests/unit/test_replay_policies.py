@@ -148,9 +148,10 @@ def test_make_policy_params_are_numbers_or_the_constructors_unset() -> None:
 
 @pytest.mark.parametrize("replicas", [2, 8])
 def test_cache_cost_spreads_one_hot_system_prompt_instead_of_pinning_it(replicas: int) -> None:
-    # sglang issue #21199's shape: 400 prompts sharing a ~2.5k-token system prompt. Every
-    # replica warms the prompt at once (its demand is the whole traffic), and the costs
-    # then tie, so the requests rotate as round-robin's do: never slower than it.
+    # sglang issue #21199's shape: 400 prompts sharing a ~2.5k-token system prompt. The
+    # replicas warm the prompt at once (its demand is n / (n + 1) of the traffic: every
+    # replica from the second request on 2, from the third on 8), and the costs then tie,
+    # so the requests rotate as round-robin's do: never slower than it.
     reqs = shared_prefix_trace(seed=0, prompts=400)
     model = ClusterModel(replicas=replicas)
     res = run_replay(
@@ -415,7 +416,10 @@ def test_a_hot_prompt_of_light_requests_spreads_within_the_fair_share() -> None:
     # on seeds 0-7, above 1.15x on five. With the guard for hot prefixes not held
     # everywhere (the default), the prompt's requests go only to replicas within 1.1x the
     # mean share + 2 of the recent dispatches, which places copies where they are needed:
-    # 1.05-1.11x on every seed, at about the same mean TTFT (-1.0 to +1.5 %).
+    # 1.05-1.11x on every seed, at about the same mean TTFT (-1.0 to +1.5 %). The demand
+    # taken one standard error low guards a little later: on seeds 3 and 4 the busiest
+    # replica then takes 1.107x and 1.100x against 1.100x and 1.087x unguarded; with the
+    # observed share (hot_confidence=0) the guard lowers it on every seed.
     model = ClusterModel(replicas=8)
     guarded: list[bool] = []
 
@@ -437,9 +441,11 @@ def test_a_hot_prompt_of_light_requests_spreads_within_the_fair_share() -> None:
         guarded.clear()
         unguarded_balance, unguarded_ttft = run(reqs, guard_demand=None)
         assert not any(guarded)
-        assert balance <= 1.12, seed
+        assert balance <= 1.12 and balance <= unguarded_balance + 0.02, seed
         unbalanced += unguarded_balance > 1.15
         assert ttft <= unguarded_ttft * 1.02, seed
+        observed, _ = run(reqs, hot_confidence=0)
+        assert observed < run(reqs, hot_confidence=0, guard_demand=None)[0], seed
     assert unbalanced >= 4
     with pytest.raises(ValueError, match="guard_demand"):
         CacheCostPolicy(capacity_blocks=None, block_tokens=4, guard_demand=-1.0)

@@ -81,7 +81,7 @@ class CacheCostPolicy(BasePolicy):
     requests need, so a busy holder gives way to an idle replica once its backlog exceeds
     the idle one's by about 4k tokens per 2k saved, not 20k. A conversation's own history
     keeps the 0.1 once the window holds a few dispatches per replica (its demand is then far
-    below a replica; in the first ``1.5 x replicas`` dispatches a prefix seen once already
+    below a replica; in about the first ``1.5 x replicas`` dispatches a prefix seen once already
     counts as shared). With ``hot_prefixes=False`` there is no demand, and no request counts
     as shared.
 
