@@ -8,9 +8,9 @@ guard (issue 17: a prompt keeps its deployment while that deployment is not over
 and, seeing no first token, it drains each deployment's backlog at
 ``DEFAULT_PREFILL_TOKENS_PER_S`` (the simulated servers' prefill rate). The replay models
 that with ``CacheCostPolicy(observe_at="completion", hot_overloaded=<the load guard>,
-prefill_rate=DEFAULT_PREFILL_TOKENS_PER_S, hot_confidence=0)`` (the plugin's hot-prefix
-demand is the observed share). One router sees every request here; each plugin only sees
-its own.
+prefill_rate=DEFAULT_PREFILL_TOKENS_PER_S, hot_confidence=HOT_CONFIDENCE)`` (the
+plugin's hot-prefix demand is the observed share). One router sees every request here;
+each plugin only sees its own.
 
 Run: ``python benchmarks/litellm_policy.py [SEEDS]`` (default 4: seeds 0-3; about 15 s
 on 2 cores). Prints a markdown table of mean / p99 TTFT, averaged over the seeds,
@@ -27,6 +27,7 @@ from typing import Any
 
 from clusterrouting import within_load_guard
 from prefixcache import DEFAULT_CONFIG
+from prefixcache.integrations._litellm_costs import HOT_CONFIDENCE
 from prefixcache.integrations._litellm_ledger import DEFAULT_PREFILL_TOKENS_PER_S
 from prefixcache.replay import CacheCostPolicy, auto_speedup, percentile, simulate
 from prefixcache.replay._claim import ClaimCase, claim_cases, seeded_cases
@@ -49,7 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "observe_at": "completion",
         "hot_overloaded": load_guard_exceeded,
         "prefill_rate": DEFAULT_PREFILL_TOKENS_PER_S,
-        "hot_confidence": 0.0,  # the plugin's hot-prefix demand is the observed share
+        "hot_confidence": HOT_CONFIDENCE,  # the plugin's: the observed share
     },
     # prefill_tokens_per_s=None: a backlog drains only as its requests end (a rate of 1e-9
     # tokens per second drains nothing, and the backlog is capped by the requests not ended).
@@ -57,7 +58,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "observe_at": "completion",
         "hot_overloaded": load_guard_exceeded,
         "prefill_rate": 1e-9,
-        "hot_confidence": 0.0,
+        "hot_confidence": HOT_CONFIDENCE,
     },
 }
 

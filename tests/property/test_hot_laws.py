@@ -118,9 +118,12 @@ def test_demand_is_a_lower_bound_rising_with_the_count(
     assert _demand(c, n - c, 0, replicas) == c * replicas / n
     low = _demand(c, n - c, z)
     assert 0 <= low <= p + 1e-12
+    # The class docstring's formula, as written there.
+    a = z * z / n
+    textbook = (p + a / 2 - z * math.sqrt(p * (1 - p) / n + a / (4 * n))) / (1 + a)
+    assert math.isclose(low, max(0.0, textbook), rel_tol=1e-9, abs_tol=1e-12)
     assert math.isclose(_demand(c, n - c, z, replicas), low * replicas, rel_tol=1e-12)
     # It misses the share by at most z standard errors plus the interval's shift.
-    a = z * z / n
     assert p - low <= z * math.sqrt(p * (1 - p) / n) + a + 1e-12
     # One more dispatch with the prefix (of as many) never lowers it; more confidence
     # never raises it; no confidence is the share itself.

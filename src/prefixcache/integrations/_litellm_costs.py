@@ -33,6 +33,15 @@ WINDOW_PER_DEPLOYMENT: Final = 256
 HOT_GROUPS: Final = 64
 """Model groups whose hot-prefix demand is kept (the one first seen is forgotten first)."""
 
+HOT_CONFIDENCE: Final = 0.0
+"""The plugin's hot-prefix demand is the observed share (``HotPrefixes(confidence=0)``),
+not the library default one standard error below it: the plugin makes warm copies and
+weighs a shared prefix's backlog only once its holders are beyond the load guard, so it
+never copies on a few first dispatches' guess, and the bound only delayed its copies and
+its fair-share guard (which reads the same demand). ``benchmarks/litellm_policy.py`` over
+seeds 0-31 with the bound: 8 Zipf prompts +1.7 % mean / +3.3 % p99, synthetic chat
++0.3 % / +1.9 % (geometric means of the per-seed ratios)."""
+
 _SHARED_QUEUE_WEIGHT: Final = max(DEFAULT_QUEUE_WEIGHT, DEFAULT_SHARED_QUEUE_WEIGHT)
 
 
@@ -226,17 +235,11 @@ class CostState:
             return hot
         if hot is None and len(self._hot) >= HOT_GROUPS:
             del self._hot[next(iter(self._hot))]  # the group seen first goes first
-        # The observed share (confidence=0), not the default bound one standard error
-        # below it: the plugin copies a prefix only once its holders are beyond the load
-        # guard, so it makes no copies on a few first dispatches' guess, and the bound only
-        # delayed its copies (benchmarks/litellm_policy.py over seeds 0-31 with the bound:
-        # 8 Zipf prompts +1.7 % mean / +3.3 % p99, synthetic chat +0.3 % / +1.9 %, geometric
-        # means of the per-seed ratios).
         hot = self._hot[group] = HotPrefixes(
             window=deployments * WINDOW_PER_DEPLOYMENT,
             max_chain=self.config.max_depth,
             stride=self.stride,
-            confidence=0,
+            confidence=HOT_CONFIDENCE,
         )
         return hot
 
