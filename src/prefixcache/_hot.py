@@ -309,7 +309,7 @@ class HotPrefixes:
             return 0.0
         c = self._counts.get(prefix, 0)
         z = self.confidence
-        if not z or not c:
+        if not z or not c:  # the bound is 0 at c = 0 (and its form 0 / 0 when z * z is 0)
             return c * replicas / n
         # The class docstring's bound, its numerator multiplied out by its conjugate: no
         # subtraction, so never negative, and 0.0 (not NaN) when z * z overflows.

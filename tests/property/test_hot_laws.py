@@ -126,8 +126,7 @@ def test_demand_is_a_lower_bound_rising_with_the_count(
     # It misses the share by at most z standard errors plus the interval's shift.
     assert p - low <= z * math.sqrt(p * (1 - p) / n) + a + 1e-12
     # One more dispatch with the prefix (of as many) never lowers it; more confidence
-    # never raises it; no confidence is the share itself.
+    # never raises it.
     if c < n:
         assert _demand(c + 1, n - c - 1, z) >= low - 1e-12
     assert _demand(c, n - c, z + dz) <= low + 1e-12
-    assert _demand(c, n - c, 0) == p

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -185,8 +186,12 @@ class CacheCostPolicy(BasePolicy):
         # Checks every cost and hot-prefix parameter now, not at the first request (no
         # candidates: no pick; the hot-prefix record is sized at the first request).
         pick_lowest_cost([], prompt_tokens=0, **self._params)
+        # The hot-prefix record's own parameters, bound once (its window comes later).
+        self._new_hot = functools.partial(
+            HotPrefixes, lower=hot_lower, per_copy=hot_per_copy, confidence=hot_confidence
+        )
         try:
-            HotPrefixes(window=1, lower=hot_lower, per_copy=hot_per_copy, confidence=hot_confidence)
+            self._new_hot(window=1)
         except InvalidRecordError as exc:  # named as this constructor's parameter
             raise InvalidRecordError(f"hot_{exc.field}", exc.value, exc.reason) from exc
         # A request whose prefix is shared: the backlog weighs at least the shared weight.
@@ -207,9 +212,6 @@ class CacheCostPolicy(BasePolicy):
         # Without first tokens: per replica, the estimates drained at the rate.
         self._drained = None if rate is None else DrainedBacklog[int](rate)
         self._shared_kv_usage = shared_kv_usage
-        self._hot_lower = hot_lower
-        self._per_copy = hot_per_copy
-        self._confidence = hot_confidence
         self._cc = CostCandidate
         from prefixcache.kvevents import CacheSource
 
@@ -296,12 +298,7 @@ class CacheCostPolicy(BasePolicy):
             self._window = self._window_cls(size=WINDOW_PER_REPLICA * view.replicas)
             self._pending = [{} for _ in range(view.replicas)]
             if self._hot_on:
-                self.hot = HotPrefixes(
-                    window=WINDOW_PER_REPLICA * view.replicas,
-                    lower=self._hot_lower,
-                    per_copy=self._per_copy,
-                    confidence=self._confidence,
-                )
+                self.hot = self._new_hot(window=WINDOW_PER_REPLICA * view.replicas)
         keys = self._keys
         window = self._window
         blocks = request.blocks
