@@ -58,7 +58,7 @@ from prefixcache._hot import (
     HotPrefixes,
 )
 from prefixcache._index import Index, Provider
-from prefixcache._mirror import DispatchWindow, KvCacheMirror
+from prefixcache._mirror import DispatchWindow, KvCacheMirror, RunningOutput
 from prefixcache._pins import (
     MAX_PIN_BYTES,
     PIN_SUBJECT,
@@ -178,6 +178,7 @@ __all__ = [
     "ResyncLoop",
     "ResyncStats",
     "RoutePolicy",
+    "RunningOutput",
     "SelectCandidate",
     "SelectExplanation",
     "SessionPins",

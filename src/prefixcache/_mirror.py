@@ -4,6 +4,8 @@
   prefix-chained block hashes per :class:`ReplicaKey`, bounded by the replica's KV capacity
   in blocks less what its running requests hold (routers that receive the engines' KV
   events know this exactly; this mirrors it from what the router itself dispatched);
+* :class:`RunningOutput`, the output blocks a running request holds there, estimated from
+  the requests completed so far (for :meth:`KvCacheMirror.start`'s ``private_blocks``);
 * :class:`DispatchWindow`, how many of the router's last N dispatches went to each replica
   (its recent share of the traffic).
 """
@@ -11,13 +13,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 from clusterrouting import InvalidRecordError
 from prefixcache._types import ReplicaKey
 
-__all__ = ["DispatchWindow", "KvCacheMirror"]
+__all__ = ["DispatchWindow", "KvCacheMirror", "RunningOutput"]
 
 
 class DispatchWindow:
@@ -74,6 +77,84 @@ class DispatchWindow:
         return self._counts.get(key, 0)
 
 
+_MAX_BLOCKS = 2**53
+"""Output blocks :meth:`RunningOutput.record` accepts per request (exact as a float)."""
+
+
+class RunningOutput:
+    """The output blocks a running request holds, estimated from the requests completed so far.
+
+    An engine holds a request's output blocks while it decodes, and the requests running at
+    any moment are more often long ones: one that decodes 4 blocks runs about four times as
+    long as one that decodes 1. So the plain mean of the completed requests' output blocks
+    undercounts what the running ones hold (by about 40 % on the replay's eviction case,
+    docs/replay.md). ``record(blocks, seconds)`` adds a completed request that held
+    ``blocks`` output blocks for ``seconds`` (from when the router began counting them, e.g.
+    its first token, to its completion). :attr:`estimate` weighs each by its seconds:
+    ``sum(blocks * seconds) / sum(seconds)``, the time average per running request (Little's
+    law); while every record lasted 0 s it is the plain mean of their blocks, and 0.0 before
+    the first. :meth:`take` gives the whole blocks to count for the next running request:
+    over any run of takes their sum stays within one block below the sum of the estimates
+    they were taken at (the fraction carries to the next take), so 1.4 blocks becomes 1 or
+    2 in the proportion that averages 1.4, not 1 every time. O(1) each; memory O(1).
+
+    Not thread-safe: guard it with the router's lock.
+
+    >>> out = RunningOutput()
+    >>> out.record(1, 1.0)      # a short answer: 1 block for 1 s
+    >>> out.record(3, 3.0)      # a long one: 3 blocks for 3 s
+    >>> out.estimate            # (1 x 1 + 3 x 3) / 4; the plain mean is 2
+    2.5
+    >>> [out.take() for _ in range(5)]
+    [2, 3, 2, 3, 2]
+    """
+
+    __slots__ = ("_carry", "_count", "_mean", "_seconds", "_weighted")
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._mean = 0.0
+        self._seconds = 0.0
+        self._weighted = 0.0
+        self._carry = 0.0
+
+    @property
+    def estimate(self) -> float:
+        """Output blocks per running request: the time-weighted mean of the records (their
+        plain mean while no record lasted longer than 0 s; 0.0 before the first)."""
+        return self._weighted if self._seconds > 0 else self._mean
+
+    def record(self, blocks: int, seconds: float) -> None:
+        """A completed request held ``blocks`` output blocks for ``seconds``.
+
+        Raises:
+            InvalidRecordError: ``blocks`` is not an int in [0, 2**53], or ``seconds`` is
+                not a finite number >= 0.
+        """
+        if type(blocks) is not int or not 0 <= blocks <= _MAX_BLOCKS:
+            raise InvalidRecordError("blocks", blocks, "must be an int in [0, 2**53]")
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 <= seconds < math.inf
+        ):
+            raise InvalidRecordError("seconds", seconds, "must be a finite number >= 0")
+        self._count += 1
+        self._mean += (blocks - self._mean) / self._count
+        if seconds > 0:
+            total = self._seconds + seconds  # an infinite total moves the mean no more
+            self._weighted += (blocks - self._weighted) * (seconds / total)
+            self._seconds = total
+
+    def take(self) -> int:
+        """Whole output blocks to count for the next running request (the estimate plus
+        the fraction left over by earlier takes, rounded down)."""
+        carry = self._carry + self.estimate
+        n = int(carry)
+        self._carry = carry - n
+        return n
+
+
 _PIN_BOUND = 4
 """Pinned (and private) blocks a :class:`KvCacheMirror` replica keeps, in multiples of its
 capacity: past it, ``finish`` calls were lost and the oldest pins are released."""
@@ -97,15 +178,18 @@ class KvCacheMirror:
     ``start(key, chain, private_blocks)`` records ``chain`` as held and *pinned* (never
     evicted while pinned; pins count per request) and ``private_blocks`` more blocks in use
     beside the cache (its output); ``finish`` with the same arguments unpins the chain,
-    touching it deepest first as :meth:`observe` does, and frees the private blocks. A
-    replica then keeps at most ``capacity_blocks - pinned - private`` unpinned blocks
-    (evicting least-recent first). Pinned and private blocks may exceed the capacity (a
-    router's running requests include those still queued at the engine; 1.7 x at the peak
-    of the replay's overloaded eviction case) but are each bounded by
-    four times ``capacity_blocks``: a host that loses ``finish`` calls cannot grow the
-    mirror, because past that bound the oldest pins (oldest first pinned) are dropped
-    (pinned blocks then fill the capacity, so no unpinned block stays either) and private
-    blocks are counted up to it.
+    touching it deepest first as :meth:`observe` does, and frees the private blocks. The
+    output blocks may instead be counted from when the engine starts decoding (the
+    request's first token): ``start(key, (), private_blocks=n)`` then adds them alone, and
+    ``finish`` with the chain and the sum of its private blocks releases both
+    (:class:`RunningOutput` estimates ``n``). A replica then keeps at most
+    ``capacity_blocks - pinned - private`` unpinned blocks (evicting least-recent first).
+    Pinned and private blocks may exceed the capacity (a router's running requests include
+    those still queued at the engine; 1.6 x at the peak of the replay's overloaded eviction
+    case) but are each bounded by four times ``capacity_blocks``: a host that loses
+    ``finish`` calls cannot grow the mirror, because past that bound the oldest pins
+    (oldest first pinned) are dropped (pinned blocks then fill the capacity, so no unpinned
+    block stays either) and private blocks are counted up to it.
     Without :meth:`start`, nothing is pinned and the mirror is the plain LRU.
     :meth:`invalidate` also forgets pins and private blocks; a later ``finish`` of a request
     started before it records nothing for a replica not started since, and otherwise

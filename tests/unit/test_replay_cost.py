@@ -22,6 +22,7 @@ from prefixcache import (
     DispatchWindow,
     KvCacheMirror,
     ReplicaKey,
+    RunningOutput,
     explain_lowest_cost,
     pick_lowest_cost,
 )
@@ -391,6 +392,40 @@ def test_dispatch_window_counts_the_last_n() -> None:
     assert (w.count(A), w.count(B), w.count(C), len(w)) == (0, 1, 2, 3)
     with pytest.raises(InvalidRecordError, match="size"):
         DispatchWindow(size=0)
+
+
+def test_running_output_weighs_each_completed_request_by_how_long_it_held_its_blocks() -> None:
+    out = RunningOutput()
+    assert out.estimate == 0.0 and out.take() == 0  # nothing completed yet
+    out.record(2, 0.0)  # ended at once: no time to weigh by, so the plain mean
+    out.record(4, 0.0)
+    assert out.estimate == 3.0
+    out.record(1, 1.0)  # from the first record that lasted, the time-weighted mean
+    assert out.estimate == 1.0
+    out.record(3, 3.0)
+    assert out.estimate == 2.5  # (1 x 1 + 3 x 3) / 4; the plain mean of all four is 2.5 too
+    out.record(0, 4.0)
+    assert out.estimate == 1.25  # (1 + 9 + 0) / 8
+    # Takes carry the fraction: 1.25 per request is 1, 1, 1, 2 (sum 5 = 4 x 1.25).
+    assert [out.take() for _ in range(8)] == [1, 1, 1, 2, 1, 1, 1, 2]
+
+
+def test_running_output_refuses_what_is_not_a_block_count_or_a_duration() -> None:
+    out = RunningOutput()
+    for bad in (-1, 1.5, True, 2**53 + 1, "1", None):
+        with pytest.raises(InvalidRecordError, match="blocks"):
+            out.record(bad, 1.0)  # type: ignore[arg-type]
+    for bad_s in (-0.5, math.nan, math.inf, True, "1", None):
+        with pytest.raises(InvalidRecordError, match="seconds"):
+            out.record(1, bad_s)  # type: ignore[arg-type]
+    assert out.estimate == 0.0  # nothing refused was recorded
+    out.record(2**53, 1)
+    assert out.estimate == 2.0**53
+    # Durations whose sum overflows: the mean stops moving instead of turning NaN.
+    huge = RunningOutput()
+    huge.record(1, 1e308)
+    huge.record(3, 1e308)
+    assert huge.estimate == 1.0
 
 
 def test_accepted_parameters_are_remembered_by_type_and_value() -> None:

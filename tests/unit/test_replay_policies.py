@@ -10,6 +10,7 @@ from clusterrouting import InvalidRecordError
 from prefixcache.replay import (
     CacheCostPolicy,
     ClusterModel,
+    ClusterView,
     FederationPolicy,
     HotPrefixes,
     LeastLoadedPolicy,
@@ -379,6 +380,61 @@ def test_cache_cost_without_first_tokens_drains_the_backlog_at_the_prefill_rate(
     for bad in (0.0, -1.0, float("inf"), float("nan"), True, 10**400):
         with pytest.raises(ValueError, match="prefill_rate"):
             CacheCostPolicy(capacity_blocks=None, block_tokens=4, prefill_rate=bad)
+
+
+def test_cache_cost_holds_output_blocks_from_the_first_token_weighted_by_time() -> None:
+    # One replica, 4-token blocks. Each request's prompt is pinned from its dispatch; its
+    # output blocks join from its first token, at RunningOutput's estimate of the requests
+    # completed so far: 1 block for 1 s and 3 blocks for 3 s give (1 + 9) / 4 = 2.5
+    # blocks (the plain mean, 2, undercounts the long answers that run longest), taken as
+    # 2 then 3.
+    view = ClusterView(ClusterModel(replicas=1, cache_blocks=100, block_tokens=4))
+    policy = CacheCostPolicy(capacity_blocks=100, block_tokens=4)
+    mirror = policy._mirror
+
+    def dispatch(i: int, r: Request, now: float) -> None:
+        assert policy.choose(i, r, now, view) == 0
+        policy.on_dispatch(i, r, 0, now)
+
+    def running() -> int:
+        return mirror.running_blocks(policy._keys[0])
+
+    short, long = req(0.0, (1, 2), out=4), req(0.0, (3,), out=12)
+    dispatch(0, short, 0.0)
+    dispatch(1, long, 0.0)
+    assert running() == 3  # the prompts only
+    policy.on_first_token(0, short, 0, 0.0)
+    policy.on_first_token(1, long, 0, 1.0)
+    assert running() == 3  # nothing completed yet: no output estimate
+    policy.on_complete(0, short, 0, 1.0)
+    policy.on_complete(1, long, 0, 4.0)
+    assert running() == 0 and policy._output.estimate == 2.5
+    a, b = req(0.0, (5,)), req(0.0, (6,))
+    dispatch(2, a, 5.0)
+    dispatch(3, b, 5.0)
+    assert running() == 2  # queued at the engine: prompts pinned, no output yet
+    policy.on_first_token(2, a, 0, 5.5)
+    assert running() == 2 + 2
+    policy.on_first_token(3, b, 0, 5.5)
+    assert running() == 2 + 2 + 3
+    policy.on_complete(2, a, 0, 6.0)
+    policy.on_complete(3, b, 0, 6.0)
+    assert running() == 0
+
+
+def test_cache_cost_without_first_tokens_holds_output_blocks_from_the_dispatch() -> None:
+    # With prefill_rate the router sees no first token: the output blocks are counted from
+    # the dispatch, and each completed request's hold from its dispatch to its completion.
+    view = ClusterView(ClusterModel(replicas=1, cache_blocks=100, block_tokens=4))
+    policy = CacheCostPolicy(capacity_blocks=100, block_tokens=4, prefill_rate=1000.0)
+    first, second = req(0.0, (1,), out=8), req(0.0, (2,))
+    policy.choose(0, first, 0.0, view)
+    policy.on_dispatch(0, first, 0, 0.0)
+    policy.on_complete(0, first, 0, 2.0)
+    assert policy._output.estimate == 2.0
+    policy.choose(1, second, 3.0, view)
+    policy.on_dispatch(1, second, 0, 3.0)
+    assert policy._mirror.running_blocks(policy._keys[0]) == 1 + 2
 
 
 def _light_and_heavy(seed: int = 0, n: int = 1200) -> list[Request]:

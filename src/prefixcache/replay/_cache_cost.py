@@ -51,10 +51,11 @@ class CacheCostPolicy(BasePolicy):
     The router mirrors each replica's KV cache (LRU, capacity = the replica's KV blocks,
     which engines report) from what it dispatched, as the engine uses it: a request's prompt
     blocks are pinned from its dispatch to its completion, when they become the most recent
-    (``KvCacheMirror.start`` / ``finish``), and each running request also takes the mean
-    output blocks of the requests completed so far, rounded to whole blocks (the router
-    counts the tokens it streams back; 0 before the first completion), so the mirror evicts
-    about when the engine does. It keeps each replica's prefill backlog in tokens: the
+    (``KvCacheMirror.start`` / ``finish``), and from its first token (when the engine
+    decodes) it also holds output blocks: ``RunningOutput``'s estimate from the requests
+    completed so far, each weighted by how long it held them (the router counts the tokens
+    it streams back; 0 before the first completion), so the mirror evicts about when the
+    engine does. It keeps each replica's prefill backlog in tokens: the
     estimated uncached tokens of requests whose first token has not come back yet, and its
     last ``256 x replicas`` dispatches (``DispatchWindow``). A request's deepest block
     cached on some replica is its prefix; ``prefixcache.HotPrefixes`` (over the same
@@ -111,7 +112,8 @@ class CacheCostPolicy(BasePolicy):
     ``prefill_rate`` (tokens per second per replica) the router sees no first token, as the
     LiteLLM plugin (whose callbacks come when a request ends): each replica's backlog
     drains at that rate between decisions, and never exceeds the estimates of its requests
-    not yet ended (0 while nothing is in flight there).
+    not yet ended (0 while nothing is in flight there); observing at dispatch, a request's
+    output blocks are then counted from its dispatch.
     """
 
     name = "cache-cost"
@@ -147,6 +149,7 @@ class CacheCostPolicy(BasePolicy):
             DispatchWindow,
             KvCacheMirror,
             ReplicaKey,
+            RunningOutput,
             pick_lowest_cost,
         )
 
@@ -223,9 +226,10 @@ class CacheCostPolicy(BasePolicy):
         self._keys: list[ReplicaKey] = []
         self._queued: list[int] = []
         self._est: dict[int, int] = {}
+        # Output blocks each running request holds in the mirror, and since when.
+        self._output = RunningOutput()
         self._private: dict[int, int] = {}
-        self._out_blocks = 0
-        self._completed = 0
+        self._holding_since: dict[int, float] = {}
         self.reads_kv_events = precise
         self.engine_index = EngineIndex()
         # Blocks of the requests in flight per replica: what the engine has not reported
@@ -385,30 +389,41 @@ class CacheCostPolicy(BasePolicy):
         if self.hot is not None:
             self.hot.record(request.blocks)
         if self.observe_at == "dispatch":
-            private = round(self._out_blocks / self._completed) if self._completed else 0
-            self._private[i] = private
-            self._mirror.start(self._keys[replica], request.blocks, private_blocks=private)
+            self._mirror.start(self._keys[replica], request.blocks)
+            if self._drained is not None:  # no first token: output counted from now
+                self._hold_output(i, replica, now)
         if self._tracks_pending:
             pend = self._pending[replica]
             for b in request.blocks:
                 pend[b] = pend.get(b, 0) + 1
 
+    def _hold_output(self, i: int, replica: int, now: float) -> None:
+        """Request ``i`` holds output blocks on ``replica`` in the mirror from ``now``."""
+        private = self._output.take()
+        self._private[i] = private
+        self._holding_since[i] = now
+        if private:
+            self._mirror.start(self._keys[replica], (), private_blocks=private)
+
     def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
         if self._drained is None:
             self._queued[replica] -= self._est.pop(i)
+            if self.observe_at == "dispatch":  # the engine decodes: output blocks from now
+                self._hold_output(i, replica, now)
 
     def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
         if self.observe_at == "completion":
             self._mirror.observe(self._keys[replica], request.blocks)
         else:
             self._mirror.finish(
-                self._keys[replica], request.blocks, private_blocks=self._private.pop(i)
+                self._keys[replica], request.blocks, private_blocks=self._private.pop(i, 0)
             )
+            since = self._holding_since.pop(i, None)
+            if since is not None:  # the router counted the tokens it streamed back
+                blocks = -(-request.output_tokens // self._bt)
+                self._output.record(blocks, max(0.0, now - since))
         if self._drained is not None:  # its tokens leave the backlog if still there
             self._drained.remove(replica, self._est.pop(i), now)
-        # The router counted the response's tokens as it streamed them back.
-        self._out_blocks += -(-request.output_tokens // self._bt)
-        self._completed += 1
         if self._tracks_pending:
             pend = self._pending[replica]
             for b in request.blocks:
