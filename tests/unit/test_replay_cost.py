@@ -141,6 +141,20 @@ def test_mirror_running_blocks_are_the_pinned_and_output_blocks() -> None:
     assert m.invalidate(A) == 2 and m.running_blocks(A) == 0  # 5 and one cached block
 
 
+def test_mirror_output_blocks_may_join_later_and_leave_with_the_prompt() -> None:
+    # From the first token: the prompt pinned at dispatch, its output blocks added alone.
+    m = KvCacheMirror(capacity_blocks=6)
+    m.observe(A, (1, 2, 3))
+    m.start(A, (4, 5))
+    assert m.running_blocks(A) == 2 and m.blocks(A) == 5
+    m.start(A, (), private_blocks=3)  # 2 pinned + 3 output leave room for 1 cached block
+    assert m.running_blocks(A) == 5 and m.blocks(A) == 3
+    assert m.matched_blocks(A, (1, 2, 3)) == 1  # the leaves went first
+    m.finish(A, (4, 5), private_blocks=3)
+    assert m.running_blocks(A) == 0 and m.matched_blocks(A, (4, 5)) == 2
+    m._check()
+
+
 def test_mirror_pins_count_per_request_and_finish_keeps_other_pins() -> None:
     m = KvCacheMirror(capacity_blocks=2)
     m.start(A, (1, 2))
