@@ -35,11 +35,19 @@ def test_broker_restart_mid_stream(nats: Broker) -> None:
 
 def test_reference_format_interop(nats: Broker) -> None:
     """A message published by a plain client in the reference's JSON is applied."""
-    raw = NatsTransport.connect(nats.url)
-    router = NatsTransport.connect(nats.url)
+    # NATS delivers a message only to subscriptions the server already has, so each single
+    # publish below waits for a PING/PONG round trip on the subscriber's connection (its
+    # SUBs went before the PING). ``subscribe`` does one too but gives up with a warning
+    # after ``flush_timeout`` (2 s); on a CI machine loaded by other work this test once
+    # lost its three messages, as if that had happened. Here the bounds are generous and a
+    # flush that fails raises.
+    bounds = {"timeout": 30.0, "flush_timeout": 20.0}
+    raw = NatsTransport.connect(nats.url, **bounds)
+    router = NatsTransport.connect(nats.url, **bounds)
     sync = Sync(Index(), clock=time.time)
     try:
         sync.attach(router)
+        router.flush()  # the router's subscriptions are active at the server
         raw.publish(
             "prefixcache.observe", b'{"model":"m","chain":[11,12],"node_id":"go-node","replica":0}'
         )
@@ -52,6 +60,7 @@ def test_reference_format_interop(nats: Broker) -> None:
         # ...and what this router sends decodes as the reference's event.
         got: list[bytes] = []
         raw.subscribe("prefixcache.observe", lambda _s, p: got.append(p))
+        raw.flush()  # the plain client's subscription is active at the server
         sync.observe("m", (21,), ReplicaKey("py-node", 2), time.time())
         wait_until(lambda: len(got) == 1, what="our event")
         assert ObserveEvent.decode(got[0]) == ObserveEvent(
