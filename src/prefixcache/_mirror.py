@@ -84,37 +84,42 @@ _MAX_BLOCKS = 2**53
 class RunningOutput:
     """The output blocks a running request holds, estimated from the requests completed so far.
 
-    An engine holds a request's output blocks while it decodes, and the requests running at
-    any moment are more often long ones: one that decodes 4 blocks runs about four times as
-    long as one that decodes 1. So the plain mean of the completed requests' output blocks
-    undercounts what the running ones hold (by about 40 % on the replay's eviction case,
-    docs/replay.md). ``record(blocks, seconds)`` adds a completed request that held
-    ``blocks`` output blocks for ``seconds`` (from when the router began counting them, e.g.
-    its first token, to its completion). :attr:`estimate` weighs each by its seconds:
-    ``sum(blocks * seconds) / sum(seconds)``, the time average per running request (Little's
-    law); while every record lasted 0 s it is the plain mean of their blocks, and 0.0 before
-    the first. :meth:`take` gives the whole blocks to count for the next running request:
-    over any run of takes their sum stays within one block below the sum of the estimates
-    they were taken at (the fraction carries to the next take), so 1.4 blocks becomes 1 or
-    2 in the proportion that averages 1.4, not 1 every time. O(1) each; memory O(1).
+    A request's output takes KV blocks beside the cached prefixes while it runs, and the
+    requests running at any moment are more often long ones: one that decodes 4 blocks runs
+    about four times as long as one that decodes 1. So the plain mean of the completed
+    requests' output blocks undercounts what the running ones hold (by about 40 % on the
+    replay's eviction case, docs/replay.md). ``record(blocks, seconds=...)`` adds a
+    completed request that held ``blocks`` output blocks for ``seconds`` (from when the
+    router began counting them, e.g. its first token, to its completion). :attr:`estimate`
+    weighs each by its seconds: ``sum(blocks * seconds) / sum(seconds)``, the time average
+    per running request (Little's law) for an engine that holds a request's whole output
+    from then on, as one that reserves it when it admits the request does (the replay's
+    engine; one that allocates the blocks as it generates them, as vLLM does, holds about
+    half as many on average over a decode, and this overcounts there). While every record
+    lasted 0 s it is the plain mean of their blocks, and 0.0 before the first.
+    :meth:`take` gives the whole blocks to count for the next running request: over any run
+    of takes their sum stays within one block below the sum of the estimates they were
+    taken at (the fraction carries to the next take), so 1.4 blocks becomes 1 or 2 in the
+    proportion that averages 1.4, not 1 every time. O(1) each; memory O(1).
 
     Not thread-safe: guard it with the router's lock.
 
     >>> out = RunningOutput()
-    >>> out.record(1, 1.0)      # a short answer: 1 block for 1 s
-    >>> out.record(3, 3.0)      # a long one: 3 blocks for 3 s
-    >>> out.estimate            # (1 x 1 + 3 x 3) / 4; the plain mean is 2
+    >>> out.record(1, seconds=1.0)      # a short answer: 1 block for 1 s
+    >>> out.record(3, seconds=3.0)      # a long one: 3 blocks for 3 s
+    >>> out.estimate                    # (1 x 1 + 3 x 3) / 4; the plain mean is 2
     2.5
     >>> [out.take() for _ in range(5)]
     [2, 3, 2, 3, 2]
     """
 
-    __slots__ = ("_carry", "_count", "_mean", "_seconds", "_weighted")
+    __slots__ = ("_carry", "_count", "_mean", "_scale", "_seconds", "_weighted")
 
     def __init__(self) -> None:
         self._count = 0
         self._mean = 0.0
-        self._seconds = 0.0
+        self._seconds = 0.0  # the weights' sum, each record's seconds x _scale
+        self._scale = 1.0  # halved whenever the sum would overflow
         self._weighted = 0.0
         self._carry = 0.0
 
@@ -124,8 +129,9 @@ class RunningOutput:
         plain mean while no record lasted longer than 0 s; 0.0 before the first)."""
         return self._weighted if self._seconds > 0 else self._mean
 
-    def record(self, blocks: int, seconds: float) -> None:
-        """A completed request held ``blocks`` output blocks for ``seconds``.
+    def record(self, blocks: int, *, seconds: float) -> None:
+        """A completed request held ``blocks`` output blocks for ``seconds``. A record that
+        is refused changes nothing.
 
         Raises:
             InvalidRecordError: ``blocks`` is not an int in [0, 2**53], or ``seconds`` is
@@ -133,17 +139,25 @@ class RunningOutput:
         """
         if type(blocks) is not int or not 0 <= blocks <= _MAX_BLOCKS:
             raise InvalidRecordError("blocks", blocks, "must be an int in [0, 2**53]")
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, int | float)
-            or not 0 <= seconds < math.inf
-        ):
+        held = math.nan
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+            try:
+                held = float(seconds)
+            except OverflowError:  # an int beyond any float
+                held = math.inf
+        if not 0 <= held < math.inf:
             raise InvalidRecordError("seconds", seconds, "must be a finite number >= 0")
         self._count += 1
         self._mean += (blocks - self._mean) / self._count
-        if seconds > 0:
-            total = self._seconds + seconds  # an infinite total moves the mean no more
-            self._weighted += (blocks - self._weighted) * (seconds / total)
+        if held > 0:
+            held *= self._scale
+            total = self._seconds + held
+            if total == math.inf:  # halve every weight, later ones too: the ratios stay
+                self._scale *= 0.5
+                self._seconds *= 0.5
+                held *= 0.5
+                total = self._seconds + held
+            self._weighted += (blocks - self._weighted) * (held / total)
             self._seconds = total
 
     def take(self) -> int:

@@ -112,12 +112,12 @@ def test_precise_policies_win_where_engines_evict() -> None:
 
 def test_cache_cost_leads_the_eviction_case() -> None:
     # cache-cost's mirror uses KV as the engines do (running requests pin their prompt
-    # blocks and hold output blocks; blocks become evictable when their request ends), so
-    # its record of what it sent stays about as close to the engines as their events: the
-    # two cache-cost variants have the two lowest mean and p99 TTFT of every balanced
-    # policy (0.185 s / 1.045 s and 0.183 s / 0.977 s on this seed; over 32 seeds of the
-    # case they are even), at least 10 % below the best peer's (llm-d-precise, 0.214 s /
-    # 1.285 s), and hit about as often.
+    # blocks and hold output blocks, weighted by how long they run; blocks become evictable
+    # when their request ends), so its record of what it sent stays about as close to the
+    # engines as their events: the two cache-cost variants have the two lowest mean and p99
+    # TTFT of every balanced policy (0.180 s / 1.019 s and 0.182 s / 1.037 s on this seed;
+    # over 32 seeds of the case the mirror leads on 25 and 23 seeds), at least 10 % below
+    # the best peer's (llm-d-precise, 0.214 s / 1.285 s), and hit about as often.
     from prefixcache.replay import BALANCE_LIMIT, POLICY_NAMES, eviction_case
 
     reqs, model = eviction_case(0)

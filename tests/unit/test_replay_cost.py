@@ -411,14 +411,14 @@ def test_dispatch_window_counts_the_last_n() -> None:
 def test_running_output_weighs_each_completed_request_by_how_long_it_held_its_blocks() -> None:
     out = RunningOutput()
     assert out.estimate == 0.0 and out.take() == 0  # nothing completed yet
-    out.record(2, 0.0)  # ended at once: no time to weigh by, so the plain mean
-    out.record(4, 0.0)
+    out.record(2, seconds=0.0)  # ended at once: no time to weigh by, so the plain mean
+    out.record(4, seconds=0)
     assert out.estimate == 3.0
-    out.record(1, 1.0)  # from the first record that lasted, the time-weighted mean
+    out.record(1, seconds=1.0)  # from the first record that lasted, the time-weighted mean
     assert out.estimate == 1.0
-    out.record(3, 3.0)
+    out.record(3, seconds=3)
     assert out.estimate == 2.5  # (1 x 1 + 3 x 3) / 4; the plain mean of all four is 2.5 too
-    out.record(0, 4.0)
+    out.record(0, seconds=4.0)
     assert out.estimate == 1.25  # (1 + 9 + 0) / 8
     # Takes carry the fraction: 1.25 per request is 1, 1, 1, 2 (sum 5 = 4 x 1.25).
     assert [out.take() for _ in range(8)] == [1, 1, 1, 2, 1, 1, 1, 2]
@@ -426,20 +426,23 @@ def test_running_output_weighs_each_completed_request_by_how_long_it_held_its_bl
 
 def test_running_output_refuses_what_is_not_a_block_count_or_a_duration() -> None:
     out = RunningOutput()
+    out.record(2, seconds=0.0)
     for bad in (-1, 1.5, True, 2**53 + 1, "1", None):
         with pytest.raises(InvalidRecordError, match="blocks"):
-            out.record(bad, 1.0)  # type: ignore[arg-type]
-    for bad_s in (-0.5, math.nan, math.inf, True, "1", None):
+            out.record(bad, seconds=1.0)  # type: ignore[arg-type]
+    for bad_s in (-0.5, -1, math.nan, math.inf, 10**400, True, "1", None):
         with pytest.raises(InvalidRecordError, match="seconds"):
-            out.record(1, bad_s)  # type: ignore[arg-type]
-    assert out.estimate == 0.0  # nothing refused was recorded
-    out.record(2**53, 1)
+            out.record(10, seconds=bad_s)  # type: ignore[arg-type]
+    assert out.estimate == 2.0  # nothing refused was recorded, not even in part
+    out.record(2**53, seconds=1)
     assert out.estimate == 2.0**53
-    # Durations whose sum overflows: the mean stops moving instead of turning NaN.
+    # Durations whose sum overflows a float: the weights are halved, the mean still moves.
     huge = RunningOutput()
-    huge.record(1, 1e308)
-    huge.record(3, 1e308)
-    assert huge.estimate == 1.0
+    huge.record(1, seconds=1e308)
+    huge.record(3, seconds=1e308)
+    assert huge.estimate == 2.0
+    huge.record(5, seconds=1.7e308)
+    assert 3.0 < huge.estimate < 4.0 and math.isfinite(huge.estimate)
 
 
 def test_accepted_parameters_are_remembered_by_type_and_value() -> None:

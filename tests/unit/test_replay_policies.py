@@ -425,16 +425,51 @@ def test_cache_cost_holds_output_blocks_from_the_first_token_weighted_by_time() 
 def test_cache_cost_without_first_tokens_holds_output_blocks_from_the_dispatch() -> None:
     # With prefill_rate the router sees no first token: the output blocks are counted from
     # the dispatch, and each completed request's hold from its dispatch to its completion.
+    # (The simulator still calls on_first_token; such a router has none to act on.) An
+    # answer of 5 tokens takes 2 blocks of 4.
     view = ClusterView(ClusterModel(replicas=1, cache_blocks=100, block_tokens=4))
     policy = CacheCostPolicy(capacity_blocks=100, block_tokens=4, prefill_rate=1000.0)
-    first, second = req(0.0, (1,), out=8), req(0.0, (2,))
+    first, second = req(0.0, (1,), out=5), req(0.0, (2,))
     policy.choose(0, first, 0.0, view)
     policy.on_dispatch(0, first, 0, 0.0)
+    policy.on_first_token(0, first, 0, 1.0)
+    assert policy._mirror.running_blocks(policy._keys[0]) == 1  # no estimate yet
     policy.on_complete(0, first, 0, 2.0)
     assert policy._output.estimate == 2.0
     policy.choose(1, second, 3.0, view)
     policy.on_dispatch(1, second, 0, 3.0)
     assert policy._mirror.running_blocks(policy._keys[0]) == 1 + 2
+    policy.on_first_token(1, second, 0, 3.5)
+    assert policy._mirror.running_blocks(policy._keys[0]) == 1 + 2  # not held twice
+    policy.on_complete(1, second, 0, 4.0)
+    assert policy._mirror.running_blocks(policy._keys[0]) == 0
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"observe_at": "completion"},
+        {"prefill_rate": 20_000.0},
+        {"observe_at": "completion", "prefill_rate": 20_000.0},
+        {"precise": True},
+    ],
+)
+def test_cache_cost_ends_a_replay_with_nothing_held_for_requests(params: dict[str, object]) -> None:
+    # After a whole replay of the eviction case (its first 1,500 requests), every request
+    # has ended: no replica has pinned or output blocks left in the mirror, the policy keeps
+    # nothing per request, and the mirror's invariants hold.
+    from prefixcache.replay import eviction_case
+
+    reqs, model = eviction_case(0)
+    policy = CacheCostPolicy(
+        capacity_blocks=model.cache_blocks, block_tokens=model.block_tokens, **params
+    )  # type: ignore[arg-type]
+    simulate(reqs[:1500], policy, model, speedup=auto_speedup(reqs[:1500], model))
+    assert all(policy._mirror.running_blocks(k) == 0 for k in policy._keys)
+    assert not policy._private and not policy._holding_since and not policy._est
+    assert all(not pend for pend in policy._pending)
+    policy._mirror._check()
 
 
 def _light_and_heavy(seed: int = 0, n: int = 1200) -> list[Request]:

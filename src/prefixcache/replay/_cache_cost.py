@@ -51,11 +51,12 @@ class CacheCostPolicy(BasePolicy):
     The router mirrors each replica's KV cache (LRU, capacity = the replica's KV blocks,
     which engines report) from what it dispatched, as the engine uses it: a request's prompt
     blocks are pinned from its dispatch to its completion, when they become the most recent
-    (``KvCacheMirror.start`` / ``finish``), and from its first token (when the engine
-    decodes) it also holds output blocks: ``RunningOutput``'s estimate from the requests
-    completed so far, each weighted by how long it held them (the router counts the tokens
-    it streams back; 0 before the first completion), so the mirror evicts about when the
-    engine does. It keeps each replica's prefill backlog in tokens: the
+    (``KvCacheMirror.start`` / ``finish``), and from its first token (the router's first
+    sign that the engine admitted it, which is when the replay's engine reserves room for
+    its output) it also holds output blocks: ``RunningOutput``'s estimate from the
+    requests completed so far, each weighted by how long it held them (the router counts
+    the tokens it streams back; 0 before the first completion), so the mirror evicts about
+    when the engine does. It keeps each replica's prefill backlog in tokens: the
     estimated uncached tokens of requests whose first token has not come back yet, and its
     last ``256 x replicas`` dispatches (``DispatchWindow``). A request's deepest block
     cached on some replica is its prefix; ``prefixcache.HotPrefixes`` (over the same
@@ -408,7 +409,7 @@ class CacheCostPolicy(BasePolicy):
     def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
         if self._drained is None:
             self._queued[replica] -= self._est.pop(i)
-            if self.observe_at == "dispatch":  # the engine decodes: output blocks from now
+            if self.observe_at == "dispatch":  # admitted by now: output blocks from now
                 self._hold_output(i, replica, now)
 
     def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
@@ -421,7 +422,7 @@ class CacheCostPolicy(BasePolicy):
             since = self._holding_since.pop(i, None)
             if since is not None:  # the router counted the tokens it streamed back
                 blocks = -(-request.output_tokens // self._bt)
-                self._output.record(blocks, max(0.0, now - since))
+                self._output.record(blocks, seconds=max(0.0, now - since))
         if self._drained is not None:  # its tokens leave the backlog if still there
             self._drained.remove(replica, self._est.pop(i), now)
         if self._tracks_pending:
