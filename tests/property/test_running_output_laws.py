@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from clusterrouting import InvalidRecordError
 from prefixcache import RunningOutput
 
 ops = st.lists(
@@ -18,6 +20,7 @@ ops = st.lists(
             st.one_of(st.just(0.0), st.floats(1e-6, 1e6), st.floats(1e300, 1.7e308)),
         ),
         st.tuples(st.just("take"), st.just(0), st.just(0.0)),
+        st.tuples(st.just("refused"), st.integers(0, 5000), st.integers(2**1024, 2**1100)),
     ),
     max_size=60,
 )
@@ -25,13 +28,18 @@ ops = st.lists(
 
 @given(ops=ops)
 def test_the_estimate_is_the_time_weighted_mean_and_takes_follow_it(
-    ops: list[tuple[str, int, float]],
+    ops: list[tuple[str, int, float | int]],
 ) -> None:
     out = RunningOutput()
     records: list[tuple[int, float]] = []
     owed = 0.0  # the estimates at each take, less the blocks taken
     for op, blocks, seconds in ops:
-        if op == "record":
+        if op == "refused":  # a duration beyond any float: refused, and nothing recorded
+            before = out.estimate
+            with pytest.raises(InvalidRecordError, match="seconds"):
+                out.record(blocks, seconds=seconds)
+            assert out.estimate == before
+        elif op == "record":
             out.record(blocks, seconds=seconds)
             records.append((blocks, seconds))
         else:
