@@ -193,10 +193,10 @@ class KvCacheMirror:
     evicted while pinned; pins count per request) and ``private_blocks`` more blocks in use
     beside the cache (its output); ``finish`` with the same arguments unpins the chain,
     touching it deepest first as :meth:`observe` does, and frees the private blocks. The
-    output blocks may instead be counted from when the engine starts decoding (the
-    request's first token): ``start(key, (), private_blocks=n)`` then adds them alone, and
-    ``finish`` with the chain and the sum of its private blocks releases both
-    (:class:`RunningOutput` estimates ``n``). A replica then keeps at most
+    output blocks may instead be counted from the request's first token (the router's
+    first sign that the engine admitted it): ``start(key, (), private_blocks=n)`` adds
+    them alone, and ``finish`` with the chain and the sum of its private blocks releases
+    both (:class:`RunningOutput` estimates ``n``). A replica then keeps at most
     ``capacity_blocks - pinned - private`` unpinned blocks (evicting least-recent first).
     Pinned and private blocks may exceed the capacity (a router's running requests include
     those still queued at the engine; 1.6 x at the peak of the replay's overloaded eviction
