@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 import attrs
 
 from clusterrouting import InvalidRecordError
-from prefixcache._keys import NUMBER_TYPES
+from prefixcache._keys import check_amount
 
 __all__ = [
     "DEFAULT_GUARD_COVER",
@@ -114,11 +114,6 @@ def _check_held(value: object) -> None:
 def _check_type(name: str, value: object, kind: type) -> None:
     if type(value) is not kind:
         raise InvalidRecordError(name, value, f"must be a {kind.__name__}")
-
-
-def _check_bound(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, NUMBER_TYPES) or not 0 <= value < math.inf:
-        raise InvalidRecordError(name, value, "must be a finite number >= 0")
 
 
 class HotPrefixes:
@@ -248,13 +243,13 @@ class HotPrefixes:
             raise InvalidRecordError("per_copy", per_copy, "must be a finite number > 0")
         if type(stride) is not int or stride < 1:
             raise InvalidRecordError("stride", stride, "must be an int >= 1")
-        _check_bound("confidence", confidence)
+        confidence = check_amount("confidence", confidence)
         self.window = window
         self.lower = float(lower)
         self.max_chain = max_chain
         self.per_copy = float(per_copy)
         self.stride = stride
-        self.confidence = float(confidence)
+        self.confidence = confidence
         self._chains: deque[tuple[int, ...]] = deque()
         self._counts: dict[int, int] = {}
         self._k: dict[int, int] = {}
@@ -331,7 +326,7 @@ class HotPrefixes:
             InvalidRecordError: ``replicas`` is not an int >= 1, or ``demand`` is not a
                 finite number >= 0.
         """
-        _check_bound("demand", demand)
+        check_amount("demand", demand)
         return self.demand(prefix, replicas) >= demand
 
     def copies(self, prefix: int) -> int:
@@ -407,8 +402,8 @@ class HotPrefixes:
         """
         if not held:
             raise InvalidRecordError("held", held, "must name at least one candidate")
-        _check_bound("demand", demand)
-        _check_bound("cover", cover)
+        check_amount("demand", demand)
+        check_amount("cover", cover)
         d = self._depth(chain, held)
         if d == 0 or (min(held) >= d and d < cover * len(chain)):
             return False

@@ -19,7 +19,7 @@ from clusterrouting import InvalidRecordError
 #: routing hot path.
 NUMBER_TYPES: Final = (int, float)
 
-__all__ = ["U64", "check_key", "check_rate", "check_time", "decay", "fast_key_ok"]
+__all__ = ["U64", "check_amount", "check_key", "check_rate", "check_time", "decay", "fast_key_ok"]
 
 U64 = 1 << 64
 """Block hashes are integers in ``[0, U64)``."""
@@ -39,6 +39,17 @@ def check_time(name: str, value: object) -> float:
     return float(value)
 
 
+def _as_float(value: object) -> float:
+    """``value`` as a float: NaN for what is not a number (bools included), infinity for an
+    int beyond any float."""
+    if isinstance(value, NUMBER_TYPES) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf
+    return math.nan
+
+
 def check_rate(name: str, value: object) -> float | None:
     """``value`` as a finite float > 0 (``None`` stays ``None``), or
     :class:`InvalidRecordError` naming ``name`` (bools, NaN, infinities, ints beyond any
@@ -49,15 +60,23 @@ def check_rate(name: str, value: object) -> float | None:
     """
     if value is None:
         return None
-    rate = math.nan
-    if isinstance(value, NUMBER_TYPES) and not isinstance(value, bool):
-        try:
-            rate = float(value)
-        except OverflowError:  # an int beyond any float
-            rate = math.inf
+    rate = _as_float(value)
     if not 0 < rate < math.inf:
         raise InvalidRecordError(name, value, "must be a finite number > 0 or None")
     return rate
+
+
+def check_amount(name: str, value: object) -> float:
+    """``value`` as a finite float >= 0, or :class:`InvalidRecordError` naming ``name``
+    (bools, NaN, infinities, ints beyond any float, and negative numbers are refused).
+
+    >>> check_amount("seconds", 0)
+    0.0
+    """
+    amount = _as_float(value)
+    if not 0 <= amount < math.inf:
+        raise InvalidRecordError(name, value, "must be a finite number >= 0")
+    return amount
 
 
 def fast_key_ok(key: Sequence[Any], start: int) -> bool:

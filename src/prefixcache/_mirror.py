@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 from clusterrouting import InvalidRecordError
+from prefixcache._keys import check_amount
 from prefixcache._types import ReplicaKey
 
 __all__ = ["DispatchWindow", "KvCacheMirror", "RunningOutput"]
@@ -139,14 +140,7 @@ class RunningOutput:
         """
         if type(blocks) is not int or not 0 <= blocks <= _MAX_BLOCKS:
             raise InvalidRecordError("blocks", blocks, "must be an int in [0, 2**53]")
-        held = math.nan
-        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
-            try:
-                held = float(seconds)
-            except OverflowError:  # an int beyond any float
-                held = math.inf
-        if not 0 <= held < math.inf:
-            raise InvalidRecordError("seconds", seconds, "must be a finite number >= 0")
+        held = check_amount("seconds", seconds)
         self._count += 1
         self._mean += (blocks - self._mean) / self._count
         if held > 0:

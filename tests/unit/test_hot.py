@@ -68,7 +68,7 @@ def test_shared_means_demand_of_at_least_a_quarter_replica_by_default() -> None:
     assert not hot.shared(7, replicas=8, demand=0.26)
     with pytest.raises(InvalidRecordError, match="replicas"):
         hot.shared(7, replicas=0)
-    for bad in (-0.1, float("nan"), float("inf"), True, "0.25"):
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.25", 10**400):
         with pytest.raises(InvalidRecordError, match="demand"):
             hot.shared(7, replicas=8, demand=bad)  # type: ignore[arg-type]
 
@@ -171,6 +171,7 @@ def test_memory_is_bounded_by_the_window() -> None:
         ({"window": 4, "confidence": -1.0}, "confidence"),
         ({"window": 4, "confidence": math.inf}, "confidence"),
         ({"window": 4, "confidence": True}, "confidence"),
+        ({"window": 4, "confidence": 10**400}, "confidence"),  # an int beyond any float
     ],
 )
 def test_bad_arguments_raise_a_typed_error_naming_them(kwargs: dict, name: str) -> None:

@@ -467,7 +467,7 @@ def test_cache_cost_ends_a_replay_with_nothing_held_for_requests(params: dict[st
     )  # type: ignore[arg-type]
     simulate(reqs[:1500], policy, model, speedup=auto_speedup(reqs[:1500], model))
     assert all(policy._mirror.running_blocks(k) == 0 for k in policy._keys)
-    assert not policy._private and not policy._holding_since and not policy._est
+    assert not policy._holding and not policy._est
     assert all(not pend for pend in policy._pending)
     policy._mirror._check()
 

@@ -229,8 +229,7 @@ class CacheCostPolicy(BasePolicy):
         self._est: dict[int, int] = {}
         # Output blocks each running request holds in the mirror, and since when.
         self._output = RunningOutput()
-        self._private: dict[int, int] = {}
-        self._holding_since: dict[int, float] = {}
+        self._holding: dict[int, tuple[int, float]] = {}
         self.reads_kv_events = precise
         self.engine_index = EngineIndex()
         # Blocks of the requests in flight per replica: what the engine has not reported
@@ -401,8 +400,7 @@ class CacheCostPolicy(BasePolicy):
     def _hold_output(self, i: int, replica: int, now: float) -> None:
         """Request ``i`` holds output blocks on ``replica`` in the mirror from ``now``."""
         private = self._output.take()
-        self._private[i] = private
-        self._holding_since[i] = now
+        self._holding[i] = (private, now)
         if private:
             self._mirror.start(self._keys[replica], (), private_blocks=private)
 
@@ -416,10 +414,8 @@ class CacheCostPolicy(BasePolicy):
         if self.observe_at == "completion":
             self._mirror.observe(self._keys[replica], request.blocks)
         else:
-            self._mirror.finish(
-                self._keys[replica], request.blocks, private_blocks=self._private.pop(i, 0)
-            )
-            since = self._holding_since.pop(i, None)
+            private, since = self._holding.pop(i, (0, None))
+            self._mirror.finish(self._keys[replica], request.blocks, private_blocks=private)
             if since is not None:  # the router counted the tokens it streamed back
                 blocks = -(-request.output_tokens // self._bt)
                 self._output.record(blocks, seconds=max(0.0, now - since))
