@@ -290,7 +290,8 @@ def test_cache_cost_checks_the_shared_parameters() -> None:
     for bad in (-0.1, 1.5, float("nan"), True, "0.1"):
         with pytest.raises(ValueError, match="shared_kv_usage"):
             make(shared_kv_usage=bad)
-    make(shared_demand=10**400)  # a huge int is finite
+    with pytest.raises(ValueError, match="shared_demand"):
+        make(shared_demand=10**400)  # beyond any float: HotPrefixes.shared refuses it too
     with pytest.raises(ValueError, match="queue_weight"):
         make(queue_weight=-1.0)  # every cost parameter is checked at construction
     policy = make_policy(

@@ -20,7 +20,7 @@ from prefixcache._hot import (
     DEFAULT_SHARED_QUEUE_WEIGHT,
     HotPrefixes,
 )
-from prefixcache._keys import check_rate
+from prefixcache._keys import check_amount, check_rate
 from prefixcache.kvevents import EventBatch
 from prefixcache.replay._baselines import BasePolicy, ObserveAt
 from prefixcache.replay._peers import EngineIndex
@@ -34,14 +34,14 @@ WINDOW_PER_REPLICA = 256
 
 
 def _check_number(name: str, value: object, hi: float) -> None:
-    """Refuse a ``value`` that is not a number in [0, ``hi``] (finite when ``hi`` is not)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 <= value <= hi
-        or value == math.inf
-    ):
-        bound = "a finite number >= 0" if hi == math.inf else f"a number in [0, {hi:g}]"
+    """Refuse a ``value`` that is not a number in [0, ``hi``] (finite when ``hi`` is not; as
+    ``prefixcache``'s ``check_amount``, an int beyond any float is not)."""
+    bound = "a finite number >= 0" if hi == math.inf else f"a number in [0, {hi:g}]"
+    try:
+        amount = check_amount(name, value)
+    except InvalidRecordError:
+        amount = math.nan
+    if not amount <= hi:
         raise InvalidRecordError(name, value, f"must be {bound}")
 
 
