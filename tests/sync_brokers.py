@@ -176,8 +176,22 @@ def redis_server() -> Broker:
 # -- scenarios shared by the NATS and Redis integration tests ----------------------------
 
 
-def converge_scenario(make_transport: Callable[[], object], n: int = 3) -> None:
-    """``n`` routers, each with its own connection, converge through the broker."""
+def _no_settle(_transport: Any) -> None:
+    """A broker whose ``subscribe`` returns only once the server has the subscription."""
+
+
+def converge_scenario(
+    make_transport: Callable[[], object],
+    n: int = 3,
+    *,
+    settle: Callable[[Any], None] = _no_settle,
+) -> None:
+    """``n`` routers, each with its own connection, converge through the broker.
+
+    ``settle(transport)`` runs after each attach, before anything is published: it returns
+    once the server has that transport's subscriptions (NATS: a flush), since a broker
+    delivers a message only to the subscriptions it already has.
+    """
     from prefixcache import Candidate, Index, ReplicaKey, Sync, digests
 
     ka, kc = ReplicaKey("node-a"), ReplicaKey("node-c", 1)
@@ -187,6 +201,7 @@ def converge_scenario(make_transport: Callable[[], object], n: int = 3) -> None:
     try:
         for r, t in zip(routers, transports, strict=True):
             r.attach(t)  # type: ignore[arg-type]
+            settle(t)
         a, others, last = routers[0], routers[1:], routers[-1]
 
         def hot(r: Sync, chain: tuple[int, ...]) -> object:
@@ -213,10 +228,17 @@ def converge_scenario(make_transport: Callable[[], object], n: int = 3) -> None:
 
 
 def restart_scenario(
-    broker: Broker, make_transport: Callable[[], object], *, publishes_fail_while_down: bool
+    broker: Broker,
+    make_transport: Callable[[], object],
+    *,
+    publishes_fail_while_down: bool,
+    settle: Callable[[Any], None] = _no_settle,
 ) -> None:
     """Kill the broker mid-stream and restart it on the same port: routing keeps working
-    throughout, syncing resumes, and a snapshot resync repairs what was lost meanwhile."""
+    throughout, syncing resumes, and a snapshot resync repairs what was lost meanwhile.
+
+    ``settle`` as for :func:`converge_scenario` (after each attach; after the restart the
+    probes are repeated until one gets through, so nothing needs settling there)."""
     from prefixcache import Candidate, Index, ReplicaKey, Sync, digests
 
     ka, kb = ReplicaKey("node-a"), ReplicaKey("node-b")
@@ -226,6 +248,8 @@ def restart_scenario(
     try:
         a.attach(ta)  # type: ignore[arg-type]
         b.attach(tb)  # type: ignore[arg-type]
+        settle(ta)
+        settle(tb)
 
         def hot(r: Sync, chain: tuple[int, ...]) -> object:
             return r.decide("m", chain, cands, time.time()).hot

@@ -24,13 +24,24 @@ def test_conformance(nats: Broker) -> None:
     check_transport(lambda: NatsTransport.connect(nats.url))
 
 
+# Generous bounds for a machine loaded by other work; a flush that fails raises.
+BOUNDS = {"timeout": 30.0, "flush_timeout": 20.0}
+
+
 def test_three_routers_converge(nats: Broker) -> None:
-    converge_scenario(lambda: NatsTransport.connect(nats.url), n=3)
+    converge_scenario(
+        lambda: NatsTransport.connect(nats.url, **BOUNDS), n=3, settle=NatsTransport.flush
+    )
 
 
 def test_broker_restart_mid_stream(nats: Broker) -> None:
     # nats-py buffers publishes while reconnecting, so none fails during the outage.
-    restart_scenario(nats, lambda: NatsTransport.connect(nats.url), publishes_fail_while_down=False)
+    restart_scenario(
+        nats,
+        lambda: NatsTransport.connect(nats.url, **BOUNDS),
+        publishes_fail_while_down=False,
+        settle=NatsTransport.flush,
+    )
 
 
 def test_reference_format_interop(nats: Broker) -> None:
@@ -41,9 +52,8 @@ def test_reference_format_interop(nats: Broker) -> None:
     # after ``flush_timeout`` (2 s); on a CI machine loaded by other work this test once
     # lost its three messages, as if that had happened. Here the bounds are generous and a
     # flush that fails raises.
-    bounds = {"timeout": 30.0, "flush_timeout": 20.0}
-    raw = NatsTransport.connect(nats.url, **bounds)
-    router = NatsTransport.connect(nats.url, **bounds)
+    raw = NatsTransport.connect(nats.url, **BOUNDS)
+    router = NatsTransport.connect(nats.url, **BOUNDS)
     sync = Sync(Index(), clock=time.time)
     try:
         sync.attach(router)
