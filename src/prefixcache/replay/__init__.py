@@ -8,6 +8,7 @@ Run ``clusterrouting-replay`` (or :func:`main`), or call :func:`run_replay` on r
 from prefixcache.replay._bench import bench_policies
 from prefixcache.replay._cli import main
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
+from prefixcache.replay._grid import GridCell, format_grid, run_grid
 from prefixcache.replay._peers import (
     AibrixPrefixCachePolicy,
     DynamoKvPolicy,
@@ -78,6 +79,7 @@ __all__ = [
     "DynamoKvPolicy",
     "EngineIndex",
     "FederationPolicy",
+    "GridCell",
     "HotPrefixes",
     "KV_EVENT_PAIRS",
     "LeastLoadedPolicy",
@@ -108,6 +110,7 @@ __all__ = [
     "auto_speedup",
     "bench_policies",
     "eviction_case",
+    "format_grid",
     "format_kv_events",
     "format_table",
     "ideal_hit_ratio",
@@ -118,6 +121,7 @@ __all__ = [
     "parse_trace",
     "percentile",
     "plot_result",
+    "run_grid",
     "run_replay",
     "shared_prefix_trace",
     "simulate",

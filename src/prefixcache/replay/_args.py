@@ -1,5 +1,5 @@
-"""The command-line flags ``clusterrouting-replay`` and its ``tune`` subcommand share: those
-that fit the simulated cluster to a trace's shape."""
+"""The command-line flags ``clusterrouting-replay`` and its subcommands share: those that
+fit the simulated cluster to a trace's shape, and the policies to replay."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import argparse
 from typing import get_args
 
 from prefixcache.replay._cluster import DEFAULT_CLUSTER
+from prefixcache.replay._policies import POLICY_NAMES
 from prefixcache.replay._trace import TimeUnit
 
-__all__ = ["add_trace_shape_args", "cache_blocks_arg"]
+__all__ = ["add_trace_shape_args", "cache_blocks_arg", "policies_arg"]
 
 
 def cache_blocks_arg(text: str) -> int | None:
@@ -52,3 +53,18 @@ def add_trace_shape_args(p: argparse.ArgumentParser, *, time_unit: bool = True) 
         default="ms",
         help="unit of the trace's timestamps (default ms); only a numeric --speedup depends on it",
     )
+
+
+def policies_arg(text: str) -> list[str]:
+    """``--policies``: ``all``, or comma-separated names from ``POLICY_NAMES``."""
+    if text.strip() == "all":
+        return list(POLICY_NAMES)
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("--policies: empty list")
+    bad = [n for n in names if n not in POLICY_NAMES]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"--policies: unknown {', '.join(bad)}; choose from {', '.join(POLICY_NAMES)}"
+        )
+    return names

@@ -20,14 +20,19 @@ on both (at or below its mean and p99, below on one). :func:`run_seeds` and
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import attrs
 
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import POLICY_NAMES
-from prefixcache.replay._report import BALANCE_LIMIT, DEFAULT_POLICY, ReplayResult, run_replay
+from prefixcache.replay._report import (
+    BALANCE_LIMIT,
+    DEFAULT_POLICY,
+    PolicyResult,
+    ReplayResult,
+    run_replay,
+)
 from prefixcache.replay._synth import eviction_case, shared_prefix_trace, synthetic_trace
 from prefixcache.replay._trace import Request, load_trace
 
@@ -196,22 +201,92 @@ def _better_on_both(ours: tuple[float, float], others: dict[str, tuple[float, fl
     return ", ".join(won) or "none"
 
 
-def _best(res: ReplayResult, attr: str) -> str | None:
+SUMMARY_HEADER = (
+    "| {case} | lowest mean TTFT (balanced) | lowest p99 TTFT (balanced) | "
+    "{ours} mean / p99 | rank of {ours} (mean, p99) | better on both (balanced) |\n"
+    "|---|---|---|---|---|---|"
+)
+"""The header of :func:`summary_row`'s table (``case``: the first column's title)."""
+
+
+@attrs.frozen(kw_only=True)
+class CaseSummary:
+    """How policy ``ours`` placed in one replay among the balanced policies
+    (max/mean requests <= ``BALANCE_LIMIT``; ``ours`` counts as one if it is).
+
+    ``lowest_mean`` / ``lowest_p99``: the balanced policy with the lowest mean / p99 TTFT
+    (the first in table order on a tie), ``None`` if none is balanced; ``rank_mean`` /
+    ``rank_p99``: 1 + the balanced policies strictly below ``ours``; ``balanced``: how many
+    are balanced; ``better_on_both``: the balanced policies at or below ``ours`` on both
+    and below it on one; ``leads``: ``ours`` is balanced and no balanced policy is below it
+    on the mean or the p99.
+    """
+
+    ours: PolicyResult
+    lowest_mean: PolicyResult | None
+    lowest_p99: PolicyResult | None
+    rank_mean: int
+    rank_p99: int
+    balanced: int
+    better_on_both: tuple[PolicyResult, ...]
+
+    @property
+    def leads(self) -> bool:
+        return (
+            self.ours.max_over_mean_requests <= BALANCE_LIMIT
+            and self.rank_mean == 1
+            and self.rank_p99 == 1
+        )
+
+
+def summarize(res: ReplayResult, ours: str = DEFAULT_POLICY) -> CaseSummary:
+    """Where ``ours`` placed in ``res`` (see :class:`CaseSummary`).
+
+    Raises:
+        KeyError: ``ours`` was not replayed.
+    """
+    me = res.policy(ours)
     ok = [p for p in res.policies if p.max_over_mean_requests <= BALANCE_LIMIT]
-    if not ok:
-        return None
-    return min(ok, key=lambda p: getattr(p, attr)).name
+    m0, p0 = me.ttft_mean_s, me.ttft_p99_s
+    return CaseSummary(
+        ours=me,
+        lowest_mean=min(ok, key=lambda p: p.ttft_mean_s) if ok else None,
+        lowest_p99=min(ok, key=lambda p: p.ttft_p99_s) if ok else None,
+        rank_mean=1 + sum(1 for p in ok if p.ttft_mean_s < m0),
+        rank_p99=1 + sum(1 for p in ok if p.ttft_p99_s < p0),
+        balanced=len(ok),
+        better_on_both=tuple(
+            p
+            for p in ok
+            if p.name != ours
+            and p.ttft_mean_s <= m0
+            and p.ttft_p99_s <= p0
+            and (p.ttft_mean_s < m0 or p.ttft_p99_s < p0)
+        ),
+    )
+
+
+def summary_row(case: str, s: CaseSummary) -> str:
+    """One row of the table under :data:`SUMMARY_HEADER` (TTFTs in seconds, 3 digits)."""
+
+    def best(p: PolicyResult | None, attr: str) -> str:
+        return "none" if p is None else f"{p.name} ({getattr(p, attr):.3f} s)"
+
+    both = ", ".join(
+        f"{p.name} ({p.ttft_mean_s:.4f} / {p.ttft_p99_s:.4f} s)" for p in s.better_on_both
+    )
+    me = s.ours
+    return (
+        f"| {case} | {best(s.lowest_mean, 'ttft_mean_s')} | {best(s.lowest_p99, 'ttft_p99_s')} "
+        f"| {me.ttft_mean_s:.3f} / {me.ttft_p99_s:.3f} s | {s.rank_mean}, {s.rank_p99} of "
+        f"{s.balanced} | {both or 'none'} |"
+    )
 
 
 def format_claim(results: Sequence[ReplayResult]) -> str:
-    """A Markdown report: one table per case, then a summary line per case."""
+    """A Markdown report: a summary line per case, then one table per case."""
     out = []
-    summary = [
-        "| case | lowest mean TTFT (balanced) | lowest p99 TTFT (balanced) | "
-        f"{DEFAULT_POLICY} mean / p99 | rank of {DEFAULT_POLICY} (mean, p99) | "
-        "better on both (balanced) |",
-        "|---|---|---|---|---|---|",
-    ]
+    summary = [SUMMARY_HEADER.format(case="case", ours=DEFAULT_POLICY)]
     for res in results:
         out.append(f"### {res.trace}")
         out.append("")
@@ -228,24 +303,8 @@ def format_claim(results: Sequence[ReplayResult]) -> str:
                 f"{p.ttft_p90_s:.3f} | {p.ttft_p99_s:.3f} | {p.max_over_mean_requests:.2f} |"
             )
         out.append("")
-        ok = [p for p in res.policies if p.max_over_mean_requests <= BALANCE_LIMIT]
-        ours = next((p for p in res.policies if p.name == DEFAULT_POLICY), None)
-        if ours is None:
-            continue
-        bm, bp = _best(res, "ttft_mean_s"), _best(res, "ttft_p99_s")
-        rank_m = 1 + sum(1 for p in ok if p.ttft_mean_s < ours.ttft_mean_s)
-        rank_p = 1 + sum(1 for p in ok if p.ttft_p99_s < ours.ttft_p99_s)
-        mean_best = res.policy(bm).ttft_mean_s if bm else math.nan
-        p99_best = res.policy(bp).ttft_p99_s if bp else math.nan
-        both = _better_on_both(
-            (ours.ttft_mean_s, ours.ttft_p99_s),
-            {p.name: (p.ttft_mean_s, p.ttft_p99_s) for p in ok if p.name != DEFAULT_POLICY},
-        )
-        summary.append(
-            f"| {res.trace} | {bm} ({mean_best:.3f} s) | {bp} ({p99_best:.3f} s) | "
-            f"{ours.ttft_mean_s:.3f} / {ours.ttft_p99_s:.3f} s | {rank_m}, {rank_p} of {len(ok)} "
-            f"| {both} |"
-        )
+        if any(p.name == DEFAULT_POLICY for p in res.policies):
+            summary.append(summary_row(res.trace, summarize(res)))
     return "\n".join([*summary, "", *out])
 
 

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
-from prefixcache.replay._args import add_trace_shape_args
+from prefixcache.replay._args import add_trace_shape_args, policies_arg
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import KV_EVENT_PAIRS, POLICY_NAMES
 from prefixcache.replay._report import (
@@ -43,20 +43,6 @@ def _speedup(text: str) -> float | None:
     return v
 
 
-def _policies(text: str) -> list[str]:
-    if text.strip() == "all":
-        return list(POLICY_NAMES)
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("--policies: empty list")
-    bad = [n for n in names if n not in POLICY_NAMES]
-    if bad:
-        raise argparse.ArgumentTypeError(
-            f"--policies: unknown {', '.join(bad)}; choose from {', '.join(POLICY_NAMES)}"
-        )
-    return names
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULT_CLUSTER
     p = argparse.ArgumentParser(
@@ -79,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--policies",
-        type=_policies,
+        type=policies_arg,
         default=list(POLICY_NAMES),
         help=f"comma-separated or 'all' (default): {','.join(POLICY_NAMES)}",
     )
@@ -386,9 +372,9 @@ def _claim_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``clusterrouting-replay`` (and of ``clusterrouting-replay tune ...``,
-    see ``prefixcache.replay._tune``); returns the exit status (0 ok, 2 usage, 1 bad trace
-    or model)."""
+    """Entry point of ``clusterrouting-replay`` and of its subcommands ``tune``
+    (``prefixcache.replay._tune``), ``claim`` and ``grid`` (``prefixcache.replay._grid``);
+    returns the exit status (0 ok, 2 usage, 1 bad trace or model)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["tune"]:
         from prefixcache.replay._tune import tune_main
@@ -396,6 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tune_main(argv[1:])
     if argv[:1] == ["claim"]:
         return _claim_main(argv[1:])
+    if argv[:1] == ["grid"]:
+        from prefixcache.replay._grid import grid_main
+
+        return grid_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     path = Path(args.trace) if args.trace is not None else BUNDLED_TRACE
