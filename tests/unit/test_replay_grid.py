@@ -69,7 +69,7 @@ def test_a_policy_leads_only_balanced_and_lowest_on_both(small: ReplayResult) ->
     unbalanced = _with(small, {"ours": (1.0, 5.0, 1.16), "a": (2.0, 6.0, 1.0)})
     s = summarize(unbalanced, "ours")
     assert (s.rank_mean, s.rank_p99) == (1, 1) and not s.leads
-    assert "| 1.000 / 5.000 s | 1, 1 of 1 | none |" in summary_row("x", s)
+    assert "| 1.000 / 5.000 s | unbalanced (1.16x) | none |" in summary_row("x", s)
     nobody = _with(small, {"ours": (1.0, 5.0, 2.0)})
     s = summarize(nobody, "ours")
     assert s.lowest_mean is None and "| x | none | none |" in summary_row("x", s)

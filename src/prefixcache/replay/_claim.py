@@ -267,7 +267,8 @@ def summarize(res: ReplayResult, ours: str = DEFAULT_POLICY) -> CaseSummary:
 
 
 def summary_row(case: str, s: CaseSummary) -> str:
-    """One row of the table under :data:`SUMMARY_HEADER` (TTFTs in seconds, 3 digits)."""
+    """One row of the table under :data:`SUMMARY_HEADER` (TTFTs in seconds, 3 digits); the
+    rank column reads ``unbalanced (1.21x)`` when the policy itself is unbalanced."""
 
     def best(p: PolicyResult | None, attr: str) -> str:
         return "none" if p is None else f"{p.name} ({getattr(p, attr):.3f} s)"
@@ -276,10 +277,15 @@ def summary_row(case: str, s: CaseSummary) -> str:
         f"{p.name} ({p.ttft_mean_s:.4f} / {p.ttft_p99_s:.4f} s)" for p in s.better_on_both
     )
     me = s.ours
+    mm = me.max_over_mean_requests
+    rank = (
+        f"{s.rank_mean}, {s.rank_p99} of {s.balanced}"
+        if mm <= BALANCE_LIMIT
+        else f"unbalanced ({mm:.2f}x)"
+    )
     return (
         f"| {case} | {best(s.lowest_mean, 'ttft_mean_s')} | {best(s.lowest_p99, 'ttft_p99_s')} "
-        f"| {me.ttft_mean_s:.3f} / {me.ttft_p99_s:.3f} s | {s.rank_mean}, {s.rank_p99} of "
-        f"{s.balanced} | {both or 'none'} |"
+        f"| {me.ttft_mean_s:.3f} / {me.ttft_p99_s:.3f} s | {rank} | {both or 'none'} |"
     )
 
 
