@@ -96,7 +96,9 @@ class RunningOutput:
     per running request (Little's law) for an engine that holds a request's whole output
     from then on, as one that reserves it when it admits the request does (the replay's
     engine; one that allocates the blocks as it generates them, as vLLM does, holds about
-    half as many on average over a decode, and this overcounts there). While every record
+    half as many on average over a decode, and this overcounts there: a gateway streaming
+    from such an engine can instead ``start(key, (), private_blocks=1)`` each time a
+    response passes a block boundary and ``finish`` them all at its end). While every record
     lasted 0 s it is the plain mean of their blocks, and 0.0 before the first.
     :meth:`take` gives the whole blocks to count for the next running request: over any run
     of takes their sum stays within one block below the sum of the estimates they were

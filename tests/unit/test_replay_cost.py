@@ -155,6 +155,21 @@ def test_mirror_output_blocks_may_join_later_and_leave_with_the_prompt() -> None
     m._check()
 
 
+def test_mirror_output_blocks_may_grow_as_the_response_streams() -> None:
+    # An engine that allocates output blocks as it generates (vLLM): a block each time the
+    # stream passes a block boundary, all released with the prompt at the end.
+    m = KvCacheMirror(capacity_blocks=6)
+    m.observe(A, (1, 2, 3))
+    m.start(A, (4,))
+    for grown in range(1, 4):
+        m.start(A, (), private_blocks=1)
+        assert m.running_blocks(A) == 1 + grown
+    assert m.blocks(A) == 3  # 4 and two cached blocks: the third gave way to the output
+    m.finish(A, (4,), private_blocks=3)
+    assert m.running_blocks(A) == 0 and m.matched_blocks(A, (4,)) == 1
+    m._check()
+
+
 def test_mirror_pins_count_per_request_and_finish_keeps_other_pins() -> None:
     m = KvCacheMirror(capacity_blocks=2)
     m.start(A, (1, 2))
