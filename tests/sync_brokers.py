@@ -189,8 +189,10 @@ def converge_scenario(
     """``n`` routers, each with its own connection, converge through the broker.
 
     ``settle(transport)`` runs after each attach, before anything is published: it returns
-    once the server has that transport's subscriptions (NATS: a flush), since a broker
-    delivers a message only to the subscriptions it already has.
+    once the server has that transport's subscriptions, since a broker delivers a message
+    only to the subscriptions it already has. NATS's ``subscribe`` flushes too, but only
+    warns when that flush fails (after 2 s by default); a settle that flushes with longer
+    bounds waits on a loaded machine and fails loudly.
     """
     from prefixcache import Candidate, Index, ReplicaKey, Sync, digests
 

@@ -11,9 +11,17 @@ import attrs
 import pytest
 
 from clusterrouting import InvalidRecordError
-from prefixcache.replay import main, run_replay, synthetic_trace
-from prefixcache.replay._claim import summarize, summary_row
-from prefixcache.replay._grid import format_grid, grid_to_json, run_grid
+from prefixcache.replay import (
+    DEFAULT_CLUSTER,
+    GridCell,
+    format_grid,
+    grid_to_json,
+    main,
+    run_grid,
+    run_replay,
+    synthetic_trace,
+)
+from prefixcache.replay._claim import format_claim, summarize, summary_row
 from prefixcache.replay._report import ReplayResult
 
 POLICIES = ("round-robin", "cache-cost", "random")
@@ -49,7 +57,7 @@ def test_summary_ranks_among_the_balanced_and_names_who_is_better_on_both(
             "c": (1.1, 4.5, 1.15),  # lower p99 only (at the limit: balanced): a trade
         },
     )
-    s = summarize(res, "ours")
+    s = summarize(res, policy="ours")
     assert s.lowest_mean is not None and s.lowest_mean.name == "a"
     assert s.lowest_p99 is not None and s.lowest_p99.name == "c"
     assert (s.rank_mean, s.rank_p99, s.balanced) == (2, 2, 3)
@@ -63,18 +71,89 @@ def test_summary_ranks_among_the_balanced_and_names_who_is_better_on_both(
 
 def test_a_policy_leads_only_balanced_and_lowest_on_both(small: ReplayResult) -> None:
     leading = _with(small, {"ours": (1.0, 5.0, 1.0), "a": (1.0, 5.0, 1.0), "b": (2, 6, 1)})
-    s = summarize(leading, "ours")
+    s = summarize(leading, policy="ours")
     assert s.leads and (s.rank_mean, s.rank_p99) == (1, 1)  # a tie counts in its favour
     assert s.better_on_both == ()
     unbalanced = _with(small, {"ours": (1.0, 5.0, 1.16), "a": (2.0, 6.0, 1.0)})
-    s = summarize(unbalanced, "ours")
+    s = summarize(unbalanced, policy="ours")
     assert (s.rank_mean, s.rank_p99) == (1, 1) and not s.leads
-    assert "| 1.000 / 5.000 s | unbalanced (1.16x) | none |" in summary_row("x", s)
+    assert "| 1.000 / 5.000 s | unbalanced (1.160x) | none |" in summary_row("x", s)
     nobody = _with(small, {"ours": (1.0, 5.0, 2.0)})
-    s = summarize(nobody, "ours")
+    s = summarize(nobody, policy="ours")
     assert s.lowest_mean is None and "| x | none | none |" in summary_row("x", s)
-    with pytest.raises(KeyError):
-        summarize(nobody, "cache-cost")
+    with pytest.raises(InvalidRecordError) as exc:
+        summarize(nobody, policy="cache-cost")
+    assert exc.value.field == "policy" and "replayed: ours" in str(exc.value)
+
+
+def test_leading_needs_the_lowest_mean_and_the_lowest_p99(small: ReplayResult) -> None:
+    for other, ranks in (((2.0, 4.0, 1.0), (1, 2)), ((0.5, 6.0, 1.0), (2, 1))):
+        s = summarize(_with(small, {"ours": (1.0, 5.0, 1.0), "a": other}), policy="ours")
+        assert (s.rank_mean, s.rank_p99) == ranks and not s.leads
+        assert s.better_on_both == ()  # a trade, not better on both
+
+
+def test_the_balance_limit_is_inclusive_for_the_reported_policy_too(
+    small: ReplayResult,
+) -> None:
+    at = summarize(_with(small, {"ours": (1.0, 5.0, 1.15), "a": (2, 6, 1)}), policy="ours")
+    assert at.leads and "| 1, 1 of 2 |" in summary_row("x", at)
+    over = summarize(_with(small, {"ours": (1.0, 5.0, 1.1500001), "a": (2, 6, 1)}), policy="ours")
+    assert not over.leads and "| unbalanced (1.150x) |" in summary_row("x", over)
+    grid = [
+        GridCell(replicas=2, target_load=0.8, result=_with(small, {"ours": (1, 5, m)}))
+        for m in (1.15, 1.1500001)
+    ]
+    assert "unbalanced (max/mean > 1.15) in 1." in format_grid(grid, policy="ours")
+
+
+def test_a_policy_without_ttft_is_never_balanced_nor_leading(small: ReplayResult) -> None:
+    res = _with(small, {"ours": (math.nan, math.nan, 1.0), "a": (1.0, 4.0, 1.0)})
+    s = summarize(res, policy="ours")
+    assert not s.ours.balanced and not s.leads
+    assert s.lowest_mean is not None and s.lowest_mean.name == "a"
+    assert res.best_policy == "a"
+
+
+def test_ties_go_to_the_first_policy_in_table_order(small: ReplayResult) -> None:
+    res = _with(small, {"ours": (2.0, 6.0, 1.0), "b": (1.0, 5.0, 1.0), "a": (1.0, 5.0, 1.0)})
+    s = summarize(res, policy="ours")
+    assert s.lowest_mean is not None and s.lowest_mean.name == "b"
+    assert s.lowest_p99 is not None and s.lowest_p99.name == "b"
+    assert [p.name for p in s.better_on_both] == ["b", "a"]
+
+
+def test_the_claim_report_skips_the_summary_of_a_run_without_the_default(
+    small: ReplayResult,
+) -> None:
+    res = _with(small, {"round-robin": (1.0, 5.0, 1.0), "random": (1.1, 5.5, 1.0)})
+    lines = format_claim([res]).splitlines()
+    assert lines[0].startswith("| case |") and lines[2] == ""  # the header, no row
+    assert "### small" in lines
+
+
+def test_a_grid_cell_refuses_a_bad_configuration(small: ReplayResult) -> None:
+    with pytest.raises(InvalidRecordError) as exc:
+        GridCell(replicas=0, target_load=0.8, result=small)
+    assert exc.value.field == "replicas"
+    with pytest.raises(InvalidRecordError) as exc:
+        GridCell(replicas=2, target_load=-1.0, result=small)
+    assert exc.value.field == "target_load"
+
+
+def test_a_policy_named_twice_is_refused(small: ReplayResult) -> None:
+    reqs = synthetic_trace(seed=5, sessions=5, duration_s=30.0)
+    with pytest.raises(InvalidRecordError) as exc:
+        run_replay(reqs, policies=("prefix", "round-robin", "prefix"))
+    assert exc.value.field == "policies" and "prefix" in str(exc.value)
+
+
+def test_the_cells_run_on_the_given_cluster() -> None:
+    reqs = synthetic_trace(seed=5, sessions=10, duration_s=60.0)
+    model = attrs.evolve(DEFAULT_CLUSTER, cache_blocks=64, block_tokens=256)
+    cells = run_grid(reqs, replicas=(3,), loads=(0.8,), model=model, policies=POLICIES)
+    assert cells[0].result.model == attrs.evolve(model, replicas=3)
+    assert "KV cache 64 blocks x 256 tokens per replica" in format_grid(cells)
 
 
 def test_cells_run_in_order_and_each_is_the_replay_of_its_configuration() -> None:
@@ -134,8 +213,14 @@ def test_cells_run_in_order_and_each_is_the_replay_of_its_configuration() -> Non
         (4, 0.5),
         (4, 1.2),
     ]
-    rr = [summarize(c.result, "round-robin").leads for c in cells]
-    assert [x["leads"] for x in doc["cells"]] == rr and doc["leads"] == sum(rr)
+    rr = [summarize(c.result, policy="round-robin") for c in cells]
+    assert [x["leads"] for x in doc["cells"]] == [s.leads for s in rr]
+    assert doc["leads"] == sum(s.leads for s in rr) and doc["schema_version"] == 1
+    for x, s in zip(doc["cells"], rr, strict=True):
+        ranked = s.ours.balanced
+        assert x["rank_mean"] == (s.rank_mean if ranked else None)
+        assert x["rank_p99"] == (s.rank_p99 if ranked else None)
+        assert x["better_on_both"] == [p.name for p in s.better_on_both]
     assert doc["cells"][0]["result"]["requests"] == len(reqs)
 
 
@@ -191,6 +276,8 @@ def test_command_prints_the_table_the_tally_and_a_line_per_cell(
     assert "| 2 replicas, load 0.6 |" in out and "| 3 replicas, load 0.6 |" in out
     assert "cache-cost leads" in out and "of 2 cells" in out
     assert "[1/2] 2 replicas, load 0.6" in err and "[2/2] 3 replicas, load 0.6" in err
+    assert main([*args, "--policies", "round-robin,random", "--policy", "random"]) == 0
+    assert "| rank of random (mean, p99) |" in capsys.readouterr().out
     assert main([*args, "--policies", "round-robin,random", "--policy", "random", "--json"]) == 0
     out, err = capsys.readouterr()
     doc = json.loads(out)
@@ -210,6 +297,8 @@ def test_command_usage_and_trace_errors(trace: Path, capsys: pytest.CaptureFixtu
         ["--target-load", "-1"],
         ["--target-load", "nan"],
         ["--target-load", "0.5,x"],
+        ["--target-load", "inf"],
+        ["--policies", "prefix,round-robin,prefix"],
         ["--policies", "round-robin", "--policy", "cache-cost"],  # not replayed
         ["--policy", "nope"],
     ):

@@ -8,7 +8,15 @@ Run ``clusterrouting-replay`` (or :func:`main`), or call :func:`run_replay` on r
 from prefixcache.replay._bench import bench_policies
 from prefixcache.replay._cli import main
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
-from prefixcache.replay._grid import GridCell, format_grid, run_grid
+from prefixcache.replay._grid import (
+    DEFAULT_GRID_LOADS,
+    DEFAULT_GRID_REPLICAS,
+    GRID_SCHEMA_VERSION,
+    GridCell,
+    format_grid,
+    grid_to_json,
+    run_grid,
+)
 from prefixcache.replay._peers import (
     AibrixPrefixCachePolicy,
     DynamoKvPolicy,
@@ -73,12 +81,15 @@ __all__ = [
     "ClusterModel",
     "ClusterView",
     "DEFAULT_CLUSTER",
+    "DEFAULT_GRID_LOADS",
+    "DEFAULT_GRID_REPLICAS",
     "DEFAULT_POLICIES",
     "DEFAULT_POLICY",
     "DEFAULT_TARGET_LOAD",
     "DynamoKvPolicy",
     "EngineIndex",
     "FederationPolicy",
+    "GRID_SCHEMA_VERSION",
     "GridCell",
     "HotPrefixes",
     "KV_EVENT_PAIRS",
@@ -113,6 +124,7 @@ __all__ = [
     "format_grid",
     "format_kv_events",
     "format_table",
+    "grid_to_json",
     "ideal_hit_ratio",
     "load_trace",
     "main",

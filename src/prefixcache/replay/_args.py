@@ -56,15 +56,19 @@ def add_trace_shape_args(p: argparse.ArgumentParser, *, time_unit: bool = True) 
 
 
 def policies_arg(text: str) -> list[str]:
-    """``--policies``: ``all``, or comma-separated names from ``POLICY_NAMES``."""
+    """``--policies``: ``all``, or comma-separated names from ``POLICY_NAMES``, each once
+    (argparse names the flag in its error)."""
     if text.strip() == "all":
         return list(POLICY_NAMES)
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names:
-        raise argparse.ArgumentTypeError("--policies: empty list")
+        raise argparse.ArgumentTypeError("empty list")
     bad = [n for n in names if n not in POLICY_NAMES]
     if bad:
         raise argparse.ArgumentTypeError(
-            f"--policies: unknown {', '.join(bad)}; choose from {', '.join(POLICY_NAMES)}"
+            f"unknown {', '.join(bad)}; choose from {', '.join(POLICY_NAMES)}"
         )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{', '.join(twice)} named more than once")
     return names

@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
+from clusterrouting import InvalidRecordError
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import POLICY_NAMES
 from prefixcache.replay._report import (
-    BALANCE_LIMIT,
     DEFAULT_POLICY,
     PolicyResult,
     ReplayResult,
@@ -37,6 +37,8 @@ from prefixcache.replay._synth import eviction_case, shared_prefix_trace, synthe
 from prefixcache.replay._trace import Request, load_trace
 
 __all__ = [
+    "SUMMARY_HEADER",
+    "CaseSummary",
     "claim_cases",
     "format_claim",
     "format_seeds",
@@ -44,6 +46,8 @@ __all__ = [
     "run_claim",
     "run_seeds",
     "seeded_cases",
+    "summarize",
+    "summary_row",
 ]
 
 
@@ -168,7 +172,7 @@ def format_seeds(per_seed: Sequence[Sequence[ReplayResult]]) -> str:
             runs = [seed_results[k].policy(name) for seed_results in per_seed]
             mean[name] = sum(r.ttft_mean_s for r in runs) / n
             p99[name] = sum(r.ttft_p99_s for r in runs) / n
-            if all(r.max_over_mean_requests <= BALANCE_LIMIT for r in runs):
+            if all(r.balanced for r in runs):
                 ok.append(name)
         if DEFAULT_POLICY not in mean or not ok:
             continue
@@ -203,7 +207,7 @@ def _better_on_both(ours: tuple[float, float], others: dict[str, tuple[float, fl
 
 SUMMARY_HEADER = (
     "| {case} | lowest mean TTFT (balanced) | lowest p99 TTFT (balanced) | "
-    "{ours} mean / p99 | rank of {ours} (mean, p99) | better on both (balanced) |\n"
+    "{policy} mean / p99 | rank of {policy} (mean, p99) | better on both (balanced) |\n"
     "|---|---|---|---|---|---|"
 )
 """The header of :func:`summary_row`'s table (``case``: the first column's title)."""
@@ -211,42 +215,42 @@ SUMMARY_HEADER = (
 
 @attrs.frozen(kw_only=True)
 class CaseSummary:
-    """How policy ``ours`` placed in one replay among the balanced policies
-    (max/mean requests <= ``BALANCE_LIMIT``; ``ours`` counts as one if it is).
+    """How one policy (``ours``) placed in one replay among the balanced policies
+    (:attr:`PolicyResult.balanced`; ``ours`` counts as one if it is).
 
     ``lowest_mean`` / ``lowest_p99``: the balanced policy with the lowest mean / p99 TTFT
     (the first in table order on a tie), ``None`` if none is balanced; ``rank_mean`` /
     ``rank_p99``: 1 + the balanced policies strictly below ``ours``; ``balanced``: how many
     are balanced; ``better_on_both``: the balanced policies at or below ``ours`` on both
-    and below it on one; ``leads``: ``ours`` is balanced and no balanced policy is below it
-    on the mean or the p99.
+    and below it on one.
     """
 
     ours: PolicyResult
     lowest_mean: PolicyResult | None
     lowest_p99: PolicyResult | None
-    rank_mean: int
-    rank_p99: int
-    balanced: int
+    rank_mean: int = attrs.field(validator=attrs.validators.ge(1))
+    rank_p99: int = attrs.field(validator=attrs.validators.ge(1))
+    balanced: int = attrs.field(validator=attrs.validators.ge(0))
     better_on_both: tuple[PolicyResult, ...]
 
     @property
     def leads(self) -> bool:
-        return (
-            self.ours.max_over_mean_requests <= BALANCE_LIMIT
-            and self.rank_mean == 1
-            and self.rank_p99 == 1
-        )
+        """``ours`` is balanced and no balanced policy is below it on the mean or the p99
+        (a tie counts in its favour)."""
+        return self.ours.balanced and self.rank_mean == 1 and self.rank_p99 == 1
 
 
-def summarize(res: ReplayResult, ours: str = DEFAULT_POLICY) -> CaseSummary:
-    """Where ``ours`` placed in ``res`` (see :class:`CaseSummary`).
+def summarize(res: ReplayResult, *, policy: str = DEFAULT_POLICY) -> CaseSummary:
+    """Where ``policy`` placed in ``res`` (see :class:`CaseSummary`).
 
     Raises:
-        KeyError: ``ours`` was not replayed.
+        InvalidRecordError: ``policy`` was not replayed in ``res``.
     """
-    me = res.policy(ours)
-    ok = [p for p in res.policies if p.max_over_mean_requests <= BALANCE_LIMIT]
+    me = next((p for p in res.policies if p.name == policy), None)
+    if me is None:
+        replayed = ", ".join(p.name for p in res.policies)
+        raise InvalidRecordError("policy", policy, f"was not replayed (replayed: {replayed})")
+    ok = [p for p in res.policies if p.balanced]
     m0, p0 = me.ttft_mean_s, me.ttft_p99_s
     return CaseSummary(
         ours=me,
@@ -258,8 +262,7 @@ def summarize(res: ReplayResult, ours: str = DEFAULT_POLICY) -> CaseSummary:
         better_on_both=tuple(
             p
             for p in ok
-            if p.name != ours
-            and p.ttft_mean_s <= m0
+            if p.ttft_mean_s <= m0
             and p.ttft_p99_s <= p0
             and (p.ttft_mean_s < m0 or p.ttft_p99_s < p0)
         ),
@@ -268,7 +271,7 @@ def summarize(res: ReplayResult, ours: str = DEFAULT_POLICY) -> CaseSummary:
 
 def summary_row(case: str, s: CaseSummary) -> str:
     """One row of the table under :data:`SUMMARY_HEADER` (TTFTs in seconds, 3 digits); the
-    rank column reads ``unbalanced (1.21x)`` when the policy itself is unbalanced."""
+    rank column reads ``unbalanced (1.152x)`` when the policy itself is not balanced."""
 
     def best(p: PolicyResult | None, attr: str) -> str:
         return "none" if p is None else f"{p.name} ({getattr(p, attr):.3f} s)"
@@ -277,11 +280,10 @@ def summary_row(case: str, s: CaseSummary) -> str:
         f"{p.name} ({p.ttft_mean_s:.4f} / {p.ttft_p99_s:.4f} s)" for p in s.better_on_both
     )
     me = s.ours
-    mm = me.max_over_mean_requests
     rank = (
         f"{s.rank_mean}, {s.rank_p99} of {s.balanced}"
-        if mm <= BALANCE_LIMIT
-        else f"unbalanced ({mm:.2f}x)"
+        if me.balanced
+        else f"unbalanced ({me.max_over_mean_requests:.3f}x)"
     )
     return (
         f"| {case} | {best(s.lowest_mean, 'ttft_mean_s')} | {best(s.lowest_p99, 'ttft_p99_s')} "
@@ -292,7 +294,7 @@ def summary_row(case: str, s: CaseSummary) -> str:
 def format_claim(results: Sequence[ReplayResult]) -> str:
     """A Markdown report: a summary line per case, then one table per case."""
     out = []
-    summary = [SUMMARY_HEADER.format(case="case", ours=DEFAULT_POLICY)]
+    summary = [SUMMARY_HEADER.format(case="case", policy=DEFAULT_POLICY)]
     for res in results:
         out.append(f"### {res.trace}")
         out.append("")

@@ -11,6 +11,7 @@ trace here before it relies on the choice.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -25,18 +26,13 @@ from prefixcache.replay._args import add_trace_shape_args, policies_arg
 from prefixcache.replay._claim import SUMMARY_HEADER, CaseSummary, summarize, summary_row
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import POLICY_NAMES
-from prefixcache.replay._report import (
-    BALANCE_LIMIT,
-    DEFAULT_POLICY,
-    SCHEMA_VERSION,
-    ReplayResult,
-    run_replay,
-)
+from prefixcache.replay._report import BALANCE_LIMIT, DEFAULT_POLICY, ReplayResult, run_replay
 from prefixcache.replay._trace import Request, load_trace
 
 __all__ = [
     "DEFAULT_GRID_LOADS",
     "DEFAULT_GRID_REPLICAS",
+    "GRID_SCHEMA_VERSION",
     "GridCell",
     "format_grid",
     "grid_main",
@@ -52,16 +48,36 @@ DEFAULT_GRID_LOADS: tuple[float, ...] = (0.5, 0.8, 1.0, 1.2)
 overloaded (prompt tokens offered over the cluster's prefill capacity)."""
 
 
+GRID_SCHEMA_VERSION = 1
+"""Version of the ``grid --json`` document (:func:`grid_to_json`)."""
+
+
+def _check_replicas(_inst: object, _attr: object, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRecordError("replicas", value, "each must be an int >= 1")
+
+
+def _check_load(_inst: object, _attr: object, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise InvalidRecordError("target_load", value, "each must be a finite number > 0")
+
+
 @attrs.frozen(kw_only=True)
 class GridCell:
-    """One configuration of the grid and its replay."""
+    """One configuration of the grid and its replay.
 
-    replicas: int
-    target_load: float
+    Raises:
+        InvalidRecordError: ``replicas`` is not an int >= 1, or ``target_load`` not a finite
+            number > 0.
+    """
+
+    replicas: int = attrs.field(validator=_check_replicas)
+    target_load: float = attrs.field(validator=_check_load)
     result: ReplayResult
 
     @property
     def label(self) -> str:
+        """``"4 replicas, load 0.8"``: the cell's name in the report."""
         return f"{self.replicas} replicas, load {self.target_load:g}"
 
 
@@ -71,11 +87,9 @@ def _check_grid(replicas: Sequence[int], loads: Sequence[float]) -> None:
     if not loads:
         raise InvalidRecordError("target_load", loads, "must name at least one load")
     for r in replicas:
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise InvalidRecordError("replicas", r, "each must be an int >= 1")
+        _check_replicas(None, None, r)
     for x in loads:
-        if isinstance(x, bool) or not isinstance(x, int | float) or not 0 < x < math.inf:
-            raise InvalidRecordError("target_load", x, "each must be a finite number > 0")
+        _check_load(None, None, x)
 
 
 def run_grid(
@@ -127,27 +141,29 @@ def format_grid(cells: Sequence[GridCell], *, policy: str = DEFAULT_POLICY) -> s
     and those where ``policy`` itself is unbalanced.
 
     Raises:
-        KeyError: ``policy`` was not replayed.
+        InvalidRecordError: ``policy`` was not replayed.
     """
     if not cells:
         return "no cells"
     first = cells[0].result
+    m = first.model
+    cache = "unbounded" if m.cache_blocks is None else f"{m.cache_blocks} blocks"
     lines = [
         f"{first.trace}: {first.requests} requests; every cell replays "
-        f"{len(first.policies)} policies on the default cluster with the replicas and "
-        "load shown (auto speed-up).",
+        f"{len(first.policies)} policies with the replicas and load shown (auto speed-up), "
+        f"KV cache {cache} x {m.block_tokens} tokens per replica.",
         "",
-        SUMMARY_HEADER.format(case="replicas, load", ours=policy),
+        SUMMARY_HEADER.format(case="replicas, load", policy=policy),
     ]
     summaries: list[CaseSummary] = []
     for cell in cells:
-        s = summarize(cell.result, policy)
+        s = summarize(cell.result, policy=policy)
         summaries.append(s)
         lines.append(summary_row(cell.label, s))
     n = len(cells)
     leads = sum(s.leads for s in summaries)
     beaten = sum(bool(s.better_on_both) for s in summaries)
-    unbalanced = sum(s.ours.max_over_mean_requests > BALANCE_LIMIT for s in summaries)
+    unbalanced = sum(not s.ours.balanced for s in summaries)
     lines += [
         "",
         f"{policy} leads (balanced, with the lowest mean and p99 TTFT of the balanced "
@@ -158,43 +174,52 @@ def format_grid(cells: Sequence[GridCell], *, policy: str = DEFAULT_POLICY) -> s
 
 
 def grid_to_json(cells: Sequence[GridCell], *, policy: str = DEFAULT_POLICY) -> dict[str, Any]:
-    """The ``grid --json`` document: ``schema_version``, ``policy``, ``leads`` (cells it
-    leads) and per cell ``replicas``, ``target_load``, ``leads`` and ``result`` (the
-    replay's own ``--json`` document).
+    """The ``grid --json`` document: ``schema_version`` (:data:`GRID_SCHEMA_VERSION`),
+    ``policy``, ``leads`` (the cells it leads) and ``cells``, per cell ``replicas``,
+    ``target_load``, ``leads``, ``rank_mean`` and ``rank_p99`` (among the balanced
+    policies; ``null`` when ``policy`` is not balanced itself), ``better_on_both`` (names)
+    and ``result`` (the replay's own ``--json`` document).
 
     Raises:
-        KeyError: ``policy`` was not replayed.
+        InvalidRecordError: ``policy`` was not replayed.
     """
     out = []
     for cell in cells:
+        s = summarize(cell.result, policy=policy)
+        ranked = s.ours.balanced
         out.append(
             {
                 "replicas": cell.replicas,
                 "target_load": cell.target_load,
-                "leads": summarize(cell.result, policy).leads,
+                "leads": s.leads,
+                "rank_mean": s.rank_mean if ranked else None,
+                "rank_p99": s.rank_p99 if ranked else None,
+                "better_on_both": [p.name for p in s.better_on_both],
                 "result": cell.result.to_json(),
             }
         )
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": GRID_SCHEMA_VERSION,
         "policy": policy,
         "leads": sum(c["leads"] for c in out),
         "cells": out,
     }
 
 
-def _ints(text: str) -> list[int]:
+def _replicas_arg(text: str) -> list[int]:
+    """``--replicas``: comma-separated ints >= 1 (argparse names the flag in its error)."""
     try:
         out = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--replicas: not a list of integers: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
     if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"--replicas: each must be >= 1: {text!r}")
+        raise argparse.ArgumentTypeError(f"each must be >= 1: {text!r}")
     return out
 
 
-def _loads(text: str) -> list[float]:
-    bad = f"--target-load: not a list of finite numbers > 0: {text!r}"
+def _loads_arg(text: str) -> list[float]:
+    """``--target-load``: comma-separated finite numbers > 0."""
+    bad = f"not a list of finite numbers > 0: {text!r}"
     try:
         out = [float(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -206,8 +231,6 @@ def _loads(text: str) -> list[float]:
 
 def grid_main(argv: Sequence[str]) -> int:
     """``clusterrouting-replay grid``; returns the exit status (0 ok, 2 usage, 1 error)."""
-    import json
-
     p = argparse.ArgumentParser(
         prog="clusterrouting-replay grid",
         description="Replay a trace with every policy over cluster sizes and loads; prints "
@@ -216,13 +239,13 @@ def grid_main(argv: Sequence[str]) -> int:
     p.add_argument("trace", nargs="?", default=None, help="trace (default: the bundled one)")
     p.add_argument(
         "--replicas",
-        type=_ints,
+        type=_replicas_arg,
         default=list(DEFAULT_GRID_REPLICAS),
         help=f"comma-separated cluster sizes (default {','.join(map(str, DEFAULT_GRID_REPLICAS))})",
     )
     p.add_argument(
         "--target-load",
-        type=_loads,
+        type=_loads_arg,
         default=list(DEFAULT_GRID_LOADS),
         help="comma-separated loads, prompt tokens offered over the prefill capacity "
         f"(default {','.join(f'{x:g}' for x in DEFAULT_GRID_LOADS)})",
@@ -250,12 +273,13 @@ def grid_main(argv: Sequence[str]) -> int:
     path = Path(args.trace) if args.trace is not None else BUNDLED_TRACE
     n_cells = len(args.replicas) * len(args.target_load)
     t0 = time.perf_counter()
-    done = [0]
+    done = 0
 
     def progress(cell: GridCell) -> None:
-        done[0] += 1
+        nonlocal done
+        done += 1
         elapsed = time.perf_counter() - t0
-        print(f"[{done[0]}/{n_cells}] {cell.label}: {elapsed:.0f}s", file=sys.stderr, flush=True)
+        print(f"[{done}/{n_cells}] {cell.label}: {elapsed:.0f}s", file=sys.stderr, flush=True)
 
     try:
         requests = load_trace(path)

@@ -77,6 +77,12 @@ class PolicyResult:
     max_over_mean_prefill: float = math.nan
     kv_batches: tuple[int, int, int] = (0, 0, 0)
 
+    @property
+    def balanced(self) -> bool:
+        """Ranked in the reports: its busiest replica took at most ``BALANCE_LIMIT`` times
+        the mean requests, and its mean TTFT is a number (not NaN: it served requests)."""
+        return self.max_over_mean_requests <= BALANCE_LIMIT and math.isfinite(self.ttft_mean_s)
+
     def to_json(self) -> dict[str, Any]:
         """The JSON object of this policy (``--json``); non-finite numbers become ``null``."""
         d = attrs.asdict(self)
@@ -106,13 +112,9 @@ class ReplayResult:
 
     @property
     def best_policy(self) -> str | None:
-        """The policy with the lowest mean TTFT among those at max/mean requests <= 1.15
-        (``BALANCE_LIMIT``), or ``None`` if none qualifies."""
-        ok = [
-            p
-            for p in self.policies
-            if p.max_over_mean_requests <= BALANCE_LIMIT and math.isfinite(p.ttft_mean_s)
-        ]
+        """The policy with the lowest mean TTFT among the balanced ones
+        (:attr:`PolicyResult.balanced`), or ``None`` if none qualifies."""
+        ok = [p for p in self.policies if p.balanced]
         return min(ok, key=lambda p: p.ttft_mean_s).name if ok else None
 
     def policy(self, name: str) -> PolicyResult:
@@ -318,14 +320,17 @@ def run_replay(
         the policy).
 
     Raises:
-        InvalidRecordError: unknown policy, bad ``speedup`` or ``observe_at``, or an empty
-            policy list.
+        InvalidRecordError: unknown policy, bad ``speedup`` or ``observe_at``, or a policy
+            list that is empty or names a policy twice.
     """
     if not policies:
         raise InvalidRecordError("policies", list(policies), "must name at least one policy")
     if type(decision_every) is not int or decision_every < 1:
         raise InvalidRecordError("decision_every", decision_every, "must be an int >= 1")
     names = list(policies)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # results are looked up by name
+        raise InvalidRecordError("policies", names, f"names {', '.join(twice)} more than once")
     for name in names:  # fail before a long replay, not in the middle of it
         make_policy(name, model, seed=seed, observe_at=observe_at)
     sp = auto_speedup(requests, model, target_load=target_load) if speedup is None else speedup
@@ -440,7 +445,7 @@ def _summary(result: ReplayResult) -> list[str]:
     ours = next((p for p in result.policies if p.name == DEFAULT_POLICY), None)
     if ours is not None and bp is not None and bp != DEFAULT_POLICY:
         b = result.policy(bp)
-        if ours.max_over_mean_requests > BALANCE_LIMIT:
+        if not ours.balanced:
             why = (
                 f"the default {DEFAULT_POLICY} is unbalanced here (busiest replica "
                 f"{ours.max_over_mean_requests:.2f}x the mean requests)"
