@@ -310,3 +310,7 @@ def test_command_usage_and_trace_errors(trace: Path, capsys: pytest.CaptureFixtu
     assert "no such trace file" in capsys.readouterr().err
     assert main(["grid", str(trace), "--block-tokens", "0", "--no-progress"]) == 1
     assert "block_tokens" in capsys.readouterr().err
+    empty = trace.with_name("empty.jsonl")
+    empty.write_text("")
+    assert main(["grid", str(empty), "--no-progress"]) == 1
+    assert "the trace has no requests" in capsys.readouterr().err

@@ -108,9 +108,12 @@ def run_grid(
     outermost. ``on_cell`` hears of each cell as it finishes.
 
     Raises:
-        InvalidRecordError: an empty list, a replica count that is not an int >= 1, a load
-            that is not a finite number > 0, or what ``run_replay`` refuses.
+        InvalidRecordError: no requests (nothing to compare), an empty list, a replica
+            count that is not an int >= 1, a load that is not a finite number > 0, or what
+            ``run_replay`` refuses.
     """
+    if not requests:
+        raise InvalidRecordError("requests", 0, "the trace has no requests: nothing to compare")
     _check_grid(replicas, loads)
     cells = []
     for r in replicas:
