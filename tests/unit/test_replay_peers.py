@@ -201,7 +201,8 @@ def test_dynamo_ties_are_uniformly_random_and_approx_mode_expires() -> None:
     p.on_first_token(0, rq((1, 2)), r, 0.0)
     p.on_complete(0, rq((1, 2)), r, 0.0)
     assert p.costs(rq((1, 2)), 100.0, 2)[1][r] == 2  # written at route time
-    assert p.costs(rq((1, 2)), 121.0, 2)[1][r] == 0  # 120 s TTL
+    assert p.costs(rq((1, 2)), 119.999, 2)[1][r] == 2
+    assert p.costs(rq((1, 2)), 120.0, 2)[1][r] == 0  # 120 s TTL: gone at its expiry
 
 
 # --- production-stack -------------------------------------------------------------------

@@ -367,3 +367,19 @@ def test_every_peer_is_deterministic_for_a_seed() -> None:
             for _ in range(2)
         ]
         assert runs[0] == runs[1], name
+
+
+def test_prodstack_loadaware_ties_go_to_the_smallest_url_not_the_lowest_index() -> None:
+    # Fact sheet section 6 step 4: scanned in URL order with a strict >. With 101 replicas
+    # "replica-100" sorts before "replica-11"; both hold the prompt at the same load.
+    p = make_policy("prodstack-loadaware", ClusterModel(replicas=101, block_tokens=BT))
+    p.on_kv_events(11, 0, stored(1, 2), 0.0)
+    p.on_kv_events(100, 0, stored(1, 2), 0.0)
+    v = view(101)
+    assert v.node_ids[p.choose(0, rq((1, 2)), 0.0, v)] == "replica-100"
+    # No holder: the first endpoint in URL order never routed to wins at once.
+    fresh = make_policy("prodstack-loadaware", ClusterModel(replicas=101, block_tokens=BT))
+    assert fresh.choose(0, rq((9,)), 0.0, v) == 0  # "replica-00"
+    assert v.node_ids[fresh.choose(1, rq((9,)), 0.0, v)] == "replica-01"
+    picks = {v.node_ids[fresh.choose(i, rq((9,)), 0.0, v)] for i in range(2, 12)}
+    assert "replica-100" in picks and "replica-11" not in picks  # 100 sorts first

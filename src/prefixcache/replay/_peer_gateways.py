@@ -96,7 +96,7 @@ class DynamoKvPolicy(EventPeer):
         ttl = self.approx_ttl_s
         while k < len(blocks):
             t = seen.get(blocks[k])
-            if t is None or now - t > ttl:
+            if t is None or now - t >= ttl:  # gone at its expiry (pruning.rs: expiry <= now)
                 break
             k += 1
         return k
@@ -223,11 +223,11 @@ class ProdstackLoadAwarePolicy(EventPeer):
         self._recent: list[deque[float]] = []
         self._routed: list[bool] = []
 
-    def _qps_pick(self, n: int, now: float) -> int:
+    def _qps_pick(self, order: Sequence[int], now: float) -> int:
         lo = now - self.qps_window_s
         best = -1
         fewest = math.inf
-        for p in range(n):
+        for p in order:
             if not self._routed[p]:
                 return p
             ts = self._recent[p]
@@ -246,14 +246,16 @@ class ProdstackLoadAwarePolicy(EventPeer):
         tokens = request.input_tokens
         runs = self.engine_index.overlaps(request.blocks, n)
         matched = [min(tokens, runs[p] * self._bt) for p in range(n)]
+        # Endpoints are scanned in URL order: the first of a tie wins.
+        order = sorted(range(n), key=view.node_ids.__getitem__)
         if not any(matched):
-            r = self._qps_pick(n, now)
+            r = self._qps_pick(order, now)
         else:
             load = view.in_flight
             mean = sum(load) / n
             best = -math.inf
-            r = 0
-            for p in range(n):
+            r = order[0]
+            for p in order:
                 benefit = min(matched[p], tokens) / max(tokens, 1)
                 rel = (load[p] - mean) / max(1.0, mean)
                 s = benefit - self.beta * rel
