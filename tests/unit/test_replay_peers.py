@@ -122,34 +122,49 @@ def test_llmd_default_scores_only_the_first_256_chunks() -> None:
 def test_llmd_default_weighted_sum_and_random_ties() -> None:
     # pod 0 holds the prefix (3 x 1) but has the longest queue and half its KV used (2 x 0
     # + 2 x 0.5): 4; pod 1: 0 + 2 + 2 = 4. Exact tie: either, at random.
+    def holding(seed: int = 0) -> LlmdDefaultPolicy:
+        p = LlmdDefaultPolicy(block_tokens=BT, num_gpu_blocks=None, seed=seed)
+        p.lru = [OrderedDict(), OrderedDict()]
+        p.remember(0, p._chunks(rq((1, 2))))
+        return p
+
     picks = set()
     for seed in range(16):
-        p = LlmdDefaultPolicy(block_tokens=BT, num_gpu_blocks=None, seed=seed)
-        p.lru = [OrderedDict.fromkeys((1, 2)), OrderedDict()]
+        p = holding(seed)
         picks.add(p.choose(0, rq((1, 2)), 0.0, view(2, waiting=[5, 0], kv_usage=[0.5, 0.0])))
     assert picks == {0, 1}
-    p = LlmdDefaultPolicy(block_tokens=BT, num_gpu_blocks=None)
-    p.lru = [OrderedDict.fromkeys((1, 2)), OrderedDict()]
+    p = holding()
     assert p.choose(0, rq((1, 2)), 0.0, view(2, waiting=[5, 0], kv_usage=[0.4, 0.0])) == 0
 
 
 def test_llmd_default_walk_counts_every_holder_until_nobody_holds() -> None:
     p = LlmdDefaultPolicy(block_tokens=BT, num_gpu_blocks=None, engine_block_tokens=BT // 4)
-    # chunk = 10 chars, 4 per block of 40; 12 chunks for 3 blocks.
+    # chunk = 8 chars, 5 per block of 40; 15 chunks for 3 blocks.
     # Pod 2 kept block 3's hashes but lost the earlier ones (chained hashes: it did hold
     # the prefix once). The walk goes on while anybody holds the hash, so pod 2 scores too.
-    p.lru = [OrderedDict.fromkeys((1,)), OrderedDict.fromkeys((1, 2)), OrderedDict.fromkeys((3,))]
-    assert p.prefix_scores(rq((1, 2, 3)), 3) == pytest.approx([4 / 12, 8 / 12, 4 / 12])
-    p.lru[1] = OrderedDict.fromkeys((1,))
-    assert p.prefix_scores(rq((1, 2, 3)), 3) == pytest.approx([4 / 12, 4 / 12, 0.0])
+    chunks = p._chunks(rq((1, 2, 3)))
+    assert len(chunks) == 15 and chunks[:2] == [(1, 8), (1, 16)] and chunks[-1] == (3, 40)
+    p.lru = [OrderedDict(), OrderedDict(), OrderedDict()]
+    p.remember(0, chunks[:5])
+    p.remember(1, chunks[:10])
+    p.remember(2, chunks[10:])
+    assert p.prefix_scores(rq((1, 2, 3)), 3) == pytest.approx([5 / 15, 10 / 15, 5 / 15])
+    q = LlmdDefaultPolicy(block_tokens=BT, num_gpu_blocks=None, engine_block_tokens=BT // 4)
+    q.lru = [OrderedDict(), OrderedDict(), OrderedDict()]
+    q.remember(0, chunks[:5])
+    q.remember(1, chunks[:5])
+    q.remember(2, chunks[10:])
+    assert q.prefix_scores(rq((1, 2, 3)), 3) == pytest.approx([5 / 15, 5 / 15, 0.0])
 
 
 def test_llmd_default_lru_holds_num_gpu_blocks_worth_of_chunks() -> None:
+    # Engine block = trace block of 10 tokens: 40-char chunks, one per block; 2 blocks held.
     p = LlmdDefaultPolicy(block_tokens=BT, num_gpu_blocks=2, engine_block_tokens=BT)
     v = view(1)
     p.choose(0, rq((1, 2)), 0.0, v)
     p.choose(1, rq((3,)), 0.0, v)
-    assert list(p.lru[0]) == [2, 3]
+    assert list(p.lru[0]) == [(2, 40), (3, 40)]
+    assert set(p.holders) == {(2, 40), (3, 40)}  # the evicted chunk left the reverse map
 
 
 def test_llmd_precise_reads_engine_events_only() -> None:
@@ -254,22 +269,29 @@ def test_prodstack_loadaware_without_match_takes_the_lowest_qps() -> None:
 # --- AIBrix -----------------------------------------------------------------------------
 
 
+def aibrix_hold(p: AibrixPrefixCachePolicy, block: int, pods: dict[int, float]) -> None:
+    """Table entries for every 128-byte chunk of ``block``, a whole 1280-character block
+    (``block_tokens=32 x BT``) written by ``pods`` at those times."""
+    for end in range(128, 1281, 128):
+        p.table[(block, end)] = dict(pods)
+
+
 def test_aibrix_imbalance_restricts_matching_to_the_least_loaded() -> None:
     p = AibrixPrefixCachePolicy(block_tokens=32 * BT)  # 1280 chars: 10 chunks per block
-    p.table[1] = {0: 0.0}
+    aibrix_hold(p, 1, {0: 0.0})
     one = Request(arrival=0, input_tokens=32 * BT, output_tokens=1, blocks=(1,))
     assert p.choose(0, one, 1.0, view(3, [10, 0, 0])) == 0  # spread 10: pod 0 matches
     # spread 17 > 16: only pods at the minimum may match; none holds it -> least in-flight.
     assert p.choose(1, one, 1.0, view(3, [17, 0, 5])) == 1
     # a write 20 min + 1 s ago no longer matches.
     p2 = AibrixPrefixCachePolicy(block_tokens=32 * BT)
-    p2.table[1] = {2: 0.0}
+    aibrix_hold(p2, 1, {2: 0.0})
     assert p2.choose(0, one, 1201.0, view(3, [0, 0, 1])) in (0, 1)
 
 
 def test_aibrix_std_guard_and_partial_chunks() -> None:
     p = AibrixPrefixCachePolicy(block_tokens=32 * BT)
-    p.table[1] = {0: 0.0, 1: 0.0}
+    aibrix_hold(p, 1, {0: 0.0, 1: 0.0})
     one = Request(arrival=0, input_tokens=32 * BT, output_tokens=1, blocks=(1,))
     # in-flight [9, 8, 0, 0]: mean 4.25, sample std 4.92 -> limit 14.1: pod 1 (fewer).
     assert p.choose(0, one, 0.0, view(4, [9, 8, 0, 0])) == 1

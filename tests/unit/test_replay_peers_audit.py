@@ -11,6 +11,7 @@ from collections import OrderedDict
 
 import pytest
 from peer_cases import BT, rq, stored, view
+from test_replay_peers import aibrix_hold
 
 from prefixcache.replay import (
     PEER_POLICIES,
@@ -162,9 +163,52 @@ def test_llmd_default_trailing_partial_chunk_counts() -> None:
     # hashPrompt hashes the trailing partial chunk too. Engine block 16 with 16-token trace
     # blocks: 64 chars = one chunk per full block; a 4-token tail is a 16-char chunk.
     p = LlmdDefaultPolicy(block_tokens=16, num_gpu_blocks=None, engine_block_tokens=16)
-    p.lru = [OrderedDict.fromkeys((1, 2)), OrderedDict.fromkeys((1, 2, 3))]
     r = rq((1, 2, 3), tokens=36, bt=16)
+    assert p._chunks(r) == [(1, 64), (2, 64), (3, 16)]
+    p.lru = [OrderedDict(), OrderedDict()]
+    p.remember(0, [(1, 64), (2, 64)])
+    p.remember(1, p._chunks(r))
     assert p.prefix_scores(r, 2) == pytest.approx([2 / 3, 1.0])
+    # A pod that holds block 3 whole holds another chunk: 64 characters, not this 16.
+    p.remember(0, [(3, 64)])
+    assert p.prefix_scores(r, 2) == pytest.approx([2 / 3, 1.0])
+
+
+def test_llmd_default_chunks_straddle_blocks_when_their_size_does_not_divide_a_block() -> None:
+    # Fact sheet sections 2 and 10: the text is cut into 64-character chunks from its
+    # start; with 8-token blocks (32 characters) one chunk covers two blocks, so a request
+    # whose second block differs shares no chunk with the first.
+    m = ClusterModel(replicas=2, block_tokens=8, cache_blocks=None)
+    p = make_policy("llm-d-default", m)
+    assert isinstance(p, LlmdDefaultPolicy)
+    p.choose(0, rq((1, 5), bt=8), 0.0, view(2, waiting=[0, 0], kv_usage=[0.0, 0.5]))
+    b = rq((1, 2), bt=8)
+    assert p._chunks(b) == [(2, 32)]
+    assert p.prefix_scores(b, 2) == [0.0, 0.0]
+    # pod 0: 0 + 2 + 2 x 0.7 = 3.4; pod 1: 0 + 2 + 2 = 4.
+    assert p.choose(1, b, 0.0, view(2, waiting=[0, 0], kv_usage=[0.3, 0.0])) == 1
+    # 10-token blocks (40 characters): (1, 2, 3) is 120 characters, two hashes, the second
+    # partial; a pod that got (1, 2) holds the first and a 16-character partial of block 2.
+    q = make_policy("llm-d-default", ClusterModel(replicas=2, block_tokens=10))
+    assert isinstance(q, LlmdDefaultPolicy)
+    q.choose(0, rq((1, 2)), 0.0, view(2, waiting=[0, 0], kv_usage=[0.0, 0.5]))
+    three = rq((1, 2, 3))
+    assert q._chunks(three) == [(2, 24), (3, 40)] and q._chunks(rq((1, 2))) == [(2, 24), (2, 40)]
+    assert q.prefix_scores(three, 2) == [0.5, 0.0]
+
+
+def test_llmd_default_lru_counts_chunks_not_blocks() -> None:
+    # Section 2: the LRU holds num_gpu_blocks chunks. One 512-token trace block reported as
+    # 32 engine blocks of 16 tokens: room for 32 one-chunk prompts.
+    m = ClusterModel(replicas=2, block_tokens=512, cache_blocks=1)
+    p = make_policy("llm-d-default", m)
+    assert isinstance(p, LlmdDefaultPolicy)
+    v = view(2, waiting=[0, 0], kv_usage=[0.0, 0.5])
+    a = Request(arrival=0, input_tokens=16, output_tokens=1, blocks=(1,))
+    b = Request(arrival=0, input_tokens=16, output_tokens=1, blocks=(2,))
+    assert p.choose(0, a, 0.0, v) == 0 and p.choose(1, b, 0.0, v) == 0
+    assert list(p.lru[0]) == [(1, 64), (2, 64)]
+    assert p.prefix_scores(a, 2) == [1.0, 0.0]
 
 
 def test_llmd_default_equal_queues_leave_kv_and_prefix_to_decide() -> None:
@@ -294,7 +338,7 @@ def test_aibrix_ttl_is_per_block_entry_refreshed_by_any_write() -> None:
     q = _aibrix()
     assert q.choose(0, _one(), 0.0, view(3, [0, 1, 1])) == 0
     assert q.choose(1, _one(), 1205.0, view(3, [2, 0, 1])) == 1  # no match: least
-    assert q.table[1] == {1: 1205.0}
+    assert [v for (b, _), v in q.table.items() if b == 1] == [{1: 1205.0}] * 10
 
 
 def test_aibrix_table_is_an_lru_of_writes() -> None:
@@ -302,7 +346,8 @@ def test_aibrix_table_is_an_lru_of_writes() -> None:
     p = _aibrix(max_entries=20)  # 2 trace blocks of 10 chunks each
     for i, b in enumerate((1, 2, 1, 3)):
         p.choose(i, _one(b), 0.0, view(2, [0, 1]))
-    assert list(p.table) == [1, 3]
+    assert list(dict.fromkeys(b for b, _ in p.table)) == [1, 3]
+    assert len(p.table) == 20
 
 
 def test_aibrix_percent_is_floored_over_all_chunks_and_best_first() -> None:
@@ -311,14 +356,34 @@ def test_aibrix_percent_is_floored_over_all_chunks_and_best_first() -> None:
     p = _aibrix()
     two = Request(arrival=0, input_tokens=32 * BT * 2 + 200, output_tokens=1, blocks=(1, 2, 3))
     # 10 + 10 + 6 chunks (the 32-byte remainder of the tail is dropped): 26 hashes.
-    p.table[1] = {0: 0.0, 1: 0.0}
-    p.table[2] = {1: 0.0}
+    aibrix_hold(p, 1, {0: 0.0, 1: 0.0})
+    aibrix_hold(p, 2, {1: 0.0})
     assert p.choose(0, two, 0.0, view(3, [0, 3, 0])) == 1  # 76 % beats 38 %
     # with pod 1 far above mean + 2 sigma the shallower match (pod 0) is taken instead.
     q = _aibrix()
-    q.table[1] = {0: 0.0, 1: 0.0}
-    q.table[2] = {1: 0.0}
+    aibrix_hold(q, 1, {0: 0.0, 1: 0.0})
+    aibrix_hold(q, 2, {1: 0.0})
     assert q.choose(0, two, 0.0, view(8, [1, 9, 0, 0, 0, 0, 0, 0])) == 0
+
+
+def test_aibrix_chunks_are_cut_across_blocks_smaller_than_a_chunk() -> None:
+    # Section 7: the text is cut into 128-byte blocks, the trailing partial one dropped.
+    # 16-token trace blocks are 64 characters: two per chunk. 10 blocks = 640 characters =
+    # 5 hashes, and the same prompt again goes back to the pod that wrote them.
+    m = ClusterModel(replicas=2, block_tokens=16)
+    p = make_policy("aibrix-prefix-cache", m)
+    assert isinstance(p, AibrixPrefixCachePolicy)
+    prompt = rq(tuple(range(1, 11)), bt=16)
+    first = p.choose(0, prompt, 0.0, view(2, [0, 0]))
+    assert list(p.table) == [(2, 64), (4, 64), (6, 64), (8, 64), (10, 64)]
+    loads = [0, 0]
+    loads[first] = 1  # the writer is busier, but within mean + 2 sigma
+    assert p.choose(1, prompt, 1.0, view(2, loads)) == first
+    # 88 tokens = 352 characters: 2 hashes; the 96-character partial third is dropped.
+    odd = rq((1, 2, 3, 4, 5, 6), tokens=88, bt=16)
+    r = p.choose(2, odd, 2.0, view(2, [0, 0]))
+    assert list(p.table) == [(6, 64), (8, 64), (10, 64), (2, 64), (4, 64)]  # written last
+    assert p.table[(4, 64)][r] == 2.0 and p.table[(6, 64)] == {first: 1.0}
 
 
 def test_aibrix_one_pod() -> None:

@@ -4,9 +4,10 @@ engines' event index, a block-granular character tree and the policy base classe
 Mapping onto the trace (fact sheet section 10): a trace block of ``T`` tokens stands for
 ``C = chars_per_token x T`` characters (default 4, llm-d's own constant); the last,
 partial block for ``chars_per_token`` characters per token it holds. Character trees are
-built at block granularity (one edge per block; a match never counts part of a block),
-and chunk hashes of 64/128 characters are counted per block (a trace block is 32 or 16
-of them). Engine-event policies read the simulated engines' event stream, whose engine
+built at block granularity (one edge per block; a match never counts part of a block).
+Chunk hashes (llm-d's 64 characters, AIBrix's 128) cut the whole text from its start, so a
+chunk may straddle two blocks when its size does not divide ``C`` (:func:`text_chunks`).
+Engine-event policies read the simulated engines' event stream, whose engine
 block is the trace block.
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "Peer",
     "TreeMatch",
     "block_chars",
+    "text_chunks",
 ]
 
 REPLAY_MODEL = "trace"
@@ -70,6 +72,53 @@ def block_chars(request: Request, block_tokens: int, chars_per_token: int) -> li
     out = [full] * n
     out[-1] = min(full, last)
     return out
+
+
+#: A chunk of the stand-in text: the block holding its last character, and that
+#: character's end offset in the block (see :func:`text_chunks`).
+Chunk = tuple[int, int]
+
+
+def text_chunks(
+    request: Request,
+    block_tokens: int,
+    chars_per_token: int,
+    chunk_chars: int,
+    *,
+    partial: bool,
+    limit: int | None = None,
+) -> list[Chunk]:
+    """``request``'s stand-in text cut into ``chunk_chars``-character chunks from its start,
+    across block boundaries, as a peer that hashes fixed-size byte chunks cuts its text.
+
+    Chunk ``k`` covers characters ``[k x chunk_chars, (k + 1) x chunk_chars)`` and is named
+    ``(block, end)``: the block holding its last character and that character's end offset
+    in the block. Trace block ids chain their prefix, so the name stands for the whole
+    text up to the chunk's end, as the peers' chained hashes do. The trailing partial chunk
+    is kept iff ``partial``; at most ``limit`` chunks (``None``: all).
+    """
+    chars = block_chars(request, block_tokens, chars_per_token)
+    cap = len(request.blocks) * (block_tokens * chars_per_token // chunk_chars + 1)
+    if limit is not None:
+        cap = min(cap, limit)
+    out: list[Chunk] = []
+    start = 0  # the block's first character
+    end = chunk_chars  # the next chunk's end
+    last: Chunk | None = None  # where the text ends
+    for block, c in zip(request.blocks, chars, strict=True):
+        stop = start + c
+        if c:
+            last = (block, c)
+        if end <= stop:
+            ends = range(end - start, c + 1, chunk_chars)  # offsets in the block
+            out += [(block, e) for e in ends]
+            end = start + ends[-1] + chunk_chars
+            if len(out) >= cap:
+                return out[:cap]
+        start = stop
+    if partial and last is not None and end - chunk_chars < start:  # a trailing partial chunk
+        out.append(last)
+    return out[:cap]
 
 
 # --- engine events -------------------------------------------------------------------

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from prefixcache.replay._peer_base import (
     CHARS_PER_TOKEN,
     CharTree,
+    Chunk,
     EventPeer,
     Peer,
     block_chars,
+    text_chunks,
 )
 from prefixcache.replay._trace import Request
 from prefixcache.replay._view import ClusterView
@@ -276,15 +278,16 @@ class AibrixPrefixCachePolicy(Peer):
     ``pkg/utils/prefixcacheindexer/hash.go``; shipped manifest defaults); fact sheet
     section 7.
 
-    State: one global LRU table of 128-byte block hashes (16 per trace block, the trailing
-    partial one dropped) -> pod -> last write, written after each pick; 200,000 entries
-    (12,500 trace blocks), a write moving its entry to the head, a lookup leaving it
-    alone. An entry not written by any pod for 20 min is dropped whole, with all its pods
+    State: one global LRU table of 128-byte block hashes (cut from the start of the text
+    across trace blocks, :func:`text_chunks`: 16 per trace block at the default; the
+    trailing partial one dropped) -> pod -> last write, written after each pick; 200,000
+    entries (12,500 trace blocks), a write moving its entry to the head, a lookup leaving
+    it alone. An entry not written by any pod for 20 min is dropped whole, with all its pods
     (``lrustore/lru_store.go``: one ``lastAccessTime`` per entry, refreshed by every
     ``Put``; ``matchPods`` reads no per-pod time). Load: the gateway's in-flight count.
     Decision: if ``max - min`` in-flight > 16, only the pods at the minimum may match;
-    walk the blocks keeping the candidates that hold each one (``pct = floor(chunks
-    matched x 100 / chunks)``; a pod dropped on the way keeps its earlier ``pct``); with
+    walk the hashes keeping the candidates that hold each one (``pct = floor(hashes
+    matched x 100 / hashes)``; a pod dropped on the way keeps its earlier ``pct``); with
     a match, the matched pods by ``pct`` descending then in-flight ascending (random
     ties), the first with in-flight ``<= mean + 2 x sample std`` over all pods; else the
     least in-flight, random ties.
@@ -311,9 +314,8 @@ class AibrixPrefixCachePolicy(Peer):
         self.imbalance = imbalance
         self.std_factor = std_factor
         self.ttl_s = ttl_s
-        per = max(1, block_tokens * chars_per_token // chunk_bytes)
-        self._cap = max(1, max_entries // per)
-        self.table: OrderedDict[int, dict[int, float]] = OrderedDict()
+        self._cap = max_entries
+        self.table: OrderedDict[Chunk, dict[int, float]] = OrderedDict()
 
     def _least(self, inf: Sequence[int]) -> int:
         lo = min(inf)
@@ -322,8 +324,8 @@ class AibrixPrefixCachePolicy(Peer):
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         n = view.replicas
         inf = view.in_flight
-        chunks = [ch // self._chunk for ch in block_chars(request, self._bt, self._cpt)]
-        total = sum(chunks)
+        chunks = text_chunks(request, self._bt, self._cpt, self._chunk, partial=False)
+        total = len(chunks)
         lo = min(inf)
         cands = set(range(n))
         if max(inf) - lo > self.imbalance:
@@ -336,19 +338,14 @@ class AibrixPrefixCachePolicy(Peer):
                 break
             table.popitem(last=False)
         pct: dict[int, int] = {}
-        done = 0
-        blocks = request.blocks
-        for idx, c in enumerate(chunks):
-            if c == 0:
-                break
-            entry = table.get(blocks[idx])
+        for done, c in enumerate(chunks, 1):
+            entry = table.get(c)
             if entry is None or max(entry.values()) < live_since:
                 break
             keep = {p for p in cands if p in entry}
             if not keep:
                 break
             cands = keep
-            done += c
             for p in cands:
                 pct[p] = done * 100 // total
         r = -1
@@ -364,16 +361,13 @@ class AibrixPrefixCachePolicy(Peer):
                     break
         if r < 0:
             r = self._least(inf)
-        for idx, c in enumerate(chunks):
-            if c == 0:
-                break
-            b = blocks[idx]
-            entry = table.get(b)
+        for c in chunks:
+            entry = table.get(c)
             if entry is None or max(entry.values()) < live_since:
-                table[b] = {r: now}
+                table[c] = {r: now}
             else:
                 entry[r] = now
-            table.move_to_end(b)
+            table.move_to_end(c)
         while len(table) > self._cap:
             table.popitem(last=False)
         return r

@@ -10,7 +10,14 @@ import random
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from prefixcache.replay._peer_base import CHARS_PER_TOKEN, EventPeer, Peer, block_chars
+from prefixcache.replay._peer_base import (
+    CHARS_PER_TOKEN,
+    Chunk,
+    EventPeer,
+    Peer,
+    block_chars,
+    text_chunks,
+)
 from prefixcache.replay._trace import Request
 from prefixcache.replay._view import ClusterView
 
@@ -44,12 +51,14 @@ class LlmdDefaultPolicy(Peer):
     ``config/loader/defaults.go``, ``picker/maxscore/picker.go``); fact sheet section 2.
 
     State: a per-pod LRU of chunk hashes written after each pick (all the request's
-    hashes, most recent), holding ``num_gpu_blocks`` chunks (autoTune), and engine metrics
-    (``waiting``, KV use) scraped every 50 ms. Hashing: a chunk is ``4 x B`` characters
-    with the pod's reported engine block ``B`` (16 for a default vLLM, so 64 characters,
-    32 per trace block); the trailing partial chunk is hashed; only the first 256 chunks
-    are (so only the first 8 trace blocks are ever scored); a text shorter than one chunk
-    has no hash, scores 0 everywhere and adds nothing (``hashPrompt``).
+    hashes, most recent, in order), holding ``num_gpu_blocks`` chunks (autoTune), a reverse
+    map chunk -> pods, and engine metrics (``waiting``, KV use) scraped every 50 ms.
+    Hashing: a chunk is ``4 x B`` characters with the pod's reported engine block ``B``
+    (16 for a default vLLM, so 64 characters, 32 per trace block), cut from the start of
+    the text across block boundaries (:func:`text_chunks`); the trailing partial chunk is
+    hashed; only the first 256 chunks are (so only the first 8 trace blocks are ever
+    scored at the default); a text shorter than one chunk has no hash, scores 0
+    everywhere and adds nothing (``hashPrompt``).
     Decision: walk the hashes, stopping at the first one no pod holds; each pod holding the
     current one gets +1. ``score = 3 x match/n_hashes + 2 x queue + 2 x (1 - kv)`` with
     ``queue = (max_w - w)/(max_w - min_w)`` (1 if all equal); the max score wins, ties
@@ -75,69 +84,73 @@ class LlmdDefaultPolicy(Peer):
         self.max_chunks = max_chunks
         self.weights = weights
         self._rng = random.Random(seed)
-        # The pod reports num_gpu_blocks engine blocks; the LRU holds that many chunks, a
-        # trace block being (block_tokens * cpt / chunk) of them.
-        per_block = max(1, block_tokens * chars_per_token // self._chunk)
-        if num_gpu_blocks is None:
-            self._cap: int | None = None
-        else:
-            chunks = num_gpu_blocks * block_tokens // engine_block_tokens
-            self._cap = max(1, chunks // per_block)
-        self.lru: list[OrderedDict[int, None]] = []
+        # The pod reports num_gpu_blocks engine blocks (``num_gpu_blocks`` trace blocks
+        # here, converted); its LRU holds that many chunks.
+        self._cap: int | None = (
+            None
+            if num_gpu_blocks is None
+            else max(1, num_gpu_blocks * block_tokens // engine_block_tokens)
+        )
+        self.lru: list[OrderedDict[Chunk, None]] = []
+        self.holders: dict[Chunk, set[int]] = {}
 
-    def _chunks(self, request: Request) -> tuple[list[int], int]:
-        """Chunks per scored block (cumulative cap applied) and the hash count; none for
-        a text shorter than one chunk (``hashPrompt`` returns nil)."""
-        chars = block_chars(request, self._bt, self._cpt)
-        if sum(chars) < self._chunk:
-            return [], 0
-        out = []
-        total = 0
-        for ch in chars:
-            c = -(-ch // self._chunk)
-            if total + c > self.max_chunks:
-                c = self.max_chunks - total
-            if c <= 0:
-                break
-            out.append(c)
-            total += c
-        return out, total
+    def _chunks(self, request: Request) -> list[Chunk]:
+        """The request's chunk hashes (at most ``max_chunks``); none for a text shorter than
+        one chunk (``hashPrompt`` returns nil)."""
+        if sum(block_chars(request, self._bt, self._cpt)) < self._chunk:
+            return []
+        return text_chunks(
+            request, self._bt, self._cpt, self._chunk, partial=True, limit=self.max_chunks
+        )
 
     def prefix_scores(self, request: Request, n: int) -> list[float]:
-        per, total = self._chunks(request)
-        match = [0] * n
-        if total == 0:
+        return self._scores(self._chunks(request), n)
+
+    def _scores(self, chunks: Sequence[Chunk], n: int) -> list[float]:
+        if not chunks:
             return [0.0] * n
-        blocks = request.blocks
-        for idx, c in enumerate(per):
-            b = blocks[idx]
-            holders = [p for p in range(n) if b in self.lru[p]]
-            if not holders:
+        match = [0] * n
+        holders = self.holders
+        for c in chunks:
+            pods = holders.get(c)
+            if not pods:
                 break
-            for p in holders:
-                match[p] += c
-        return [min(1.0, m / total) for m in match]
+            for p in pods:
+                match[p] += 1
+        return [min(1.0, m / len(chunks)) for m in match]
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         n = view.replicas
         if len(self.lru) != n:
             self.lru = [OrderedDict() for _ in range(n)]
-        pref = self.prefix_scores(request, n)
+            self.holders = {}
+        chunks = self._chunks(request)
+        pref = self._scores(chunks, n)
         q = _queue_scores(view.waiting)
         w1, w2, w3 = self.weights
         scores = [w1 * pref[p] + w2 * q[p] + w3 * (1.0 - view.kv_usage[p]) for p in range(n)]
         r = _max_score_pick(scores, self._rng)
-        per, _ = self._chunks(request)
-        lru = self.lru[r]
-        for b in request.blocks[: len(per)]:
-            if b in lru:
-                lru.move_to_end(b)
+        self.remember(r, chunks)
+        return r
+
+    def remember(self, pod: int, chunks: Sequence[Chunk]) -> None:
+        """Add ``chunks`` to ``pod``'s LRU as the most recent, in order (what a pick adds),
+        and evict the least recent beyond the capacity."""
+        lru = self.lru[pod]
+        holders = self.holders
+        for c in chunks:
+            if c in lru:
+                lru.move_to_end(c)
             else:
-                lru[b] = None
+                lru[c] = None
+                holders.setdefault(c, set()).add(pod)
         if self._cap is not None:
             while len(lru) > self._cap:
-                lru.popitem(last=False)
-        return r
+                c, _ = lru.popitem(last=False)
+                pods = holders[c]
+                pods.discard(pod)
+                if not pods:
+                    del holders[c]
 
 
 class LlmdPrecisePolicy(EventPeer):
