@@ -310,6 +310,49 @@ def test_free_kv_bytes_seen_by_policies() -> None:
         ClusterModel(replicas=2, restarts=((1.0, 2),))
 
 
+class _Probe:
+    """Sends everything to replica 0 and records the view it saw at each decision."""
+
+    name = "probe"
+    observe_at = "-"
+    reads_kv_events = False
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, float, int]] = []
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        self.seen.append((view.kv_usage[0], view.free_kv_bytes(0), view.running[0]))
+        return 0
+
+    def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
+        pass
+
+    def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
+        pass
+
+    def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
+        pass
+
+
+def test_kv_usage_counts_a_block_shared_by_running_requests_once() -> None:
+    # As vLLM reports it: used blocks over the capacity, a prefix block two running
+    # requests share being one block. 40 shared prompt blocks + 2 x 10 output blocks = 60
+    # of 200, not 2 x 50.
+    model = ClusterModel(replicas=1, cache_blocks=200, block_tokens=16, kv_bytes_per_token=1)
+    shared = tuple(range(1, 41))
+    trace = [
+        Request(arrival=0.0, input_tokens=640, output_tokens=160, blocks=shared),
+        Request(arrival=0.001, input_tokens=640, output_tokens=160, blocks=shared),
+        Request(arrival=1.0, input_tokens=16, output_tokens=1, blocks=(99,)),
+    ]
+    probe = _Probe()
+    simulate(trace, probe, model)
+    usage, free, running = probe.seen[-1]
+    assert running == 2
+    assert usage == pytest.approx(60 / 200)
+    assert free == (200 - 60) * 16
+
+
 def test_auto_speedup_formula() -> None:
     # 2 replicas x 1000 tok/s, 10 s span, 4000 prompt tokens: load 0.5 needs 2.5x.
     model = ClusterModel(replicas=2, prefill_tokens_per_s=1000.0)

@@ -214,7 +214,7 @@ def simulate(
         if rem < 1:
             rem = 1
         e.prefill.append([j, rem])
-        pinned[out_rep[j]] += nb + out_blocks
+        pinned[out_rep[j]] = len(refs) + len(e.doomed) + e.private  # distinct blocks in use
         return True
 
     def release(e: _Engine, j: int) -> None:
@@ -239,7 +239,7 @@ def simulate(
                         doomed[b] = d - 1
         ob = -(-req.output_tokens // bt)
         e.private -= ob
-        pinned[out_rep[j]] -= len(req.blocks) + ob
+        pinned[out_rep[j]] = len(refs) + len(doomed) + e.private
 
     def finish(j: int, t: float) -> None:
         out_done[j] = t
@@ -379,6 +379,7 @@ def simulate(
             e.doomed[b] = e.doomed.get(b, 0) + c
         e.refs.clear()
         e.lru.clear()
+        pinned[r] = len(e.doomed) + e.private
         ev_step.clear()
         e.seq = 0
 

@@ -21,8 +21,9 @@ class ClusterView:
 
     Engine metrics as a scraper sees them (refreshed every ``scrape_interval_s`` of
     simulated time): ``waiting[i]`` (queued, not admitted), ``running[i]`` (admitted, not
-    completed), ``kv_usage[i]`` in [0, 1] (blocks pinned by running requests over the
-    capacity; cached unpinned blocks count as free, as vLLM reports), and
+    completed), ``kv_usage[i]`` in [0, 1] (the distinct blocks running requests use, their
+    prompts' and their outputs', over the capacity: a prefix block several of them share
+    counts once, and cached unpinned blocks count as free, as vLLM reports), and
     ``num_gpu_blocks`` (the capacity; 2**31 when infinite).
     """
 
@@ -57,7 +58,8 @@ class ClusterView:
         return len(self.node_ids)
 
     def free_kv_bytes(self, i: int) -> int:
-        """KV bytes of replica ``i`` not pinned by running requests (0 when full)."""
+        """KV bytes of replica ``i`` not used by running requests (as ``kv_usage``, but
+        current; 0 when full)."""
         free_blocks = max(0, self.num_gpu_blocks - self._pinned[i])
         return free_blocks * self._model.block_tokens * self._model.kv_bytes_per_token
 
