@@ -224,23 +224,27 @@ def test_dynamo_ties_are_uniformly_random_and_approx_mode_expires() -> None:
 
 
 def test_prodstack_prefix_intersects_and_picks_uniformly() -> None:
-    p = ProdstackPrefixPolicy()
-    p.trie = {1: {0, 1}, 2: {1}, 3: {2}}
-    assert p.candidates(rq((1, 2)), 3) == [1]
-    assert p.candidates(rq((1, 3)), 3) == [0, 1]  # empty intersection: stop before it
-    assert p.candidates(rq((9,)), 3) == [0, 1, 2]
-    picks = {ProdstackPrefixPolicy(seed=s).choose(0, rq((9,)), 0.0, view(3)) for s in range(20)}
+    # 32-token blocks: 128 characters, one chunk each, named (block, 128).
+    p = ProdstackPrefixPolicy(block_tokens=32)
+    p.trie = {(1, 128): {0, 1}, (2, 128): {1}, (3, 128): {2}}
+    assert p.candidates(rq((1, 2), bt=32), 3) == [1]
+    assert p.candidates(rq((1, 3), bt=32), 3) == [0, 1]  # empty intersection: stop before it
+    assert p.candidates(rq((9,), bt=32), 3) == [0, 1, 2]
+    picks = {
+        ProdstackPrefixPolicy(block_tokens=32, seed=s).choose(0, rq((9,), bt=32), 0.0, view(3))
+        for s in range(20)
+    }
     assert picks == {0, 1, 2}
 
 
 def test_prodstack_prefix_pins_a_shared_first_block_to_one_endpoint() -> None:
     # No load signal: once block 0 is on one endpoint every later prompt starting with it
     # goes there (the bundled trace starts every prompt with the same block).
-    trace = [
-        Request(arrival=float(t), input_tokens=20, output_tokens=1, blocks=(0, 100 + t))
+    trace = [  # 32-token blocks: 128 characters, one chunk each
+        Request(arrival=float(t), input_tokens=64, output_tokens=1, blocks=(0, 100 + t))
         for t in range(20)
     ]
-    model = ClusterModel(replicas=4, block_tokens=BT)
+    model = ClusterModel(replicas=4, block_tokens=32)
     out = simulate(trace, make_policy("prodstack-prefix", model), model)
     assert len(set(out.replica)) == 1
 

@@ -279,12 +279,24 @@ def test_dynamo_approx_index_writes_full_blocks_at_route_time() -> None:
 
 def test_prodstack_prefix_one_endpoint_and_partial_paths() -> None:
     # hashtrie.py longest_prefix_match: stop at a missing chunk or an empty intersection.
-    p = ProdstackPrefixPolicy()
-    assert p.choose(0, rq((1, 2)), 0.0, view(1)) == 0
-    assert p.trie == {1: {0}, 2: {0}}
-    p.trie = {1: {0, 1, 2}, 2: {1, 2}, 3: {2}, 4: {0}}
-    assert p.candidates(rq((1, 2, 3)), 3) == [2]
-    assert p.candidates(rq((1, 2, 4)), 3) == [1, 2]  # 4's endpoints miss {1, 2}
+    p = ProdstackPrefixPolicy(block_tokens=32)  # one 128-character chunk per block
+    assert p.choose(0, rq((1, 2), bt=32), 0.0, view(1)) == 0
+    assert p.trie == {(1, 128): {0}, (2, 128): {0}}
+    p.trie = {(1, 128): {0, 1, 2}, (2, 128): {1, 2}, (3, 128): {2}, (4, 128): {0}}
+    assert p.candidates(rq((1, 2, 3), bt=32), 3) == [2]
+    assert p.candidates(rq((1, 2, 4), bt=32), 3) == [1, 2]  # 4's endpoints miss {1, 2}
+
+
+def test_prodstack_prefix_chunks_straddle_blocks_and_keep_the_partial_tail() -> None:
+    # Section 5 (hashtrie.py): 128-character chunks of the text, the trailing partial one
+    # hashed too. 10-token blocks are 40 characters: the first chunk spans blocks 1-4, so
+    # a prompt whose fourth block differs shares no chunk with the first one.
+    p = make_policy("prodstack-prefix", ClusterModel(replicas=3, block_tokens=BT))
+    assert isinstance(p, ProdstackPrefixPolicy)
+    r = p.choose(0, rq((1, 2, 3, 4, 5)), 0.0, view(3))
+    assert p.trie == {(4, 8): {r}, (5, 40): {r}}  # 128 characters, then a 72-char tail
+    assert p.candidates(rq((1, 2, 3, 4, 6)), 3) == [r]  # the tail differs: first chunk only
+    assert p.candidates(rq((1, 2, 3, 9, 5)), 3) == [0, 1, 2]  # nothing shared
 
 
 def test_prodstack_loadaware_fallback_prefers_an_endpoint_never_routed_to() -> None:

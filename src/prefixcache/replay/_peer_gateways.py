@@ -167,24 +167,42 @@ class ProdstackPrefixPolicy(Peer):
     ``src/vllm_router/routers/routing_logic.py``, ``src/vllm_router/prefix/hashtrie.py``);
     fact sheet section 5.
 
-    State: a hash trie of 128-character chunks (16 per trace block) whose nodes hold the
-    endpoints that received a request through them, written at routing time; no eviction,
-    no cap, no load signal. Decision: walk from all endpoints, intersecting with each
-    node's endpoints, until a chunk is missing or the intersection would be empty; pick
-    uniformly at random among the survivors (all endpoints with no match; the QPS fallback
-    needs ``prefix_min_match_length`` > 0, default 0); insert the text for the pick.
+    State: a hash trie of 128-character chunks (cut from the start of the text across
+    trace blocks, :func:`text_chunks`: 16 per trace block at the default; the trailing
+    partial one hashed too) whose nodes hold the endpoints that received a request
+    through them, written at routing time; no eviction, no cap, no load signal. Decision:
+    walk from all endpoints, intersecting with each node's endpoints, until a chunk is
+    missing or the intersection would be empty; pick uniformly at random among the
+    survivors (all endpoints with no match; the QPS fallback needs
+    ``prefix_min_match_length`` > 0, default 0); insert the text for the pick.
     """
 
     name = "prodstack-prefix"
 
-    def __init__(self, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        block_tokens: int,
+        seed: int = 0,
+        chunk_chars: int = 128,
+        chars_per_token: int = CHARS_PER_TOKEN,
+    ) -> None:
+        self._bt = block_tokens
+        self._cpt = chars_per_token
+        self._chunk = chunk_chars
         self._rng = random.Random(seed)
-        self.trie: dict[int, set[int]] = {}
+        self.trie: dict[Chunk, set[int]] = {}
+
+    def _chunks(self, request: Request) -> list[Chunk]:
+        return text_chunks(request, self._bt, self._cpt, self._chunk, partial=True)
 
     def candidates(self, request: Request, n: int) -> list[int]:
+        return self._candidates(self._chunks(request), n)
+
+    def _candidates(self, chunks: Sequence[Chunk], n: int) -> list[int]:
         cand = set(range(n))
-        for b in request.blocks:
-            eps = self.trie.get(b)
+        for c in chunks:
+            eps = self.trie.get(c)
             if eps is None:
                 break
             inter = cand & eps
@@ -194,9 +212,11 @@ class ProdstackPrefixPolicy(Peer):
         return sorted(cand)
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
-        r = self._rng.choice(self.candidates(request, view.replicas))
-        for b in request.blocks:
-            self.trie.setdefault(b, set()).add(r)
+        chunks = self._chunks(request)
+        r = self._rng.choice(self._candidates(chunks, view.replicas))
+        trie = self.trie
+        for c in chunks:
+            trie.setdefault(c, set()).add(r)
         return r
 
 

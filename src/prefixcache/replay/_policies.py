@@ -186,7 +186,7 @@ def make_policy(
     if name in ("dynamo-kv", "dynamo-kv-approx"):
         return DynamoKvPolicy(block_tokens=bt, seed=seed, kv_events=name == "dynamo-kv", **kw)
     if name == "prodstack-prefix":
-        return ProdstackPrefixPolicy(seed=seed)
+        return ProdstackPrefixPolicy(block_tokens=bt, seed=seed)
     if name == "prodstack-loadaware":
         return ProdstackLoadAwarePolicy(block_tokens=bt)
     if name == "aibrix-prefix-cache":
