@@ -13,6 +13,7 @@ import pytest
 from peer_cases import BT, rq, stored, view
 from test_replay_peers import aibrix_hold
 
+from prefixcache.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay import (
     PEER_POLICIES,
     AibrixPrefixCachePolicy,
@@ -233,6 +234,64 @@ def test_llmd_precise_run_is_consecutive_from_block_zero_and_full_blocks_only() 
     assert p.choose(0, r, 0.0, view(2, waiting=[0, 2], kv_usage=[0.0, 0.0])) == 1
     tiny = rq((1,), tokens=BT - 1)  # no full block: prefix 0, queue and KV decide
     assert p.choose(1, tiny, 0.0, view(2, waiting=[0, 2], kv_usage=[0.0, 0.0])) == 0
+
+
+def _batch(*events: object) -> EventBatch:
+    return EventBatch(ts=0.0, rank=None, events=events)  # type: ignore[arg-type]
+
+
+def _stored(*blocks: int, medium: str = "GPU", parent: int | None = None) -> BlockStored:
+    return BlockStored(
+        block_hashes=blocks, parent_block_hash=parent, token_ids=blocks, block_size=1, medium=medium
+    )
+
+
+def test_llmd_precise_index_adds_once_and_removes_on_the_first_remove() -> None:
+    # in_memory.go: a per-key LRU set of (pod, tier); Add is idempotent, one Evict removes.
+    p = LlmdPrecisePolicy(block_tokens=BT)
+    p.on_kv_events(0, 0, stored(1, 2), 0.0)
+    p.on_kv_events(0, 1, stored(1, 2), 0.0)
+    p.on_kv_events(0, 2, _batch(BlockRemoved(block_hashes=(1, 2), medium="GPU")), 0.0)
+    assert p.llmd_index.runs((1, 2), 2) == [0.0, 0.0]
+    # No prefix anywhere: pod 0 = 0 + 1 + 0.5 = 1.5 < pod 1 = 0 + 1 + 1 = 2.
+    assert p.choose(0, rq((1, 2)), 0.0, view(2, waiting=[0, 0], kv_usage=[0.5, 0.0])) == 1
+
+
+def test_llmd_precise_index_keeps_ten_pods_per_key_the_latest_stored() -> None:
+    # Section 3: <= 10 pods per key, LRU: the 11th store drops the least recently stored.
+    p = LlmdPrecisePolicy(block_tokens=BT)
+    for pod in range(11):
+        p.on_kv_events(pod, 0, stored(1, 2), 0.0)
+    assert p.llmd_index.runs((1, 2), 11) == [0.0] + [2.0] * 10
+    v = view(11, waiting=[0] * 11, kv_usage=[0.0] + [0.1] * 10)
+    # pod 0: 0 + 1 + 1 = 2; the others 2 + 1 + 0.9 = 3.9.
+    assert p.choose(0, rq((1, 2)), 0.0, v) != 0
+    p.on_kv_events(0, 1, stored(1, 2), 0.0)  # stored again: most recent, pod 1 drops out
+    assert p.llmd_index.runs((1, 2), 11) == [2.0, 0.0] + [2.0] * 9
+
+
+def test_llmd_precise_weighs_cpu_blocks_at_0_8() -> None:
+    # kvblock_scorer.go / backend.go: GPU 1.0, CPU 0.8 per block of the run.
+    p = LlmdPrecisePolicy(block_tokens=BT)
+    p.on_kv_events(1, 0, _batch(_stored(1, 2, medium="CPU")), 0.0)
+    p.on_kv_events(2, 0, _batch(_stored(1, medium="GPU"), _stored(2, medium="CPU", parent=1)), 0.0)
+    assert p.llmd_index.runs((1, 2), 3) == pytest.approx([0.0, 1.6, 1.8])
+    # pod 1: 2 x 0.8 + 1 + 0.5 = 3.1 > pod 0: 0 + 1 + 1 = 2.
+    assert p.choose(0, rq((1, 2)), 0.0, view(2, waiting=[0, 0], kv_usage=[0.0, 0.5])) == 1
+    p.on_kv_events(1, 1, _batch(BlockRemoved(block_hashes=(2,), medium="CPU")), 0.0)
+    assert p.llmd_index.runs((1, 2), 2) == pytest.approx([0.0, 0.8])  # the run ends at 2
+
+
+def test_llmd_precise_ignores_sequence_numbers_and_clears() -> None:
+    # pool.go processEvent only logs seq, and AllBlocksCleared is a continue.
+    p = LlmdPrecisePolicy(block_tokens=BT)
+    p.on_kv_events(0, 0, stored(1), 0.0)
+    p.on_kv_events(0, 0, stored(7), 0.0)  # the same seq again: no restart for llm-d
+    p.on_kv_events(0, 5, _batch(AllBlocksCleared()), 0.0)
+    assert p.llmd_index.runs((1,), 1) == [1.0] and p.llmd_index.runs((7,), 1) == [1.0]
+    # A store whose parent no pod holds is hashed from the root by llm-d: it never matches.
+    p.on_kv_events(1, 0, stored(9, parent=8), 0.0)
+    assert p.llmd_index.runs((8, 9), 2) == [0.0, 0.0] and 9 not in p.llmd_index.keys
 
 
 # --- Dynamo KV router (dynamo @2a6da14c) -----------------------------------------------------

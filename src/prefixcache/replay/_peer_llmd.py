@@ -10,6 +10,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from prefixcache.kvevents import BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay._peer_base import (
     CHARS_PER_TOKEN,
     Chunk,
@@ -22,6 +23,8 @@ from prefixcache.replay._trace import Request
 from prefixcache.replay._view import ClusterView
 
 __all__ = [
+    "TIER_WEIGHTS",
+    "LlmdBlockIndex",
     "LlmdDefaultPolicy",
     "LlmdPrecisePolicy",
 ]
@@ -153,17 +156,92 @@ class LlmdDefaultPolicy(Peer):
                     del holders[c]
 
 
+#: llm-d-kv-cache's device tiers and their weights in the precise scorer (``backend.go``).
+TIER_WEIGHTS: dict[str, float] = {"GPU": 1.0, "CPU": 0.8}
+
+
+class LlmdBlockIndex:
+    """llm-d-kv-cache's in-memory index (``kvblock/in_memory.go``, ``kvevents/pool.go``):
+    block key -> the pods holding it, each with its device tier; fact sheet section 3.
+
+    ``BlockStored`` adds (pod, tier) to each of its blocks as the most recent (a block
+    stored twice is still one entry), ``BlockRemoved`` removes it on the first remove;
+    ``AllBlocksCleared`` and ``seq`` are ignored, as llm-d does (an engine that restarts
+    leaves its old entries until their blocks are removed). At most ``pods_per_key``
+    entries per key, the least recently stored dropped first. A block is keyed by its
+    engine hash here (llm-d re-keys it from its tokens; the simulator's hashes are already
+    unique per prefix). A store whose parent block is known to no pod is hashed from the
+    root by llm-d, so it matches no request: it is not recorded.
+    """
+
+    __slots__ = ("keys", "pods_per_key")
+
+    def __init__(self, pods_per_key: int = 10) -> None:
+        self.pods_per_key = pods_per_key
+        self.keys: dict[int, OrderedDict[tuple[int, str], None]] = {}
+
+    def apply(self, pod: int, batch: EventBatch) -> None:
+        keys = self.keys
+        cap = self.pods_per_key
+        for ev in batch.events:
+            if isinstance(ev, BlockStored):
+                parent = ev.parent_block_hash
+                if parent is not None and parent not in keys:
+                    continue
+                entry_key = (pod, (ev.medium or "GPU").upper())
+                for h in ev.block_hashes:
+                    entry = keys.get(h)
+                    if entry is None:
+                        entry = keys[h] = OrderedDict()
+                    entry.pop(entry_key, None)
+                    entry[entry_key] = None
+                    while len(entry) > cap:
+                        entry.popitem(last=False)
+            elif isinstance(ev, BlockRemoved):
+                entry_key = (pod, (ev.medium or "GPU").upper())
+                for h in ev.block_hashes:
+                    entry = keys.get(h)
+                    if entry is not None:
+                        entry.pop(entry_key, None)
+                        if not entry:
+                            del keys[h]
+
+    def runs(self, blocks: Sequence[int], n: int) -> list[float]:
+        """Per pod ``0..n-1``, its consecutive blocks of ``blocks`` from the first, each
+        weighted by its best tier (``TIER_WEIGHTS``; a block held only in another medium
+        ends the run)."""
+        out = [0.0] * n
+        alive = set(range(n))
+        keys = self.keys
+        for b in blocks:
+            entry = keys.get(b)
+            best: dict[int, float] = {}
+            if entry is not None:
+                for pod, tier in entry:
+                    w = TIER_WEIGHTS.get(tier, 0.0)
+                    if w > best.get(pod, 0.0):
+                        best[pod] = w
+            alive = {p for p in alive if p in best}
+            if not alive:
+                break
+            for p in alive:
+                out[p] += best[p]
+        return out
+
+
 class LlmdPrecisePolicy(EventPeer):
     """llm-d ``precise-prefix-cache-scorer`` (KV events), llm-d-inference-scheduler
     @520af478 ``scorer/preciseprefixcache/`` with llm-d-kv-cache @7be76e11
-    (``kvblock_scorer.go``, ``backend.go``) and the precise-prefix-cache-aware guide;
-    fact sheet section 3.
+    (``kvblock_scorer.go``, ``backend.go``, ``in_memory.go``) and the
+    precise-prefix-cache-aware guide; fact sheet section 3.
 
-    State: block -> pods from every engine's events (nothing written at route time), plus
-    scraped ``waiting`` and KV use. Decision: ``run[p]`` = consecutive blocks from block 0
-    that pod p holds (all GPU-tier here), ``prefix = min(1, run/full_blocks)`` (0 without
-    a full block; a partial tail block is never keyed), ``score = 2 x prefix + 1 x queue
-    + 1 x (1 - kv)``, max score with random ties.
+    State: :class:`LlmdBlockIndex` from every engine's events (nothing written at route
+    time), plus scraped ``waiting`` and KV use. Decision: ``run[p]`` = consecutive blocks
+    from block 0 that pod p holds, each weighted by tier (GPU 1.0, CPU 0.8),
+    ``prefix = min(1, run/full_blocks)`` (0 without a full block; a partial tail block is
+    never keyed), ``score = 2 x prefix + 1 x queue + 1 x (1 - kv)``, max score with random
+    ties. ``engine_index`` (the shared residency every event policy keeps) is fed too, for
+    the report's counts; the decision reads ``llmd_index``.
     """
 
     name = "llm-d-precise"
@@ -174,17 +252,22 @@ class LlmdPrecisePolicy(EventPeer):
         block_tokens: int,
         seed: int = 0,
         weights: tuple[float, float, float] = (2.0, 1.0, 1.0),
+        pods_per_key: int = 10,
     ) -> None:
         super().__init__()
         self._bt = block_tokens
         self.weights = weights
         self._rng = random.Random(seed)
+        self.llmd_index = LlmdBlockIndex(pods_per_key)
+
+    def on_kv_events(self, replica: int, seq: int, batch: EventBatch, now: float) -> None:
+        super().on_kv_events(replica, seq, batch, now)
+        self.llmd_index.apply(replica, batch)
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         n = view.replicas
         full = request.input_tokens // self._bt
-        blocks = request.blocks[:full]
-        runs = self.engine_index.overlaps(blocks, n)
+        runs = self.llmd_index.runs(request.blocks[:full], n)
         pref = [min(1.0, runs[p] / full) if full else 0.0 for p in range(n)]
         q = _queue_scores(view.waiting)
         w1, w2, w3 = self.weights
