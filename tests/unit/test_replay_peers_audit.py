@@ -246,6 +246,21 @@ def _stored(*blocks: int, medium: str = "GPU", parent: int | None = None) -> Blo
     )
 
 
+def test_a_cached_owner_gone_from_the_pool() -> None:
+    # Section 1 step 4: a found tenant that is gone -> the first healthy worker, no insert.
+    # SMG (1b) picks among the owners still in the pool; none left is a miss.
+    m3 = ClusterModel(replicas=3, block_tokens=BT)
+    p = make_policy("sglang-cache-aware", m3)
+    assert isinstance(p, SglangCacheAwarePolicy)
+    assert p.choose(0, rq((1,)), 0.0, view(3, [5, 5, 0])) == 2  # a miss: replica 2 owns 1
+    assert p.choose(1, rq((1,)), 0.0, view(2, [3, 0])) == 0  # owner gone: first, no insert
+    assert p.processed[:2] == [0, 0] and set(p.tree.nodes[1]) == {2}
+    q = make_policy("smg-cache-aware", m3)
+    assert isinstance(q, SmgCacheAwarePolicy)
+    assert q.choose(0, rq((1,)), 0.0, view(3, [5, 5, 0])) == 2
+    assert q.choose(1, rq((1,)), 0.0, view(2, [3, 0])) == 1  # a miss: the min-load worker
+
+
 def test_llmd_precise_index_adds_once_and_removes_on_the_first_remove() -> None:
     # in_memory.go: a per-key LRU set of (pod, tier); Add is idempotent, one Evict removes.
     p = LlmdPrecisePolicy(block_tokens=BT)

@@ -128,6 +128,8 @@ class SglangCacheAwarePolicy(Peer):
         m = self.tree.match(request.blocks, chars)
         owner = self._lookup(request.blocks, m.blocks)
         if owner is not None and m.rate > self.cache_threshold:
+            if owner >= n:  # gone from the pool: the first worker, no insert
+                return 0
             r = owner
         elif self.miss_fallback == "smallest_tree":
             ch = self.tree.chars
@@ -175,8 +177,10 @@ class SmgCacheAwarePolicy(SglangCacheAwarePolicy):
         m = self.tree.match(request.blocks, chars)
         k = m.blocks
         self._lookup(request.blocks, k)
-        if k > 0 and m.rate > self.cache_threshold:
-            owners = sorted(self.tree.nodes[request.blocks[k - 1]])[: self.max_owners]
+        # Owners gone from the pool are not candidates (none left: a miss).
+        owners = [o for o in sorted(self.tree.nodes[request.blocks[k - 1]]) if o < n] if k else []
+        if owners and m.rate > self.cache_threshold:
+            owners = owners[: self.max_owners]
             least = min(inf[o] for o in owners)
             r = self._rng.choice([o for o in owners if inf[o] == least])
             mean = sum(inf) / n

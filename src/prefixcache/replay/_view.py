@@ -67,6 +67,10 @@ class ClusterView:
 class ReplayPolicy(Protocol):
     """A routing policy under replay. ``choose`` returns a replica index in range.
 
+    ``i`` is the request's index in the trace: unique, and the callbacks of request ``i``
+    name the replica ``choose(i, ...)`` returned. Policies key per-request state by it
+    (a driver that reuses an ``i`` for two requests in flight corrupts that state).
+
     The callbacks tell the policy what a gateway sees: its own dispatch, the first token
     streaming back (end of prefill) and the end of the response. A policy with a true
     ``reads_kv_events`` attribute also gets ``on_kv_events(replica, seq, batch, now)`` for
