@@ -5,8 +5,9 @@ Mapping onto the trace (fact sheet section 10): a trace block of ``T`` tokens st
 ``C = chars_per_token x T`` characters (default 4, llm-d's own constant); the last,
 partial block for ``chars_per_token`` characters per token it holds. Character trees are
 built at block granularity (one edge per block; a match never counts part of a block).
-Chunk hashes (llm-d's 64 characters, AIBrix's 128) cut the whole text from its start, so a
-chunk may straddle two blocks when its size does not divide ``C`` (:func:`text_chunks`).
+Chunk hashes (llm-d's 64 characters, production-stack's and AIBrix's 128) cut the whole text
+from its start, so a chunk may straddle blocks when its size does not divide ``C``
+(:func:`text_chunks`).
 Engine-event policies read the simulated engines' event stream, whose engine
 block is the trace block.
 """
