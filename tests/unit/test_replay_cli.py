@@ -161,6 +161,7 @@ def test_usage_errors(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
         ["--cache-blocks", "-3"],
         ["--observe", "sometimes"],
         ["--time-unit", "minutes"],
+        ["--chars-per-token", "x"],
     ):
         with pytest.raises(SystemExit) as ei:
             main([str(trace), *bad])
@@ -170,6 +171,8 @@ def test_usage_errors(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no such trace" in capsys.readouterr().err
     assert main([str(trace), "--no-progress", "--replicas", "0"]) == 1
     assert "replicas" in capsys.readouterr().err
+    assert main([str(trace), "--no-progress", "--chars-per-token", "0"]) == 1
+    assert "chars_per_token" in capsys.readouterr().err
 
 
 def test_bad_trace_line_names_line_and_field(

@@ -13,6 +13,7 @@ import pytest
 from peer_cases import BT, rq, stored, view
 from test_replay_peers import aibrix_hold
 
+from clusterrouting import InvalidRecordError
 from prefixcache.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay import (
     PEER_POLICIES,
@@ -534,3 +535,27 @@ def test_prodstack_loadaware_ties_go_to_the_smallest_url_not_the_lowest_index() 
     assert v.node_ids[fresh.choose(1, rq((9,)), 0.0, v)] == "replica-01"
     picks = {v.node_ids[fresh.choose(i, rq((9,)), 0.0, v)] for i in range(2, 12)}
     assert "replica-100" in picks and "replica-11" not in picks  # 100 sorts first
+
+
+def test_chars_per_token_sets_the_stand_in_text_of_the_character_based_peers() -> None:
+    # Fact sheet section 10: C = 4 T by default, C = T for the sensitivity run. With 16-token
+    # blocks AIBrix's 128-byte chunks are 2 blocks at C = 4 T and 8 blocks at C = T.
+    prompt = rq(tuple(range(1, 17)), bt=16)
+    for cpt, hashes in ((4, 8), (1, 2)):
+        m = ClusterModel(replicas=2, block_tokens=16, chars_per_token=cpt)
+        p = make_policy("aibrix-prefix-cache", m)
+        p.choose(0, prompt, 0.0, view(2, [0, 0]))
+        assert isinstance(p, AibrixPrefixCachePolicy) and len(p.table) == hashes
+        for name in ("sglang-cache-aware", "smg-cache-aware", "ray-prefix-affinity"):
+            tree = make_policy(name, m)
+            tree.choose(0, prompt, 0.0, view(2, [0, 0]))
+            assert tree.tree.chars[0] == 16 * 16 * cpt  # type: ignore[attr-defined]
+        llmd = make_policy("llm-d-default", m)
+        assert isinstance(llmd, LlmdDefaultPolicy)
+        assert len(llmd._chunks(prompt)) == 16 * 16 * cpt // 64
+        pp = make_policy("prodstack-prefix", m)
+        assert isinstance(pp, ProdstackPrefixPolicy)
+        assert len(pp._chunks(prompt)) == hashes
+    for bad in (0, True, 1.5):
+        with pytest.raises(InvalidRecordError):
+            ClusterModel(chars_per_token=bad)  # type: ignore[arg-type]

@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"KV bytes per token, for free-VRAM reporting (default {d.kv_bytes_per_token})",
     )
     p.add_argument(
+        "--chars-per-token",
+        type=int,
+        default=d.chars_per_token,
+        help="characters per token of the stand-in text the character-based peers match "
+        f"(default {d.chars_per_token}, llm-d's constant; 1: the fact sheet's C = T run)",
+    )
+    p.add_argument(
         "--speedup",
         type=_speedup,
         default=None,
@@ -275,6 +282,7 @@ def _model(args: argparse.Namespace, requests: Sequence[Request]) -> ClusterMode
         prefill_tokens_per_s=args.prefill_rate,
         decode_tokens_per_s=args.decode_rate,
         kv_bytes_per_token=args.kv_bytes_per_token,
+        chars_per_token=args.chars_per_token,
         max_batch_tokens=args.max_batch_tokens,
         max_running=args.max_running,
         decode_s_per_request=args.decode_s_per_request,

@@ -128,6 +128,11 @@ class ClusterModel:
     * ``scrape_interval_s`` 0.05: engine metrics (``waiting``, ``running``, KV use)
       are what a scraper saw at most this long ago (llm-d scrapes every 50 ms).
     * ``kv_event_delay_s`` 0.01 (the peer fact sheet's baseline; sweep 0-0.2 s).
+    * ``chars_per_token`` 4: the stand-in text the character- and byte-based peers
+      (SGLang, SMG, Ray, production-stack, AIBrix, llm-d's default profile) match gives a
+      trace block of ``T`` tokens ``4 x T`` characters, llm-d's own constant (fact sheet
+      section 10's baseline ``C = 4 T``; 1 gives its sensitivity run ``C = T``). No other
+      policy reads it.
 
     Raises:
         InvalidRecordError: a field out of range (each names itself).
@@ -148,9 +153,16 @@ class ClusterModel:
     kv_event_loss: float = attrs.field(default=0.0, validator=_loss)
     kv_event_seed: int = 0
     restarts: tuple[tuple[float, int], ...] = attrs.field(default=(), validator=_restarts)
+    chars_per_token: int = attrs.field(default=4, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
-        for name in ("replicas", "block_tokens", "max_batch_tokens", "max_running"):
+        for name in (
+            "replicas",
+            "block_tokens",
+            "max_batch_tokens",
+            "max_running",
+            "chars_per_token",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool):
                 raise InvalidRecordError(name, v, "must be an int >= 1")

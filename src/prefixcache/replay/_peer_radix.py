@@ -160,8 +160,15 @@ class SmgCacheAwarePolicy(SglangCacheAwarePolicy):
 
     name = "smg-cache-aware"
 
-    def __init__(self, *, block_tokens: int, seed: int = 0, max_owners: int = 8) -> None:
-        super().__init__(block_tokens=block_tokens)
+    def __init__(
+        self,
+        *,
+        block_tokens: int,
+        seed: int = 0,
+        max_owners: int = 8,
+        chars_per_token: int = CHARS_PER_TOKEN,
+    ) -> None:
+        super().__init__(block_tokens=block_tokens, chars_per_token=chars_per_token)
         self._rng = random.Random(seed)
         self._per_tenant = False
         self.max_owners = max_owners

@@ -175,24 +175,27 @@ def make_policy(
             **kw,
         )
     bt = model.block_tokens
+    cpt = model.chars_per_token  # the stand-in text of the character-based peers
     if name == "sglang-cache-aware":
-        return SglangCacheAwarePolicy(block_tokens=bt, **kw)
+        return SglangCacheAwarePolicy(block_tokens=bt, chars_per_token=cpt, **kw)
     if name == "smg-cache-aware":
-        return SmgCacheAwarePolicy(block_tokens=bt, seed=seed)
+        return SmgCacheAwarePolicy(block_tokens=bt, seed=seed, chars_per_token=cpt)
     if name == "llm-d-default":
-        return LlmdDefaultPolicy(block_tokens=bt, num_gpu_blocks=model.cache_blocks, seed=seed)
+        return LlmdDefaultPolicy(
+            block_tokens=bt, num_gpu_blocks=model.cache_blocks, seed=seed, chars_per_token=cpt
+        )
     if name == "llm-d-precise":
         return LlmdPrecisePolicy(block_tokens=bt, seed=seed)
     if name in ("dynamo-kv", "dynamo-kv-approx"):
         return DynamoKvPolicy(block_tokens=bt, seed=seed, kv_events=name == "dynamo-kv", **kw)
     if name == "prodstack-prefix":
-        return ProdstackPrefixPolicy(block_tokens=bt, seed=seed)
+        return ProdstackPrefixPolicy(block_tokens=bt, seed=seed, chars_per_token=cpt)
     if name == "prodstack-loadaware":
         return ProdstackLoadAwarePolicy(block_tokens=bt)
     if name == "aibrix-prefix-cache":
-        return AibrixPrefixCachePolicy(block_tokens=bt, seed=seed, **kw)
+        return AibrixPrefixCachePolicy(block_tokens=bt, seed=seed, chars_per_token=cpt, **kw)
     if name == "ray-prefix-affinity":
-        return RayPrefixAffinityPolicy(block_tokens=bt, seed=seed, **kw)
+        return RayPrefixAffinityPolicy(block_tokens=bt, seed=seed, chars_per_token=cpt, **kw)
     raise InvalidRecordError(
         "policies", name, f"unknown policy; choose from {', '.join(POLICY_NAMES)}"
     )
