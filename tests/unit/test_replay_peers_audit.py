@@ -32,6 +32,7 @@ from prefixcache.replay import (
     simulate,
     synthetic_trace,
 )
+from prefixcache.replay._peer_llmd import LlmdBlockIndex
 
 # --- SGLang router / SMG cache_aware (smg @73da68ca) -------------------------------------
 
@@ -559,3 +560,61 @@ def test_chars_per_token_sets_the_stand_in_text_of_the_character_based_peers() -
     for bad in (0, True, 1.5):
         with pytest.raises(InvalidRecordError):
             ClusterModel(chars_per_token=bad)  # type: ignore[arg-type]
+
+
+# --- review 41: cases that killed surviving mutants ------------------------------------------
+
+
+def test_llmd_default_a_re_added_chunk_becomes_the_most_recent() -> None:
+    # Section 2: hashes are added as the most recent; the LRU holds num_gpu_blocks chunks
+    # (one 16-token block each here, 2 of them).
+    m = ClusterModel(replicas=1, block_tokens=16, cache_blocks=2)
+    p = make_policy("llm-d-default", m)
+    assert isinstance(p, LlmdDefaultPolicy)
+    for i, b in enumerate((1, 2, 1, 3)):
+        p.choose(i, rq((b,), bt=16), 0.0, view(1))
+    assert p.prefix_scores(rq((1,), bt=16), 1) == [1.0]  # refreshed, kept
+    assert p.prefix_scores(rq((2,), bt=16), 1) == [0.0]  # the least recent, evicted
+
+
+def test_llmd_default_scores_only_the_candidate_pods() -> None:
+    m3 = ClusterModel(replicas=3, block_tokens=16)
+    p = make_policy("llm-d-default", m3)
+    assert isinstance(p, LlmdDefaultPolicy)
+    v3 = view(3, waiting=[0, 0, 0], kv_usage=[0.9, 0.9, 0.0])
+    assert p.choose(0, rq((1,), bt=16), 0.0, v3) == 2
+    # Pod 2 holds the prompt but is no candidate: nobody among 0-1 does, the walk stops.
+    assert p.prefix_scores(rq((1,), bt=16), 2) == [0.0, 0.0]
+    # Fewer replicas in the view: the index starts over rather than credit a gone pod.
+    p.choose(1, rq((1,), bt=16), 0.0, view(2, waiting=[0, 0], kv_usage=[0.0, 0.5]))
+    assert all(pods <= {0, 1} for pods in p.holders.values())
+
+
+def test_llmd_block_index_re_store_refreshes_and_best_tier_counts() -> None:
+    idx = LlmdBlockIndex(pods_per_key=2)
+    for pod in (0, 1, 0, 2):  # pod 0 stored again: pod 1 is now the least recent
+        idx.apply(pod, stored(7))
+    assert sorted(p for p, _ in idx.keys[7]) == [0, 2]
+    both = LlmdBlockIndex()
+    both.apply(0, stored(7))
+    both.apply(0, _batch(_stored(7, medium="CPU")))
+    assert both.runs((7,), 1) == [1.0]  # GPU and CPU copies: the better tier
+
+
+def test_aibrix_an_entry_is_alive_at_exactly_twenty_minutes() -> None:
+    # lru_store.go evicts entries idle for more than 20 min: at exactly 1200 s it matches.
+    m = ClusterModel(replicas=2, block_tokens=40, cache_blocks=None)
+    p = make_policy("aibrix-prefix-cache", m)
+    assert p.choose(0, rq((1, 2), bt=40), 0.0, view(2, [0, 1])) == 0
+    assert p.choose(1, rq((1, 2), bt=40), 1200.0, view(2, [1, 0])) == 0
+
+
+def test_aibrix_percent_counts_matched_hashes_from_one() -> None:
+    # hash.go: pct = (i + 1) x 100 / len(hashes). 32-token blocks: one 128-byte hash each.
+    m = ClusterModel(replicas=2, block_tokens=32, cache_blocks=None)
+    p = make_policy("aibrix-prefix-cache", m)
+    assert p.choose(0, rq((1, 2, 3, 4), bt=32), 0.0, view(2, [1, 0])) == 1
+    assert p.choose(1, rq((1, 2, 3), bt=32), 0.0, view(2, [0, 20])) == 0  # imbalance > 16
+    # 300 hashes: pod 0 matched 3 (1 %), pod 1 matched 4 (4 x 100 // 300 = 1 %): a tie on
+    # pct, so fewer in flight decides.
+    assert p.choose(2, rq(tuple(range(1, 301)), bt=32), 0.0, view(2, [0, 1])) == 0

@@ -353,6 +353,57 @@ def test_kv_usage_counts_a_block_shared_by_running_requests_once() -> None:
     assert free == (200 - 60) * 16
 
 
+class _Pinned(_Probe):
+    """Records replica 0's blocks in use (the router-side count free_kv_bytes reads)."""
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        self.seen.append((0.0, float(view._pinned[0]), 0))
+        return 0
+
+
+def _in_use(trace: list[Request], model: ClusterModel) -> list[int]:
+    probe = _Pinned()
+    simulate(trace, probe, model)
+    return [int(x) for _, x, _ in probe.seen]
+
+
+def test_blocks_in_use_count_a_cached_hit_once() -> None:
+    # B hits A's cached blocks 1 and 2 (10-token blocks): 2 blocks + 10 output blocks.
+    m = ClusterModel(replicas=1, block_tokens=10, cache_blocks=100, decode_tokens_per_s=10.0)
+    trace = [
+        Request(arrival=0.0, input_tokens=20, output_tokens=1, blocks=(1, 2)),
+        Request(arrival=1.0, input_tokens=20, output_tokens=100, blocks=(1, 2)),
+        Request(arrival=2.0, input_tokens=10, output_tokens=1, blocks=(90,)),
+    ]
+    assert _in_use(trace, m)[2] == 2 + 10
+
+
+def test_blocks_in_use_across_a_restart() -> None:
+    # A is admitted before the restart at 0.5 s, B and C after it on new copies of blocks
+    # 1 and 2. A's end frees its old copies (doomed at the restart), never B's new ones.
+    m = ClusterModel(
+        replicas=1,
+        block_tokens=10,
+        cache_blocks=100,
+        decode_tokens_per_s=10.0,
+        restarts=((0.5, 0),),
+    )
+    a, b = (
+        Request(arrival=t, input_tokens=20, output_tokens=o, blocks=(1, 2))
+        for t, o in ((0.0, 50), (1.0, 200))
+    )
+    probe = [
+        Request(arrival=t, input_tokens=10, output_tokens=1, blocks=(90 + k,))
+        for k, t in enumerate((3.0, 5.5))
+    ]
+    # at 3 s: A's old 1, 2 + 5 output blocks, B's new 1, 2 + 20; at 5.5 s A has ended.
+    assert _in_use([a, b, *probe], m)[2:] == [29, 22]
+    c = Request(arrival=6.0, input_tokens=20, output_tokens=200, blocks=(1, 2))
+    late = Request(arrival=8.0, input_tokens=10, output_tokens=1, blocks=(95,))
+    # C shares B's copies of 1 and 2: 2 + 20 + 20 (the old copies left with A).
+    assert _in_use([a, b, probe[0], c, late], m)[-1] == 2 + 20 + 20
+
+
 def test_auto_speedup_formula() -> None:
     # 2 replicas x 1000 tok/s, 10 s span, 4000 prompt tokens: load 0.5 needs 2.5x.
     model = ClusterModel(replicas=2, prefill_tokens_per_s=1000.0)

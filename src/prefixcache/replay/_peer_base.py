@@ -99,6 +99,8 @@ def text_chunks(
     is kept iff ``partial``; at most ``limit`` chunks (``None``: all).
     """
     chars = block_chars(request, block_tokens, chars_per_token)
+    # No block holds more than c // chunk_chars + 1 chunk ends: a bound on the chunks, cut
+    # to ``limit`` so that the walk stops once it has them.
     cap = len(request.blocks) * (block_tokens * chars_per_token // chunk_chars + 1)
     if limit is not None:
         cap = min(cap, limit)

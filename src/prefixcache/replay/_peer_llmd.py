@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 from prefixcache.kvevents import BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay._peer_base import (
@@ -115,7 +116,7 @@ class LlmdDefaultPolicy(Peer):
         match = [0] * n
         holders = self.holders
         for c in chunks:
-            pods = holders.get(c)
+            pods = [p for p in holders.get(c, ()) if p < n]  # the candidates holding it
             if not pods:
                 break
             for p in pods:
@@ -157,7 +158,7 @@ class LlmdDefaultPolicy(Peer):
 
 
 #: llm-d-kv-cache's device tiers and their weights in the precise scorer (``backend.go``).
-TIER_WEIGHTS: dict[str, float] = {"GPU": 1.0, "CPU": 0.8}
+TIER_WEIGHTS: Mapping[str, float] = MappingProxyType({"GPU": 1.0, "CPU": 0.8})
 
 
 class LlmdBlockIndex:
@@ -172,6 +173,15 @@ class LlmdBlockIndex:
     engine hash here (llm-d re-keys it from its tokens; the simulator's hashes are already
     unique per prefix). A store whose parent block is known to no pod is hashed from the
     root by llm-d, so it matches no request: it is not recorded.
+
+    Not thread-safe (the replay is single-threaded). Memory: one entry per (block, pod,
+    tier) held, at most ``pods_per_key`` per block.
+
+    >>> idx = LlmdBlockIndex()
+    >>> idx.apply(0, EventBatch(ts=0.0, events=[BlockStored(
+    ...     block_hashes=[1, 2], token_ids=[1, 2], block_size=1, medium="CPU")]))
+    >>> idx.runs((1, 2, 3), 2)
+    [1.6, 0.0]
     """
 
     __slots__ = ("keys", "pods_per_key")
@@ -181,6 +191,7 @@ class LlmdBlockIndex:
         self.keys: dict[int, OrderedDict[tuple[int, str], None]] = {}
 
     def apply(self, pod: int, batch: EventBatch) -> None:
+        """Apply ``pod``'s event batch (see the class). O(blocks in the batch)."""
         keys = self.keys
         cap = self.pods_per_key
         for ev in batch.events:
@@ -209,7 +220,7 @@ class LlmdBlockIndex:
     def runs(self, blocks: Sequence[int], n: int) -> list[float]:
         """Per pod ``0..n-1``, its consecutive blocks of ``blocks`` from the first, each
         weighted by its best tier (``TIER_WEIGHTS``; a block held only in another medium
-        ends the run)."""
+        ends the run). O(blocks matched x entries per block)."""
         out = [0.0] * n
         alive = set(range(n))
         keys = self.keys

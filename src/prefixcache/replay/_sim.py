@@ -65,6 +65,7 @@ class _Engine:
         "ctx_sum",
         "dec",
         "doomed",
+        "epoch",
         "lru",
         "n_dec",
         "prefill",
@@ -87,6 +88,7 @@ class _Engine:
         self.lru: OrderedDict[int, None] = OrderedDict()
         self.refs: dict[int, int] = {}
         self.doomed: dict[int, int] = {}
+        self.epoch = 0  # restarts so far: a request admitted before the last holds doomed blocks
         self.private = 0
         self.seq = 0
         self.prefilled = 0
@@ -140,6 +142,7 @@ def simulate(
     n = len(requests)
     out_rep = [0] * n
     out_hit = [0] * n
+    out_epoch = [0] * n  # the engine's epoch at each request's admission
     out_reach = [0] * n
     out_ttft = [0.0] * n
     out_done = [0.0] * n
@@ -209,6 +212,7 @@ def simulate(
             if events_on and removed:
                 ev_step.append(BlockRemoved(block_hashes=tuple(removed), medium="GPU"))
         out_hit[j] = k
+        out_epoch[j] = e.epoch
         inp = req.input_tokens
         rem = inp - k * bt
         if rem < 1:
@@ -219,27 +223,27 @@ def simulate(
 
     def release(e: _Engine, j: int) -> None:
         req = requests[j]
-        refs = e.refs
         lru = e.lru
-        doomed = e.doomed
-        for b in reversed(req.blocks):
-            c = refs.get(b)
-            if c is not None:
+        if out_epoch[j] == e.epoch:
+            refs = e.refs
+            for b in reversed(req.blocks):
+                c = refs[b]
                 if c == 1:
                     del refs[b]
                     lru[b] = None
                 else:
                     refs[b] = c - 1
-            else:
-                d = doomed.get(b)
-                if d is not None:
-                    if d == 1:
-                        del doomed[b]
-                    else:
-                        doomed[b] = d - 1
+        else:  # admitted before a restart: its blocks were doomed then
+            doomed = e.doomed
+            for b in req.blocks:
+                d = doomed[b]
+                if d == 1:
+                    del doomed[b]
+                else:
+                    doomed[b] = d - 1
         ob = -(-req.output_tokens // bt)
         e.private -= ob
-        pinned[out_rep[j]] = len(refs) + len(doomed) + e.private
+        pinned[out_rep[j]] = len(e.refs) + len(e.doomed) + e.private
 
     def finish(j: int, t: float) -> None:
         out_done[j] = t
@@ -378,6 +382,7 @@ def simulate(
         for b, c in e.refs.items():
             e.doomed[b] = e.doomed.get(b, 0) + c
         e.refs.clear()
+        e.epoch += 1
         e.lru.clear()
         pinned[r] = len(e.doomed) + e.private
         ev_step.clear()
