@@ -226,7 +226,7 @@ def test_dynamo_ties_are_uniformly_random_and_approx_mode_expires() -> None:
 def test_prodstack_prefix_intersects_and_picks_uniformly() -> None:
     # 32-token blocks: 128 characters, one chunk each, named (block, 128).
     p = ProdstackPrefixPolicy(block_tokens=32)
-    p.trie = {(1, 128): {0, 1}, (2, 128): {1}, (3, 128): {2}}
+    p.trie = {(1, 128): 0b011, (2, 128): 0b010, (3, 128): 0b100}  # endpoint bit masks
     assert p.candidates(rq((1, 2), bt=32), 3) == [1]
     assert p.candidates(rq((1, 3), bt=32), 3) == [0, 1]  # empty intersection: stop before it
     assert p.candidates(rq((9,), bt=32), 3) == [0, 1, 2]

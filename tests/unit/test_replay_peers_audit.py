@@ -357,8 +357,8 @@ def test_prodstack_prefix_one_endpoint_and_partial_paths() -> None:
     # hashtrie.py longest_prefix_match: stop at a missing chunk or an empty intersection.
     p = ProdstackPrefixPolicy(block_tokens=32)  # one 128-character chunk per block
     assert p.choose(0, rq((1, 2), bt=32), 0.0, view(1)) == 0
-    assert p.trie == {(1, 128): {0}, (2, 128): {0}}
-    p.trie = {(1, 128): {0, 1, 2}, (2, 128): {1, 2}, (3, 128): {2}, (4, 128): {0}}
+    assert p.trie == {(1, 128): 0b1, (2, 128): 0b1}  # endpoint bit masks
+    p.trie = {(1, 128): 0b111, (2, 128): 0b110, (3, 128): 0b100, (4, 128): 0b001}
     assert p.candidates(rq((1, 2, 3), bt=32), 3) == [2]
     assert p.candidates(rq((1, 2, 4), bt=32), 3) == [1, 2]  # 4's endpoints miss {1, 2}
 
@@ -370,7 +370,7 @@ def test_prodstack_prefix_chunks_straddle_blocks_and_keep_the_partial_tail() -> 
     p = make_policy("prodstack-prefix", ClusterModel(replicas=3, block_tokens=BT))
     assert isinstance(p, ProdstackPrefixPolicy)
     r = p.choose(0, rq((1, 2, 3, 4, 5)), 0.0, view(3))
-    assert p.trie == {(4, 8): {r}, (5, 40): {r}}  # 128 characters, then a 72-char tail
+    assert p.trie == {(4, 8): 1 << r, (5, 40): 1 << r}  # 128 characters, then a 72-char tail
     assert p.candidates(rq((1, 2, 3, 4, 6)), 3) == [r]  # the tail differs: first chunk only
     assert p.candidates(rq((1, 2, 3, 9, 5)), 3) == [0, 1, 2]  # nothing shared
 
@@ -587,7 +587,7 @@ def test_llmd_default_scores_only_the_candidate_pods() -> None:
     assert p.prefix_scores(rq((1,), bt=16), 2) == [0.0, 0.0]
     # Fewer replicas in the view: the index starts over rather than credit a gone pod.
     p.choose(1, rq((1,), bt=16), 0.0, view(2, waiting=[0, 0], kv_usage=[0.0, 0.5]))
-    assert all(pods <= {0, 1} for pods in p.holders.values())
+    assert all(pods < 0b100 for pods in p.holders.values())  # bit masks of pods 0-1 only
 
 
 def test_llmd_block_index_re_store_refreshes_and_best_tier_counts() -> None:

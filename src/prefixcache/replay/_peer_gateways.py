@@ -191,7 +191,7 @@ class ProdstackPrefixPolicy(Peer):
         self._cpt = chars_per_token
         self._chunk = chunk_chars
         self._rng = random.Random(seed)
-        self.trie: dict[Chunk, set[int]] = {}
+        self.trie: dict[Chunk, int] = {}  # chunk -> its endpoints, a bit mask
 
     def _chunks(self, request: Request) -> list[Chunk]:
         return text_chunks(request, self._bt, self._cpt, self._chunk, partial=True)
@@ -200,23 +200,26 @@ class ProdstackPrefixPolicy(Peer):
         return self._candidates(self._chunks(request), n)
 
     def _candidates(self, chunks: Sequence[Chunk], n: int) -> list[int]:
-        cand = set(range(n))
+        cand = (1 << n) - 1
+        trie = self.trie
         for c in chunks:
-            eps = self.trie.get(c)
+            eps = trie.get(c)
             if eps is None:
                 break
             inter = cand & eps
             if not inter:
                 break
             cand = inter
-        return sorted(cand)
+        return [p for p in range(n) if cand >> p & 1]
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         chunks = self._chunks(request)
         r = self._rng.choice(self._candidates(chunks, view.replicas))
         trie = self.trie
+        get = trie.get
+        bit = 1 << r
         for c in chunks:
-            trie.setdefault(c, set()).add(r)
+            trie[c] = get(c, 0) | bit
         return r
 
 
@@ -358,9 +361,11 @@ class AibrixPrefixCachePolicy(Peer):
                 break
             table.popitem(last=False)
         pct: dict[int, int] = {}
+        # The sweep above left only entries written since live_since (the table is in
+        # write order), so an entry found is live.
         for done, c in enumerate(chunks, 1):
             entry = table.get(c)
-            if entry is None or max(entry.values()) < live_since:
+            if entry is None:
                 break
             keep = {p for p in cands if p in entry}
             if not keep:
@@ -383,7 +388,7 @@ class AibrixPrefixCachePolicy(Peer):
             r = self._least(inf)
         for c in chunks:
             entry = table.get(c)
-            if entry is None or max(entry.values()) < live_since:
+            if entry is None:
                 table[c] = {r: now}
             else:
                 entry[r] = now

@@ -96,7 +96,8 @@ class LlmdDefaultPolicy(Peer):
             else max(1, num_gpu_blocks * block_tokens // engine_block_tokens)
         )
         self.lru: list[OrderedDict[Chunk, None]] = []
-        self.holders: dict[Chunk, set[int]] = {}
+        # chunk -> the pods holding it, as a bit mask (bit p: pod p)
+        self.holders: dict[Chunk, int] = {}
 
     def _chunks(self, request: Request) -> list[Chunk]:
         """The request's chunk hashes (at most ``max_chunks``); none for a text shorter than
@@ -115,12 +116,15 @@ class LlmdDefaultPolicy(Peer):
             return [0.0] * n
         match = [0] * n
         holders = self.holders
+        candidates = (1 << n) - 1
         for c in chunks:
-            pods = [p for p in holders.get(c, ()) if p < n]  # the candidates holding it
+            pods = holders.get(c, 0) & candidates  # the candidates holding it
             if not pods:
                 break
-            for p in pods:
-                match[p] += 1
+            while pods:
+                low = pods & -pods
+                match[low.bit_length() - 1] += 1
+                pods ^= low
         return [min(1.0, m / len(chunks)) for m in match]
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
@@ -142,18 +146,20 @@ class LlmdDefaultPolicy(Peer):
         and evict the least recent beyond the capacity."""
         lru = self.lru[pod]
         holders = self.holders
+        bit = 1 << pod
         for c in chunks:
             if c in lru:
                 lru.move_to_end(c)
             else:
                 lru[c] = None
-                holders.setdefault(c, set()).add(pod)
+                holders[c] = holders.get(c, 0) | bit
         if self._cap is not None:
             while len(lru) > self._cap:
                 c, _ = lru.popitem(last=False)
-                pods = holders[c]
-                pods.discard(pod)
-                if not pods:
+                pods = holders[c] & ~bit
+                if pods:
+                    holders[c] = pods
+                else:
                     del holders[c]
 
 
