@@ -19,7 +19,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -477,6 +477,26 @@ class _Inbox:
             return list(self.items)
 
 
+#: Counters a transport may keep (ours do, on it or on the asynchronous transport it wraps),
+#: reported when a delivery times out: a lost message is then told from a reconnect.
+_COUNTERS = ("disconnects", "reconnects", "errors", "handler_errors", "publish_errors")
+
+
+def _counters(made: Sequence[object]) -> str:
+    """``"A: disconnects=0 reconnects=0; B: ..."`` for the transports that keep counters."""
+    parts = []
+    for name, t in zip("ABC", made, strict=False):
+        found: dict[str, int] = {}
+        for obj in (t, getattr(t, "transport", None)):
+            for c in _COUNTERS:
+                v = getattr(obj, c, None)
+                if isinstance(v, int) and not isinstance(v, bool):
+                    found.setdefault(c, v)
+        if found:
+            parts.append(f"{name}: " + " ".join(f"{k}={v}" for k, v in found.items()))
+    return "; ".join(parts)
+
+
 def check_transport(
     factory: Callable[[], Transport],
     *,
@@ -492,7 +512,9 @@ def check_transport(
     subject isolation; fan-out to two subscribers; unsubscribe stops delivery and is
     idempotent; a raising handler does not stop later deliveries. ``subscribe`` must return
     only once the subscription is active. Waits are bounded by ``timeout`` seconds each;
-    ``pump`` (e.g. ``hub.deliver`` for a manual in-memory hub) is called while waiting.
+    ``pump`` (e.g. ``hub.deliver`` for a manual in-memory hub) is called while waiting; a
+    delivery that times out reports the transports' counters (``disconnects``,
+    ``reconnects``, ...) where they keep them.
     Transports with a ``close()`` method are closed at the end. Subjects are fresh
     (``prefixcache.conformance.<random>.*``), so a shared broker can be used.
 
@@ -512,8 +534,10 @@ def check_transport(
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    counters = _counters(made)
                     raise TransportConformanceError(
                         f"{what}: not delivered within {timeout} s (got {len(inbox.items)})"
+                        + (f"; transport counters {counters}" if counters else "")
                     )
                 inbox.cond.wait(min(left, 0.02 if pump is not None else 0.2))
 

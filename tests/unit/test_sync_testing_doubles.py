@@ -181,5 +181,19 @@ def test_check_transport_catches_a_broken_transport() -> None:
             return self.conn.subscribe(subject, handler)  # type: ignore[arg-type]
 
     hub2 = InMemoryTransport()
-    with pytest.raises(TransportConformanceError, match="not delivered"):
+    with pytest.raises(TransportConformanceError, match="not delivered") as exc:
         check_transport(lambda: Lossy(hub2.connect()), timeout=0.2)  # type: ignore[arg-type,return-value]
+    assert "counters" not in str(exc.value)  # it keeps none
+
+    class Counting(Lossy):
+        """Keeps a transport's counters, one of them on the transport it wraps."""
+
+        def __init__(self, conn: Transport) -> None:
+            super().__init__(conn)
+            self.publish_errors = 0
+            self.transport = type("Inner", (), {"disconnects": 1, "reconnects": 1})()
+
+    hub3 = InMemoryTransport()
+    with pytest.raises(TransportConformanceError) as exc:
+        check_transport(lambda: Counting(hub3.connect()), timeout=0.2)  # type: ignore[arg-type,return-value]
+    assert "transport counters A: disconnects=1 reconnects=1 publish_errors=0; B:" in str(exc.value)
