@@ -196,4 +196,4 @@ def test_check_transport_catches_a_broken_transport() -> None:
     hub3 = InMemoryTransport()
     with pytest.raises(TransportConformanceError) as exc:
         check_transport(lambda: Counting(hub3.connect()), timeout=0.2)  # type: ignore[arg-type,return-value]
-    assert "transport counters A: disconnects=1 reconnects=1 publish_errors=0; B:" in str(exc.value)
+    assert "transport counters A: publish_errors=0 disconnects=1 reconnects=1; B:" in str(exc.value)
