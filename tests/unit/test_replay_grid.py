@@ -141,7 +141,7 @@ def test_a_grid_cell_refuses_a_bad_configuration(small: ReplayResult) -> None:
     assert exc.value.field == "target_load"
 
 
-def test_a_policy_named_twice_is_refused(small: ReplayResult) -> None:
+def test_a_policy_named_twice_is_refused() -> None:
     reqs = synthetic_trace(seed=5, sessions=5, duration_s=30.0)
     with pytest.raises(InvalidRecordError) as exc:
         run_replay(reqs, policies=("prefix", "round-robin", "prefix"))

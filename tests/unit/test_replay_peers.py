@@ -182,8 +182,8 @@ def test_llmd_precise_reads_engine_events_only() -> None:
         q.on_kv_events(1, 0, stored(1, 2), 0.0)
         picks.add(q.choose(0, r, 0.0, view(2, waiting=[0, 3], kv_usage=[0.0, 1.0])))
     assert picks == {0, 1}
-    # nothing routed is recorded: a fresh prompt has no prefix anywhere.
-    assert p.engine_index.run(0, (1, 2)) == 0
+    # nothing routed is recorded: only pod 1's stored blocks are in the index.
+    assert p.llmd_index.runs((1, 2), 2) == [0.0, 2.0]
 
 
 # --- Dynamo --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from prefixcache.replay import (
     run_replay,
     simulate,
 )
+from prefixcache.replay._peer_base import Peer
 
 
 def req(t_ms: float, inp: int, out: int, blocks: tuple[int, ...]) -> Request:
@@ -310,12 +311,11 @@ def test_free_kv_bytes_seen_by_policies() -> None:
         ClusterModel(replicas=2, restarts=((1.0, 2),))
 
 
-class _Probe:
-    """Sends everything to replica 0 and records the view it saw at each decision."""
+class _Probe(Peer):
+    """Sends everything to replica 0 and records the view it saw at each decision (the
+    callbacks are ``Peer``'s, which ignore them)."""
 
     name = "probe"
-    observe_at = "-"
-    reads_kv_events = False
 
     def __init__(self) -> None:
         self.seen: list[tuple[float, float, int]] = []
@@ -323,15 +323,6 @@ class _Probe:
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         self.seen.append((view.kv_usage[0], view.free_kv_bytes(0), view.running[0]))
         return 0
-
-    def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
-        pass
-
-    def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
-        pass
-
-    def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
-        pass
 
 
 def test_kv_usage_counts_a_block_shared_by_running_requests_once() -> None:
@@ -353,18 +344,24 @@ def test_kv_usage_counts_a_block_shared_by_running_requests_once() -> None:
     assert free == (200 - 60) * 16
 
 
-class _Pinned(_Probe):
-    """Records replica 0's blocks in use (the router-side count free_kv_bytes reads)."""
+class _Pinned(Peer):
+    """Sends everything to replica 0 and records its blocks in use at each decision (the
+    router-side count ``free_kv_bytes`` reads)."""
+
+    name = "pinned-probe"
+
+    def __init__(self) -> None:
+        self.in_use: list[int] = []
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
-        self.seen.append((0.0, float(view._pinned[0]), 0))
+        self.in_use.append(view._pinned[0])
         return 0
 
 
 def _in_use(trace: list[Request], model: ClusterModel) -> list[int]:
     probe = _Pinned()
     simulate(trace, probe, model)
-    return [int(x) for _, x, _ in probe.seen]
+    return probe.in_use
 
 
 def test_blocks_in_use_count_a_cached_hit_once() -> None:

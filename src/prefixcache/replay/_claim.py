@@ -192,15 +192,17 @@ def format_seeds(per_seed: Sequence[Sequence[ReplayResult]]) -> str:
     return "\n".join(lines)
 
 
+def _beats(mean: float, p99: float, mean0: float, p990: float) -> bool:
+    """At or below (``mean0``, ``p990``) on both and below on one: better on both counts (a
+    policy that is not only trades one for the other)."""
+    return mean <= mean0 and p99 <= p990 and (mean < mean0 or p99 < p990)
+
+
 def _better_on_both(ours: tuple[float, float], others: dict[str, tuple[float, float]]) -> str:
-    """The policies of ``others`` (name -> mean, p99) at or below ``ours`` on both and below
-    it on one (each with its mean / p99, four digits), or ``none``: a policy listed beats
-    the default outright, one not listed only trades one for the other."""
-    m0, p0 = ours
+    """The policies of ``others`` (name -> mean, p99) better than ``ours`` on both counts
+    (:func:`_beats`; each with its mean / p99, four digits), or ``none``."""
     won = [
-        f"{name} ({m:.4f} / {p:.4f} s)"
-        for name, (m, p) in others.items()
-        if m <= m0 and p <= p0 and (m < m0 or p < p0)
+        f"{name} ({m:.4f} / {p:.4f} s)" for name, (m, p) in others.items() if _beats(m, p, *ours)
     ]
     return ", ".join(won) or "none"
 
@@ -259,13 +261,7 @@ def summarize(res: ReplayResult, *, policy: str = DEFAULT_POLICY) -> CaseSummary
         rank_mean=1 + sum(1 for p in ok if p.ttft_mean_s < m0),
         rank_p99=1 + sum(1 for p in ok if p.ttft_p99_s < p0),
         balanced=len(ok),
-        better_on_both=tuple(
-            p
-            for p in ok
-            if p.ttft_mean_s <= m0
-            and p.ttft_p99_s <= p0
-            and (p.ttft_mean_s < m0 or p.ttft_p99_s < p0)
-        ),
+        better_on_both=tuple(p for p in ok if _beats(p.ttft_mean_s, p.ttft_p99_s, m0, p0)),
     )
 
 

@@ -15,7 +15,6 @@ from prefixcache.kvevents import BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay._peer_base import (
     CHARS_PER_TOKEN,
     Chunk,
-    EventPeer,
     Peer,
     block_chars,
     text_chunks,
@@ -246,7 +245,7 @@ class LlmdBlockIndex:
         return out
 
 
-class LlmdPrecisePolicy(EventPeer):
+class LlmdPrecisePolicy(Peer):
     """llm-d ``precise-prefix-cache-scorer`` (KV events), llm-d-inference-scheduler
     @520af478 ``scorer/preciseprefixcache/`` with llm-d-kv-cache @7be76e11
     (``kvblock_scorer.go``, ``backend.go``, ``in_memory.go``) and the
@@ -257,11 +256,12 @@ class LlmdPrecisePolicy(EventPeer):
     from block 0 that pod p holds, each weighted by tier (GPU 1.0, CPU 0.8),
     ``prefix = min(1, run/full_blocks)`` (0 without a full block; a partial tail block is
     never keyed), ``score = 2 x prefix + 1 x queue + 1 x (1 - kv)``, max score with random
-    ties. ``engine_index`` (the shared residency every event policy keeps) is fed too, for
-    the report's counts; the decision reads ``llmd_index``.
+    ties. It keeps llm-d's own index (``llmd_index``), not the shared ``EngineIndex`` the
+    other event policies read, whose refcounts, restarts and gaps llm-d does not have.
     """
 
     name = "llm-d-precise"
+    reads_kv_events = True
 
     def __init__(
         self,
@@ -271,14 +271,12 @@ class LlmdPrecisePolicy(EventPeer):
         weights: tuple[float, float, float] = (2.0, 1.0, 1.0),
         pods_per_key: int = 10,
     ) -> None:
-        super().__init__()
         self._bt = block_tokens
         self.weights = weights
         self._rng = random.Random(seed)
         self.llmd_index = LlmdBlockIndex(pods_per_key)
 
     def on_kv_events(self, replica: int, seq: int, batch: EventBatch, now: float) -> None:
-        super().on_kv_events(replica, seq, batch, now)
         self.llmd_index.apply(replica, batch)
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
