@@ -3,19 +3,34 @@
 A gateway that hears of a request only when it ends (LiteLLM's callbacks) cannot drop a
 request's uncached prompt tokens from its replica's backlog when the prefill is done, as
 the replay's default router does at the first token. :class:`DrainedBacklog` is the rule
-such a router uses instead, in one place for the LiteLLM plugin's ledger and the replay's
-``CacheCostPolicy(prefill_rate=...)`` that models it.
+such a router uses instead, and :class:`PrefillRateEstimator` learns the rate it drains at
+from first-token times revealed when requests end; both in one place for the LiteLLM
+plugin's ledger and the replay's ``CacheCostPolicy(prefill_rate=...)`` that models it.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from clusterrouting import InvalidRecordError
 from prefixcache._keys import check_rate
 
-__all__ = ["DrainedBacklog"]
+__all__ = [
+    "DEFAULT_RATE_MIN_OBSERVATIONS",
+    "DEFAULT_RATE_WINDOW",
+    "DrainedBacklog",
+    "PrefillRateEstimator",
+]
+
+DEFAULT_RATE_WINDOW: Final = 512
+"""Observations a :class:`PrefillRateEstimator` keeps (the most recent)."""
+
+DEFAULT_RATE_MIN_OBSERVATIONS: Final = 16
+"""Observations a :class:`PrefillRateEstimator` needs before its first estimate; it
+estimates again after every as many more."""
 
 K = TypeVar("K", bound=Hashable)
 
@@ -66,6 +81,21 @@ class DrainedBacklog(Generic[K]):
     def __len__(self) -> int:
         """Keys with tokens held."""
         return len(self._held)
+
+    def set_rate(self, rate: float, now: float) -> None:
+        """Drain at ``rate`` from ``now`` on: every level is first drained to ``now`` at the
+        old rate (a level stays where it was at that moment). Raises
+        :class:`clusterrouting.InvalidRecordError` for a ``rate`` that is not a finite number
+        > 0, or when the backlog has no rate (``None`` holds tokens until their request
+        ends; it has no level to carry over)."""
+        new = check_rate("rate", rate)
+        if new is None or self.rate is None:
+            raise InvalidRecordError(
+                "rate", rate, "must be a finite number > 0 on a drained backlog"
+            )
+        for key, held in self._held.items():
+            self._settle(key, held, now, 0)
+        self.rate = new
 
     def held(self, key: K) -> int:
         """The uncached tokens of ``key``'s requests not yet ended."""
@@ -128,3 +158,98 @@ class DrainedBacklog(Generic[K]):
         if now > at:
             level -= rate * (now - at)
         return level if level > 0 else 0.0
+
+
+class PrefillRateEstimator(Generic[K]):
+    """Learns the rate replicas prefill at from requests' first-token times, told in any
+    order (LiteLLM reveals a streamed request's first-token time only when it ends).
+
+    Each observation is one request: its replica ``key``, when it was ``sent``, when its
+    ``first_token`` came back, and the uncached prompt ``tokens`` it had to prefill. The
+    estimate is the tokens of the last ``window`` observations over the time their replicas
+    were busy with them: per replica, the length of the union of their ``[sent,
+    first_token]`` intervals, summed over replicas. A request that waited behind another
+    adds only the time after the other's first token, so queueing does not pass for a slow
+    prefill (dividing each request's tokens by its own time to first token would, and a
+    router that underestimates the rate queues more, which lowers the estimate further).
+    Time spent on decode steps between prefill chunks, and network time, count as busy: the
+    estimate is the rate a backlog actually drains at, not the engine's peak.
+
+    It estimates once ``min_observations`` are in and again after every as many more
+    (an estimate costs a sort of the window); :meth:`rate` is ``None`` before the first.
+    An observation with a ``first_token`` not after ``sent`` (clocks out of step, a retried
+    attempt) or no tokens to prefill is not counted (:meth:`observe` returns ``False``);
+    any value that is not a finite number (or a non-negative int for ``tokens``) raises
+    :class:`clusterrouting.InvalidRecordError` naming it.
+
+    Memory: ``window`` observations. Not thread-safe: its owner serialises calls.
+
+    >>> r = PrefillRateEstimator[str](min_observations=2)
+    >>> r.observe("a", sent=0.0, first_token=1.0, tokens=1000)
+    True
+    >>> r.observe("a", sent=0.0, first_token=2.0, tokens=1000)  # queued behind the first
+    True
+    >>> r.rate()                                                # 2,000 tokens in 2 s busy
+    1000.0
+    """
+
+    __slots__ = ("_due", "_obs", "_rate", "min_observations")
+
+    def __init__(
+        self,
+        *,
+        window: int = DEFAULT_RATE_WINDOW,
+        min_observations: int = DEFAULT_RATE_MIN_OBSERVATIONS,
+    ) -> None:
+        if type(window) is not int or window < 1:
+            raise InvalidRecordError("window", window, "must be an int >= 1")
+        if type(min_observations) is not int or not 1 <= min_observations <= window:
+            raise InvalidRecordError(
+                "min_observations", min_observations, f"must be an int in [1, {window}]"
+            )
+        self.min_observations = min_observations
+        self._obs: deque[tuple[K, float, float, int]] = deque(maxlen=window)
+        self._due = min_observations  # observations until the next estimate
+        self._rate: float | None = None
+
+    def __len__(self) -> int:
+        """Observations kept (at most ``window``)."""
+        return len(self._obs)
+
+    def rate(self) -> float | None:
+        """The latest estimate in tokens per second, or ``None`` before the first."""
+        return self._rate
+
+    def observe(self, key: K, *, sent: float, first_token: float, tokens: int) -> bool:
+        """Count one request's prefill; ``True`` when counted (see the class)."""
+        for name, value in (("sent", sent), ("first_token", first_token)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidRecordError(name, value, "must be a finite number (seconds)")
+            if not math.isfinite(value):
+                raise InvalidRecordError(name, value, "must be a finite number (seconds)")
+        if type(tokens) is not int or tokens < 0:
+            raise InvalidRecordError("tokens", tokens, "must be an int >= 0")
+        if first_token <= sent or not tokens:
+            return False
+        self._obs.append((key, float(sent), float(first_token), tokens))
+        self._due -= 1
+        if self._due <= 0:
+            self._due = self.min_observations
+            self._rate = self._estimate()
+        return True
+
+    def _estimate(self) -> float:
+        by_key: dict[K, list[tuple[float, float]]] = {}
+        tokens = 0
+        for key, sent, first, n in self._obs:
+            by_key.setdefault(key, []).append((sent, first))
+            tokens += n
+        busy = 0.0
+        for spans in by_key.values():
+            spans.sort()
+            end = -math.inf
+            for start, stop in spans:
+                if stop > end:
+                    busy += stop - (start if start > end else end)
+                    end = stop
+        return tokens / busy

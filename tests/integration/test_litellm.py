@@ -10,6 +10,7 @@ and uninstalls them at the end, since ``litellm.callbacks`` is process-wide.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 import time
@@ -218,6 +219,38 @@ def test_a_reserved_busy_deployment_sheds_new_requests() -> None:
                 assert plugin.in_flight(home) == plugin.in_flight(other) == 0
                 # Once released, the conversation goes back to where its prompt is cached.
                 assert await ask(r, chat("one more")) in (home, other)
+                assert plugin.stats().errors == 0
+
+    run(main)
+
+
+def test_streamed_responses_teach_the_prefill_rate() -> None:
+    # LiteLLM's success callback carries a streamed response's first-chunk time
+    # (completion_start_time): the plugin learns how fast its deployments answer from it.
+    # Sixteen streamed requests with cold prompts are enough for a first estimate (whatever
+    # the mock's speed on this machine, it is not exactly the configured rate); responses
+    # not streamed teach nothing.
+    async def main() -> None:
+        async with backends(2) as bs:
+            r = router(bs)
+            plugin = install(r, prefill_tokens_per_s=20_000.0)
+            async with installed(plugin):
+                for k in range(4):
+                    await ask(r, chat("not streamed", system=f"{k} {SYSTEM}"))
+                await settled(plugin, 4)
+                assert plugin.stats().timed == 0
+                for k in range(16):
+                    s = await r.acompletion(
+                        model=MODEL,
+                        messages=chat("streamed", system=f"s{k} {SYSTEM}"),
+                        stream=True,
+                    )
+                    async for _chunk in s:
+                        pass
+                await settled(plugin, 20)
+                await wait_for(lambda: plugin.stats().timed == 16, "16 first tokens learned")
+                rate = plugin.prefill_rate()
+                assert rate is not None and math.isfinite(rate) and rate != 20_000.0
                 assert plugin.stats().errors == 0
 
     run(main)

@@ -4,7 +4,9 @@ and the default policy's hot-prefix rule (``HotPrefixes.credit``) applies."""
 
 from __future__ import annotations
 
+import datetime
 import itertools
+import math
 import os
 from typing import Any
 
@@ -252,3 +254,71 @@ def test_a_choice_reads_the_drained_backlog() -> None:
     assert next_turn_home(20_000.0, 0.0) == "b"
     assert next_turn_home(20_000.0, 10.0) == "a"
     assert next_turn_home(None, 10.0) == "b"
+
+
+def streamed(
+    done: dict[str, Any], sent: float, first: float, *, stream: object = True
+) -> dict[str, Any]:
+    """A success callback's ``kwargs`` for a streamed response: LiteLLM's ``start_time`` and
+    ``completion_start_time`` (the first chunk's arrival)."""
+    return {**done, "stream": stream, "start_time": sent, "completion_start_time": first}
+
+
+def test_streamed_first_tokens_teach_the_prefill_rate() -> None:
+    # Sixteen cold ~2,600-token prompts, each streamed back 0.5 s after it was sent with
+    # nothing else in flight: from the 16th on the backlog drains at what they took
+    # (tokens / 0.5 s), not at the configured 20,000 tokens per second.
+    plugin = PrefixRoutingPlugin(None)
+    assert plugin.prefill_rate() == DEFAULT_PREFILL_TOKENS_PER_S
+    uncached = []
+    for k in range(16):
+        home, done = route(plugin, chat(f"question {k}", system=f"{k} {LONG}"))
+        uncached.append(plugin.backlog(home, now=1.0))
+        t = 10.0 * k
+        assert plugin.release(streamed(done, t, t + 0.5), success=True, now=1.0)
+    assert plugin.stats().timed == 16
+    rate = plugin.prefill_rate()
+    assert rate is not None and rate == pytest.approx(sum(uncached) / (16 * 0.5))
+    assert 4000 < rate < 7000
+    # A backlog now drains at the learned rate.
+    home, _ = route(plugin, chat("one more", system=f"new {LONG}"))
+    level = plugin.backlog(home, now=1.0)
+    assert plugin.backlog(home, now=1.1) == level - round(0.1 * rate)
+
+
+def test_only_streamed_successes_with_both_times_teach_the_rate() -> None:
+    plugin = PrefixRoutingPlugin(None)
+    when = datetime.datetime(2026, 12, 7, 12, 0, 0)
+    cases = [
+        ({"stream": False}, 0),  # LiteLLM sets a non-streamed response's first token to its end
+        ({"stream": "yes"}, 0),
+        ({"completion_start_time": None}, 0),
+        ({"start_time": "0"}, 0),
+        ({"start_time": math.nan}, 0),
+        ({"completion_start_time": 0.0}, 0),  # not after the start: out of step
+        (
+            {"start_time": when, "completion_start_time": when + datetime.timedelta(seconds=1)},
+            1,
+        ),
+        ({}, 1),
+    ]
+    for k, (change, counted) in enumerate(cases):
+        before = plugin.stats().timed
+        _, done = route(plugin, chat(f"question {k}", system=f"{k} {LONG}"))
+        kwargs = {**streamed(done, 1.0, 2.0), **change}
+        assert plugin.release(kwargs, success=True, now=1.0)
+        assert plugin.stats().timed - before == counted, change
+    # A failure, a plugin told not to learn and one holding tokens until release learn nothing.
+    _, done = route(plugin, chat("failed", system=f"f {LONG}"))
+    assert plugin.release(streamed(done, 1.0, 2.0), success=False, now=1.0)
+    assert plugin.stats().timed == 2
+    for other in (
+        PrefixRoutingPlugin(None, learn_prefill_rate=False),
+        PrefixRoutingPlugin(None, prefill_tokens_per_s=None),
+    ):
+        _, done = route(other, chat("question"))
+        assert other.release(streamed(done, 1.0, 2.0), success=True, now=1.0)
+        assert other.stats().timed == 0
+    for bad in (1, "yes", None):
+        with pytest.raises(InvalidRecordError, match="learn_prefill_rate"):
+            PrefixRoutingPlugin(None, learn_prefill_rate=bad)  # type: ignore[arg-type]

@@ -383,6 +383,28 @@ def test_cache_cost_without_first_tokens_drains_the_backlog_at_the_prefill_rate(
             CacheCostPolicy(capacity_blocks=None, block_tokens=4, prefill_rate=bad)
 
 
+def test_cache_cost_learns_the_prefill_rate_from_first_tokens_told_at_completion() -> None:
+    # The LiteLLM plugin's model with learn_prefill_rate: each request's first-token time,
+    # revealed when it completes, teaches the rate its backlogs drain at. Sixteen lone
+    # 800-token prompts, one every 10 s, on replicas prefilling 1,000 tokens/s (plus the
+    # engine's step time): learned at about the replicas' rate, whatever it started from.
+    trace = [req(10.0 * k, tuple(range(1000 * k, 1000 * k + 200)), out=4) for k in range(16)]
+    rates = []
+    for start in (100.0, 1_000_000.0):
+        policy = CacheCostPolicy(
+            capacity_blocks=None, block_tokens=4, prefill_rate=start, learn_prefill_rate=True
+        )
+        result = simulate(trace, policy, MODEL)
+        assert policy._drained is not None
+        rates.append(policy._drained.rate)
+        ttft = sum(result.ttft_s) / 16
+        assert rates[-1] == pytest.approx(800 / ttft)
+    assert rates[0] == rates[1] and 700 < rates[0] <= 1000
+    for bad in ({"learn_prefill_rate": 1}, {"learn_prefill_rate": True}):
+        with pytest.raises(ValueError, match="learn_prefill_rate"):
+            CacheCostPolicy(capacity_blocks=None, block_tokens=4, **bad)  # type: ignore[arg-type]
+
+
 def test_cache_cost_holds_output_blocks_from_the_first_token_weighted_by_time() -> None:
     # One replica, 4-token blocks. Each request's prompt is pinned from its dispatch; its
     # output blocks join from its first token, at RunningOutput's estimate of the requests

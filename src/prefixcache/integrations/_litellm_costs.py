@@ -80,12 +80,13 @@ class CostState:
         block_tokens: int,
         mirror_blocks: int,
         prefill_rate: float | None,
+        learn_prefill_rate: bool = False,
     ) -> None:
         self.config = config
         self.mirror = KvCacheMirror(capacity_blocks=mirror_blocks)
         self._kv_limit = DEFAULT_SHARED_KV_USAGE * mirror_blocks
         self.stride = max(1, DEFAULT_COST_MARGIN // block_tokens)
-        self.ledger = Ledger(self.stride, prefill_rate)
+        self.ledger = Ledger(self.stride, prefill_rate, learn_rate=learn_prefill_rate)
         self._window = DispatchWindow(size=WINDOW_PER_DEPLOYMENT)
         self._hot: dict[str, HotPrefixes] = {}
         self._keys: dict[str, ReplicaKey] = {}

@@ -33,6 +33,7 @@ from prefixcache.integrations._litellm_requests import (
     callback_target,
     deployment_id,
     deployment_ids,
+    first_token_times,
     is_mapping,
     prefix_source,
     request_chain,
@@ -95,6 +96,7 @@ class PluginStats:
         unmatched: callbacks for no reservation this plugin holds (another router's
             request, or one already expired).
         observed: successes that observed the request's chain.
+        timed: streamed successes whose first-token time taught the prefill rate.
         pinned / unpinned: session pins written on success / cleared on failure.
     """
 
@@ -106,6 +108,7 @@ class PluginStats:
     expired: int = 0
     unmatched: int = 0
     observed: int = 0
+    timed: int = 0
     pinned: int = 0
     unpinned: int = 0
 
@@ -146,6 +149,13 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             A deployment's backlog (the uncached prompt tokens of its reservations) drains
             at this rate from each reservation on, since LiteLLM reports a request only when
             it ends; ``None`` keeps a reservation's tokens until then.
+        learn_prefill_rate: learn the rate from streamed responses (default ``True``): each
+            success of a request sent with ``stream=True`` reports its first-token time
+            (LiteLLM's ``completion_start_time``), and from the 16th on the backlog drains at
+            the estimate of :class:`prefixcache._backlog.PrefillRateEstimator` over the last
+            512 (the uncached tokens over the time the deployments were busy with them;
+            ``prefill_tokens_per_s`` until then). Responses not streamed teach nothing;
+            with ``prefill_tokens_per_s=None`` nothing is learned.
 
     Memory is bounded: the index by its ttl (swept every ``ttl / 2`` from routing calls),
     the mirror by ``mirror_blocks`` per deployment, reservations by ``reservation_ttl``, the
@@ -175,6 +185,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         clock: Clock | Callable[[], float] = time.time,
         mirror_blocks: int = DEFAULT_MIRROR_BLOCKS,
         prefill_tokens_per_s: float | None = DEFAULT_PREFILL_TOKENS_PER_S,
+        learn_prefill_rate: bool = True,
     ) -> None:
         super().__init__()
         if mode not in ("filter", "strategy"):
@@ -199,6 +210,8 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         if type(mirror_blocks) is not int or mirror_blocks < 1:
             raise InvalidRecordError("mirror_blocks", mirror_blocks, "must be an int >= 1")
         prefill_rate = check_rate("prefill_tokens_per_s", prefill_tokens_per_s)
+        if type(learn_prefill_rate) is not bool:
+            raise InvalidRecordError("learn_prefill_rate", learn_prefill_rate, "must be a bool")
         if block_tokens is not None and (type(block_tokens) is not int or block_tokens < 1):
             raise InvalidRecordError("block_tokens", block_tokens, "must be an int >= 1")
         if sync is not None and not callable(getattr(sync, "subscribe", None)):
@@ -225,6 +238,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             block_tokens=self.block_tokens,
             mirror_blocks=mirror_blocks,
             prefill_rate=prefill_rate,
+            learn_prefill_rate=learn_prefill_rate,
         )
         self._chains = SessionChains(config)
         self._uid = uuid.uuid4().hex
@@ -262,6 +276,11 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         t = self.clock() if now is None else now
         with self._lock:
             return self._costs.ledger.backlog.read(deployment_id, t)
+
+    def prefill_rate(self) -> float | None:
+        """The rate deployments' backlogs drain at now, in tokens per second:
+        ``prefill_tokens_per_s``, or what was learned from streamed responses since."""
+        return self._costs.ledger.backlog.rate
 
     def demand_window(self, model_group: str) -> int | None:
         """The recent dispatches over which ``model_group``'s hot-prefix demand is measured
@@ -405,6 +424,12 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
                 self.mirror.observe(key, res.chain)
                 counts["observed"] += bool(res.chain)
                 counts["pinned"] += pin
+                times = first_token_times(kwargs)
+                if times is not None:
+                    sent, first = times
+                    counts["timed"] += self._costs.ledger.time_prefill(
+                        res, sent=sent, first_token=first, now=t
+                    )
         if success:
             if res.chain and self.provider is not None:
                 self.provider.observe(res.group, res.chain, key, t)
@@ -559,6 +584,7 @@ def install(
     clock: Clock | Callable[[], float] = time.time,
     mirror_blocks: int = DEFAULT_MIRROR_BLOCKS,
     prefill_tokens_per_s: float | None = DEFAULT_PREFILL_TOKENS_PER_S,
+    learn_prefill_rate: bool = True,
 ) -> PrefixRoutingPlugin:
     """Make ``router`` route by prefix cache cost and session pins; returns the plugin.
 
@@ -592,6 +618,7 @@ def install(
         clock=clock,
         mirror_blocks=mirror_blocks,
         prefill_tokens_per_s=prefill_tokens_per_s,
+        learn_prefill_rate=learn_prefill_rate,
     )
     plugin.attach()
     plugin._wrap_endpoints()

@@ -7,6 +7,8 @@ Pure functions over LiteLLM's dicts (the request's metadata dict is the one exce
 
 from __future__ import annotations
 
+import datetime
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeGuard
 
@@ -23,6 +25,7 @@ __all__ = [
     "REQUEST_ID_METADATA_KEY",
     "Tokenizer",
     "callback_target",
+    "first_token_times",
     "deployment_id",
     "deployment_ids",
     "is_mapping",
@@ -218,6 +221,25 @@ def callback_target(kwargs: Mapping[str, Any]) -> tuple[str, list[str]]:
     except (KeyError, TypeError):
         pass
     return _callback_deployment(kwargs), _callback_request_ids(kwargs)
+
+
+def first_token_times(kwargs: Mapping[str, Any]) -> tuple[float, float] | None:
+    """``(start, first token)`` in seconds of a streamed request, from a LiteLLM success
+    callback's ``kwargs`` (``start_time`` and ``completion_start_time``, datetimes or
+    floats on LiteLLM's clock); ``None`` unless ``stream`` is ``True`` and both are there
+    (LiteLLM sets the first-token time of a response that was not streamed to its end)."""
+    if kwargs.get("stream") is not True:
+        return None
+    times = []
+    for name in ("start_time", "completion_start_time"):
+        t = kwargs.get(name)
+        if isinstance(t, datetime.datetime):
+            times.append(t.timestamp())
+        elif (type(t) is float or type(t) is int) and math.isfinite(t):
+            times.append(float(t))
+        else:
+            return None
+    return times[0], times[1]
 
 
 def _callback_deployment(kwargs: Mapping[str, Any]) -> str:

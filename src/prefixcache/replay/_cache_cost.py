@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from clusterrouting import InvalidRecordError
-from prefixcache._backlog import DrainedBacklog
+from prefixcache._backlog import DrainedBacklog, PrefillRateEstimator
 from prefixcache._hot import (
     DEFAULT_GUARD_DEMAND,
     DEFAULT_HOT_CONFIDENCE,
@@ -114,7 +114,11 @@ class CacheCostPolicy(BasePolicy):
     LiteLLM plugin (whose callbacks come when a request ends): each replica's backlog
     drains at that rate between decisions, and never exceeds the estimates of its requests
     not yet ended (0 while nothing is in flight there); observing at dispatch, a request's
-    output blocks are then counted from its dispatch.
+    output blocks are then counted from its dispatch. With ``learn_prefill_rate`` too, the
+    rate is learned from first-token times revealed when each request completes (as
+    LiteLLM reports a streamed request's ``completion_start_time``):
+    :class:`prefixcache._backlog.PrefillRateEstimator`, ``prefill_rate`` until its first
+    estimate.
     """
 
     name = "cache-cost"
@@ -142,6 +146,7 @@ class CacheCostPolicy(BasePolicy):
         shared_kv_usage: float = DEFAULT_SHARED_KV_USAGE,
         hot_overloaded: Callable[[int, int], bool] | None = None,
         prefill_rate: float | None = None,
+        learn_prefill_rate: bool = False,
         guard_demand: float | None = DEFAULT_GUARD_DEMAND,
     ) -> None:
         from prefixcache import (
@@ -215,6 +220,15 @@ class CacheCostPolicy(BasePolicy):
         rate = check_rate("prefill_rate", prefill_rate)
         # Without first tokens: per replica, the estimates drained at the rate.
         self._drained = None if rate is None else DrainedBacklog[int](rate)
+        if type(learn_prefill_rate) is not bool or (learn_prefill_rate and rate is None):
+            raise InvalidRecordError(
+                "learn_prefill_rate",
+                learn_prefill_rate,
+                "must be a bool (True needs a prefill_rate)",
+            )
+        # Learning the rate: each request's dispatch and first-token times until it completes.
+        self._rate = PrefillRateEstimator[int]() if learn_prefill_rate else None
+        self._timed: dict[int, tuple[float, float | None]] = {}
         self._shared_kv_usage = shared_kv_usage
         self._cc = CostCandidate
         from prefixcache.kvevents import CacheSource
@@ -380,11 +394,25 @@ class CacheCostPolicy(BasePolicy):
         self._est[i] = inp - min(inp, held[r] * bt)
         return r
 
+    def _learn(self, i: int, replica: int, tokens: int, now: float) -> None:
+        """Request ``i`` completed at ``now``: its first-token time, now revealed, teaches the
+        drain rate."""
+        assert self._rate is not None and self._drained is not None
+        sent, first = self._timed.pop(i)
+        if first is not None and self._rate.observe(
+            replica, sent=sent, first_token=first, tokens=tokens
+        ):
+            rate = self._rate.rate()
+            if rate is not None and rate != self._drained.rate:
+                self._drained.set_rate(rate, now)
+
     def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
         if self._drained is None:
             self._queued[replica] += self._est[i]
         else:
             self._drained.add(replica, self._est[i], now)
+            if self._rate is not None:
+                self._timed[i] = (now, None)
         self._window.record(self._keys[replica])
         if self.hot is not None:
             self.hot.record(request.blocks)
@@ -409,6 +437,8 @@ class CacheCostPolicy(BasePolicy):
             self._queued[replica] -= self._est.pop(i)
             if self.observe_at == "dispatch":  # admitted by now: output blocks from now
                 self._hold_output(i, replica, now)
+        elif self._rate is not None:  # known to the router only when the request completes
+            self._timed[i] = (self._timed[i][0], now)
 
     def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
         if self.observe_at == "completion":
@@ -420,7 +450,10 @@ class CacheCostPolicy(BasePolicy):
                 blocks = -(-request.output_tokens // self._bt)
                 self._output.record(blocks, seconds=max(0.0, now - since))
         if self._drained is not None:  # its tokens leave the backlog if still there
-            self._drained.remove(replica, self._est.pop(i), now)
+            est = self._est.pop(i)
+            self._drained.remove(replica, est, now)
+            if self._rate is not None:
+                self._learn(i, replica, est, now)
         if self._tracks_pending:
             pend = self._pending[replica]
             for b in request.blocks:
