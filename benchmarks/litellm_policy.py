@@ -5,16 +5,18 @@ The plugin runs ``cache-cost`` but learns what a deployment caches from success 
 which come when a request ends; until then it counts the prompt of each request in flight
 as held where it runs, and it applies the hot-prefix rule only to a holder beyond its load
 guard (issue 17: a prompt keeps its deployment while that deployment is not overloaded),
-and, seeing no first token, it drains each deployment's backlog at
-``DEFAULT_PREFILL_TOKENS_PER_S`` (the simulated servers' prefill rate). The replay models
-that with ``CacheCostPolicy(observe_at="completion", hot_overloaded=<the load guard>,
-prefill_rate=DEFAULT_PREFILL_TOKENS_PER_S, hot_confidence=HOT_CONFIDENCE)`` (the
-plugin's hot-prefix demand is the observed share). One router sees every request here;
-each plugin only sees its own.
+and, seeing no first token until a request ends, it drains each deployment's backlog at
+``DEFAULT_PREFILL_TOKENS_PER_S`` (the simulated servers' prefill rate), or, with streamed
+responses, at the rate it learns from their first-token times. The replay models that
+with ``CacheCostPolicy(observe_at="completion", hot_overloaded=<the load guard>,
+prefill_rate=DEFAULT_PREFILL_TOKENS_PER_S, learn_prefill_rate=<streamed>,
+hot_confidence=HOT_CONFIDENCE)`` (the plugin's hot-prefix demand is the observed share).
+One router sees every request here; each plugin only sees its own.
 
-Run: ``python benchmarks/litellm_policy.py [SEEDS]`` (default 4: seeds 0-3; about 15 s
-on 2 cores). Prints a markdown table of mean / p99 TTFT, averaged over the seeds,
-for docs/litellm.md.
+Run: ``python benchmarks/litellm_policy.py [SEEDS] [--rates]`` (default 4: seeds 0-3;
+about 20 s on 2 cores). Prints a markdown table of mean / p99 TTFT, averaged over the
+seeds, for docs/litellm.md; ``--rates`` replays the plugin configured at 5,000, 20,000
+and 80,000 tokens per second instead, its rate fixed and learned.
 """
 
 from __future__ import annotations
@@ -46,11 +48,21 @@ def load_guard_exceeded(in_flight: int, least: int) -> bool:
 VARIANTS: dict[str, dict[str, Any]] = {
     "replay default (dispatch)": {},
     "--observe completion": {"observe_at": "completion"},
-    "LiteLLM plugin": {
+    # Streamed responses (the plugin's default learn_prefill_rate=True): the rate is learned
+    # from first-token times told at completion, from the configured rate on.
+    "LiteLLM plugin, streamed": {
         "observe_at": "completion",
         "hot_overloaded": load_guard_exceeded,
         "prefill_rate": DEFAULT_PREFILL_TOKENS_PER_S,
+        "learn_prefill_rate": True,
         "hot_confidence": HOT_CONFIDENCE,  # the plugin's: the observed share
+    },
+    # Responses not streamed teach nothing: the configured rate throughout.
+    "LiteLLM plugin, not streamed": {
+        "observe_at": "completion",
+        "hot_overloaded": load_guard_exceeded,
+        "prefill_rate": DEFAULT_PREFILL_TOKENS_PER_S,
+        "hot_confidence": HOT_CONFIDENCE,
     },
     # prefill_tokens_per_s=None: a backlog drains only as its requests end (a rate of 1e-9
     # tokens per second drains nothing, and the backlog is capped by the requests not ended).
@@ -112,5 +124,21 @@ def main(seeds: int) -> str:
     return "\n".join(lines)
 
 
+def rate_variants() -> dict[str, dict[str, Any]]:
+    """The plugin configured 4x under, at and 4x over the replayed servers' rate, with the
+    rate fixed (not streamed) and learned (streamed)."""
+    streamed = VARIANTS["LiteLLM plugin, streamed"]
+    fixed = VARIANTS["LiteLLM plugin, not streamed"]
+    out: dict[str, dict[str, Any]] = {}
+    for rate in (5_000.0, 20_000.0, 80_000.0):
+        out[f"{rate:,.0f} fixed"] = {**fixed, "prefill_rate": rate}
+        out[f"{rate:,.0f} learned"] = {**streamed, "prefill_rate": rate}
+    return out
+
+
 if __name__ == "__main__":
-    print(main(int(sys.argv[1]) if len(sys.argv) > 1 else 4))
+    args = sys.argv[1:]
+    if "--rates" in args:  # the configured rate's sensitivity, fixed and learned
+        args.remove("--rates")
+        VARIANTS = rate_variants()
+    print(main(int(args[0]) if args else 4))

@@ -17,9 +17,11 @@ least by the library's default policy (``cache-cost``, :func:`prefixcache.pick_l
   the 512-token cost margin: every eighth of the default 64-token blocks is tracked) and,
   with ``sync=`` (or a host-supplied ``index=``), from a :class:`prefixcache.Index` shared
   through ``Sync`` (the longest live match, learned from every router); in-flight counts
-  and the prefill backlog come from reservations (LiteLLM reports no first token, so a
-  deployment's backlog drains at ``prefill_tokens_per_s``, ``DEFAULT_PREFILL_TOKENS_PER_S``,
-  from each reservation on); recent shares from a :class:`prefixcache.DispatchWindow`;
+  and the prefill backlog come from reservations (LiteLLM reports a first token only when
+  the request ends, so a deployment's backlog drains from each reservation on at
+  ``prefill_tokens_per_s``, ``DEFAULT_PREFILL_TOKENS_PER_S``, or at the rate learned from
+  streamed responses' first-token times, ``learn_prefill_rate``); recent shares from a
+  :class:`prefixcache.DispatchWindow`;
 * hot prefixes: :meth:`prefixcache.HotPrefixes.credit` over the model group's last ``256 x
   deployments`` dispatches, as in the replay's ``cache-cost`` except for when a holder counts
   as busy: while every deployment holding the request's prefix is beyond the load guard
@@ -67,6 +69,10 @@ LiteLLM facts this module relies on (checked against LiteLLM 1.108 and 1.110):
 * LiteLLM copies ``litellm.callbacks`` into its success/failure lists, skipping a logger when
   one of the same class with equal public ``str``/``bool``/``int`` attributes is there: each
   plugin carries a unique public ``plugin_id`` so that every plugin gets its callbacks.
+* A success callback's ``kwargs`` carry ``stream``, ``start_time`` and
+  ``completion_start_time`` (datetimes on LiteLLM's clock): for a streamed response the
+  time its first chunk arrived, for one not streamed its end (checked against 1.108; the
+  integration test ``test_streamed_responses_teach_the_prefill_rate`` exercises it).
 """
 
 from __future__ import annotations
