@@ -75,17 +75,18 @@ def test_sglang_owner_evicted_from_its_node_is_replaced_for_good() -> None:
 
 
 def test_sglang_eviction_removes_leaves_first() -> None:
-    # evict_tenant_by_size: only (tenant, leaf) entries enter the heap; a parent is pushed
-    # when its last child with that tenant goes, so a prefix never loses a block while a
-    # deeper block of the same tenant stays. (1, 2, 3) is one new leaf (one stamp); (5,)
-    # is later. Cap 2 blocks: 3 goes, then 2 (now a leaf); 1 and 5 stay.
+    # evict_tenant_by_size: only (tenant, leaf node) entries enter the heap; a parent is
+    # pushed when its last child with that tenant goes, so a prefix never loses a block
+    # while a deeper block of the same tenant stays. (1, 2, 3) is one new leaf node (one
+    # stamp); (5,) is later. Cap 2 blocks, 160 > 80: the node (1, 2, 3) goes whole, 40
+    # <= 80, stop. Trimming block by block would stop at 80 with block 1 kept.
     p = SglangCacheAwarePolicy(block_tokens=BT, max_tree_chars=80, eviction_interval_s=10.0)
     v = view(1, [0])
     p.choose(0, rq((1, 2, 3)), 0.0, v)
     p.choose(1, rq((5,)), 1.0, v)
     p.choose(2, rq((9,)), 11.0, v)  # the eviction pass runs first
-    assert set(p.tree.nodes) == {1, 5, 9}
-    assert p.tree.chars[0] == 120
+    assert set(p.tree.nodes) == {5, 9}
+    assert p.tree.chars[0] == 80
 
 
 def test_sglang_eviction_passes_fall_on_a_fixed_grid() -> None:
@@ -113,6 +114,7 @@ def test_sglang_eviction_keeps_every_kept_block_under_its_parent() -> None:
             assert par is None or set(tenants) <= set(tree.nodes[par])
         for t, held in tree.chars.items():
             assert held == sum(tree.chars_of[b] for b, ts in tree.nodes.items() if t in ts)
+        tree._check()
     p.tree.evict(200, per_tenant=True)
     assert all(c <= 200 for c in p.tree.chars.values())
 

@@ -219,24 +219,57 @@ class TreeMatch:
 
 class CharTree:
     """A character radix tree at block granularity, shared by all tenants, with the
-    stamps and eviction of SMG's ``crates/kv_index/src/string_tree.rs``.
+    nodes, stamps and eviction of SMG's ``crates/kv_index/src/string_tree.rs`` (smg
+    @73da68ca and @f8daa883).
 
-    Node = block id (ids are prefix-chained, so a block has one parent). Per node:
-    tenant -> last-access stamp (an operation counter, see :meth:`next_stamp`), the owner
-    (SMG's ``last_tenant``: the tenant whose insert created the block, until a lookup
-    finds it gone and stores another), its parent and children. Per tenant: characters
-    held. Invariant: a tenant on a block is on its parent too (inserts join the whole
-    path; eviction removes leaves first).
+    Blocks are the edges (ids are prefix-chained, so a block has one parent); SMG's nodes
+    are runs of them. An insert that leaves the tree creates one node holding all its new
+    blocks; a node is cut in two where a later insert ends inside it or branches off it
+    (``insert_from``'s split), and nodes are never merged. A node is named by its last
+    block, its *end* (``ends``); every other block of a node has exactly one child, the
+    next block of the node.
+
+    Per block: tenant -> stamp, parent, children, characters. Every block of a node holds
+    the node's tenants (an insert joins whole nodes, a split keeps both halves' tenants,
+    eviction takes a tenant off a whole node). Per node, kept on its end: the stamps that
+    count (an operation counter, see :meth:`next_stamp`; stamps on other blocks are never
+    read), the owner (``owner``, SMG's ``last_tenant``: the tenant whose insert created the
+    node, until a lookup finds it gone and stores another, see :meth:`resolve_owner`) and
+    the origin (``origin``: the node's end when an insert created it; a split keeps it
+    for both halves, as SMG's split copies the tenant map with its hasher, so
+    ``smg-cache-aware`` orders a node's tenants by it). Per tenant: characters held, the
+    sum over the nodes that hold it. Invariant: a tenant on a block is on its parent too.
+    :meth:`_check` asserts all of this.
+
+    Not thread-safe; the replay drives it from one thread.
+
+    >>> tree = CharTree()
+    >>> tree.insert((1, 2, 3), (40, 40, 40), tenant=0)
+    >>> tree.insert((1, 2, 4), (40, 40, 40), tenant=1)
+    >>> sorted(tree.ends), tree.node_end(1), tree.chars
+    ([2, 3, 4], 2, {0: 120, 1: 120})
     """
 
-    __slots__ = ("chars", "chars_of", "children", "nodes", "op", "owner", "parent")
+    __slots__ = (
+        "chars",
+        "chars_of",
+        "children",
+        "ends",
+        "nodes",
+        "op",
+        "origin",
+        "owner",
+        "parent",
+    )
 
     def __init__(self) -> None:
         self.nodes: dict[int, dict[int, int]] = {}
-        self.owner: dict[int, int] = {}
         self.parent: dict[int, int | None] = {}
         self.children: dict[int, set[int]] = {}
         self.chars_of: dict[int, int] = {}
+        self.ends: set[int] = set()
+        self.owner: dict[int, int] = {}
+        self.origin: dict[int, int] = {}
         self.chars: dict[int, int] = {}
         self.op = 0
 
@@ -258,47 +291,120 @@ class CharTree:
             k += 1
         return TreeMatch(blocks=k, chars=c, text=sum(chars))
 
+    def node_end(self, block: int) -> int:
+        """The end (last block) of the node holding ``block``, a block in the tree.
+        O(blocks of the node below ``block``)."""
+        ends = self.ends
+        children = self.children
+        while block not in ends:
+            (block,) = children[block]
+        return block
+
+    def resolve_owner(self, end: int) -> int:
+        """The owner of the node ending at ``end`` (SMG's cached ``last_tenant``). If it
+        has left the node, the lowest-index tenant still there replaces it for good
+        (fact sheet section 10 resolves SMG's "first in map order" by index)."""
+        owner = self.owner[end]
+        tenants = self.nodes[end]
+        if owner not in tenants:
+            owner = min(tenants)
+            self.owner[end] = owner
+        return owner
+
+    def _cut(self, block: int) -> None:
+        """Make ``block`` the end of a node: the upper half of a split copies the node's
+        tenant stamps, owner and origin (``insert_from``)."""
+        if block in self.ends:
+            return
+        end = self.node_end(block)
+        self.ends.add(block)
+        self.nodes[block].update(self.nodes[end])
+        self.owner[block] = self.owner[end]
+        self.origin[block] = self.origin[end]
+
     def insert(
         self, blocks: Sequence[int], chars: Sequence[int], tenant: int, stamp: int | None = None
     ) -> None:
-        """Insert a text for ``tenant`` as SMG's ``insert_text`` does: path blocks the
-        tenant already holds keep their stamp, blocks it joins get 0, and the blocks this
-        insert creates (one new leaf node there) and the last block get ``stamp`` (by
+        """Insert a text for ``tenant`` as SMG's ``insert_text`` does. The node where the
+        text ends or branches off is cut there; the tenant joins the path's nodes it
+        did not hold with stamp 0 (nodes it held keep theirs); the blocks left over
+        become one new node owned by ``tenant``; the last node gets ``stamp`` (by
         default :meth:`next_stamp`)."""
         if stamp is None:
             stamp = self.next_stamp()
         nodes = self.nodes
+        n = len(blocks)
+        k = 0
+        while k < n and blocks[k] in nodes:
+            k += 1
+        if k:
+            self._cut(blocks[k - 1])
         add = 0
-        prev: int | None = None
-        for b, ch in zip(blocks, chars, strict=True):
-            t = nodes.get(b)
-            if t is None:
+        for j in range(k):
+            held = nodes[blocks[j]]
+            if tenant not in held:
+                held[tenant] = 0
+                add += chars[j]
+        if k < n:
+            parent = self.parent
+            children = self.children
+            chars_of = self.chars_of
+            prev = blocks[k - 1] if k else None
+            for j in range(k, n):
+                b = blocks[j]
                 nodes[b] = {tenant: stamp}
-                self.owner[b] = tenant
-                self.parent[b] = prev
-                self.children[b] = set()
+                parent[b] = prev
+                children[b] = set()
+                chars_of[b] = ch = chars[j]
+                add += ch
                 if prev is not None:
-                    self.children[prev].add(b)
-                self.chars_of[b] = ch
-                add += ch
-            elif tenant not in t:
-                t[tenant] = 0
-                add += ch
-            prev = b
-        if prev is not None:
-            nodes[prev][tenant] = stamp
+                    children[prev].add(b)
+                prev = b
+            last = blocks[-1]
+            self.ends.add(last)
+            self.owner[last] = tenant
+            self.origin[last] = last
+        elif k:
+            nodes[blocks[-1]][tenant] = stamp
         self.chars[tenant] = self.chars.get(tenant, 0) + add
 
-    def _is_leaf(self, b: int, tenant: int) -> bool:
+    def _is_leaf(self, end: int, tenant: int) -> bool:
         nodes = self.nodes
-        return not any(tenant in nodes[c] for c in self.children[b])
+        return not any(tenant in nodes[c] for c in self.children[end])
+
+    def _remove(self, end: int, tenant: int) -> int | None:
+        """Take ``tenant`` off the node ending at ``end``, unlink the node if that
+        empties it, and return the node's parent (an end, or ``None`` at the root)."""
+        nodes = self.nodes
+        parent = self.parent
+        ends = self.ends
+        chars_of = self.chars_of
+        run = [end]
+        par = parent[end]
+        while par is not None and par not in ends:
+            run.append(par)
+            par = parent[par]
+        for b in run:
+            del nodes[b][tenant]
+            self.chars[tenant] -= chars_of[b]
+        if not nodes[end] and not self.children[end]:
+            ends.discard(end)
+            del self.owner[end], self.origin[end]
+            for b in run:
+                del nodes[b], parent[b], self.children[b], chars_of[b]
+            if par is not None:
+                self.children[par].discard(run[-1])
+        return par
 
     def evict(self, cap_chars: int, *, per_tenant: bool) -> None:
-        """Drop (tenant, leaf) entries, least recently stamped first, until each tenant
-        (``per_tenant=True``, smg @73da68ca) or the whole tree (smg @f8daa883, one budget
-        per model) holds at most ``cap_chars``. A block is a leaf for a tenant when no
-        child holds that tenant; its parent becomes one when the last such child goes.
-        Ties in stamp go to the lower block id, then the lower tenant."""
+        """SMG's ``evict_tenant_by_size``: drop (tenant, leaf node) entries, least recently
+        stamped first, until each tenant (``per_tenant=True``, smg @73da68ca) or the whole
+        tree (smg @f8daa883, one budget per model) holds at most ``cap_chars``. A node is
+        a leaf for a tenant when no child holds that tenant; its parent becomes one when
+        the last such child goes. An entry takes the tenant off the whole node, and the cap
+        is checked only between entries, so a pass may end up to one node under the cap.
+        Ties in stamp go to the lower end block, then the lower tenant (the source orders
+        by stamp alone). O(blocks + entries x log entries)."""
         chars = self.chars
         total = sum(chars.values())
         over = {t for t, c in chars.items() if c > cap_chars or not per_tenant}
@@ -308,13 +414,9 @@ class CharTree:
         children = self.children
         heap: list[tuple[int, int, int]] = []
         push = heap.append
-        for b, ts in nodes.items():
+        for b in self.ends:
+            ts = nodes[b]
             kids = children[b]
-            if not kids:
-                for t, stamp in ts.items():
-                    if t in over:
-                        push((stamp, b, t))
-                continue
             for t, stamp in ts.items():
                 if t in over and not any(t in nodes[c] for c in kids):
                     push((stamp, b, t))
@@ -328,17 +430,31 @@ class CharTree:
             held = nodes.get(b)
             if held is None or t not in held or not self._is_leaf(b, t):
                 continue
-            del held[t]
-            ch = self.chars_of[b]
-            chars[t] -= ch
-            total -= ch
-            par = self.parent[b]
-            if not held and not self.children[b]:
-                del nodes[b]
-                del self.owner[b], self.parent[b], self.children[b], self.chars_of[b]
-                if par is not None:
-                    self.children[par].discard(b)
+            before = chars[t]
+            par = self._remove(b, t)
+            total -= before - chars[t]
             if par is not None:
                 pts = nodes[par]
                 if t in pts and self._is_leaf(par, t):
                     heapq.heappush(heap, (pts[t], par, t))
+
+    def _check(self) -> None:
+        """Assert the invariants of the class docstring (for tests)."""
+        nodes = self.nodes
+        ends = self.ends
+        assert set(self.parent) == set(self.children) == set(self.chars_of) == set(nodes)
+        assert ends <= set(nodes) and set(self.owner) == set(self.origin) == ends
+        held: dict[int, int] = {}
+        for b, tenants in nodes.items():
+            assert tenants, b
+            par = self.parent[b]
+            assert par is None or (b in self.children[par] and set(tenants) <= set(nodes[par]))
+            kids = self.children[b]
+            assert all(self.parent[c] == b for c in kids)
+            if b not in ends:
+                assert len(kids) == 1, b
+                (c,) = kids
+                assert set(tenants) == set(nodes[c]), b
+            for t in tenants:
+                held[t] = held.get(t, 0) + self.chars_of[b]
+        assert {t: c for t, c in self.chars.items() if c} == held

@@ -1,7 +1,8 @@
 """Peer policies on a character radix tree written from the router's own decisions:
 SGLang router / SMG ``cache_aware`` before and after SMG PR #2161.
 
-Every random choice draws from one ``random.Random(seed)`` per policy.
+Every random choice draws from one ``random.Random(seed)`` per policy; the order of a
+node's tenants in SMG's hashed map is a fixed function of the seed (:func:`map_rank`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,33 @@ from prefixcache.replay._view import ClusterView
 __all__ = [
     "SglangCacheAwarePolicy",
     "SmgCacheAwarePolicy",
+    "map_rank",
 ]
 
 
 # --- 1. SGLang / SMG cache_aware -----------------------------------------------------
+
+_M64 = (1 << 64) - 1
+
+
+def map_rank(seed: int, node: int, tenant: int) -> int:
+    """``tenant``'s place in ``node``'s tenant map, as a fixed pseudo-random 64-bit rank:
+    the deterministic stand-in for the iteration order of SMG's ``DashMap`` (smg
+    @f8daa883 ``crates/kv_index/src/string_tree.rs`` ``new_tenant_map``, ``Node::
+    matched_tenants``), which follows the hash of the worker URL under a key drawn per
+    map, so it is neither index nor recency order, differs between nodes and router
+    processes, and stays put for one node (a split copies the map with its hasher).
+
+    ``node`` is the node's :attr:`CharTree.origin`. The mix is splitmix64's finaliser
+    over ``seed``, ``node`` and ``tenant``; ints of any sign or size.
+
+    >>> map_rank(0, 7, 1) == map_rank(0, 7, 1) != map_rank(0, 7, 2)
+    True
+    """
+    x = (seed * 0x9E3779B97F4A7C15 + node * 0xBF58476D1CE4E5B9 + tenant * 0x94D049BB133111EB) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
 
 
 class SglangCacheAwarePolicy(Peer):
@@ -28,25 +52,32 @@ class SglangCacheAwarePolicy(Peer):
     (``model_gateway/src/policies/cache_aware.rs``, ``crates/kv_index/src/string_tree.rs``;
     CLI defaults in ``model_gateway/src/main.rs``); fact sheet section 1.
 
-    State: one character tree written at dispatch from the router's own decisions; load
-    is the router's in-flight count plus ``processed`` (requests routed here).
+    State: one character tree written at dispatch from the router's own decisions, with
+    SMG's nodes (runs of blocks, see :class:`CharTree`); load is the router's in-flight
+    count plus ``processed`` (requests routed here).
     Decision: (1) if ``max - min > balance_abs_threshold`` and ``max > balance_rel_threshold
     x min`` over in-flight, the min-load worker (least ``(in_flight, processed, index)``);
     (2) otherwise walk the tree: ``rate = matched chars / text chars``; if ``rate >
-    cache_threshold`` (strict) the owner of the deepest matched node (SMG's cached
-    ``last_tenant``; if the owner was evicted there, the lowest-index remaining tenant,
-    which then stays the owner), else the min-load worker (``miss_fallback="min_load"``)
-    or, before sglang PR #14650, the tenant with the smallest tree
-    (``miss_fallback="smallest_tree"``). The text is inserted for the pick.
-    Stamps (``string_tree.rs``): one operation counter, starting after one insert per
-    worker at registration; a lookup takes one value and, when it is a multiple of 8,
-    stamps the deepest matched node for the resolved owner; an insert takes one and
-    stamps the blocks it creates and its last block (path blocks it joins get 0, blocks
-    it already held keep theirs).
-    Eviction (``evict_tenant_by_size``): every ``eviction_interval_s`` from the first
-    request (the eviction thread sleeps first, then runs), (tenant, leaf) entries go
-    least recently stamped first, a parent becoming a leaf when its last child with that
-    tenant goes, until each tenant holds at most ``max_tree_chars``.
+    cache_threshold`` (strict) the owner of the node holding the last matched block
+    (SMG's cached ``last_tenant``; if the owner was evicted there, the lowest-index
+    remaining tenant, which then stays the owner of the whole node), else the min-load
+    worker (``miss_fallback="min_load"``) or, before sglang PR #14650, the tenant with
+    the smallest tree (``miss_fallback="smallest_tree"``). The text is inserted for the
+    pick.
+    Stamps (``string_tree.rs``): one operation counter; registering ``n`` workers one at
+    a time runs ``init_workers`` over all registered so far (one empty insert each), so
+    it starts at ``n (n + 1) / 2`` (a choice: batched registration would start it
+    elsewhere). A lookup takes one value and, when it is a multiple of 8, stamps the
+    resolved owner on the whole node where the match ended (a later split copies it to
+    both halves); an insert takes one and stamps the node it creates or ends at (nodes it
+    joins get 0, nodes it already held keep theirs). A balanced request takes two values,
+    so the refresh falls on every 4th of a stream of them, or on none.
+    Eviction (``evict_tenant_by_size``): every ``eviction_interval_s`` from t = 0, the
+    gateway's start (``PeriodicTask`` sleeps first, then runs; the policy is built before
+    any worker registers), (tenant, leaf node) entries go least recently stamped first,
+    each taking the tenant off a whole node, a parent becoming a leaf when its last child
+    with that tenant goes, until each tenant holds at most ``max_tree_chars`` (checked
+    between nodes, so a pass may end up to one node below it).
     Defaults: 0.3 / 64 / 1.5 / 120 s / 2**26 chars.
     """
 
@@ -84,36 +115,37 @@ class SglangCacheAwarePolicy(Peer):
 
     def _maybe_evict(self, now: float) -> None:
         """The eviction thread's passes (``PeriodicTask``: sleep, then run) fall on a
-        fixed grid from the first call; passes with no insert between them are one."""
+        fixed grid ``eviction_interval_s, 2 x eviction_interval_s, ...`` from t = 0; a due
+        pass runs before the first request at or after its time, and passes with no
+        insert between them are one."""
         every = self.eviction_interval_s
         if self._next_evict is None:
-            self._next_evict = now + every
-        elif now >= self._next_evict:
+            self._next_evict = every
+        if now >= self._next_evict:
             self.tree.evict(self.max_tree_chars, per_tenant=self._per_tenant)
             self._next_evict += every * (1 + math.floor((now - self._next_evict) / every))
 
     def _start(self, n: int) -> None:
-        """First call (or a new replica count): workers registered, one insert each."""
-        if len(self.processed) != n:
+        """First call (or more replicas): each worker registered in turn re-registers
+        every worker so far, one empty insert (one stamp) each."""
+        had = len(self.processed)
+        if had != n:
             self.processed = [0] * n
-            self.tree.op = max(self.tree.op, n)
+            self.tree.op += max(0, n * (n + 1) // 2 - had * (had + 1) // 2)
 
     def _lookup(self, blocks: Sequence[int], k: int) -> int | None:
-        """The match's owner of the deepest matched block (``None`` with no match), and
-        its one-in-eight stamp refresh (``match_prefix_with_counts``)."""
+        """The end of the node holding the last matched block (``None`` with no match),
+        its owner resolved (:meth:`CharTree.resolve_owner`), and the one-in-eight stamp
+        refresh of that owner on the node (``match_prefix_with_counts``)."""
         tree = self.tree
         stamp = tree.next_stamp()
         if k == 0:
             return None
-        b = blocks[k - 1]
-        tenants = tree.nodes[b]
-        owner = tree.owner[b]
-        if owner not in tenants:
-            owner = min(tenants)
-            tree.owner[b] = owner
+        end = tree.node_end(blocks[k - 1])
+        owner = tree.resolve_owner(end)
         if stamp & 7 == 0:
-            tenants[owner] = stamp
-        return owner
+            tree.nodes[end][owner] = stamp
+        return end
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         n = view.replicas
@@ -126,8 +158,9 @@ class SglangCacheAwarePolicy(Peer):
         if hi - lo > self.balance_abs_threshold and hi > self.balance_rel_threshold * lo:
             return self._commit(self._min_load(view), request, chars)
         m = self.tree.match(request.blocks, chars)
-        owner = self._lookup(request.blocks, m.blocks)
-        if owner is not None and m.rate > self.cache_threshold:
+        end = self._lookup(request.blocks, m.blocks)
+        if end is not None and m.rate > self.cache_threshold:
+            owner = self.tree.owner[end]
             if owner >= n:  # gone from the pool: the first worker, no insert
                 return 0
             r = owner
@@ -148,14 +181,18 @@ class SmgCacheAwarePolicy(SglangCacheAwarePolicy):
     """SMG ``cache_aware`` after PR #2161 (read at smg @f8daa883,
     ``model_gateway/src/policies/cache_aware.rs``); fact sheet section 1b.
 
-    No global switch. Hit (``rate > 0.3``): among up to 8 tenants of the deepest matched
-    node (lowest indices), the lowest in-flight, random among ties; spill gate
-    (``gate_selected_candidate``): if that pick has ``in_flight > 1.5 x mean`` and ``>
-    mean + 64`` (both strict, mean over all workers), the min-load worker. Miss: the
-    min-load worker ``(in_flight, processed, index)``. The text is inserted for the final
-    pick (a hot prefix gains a second owner). Stamps as in the parent class;
-    ``max_tree_chars`` is one budget for the whole tree (per model,
-    ``evict_tenant_by_size`` at @f8daa883).
+    No global switch. Hit (``rate > 0.3``): the tenants of the node holding the last
+    matched block, less workers gone from the pool (SMG purges a removed worker from the
+    tree); if more than ``max_owners``, the ``max_owners`` first in the node's map order
+    (``Node::matched_tenants``), read as the lowest :func:`map_rank` for this ``seed``
+    (a fixed pseudo-random subset per node, as a hashed map gives); among them the lowest
+    in-flight, random among ties; spill gate (``gate_selected_candidate``): if that pick
+    has ``in_flight > 1.5 x mean`` and ``> mean + 64`` (both strict, mean over all
+    workers), the min-load worker. Miss: the min-load worker ``(in_flight, processed,
+    index)``. The text is inserted for the final pick (a hot prefix gains a second
+    owner). Stamps and eviction grid as in the parent class; ``max_tree_chars`` is one
+    budget for the whole tree (per model, ``evict_tenant_by_size`` at @f8daa883),
+    checked between nodes.
     """
 
     name = "smg-cache-aware"
@@ -166,14 +203,34 @@ class SmgCacheAwarePolicy(SglangCacheAwarePolicy):
         block_tokens: int,
         seed: int = 0,
         max_owners: int = 8,
+        eviction_interval_s: float = 120.0,
+        max_tree_chars: int = 2**26,
         chars_per_token: int = CHARS_PER_TOKEN,
     ) -> None:
-        super().__init__(block_tokens=block_tokens, chars_per_token=chars_per_token)
+        super().__init__(
+            block_tokens=block_tokens,
+            eviction_interval_s=eviction_interval_s,
+            max_tree_chars=max_tree_chars,
+            chars_per_token=chars_per_token,
+        )
+        self._seed = seed
         self._rng = random.Random(seed)
         self._per_tenant = False
         self.max_owners = max_owners
         self.spill_rel = 1.5
         self.spill_abs = 64
+
+    def _candidates(self, end: int, n: int) -> list[int]:
+        """The node's tenants still in the pool, cut to ``max_owners`` in map order, in
+        index order."""
+        owners = [o for o in self.tree.nodes[end] if o < n]
+        if len(owners) > self.max_owners:
+            seed = self._seed
+            node = self.tree.origin[end]
+            owners.sort(key=lambda o: map_rank(seed, node, o))
+            del owners[self.max_owners :]
+        owners.sort()
+        return owners
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         n = view.replicas
@@ -182,12 +239,9 @@ class SmgCacheAwarePolicy(SglangCacheAwarePolicy):
         inf = view.in_flight
         chars = block_chars(request, self._bt, self._cpt)
         m = self.tree.match(request.blocks, chars)
-        k = m.blocks
-        self._lookup(request.blocks, k)
-        # Owners gone from the pool are not candidates (none left: a miss).
-        owners = [o for o in sorted(self.tree.nodes[request.blocks[k - 1]]) if o < n] if k else []
+        end = self._lookup(request.blocks, m.blocks)
+        owners = self._candidates(end, n) if end is not None else []
         if owners and m.rate > self.cache_threshold:
-            owners = owners[: self.max_owners]
             least = min(inf[o] for o in owners)
             r = self._rng.choice([o for o in owners if inf[o] == least])
             mean = sum(inf) / n

@@ -5,7 +5,8 @@ Each class follows one section of the peer fact sheet (the project's
 the snapshot and the source files. Every policy runs at its documented defaults, keeps
 its own state (what it inserts, when, and how it evicts) and its own notion of load.
 Every random choice draws from one ``random.Random(seed)`` per policy; "arbitrary"
-choices go to the lowest replica index.
+choices go to the lowest replica index, except SMG's "first 8 tenants in map order", a
+fixed pseudo-random order per node drawn from the seed (``_peer_radix.map_rank``).
 
 The policies live in one module per peer family (``_peer_radix``: SGLang / SMG;
 ``_peer_llmd``: llm-d; ``_peer_gateways``: Dynamo, production-stack, AIBrix, Ray) over the
