@@ -190,3 +190,68 @@ def test_a_new_rate_keeps_the_level_reached_and_drains_at_the_new_rate_from_then
     held = DrainedBacklog[str](rate=None)  # tokens held until their request ends: no level
     with pytest.raises(InvalidRecordError, match="rate"):
         held.set_rate(100.0, now=0.0)
+
+
+def test_untimed_requests_sent_while_their_replica_was_busy_add_their_tokens() -> None:
+    # A response not streamed tells no first token, but its prefill took part of the busy
+    # time of the timed requests around it: its tokens count when it was sent inside a
+    # busy period of its replica, and not otherwise.
+    r = PrefillRateEstimator[str](min_observations=5)
+    r.observe("a", sent=0.0, first_token=2.0, tokens=1000)
+    r.observe("a", sent=1.0, first_token=None, tokens=600)  # inside a's busy period
+    r.observe("a", sent=3.0, first_token=None, tokens=900)  # a was idle
+    r.observe("b", sent=1.0, first_token=None, tokens=700)  # b was never seen busy
+    assert r.rate() is None  # four observed, the estimate is due at five
+    r.observe("a", sent=2.0, first_token=2.5, tokens=400)  # touches the first: one period
+    assert r.rate() == (1000 + 600 + 400) / 2.5
+
+
+def test_untimed_requests_alone_give_no_estimate() -> None:
+    r = PrefillRateEstimator[str](min_observations=2)
+    r.observe("a", sent=0.0, first_token=None, tokens=100)
+    r.observe("a", sent=1.0, first_token=None, tokens=100)
+    assert len(r) == 2 and r.rate() is None
+
+
+@pytest.mark.parametrize(
+    ("sent", "first", "tokens", "field"),
+    [
+        (10**400, 1.0, 10, "sent"),
+        (-1e308, 1e308, 10, "first_token"),  # an interval longer than any float
+        (0.0, 1.0, 2**53 + 1, "tokens"),
+        (0.0, None, 10**400, "tokens"),
+    ],
+)
+def test_values_beyond_a_float_are_typed_errors_and_leave_it_usable(
+    sent: float, first: float | None, tokens: int, field: str
+) -> None:
+    r = PrefillRateEstimator[str](min_observations=1)
+    with pytest.raises(InvalidRecordError, match=field):
+        r.observe("a", sent=sent, first_token=first, tokens=tokens)
+    assert r.observe("a", sent=0.0, first_token=1.0, tokens=100) and r.rate() == 100.0
+
+
+@given(obs=observations, sent=st.floats(-50.0, 150.0), tokens=st.integers(1, 50_000))
+def test_an_untimed_request_adds_its_tokens_exactly_when_sent_while_its_replica_was_busy(
+    obs: list[tuple[int, float, float, int]], sent: float, tokens: int
+) -> None:
+    before = learned(obs)
+    est = PrefillRateEstimator[int](window=len(obs) + 1, min_observations=len(obs) + 1)
+    for key, s, wait, n in obs:
+        est.observe(key, sent=s, first_token=s + wait, tokens=n)
+    est.observe(0, sent=sent, first_token=None, tokens=tokens)
+    after = est.rate()
+    assert after is not None
+    busy = any(k == 0 and s <= sent <= s + w for k, s, w, _ in obs)
+    total = sum(n for *_, n in obs)
+    expected = before * (total + tokens) / total if busy else before
+    assert math.isclose(after, expected, rel_tol=1e-9)
+
+
+def test_a_new_rate_keeps_a_level_set_after_now_when_the_clock_went_back() -> None:
+    # "a" was last added at 10; the clock steps back and a rate is learned at 5. The level
+    # stays where it was at 10 and drains at the new rate from 10 on, not from 5.
+    b = DrainedBacklog[str](rate=100.0)
+    b.add("a", 1000, now=10.0)
+    b.set_rate(200.0, now=5.0)
+    assert [b.read("a", now=t) for t in (5.0, 10.0, 11.0)] == [1000, 1000, 800]

@@ -15,7 +15,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at i
 import pytest
 
 from clusterrouting import InvalidRecordError
-from prefixcache import ReplicaKey, extract_chain, messages_prefix_source
+from prefixcache import ReplicaKey, SessionPins, extract_chain, messages_prefix_source
+from prefixcache.integrations._litellm_requests import first_token_times
 from prefixcache.integrations.litellm import DEFAULT_PREFILL_TOKENS_PER_S, PrefixRoutingPlugin
 
 GROUP = "m"
@@ -322,3 +323,108 @@ def test_only_streamed_successes_with_both_times_teach_the_rate() -> None:
     for bad in (1, "yes", None):
         with pytest.raises(InvalidRecordError, match="learn_prefill_rate"):
             PrefixRoutingPlugin(None, learn_prefill_rate=bad)  # type: ignore[arg-type]
+
+
+def test_the_attempts_hand_off_time_is_the_start_and_a_stale_first_chunk_is_not_timed() -> None:
+    kw: dict[str, Any] = {"stream": True, "start_time": 100.0, "completion_start_time": 103.0}
+    # LiteLLM's start_time also spans its own pre-call work (and, in the proxy, guardrails
+    # and earlier attempts); api_call_start_time is when this attempt went out.
+    assert first_token_times({**kw, "api_call_start_time": 102.0}) == (102.0, 103.0)
+    assert first_token_times(kw) == (100.0, 103.0)
+    assert first_token_times({**kw, "api_call_start_time": 99.0}) == (100.0, 103.0)
+    # A first chunk not after the hand-off (an earlier attempt's), or at the end (what
+    # LiteLLM leaves when it had none), is no first-token time: the tokens still count.
+    assert first_token_times({**kw, "api_call_start_time": 103.5}) == (103.5, None)
+    assert first_token_times({**kw, "end_time": 103.0}) == (100.0, None)
+    assert first_token_times({**kw, "end_time": 104.0}) == (100.0, 103.0)
+    assert first_token_times({**kw, "stream": False}) == (100.0, None)
+    assert first_token_times({"stream": True}) is None
+    assert first_token_times({"start_time": True, "completion_start_time": 1.0}) is None
+
+
+class _RaisingZone(datetime.tzinfo):
+    def utcoffset(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        raise ValueError("broken zone")
+
+    def dst(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        raise ValueError("broken zone")
+
+    def tzname(self, dt: datetime.datetime | None) -> str:
+        return "broken"
+
+
+class _NanTime(datetime.datetime):
+    def timestamp(self) -> float:
+        return math.nan
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"start_time": 10**400},
+        {"start_time": datetime.datetime.min},
+        {"start_time": datetime.datetime(2026, 1, 1, tzinfo=_RaisingZone())},
+        {"start_time": _NanTime(2026, 1, 1)},
+        {"start_time": -1e308, "completion_start_time": 1e308},
+        {"start_time": True},
+    ],
+)
+def test_bad_times_from_litellm_never_break_a_release(times: dict[str, Any]) -> None:
+    # Whatever LiteLLM's callback carries, the release completes: the session is pinned,
+    # nothing raises, nothing is counted as an error, and nothing is learned from it.
+    pins = SessionPins(ttl=600, max_entries=100)
+    plugin = PrefixRoutingPlugin(None, pins=pins)
+    kwargs: dict[str, Any] = {"metadata": {"session_id": "s"}}
+    pos = plugin.choose(GROUP, DEPLOYMENTS, chat("hello"), kwargs, now=1.0)
+    info = DEPLOYMENTS[pos]["model_info"]
+    done = {"litellm_params": {"metadata": kwargs["metadata"], "model_info": info}}
+    released = {**streamed(done, 1.0, 2.0), **times}
+    plugin._release_quietly(released, success=True)
+    stats = plugin.stats()
+    assert (stats.released, stats.errors, stats.pinned, stats.timed) == (1, 0, 1, 0)
+    assert pins.get(GROUP, "s") == info["id"]
+
+
+def test_a_learned_rate_is_applied_at_the_plugins_time_not_litellms() -> None:
+    # LiteLLM's datetimes (~1.8e9 s) are on another clock than the plugin's now (1.0): a
+    # reservation still in flight when the rate is learned keeps its level at the release
+    # and drains at the new rate from there.
+    plugin = PrefixRoutingPlugin(None)
+    home, _ = route(plugin, chat("still running", system=f"kept {LONG}"))
+    level = plugin.backlog(home, now=1.0)
+    assert level > 0
+    for k in range(16):
+        _, done = route(plugin, chat(f"q {k}", system=f"{k} {LONG}"))
+        t = 1.8e9 + 10.0 * k
+        assert plugin.release(streamed(done, t, t + 0.5), success=True, now=1.0)
+    rate = plugin.prefill_rate()
+    assert rate is not None and rate != 20_000.0
+    assert plugin.backlog(home, now=1.0) == level
+    assert plugin.backlog(home, now=1.1) == level - round(0.1 * rate)
+
+
+def test_responses_not_streamed_add_their_tokens_to_the_busy_time_they_fell_in() -> None:
+    # One deployment. Eight streamed requests, each answered 1 s after it was sent, and
+    # eight not streamed, sent half-way through one of them: the rate counts both kinds'
+    # tokens over the streamed ones' busy time (8 s), where leaving the second kind out
+    # would halve it.
+    plugin = PrefixRoutingPlugin(None)
+    tokens = 0
+    for k in range(8):
+        t = 10.0 * k
+        for kind, times in (("s", (t, t + 1.0)), ("n", (t + 0.5, None))):
+            kwargs: dict[str, Any] = {"metadata": {}}
+            plugin.choose(
+                GROUP, DEPLOYMENTS[:1], chat(kind, system=f"{kind}{k} {LONG}"), kwargs, now=1.0
+            )
+            tokens += plugin.backlog("a", now=1.0)
+            done = {"litellm_params": {"metadata": kwargs["metadata"], "model_info": {"id": "a"}}}
+            sent, first = times
+            extra = {
+                "stream": first is not None,
+                "start_time": sent,
+                "completion_start_time": first,
+            }
+            assert plugin.release({**done, **extra}, success=True, now=1.0)
+    assert plugin.stats().timed == 8
+    assert plugin.prefill_rate() == pytest.approx(tokens / 8.0)

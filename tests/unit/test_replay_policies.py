@@ -405,6 +405,23 @@ def test_cache_cost_learns_the_prefill_rate_from_first_tokens_told_at_completion
             CacheCostPolicy(capacity_blocks=None, block_tokens=4, **bad)  # type: ignore[arg-type]
 
 
+def test_cache_cost_learns_from_the_uncached_tokens_not_the_prompt() -> None:
+    # Seventeen lone prompts sharing their first 100 of 200 blocks: after the first, half of
+    # each prompt is cached and prefill takes half the time; the rate is learned from the
+    # uncached half (about the replicas' 1,000 tokens/s), not from the whole prompt (~2x).
+    shared = tuple(range(100))
+    trace = [
+        req(10.0 * k, shared + tuple(range(1000 * (k + 1), 1000 * (k + 1) + 100)), out=4)
+        for k in range(17)
+    ]
+    policy = CacheCostPolicy(
+        capacity_blocks=None, block_tokens=4, prefill_rate=20_000.0, learn_prefill_rate=True
+    )
+    simulate(trace, policy, MODEL)
+    assert policy._drained is not None
+    assert 700 < policy._drained.rate <= 1000
+
+
 def test_cache_cost_holds_output_blocks_from_the_first_token_weighted_by_time() -> None:
     # One replica, 4-token blocks. Each request's prompt is pinned from its dispatch; its
     # output blocks join from its first token, at RunningOutput's estimate of the requests

@@ -165,11 +165,13 @@ class Ledger:
         return self._covered.get(deployment, 0)
 
     def time_prefill(
-        self, res: Reservation, *, sent: float, first_token: float, now: float
+        self, res: Reservation, *, sent: float, first_token: float | None, now: float
     ) -> bool:
-        """Teach the drain rate the prefill of ``res`` (released at ``now``), sent at
-        ``sent`` and answered with a first token at ``first_token`` (seconds on one clock,
-        any clock); ``True`` when counted (a rate is learned and the times are in order)."""
+        """Teach the drain rate the prefill of ``res`` (a success released at ``now``), sent
+        at ``sent`` and answered with a first token at ``first_token`` (``None``: not
+        known, a response not streamed), both on one clock, any clock; ``True`` when
+        counted (a rate is learned, and the times are in order). Raises
+        :class:`clusterrouting.InvalidRecordError` for times that are not finite numbers."""
         estimate = self.rate_estimate
         if estimate is None or not estimate.observe(
             res.deployment, sent=sent, first_token=first_token, tokens=res.uncached

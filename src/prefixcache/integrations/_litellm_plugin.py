@@ -96,7 +96,8 @@ class PluginStats:
         unmatched: callbacks for no reservation this plugin holds (another router's
             request, or one already expired).
         observed: successes that observed the request's chain.
-        timed: streamed successes whose first-token time taught the prefill rate.
+        timed: streamed successes whose first-token time taught the prefill rate (the
+            others that taught it tokens only are not counted here).
         pinned / unpinned: session pins written on success / cleared on failure.
     """
 
@@ -150,12 +151,14 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             at this rate from each reservation on, since LiteLLM reports a request only when
             it ends; ``None`` keeps a reservation's tokens until then.
         learn_prefill_rate: learn the rate from streamed responses (default ``True``): each
-            success of a request sent with ``stream=True`` reports its first-token time
-            (LiteLLM's ``completion_start_time``), and from the 16th on the backlog drains at
-            the estimate of :class:`prefixcache._backlog.PrefillRateEstimator` over the last
-            512 (the uncached tokens over the time the deployments were busy with them;
-            ``prefill_tokens_per_s`` until then). Responses not streamed teach nothing;
-            with ``prefill_tokens_per_s=None`` nothing is learned.
+            success of a request sent with ``stream=True`` reports when its first chunk
+            came (LiteLLM's ``completion_start_time``), and the backlog drains at the
+            estimate of :class:`prefixcache._backlog.PrefillRateEstimator` over the last 512
+            successes (the uncached tokens over the time the deployments were busy with
+            them; the successes not streamed count their tokens when sent while their
+            deployment was busy), made after every 16 (``prefill_tokens_per_s`` until one
+            finds a streamed response). With ``prefill_tokens_per_s=None`` nothing is
+            learned.
 
     Memory is bounded: the index by its ttl (swept every ``ttl / 2`` from routing calls),
     the mirror by ``mirror_blocks`` per deployment, reservations by ``reservation_ttl``, the
@@ -411,6 +414,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         """
         t = self.clock() if now is None else now
         deployment, rids = callback_target(kwargs)
+        times = first_token_times(kwargs) if success else None
         with self._lock:
             res = self._costs.ledger.take(rids, deployment, t)
             if res is None:
@@ -424,12 +428,12 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
                 self.mirror.observe(key, res.chain)
                 counts["observed"] += bool(res.chain)
                 counts["pinned"] += pin
-                times = first_token_times(kwargs)
                 if times is not None:
                     sent, first = times
-                    counts["timed"] += self._costs.ledger.time_prefill(
+                    learned = self._costs.ledger.time_prefill(
                         res, sent=sent, first_token=first, now=t
                     )
+                    counts["timed"] += learned and first is not None
         if success:
             if res.chain and self.provider is not None:
                 self.provider.observe(res.group, res.chain, key, t)

@@ -25,9 +25,9 @@ __all__ = [
     "REQUEST_ID_METADATA_KEY",
     "Tokenizer",
     "callback_target",
-    "first_token_times",
     "deployment_id",
     "deployment_ids",
+    "first_token_times",
     "is_mapping",
     "plain_source",
     "prefix_source",
@@ -223,23 +223,47 @@ def callback_target(kwargs: Mapping[str, Any]) -> tuple[str, list[str]]:
     return _callback_deployment(kwargs), _callback_request_ids(kwargs)
 
 
-def first_token_times(kwargs: Mapping[str, Any]) -> tuple[float, float] | None:
-    """``(start, first token)`` in seconds of a streamed request, from a LiteLLM success
-    callback's ``kwargs`` (``start_time`` and ``completion_start_time``, datetimes or
-    floats on LiteLLM's clock); ``None`` unless ``stream`` is ``True`` and both are there
-    (LiteLLM sets the first-token time of a response that was not streamed to its end)."""
-    if kwargs.get("stream") is not True:
-        return None
-    times = []
-    for name in ("start_time", "completion_start_time"):
-        t = kwargs.get(name)
-        if isinstance(t, datetime.datetime):
-            times.append(t.timestamp())
-        elif (type(t) is float or type(t) is int) and math.isfinite(t):
-            times.append(float(t))
-        else:
+def first_token_times(kwargs: Mapping[str, Any]) -> tuple[float, float | None] | None:
+    """``(sent, first token)`` in seconds on LiteLLM's clock from a success callback's
+    ``kwargs``: when the attempt was handed to the deployment (``api_call_start_time``, set
+    anew for each retry; else ``start_time``, which also spans LiteLLM's own pre-call work)
+    and, for a streamed response (``stream`` is ``True``), when its first chunk came
+    (``completion_start_time``; ``None`` for a response not streamed, or one whose
+    first-chunk time is missing, not after the hand-off or not before its end, as LiteLLM
+    leaves it after a retry). ``None`` when no finite hand-off time is there. Never raises:
+    these are values from LiteLLM, read as given."""
+    try:
+        sent = _seconds(kwargs.get("api_call_start_time"))
+        start = _seconds(kwargs.get("start_time"))
+        if sent is None or (start is not None and sent < start):
+            sent = start
+        if sent is None:
             return None
-    return times[0], times[1]
+        if kwargs.get("stream") is not True:
+            return sent, None
+        first = _seconds(kwargs.get("completion_start_time"))
+        end = _seconds(kwargs.get("end_time"))
+        if (
+            first is None
+            or first <= sent
+            or (end is not None and first >= end)
+            or not math.isfinite(first - sent)
+        ):
+            return sent, None
+        return sent, first
+    except Exception:  # a datetime whose timestamp() or tzinfo raises
+        return None
+
+
+def _seconds(value: object) -> float | None:
+    """A LiteLLM time (a datetime, or seconds) as finite float seconds, else ``None``."""
+    if isinstance(value, datetime.datetime):
+        t = value.timestamp()
+    elif type(value) is float or type(value) is int:
+        t = float(value)
+    else:
+        return None
+    return t if type(t) is float and math.isfinite(t) else None
 
 
 def _callback_deployment(kwargs: Mapping[str, Any]) -> str:

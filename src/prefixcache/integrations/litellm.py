@@ -69,10 +69,14 @@ LiteLLM facts this module relies on (checked against LiteLLM 1.108 and 1.110):
 * LiteLLM copies ``litellm.callbacks`` into its success/failure lists, skipping a logger when
   one of the same class with equal public ``str``/``bool``/``int`` attributes is there: each
   plugin carries a unique public ``plugin_id`` so that every plugin gets its callbacks.
-* A success callback's ``kwargs`` carry ``stream``, ``start_time`` and
-  ``completion_start_time`` (datetimes on LiteLLM's clock): for a streamed response the
-  time its first chunk arrived, for one not streamed its end (checked against 1.108; the
-  integration test ``test_streamed_responses_teach_the_prefill_rate`` exercises it).
+* A success callback's ``kwargs`` carry ``stream``, ``start_time``,
+  ``api_call_start_time``, ``completion_start_time`` and ``end_time`` (datetimes on
+  LiteLLM's clock). ``start_time`` is read before LiteLLM's pre-call work (in the proxy,
+  before guardrails and routing, and it spans retries); ``api_call_start_time`` is set
+  anew when each attempt is handed to the deployment. ``completion_start_time`` is when a
+  streamed response's first chunk arrived, and the end for a response not streamed (or a
+  retried one that had none). Checked against 1.108; the integration test
+  ``test_streamed_responses_teach_the_prefill_rate`` exercises it.
 """
 
 from __future__ import annotations
