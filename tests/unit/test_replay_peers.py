@@ -250,17 +250,20 @@ def test_prodstack_prefix_pins_a_shared_first_block_to_one_endpoint() -> None:
 
 
 def test_prodstack_loadaware_benefit_minus_relative_load() -> None:
-    p = ProdstackLoadAwarePolicy(block_tokens=BT)
+    # 512-token blocks, two whole 256-token LMCache chunks each: at BT = 10 a 20-token
+    # prompt is no whole chunk, LMCache matches nothing and the QPS fallback decides.
+    p = ProdstackLoadAwarePolicy(block_tokens=512)
     p.on_kv_events(0, 0, stored(1, 2), 0.0)
     # pod 0: benefit 1, rel (4 - 2)/2 = 1 -> 0; pod 1: 0 - (0 - 2)/2 = 1 -> pod 1.
-    assert p.choose(0, rq((1, 2)), 0.0, view(2, [4, 0])) == 1
+    assert p.choose(0, rq((1, 2), bt=512), 0.0, view(2, [4, 0])) == 1
     # pod 0: 1 - (2 - 1.5)/1.5 = 0.67; pod 1: 0 - (1 - 1.5)/1.5 = 0.33 -> pod 0.
-    assert p.choose(1, rq((1, 2)), 0.0, view(2, [2, 1])) == 0
-    # Equal scores go to the first endpoint.
-    p2 = ProdstackLoadAwarePolicy(block_tokens=BT)
-    p2.on_kv_events(0, 0, stored(1), 0.0)
-    p2.on_kv_events(1, 0, stored(1), 0.0)
-    assert p2.choose(0, rq((1,)), 0.0, view(2, [1, 1])) == 0
+    assert p.choose(1, rq((1, 2), bt=512), 0.0, view(2, [2, 1])) == 0
+    # Equal scores go to the first endpoint. Two holders of a chunk never tie (LMCache
+    # credits only the first admission), so the tie is between pods 0 and 1, which hold
+    # nothing and carry the same load, while the holder, pod 2, is busy: 1 - 8/7 < 4/7.
+    p2 = ProdstackLoadAwarePolicy(block_tokens=512)
+    p2.on_kv_events(2, 0, stored(1), 0.0)
+    assert p2.choose(0, rq((1,), bt=512), 0.0, view(3, [1, 1, 5])) == 0
 
 
 def test_prodstack_loadaware_without_match_takes_the_lowest_qps() -> None:

@@ -32,6 +32,7 @@ from prefixcache.replay import (
     simulate,
     synthetic_trace,
 )
+from prefixcache.replay._peer_gateways import LmcacheKvPool
 from prefixcache.replay._peer_llmd import LlmdBlockIndex
 
 # --- SGLang router / SMG cache_aware (smg @73da68ca) -------------------------------------
@@ -324,25 +325,29 @@ def test_dynamo_queries_full_blocks_only() -> None:
     r = rq((1, 2, 3), tokens=25)
     cost, ovl = p.costs(r, 0.0, 2)
     assert ovl == [2, 0]
-    # w0: prefill 2.5 - 2 = 0.5, decode 0 + 3 -> 3.5; w1: 2.5 + 3 = 5.5.
-    assert cost == pytest.approx([3.5, 5.5])
+    # w0: prefill 2.5 - 2 = 0.5, decode 0 + 2 full blocks -> 2.5; w1: 2.5 + 2 = 4.5.
+    # (The tail block adds nothing to the decode term: review 43 Q1; 3.5 / 5.5 before.)
+    assert cost == pytest.approx([2.5, 4.5])
 
 
 def test_dynamo_active_blocks_track_full_prompt_blocks() -> None:
-    # scheduling/types.rs potential_decode_blocks_after_admission: active blocks are the
-    # tracked (full) prompt blocks; a request's untracked tail adds 1 to its own projection
-    # but is not kept as an active block after admission.
+    # The cost's decode term is potential_decode_blocks = active blocks + (full blocks -
+    # depth already active) (selector/mod.rs:196, sequences/prompt_registry.rs:41-43, 338):
+    # only the tracked (full) prompt blocks count, the tail neither there nor after
+    # admission. The ceiling of scheduling/types.rs potential_decode_blocks_after_admission
+    # feeds the response, not the cost (review 43 Q1; this test expected 8.0 and 5.5).
     p = DynamoKvPolicy(block_tokens=BT)
     a = rq((1, 2, 3), tokens=25)
     assert p.choose(0, a, 0.0, view(1)) == 0
     assert p.active_prefill == [25]
     b = rq((1, 2, 4), tokens=25)  # same full blocks, another tail
     cost, _ = p.costs(b, 0.0, 1)
-    # prefill (25 + 25)/10 = 5; decode: 2 active + (2 - 2 shared) + 1 tail = 3.
-    assert cost == pytest.approx([8.0])
+    # prefill (25 + 25)/10 = 5; decode: 2 active + (2 - 2 shared) = 2.
+    assert cost == pytest.approx([7.0])
     p.on_first_token(0, a, 0, 0.0)
     p.on_complete(0, a, 0, 0.0)
-    assert p.active_prefill == [0] and p.costs(b, 0.0, 1)[0] == pytest.approx([5.5])
+    # prefill 25/10 = 2.5; decode 0 active + 2 full blocks = 2.
+    assert p.active_prefill == [0] and p.costs(b, 0.0, 1)[0] == pytest.approx([4.5])
 
 
 def test_dynamo_approx_index_writes_full_blocks_at_route_time() -> None:
@@ -350,6 +355,63 @@ def test_dynamo_approx_index_writes_full_blocks_at_route_time() -> None:
     p.choose(0, rq((1, 2, 3), tokens=25), 0.0, view(1))
     # full blocks (1, 2) are recorded; the tail is not part of the query or the index.
     assert p.costs(rq((1, 2, 3), tokens=30), 1.0, 1)[1] == [2]
+
+
+def test_dynamo_a_partial_tail_adds_nothing_to_the_cost() -> None:
+    # review 43 Q1: decode = active blocks + floor(ISL/B) - depth (prompt_registry.rs:338,
+    # selector/mod.rs:196). 25 tokens, nothing cached, idle: prefill 2.5 + decode 2 on both
+    # workers (with the tail counted: 5.5 each). The same shift on every worker, so the
+    # pick is unchanged: an exact tie, uniformly random.
+    r = rq((1, 2, 3), tokens=25)
+    assert DynamoKvPolicy(block_tokens=BT).costs(r, 0.0, 2) == ([4.5, 4.5], [0, 0])
+    picks = {DynamoKvPolicy(block_tokens=BT, seed=s).choose(0, r, 0.0, view(2)) for s in range(20)}
+    assert picks == {0, 1}
+
+
+def test_dynamo_a_cached_tail_block_is_never_asked_for() -> None:
+    # review 43 Q1 (review 40 A1): worker 0 served (1, 2, 3) and cached its tail block, worker
+    # 1 served (1, 2, 9). The router hashes full blocks only, so both overlap 2 and tie:
+    # 2.5 - 2 + 2 each; a tail-aware overlap would have sent it to worker 0 every time.
+    r = rq((1, 2, 3), tokens=25)
+    picks = set()
+    for s in range(20):
+        p = DynamoKvPolicy(block_tokens=BT, seed=s)
+        p.on_kv_events(0, 0, stored(1, 2, 3), 0.0)
+        p.on_kv_events(1, 0, stored(1, 2, 9), 0.0)
+        assert p.costs(r, 0.0, 2) == ([2.5, 2.5], [2, 2])
+        picks.add(p.choose(0, r, 0.0, view(2)))
+    assert picks == {0, 1}
+
+
+def test_dynamo_approx_expiry_rounds_up_to_100_ms_from_the_workers_first_insert() -> None:
+    # indexer/pruning.rs insert_at: expiry = origin + round_up(now + 120 s - origin, 100 ms)
+    # with origin = the worker's PruneManager creation, at its first non-empty insert;
+    # pop_expired drops an entry once expiry <= now.
+    p = DynamoKvPolicy(block_tokens=BT, kv_events=False)
+    p.choose(0, rq((9,)), 0.0, view(1))  # worker 0's first insert: origin 0.0
+    p.choose(1, rq((1, 2)), 0.05, view(1))  # expiry ceil(120.05) = 120.1, not 120.05
+    assert p.costs(rq((1, 2)), 120.07, 1)[1] == [2]  # an exact TTL would have dropped it
+    assert p.costs(rq((1, 2)), 120.099, 1)[1] == [2]
+    assert p.costs(rq((1, 2)), 120.1, 1)[1] == [0]
+    assert p.costs(rq((9,)), 119.999, 1)[1] == [1]  # written at the origin: exactly 120 s
+    assert p.costs(rq((9,)), 120.0, 1)[1] == [0]
+    # review 43's own case wrote first at 0.05: that write is the origin, so its expiry
+    # is 0.05 + 120 exactly (review 43 assumed an origin at 0 and 120.1).
+    q = DynamoKvPolicy(block_tokens=BT, kv_events=False)
+    q.choose(0, rq((1, 2)), 0.05, view(1))
+    assert q.costs(rq((1, 2)), 120.049, 1)[1] == [2]
+    assert q.costs(rq((1, 2)), 120.05, 1)[1] == [0]
+    # A prompt without a full block inserts nothing (insert_block_entries returns early):
+    # no origin yet, so the next write's own time is the origin.
+    r = DynamoKvPolicy(block_tokens=BT, kv_events=False)
+    r.choose(0, rq((7,), tokens=5), 0.0, view(1))
+    r.choose(1, rq((1, 2)), 0.05, view(1))
+    assert r.costs(rq((1, 2)), 120.07, 1)[1] == [0]
+    # A new write moves the expiry: written again at 100.0 -> ceil(220.05) = 220.1.
+    p.choose(2, rq((1, 2)), 100.0, view(1))
+    p.choose(3, rq((1, 2)), 100.05, view(1))
+    assert p.costs(rq((1, 2)), 220.07, 1)[1] == [2]
+    assert p.costs(rq((1, 2)), 220.1, 1)[1] == [0]
 
 
 # --- production-stack ------------------------------------------------------------------------
@@ -389,20 +451,115 @@ def test_prodstack_loadaware_fallback_prefers_an_endpoint_never_routed_to() -> N
 
 
 def test_prodstack_loadaware_one_endpoint_and_all_equal() -> None:
-    p = ProdstackLoadAwarePolicy(block_tokens=BT)
+    # 512-token blocks (two whole LMCache chunks each): with BT = 10 every prompt here
+    # would be shorter than a chunk, match nothing and leave the QPS fallback to decide.
+    p = ProdstackLoadAwarePolicy(block_tokens=512)
     p.on_kv_events(0, 0, stored(1), 0.0)
-    assert p.choose(0, rq((1, 2)), 0.0, view(1, [7])) == 0
-    # both hold the whole prompt, equal load: equal scores -> smallest URL.
-    q = ProdstackLoadAwarePolicy(block_tokens=BT)
+    assert p.choose(0, rq((1, 2), bt=512), 0.0, view(1, [7])) == 0
+    # both hold the whole prompt at equal load, but LMCache credits each chunk to the
+    # first admission only: replica 0 has benefit 1, replica 1 none (it tied before).
+    q = ProdstackLoadAwarePolicy(block_tokens=512)
     q.on_kv_events(0, 0, stored(1, 2), 0.0)
     q.on_kv_events(1, 0, stored(1, 2), 0.0)
-    assert q.choose(0, rq((1, 2)), 0.0, view(2, [3, 3])) == 0
+    assert q.kv_pool.matched_tokens(rq((1, 2), bt=512), 2) == [1024, 0]
+    assert q.choose(0, rq((1, 2), bt=512), 0.0, view(2, [3, 3])) == 0
     # half a hit on replica 1 (benefit 0.5) beats an idle replica 0 only while its relative
     # load stays under 0.5 above replica 0's: loads [1, 2], mean 1.5 -> rel -1/3, +1/3.
-    r = ProdstackLoadAwarePolicy(block_tokens=BT)
+    r = ProdstackLoadAwarePolicy(block_tokens=512)
     r.on_kv_events(1, 0, stored(1), 0.0)
-    assert r.choose(0, rq((1, 2)), 0.0, view(2, [1, 2])) == 0  # 1/3 vs 0.5 - 1/3
-    assert r.choose(1, rq((1, 2)), 0.0, view(2, [2, 2])) == 1  # 0 vs 0.5
+    assert r.choose(0, rq((1, 2), bt=512), 0.0, view(2, [1, 2])) == 0  # 1/3 vs 0.5 - 1/3
+    assert r.choose(1, rq((1, 2), bt=512), 0.0, view(2, [2, 2])) == 1  # 0 vs 0.5
+
+
+def test_prodstack_loadaware_credits_a_chunk_to_its_first_admission_only() -> None:
+    # review 43 Q2a. kv_controller.py: admit appends to kv_pool[key], lookup credits
+    # kv_pool[key][0], the earliest admission still present. Replica 1 admitted block 1
+    # (two chunks) first: replica 0 scores 0, replica 1 scores 1 (crediting both tied them
+    # and the tie went to replica-00).
+    p = ProdstackLoadAwarePolicy(block_tokens=512)
+    p.on_kv_events(1, 0, stored(1), 0.0)
+    p.on_kv_events(0, 0, stored(1), 1.0)
+    assert p.kv_pool.matched_tokens(rq((1,), bt=512), 2) == [0, 512]
+    assert p.choose(0, rq((1,), bt=512), 0.0, view(2, [0, 0])) == 1
+
+
+def test_prodstack_loadaware_a_match_shorter_than_a_chunk_lists_nobody() -> None:
+    # review 43 Q2b. Engines store whole 256-token chunks only (save_unfull_chunk=False):
+    # a 25-token prompt has none, layout_info is empty and _qps_routing picks replica 1,
+    # never routed to (matching 20 tokens on replica 0, benefit 0.8, picked replica 0).
+    p = ProdstackLoadAwarePolicy(block_tokens=BT)
+    assert p.choose(0, rq((7,)), 0.0, view(2, [0, 0])) == 0  # QPS: first never routed
+    p.on_kv_events(0, 0, stored(1, 2), 0.0)
+    assert p.kv_pool.matched_tokens(rq((1, 2, 3), tokens=25), 2) == [0, 0]
+    assert p.choose(1, rq((1, 2, 3), tokens=25), 0.0, view(2, [0, 0])) == 1
+
+
+def test_lmcache_pool_matches_whole_chunks_only() -> None:
+    # token_database.py: 256-token chunks; only whole ones are ever admitted, so a match
+    # is floored to a chunk boundary (a cached 600-token prompt matched 600 before).
+    pool = LmcacheKvPool(block_tokens=512)
+    pool.apply(0, 0, stored(1, 2))
+    assert pool.matched_tokens(rq((1, 2), tokens=600, bt=512), 1) == [512]
+    assert pool.matched_tokens(rq((1, 2), tokens=768, bt=512), 1) == [768]
+    assert pool.matched_tokens(rq((1,), tokens=255, bt=512), 1) == [0]
+
+
+def test_lmcache_pool_walk_stops_at_a_chunk_nobody_holds() -> None:
+    # lookup breaks at the first key missing from kv_pool; a replica's value is the end
+    # of the last chunk credited to it, wherever the walk reached.
+    pool = LmcacheKvPool(block_tokens=512)
+    pool.apply(0, 0, stored(1, 2))
+    pool.apply(1, 0, stored(1, 2, 3))
+    assert pool.matched_tokens(rq((1, 2, 3), bt=512), 2) == [1024, 1536]
+    assert pool.matched_tokens(rq((1, 9, 3), bt=512), 2) == [512, 0]
+
+
+def test_lmcache_pool_small_blocks_a_chunk_is_as_old_as_its_newest_block() -> None:
+    # 100-token blocks: chunk 0 (tokens 0-255) spans blocks 1-3. A replica holds it once
+    # it holds all three, admitted when the last of them was.
+    pool = LmcacheKvPool(block_tokens=100)
+    three = rq((1, 2, 3), bt=100)
+    pool.apply(0, 0, stored(1, 2))  # replica 0: no whole chunk yet
+    assert pool.matched_tokens(three, 2) == [0, 0]
+    pool.apply(1, 0, stored(1, 2, 3))
+    pool.apply(0, 1, stored(3, parent=2))  # replica 0's copy completes after replica 1's
+    assert pool.matched_tokens(three, 2) == [0, 256]  # by its first block it would be 0
+    removed = EventBatch(ts=0.0, events=(BlockRemoved(block_hashes=(2,), medium="GPU"),))
+    pool.apply(1, 1, removed)  # replica 1's copy is gone with one of its blocks
+    assert pool.matched_tokens(three, 2) == [256, 0]
+
+
+def test_lmcache_pool_eviction_restart_and_clear() -> None:
+    pool = LmcacheKvPool(block_tokens=512)
+    one = rq((1,), bt=512)
+    pool.apply(0, 0, stored(1))
+    pool.apply(1, 0, stored(1))
+    assert pool.matched_tokens(one, 2) == [512, 0]
+    removed = EventBatch(ts=0.0, events=(BlockRemoved(block_hashes=(1,), medium="GPU"),))
+    pool.apply(0, 1, removed)  # evict removes replica 0's entry: replica 1 is first now
+    assert pool.matched_tokens(one, 2) == [0, 512]
+    pool.apply(0, 2, stored(1))  # admitted again: appended after replica 1
+    assert pool.matched_tokens(one, 2) == [0, 512]
+    pool.apply(1, 0, stored(5))  # seq 0 again: replica 1 restarted, its old blocks went
+    assert pool.matched_tokens(one, 2) == [512, 0]
+    pool.apply(0, 3, EventBatch(ts=0.0, events=(AllBlocksCleared(),)))
+    assert pool.matched_tokens(one, 2) == [0, 0]
+    assert pool.holders == {5: {1: 5}}  # block 5 on replica 1, the fifth batch applied
+
+
+def test_prodstack_loadaware_sees_a_store_only_after_the_event_delay() -> None:
+    # The pool is fed by the simulated engines' events, published when a prefill ends
+    # (1024 tokens: ~0.05 s) and delivered kv_event_delay_s (here 1 s) later. A repeat at
+    # 0.5 s finds nothing yet (QPS fallback: replica 1, never routed to); at 1.5 s it
+    # finds replica 0's copy.
+    model = ClusterModel(replicas=2, block_tokens=512, cache_blocks=None, kv_event_delay_s=1.0)
+    for gap_ms, second in ((500, 1), (1500, 0)):
+        trace = [
+            Request(arrival=float(t), input_tokens=1024, output_tokens=1, blocks=(1, 2))
+            for t in (0, gap_ms)
+        ]
+        out = simulate(trace, make_policy("prodstack-loadaware", model), model, speedup=1000.0)
+        assert out.replica == (0, second)
 
 
 # --- AIBrix prefix-cache (aibrix @e3e10f9e) ----------------------------------------------------
@@ -438,6 +595,23 @@ def test_aibrix_table_is_an_lru_of_writes() -> None:
         p.choose(i, _one(b), 0.0, view(2, [0, 1]))
     assert list(dict.fromkeys(b for b, _ in p.table)) == [1, 3]
     assert len(p.table) == 20
+
+
+def test_aibrix_entries_expire_only_at_the_one_second_ticks() -> None:
+    # review 43 Q3. lru_store.go: only the sweep of a 1 s ticker from gateway start (replay
+    # time 0) evicts, when now - lastAccessTime > 20 min; Get never checks the age. Written
+    # at 10.0: the tick at 1210 keeps it (1200 is not > 1200), the one at 1211 drops it.
+    # Matched, pod 0 (100 %, in flight 1 <= 0.5 + 2 x 0.707) wins; swept, the least in
+    # flight, pod 1 (an age check at lookup dropped it at 1210.5 already).
+    for now, pick in ((1210.0, 0), (1210.5, 0), (1211.0, 1)):
+        p = _aibrix()
+        assert p.choose(0, _one(), 10.0, view(2, [0, 1])) == 0
+        assert p.choose(1, _one(), now, view(2, [1, 0])) == pick, now
+    # Written at 10.7: idle 1199.3 s at the tick at 1210, 1200.3 s at 1211.
+    for now, pick in ((1210.99, 0), (1211.0, 1)):
+        p = _aibrix()
+        assert p.choose(0, _one(), 10.7, view(2, [0, 1])) == 0
+        assert p.choose(1, _one(), now, view(2, [1, 0])) == pick, now
 
 
 def test_aibrix_percent_is_floored_over_all_chunks_and_best_first() -> None:
@@ -526,12 +700,15 @@ def test_every_peer_is_deterministic_for_a_seed() -> None:
 
 def test_prodstack_loadaware_ties_go_to_the_smallest_url_not_the_lowest_index() -> None:
     # Fact sheet section 6 step 4: scanned in URL order with a strict >. With 101 replicas
-    # "replica-100" sorts before "replica-11"; both hold the prompt at the same load.
-    p = make_policy("prodstack-loadaware", ClusterModel(replicas=101, block_tokens=BT))
-    p.on_kv_events(11, 0, stored(1, 2), 0.0)
-    p.on_kv_events(100, 0, stored(1, 2), 0.0)
+    # "replica-100" sorts before "replica-11". Two holders of a prompt never tie (LMCache
+    # credits each chunk to its first admission only), so replica 5 holds it and the tie
+    # is between the idle replicas 11 and 100 (score 1.0, above replica 5's 1 - 0.02).
+    p = make_policy("prodstack-loadaware", ClusterModel(replicas=101, block_tokens=512))
+    p.on_kv_events(5, 0, stored(1, 2), 0.0)
+    v = view(101, [2] * 101)
+    v.in_flight[11] = v.in_flight[100] = 0
+    assert v.node_ids[p.choose(0, rq((1, 2), bt=512), 0.0, v)] == "replica-100"
     v = view(101)
-    assert v.node_ids[p.choose(0, rq((1, 2)), 0.0, v)] == "replica-100"
     # No holder: the first endpoint in URL order never routed to wins at once.
     fresh = make_policy("prodstack-loadaware", ClusterModel(replicas=101, block_tokens=BT))
     assert fresh.choose(0, rq((9,)), 0.0, v) == 0  # "replica-00"

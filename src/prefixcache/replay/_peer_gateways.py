@@ -11,6 +11,7 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
+from prefixcache.kvevents import AllBlocksCleared, BlockStored, EventBatch
 from prefixcache.replay._peer_base import (
     CHARS_PER_TOKEN,
     CharTree,
@@ -24,8 +25,10 @@ from prefixcache.replay._trace import Request
 from prefixcache.replay._view import ClusterView
 
 __all__ = [
+    "LMCACHE_CHUNK_TOKENS",
     "AibrixPrefixCachePolicy",
     "DynamoKvPolicy",
+    "LmcacheKvPool",
     "ProdstackLoadAwarePolicy",
     "ProdstackPrefixPolicy",
     "RayPrefixAffinityPolicy",
@@ -33,6 +36,14 @@ __all__ = [
 
 
 # --- 4. Dynamo ---------------------------------------------------------------------------
+
+#: Dynamo's approximate-mode expiry bucket, ns (``indexer/pruning.rs`` ``EXPIRY_BUCKET``).
+_EXPIRY_BUCKET_NS = 100_000_000
+
+
+def _ns(seconds: float) -> int:
+    """``seconds`` in whole nanoseconds (Dynamo's ``Instant`` arithmetic is in ns)."""
+    return round(seconds * 1e9)
 
 
 class DynamoKvPolicy(EventPeer):
@@ -45,17 +56,27 @@ class DynamoKvPolicy(EventPeer):
     trailing partial block is neither looked up, nor indexed, nor tracked as active.
     State: the engines' cached blocks from their events (or, with ``kv_events=False``,
     as ``--no-router-kv-events``: an index of full blocks written at routing time whose
-    entries expire after 120 s), and router-side active sequences per worker: uncached
-    prompt tokens of in-flight requests before their first token, the unique full prompt
-    blocks of in-flight requests, and their count. Cost per worker, in blocks of ``B``
-    tokens::
+    entries expire after 120 s, see below), and router-side active sequences per worker:
+    uncached prompt tokens of in-flight requests before their first token, the unique
+    full prompt blocks of in-flight requests, and their count. Cost per worker, in blocks
+    of ``B`` tokens::
 
         prefill = max(0, (active_prefill_tokens + ISL) / B - 1.0 x overlap)
         decode  = active_blocks + (full blocks - full blocks already active there)
-                  + (1 if the prompt ends in a partial block)
 
-    ``overlap`` = leading full request blocks the worker holds. Temperature 0: the least
-    cost, exact ties uniformly at random (``minimum_cost_index``).
+    ``overlap`` = leading full request blocks the worker holds. The decode term is
+    ``potential_decode_blocks`` (``selector/mod.rs:196``, ``prompt_registry.rs:41-43,
+    338``): the tracked blocks are full blocks, so a partial tail adds nothing. The
+    ceiling ``potential_decode_blocks_after_admission`` (``scheduling/types.rs:477-489``)
+    feeds only the response and the busy thresholds, not the cost. Temperature 0: the
+    least cost, exact ties uniformly at random (``minimum_cost_index``).
+
+    Approximate mode (``indexer/pruning.rs``): each worker's timers round their expiry
+    up to 100 ms buckets counted from that worker's first insert (``PruneManager`` is
+    created with the worker's state, ``bucket_origin = Instant::now()``, on its first
+    non-empty insert), so a block written at ``t`` is gone from the first ``now`` with
+    ``now >= origin + ceil((t + 120 - origin) / 0.1) x 0.1`` (``pop_expired``: expiry
+    ``<= now``); a new write moves the expiry.
     """
 
     name = "dynamo-kv"
@@ -80,28 +101,47 @@ class DynamoKvPolicy(EventPeer):
         self.active_prefill: list[int] = []
         self.active_blocks: list[dict[int, int]] = []
         self._pending: dict[int, int] = {}
-        self._approx: list[dict[int, float]] = []
+        # approximate mode, per worker: block -> its expiry, and the worker's bucket
+        # origin (None before its first insert); times in whole ns of replay time
+        self._approx: list[dict[int, int]] = []
+        self._origin: list[int | None] = []
 
     def _ensure(self, n: int) -> None:
         if len(self.active_prefill) != n:
             self.active_prefill = [0] * n
             self.active_blocks = [{} for _ in range(n)]
             self._approx = [{} for _ in range(n)]
+            self._origin = [None] * n
 
     def _full(self, request: Request) -> Sequence[int]:
         """The request's complete blocks, the only ones the router hashes."""
         return request.blocks[: request.input_tokens // self._bt]
 
-    def _overlap(self, p: int, blocks: Sequence[int], now: float) -> int:
+    def _overlap(self, p: int, blocks: Sequence[int], now_ns: int) -> int:
         seen = self._approx[p]
         k = 0
-        ttl = self.approx_ttl_s
         while k < len(blocks):
-            t = seen.get(blocks[k])
-            if t is None or now - t >= ttl:  # gone at its expiry (pruning.rs: expiry <= now)
+            expiry = seen.get(blocks[k])
+            if expiry is None or expiry <= now_ns:  # pruning.rs pop_expired: expiry <= now
                 break
             k += 1
         return k
+
+    def _write_approx(self, p: int, blocks: Sequence[int], now: float) -> None:
+        """Record ``blocks`` on worker ``p`` at ``now``, as ``PruneManager.insert_at``."""
+        if not blocks:  # insert_block_entries returns early: no worker state, no origin
+            return
+        now_ns = _ns(now)
+        origin = self._origin[p]
+        if origin is None:
+            origin = self._origin[p] = now_ns
+        expiry = now_ns + _ns(self.approx_ttl_s)
+        if self.approx_ttl_s > 0:  # round_up_duration from the origin; a zero TTL: now
+            since = expiry - origin
+            expiry = origin + ((since - 1) // _EXPIRY_BUCKET_NS + 1) * _EXPIRY_BUCKET_NS
+        seen = self._approx[p]
+        for b in blocks:
+            seen[b] = expiry
 
     def costs(self, request: Request, now: float, n: int) -> tuple[list[float], list[int]]:
         """Each worker's cost and overlap (in full blocks) for ``request``."""
@@ -110,12 +150,12 @@ class DynamoKvPolicy(EventPeer):
         isl = request.input_tokens
         blocks = self._full(request)
         full = len(blocks)
-        tail = -(-isl // bt) - full
         out = []
         if self.reads_kv_events:
             ovl = self.engine_index.overlaps(blocks, n)
         else:
-            ovl = [self._overlap(p, blocks, now) for p in range(n)]
+            now_ns = _ns(now)
+            ovl = [self._overlap(p, blocks, now_ns) for p in range(n)]
         for p in range(n):
             o = ovl[p]
             prefill = max(0.0, (self.active_prefill[p] + isl) / bt - self.overlap_credit * o)
@@ -123,7 +163,7 @@ class DynamoKvPolicy(EventPeer):
             depth = 0
             while depth < full and blocks[depth] in act:
                 depth += 1
-            decode = len(act) + (full - depth) + tail
+            decode = len(act) + (full - depth)
             out.append(prefill + decode)
         return out, ovl
 
@@ -141,9 +181,7 @@ class DynamoKvPolicy(EventPeer):
         for b in blocks:
             act[b] = act.get(b, 0) + 1
         if not self.reads_kv_events:
-            seen = self._approx[r]
-            for b in blocks:
-                seen[b] = now
+            self._write_approx(r, blocks, now)
         return r
 
     def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
@@ -223,30 +261,171 @@ class ProdstackPrefixPolicy(Peer):
         return r
 
 
-class ProdstackLoadAwarePolicy(EventPeer):
-    """production-stack ``loadaware`` (PR #1035, read from its text and an index copy of
-    its code); fact sheet section 6.
+#: LMCache's chunk in tokens (``ChunkedTokenDatabase``'s default ``chunk_size``).
+LMCACHE_CHUNK_TOKENS = 256
 
-    State: the engines' cached blocks (LMCache's controller; here the engine event
-    stream), the router's in-flight requests per endpoint and its requests over the last
-    60 s. Decision: if no endpoint holds the prompt's first block, ``_qps_routing`` (no
-    session header in a trace; ``routing_logic.py`` @a6c01db0): scanning in URL order, the
-    first endpoint this router never sent a request to wins at once, else the fewest
-    requests in the last 60 s with a strict ``<``; otherwise for every endpoint
-    ``benefit = min(matched, n)/max(n, 1)`` (tokens), ``rel = (load - mean)/max(1,
-    mean)``, ``score = benefit - 1.0 x rel``; argmax scanning in URL order with a strict
-    ``>`` (ties to the first endpoint).
+
+class LmcacheKvPool:
+    """LMCache's controller index as production-stack ``loadaware`` queries it
+    (``lmcache/v1/cache_controller/controllers/kv_controller.py`` @216b8e42 and @0449f44d:
+    ``admit``, ``evict``, ``deregister``, ``lookup``; ``lmcache/v1/token_database.py``);
+    fact sheet section 6.
+
+    State: trace block -> the replicas holding it, in the order this index heard of
+    them, each with the ordinal of the batch that admitted it. Batches are applied as
+    they arrive (after the engines' event delay), each one ordinal later: ``BlockStored``
+    admits its blocks for the replica (a block the replica already holds keeps its first
+    admission), ``BlockRemoved`` evicts them, and ``AllBlocksCleared`` or a batch whose
+    ``seq`` is not above the replica's last (its publisher restarted) evicts all of the
+    replica's blocks, as ``deregister`` drops a departed worker's chunks. Media other
+    than the GPU are ignored; a lost batch is simply missing (no gap is detected).
+
+    Lookup, :meth:`matched_tokens`: the prompt in chunks of ``chunk_tokens`` from its
+    start, whole chunks only (the engine stores no partial chunk: ``save_unfull_chunk``
+    is ``False`` by default since LMCache PR #2207). A replica holds a chunk once it holds
+    every trace block covering its tokens, admitted when the last of them was. Walk the
+    chunks until one nobody holds; each chunk is credited only to its earliest admission
+    still present (``kv_pool[key][0]``), with the chunk's end. A replica's match is the
+    end of the last chunk credited to it, 0 if none: other holders of a chunk get nothing
+    for it.
+
+    Not thread-safe (the replay is single-threaded). Memory: one entry per (block,
+    replica) held.
+
+    >>> pool = LmcacheKvPool(block_tokens=512)
+    >>> pool.apply(1, 0, EventBatch(ts=0.0, events=[BlockStored(
+    ...     block_hashes=[7], token_ids=[7], block_size=1)]))
+    >>> pool.apply(0, 0, EventBatch(ts=0.0, events=[BlockStored(
+    ...     block_hashes=[7, 8], token_ids=[7, 8], block_size=1)]))
+    >>> pool.matched_tokens(Request(arrival=0, input_tokens=1000, output_tokens=1,
+    ...     blocks=(7, 8)), 2)  # block 7: replica 1 first; block 8: replica 0; 3 chunks
+    [768, 512]
+    """
+
+    __slots__ = ("_bt", "_chunk", "_held", "_last_seq", "_ordinal", "holders")
+
+    def __init__(self, *, block_tokens: int, chunk_tokens: int = LMCACHE_CHUNK_TOKENS) -> None:
+        self._bt = block_tokens
+        self._chunk = chunk_tokens
+        #: block -> replica -> admission ordinal, in admission order
+        self.holders: dict[int, dict[int, int]] = {}
+        self._held: dict[int, set[int]] = {}  # replica -> its blocks
+        self._last_seq: dict[int, int] = {}
+        self._ordinal = 0
+
+    def _drop(self, replica: int) -> None:
+        holders = self.holders
+        for b in self._held.pop(replica, ()):
+            entry = holders[b]
+            del entry[replica]
+            if not entry:
+                del holders[b]
+
+    def apply(self, replica: int, seq: int, batch: EventBatch) -> None:
+        """Apply ``replica``'s batch number ``seq`` (see the class). O(blocks in the
+        batch); a restart or clear O(blocks the replica holds)."""
+        last = self._last_seq.get(replica)
+        if last is not None and seq <= last:
+            self._drop(replica)
+        self._last_seq[replica] = seq
+        self._ordinal += 1
+        ordinal = self._ordinal
+        holders = self.holders
+        held = self._held.setdefault(replica, set())
+        for ev in batch.events:
+            if isinstance(ev, AllBlocksCleared):
+                self._drop(replica)
+                held = self._held.setdefault(replica, set())
+            elif ev.medium not in (None, "GPU"):
+                continue
+            elif isinstance(ev, BlockStored):
+                for b in ev.block_hashes:
+                    entry = holders.get(b)
+                    if entry is None:
+                        holders[b] = {replica: ordinal}
+                    elif replica not in entry:
+                        entry[replica] = ordinal
+                    held.add(b)
+            else:
+                for b in ev.block_hashes:
+                    entry = holders.get(b)
+                    if entry is not None and replica in entry:
+                        del entry[replica]
+                        if not entry:
+                            del holders[b]
+                        held.discard(b)
+
+    def _first_holder(self, blocks: Sequence[int]) -> int | None:
+        """The replica whose copy of a chunk spanning ``blocks`` (two or more) was
+        admitted first: each copy is as old as its newest block."""
+        holders = self.holders
+        admitted = holders.get(blocks[0])  # replica -> its copy's last admission
+        for b in blocks[1:]:
+            entry = holders.get(b)
+            if not entry or not admitted:
+                return None
+            admitted = {r: max(o, entry[r]) for r, o in admitted.items() if r in entry}
+        if not admitted:
+            return None
+        return min(admitted, key=admitted.__getitem__)
+
+    def matched_tokens(self, request: Request, n: int) -> list[int]:
+        """``layout_info`` for ``request`` as matched tokens per replica ``0..n-1`` (see
+        the class; 0 for a replica credited with no chunk). O(chunks walked x blocks per
+        chunk x holders per block)."""
+        out = [0] * n
+        bt = self._bt
+        size = self._chunk
+        holders = self.holders
+        blocks = request.blocks
+        nb = len(blocks)
+        for end in range(size, request.input_tokens + 1, size):
+            lo = (end - size) // bt
+            hi = (end - 1) // bt + 1  # the chunk's blocks: lo .. hi - 1
+            first: int | None
+            if hi == lo + 1:  # within one block (every chunk at B = 512)
+                entry = holders.get(blocks[lo]) if lo < nb else None
+                first = next(iter(entry)) if entry else None  # entries in admission order
+            elif hi <= nb:
+                first = self._first_holder(blocks[lo:hi])
+            else:  # more tokens than blocks: a malformed request
+                first = None
+            if first is None:
+                break
+            if first < n:
+                out[first] = end
+        return out
+
+
+class ProdstackLoadAwarePolicy(Peer):
+    """production-stack ``loadaware`` (PR #1035, read from its text and an index copy of
+    its code) over LMCache's controller; fact sheet section 6.
+
+    State: :class:`LmcacheKvPool` fed by the engines' event stream, the router's
+    in-flight requests per endpoint and its requests over the last 60 s. Matched tokens
+    per endpoint: the controller's ``lookup`` (whole 256-token chunks, each credited to
+    the replica that admitted it first only; an endpoint it lists nothing for has 0).
+    Decision: if it lists no endpoint, ``_qps_routing`` (no session header in a trace;
+    ``routing_logic.py`` @a6c01db0): scanning in URL order, the first endpoint this router
+    never sent a request to wins at once, else the fewest requests in the last 60 s with
+    a strict ``<``; otherwise for every endpoint ``benefit = min(matched, n)/max(n, 1)``
+    (tokens), ``rel = (load - mean)/max(1, mean)``, ``score = benefit - 1.0 x rel``;
+    argmax scanning in URL order with a strict ``>`` (ties to the first endpoint).
     """
 
     name = "prodstack-loadaware"
+    reads_kv_events = True
 
     def __init__(self, *, block_tokens: int, beta: float = 1.0, qps_window_s: float = 60.0):
-        super().__init__()
         self._bt = block_tokens
         self.beta = beta
         self.qps_window_s = qps_window_s
+        self.kv_pool = LmcacheKvPool(block_tokens=block_tokens)
         self._recent: list[deque[float]] = []
         self._routed: list[bool] = []
+
+    def on_kv_events(self, replica: int, seq: int, batch: EventBatch, now: float) -> None:
+        self.kv_pool.apply(replica, seq, batch)
 
     def _qps_pick(self, order: Sequence[int], now: float) -> int:
         lo = now - self.qps_window_s
@@ -269,8 +448,7 @@ class ProdstackLoadAwarePolicy(EventPeer):
             self._recent = [deque() for _ in range(n)]
             self._routed = [False] * n
         tokens = request.input_tokens
-        runs = self.engine_index.overlaps(request.blocks, n)
-        matched = [min(tokens, runs[p] * self._bt) for p in range(n)]
+        matched = self.kv_pool.matched_tokens(request, n)
         # Endpoints are scanned in URL order: the first of a tie wins.
         order = sorted(range(n), key=view.node_ids.__getitem__)
         if not any(matched):
@@ -305,9 +483,14 @@ class AibrixPrefixCachePolicy(Peer):
     across trace blocks, :func:`text_chunks`: 16 per trace block at the default; the
     trailing partial one dropped) -> pod -> last write, written after each pick; 200,000
     entries (12,500 trace blocks), a write moving its entry to the head, a lookup leaving
-    it alone. An entry not written by any pod for 20 min is dropped whole, with all its pods
-    (``lrustore/lru_store.go``: one ``lastAccessTime`` per entry, refreshed by every
-    ``Put``; ``matchPods`` reads no per-pod time). Load: the gateway's in-flight count.
+    it alone. An entry not written by any pod for more than 20 min is dropped whole, with
+    all its pods (``lrustore/lru_store.go``: one ``lastAccessTime`` per entry, refreshed
+    by every ``Put``; ``matchPods`` reads no per-pod time), but only by the sweep a 1 s
+    ticker runs (``startEviction``, ``evict``: ``now - lastAccessTime > ttl``); ``Get``
+    never checks the age. The ticker starts with the gateway, taken as replay time 0, so
+    an entry is gone at a lookup at ``now`` iff at some tick ``k <= now`` (``k`` a whole
+    number of intervals) it had been idle for more than 20 min: written at ``t``, it
+    matches until the first tick after ``t + 1200``. Load: the gateway's in-flight count.
     Decision: if ``max - min`` in-flight > 16, only the pods at the minimum may match;
     walk the hashes keeping the candidates that hold each one (``pct = floor(hashes
     matched x 100 / hashes)``; a pod dropped on the way keeps its earlier ``pct``); with
@@ -327,6 +510,7 @@ class AibrixPrefixCachePolicy(Peer):
         std_factor: float = 2.0,
         max_entries: int = 200_000,
         ttl_s: float = 1200.0,
+        sweep_interval_s: float = 1.0,
         chunk_bytes: int = 128,
         chars_per_token: int = CHARS_PER_TOKEN,
     ) -> None:
@@ -337,6 +521,7 @@ class AibrixPrefixCachePolicy(Peer):
         self.imbalance = imbalance
         self.std_factor = std_factor
         self.ttl_s = ttl_s
+        self.sweep_interval_s = sweep_interval_s
         self._cap = max_entries
         self.table: OrderedDict[Chunk, dict[int, float]] = OrderedDict()
 
@@ -354,15 +539,17 @@ class AibrixPrefixCachePolicy(Peer):
         if max(inf) - lo > self.imbalance:
             cands = {p for p in range(n) if inf[p] == lo}
         table = self.table
-        live_since = now - self.ttl_s
-        while table:  # the 1 s sweep: oldest writes first
+        # The ticker's sweeps since the last call, as one at the last tick: an entry idle
+        # too long at an earlier tick is so at the last one too, and only calls write.
+        step = self.sweep_interval_s
+        live_since = math.floor(now / step) * step - self.ttl_s
+        while table:  # oldest writes first: the table is in write order
             first = next(iter(table.values()))
             if max(first.values()) >= live_since:
                 break
             table.popitem(last=False)
         pct: dict[int, int] = {}
-        # The sweep above left only entries written since live_since (the table is in
-        # write order), so an entry found is live.
+        # Whatever the sweeps left is matched: a lookup does not check the age.
         for done, c in enumerate(chunks, 1):
             entry = table.get(c)
             if entry is None:
