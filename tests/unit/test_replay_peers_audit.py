@@ -68,7 +68,7 @@ def test_sglang_owner_evicted_from_its_node_is_replaced_for_good() -> None:
     p = SglangCacheAwarePolicy(block_tokens=BT)
     p.choose(0, rq((1, 2)), 0.0, view(3, [0, 0, 0]))  # owner 0
     p.choose(1, rq((1, 2)), 0.0, view(3, [100, 0, 0]))  # switch: replica 1 joins
-    del p.tree.nodes[2][0]  # replica 0's entry evicted from the deepest node
+    p.tree._remove(2, 0)  # replica 0 evicted from the deepest node (the whole [1, 2])
     assert p.choose(2, rq((1, 2)), 0.0, view(3, [0, 0, 0])) == 1
     p.choose(3, rq((1, 2)), 0.0, view(3, [0, 100, 50]))  # switch: replica 0 rejoins
     assert 0 in p.tree.nodes[2]

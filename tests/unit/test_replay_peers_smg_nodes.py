@@ -164,3 +164,79 @@ def test_counter_starts_at_n_n_plus_1_over_2_and_a_request_takes_two(
             got.append(i)
         last = stamp
     assert got == refreshed
+
+
+# Review 48: cases from smg's source for mutants the tests above let through.
+
+
+def test_split_copies_the_cached_owner_not_the_lowest_tenant() -> None:
+    # insert_from's split clones last_tenant (S1 string_tree.rs:481-487): replica 1
+    # created (1, 2, 3), replica 0 joined it; the cut at 2 keeps owner 1 for [1, 2].
+    p = SglangCacheAwarePolicy(block_tokens=BT)
+    assert p.choose(0, rq((1, 2, 3)), 0.0, view(2, [5, 0])) == 1  # miss: 1 creates
+    assert p.choose(1, rq((1, 2, 3)), 0.0, view(2, [0, 100])) == 0  # switch: 0 joins
+    assert p.choose(2, rq((1, 2)), 0.0, view(2, [0, 0])) == 1  # owner 1; the insert cuts
+    assert p.tree.owner[2] == 1
+    assert p.choose(3, rq((1, 2)), 0.0, view(2, [0, 0])) == 1
+
+
+def test_owner_fallback_takes_the_lowest_remaining_index() -> None:
+    # Fact sheet section 10 resolves SMG's "first in map order" by index.
+    p = SglangCacheAwarePolicy(block_tokens=BT)
+    p.choose(0, rq((1, 2)), 0.0, view(3, [0, 0, 0]))  # 0 creates
+    p.choose(1, rq((1, 2)), 0.0, view(3, [100, 100, 0]))  # switch: 2 joins
+    p.choose(2, rq((1, 2)), 0.0, view(3, [100, 0, 100]))  # switch: 1 joins
+    p.tree._remove(2, 0)
+    assert p.choose(3, rq((1, 2)), 0.0, view(3, [0, 0, 0])) == 1
+
+
+def test_both_halves_of_a_split_keep_one_map_order() -> None:
+    p = SmgCacheAwarePolicy(block_tokens=BT)
+    p._start(10)
+    for t in range(10):
+        p.tree.insert((1, 2, 3), [40] * 3, t)
+    p.tree.insert((1, 2, 4), [40] * 3, 0)  # cuts (1, 2, 3) at 2
+    assert p._candidates(2, 10) == p._candidates(3, 10)
+
+
+def test_map_order_depends_on_the_seed() -> None:
+    kept = {
+        tuple(sorted(sorted(range(10), key=lambda t: map_rank(s, 1, t))[:8])) for s in range(20)
+    }
+    assert len(kept) > 1
+
+
+def test_first_request_after_the_first_grid_point() -> None:
+    # Passes at 10, 20 find an empty tree; the next is at 30, so nothing runs at 26.
+    p = SglangCacheAwarePolicy(block_tokens=BT, max_tree_chars=40, eviction_interval_s=10.0)
+    p.choose(0, rq((1, 2)), 25.0, view(1, [0]))
+    p.choose(1, rq((3,)), 26.0, view(1, [0]))
+    assert set(p.tree.nodes) == {1, 2, 3}
+
+
+def test_a_long_gap_merges_passes_and_keeps_the_grid() -> None:
+    # Passes at 10 and 20 run before the request at 25 (40 <= 40: nothing); the next is
+    # at 30, not 26.
+    p = SglangCacheAwarePolicy(block_tokens=BT, max_tree_chars=40, eviction_interval_s=10.0)
+    p.choose(0, rq((1,)), 1.0, view(1, [0]))
+    p.choose(1, rq((2,)), 25.0, view(1, [0]))
+    p.choose(2, rq((3,)), 26.0, view(1, [0]))
+    assert set(p.tree.nodes) == {1, 2, 3}
+
+
+def test_a_third_worker_registered_later_adds_three_ticks() -> None:
+    # update_policies.rs:112-130: registering worker 3 runs init_workers over all 3
+    # (one insert_text("") each): 1 + 2 + 3 = 6 ticks in all, not 1 + 2 + 6.
+    p = SglangCacheAwarePolicy(block_tokens=BT)
+    p._start(2)
+    assert p.tree.op == 3
+    p._start(3)
+    assert p.tree.op == 6
+
+
+@pytest.mark.parametrize("every", [0.0, -1.0, float("inf"), float("nan")])
+def test_an_eviction_interval_that_is_not_a_finite_positive_number_is_a_typed_error(
+    every: float,
+) -> None:
+    with pytest.raises(ValueError, match="eviction_interval_s"):
+        SglangCacheAwarePolicy(block_tokens=BT, eviction_interval_s=every)
