@@ -327,6 +327,21 @@ def test_ray_threshold_is_inclusive_and_cold_goes_to_the_smallest_tree() -> None
     assert p.choose(3, rq((60,)), 0.0, view(3, [0, 3, 1])) == 2
 
 
+def test_ray_at_a_threshold_of_zero_a_request_with_no_match_goes_to_the_lowest_queue() -> None:
+    # prefix_aware_router.py @06c16f2f: with match_rate_threshold <= 0 a match rate of 0
+    # passes, and the deepest matched node is the root, whose tenants are every replica;
+    # the lowest queue wins, not the smallest tree (which the default threshold would use).
+    def pick(threshold: float) -> int:
+        p = RayPrefixAffinityPolicy(block_tokens=BT, match_rate_threshold=threshold)
+        p.choose(0, rq((1,)), 0.0, view(2, [0, 0]))  # replica 0: 40 characters
+        p.choose(1, rq((2, 3)), 0.0, view(2, [5, 0]))  # cold: the smaller tree, 1: 80
+        assert p.tree.chars == {0: 40, 1: 80}
+        return p.choose(2, rq((9,)), 0.0, view(2, [5, 0]))
+
+    assert pick(0.0) == 1
+    assert pick(0.1) == 0
+
+
 # --- engine index ---------------------------------------------------------------------------
 
 

@@ -597,8 +597,9 @@ class RayPrefixAffinityPolicy(Peer):
     eviction (``do_eviction=False``); per-tenant character totals. Load: the replica queue
     length as the router tracks it (+1 on send, -1 on completion: its in-flight count).
     Decision: the imbalance switch is off (threshold infinite); match over all replicas:
-    ``rate >= 0.1``: the tenants of the deepest matched node; below: the tenants with the
-    smallest character total in the whole tree; then the first of them in replica order
+    ``rate >= 0.1``: the tenants of the deepest matched node (the root's, every replica,
+    for no match at a threshold <= 0); below: the tenants with the smallest character
+    total in the whole tree; then the first of them in replica order
     with the strictly lowest queue. The power-of-two pair (two random replicas) is only
     the fallback when that yields nobody.
     """
@@ -625,8 +626,9 @@ class RayPrefixAffinityPolicy(Peer):
         chars = block_chars(request, self._bt, self._cpt)
         m = self.tree.match(request.blocks, chars)
         k = m.blocks
-        if k > 0 and m.rate >= self.match_rate_threshold:
-            cands = sorted(self.tree.nodes[request.blocks[k - 1]])
+        if m.rate >= self.match_rate_threshold:  # at a threshold <= 0 even with no match:
+            # the root's tenants, every replica
+            cands = sorted(self.tree.nodes[request.blocks[k - 1]]) if k else list(range(n))
         else:
             ch = self.tree.chars
             least = min(ch.get(p, 0) for p in range(n))
