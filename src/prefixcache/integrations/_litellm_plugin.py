@@ -165,8 +165,9 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
     pins by their ``max_entries``, the sessions' last chains (a session's next turn hashes
     only the blocks it adds) to ``DEFAULT_SESSION_CHAINS`` sessions of at most
     ``window_bytes * max_depth`` characters each, the blocks tracked in flight by the
-    reservations, and the hot-prefix demand to 64 model groups of ``256 x deployments``
-    dispatches of at most ``max_depth`` blocks each.
+    reservations, the hot-prefix demand to 64 model groups of ``256 x deployments``
+    dispatches of at most ``max_depth`` blocks each, and the learned prefill rate to its
+    last 512 successes.
 
     Thread-safe: the routing state is locked.
     """
