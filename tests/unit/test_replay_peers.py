@@ -259,7 +259,7 @@ def test_prodstack_loadaware_benefit_minus_relative_load() -> None:
     # pod 0: 1 - (2 - 1.5)/1.5 = 0.67; pod 1: 0 - (1 - 1.5)/1.5 = 0.33 -> pod 0.
     assert p.choose(1, rq((1, 2), bt=512), 0.0, view(2, [2, 1])) == 0
     # Equal scores go to the first endpoint. Two holders of a chunk never tie (LMCache
-    # credits only the first admission), so the tie is between pods 0 and 1, which hold
+    # credits only the holder registered first), so the tie is between pods 0 and 1, which hold
     # nothing and carry the same load, while the holder, pod 2, is busy: 1 - 8/7 < 4/7.
     p2 = ProdstackLoadAwarePolicy(block_tokens=512)
     p2.on_kv_events(2, 0, stored(1), 0.0)

@@ -457,7 +457,7 @@ def test_prodstack_loadaware_one_endpoint_and_all_equal() -> None:
     p.on_kv_events(0, 0, stored(1), 0.0)
     assert p.choose(0, rq((1, 2), bt=512), 0.0, view(1, [7])) == 0
     # both hold the whole prompt at equal load, but LMCache credits each chunk to the
-    # first admission only: replica 0 has benefit 1, replica 1 none (it tied before).
+    # holder registered first only: replica 0 has benefit 1, replica 1 none (it tied before).
     q = ProdstackLoadAwarePolicy(block_tokens=512)
     q.on_kv_events(0, 0, stored(1, 2), 0.0)
     q.on_kv_events(1, 0, stored(1, 2), 0.0)
@@ -471,16 +471,20 @@ def test_prodstack_loadaware_one_endpoint_and_all_equal() -> None:
     assert r.choose(1, rq((1, 2), bt=512), 0.0, view(2, [2, 2])) == 1  # 0 vs 0.5
 
 
-def test_prodstack_loadaware_credits_a_chunk_to_its_first_admission_only() -> None:
-    # review 43 Q2a. kv_controller.py: admit appends to kv_pool[key], lookup credits
-    # kv_pool[key][0], the earliest admission still present. Replica 1 admitted block 1
-    # (two chunks) first: replica 0 scores 0, replica 1 scores 1 (crediting both tied them
-    # and the tie went to replica-00).
+def test_prodstack_loadaware_credits_a_chunk_to_the_holder_registered_first_only() -> None:
+    # review 43 Q2a, review 50. lmcache 0.3.11 (production-stack's pin): lookup credits
+    # each chunk to RegistryTree.find_kv's answer, the first instance in registration
+    # order that holds it; the others get nothing for it. Replica 1 registered after
+    # replica 0 and stored block 1 (two chunks) first: replica 0 still scores 1 and
+    # replica 1 scores 0; the load decides against replica 0 only beyond the benefit.
     p = ProdstackLoadAwarePolicy(block_tokens=512)
     p.on_kv_events(1, 0, stored(1), 0.0)
-    p.on_kv_events(0, 0, stored(1), 1.0)
     assert p.kv_pool.matched_tokens(rq((1,), bt=512), 2) == [0, 512]
-    assert p.choose(0, rq((1,), bt=512), 0.0, view(2, [0, 0])) == 1
+    p.on_kv_events(0, 0, stored(1), 1.0)
+    assert p.kv_pool.matched_tokens(rq((1,), bt=512), 2) == [512, 0]
+    assert p.choose(0, rq((1,), bt=512), 0.0, view(2, [0, 0])) == 0
+    # rel = (2 - 1) / 1 = 1 for replica 0, -1 for replica 1: 1 - 1 < 0 + 1.
+    assert p.choose(1, rq((1,), bt=512), 0.0, view(2, [2, 0])) == 1
 
 
 def test_prodstack_loadaware_a_match_shorter_than_a_chunk_lists_nobody() -> None:
@@ -514,37 +518,43 @@ def test_lmcache_pool_walk_stops_at_a_chunk_nobody_holds() -> None:
     assert pool.matched_tokens(rq((1, 9, 3), bt=512), 2) == [512, 0]
 
 
-def test_lmcache_pool_small_blocks_a_chunk_is_as_old_as_its_newest_block() -> None:
+def test_lmcache_pool_small_blocks_a_chunk_is_held_once_all_its_blocks_are() -> None:
     # 100-token blocks: chunk 0 (tokens 0-255) spans blocks 1-3. A replica holds it once
-    # it holds all three, admitted when the last of them was.
+    # it holds all three; among the holders the one registered first is credited.
     pool = LmcacheKvPool(block_tokens=100)
     three = rq((1, 2, 3), bt=100)
     pool.apply(0, 0, stored(1, 2))  # replica 0: no whole chunk yet
     assert pool.matched_tokens(three, 2) == [0, 0]
     pool.apply(1, 0, stored(1, 2, 3))
-    pool.apply(0, 1, stored(3, parent=2))  # replica 0's copy completes after replica 1's
-    assert pool.matched_tokens(three, 2) == [0, 256]  # by its first block it would be 0
-    removed = EventBatch(ts=0.0, events=(BlockRemoved(block_hashes=(2,), medium="GPU"),))
-    pool.apply(1, 1, removed)  # replica 1's copy is gone with one of its blocks
+    assert pool.matched_tokens(three, 2) == [0, 256]
+    pool.apply(0, 1, stored(3, parent=2))  # replica 0's copy completes: registered first
     assert pool.matched_tokens(three, 2) == [256, 0]
+    removed = EventBatch(ts=0.0, events=(BlockRemoved(block_hashes=(2,), medium="GPU"),))
+    pool.apply(0, 2, removed)  # replica 0's copy is gone with one of its blocks
+    assert pool.matched_tokens(three, 2) == [0, 256]
 
 
 def test_lmcache_pool_eviction_restart_and_clear() -> None:
     pool = LmcacheKvPool(block_tokens=512)
     one = rq((1,), bt=512)
-    pool.apply(0, 0, stored(1))
     pool.apply(1, 0, stored(1))
-    assert pool.matched_tokens(one, 2) == [512, 0]
+    pool.apply(0, 0, stored(1))
+    assert pool.matched_tokens(one, 2) == [512, 0]  # replica 0 registered first
     removed = EventBatch(ts=0.0, events=(BlockRemoved(block_hashes=(1,), medium="GPU"),))
     pool.apply(0, 1, removed)  # evict removes replica 0's entry: replica 1 is first now
     assert pool.matched_tokens(one, 2) == [0, 512]
-    pool.apply(0, 2, stored(1))  # admitted again: appended after replica 1
-    assert pool.matched_tokens(one, 2) == [0, 512]
-    pool.apply(1, 0, stored(5))  # seq 0 again: replica 1 restarted, its old blocks went
+    pool.apply(0, 2, stored(1))  # admitted again: registration order, not admission
     assert pool.matched_tokens(one, 2) == [512, 0]
-    pool.apply(0, 3, EventBatch(ts=0.0, events=(AllBlocksCleared(),)))
+    # seq 0 again: replica 0 restarted, its blocks went and it registered again, now
+    # after replica 1.
+    pool.apply(0, 0, stored(1))
+    assert pool.rank(0) > pool.rank(1)
+    assert pool.matched_tokens(one, 2) == [0, 512]
+    pool.apply(1, 1, EventBatch(ts=0.0, events=(AllBlocksCleared(),)))
+    assert pool.matched_tokens(one, 2) == [512, 0]
+    pool.apply(0, 1, EventBatch(ts=0.0, events=(AllBlocksCleared(),)))
     assert pool.matched_tokens(one, 2) == [0, 0]
-    assert pool.holders == {5: {1: 5}}  # block 5 on replica 1, the fifth batch applied
+    assert pool.holders == {}
 
 
 def test_prodstack_loadaware_sees_a_store_only_after_the_event_delay() -> None:
@@ -701,7 +711,7 @@ def test_every_peer_is_deterministic_for_a_seed() -> None:
 def test_prodstack_loadaware_ties_go_to_the_smallest_url_not_the_lowest_index() -> None:
     # Fact sheet section 6 step 4: scanned in URL order with a strict >. With 101 replicas
     # "replica-100" sorts before "replica-11". Two holders of a prompt never tie (LMCache
-    # credits each chunk to its first admission only), so replica 5 holds it and the tie
+    # credits each chunk to the holder registered first only), so replica 5 holds it and the tie
     # is between the idle replicas 11 and 100 (score 1.0, above replica 5's 1 - 0.02).
     p = make_policy("prodstack-loadaware", ClusterModel(replicas=101, block_tokens=512))
     p.on_kv_events(5, 0, stored(1, 2), 0.0)

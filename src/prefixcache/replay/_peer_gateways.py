@@ -266,58 +266,69 @@ LMCACHE_CHUNK_TOKENS = 256
 
 
 class LmcacheKvPool:
-    """LMCache's controller index as production-stack ``loadaware`` queries it
-    (``lmcache/v1/cache_controller/controllers/kv_controller.py`` @216b8e42 and @0449f44d:
-    ``admit``, ``evict``, ``deregister``, ``lookup``; ``lmcache/v1/token_database.py``);
-    fact sheet section 6.
+    """LMCache's controller index as production-stack ``loadaware`` queries it, at the
+    LMCache production-stack pins (``lmcache==0.3.11`` since production-stack #770; the
+    merged router passes the controller arguments only that version takes):
+    ``lmcache/v1/cache_controller/controllers/kv_controller.py`` (``admit``, ``evict``,
+    ``deregister``, ``lookup``), ``cache_controller/utils.py`` (``RegistryTree.find_kv``),
+    ``lmcache/v1/token_database.py``; fact sheet section 6.
 
-    State: trace block -> the replicas holding it, in the order this index heard of
-    them, each with the ordinal of the batch that admitted it. Batches are applied as
-    they arrive (after the engines' event delay), each one ordinal later: ``BlockStored``
-    admits its blocks for the replica (a block the replica already holds keeps its first
-    admission), ``BlockRemoved`` evicts them, and ``AllBlocksCleared`` or a batch whose
-    ``seq`` is not above the replica's last (its publisher restarted) evicts all of the
-    replica's blocks, as ``deregister`` drops a departed worker's chunks. Media other
-    than the GPU are ignored; a lost batch is simply missing (no gap is detected).
+    State: trace block -> the replicas holding it, and each replica's place in the
+    controller's registration order. Batches are applied as they arrive (after the
+    engines' event delay): ``BlockStored`` admits its blocks for the replica,
+    ``BlockRemoved`` evicts them, and ``AllBlocksCleared`` or a batch whose ``seq`` is not
+    above the replica's last (its engine restarted) evicts all of the replica's blocks, as
+    ``deregister`` drops a departed worker's chunks; a restarted replica registers again,
+    at the back of the order. The replicas first register in index order. Media other than
+    the GPU are ignored; a lost batch is simply missing (no gap is detected).
 
     Lookup, :meth:`matched_tokens`: the prompt in chunks of ``chunk_tokens`` from its
     start, whole chunks only (the engine stores no partial chunk: ``save_unfull_chunk``
     is ``False`` by default since LMCache PR #2207). A replica holds a chunk once it holds
-    every trace block covering its tokens, admitted when the last of them was. Walk the
-    chunks until one nobody holds; each chunk is credited only to its earliest admission
-    still present (``kv_pool[key][0]``), with the chunk's end. A replica's match is the
-    end of the last chunk credited to it, 0 if none: other holders of a chunk get nothing
-    for it.
+    every trace block covering its tokens. Walk the chunks until one nobody holds; each
+    chunk is credited only to the holder registered first (``find_kv`` returns the first
+    instance holding it in registration order), with the chunk's end. A replica's match
+    is the end of the last chunk credited to it, 0 if none: other holders of a chunk get
+    nothing for it (LMCache PR #4471, unmerged, describes this and would credit every
+    holder). lmcache 0.3.9post2, which the router's PR measured on, credits the earliest
+    admission instead (``kv_pool[key][0]``); either way one holder per chunk.
 
     Not thread-safe (the replay is single-threaded). Memory: one entry per (block,
     replica) held.
 
     >>> pool = LmcacheKvPool(block_tokens=512)
     >>> pool.apply(1, 0, EventBatch(ts=0.0, events=[BlockStored(
-    ...     block_hashes=[7], token_ids=[7], block_size=1)]))
-    >>> pool.apply(0, 0, EventBatch(ts=0.0, events=[BlockStored(
     ...     block_hashes=[7, 8], token_ids=[7, 8], block_size=1)]))
+    >>> pool.apply(0, 0, EventBatch(ts=0.0, events=[BlockStored(
+    ...     block_hashes=[7], token_ids=[7], block_size=1)]))
     >>> pool.matched_tokens(Request(arrival=0, input_tokens=1000, output_tokens=1,
-    ...     blocks=(7, 8)), 2)  # block 7: replica 1 first; block 8: replica 0; 3 chunks
-    [768, 512]
+    ...     blocks=(7, 8)), 2)  # block 7: replica 0 registered first; block 8: only 1
+    [512, 768]
     """
 
-    __slots__ = ("_bt", "_chunk", "_held", "_last_seq", "_ordinal", "holders")
+    __slots__ = ("_bt", "_chunk", "_held", "_last_seq", "_rank", "_restarts", "holders")
 
     def __init__(self, *, block_tokens: int, chunk_tokens: int = LMCACHE_CHUNK_TOKENS) -> None:
         self._bt = block_tokens
         self._chunk = chunk_tokens
-        #: block -> replica -> admission ordinal, in admission order
-        self.holders: dict[int, dict[int, int]] = {}
+        #: block -> the replicas holding it
+        self.holders: dict[int, set[int]] = {}
         self._held: dict[int, set[int]] = {}  # replica -> its blocks
         self._last_seq: dict[int, int] = {}
-        self._ordinal = 0
+        # A replica's place in the registration order: (0, index) as first registered,
+        # (k, 0) once it registered again after the k-th restart seen.
+        self._rank: dict[int, tuple[int, int]] = {}
+        self._restarts = 0
+
+    def rank(self, replica: int) -> tuple[int, int]:
+        """``replica``'s place in the controller's registration order (lower is first)."""
+        return self._rank.get(replica, (0, replica))
 
     def _drop(self, replica: int) -> None:
         holders = self.holders
         for b in self._held.pop(replica, ()):
             entry = holders[b]
-            del entry[replica]
+            entry.discard(replica)
             if not entry:
                 del holders[b]
 
@@ -325,11 +336,11 @@ class LmcacheKvPool:
         """Apply ``replica``'s batch number ``seq`` (see the class). O(blocks in the
         batch); a restart or clear O(blocks the replica holds)."""
         last = self._last_seq.get(replica)
-        if last is not None and seq <= last:
+        if last is not None and seq <= last:  # restarted: deregistered, registers again
             self._drop(replica)
+            self._restarts += 1
+            self._rank[replica] = (self._restarts, 0)
         self._last_seq[replica] = seq
-        self._ordinal += 1
-        ordinal = self._ordinal
         holders = self.holders
         held = self._held.setdefault(replica, set())
         for ev in batch.events:
@@ -342,32 +353,18 @@ class LmcacheKvPool:
                 for b in ev.block_hashes:
                     entry = holders.get(b)
                     if entry is None:
-                        holders[b] = {replica: ordinal}
-                    elif replica not in entry:
-                        entry[replica] = ordinal
+                        holders[b] = {replica}
+                    else:
+                        entry.add(replica)
                     held.add(b)
             else:
                 for b in ev.block_hashes:
                     entry = holders.get(b)
                     if entry is not None and replica in entry:
-                        del entry[replica]
+                        entry.discard(replica)
                         if not entry:
                             del holders[b]
                         held.discard(b)
-
-    def _first_holder(self, blocks: Sequence[int]) -> int | None:
-        """The replica whose copy of a chunk spanning ``blocks`` (two or more) was
-        admitted first: each copy is as old as its newest block."""
-        holders = self.holders
-        admitted = holders.get(blocks[0])  # replica -> its copy's last admission
-        for b in blocks[1:]:
-            entry = holders.get(b)
-            if not entry or not admitted:
-                return None
-            admitted = {r: max(o, entry[r]) for r, o in admitted.items() if r in entry}
-        if not admitted:
-            return None
-        return min(admitted, key=admitted.__getitem__)
 
     def matched_tokens(self, request: Request, n: int) -> list[int]:
         """``layout_info`` for ``request`` as matched tokens per replica ``0..n-1`` (see
@@ -377,21 +374,20 @@ class LmcacheKvPool:
         bt = self._bt
         size = self._chunk
         holders = self.holders
+        rank = self.rank
         blocks = request.blocks
         nb = len(blocks)
         for end in range(size, request.input_tokens + 1, size):
             lo = (end - size) // bt
             hi = (end - 1) // bt + 1  # the chunk's blocks: lo .. hi - 1
-            first: int | None
-            if hi == lo + 1:  # within one block (every chunk at B = 512)
-                entry = holders.get(blocks[lo]) if lo < nb else None
-                first = next(iter(entry)) if entry else None  # entries in admission order
-            elif hi <= nb:
-                first = self._first_holder(blocks[lo:hi])
-            else:  # more tokens than blocks: a malformed request
-                first = None
-            if first is None:
+            if hi > nb:  # more tokens than blocks: a malformed request
                 break
+            held = holders.get(blocks[lo])
+            if held and hi > lo + 1:  # a chunk over several blocks: held by all of them
+                held = held.intersection(*(holders.get(b, ()) for b in blocks[lo + 1 : hi]))
+            if not held:
+                break
+            first = min(held, key=rank)
             if first < n:
                 out[first] = end
         return out
@@ -403,8 +399,8 @@ class ProdstackLoadAwarePolicy(Peer):
 
     State: :class:`LmcacheKvPool` fed by the engines' event stream, the router's
     in-flight requests per endpoint and its requests over the last 60 s. Matched tokens
-    per endpoint: the controller's ``lookup`` (whole 256-token chunks, each credited to
-    the replica that admitted it first only; an endpoint it lists nothing for has 0).
+    per endpoint: the controller's ``lookup`` (whole 256-token chunks, each credited only
+    to the holder registered first; an endpoint it lists nothing for has 0).
     Decision: if it lists no endpoint, ``_qps_routing`` (no session header in a trace;
     ``routing_logic.py`` @a6c01db0): scanning in URL order, the first endpoint this router
     never sent a request to wins at once, else the fewest requests in the last 60 s with
