@@ -10,6 +10,7 @@ and uninstalls them at the end, since ``litellm.callbacks`` is process-wide.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import math
 import os
 import sys
@@ -28,6 +29,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at i
 
 import litellm
 from litellm import Router
+from litellm.integrations.custom_logger import CustomLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -39,6 +41,7 @@ from prefixcache import (
     extract_chain,
     messages_prefix_source,
 )
+from prefixcache.integrations._litellm_requests import first_token_times
 from prefixcache.integrations.litellm import (
     REQUEST_ID_METADATA_KEY,
     PrefixRoutingPlugin,
@@ -230,28 +233,63 @@ def test_streamed_responses_teach_the_prefill_rate() -> None:
     # Sixteen streamed requests with cold prompts are enough for a first estimate (whatever
     # the mock's speed on this machine, it is not exactly the configured rate); responses
     # not streamed teach nothing.
+    seen: list[tuple[bool, Any, Any, tuple[float, float | None] | None]] = []
+
+    class Probe(CustomLogger):  # type: ignore[misc]  # what LiteLLM hands the callbacks
+        async def async_log_success_event(
+            self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+        ) -> None:
+            seen.append(
+                (
+                    kwargs.get("stream") is True,
+                    kwargs.get("api_call_start_time"),
+                    kwargs.get("completion_start_time"),
+                    first_token_times(kwargs),
+                )
+            )
+
     async def main() -> None:
         async with backends(2) as bs:
             r = router(bs)
             plugin = install(r, prefill_tokens_per_s=20_000.0)
-            async with installed(plugin):
-                for k in range(4):
-                    await ask(r, chat("not streamed", system=f"{k} {SYSTEM}"))
-                await settled(plugin, 4)
-                assert plugin.stats().timed == 0
-                for k in range(16):
-                    s = await r.acompletion(
-                        model=MODEL,
-                        messages=chat("streamed", system=f"s{k} {SYSTEM}"),
-                        stream=True,
-                    )
-                    async for _chunk in s:
-                        pass
-                await settled(plugin, 20)
-                await wait_for(lambda: plugin.stats().timed == 16, "16 first tokens learned")
-                rate = plugin.prefill_rate()
-                assert rate is not None and math.isfinite(rate) and rate != 20_000.0
-                assert plugin.stats().errors == 0
+            probe = Probe()
+            litellm.callbacks.append(probe)
+            try:
+                await streamed_and_not(r, plugin)
+            finally:
+                litellm.callbacks.remove(probe)
+        # The LiteLLM facts the plugin reads: each attempt's hand-off time, and a first
+        # chunk's time for a streamed response only.
+        for streamed, handed, first, times in seen:
+            assert isinstance(handed, datetime.datetime) and times is not None
+            assert times[0] == handed.timestamp()
+            if streamed:
+                assert isinstance(first, datetime.datetime)
+                assert times[1] == first.timestamp() > times[0]
+            else:
+                assert times[1] is None
+        assert sum(streamed for streamed, *_ in seen) == 16
+
+    async def streamed_and_not(r: Any, plugin: PrefixRoutingPlugin) -> None:
+        async with installed(plugin):
+            for k in range(4):
+                await ask(r, chat("not streamed", system=f"{k} {SYSTEM}"))
+            await settled(plugin, 4)
+            assert plugin.stats().timed == 0
+            for k in range(16):
+                s = await r.acompletion(
+                    model=MODEL,
+                    messages=chat("streamed", system=f"s{k} {SYSTEM}"),
+                    stream=True,
+                )
+                async for _chunk in s:
+                    pass
+            await settled(plugin, 20)
+            await wait_for(lambda: plugin.stats().timed == 16, "16 first tokens learned")
+            rate = plugin.prefill_rate()
+            assert rate is not None and math.isfinite(rate) and rate != 20_000.0
+            assert plugin.stats().errors == 0
+            await wait_for(lambda: len(seen) == 20, "every success seen by the probe")
 
     run(main)
 
