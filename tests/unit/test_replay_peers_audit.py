@@ -557,6 +557,53 @@ def test_lmcache_pool_eviction_restart_and_clear() -> None:
     assert pool.holders == {}
 
 
+# Review 51: restarts, clears and registration order.
+def test_lmcache_pool_a_restart_drops_the_replicas_blocks_even_at_seq_0_again() -> None:
+    # deregister drops a departed worker's chunks; the restarted engine's first batch
+    # (seq 0, equal to the last one seen) stores block 5 only: block 1 is gone.
+    pool = LmcacheKvPool(block_tokens=512)
+    pool.apply(0, 0, stored(1))
+    pool.apply(0, 0, stored(5))
+    assert pool.holders == {5: {0}}
+    assert pool.matched_tokens(rq((1,), bt=512), 1) == [0]
+    assert pool.rank(0) == (1, 0)
+
+
+def test_lmcache_pool_a_cleared_cache_keeps_its_registration_place() -> None:
+    # AllBlocksCleared empties the worker's store; it does not deregister it, so it stays
+    # ahead of replica 1 (review 50: only a timeout or restart moves it to the back).
+    pool = LmcacheKvPool(block_tokens=512)
+    pool.apply(0, 0, stored(1))
+    pool.apply(1, 0, stored(1))
+    pool.apply(0, 1, EventBatch(ts=0.0, events=(AllBlocksCleared(),)))
+    assert pool.matched_tokens(rq((1,), bt=512), 2) == [0, 512]
+    pool.apply(0, 2, stored(1))
+    assert pool.rank(0) < pool.rank(1)
+    assert pool.matched_tokens(rq((1,), bt=512), 2) == [512, 0]
+
+
+def test_lmcache_pool_restarted_replicas_register_again_in_restart_order() -> None:
+    pool = LmcacheKvPool(block_tokens=512)
+    for r in (0, 1, 2):
+        pool.apply(r, 0, stored(9))
+    pool.apply(1, 0, stored(1))  # replica 1 restarts first ...
+    pool.apply(0, 0, stored(1))  # ... then replica 0: both now behind replica 2
+    assert pool.rank(2) < pool.rank(1) < pool.rank(0)
+    assert pool.matched_tokens(rq((1,), bt=512), 3) == [0, 512, 0]
+    pool.apply(2, 1, stored(1))
+    assert pool.matched_tokens(rq((1,), bt=512), 3) == [0, 0, 512]
+
+
+def test_lmcache_pool_a_clear_then_a_store_in_one_batch_is_tracked_for_the_next_clear() -> None:
+    pool = LmcacheKvPool(block_tokens=512)
+    pool.apply(0, 0, stored(2))
+    (store,) = stored(1).events
+    pool.apply(0, 1, EventBatch(ts=0.0, events=(AllBlocksCleared(), store)))
+    assert pool.holders == {1: {0}}
+    pool.apply(0, 2, EventBatch(ts=0.0, events=(AllBlocksCleared(),)))
+    assert pool.holders == {}
+
+
 def test_prodstack_loadaware_sees_a_store_only_after_the_event_delay() -> None:
     # The pool is fed by the simulated engines' events, published when a prefill ends
     # (1024 tokens: ~0.05 s) and delivered kv_event_delay_s (here 1 s) later. A repeat at

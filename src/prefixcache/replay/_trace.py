@@ -144,13 +144,20 @@ def parse_trace(lines: Iterable[str], *, time_unit: TimeUnit = "ms") -> list[Req
 
     Blank lines are skipped. ``timestamp`` (a number or a string of one, in [0, 2**64)) is
     in ``time_unit``; :attr:`Request.arrival` is the time since the earliest timestamp in
-    seconds (see the module docstring).
+    seconds (see the module docstring). Block ids that are not prefix-chained are re-keyed
+    per prefix, with a ``UserWarning`` (the module docstring).
 
     Raises:
         TraceFormatError: a line is not a JSON object, a field is missing, out of range or
             of the wrong type, or a block id is outside ``0 <= id < 2**64``.
         InvalidRecordError: ``time_unit`` is not a :data:`TimeUnit`.
     """
+    return _parse(lines, time_unit)
+
+
+def _parse(lines: Iterable[str], time_unit: TimeUnit) -> list[Request]:
+    """:func:`parse_trace`, for it and :func:`load_trace` (one depth below each, for the
+    warning's stack level)."""
     per_s = _PER_SECOND.get(time_unit) if isinstance(time_unit, str) else None
     if per_s is None:
         raise InvalidRecordError("time_unit", time_unit, f"must be one of {get_args(TimeUnit)}")
@@ -186,16 +193,36 @@ def parse_trace(lines: Iterable[str], *, time_unit: TimeUnit = "ms") -> list[Req
 
 def _prefix_chained(chains: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
     """``chains`` with every block id standing for one prefix: an id met under a second
-    parent (or again in its own chain) gets a fresh id for that parent, the first pairing
-    keeping the id. Chains that are prefix-chained come back unchanged; a trace that names
-    a block by its content alone (LMBench's GMI trace, for 2.3 % of its ids) would
-    otherwise let a request hit blocks cached under other prefixes, which no engine's
-    prefix cache does. Warns (``UserWarning``) with the count of ids re-keyed."""
+    parent (or again in its own chain) gets a fresh id for that prefix, the first pairing
+    keeping the id. Prefix-chained chains come back as they are (the same tuples); a trace
+    that names a block by its content alone (LMBench's GMI trace, for 849 of its 37,180
+    ids) would otherwise let a request hit blocks cached under other prefixes, which no
+    engine's prefix cache does. Fresh ids count down from ``2**64 - 1``, skipping the ids
+    the trace uses and the ids whose low 32 bits one of them has (the replay's engines
+    send a block's low 32 bits as its one stand-in token, ``TOKEN_MASK``, and a
+    token-keyed index must tell the blocks apart). Warns (``UserWarning``, at the caller
+    of :func:`parse_trace` or :func:`load_trace`) with the ids re-keyed and the fresh ids
+    made."""
+    parent_of: dict[int, int | None] = {}
+    setdefault = parent_of.setdefault
+    for chain in chains:  # the common case first: one parent per id, nothing to do
+        parent: int | None = None
+        for raw in chain:
+            if setdefault(raw, parent) != parent:
+                return _rekeyed(chains)
+            parent = raw
+    return chains
+
+
+def _rekeyed(chains: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """:func:`_prefix_chained` for chains that need fresh ids."""
     used = {b for chain in chains for b in chain}
+    used_low = {b & 0xFFFF_FFFF for b in used}
     first_parent: dict[int, int | None] = {}
     keyed: dict[tuple[int | None, int], int] = {}
     fresh = _BOUND
-    rekeyed = 0
+    made = 0
+    rekeyed: set[int] = set()
     out: list[tuple[int, ...]] = []
     for chain in chains:
         parent: int | None = None
@@ -205,22 +232,22 @@ def _prefix_chained(chains: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
             if cid is None:
                 if first_parent.setdefault(raw, parent) == parent:
                     cid = raw
-                else:  # the next id no chain uses, counting down from 2**64 - 1
+                else:
                     fresh -= 1
-                    while fresh in used:
+                    while fresh in used or fresh & 0xFFFF_FFFF in used_low:
                         fresh -= 1
                     cid = fresh
-                    rekeyed += 1
+                    made += 1
+                    rekeyed.add(raw)
                 keyed[parent, raw] = cid
             ids.append(cid)
             parent = cid
         out.append(tuple(ids))
-    if rekeyed:
-        warnings.warn(
-            f"{rekeyed} block ids of the trace stood under more than one prefix (hash_ids"
-            " not prefix-chained); each was re-keyed per prefix",
-            stacklevel=3,
-        )
+    warnings.warn(  # at the caller of parse_trace / load_trace (through _parse and here)
+        f"{len(rekeyed)} block ids of the trace stood under more than one prefix (hash_ids"
+        f" not prefix-chained); re-keyed per prefix with {made} fresh ids",
+        stacklevel=5,
+    )
     return out
 
 
@@ -235,9 +262,9 @@ def load_trace(path: str | Path, *, time_unit: TimeUnit = "ms") -> list[Request]
     p = Path(path)
     if p.suffix == ".gz":
         with gzip.open(p, "rt", encoding="utf-8") as fh:
-            return parse_trace(fh, time_unit=time_unit)
+            return _parse(fh, time_unit)
     with open(p, encoding="utf-8") as fh:
-        return parse_trace(fh, time_unit=time_unit)
+        return _parse(fh, time_unit)
 
 
 def ideal_hit_ratio(requests: Sequence[Request]) -> float:
