@@ -540,22 +540,34 @@ class AibrixPrefixCachePolicy(Peer):
         step = self.sweep_interval_s
         live_since = math.floor(now / step) * step - self.ttl_s
         while table:  # oldest writes first: the table is in write order
-            first = next(iter(table.values()))
-            if max(first.values()) >= live_since:
+            oldest = next(iter(table.values()))
+            if max(oldest.values()) >= live_since:
                 break
             table.popitem(last=False)
-        pct: dict[int, int] = {}
-        # Whatever the sweeps left is matched: a lookup does not check the age.
-        for done, c in enumerate(chunks, 1):
-            entry = table.get(c)
+        # Whatever the sweeps left is matched: a lookup does not check the age. A pod's
+        # pct counts the chunks matched while it was still a candidate.
+        matched: dict[int, int] = {}  # pod -> chunks matched, for the pods dropped
+        holders: set[int] = set()  # the pods holding the first chunk, in the order ranked
+        done = 0
+        get = table.get
+        for c in chunks:
+            entry = get(c)
             if entry is None:
                 break
-            keep = {p for p in cands if p in entry}
-            if not keep:
-                break
-            cands = keep
-            for p in cands:
-                pct[p] = done * 100 // total
+            if not done:
+                holders = cands = {p for p in cands if p in entry}
+                if not cands:
+                    break
+            elif not cands <= entry.keys():
+                keep = cands & entry.keys()
+                if not keep:
+                    break
+                for p in cands - keep:
+                    matched[p] = done
+                cands = keep
+            done += 1
+        matched.update(dict.fromkeys(cands if done else (), done))
+        pct = {p: matched[p] * 100 // total for p in holders}
         r = -1
         if pct:
             mean = sum(inf) / n
@@ -569,15 +581,18 @@ class AibrixPrefixCachePolicy(Peer):
                     break
         if r < 0:
             r = self._least(inf)
-        for c in chunks:
-            entry = table.get(c)
+        get = table.get
+        to_end = table.move_to_end
+        for c in chunks:  # a write moves its entry to the head (a new one lands there)
+            entry = get(c)
             if entry is None:
                 table[c] = {r: now}
             else:
                 entry[r] = now
-            table.move_to_end(c)
-        while len(table) > self._cap:
-            table.popitem(last=False)
+                to_end(c)
+        pop = table.popitem
+        for _ in range(len(table) - self._cap):  # the oldest writes beyond the cap
+            pop(last=False)
         return r
 
 
