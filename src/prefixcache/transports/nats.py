@@ -207,7 +207,7 @@ class AsyncNatsTransport:
 
         sub = await self.client.subscribe(subject, cb=on_message)
         try:
-            await self.client.flush(timeout=self.flush_timeout)
+            await self._round_trip()
         except Exception as exc:
             _log.warning("subscribed to %s while the connection is down (%r)", subject, exc)
         done = False
@@ -219,7 +219,7 @@ class AsyncNatsTransport:
             done = True
             try:
                 await sub.unsubscribe()
-                await self.client.flush(timeout=self.flush_timeout)
+                await self._round_trip()
             except Exception as exc:  # closed or reconnecting: nothing left to cancel
                 _log.debug("unsubscribe from %s: %r", subject, exc)
 
@@ -227,6 +227,18 @@ class AsyncNatsTransport:
 
     async def flush(self) -> None:
         """Wait until everything sent so far reached the server (PING/PONG)."""
+        await self._round_trip()
+
+    async def _round_trip(self) -> None:
+        """Wait until the server has processed every command sent so far: two PING/PONG
+        round trips. nats-py (2.16) writes a flush's PING to the socket at once but leaves
+        the commands still in its pending buffer (the SUB just made, the PUBs just queued)
+        to its flusher task, so the first PING can reach the server ahead of them and its
+        PONG prove nothing about them; by the second PING they are on the wire before it.
+        Without this a message published from another connection right after
+        :meth:`subscribe` returned could reach a server that had not yet read the SUB, and
+        be lost (seen in CI under load)."""
+        await self.client.flush(timeout=self.flush_timeout)
         await self.client.flush(timeout=self.flush_timeout)
 
     async def close(self) -> None:
