@@ -140,6 +140,9 @@ class NatsBridge:
         """Wait until queued subscribes/publishes are done and acknowledged by the server."""
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout)
+        # Two round trips: nats-py writes a flush's PING ahead of its pending commands
+        # (prefixcache.transports.nats.AsyncNatsTransport._round_trip explains it).
+        await self._nc.flush(timeout=timeout)
         await self._nc.flush(timeout=timeout)
 
     async def close(self) -> None:
