@@ -12,6 +12,8 @@ it (a message published from another connection right after ``subscribe`` could 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -60,37 +62,37 @@ def read_before_an_answered_ping(read: list[str], op: str) -> bool:
     return op in read and "PONG" in read[read.index(op) :]
 
 
+@contextlib.asynccontextmanager
+async def connected() -> AsyncIterator[tuple[WireServer, AsyncNatsTransport]]:
+    """A recording server and a transport connected to it; both closed on exit."""
+    server = WireServer()
+    transport = await AsyncNatsTransport.connect(await server.start())
+    try:
+        yield server, transport
+    finally:
+        await transport.close()
+        server.close()
+
+
 def test_subscribe_returns_once_the_server_has_read_the_sub() -> None:
     async def main() -> None:
-        server = WireServer()
-        url = await server.start()
-        transport = await AsyncNatsTransport.connect(url)
-        try:
+        async with connected() as (server, transport):
             start = len(server.read)
             unsubscribe = await transport.subscribe("wire.a", lambda subject, payload: None)
             assert read_before_an_answered_ping(server.read[start:], "SUB"), server.read
             start = len(server.read)
             await unsubscribe()
             assert read_before_an_answered_ping(server.read[start:], "UNSUB"), server.read
-        finally:
-            await transport.close()
-            server.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
 def test_flush_returns_once_the_server_has_read_what_was_published() -> None:
     async def main() -> None:
-        server = WireServer()
-        url = await server.start()
-        transport = await AsyncNatsTransport.connect(url)
-        try:
+        async with connected() as (server, transport):
             start = len(server.read)
             await transport.publish("wire.b", b"payload")
             await transport.flush()
             assert read_before_an_answered_ping(server.read[start:], "PUB"), server.read
-        finally:
-            await transport.close()
-            server.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
