@@ -17,7 +17,7 @@ from collections.abc import Hashable
 from typing import Final, Generic, TypeVar
 
 from clusterrouting import InvalidRecordError
-from prefixcache._keys import check_rate
+from prefixcache._keys import check_finite, check_rate
 
 __all__ = [
     "DEFAULT_RATE_MIN_OBSERVATIONS",
@@ -56,6 +56,11 @@ class DrainedBacklog(Generic[K]):
     removal drains nothing (a wall clock stepping back pauses the drain). Reads change
     nothing.
 
+    With ``learn=True`` (and a rate to start from), :meth:`learn` teaches the rate: a
+    :class:`PrefillRateEstimator` over the requests' first-token times, each of its
+    estimates applied with :meth:`set_rate` (the LiteLLM plugin's ledger and the replay's
+    model of it learn through this one method).
+
     Not thread-safe: its owner serialises calls.
 
     >>> b = DrainedBacklog[str](rate=100.0)
@@ -71,10 +76,13 @@ class DrainedBacklog(Generic[K]):
     (0, 0)
     """
 
-    __slots__ = ("_at", "_held", "_level", "rate")
+    __slots__ = ("_at", "_held", "_learner", "_level", "rate")
 
-    def __init__(self, rate: float | None) -> None:
+    def __init__(self, rate: float | None, *, learn: bool = False) -> None:
         self.rate = check_rate("rate", rate)
+        self._learner: PrefillRateEstimator[K] | None = (
+            PrefillRateEstimator() if learn and self.rate is not None else None
+        )
         self._held: dict[K, int] = {}
         self._level: dict[K, float] = {}  # the level as of _at (rate set)
         self._at: dict[K, float] = {}
@@ -97,6 +105,22 @@ class DrainedBacklog(Generic[K]):
         for key, held in self._held.items():
             self._settle(key, held, now, 0)
         self.rate = new
+
+    def learn(
+        self, key: K, *, sent: float, first_token: float | None, tokens: int, now: float
+    ) -> bool:
+        """Teach the rate one request's prefill on ``key``, learned at ``now`` (see
+        :meth:`PrefillRateEstimator.observe` for the arguments and their errors); ``True``
+        when counted (always ``False`` without ``learn``)."""
+        learner = self._learner
+        if learner is None or not learner.observe(
+            key, sent=sent, first_token=first_token, tokens=tokens
+        ):
+            return False
+        rate = learner.rate()
+        if rate is not None and rate != self.rate:
+            self.set_rate(rate, now)
+        return True
 
     def held(self, key: K) -> int:
         """The uncached tokens of ``key``'s requests not yet ended."""
@@ -239,9 +263,9 @@ class PrefillRateEstimator(Generic[K]):
 
     def observe(self, key: K, *, sent: float, first_token: float | None, tokens: int) -> bool:
         """Count one request's prefill; ``True`` when kept (see the class)."""
-        _check_time("sent", sent)
+        sent = check_finite("sent", sent)
         if first_token is not None:
-            _check_time("first_token", first_token)
+            first_token = check_finite("first_token", first_token)
             if not math.isfinite(first_token - sent):
                 raise InvalidRecordError(
                     "first_token", first_token, f"is too far from sent={sent!r}"
@@ -250,9 +274,7 @@ class PrefillRateEstimator(Generic[K]):
             raise InvalidRecordError("tokens", tokens, "must be an int in [0, 2^53]")
         if not tokens or (first_token is not None and first_token <= sent):
             return False
-        self._obs.append(
-            (key, float(sent), None if first_token is None else float(first_token), tokens)
-        )
+        self._obs.append((key, sent, first_token, tokens))
         self._due -= 1
         if self._due <= 0:
             self._due = self.min_observations
@@ -286,17 +308,6 @@ class PrefillRateEstimator(Generic[K]):
 
 
 _MAX_TOKENS: Final = 2**53
-
-
-def _check_time(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRecordError(name, value, "must be a finite number (seconds)")
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int beyond any float
-        finite = False
-    if not finite:
-        raise InvalidRecordError(name, value, "must be a finite number (seconds)")
 
 
 def _merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:

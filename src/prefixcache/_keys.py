@@ -19,7 +19,16 @@ from clusterrouting import InvalidRecordError
 #: routing hot path.
 NUMBER_TYPES: Final = (int, float)
 
-__all__ = ["U64", "check_amount", "check_key", "check_rate", "check_time", "decay", "fast_key_ok"]
+__all__ = [
+    "U64",
+    "check_amount",
+    "check_finite",
+    "check_key",
+    "check_rate",
+    "check_time",
+    "decay",
+    "fast_key_ok",
+]
 
 U64 = 1 << 64
 """Block hashes are integers in ``[0, U64)``."""
@@ -64,6 +73,19 @@ def check_rate(name: str, value: object) -> float | None:
     if not 0 < rate < math.inf:
         raise InvalidRecordError(name, value, "must be a finite number > 0 or None")
     return rate
+
+
+def check_finite(name: str, value: object) -> float:
+    """``value`` as a finite float, or :class:`InvalidRecordError` naming ``name`` (bools,
+    NaN, infinities and ints beyond any float are refused).
+
+    >>> check_finite("sent", -2)
+    -2.0
+    """
+    number = _as_float(value)
+    if not math.isfinite(number):
+        raise InvalidRecordError(name, value, "must be a finite number")
+    return number
 
 
 def check_amount(name: str, value: object) -> float:

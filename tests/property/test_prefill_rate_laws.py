@@ -255,3 +255,18 @@ def test_a_new_rate_keeps_a_level_set_after_now_when_the_clock_went_back() -> No
     b.add("a", 1000, now=10.0)
     b.set_rate(200.0, now=5.0)
     assert [b.read("a", now=t) for t in (5.0, 10.0, 11.0)] == [1000, 1000, 800]
+
+
+def test_a_backlog_that_learns_applies_each_estimate_from_the_time_it_is_learned() -> None:
+    # DrainedBacklog.learn is the one path the plugin's ledger and the replay's model use.
+    b = DrainedBacklog[str](rate=100.0, learn=True)
+    b.add("a", 1000, now=0.0)
+    for k in range(DEFAULT_RATE_MIN_OBSERVATIONS - 1):
+        assert b.learn("x", sent=10.0 * k, first_token=10.0 * k + 1, tokens=400, now=1.0)
+    assert b.rate == 100.0  # not yet estimated: the configured rate
+    assert b.learn("x", sent=500.0, first_token=501.0, tokens=400, now=2.0)
+    assert b.rate == 400.0
+    assert (b.read("a", now=2.0), b.read("a", now=3.0)) == (800, 400)  # 100/s, then 400/s
+    assert not b.learn("x", sent=1.0, first_token=1.0, tokens=400, now=3.0)  # out of order
+    for fixed in (DrainedBacklog[str](rate=100.0), DrainedBacklog[str](rate=None, learn=True)):
+        assert not fixed.learn("x", sent=0.0, first_token=1.0, tokens=400, now=1.0)

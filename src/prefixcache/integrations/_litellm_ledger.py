@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from prefixcache._backlog import DrainedBacklog, PrefillRateEstimator
+from prefixcache._backlog import DrainedBacklog
 
 __all__ = ["DEFAULT_PREFILL_TOKENS_PER_S", "Ledger", "Reservation"]
 
@@ -57,9 +57,8 @@ class Ledger:
     blocks (exact for a whole chain in flight). Reservations expire first in, first out:
     every one shares the plugin's ttl, so ``expires`` grows with insertion.
 
-    With ``learn_rate`` (and a ``prefill_rate`` to start from), :meth:`time_prefill` teaches
-    the drain rate: a :class:`~prefixcache._backlog.PrefillRateEstimator` over the released
-    reservations' first-token times, its estimate the backlog's rate from its first on.
+    With ``learn_rate`` (and a ``prefill_rate`` to start from) the backlog learns its rate
+    (:meth:`~prefixcache._backlog.DrainedBacklog.learn`).
 
     :meth:`prompt_blocks` counts the prompt blocks in flight on a deployment from the same
     tracked blocks: each stands for the blocks back to the previous tracked depth of its
@@ -79,7 +78,6 @@ class Ledger:
         "_held",
         "backlog",
         "in_flight",
-        "rate_estimate",
         "stride",
     )
 
@@ -87,10 +85,7 @@ class Ledger:
         self, stride: int = 1, prefill_rate: float | None = None, *, learn_rate: bool = False
     ) -> None:
         self.stride = stride
-        self.backlog: DrainedBacklog[str] = DrainedBacklog(prefill_rate)
-        self.rate_estimate: PrefillRateEstimator[str] | None = (
-            PrefillRateEstimator() if learn_rate and prefill_rate is not None else None
-        )
+        self.backlog: DrainedBacklog[str] = DrainedBacklog(prefill_rate, learn=learn_rate)
         self.in_flight: dict[str, int] = {}
         self._blocks: dict[str, dict[int, int]] = {}
         self._covered: dict[str, int] = {}  # the blocks the distinct tracked ones stand for
@@ -163,24 +158,6 @@ class Ledger:
         than ``stride`` per chain in flight there): what its engine holds for its running
         requests' prompts, as far as this plugin knows."""
         return self._covered.get(deployment, 0)
-
-    def time_prefill(
-        self, res: Reservation, *, sent: float, first_token: float | None, now: float
-    ) -> bool:
-        """Teach the drain rate the prefill of ``res`` (a success released at ``now``), sent
-        at ``sent`` and answered with a first token at ``first_token`` (``None``: not
-        known, a response not streamed), both on one clock, any clock; ``True`` when
-        counted (a rate is learned, and the times are in order). Raises
-        :class:`clusterrouting.InvalidRecordError` for times that are not finite numbers."""
-        estimate = self.rate_estimate
-        if estimate is None or not estimate.observe(
-            res.deployment, sent=sent, first_token=first_token, tokens=res.uncached
-        ):
-            return False
-        rate = estimate.rate()
-        if rate is not None and rate != self.backlog.rate:
-            self.backlog.set_rate(rate, now)
-        return True
 
     def take(self, rids: Iterable[str], deployment: str, now: float) -> Reservation | None:
         """Drop and return the oldest reservation on ``deployment`` under the first of

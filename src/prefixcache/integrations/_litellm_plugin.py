@@ -431,8 +431,8 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
                 counts["pinned"] += pin
                 if times is not None:
                     sent, first = times
-                    learned = self._costs.ledger.time_prefill(
-                        res, sent=sent, first_token=first, now=t
+                    learned = self._costs.ledger.backlog.learn(
+                        res.deployment, sent=sent, first_token=first, tokens=res.uncached, now=t
                     )
                     counts["timed"] += learned and first is not None
         if success:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from clusterrouting import InvalidRecordError
-from prefixcache._backlog import DrainedBacklog, PrefillRateEstimator
+from prefixcache._backlog import DrainedBacklog
 from prefixcache._hot import (
     DEFAULT_GUARD_DEMAND,
     DEFAULT_HOT_CONFIDENCE,
@@ -218,16 +218,19 @@ class CacheCostPolicy(BasePolicy):
         self._shared_guarded_params = {**self._shared_params, "share_factor": DEFAULT_SHARE_FACTOR}
         self._hot_overloaded = hot_overloaded
         rate = check_rate("prefill_rate", prefill_rate)
-        # Without first tokens: per replica, the estimates drained at the rate.
-        self._drained = None if rate is None else DrainedBacklog[int](rate)
         if type(learn_prefill_rate) is not bool or (learn_prefill_rate and rate is None):
             raise InvalidRecordError(
                 "learn_prefill_rate",
                 learn_prefill_rate,
                 "must be a bool (True needs a prefill_rate)",
             )
+        # Without first tokens: per replica, the estimates drained at the rate (learned from
+        # the first-token times revealed at completion, with learn_prefill_rate).
+        self._drained = (
+            None if rate is None else DrainedBacklog[int](rate, learn=learn_prefill_rate)
+        )
         # Learning the rate: each request's dispatch and first-token times until it completes.
-        self._rate = PrefillRateEstimator[int]() if learn_prefill_rate else None
+        self._learning = learn_prefill_rate
         self._timed: dict[int, tuple[float, float | None]] = {}
         self._shared_kv_usage = shared_kv_usage
         self._cc = CostCandidate
@@ -397,21 +400,17 @@ class CacheCostPolicy(BasePolicy):
     def _learn(self, i: int, replica: int, tokens: int, now: float) -> None:
         """Request ``i`` completed at ``now``: its first-token time, now revealed, teaches the
         drain rate."""
-        assert self._rate is not None and self._drained is not None
+        assert self._drained is not None
         sent, first = self._timed.pop(i)
-        if first is not None and self._rate.observe(
-            replica, sent=sent, first_token=first, tokens=tokens
-        ):
-            rate = self._rate.rate()
-            if rate is not None and rate != self._drained.rate:
-                self._drained.set_rate(rate, now)
+        if first is not None:
+            self._drained.learn(replica, sent=sent, first_token=first, tokens=tokens, now=now)
 
     def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
         if self._drained is None:
             self._queued[replica] += self._est[i]
         else:
             self._drained.add(replica, self._est[i], now)
-            if self._rate is not None:
+            if self._learning:
                 self._timed[i] = (now, None)
         self._window.record(self._keys[replica])
         if self.hot is not None:
@@ -437,7 +436,7 @@ class CacheCostPolicy(BasePolicy):
             self._queued[replica] -= self._est.pop(i)
             if self.observe_at == "dispatch":  # admitted by now: output blocks from now
                 self._hold_output(i, replica, now)
-        elif self._rate is not None:  # known to the router only when the request completes
+        elif self._learning:  # known to the router only when the request completes
             self._timed[i] = (self._timed[i][0], now)
 
     def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
@@ -452,7 +451,7 @@ class CacheCostPolicy(BasePolicy):
         if self._drained is not None:  # its tokens leave the backlog if still there
             est = self._est.pop(i)
             self._drained.remove(replica, est, now)
-            if self._rate is not None:
+            if self._learning:
                 self._learn(i, replica, est, now)
         if self._tracks_pending:
             pend = self._pending[replica]
