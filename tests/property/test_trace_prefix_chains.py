@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefixcache.replay import ideal_hit_ratio, load_trace, parse_trace
+from prefixcache.replay import TraceRekeyedWarning, ideal_hit_ratio, load_trace, parse_trace
 from prefixcache.replay._sim import TOKEN_MASK
 
 
@@ -25,7 +25,7 @@ def lines(chains: list[list[int]]) -> list[str]:
 def test_ids_named_by_content_are_re_keyed_per_prefix_with_a_warning() -> None:
     # Block 4 follows 3 first, then 1: a second prefix, so a new id; block 5 repeats in
     # its own chain; [1, 4] again reuses the id its prefix got.
-    with pytest.warns(UserWarning, match="^2 block ids .* with 2 fresh ids$"):
+    with pytest.warns(TraceRekeyedWarning, match="^2 block ids .* with 2 fresh ids$"):
         reqs = parse_trace(lines([[1, 2], [3, 4], [1, 4], [5, 5], [1, 4]]))
     blocks = [r.blocks for r in reqs]
     top = 2**64 - 1
@@ -36,7 +36,7 @@ def test_ids_named_by_content_are_re_keyed_per_prefix_with_a_warning() -> None:
 
 def test_a_fresh_id_skips_ids_the_trace_uses() -> None:
     top = 2**64 - 1
-    with pytest.warns(UserWarning, match="^1 block ids .* with 1 fresh ids$"):
+    with pytest.warns(TraceRekeyedWarning, match="^1 block ids .* with 1 fresh ids$"):
         reqs = parse_trace(lines([[top, 7], [8, 7]]))
     assert [r.blocks for r in reqs] == [(top, 7), (8, top - 1)]
 
@@ -88,12 +88,12 @@ def test_after_re_keying_every_id_has_one_parent_and_equal_prefixes_keep_equal_i
 def test_the_warning_counts_ids_and_fresh_ids_and_points_at_the_caller(tmp_path: Path) -> None:
     # Id 5 stands under three prefixes (none, [1], [2]): one id, two fresh ids.
     text = lines([[1, 5], [5], [2, 5]])
-    with pytest.warns(UserWarning, match="^1 block ids .* with 2 fresh ids$") as rec:
+    with pytest.warns(TraceRekeyedWarning, match="^1 block ids .* with 2 fresh ids$") as rec:
         parse_trace(text)
     assert rec[0].filename == __file__
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join(text) + "\n")
-    with pytest.warns(UserWarning) as rec:
+    with pytest.warns(TraceRekeyedWarning) as rec:
         load_trace(path)
     assert rec[0].filename == __file__
 
@@ -102,7 +102,7 @@ def test_a_fresh_id_shares_no_stand_in_token_with_a_trace_id() -> None:
     # The replay's engines send a block's low 32 bits as its one token, and token-keyed
     # indexes (EngineIndex, llm-d-precise, Dynamo) key blocks by it: 2**64 - 1 would
     # share 2**32 - 1 with the first chain's block.
-    with pytest.warns(UserWarning):
+    with pytest.warns(TraceRekeyedWarning):
         reqs = parse_trace(lines([[2**32 - 1], [1, 5], [5]]))
     ids = {b for r in reqs for b in r.blocks}
     assert len({b & TOKEN_MASK for b in ids}) == len(ids) == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -327,3 +328,42 @@ def test_claim_refuses_a_negative_seed_count(capsys: pytest.CaptureFixture[str])
         main(["claim", "--seeds", "-1"])
     assert exc.value.code == 2
     assert "--seeds must be >= 0" in capsys.readouterr().err
+
+
+def test_a_re_keyed_trace_is_reported_as_the_command_s_own_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Block 4 follows 2 and then 3: not prefix-chained, so re-keyed (one fresh id). Each
+    # command says so on stderr in its own name, once, with no Python warning line, and
+    # runs on; nothing is left for the warnings machinery to show.
+    p = tmp_path / "content_ids.jsonl"
+    rows = [[1, 2, 4], [1, 3, 4], [1, 2, 4]]
+    p.write_text(
+        "\n".join(
+            json.dumps({"timestamp": 10 * k, "input_length": 12, "output_length": 2, "hash_ids": c})
+            for k, c in enumerate(rows)
+        )
+        + "\n"
+    )
+    expected = (
+        ": warning: 1 block ids of the trace stood under more than one prefix (hash_ids not"
+        " prefix-chained); re-keyed per prefix with 1 fresh ids\n"
+    )
+    runs = {
+        "clusterrouting-replay": [str(p), "--no-progress", "--policies", "round-robin"],
+        "clusterrouting-replay grid": [
+            *("grid", str(p), "--no-progress", "--replicas", "2", "--target-load", "0.5"),
+            *("--policies", "cache-cost"),
+        ],
+        "clusterrouting-replay tune": [
+            *("tune", str(p), "--replicas", "2", "--budget", "1"),
+            *("--param", "queue_weight=0.05..0.5"),
+        ],
+    }
+    for prog, argv in runs.items():
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            assert main([*argv, "--block-tokens", "4"]) == 0
+        err = capsys.readouterr().err
+        assert err == prog + expected
+        assert shown == []

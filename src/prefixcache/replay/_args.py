@@ -4,13 +4,31 @@ fit the simulated cluster to a trace's shape, and the policies to replay."""
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
+from pathlib import Path
 from typing import get_args
 
 from prefixcache.replay._cluster import DEFAULT_CLUSTER
 from prefixcache.replay._policies import POLICY_NAMES
-from prefixcache.replay._trace import TimeUnit
+from prefixcache.replay._trace import Request, TimeUnit, TraceRekeyedWarning, load_trace
 
-__all__ = ["add_trace_shape_args", "cache_blocks_arg", "policies_arg"]
+__all__ = ["add_trace_shape_args", "cache_blocks_arg", "load_trace_reporting", "policies_arg"]
+
+
+def load_trace_reporting(path: Path, *, prog: str, time_unit: TimeUnit = "ms") -> list[Request]:
+    """:func:`load_trace` for a command: a :class:`TraceRekeyedWarning` is printed to stderr
+    as ``<prog>: warning: ...`` (a command's own message, not Python's warning with a
+    source line); other warnings are shown as usual. Raises what :func:`load_trace` raises."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TraceRekeyedWarning)
+        requests = load_trace(path, time_unit=time_unit)
+    for w in caught:
+        if issubclass(w.category, TraceRekeyedWarning):
+            print(f"{prog}: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    return requests
 
 
 def cache_blocks_arg(text: str) -> int | None:

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
-from prefixcache.replay._args import add_trace_shape_args, policies_arg
+from prefixcache.replay._args import add_trace_shape_args, load_trace_reporting, policies_arg
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import KV_EVENT_PAIRS, POLICY_NAMES
 from prefixcache.replay._report import (
@@ -26,7 +26,7 @@ from prefixcache.replay._report import (
     run_replay,
 )
 from prefixcache.replay._synth import eviction_case
-from prefixcache.replay._trace import BUNDLED_TRACE, Request, load_trace
+from prefixcache.replay._trace import BUNDLED_TRACE, Request
 
 __all__ = ["BUNDLED_TRACE", "main"]
 
@@ -398,7 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = Path(args.trace) if args.trace is not None else BUNDLED_TRACE
     try:
-        requests = load_trace(path, time_unit=args.time_unit)
+        requests = load_trace_reporting(
+            path, prog="clusterrouting-replay", time_unit=args.time_unit
+        )
         model = _model(args, requests)
     except FileNotFoundError:
         hint = "" if args.trace else " (the bundled trace lives in the repository's data/)"

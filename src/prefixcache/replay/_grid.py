@@ -22,12 +22,12 @@ from typing import Any
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
-from prefixcache.replay._args import add_trace_shape_args, policies_arg
+from prefixcache.replay._args import add_trace_shape_args, load_trace_reporting, policies_arg
 from prefixcache.replay._claim import SUMMARY_HEADER, CaseSummary, summarize, summary_row
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import POLICY_NAMES
 from prefixcache.replay._report import BALANCE_LIMIT, DEFAULT_POLICY, ReplayResult, run_replay
-from prefixcache.replay._trace import Request, load_trace
+from prefixcache.replay._trace import Request
 
 __all__ = [
     "DEFAULT_GRID_LOADS",
@@ -285,7 +285,7 @@ def grid_main(argv: Sequence[str]) -> int:
         print(f"[{done}/{n_cells}] {cell.label}: {elapsed:.0f}s", file=sys.stderr, flush=True)
 
     try:
-        requests = load_trace(path)
+        requests = load_trace_reporting(path, prog="clusterrouting-replay grid")
         model = attrs.evolve(
             DEFAULT_CLUSTER, cache_blocks=args.cache_blocks, block_tokens=args.block_tokens
         )

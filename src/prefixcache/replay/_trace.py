@@ -52,6 +52,7 @@ __all__ = [
     "Request",
     "TimeUnit",
     "TraceFormatError",
+    "TraceRekeyedWarning",
     "ideal_hit_ratio",
     "load_trace",
     "parse_trace",
@@ -72,6 +73,11 @@ class TraceFormatError(ClusterRoutingError, ValueError):
         self.field = field
         self.reason = reason
         super().__init__(f"trace line {line}: field {field!r}: {reason}")
+
+
+class TraceRekeyedWarning(UserWarning):
+    """A trace's block ids were not prefix-chained and were re-keyed on loading (see the
+    module); the message counts the ids re-keyed and the fresh ids made."""
 
 
 @attrs.frozen(kw_only=True, slots=True)
@@ -145,7 +151,7 @@ def parse_trace(lines: Iterable[str], *, time_unit: TimeUnit = "ms") -> list[Req
     Blank lines are skipped. ``timestamp`` (a number or a string of one, in [0, 2**64)) is
     in ``time_unit``; :attr:`Request.arrival` is the time since the earliest timestamp in
     seconds (see the module docstring). Block ids that are not prefix-chained are re-keyed
-    per prefix, with a ``UserWarning`` (the module docstring).
+    per prefix, with a :class:`TraceRekeyedWarning` (the module docstring).
 
     Raises:
         TraceFormatError: a line is not a JSON object, a field is missing, out of range or
@@ -200,9 +206,9 @@ def _prefix_chained(chains: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
     engine's prefix cache does. Fresh ids count down from ``2**64 - 1``, skipping the ids
     the trace uses and the ids whose low 32 bits one of them has (the replay's engines
     send a block's low 32 bits as its one stand-in token, ``TOKEN_MASK``, and a
-    token-keyed index must tell the blocks apart). Warns (``UserWarning``, at the caller
-    of :func:`parse_trace` or :func:`load_trace`) with the ids re-keyed and the fresh ids
-    made."""
+    token-keyed index must tell the blocks apart). Warns (:class:`TraceRekeyedWarning`, at
+    the caller of :func:`parse_trace` or :func:`load_trace`) with the ids re-keyed and the
+    fresh ids made."""
     parent_of: dict[int, int | None] = {}
     setdefault = parent_of.setdefault
     for chain in chains:  # the common case first: one parent per id, nothing to do
@@ -246,6 +252,7 @@ def _rekeyed(chains: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
     warnings.warn(  # at the caller of parse_trace / load_trace (through _parse and here)
         f"{len(rekeyed)} block ids of the trace stood under more than one prefix (hash_ids"
         f" not prefix-chained); re-keyed per prefix with {made} fresh ids",
+        TraceRekeyedWarning,
         stacklevel=5,
     )
     return out

@@ -22,11 +22,11 @@ from pathlib import Path
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
-from prefixcache.replay._args import add_trace_shape_args
+from prefixcache.replay._args import add_trace_shape_args, load_trace_reporting
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import TUNABLE, make_policy
 from prefixcache.replay._report import PolicyResult, ReplayJob, auto_speedup
-from prefixcache.replay._trace import Request, ideal_hit_ratio, load_trace
+from prefixcache.replay._trace import Request, ideal_hit_ratio
 
 __all__ = ["Objective", "TunePoint", "TuneResult", "parse_objective", "tune", "tune_main"]
 
@@ -275,7 +275,7 @@ def tune_main(argv: Sequence[str]) -> int:
     try:
         ranges = [parse_param(x) for x in args.param]
         objective = parse_objective(args.objective)
-        requests = load_trace(path)
+        requests = load_trace_reporting(path, prog="clusterrouting-replay tune")
         model = attrs.evolve(
             DEFAULT_CLUSTER,
             replicas=args.replicas,
