@@ -302,16 +302,77 @@ def test_llmd_precise_weighs_cpu_blocks_at_0_8() -> None:
     assert p.llmd_index.runs((1, 2), 2) == pytest.approx([0.0, 0.8])  # the run ends at 2
 
 
-def test_llmd_precise_ignores_sequence_numbers_and_clears() -> None:
-    # pool.go processEvent only logs seq, and AllBlocksCleared is a continue.
+def test_llmd_precise_ignores_sequence_numbers_and_a_clear_drops_the_pod() -> None:
+    # pool.go processEvent only logs seq. At llm-d-kv-cache @7be76e11 AllBlocksCleared
+    # calls Index.Clear(pod) (pool.go:453-473, in_memory.go:324-350): that pod's entries go,
+    # other pods keep theirs, and the engine -> request mapping stays (a later store under a
+    # cleared block is still accepted). (v0.8.x only logged the clear: review 52.)
     p = LlmdPrecisePolicy(block_tokens=BT)
+    idx = p.llmd_index
     p.on_kv_events(0, 0, stored(1), 0.0)
     p.on_kv_events(0, 0, stored(7), 0.0)  # the same seq again: no restart for llm-d
+    assert idx.runs((1,), 1) == [1.0] and idx.runs((7,), 1) == [1.0]
+    p.on_kv_events(1, 0, stored(1), 0.0)
     p.on_kv_events(0, 5, _batch(AllBlocksCleared()), 0.0)
-    assert p.llmd_index.runs((1,), 1) == [1.0] and p.llmd_index.runs((7,), 1) == [1.0]
-    # A store whose parent no pod holds is hashed from the root by llm-d: it never matches.
-    p.on_kv_events(1, 0, stored(9, parent=8), 0.0)
-    assert p.llmd_index.runs((8, 9), 2) == [0.0, 0.0] and 9 not in p.llmd_index.keys
+    assert idx.runs((1,), 2) == [0.0, 1.0] and idx.runs((7,), 2) == [0.0, 0.0]
+    p.on_kv_events(1, 1, stored(8, parent=7), 0.0)  # 7's mapping outlived the clear
+    assert 8 in idx.keys
+    # A store under a block llm-d has no mapping for is skipped (pool.go:343-353,
+    # GetRequestKey fails): it is not recorded and never matches.
+    p.on_kv_events(1, 2, stored(9, parent=99), 0.0)
+    assert idx.runs((99, 9), 2) == [0.0, 0.0] and 9 not in idx.keys
+    # A remove that leaves a block with no pod drops its mapping (in_memory.go:256-266):
+    # a store under it is then skipped.
+    p.on_kv_events(1, 3, _batch(BlockRemoved(block_hashes=(8,), medium="GPU")), 0.0)
+    p.on_kv_events(1, 4, stored(10, parent=8), 0.0)
+    assert 10 not in idx.keys
+
+
+def _store(*blocks: int, medium: str | None = "GPU", lora: str | None = None) -> EventBatch:
+    return _batch(
+        BlockStored(
+            block_hashes=blocks,
+            token_ids=blocks,
+            block_size=1,
+            medium=medium,
+            lora_name=lora,
+        )
+    )
+
+
+def test_llmd_precise_weighs_a_tier_it_does_not_list_at_one() -> None:
+    # kvblock_scorer.go:91-103 fillMaxWeights: weight 1.0 unless the tier is in the map
+    # (backend.go:26-31 lists gpu 1.0 and cpu 0.8); media are lower-cased on ingest.
+    idx = LlmdBlockIndex()
+    idx.apply(0, _store(1, 2, medium="DISK"))
+    idx.apply(1, _store(1, 2, medium="cpu"))
+    assert idx.runs((1, 2), 2) == pytest.approx([2.0, 1.6])
+
+
+def test_llmd_precise_keeps_a_lora_adapter_s_blocks_apart() -> None:
+    # pool.go:319-323: a store with lora_name is keyed from the adapter's model name
+    # (token_processor.go), and a base-model request is keyed from its target model
+    # (precise_prefix_cache.go:789): it never matches the adapter's blocks.
+    idx = LlmdBlockIndex()
+    idx.apply(0, _store(1, 2, lora="adapter-a"))
+    idx.apply(1, _store(1))
+    assert idx.runs((1, 2), 2) == [0.0, 1.0]
+    idx.apply(0, _batch(BlockRemoved(block_hashes=(1, 2), medium="GPU")))
+    assert not idx.adapters["adapter-a"] and idx.runs((1, 2), 2) == [0.0, 1.0]
+
+
+def test_llmd_precise_adds_its_scores_in_the_profile_order() -> None:
+    # scheduler_profile.go:160-167 adds the scorers in the profile's order; the guide's is
+    # precise (2), kv-cache-utilization (1), queue (1). Pods 0 and 1 then tie exactly:
+    # (2 x 0.5 + 0.4) + 1/6 == (0 + 0.9) + 4/6, and the picker's shuffle (picker.go:91-102)
+    # takes either. Added as prefix, queue, KV, pod 0 is one ulp ahead and always wins.
+    picks = set()
+    for seed in range(32):
+        p = LlmdPrecisePolicy(block_tokens=BT, seed=seed)
+        p.on_kv_events(0, 0, stored(1), 0.0)
+        v = view(4, waiting=[5, 2, 6, 0], kv_usage=[0.6, 0.1, 0.0, 1.0])
+        picks.add(p.choose(0, rq((1, 2)), 0.0, v))
+    assert picks == {0, 1}
 
 
 # --- Dynamo KV router (dynamo @2a6da14c) -----------------------------------------------------
