@@ -378,6 +378,67 @@ def test_llmd_precise_adds_its_scores_in_the_profile_order() -> None:
 # --- Dynamo KV router (dynamo @2a6da14c) -----------------------------------------------------
 
 
+STALE = rq((1, 2, 3, 4))  # 40 tokens: never gets its first token in these tests
+PROBE = rq((5, 6))  # 20 tokens: idle cost (20/10) + 2 = 4.0
+
+
+@pytest.mark.parametrize("kv_events", [True, False])
+def test_dynamo_forgets_a_request_active_for_more_than_300_s(kv_events: bool) -> None:
+    # lib/llm/src/kv_router/sequence.rs:447,474 builds the tracker with
+    # ActiveSequencesMultiWorker::new -> expiry 300 s (sequences/multi_worker.rs:52-82, 426;
+    # single.rs:36) and starts a 60 s interval over all workers (multi_worker.rs:42,
+    # 1061-1115; first tick at start). force_expiry (single.rs:306-339) runs at most every
+    # 30 s per worker and drops requests with started_at < now - 300 s (strict). Tick
+    # 300 s: 0 < 0 is false, kept; tick 360 s: dropped. Without the rule STALE's 40 prefill
+    # tokens and 4 blocks stayed forever: [4.0, 12.0] at 361 s.
+    pol = DynamoKvPolicy(block_tokens=BT, kv_events=kv_events)
+    r = pol.choose(0, STALE, 0.0, view(2))
+    busy = [4.0, 4.0]
+    busy[r] = 12.0  # (40 + 20)/10 + (4 + 2)
+    assert pol.costs(PROBE, 359.9, 2)[0] == busy
+    assert pol.costs(PROBE, 360.0, 2)[0] == [4.0, 4.0]
+    # a tie again, so uniformly random (default.rs:373-394), not "the other worker"
+    same = set()
+    for seed in range(40):
+        p = DynamoKvPolicy(block_tokens=BT, kv_events=kv_events, seed=seed)
+        w = p.choose(0, STALE, 0.0, view(2))
+        same.add(p.choose(1, PROBE, 361.0, view(2)) == w)
+    assert same == {True, False}
+
+
+def test_dynamo_a_late_first_token_or_completion_of_an_expired_request_is_ignored() -> None:
+    # single.rs:246-277: mark_prefill_completed / free of an id the guard already dropped
+    # only log ("Trying to free non-existent request"). One worker: STALE (0 s) is dropped at
+    # the 360 s tick; C is booked at 361 s (20 prefill tokens, 2 blocks). STALE's first token
+    # at 400 s must not take 40 tokens off C, nor its completion C's blocks:
+    # (20 + 20)/10 + (2 + 2) = 8.0 throughout. Without the rule STALE was still held:
+    # 12.0 between its first token and its completion.
+    pol = DynamoKvPolicy(block_tokens=BT)
+    pol.choose(0, STALE, 0.0, view(1))
+    pol.choose(1, rq((7, 8)), 361.0, view(1))
+    assert pol.costs(PROBE, 362.0, 1)[0] == [8.0]
+    pol.on_first_token(0, STALE, 0, 400.0)
+    assert pol.costs(PROBE, 400.5, 1)[0] == [8.0]
+    pol.on_complete(0, STALE, 0, 401.0)
+    assert pol.costs(PROBE, 402.0, 1)[0] == [8.0]
+
+
+def test_dynamo_an_add_first_expires_stale_requests_of_that_worker() -> None:
+    # single.rs:199: add_request calls force_expiry before booking, gated like the sweep
+    # (the 300 s tick set the last check to 300 s, so the next is allowed at 330 s).
+    # D (100 tokens, cached on STALE's worker w) is booked on w at 335 s: STALE (started
+    # at 0 s) is dropped then, 25 s before the 360 s tick. At 336 s w carries D's 10 blocks
+    # only: 20/10 + (10 + 2) = 14.0. Without the rule, STALE's 40 tokens and 4 blocks too:
+    # 22.0.
+    pol = DynamoKvPolicy(block_tokens=BT)
+    w = pol.choose(0, STALE, 0.0, view(2))
+    pol.on_kv_events(w, 0, stored(*range(7, 17)), 1.0)
+    assert pol.choose(1, rq(tuple(range(7, 17))), 335.0, view(2)) == w
+    exp = [4.0, 4.0]
+    exp[w] = 14.0
+    assert pol.costs(PROBE, 336.0, 2)[0] == exp
+
+
 def test_dynamo_queries_full_blocks_only() -> None:
     # protocols.rs compute_block_hash_for_seq hashes complete blocks only, so the overlap
     # never counts the tail; selector/mod.rs: raw prefill = (active + ISL) / B.

@@ -40,6 +40,12 @@ __all__ = [
 #: Dynamo's approximate-mode expiry bucket, ns (``indexer/pruning.rs`` ``EXPIRY_BUCKET``).
 _EXPIRY_BUCKET_NS = 100_000_000
 
+#: Dynamo's stale-request checks: at most one per worker per 30 s
+#: (``sequences/single.rs`` ``CHECK_EXPIRY_FREQUENCY``), and a sweep of every worker each
+#: 60 s (``sequences/multi_worker.rs``).
+_CHECK_S = 30.0
+_SWEEP_S = 60.0
+
 
 def _ns(seconds: float) -> int:
     """``seconds`` in whole nanoseconds (Dynamo's ``Instant`` arithmetic is in ns)."""
@@ -77,6 +83,13 @@ class DynamoKvPolicy(EventPeer):
     non-empty insert), so a block written at ``t`` is gone from the first ``now`` with
     ``now >= origin + ceil((t + 120 - origin) / 0.1) x 0.1`` (``pop_expired``: expiry
     ``<= now``); a new write moves the expiry.
+
+    Stale requests (``sequences/single.rs`` ``force_expiry``, ``multi_worker.rs``): the
+    tracker forgets a request booked more than ``active_expiry_s`` (300 s) before a check,
+    its prefill tokens and blocks with it; a later first token or completion of it is
+    ignored. A worker is checked before each booking on it and by a sweep of every worker
+    each 60 s from start, but at most once per 30 s (the last check starts at 0). In both
+    modes; it changes decisions only when requests stay in flight for minutes.
     """
 
     name = "dynamo-kv"
@@ -89,6 +102,7 @@ class DynamoKvPolicy(EventPeer):
         kv_events: bool = True,
         overlap_credit: float = 1.0,
         approx_ttl_s: float = 120.0,
+        active_expiry_s: float | None = 300.0,
     ) -> None:
         super().__init__()
         self.reads_kv_events = kv_events
@@ -98,9 +112,15 @@ class DynamoKvPolicy(EventPeer):
         self._rng = random.Random(seed)
         self.overlap_credit = overlap_credit
         self.approx_ttl_s = approx_ttl_s
+        self.active_expiry_s = active_expiry_s
         self.active_prefill: list[int] = []
         self.active_blocks: list[dict[int, int]] = []
         self._pending: dict[int, int] = {}
+        # the tracked requests: index -> (worker, booked at, its full blocks), each
+        # worker's last stale check and the next sweep of every worker
+        self._booked: dict[int, tuple[int, float, Sequence[int]]] = {}
+        self._last_check: list[float] = []
+        self._next_sweep = 0.0
         # approximate mode, per worker: block -> its expiry, and the worker's bucket
         # origin (None before its first insert); times in whole ns of replay time
         self._approx: list[dict[int, int]] = []
@@ -112,6 +132,41 @@ class DynamoKvPolicy(EventPeer):
             self.active_blocks = [{} for _ in range(n)]
             self._approx = [{} for _ in range(n)]
             self._origin = [None] * n
+            self._last_check = [0.0] * n
+
+    def _sweep(self, now: float) -> None:
+        """The 60 s sweeps of every worker due by ``now``."""
+        if self.active_expiry_s is None:
+            return
+        while self._next_sweep <= now:
+            for p in range(len(self._last_check)):
+                self._expire(p, self._next_sweep)
+            self._next_sweep += _SWEEP_S
+
+    def _expire(self, p: int, now: float) -> None:
+        """``force_expiry`` of worker ``p`` at ``now``: at most once per 30 s, it forgets
+        the requests booked before ``now - active_expiry_s``."""
+        expiry = self.active_expiry_s
+        if expiry is None or now < self._last_check[p] + _CHECK_S:
+            return
+        self._last_check[p] = now
+        cut = now - expiry
+        stale = [i for i, (w, at, _) in self._booked.items() if w == p and at < cut]
+        for i in stale:
+            self._release(i)
+
+    def _release(self, i: int) -> None:
+        """Request ``i`` leaves the tracker: its prefill tokens (if still there) and
+        blocks."""
+        w, _, blocks = self._booked.pop(i)
+        self.active_prefill[w] -= self._pending.pop(i, 0)
+        act = self.active_blocks[w]
+        for b in blocks:
+            c = act[b]
+            if c == 1:
+                del act[b]
+            else:
+                act[b] = c - 1
 
     def _full(self, request: Request) -> Sequence[int]:
         """The request's complete blocks, the only ones the router hashes."""
@@ -146,6 +201,7 @@ class DynamoKvPolicy(EventPeer):
     def costs(self, request: Request, now: float, n: int) -> tuple[list[float], list[int]]:
         """Each worker's cost and overlap (in full blocks) for ``request``."""
         self._ensure(n)
+        self._sweep(now)
         bt = self._bt
         isl = request.input_tokens
         blocks = self._full(request)
@@ -173,6 +229,7 @@ class DynamoKvPolicy(EventPeer):
         lo = min(cost)
         ties = [p for p in range(n) if cost[p] == lo]
         r = ties[0] if len(ties) == 1 else self._rng.choice(ties)
+        self._expire(r, now)  # add_request checks its worker first
         uncached = max(0, request.input_tokens - ovl[r] * self._bt)
         self._pending[i] = uncached
         self.active_prefill[r] += uncached
@@ -180,21 +237,20 @@ class DynamoKvPolicy(EventPeer):
         blocks = self._full(request)
         for b in blocks:
             act[b] = act.get(b, 0) + 1
+        self._booked[i] = (r, now, blocks)
         if not self.reads_kv_events:
             self._write_approx(r, blocks, now)
         return r
 
     def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
-        self.active_prefill[replica] -= self._pending.pop(i, 0)
+        self._sweep(now)
+        if i in self._booked:  # an expired request's first token is ignored
+            self.active_prefill[replica] -= self._pending.pop(i, 0)
 
     def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
-        act = self.active_blocks[replica]
-        for b in self._full(request):
-            c = act[b]
-            if c == 1:
-                del act[b]
-            else:
-                act[b] = c - 1
+        self._sweep(now)
+        if i in self._booked:  # so is its completion
+            self._release(i)
 
 
 # --- 5/6. production-stack -----------------------------------------------------------------
