@@ -90,6 +90,11 @@ class DynamoKvPolicy(EventPeer):
     ignored. A worker is checked before each booking on it and by a sweep of every worker
     each 60 s from start, but at most once per 30 s (the last check starts at 0). In both
     modes; it changes decisions only when requests stay in flight for minutes.
+
+    Not modelled: Dynamo's tree records that a worker holds a block, not how many times
+    it was stored, so one ``BlockRemoved`` drops a block stored twice; the shared
+    ``EngineIndex`` read here counts the copies. The simulated engines never store a block
+    they hold, so no replay can tell.
     """
 
     name = "dynamo-kv"
