@@ -225,6 +225,48 @@ def test_llmd_default_equal_queues_leave_kv_and_prefix_to_decide() -> None:
     assert one.choose(0, rq((5,)), 0.0, view(1, waiting=[9], kv_usage=[1.0])) == 0
 
 
+BT16 = 16  # llm-d's 64-character chunk is then exactly one trace block
+
+
+def test_llmd_default_adds_its_scorers_in_the_default_profile_order() -> None:
+    # config/loader/defaults.go:46-103 (and the guide's inference-scheduling.values.yaml
+    # @086f217d): queue-scorer 2, kv-cache-utilization-scorer 2, prefix-cache-scorer 3, in
+    # that order; configloader.go:224-247 registers them in it and scheduler_profile.go:
+    # 155-168 adds weight x clamped score from 0 in it. Pod 0 served (1,2,3), pod 1 (1,):
+    # prefix [3/5, 1/5]; waiting [2, 1] -> queue [0, 1]; kv [0.2, 0.6].
+    # Source: pod 0 (0 + 1.6) + 1.8 = 3.4, pod 1 (2 + 0.8) + 0.6 = 3.4: a tie, so the
+    # picker's shuffle (picker/maxscore/picker.go:91-102) takes either.
+    # Added prefix, KV, queue (the precise guide's order), pod 1 is
+    # 0.6000000000000001 + 0.8 + 2 = 3.4000000000000004, so always pod 1.
+    picks = set()
+    for seed in range(32):
+        p = LlmdDefaultPolicy(block_tokens=BT16, num_gpu_blocks=None, seed=seed)
+        p.lru = [OrderedDict(), OrderedDict()]
+        p.remember(0, p._chunks(rq((1, 2, 3), bt=BT16)))
+        p.remember(1, p._chunks(rq((1,), bt=BT16)))
+        v = view(2, waiting=[2, 1], kv_usage=[0.2, 0.6])
+        picks.add(p.choose(0, rq((1, 2, 3, 4, 5), bt=BT16), 0.0, v))
+    assert picks == {0, 1}
+
+
+def test_llmd_default_hashes_a_request_pushes_out_of_the_lru_stay_in_the_reverse_map() -> None:
+    # approximateprefix/indexer.go:52-83: Add first puts every hash into the pod's LRU
+    # (hashicorp golang-lru/v2 v2.0.7 Add evicts the oldest and calls the eviction callback,
+    # indexer.go:105-115, which drops the pod from hashToPods), THEN adds the pod to
+    # hashToPods for every hash. A request with more hashes than the LRU holds therefore
+    # leaves its first hashes in hashToPods although the LRU no longer has them, and no
+    # later eviction of that LRU removes them.
+    # num_gpu_blocks=2 trace blocks of 16 tokens: the pod reports 2 blocks of 16 (B = 16), an
+    # LRU of 2 hashes; (1,2,3) has 3. Following the LRU exactly would drop (1,64) at once.
+    p = LlmdDefaultPolicy(block_tokens=BT16, num_gpu_blocks=2, seed=0)
+    assert p.choose(0, rq((1, 2, 3), bt=BT16), 0.0, view(2, waiting=[0, 1])) == 0
+    for k in range(10):  # pod 0's LRU turns over: (2,64) and (3,64) go, (1,64) is not in it
+        p.remember(0, p._chunks(rq((100 + k,), bt=BT16)))
+    assert p.prefix_scores(rq((1,), bt=BT16), 2) == [1.0, 0.0]
+    # pod 0: 2*0 + 2*1 + 3*1 = 5 > pod 1: 2*1 + 2*1 + 0 = 4 (without the ghost: 2 < 4)
+    assert p.choose(1, rq((1,), bt=BT16), 0.0, view(2, waiting=[1, 0])) == 0
+
+
 # --- llm-d precise prefix-cache scorer -------------------------------------------------------
 
 
@@ -742,6 +784,25 @@ def test_prodstack_loadaware_sees_a_store_only_after_the_event_delay() -> None:
 
 
 # --- AIBrix prefix-cache (aibrix @e3e10f9e) ----------------------------------------------------
+
+
+def test_aibrix_prefix_cache_dropped_pod_keeps_its_pct_and_the_gate_uses_all_pods() -> None:
+    # hash.go:140-157 + 193-204: a pod that stops holding the next hash keeps the pct it
+    # had; getTargetPodFromMatchedPods (prefix_cache.go:950-987) orders by pct, then
+    # in-flight, and takes the first with in-flight <= mean + 2 x sample sigma over ALL
+    # ready pods (util.go:31-54; factor 2 from gateway-plugin.yaml:105-106). bt=32: one
+    # 128-byte chunk per trace block. Pod 1 serves (1,2); pod 0 then serves (1,2,3,4)
+    # (in-flight spread 17 > 16: only pod 0 may match, nothing matches, least in-flight).
+    # For (1,2,3,4): pct {0: 100, 1: 50}.
+    #   in-flight [1,0,1,1,1,1]: mean 5/6, sigma 0.408, limit 1.65 -> pod 0 passes.
+    #   in-flight [5,0,0,0,0,0]: mean 5/6, sigma 2.041, limit 4.92 -> pod 0 fails; pod 1
+    #   (pct 50, kept after it dropped out at chunk 3) passes.
+    for load, want in (([1, 0, 1, 1, 1, 1], 0), ([5, 0, 0, 0, 0, 0], 1)):
+        for seed in range(8):
+            p = AibrixPrefixCachePolicy(block_tokens=32, seed=seed)
+            assert p.choose(0, rq((1, 2), bt=32), 0.0, view(6, [1, 0, 1, 1, 1, 1])) == 1
+            assert p.choose(1, rq((1, 2, 3, 4), bt=32), 0.0, view(6, [0, 17, 1, 1, 1, 1])) == 0
+            assert p.choose(2, rq((1, 2, 3, 4), bt=32), 0.0, view(6, load)) == want
 
 
 def _aibrix(**kw: float) -> AibrixPrefixCachePolicy:

@@ -135,17 +135,24 @@ class LlmdDefaultPolicy(Peer):
         pref = self._scores(chunks, n)
         q = _queue_scores(view.waiting)
         w1, w2, w3 = self.weights
-        # Summed in the guide's profile order (prefix, KV use, queue), as llm-d adds its
-        # scorers: an exact tie is then a tie here too.
+        # Summed in the default profile's order (queue, KV use, prefix: defaults.go and
+        # the inference-scheduling guide), as llm-d adds its scorers: an exact tie there is
+        # a tie here too.
         kv = view.kv_usage
-        scores = [w1 * pref[p] + w3 * (1.0 - kv[p]) + w2 * q[p] for p in range(n)]
+        scores = [w2 * q[p] + w3 * (1.0 - kv[p]) + w1 * pref[p] for p in range(n)]
         r = _max_score_pick(scores, self._rng)
         self.remember(r, chunks)
         return r
 
     def remember(self, pod: int, chunks: Sequence[Chunk]) -> None:
         """Add ``chunks`` to ``pod``'s LRU as the most recent, in order (what a pick adds),
-        and evict the least recent beyond the capacity."""
+        and evict the least recent beyond the capacity; then ``pod`` holds every one of
+        ``chunks`` in the reverse map (``indexer.go`` ``Add``: the LRU first, its evictions
+        taking the pod off their chunks, then the pod on every chunk of the request). A
+        request with more chunks than the LRU holds therefore leaves chunks the pod keeps
+        in the reverse map while its LRU no longer has them: only a later add and eviction
+        of such a chunk takes the pod off it, as in llm-d (it needs a pod whose KV cache is
+        smaller than 256 chunks: under 8 trace blocks at the default)."""
         lru = self.lru[pod]
         holders = self.holders
         bit = 1 << pod
@@ -163,6 +170,8 @@ class LlmdDefaultPolicy(Peer):
                     holders[c] = pods
                 else:
                     del holders[c]
+            for c in chunks:
+                holders[c] = holders.get(c, 0) | bit
 
 
 #: llm-d-kv-cache's device tiers and their weights in the precise scorer (``backend.go``).
