@@ -795,9 +795,12 @@ def test_aibrix_prefix_cache_dropped_pod_keeps_its_pct_and_the_gate_uses_all_pod
     # (in-flight spread 17 > 16: only pod 0 may match, nothing matches, least in-flight).
     # For (1,2,3,4): pct {0: 100, 1: 50}.
     #   in-flight [1,0,1,1,1,1]: mean 5/6, sigma 0.408, limit 1.65 -> pod 0 passes.
+    #   in-flight [3,0,0,0,0,1]: mean 2/3, sample sigma 1.211, limit 3.089 -> pod 0 passes
+    #   (a population sigma, 1.106, would give 2.878 and pod 1).
     #   in-flight [5,0,0,0,0,0]: mean 5/6, sigma 2.041, limit 4.92 -> pod 0 fails; pod 1
     #   (pct 50, kept after it dropped out at chunk 3) passes.
-    for load, want in (([1, 0, 1, 1, 1, 1], 0), ([5, 0, 0, 0, 0, 0], 1)):
+    cases = (([1, 0, 1, 1, 1, 1], 0), ([3, 0, 0, 0, 0, 1], 0), ([5, 0, 0, 0, 0, 0], 1))
+    for load, want in cases:
         for seed in range(8):
             p = AibrixPrefixCachePolicy(block_tokens=32, seed=seed)
             assert p.choose(0, rq((1, 2), bt=32), 0.0, view(6, [1, 0, 1, 1, 1, 1])) == 1
