@@ -1040,3 +1040,19 @@ def test_aibrix_percent_counts_matched_hashes_from_one() -> None:
     # 300 hashes: pod 0 matched 3 (1 %), pod 1 matched 4 (4 x 100 // 300 = 1 %): a tie on
     # pct, so fewer in flight decides.
     assert p.choose(2, rq(tuple(range(1, 301)), bt=32), 0.0, view(2, [0, 1])) == 0
+
+
+def test_dynamo_a_quiet_gap_of_years_runs_one_stale_sweep() -> None:
+    # The 60 s sweeps of a quiet gap only move the check times, so the gap runs its last
+    # due sweep alone (not 10**7 of them) and leaves the state the whole series would:
+    # every worker last checked at that sweep, the next one due 60 s later, and a booking
+    # 45 s after it checking its worker again (45 >= 30).
+    pol = DynamoKvPolicy(block_tokens=BT)
+    r = pol.choose(0, STALE, 0.0, view(2))
+    pol.on_first_token(0, STALE, r, 1.0)
+    pol.on_complete(0, STALE, r, 2.0)
+    far = 60.0 * 10**7 + 45.0
+    w = pol.choose(1, STALE, far, view(2))
+    assert pol._last_check[w] == far
+    assert pol._last_check[1 - w] == 60.0 * 10**7
+    assert pol._next_sweep == 60.0 * (10**7 + 1)

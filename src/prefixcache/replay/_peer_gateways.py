@@ -140,10 +140,13 @@ class DynamoKvPolicy(EventPeer):
             self._last_check = [0.0] * n
 
     def _sweep(self, now: float) -> None:
-        """The 60 s sweeps of every worker due by ``now``."""
+        """The 60 s sweeps of every worker due by ``now``. With nothing tracked a sweep only
+        moves the check times, so a long quiet gap runs just its last sweep."""
         if self.active_expiry_s is None:
             return
         while self._next_sweep <= now:
+            if not self._booked:
+                self._next_sweep += math.floor((now - self._next_sweep) / _SWEEP_S) * _SWEEP_S
             for p in range(len(self._last_check)):
                 self._expire(p, self._next_sweep)
             self._next_sweep += _SWEEP_S
