@@ -783,6 +783,40 @@ def test_prodstack_loadaware_sees_a_store_only_after_the_event_delay() -> None:
         assert out.replica == (0, second)
 
 
+def test_prodstack_loadaware_a_restarted_replica_loses_its_credit_when_it_restarts() -> None:
+    # LMCacheWorker.close() sends DeRegisterMsg (lmcache 0.3.11 cache_controller/worker.py:
+    # 164-176, 413-414) and the new process registers at startup (worker.py:143-162):
+    # RegistryTree.deregister_worker drops the worker's kv_store and the instance, which
+    # register_worker appends at the back (cache_controller/utils.py:143-188). So from the
+    # restart on, find_kv (utils.py:272-295) credits the next holder, whether or not the
+    # restarted engine has published anything since. Both replicas cache block 1 (request 1
+    # finds nothing yet and takes the QPS fallback's never-routed replica 1); replica 0
+    # restarts at t=2 and is idle after. At t=3 the source credits replica 1 ([0, 512]) and
+    # picks it (a hit). Learning of the restart only from replica 0's next batch (seq 0
+    # again) credited its empty cache and sent the request there (a miss).
+    model = ClusterModel(replicas=2, restarts=((2.0, 0),))
+    trace = [
+        Request(arrival=t, input_tokens=512, output_tokens=1, blocks=(1,))
+        for t in (0.0, 0.001, 3.0)
+    ]
+    out = simulate(trace, make_policy("prodstack-loadaware", model), model)
+    assert out.replica == (0, 1, 1)
+    assert out.hit_blocks[2] == 1
+
+
+def test_lmcache_pool_credit_follows_the_first_registered_holder_chunk_by_chunk() -> None:
+    # kv_controller.py:178-190 (0.3.11): every chunk is credited to find_kv's instance, and
+    # layout_info[instance] is overwritten with the chunk's end, so an instance that lost a
+    # middle block is still credited with a later chunk it holds: not contiguous from token 0
+    # (the "mis-credit" LMCache PR #4471 describes; that unmerged PR would credit every
+    # holder's contiguous run, [512, 1536]). LMCache 0.3.11's own lookup gives [1536, 1024] too.
+    pool = LmcacheKvPool(block_tokens=512)
+    pool.apply(1, 0, stored(1, 2, 3))
+    pool.apply(0, 0, stored(1, 2, 3))
+    pool.apply(0, 1, EventBatch(ts=0.0, events=(BlockRemoved(block_hashes=[2]),)))
+    assert pool.matched_tokens(rq((1, 2, 3), 1536, bt=512), 2) == [1536, 1024]
+
+
 # --- AIBrix prefix-cache (aibrix @e3e10f9e) ----------------------------------------------------
 
 

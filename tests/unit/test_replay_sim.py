@@ -282,6 +282,33 @@ def test_engine_events_loss_and_restart() -> None:
     assert simulate(trace, Listener([0, 0]), flat(block_tokens=1)).hit_blocks == (0, 2)
 
 
+class RestartListener(Listener):
+    def __init__(self, plan: list[int]) -> None:
+        super().__init__(plan)
+        self.restarts: list[tuple[int, float, int]] = []
+
+    def on_restart(self, replica: int, now: float) -> None:
+        self.restarts.append((replica, now, len(self.batches)))
+
+
+def test_a_restart_reaches_a_policy_that_listens_after_the_event_delay() -> None:
+    # The engine's process ends: a policy reading events that defines on_restart hears of
+    # it after the event delay, after the batch published before it and before the next
+    # process's first batch (seq 0 again); even a lossy stream delivers it; a policy
+    # without on_restart, or reading no events, is not told.
+    trace = [req(0, 2, 0, (1, 2)), req(10_000, 2, 0, (1, 2))]
+    model = flat(block_tokens=1, restarts=((5.0, 0),), kv_event_delay_s=0.25)
+    pol = RestartListener([0, 0])
+    simulate(trace, pol, model)
+    assert pol.restarts == [(0, pytest.approx(5.25), 1)]
+    assert [(s, round(t, 2)) for _, s, t, _ in pol.batches] == [(0, 0.37), (0, 10.37)]
+    lossy = flat(block_tokens=1, restarts=((5.0, 0),), kv_event_loss=0.9, kv_event_seed=1)
+    pol = RestartListener([0, 0])
+    simulate(trace, pol, lossy)
+    assert [r for r, _, _ in pol.restarts] == [0]
+    assert simulate(trace, Listener([0, 0]), model).hit_blocks == (0, 0)
+
+
 def test_policy_out_of_range_is_an_error() -> None:
     with pytest.raises(InvalidRecordError, match="replica"):
         simulate(HAND, Scripted([0, 5, 0, 0]), HAND_MODEL)

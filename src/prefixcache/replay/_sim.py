@@ -148,7 +148,11 @@ def simulate(
     out_done = [0.0] * n
     arrive = [0.0] * n
     heap: list[tuple[float, int, int]] = []
-    payloads: dict[int, tuple[int, int, EventBatch]] = {}
+    # engine batches (replica, seq, batch) and restarts (replica, -1, None) on their way
+    payloads: dict[int, tuple[int, int, EventBatch | None]] = {}
+    on_restart: Callable[[int, float], None] | None = (
+        getattr(policy, "on_restart", None) if events_on else None
+    )
     counter = [0]
     push = heapq.heappush
     perf = time.perf_counter
@@ -387,6 +391,10 @@ def simulate(
         pinned[r] = len(e.doomed) + e.private
         ev_step.clear()
         e.seq = 0
+        if on_restart is not None:  # the engine's process ended: it reaches the router too
+            k = counter[0] = counter[0] + 1
+            payloads[k] = (r, -1, None)
+            push(heap, (t + ev_delay, _KV, k))
 
     def drain(until: float) -> float:
         spent = 0.0
@@ -394,9 +402,13 @@ def simulate(
             t, kind, j = heapq.heappop(heap)
             if kind == _KV:
                 r, seq, batch = payloads.pop(j)
-                kv_stats[1] += 1
                 t0 = perf()
-                policy.on_kv_events(r, seq, batch, t)  # type: ignore[attr-defined]
+                if batch is None:
+                    assert on_restart is not None  # only it queues a restart
+                    on_restart(r, t)
+                else:
+                    kv_stats[1] += 1
+                    policy.on_kv_events(r, seq, batch, t)  # type: ignore[attr-defined]
                 spent += perf() - t0
                 continue
             rj = requests[j]

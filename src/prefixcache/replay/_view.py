@@ -74,7 +74,10 @@ class ReplayPolicy(Protocol):
     The callbacks tell the policy what a gateway sees: its own dispatch, the first token
     streaming back (end of prefill) and the end of the response. A policy with a true
     ``reads_kv_events`` attribute also gets ``on_kv_events(replica, seq, batch, now)`` for
-    every engine event batch that reaches the router.
+    every engine event batch that reaches the router and, if it defines
+    ``on_restart(replica, now)``, each restart of a replica's engine, delivered like a batch
+    (after the event delay, after the batches published before it, never lost): a
+    process that registered with the router's side deregisters as it ends.
     """
 
     name: str
