@@ -959,6 +959,28 @@ def test_ray_one_replica_and_below_threshold_goes_to_the_smallest_tree() -> None
     assert p.choose(0, eleven, 0.0, view(3, [0, 0, 9])) == 2
 
 
+def test_ray_request_partial_block_against_a_stored_full_one_is_a_full_match() -> None:
+    # prefix_tree.py:423-431: the request's text ends inside the stored node, so all of it
+    # matches (rate 1.0) and the node's tenants are the candidates, however busy.
+    p = RayPrefixAffinityPolicy(block_tokens=BT)
+    p.tree.insert((1, 2), [40, 40], 0)
+    assert p.tree.match((1, 2), [40, 20]).chars == 60
+    assert p.choose(0, rq((1, 2), 15), 0.0, view(2, [3, 0])) == 0
+    assert p.tree.chars == {0: 80}
+
+
+def test_ray_ties_go_to_the_first_in_list_on_both_paths() -> None:
+    # request_router.py _select_from_candidate_replicas: strictly lower queue replaces the
+    # choice, so equal queues keep the first candidate; candidates come in the tree's
+    # tenant order (prefix_tree.py:436-441, :569-574), replica order in the replay.
+    # (Review 56: Ray's own prefix_tree.py beside ours, 0 differences in 114,434 decisions.)
+    p = RayPrefixAffinityPolicy(block_tokens=BT)
+    p.tree.insert((1, 2), [40, 40], 2)
+    p.tree.insert((1, 2), [40, 40], 1)
+    assert p.choose(0, rq((1, 2, 3)), 0.0, view(3, [0, 0, 0])) == 1
+    assert p.choose(1, rq((60,)), 0.0, view(3, [0, 0, 0])) == 0
+
+
 # --- every peer ----------------------------------------------------------------------------
 
 
