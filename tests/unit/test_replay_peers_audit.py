@@ -804,6 +804,20 @@ def test_prodstack_loadaware_a_restarted_replica_loses_its_credit_when_it_restar
     assert out.hit_blocks[2] == 1
 
 
+def test_lmcache_pool_a_told_restart_starts_the_replica_s_sequence_anew() -> None:
+    # After restart() the new process's first batch (seq 0 again) is not a second restart:
+    # replica 0 restarted first, so it registered again before replica 1 and is credited
+    # first, whichever of the two new processes' first batches arrives first.
+    pool = LmcacheKvPool(block_tokens=512)
+    pool.apply(0, 0, stored(1))
+    pool.apply(1, 0, stored(1))
+    pool.restart(0)
+    pool.restart(1)
+    pool.apply(1, 0, stored(1))
+    pool.apply(0, 0, stored(1))
+    assert pool.matched_tokens(rq((1,), 512, bt=512), 2) == [512, 0]
+
+
 def test_lmcache_pool_credit_follows_the_first_registered_holder_chunk_by_chunk() -> None:
     # kv_controller.py:178-190 (0.3.11): every chunk is credited to find_kv's instance, and
     # layout_info[instance] is overwritten with the chunk's end, so an instance that lost a
@@ -1096,6 +1110,31 @@ def test_aibrix_percent_counts_matched_hashes_from_one() -> None:
     # 300 hashes: pod 0 matched 3 (1 %), pod 1 matched 4 (4 x 100 // 300 = 1 %): a tie on
     # pct, so fewer in flight decides.
     assert p.choose(2, rq(tuple(range(1, 301)), bt=32), 0.0, view(2, [0, 1])) == 0
+
+
+def test_dynamo_an_add_within_30_s_of_a_sweep_does_not_check() -> None:
+    # single.rs:306-339: force_expiry runs at most once per 30 s per worker. The 300 s tick
+    # checked w (STALE, booked at 0, kept: 0 < 0 is false); the add at 310 s is within
+    # 30 s, so STALE stays until the 360 s tick. Checking at every add dropped it: 14.0.
+    pol = DynamoKvPolicy(block_tokens=BT)
+    w = pol.choose(0, STALE, 0.0, view(2))
+    pol.on_kv_events(w, 0, stored(*range(7, 17)), 1.0)
+    assert pol.choose(1, rq(tuple(range(7, 17))), 310.0, view(2)) == w
+    exp = [4.0, 4.0]
+    exp[w] = 22.0
+    assert pol.costs(PROBE, 311.0, 2)[0] == exp
+
+
+def test_dynamo_active_expiry_must_be_a_positive_finite_number_or_none() -> None:
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "300"):
+        with pytest.raises(InvalidRecordError) as exc:
+            DynamoKvPolicy(block_tokens=BT, active_expiry_s=bad)  # type: ignore[arg-type]
+        assert exc.value.field == "active_expiry_s"
+    pol = DynamoKvPolicy(block_tokens=BT, active_expiry_s=None)  # the rule off
+    r = pol.choose(0, STALE, 0.0, view(2))
+    busy = [4.0, 4.0]
+    busy[r] = 12.0
+    assert pol.costs(PROBE, 10_000.0, 2)[0] == busy
 
 
 def test_dynamo_a_quiet_gap_of_years_runs_one_stale_sweep() -> None:

@@ -309,6 +309,16 @@ def test_a_restart_reaches_a_policy_that_listens_after_the_event_delay() -> None
     assert simulate(trace, Listener([0, 0]), model).hit_blocks == (0, 0)
 
 
+def test_a_restart_is_delivered_after_the_old_process_s_last_batch() -> None:
+    # A prefill step running at the restart (0 -> 0.3 s, restart at 0.1 s) publishes after
+    # the restart time: the notice still comes after that batch, or a router would credit
+    # the lost cache to the new process.
+    pol = RestartListener([0])
+    simulate([req(0, 20, 1, (1, 2))], pol, flat(restarts=((0.1, 0),)))
+    assert len(pol.batches) == 1
+    assert pol.restarts[0][2] == len(pol.batches)
+
+
 def test_policy_out_of_range_is_an_error() -> None:
     with pytest.raises(InvalidRecordError, match="replica"):
         simulate(HAND, Scripted([0, 5, 0, 0]), HAND_MODEL)

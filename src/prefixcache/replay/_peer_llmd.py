@@ -170,8 +170,9 @@ class LlmdDefaultPolicy(Peer):
                     holders[c] = pods
                 else:
                     del holders[c]
-            for c in chunks:
-                holders[c] = holders.get(c, 0) | bit
+            if len(chunks) > self._cap:  # only then can the write evict its own chunks
+                for c in chunks:
+                    holders[c] = holders.get(c, 0) | bit
 
 
 #: llm-d-kv-cache's device tiers and their weights in the precise scorer (``backend.go``).
@@ -200,9 +201,10 @@ class LlmdBlockIndex:
     Not modelled: llm-d-inference-scheduler @520af478 links llm-d-kv-cache v0.8.0, whose
     ``Evict`` drops a block's mapping at the first pod's remove (a later remove by another
     pod then leaves that pod's entry, and a store under the block is skipped); v0.8.1
-    fixed it, and this index follows the fixed code (review of the source: 13-124 of the
-    bundled trace's 12,031 picks differ with a smaller cache or a higher load, none at the
-    default).
+    fixed it, and this index follows the fixed code (docs/replay.md gives the effect). A
+    remove takes the pod off the block in the base model's space and every adapter's,
+    where llm-d maps an engine key to the space of its last store only (a real engine
+    hashes an adapter's blocks apart, so the same key is not stored in two spaces).
 
     Not thread-safe (the replay is single-threaded). Memory: one entry per (block, pod,
     tier) held, at most ``pods_per_key`` per block, and one mapping per block stored and
@@ -327,9 +329,7 @@ class LlmdPrecisePolicy(Peer):
 
     Engine blocks are trace blocks (``B = T``, fact sheet section 10). The guide's vLLM
     runs 64-token blocks, so its score would also count the full 64-token blocks inside
-    a prompt's partial last trace block: on the bundled trace 25-56 of the 12,031
-    max-score sets differ, and the mean TTFT moves by under 0.5 % (measured against the
-    source, not modelled).
+    a prompt's partial last trace block; not modelled (docs/replay.md gives the effect).
     """
 
     name = "llm-d-precise"

@@ -391,10 +391,10 @@ def simulate(
         pinned[r] = len(e.doomed) + e.private
         ev_step.clear()
         e.seq = 0
-        if on_restart is not None:  # the engine's process ended: it reaches the router too
-            k = counter[0] = counter[0] + 1
+        if on_restart is not None:  # the process ended with its last step: the router hears
+            k = counter[0] = counter[0] + 1  # of it after that step's batch
             payloads[k] = (r, -1, None)
-            push(heap, (t + ev_delay, _KV, k))
+            push(heap, (e.clock + ev_delay, _KV, k))
 
     def drain(until: float) -> float:
         spent = 0.0
