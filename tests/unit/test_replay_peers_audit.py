@@ -1137,7 +1137,7 @@ def test_dynamo_active_expiry_must_be_a_positive_finite_number_or_none() -> None
     assert pol.costs(PROBE, 10_000.0, 2)[0] == busy
 
 
-def test_dynamo_a_quiet_gap_of_years_runs_one_stale_sweep() -> None:
+def test_dynamo_a_quiet_gap_leaves_the_state_of_its_sweeps() -> None:
     # The 60 s sweeps of a quiet gap only move the check times, so the gap runs its last
     # due sweep alone (not 10**7 of them) and leaves the state the whole series would:
     # every worker last checked at that sweep, the next one due 60 s later, and a booking
