@@ -465,20 +465,51 @@ def test_dynamo_a_late_first_token_or_completion_of_an_expired_request_is_ignore
     assert pol.costs(PROBE, 402.0, 1)[0] == [8.0]
 
 
-def test_dynamo_an_add_first_expires_stale_requests_of_that_worker() -> None:
-    # single.rs:199: add_request calls force_expiry before booking, gated like the sweep
-    # (the 300 s tick set the last check to 300 s, so the next is allowed at 330 s).
-    # D (100 tokens, cached on STALE's worker w) is booked on w at 335 s: STALE (started
-    # at 0 s) is dropped then, 25 s before the 360 s tick. At 336 s w carries D's 10 blocks
-    # only: 20/10 + (10 + 2) = 14.0. Without the rule, STALE's 40 tokens and 4 blocks too:
-    # 22.0.
+@pytest.mark.parametrize(("at", "cost"), [(310.0, 22.0), (335.0, 14.0)])
+def test_dynamo_an_add_expires_stale_requests_of_its_worker_30_s_after_a_check(
+    at: float, cost: float
+) -> None:
+    # single.rs:199: add_request calls force_expiry before booking, gated like the sweep:
+    # at most once per 30 s per worker (single.rs:306-339). The 300 s tick checked w
+    # (STALE, booked at 0, kept: 0 < 0 is false). D (100 tokens, cached on w) is booked on
+    # w at `at`: at 335 s (>= 330) STALE is dropped then, 25 s before the 360 s tick, and w
+    # carries D's 10 blocks only: 20/10 + (10 + 2) = 14.0; at 310 s the add is within 30 s
+    # of the check, so STALE stays (its 40 tokens and 4 blocks too: 22.0).
     pol = DynamoKvPolicy(block_tokens=BT)
     w = pol.choose(0, STALE, 0.0, view(2))
     pol.on_kv_events(w, 0, stored(*range(7, 17)), 1.0)
-    assert pol.choose(1, rq(tuple(range(7, 17))), 335.0, view(2)) == w
+    assert pol.choose(1, rq(tuple(range(7, 17))), at, view(2)) == w
     exp = [4.0, 4.0]
-    exp[w] = 14.0
-    assert pol.costs(PROBE, 336.0, 2)[0] == exp
+    exp[w] = cost
+    assert pol.costs(PROBE, at + 1.0, 2)[0] == exp
+
+
+def test_dynamo_active_expiry_must_be_a_positive_finite_number_or_none() -> None:
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "300"):
+        with pytest.raises(InvalidRecordError) as exc:
+            DynamoKvPolicy(block_tokens=BT, active_expiry_s=bad)  # type: ignore[arg-type]
+        assert exc.value.field == "active_expiry_s"
+    pol = DynamoKvPolicy(block_tokens=BT, active_expiry_s=None)  # the rule off
+    r = pol.choose(0, STALE, 0.0, view(2))
+    busy = [4.0, 4.0]
+    busy[r] = 12.0
+    assert pol.costs(PROBE, 10_000.0, 2)[0] == busy
+
+
+def test_dynamo_a_quiet_gap_leaves_the_state_of_its_sweeps() -> None:
+    # The 60 s sweeps of a quiet gap only move the check times, so the gap runs its last
+    # due sweep alone (not 10**7 of them) and leaves the state the whole series would:
+    # every worker last checked at that sweep, the next one due 60 s later, and a booking
+    # 45 s after it checking its worker again (45 >= 30).
+    pol = DynamoKvPolicy(block_tokens=BT)
+    r = pol.choose(0, STALE, 0.0, view(2))
+    pol.on_first_token(0, STALE, r, 1.0)
+    pol.on_complete(0, STALE, r, 2.0)
+    far = 60.0 * 10**7 + 45.0
+    w = pol.choose(1, STALE, far, view(2))
+    assert pol._last_check[w] == far
+    assert pol._last_check[1 - w] == 60.0 * 10**7
+    assert pol._next_sweep == 60.0 * (10**7 + 1)
 
 
 def test_dynamo_queries_full_blocks_only() -> None:
@@ -1110,44 +1141,3 @@ def test_aibrix_percent_counts_matched_hashes_from_one() -> None:
     # 300 hashes: pod 0 matched 3 (1 %), pod 1 matched 4 (4 x 100 // 300 = 1 %): a tie on
     # pct, so fewer in flight decides.
     assert p.choose(2, rq(tuple(range(1, 301)), bt=32), 0.0, view(2, [0, 1])) == 0
-
-
-def test_dynamo_an_add_within_30_s_of_a_sweep_does_not_check() -> None:
-    # single.rs:306-339: force_expiry runs at most once per 30 s per worker. The 300 s tick
-    # checked w (STALE, booked at 0, kept: 0 < 0 is false); the add at 310 s is within
-    # 30 s, so STALE stays until the 360 s tick. Checking at every add dropped it: 14.0.
-    pol = DynamoKvPolicy(block_tokens=BT)
-    w = pol.choose(0, STALE, 0.0, view(2))
-    pol.on_kv_events(w, 0, stored(*range(7, 17)), 1.0)
-    assert pol.choose(1, rq(tuple(range(7, 17))), 310.0, view(2)) == w
-    exp = [4.0, 4.0]
-    exp[w] = 22.0
-    assert pol.costs(PROBE, 311.0, 2)[0] == exp
-
-
-def test_dynamo_active_expiry_must_be_a_positive_finite_number_or_none() -> None:
-    for bad in (0, -1.0, float("nan"), float("inf"), True, "300"):
-        with pytest.raises(InvalidRecordError) as exc:
-            DynamoKvPolicy(block_tokens=BT, active_expiry_s=bad)  # type: ignore[arg-type]
-        assert exc.value.field == "active_expiry_s"
-    pol = DynamoKvPolicy(block_tokens=BT, active_expiry_s=None)  # the rule off
-    r = pol.choose(0, STALE, 0.0, view(2))
-    busy = [4.0, 4.0]
-    busy[r] = 12.0
-    assert pol.costs(PROBE, 10_000.0, 2)[0] == busy
-
-
-def test_dynamo_a_quiet_gap_leaves_the_state_of_its_sweeps() -> None:
-    # The 60 s sweeps of a quiet gap only move the check times, so the gap runs its last
-    # due sweep alone (not 10**7 of them) and leaves the state the whole series would:
-    # every worker last checked at that sweep, the next one due 60 s later, and a booking
-    # 45 s after it checking its worker again (45 >= 30).
-    pol = DynamoKvPolicy(block_tokens=BT)
-    r = pol.choose(0, STALE, 0.0, view(2))
-    pol.on_first_token(0, STALE, r, 1.0)
-    pol.on_complete(0, STALE, r, 2.0)
-    far = 60.0 * 10**7 + 45.0
-    w = pol.choose(1, STALE, far, view(2))
-    assert pol._last_check[w] == far
-    assert pol._last_check[1 - w] == 60.0 * 10**7
-    assert pol._next_sweep == 60.0 * (10**7 + 1)
