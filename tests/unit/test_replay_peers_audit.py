@@ -32,8 +32,8 @@ from prefixcache.replay import (
     simulate,
     synthetic_trace,
 )
-from prefixcache.replay._peer_gateways import LmcacheKvPool
 from prefixcache.replay._peer_llmd import LlmdBlockIndex
+from prefixcache.replay._peer_prodstack import LmcacheKvPool
 
 # --- SGLang router / SMG cache_aware (smg @73da68ca) -------------------------------------
 

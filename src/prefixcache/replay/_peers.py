@@ -9,22 +9,19 @@ choices go to the lowest replica index, except SMG's "first 8 tenants in map ord
 fixed pseudo-random order per node drawn from the seed (``_peer_radix.map_rank``).
 
 The policies live in one module per peer family (``_peer_radix``: SGLang / SMG;
-``_peer_llmd``: llm-d; ``_peer_gateways``: Dynamo, production-stack, AIBrix, Ray) over the
-pieces they share in ``_peer_base`` (the mapping of trace blocks onto characters, the
-engines' event index, the character tree); this module gathers them.
+``_peer_llmd``: llm-d; ``_peer_dynamo``: Dynamo; ``_peer_prodstack``: production-stack;
+``_peer_gateways``: AIBrix, Ray) over the pieces they share in ``_peer_base`` (the mapping
+of trace blocks onto characters, the engines' event index, the character tree); this
+module gathers them.
 """
 
 from __future__ import annotations
 
 from prefixcache.replay._peer_base import EngineIndex
-from prefixcache.replay._peer_gateways import (
-    AibrixPrefixCachePolicy,
-    DynamoKvPolicy,
-    ProdstackLoadAwarePolicy,
-    ProdstackPrefixPolicy,
-    RayPrefixAffinityPolicy,
-)
+from prefixcache.replay._peer_dynamo import DynamoKvPolicy
+from prefixcache.replay._peer_gateways import AibrixPrefixCachePolicy, RayPrefixAffinityPolicy
 from prefixcache.replay._peer_llmd import LlmdDefaultPolicy, LlmdPrecisePolicy
+from prefixcache.replay._peer_prodstack import ProdstackLoadAwarePolicy, ProdstackPrefixPolicy
 from prefixcache.replay._peer_radix import SglangCacheAwarePolicy, SmgCacheAwarePolicy
 
 __all__ = [
