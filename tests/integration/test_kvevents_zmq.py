@@ -8,6 +8,7 @@ Network waits poll with a bounded deadline; nothing asserts on timing.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -58,10 +59,19 @@ class _Batch(msgspec.Struct, array_like=True):
 
 class FakeEngine:
     """An engine's publisher as vLLM frames it: PUB [topic, seq, payload], a ROUTER that
-    answers [b"", start] with [b"", seq, payload]... then [b"", b"\\xff" * 8, b""]."""
+    answers [b"", start] with [b"", seq, payload]... then [b"", b"\\xff" * 8, b""] (vLLM
+    before v0.26, SGLang) or, with ``replay_topic``, as vLLM from v0.26 (PR #45177):
+    [b"", topic, seq, payload]... then [b"", b"", b"\\xff" * 8, b""]."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], topic: bytes = b"kv@pod-0@m") -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        topic: bytes = b"kv@pod-0@m",
+        *,
+        replay_topic: bool = False,
+    ) -> None:
         self.topic = topic
+        self.replay_topic = replay_topic
         self.pub = ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.port = self.pub.bind_to_random_port("tcp://127.0.0.1")
@@ -107,8 +117,14 @@ class FakeEngine:
             with self.lock:
                 items = [(s, p) for s, p in self.buffer if s >= first]
             for s, p in items:
-                self.router.send_multipart([identity, b"", s.to_bytes(8, "big"), p])
-            self.router.send_multipart([identity, b"", b"\xff" * 8, b""])
+                if self.replay_topic:
+                    self.router.send_multipart([identity, b"", self.topic, s.to_bytes(8, "big"), p])
+                else:
+                    self.router.send_multipart([identity, b"", s.to_bytes(8, "big"), p])
+            if self.replay_topic:
+                self.router.send_multipart([identity, b"", b"", b"\xff" * 8, b""])
+            else:
+                self.router.send_multipart([identity, b"", b"\xff" * 8, b""])
 
     def close(self) -> None:
         self.stop.set()
@@ -128,8 +144,11 @@ def store(hashes: list[int], tokens: list[int], parent: int | None = None) -> _S
     return _Stored(block_hashes=hashes, parent_block_hash=parent, token_ids=tokens, block_size=BT)
 
 
-def test_pub_sub_replay_gap_and_restart(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
-    engine = FakeEngine(ctx)
+@pytest.mark.parametrize("replay_topic", [False, True], ids=["seq-payload", "vllm-0.26-topic"])
+def test_pub_sub_replay_gap_and_restart(
+    ctx: zmq.Context[zmq.Socket[bytes]], replay_topic: bool
+) -> None:
+    engine = FakeEngine(ctx, replay_topic=replay_topic)
     res = KvResidency(block_tokens=BT)
     sub = KvEventSubscriber(
         engine.endpoint,
@@ -138,6 +157,9 @@ def test_pub_sub_replay_gap_and_restart(ctx: zmq.Context[zmq.Socket[bytes]]) -> 
         model="m",
         topic="kv@",
         replay_endpoint=engine.replay_endpoint,
+        # Longer than the test's deadline: a replay whose end marker went unread would hold
+        # the next gap's replay back, and the second gap below would not close in time.
+        replay_timeout=10 * DEADLINE,
         context=ctx,
     )
     try:
@@ -156,6 +178,15 @@ def test_pub_sub_replay_gap_and_restart(ctx: zmq.Context[zmq.Socket[bytes]]) -> 
         assert lost in range(min(engine.replay_requests), engine.seq)
         stats = sub.stats()
         assert stats.replays_requested >= 1 and stats.replayed >= 1
+        assert stats.decode_errors == 0
+
+        # A second gap: its replay is asked for at once (the first one's end was read).
+        engine.publish([store([14], PROMPT[12:16], parent=13)], send=False)
+        engine.publish([])
+        wait_until(lambda: res.overlap("m", PROMPT, [KEY]) == {KEY: 4})
+        wait_until(lambda: res.state(KEY) is ResidencyState.EXACT)
+        stats = sub.stats()
+        assert stats.replays_requested >= 2 and stats.replays_timed_out == 0
         assert stats.decode_errors == 0
 
         # The engine restarts: seq back to 0, its cache is new.
@@ -219,10 +250,13 @@ def test_asyncio_subscriber_round_trip(ctx: zmq.Context[zmq.Socket[bytes]]) -> N
         engine.close()
 
 
-def test_package_publisher_disconnect_hook_and_replay(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+@pytest.mark.parametrize("replay_topic", [False, True], ids=["seq-payload", "vllm-0.26-topic"])
+def test_package_publisher_disconnect_hook_and_replay(
+    ctx: zmq.Context[zmq.Socket[bytes]], replay_topic: bool
+) -> None:
     res = KvResidency(block_tokens=BT)
     pub = KvEventPublisher("tcp://127.0.0.1:0", replay_endpoint="tcp://127.0.0.1:0",
-                           layout="map", context=ctx)  # fmt: skip
+                           layout="map", replay_topic=replay_topic, context=ctx)  # fmt: skip
     pub.start()
     disconnected = threading.Event()
 
@@ -240,6 +274,8 @@ def test_package_publisher_disconnect_hook_and_replay(ctx: zmq.Context[zmq.Socke
         wait_until(lambda: res.state(KEY) is ResidencyState.EXACT,
                    tick=lambda: pub.publish(EventBatch(ts=0.0, events=[])))  # fmt: skip
         assert res.overlap("m", PROMPT, [KEY]) == {KEY: 1}
+        stats = sub.stats()  # seq 0 was sent before the subscriber joined: it came by replay
+        assert stats.replayed >= 1 and stats.decode_errors == 0
         pub.close()  # the engine goes away: the host's hook forgets the replica
         wait_until(disconnected.is_set)
         assert res.state(KEY) is ResidencyState.UNKNOWN
@@ -320,3 +356,43 @@ def test_sglang_flavour_bytes_digests_through_the_socket(
     finally:
         sub.stop()
         pub.close(0)
+
+
+def test_malformed_replay_answers_are_counted_and_the_gap_stays_open(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    # A replay socket that answers with frames of neither layout: a non-empty delimiter,
+    # five frames, a seq of the wrong width. Each is a decode error; none is applied.
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    replay_port = router.bind_to_random_port("tcp://127.0.0.1")
+    res = KvResidency(block_tokens=BT)
+    replay_endpoint = f"tcp://127.0.0.1:{replay_port}"
+    sub = KvEventSubscriber(f"tcp://127.0.0.1:{port}", replica=KEY, residency=res, model="m",
+                            replay_endpoint=replay_endpoint, context=ctx)  # fmt: skip
+    payload = msgspec.msgpack.encode(_Batch(ts=1.0, events=[store([11], PROMPT[:4])]))
+    empty = msgspec.msgpack.encode(_Batch(ts=1.0, events=[]))
+    zero = (0).to_bytes(8, "big")
+    try:
+        sub.start()
+        # Heartbeats from seq 1 on: seq 0 is missing and the subscriber asks for it.
+        seqs = itertools.count(1)
+
+        def heartbeat() -> None:
+            pub.send_multipart([b"", next(seqs).to_bytes(8, "big"), empty])
+
+        wait_until(lambda: router.poll(0) != 0, tick=heartbeat)
+        identity = router.recv_multipart()[0]
+        for bad in ([b"x", zero, payload], [b"", b"t", b"u", zero, payload], [b"", b"\0", payload]):
+            router.send_multipart([identity, *bad])
+        wait_until(lambda: sub.stats().decode_errors == 3)
+        assert sub.stats().replayed == 0
+        assert res.overlap("m", PROMPT, [KEY]) == {KEY: 0}
+        assert res.missing_from(KEY) == 0
+    finally:
+        sub.stop()
+        pub.close(0)
+        router.close(0)

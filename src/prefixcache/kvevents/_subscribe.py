@@ -5,7 +5,9 @@ Framing (vLLM ``vllm/distributed/kv_events.py``; SGLang uses the same): a PUB so
 data-parallel rank (rank ``r`` on port ``base + r``, see :func:`rank_endpoints`) sends
 ``[topic, seq (8 bytes big-endian), payload (msgpack)]``; an optional ROUTER replay socket
 answers a DEALER's ``[b"", start_seq]`` with ``[b"", seq, payload]`` for each buffered batch
-with ``seq >= start_seq``, then ``[b"", b"\\xff" * 8, b""]``.
+with ``seq >= start_seq``, then ``[b"", b"\\xff" * 8, b""]``. vLLM from v0.26 (PR #45177)
+puts the topic before ``seq`` in these answers, ``[b"", topic, seq, payload]``, and ends with
+``[b"", b"", b"\\xff" * 8, b""]``; SGLang and older vLLM do not. Subscribers accept both.
 
 Nothing here opens a socket or starts a thread or task until the host calls ``start()``;
 ``pyzmq`` is imported then. Subscribers only ever call :meth:`KvResidency.apply` (one lock
@@ -165,20 +167,24 @@ class _Core:
         self._apply(seq, batch, replayed=False)
 
     def on_replay(self, frames: Sequence[bytes]) -> None:
-        # [b"", seq, payload] per batch, then [b"", b"\xff" * 8, b""].
-        if len(frames) != 3 or len(frames[1]) != 8:
-            self._decode_error(KvEventDecodeError("frames", f"replay answer of {len(frames)}"))
+        # [b"", seq, payload] per batch, then [b"", b"\xff" * 8, b""] (SGLang, vLLM before
+        # v0.26); vLLM from v0.26 puts the topic before seq: [b"", topic, seq, payload], then
+        # [b"", b"", b"\xff" * 8, b""]. The topic is the live one's: not checked again.
+        n = len(frames)
+        if (n != 3 and n != 4) or frames[0] != b"" or len(frames[n - 2]) != 8:
+            self._decode_error(KvEventDecodeError("frames", f"replay answer of {n} frames"))
             return
-        if frames[1] == _END_SEQ_BYTES:
+        seq_bytes = frames[n - 2]
+        if seq_bytes == _END_SEQ_BYTES:
             self.replay_started = None
             return
         try:
-            batch = decode_payload(frames[2], flavour=self.flavour)
+            batch = decode_payload(frames[n - 1], flavour=self.flavour)
         except KvEventDecodeError as exc:
             self._decode_error(exc)
             return
         self.counts["replayed"] += 1
-        self._apply(int.from_bytes(frames[1], "big"), batch, replayed=True)
+        self._apply(int.from_bytes(seq_bytes, "big"), batch, replayed=True)
 
     def _decode_error(self, exc: KvEventDecodeError) -> None:
         self.counts["decode_errors"] += 1
@@ -575,6 +581,9 @@ class KvEventPublisher:
         topic: the topic frame.
         buffer_steps: payloads kept for replays.
         layout: ``"positional"`` or ``"map"`` events.
+        replay_topic: answer replays as vLLM does from v0.26, with the topic before
+            ``seq`` (``[b"", topic, seq, payload]``, then ``[b"", b"", end, b""]``); ``False``
+            (the default) answers as SGLang and vLLM before v0.26 (``[b"", seq, payload]``).
 
     Thread-safety: ``publish`` may be called from any thread (a lock orders sends).
     """
@@ -587,14 +596,19 @@ class KvEventPublisher:
         topic: str = "",
         buffer_steps: int = 10_000,
         layout: Layout = "positional",
+        replay_topic: bool = False,
         context: zmq.Context[Any] | None = None,
     ) -> None:
         if type(buffer_steps) is not int or buffer_steps < 1:
             raise InvalidRecordError("buffer_steps", buffer_steps, "must be an int >= 1")
+        if type(replay_topic) is not bool:
+            raise InvalidRecordError("replay_topic", replay_topic, "must be a bool")
         self._bind = endpoint
         self._replay_bind = replay_endpoint
         self._topic = topic.encode("utf-8")
         self._layout: Layout = layout
+        # The frames between the delimiter and seq in a replay answer (vLLM >= 0.26: the topic).
+        self._replay_head: list[bytes] = [self._topic] if replay_topic else []
         self._buffer: deque[tuple[int, bytes]] = deque(maxlen=buffer_steps)
         self._lock = threading.Lock()
         self._context = context
@@ -657,9 +671,11 @@ class KvEventPublisher:
             identity, start = frames[0], int.from_bytes(frames[2], "big")
             with self._lock:
                 items = [(s, p) for s, p in self._buffer if s >= start]
+            head = self._replay_head
             for s, p in items:
-                router.send_multipart([identity, b"", s.to_bytes(8, "big"), p])
-            router.send_multipart([identity, b"", _END_SEQ_BYTES, b""])
+                router.send_multipart([identity, b"", *head, s.to_bytes(8, "big"), p])
+            end = [b""] * len(head)  # vLLM >= 0.26 sends an empty topic before the end marker
+            router.send_multipart([identity, b"", *end, _END_SEQ_BYTES, b""])
 
     def close(self) -> None:
         """Stop the replay thread and close the sockets (idempotent)."""
