@@ -10,6 +10,13 @@ Written from ``shared/kv-events.md`` and the engine sources it cites:
 * An older SGLang (``python/sglang/srt/disaggregation/kv_events.py``): ``array_like=True,
   omit_defaults=True``, ``EventBatch`` is ``[ts, events]``, ``BlockStored`` has 5 fields
   and ``BlockRemoved`` only ``block_hashes``.
+* SGLang since its ``medium`` field (PR #18205; ``StorageMedium``: ``"GPU"``,
+  ``"CPU_PINNED"``, ``"DISK"``, ``"EXTERNAL"``): positional events without
+  ``omit_defaults``, ``medium`` after ``lora_id``; a salted store is a
+  ``BlockStoredWithMetadata`` whose ``metadata`` (a plain struct: a map) follows ``medium``,
+  ``{"cache_salt": ..., "session_id": ...}`` (PR #37482 added ``session_id``).
+* SGLang's tagged-map events (its newest): ``BlockStored`` maps with ``cache_salt`` and
+  ``session_id`` keys, omitted when unset.
 """
 
 from __future__ import annotations
@@ -95,3 +102,59 @@ class SCleared(SEvent, tag="AllBlocksCleared"):
 class SBatch(msgspec.Struct, array_like=True, omit_defaults=True):
     ts: float
     events: list[SStored | SRemoved | SCleared]
+
+
+# --- SGLang with medium and a salted store's metadata map (positional) --------------------
+class SmEvent(msgspec.Struct, array_like=True, tag=True):
+    pass
+
+
+class SmStored(SmEvent, tag="BlockStored"):
+    block_hashes: list[int]
+    parent_block_hash: int | None
+    token_ids: list[int]
+    block_size: int
+    lora_id: int | None
+    medium: str | None = None
+
+
+class SmMetadata(msgspec.Struct, omit_defaults=True):
+    cache_salt: str
+    session_id: str | None = None
+
+
+class SmStoredWithMetadata(SmStored, tag="BlockStored", kw_only=True):
+    metadata: SmMetadata
+
+
+class SmRemoved(SmEvent, tag="BlockRemoved"):
+    block_hashes: list[int]
+    medium: str | None = None
+
+
+class SmBatch(msgspec.Struct, array_like=True):
+    ts: float
+    events: list[SmStored | SmStoredWithMetadata | SmRemoved]
+    attn_dp_rank: int | None = None
+
+
+# --- SGLang's tagged-map events ---------------------------------------------------------
+class SgMapEvent(msgspec.Struct, omit_defaults=True, tag=True):
+    pass
+
+
+class SgMapStored(SgMapEvent, tag="BlockStored"):
+    block_hashes: list[int]
+    parent_block_hash: int | None
+    token_ids: list[int]
+    block_size: int
+    lora_id: int | None
+    medium: str | None = None
+    cache_salt: str | None = None
+    session_id: str | None = None
+
+
+class SgMapBatch(msgspec.Struct, array_like=True):
+    ts: float
+    events: list[SgMapStored]
+    attn_dp_rank: int | None = None

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from engine_structs import vllm_events
+from engine_structs import (
+    SgMapBatch,
+    SgMapStored,
+    SmBatch,
+    SmMetadata,
+    SmRemoved,
+    SmStored,
+    SmStoredWithMetadata,
+    vllm_events,
+)
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
 from prefixcache.kvevents import (
@@ -447,3 +456,130 @@ def test_map_valued_extra_keys_are_frozen_to_pairs() -> None:
     (event,) = decode_payload(_enc([0.0, [raw], 0])).events
     assert event.extra_keys == ((("mm", "h1"),),)
     assert hash(event) == hash(event)  # hashable all the way down
+
+
+# --- SGLang's own structs: medium, the salted store's metadata map, tagged maps ----------
+def _sglang_salted(parent: int | None) -> SmStoredWithMetadata:
+    return SmStoredWithMetadata(
+        block_hashes=[-5, 6],
+        parent_block_hash=parent,
+        token_ids=[1, 2, 3, 4],
+        block_size=2,
+        lora_id=None,
+        medium="GPU",
+        metadata=SmMetadata(cache_salt="tenant-9", session_id="s1"),
+    )
+
+
+def test_sglang_positional_store_with_medium_decodes() -> None:
+    ev = SmStored(
+        block_hashes=[-5],
+        parent_block_hash=None,
+        token_ids=[1, 2],
+        block_size=2,
+        lora_id=None,
+        medium="CPU_PINNED",
+    )
+    payload = msgspec.msgpack.encode(SmBatch(ts=1.0, events=[ev, SmRemoved([-5], "GPU")]))
+    assert decode_payload(payload, flavour="sglang").events == (
+        BlockStored(block_hashes=(-5,), token_ids=(1, 2), block_size=2, medium="CPU_PINNED"),
+        BlockRemoved(block_hashes=(-5,), medium="GPU"),
+    )
+
+
+def test_sglang_metadata_map_in_lora_names_place_is_the_root_blocks_salt() -> None:
+    # [tag, hashes, parent, tokens, size, lora_id, medium, {"cache_salt", "session_id"}]:
+    # the map is not an adapter name; its salt is the first block's key, as vLLM sends it.
+    payload = msgspec.msgpack.encode(SmBatch(ts=1.0, events=[_sglang_salted(None)]))
+    batch = decode_payload(payload, flavour="sglang")
+    assert batch.dropped == 0
+    assert batch.events == (
+        BlockStored(
+            block_hashes=(-5, 6),
+            token_ids=(1, 2, 3, 4),
+            block_size=2,
+            medium="GPU",
+            extra_keys=[["tenant-9"], None],
+        ),
+    )
+
+
+def test_sglang_salt_on_a_child_store_is_its_parents_and_not_repeated() -> None:
+    payload = msgspec.msgpack.encode(SmBatch(ts=1.0, events=[_sglang_salted(7)]))
+    (event,) = decode_payload(payload, flavour="sglang").events
+    assert (event.parent_block_hash, event.extra_keys, event.lora_name) == (7, None, None)
+
+
+def test_sglang_tagged_map_store_with_cache_salt_and_session() -> None:
+    salted = SgMapStored(
+        block_hashes=[3],
+        parent_block_hash=None,
+        token_ids=[1, 2],
+        block_size=2,
+        lora_id=None,
+        medium="GPU",
+        cache_salt="t",
+        session_id="s",
+    )
+    plain = SgMapStored(
+        block_hashes=[4],
+        parent_block_hash=3,
+        token_ids=[5, 6],
+        block_size=2,
+        lora_id=None,
+        medium="GPU",
+        cache_salt="t",
+    )
+    payload = msgspec.msgpack.encode(SgMapBatch(ts=1.0, events=[salted, plain], attn_dp_rank=0))
+    assert decode_payload(payload, flavour="sglang").events == (
+        BlockStored(
+            block_hashes=(3,), token_ids=(1, 2), block_size=2, medium="GPU", extra_keys=[["t"]]
+        ),
+        BlockStored(
+            block_hashes=(4,), parent_block_hash=3, token_ids=(5, 6), block_size=2, medium="GPU"
+        ),
+    )
+
+
+def test_engine_extra_keys_win_over_a_repeated_cache_salt() -> None:
+    # An engine sending both (SGLang's proposal to align with vLLM keeps cache_salt too).
+    raw = {
+        "type": "BlockStored",
+        "block_hashes": [1],
+        "parent_block_hash": None,
+        "token_ids": [1],
+        "block_size": 1,
+        "cache_salt": "t",
+        "extra_keys": [["t"]],
+    }
+    (event,) = decode_payload(_enc([0.0, [raw], 0])).events
+    assert event.extra_keys == (("t",),)
+
+
+_MAP_STORE = {
+    "type": "BlockStored",
+    "block_hashes": [1],
+    "parent_block_hash": None,
+    "token_ids": [1],
+    "block_size": 1,
+}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        ["BlockStored", [1], None, [1], 1, None, "GPU", {"cache_salt": 5}],
+        {**_MAP_STORE, "cache_salt": 5},
+        {**_MAP_STORE, "block_hashes": 7, "cache_salt": "t"},
+    ],
+    ids=["metadata-map", "map-key", "hashes-not-a-list"],
+)
+def test_a_salt_that_is_not_a_str_drops_the_event(raw: object) -> None:
+    batch = decode_payload(_enc([0.0, [raw, ["AllBlocksCleared"]], 0]))
+    assert (batch.events, batch.dropped) == ((AllBlocksCleared(),), 1)
+
+
+def test_an_empty_sglang_salt_is_no_salt() -> None:
+    raw = ["BlockStored", [1], None, [1], 1, None, "GPU", {"cache_salt": ""}]
+    (event,) = decode_payload(_enc([0.0, [raw], 0])).events
+    assert (event.extra_keys, event.lora_name) == (None, None)

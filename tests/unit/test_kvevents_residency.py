@@ -5,7 +5,9 @@ Each test states the counterfactual it guards against.
 
 from __future__ import annotations
 
+import msgspec
 import pytest
+from engine_structs import SgMapBatch, SgMapStored, SmBatch, SmMetadata, SmStoredWithMetadata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from profiles import scaled_examples
@@ -19,6 +21,7 @@ from prefixcache.kvevents import (
     EventBatch,
     KvResidency,
     ResidencyState,
+    decode_payload,
     extract_kv_chain,
 )
 
@@ -392,6 +395,49 @@ def test_salted_child_continues_in_its_namespace() -> None:
     res.apply(A, 1, batch(stored([2], TOKENS[4:8], parent=1)), model="m")
     assert res.overlap("m", TOKENS, [A], cache_salt="t") == {A: 2}
     assert res.overlap("m", TOKENS, [A]) == {A: 0}
+
+
+def test_sglang_salted_stores_off_the_wire_live_in_the_salts_namespace() -> None:
+    # Counterfactual: SGLang's salt (a metadata map where vLLM has lora_name, or a
+    # cache_salt key) read as an adapter, or not read, would drop its salted blocks or
+    # credit them to unsalted requests, which the engine never serves from them.
+    root = SmStoredWithMetadata(
+        block_hashes=[-1],
+        parent_block_hash=None,
+        token_ids=TOKENS[:4],
+        block_size=4,
+        lora_id=None,
+        medium="GPU",
+        metadata=SmMetadata(cache_salt="t", session_id="chat-1"),
+    )
+    child = SmStoredWithMetadata(
+        block_hashes=[-2],
+        parent_block_hash=-1,
+        token_ids=TOKENS[4:8],
+        block_size=4,
+        lora_id=None,
+        medium="GPU",
+        metadata=SmMetadata(cache_salt="t", session_id="chat-2"),
+    )
+    mapped = SgMapStored(
+        block_hashes=[-3],
+        parent_block_hash=None,
+        token_ids=TOKENS[:4],
+        block_size=4,
+        lora_id=None,
+        medium="GPU",
+        cache_salt="t",
+    )
+    res = residency()
+    for key, events in ((A, [root, child]), (B, [mapped])):
+        payload = msgspec.msgpack.encode(
+            SmBatch(ts=0.0, events=events) if key == A else SgMapBatch(ts=0.0, events=events)
+        )
+        report = res.apply(key, 0, decode_payload(payload, flavour="sglang"), model="m")
+        assert (report.applied_stores, report.decode_dropped) == (len(events), 0)
+    assert res.overlap("m", TOKENS, [A, B], cache_salt="t") == {A: 2, B: 1}
+    assert res.overlap("m", TOKENS, [A, B]) == {A: 0, B: 0}
+    assert res.overlap("m", TOKENS, [A, B], cache_salt="u") == {A: 0, B: 0}
 
 
 def test_multimodal_keys_on_a_later_block_stop_a_token_only_match() -> None:

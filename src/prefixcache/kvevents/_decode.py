@@ -11,6 +11,11 @@ Wire facts (vLLM ``vllm/distributed/kv_events.py``; SGLang publishes the same fr
   block_size, lora_id, medium, lora_name, extra_keys, group_idx, ...]`` (any length from the
   first five items on; trailing extras ignored) and **map** ``{"type": "BlockStored",
   "block_hashes": ..., ...}`` (key order free, unknown keys ignored, defaulted keys omitted);
+* SGLang sends a request's ``cache_salt`` apart: a ``cache_salt`` key (map layout) or a
+  ``{"cache_salt": ..., "session_id": ...}`` map in ``lora_name``'s place (positional, since
+  its ``BlockStoredWithMetadata``); a root store's salt becomes its first block's extra key,
+  where vLLM sends it, so both engines' salted blocks share one namespace scheme
+  (``session_id`` names the request, not the block's identity: not read);
 * block hashes are ints, or raw digests as bytes: ``flavour="vllm"`` takes the **last** 8
   bytes big-endian unsigned (vLLM's int form is the digest's low 64 bits), ``"sglang"`` the
   **first** 8 bytes big-endian signed.
@@ -124,6 +129,22 @@ def _hash_list(value: Any, flavour: str) -> list[int]:
     return value  # every hash an int: the record's validator checks the range
 
 
+def _salted(extra: Any, salt: Any, parent: Any, hashes: Any) -> Any:
+    """``extra_keys`` with SGLang's ``cache_salt`` as the first block's key, as vLLM sends it.
+
+    SGLang names the salt apart (a ``cache_salt`` key, or in a ``{"cache_salt": ...}``
+    metadata map where vLLM has ``lora_name``); our chains read it from a root block's extra
+    keys. A store with a parent continues its parent's (already salted) chain, and extra
+    keys the engine sent itself already hold the salt: both are left as they are."""
+    if salt is None or salt == "":
+        return extra
+    if type(salt) is not str or type(hashes) is not list or not hashes:
+        raise _BadEvent
+    if parent is not None or extra is not None:
+        return extra
+    return [[salt], *([None] * (len(hashes) - 1))]
+
+
 def _stored(
     hashes: Any,
     parent: Any,
@@ -179,13 +200,17 @@ def _event(raw: Any, flavour: str) -> Event | None:
             parent = raw[2]
             if parent is not None and type(parent) is not int:
                 parent = _hash_of(parent, flavour)
+            lora = raw[7] if n > 7 else None
+            if type(lora) is dict:  # SGLang: its metadata map where vLLM has lora_name
+                extra = _salted(extra, lora.get("cache_salt"), parent, raw[1])
+                lora = None
             return BlockStored(
                 block_hashes=_hash_list(raw[1], flavour),
                 parent_block_hash=parent,
                 token_ids=tokens,
                 block_size=raw[4],
                 medium=raw[6] if n > 6 else None,
-                lora_name=raw[7] if n > 7 else None,
+                lora_name=lora,
                 group_idx=raw[9] if n > 9 else None,
                 extra_keys=extra,
             )
@@ -207,9 +232,10 @@ def _event(raw: Any, flavour: str) -> Event | None:
             size = raw.get("block_size", _MISSING)
             if hashes is _MISSING or tokens is _MISSING or size is _MISSING:
                 raise _BadEvent
+            parent = raw.get("parent_block_hash")
+            extra = _salted(raw.get("extra_keys"), raw.get("cache_salt"), parent, hashes)
             return _stored(
-                hashes, raw.get("parent_block_hash"), tokens, size,
-                raw.get("medium"), raw.get("lora_name"), raw.get("extra_keys"),
+                hashes, parent, tokens, size, raw.get("medium"), raw.get("lora_name"), extra,
                 raw.get("group_idx"), flavour,
             )  # fmt: skip
         if tag == "BlockRemoved":
