@@ -389,6 +389,17 @@ def test_cache_salt_in_extra_keys_is_a_namespace() -> None:
     assert res.overlap("m", TOKENS, [A, B], lora_name="sql", cache_salt="tenant-1") == {A: 2, B: 0}
 
 
+def test_a_salt_equal_to_the_adapter_name_is_still_a_salt() -> None:
+    # Counterfactual: dropping every key equal to the adapter's name also dropped such a
+    # salt, so the tenant that wrote the blocks got 0 and an unsalted request got them
+    # (vLLM lists the adapter's name first, then the salt on the first block).
+    res = residency()
+    res.apply(A, 0, batch(stored([1], TOKENS[:4], lora_name="acme", extra_keys=[["acme", "acme"]])),
+              model="m")  # fmt: skip
+    assert res.overlap("m", TOKENS, [A], lora_name="acme", cache_salt="acme") == {A: 1}
+    assert res.overlap("m", TOKENS, [A], lora_name="acme") == {A: 0}
+
+
 def test_salted_child_continues_in_its_namespace() -> None:
     res = residency()
     res.apply(A, 0, batch(stored([1], TOKENS[:4], extra_keys=[["t"]])), model="m")

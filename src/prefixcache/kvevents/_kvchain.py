@@ -98,11 +98,14 @@ def extract_kv_chain(
 
 
 def extra_keys_of(entry: object, lora: str | None) -> tuple[object, ...]:
+    """A block's extra keys without the adapter's name (vLLM lists it first, once); a
+    ``cache_salt`` equal to the adapter's name stays, as the request's salt."""
     if not isinstance(entry, tuple):
         return (entry,)
-    if lora is None:
+    if lora is None or lora not in entry:
         return entry
-    return tuple(k for k in entry if k != lora)
+    i = entry.index(lora)
+    return entry[:i] + entry[i + 1 :]
 
 
 def has_foreign_keys(extra: tuple[object, ...], lora: str | None, at_root: bool) -> bool:
