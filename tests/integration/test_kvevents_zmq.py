@@ -18,6 +18,7 @@ import pytest
 import zmq
 from sync_brokers import wait_until
 
+from clusterrouting import InvalidRecordError
 from prefixcache import ReplicaKey
 from prefixcache.kvevents import (
     AsyncKvEventSubscriber,
@@ -27,6 +28,7 @@ from prefixcache.kvevents import (
     KvEventSubscriber,
     KvResidency,
     ResidencyState,
+    encode_payload,
 )
 
 pytestmark = pytest.mark.integration
@@ -224,8 +226,11 @@ def test_topic_filter_is_a_prefix(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         other.close()
 
 
-def test_asyncio_subscriber_round_trip(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
-    engine = FakeEngine(ctx)
+@pytest.mark.parametrize("replay_topic", [False, True], ids=["seq-payload", "vllm-0.26-topic"])
+def test_asyncio_subscriber_round_trip(
+    ctx: zmq.Context[zmq.Socket[bytes]], replay_topic: bool
+) -> None:
+    engine = FakeEngine(ctx, replay_topic=replay_topic)
     res = KvResidency(block_tokens=BT)
 
     async def main() -> None:
@@ -396,3 +401,35 @@ def test_malformed_replay_answers_are_counted_and_the_gap_stays_open(
         sub.stop()
         pub.close(0)
         router.close(0)
+
+
+@pytest.mark.parametrize("replay_topic", [False, True], ids=["seq-payload", "vllm-0.26-topic"])
+def test_package_publisher_replay_frames_are_the_engines(
+    ctx: zmq.Context[zmq.Socket[bytes]], replay_topic: bool
+) -> None:
+    # What a DEALER receives, frame by frame: SGLang's and vLLM's before v0.26 layout, or
+    # vLLM's from v0.26 (PR #45177) with the topic before seq and an empty one before the end.
+    pub = KvEventPublisher("tcp://127.0.0.1:0", replay_endpoint="tcp://127.0.0.1:0",
+                           topic="kv@p", replay_topic=replay_topic, context=ctx)  # fmt: skip
+    pub.start()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.RCVTIMEO, int(DEADLINE * 1000))
+    try:
+        payloads = [encode_payload(EventBatch(ts=float(i), events=[])) for i in range(2)]
+        for i in range(2):
+            pub.publish(EventBatch(ts=float(i), events=[]))
+        dealer.connect(pub.replay_endpoint)
+        dealer.send_multipart([b"", (1).to_bytes(8, "big")])
+        head = [b"kv@p"] if replay_topic else []
+        assert dealer.recv_multipart() == [b"", *head, (1).to_bytes(8, "big"), payloads[1]]
+        end = [b""] if replay_topic else []
+        assert dealer.recv_multipart() == [b"", *end, b"\xff" * 8, b""]
+    finally:
+        dealer.close(0)
+        pub.close()
+
+
+def test_publisher_replay_topic_must_be_a_bool() -> None:
+    with pytest.raises(InvalidRecordError, match="replay_topic"):
+        KvEventPublisher("tcp://127.0.0.1:0", replay_topic=1)  # type: ignore[arg-type]

@@ -541,19 +541,47 @@ def test_sglang_tagged_map_store_with_cache_salt_and_session() -> None:
     )
 
 
-def test_engine_extra_keys_win_over_a_repeated_cache_salt() -> None:
-    # An engine sending both (SGLang's proposal to align with vLLM keeps cache_salt too).
-    raw = {
-        "type": "BlockStored",
-        "block_hashes": [1],
-        "parent_block_hash": None,
-        "token_ids": [1],
-        "block_size": 1,
-        "cache_salt": "t",
-        "extra_keys": [["t"]],
-    }
+_ROOT_STORE = {
+    "type": "BlockStored",
+    "block_hashes": [1, 2],
+    "parent_block_hash": None,
+    "token_ids": [1, 2],
+    "block_size": 1,
+}
+
+
+@pytest.mark.parametrize(
+    ("engine_keys", "expected"),
+    [
+        # An engine sending both (SGLang's proposal to align with vLLM keeps cache_salt).
+        ([["t"], ["img"]], (("t",), ("img",))),
+        ([["lora", "t"], None], (("lora", "t"), None)),
+        # Keys without the salt: it joins the first block's keys, after them (vLLM's order).
+        ([None, ["img"]], (("t",), ("img",))),
+        ([["img0"], None], (("img0", "t"), None)),
+        ([], (("t",), None)),
+    ],
+)
+def test_a_cache_salt_joins_the_engines_own_extra_keys_once(
+    engine_keys: list[object], expected: tuple[object, ...]
+) -> None:
+    raw = {**_ROOT_STORE, "cache_salt": "t", "extra_keys": engine_keys}
     (event,) = decode_payload(_enc([0.0, [raw], 0])).events
-    assert event.extra_keys == (("t",),)
+    assert event.extra_keys == expected
+
+
+def test_a_salted_store_without_blocks_is_not_malformed() -> None:
+    # The residency drops it as it drops the same store unsalted (nothing was lost).
+    raw = {**_ROOT_STORE, "block_hashes": [], "token_ids": [], "cache_salt": "t"}
+    batch = decode_payload(_enc([0.0, [raw], 0]))
+    assert batch.dropped == 0
+    assert batch.events[0].extra_keys is None
+
+
+def test_a_metadata_map_without_a_salt_adds_no_key() -> None:
+    raw = ["BlockStored", [1], None, [1], 1, None, "GPU", {"session_id": "chat-7"}]
+    (event,) = decode_payload(_enc([0.0, [raw], 0])).events
+    assert (event.extra_keys, event.lora_name) == (None, None)
 
 
 _MAP_STORE = {

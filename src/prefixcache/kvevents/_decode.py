@@ -129,20 +129,31 @@ def _hash_list(value: Any, flavour: str) -> list[int]:
     return value  # every hash an int: the record's validator checks the range
 
 
-def _salted(extra: Any, salt: Any, parent: Any, hashes: Any) -> Any:
-    """``extra_keys`` with SGLang's ``cache_salt`` as the first block's key, as vLLM sends it.
+def _salted(extra: Any, salt: Any, *, parent: Any, hashes: Any) -> Any:
+    """``extra_keys`` with SGLang's ``cache_salt`` among the first block's keys, where vLLM
+    sends it (after the adapter's name and multimodal ids).
 
     SGLang names the salt apart (a ``cache_salt`` key, or in a ``{"cache_salt": ...}``
     metadata map where vLLM has ``lora_name``); our chains read it from a root block's extra
-    keys. A store with a parent continues its parent's (already salted) chain, and extra
-    keys the engine sent itself already hold the salt: both are left as they are."""
-    if salt is None or salt == "":
+    keys. A store with a parent continues its parent's (already salted) chain and is left as
+    it is; so is a store without blocks (the residency drops it) and one whose first block's
+    keys already hold the salt."""
+    if salt is None or salt == "" or parent is not None or hashes == []:
         return extra
-    if type(salt) is not str or type(hashes) is not list or not hashes:
+    if type(salt) is not str or type(hashes) is not list:
         raise _BadEvent
-    if parent is not None or extra is not None:
+    if not extra:  # None or []
+        return [[salt], *([None] * (len(hashes) - 1))]
+    if type(extra) is not list:
+        raise _BadEvent
+    first = extra[0]
+    if first is None:
+        return [[salt], *extra[1:]]
+    if type(first) is not list:
+        first = [first]
+    elif salt in first:
         return extra
-    return [[salt], *([None] * (len(hashes) - 1))]
+    return [[*first, salt], *extra[1:]]
 
 
 def _stored(
@@ -202,7 +213,7 @@ def _event(raw: Any, flavour: str) -> Event | None:
                 parent = _hash_of(parent, flavour)
             lora = raw[7] if n > 7 else None
             if type(lora) is dict:  # SGLang: its metadata map where vLLM has lora_name
-                extra = _salted(extra, lora.get("cache_salt"), parent, raw[1])
+                extra = _salted(extra, lora.get("cache_salt"), parent=parent, hashes=raw[1])
                 lora = None
             return BlockStored(
                 block_hashes=_hash_list(raw[1], flavour),
@@ -233,7 +244,9 @@ def _event(raw: Any, flavour: str) -> Event | None:
             if hashes is _MISSING or tokens is _MISSING or size is _MISSING:
                 raise _BadEvent
             parent = raw.get("parent_block_hash")
-            extra = _salted(raw.get("extra_keys"), raw.get("cache_salt"), parent, hashes)
+            extra = _salted(
+                raw.get("extra_keys"), raw.get("cache_salt"), parent=parent, hashes=hashes
+            )
             return _stored(
                 hashes, parent, tokens, size, raw.get("medium"), raw.get("lora_name"), extra,
                 raw.get("group_idx"), flavour,

@@ -171,8 +171,12 @@ class _Core:
         # v0.26); vLLM from v0.26 puts the topic before seq: [b"", topic, seq, payload], then
         # [b"", b"", b"\xff" * 8, b""]. The topic is the live one's: not checked again.
         n = len(frames)
-        if (n != 3 and n != 4) or frames[0] != b"" or len(frames[n - 2]) != 8:
+        if n != 3 and n != 4:
             self._decode_error(KvEventDecodeError("frames", f"replay answer of {n} frames"))
+            return
+        if frames[0] != b"" or len(frames[n - 2]) != 8:
+            why = "no empty delimiter" if frames[0] != b"" else "a seq not of 8 bytes"
+            self._decode_error(KvEventDecodeError("frames", f"replay answer with {why}"))
             return
         seq_bytes = frames[n - 2]
         if seq_bytes == _END_SEQ_BYTES:
