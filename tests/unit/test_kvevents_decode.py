@@ -611,3 +611,23 @@ def test_an_empty_sglang_salt_is_no_salt() -> None:
     raw = ["BlockStored", [1], None, [1], 1, None, "GPU", {"cache_salt": ""}]
     (event,) = decode_payload(_enc([0.0, [raw], 0])).events
     assert (event.extra_keys, event.lora_name) == (None, None)
+
+
+def test_sglang_eagle_bigram_pages_keep_each_positions_token() -> None:
+    # SGLang with EAGLE keys its radix tree by (token, next token) pairs and publishes them
+    # as such (mem_cache/events.py, "bigram pages expose tuples"): [[1, 2], [2, 3]].
+    pairs = [[1, 2], [2, 3], [3, 4], [4, 9]]
+    positional = ["BlockStored", [5, 6], None, pairs, 2, None, "GPU"]
+    mapped = {**_MAP_STORE, "block_hashes": [5, 6], "token_ids": pairs, "block_size": 2}
+    for raw in (positional, mapped):
+        (event,) = decode_payload(_enc([0.0, [raw], 0]), flavour="sglang").events
+        assert event.token_ids == (1, 2, 3, 4)
+
+
+@pytest.mark.parametrize(
+    "tokens", [[[1, 2], 3], [[1, 2], [3]], [[1, 2], [3, 4, 5]], [[[1], 2], [3, 4]]]
+)
+def test_malformed_bigram_pages_drop_the_event(tokens: list[object]) -> None:
+    raw = ["BlockStored", [5], None, tokens, 2, None, "GPU"]
+    batch = decode_payload(_enc([0.0, [raw, ["AllBlocksCleared"]], 0]))
+    assert (batch.events, batch.dropped) == ((AllBlocksCleared(),), 1)

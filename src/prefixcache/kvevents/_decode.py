@@ -16,6 +16,8 @@ Wire facts (vLLM ``vllm/distributed/kv_events.py``; SGLang publishes the same fr
   its ``BlockStoredWithMetadata``); a root store's salt becomes its first block's extra key,
   where vLLM sends it, so both engines' salted blocks share one namespace scheme
   (``session_id`` names the request, not the block's identity: not read);
+* SGLang's EAGLE (bigram) pages list ``[token, next token]`` per position: the first of
+  each pair is the position's token;
 * block hashes are ints, or raw digests as bytes: ``flavour="vllm"`` takes the **last** 8
   bytes big-endian unsigned (vLLM's int form is the digest's low 64 bits), ``"sglang"`` the
   **first** 8 bytes big-endian signed.
@@ -129,6 +131,19 @@ def _hash_list(value: Any, flavour: str) -> list[int]:
     return value  # every hash an int: the record's validator checks the range
 
 
+def _pair_firsts(tokens: list[Any]) -> list[Any]:
+    """SGLang's EAGLE pages list each position as ``[token, next token]`` (its bigram radix
+    keys, ``mem_cache/events.py``): the position's token is the first."""
+    if len(tokens) > MAX_EVENT_TOKENS:
+        raise _BadEvent
+    out = []
+    for pair in tokens:
+        if type(pair) is not list or len(pair) != 2:
+            raise _BadEvent
+        out.append(pair[0])
+    return out
+
+
 def _salted(extra: Any, salt: Any, *, parent: Any, hashes: Any) -> Any:
     """``extra_keys`` with SGLang's ``cache_salt`` among the first block's keys, where vLLM
     sends it (after the adapter's name and multimodal ids).
@@ -169,6 +184,8 @@ def _stored(
 ) -> BlockStored:
     if type(tokens) is not list or len(tokens) > MAX_EVENT_TOKENS:
         raise _BadEvent
+    if tokens and type(tokens[0]) is list:
+        tokens = _pair_firsts(tokens)
     if extra_keys is not None and type(extra_keys) is not list:
         raise _BadEvent
     if parent is not None and type(parent) is not int:
@@ -211,6 +228,8 @@ def _event(raw: Any, flavour: str) -> Event | None:
             parent = raw[2]
             if parent is not None and type(parent) is not int:
                 parent = _hash_of(parent, flavour)
+            if tokens and type(tokens[0]) is list:
+                tokens = _pair_firsts(tokens)
             lora = raw[7] if n > 7 else None
             if type(lora) is dict:  # SGLang: its metadata map where vLLM has lora_name
                 extra = _salted(extra, lora.get("cache_salt"), parent=parent, hashes=raw[1])
