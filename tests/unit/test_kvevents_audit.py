@@ -117,8 +117,9 @@ def test_vllm_map_envelope_and_map_events_with_defaults_omitted() -> None:
 
 
 def test_vllm_map_event_with_every_field_set_including_future_ones() -> None:
-    # Section 2 table: every field read from its key; kv_cache_spec_* and locality (an
-    # unknown key to this decoder's records) ignored.
+    # Section 2 table: every field read from its key (kv_cache_spec_kind since vLLM PR
+    # #40984); the sliding window and locality (unknown keys to this decoder's records)
+    # ignored.
     event = {
         "locality": "rack-7",  # newer versions, map layout only
         "kv_cache_spec_sliding_window": 4096,
@@ -146,6 +147,7 @@ def test_vllm_map_event_with_every_field_set_including_future_ones() -> None:
             lora_name="lora-a",
             group_idx=0,
             extra_keys=(("lora-a", "salt-1"), ("lora-a",)),
+            kv_cache_spec_kind="full_attention",
         ),
     )
 
@@ -187,6 +189,7 @@ def test_vllm_positional_struct_round_trip_of_every_table_position() -> None:
             lora_name="ad",
             group_idx=1,
             extra_keys=(("ad", "s"), None),
+            kv_cache_spec_kind="sliding_window",
         ),
         BlockRemoved(block_hashes=(0,), medium=None, group_idx=1),
     )

@@ -137,6 +137,7 @@ def test_positional_struct_with_every_field_set() -> None:
                 lora_name="adapter-a",
                 group_idx=1,
                 extra_keys=(("adapter-a", "salt-1"), None),
+                kv_cache_spec_kind="full_attention",
             )
         ],
     )
@@ -158,7 +159,12 @@ def test_positional_trailing_extras_beyond_the_table_are_ignored() -> None:
     raw = ["BlockStored", [9], None, [4, 4], 2, None, "GPU", None, None, 0, "x", 7, "new", 1]
     (event,) = decode_payload(_enc([0.5, [raw], 0])).events
     assert event == BlockStored(
-        block_hashes=(9,), token_ids=(4, 4), block_size=2, medium="GPU", group_idx=0
+        block_hashes=(9,),
+        token_ids=(4, 4),
+        block_size=2,
+        medium="GPU",
+        group_idx=0,
+        kv_cache_spec_kind="x",
     )
 
 

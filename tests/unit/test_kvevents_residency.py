@@ -87,12 +87,31 @@ def test_engine_blocks_of_a_multiple_size_are_split() -> None:
     assert res.status(A).canonical_blocks == 4
 
 
-def test_engine_block_size_not_a_multiple_is_dropped_and_counted() -> None:
+def test_engine_block_size_not_a_multiple_is_dropped_counted_and_degrades() -> None:
+    # Counterfactual: left exact, a replica whose engine blocks never fit ours (block_tokens
+    # not dividing the engine's block size: SGLang's page size 1, say) looks cold to
+    # fill_cached_tokens, which trusts exact replicas, instead of falling back to the mirror.
     res = residency()
     report = res.apply(A, 0, batch(stored([1], TOKENS[:6], size=6)), model="m")
     assert (report.dropped_block_size, report.applied_stores) == (1, 0)
     assert res.overlap("m", TOKENS, [A]) == {A: 0}
-    assert res.state(A) is EXACT  # a deliberate drop is not an inconsistency
+    assert res.state(A) is DEGRADED
+    res.apply(A, 1, batch(AllBlocksCleared()), model="m")
+    assert res.state(A) is EXACT
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        stored([1], TOKENS[:2], size=2),  # a page shorter than our block (SGLang's last page)
+        stored([1], [], size=0),  # a placeholder: no tokens
+        stored([], []),  # no block
+    ],
+)
+def test_a_drop_that_held_no_block_of_ours_keeps_the_replica_exact(event: BlockStored) -> None:
+    res = residency()
+    res.apply(A, 0, batch(event), model="m")
+    assert res.state(A) is EXACT
 
 
 @pytest.mark.parametrize(
@@ -129,6 +148,62 @@ def test_only_the_main_group_is_indexed() -> None:
     report = res.apply(A, 0, batch(stored([1], TOKENS[:4], group_idx=1)), model="m")
     assert report.dropped_group == 1
     assert res.overlap("m", TOKENS, [A]) == {A: 0}
+
+
+FA, SWA = "full_attention", "sliding_window"
+
+
+def test_a_hybrid_models_full_attention_group_is_found_by_its_kind() -> None:
+    # Counterfactual: indexing group 0 by number indexes a sliding-window group when the
+    # model's first layers are sliding-window ones (Gemma), and keeps crediting a prefix
+    # after the engine evicted its full-attention blocks (vLLM PR #40984: group numbers
+    # are layout details; kv_cache_spec_kind says what a group caches).
+    res = residency()
+    first = res.apply(A, 0, batch(
+        stored([1, 2], TOKENS[:8], group_idx=0, kv_cache_spec_kind=SWA),
+        stored([1, 2], TOKENS[:8], group_idx=1, kv_cache_spec_kind=FA),
+    ), model="m")  # fmt: skip
+    assert (first.dropped_group, first.applied_stores) == (1, 1)
+    assert res.overlap("m", TOKENS, [A]) == {A: 2}
+    # The window's blocks go: nothing changes; the full-attention ones go: the prefix goes.
+    res.apply(A, 1, batch(BlockRemoved(block_hashes=[1, 2], medium="GPU", group_idx=0)),
+              model="m")  # fmt: skip
+    assert res.overlap("m", TOKENS, [A]) == {A: 2}
+    res.apply(A, 2, batch(BlockRemoved(block_hashes=[2], medium="GPU", group_idx=1)), model="m")
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}
+    assert res.state(A) is EXACT
+
+
+def test_a_dense_models_group_zero_says_full_attention() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1], TOKENS[:4], group_idx=0, kv_cache_spec_kind=FA)),
+              model="m")  # fmt: skip
+    report = res.apply(A, 1, batch(stored([2], TOKENS[4:8], parent=1, group_idx=0)), model="m")
+    assert report.applied_stores == 1  # the same group, its kind already known
+    assert res.overlap("m", TOKENS, [A]) == {A: 2}
+
+
+def test_the_main_group_is_learned_per_replica_and_again_after_a_restart() -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1], TOKENS[:4], group_idx=1, kv_cache_spec_kind=FA)),
+              model="m")  # fmt: skip
+    res.apply(B, 0, batch(stored([1], TOKENS[:4], group_idx=0, kv_cache_spec_kind=FA)),
+              model="m")  # fmt: skip
+    assert res.overlap("m", TOKENS, [A, B]) == {A: 1, B: 1}
+    # A restarts (seq back to 0) as a model whose full attention is group 0.
+    res.apply(A, 0, batch(stored([1], TOKENS[:4], group_idx=0, kv_cache_spec_kind=FA)),
+              model="m")  # fmt: skip
+    assert res.status(A).restarts == 1
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}
+
+
+def test_explicit_groups_override_the_kinds() -> None:
+    res = residency(groups={0})
+    res.apply(A, 0, batch(stored([1], TOKENS[:4], group_idx=0, kv_cache_spec_kind=SWA)),
+              model="m")  # fmt: skip
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}
+    with pytest.raises(InvalidRecordError, match="groups"):
+        residency(groups={-1})
 
 
 def test_duplicate_store_needs_two_removes() -> None:

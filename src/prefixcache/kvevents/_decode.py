@@ -180,6 +180,7 @@ def _stored(
     lora_name: Any,
     extra_keys: Any,
     group_idx: Any,
+    kind: Any,
     flavour: str,
 ) -> BlockStored:
     if type(tokens) is not list or len(tokens) > MAX_EVENT_TOKENS:
@@ -199,6 +200,7 @@ def _stored(
         lora_name=lora_name,
         group_idx=group_idx,
         extra_keys=extra_keys,
+        kv_cache_spec_kind=kind,
     )
 
 
@@ -243,6 +245,7 @@ def _event(raw: Any, flavour: str) -> Event | None:
                 lora_name=lora,
                 group_idx=raw[9] if n > 9 else None,
                 extra_keys=extra,
+                kv_cache_spec_kind=raw[10] if n > 10 else None,
             )
         if tag == "BlockRemoved":
             if len(raw) < 2:
@@ -268,7 +271,7 @@ def _event(raw: Any, flavour: str) -> Event | None:
             )
             return _stored(
                 hashes, parent, tokens, size, raw.get("medium"), raw.get("lora_name"), extra,
-                raw.get("group_idx"), flavour,
+                raw.get("group_idx"), raw.get("kv_cache_spec_kind"), flavour,
             )  # fmt: skip
         if tag == "BlockRemoved":
             hashes = raw.get("block_hashes", _MISSING)
@@ -437,7 +440,7 @@ def _encode_event(event: Event, layout: str) -> object:
             return [
                 "BlockStored", list(event.block_hashes), event.parent_block_hash,
                 list(event.token_ids), event.block_size, None, event.medium,
-                event.lora_name, extra, event.group_idx, None, None,
+                event.lora_name, extra, event.group_idx, event.kv_cache_spec_kind, None,
             ]  # fmt: skip
         out: dict[str, object] = {
             "type": "BlockStored",
@@ -453,6 +456,8 @@ def _encode_event(event: Event, layout: str) -> object:
             out["extra_keys"] = extra
         if event.group_idx is not None:
             out["group_idx"] = event.group_idx
+        if event.kv_cache_spec_kind is not None:
+            out["kv_cache_spec_kind"] = event.kv_cache_spec_kind
         return out
     if isinstance(event, BlockRemoved):
         if layout == "positional":
@@ -473,8 +478,9 @@ def encode_payload(batch: EventBatch, *, layout: Layout = "positional") -> bytes
 
     The envelope is ``[ts, events, rank]``. ``"positional"`` writes each event as vLLM up to
     v0.23 does (``BlockStored`` as 12 items, ``BlockRemoved`` as 4, ``lora_id`` and the
-    KV-cache spec fields nil); ``"map"`` as later vLLM does (fields without a default always
-    present, ``extra_keys`` and ``group_idx`` only when set). Hashes are written as ints.
+    sliding window nil); ``"map"`` as later vLLM does (fields without a default always
+    present, ``extra_keys``, ``group_idx`` and ``kv_cache_spec_kind`` only when set). Hashes
+    are written as ints.
 
     Raises:
         InvalidRecordError: ``batch`` is not an :class:`EventBatch`; ``layout`` is neither

@@ -74,7 +74,9 @@ class IngestReport:
         dropped_block_size: stores whose engine block size is not a multiple of
             ``block_tokens``.
         dropped_tokens: stores whose ``token_ids`` do not fill their blocks exactly (e.g.
-            sliding-window groups, CPU placeholders with ``block_size=0``), or with no block.
+            CPU placeholders with ``block_size=0``), or with no block.
+            A store dropped for either reason degrades the replica when its tokens held a
+            whole block of ours (it is then not held); a shorter page does not.
         dropped_self_reference: stores whose hashes repeat or contain their parent.
         dropped_orphan: stores whose parent is not held (and no gap could explain it).
         deferred: orphan stores held until a replay brings their parent.

@@ -99,13 +99,15 @@ def _check_stored(e: BlockStored) -> None:
         raise InvalidRecordError("parent_block_hash", parent, "must be None or a 64-bit int")
     if type(e.block_size) is not int or e.block_size < 0:
         raise InvalidRecordError("block_size", e.block_size, "must be an int >= 0")
-    medium, lora, group = e.medium, e.lora_name, e.group_idx
+    medium, lora, group, kind = e.medium, e.lora_name, e.group_idx, e.kv_cache_spec_kind
     if medium is not None and type(medium) is not str:
         _check_optional_str("medium", medium)
     if lora is not None and type(lora) is not str:
         _check_optional_str("lora_name", lora)
     if group is not None:
         _check_group(group)
+    if kind is not None and type(kind) is not str:
+        _check_optional_str("kv_cache_spec_kind", kind)
 
 
 def _pack_tokens(self: BlockStored) -> bytes:
@@ -173,18 +175,23 @@ class BlockStored:
         group_idx: the KV-cache group (hybrid models), ``None`` when the engine did not say.
         extra_keys: one entry per block (``None`` or a tuple of keys: LoRA name, multimodal
             ids, and on a prompt's first block its ``cache_salt``), or ``None`` for none.
+        kv_cache_spec_kind: the kind of attention the group caches (vLLM since PR #40984:
+            ``"full_attention"``, ``"mla_attention"``, ``"sliding_window"``, ``"mamba"``,
+            ...), ``None`` when the engine did not say.
         token_bytes: derived, not an argument: ``token_ids`` packed as little-endian uint32.
 
     Raises:
         InvalidRecordError: a hash outside the 64-bit range, a token id outside
-            ``[0, 2**32)``, a negative ``block_size`` or group, a non-str medium or adapter.
+            ``[0, 2**32)``, a negative ``block_size`` or group, a non-str medium, adapter or
+            kind.
 
     Immutable: safe to share between threads.
 
     >>> BlockStored(block_hashes=[7], parent_block_hash=None, token_ids=[1, 2], block_size=2)
     ... # doctest: +NORMALIZE_WHITESPACE
     BlockStored(block_hashes=(7,), parent_block_hash=None, token_ids=(1, 2), block_size=2,
-                medium=None, lora_name=None, group_idx=None, extra_keys=None)
+                medium=None, lora_name=None, group_idx=None, extra_keys=None,
+                kv_cache_spec_kind=None)
     """
 
     block_hashes: tuple[int, ...] = attrs.field(converter=_ints)
@@ -195,6 +202,7 @@ class BlockStored:
     lora_name: str | None = None
     group_idx: int | None = None
     extra_keys: tuple[object, ...] | None = attrs.field(default=None, converter=_to_extra_keys)
+    kv_cache_spec_kind: str | None = None
     #: ``token_ids`` as consecutive little-endian uint32 (the bytes our chain hashes),
     #: computed at construction, which checks every id is an int in ``[0, 2**32)``.
     token_bytes: bytes = attrs.field(

@@ -38,6 +38,11 @@ CANON: Final = 1
 _Entry = list[Any]
 
 
+#: The KV-cache kinds (vLLM's ``kv_cache_spec_kind``) a prefix hit needs: a hybrid model's
+#: full-attention group. Sliding-window and state groups keep only a suffix or a state.
+MAIN_KINDS: Final = frozenset({"full_attention", "mla_attention"})
+
+
 # A store waiting for its parent: (seq, model, event).
 _Deferred = tuple[int, str, BlockStored]
 _Table = dict[int, _Entry]
@@ -55,6 +60,7 @@ class Replica:
         "ghosts",
         "high",
         "live_last",
+        "main_group",
         "missing",
         "nblocks",
         "ncanon",
@@ -93,6 +99,9 @@ class Replica:
         self.high = -1  # highest seq applied
         self.missing: list[list[int]] = []  # sorted, disjoint [lo, hi] seq ranges
         self.tainted = False
+        # The group indexed when the residency learns it (groups=None): the first group
+        # whose stores name a main attention kind; None until one does.
+        self.main_group: int | None = None
         # Whether the batch being applied comes out of order (a gap is open or it fills
         # one): its removals are then counted against stores that may still arrive.
         self.catching_up = False
@@ -194,7 +203,7 @@ class BlockLedger:
         *,
         block_tokens: int,
         media: frozenset[str],
-        groups: frozenset[int],
+        groups: frozenset[int] | None,
         max_blocks: int,
         max_deferred: int,
     ) -> None:
@@ -246,12 +255,24 @@ class BlockLedger:
             else:
                 shared[h] = k - 1
 
-    def _table_key(self, medium: str | None, group: int | None) -> _TableKey | None:
+    def _table_key(
+        self, r: Replica, medium: str | None, group: int | None, kind: str | None
+    ) -> _TableKey | None:
         m = "GPU" if medium is None else medium
         g = 0 if group is None else group
-        if m not in self._media or g not in self._groups:
+        if m not in self._media:
             return None
-        return (m, g)
+        groups = self._groups
+        if groups is not None:
+            return (m, g) if g in groups else None
+        main = r.main_group
+        if main is None:
+            if kind is None:  # the engine does not say (no hybrid groups): group 0
+                return (m, g) if g == 0 else None
+            if kind not in MAIN_KINDS:
+                return None
+            r.main_group = main = g
+        return (m, g) if g == main else None
 
     def store(self, r: Replica, seq: int, model: str, ev: BlockStored, tally: Counts) -> int:
         """Apply one store; returns the engine blocks stored (0: dropped or deferred, and
@@ -259,7 +280,7 @@ class BlockLedger:
         medium, group = ev.medium, ev.group_idx
         route = r.routes.get(medium) if group is None else None
         if route is None:
-            tk = self._table_key(medium, group)
+            tk = self._table_key(r, medium, group, ev.kv_cache_spec_kind)
             if tk is None:
                 if (medium or "GPU") not in self._media:
                     tally["dropped_medium"] = tally.get("dropped_medium", 0) + 1
@@ -272,12 +293,16 @@ class BlockLedger:
         hashes = ev.block_hashes
         n = len(hashes)
         size = ev.block_size
+        bt = self._bt
         if n == 0 or size == 0 or len(ev.token_ids) != n * size:
             tally["dropped_tokens"] = tally.get("dropped_tokens", 0) + 1
+            if len(ev.token_ids) >= bt:  # a whole block of ours was there, and is not held
+                r.tainted = True
             return 0
-        bt = self._bt
         if size % bt:
             tally["dropped_block_size"] = tally.get("dropped_block_size", 0) + 1
+            if n * size >= bt:  # as above (a page shorter than our block holds none)
+                r.tainted = True
             return 0
         parent = ev.parent_block_hash
         if (n > 1 and len(set(hashes)) != n) or (parent is not None and parent in hashes):
@@ -440,7 +465,7 @@ class BlockLedger:
 
     def remove(self, r: Replica, ev: BlockRemoved, tally: Counts) -> None:
         """Apply one removal (counted in ``tally``)."""
-        tk = self._table_key(ev.medium, ev.group_idx)
+        tk = self._table_key(r, ev.medium, ev.group_idx, None)
         if tk is None:
             if (ev.medium or "GPU") not in self._media:
                 tally["dropped_medium"] = tally.get("dropped_medium", 0) + 1

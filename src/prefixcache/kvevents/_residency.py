@@ -79,7 +79,9 @@ class KvResidency:
     with a parent continues from the parent's canonical hash. A block whose extra keys hold
     anything else (multimodal ids) mixes them into its hash: token ids alone never match it.
     Engine blocks of ``k * block_tokens`` tokens become ``k`` of our blocks; other sizes are
-    dropped and counted.
+    dropped and counted, and a dropped store that held a whole block of ours degrades the
+    replica (``block_tokens`` must divide every block size the engine sends: SGLang's page
+    size, vLLM's ``--block-size``).
 
     Bookkeeping per replica (see :class:`IngestReport` for every outcome):
 
@@ -114,8 +116,11 @@ class KvResidency:
     Args:
         block_tokens: tokens per block of ours (> 0), the granularity of :meth:`overlap`.
         media: the media routed on (``None`` on the wire counts as ``"GPU"``).
-        groups: the KV-cache groups indexed (``None`` on the wire counts as 0): the main
-            full-attention group of hybrid models.
+        groups: the KV-cache groups indexed (``None`` on the wire counts as 0), or ``None``
+            (the default): per replica, the first group whose stores say they cache full
+            attention (``kv_cache_spec_kind`` ``"full_attention"`` or ``"mla_attention"``,
+            vLLM since PR #40984; a hybrid model's group 0 may be a sliding window or a
+            state), or group 0 while the engine does not say.
         max_blocks_per_replica: engine blocks kept per replica (> 0).
         max_replicas: replicas recorded (> 0).
         max_deferred: waiting stores, blocks with waiting removals and remembered removed
@@ -146,7 +151,7 @@ class KvResidency:
         *,
         block_tokens: int = 16,
         media: Iterable[str] = frozenset({"GPU"}),
-        groups: Iterable[int] = frozenset({0}),
+        groups: Iterable[int] | None = None,
         max_blocks_per_replica: int = DEFAULT_MAX_BLOCKS_PER_REPLICA,
         max_replicas: int = DEFAULT_MAX_REPLICAS,
         max_deferred: int = DEFAULT_MAX_DEFERRED,
@@ -162,8 +167,8 @@ class KvResidency:
         for m in self._media:
             if type(m) is not str:
                 raise InvalidRecordError("media", media, f"holds {m!r}, not a str")
-        self._groups = frozenset(groups)
-        for g in self._groups:
+        self._groups = None if groups is None else frozenset(groups)
+        for g in self._groups or ():
             if type(g) is not int or g < 0:
                 raise InvalidRecordError("groups", groups, f"holds {g!r}, not an int >= 0")
         if not callable(clock):
