@@ -637,3 +637,14 @@ def test_malformed_bigram_pages_drop_the_event(tokens: list[object]) -> None:
     raw = ["BlockStored", [5], None, tokens, 2, None, "GPU"]
     batch = decode_payload(_enc([0.0, [raw, ["AllBlocksCleared"]], 0]))
     assert (batch.events, batch.dropped) == ((AllBlocksCleared(),), 1)
+
+
+def test_concatenated_sub_block_digests_take_the_last_eight_bytes() -> None:
+    # A hybrid block of 3 hash blocks, as a vLLM with int hashes off once sent it: the three
+    # SHA-256 digests end to end; the last 8 bytes are the last sub-block's (review 59).
+    digest = bytes(range(32)) * 2 + bytes(range(100, 132))
+    raw = ["BlockStored", [digest], None, [1], 1]
+    (event,) = decode_payload(_enc([0.0, [raw], 0])).events
+    assert event.block_hashes == (int.from_bytes(bytes(range(124, 132)), "big"),)
+    huge = ["BlockStored", [bytes(4097)], None, [1], 1]
+    assert decode_payload(_enc([0.0, [huge], 0])).dropped == 1

@@ -81,7 +81,10 @@ Layout = Literal["positional", "map"]
 
 _HASH_MIN: Final = -(1 << 63)
 _HASH_END: Final = 1 << 64
-_MAX_HASH_BYTES: Final = 64
+# Raw digests longer than one: a vLLM with hybrid block sizes once sent a larger block's
+# hash as its sub-blocks' digests concatenated (32 bytes each); the last 8 bytes are the
+# last sub-block's, the hash later versions send. 4 KiB: 128 SHA-256 sub-blocks.
+_MAX_HASH_BYTES: Final = 4096
 _MISSING: Final = object()
 
 _decoder: Callable[[bytes], Any] | None = None
