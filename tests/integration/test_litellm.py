@@ -680,3 +680,20 @@ def test_an_overloaded_pinned_deployment_loses_the_session_which_re_pins_where_i
     assert plugin.release(done, success=True)
     # 3 in flight against 1 (3 > 2.5): overloaded, so d1 serves and the session re-pins there.
     assert pos == 1 and pins.get(MODEL, "s") == "d1"
+
+
+def test_uninstall_gives_a_strategy_mode_router_back_its_default_strategy() -> None:
+    async def main() -> None:
+        async with backends(2) as bs:
+            r = router(bs)
+            plugin = install(r, mode="strategy")
+            async with installed(plugin):
+                await r.acompletion(model=MODEL, messages=chat("q0"))
+            decided = plugin.stats().decisions
+            for i in range(4):
+                await r.acompletion(model=MODEL, messages=chat(f"q{i + 1}"))
+            # Counterfactual: on LiteLLM 1.110 without a reset, the plugin's strategy
+            # stayed the router's and decided all four.
+            assert plugin.stats().decisions == decided
+
+    run(main)

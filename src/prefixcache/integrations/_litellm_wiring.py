@@ -142,10 +142,18 @@ def set_strategy(router: Any, strategy: Strategy) -> None:
 
 
 def reset_strategy(router: Any) -> None:
-    """Give the router back its default routing strategy (when it can)."""
+    """Give the router back its default routing strategy (when it can):
+    ``_reset_custom_routing_strategy`` up to LiteLLM 1.109; 1.110's Rust core has none, and
+    ``routing_strategy_init`` (which re-inits the default selector) drops a custom strategy."""
     reset = getattr(router, "_reset_custom_routing_strategy", None)
     if callable(reset):
         reset()
+        return
+    init = getattr(router, "routing_strategy_init", None)
+    settings = getattr(router, "settings", None)
+    if callable(init) and callable(settings):
+        args = getattr(router, "routing_strategy_args", None)
+        init(settings().routing_strategy, dict(args) if isinstance(args, Mapping) else {})
 
 
 class Subscription:
