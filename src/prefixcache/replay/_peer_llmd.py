@@ -10,7 +10,9 @@ import random
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
+from typing import Literal
 
+from clusterrouting import InvalidRecordError
 from prefixcache.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay._peer_base import (
     CHARS_PER_TOKEN,
@@ -23,10 +25,14 @@ from prefixcache.replay._trace import Request
 from prefixcache.replay._view import ClusterView
 
 __all__ = [
+    "MAX_PREFIX_TOKENS",
+    "MIN_CHUNK_TOKENS",
     "TIER_WEIGHTS",
     "LlmdBlockIndex",
+    "LlmdCurrentPolicy",
     "LlmdDefaultPolicy",
     "LlmdPrecisePolicy",
+    "TieRotation",
 ]
 
 
@@ -48,6 +54,50 @@ def _max_score_pick(scores: Sequence[float], rng: random.Random) -> int:
     return order[0]
 
 
+class TieRotation:
+    """The max-score picker's deterministic tie-break of llm-d-router after PRs #2515 and
+    #2709: candidates are stable-sorted by score (ties keep the candidate-list order), and
+    the group of equal top scores is rotated by a round-robin counter, its first entry
+    winning (``picker/maxscore/picker.go`` in PR #2709's diff: each equal-score group
+    among the first ``maxNumOfEndpoints`` (1) goes to ``RotateScoredEndpoints``;
+    ``picker/common.go`` @5155e4cb).
+
+    Counter rule, for a top group of ``n > 1`` candidates: ``rotation = counter % n``,
+    then ``counter += 1``, and ``counter = 0`` once it reaches ``n``. A pick whose top
+    score is unique leaves the counter alone. One counter per picker (llm-d: one per
+    process). The candidate list is the replicas in index order (the order of llm-d's
+    endpoint list was not checked).
+
+    Not modelled: the newest stored ``maxscore/picker.go`` draws the counter once per
+    pick (``PickerRand.NextCounter()``) and hands it to every group; that function's body
+    is not in the stored source, so the rule above is ``common.go`` @5155e4cb's.
+
+    Not thread-safe. O(replicas) per pick.
+
+    >>> t = TieRotation()
+    >>> [t.pick([1.0, 1.0, 0.5, 1.0]) for _ in range(4)]
+    [0, 1, 3, 0]
+    """
+
+    __slots__ = ("counter",)
+
+    def __init__(self) -> None:
+        self.counter = 0
+
+    def pick(self, scores: Sequence[float]) -> int:
+        """The index that wins ``scores`` (see the class); advances the counter on a tie."""
+        top = max(scores)
+        group = [k for k, s in enumerate(scores) if s == top]
+        n = len(group)
+        if n == 1:
+            return group[0]
+        rotation = self.counter % n
+        self.counter += 1
+        if self.counter >= n:
+            self.counter = 0
+        return group[rotation]
+
+
 class LlmdDefaultPolicy(Peer):
     """llm-d EPP default profile (approximate prefix + load), llm-d-inference-scheduler
     @520af478 (``approximateprefix/hashing.go``, ``scheduler_profile.go``,
@@ -66,6 +116,17 @@ class LlmdDefaultPolicy(Peer):
     current one gets +1. ``score = 3 x match/n_hashes + 2 x queue + 2 x (1 - kv)`` with
     ``queue = (max_w - w)/(max_w - min_w)`` (1 if all equal); the max score wins, ties
     uniformly at random (shuffle, then stable sort).
+
+    The parameters after ``chars_per_token`` model later llm-d versions
+    (:class:`LlmdCurrentPolicy`); their defaults keep the pinned behaviour above:
+    ``min_chunk_tokens`` floors the engine block (chunk ``4 x max(B, floor)`` characters),
+    ``max_prefix_tokens > 0`` replaces ``max_chunks`` by ``max_prefix_tokens //
+    chunk_tokens``, ``tie_break="rotate"`` breaks ties by :class:`TieRotation` instead of
+    the shuffle, and ``short_prompt_hash`` gives a non-empty text shorter than one chunk
+    its one partial hash.
+
+    Raises:
+        InvalidRecordError: ``tie_break`` is neither ``"shuffle"`` nor ``"rotate"``.
     """
 
     name = "llm-d-default"
@@ -80,13 +141,22 @@ class LlmdDefaultPolicy(Peer):
         max_chunks: int = 256,
         weights: tuple[float, float, float] = (3.0, 2.0, 2.0),
         chars_per_token: int = CHARS_PER_TOKEN,
+        min_chunk_tokens: int = 0,
+        max_prefix_tokens: int = 0,
+        tie_break: Literal["shuffle", "rotate"] = "shuffle",
+        short_prompt_hash: bool = False,
     ) -> None:
+        if tie_break not in ("shuffle", "rotate"):
+            raise InvalidRecordError("tie_break", tie_break, "must be 'shuffle' or 'rotate'")
         self._bt = block_tokens
         self._cpt = chars_per_token
-        self._chunk = 4 * engine_block_tokens
-        self.max_chunks = max_chunks
+        chunk_tokens = max(engine_block_tokens, min_chunk_tokens)
+        self._chunk = 4 * chunk_tokens
+        self.max_chunks = max_prefix_tokens // chunk_tokens if max_prefix_tokens > 0 else max_chunks
         self.weights = weights
+        self.short_prompt_hash = short_prompt_hash
         self._rng = random.Random(seed)
+        self._ties = TieRotation() if tie_break == "rotate" else None
         # The pod reports num_gpu_blocks engine blocks (``num_gpu_blocks`` trace blocks
         # here, converted); its LRU holds that many chunks.
         self._cap: int | None = (
@@ -99,9 +169,13 @@ class LlmdDefaultPolicy(Peer):
         self.holders: dict[Chunk, int] = {}
 
     def _chunks(self, request: Request) -> list[Chunk]:
-        """The request's chunk hashes (at most ``max_chunks``); none for a text shorter than
-        one chunk (``hashPrompt`` returns nil)."""
-        if sum(block_chars(request, self._bt, self._cpt)) < self._chunk:
+        """The request's chunk hashes (at most ``max_chunks``); for a text shorter than one
+        chunk none (``hashPrompt`` returns nil), or with ``short_prompt_hash`` its one
+        partial hash."""
+        if (
+            not self.short_prompt_hash
+            and sum(block_chars(request, self._bt, self._cpt)) < self._chunk
+        ):
             return []
         return text_chunks(
             request, self._bt, self._cpt, self._chunk, partial=True, limit=self.max_chunks
@@ -140,7 +214,7 @@ class LlmdDefaultPolicy(Peer):
         # a tie here too.
         kv = view.kv_usage
         scores = [w2 * q[p] + w3 * (1.0 - kv[p]) + w1 * pref[p] for p in range(n)]
-        r = _max_score_pick(scores, self._rng)
+        r = _max_score_pick(scores, self._rng) if self._ties is None else self._ties.pick(scores)
         self.remember(r, chunks)
         return r
 
@@ -173,6 +247,69 @@ class LlmdDefaultPolicy(Peer):
             if len(chunks) > self._cap:  # only then can the write evict its own chunks
                 for c in chunks:
                     holders[c] = holders.get(c, 0) | bit
+
+
+MIN_CHUNK_TOKENS = 64
+"""llm-d-router's floor on the approximate prefix block (``minBlockSizeTokens``, PR #1160)."""
+
+MAX_PREFIX_TOKENS = 131072
+"""llm-d-router's default match cap in tokens (``defaultMaxPrefixTokens``, PR #1548)."""
+
+
+class LlmdCurrentPolicy(LlmdDefaultPolicy):
+    """llm-d's EPP default profile as later llm-d-router versions run it: the pinned
+    :class:`LlmdDefaultPolicy` with four changes. Paths below are under
+    ``pkg/epp/framework/plugins/`` of llm-d/llm-d-router; 1-3 as of @ebab6879.
+
+    1. Chunk of ``4 x max(B, 64)`` characters: ``GetBlockSize`` floors the autotuned
+       engine block at ``minBlockSizeTokens = 64`` (PR #1160;
+       ``requestcontrol/dataproducer/approximateprefix/plugin.go``), and the ``estimate``
+       token producer packs 4 bytes per pseudo-token (``bytesPerToken``, PR #1445;
+       ``dataproducer/tokenizer/estimate.go``). A default vLLM (``B = 16``) gets
+       256-character chunks.
+    2. At most ``131072 // 64 = 2048`` chunks: ``resolveMaxBlocks`` returns
+       ``MaxPrefixTokensToMatch / blockSize`` with ``defaultMaxPrefixTokens = 131072``
+       (PR #1548; ``approximateprefix/types.go``), ahead of ``maxPrefixBlocksToMatch``.
+       A later stored version lowers the cap to the engine's ``max_model_len`` when it
+       reports one; a prompt the engine accepts is within it, so that is not modelled.
+    3. A non-empty text shorter than one chunk gets one partial hash:
+       ``dataproducer/prefixhash/hashing.go`` (``getKVCacheBlocksFromTokens`` yields the
+       trailing partial block, ``computeBlockHashes`` hashes it; PRs #1018, #1445).
+    4. Ties break by :class:`TieRotation` (PRs #2515, #2709;
+       ``scheduling/picker/common.go`` @5155e4cb), not by a random shuffle.
+
+    Unchanged: the LRU of ``CacheNumBlocks`` entries per pod (``makeserver``;
+    ``approximateprefix/indexer.go``), now of 64-token chunks, so it covers 4 x the pod's
+    KV at ``B = 16``; the walk, ``prefix = match/n_hashes`` (``scheduling/scorer/prefix/
+    plugin.go``) and the 3/2/2 weights (``epp/config/loader/defaults.go``).
+
+    Not thread-safe (the replay is single-threaded).
+    """
+
+    name = "llm-d-default-current"
+
+    def __init__(
+        self,
+        *,
+        block_tokens: int,
+        num_gpu_blocks: int | None,
+        seed: int = 0,
+        engine_block_tokens: int = 16,
+        weights: tuple[float, float, float] = (3.0, 2.0, 2.0),
+        chars_per_token: int = CHARS_PER_TOKEN,
+    ) -> None:
+        super().__init__(
+            block_tokens=block_tokens,
+            num_gpu_blocks=num_gpu_blocks,
+            seed=seed,
+            engine_block_tokens=engine_block_tokens,
+            weights=weights,
+            chars_per_token=chars_per_token,
+            min_chunk_tokens=MIN_CHUNK_TOKENS,
+            max_prefix_tokens=MAX_PREFIX_TOKENS,
+            tie_break="rotate",
+            short_prompt_hash=True,
+        )
 
 
 #: llm-d-kv-cache's device tiers and their weights in the precise scorer (``backend.go``).

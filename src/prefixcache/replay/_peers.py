@@ -20,7 +20,11 @@ from __future__ import annotations
 from prefixcache.replay._peer_base import EngineIndex
 from prefixcache.replay._peer_dynamo import DynamoKvPolicy
 from prefixcache.replay._peer_gateways import AibrixPrefixCachePolicy, RayPrefixAffinityPolicy
-from prefixcache.replay._peer_llmd import LlmdDefaultPolicy, LlmdPrecisePolicy
+from prefixcache.replay._peer_llmd import (
+    LlmdCurrentPolicy,
+    LlmdDefaultPolicy,
+    LlmdPrecisePolicy,
+)
 from prefixcache.replay._peer_prodstack import ProdstackLoadAwarePolicy, ProdstackPrefixPolicy
 from prefixcache.replay._peer_radix import SglangCacheAwarePolicy, SmgCacheAwarePolicy
 
@@ -28,6 +32,7 @@ __all__ = [
     "AibrixPrefixCachePolicy",
     "DynamoKvPolicy",
     "EngineIndex",
+    "LlmdCurrentPolicy",
     "LlmdDefaultPolicy",
     "LlmdPrecisePolicy",
     "ProdstackLoadAwarePolicy",

@@ -21,6 +21,7 @@ from prefixcache.replay._cluster import ClusterModel
 from prefixcache.replay._peers import (
     AibrixPrefixCachePolicy,
     DynamoKvPolicy,
+    LlmdCurrentPolicy,
     LlmdDefaultPolicy,
     LlmdPrecisePolicy,
     ProdstackLoadAwarePolicy,
@@ -52,6 +53,7 @@ PEER_POLICIES: tuple[str, ...] = (
     "sglang-cache-aware",
     "smg-cache-aware",
     "llm-d-default",
+    "llm-d-default-current",
     "llm-d-precise",
     "dynamo-kv",
     "dynamo-kv-approx",
@@ -182,6 +184,10 @@ def make_policy(
         return SmgCacheAwarePolicy(block_tokens=bt, seed=seed, chars_per_token=cpt)
     if name == "llm-d-default":
         return LlmdDefaultPolicy(
+            block_tokens=bt, num_gpu_blocks=model.cache_blocks, seed=seed, chars_per_token=cpt
+        )
+    if name == "llm-d-default-current":
+        return LlmdCurrentPolicy(
             block_tokens=bt, num_gpu_blocks=model.cache_blocks, seed=seed, chars_per_token=cpt
         )
     if name == "llm-d-precise":

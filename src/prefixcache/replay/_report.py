@@ -397,8 +397,9 @@ def format_table(result: ReplayResult) -> str:
         "",
     ]
     slo = result.slo_s is not None
+    w = max([20, *(len(p.name) for p in result.policies)])  # the policy column
     head = (
-        f"{'policy':<20} {'hit':>6} {'reach':>6} {'of ideal':>8} {'regret':>6} "
+        f"{'policy':<{w}} {'hit':>6} {'reach':>6} {'of ideal':>8} {'regret':>6} "
         f"{'ttft mean':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'max/mean':>8} "
         f"{'out tok/s':>9}" + (f" {'slo':>6}" if slo else "") + f" {'decisions/s':>11}"
     )
@@ -409,7 +410,7 @@ def format_table(result: ReplayResult) -> str:
         if slo:
             slo_col = f" {p.slo_share:>6.1%}" if p.slo_share is not None else f" {'-':>6}"
         lines.append(
-            f"{p.name:<20} {p.hit_ratio:>6.4f} {p.reachable_hit_ratio:>6.4f} "
+            f"{p.name:<{w}} {p.hit_ratio:>6.4f} {p.reachable_hit_ratio:>6.4f} "
             f"{p.ideal_fraction:>8.1%} {p.regret_ratio:>6.4f} "
             f"{p.ttft_mean_s:>8.3f}s {p.ttft_p50_s:>6.3f}s {p.ttft_p90_s:>6.3f}s "
             f"{p.ttft_p99_s:>6.3f}s {p.max_over_mean_requests:>8.3f} "
