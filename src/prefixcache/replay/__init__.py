@@ -28,6 +28,7 @@ from prefixcache.replay._peers import (
     ProdstackPrefixPolicy,
     RayPrefixAffinityPolicy,
     SglangCacheAwarePolicy,
+    SmgCacheAwareCurrentPolicy,
     SmgCacheAwarePolicy,
 )
 from prefixcache.replay._policies import (
@@ -116,6 +117,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SglangCacheAwarePolicy",
     "SimulationOutcome",
+    "SmgCacheAwareCurrentPolicy",
     "SmgCacheAwarePolicy",
     "TUNABLE",
     "TimeUnit",

@@ -1,5 +1,6 @@
 """Peer policies on a character radix tree written from the router's own decisions:
-SGLang router / SMG ``cache_aware`` before and after SMG PR #2161.
+SGLang router / SMG ``cache_aware`` before and after SMG PR #2161, and after PR #2341
+(the final pick by LeastLoad's expected wait over polled engine loads).
 
 Every random choice draws from one ``random.Random(seed)`` per policy; the order of a
 node's tenants in SMG's hashed map is a fixed function of the seed (:func:`map_rank`).
@@ -10,6 +11,9 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import Any
+
+import attrs
 
 from clusterrouting import InvalidRecordError
 from prefixcache.replay._peer_base import CHARS_PER_TOKEN, CharTree, Peer, block_chars
@@ -17,9 +21,17 @@ from prefixcache.replay._trace import Request
 from prefixcache.replay._view import ClusterView
 
 __all__ = [
+    "SMG_DEFAULT_THROUGHPUT",
+    "SMG_KV_PRESSURE_WEIGHT",
+    "SMG_LOAD_CHECK_INTERVAL_S",
+    "SMG_MEAN_PREFILL_TOKENS",
     "SglangCacheAwarePolicy",
+    "SmgCacheAwareCurrentPolicy",
     "SmgCacheAwarePolicy",
+    "SmgLoadReport",
     "map_rank",
+    "select_min_expected_wait",
+    "smg_expected_waits",
 ]
 
 
@@ -230,6 +242,13 @@ class SmgCacheAwarePolicy(SglangCacheAwarePolicy):
         self.spill_rel = 1.5
         self.spill_abs = 64
 
+    def _requires_spill(self, load: int, mean: float) -> bool:
+        """SMG's count gate (``gate_selected_candidate`` at @f8daa883,
+        ``candidate_requires_spill`` after PR #2341): in-flight ``load`` above
+        ``spill_rel x mean`` and above ``mean + spill_abs``, both strict, ``mean`` the
+        in-flight mean over all workers."""
+        return load > self.spill_rel * mean and load > mean + self.spill_abs
+
     def _candidates(self, end: int, n: int) -> list[int]:
         """The node's tenants still in the pool, cut to ``max_owners`` in map order, in
         index order."""
@@ -254,9 +273,270 @@ class SmgCacheAwarePolicy(SglangCacheAwarePolicy):
         if owners and m.rate > self.cache_threshold:
             least = min(inf[o] for o in owners)
             r = self._rng.choice([o for o in owners if inf[o] == least])
-            mean = sum(inf) / n
-            if inf[r] > self.spill_rel * mean and inf[r] > mean + self.spill_abs:
+            if self._requires_spill(inf[r], sum(inf) / n):
                 r = self._min_load(view)
         else:
             r = self._min_load(view)
+        return self._commit(r, request, chars)
+
+
+# --- 2. SMG cache_aware after PR #2341: LeastLoad's expected wait ------------------------
+
+SMG_MEAN_PREFILL_TOKENS = 1024
+"""LeastLoad's ``DEFAULT_MEAN_PREFILL_TOKENS``: the credit of one HTTP dispatch (the HTTP
+path has no token count) and the weight of one waiting request without a token count."""
+
+SMG_DEFAULT_THROUGHPUT = 2000.0
+"""LeastLoad's ``DEFAULT_THROUGHPUT`` (tokens/s): the drain rate of a report without a
+positive ``gen_throughput``."""
+
+SMG_KV_PRESSURE_WEIGHT = 0.15
+"""LeastLoad's ``DEFAULT_KV_PRESSURE_WEIGHT`` (seconds) on the ``k / (1 - k)`` barrier."""
+
+SMG_LOAD_CHECK_INTERVAL_S = 10.0
+"""The WorkerMonitor's load poll period (``worker_load_check_interval_secs``)."""
+
+
+def _nonneg(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise InvalidRecordError(attr.name, value, "must be a finite number >= 0")
+
+
+@attrs.frozen(kw_only=True)
+class SmgLoadReport:
+    """One worker's load as SMG's WorkerMonitor last polled it (``WorkerLoadResponse``,
+    one DP rank): ``waiting_reqs`` (``num_waiting_reqs``), ``waiting_uncached_tokens``
+    (``num_waiting_uncached_tokens``, 0: not reported), ``token_usage`` (KV use in
+    [0, 1]) and ``gen_throughput`` (tokens/s, 0: not reported)."""
+
+    waiting_reqs: int = attrs.field(validator=_nonneg)
+    waiting_uncached_tokens: int = attrs.field(default=0, validator=_nonneg)
+    token_usage: float = attrs.field(default=0.0, validator=_nonneg)
+    gen_throughput: float = attrs.field(default=0.0, validator=_nonneg)
+
+
+def _report_wait(report: SmgLoadReport, credit_tokens: int) -> float:
+    """LeastLoad ``score`` for a worker with a fresh report: ``(queued_tokens +
+    credit_tokens) / throughput + 0.15 k / (1 - k)``, ``queued_tokens`` the reported
+    uncached waiting tokens if positive, else ``waiting_reqs x 1024``; ``throughput`` the
+    reported ``gen_throughput`` if positive, else 2000; ``k`` the KV use clamped to
+    [0, 0.999]."""
+    if report.waiting_uncached_tokens > 0:
+        queued = float(report.waiting_uncached_tokens)
+    else:
+        queued = float(report.waiting_reqs * SMG_MEAN_PREFILL_TOKENS)
+    tp = report.gen_throughput if report.gen_throughput > 0 else SMG_DEFAULT_THROUGHPUT
+    k = min(max(report.token_usage, 0.0), 0.999)
+    return (queued + credit_tokens) / tp + SMG_KV_PRESSURE_WEIGHT * k / (1.0 - k)
+
+
+def smg_expected_waits(
+    candidates: Sequence[int],
+    *,
+    reports: Sequence[SmgLoadReport | None],
+    credit_tokens: Sequence[int],
+    in_flight: Sequence[int],
+) -> list[float]:
+    """The expected-wait score (seconds, lower is better) of each of ``candidates``, as
+    SMG's LeastLoad ``select_min_expected_wait_with_freshness`` computes it after PR
+    #2341 (smg-project/smg @11b1fe08 ``model_gateway/src/policies/least_load.rs``).
+
+    Tiers, scoped to ``candidates`` as in the source:
+    1. a worker with a report (``reports[w]`` not ``None``): ``(queued tokens +
+       credit_tokens[w]) / throughput + 0.15 k / (1 - k)`` (:func:`_report_wait`);
+    2. a worker without one while some candidate has one: the lowest score of the
+       reporting candidates plus ``in_flight[w] x 1024 / nominal``, ``nominal`` the mean
+       positive ``gen_throughput`` of the reporting candidates, else 2000;
+    3. no candidate with a report: ``in_flight[w]`` (join-shortest-queue).
+
+    Args:
+        candidates: worker indices, in the order the selector scans them.
+        reports: per worker, its last polled load or ``None`` (never polled).
+        credit_tokens: per worker, tokens credited to its dispatches since its last poll.
+        in_flight: per worker, the router's live in-flight count (``Worker::load``).
+
+    Returns:
+        One score per candidate, in ``candidates`` order.
+
+    Complexity: O(len(candidates)).
+
+    >>> smg_expected_waits([0, 1], reports=[None, None], credit_tokens=[0, 0],
+    ...                    in_flight=[3, 1])
+    [3.0, 1.0]
+    >>> smg_expected_waits([0, 1], reports=[SmgLoadReport(waiting_reqs=1), None],
+    ...                    credit_tokens=[1024, 0], in_flight=[0, 2])
+    [1.024, 2.048]
+    """
+    known = [(w, rep) for w in candidates if (rep := reports[w]) is not None]
+    if not known:
+        return [float(in_flight[w]) for w in candidates]
+    tps = [rep.gen_throughput for _, rep in known if rep.gen_throughput > 0]
+    nominal = sum(tps) / len(tps) if tps else SMG_DEFAULT_THROUGHPUT
+    baseline = min(_report_wait(rep, credit_tokens[w]) for w, rep in known)
+    out = []
+    for w in candidates:
+        rep = reports[w]
+        if rep is not None:
+            out.append(_report_wait(rep, credit_tokens[w]))
+        else:
+            out.append(baseline + in_flight[w] * SMG_MEAN_PREFILL_TOKENS / nominal)
+    return out
+
+
+def select_min_expected_wait(
+    candidates: Sequence[int],
+    *,
+    reports: Sequence[SmgLoadReport | None],
+    credit_tokens: Sequence[int],
+    in_flight: Sequence[int],
+    rng: random.Random,
+) -> int:
+    """The candidate with the lowest :func:`smg_expected_waits` score, ties uniformly at
+    random by SMG's reservoir sampling (scanning ``candidates`` in order, the ``t``-th
+    equal score replaces the pick when ``rng.randrange(t) == 0``): one draw per tie met,
+    none without ties.
+
+    Raises:
+        ValueError: ``candidates`` is empty.
+
+    >>> select_min_expected_wait([0, 1, 2], reports=[None] * 3, credit_tokens=[0] * 3,
+    ...                          in_flight=[2, 0, 1], rng=random.Random(0))
+    1
+    """
+    if not candidates:
+        raise ValueError("candidates must not be empty")
+    scores = smg_expected_waits(
+        candidates, reports=reports, credit_tokens=credit_tokens, in_flight=in_flight
+    )
+    best, best_score, tied = candidates[0], scores[0], 1
+    for w, s in zip(candidates[1:], scores[1:], strict=True):
+        if s < best_score:
+            best, best_score, tied = w, s, 1
+        elif s == best_score:
+            tied += 1
+            if rng.randrange(tied) == 0:
+                best = w
+    return best
+
+
+class SmgCacheAwareCurrentPolicy(SmgCacheAwarePolicy):
+    """SMG ``cache_aware`` after PR #2341 ("finalize cache-aware routing before
+    recording", merged about 2026-08-27), HTTP string-tree path at defaults; read in a
+    stored later version of ``model_gateway/src/policies/cache_aware.rs``
+    (``select_worker``, ``select_worker_with_text``, ``select_matched_candidate``,
+    ``select_final_from_affinity``, ``candidate_requires_spill``, ``is_kv_imbalanced``,
+    ``needs_backend_loads``) and smg @11b1fe08 ``least_load.rs``; fact sheet section 1b
+    and review 60 A1.
+
+    Tree, stamps, eviction, the ``max_owners`` cut and the ``rate > 0.3`` hit test as in
+    :class:`SmgCacheAwarePolicy`; what changed is the final pick, made by
+    :func:`select_min_expected_wait` over a candidate set:
+
+    1. hit: the matched owners (at most ``max_owners``) that pass the count gate
+       (:meth:`_requires_spill`, in-flight against the mean over all workers);
+    2. hit with every owner gated (a spill): the workers that pass the gate, or all
+       workers if none does;
+    3. miss: all workers (no gate).
+
+    The KV imbalance trigger (``is_kv_imbalanced``) is off at its defaults (both
+    thresholds 1.0), and overlap decay and temperature are 0, so every owner scores 1.0
+    and the owners are one group. The winner's since-poll credit grows by 1,024 tokens
+    (the HTTP path has no token count) and its ``processed`` by one.
+
+    Poll: ``needs_backend_loads`` is true for every configuration, so the WorkerMonitor
+    polls each worker every ``load_check_interval_s`` (10 s). Modelled as a snapshot of
+    the view's scraped fields taken at the first decision at or after each tick ``0,
+    10 s, 20 s, ...`` from t = 0 (passes with no decision between them are one): per
+    worker ``waiting_reqs = view.waiting[w]`` and ``token_usage = view.kv_usage[w]``;
+    every credit resets to 0. The simulator publishes neither
+    ``num_waiting_uncached_tokens`` nor ``gen_throughput``, so a queue weighs 1,024
+    tokens per waiting request and every worker drains at 2,000 tokens/s (SMG's own
+    fallbacks for a backend that reports neither). A snapshot taken before the view's
+    first scrape (``view.scraped_at`` is ``-inf``) is no report at all, and the pick is
+    then the lowest live in-flight count, random among ties.
+
+    Not thread-safe (one simulated router).
+    """
+
+    name = "smg-cache-aware-current"
+
+    def __init__(
+        self,
+        *,
+        block_tokens: int,
+        seed: int = 0,
+        max_owners: int = 8,
+        eviction_interval_s: float = 120.0,
+        max_tree_chars: int = 2**26,
+        load_check_interval_s: float = SMG_LOAD_CHECK_INTERVAL_S,
+        chars_per_token: int = CHARS_PER_TOKEN,
+    ) -> None:
+        super().__init__(
+            block_tokens=block_tokens,
+            seed=seed,
+            max_owners=max_owners,
+            eviction_interval_s=eviction_interval_s,
+            max_tree_chars=max_tree_chars,
+            chars_per_token=chars_per_token,
+        )
+        if not 0 < load_check_interval_s < math.inf:
+            raise InvalidRecordError(
+                "load_check_interval_s", load_check_interval_s, "must be a finite number > 0"
+            )
+        self.load_check_interval_s = load_check_interval_s
+        self.reports: list[SmgLoadReport | None] = []
+        self.credit_tokens: list[int] = []
+        self._next_poll = 0.0
+
+    def _poll(self, now: float, view: ClusterView) -> None:
+        """The WorkerMonitor's load poll, due at ``0, interval, 2 x interval, ...``: the
+        view's scraped queue and KV use become the reports and every since-poll credit
+        resets (``update_loads``: both in one step)."""
+        n = view.replicas
+        if len(self.reports) != n:
+            self.reports = [None] * n
+            self.credit_tokens = [0] * n
+        if now < self._next_poll:
+            return
+        if view.scraped_at > -math.inf:
+            self.reports = [
+                SmgLoadReport(waiting_reqs=view.waiting[w], token_usage=view.kv_usage[w])
+                for w in range(n)
+            ]
+        self.credit_tokens = [0] * n
+        every = self.load_check_interval_s
+        self._next_poll += every * (1 + math.floor((now - self._next_poll) / every))
+
+    def _final_candidates(self, owners: Sequence[int], in_flight: Sequence[int]) -> list[int]:
+        """``select_final_from_affinity``: the owners that pass the count gate; if none
+        does, the workers that pass it; if none does, all of them. ``owners`` empty (a
+        miss): all workers."""
+        n = len(in_flight)
+        if not owners:
+            return list(range(n))
+        mean = sum(in_flight) / n
+        safe = [o for o in owners if not self._requires_spill(in_flight[o], mean)]
+        if safe:
+            return safe
+        spill = [w for w in range(n) if not self._requires_spill(in_flight[w], mean)]
+        return spill or list(range(n))
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        n = view.replicas
+        self._start(n)
+        self._maybe_evict(now)
+        self._poll(now, view)
+        chars = block_chars(request, self._bt, self._cpt)
+        m = self.tree.match(request.blocks, chars)
+        end = self._lookup(request.blocks, m.blocks)
+        hit = end is not None and m.rate > self.cache_threshold
+        owners = self._candidates(end, n) if hit and end is not None else []
+        r = select_min_expected_wait(
+            self._final_candidates(owners, view.in_flight),
+            reports=self.reports,
+            credit_tokens=self.credit_tokens,
+            in_flight=view.in_flight,
+            rng=self._rng,
+        )
+        self.credit_tokens[r] += SMG_MEAN_PREFILL_TOKENS
         return self._commit(r, request, chars)

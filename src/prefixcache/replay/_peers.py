@@ -26,7 +26,11 @@ from prefixcache.replay._peer_llmd import (
     LlmdPrecisePolicy,
 )
 from prefixcache.replay._peer_prodstack import ProdstackLoadAwarePolicy, ProdstackPrefixPolicy
-from prefixcache.replay._peer_radix import SglangCacheAwarePolicy, SmgCacheAwarePolicy
+from prefixcache.replay._peer_radix import (
+    SglangCacheAwarePolicy,
+    SmgCacheAwareCurrentPolicy,
+    SmgCacheAwarePolicy,
+)
 
 __all__ = [
     "AibrixPrefixCachePolicy",
@@ -39,5 +43,6 @@ __all__ = [
     "ProdstackPrefixPolicy",
     "RayPrefixAffinityPolicy",
     "SglangCacheAwarePolicy",
+    "SmgCacheAwareCurrentPolicy",
     "SmgCacheAwarePolicy",
 ]

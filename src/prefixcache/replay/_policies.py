@@ -28,6 +28,7 @@ from prefixcache.replay._peers import (
     ProdstackPrefixPolicy,
     RayPrefixAffinityPolicy,
     SglangCacheAwarePolicy,
+    SmgCacheAwareCurrentPolicy,
     SmgCacheAwarePolicy,
 )
 from prefixcache.replay._view import ReplayPolicy
@@ -52,6 +53,7 @@ __all__ = [
 PEER_POLICIES: tuple[str, ...] = (
     "sglang-cache-aware",
     "smg-cache-aware",
+    "smg-cache-aware-current",
     "llm-d-default",
     "llm-d-default-current",
     "llm-d-precise",
@@ -182,6 +184,8 @@ def make_policy(
         return SglangCacheAwarePolicy(block_tokens=bt, chars_per_token=cpt, **kw)
     if name == "smg-cache-aware":
         return SmgCacheAwarePolicy(block_tokens=bt, seed=seed, chars_per_token=cpt)
+    if name == "smg-cache-aware-current":
+        return SmgCacheAwareCurrentPolicy(block_tokens=bt, seed=seed, chars_per_token=cpt)
     if name == "llm-d-default":
         return LlmdDefaultPolicy(
             block_tokens=bt, num_gpu_blocks=model.cache_blocks, seed=seed, chars_per_token=cpt
