@@ -648,3 +648,22 @@ def test_concatenated_sub_block_digests_take_the_last_eight_bytes() -> None:
     assert event.block_hashes == (int.from_bytes(bytes(range(124, 132)), "big"),)
     huge = ["BlockStored", [bytes(4097)], None, [1], 1]
     assert decode_payload(_enc([0.0, [huge], 0])).dropped == 1
+
+
+@pytest.mark.parametrize("layout", ["positional", "map"])
+def test_the_kv_cache_spec_kind_survives_encoding_in_both_layouts(layout: str) -> None:
+    event = BlockStored(block_hashes=[1], token_ids=[1, 2], block_size=2, group_idx=1,
+                        kv_cache_spec_kind="sliding_window")  # fmt: skip
+    batch = EventBatch(ts=1.0, rank=0, events=[event])
+    assert decode_payload(encode_payload(batch, layout=layout)) == batch  # type: ignore[arg-type]
+
+
+def test_a_kv_cache_spec_kind_that_is_not_a_str_is_refused() -> None:
+    with pytest.raises(InvalidRecordError, match="kv_cache_spec_kind"):
+        BlockStored(block_hashes=[1], token_ids=[1], block_size=1, kv_cache_spec_kind=1)  # type: ignore[arg-type]
+
+
+def test_a_digest_of_exactly_the_cap_is_read() -> None:
+    raw = ["BlockStored", [bytes(4088) + (7).to_bytes(8, "big")], None, [1], 1]
+    (event,) = decode_payload(_enc([0.0, [raw], 0])).events
+    assert event.block_hashes == (7,)

@@ -109,9 +109,41 @@ def test_engine_block_size_not_a_multiple_is_dropped_counted_and_degrades() -> N
     ],
 )
 def test_a_drop_that_held_no_block_of_ours_keeps_the_replica_exact(event: BlockStored) -> None:
+    # Counterfactual: degrading on every drop would turn SGLang's short last pages and the
+    # CPU tier's placeholders into a replica that never routes on its events.
     res = residency()
     res.apply(A, 0, batch(event), model="m")
     assert res.state(A) is EXACT
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        stored([1], TOKENS[:5], size=4),  # 5 tokens in a 4-token block: one block of ours
+        stored([1, 2], TOKENS[:4], size=4),  # 4 tokens for two blocks: exactly one of ours
+        stored([1, 2], TOKENS[:4], size=2),  # two 2-token pages: exactly one block of ours
+    ],
+)
+def test_a_drop_that_held_a_whole_block_of_ours_degrades(event: BlockStored) -> None:
+    # Counterfactual: left exact, the replica would be priced as holding nothing.
+    res = residency()
+    res.apply(A, 0, batch(event), model="m")
+    assert res.state(A) is DEGRADED
+
+
+def test_sglang_pages_shorter_than_our_block_degrade_a_chain_not_a_last_page() -> None:
+    # SGLang sends one store per page (block_size = the page's length; its page size is 1
+    # by default): no single page holds a block of ours, but the second page of a chain
+    # continues one we do not hold. Counterfactual: the replica stayed exact and empty.
+    res = residency()
+    res.apply(A, 0, batch(*[stored([h], TOKENS[h - 1 : h], parent=h - 1 if h > 1 else None,
+                                   size=1) for h in range(1, 9)]), model="m")  # fmt: skip
+    assert res.state(A) is DEGRADED
+    # A short last page after a block we hold is only the prompt's tail.
+    ok = residency()
+    ok.apply(A, 0, batch(stored([1], TOKENS[:4]), stored([2], TOKENS[4:6], parent=1, size=2)),
+             model="m")  # fmt: skip
+    assert (ok.state(A), ok.overlap("m", TOKENS, [A])) == (EXACT, {A: 1})
 
 
 @pytest.mark.parametrize(
@@ -175,6 +207,7 @@ def test_a_hybrid_models_full_attention_group_is_found_by_its_kind() -> None:
 
 
 def test_a_dense_models_group_zero_says_full_attention() -> None:
+    # Counterfactual: a later store of the main group without its kind must still go to it.
     res = residency()
     res.apply(A, 0, batch(stored([1], TOKENS[:4], group_idx=0, kv_cache_spec_kind=FA)),
               model="m")  # fmt: skip
@@ -184,6 +217,8 @@ def test_a_dense_models_group_zero_says_full_attention() -> None:
 
 
 def test_the_main_group_is_learned_per_replica_and_again_after_a_restart() -> None:
+    # Counterfactual: one main group for every replica, or kept across a restart, would
+    # index the wrong group of a replica running another model.
     res = residency()
     res.apply(A, 0, batch(stored([1], TOKENS[:4], group_idx=1, kv_cache_spec_kind=FA)),
               model="m")  # fmt: skip
@@ -198,12 +233,77 @@ def test_the_main_group_is_learned_per_replica_and_again_after_a_restart() -> No
 
 
 def test_explicit_groups_override_the_kinds() -> None:
+    # Counterfactual: a host that names its groups (a model it knows) must get them whatever
+    # the kinds say, and nothing else.
     res = residency(groups={0})
-    res.apply(A, 0, batch(stored([1], TOKENS[:4], group_idx=0, kv_cache_spec_kind=SWA)),
-              model="m")  # fmt: skip
+    report = res.apply(A, 0, batch(
+        stored([1], TOKENS[:4], group_idx=0, kv_cache_spec_kind=SWA),
+        stored([1], TOKENS[:4], group_idx=1, kv_cache_spec_kind=FA),
+    ), model="m")  # fmt: skip
+    assert (report.applied_stores, report.dropped_group) == (1, 1)
     assert res.overlap("m", TOKENS, [A]) == {A: 1}
     with pytest.raises(InvalidRecordError, match="groups"):
         residency(groups={-1})
+
+
+@pytest.mark.parametrize("kind", ["mla_attention", "sink_full_attention"])
+def test_other_full_attention_kinds_are_main(kind: str) -> None:
+    res = residency()
+    res.apply(A, 0, batch(stored([1], TOKENS[:4], group_idx=2, kv_cache_spec_kind=kind)),
+              model="m")  # fmt: skip
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}
+
+
+def test_an_engine_naming_no_main_kind_degrades_its_replica() -> None:
+    # Counterfactual: an engine whose groups all say another kind ("unknown" for a group of
+    # mixed layers) had nothing indexed and stayed exact: priced as cold.
+    res = residency()
+    report = res.apply(A, 0, batch(stored([1], TOKENS[:4], kv_cache_spec_kind="unknown")),
+                       model="m")  # fmt: skip
+    assert report.dropped_group == 1
+    assert res.state(A) is DEGRADED
+    # A batch that names the main group after another kind's store does not degrade.
+    ok = residency()
+    ok.apply(A, 0, batch(stored([1], TOKENS[:4], group_idx=0, kv_cache_spec_kind=SWA),
+                         stored([1], TOKENS[:4], group_idx=1, kv_cache_spec_kind=FA)),
+             model="m")  # fmt: skip
+    assert ok.state(A) is EXACT
+
+
+def test_a_removal_before_the_main_group_is_named_waits_for_the_replay() -> None:
+    # A late joiner's first live batch removes a block of group 1; the replay then brings
+    # the store that names group 1 main. Counterfactual: the removal was dropped for its
+    # group and the evicted block stayed credited on an exact replica.
+    res = residency()
+    res.apply(A, 5, batch(BlockRemoved(block_hashes=[1], medium="GPU", group_idx=1)), model="m")
+    res.apply(A, 0, batch(stored([1], TOKENS[:4], group_idx=1, kv_cache_spec_kind=FA)),
+              model="m", replayed=True)  # fmt: skip
+    for seq in range(1, 5):
+        res.apply(A, seq, batch(), model="m", replayed=True)
+    assert (res.state(A), res.overlap("m", TOKENS, [A])) == (EXACT, {A: 0})
+
+
+def test_blocks_of_a_group_that_named_no_kind_go_when_another_is_named_main() -> None:
+    # Counterfactual: group 0's blocks (stored before any kind was named) stayed credited
+    # after group 1 was named main, and their removals were dropped for their group.
+    res = residency()
+    res.apply(A, 0, batch(stored([1, 2], TOKENS[:8], group_idx=0)), model="m")
+    res.apply(A, 1, batch(stored([3], TOKENS[:4], group_idx=1, kv_cache_spec_kind=FA)),
+              model="m")  # fmt: skip
+    assert res.overlap("m", TOKENS, [A]) == {A: 1}
+    assert res.status(A).blocks == 1
+
+
+def test_a_group_less_store_naming_another_kind_is_dropped_on_a_warm_replica_too() -> None:
+    # Counterfactual: the group-less route skipped the kind, so the same store was applied
+    # on a replica that had seen a group-less store before and dropped on a fresh one.
+    warm = residency()
+    warm.apply(A, 0, batch(stored([1], TOKENS[:4])), model="m")
+    report = warm.apply(A, 1, batch(stored([9], TOKENS[8:12], kv_cache_spec_kind=SWA)),
+                        model="m")  # fmt: skip
+    fresh = residency().apply(A, 0, batch(stored([9], TOKENS[8:12], kv_cache_spec_kind=SWA)),
+                              model="m")  # fmt: skip
+    assert report.dropped_group == fresh.dropped_group == 1
 
 
 def test_duplicate_store_needs_two_removes() -> None:

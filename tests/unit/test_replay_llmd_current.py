@@ -59,6 +59,20 @@ def test_an_unknown_tie_break_is_refused() -> None:
         LlmdDefaultPolicy(block_tokens=16, num_gpu_blocks=None, tie_break="random")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("name", ["min_chunk_tokens", "max_prefix_tokens"])
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_bad_chunk_parameters_are_refused(name: str, value: object) -> None:
+    with pytest.raises(InvalidRecordError, match=name):
+        LlmdDefaultPolicy(block_tokens=16, num_gpu_blocks=None, **{name: value})  # type: ignore[arg-type]
+
+
+def test_the_pinned_cap_is_256_chunks_whatever_the_engine_block() -> None:
+    # Counterfactual: a default max_prefix_tokens equal to 256 x 16 tokens would cap the
+    # pinned model at 128 chunks for a 32-token engine block.
+    p = LlmdDefaultPolicy(block_tokens=16, num_gpu_blocks=None, engine_block_tokens=32)
+    assert (p.max_chunks, p._chunk) == (256, 128)
+
+
 # --- 1. chunks of 4 x 64 characters (PR #1160) --------------------------------------------
 
 

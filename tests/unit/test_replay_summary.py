@@ -127,3 +127,17 @@ def test_claim_report_names_the_policies_better_on_both_counts() -> None:
             assert "random" not in cell
     one = attrs.evolve(res, policies=(cases[0][0], ours, trade))
     assert f"round-robin ({m:.4f} / {p / 2:.4f} s)" in last_cell(format_claim([one]))
+
+
+def test_the_policy_column_fits_the_longest_name() -> None:
+    # Counterfactual: a fixed 20-character column shifted the row of a longer name
+    # (llm-d-default-current) one place right of the headers.
+    import attrs
+
+    reqs = synthetic_trace(seed=4, sessions=50, duration_s=300.0)
+    res = run_replay(reqs, policies=("round-robin",))
+    long = attrs.evolve(res.policy("round-robin"), name="a-policy-name-of-30-characters")
+    lines = format_table(attrs.evolve(res, policies=(res.policy("round-robin"), long))).splitlines()
+    head = next(line for line in lines if line.startswith("policy"))
+    rows = [line for line in lines if line.startswith(("round-robin ", "a-policy-name"))]
+    assert len(rows) == 2 and all(len(row) == len(head) for row in rows)

@@ -34,6 +34,7 @@ from prefixcache.kvevents._records import (
     EventBatch,
     KvEventDecodeError,
 )
+from prefixcache.kvevents._replica import MAIN_KINDS
 from prefixcache.kvevents._residency import (
     DEFAULT_MAX_BLOCKS_PER_REPLICA,
     DEFAULT_MAX_DEFERRED,
@@ -68,6 +69,7 @@ __all__ = [
     "KvEventSubscriber",
     "KvResidency",
     "Layout",
+    "MAIN_KINDS",
     "MAX_BATCH_EVENTS",
     "MAX_EVENT_BLOCKS",
     "MAX_EVENT_TOKENS",

@@ -137,9 +137,7 @@ def _hash_list(value: Any, flavour: str) -> list[int]:
 def _pair_firsts(tokens: list[Any]) -> list[Any]:
     """SGLang's EAGLE pages list each position as ``[token, next token]`` (its bigram radix
     keys, ``mem_cache/events.py``): the position's token is the first."""
-    if len(tokens) > MAX_EVENT_TOKENS:
-        raise _BadEvent
-    out = []
+    out = []  # the callers checked the length against MAX_EVENT_TOKENS
     for pair in tokens:
         if type(pair) is not list or len(pair) != 2:
             raise _BadEvent

@@ -76,7 +76,9 @@ class IngestReport:
         dropped_tokens: stores whose ``token_ids`` do not fill their blocks exactly (e.g.
             CPU placeholders with ``block_size=0``), or with no block.
             A store dropped for either reason degrades the replica when its tokens held a
-            whole block of ours (it is then not held); a shorter page does not.
+            whole block of ours (it is then not held); a shorter page does too when it
+            continues a chain through a block not held (SGLang's pages), not when it is a
+            prompt's last page after a block held or its only one.
         dropped_self_reference: stores whose hashes repeat or contain their parent.
         dropped_orphan: stores whose parent is not held (and no gap could explain it).
         deferred: orphan stores held until a replay brings their parent.

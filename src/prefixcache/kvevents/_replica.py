@@ -23,7 +23,7 @@ from prefixcache.kvevents._kvchain import (
 from prefixcache.kvevents._outcomes import Counts, ResidencyState
 from prefixcache.kvevents._records import BlockRemoved, BlockStored
 
-__all__ = ["CANON", "REFS", "BlockLedger", "Replica"]
+__all__ = ["CANON", "MAIN_KINDS", "REFS", "BlockLedger", "Replica"]
 
 #: Open ``seq`` gaps tracked per replica; past it the oldest is given up (stays degraded).
 _MAX_GAPS: Final = 64
@@ -40,7 +40,7 @@ _Entry = list[Any]
 
 #: The KV-cache kinds (vLLM's ``kv_cache_spec_kind``) a prefix hit needs: a hybrid model's
 #: full-attention group. Sliding-window and state groups keep only a suffix or a state.
-MAIN_KINDS: Final = frozenset({"full_attention", "mla_attention"})
+MAIN_KINDS: Final = frozenset({"full_attention", "mla_attention", "sink_full_attention"})
 
 
 # A store waiting for its parent: (seq, model, event).
@@ -59,6 +59,7 @@ class Replica:
         "deferred_count",
         "ghosts",
         "high",
+        "kind_dropped",
         "live_last",
         "main_group",
         "missing",
@@ -102,6 +103,10 @@ class Replica:
         # The group indexed when the residency learns it (groups=None): the first group
         # whose stores name a main attention kind; None until one does.
         self.main_group: int | None = None
+        # Whether the batch being applied dropped a whole block of ours for its group's kind
+        # while no main group is known: if the batch names none, the engine's kinds are
+        # not ones we index (nothing is), and the replica degrades.
+        self.kind_dropped = False
         # Whether the batch being applied comes out of order (a gap is open or it fills
         # one): its removals are then counted against stores that may still arrive.
         self.catching_up = False
@@ -255,9 +260,19 @@ class BlockLedger:
             else:
                 shared[h] = k - 1
 
+    @staticmethod
+    def _holds(r: Replica, engine_hash: int) -> bool:
+        """Whether ``r`` holds (or, while a gap is open, held) the engine block."""
+        return engine_hash in r.ghosts or any(engine_hash in t for t in r.tables.values())
+
     def _table_key(
-        self, r: Replica, medium: str | None, group: int | None, kind: str | None
+        self, r: Replica, medium: str | None, group: int | None, *, waiting: bool = False
     ) -> _TableKey | None:
+        """The table an event of ``(medium, group)`` goes to, ``None`` if not indexed. While
+        ``r``'s main group is not known, group 0's (an engine that names no kinds), and
+        with ``waiting`` (a removal while a gap is being filled) any group's: a replayed
+        store may yet name that group main, and the removal waits for it (if none does,
+        it waited for nothing)."""
         m = "GPU" if medium is None else medium
         g = 0 if group is None else group
         if m not in self._media:
@@ -267,20 +282,42 @@ class BlockLedger:
             return (m, g) if g in groups else None
         main = r.main_group
         if main is None:
-            if kind is None:  # the engine does not say (no hybrid groups): group 0
-                return (m, g) if g == 0 else None
-            if kind not in MAIN_KINDS:
-                return None
-            r.main_group = main = g
+            return (m, g) if waiting or g == 0 else None
         return (m, g) if g == main else None
+
+    def _store_key(self, r: Replica, ev: BlockStored) -> _TableKey | None:
+        """:meth:`_table_key` for a store, which may name ``r``'s main group first: the first
+        store whose ``kv_cache_spec_kind`` is a main kind does (learned per replica when
+        ``groups`` is ``None``). A store of another kind while none is known is not indexed."""
+        kind = ev.kv_cache_spec_kind
+        learning = kind is not None and self._groups is None and r.main_group is None
+        if learning and (ev.medium or "GPU") in self._media:
+            if kind not in MAIN_KINDS:
+                if len(ev.token_ids) >= self._bt:
+                    r.kind_dropped = True
+                return None
+            self._learn_main(r, 0 if ev.group_idx is None else ev.group_idx)
+        return self._table_key(r, ev.medium, ev.group_idx)
+
+    def _learn_main(self, r: Replica, group: int) -> None:
+        """Make ``group`` ``r``'s main group; blocks indexed from other groups before (stores
+        that named no kind) are dropped, as that group's later events will be."""
+        r.main_group = group
+        for tk in [tk for tk in r.tables if tk[1] != group]:
+            for e in r.tables.pop(tk).values():
+                self._release(r, e[CANON])
+                r.nblocks -= 1
+        r.routes = {m: route for m, route in r.routes.items() if route[0][1] == group}
 
     def store(self, r: Replica, seq: int, model: str, ev: BlockStored, tally: Counts) -> int:
         """Apply one store; returns the engine blocks stored (0: dropped or deferred, and
         counted in ``tally``; the caller counts applied stores and blocks)."""
         medium, group = ev.medium, ev.group_idx
-        route = r.routes.get(medium) if group is None else None
+        # The route of group-less stores skips the key's lookup; a store naming a kind
+        # takes the lookup, which may learn the main group from it.
+        route = r.routes.get(medium) if group is None and ev.kv_cache_spec_kind is None else None
         if route is None:
-            tk = self._table_key(r, medium, group, ev.kv_cache_spec_kind)
+            tk = self._store_key(r, ev)
             if tk is None:
                 if (medium or "GPU") not in self._media:
                     tally["dropped_medium"] = tally.get("dropped_medium", 0) + 1
@@ -299,12 +336,15 @@ class BlockLedger:
             if len(ev.token_ids) >= bt:  # a whole block of ours was there, and is not held
                 r.tainted = True
             return 0
+        parent = ev.parent_block_hash
         if size % bt:
             tally["dropped_block_size"] = tally.get("dropped_block_size", 0) + 1
-            if n * size >= bt:  # as above (a page shorter than our block holds none)
+            # As above, also for pages shorter than our block that continue a chain we do
+            # not hold (SGLang sends a page per event): only a last page after a held block,
+            # or a prompt's only page, holds no block of ours.
+            if n * size >= bt or (parent is not None and not self._holds(r, parent)):
                 r.tainted = True
             return 0
-        parent = ev.parent_block_hash
         if (n > 1 and len(set(hashes)) != n) or (parent is not None and parent in hashes):
             tally["dropped_self_reference"] = tally.get("dropped_self_reference", 0) + 1
             return 0
@@ -333,7 +373,7 @@ class BlockLedger:
                 return 0
         if table is None:
             table = r.tables[tk] = {}
-        if route is None and group is None:
+        if route is None and group is None and ev.kv_cache_spec_kind is None:
             r.routes[medium] = (tk, table)
         per = size // bt
         data = ev.token_bytes
@@ -465,7 +505,7 @@ class BlockLedger:
 
     def remove(self, r: Replica, ev: BlockRemoved, tally: Counts) -> None:
         """Apply one removal (counted in ``tally``)."""
-        tk = self._table_key(r, ev.medium, ev.group_idx, None)
+        tk = self._table_key(r, ev.medium, ev.group_idx, waiting=r.catching_up)
         if tk is None:
             if (ev.medium or "GPU") not in self._media:
                 tally["dropped_medium"] = tally.get("dropped_medium", 0) + 1

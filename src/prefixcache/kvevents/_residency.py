@@ -79,9 +79,9 @@ class KvResidency:
     with a parent continues from the parent's canonical hash. A block whose extra keys hold
     anything else (multimodal ids) mixes them into its hash: token ids alone never match it.
     Engine blocks of ``k * block_tokens`` tokens become ``k`` of our blocks; other sizes are
-    dropped and counted, and a dropped store that held a whole block of ours degrades the
-    replica (``block_tokens`` must divide every block size the engine sends: SGLang's page
-    size, vLLM's ``--block-size``).
+    dropped and counted, and a dropped store that held a whole block of ours, or continues a
+    chain through a block not held, degrades the replica (``block_tokens`` must divide every
+    block size the engine sends: SGLang's page size, vLLM's ``--block-size``).
 
     Bookkeeping per replica (see :class:`IngestReport` for every outcome):
 
@@ -118,9 +118,10 @@ class KvResidency:
         media: the media routed on (``None`` on the wire counts as ``"GPU"``).
         groups: the KV-cache groups indexed (``None`` on the wire counts as 0), or ``None``
             (the default): per replica, the first group whose stores say they cache full
-            attention (``kv_cache_spec_kind`` ``"full_attention"`` or ``"mla_attention"``,
-            vLLM since PR #40984; a hybrid model's group 0 may be a sliding window or a
-            state), or group 0 while the engine does not say.
+            attention (``kv_cache_spec_kind`` in ``MAIN_KINDS``, vLLM since PR #40984; a
+            hybrid model's group 0 may be a sliding window or a state), or group 0 while the
+            engine does not say; a batch of stores naming only other kinds while no group
+            is known degrades the replica.
         max_blocks_per_replica: engine blocks kept per replica (> 0).
         max_replicas: replicas recorded (> 0).
         max_deferred: waiting stores, blocks with waiting removals and remembered removed
@@ -466,6 +467,10 @@ class KvResidency:
             if stores:
                 tally["applied_stores"] = tally.get("applied_stores", 0) + stores
                 tally["stored_blocks"] = tally.get("stored_blocks", 0) + blocks
+            if r.kind_dropped:  # blocks of kinds not indexed, and no main group named
+                r.kind_dropped = False
+                if r.main_group is None:
+                    r.tainted = True
             if not r.missing and (r.deferred or r.tombstones or r.ghosts):
                 r.settle(tally)
             return make_report(r.state(), tally, restarted=restarted)

@@ -30,6 +30,8 @@ from prefixcache.replay._peers import (
     SglangCacheAwarePolicy,
     SmgCacheAwareCurrentPolicy,
     SmgCacheAwarePolicy,
+    SmgLoadReport,
+    TieRotation,
 )
 from prefixcache.replay._policies import (
     DEFAULT_POLICIES,
@@ -119,7 +121,9 @@ __all__ = [
     "SimulationOutcome",
     "SmgCacheAwareCurrentPolicy",
     "SmgCacheAwarePolicy",
+    "SmgLoadReport",
     "TUNABLE",
+    "TieRotation",
     "TimeUnit",
     "TraceFormatError",
     "TraceRekeyedWarning",

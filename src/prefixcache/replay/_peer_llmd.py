@@ -126,7 +126,8 @@ class LlmdDefaultPolicy(Peer):
     its one partial hash.
 
     Raises:
-        InvalidRecordError: ``tie_break`` is neither ``"shuffle"`` nor ``"rotate"``.
+        InvalidRecordError: ``tie_break`` is neither ``"shuffle"`` nor ``"rotate"``;
+            ``min_chunk_tokens`` or ``max_prefix_tokens`` not an int >= 0.
     """
 
     name = "llm-d-default"
@@ -148,6 +149,10 @@ class LlmdDefaultPolicy(Peer):
     ) -> None:
         if tie_break not in ("shuffle", "rotate"):
             raise InvalidRecordError("tie_break", tie_break, "must be 'shuffle' or 'rotate'")
+        for name, value in (("min_chunk_tokens", min_chunk_tokens),
+                            ("max_prefix_tokens", max_prefix_tokens)):  # fmt: skip
+            if type(value) is not int or value < 0:
+                raise InvalidRecordError(name, value, "must be an int >= 0")
         self._bt = block_tokens
         self._cpt = chars_per_token
         chunk_tokens = max(engine_block_tokens, min_chunk_tokens)

@@ -24,12 +24,14 @@ from prefixcache.replay._peer_llmd import (
     LlmdCurrentPolicy,
     LlmdDefaultPolicy,
     LlmdPrecisePolicy,
+    TieRotation,
 )
 from prefixcache.replay._peer_prodstack import ProdstackLoadAwarePolicy, ProdstackPrefixPolicy
 from prefixcache.replay._peer_radix import (
     SglangCacheAwarePolicy,
     SmgCacheAwareCurrentPolicy,
     SmgCacheAwarePolicy,
+    SmgLoadReport,
 )
 
 __all__ = [
@@ -45,4 +47,6 @@ __all__ = [
     "SglangCacheAwarePolicy",
     "SmgCacheAwareCurrentPolicy",
     "SmgCacheAwarePolicy",
+    "SmgLoadReport",
+    "TieRotation",
 ]
