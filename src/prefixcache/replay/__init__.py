@@ -18,6 +18,7 @@ from prefixcache.replay._grid import (
     run_grid,
 )
 from prefixcache.replay._peers import (
+    AibrixPrefixCacheCurrentPolicy,
     AibrixPrefixCachePolicy,
     DynamoKvPolicy,
     EngineIndex,
@@ -79,6 +80,7 @@ from prefixcache.replay._tune import Objective, TuneResult, parse_objective, tun
 from prefixcache.replay._view import ClusterView, ReplayPolicy
 
 __all__ = [
+    "AibrixPrefixCacheCurrentPolicy",
     "AibrixPrefixCachePolicy",
     "BALANCE_LIMIT",
     "BUNDLED_TRACE",

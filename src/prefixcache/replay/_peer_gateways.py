@@ -12,6 +12,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from clusterrouting import InvalidRecordError
 from prefixcache.replay._peer_base import (
     CHARS_PER_TOKEN,
     CharTree,
@@ -23,7 +24,12 @@ from prefixcache.replay._peer_base import (
 from prefixcache.replay._trace import Request
 from prefixcache.replay._view import ClusterView
 
-__all__ = ["AibrixPrefixCachePolicy", "RayPrefixAffinityPolicy"]
+__all__ = [
+    "AibrixPrefixCacheCurrentPolicy",
+    "AibrixPrefixCachePolicy",
+    "RayPrefixAffinityPolicy",
+    "aibrix_load_imbalanced",
+]
 
 
 # --- 7. AIBrix -----------------------------------------------------------------------------
@@ -85,6 +91,11 @@ class AibrixPrefixCachePolicy(Peer):
         lo = min(inf)
         return self._rng.choice([p for p in range(len(inf)) if inf[p] == lo])
 
+    def _imbalanced(self, inf: Sequence[int]) -> bool:
+        """Whether only the pods at the minimum in-flight may be chosen (@e3e10f9e:
+        ``max - min > imbalance``, in ``prefix_cache.go``)."""
+        return max(inf) - min(inf) > self.imbalance
+
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         n = view.replicas
         inf = view.in_flight
@@ -92,7 +103,7 @@ class AibrixPrefixCachePolicy(Peer):
         total = len(chunks)
         lo = min(inf)
         cands = set(range(n))
-        if max(inf) - lo > self.imbalance:
+        if self._imbalanced(inf):
             cands = {p for p in range(n) if inf[p] == lo}
         table = self.table
         # The ticker's sweeps since the last call, as one at the last tick: an entry idle
@@ -154,6 +165,116 @@ class AibrixPrefixCachePolicy(Peer):
         for _ in range(len(table) - self._cap):  # the oldest writes beyond the cap
             pop(last=False)
         return r
+
+
+def aibrix_load_imbalanced(in_flight: Sequence[int], *, min_gap: int, factor: float) -> bool:
+    """AIBrix's load-imbalance gate after PR #2365: whether the gateway narrows the pods
+    to those at the minimum in-flight (``getTargetPodListOnLoadImbalance`` in
+    ``algorithms/load_balance.go``, stored later versions).
+
+    Fires iff there are at least 2 pods, ``max - min >= min_gap`` (the code returns
+    "balanced" while ``max - min < min_gap``) and, from 3 pods, ``max > factor x
+    (mean of the others + 1)``, the mean taken without one pod at the maximum. Two pods
+    skip the factor test (the source's reason: with the mean over all pods, ``factor = 2``
+    could never fire there).
+
+    Args:
+        in_flight: the gateway's in-flight count per pod.
+        min_gap: ``AIBRIX_LOAD_BALANCE_IMBALANCE_MIN_GAP`` (8).
+        factor: ``AIBRIX_LOAD_BALANCE_IMBALANCE_FACTOR`` (2.0).
+
+    Returns:
+        True when the gate narrows the pods. O(pods).
+
+    >>> aibrix_load_imbalanced([8, 0], min_gap=8, factor=2.0)
+    True
+    >>> aibrix_load_imbalanced([10, 2, 2], min_gap=8, factor=2.0)  # 10 > 2 x (2 + 1)
+    True
+    >>> aibrix_load_imbalanced([9, 2, 2], min_gap=8, factor=2.0)  # gap 7
+    False
+    """
+    n = len(in_flight)
+    if n < 2:
+        return False
+    hi = max(in_flight)
+    if hi - min(in_flight) < min_gap:
+        return False
+    return n == 2 or hi > factor * ((sum(in_flight) - hi) / (n - 1) + 1)
+
+
+class AibrixPrefixCacheCurrentPolicy(AibrixPrefixCachePolicy):
+    """AIBrix gateway ``prefix-cache`` after PR #2365 ("add load-balance router and
+    centralize the load-imbalance gate", merged after the pin @e3e10f9e), read in stored
+    later versions of ``algorithms/load_balance.go`` (``ApplyLoadImbalanceGate``,
+    ``getTargetPodListOnLoadImbalance``) and ``gateway.go`` (``selectTargetPod``). Only
+    the gate: the auto-blend that stored later ``router.go`` versions run a bare
+    ``prefix-cache`` request through (``appendLoadBalanceBlend``, ``prefix-cache:5,
+    load-balance:4`` soft scores) is **not** modelled, as no merged PR for it was found.
+
+    Table, sweep, matching, the ``mean + 2 x sample std`` guard and the least-in-flight
+    fallback as in :class:`AibrixPrefixCachePolicy`. What changed:
+
+    1. the gate moved out of ``prefix_cache.go`` into the gateway, which applies it ahead
+       of every non-exclusive strategy and hands the strategy only the pods at the
+       minimum; the guard's mean and std and the fallback see only those pods, all at the
+       same count, so when it fires the pick is still the best match among the minimum
+       pods, else a random one of them;
+    2. its trigger is :func:`aibrix_load_imbalanced` (gap ``>= 8``; from 3 pods also
+       ``max > 2 x (mean of the others + 1)``) instead of ``max - min > 16``.
+
+    A narrowed list of one pod takes the gateway's single-pod fast path, which in the
+    stored later ``gateway.go`` still runs the router's post-route hook, so the table is
+    written as before.
+
+    Args:
+        min_gap: ``AIBRIX_LOAD_BALANCE_IMBALANCE_MIN_GAP``, in requests (>= 0).
+        imbalance_factor: ``AIBRIX_LOAD_BALANCE_IMBALANCE_FACTOR`` (finite, >= 0).
+        Others as :class:`AibrixPrefixCachePolicy` (without ``imbalance``).
+
+    Raises:
+        InvalidRecordError: a negative ``min_gap`` or a negative or non-finite
+            ``imbalance_factor``.
+
+    Not thread-safe (one simulated router).
+    """
+
+    name = "aibrix-prefix-cache-current"
+
+    def __init__(
+        self,
+        *,
+        block_tokens: int,
+        seed: int = 0,
+        min_gap: int = 8,
+        imbalance_factor: float = 2.0,
+        std_factor: float = 2.0,
+        max_entries: int = 200_000,
+        ttl_s: float = 1200.0,
+        sweep_interval_s: float = 1.0,
+        chunk_bytes: int = 128,
+        chars_per_token: int = CHARS_PER_TOKEN,
+    ) -> None:
+        if min_gap < 0:
+            raise InvalidRecordError("min_gap", min_gap, "must be >= 0")
+        if not (math.isfinite(imbalance_factor) and imbalance_factor >= 0):
+            raise InvalidRecordError(
+                "imbalance_factor", imbalance_factor, "must be a finite number >= 0"
+            )
+        super().__init__(
+            block_tokens=block_tokens,
+            seed=seed,
+            std_factor=std_factor,
+            max_entries=max_entries,
+            ttl_s=ttl_s,
+            sweep_interval_s=sweep_interval_s,
+            chunk_bytes=chunk_bytes,
+            chars_per_token=chars_per_token,
+        )
+        self.min_gap = min_gap
+        self.imbalance_factor = imbalance_factor
+
+    def _imbalanced(self, inf: Sequence[int]) -> bool:
+        return aibrix_load_imbalanced(inf, min_gap=self.min_gap, factor=self.imbalance_factor)
 
 
 # --- 8. Ray Serve ----------------------------------------------------------------------------

@@ -425,8 +425,7 @@ class SmgCacheAwareCurrentPolicy(SmgCacheAwarePolicy):
     stored later version of ``model_gateway/src/policies/cache_aware.rs``
     (``select_worker``, ``select_worker_with_text``, ``select_matched_candidate``,
     ``select_final_from_affinity``, ``candidate_requires_spill``, ``is_kv_imbalanced``,
-    ``needs_backend_loads``) and smg @11b1fe08 ``least_load.rs``; fact sheet section 1b
-    and review 60 A1.
+    ``needs_backend_loads``) and smg @11b1fe08 ``least_load.rs``; fact sheet section 1b.
 
     Tree, stamps, eviction, the ``max_owners`` cut and the ``rate > 0.3`` hit test as in
     :class:`SmgCacheAwarePolicy`; what changed is the final pick, made by

@@ -19,7 +19,11 @@ from __future__ import annotations
 
 from prefixcache.replay._peer_base import EngineIndex
 from prefixcache.replay._peer_dynamo import DynamoKvPolicy
-from prefixcache.replay._peer_gateways import AibrixPrefixCachePolicy, RayPrefixAffinityPolicy
+from prefixcache.replay._peer_gateways import (
+    AibrixPrefixCacheCurrentPolicy,
+    AibrixPrefixCachePolicy,
+    RayPrefixAffinityPolicy,
+)
 from prefixcache.replay._peer_llmd import (
     LlmdCurrentPolicy,
     LlmdDefaultPolicy,
@@ -35,6 +39,7 @@ from prefixcache.replay._peer_radix import (
 )
 
 __all__ = [
+    "AibrixPrefixCacheCurrentPolicy",
     "AibrixPrefixCachePolicy",
     "DynamoKvPolicy",
     "EngineIndex",

@@ -19,6 +19,7 @@ from prefixcache.replay._baselines import (
 from prefixcache.replay._cache_cost import CacheCostPolicy
 from prefixcache.replay._cluster import ClusterModel
 from prefixcache.replay._peers import (
+    AibrixPrefixCacheCurrentPolicy,
     AibrixPrefixCachePolicy,
     DynamoKvPolicy,
     LlmdCurrentPolicy,
@@ -62,6 +63,7 @@ PEER_POLICIES: tuple[str, ...] = (
     "prodstack-prefix",
     "prodstack-loadaware",
     "aibrix-prefix-cache",
+    "aibrix-prefix-cache-current",
     "ray-prefix-affinity",
 )
 """The peer routers' default policies (see ``prefixcache.replay._peers``)."""
@@ -115,6 +117,11 @@ TUNABLE: dict[str, dict[str, Callable[[float], Any]]] = {
     "dynamo-kv": {"overlap_credit": float},
     "dynamo-kv-approx": {"overlap_credit": float},
     "aibrix-prefix-cache": {"imbalance": int, "std_factor": float},
+    "aibrix-prefix-cache-current": {
+        "min_gap": int,
+        "imbalance_factor": float,
+        "std_factor": float,
+    },
     "ray-prefix-affinity": {"match_rate_threshold": float},
 }
 """Per policy, the parameters ``make_policy(params=...)`` accepts and their types."""
@@ -204,6 +211,8 @@ def make_policy(
         return ProdstackLoadAwarePolicy(block_tokens=bt)
     if name == "aibrix-prefix-cache":
         return AibrixPrefixCachePolicy(block_tokens=bt, seed=seed, chars_per_token=cpt, **kw)
+    if name == "aibrix-prefix-cache-current":
+        return AibrixPrefixCacheCurrentPolicy(block_tokens=bt, seed=seed, chars_per_token=cpt, **kw)
     if name == "ray-prefix-affinity":
         return RayPrefixAffinityPolicy(block_tokens=bt, seed=seed, chars_per_token=cpt, **kw)
     raise InvalidRecordError(
