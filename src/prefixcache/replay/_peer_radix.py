@@ -326,7 +326,7 @@ def _report_wait(report: SmgLoadReport, credit_tokens: int) -> float:
     else:
         queued = float(report.waiting_reqs * SMG_MEAN_PREFILL_TOKENS)
     tp = report.gen_throughput if report.gen_throughput > 0 else SMG_DEFAULT_THROUGHPUT
-    k = min(max(report.token_usage, 0.0), 0.999)
+    k = min(report.token_usage, 0.999)  # >= 0 by the record's validator
     return (queued + credit_tokens) / tp + SMG_KV_PRESSURE_WEIGHT * k / (1.0 - k)
 
 
@@ -487,14 +487,17 @@ class SmgCacheAwareCurrentPolicy(SmgCacheAwarePolicy):
         self.credit_tokens: list[int] = []
         self._next_poll = 0.0
 
+    def _start(self, n: int) -> None:
+        super()._start(n)
+        if len(self.reports) != n:
+            self.reports = [None] * n
+            self.credit_tokens = [0] * n
+
     def _poll(self, now: float, view: ClusterView) -> None:
         """The WorkerMonitor's load poll, due at ``0, interval, 2 x interval, ...``: the
         view's scraped queue and KV use become the reports and every since-poll credit
         resets (``update_loads``: both in one step)."""
         n = view.replicas
-        if len(self.reports) != n:
-            self.reports = [None] * n
-            self.credit_tokens = [0] * n
         if now < self._next_poll:
             return
         if view.scraped_at > -math.inf:
