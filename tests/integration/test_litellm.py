@@ -697,3 +697,39 @@ def test_uninstall_gives_a_strategy_mode_router_back_its_default_strategy() -> N
             assert plugin.stats().decisions == decided
 
     run(main)
+
+
+def test_uninstall_keeps_the_routers_strategy_arguments() -> None:
+    from litellm.router_strategy.lowest_latency import LowestLatencyLoggingHandler
+
+    def latency_handlers() -> list[Any]:
+        return [h for h in litellm.callbacks if isinstance(h, LowestLatencyLoggingHandler)]
+
+    async def main() -> None:
+        before = {id(h) for h in latency_handlers()}
+        async with backends(2) as bs:
+            r = Router(
+                model_list=bs.model_list(),
+                num_retries=0,
+                routing_strategy="latency-based-routing",
+                routing_strategy_args={"lowest_latency_buffer": 0.25, "ttl": 30.0},
+            )
+            try:
+                plugin = install(r, mode="strategy")
+                async with installed(plugin):
+                    await r.acompletion(model=MODEL, messages=chat("q0"))
+                ours = [h for h in latency_handlers() if id(h) not in before]
+                # The default selector the router routes by again is built with the
+                # router's arguments, not LiteLLM's defaults (buffer 0, ttl an hour).
+                assert ours
+                args = {(h.routing_args.lowest_latency_buffer, h.routing_args.ttl) for h in ours}
+                assert args == {(0.25, 30.0)}
+                decided = plugin.stats().decisions
+                await r.acompletion(model=MODEL, messages=chat("q1"))
+                assert plugin.stats().decisions == decided
+            finally:
+                for h in latency_handlers():
+                    if id(h) not in before:
+                        litellm.callbacks.remove(h)
+
+    run(main)
