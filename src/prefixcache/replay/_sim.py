@@ -19,7 +19,7 @@ from clusterrouting import InvalidRecordError
 from prefixcache.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._trace import Request
-from prefixcache.replay._view import ClusterView, ReplayPolicy
+from prefixcache.replay._view import DECODE_LOG_INTERVAL, ClusterView, ReplayPolicy
 
 __all__ = ["TOKEN_MASK", "SimulationOutcome", "simulate"]
 
@@ -64,8 +64,12 @@ class _Engine:
         "clock",
         "ctx_sum",
         "dec",
+        "dlog_steps",
+        "dlog_t",
+        "dlog_toks",
         "doomed",
         "epoch",
+        "gen_tp",
         "lru",
         "n_dec",
         "prefill",
@@ -92,6 +96,34 @@ class _Engine:
         self.private = 0
         self.seq = 0
         self.prefilled = 0
+        self.dlog_steps = 0  # decode steps since the last decode log
+        self.dlog_toks = 0  # tokens they generated
+        self.dlog_t = 0.0  # when the last log was written (or the engine started)
+        self.gen_tp = 0.0  # tokens/s over the last complete log window
+
+    def log_decode(self, k: int, n_dec: int, a: float, d: float) -> None:
+        """Count ``k`` decode steps of ``n_dec`` tokens each, the ``j``-th starting at
+        ``clock + j a + d j (j - 1) / 2``: at every :data:`DECODE_LOG_INTERVAL`-th decode
+        step ``gen_tp`` becomes the tokens generated since the last log over the time
+        since it (SGLang's ``log_decode_stats``)."""
+        iv = DECODE_LOG_INTERVAL
+        need = iv - self.dlog_steps
+        if k < need:
+            self.dlog_steps += k
+            self.dlog_toks += k * n_dec
+            return
+        m = need + iv * ((k - need) // iv)  # steps to the last log within these k
+        end = self.clock + m * a + d * m * (m - 1) / 2
+        if m == need:
+            toks, since = self.dlog_toks + m * n_dec, self.dlog_t
+        else:
+            w = m - iv
+            toks, since = iv * n_dec, self.clock + w * a + d * w * (w - 1) / 2
+        gap = end - since
+        self.gen_tp = toks / gap if gap > 0 else 0.0
+        self.dlog_t = end
+        self.dlog_steps = k - m
+        self.dlog_toks = (k - m) * n_dec
 
 
 def simulate(
@@ -138,6 +170,24 @@ def simulate(
     last_used = view.last_used
     pinned = view._pinned
     engines = [_Engine() for _ in range(n_rep)]
+
+    def uncached(r: int) -> int:
+        e = engines[r]
+        refs = e.refs
+        lru = e.lru
+        total = sum(item[1] for item in e.prefill)
+        for j in e.waiting:
+            req = requests[j]
+            blocks = req.blocks
+            nb = len(blocks)
+            k = 0
+            while k < nb and (blocks[k] in refs or blocks[k] in lru):
+                k += 1
+            total += max(1, req.input_tokens - k * bt)
+        return total
+
+    view._uncached = uncached
+    view._gen_tp = lambda r: engines[r].gen_tp
     served = [0] * n_rep
     n = len(requests)
     out_rep = [0] * n
@@ -308,6 +358,7 @@ def simulate(
                     k = min(k_f, jm + 1)
                 if ev_step:
                     publish(r, e, e.clock)
+                e.log_decode(k, n_dec, a, d)
                 e.clock += k * a + d * k * (k - 1) / 2
                 e.step += k
                 e.ctx_sum += n_dec * k
@@ -322,6 +373,8 @@ def simulate(
                     finish(j, end)
                 continue
             dt = base + ptoks * inv_p + n_dec * t_seq + e.ctx_sum * t_kv
+            if n_dec:
+                e.log_decode(1, n_dec, dt, 0.0)
             end = e.clock + dt
             e.step += 1
             step = e.step
@@ -391,6 +444,9 @@ def simulate(
         pinned[r] = len(e.doomed) + e.private
         ev_step.clear()
         e.seq = 0
+        e.dlog_steps = e.dlog_toks = 0
+        e.dlog_t = e.clock
+        e.gen_tp = 0.0
         if on_restart is not None:  # the process ended with its last step: the router hears
             k = counter[0] = counter[0] + 1  # of it after that step's batch
             payloads[k] = (r, -1, None)

@@ -4,12 +4,13 @@ decision time, and :class:`ReplayPolicy`, the calls the simulator makes."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 from prefixcache.replay._cluster import ClusterModel
 from prefixcache.replay._trace import Request
 
-__all__ = ["ClusterView", "ReplayPolicy"]
+__all__ = ["DECODE_LOG_INTERVAL", "ClusterView", "ReplayPolicy"]
 
 
 class ClusterView:
@@ -25,11 +26,17 @@ class ClusterView:
     prompts' and their outputs', over the capacity: a prefix block several of them share
     counts once, and cached unpinned blocks count as free, as vLLM reports), and
     ``num_gpu_blocks`` (the capacity; 2**31 when infinite).
+
+    Engine load as a poll of SGLang's ``/v1/loads`` answers it now (current, not
+    scraped): :meth:`waiting_uncached_tokens` and :meth:`gen_throughput`. Outside a
+    simulation both read 0 until a test sets ``_uncached`` / ``_gen_tp``.
     """
 
     __slots__ = (
+        "_gen_tp",
         "_model",
         "_pinned",
+        "_uncached",
         "in_flight",
         "kv_usage",
         "last_used",
@@ -52,6 +59,8 @@ class ClusterView:
         self.kv_usage: list[float] = [0.0] * n
         self.num_gpu_blocks: int = 1 << 31 if model.cache_blocks is None else model.cache_blocks
         self.scraped_at: float = -math.inf
+        self._uncached: Callable[[int], int] = _zero_tokens
+        self._gen_tp: Callable[[int], float] = _zero_rate
 
     @property
     def replicas(self) -> int:
@@ -62,6 +71,33 @@ class ClusterView:
         current; 0 when full)."""
         free_blocks = max(0, self.num_gpu_blocks - self._pinned[i])
         return free_blocks * self._model.block_tokens * self._model.kv_bytes_per_token
+
+    def waiting_uncached_tokens(self, i: int) -> int:
+        """Prompt tokens replica ``i`` has yet to compute for the requests it holds: the
+        rest of each admitted request's uncached prompt, and each queued request's prompt
+        beyond the leading blocks the replica holds now (SGLang's
+        ``num_waiting_uncached_tokens``; its engine state as of its last committed step)."""
+        return self._uncached(i)
+
+    def gen_throughput(self, i: int) -> float:
+        """Tokens/s replica ``i`` generated over its last complete window of
+        :data:`DECODE_LOG_INTERVAL` decode steps, idle time within the window included;
+        0 before the first window ends and after a restart (SGLang's ``gen_throughput``:
+        refreshed every ``decode_log_interval`` decode batches, 40 by default)."""
+        return self._gen_tp(i)
+
+
+DECODE_LOG_INTERVAL = 40
+"""SGLang's ``decode_log_interval`` default: decode batches between two refreshes of its
+``gen_throughput``."""
+
+
+def _zero_tokens(_i: int) -> int:
+    return 0
+
+
+def _zero_rate(_i: int) -> float:
+    return 0.0
 
 
 class ReplayPolicy(Protocol):
