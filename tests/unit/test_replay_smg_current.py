@@ -157,6 +157,22 @@ def test_the_queue_is_read_only_at_the_poll() -> None:
     assert p.reports[0] == SmgLoadReport(waiting_reqs=5, token_usage=0.0)
 
 
+def test_the_poll_reads_uncached_tokens_and_generation_rate() -> None:
+    p = SmgCacheAwareCurrentPolicy(block_tokens=BT)
+    v = scraped(2, [0, 0], waiting=[3.0, 0.0])
+    v._uncached = [2000, 0].__getitem__
+    v._gen_tp = [1000.004, 50.0].__getitem__
+    picks = [p.choose(k, rq((k + 1,)), 0.0, v) for k in range(10)]
+    assert p.reports == [
+        SmgLoadReport(waiting_reqs=3, waiting_uncached_tokens=2000, gen_throughput=1000.0),
+        SmgLoadReport(waiting_reqs=0, gen_throughput=50.0),
+    ]
+    # Worker 0: 2,000 queued tokens at 1,000 tok/s, 2 s; idle worker 1: 0 s, so it takes
+    # the first miss, and its credit at its slow rate (1,024 / 50 = 20.5 s) then sends
+    # the next 18 to the busy, fast worker 0.
+    assert picks == [1] + [0] * 9
+
+
 def test_before_the_first_scrape_there_is_no_report() -> None:
     p = SmgCacheAwareCurrentPolicy(block_tokens=BT)
     assert p.choose(0, rq((1,)), 0.0, view(3, [4, 1, 2])) == 1  # live in-flight

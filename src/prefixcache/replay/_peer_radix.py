@@ -443,16 +443,24 @@ class SmgCacheAwareCurrentPolicy(SmgCacheAwarePolicy):
     (the HTTP path has no token count) and its ``processed`` by one.
 
     Poll: ``needs_backend_loads`` is true for every configuration, so the WorkerMonitor
-    polls each worker every ``load_check_interval_s`` (10 s). Modelled as a snapshot of
-    the view's scraped fields taken at the first decision at or after each tick ``0,
-    10 s, 20 s, ...`` from t = 0 (passes with no decision between them are one): per
-    worker ``waiting_reqs = view.waiting[w]`` and ``token_usage = view.kv_usage[w]``;
-    every credit resets to 0. The simulator publishes neither
-    ``num_waiting_uncached_tokens`` nor ``gen_throughput``, so a queue weighs 1,024
-    tokens per waiting request and every worker drains at 2,000 tokens/s (SMG's own
-    fallbacks for a backend that reports neither). A snapshot taken before the view's
-    first scrape (``view.scraped_at`` is ``-inf``) is no report at all, and the pick is
-    then the lowest live in-flight count, random among ties.
+    polls each worker every ``load_check_interval_s`` (10 s). Modelled as a snapshot
+    taken at the first decision at or after each tick ``0, 10 s, 20 s, ...`` from t = 0
+    (passes with no decision between them are one), of what SGLang's ``/v1/loads``
+    answers (sgl-project/sglang @063d0451 ``scheduler_components/load_inquirer.py``):
+    per worker ``waiting_reqs = view.waiting[w]`` and ``token_usage = view.kv_usage[w]``
+    (scraped), ``num_waiting_uncached_tokens`` (the prompt tokens still to compute of
+    the queued and the partly prefilled requests,
+    :meth:`~prefixcache.replay.ClusterView.waiting_uncached_tokens`) and
+    ``gen_throughput`` (tokens generated over the engine's last 40 decode steps, idle
+    time within included, rounded to 0.01 as SGLang reports it,
+    :meth:`~prefixcache.replay.ClusterView.gen_throughput`); every credit resets to 0.
+    So a worker decoding a large batch drains fast by this score, and an idle or
+    lightly loaded one slowly (its last window's rate: a few tokens per step, or 0 and
+    then SMG's 2,000 tokens/s before its first window), and between polls the credits
+    of 1,024 tokens a dispatch fill the fast workers first: the formula's, and
+    LeastLoad's, not the simulator's. A snapshot taken before the view's first scrape
+    (``view.scraped_at`` is ``-inf``) is no report at all, and the pick is then the
+    lowest live in-flight count, random among ties.
 
     Not thread-safe (one simulated router).
     """
@@ -502,7 +510,12 @@ class SmgCacheAwareCurrentPolicy(SmgCacheAwarePolicy):
             return
         if view.scraped_at > -math.inf:
             self.reports = [
-                SmgLoadReport(waiting_reqs=view.waiting[w], token_usage=view.kv_usage[w])
+                SmgLoadReport(
+                    waiting_reqs=view.waiting[w],
+                    waiting_uncached_tokens=view.waiting_uncached_tokens(w),
+                    token_usage=view.kv_usage[w],
+                    gen_throughput=round(view.gen_throughput(w), 2),
+                )
                 for w in range(n)
             ]
         self.credit_tokens = [0] * n
