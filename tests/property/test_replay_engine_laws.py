@@ -165,3 +165,45 @@ def test_every_prompt_token_is_cached_or_prefilled_once(
     assert sum(res.prefill_tokens_per_replica) == expected
     assert all(d >= a / 1.0 - 1e-9 for d, a in zip(res.done_s, res.ttft_s, strict=True))
     assert all(x >= 0 for x in res.ttft_s)
+
+
+class Recording(Planned):
+    """``Planned``, recording every replica's polled load at each decision."""
+
+    def __init__(self, plan: list[int]) -> None:
+        super().__init__(plan)
+        self.loads: list[list[tuple[int, float]]] = []
+
+    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
+        self.loads.append(
+            [
+                (view.waiting_uncached_tokens(r), view.gen_throughput(r))
+                for r in range(view.replicas)
+            ]
+        )
+        return super().choose(i, request, now, view)
+
+
+@given(data=st.data(), model=models)
+def test_the_polled_load_is_bounded_by_the_work_sent(
+    data: st.DataObject, model: ClusterModel
+) -> None:
+    # Uncached tokens: only requests sent earlier and without a first token by now can
+    # have prompt left, at most all of it. Generation rate: a decode step lasts at least
+    # 1 / decode_tokens_per_s and makes one token per request decoding.
+    trace = data.draw(unique_traces(model.block_tokens))
+    plan = data.draw(st.lists(st.integers(0, 2), min_size=len(trace), max_size=len(trace)))
+    pol = Recording(plan)
+    res = simulate(trace, pol, model)
+    n_rep = model.replicas
+    for i, req in enumerate(trace):
+        now = req.arrival
+        for r in range(n_rep):
+            left, rate = pol.loads[i][r]
+            open_work = sum(
+                max(1, trace[j].input_tokens)
+                for j in range(i)
+                if res.replica[j] == r and trace[j].arrival + res.ttft_s[j] > now
+            )
+            assert 0 <= left <= open_work
+            assert 0.0 <= rate <= len(trace) * model.decode_tokens_per_s + 1e-9
