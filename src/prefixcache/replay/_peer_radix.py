@@ -457,8 +457,8 @@ class SmgCacheAwareCurrentPolicy(SmgCacheAwarePolicy):
     So a worker decoding a large batch drains fast by this score, and an idle or
     lightly loaded one slowly (its last window's rate: a few tokens per step, or 0 and
     then SMG's 2,000 tokens/s before its first window), and between polls the credits
-    of 1,024 tokens a dispatch fill the fast workers first: the formula's, and
-    LeastLoad's, not the simulator's. A snapshot taken before the view's first scrape
+    of 1,024 tokens a dispatch fill the fast workers first: LeastLoad's formula fed
+    SGLang's rate, not an artefact of the simulator. A snapshot taken before the view's first scrape
     (``view.scraped_at`` is ``-inf``) is no report at all, and the pick is then the
     lowest live in-flight count, random among ties.
 
