@@ -5,6 +5,7 @@ traces. A probe request on replica 1 reads replica 0's load at its arrival."""
 from __future__ import annotations
 
 import pytest
+import sim_cases
 
 from prefixcache.replay import ClusterModel, ClusterView, Request, simulate
 
@@ -14,18 +15,8 @@ def req(t: float, inp: int, out: int, blocks: tuple[int, ...]) -> Request:
 
 
 def flat(**kw: object) -> ClusterModel:
-    """Two replicas, a bare step of 0.1 s, no per-request or per-context decode cost."""
-    base: dict[str, object] = {
-        "replicas": 2,
-        "cache_blocks": None,
-        "block_tokens": 10,
-        "prefill_tokens_per_s": 100.0,
-        "decode_tokens_per_s": 10.0,
-        "decode_s_per_request": 0.0,
-        "decode_s_per_context_token": 0.0,
-    }
-    base.update(kw)
-    return ClusterModel(**base)  # type: ignore[arg-type]
+    """Two replicas of :func:`sim_cases.flat` (a bare step of 0.1 s)."""
+    return sim_cases.flat(**{"replicas": 2, **kw})
 
 
 class Probe:

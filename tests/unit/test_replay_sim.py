@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sim_cases import flat
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
 from prefixcache.kvevents import BlockRemoved, BlockStored, EventBatch
@@ -71,21 +72,6 @@ HAND_MODEL = ClusterModel(
     decode_s_per_request=0.0,
     decode_s_per_context_token=0.0,
 )
-
-
-def flat(**kw: object) -> ClusterModel:
-    """One replica, a bare step of 0.1 s, no per-request or per-context decode cost."""
-    base: dict[str, object] = {
-        "replicas": 1,
-        "cache_blocks": None,
-        "block_tokens": 10,
-        "prefill_tokens_per_s": 100.0,
-        "decode_tokens_per_s": 10.0,
-        "decode_s_per_request": 0.0,
-        "decode_s_per_context_token": 0.0,
-    }
-    base.update(kw)
-    return ClusterModel(**base)  # type: ignore[arg-type]
 
 
 def test_round_robin_hand_computed_hits_and_ttft() -> None:
