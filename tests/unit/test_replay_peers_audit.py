@@ -32,7 +32,7 @@ from prefixcache.replay import (
     simulate,
     synthetic_trace,
 )
-from prefixcache.replay._peer_llmd import LlmdBlockIndex
+from prefixcache.replay._peer_llmd_precise import LlmdBlockIndex
 from prefixcache.replay._peer_prodstack import LmcacheKvPool
 
 # --- SGLang router / SMG cache_aware (smg @73da68ca) -------------------------------------

@@ -1,5 +1,6 @@
-"""llm-d's peer policies: the EPP default profile (approximate prefix + load scorers)
-and the precise prefix-cache scorer over the engines' KV events.
+"""llm-d's EPP default profile (approximate prefix + load scorers), pinned and current,
+and the max-score picker's tie-breaks both llm-d models share (the precise prefix-cache
+models are in :mod:`._peer_llmd_precise`).
 
 Every random choice draws from one ``random.Random(seed)`` per policy.
 """
@@ -8,12 +9,10 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import Literal
 
 from clusterrouting import InvalidRecordError
-from prefixcache.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay._peer_base import (
     CHARS_PER_TOKEN,
     Chunk,
@@ -27,19 +26,20 @@ from prefixcache.replay._view import ClusterView
 __all__ = [
     "MAX_PREFIX_TOKENS",
     "MIN_CHUNK_TOKENS",
-    "TIER_WEIGHTS",
-    "LlmdBlockIndex",
     "LlmdCurrentPolicy",
     "LlmdDefaultPolicy",
-    "LlmdPrecisePolicy",
     "TieRotation",
+    "max_score_pick",
+    "queue_scores",
 ]
 
 
 # --- 2/3. llm-d -------------------------------------------------------------------------
 
 
-def _queue_scores(waiting: Sequence[int]) -> list[float]:
+def queue_scores(waiting: Sequence[int]) -> list[float]:
+    """llm-d's ``queue-scorer``: per pod ``(max - w) / (max - min)`` of the waiting
+    counts, 1.0 for every pod when they are all equal."""
     hi = max(waiting)
     lo = min(waiting)
     if hi == lo:
@@ -47,7 +47,9 @@ def _queue_scores(waiting: Sequence[int]) -> list[float]:
     return [(hi - w) / (hi - lo) for w in waiting]
 
 
-def _max_score_pick(scores: Sequence[float], rng: random.Random) -> int:
+def max_score_pick(scores: Sequence[float], rng: random.Random) -> int:
+    """The pinned max-score picker: the highest score, ties in a seeded random order
+    (``ShuffleScoredEndpoints``, then a stable sort)."""
     order = list(range(len(scores)))
     rng.shuffle(order)
     order.sort(key=lambda k: -scores[k])  # stable: ties keep the shuffled order
@@ -212,14 +214,14 @@ class LlmdDefaultPolicy(Peer):
             self.holders = {}
         chunks = self._chunks(request)
         pref = self._scores(chunks, n)
-        q = _queue_scores(view.waiting)
+        q = queue_scores(view.waiting)
         w1, w2, w3 = self.weights
         # Summed in the default profile's order (queue, KV use, prefix: defaults.go and
         # the inference-scheduling guide), as llm-d adds its scorers: an exact tie there is
         # a tie here too.
         kv = view.kv_usage
         scores = [w2 * q[p] + w3 * (1.0 - kv[p]) + w1 * pref[p] for p in range(n)]
-        r = _max_score_pick(scores, self._rng) if self._ties is None else self._ties.pick(scores)
+        r = max_score_pick(scores, self._rng) if self._ties is None else self._ties.pick(scores)
         self.remember(r, chunks)
         return r
 
@@ -315,193 +317,3 @@ class LlmdCurrentPolicy(LlmdDefaultPolicy):
             tie_break="rotate",
             short_prompt_hash=True,
         )
-
-
-#: llm-d-kv-cache's device tiers and their weights in the precise scorer (``backend.go``).
-TIER_WEIGHTS: Mapping[str, float] = MappingProxyType({"GPU": 1.0, "CPU": 0.8})
-
-
-class LlmdBlockIndex:
-    """llm-d-kv-cache's in-memory index (@7be76e11: ``kvblock/in_memory.go``,
-    ``kvevents/pool.go``, ``kvblock_scorer.go``): block key -> the pods holding it, each
-    with its device tier; fact sheet section 3.
-
-    ``BlockStored`` adds (pod, tier) to each of its blocks as the most recent (a block
-    stored twice is still one entry), ``BlockRemoved`` removes it on the first remove;
-    ``AllBlocksCleared`` removes every entry of that pod, on every tier (``Index.Clear``);
-    ``seq`` is ignored, as llm-d does (an engine that restarts without a clear leaves its
-    old entries until their blocks are removed). At most ``pods_per_key`` entries per key,
-    the least recently stored dropped first. A block is keyed by its engine hash here
-    (llm-d re-keys it from its tokens; the simulator's hashes are already unique per
-    prefix). llm-d skips a store whose parent block it has no mapping for: the mapping is
-    made by a store and dropped when a remove leaves the block with no pod, but a clear
-    leaves it (a store under a cleared block is still accepted). A store carrying a
-    ``lora_name`` is keyed from the adapter, so its blocks never match a request for the
-    base model (the replay's requests): they are kept apart here. Tiers are weighed by
-    :data:`TIER_WEIGHTS`; a tier not listed there weighs 1.0 (``fillMaxWeights``).
-
-    Not modelled: llm-d-inference-scheduler @520af478 links llm-d-kv-cache v0.8.0, whose
-    ``Evict`` drops a block's mapping at the first pod's remove (a later remove by another
-    pod then leaves that pod's entry, and a store under the block is skipped); v0.8.1
-    fixed it, and this index follows the fixed code (docs/replay.md gives the effect). A
-    remove takes the pod off the block in the base model's space and every adapter's,
-    where llm-d maps an engine key to the space of its last store only (a real engine
-    hashes an adapter's blocks apart, so the same key is not stored in two spaces).
-
-    Not thread-safe (the replay is single-threaded). Memory: one entry per (block, pod,
-    tier) held, at most ``pods_per_key`` per block, and one mapping per block stored and
-    not removed from every pod.
-
-    >>> idx = LlmdBlockIndex()
-    >>> idx.apply(0, EventBatch(ts=0.0, events=[BlockStored(
-    ...     block_hashes=[1, 2], token_ids=[1, 2], block_size=1, medium="CPU")]))
-    >>> idx.runs((1, 2, 3), 2)
-    [1.6, 0.0]
-    """
-
-    __slots__ = ("adapters", "keys", "mapped", "pods_per_key")
-
-    def __init__(self, pods_per_key: int = 10) -> None:
-        self.pods_per_key = pods_per_key
-        self.keys: dict[int, OrderedDict[tuple[int, str], None]] = {}
-        self.mapped: set[int] = set()  # blocks a store under them is accepted for
-        #: per LoRA adapter, its own blocks (keyed apart: never matched by a base request)
-        self.adapters: dict[str, dict[int, OrderedDict[tuple[int, str], None]]] = {}
-
-    def apply(self, pod: int, batch: EventBatch) -> None:
-        """Apply ``pod``'s event batch (see the class). O(blocks in the batch), and
-        O(blocks indexed) for a clear."""
-        for ev in batch.events:
-            if isinstance(ev, BlockStored):
-                parent = ev.parent_block_hash
-                if parent is not None and parent not in self.mapped:
-                    continue
-                self._store(self._space(ev.lora_name), pod, ev)
-            elif isinstance(ev, BlockRemoved):
-                self._remove(pod, ev)
-            elif isinstance(ev, AllBlocksCleared):
-                self._clear(pod)
-
-    def _space(self, lora_name: str | None) -> dict[int, OrderedDict[tuple[int, str], None]]:
-        """The keys of the base model, or of a LoRA adapter."""
-        if lora_name is None:
-            return self.keys
-        return self.adapters.setdefault(lora_name, {})
-
-    def _store(
-        self, keys: dict[int, OrderedDict[tuple[int, str], None]], pod: int, ev: BlockStored
-    ) -> None:
-        cap = self.pods_per_key
-        entry_key = (pod, (ev.medium or "GPU").upper())
-        self.mapped.update(ev.block_hashes)
-        for h in ev.block_hashes:
-            entry = keys.get(h)
-            if entry is None:
-                entry = keys[h] = OrderedDict()
-            entry.pop(entry_key, None)
-            entry[entry_key] = None
-            while len(entry) > cap:
-                entry.popitem(last=False)
-
-    def _remove(self, pod: int, ev: BlockRemoved) -> None:
-        entry_key = (pod, (ev.medium or "GPU").upper())
-        spaces = [self.keys, *self.adapters.values()]
-        for h in ev.block_hashes:
-            if h not in self.mapped:
-                continue  # no mapping: nothing to evict
-            held = False
-            for keys in spaces:
-                entry = keys.get(h)
-                if entry is not None:
-                    entry.pop(entry_key, None)
-                    if entry:
-                        held = True
-                    else:
-                        del keys[h]
-            if not held:
-                self.mapped.discard(h)
-
-    def _clear(self, pod: int) -> None:
-        for keys in (self.keys, *self.adapters.values()):
-            for h in [h for h, entry in keys.items() if any(p == pod for p, _ in entry)]:
-                entry = keys[h]
-                for entry_key in [e for e in entry if e[0] == pod]:
-                    del entry[entry_key]
-                if not entry:
-                    del keys[h]
-
-    def runs(self, blocks: Sequence[int], n: int) -> list[float]:
-        """Per pod ``0..n-1``, its consecutive blocks of ``blocks`` (the base model's) from
-        the first, each weighted by its best tier (:data:`TIER_WEIGHTS`, 1.0 for a tier not
-        listed). O(blocks matched x entries per block)."""
-        out = [0.0] * n
-        alive = set(range(n))
-        keys = self.keys
-        weight = TIER_WEIGHTS.get
-        for b in blocks:
-            entry = keys.get(b)
-            best: dict[int, float] = {}
-            if entry is not None:
-                for pod, tier in entry:
-                    w = weight(tier, 1.0)
-                    if w > best.get(pod, 0.0):
-                        best[pod] = w
-            alive = {p for p in alive if p in best}
-            if not alive:
-                break
-            for p in alive:
-                out[p] += best[p]
-        return out
-
-
-class LlmdPrecisePolicy(Peer):
-    """llm-d ``precise-prefix-cache-scorer`` (KV events), llm-d-inference-scheduler
-    @520af478 ``scorer/preciseprefixcache/`` with llm-d-kv-cache @7be76e11
-    (``kvblock_scorer.go``, ``backend.go``, ``in_memory.go``) and the
-    precise-prefix-cache-aware guide; fact sheet section 3.
-
-    State: :class:`LlmdBlockIndex` from every engine's events (nothing written at route
-    time), plus scraped ``waiting`` and KV use. Decision: ``run[p]`` = consecutive blocks
-    from block 0 that pod p holds, each weighted by tier (GPU 1.0, CPU 0.8),
-    ``prefix = min(1, run/full_blocks)`` (0 without a full block; a partial tail block is
-    never keyed), ``score = 2 x prefix + 1 x (1 - kv) + 1 x queue`` (added in the guide's
-    profile order, as llm-d adds its scorers), max score with random ties. It keeps
-    llm-d's own index (``llmd_index``), not the shared ``EngineIndex`` the other event
-    policies read, whose refcounts, restarts and gaps llm-d does not have.
-
-    Engine blocks are trace blocks (``B = T``, fact sheet section 10). The guide's vLLM
-    runs 64-token blocks, so its score would also count the full 64-token blocks inside
-    a prompt's partial last trace block; not modelled (docs/replay.md gives the effect).
-    """
-
-    name = "llm-d-precise"
-    reads_kv_events = True
-
-    def __init__(
-        self,
-        *,
-        block_tokens: int,
-        seed: int = 0,
-        weights: tuple[float, float, float] = (2.0, 1.0, 1.0),
-        pods_per_key: int = 10,
-    ) -> None:
-        self._bt = block_tokens
-        self.weights = weights
-        self._rng = random.Random(seed)
-        self.llmd_index = LlmdBlockIndex(pods_per_key)
-
-    def on_kv_events(self, replica: int, seq: int, batch: EventBatch, now: float) -> None:
-        self.llmd_index.apply(replica, batch)
-
-    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
-        n = view.replicas
-        full = request.input_tokens // self._bt
-        runs = self.llmd_index.runs(request.blocks[:full], n)
-        pref = [min(1.0, runs[p] / full) if full else 0.0 for p in range(n)]
-        q = _queue_scores(view.waiting)
-        w1, w2, w3 = self.weights
-        # Summed in the guide's profile order (prefix, KV use, queue), as llm-d adds its
-        # scorers: an exact tie is then a tie here too.
-        kv = view.kv_usage
-        scores = [w1 * pref[p] + w3 * (1.0 - kv[p]) + w2 * q[p] for p in range(n)]
-        return _max_score_pick(scores, self._rng)

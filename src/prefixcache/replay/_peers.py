@@ -9,9 +9,10 @@ choices go to the lowest replica index, except SMG's "first 8 tenants in map ord
 fixed pseudo-random order per node drawn from the seed (``_peer_radix.map_rank``).
 
 The policies live in one module per peer family (``_peer_radix``: SGLang / SMG;
-``_peer_llmd``: llm-d; ``_peer_dynamo``: Dynamo; ``_peer_prodstack``: production-stack;
-``_peer_gateways``: AIBrix, Ray) over the pieces they share in ``_peer_base`` (the mapping
-of trace blocks onto characters, the engines' event index, the character tree); this
+``_peer_llmd`` and ``_peer_llmd_precise``: llm-d; ``_peer_dynamo``: Dynamo;
+``_peer_prodstack``: production-stack; ``_peer_gateways``: AIBrix, Ray) over the pieces
+they share in ``_peer_base`` (the mapping of trace blocks onto characters, the engines'
+event index, the character tree); this
 module gathers them.
 """
 
@@ -24,12 +25,8 @@ from prefixcache.replay._peer_gateways import (
     AibrixPrefixCachePolicy,
     RayPrefixAffinityPolicy,
 )
-from prefixcache.replay._peer_llmd import (
-    LlmdCurrentPolicy,
-    LlmdDefaultPolicy,
-    LlmdPrecisePolicy,
-    TieRotation,
-)
+from prefixcache.replay._peer_llmd import LlmdCurrentPolicy, LlmdDefaultPolicy, TieRotation
+from prefixcache.replay._peer_llmd_precise import LlmdPreciseCurrentPolicy, LlmdPrecisePolicy
 from prefixcache.replay._peer_prodstack import ProdstackLoadAwarePolicy, ProdstackPrefixPolicy
 from prefixcache.replay._peer_radix import (
     SglangCacheAwarePolicy,
@@ -45,6 +42,7 @@ __all__ = [
     "EngineIndex",
     "LlmdCurrentPolicy",
     "LlmdDefaultPolicy",
+    "LlmdPreciseCurrentPolicy",
     "LlmdPrecisePolicy",
     "ProdstackLoadAwarePolicy",
     "ProdstackPrefixPolicy",

@@ -24,6 +24,7 @@ from prefixcache.replay._peers import (
     DynamoKvPolicy,
     LlmdCurrentPolicy,
     LlmdDefaultPolicy,
+    LlmdPreciseCurrentPolicy,
     LlmdPrecisePolicy,
     ProdstackLoadAwarePolicy,
     ProdstackPrefixPolicy,
@@ -58,6 +59,7 @@ PEER_POLICIES: tuple[str, ...] = (
     "llm-d-default",
     "llm-d-default-current",
     "llm-d-precise",
+    "llm-d-precise-current",
     "dynamo-kv",
     "dynamo-kv-approx",
     "prodstack-prefix",
@@ -203,6 +205,8 @@ def make_policy(
         )
     if name == "llm-d-precise":
         return LlmdPrecisePolicy(block_tokens=bt, seed=seed)
+    if name == "llm-d-precise-current":
+        return LlmdPreciseCurrentPolicy(block_tokens=bt, seed=seed)
     if name in ("dynamo-kv", "dynamo-kv-approx"):
         return DynamoKvPolicy(block_tokens=bt, seed=seed, kv_events=name == "dynamo-kv", **kw)
     if name == "prodstack-prefix":
