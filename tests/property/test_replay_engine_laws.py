@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefixcache.replay import ClusterModel, ClusterView, Request, simulate
+from prefixcache.replay import ClusterModel, ClusterView, EngineLoad, Request, simulate
 
 
 class Planned:
@@ -172,15 +172,10 @@ class Recording(Planned):
 
     def __init__(self, plan: list[int]) -> None:
         super().__init__(plan)
-        self.loads: list[list[tuple[int, float]]] = []
+        self.loads: list[list[EngineLoad]] = []
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
-        self.loads.append(
-            [
-                (view.waiting_uncached_tokens(r), view.gen_throughput(r))
-                for r in range(view.replicas)
-            ]
-        )
+        self.loads.append([view.engine_load(r) for r in range(view.replicas)])
         return super().choose(i, request, now, view)
 
 
@@ -189,8 +184,9 @@ def test_the_polled_load_is_bounded_by_the_work_sent(
     data: st.DataObject, model: ClusterModel
 ) -> None:
     # Uncached tokens: only requests sent earlier and without a first token by now can
-    # have prompt left, at most all of it. Generation rate: a decode step lasts at least
-    # 1 / decode_tokens_per_s and makes one token per request decoding.
+    # have prompt left, at most all of it; only unfinished ones queue or run. Generation
+    # rate: a decode step lasts at least 1 / decode_tokens_per_s and makes one token per
+    # request decoding.
     trace = data.draw(unique_traces(model.block_tokens))
     plan = data.draw(st.lists(st.integers(0, 2), min_size=len(trace), max_size=len(trace)))
     pol = Recording(plan)
@@ -199,11 +195,15 @@ def test_the_polled_load_is_bounded_by_the_work_sent(
     for i, req in enumerate(trace):
         now = req.arrival
         for r in range(n_rep):
-            left, rate = pol.loads[i][r]
+            load = pol.loads[i][r]
+            left, rate = load.waiting_uncached_tokens, load.gen_throughput
             open_work = sum(
                 max(1, trace[j].input_tokens)
                 for j in range(i)
                 if res.replica[j] == r and trace[j].arrival + res.ttft_s[j] > now
             )
             assert 0 <= left <= open_work
+            unfinished = sum(1 for j in range(i) if res.replica[j] == r and res.done_s[j] > now)
+            assert load.waiting_reqs + load.running_reqs <= unfinished
+            assert 0.0 <= load.token_usage <= 1.0
             assert 0.0 <= rate <= len(trace) * model.decode_tokens_per_s + 1e-9

@@ -313,3 +313,40 @@ def test_ties_rotate_among_the_sticky_pods_only() -> None:
         p.on_first_token(i, req, r, 10.0 * i + 0.5)
         picks.append(r)
     assert picks == [1, 2, 1, 2]
+
+
+def test_when_every_pod_is_sticky_the_gate_has_nothing_to_compare() -> None:
+    # plugin.go: the TTFT gate needs a non-sticky pod; with every pod sticky all stay,
+    # whatever their TTFTs. Counterfactual: comparing against an empty set fails.
+    assert affinity_candidates([1.0, 0.9], [5e7, 0.0]) == [0, 1]
+
+
+def test_the_gate_compares_against_the_best_non_sticky_pod() -> None:
+    # bestNonSticky is the lowest TTFT among the non-sticky pods (0 ms here), so the gap
+    # is penalty + 1 and stickiness breaks. Counterfactual: the worst one (10 ms) leaves
+    # a gap under the penalty and keeps pod 0 alone.
+    pen = DEFAULT_MAX_TTFT_PENALTY_MS
+    assert affinity_candidates([1.0, 0.0, 0.0], [pen + 1.0, 10.0, 0.0]) == [0, 1, 2]
+
+
+def test_re_speculating_refreshes_the_entrys_recency() -> None:
+    # One PodCache LRU per key (in_memory.go): adding an entry already
+    # there refreshes it. Pod 0 is speculated on block 1, pods 1-9 store it, pod 0 is
+    # speculated again, then pod 10 stores it: the least recent is now pod 1's.
+    # Counterfactual: without the refresh pod 0's speculative entry is dropped.
+    idx = LlmdSpeculativeIndex()
+    idx.speculate(0, (1,), expires_at=2.0)
+    for pod in range(1, 10):
+        idx.apply(pod, stored(1))
+    idx.speculate(0, (1,), expires_at=2.0)
+    idx.apply(10, stored(1))
+    assert (0, "") in idx.keys[1] and (1, "GPU") not in idx.keys[1]
+
+
+def test_speculative_entries_cover_only_the_full_blocks() -> None:
+    # PreRequest adds the pod on the prompt's block keys: 25 tokens at B = 10 have two
+    # full blocks; the partial third is never keyed. Counterfactual: speculating on every
+    # trace block would key block 3.
+    p = current()
+    p.choose(0, rq((1, 2, 3), tokens=25), 0.0, view(2))
+    assert sorted(p.speculative_index.keys) == [1, 2]

@@ -16,6 +16,7 @@ from prefixcache.replay import (
     PEER_POLICIES,
     ClusterModel,
     ClusterView,
+    EngineLoad,
     SmgCacheAwareCurrentPolicy,
     SmgCacheAwarePolicy,
     make_policy,
@@ -28,9 +29,21 @@ from prefixcache.replay._peer_radix import (
 
 
 def scraped(n: int, in_flight: list[int], **metrics: list[float]) -> ClusterView:
-    """A view whose engine metrics have been scraped (a poll then reads them)."""
-    v = view(n, in_flight, **metrics)
+    """A view whose engines answer a poll with these metrics (``waiting=``,
+    ``kv_usage=``, ``uncached=``, ``rate=``; 0 when not given)."""
+    v = view(n, in_flight)
     v.scraped_at = 0.0
+    zero = [0.0] * n
+    waiting = metrics.get("waiting", zero)
+    kv = metrics.get("kv_usage", zero)
+    uncached = metrics.get("uncached", zero)
+    rate = metrics.get("rate", zero)
+    v._load = lambda w: EngineLoad(
+        waiting_reqs=int(waiting[w]),
+        waiting_uncached_tokens=int(uncached[w]),
+        token_usage=kv[w],
+        gen_throughput=rate[w],
+    )
     return v
 
 
@@ -158,19 +171,38 @@ def test_the_queue_is_read_only_at_the_poll() -> None:
 
 
 def test_the_poll_reads_uncached_tokens_and_generation_rate() -> None:
-    p = SmgCacheAwareCurrentPolicy(block_tokens=BT)
-    v = scraped(2, [0, 0], waiting=[3.0, 0.0])
-    v._uncached = [2000, 0].__getitem__
-    v._gen_tp = [1000.004, 50.0].__getitem__
-    picks = [p.choose(k, rq((k + 1,)), 0.0, v) for k in range(10)]
+    p = SmgCacheAwareCurrentPolicy(block_tokens=BT, engine_metrics=True)
+    v = scraped(2, [0, 0], waiting=[3.0, 0.0], uncached=[2000, 0], rate=[1000.004, 50.0])
+    picks = [p.choose(k, rq((k + 1,)), 0.0, v) for k in range(21)]
     assert p.reports == [
         SmgLoadReport(waiting_reqs=3, waiting_uncached_tokens=2000, gen_throughput=1000.0),
         SmgLoadReport(waiting_reqs=0, gen_throughput=50.0),
     ]
     # Worker 0: 2,000 queued tokens at 1,000 tok/s, 2 s; idle worker 1: 0 s, so it takes
     # the first miss, and its credit at its slow rate (1,024 / 50 = 20.5 s) then sends
-    # the next 18 to the busy, fast worker 0.
-    assert picks == [1] + [0] * 9
+    # the next 19 to the busy, fast worker 0 ((2,000 + 1,024 k) / 1,000 < 20.48 up to
+    # k = 18), the 21st back to worker 1.
+    assert picks == [1] + [0] * 19 + [1]
+
+
+def test_without_engine_metrics_the_rate_is_not_reported() -> None:
+    # SGLang fills gen_throughput only with --enable-metrics (off by default): SMG then
+    # drains every worker at its 2,000 tokens/s, and the same two workers share misses
+    # by the queued tokens alone: worker 0's 1 s of queue is two dispatches' credit, so
+    # worker 1 takes two misses, then they alternate.
+    p = SmgCacheAwareCurrentPolicy(block_tokens=BT)
+    v = scraped(2, [0, 0], waiting=[3.0, 0.0], uncached=[2000, 0], rate=[1000.0, 50.0])
+    picks = [p.choose(k, rq((k + 1,)), 0.0, v) for k in range(4)]
+    assert [r.gen_throughput for r in p.reports if r is not None] == [0.0, 0.0]
+    assert picks == [1, 1, 0, 1]
+
+
+def test_the_poll_rounds_the_generation_rate_to_two_decimals() -> None:
+    # load_inquirer.py: gen_throughput=round(stats.gen_throughput, 2). Counterfactual:
+    # one decimal gives 12.3.
+    p = SmgCacheAwareCurrentPolicy(block_tokens=BT, engine_metrics=True)
+    p.choose(0, rq((1,)), 0.0, scraped(2, [0, 0], rate=[12.345678, 0.004]))
+    assert [r.gen_throughput for r in p.reports if r is not None] == [12.35, 0.0]
 
 
 def test_before_the_first_scrape_there_is_no_report() -> None:

@@ -78,7 +78,7 @@ from prefixcache.replay._trace import (
     parse_trace,
 )
 from prefixcache.replay._tune import Objective, TuneResult, parse_objective, tune
-from prefixcache.replay._view import ClusterView, ReplayPolicy
+from prefixcache.replay._view import ClusterView, EngineLoad, ReplayPolicy
 
 __all__ = [
     "AibrixPrefixCacheCurrentPolicy",
@@ -96,6 +96,7 @@ __all__ = [
     "DEFAULT_TARGET_LOAD",
     "DynamoKvPolicy",
     "EngineIndex",
+    "EngineLoad",
     "FederationPolicy",
     "GRID_SCHEMA_VERSION",
     "GridCell",

@@ -10,7 +10,7 @@ import attrs
 
 from clusterrouting import InvalidRecordError
 
-__all__ = ["DEFAULT_CLUSTER", "ClusterModel"]
+__all__ = ["DEFAULT_CLUSTER", "ClusterModel", "finite_nonneg"]
 
 
 def _positive(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
@@ -20,7 +20,9 @@ def _positive(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
         raise InvalidRecordError(attr.name, value, "must be > 0")
 
 
-def _nonneg(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+def finite_nonneg(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    """attrs validator: a finite number >= 0 (not a bool), else :class:`InvalidRecordError`
+    naming the field."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise InvalidRecordError(attr.name, value, "must be a number")
     if not math.isfinite(value) or value < 0:
@@ -144,12 +146,12 @@ class ClusterModel:
     prefill_tokens_per_s: float = attrs.field(default=20_000.0, validator=_positive)
     decode_tokens_per_s: float = attrs.field(default=80.0, validator=_positive)
     kv_bytes_per_token: int = attrs.field(default=163_840, validator=_positive)
-    decode_s_per_request: float = attrs.field(default=1e-4, validator=_nonneg)
-    decode_s_per_context_token: float = attrs.field(default=8.7e-9, validator=_nonneg)
+    decode_s_per_request: float = attrs.field(default=1e-4, validator=finite_nonneg)
+    decode_s_per_context_token: float = attrs.field(default=8.7e-9, validator=finite_nonneg)
     max_batch_tokens: int = attrs.field(default=8192, validator=_positive)
     max_running: int = attrs.field(default=1024, validator=_positive)
-    scrape_interval_s: float = attrs.field(default=0.05, validator=_nonneg)
-    kv_event_delay_s: float = attrs.field(default=0.01, validator=_nonneg)
+    scrape_interval_s: float = attrs.field(default=0.05, validator=finite_nonneg)
+    kv_event_delay_s: float = attrs.field(default=0.01, validator=finite_nonneg)
     kv_event_loss: float = attrs.field(default=0.0, validator=_loss)
     kv_event_seed: int = 0
     restarts: tuple[tuple[float, int], ...] = attrs.field(default=(), validator=_restarts)

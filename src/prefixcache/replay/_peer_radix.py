@@ -11,14 +11,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 
 from clusterrouting import InvalidRecordError
+from prefixcache.replay._cluster import finite_nonneg
 from prefixcache.replay._peer_base import CHARS_PER_TOKEN, CharTree, Peer, block_chars
 from prefixcache.replay._trace import Request
-from prefixcache.replay._view import ClusterView
+from prefixcache.replay._view import ClusterView, EngineLoad
 
 __all__ = [
     "SMG_DEFAULT_THROUGHPUT",
@@ -297,11 +297,6 @@ SMG_LOAD_CHECK_INTERVAL_S = 10.0
 """The WorkerMonitor's load poll period (``worker_load_check_interval_secs``)."""
 
 
-def _nonneg(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-        raise InvalidRecordError(attr.name, value, "must be a finite number >= 0")
-
-
 @attrs.frozen(kw_only=True)
 class SmgLoadReport:
     """One worker's load as SMG's WorkerMonitor last polled it (``WorkerLoadResponse``,
@@ -309,10 +304,10 @@ class SmgLoadReport:
     (``num_waiting_uncached_tokens``, 0: not reported), ``token_usage`` (KV use in
     [0, 1]) and ``gen_throughput`` (tokens/s, 0: not reported)."""
 
-    waiting_reqs: int = attrs.field(validator=_nonneg)
-    waiting_uncached_tokens: int = attrs.field(default=0, validator=_nonneg)
-    token_usage: float = attrs.field(default=0.0, validator=_nonneg)
-    gen_throughput: float = attrs.field(default=0.0, validator=_nonneg)
+    waiting_reqs: int = attrs.field(validator=finite_nonneg)
+    waiting_uncached_tokens: int = attrs.field(default=0, validator=finite_nonneg)
+    token_usage: float = attrs.field(default=0.0, validator=finite_nonneg)
+    gen_throughput: float = attrs.field(default=0.0, validator=finite_nonneg)
 
 
 def _report_wait(report: SmgLoadReport, credit_tokens: int) -> float:
@@ -445,22 +440,22 @@ class SmgCacheAwareCurrentPolicy(SmgCacheAwarePolicy):
     Poll: ``needs_backend_loads`` is true for every configuration, so the WorkerMonitor
     polls each worker every ``load_check_interval_s`` (10 s). Modelled as a snapshot
     taken at the first decision at or after each tick ``0, 10 s, 20 s, ...`` from t = 0
-    (passes with no decision between them are one), of what SGLang's ``/v1/loads``
-    answers (sgl-project/sglang @063d0451 ``scheduler_components/load_inquirer.py``):
-    per worker ``waiting_reqs = view.waiting[w]`` and ``token_usage = view.kv_usage[w]``
-    (scraped), ``num_waiting_uncached_tokens`` (the prompt tokens still to compute of
-    the queued and the partly prefilled requests,
-    :meth:`~prefixcache.replay.ClusterView.waiting_uncached_tokens`) and
-    ``gen_throughput`` (tokens generated over the engine's last 40 decode steps, idle
-    time within included, rounded to 0.01 as SGLang reports it,
-    :meth:`~prefixcache.replay.ClusterView.gen_throughput`); every credit resets to 0.
-    So a worker decoding a large batch drains fast by this score, and an idle or
-    lightly loaded one slowly (its last window's rate: a few tokens per step, or 0 and
-    then SMG's 2,000 tokens/s before its first window), and between polls the credits
-    of 1,024 tokens a dispatch fill the fast workers first: LeastLoad's formula fed
-    SGLang's rate, not an artefact of the simulator. A snapshot taken before the view's first scrape
-    (``view.scraped_at`` is ``-inf``) is no report at all, and the pick is then the
-    lowest live in-flight count, random among ties.
+    (passes with no decision between them are one) of what SGLang's ``/v1/loads``
+    answers then (:meth:`~prefixcache.replay.ClusterView.engine_load`): per worker its
+    waiting requests, uncached waiting tokens and KV use, and its ``gen_throughput``
+    only with ``engine_metrics`` (SGLang's ``--enable-metrics``, off by default: without
+    it SGLang reports 0 and every worker drains at SMG's 2,000 tokens/s); every credit
+    resets to 0. With the rate reported, a worker decoding a large batch drains fast by
+    this score and an idle or lightly loaded one slowly (a few tokens per step), so
+    between polls the credits of 1,024 tokens a dispatch fill the busy workers first:
+    LeastLoad's formula fed SGLang's rate, not an artefact of the simulator. A view
+    never scraped (``view.scraped_at`` is ``-inf``: no engine has answered yet) gives no
+    report at all, and the pick is then the lowest live in-flight count, random among
+    ties.
+
+    Args:
+        engine_metrics: the workers run with ``--enable-metrics`` and report their
+            generation rate (default: SGLang's default, off).
 
     Not thread-safe (one simulated router).
     """
@@ -477,6 +472,7 @@ class SmgCacheAwareCurrentPolicy(SmgCacheAwarePolicy):
         max_tree_chars: int = 2**26,
         load_check_interval_s: float = SMG_LOAD_CHECK_INTERVAL_S,
         chars_per_token: int = CHARS_PER_TOKEN,
+        engine_metrics: bool = False,
     ) -> None:
         super().__init__(
             block_tokens=block_tokens,
@@ -486,6 +482,7 @@ class SmgCacheAwareCurrentPolicy(SmgCacheAwarePolicy):
             max_tree_chars=max_tree_chars,
             chars_per_token=chars_per_token,
         )
+        self.engine_metrics = engine_metrics
         if not 0 < load_check_interval_s < math.inf:
             raise InvalidRecordError(
                 "load_check_interval_s", load_check_interval_s, "must be a finite number > 0"
@@ -502,25 +499,27 @@ class SmgCacheAwareCurrentPolicy(SmgCacheAwarePolicy):
             self.credit_tokens = [0] * n
 
     def _poll(self, now: float, view: ClusterView) -> None:
-        """The WorkerMonitor's load poll, due at ``0, interval, 2 x interval, ...``: the
-        view's scraped queue and KV use become the reports and every since-poll credit
-        resets (``update_loads``: both in one step)."""
+        """The WorkerMonitor's load poll, due at ``0, interval, 2 x interval, ...``: each
+        engine's answer becomes its report and every since-poll credit resets
+        (``update_loads``: both in one step)."""
         n = view.replicas
         if now < self._next_poll:
             return
         if view.scraped_at > -math.inf:
-            self.reports = [
-                SmgLoadReport(
-                    waiting_reqs=view.waiting[w],
-                    waiting_uncached_tokens=view.waiting_uncached_tokens(w),
-                    token_usage=view.kv_usage[w],
-                    gen_throughput=round(view.gen_throughput(w), 2),
-                )
-                for w in range(n)
-            ]
+            self.reports = [self._report(view.engine_load(w)) for w in range(n)]
         self.credit_tokens = [0] * n
         every = self.load_check_interval_s
         self._next_poll += every * (1 + math.floor((now - self._next_poll) / every))
+
+    def _report(self, load: EngineLoad) -> SmgLoadReport:
+        """What SMG keeps of an engine's answer; its rate rounded to 0.01 as SGLang sends
+        it, or 0 from an engine without ``--enable-metrics``."""
+        return SmgLoadReport(
+            waiting_reqs=load.waiting_reqs,
+            waiting_uncached_tokens=load.waiting_uncached_tokens,
+            token_usage=load.token_usage,
+            gen_throughput=round(load.gen_throughput, 2) if self.engine_metrics else 0.0,
+        )
 
     def _final_candidates(self, owners: Sequence[int], in_flight: Sequence[int]) -> list[int]:
         """``select_final_from_affinity``: the owners that pass the count gate; if none

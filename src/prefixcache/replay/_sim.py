@@ -19,7 +19,13 @@ from clusterrouting import InvalidRecordError
 from prefixcache.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._trace import Request
-from prefixcache.replay._view import DECODE_LOG_INTERVAL, ClusterView, ReplayPolicy
+from prefixcache.replay._view import (
+    DECODE_LOG_INTERVAL,
+    IDLE_RATE_RESET_S,
+    ClusterView,
+    EngineLoad,
+    ReplayPolicy,
+)
 
 __all__ = ["TOKEN_MASK", "SimulationOutcome", "simulate"]
 
@@ -77,6 +83,7 @@ class _Engine:
         "private",
         "refs",
         "seq",
+        "stats_t",
         "step",
         "waiting",
     )
@@ -100,6 +107,7 @@ class _Engine:
         self.dlog_toks = 0  # tokens they generated
         self.dlog_t = 0.0  # when the last log was written (or the engine started)
         self.gen_tp = 0.0  # tokens/s over the last complete log window
+        self.stats_t = 0.0  # the last prefill or decode log (an idle reset counts from it)
 
     def log_decode(self, k: int, n_dec: int, a: float, d: float) -> None:
         """Count ``k`` decode steps of ``n_dec`` tokens each, the ``j``-th starting at
@@ -121,7 +129,7 @@ class _Engine:
             toks, since = iv * n_dec, self.clock + w * a + d * w * (w - 1) / 2
         gap = end - since
         self.gen_tp = toks / gap if gap > 0 else 0.0
-        self.dlog_t = end
+        self.dlog_t = self.stats_t = end
         self.dlog_steps = k - m
         self.dlog_toks = (k - m) * n_dec
 
@@ -171,11 +179,11 @@ def simulate(
     pinned = view._pinned
     engines = [_Engine() for _ in range(n_rep)]
 
-    def uncached(r: int) -> int:
+    def engine_load(r: int) -> EngineLoad:
         e = engines[r]
         refs = e.refs
         lru = e.lru
-        total = sum(item[1] for item in e.prefill)
+        uncached = sum(item[1] for item in e.prefill)
         for j in e.waiting:
             req = requests[j]
             blocks = req.blocks
@@ -183,11 +191,16 @@ def simulate(
             k = 0
             while k < nb and (blocks[k] in refs or blocks[k] in lru):
                 k += 1
-            total += max(1, req.input_tokens - k * bt)
-        return total
+            uncached += max(1, req.input_tokens - k * bt)
+        return EngineLoad(
+            waiting_reqs=len(e.waiting),
+            running_reqs=len(e.prefill) + e.n_dec,
+            waiting_uncached_tokens=uncached,
+            token_usage=min(1.0, pinned[r] / cap) if 0 < cap < (1 << 62) else 0.0,
+            gen_throughput=e.gen_tp,
+        )
 
-    view._uncached = uncached
-    view._gen_tp = lambda r: engines[r].gen_tp
+    view._load = engine_load
     served = [0] * n_rep
     n = len(requests)
     out_rep = [0] * n
@@ -335,6 +348,8 @@ def simulate(
                 if n_dec == 0:
                     if ev_step:
                         publish(r, e, e.clock)
+                    if t > e.stats_t + IDLE_RATE_RESET_S:
+                        e.gen_tp = 0.0  # idle past the reset: SGLang zeroes the rate
                     e.clock = t  # idle
                     return
                 # Pure decode until the next completion or until t: jump in one go.
@@ -376,6 +391,8 @@ def simulate(
             if n_dec:
                 e.log_decode(1, n_dec, dt, 0.0)
             end = e.clock + dt
+            if ptoks:
+                e.stats_t = end  # a prefill batch's log
             e.step += 1
             step = e.step
             e.prefilled += ptoks
@@ -445,7 +462,7 @@ def simulate(
         ev_step.clear()
         e.seq = 0
         e.dlog_steps = e.dlog_toks = 0
-        e.dlog_t = e.clock
+        e.dlog_t = e.stats_t = e.clock
         e.gen_tp = 0.0
         if on_restart is not None:  # the process ended with its last step: the router hears
             k = counter[0] = counter[0] + 1  # of it after that step's batch

@@ -7,10 +7,55 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-from prefixcache.replay._cluster import ClusterModel
+import attrs
+
+from prefixcache.replay._cluster import ClusterModel, finite_nonneg
 from prefixcache.replay._trace import Request
 
-__all__ = ["DECODE_LOG_INTERVAL", "ClusterView", "ReplayPolicy"]
+__all__ = [
+    "DECODE_LOG_INTERVAL",
+    "IDLE_RATE_RESET_S",
+    "ClusterView",
+    "EngineLoad",
+    "ReplayPolicy",
+]
+
+DECODE_LOG_INTERVAL = 40
+"""SGLang's ``decode_log_interval`` default: decode batches between two refreshes of its
+``gen_throughput``."""
+
+IDLE_RATE_RESET_S = 30.0
+"""SGLang zeroes ``gen_throughput`` once its scheduler has been idle this long after its
+last prefill or decode log (``_maybe_log_idle_metrics``)."""
+
+
+@attrs.frozen(kw_only=True)
+class EngineLoad:
+    """One replica's load as SGLang's ``/v1/loads`` answers a poll (its core fields,
+    sgl-project/sglang @063d0451 ``scheduler_components/load_inquirer.py``), all read at
+    one instant: ``waiting_reqs`` (queued, not admitted), ``running_reqs``,
+    ``waiting_uncached_tokens`` (``num_waiting_uncached_tokens``: the prompt tokens still
+    to compute, each admitted request's uncached rest and, per queued request, its prompt
+    beyond the leading blocks the replica holds, at least 1), ``token_usage`` (as
+    ``ClusterView.kv_usage``) and ``gen_throughput`` (tokens/s over the engine's last
+    complete window of :data:`DECODE_LOG_INTERVAL` decode steps, idle time within it
+    included; 0 before the first window ends, after a restart, and once the engine has
+    idled :data:`IDLE_RATE_RESET_S` past its last log). SGLang fills ``gen_throughput``
+    only when it runs with ``--enable-metrics`` (off by default); without it a poll reads
+    0 there, whatever this field says.
+
+    Raises:
+        InvalidRecordError: a field is negative, not finite or not a number.
+    """
+
+    waiting_reqs: int = attrs.field(default=0, validator=finite_nonneg)
+    running_reqs: int = attrs.field(default=0, validator=finite_nonneg)
+    waiting_uncached_tokens: int = attrs.field(default=0, validator=finite_nonneg)
+    token_usage: float = attrs.field(default=0.0, validator=finite_nonneg)
+    gen_throughput: float = attrs.field(default=0.0, validator=finite_nonneg)
+
+
+_IDLE = EngineLoad()
 
 
 class ClusterView:
@@ -28,15 +73,14 @@ class ClusterView:
     ``num_gpu_blocks`` (the capacity; 2**31 when infinite).
 
     Engine load as a poll of SGLang's ``/v1/loads`` answers it now (current, not
-    scraped): :meth:`waiting_uncached_tokens` and :meth:`gen_throughput`. Outside a
-    simulation both read 0 until a test sets ``_uncached`` / ``_gen_tp``.
+    scraped): :meth:`engine_load`. Outside a simulation it reads an idle engine until a
+    test sets ``_load``.
     """
 
     __slots__ = (
-        "_gen_tp",
+        "_load",
         "_model",
         "_pinned",
-        "_uncached",
         "in_flight",
         "kv_usage",
         "last_used",
@@ -59,8 +103,7 @@ class ClusterView:
         self.kv_usage: list[float] = [0.0] * n
         self.num_gpu_blocks: int = 1 << 31 if model.cache_blocks is None else model.cache_blocks
         self.scraped_at: float = -math.inf
-        self._uncached: Callable[[int], int] = _zero_tokens
-        self._gen_tp: Callable[[int], float] = _zero_rate
+        self._load: Callable[[int], EngineLoad] = _idle
 
     @property
     def replicas(self) -> int:
@@ -72,32 +115,14 @@ class ClusterView:
         free_blocks = max(0, self.num_gpu_blocks - self._pinned[i])
         return free_blocks * self._model.block_tokens * self._model.kv_bytes_per_token
 
-    def waiting_uncached_tokens(self, i: int) -> int:
-        """Prompt tokens replica ``i`` has yet to compute for the requests it holds: the
-        rest of each admitted request's uncached prompt, and each queued request's prompt
-        beyond the leading blocks the replica holds now (SGLang's
-        ``num_waiting_uncached_tokens``; its engine state as of its last committed step)."""
-        return self._uncached(i)
-
-    def gen_throughput(self, i: int) -> float:
-        """Tokens/s replica ``i`` generated over its last complete window of
-        :data:`DECODE_LOG_INTERVAL` decode steps, idle time within the window included;
-        0 before the first window ends and after a restart (SGLang's ``gen_throughput``:
-        refreshed every ``decode_log_interval`` decode batches, 40 by default)."""
-        return self._gen_tp(i)
+    def engine_load(self, i: int) -> EngineLoad:
+        """Replica ``i``'s :class:`EngineLoad` now (its engine as of its last committed
+        step). O(queued requests x their leading blocks)."""
+        return self._load(i)
 
 
-DECODE_LOG_INTERVAL = 40
-"""SGLang's ``decode_log_interval`` default: decode batches between two refreshes of its
-``gen_throughput``."""
-
-
-def _zero_tokens(_i: int) -> int:
-    return 0
-
-
-def _zero_rate(_i: int) -> float:
-    return 0.0
+def _idle(_i: int) -> EngineLoad:
+    return _IDLE
 
 
 class ReplayPolicy(Protocol):
