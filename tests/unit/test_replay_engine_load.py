@@ -22,7 +22,7 @@ def flat(**kw: object) -> ClusterModel:
 
 class Probe:
     """Sends the requests of ``work`` to replica 0 and every other one to replica 1,
-    recording replica 0's load as each arrives."""
+    recording replica 0's load (and every replica's, ``every``) as each arrives."""
 
     name = "probe"
     observe_at = "-"
@@ -31,9 +31,11 @@ class Probe:
         self.work = work
         self.seen: dict[int, tuple[int, float]] = {}
         self.loads: dict[int, EngineLoad] = {}
+        self.every: dict[int, list[EngineLoad]] = {}
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
-        load = self.loads[i] = view.engine_load(0)
+        self.every[i] = [view.engine_load(r) for r in range(view.replicas)]
+        load = self.loads[i] = self.every[i][0]
         self.seen[i] = (load.waiting_uncached_tokens, load.gen_throughput)
         return 0 if i in self.work else 1
 
@@ -200,35 +202,12 @@ def test_a_mixed_step_that_is_the_40th_decode_step_ends_the_window() -> None:
     assert throughputs(trace, {0, 1}, flat()) == pytest.approx([40 / 4.3])
 
 
-class Replica1:
-    """Sends every request to replica 1 and records both replicas' generation rates."""
-
-    name = "replica-1"
-    observe_at = "-"
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[float, float]] = []
-
-    def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
-        self.seen.append((view.engine_load(0).gen_throughput, view.engine_load(1).gen_throughput))
-        return 1
-
-    def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
-        pass
-
-    def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
-        pass
-
-    def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
-        pass
-
-
 def test_each_replica_reports_its_own_generation_rate() -> None:
     # Only replica 1 decodes: its rate is 40 / 4.2, replica 0's stays 0. Counterfactual:
     # every other test reads replica 0 only, so a view wired to one engine passes them.
-    p = Replica1()
+    p = Probe(set())  # everything on replica 1
     simulate([req(0.0, 10, 50, (1,)), probe(4.35)], p, flat())
-    assert p.seen[-1] == pytest.approx((0.0, 40 / 4.2))
+    assert [load.gen_throughput for load in p.every[1]] == pytest.approx([0.0, 40 / 4.2])
 
 
 def test_queued_prompts_are_matched_on_leading_blocks_held_or_cached() -> None:

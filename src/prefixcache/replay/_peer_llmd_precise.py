@@ -115,10 +115,19 @@ class LlmdBlockIndex:
     def _store(
         self, keys: dict[int, OrderedDict[tuple[int, str], None]], pod: int, ev: BlockStored
     ) -> None:
-        cap = self.pods_per_key
-        entry_key = (pod, (ev.medium or "GPU").upper())
         self.mapped.update(ev.block_hashes)
-        for h in ev.block_hashes:
+        self._add(keys, (pod, (ev.medium or "GPU").upper()), ev.block_hashes)
+
+    def _add(
+        self,
+        keys: dict[int, OrderedDict[tuple[int, str], None]],
+        entry_key: tuple[int, str],
+        blocks: Sequence[int],
+    ) -> None:
+        """Make ``entry_key`` each block's most recent entry, dropping the least recent
+        beyond ``pods_per_key``."""
+        cap = self.pods_per_key
+        for h in blocks:
             entry = keys.get(h)
             if entry is None:
                 entry = keys[h] = OrderedDict()
@@ -301,17 +310,7 @@ class LlmdSpeculativeIndex(LlmdBlockIndex):
     def speculate(self, pod: int, blocks: Sequence[int], *, expires_at: float) -> None:
         """Add ``pod``'s speculative entry to each of ``blocks`` and register its expiry at
         ``expires_at`` (seconds, the caller's clock). O(blocks)."""
-        keys = self.keys
-        cap = self.pods_per_key
-        entry_key = (pod, SPECULATIVE_TIER)
-        for h in blocks:
-            entry = keys.get(h)
-            if entry is None:
-                entry = keys[h] = OrderedDict()
-            entry.pop(entry_key, None)
-            entry[entry_key] = None
-            while len(entry) > cap:
-                entry.popitem(last=False)
+        self._add(self.keys, (pod, SPECULATIVE_TIER), blocks)
         heapq.heappush(self._expiries, (expires_at, self._seq, pod, tuple(blocks)))
         self._seq += 1
 
