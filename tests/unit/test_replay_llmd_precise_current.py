@@ -57,7 +57,7 @@ def test_the_current_precise_profile_is_a_peer_next_to_the_pinned_one() -> None:
     assert PEER_POLICIES.index("llm-d-precise-current") == PEER_POLICIES.index("llm-d-precise") + 1
     p = make_policy("llm-d-precise-current", ClusterModel(replicas=2, block_tokens=BT))
     assert isinstance(p, LlmdPreciseCurrentPolicy) and p.reads_kv_events
-    assert p.llmd_index is p.speculative_index  # the engines' events reach that index
+    assert type(p.llmd_index) is LlmdSpeculativeIndex  # the engines' events reach it
     # The pinned model is untouched: its own index, no speculation.
     pinned = make_policy("llm-d-precise", ClusterModel(replicas=2, block_tokens=BT))
     assert type(pinned) is LlmdPrecisePolicy and type(pinned.llmd_index) is LlmdBlockIndex
@@ -124,11 +124,11 @@ def test_a_confirming_event_adds_beside_the_speculative_entry() -> None:
     p = current()
     p.choose(0, rq((1, 2)), 0.0, view(2))
     p.on_kv_events(0, 0, stored(1, 2), 0.01)
-    assert list(p.speculative_index.keys[1]) == [(0, ""), (0, "GPU")]
-    assert p.speculative_index.runs((1, 2), 2) == [2.0, 0.0]  # best weight per block: 1.0
-    p.speculative_index.expire(3.0)
-    assert list(p.speculative_index.keys[1]) == [(0, "GPU")]
-    assert p.speculative_index.runs((1, 2), 2) == [2.0, 0.0]
+    assert list(p.llmd_index.keys[1]) == [(0, ""), (0, "GPU")]
+    assert p.llmd_index.runs((1, 2), 2) == [2.0, 0.0]  # best weight per block: 1.0
+    p.llmd_index.expire(3.0)
+    assert list(p.llmd_index.keys[1]) == [(0, "GPU")]
+    assert p.llmd_index.runs((1, 2), 2) == [2.0, 0.0]
 
 
 def test_an_expired_entry_is_gone_before_a_later_remove_is_applied() -> None:
@@ -142,7 +142,7 @@ def test_an_expired_entry_is_gone_before_a_later_remove_is_applied() -> None:
     p.on_kv_events(0, 0, stored(1), 0.01)
     p.on_kv_events(0, 1, EventBatch(ts=3.0, events=(BlockRemoved(block_hashes=(1,)),)), 3.0)
     p.on_kv_events(1, 0, stored(2, parent=1), 3.0)
-    assert p.speculative_index.keys == {}
+    assert p.llmd_index.keys == {}
 
 
 def test_speculative_entries_count_toward_the_ten_entries_per_key() -> None:
@@ -169,7 +169,7 @@ def test_a_prompt_without_a_full_block_gets_no_speculative_entry() -> None:
     # No block key, so PreRequest has nothing to add (hasKeys is false).
     p = current()
     p.choose(0, rq((1,), tokens=BT - 1), 0.0, view(2))
-    assert p.speculative_index.keys == {}
+    assert p.llmd_index.keys == {}
 
 
 # --- tier weights (PR #2809) and the run by presence (kvblock_scorer.go) ------------------
@@ -349,4 +349,4 @@ def test_speculative_entries_cover_only_the_full_blocks() -> None:
     # trace block would key block 3.
     p = current()
     p.choose(0, rq((1, 2, 3), tokens=25), 0.0, view(2))
-    assert sorted(p.speculative_index.keys) == [1, 2]
+    assert sorted(p.llmd_index.keys) == [1, 2]

@@ -163,23 +163,29 @@ class LlmdBlockIndex:
                 if not entry:
                     del keys[h]
 
+    def tier_weight(self, tier: str) -> float:
+        """A block's weight on ``tier`` (:data:`TIER_WEIGHTS`, 1.0 for a tier not listed)."""
+        return TIER_WEIGHTS.get(tier, 1.0)
+
     def runs(self, blocks: Sequence[int], n: int) -> list[float]:
         """Per pod ``0..n-1``, its consecutive blocks of ``blocks`` (the base model's) from
-        the first, each weighted by its best tier (:data:`TIER_WEIGHTS`, 1.0 for a tier not
-        listed). O(blocks matched x entries per block)."""
+        the first, each weighted by its best tier (:meth:`tier_weight`). A pod stays in the
+        run while it has an entry on the block, whatever its weight (``fillMaxWeights`` and
+        ``LongestPrefixScorer.Score``). O(blocks matched x entries per block)."""
         out = [0.0] * n
         alive = set(range(n))
         keys = self.keys
-        weight = TIER_WEIGHTS.get
+        weight = self.tier_weight
         for b in blocks:
             entry = keys.get(b)
+            if entry is None:
+                break
             best: dict[int, float] = {}
-            if entry is not None:
-                for pod, tier in entry:
-                    w = weight(tier, 1.0)
-                    if w > best.get(pod, 0.0):
-                        best[pod] = w
-            alive = {p for p in alive if p in best}
+            for pod, tier in entry:
+                w = weight(tier)
+                if pod not in best or w > best[pod]:
+                    best[pod] = w
+            alive &= best.keys()
             if not alive:
                 break
             for p in alive:
@@ -281,10 +287,9 @@ class LlmdSpeculativeIndex(LlmdBlockIndex):
       (ttlcache's ``expiresAt.Before(now)``), even if a later call re-added it: the entry
       is one value per pod (``Evict`` by request key). A block left with no entry is
       dropped; engine mappings are untouched.
-    * :meth:`runs` keeps a pod in the consecutive run while it has any entry on the block,
-      whatever its weight (``LongestPrefixScorer.Score``), and adds its best weight there:
-      :data:`CURRENT_TIER_WEIGHTS`, :data:`UNLISTED_TIER_WEIGHT` for another tier,
-      :data:`SPECULATIVE_WEIGHT` for a speculative entry.
+    * :meth:`tier_weight`: :data:`CURRENT_TIER_WEIGHTS`, :data:`UNLISTED_TIER_WEIGHT` for
+      another tier (0: such a block adds nothing, but a pod still holding it stays in the
+      run), :data:`SPECULATIVE_WEIGHT` for a speculative entry.
 
     A clear (``AllBlocksCleared``) drops the pod's speculative entries too (``Clear``
     matches the pod on every entry). Not thread-safe. :meth:`expire` is O(blocks expired).
@@ -332,32 +337,12 @@ class LlmdSpeculativeIndex(LlmdBlockIndex):
             out.append((pod, blocks))
         return tuple(out)
 
-    def runs(self, blocks: Sequence[int], n: int) -> list[float]:
-        """Per pod ``0..n-1``, the weighted length of its consecutive run of ``blocks`` from
-        the first (see the class). O(blocks matched x entries per block)."""
-        out = [0.0] * n
-        alive = set(range(n))
-        keys = self.keys
-        weight = CURRENT_TIER_WEIGHTS.get
-        for b in blocks:
-            entry = keys.get(b)
-            if entry is None:
-                break
-            best: dict[int, float] = {}
-            for pod, tier in entry:
-                w = (
-                    SPECULATIVE_WEIGHT
-                    if tier == SPECULATIVE_TIER
-                    else weight(tier, UNLISTED_TIER_WEIGHT)
-                )
-                if pod not in best or w > best[pod]:
-                    best[pod] = w
-            alive &= best.keys()
-            if not alive:
-                break
-            for p in alive:
-                out[p] += best[p]
-        return out
+    def tier_weight(self, tier: str) -> float:
+        """:data:`SPECULATIVE_WEIGHT` for a speculative entry, else
+        :data:`CURRENT_TIER_WEIGHTS` (:data:`UNLISTED_TIER_WEIGHT` for a tier not listed)."""
+        if tier == SPECULATIVE_TIER:
+            return SPECULATIVE_WEIGHT
+        return CURRENT_TIER_WEIGHTS.get(tier, UNLISTED_TIER_WEIGHT)
 
 
 def affinity_candidates(
@@ -464,6 +449,7 @@ class LlmdPreciseCurrentPolicy(LlmdPrecisePolicy):
     """
 
     name = "llm-d-precise-current"
+    llmd_index: LlmdSpeculativeIndex
 
     def __init__(
         self,
@@ -487,8 +473,7 @@ class LlmdPreciseCurrentPolicy(LlmdPrecisePolicy):
                 "speculative_ttl_s", speculative_ttl_s, "must be finite and > 0"
             )
         #: the index the engines' events and the speculative entries go to
-        self.speculative_index = LlmdSpeculativeIndex(pods_per_key)
-        self.llmd_index = self.speculative_index
+        self.llmd_index = LlmdSpeculativeIndex(pods_per_key)
         self.speculative_ttl_s = speculative_ttl_s
         self.affinity_threshold = affinity_threshold
         self.max_ttft_penalty_ms = max_ttft_penalty_ms
@@ -503,7 +488,7 @@ class LlmdPreciseCurrentPolicy(LlmdPrecisePolicy):
         n = view.replicas
         if len(self.in_flight_tokens) != n:
             self.in_flight_tokens = [0] * n
-        index = self.speculative_index
+        index = self.llmd_index
         index.expire(now)
         bt = self._bt
         full = request.input_tokens // bt
@@ -533,8 +518,8 @@ class LlmdPreciseCurrentPolicy(LlmdPrecisePolicy):
     def on_kv_events(self, replica: int, seq: int, batch: EventBatch, now: float) -> None:
         # ttlcache expires in the background: an entry gone before a remove arrives must
         # not keep the block's engine mapping alive.
-        self.speculative_index.expire(now)
-        self.speculative_index.apply(replica, batch)
+        self.llmd_index.expire(now)
+        self.llmd_index.apply(replica, batch)
 
     def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
         charged = self._charged.pop(i, None)
