@@ -9,6 +9,7 @@ import sim_cases
 
 from clusterrouting import InvalidRecordError
 from prefixcache.replay import ClusterModel, ClusterView, EngineLoad, Request, simulate
+from prefixcache.replay._baselines import BasePolicy
 
 
 def req(t: float, inp: int, out: int, blocks: tuple[int, ...]) -> Request:
@@ -20,33 +21,23 @@ def flat(**kw: object) -> ClusterModel:
     return sim_cases.flat(**{"replicas": 2, **kw})
 
 
-class Probe:
+class Probe(BasePolicy):
     """Sends the requests of ``work`` to replica 0 and every other one to replica 1,
-    recording replica 0's load (and every replica's, ``every``) as each arrives."""
+    recording every replica's load as each arrives (``every[i]``)."""
 
     name = "probe"
-    observe_at = "-"
 
     def __init__(self, work: set[int]) -> None:
         self.work = work
-        self.seen: dict[int, tuple[int, float]] = {}
-        self.loads: dict[int, EngineLoad] = {}
         self.every: dict[int, list[EngineLoad]] = {}
 
     def choose(self, i: int, request: Request, now: float, view: ClusterView) -> int:
         self.every[i] = [view.engine_load(r) for r in range(view.replicas)]
-        load = self.loads[i] = self.every[i][0]
-        self.seen[i] = (load.waiting_uncached_tokens, load.gen_throughput)
         return 0 if i in self.work else 1
 
-    def on_dispatch(self, i: int, request: Request, replica: int, now: float) -> None:
-        pass
-
-    def on_first_token(self, i: int, request: Request, replica: int, now: float) -> None:
-        pass
-
-    def on_complete(self, i: int, request: Request, replica: int, now: float) -> None:
-        pass
+    def uncached(self, i: int) -> int:
+        """Replica 0's uncached waiting tokens as request ``i`` arrived."""
+        return self.every[i][0].waiting_uncached_tokens
 
 
 def probe(t: float) -> Request:
@@ -56,7 +47,7 @@ def probe(t: float) -> Request:
 def throughputs(trace: list[Request], work: set[int], model: ClusterModel) -> list[float]:
     p = Probe(work)
     simulate(trace, p, model)
-    return [p.seen[i][1] for i in range(len(trace)) if i not in work]
+    return [p.every[i][0].gen_throughput for i in range(len(trace)) if i not in work]
 
 
 def test_gen_throughput_is_refreshed_every_40_decode_steps() -> None:
@@ -93,25 +84,11 @@ def test_a_restart_resets_gen_throughput() -> None:
     assert got == pytest.approx([40 / 4.2, 0.0])
 
 
-def test_waiting_uncached_tokens_count_admitted_rests_and_queued_misses() -> None:
+def test_the_load_counts_uncached_tokens_requests_and_kv_use() -> None:
     # One running request, 10 tokens per step: r0 (30 tokens) has 20 left once its first
     # step (0-0.2 s, committed as it starts) is. r1 waits; blocks 1 and 2 are r0's (held
     # from its admission): 5 of 25 tokens uncached. r2 waits with nothing held: all 12.
-    model = flat(max_running=1, max_batch_tokens=10)
-    trace = [
-        req(0.0, 30, 5, (1, 2, 3)),
-        req(0.05, 25, 1, (1, 2, 9)),
-        req(0.06, 12, 1, (7, 8)),
-        probe(0.1),
-    ]
-    p = Probe({0, 1, 2})
-    simulate(trace, p, model)
-    assert [p.seen[i][0] for i in range(4)] == [0, 20, 20 + 5, 20 + 5 + 12]
-
-
-def test_the_load_counts_queued_and_running_requests_and_kv_use() -> None:
-    # At 0.1 s: r0 prefills (running), r1 and r2 queue; r0 pins its 3 blocks of 10 and its
-    # output's 1: 4 of 8 blocks in use.
+    # At 0.1 s r0 runs, r1 and r2 queue, and r0 pins its 3 blocks and its output's 1 of 8.
     model = flat(max_running=1, max_batch_tokens=10, cache_blocks=8)
     trace = [
         req(0.0, 30, 5, (1, 2, 3)),
@@ -121,7 +98,8 @@ def test_the_load_counts_queued_and_running_requests_and_kv_use() -> None:
     ]
     p = Probe({0, 1, 2})
     simulate(trace, p, model)
-    load = p.loads[3]
+    assert [p.uncached(i) for i in range(4)] == [0, 20, 20 + 5, 20 + 5 + 12]
+    load = p.every[3][0]
     assert (load.waiting_reqs, load.running_reqs) == (2, 1)
     assert load.token_usage == pytest.approx(4 / 8)
 
@@ -228,4 +206,4 @@ def test_queued_prompts_are_matched_on_leading_blocks_held_or_cached() -> None:
     ]
     p = Probe({0, 1, 2, 3, 4})
     simulate(trace, p, model)
-    assert [p.seen[i][0] for i in range(1, 6)] == [0, 20, 20 + 5, 20 + 5 + 20, 20 + 5 + 20 + 1]
+    assert [p.uncached(i) for i in range(1, 6)] == [0, 20, 20 + 5, 20 + 5 + 20, 20 + 5 + 20 + 1]

@@ -152,7 +152,6 @@ class AibrixPrefixCachePolicy(Peer):
                     break
         if r < 0:
             r = self._least(inf)
-        get = table.get
         to_end = table.move_to_end
         for c in chunks:  # a write moves its entry to the head (a new one lands there)
             entry = get(c)

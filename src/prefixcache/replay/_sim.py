@@ -179,6 +179,10 @@ def simulate(
     pinned = view._pinned
     engines = [_Engine() for _ in range(n_rep)]
 
+    def kv_usage(r: int) -> float:
+        """Replica ``r``'s distinct blocks in use over the capacity (0 when infinite)."""
+        return min(1.0, pinned[r] / cap) if 0 < cap < (1 << 62) else 0.0
+
     def engine_load(r: int) -> EngineLoad:
         e = engines[r]
         refs = e.refs
@@ -196,7 +200,7 @@ def simulate(
             waiting_reqs=len(e.waiting),
             running_reqs=len(e.prefill) + e.n_dec,
             waiting_uncached_tokens=uncached,
-            token_usage=min(1.0, pinned[r] / cap) if 0 < cap < (1 << 62) else 0.0,
+            token_usage=kv_usage(r),
             gen_throughput=e.gen_tp,
         )
 
@@ -515,7 +519,7 @@ def simulate(
                 e = engines[r]
                 view.waiting[r] = len(e.waiting)
                 view.running[r] = len(e.prefill) + e.n_dec
-                view.kv_usage[r] = min(1.0, pinned[r] / cap) if 0 < cap < (1 << 62) else 0.0
+                view.kv_usage[r] = kv_usage(r)
         # reachable: the most leading blocks resident anywhere at arrival
         blocks = req.blocks
         best = 0
