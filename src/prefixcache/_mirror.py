@@ -377,6 +377,21 @@ class KvCacheMirror:
         pins = self._pins.get(key)
         return (0 if lru is None else len(lru)) + (0 if pins is None else len(pins))
 
+    def free_blocks(self, key: ReplicaKey) -> int | None:
+        """Blocks ``key`` can still take before it evicts: the capacity less its recorded
+        blocks and output blocks, at least 0 (``None`` without a capacity).
+
+        >>> m = KvCacheMirror(capacity_blocks=4)
+        >>> m.observe(ReplicaKey("a"), (1, 2))
+        >>> m.start(ReplicaKey("a"), (), private_blocks=1)
+        >>> m.free_blocks(ReplicaKey("a")), m.free_blocks(ReplicaKey("b"))
+        (1, 4)
+        """
+        cap = self._cap
+        if cap is None:
+            return None
+        return max(0, cap - self.blocks(key) - self._private.get(key, 0))
+
     def running_blocks(self, key: ReplicaKey) -> int:
         """Blocks ``key``'s running requests hold: their pinned prompt blocks and their
         output blocks (what an engine reports as KV usage; cached blocks no request pins

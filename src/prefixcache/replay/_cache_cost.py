@@ -27,10 +27,14 @@ from prefixcache.replay._peers import EngineIndex
 from prefixcache.replay._trace import Request
 from prefixcache.replay._view import ClusterView
 
-__all__ = ["WINDOW_PER_REPLICA", "CacheCostPolicy"]
+__all__ = ["ROOM_QUEUE_WEIGHT", "WINDOW_PER_REPLICA", "CacheCostPolicy"]
 
 WINDOW_PER_REPLICA = 256
 """``cache-cost`` keeps its last ``256 x replicas`` dispatches for the share price."""
+
+ROOM_QUEUE_WEIGHT = 0.2
+"""The backlog weight of ``cache-cost`` while every replica's mirrored KV cache has free
+blocks (``queue_weight``, 0.1, once one is full; docs/replay.md measures both)."""
 
 
 def _check_number(name: str, value: object, hi: float) -> None:
@@ -88,6 +92,15 @@ class CacheCostPolicy(BasePolicy):
     counts as shared). With ``hot_prefixes=False`` there is no demand, and no request counts
     as shared.
 
+    While every replica's cache in the mirror has a free block (``KvCacheMirror.free_blocks``
+    > 0: nothing has been evicted to make room, counting the running requests' output
+    blocks), the backlog weighs ``room_queue_weight`` (0.2; the larger of it and the weight
+    that applies otherwise): a copy of a prefix on a less busy replica then evicts nothing
+    that later requests need, so the cost of a miss is only its prefill. Once one is full,
+    a copy pushes out cached blocks and the weight is ``queue_weight`` again. Without a
+    capacity (``capacity_blocks=None``) the room is unknown and ``queue_weight`` applies.
+    ``room_queue_weight=0`` turns this off.
+
     When the request's prefix has a demand of at least ``guard_demand`` replicas
     (``DEFAULT_GUARD_DEMAND``, 1.0) and some replica does not hold it, or it is at least
     three quarters of the request's chain (``HotPrefixes.needs_fair_share``,
@@ -144,6 +157,7 @@ class CacheCostPolicy(BasePolicy):
         shared_queue_weight: float = DEFAULT_SHARED_QUEUE_WEIGHT,
         shared_demand: float = DEFAULT_SHARED_DEMAND,
         shared_kv_usage: float = DEFAULT_SHARED_KV_USAGE,
+        room_queue_weight: float = ROOM_QUEUE_WEIGHT,
         hot_overloaded: Callable[[int, int], bool] | None = None,
         prefill_rate: float | None = None,
         learn_prefill_rate: bool = False,
@@ -190,6 +204,7 @@ class CacheCostPolicy(BasePolicy):
             ("shared_queue_weight", shared_queue_weight, math.inf),
             ("shared_demand", shared_demand, math.inf),
             ("shared_kv_usage", shared_kv_usage, 1.0),
+            ("room_queue_weight", room_queue_weight, math.inf),
         ):
             _check_number(name, v, hi)
         # Checks every cost and hot-prefix parameter now, not at the first request (no
@@ -203,19 +218,28 @@ class CacheCostPolicy(BasePolicy):
             self._new_hot(window=1)
         except InvalidRecordError as exc:  # named as this constructor's parameter
             raise InvalidRecordError(f"hot_{exc.field}", exc.value, exc.reason) from exc
-        # A request whose prefix is shared: the backlog weighs at least the shared weight.
-        self._shared_params = {
-            **self._params,
-            "queue_weight": max(self._params["queue_weight"], shared_queue_weight),
-        }
         self._shared_demand = shared_demand
-        # A hot prefix not held everywhere: the same parameters with the fair-share guard
+        # A hot prefix not held everywhere gets the fair-share guard
         # (``HotPrefixes.needs_fair_share``; a host that set ``share_factor`` has it always).
         if guard_demand is not None:
             _check_number("guard_demand", guard_demand, math.inf)
         self._guard_demand = None if share_factor is not None else guard_demand
-        self._guarded_params = {**self._params, "share_factor": DEFAULT_SHARE_FACTOR}
-        self._shared_guarded_params = {**self._shared_params, "share_factor": DEFAULT_SHARE_FACTOR}
+        # The pick's parameters per (shared prefix, guarded, caches with room): the backlog
+        # weighs the largest weight that applies.
+        self._param_sets = {
+            (shared, guarded, room): {
+                **self._params,
+                "queue_weight": max(
+                    self._params["queue_weight"],
+                    shared_queue_weight if shared else 0.0,
+                    room_queue_weight if room else 0.0,
+                ),
+                **({"share_factor": DEFAULT_SHARE_FACTOR} if guarded else {}),
+            }
+            for shared in (False, True)
+            for guarded in (False, True)
+            for room in (False, True)
+        }
         self._hot_overloaded = hot_overloaded
         rate = check_rate("prefill_rate", prefill_rate)
         if type(learn_prefill_rate) is not bool or (learn_prefill_rate and rate is None):
@@ -277,6 +301,12 @@ class CacheCostPolicy(BasePolicy):
         running = mirror.running_blocks
         return all(running(k) < limit for k in self._keys)
 
+    def _free_everywhere(self) -> bool:
+        """Whether every replica's cache in the mirror has a free block (``False`` without
+        a capacity)."""
+        free = self._mirror.free_blocks
+        return all(free(k) for k in self._keys)
+
     def _through_pending(self, k: int, blocks: tuple[int, ...], p: int) -> int:
         """``p`` leading blocks held on replica ``k``, extended through the blocks of the
         requests in flight there (``_pending``)."""
@@ -336,7 +366,6 @@ class CacheCostPolicy(BasePolicy):
         credit: Sequence[int] = held
         warm: tuple[int, ...] = ()
         shared = guarded = False
-        params = self._params
         hot = self.hot
         if hot is not None:
             rule = hot.credit(
@@ -358,10 +387,8 @@ class CacheCostPolicy(BasePolicy):
                 and hot.needs_fair_share(blocks, held=held, demand=guard)
                 and self._kv_room_everywhere()
             )
-            if guarded:
-                params = self._shared_guarded_params if shared else self._guarded_params
-            elif shared:
-                params = self._shared_params
+        room = self._free_everywhere()
+        params = self._param_sets[shared, guarded, room]
         # Ties rotate: the replica dispatched to least recently ranks first.
         lu = view.last_used
         rank = [0] * n
@@ -392,6 +419,7 @@ class CacheCostPolicy(BasePolicy):
             d["warm_copies"] = len(warm)
             d["shared_prefix"] = shared
             d["fair_share_guard"] = guarded
+            d["caches_have_room"] = room
             self._log(i, request, now, d)
         r = keys.index(key)
         self._est[i] = inp - min(inp, held[r] * bt)

@@ -105,6 +105,7 @@ _COST_PARAMS: dict[str, Callable[[float], Any]] = {
     "shared_queue_weight": float,
     "shared_demand": float,
     "shared_kv_usage": float,
+    "room_queue_weight": float,
     "guard_demand": float,
 }
 
