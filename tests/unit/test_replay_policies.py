@@ -288,14 +288,16 @@ SHORT = [req(200.0 + k / 1000, (1, 2, 1000 + k)) for k in range(20)]
 def test_cache_cost_weighs_the_backlog_more_while_every_cache_has_room() -> None:
     # The holder's backlog after k requests of the burst is 12 + 4 (k - 1) tokens; it
     # costs 4 + w x backlog against the idle replica's 12, and the tie goes to the idle
-    # one. While both mirrored caches have free blocks (capacity 10,000) w is the room
-    # weight, 0.2: the 9th request (backlog 40) moves. Once the 200 unrelated requests
-    # have filled a 12-block mirror, w is the plain 0.1: the 19th (backlog 80) moves.
+    # one. While both mirrored caches are less than half full (capacity 10,000) w is the
+    # room weight, 0.2: the 9th request (backlog 40) moves. Once the 200 unrelated
+    # requests have filled a 12-block mirror past half, w is the plain 0.1: the 19th
+    # (backlog 80) moves.
     roomy = placements(UNRELATED + SHORT, capacity=10_000)
     assert roomy[:9] == (roomy[0],) * 8 + (1 - roomy[0],)
     full = placements(UNRELATED + SHORT, capacity=12)
     assert full[:19] == (full[0],) * 18 + (1 - full[0],)
     assert placements(UNRELATED + SHORT, capacity=10_000, room_queue_weight=0.0) == full
+    assert placements(UNRELATED + SHORT, capacity=10_000, room_kv_fill=0.0) == full
     # Without a capacity the room is unknown: the plain weight.
     assert placements(UNRELATED + SHORT) == full
 
@@ -316,9 +318,12 @@ def test_the_decision_log_says_whether_every_cache_had_room() -> None:
 
     assert set(weights(10_000)) == {(True, 0.2)}
     assert set(weights(None)) == {(False, 0.1)}
-    # A 12-block mirror fills within the first 30 one-block requests and stays full.
-    filling = weights(12)
-    assert filling[0] == (True, 0.2) and filling[30:] == [(False, 0.1)] * 170
+    # The one-block requests alternate between the replicas, each finished before the
+    # next: after 39 dispatches one replica holds 20 of its 40 blocks, half, and from the
+    # 40th decision on there is no room; filled to the brim (room_kv_fill=1), from the
+    # 80th.
+    assert weights(40) == [(True, 0.2)] * 39 + [(False, 0.1)] * 161
+    assert weights(40, room_kv_fill=1.0) == [(True, 0.2)] * 79 + [(False, 0.1)] * 121
     # The larger weight applies: a queue_weight above the room weight is kept.
     assert set(weights(10_000, queue_weight=0.3)) == {(True, 0.3)}
 
@@ -332,8 +337,9 @@ def test_cache_cost_checks_the_shared_parameters() -> None:
             with pytest.raises(ValueError, match=name):
                 make(**{name: bad})
     for bad in (-0.1, 1.5, float("nan"), True, "0.1"):
-        with pytest.raises(ValueError, match="shared_kv_usage"):
-            make(shared_kv_usage=bad)
+        for name in ("shared_kv_usage", "room_kv_fill"):
+            with pytest.raises(ValueError, match=name):
+                make(**{name: bad})
     with pytest.raises(ValueError, match="shared_demand"):
         make(shared_demand=10**400)  # beyond any float: HotPrefixes.shared refuses it too
     with pytest.raises(ValueError, match="queue_weight"):
@@ -346,6 +352,7 @@ def test_cache_cost_checks_the_shared_parameters() -> None:
             "shared_demand": 1.0,
             "shared_kv_usage": 0.9,
             "room_queue_weight": 0.0,
+            "room_kv_fill": 1.0,
         },
     )
     assert isinstance(policy, CacheCostPolicy)

@@ -27,14 +27,18 @@ from prefixcache.replay._peers import EngineIndex
 from prefixcache.replay._trace import Request
 from prefixcache.replay._view import ClusterView
 
-__all__ = ["ROOM_QUEUE_WEIGHT", "WINDOW_PER_REPLICA", "CacheCostPolicy"]
+__all__ = ["ROOM_KV_FILL", "ROOM_QUEUE_WEIGHT", "WINDOW_PER_REPLICA", "CacheCostPolicy"]
 
 WINDOW_PER_REPLICA = 256
 """``cache-cost`` keeps its last ``256 x replicas`` dispatches for the share price."""
 
 ROOM_QUEUE_WEIGHT = 0.2
-"""The backlog weight of ``cache-cost`` while every replica's mirrored KV cache has free
-blocks (``queue_weight``, 0.1, once one is full; docs/replay.md measures both)."""
+"""The backlog weight of ``cache-cost`` while every replica's mirrored KV cache is filled
+below ``ROOM_KV_FILL`` (``queue_weight``, 0.1, otherwise; docs/replay.md measures both)."""
+
+ROOM_KV_FILL = 0.5
+"""The fill of a replica's mirrored KV cache (its blocks and output blocks over its
+capacity) below which it has room for copies."""
 
 
 def _check_number(name: str, value: object, hi: float) -> None:
@@ -92,14 +96,16 @@ class CacheCostPolicy(BasePolicy):
     counts as shared). With ``hot_prefixes=False`` there is no demand, and no request counts
     as shared.
 
-    While every replica's cache in the mirror has a free block (``KvCacheMirror.free_blocks``
-    > 0: nothing has been evicted to make room, counting the running requests' output
-    blocks), the backlog weighs ``room_queue_weight`` (0.2; the larger of it and the weight
-    that applies otherwise): a copy of a prefix on a less busy replica then evicts nothing
-    that later requests need, so the cost of a miss is only its prefill. Once one is full,
-    a copy pushes out cached blocks and the weight is ``queue_weight`` again. Without a
-    capacity (``capacity_blocks=None``) the room is unknown and ``queue_weight`` applies.
-    ``room_queue_weight=0`` turns this off.
+    While every replica's cache in the mirror is filled below ``room_kv_fill`` (0.5: its
+    blocks and the running requests' output blocks, ``KvCacheMirror.free_blocks``, over
+    its capacity), the backlog weighs ``room_queue_weight`` (0.2; the larger of it and the
+    weight that applies otherwise): a copy of a prefix on a less busy replica then evicts
+    nothing, and will not for a while, so a miss costs little more than its prefill. Past
+    that fill every copy brings the eviction of blocks later requests need nearer, and the
+    weight is ``queue_weight`` again (at ``room_kv_fill=1`` the room lasts until a cache is
+    full: the bundled trace then keeps 94.8 % of the ideal hit ratio, against 95.9 % at
+    0.5). Without a capacity (``capacity_blocks=None``) the room is unknown and
+    ``queue_weight`` applies. ``room_queue_weight=0`` or ``room_kv_fill=0`` turns this off.
 
     When the request's prefix has a demand of at least ``guard_demand`` replicas
     (``DEFAULT_GUARD_DEMAND``, 1.0) and some replica does not hold it, or it is at least
@@ -158,6 +164,7 @@ class CacheCostPolicy(BasePolicy):
         shared_demand: float = DEFAULT_SHARED_DEMAND,
         shared_kv_usage: float = DEFAULT_SHARED_KV_USAGE,
         room_queue_weight: float = ROOM_QUEUE_WEIGHT,
+        room_kv_fill: float = ROOM_KV_FILL,
         hot_overloaded: Callable[[int, int], bool] | None = None,
         prefill_rate: float | None = None,
         learn_prefill_rate: bool = False,
@@ -205,6 +212,7 @@ class CacheCostPolicy(BasePolicy):
             ("shared_demand", shared_demand, math.inf),
             ("shared_kv_usage", shared_kv_usage, 1.0),
             ("room_queue_weight", room_queue_weight, math.inf),
+            ("room_kv_fill", room_kv_fill, 1.0),
         ):
             _check_number(name, v, hi)
         # Checks every cost and hot-prefix parameter now, not at the first request (no
@@ -257,6 +265,7 @@ class CacheCostPolicy(BasePolicy):
         self._learning = learn_prefill_rate
         self._timed: dict[int, tuple[float, float | None]] = {}
         self._shared_kv_usage = shared_kv_usage
+        self._room_kv_fill = room_kv_fill
         self._cc = CostCandidate
         from prefixcache.kvevents import CacheSource
 
@@ -301,11 +310,16 @@ class CacheCostPolicy(BasePolicy):
         running = mirror.running_blocks
         return all(running(k) < limit for k in self._keys)
 
-    def _free_everywhere(self) -> bool:
-        """Whether every replica's cache in the mirror has a free block (``False`` without
-        a capacity)."""
-        free = self._mirror.free_blocks
-        return all(free(k) for k in self._keys)
+    def _room_everywhere(self) -> bool:
+        """Whether every replica's cache in the mirror is filled below ``room_kv_fill``
+        (``False`` without a capacity)."""
+        mirror = self._mirror
+        cap = mirror.capacity_blocks
+        if cap is None:
+            return False
+        free = mirror.free_blocks
+        need = (1.0 - self._room_kv_fill) * cap
+        return all((free(k) or 0) > need for k in self._keys)
 
     def _through_pending(self, k: int, blocks: tuple[int, ...], p: int) -> int:
         """``p`` leading blocks held on replica ``k``, extended through the blocks of the
@@ -387,7 +401,7 @@ class CacheCostPolicy(BasePolicy):
                 and hot.needs_fair_share(blocks, held=held, demand=guard)
                 and self._kv_room_everywhere()
             )
-        room = self._free_everywhere()
+        room = self._room_everywhere()
         params = self._param_sets[shared, guarded, room]
         # Ties rotate: the replica dispatched to least recently ranks first.
         lu = view.last_used

@@ -106,6 +106,7 @@ _COST_PARAMS: dict[str, Callable[[float], Any]] = {
     "shared_demand": float,
     "shared_kv_usage": float,
     "room_queue_weight": float,
+    "room_kv_fill": float,
     "guard_demand": float,
 }
 
