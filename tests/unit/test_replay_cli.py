@@ -316,7 +316,8 @@ def test_decision_log_explains_sampled_decisions_without_prompt_content(
             e = x["explanation"]
             assert e["warm_copies"] >= 0
             # The backlog weight the decision used: 0.5 for a shared prefix, else 0.2
-            # while every cache had room and 0.1 once one was half full.
+            # while every cache had room (less than half full, the cluster not
+            # saturated), else 0.1.
             room = 0.2 if e["caches_have_room"] else 0.1
             assert e["params"]["queue_weight"] == (0.5 if e["shared_prefix"] else room)
             shared += e["shared_prefix"]

@@ -27,7 +27,13 @@ from prefixcache.replay._peers import EngineIndex
 from prefixcache.replay._trace import Request
 from prefixcache.replay._view import ClusterView
 
-__all__ = ["ROOM_KV_FILL", "ROOM_QUEUE_WEIGHT", "WINDOW_PER_REPLICA", "CacheCostPolicy"]
+__all__ = [
+    "ROOM_BACKLOG_TOKENS",
+    "ROOM_KV_FILL",
+    "ROOM_QUEUE_WEIGHT",
+    "WINDOW_PER_REPLICA",
+    "CacheCostPolicy",
+]
 
 WINDOW_PER_REPLICA = 256
 """``cache-cost`` keeps its last ``256 x replicas`` dispatches for the share price."""
@@ -39,6 +45,12 @@ below ``ROOM_KV_FILL`` (``queue_weight``, 0.1, otherwise; docs/replay.md measure
 ROOM_KV_FILL = 0.5
 """The fill of a replica's mirrored KV cache (its blocks and output blocks over its
 capacity) below which it has room for copies."""
+
+ROOM_BACKLOG_TOKENS = 4096
+"""The room weight holds only while some replica's prefill backlog is under this many
+tokens (half a step's token budget; a fifth of a second of the replayed server's
+prefill): past it on every replica the cluster is saturated and each miss costs capacity
+every request needs."""
 
 
 def _check_number(name: str, value: object, hi: float) -> None:
@@ -79,8 +91,9 @@ class CacheCostPolicy(BasePolicy):
     Each request goes where uncached work + 0.1 x backlog + 64 tokens per in-flight request
     above the least-loaded replica + 32 tokens per dispatch among those last ``256 x
     replicas`` above the least-dispatched replica's is least (the fair-share guard only for
-    hot prefixes, below, unless ``share_factor`` is set); costs within 512 tokens of the
-    least tie unless their backlog exceeds the least-cost replica's by more than 5,120
+    hot prefixes, below, unless ``share_factor`` is set; 0.2 x backlog instead while
+    the caches have room and the cluster is not saturated, below); costs within 512
+    tokens of the least tie unless their backlog exceeds the least-cost replica's by more than 5,120
     tokens, and ties go to the replica dispatched to least recently (``tie_rank``), so
     identical requests rotate as round-robin would (``pick_lowest_cost`` defaults). When the
     request's prefix is *shared* (``HotPrefixes.shared``: demand >= ``shared_demand``, 0.25
@@ -98,14 +111,18 @@ class CacheCostPolicy(BasePolicy):
 
     While every replica's cache in the mirror is filled below ``room_kv_fill`` (0.5: its
     blocks and the running requests' output blocks, ``KvCacheMirror.free_blocks``, over
-    its capacity), the backlog weighs ``room_queue_weight`` (0.2; the larger of it and the
-    weight that applies otherwise): a copy of a prefix on a less busy replica then evicts
-    nothing, and will not for a while, so a miss costs little more than its prefill. Past
-    that fill every copy brings the eviction of blocks later requests need nearer, and the
-    weight is ``queue_weight`` again (at ``room_kv_fill=1`` the room lasts until a cache is
-    full: the bundled trace then keeps 94.8 % of the ideal hit ratio, against 95.9 % at
-    0.5). Without a capacity (``capacity_blocks=None``) the room is unknown and
-    ``queue_weight`` applies. ``room_queue_weight=0`` or ``room_kv_fill=0`` turns this off.
+    its capacity) and some replica's backlog is under ``room_backlog_tokens`` (4,096), the
+    backlog weighs ``room_queue_weight`` (0.2; the larger of it and the weight that
+    applies otherwise): a copy of a prefix on a less busy replica then evicts nothing, and
+    will not for a while, and uses prefill capacity the cluster has to spare, so a miss
+    costs little more than its own prefill. Past that fill every copy brings the eviction
+    of blocks later requests need nearer (at ``room_kv_fill=1`` the room lasts until a
+    cache is full: the bundled trace then keeps 94.8 % of the ideal hit ratio, against
+    96.0 % at 0.5), and with every replica's backlog past the bound the cluster is
+    saturated and each miss costs capacity every request needs: the weight is
+    ``queue_weight`` again. Without a capacity (``capacity_blocks=None``) the room is
+    unknown and ``queue_weight`` applies. ``room_queue_weight=0`` or ``room_kv_fill=0``
+    turns this off.
 
     When the request's prefix has a demand of at least ``guard_demand`` replicas
     (``DEFAULT_GUARD_DEMAND``, 1.0) and some replica does not hold it, or it is at least
@@ -165,6 +182,7 @@ class CacheCostPolicy(BasePolicy):
         shared_kv_usage: float = DEFAULT_SHARED_KV_USAGE,
         room_queue_weight: float = ROOM_QUEUE_WEIGHT,
         room_kv_fill: float = ROOM_KV_FILL,
+        room_backlog_tokens: float = ROOM_BACKLOG_TOKENS,
         hot_overloaded: Callable[[int, int], bool] | None = None,
         prefill_rate: float | None = None,
         learn_prefill_rate: bool = False,
@@ -213,6 +231,7 @@ class CacheCostPolicy(BasePolicy):
             ("shared_kv_usage", shared_kv_usage, 1.0),
             ("room_queue_weight", room_queue_weight, math.inf),
             ("room_kv_fill", room_kv_fill, 1.0),
+            ("room_backlog_tokens", room_backlog_tokens, math.inf),
         ):
             _check_number(name, v, hi)
         # Checks every cost and hot-prefix parameter now, not at the first request (no
@@ -266,6 +285,7 @@ class CacheCostPolicy(BasePolicy):
         self._timed: dict[int, tuple[float, float | None]] = {}
         self._shared_kv_usage = shared_kv_usage
         self._room_kv_fill = room_kv_fill
+        self._room_backlog = room_backlog_tokens
         self._cc = CostCandidate
         from prefixcache.kvevents import CacheSource
 
@@ -401,7 +421,7 @@ class CacheCostPolicy(BasePolicy):
                 and hot.needs_fair_share(blocks, held=held, demand=guard)
                 and self._kv_room_everywhere()
             )
-        room = self._room_everywhere()
+        room = min(queued) < self._room_backlog and self._room_everywhere()
         params = self._param_sets[shared, guarded, room]
         # Ties rotate: the replica dispatched to least recently ranks first.
         lu = view.last_used

@@ -107,6 +107,7 @@ _COST_PARAMS: dict[str, Callable[[float], Any]] = {
     "shared_kv_usage": float,
     "room_queue_weight": float,
     "room_kv_fill": float,
+    "room_backlog_tokens": float,
     "guard_demand": float,
 }
 
