@@ -40,7 +40,8 @@ WINDOW_PER_REPLICA = 256
 
 ROOM_QUEUE_WEIGHT = 0.2
 """The backlog weight of ``cache-cost`` while every replica's mirrored KV cache is filled
-below ``ROOM_KV_FILL`` (``queue_weight``, 0.1, otherwise; docs/replay.md measures both)."""
+below ``ROOM_KV_FILL`` and some replica's backlog is under ``ROOM_BACKLOG_TOKENS``
+(``queue_weight``, 0.1, otherwise; docs/replay.md measures both)."""
 
 ROOM_KV_FILL = 0.5
 """The fill of a replica's mirrored KV cache (its blocks and output blocks over its
@@ -91,9 +92,9 @@ class CacheCostPolicy(BasePolicy):
     Each request goes where uncached work + 0.1 x backlog + 64 tokens per in-flight request
     above the least-loaded replica + 32 tokens per dispatch among those last ``256 x
     replicas`` above the least-dispatched replica's is least (the fair-share guard only for
-    hot prefixes, below, unless ``share_factor`` is set; 0.2 x backlog instead while
-    the caches have room and the cluster is not saturated, below); costs within 512
-    tokens of the least tie unless their backlog exceeds the least-cost replica's by more than 5,120
+    hot prefixes, below, unless ``share_factor`` is set; 0.2 x backlog instead while the
+    caches have room and the cluster is not saturated, below); costs within 512 tokens of
+    the least tie unless their backlog exceeds the least-cost replica's by more than 5,120
     tokens, and ties go to the replica dispatched to least recently (``tie_rank``), so
     identical requests rotate as round-robin would (``pick_lowest_cost`` defaults). When the
     request's prefix is *shared* (``HotPrefixes.shared``: demand >= ``shared_demand``, 0.25
@@ -105,9 +106,9 @@ class CacheCostPolicy(BasePolicy):
     requests need, so a busy holder gives way to an idle replica once its backlog exceeds
     the idle one's by about 4k tokens per 2k saved, not 20k. A conversation's own history
     keeps the 0.1 once the window holds a few dispatches per replica (its demand is then far
-    below a replica; in about the first ``1.5 x replicas`` dispatches a prefix seen once already
-    counts as shared). With ``hot_prefixes=False`` there is no demand, and no request counts
-    as shared.
+    below a replica; in about the first ``1.5 x replicas`` dispatches a prefix seen once
+    already counts as shared). With ``hot_prefixes=False`` there is no demand, and no
+    request counts as shared.
 
     While every replica's cache in the mirror is filled below ``room_kv_fill`` (0.5: its
     blocks and the running requests' output blocks, ``KvCacheMirror.free_blocks``, over
