@@ -118,7 +118,7 @@ class CacheCostPolicy(BasePolicy):
     will not for a while, and uses prefill capacity the cluster has to spare, so a miss
     costs little more than its own prefill. Past that fill every copy brings the eviction
     of blocks later requests need nearer (at ``room_kv_fill=1`` the room lasts until a
-    cache is full: the bundled trace then keeps 94.8 % of the ideal hit ratio, against
+    cache is full: the bundled trace then keeps 94.9 % of the ideal hit ratio, against
     96.0 % at 0.5), and with every replica's backlog past the bound the cluster is
     saturated and each miss costs capacity every request needs: the weight is
     ``queue_weight`` again. Without a capacity (``capacity_blocks=None``) the room is
