@@ -301,6 +301,11 @@ def test_cache_cost_weighs_the_backlog_more_while_every_cache_has_room() -> None
     # A cluster whose every replica has a backlog of room_backlog_tokens or more is
     # saturated: the plain weight (a bound of 0 is reached by any backlog, even none).
     assert placements(UNRELATED + SHORT, capacity=10_000, room_backlog_tokens=0.0) == full
+    # One replica under the bound is enough: with a bound of 20 tokens the holder passes
+    # it from the 3rd request on, the idle replica never, so the room weight holds and the
+    # 9th request still moves (were the bound required of every replica, the plain weight
+    # would keep the burst on the holder until the 19th).
+    assert placements(UNRELATED + SHORT, capacity=10_000, room_backlog_tokens=20.0) == roomy
     # Without a capacity the room is unknown: the plain weight.
     assert placements(UNRELATED + SHORT) == full
 

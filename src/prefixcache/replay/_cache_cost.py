@@ -41,7 +41,8 @@ WINDOW_PER_REPLICA = 256
 ROOM_QUEUE_WEIGHT = 0.2
 """The backlog weight of ``cache-cost`` while every replica's mirrored KV cache is filled
 below ``ROOM_KV_FILL`` and some replica's backlog is under ``ROOM_BACKLOG_TOKENS``
-(``queue_weight``, 0.1, otherwise; docs/replay.md measures both)."""
+(``queue_weight``, 0.1, otherwise; the larger weight applies, so a shared prefix keeps
+its 0.5; docs/replay.md measures both)."""
 
 ROOM_KV_FILL = 0.5
 """The fill of a replica's mirrored KV cache (its blocks and output blocks over its
@@ -50,7 +51,7 @@ capacity) below which it has room for copies."""
 ROOM_BACKLOG_TOKENS = 4096
 """The room weight holds only while some replica's prefill backlog is under this many
 tokens (half a step's token budget; a fifth of a second of the replayed server's
-prefill): past it on every replica the cluster is saturated and each miss costs capacity
+prefill): at or past it on every replica the cluster is saturated and each miss costs capacity
 every request needs."""
 
 
@@ -119,7 +120,7 @@ class CacheCostPolicy(BasePolicy):
     costs little more than its own prefill. Past that fill every copy brings the eviction
     of blocks later requests need nearer (at ``room_kv_fill=1`` the room lasts until a
     cache is full: the bundled trace then keeps 94.9 % of the ideal hit ratio, against
-    96.0 % at 0.5), and with every replica's backlog past the bound the cluster is
+    96.0 % at 0.5), and with every replica's backlog at or past the bound the cluster is
     saturated and each miss costs capacity every request needs: the weight is
     ``queue_weight`` again. Without a capacity (``capacity_blocks=None``) the room is
     unknown and ``queue_weight`` applies. ``room_queue_weight=0`` or ``room_kv_fill=0``
@@ -331,7 +332,7 @@ class CacheCostPolicy(BasePolicy):
         running = mirror.running_blocks
         return all(running(k) < limit for k in self._keys)
 
-    def _room_everywhere(self) -> bool:
+    def _caches_have_room(self) -> bool:
         """Whether every replica's cache in the mirror is filled below ``room_kv_fill``
         (``False`` without a capacity)."""
         mirror = self._mirror
@@ -422,7 +423,7 @@ class CacheCostPolicy(BasePolicy):
                 and hot.needs_fair_share(blocks, held=held, demand=guard)
                 and self._kv_room_everywhere()
             )
-        room = min(queued) < self._room_backlog and self._room_everywhere()
+        room = min(queued) < self._room_backlog and self._caches_have_room()
         params = self._param_sets[shared, guarded, room]
         # Ties rotate: the replica dispatched to least recently ranks first.
         lu = view.last_used
