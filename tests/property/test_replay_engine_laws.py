@@ -67,6 +67,13 @@ def unique_traces(draw: st.DrawFn, bt: int) -> list[Request]:
     return out
 
 
+@st.composite
+def planned_traces(draw: st.DrawFn, bt: int) -> tuple[list[Request], list[int]]:
+    """A trace of ``unique_traces`` and a replica (0-2) for each of its requests."""
+    trace = draw(unique_traces(bt))
+    return trace, draw(st.lists(st.integers(0, 2), min_size=len(trace), max_size=len(trace)))
+
+
 @given(model=models, k=st.integers(0, 6), extra=st.integers(0, 3), out=st.integers(0, 5))
 def test_more_cached_tokens_never_make_a_lone_request_slower(
     model: ClusterModel, k: int, extra: int, out: int
@@ -93,8 +100,7 @@ def test_an_added_request_never_lowers_another_ttft(
     data: st.DataObject, model: ClusterModel
 ) -> None:
     # The added request arrives with or after the last one (it queues behind everyone).
-    trace = data.draw(unique_traces(model.block_tokens))
-    plan = data.draw(st.lists(st.integers(0, 2), min_size=len(trace), max_size=len(trace)))
+    trace, plan = data.draw(planned_traces(model.block_tokens))
     base = simulate(trace, Planned(plan), model)
     extra = Request(
         arrival=trace[-1].arrival + data.draw(st.sampled_from([0.0, 0.05, 0.5])),
@@ -187,8 +193,7 @@ def test_the_polled_load_is_bounded_by_the_work_sent(
     # have prompt left, at most all of it; only unfinished ones queue or run. Generation
     # rate: a decode step lasts at least 1 / decode_tokens_per_s and makes one token per
     # request decoding.
-    trace = data.draw(unique_traces(model.block_tokens))
-    plan = data.draw(st.lists(st.integers(0, 2), min_size=len(trace), max_size=len(trace)))
+    trace, plan = data.draw(planned_traces(model.block_tokens))
     pol = Recording(plan)
     res = simulate(trace, pol, model)
     n_rep = model.replicas

@@ -70,6 +70,9 @@ def test_the_current_precise_profile_is_a_peer_next_to_the_pinned_one() -> None:
         ("peak_prefill_tokens_per_s", float("inf")),
         ("speculative_ttl_s", 0.0),
         ("speculative_ttl_s", float("nan")),
+        ("speculative_ttl_s", True),
+        ("speculative_ttl_s", None),
+        ("peak_prefill_tokens_per_s", "fast"),
     ],
 )
 def test_bad_rates_and_ttls_are_refused(name: str, value: float) -> None:

@@ -8,13 +8,13 @@ Every random choice draws from one ``random.Random(seed)`` per policy.
 from __future__ import annotations
 
 import heapq
-import math
 import random
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from clusterrouting import InvalidRecordError
+from prefixcache._keys import check_rate
 from prefixcache.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 from prefixcache.replay._peer_base import Peer
 from prefixcache.replay._peer_llmd import TieRotation, max_score_pick, queue_scores
@@ -464,14 +464,12 @@ class LlmdPreciseCurrentPolicy(LlmdPrecisePolicy):
         queue_threshold_tokens: int = DEFAULT_QUEUE_THRESHOLD_TOKENS,
     ) -> None:
         super().__init__(block_tokens=block_tokens, seed=seed, pods_per_key=pods_per_key)
-        if not (peak_prefill_tokens_per_s > 0 and math.isfinite(peak_prefill_tokens_per_s)):
-            raise InvalidRecordError(
-                "peak_prefill_tokens_per_s", peak_prefill_tokens_per_s, "must be finite and > 0"
-            )
-        if not (speculative_ttl_s > 0 and math.isfinite(speculative_ttl_s)):
-            raise InvalidRecordError(
-                "speculative_ttl_s", speculative_ttl_s, "must be finite and > 0"
-            )
+        for name, value in (
+            ("peak_prefill_tokens_per_s", peak_prefill_tokens_per_s),
+            ("speculative_ttl_s", speculative_ttl_s),
+        ):
+            if check_rate(name, value) is None:  # None passes check_rate, not here
+                raise InvalidRecordError(name, value, "must be a finite number > 0")
         #: the index the engines' events and the speculative entries go to
         self.llmd_index = LlmdSpeculativeIndex(pods_per_key)
         self.speculative_ttl_s = speculative_ttl_s
