@@ -30,6 +30,9 @@ __all__ = [
     "DEFAULT_HOT_LOWER",
     "DEFAULT_HOT_MAX_CHAIN",
     "DEFAULT_HOT_PER_COPY",
+    "DEFAULT_ROOM_BACKLOG_TOKENS",
+    "DEFAULT_ROOM_KV_FILL",
+    "DEFAULT_ROOM_QUEUE_WEIGHT",
     "DEFAULT_SHARED_DEMAND",
     "DEFAULT_SHARED_KV_USAGE",
     "DEFAULT_SHARED_QUEUE_WEIGHT",
@@ -85,6 +88,26 @@ requests hold over its capacity, as engines report it; ``KvCacheMirror.running_b
 is below 0.8, the KV threshold at which llm-d's saturation detector counts a pod as
 saturated: a copy of a prefix is cheap while the caches have room beside the running
 requests, and on a saturated replica it pushes out blocks that later requests need."""
+
+DEFAULT_ROOM_QUEUE_WEIGHT = 0.2
+"""The backlog weight ``cache-cost`` (the replay's policy and the LiteLLM plugin) passes to
+``pick_lowest_cost`` while the caches have room and the cluster is not saturated (every
+replica's mirrored KV cache filled below ``DEFAULT_ROOM_KV_FILL`` and some replica's
+backlog under ``DEFAULT_ROOM_BACKLOG_TOKENS``), instead of ``DEFAULT_QUEUE_WEIGHT`` (0.1;
+the larger weight applies, so a shared prefix keeps its 0.5): a copy of a prefix on a less
+busy replica then evicts nothing for a while and uses prefill capacity the cluster has to
+spare, so a miss costs little more than its own prefill."""
+
+DEFAULT_ROOM_KV_FILL = 0.5
+"""The fill of a replica's mirrored KV cache (its blocks and output blocks over its
+capacity, :meth:`KvCacheMirror.filled_below`) below which a copy evicts nothing for a
+while."""
+
+DEFAULT_ROOM_BACKLOG_TOKENS = 4096
+"""The room weight holds only while some replica's prefill backlog is under this many
+tokens (half a step's token budget of the replayed server, a fifth of a second of its
+prefill): at or past it on every replica the cluster is saturated and each miss costs
+capacity every request needs."""
 
 R = TypeVar("R", bound=Hashable)
 

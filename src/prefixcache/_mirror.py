@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from clusterrouting import InvalidRecordError
 from prefixcache._keys import check_amount
@@ -391,6 +391,34 @@ class KvCacheMirror:
         if cap is None:
             return None
         return max(0, cap - self.blocks(key) - self._private.get(key, 0))
+
+    def filled_below(self, keys: Iterable[ReplicaKey], fill: float) -> bool:
+        """Whether the cache of each of ``keys`` is filled below ``fill`` of the capacity
+        (its blocks and output blocks; :meth:`free_blocks` more than ``(1 - fill) x
+        capacity_blocks``). ``False`` without a capacity, and at ``fill=0``.
+
+        Raises:
+            InvalidRecordError: ``fill`` is not a number in [0, 1].
+
+        >>> m = KvCacheMirror(capacity_blocks=4)
+        >>> m.observe(ReplicaKey("a"), (1,))
+        >>> both = (ReplicaKey("a"), ReplicaKey("b"))
+        >>> m.filled_below(both, 0.5), m.filled_below(both, 0.25)
+        (True, False)
+        """
+        try:
+            in_range = check_amount("fill", fill) <= 1
+        except InvalidRecordError:
+            in_range = False
+        if not in_range:
+            raise InvalidRecordError("fill", fill, "must be a number in [0, 1]")
+        cap = self._cap
+        if cap is None:
+            return False
+        blocks = self.blocks
+        private = self._private
+        need = (1.0 - fill) * cap
+        return all(cap - blocks(k) - private.get(k, 0) > need for k in keys)
 
     def running_blocks(self, key: ReplicaKey) -> int:
         """Blocks ``key``'s running requests hold: their pinned prompt blocks and their

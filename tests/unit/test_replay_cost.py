@@ -143,6 +143,22 @@ def test_mirror_running_blocks_are_the_pinned_and_output_blocks() -> None:
     assert m.free_blocks(A) == 6 and KvCacheMirror().free_blocks(A) is None
 
 
+def test_mirror_filled_below_reads_every_replica_and_refuses_a_bad_fill() -> None:
+    m = KvCacheMirror(capacity_blocks=8)
+    m.observe(A, (1, 2, 3))
+    m.start(B, (4,), private_blocks=2)  # 1 pinned + 2 output blocks
+    assert m.filled_below((A, B), 0.5)  # 3 of 8 each, below 4
+    assert m.filled_below((A,), 0.5) and not m.filled_below((A, B), 3 / 8)
+    m.observe(A, (1, 2, 3, 5))
+    assert not m.filled_below((A, B), 0.5) and m.filled_below((B,), 0.5)  # A: 4 of 8
+    assert m.filled_below((), 0.5) and not m.filled_below((A,), 0.0)
+    assert m.filled_below((A, B), 1.0) and not KvCacheMirror().filled_below((A,), 1.0)
+    for bad in (-0.1, 1.5, math.nan, True, "half", None):
+        with pytest.raises(InvalidRecordError) as err:
+            m.filled_below((A,), bad)  # type: ignore[arg-type]
+        assert err.value.field == "fill"
+
+
 def test_mirror_output_blocks_may_join_later_and_leave_with_the_prompt() -> None:
     # From the first token: the prompt pinned at dispatch, its output blocks added alone.
     m = KvCacheMirror(capacity_blocks=6)
@@ -253,6 +269,8 @@ def test_mirror_never_evicts_pinned_blocks_and_respects_its_room(
             assert len(pinned) <= m.blocks(A) <= len(pinned) + room
             assert m.running_blocks(A) == len(pinned) + held
             assert m.free_blocks(A) == max(0, cap - m.blocks(A) - held)
+            for fill in (0.0, 0.5, 1.0):
+                assert m.filled_below((A,), fill) == (m.blocks(A) + held < fill * cap)
     for c, private in running:
         m.finish(A, c, private_blocks=private)
     assert m.blocks(A) <= cap

@@ -15,6 +15,9 @@ from prefixcache._hot import (
     DEFAULT_HOT_CONFIDENCE,
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_PER_COPY,
+    DEFAULT_ROOM_BACKLOG_TOKENS,
+    DEFAULT_ROOM_KV_FILL,
+    DEFAULT_ROOM_QUEUE_WEIGHT,
     DEFAULT_SHARED_DEMAND,
     DEFAULT_SHARED_KV_USAGE,
     DEFAULT_SHARED_QUEUE_WEIGHT,
@@ -28,31 +31,12 @@ from prefixcache.replay._trace import Request
 from prefixcache.replay._view import ClusterView
 
 __all__ = [
-    "ROOM_BACKLOG_TOKENS",
-    "ROOM_KV_FILL",
-    "ROOM_QUEUE_WEIGHT",
     "WINDOW_PER_REPLICA",
     "CacheCostPolicy",
 ]
 
 WINDOW_PER_REPLICA = 256
 """``cache-cost`` keeps its last ``256 x replicas`` dispatches for the share price."""
-
-ROOM_QUEUE_WEIGHT = 0.2
-"""The backlog weight of ``cache-cost`` while every replica's mirrored KV cache is filled
-below ``ROOM_KV_FILL`` and some replica's backlog is under ``ROOM_BACKLOG_TOKENS``
-(``queue_weight``, 0.1, otherwise; the larger weight applies, so a shared prefix keeps
-its 0.5; docs/replay.md measures both)."""
-
-ROOM_KV_FILL = 0.5
-"""The fill of a replica's mirrored KV cache (its blocks and output blocks over its
-capacity) below which it has room for copies."""
-
-ROOM_BACKLOG_TOKENS = 4096
-"""The room weight holds only while some replica's prefill backlog is under this many
-tokens (half a step's token budget; a fifth of a second of the replayed server's
-prefill): at or past it on every replica the cluster is saturated and each miss costs capacity
-every request needs."""
 
 
 def _check_number(name: str, value: object, hi: float) -> None:
@@ -112,7 +96,7 @@ class CacheCostPolicy(BasePolicy):
     request counts as shared.
 
     While every replica's cache in the mirror is filled below ``room_kv_fill`` (0.5: its
-    blocks and the running requests' output blocks, ``KvCacheMirror.free_blocks``, over
+    blocks and the running requests' output blocks, ``KvCacheMirror.filled_below``, over
     its capacity) and some replica's backlog is under ``room_backlog_tokens`` (4,096), the
     backlog weighs ``room_queue_weight`` (0.2; the larger of it and the weight that
     applies otherwise): a copy of a prefix on a less busy replica then evicts nothing, and
@@ -182,9 +166,9 @@ class CacheCostPolicy(BasePolicy):
         shared_queue_weight: float = DEFAULT_SHARED_QUEUE_WEIGHT,
         shared_demand: float = DEFAULT_SHARED_DEMAND,
         shared_kv_usage: float = DEFAULT_SHARED_KV_USAGE,
-        room_queue_weight: float = ROOM_QUEUE_WEIGHT,
-        room_kv_fill: float = ROOM_KV_FILL,
-        room_backlog_tokens: float = ROOM_BACKLOG_TOKENS,
+        room_queue_weight: float = DEFAULT_ROOM_QUEUE_WEIGHT,
+        room_kv_fill: float = DEFAULT_ROOM_KV_FILL,
+        room_backlog_tokens: float = DEFAULT_ROOM_BACKLOG_TOKENS,
         hot_overloaded: Callable[[int, int], bool] | None = None,
         prefill_rate: float | None = None,
         learn_prefill_rate: bool = False,
@@ -332,17 +316,6 @@ class CacheCostPolicy(BasePolicy):
         running = mirror.running_blocks
         return all(running(k) < limit for k in self._keys)
 
-    def _caches_have_room(self) -> bool:
-        """Whether every replica's cache in the mirror is filled below ``room_kv_fill``
-        (``False`` without a capacity)."""
-        mirror = self._mirror
-        cap = mirror.capacity_blocks
-        if cap is None:
-            return False
-        free = mirror.free_blocks
-        need = (1.0 - self._room_kv_fill) * cap
-        return all((free(k) or 0) > need for k in self._keys)
-
     def _through_pending(self, k: int, blocks: tuple[int, ...], p: int) -> int:
         """``p`` leading blocks held on replica ``k``, extended through the blocks of the
         requests in flight there (``_pending``)."""
@@ -423,7 +396,9 @@ class CacheCostPolicy(BasePolicy):
                 and hot.needs_fair_share(blocks, held=held, demand=guard)
                 and self._kv_room_everywhere()
             )
-        room = min(queued) < self._room_backlog and self._caches_have_room()
+        room = min(queued) < self._room_backlog and self._mirror.filled_below(
+            keys, self._room_kv_fill
+        )
         params = self._param_sets[shared, guarded, room]
         # Ties rotate: the replica dispatched to least recently ranks first.
         lu = view.last_used
