@@ -10,8 +10,7 @@ and, seeing no first token until a request ends, it drains each deployment's bac
 responses, at the rate it learns from their first-token times. The replay models that
 with ``CacheCostPolicy(observe_at="completion", hot_overloaded=<the load guard>,
 prefill_rate=DEFAULT_PREFILL_TOKENS_PER_S, learn_prefill_rate=<streamed>,
-hot_confidence=HOT_CONFIDENCE, room_queue_weight=0)`` (the plugin's hot-prefix demand is
-the observed share, and its backlog weighs 0.1 however much room the caches have).
+hot_confidence=HOT_CONFIDENCE)`` (the plugin's hot-prefix demand is the observed share).
 One router sees every request here; each plugin only sees its own.
 
 Run: ``python benchmarks/litellm_policy.py [SEEDS] [--rates]`` (default 4: seeds 0-3;
@@ -57,7 +56,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "prefill_rate": DEFAULT_PREFILL_TOKENS_PER_S,
         "learn_prefill_rate": True,
         "hot_confidence": HOT_CONFIDENCE,  # the plugin's: the observed share
-        "room_queue_weight": 0.0,  # the plugin weighs the backlog 0.1 however full
     },
     # Responses not streamed teach nothing: the configured rate throughout.
     "LiteLLM plugin, not streamed": {
@@ -65,7 +63,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "hot_overloaded": load_guard_exceeded,
         "prefill_rate": DEFAULT_PREFILL_TOKENS_PER_S,
         "hot_confidence": HOT_CONFIDENCE,
-        "room_queue_weight": 0.0,
     },
     # prefill_tokens_per_s=None: a backlog drains only as its requests end (a rate of 1e-9
     # tokens per second drains nothing, and the backlog is capped by the requests not ended).
@@ -74,7 +71,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "hot_overloaded": load_guard_exceeded,
         "prefill_rate": 1e-9,
         "hot_confidence": HOT_CONFIDENCE,
-        "room_queue_weight": 0.0,
     },
 }
 

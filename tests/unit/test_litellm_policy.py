@@ -207,6 +207,34 @@ def test_the_hot_prefix_rules_wait_for_room_in_the_deployments_kv_caches() -> No
     assert hot_traffic(68) == "a" * 20
 
 
+def test_the_backlog_weighs_more_while_the_caches_have_room_and_a_deployment_has_time() -> None:
+    # A prompt served on its home (40 blocks in the mirror), then one long unrelated
+    # request in flight there (6 tokens per repeat; a deployment list of one forces it),
+    # and maybe one on the other deployment. The prompt's next request saves ~2,570 tokens
+    # at home, so at the plain 0.1 it stays unless home's backlog exceeds the other's by
+    # more than ~20,000 tokens, and at the room weight, 0.2, it goes by ~15,000 (beyond the
+    # 512-token margin both ways at 18,000). The room needs every cache in the mirror
+    # filled below half (40 blocks of 81, not of 80) and some deployment's backlog under
+    # 4,096 tokens.
+    def stays(home_repeats: int, other_repeats: int = 0, mirror_blocks: int = 65536) -> bool:
+        plugin = PrefixRoutingPlugin(None, mirror_blocks=mirror_blocks)
+        home = served(plugin, chat("question 0"))
+        other = "ab".replace(home, "")
+        for dep, repeats in ((home, home_repeats), (other, other_repeats)):
+            if repeats:
+                only = [{"model_info": {"id": dep}}]
+                messages = chat(f"unrelated question on {dep} " * repeats, system="")
+                plugin.choose(GROUP, only, messages, {"metadata": {}}, now=1.0)
+        assert abs(plugin.backlog(home, now=1.0) - plugin.backlog(other, now=1.0) - 18000) <= 2
+        return route(plugin, chat("question 1"))[0] == home
+
+    assert not stays(3000)
+    assert not stays(3000, mirror_blocks=81)
+    assert stays(3000, mirror_blocks=80)
+    assert not stays(3680, 680)  # the other's backlog: 4,082 tokens
+    assert stays(3690, 690)  # 4,142: every deployment at or past the bound
+
+
 def test_a_backlog_drains_at_the_prefill_rate_until_its_requests_end() -> None:
     # LiteLLM reports a request only when it ends, long after its prefill: a deployment's
     # backlog (the ~2,600 uncached tokens of a cold prompt) drains at prefill_tokens_per_s

@@ -20,7 +20,14 @@ from prefixcache._cost import (
     CostCandidate,
     pick_lowest_cost,
 )
-from prefixcache._hot import DEFAULT_SHARED_KV_USAGE, DEFAULT_SHARED_QUEUE_WEIGHT, HotPrefixes
+from prefixcache._hot import (
+    DEFAULT_ROOM_BACKLOG_TOKENS,
+    DEFAULT_ROOM_KV_FILL,
+    DEFAULT_ROOM_QUEUE_WEIGHT,
+    DEFAULT_SHARED_KV_USAGE,
+    DEFAULT_SHARED_QUEUE_WEIGHT,
+    HotPrefixes,
+)
 from prefixcache._mirror import DispatchWindow, KvCacheMirror
 from prefixcache._types import ReplicaKey
 from prefixcache.integrations._litellm_ledger import Ledger
@@ -41,8 +48,6 @@ never copies on a few first dispatches' guess, and the bound only delayed its co
 its fair-share guard (which reads the same demand). ``benchmarks/litellm_policy.py`` over
 seeds 0-31 with the bound: 8 Zipf prompts +1.7 % mean / +3.3 % p99, synthetic chat
 +0.3 % / +1.9 % (geometric means of the per-seed ratios)."""
-
-_SHARED_QUEUE_WEIGHT: Final = max(DEFAULT_QUEUE_WEIGHT, DEFAULT_SHARED_QUEUE_WEIGHT)
 
 
 class CostState:
@@ -135,9 +140,10 @@ class CostState:
         mirror = self.mirror
         running = ledger.running_blocks
         hot_id, hot_blocks = indexed
+        backlogs = [backlog(i, now) if f else 0 for i, f in zip(ids, flights, strict=True)]
         held = []
         cands = []
-        for i, key, flight in zip(ids, keys, flights, strict=True):
+        for i, key, flight, queued in zip(ids, keys, flights, backlogs, strict=True):
             blocks = mirror.matched_blocks(key, chain)
             if i == hot_id and hot_blocks > blocks:
                 blocks = hot_blocks
@@ -152,15 +158,20 @@ class CostState:
                     key,
                     flight,
                     min(prompt_tokens, blocks * block_tokens),
-                    backlog(i, now) if flight else 0,
+                    queued,
                     window.count(key),
                     pin_credit,
                 )
             )
         hot_prefixes = self._hot_prefixes(group, len(ids))
-        queue_weight = DEFAULT_QUEUE_WEIGHT
+        # While every cache has room and some deployment has prefill to spare, a miss costs
+        # little more than its own prefill: the backlog weighs more.
+        room = min(backlogs) < DEFAULT_ROOM_BACKLOG_TOKENS and mirror.filled_below(
+            keys, DEFAULT_ROOM_KV_FILL
+        )
+        queue_weight = DEFAULT_ROOM_QUEUE_WEIGHT if room else DEFAULT_QUEUE_WEIGHT
         rule = None
-        room = functools.partial(self._kv_room, ids)
+        kv_room = functools.partial(self._kv_room, ids)
         if chain:
             rule = hot_prefixes.credit(
                 chain,
@@ -168,11 +179,11 @@ class CostState:
                 replicas=ids,
                 in_flight=flights,
                 overloaded=self._overloaded,
-                room=room,
+                room=kv_room,
             )
         if rule is not None:
             if rule.shared:
-                queue_weight = _SHARED_QUEUE_WEIGHT
+                queue_weight = max(queue_weight, DEFAULT_SHARED_QUEUE_WEIGHT)
             for p, (blocks, warm) in enumerate(zip(held, rule.held, strict=True)):
                 if warm != blocks:  # a warm copy counts as holding the prefix
                     c = cands[p]
@@ -186,7 +197,7 @@ class CostState:
                     )
         # A hot prompt not held everywhere (or making most of the chain), while the caches
         # have room: only deployments within their fair share.
-        guarded = bool(chain) and hot_prefixes.needs_fair_share(chain, held=held) and room()
+        guarded = bool(chain) and hot_prefixes.needs_fair_share(chain, held=held) and kv_room()
         best = pick_lowest_cost(
             cands,
             prompt_tokens=prompt_tokens,

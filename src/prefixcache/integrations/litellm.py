@@ -22,6 +22,11 @@ least by the library's default policy (``cache-cost``, :func:`prefixcache.pick_l
   ``prefill_tokens_per_s``, ``DEFAULT_PREFILL_TOKENS_PER_S``, or at the rate learned from
   streamed responses' first-token times, ``learn_prefill_rate``); recent shares from a
   :class:`prefixcache.DispatchWindow`;
+* the backlog weighs ``DEFAULT_QUEUE_WEIGHT`` (0.1), or ``DEFAULT_ROOM_QUEUE_WEIGHT`` (0.2)
+  while every deployment's cache in the mirror is filled below ``DEFAULT_ROOM_KV_FILL``
+  (half) of ``mirror_blocks`` and some deployment's backlog is under
+  ``DEFAULT_ROOM_BACKLOG_TOKENS`` (as the replay's ``cache-cost``: a copy then evicts
+  nothing for a while and uses prefill the cluster has to spare);
 * hot prefixes: :meth:`prefixcache.HotPrefixes.credit` over the model group's last ``256 x
   deployments`` dispatches, as in the replay's ``cache-cost`` except for when a holder counts
   as busy: while every deployment holding the request's prefix is beyond the load guard
