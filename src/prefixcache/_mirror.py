@@ -394,8 +394,8 @@ class KvCacheMirror:
 
     def filled_below(self, keys: Iterable[ReplicaKey], fill: float) -> bool:
         """Whether the cache of each of ``keys`` is filled below ``fill`` of the capacity
-        (its blocks and output blocks; :meth:`free_blocks` more than ``(1 - fill) x
-        capacity_blocks``). ``False`` without a capacity, and at ``fill=0``.
+        (its blocks and output blocks, fewer than ``fill x capacity_blocks``). ``False``
+        without a capacity, and at ``fill=0``.
 
         Raises:
             InvalidRecordError: ``fill`` is not a number in [0, 1].
@@ -415,10 +415,14 @@ class KvCacheMirror:
         cap = self._cap
         if cap is None:
             return False
-        blocks = self.blocks
+        limit = fill * cap
+        lru = self._lru
+        pins = self._pins
         private = self._private
-        need = (1.0 - fill) * cap
-        return all(cap - blocks(k) - private.get(k, 0) > need for k in keys)
+        for k in keys:
+            if len(lru.get(k, ())) + len(pins.get(k, ())) + private.get(k, 0) >= limit:
+                return False
+        return True
 
     def running_blocks(self, key: ReplicaKey) -> int:
         """Blocks ``key``'s running requests hold: their pinned prompt blocks and their
