@@ -370,3 +370,88 @@ def test_a_re_keyed_trace_is_reported_as_the_command_s_own_warning(
         err = capsys.readouterr().err
         assert err == prog + expected
         assert shown == []
+
+
+def test_a_trace_whose_blocks_do_not_match_block_tokens_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ten 16-token ids per 160-token prompt (the last one partial in some): replayed at the
+    # default 512 tokens per id, each cached id would count for 512 tokens. Each command
+    # names the flags that fit (16-token blocks, the same KV capacity: 16,384 x 512 / 16
+    # blocks) and runs on; at --block-tokens 16 it says nothing.
+    p = tmp_path / "small_blocks.jsonl"
+    p.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "timestamp": 10 * k,
+                    "input_length": 150 + k % 10,
+                    "output_length": 2,
+                    "hash_ids": [1, *range(100 * k + 2, 100 * k + 11)],
+                }
+            )
+            for k in range(8)
+        )
+        + "\n"
+    )
+    expected = (
+        ": warning: the trace has a median of 15 prompt tokens per hash id, but --block-tokens"
+        " is 512 (tokens per id): if its ids are 16-token blocks, pass --block-tokens 16"
+        " --cache-blocks 524288 (the same KV capacity in tokens)\n"
+    )
+    runs = {
+        "clusterrouting-replay": [str(p), "--no-progress", "--policies", "round-robin"],
+        "clusterrouting-replay grid": [
+            *("grid", str(p), "--no-progress", "--replicas", "2", "--target-load", "0.5"),
+            *("--policies", "cache-cost"),
+        ],
+        "clusterrouting-replay tune": [
+            *("tune", str(p), "--replicas", "2", "--budget", "1"),
+            *("--param", "queue_weight=0.05..0.5"),
+        ],
+    }
+    for prog, argv in runs.items():
+        assert main(argv) == 0
+        assert capsys.readouterr().err == prog + expected
+        assert main([*argv, "--block-tokens", "16"]) == 0
+        assert capsys.readouterr().err == ""
+
+
+def test_the_block_size_note_reads_the_median_and_scales_the_capacity() -> None:
+    from prefixcache.replay import BUNDLED_TRACE, Request, load_trace
+    from prefixcache.replay._args import block_size_note
+
+    def trace(*per_id: int) -> list[Request]:  # one 4-id request per entry
+        return [
+            Request(
+                arrival=k,
+                input_tokens=4 * t,
+                output_tokens=1,
+                blocks=(4 * k, 4 * k + 1, 4 * k + 2, 4 * k + 3),
+            )
+            for k, t in enumerate(per_id)
+        ]
+
+    # Within half to twice block_tokens: nothing to say (the bounds included).
+    for t in (256, 512, 1024):
+        assert block_size_note(trace(t), block_tokens=512, cache_blocks=16384) is None
+    assert block_size_note(load_trace(BUNDLED_TRACE), block_tokens=512, cache_blocks=16384) is None
+    # The median decides, not one outlier; the nearest power of two is suggested.
+    note = block_size_note(trace(30, 34, 5000), block_tokens=512, cache_blocks=16384)
+    assert (
+        note is not None
+        and "median of 34 " in note
+        and "--block-tokens 32 --cache-blocks 262144" in note
+    )
+    note = block_size_note(trace(2048, 2100, 1), block_tokens=512, cache_blocks=None)
+    assert note is not None and note.endswith(
+        "pass --block-tokens 2048 (the same KV capacity in tokens)"
+    )
+    assert block_size_note(trace(255), block_tokens=512, cache_blocks=3) == (
+        "the trace has a median of 255 prompt tokens per hash id, but --block-tokens is 512"
+        " (tokens per id): if its ids are 256-token blocks, pass --block-tokens 256"
+        " --cache-blocks 6 (the same KV capacity in tokens)"
+    )
+    # No ids at all: nothing to compare.
+    empty = [Request(arrival=0, input_tokens=10, output_tokens=1, blocks=())]
+    assert block_size_note(empty, block_tokens=512, cache_blocks=16384) is None

@@ -4,8 +4,11 @@ fit the simulated cluster to a trace's shape, and the policies to replay."""
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
 
@@ -13,7 +16,14 @@ from prefixcache.replay._cluster import DEFAULT_CLUSTER
 from prefixcache.replay._policies import POLICY_NAMES
 from prefixcache.replay._trace import Request, TimeUnit, TraceRekeyedWarning, load_trace
 
-__all__ = ["add_trace_shape_args", "cache_blocks_arg", "load_trace_reporting", "policies_arg"]
+__all__ = [
+    "add_trace_shape_args",
+    "block_size_note",
+    "cache_blocks_arg",
+    "load_trace_reporting",
+    "policies_arg",
+    "report_block_size",
+]
 
 
 def load_trace_reporting(path: Path, *, prog: str, time_unit: TimeUnit = "ms") -> list[Request]:
@@ -29,6 +39,55 @@ def load_trace_reporting(path: Path, *, prog: str, time_unit: TimeUnit = "ms") -
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
     return requests
+
+
+def block_size_note(
+    requests: Sequence[Request], *, block_tokens: int, cache_blocks: int | None
+) -> str | None:
+    """A warning when the trace's prompt tokens per hash id (the median over the requests
+    with ids) are under half or over twice ``block_tokens``, naming the flags that would
+    fit: the power of two nearest that median, and ``cache_blocks`` scaled to the same KV
+    capacity in tokens. ``None`` when the sizes agree, or the trace has no ids.
+
+    A trace's ids each stand for ``block_tokens`` tokens of the prompt (its last one for
+    the remainder), so a Mooncake trace with 512-token blocks has about 500 per id; a
+    trace written with 16- or 32-token blocks replayed at 512 would credit each cached id
+    with 512 tokens.
+
+    >>> from prefixcache.replay import Request
+    >>> r = [Request(arrival=0, input_tokens=100, output_tokens=1, blocks=(1, 2, 3))]
+    >>> print(block_size_note(r, block_tokens=512, cache_blocks=16384))
+    ... # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    the trace has a median of 33 prompt tokens per hash id, ... pass --block-tokens 32
+    --cache-blocks 262144 (the same KV capacity in tokens)
+    >>> block_size_note(r, block_tokens=32, cache_blocks=16384) is None
+    True
+    """
+    per_id = [r.input_tokens / len(r.blocks) for r in requests if r.blocks]
+    if not per_id:
+        return None
+    median = statistics.median(per_id)
+    if block_tokens / 2 <= median <= 2 * block_tokens:
+        return None
+    fit = 2 ** max(0, round(math.log2(max(median, 1.0))))
+    flags = f"--block-tokens {fit}"
+    if cache_blocks is not None:
+        flags += f" --cache-blocks {max(1, cache_blocks * block_tokens // fit)}"
+    return (
+        f"the trace has a median of {median:.0f} prompt tokens per hash id, but "
+        f"--block-tokens is {block_tokens} (tokens per id): if its ids are {fit}-token "
+        f"blocks, pass {flags} (the same KV capacity in tokens)"
+    )
+
+
+def report_block_size(
+    requests: Sequence[Request], *, block_tokens: int, cache_blocks: int | None, prog: str
+) -> None:
+    """Print :func:`block_size_note`'s warning, if any, to stderr as ``<prog>: warning:
+    ...``; the replay runs on as asked."""
+    note = block_size_note(requests, block_tokens=block_tokens, cache_blocks=cache_blocks)
+    if note is not None:
+        print(f"{prog}: warning: {note}", file=sys.stderr)
 
 
 def cache_blocks_arg(text: str) -> int | None:

@@ -14,7 +14,12 @@ from typing import Any, TextIO
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
-from prefixcache.replay._args import add_trace_shape_args, load_trace_reporting, policies_arg
+from prefixcache.replay._args import (
+    add_trace_shape_args,
+    load_trace_reporting,
+    policies_arg,
+    report_block_size,
+)
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import KV_EVENT_PAIRS, POLICY_NAMES
 from prefixcache.replay._report import (
@@ -402,6 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             path, prog="clusterrouting-replay", time_unit=args.time_unit
         )
         model = _model(args, requests)
+        report_block_size(
+            requests,
+            block_tokens=model.block_tokens,
+            cache_blocks=model.cache_blocks,
+            prog="clusterrouting-replay",
+        )
     except FileNotFoundError:
         hint = "" if args.trace else " (the bundled trace lives in the repository's data/)"
         print(f"clusterrouting-replay: no such trace file: {path}{hint}", file=sys.stderr)

@@ -22,7 +22,12 @@ from typing import Any
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
-from prefixcache.replay._args import add_trace_shape_args, load_trace_reporting, policies_arg
+from prefixcache.replay._args import (
+    add_trace_shape_args,
+    load_trace_reporting,
+    policies_arg,
+    report_block_size,
+)
 from prefixcache.replay._claim import SUMMARY_HEADER, CaseSummary, summarize, summary_row
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import POLICY_NAMES
@@ -288,6 +293,12 @@ def grid_main(argv: Sequence[str]) -> int:
         requests = load_trace_reporting(path, prog="clusterrouting-replay grid")
         model = attrs.evolve(
             DEFAULT_CLUSTER, cache_blocks=args.cache_blocks, block_tokens=args.block_tokens
+        )
+        report_block_size(
+            requests,
+            block_tokens=model.block_tokens,
+            cache_blocks=model.cache_blocks,
+            prog="clusterrouting-replay grid",
         )
         cells = run_grid(
             requests,

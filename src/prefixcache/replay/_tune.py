@@ -22,7 +22,7 @@ from pathlib import Path
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
-from prefixcache.replay._args import add_trace_shape_args, load_trace_reporting
+from prefixcache.replay._args import add_trace_shape_args, load_trace_reporting, report_block_size
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import TUNABLE, make_policy
 from prefixcache.replay._report import PolicyResult, ReplayJob, auto_speedup
@@ -281,6 +281,12 @@ def tune_main(argv: Sequence[str]) -> int:
             replicas=args.replicas,
             cache_blocks=args.cache_blocks,
             block_tokens=args.block_tokens,
+        )
+        report_block_size(
+            requests,
+            block_tokens=model.block_tokens,
+            cache_blocks=model.cache_blocks,
+            prog="clusterrouting-replay tune",
         )
         result = tune(
             requests,
