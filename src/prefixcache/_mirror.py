@@ -394,8 +394,8 @@ class KvCacheMirror:
 
     def filled_below(self, keys: Iterable[ReplicaKey], fill: float) -> bool:
         """Whether the cache of each of ``keys`` is filled below ``fill`` of the capacity
-        (its blocks and output blocks, fewer than ``fill x capacity_blocks``). ``False``
-        without a capacity, and at ``fill=0``.
+        (its blocks and output blocks, fewer than ``fill x capacity_blocks``): ``False``
+        without a capacity, and at ``fill=0`` unless ``keys`` is empty.
 
         Raises:
             InvalidRecordError: ``fill`` is not a number in [0, 1].

@@ -14,6 +14,9 @@ from prefixcache import (
     DEFAULT_HOT_CONFIDENCE,
     DEFAULT_HOT_LOWER,
     DEFAULT_HOT_PER_COPY,
+    DEFAULT_ROOM_BACKLOG_TOKENS,
+    DEFAULT_ROOM_KV_FILL,
+    DEFAULT_ROOM_QUEUE_WEIGHT,
     DEFAULT_SHARED_DEMAND,
     DEFAULT_SHARED_KV_USAGE,
     DEFAULT_SHARED_QUEUE_WEIGHT,
@@ -58,6 +61,11 @@ def test_shared_means_demand_of_at_least_a_quarter_replica_by_default() -> None:
     assert DEFAULT_SHARED_DEMAND == 0.25
     assert DEFAULT_SHARED_QUEUE_WEIGHT == 0.5
     assert DEFAULT_SHARED_KV_USAGE == 0.8
+    assert (DEFAULT_ROOM_QUEUE_WEIGHT, DEFAULT_ROOM_KV_FILL, DEFAULT_ROOM_BACKLOG_TOKENS) == (
+        0.2,
+        0.5,
+        4096,
+    )
     hot = Observed(window=32)
     fill(hot, with_prefix=1, without=31)  # 1 of 32 dispatches
     assert hot.demand(7, replicas=8) == 0.25

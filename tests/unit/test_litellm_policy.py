@@ -16,6 +16,7 @@ import pytest
 
 from clusterrouting import InvalidRecordError
 from prefixcache import ReplicaKey, SessionPins, extract_chain, messages_prefix_source
+from prefixcache.integrations import _litellm_costs as costs
 from prefixcache.integrations._litellm_requests import first_token_times
 from prefixcache.integrations.litellm import DEFAULT_PREFILL_TOKENS_PER_S, PrefixRoutingPlugin
 
@@ -207,32 +208,48 @@ def test_the_hot_prefix_rules_wait_for_room_in_the_deployments_kv_caches() -> No
     assert hot_traffic(68) == "a" * 20
 
 
-def test_the_backlog_weighs_more_while_the_caches_have_room_and_a_deployment_has_time() -> None:
-    # A prompt served on its home (40 blocks in the mirror), then one long unrelated
-    # request in flight there (6 tokens per repeat; a deployment list of one forces it),
-    # and maybe one on the other deployment. The prompt's next request saves ~2,570 tokens
-    # at home, so at the plain 0.1 it stays unless home's backlog exceeds the other's by
-    # more than ~20,000 tokens, and at the room weight, 0.2, it goes by ~15,000 (beyond the
-    # 512-token margin both ways at 18,000). The room needs every cache in the mirror
-    # filled below half (40 blocks of 81, not of 80) and some deployment's backlog under
-    # 4,096 tokens.
-    def stays(home_repeats: int, other_repeats: int = 0, mirror_blocks: int = 65536) -> bool:
-        plugin = PrefixRoutingPlugin(None, mirror_blocks=mirror_blocks)
+def test_the_backlog_weighs_more_while_the_caches_have_room_and_a_deployment_has_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A prompt served on its home (40 blocks in the mirror), then a long unrelated request
+    # in flight there (a deployment list of one forces it; its backlog is ceil(chars / 4)
+    # + 2 tokens), and maybe one on the other deployment. The prompt's next request saves
+    # ~2,570 tokens at home, so at the plain 0.1 it stays unless home's backlog exceeds the
+    # other's by more than ~20,000 tokens, and at the room weight, 0.2, it goes by ~15,000
+    # (beyond the 512-token margin both ways at 18,000). The room needs every cache in the
+    # mirror filled below half (40 blocks of 81, not of 80) and some deployment's backlog
+    # under 4,096 tokens. The weight passed to pick_lowest_cost is recorded.
+    weights: list[float] = []
+    pick = costs.pick_lowest_cost
+
+    def recording_pick(*args: Any, **kwargs: Any) -> Any:
+        weights.append(kwargs["queue_weight"])
+        return pick(*args, **kwargs)
+
+    monkeypatch.setattr(costs, "pick_lowest_cost", recording_pick)
+
+    def stays(home_backlog: int, other_backlog: int = 0, **case: Any) -> bool:
+        plugin = PrefixRoutingPlugin(None, mirror_blocks=case.get("mirror_blocks", 65536))
+        if case.get("home") == "b":  # a short unrelated prompt goes first, to "a"
+            assert served(plugin, chat("an unrelated first question", system="")) == "a"
         home = served(plugin, chat("question 0"))
+        assert home == case.get("home", "a")
         other = "ab".replace(home, "")
-        for dep, repeats in ((home, home_repeats), (other, other_repeats)):
-            if repeats:
+        for dep, tokens in ((home, home_backlog), (other, other_backlog)):
+            if tokens:
                 only = [{"model_info": {"id": dep}}]
-                messages = chat(f"unrelated question on {dep} " * repeats, system="")
+                messages = chat(dep * (4 * (tokens - 2)), system="")
                 plugin.choose(GROUP, only, messages, {"metadata": {}}, now=1.0)
-        assert abs(plugin.backlog(home, now=1.0) - plugin.backlog(other, now=1.0) - 18000) <= 2
+        assert plugin.backlog(home, now=1.0) == home_backlog
+        assert plugin.backlog(other, now=1.0) == other_backlog
         return route(plugin, chat("question 1"))[0] == home
 
-    assert not stays(3000)
-    assert not stays(3000, mirror_blocks=81)
-    assert stays(3000, mirror_blocks=80)
-    assert not stays(3680, 680)  # the other's backlog: 4,082 tokens
-    assert stays(3690, 690)  # 4,142: every deployment at or past the bound
+    assert not stays(18002) and weights[-1] == 0.2
+    for home in "ab":  # whichever deployment holds the 40 blocks
+        assert not stays(18002, mirror_blocks=81, home=home) and weights[-1] == 0.2
+        assert stays(18002, mirror_blocks=80, home=home) and weights[-1] == 0.1
+    assert not stays(22095, 4095) and weights[-1] == 0.2  # the other is under the bound
+    assert stays(22096, 4096) and weights[-1] == 0.1  # every deployment at the bound or past
 
 
 def test_a_backlog_drains_at_the_prefill_rate_until_its_requests_end() -> None:

@@ -337,6 +337,25 @@ def test_the_decision_log_says_whether_every_cache_had_room() -> None:
     assert set(weights(10_000, queue_weight=0.3)) == {(True, 0.3)}
 
 
+def test_the_room_is_read_on_every_replica_not_only_the_first() -> None:
+    # A one-block request on replica 0, then a 20-block one on replica 1 (ties rotate):
+    # replica 1 holds half of its 40 blocks from then on, so only the first two decisions
+    # have room, though replica 0 stays nearly empty.
+    trace = [req(0.0, (9000,)), req(0.5, tuple(range(7000, 7020)))]
+    trace += [req(1.0 + t / 2, (5000 + t,)) for t in range(10)]
+    policy = CacheCostPolicy(capacity_blocks=40, block_tokens=4, **ISOLATED)
+    seen: list[tuple[bool, float]] = []
+
+    def sink(record: dict[str, Any]) -> None:
+        e = record["explanation"]
+        seen.append((e["caches_have_room"], e["params"]["queue_weight"]))
+
+    policy.log_every = 1
+    policy.log_sink = sink
+    assert tuple(simulate(trace, policy, MODEL).replica[:2]) == (0, 1)
+    assert seen == [(True, 0.2)] * 2 + [(False, 0.1)] * 10
+
+
 def test_cache_cost_checks_the_shared_parameters() -> None:
     def make(**kw: object) -> CacheCostPolicy:
         return CacheCostPolicy(capacity_blocks=None, block_tokens=4, **kw)  # type: ignore[arg-type]
