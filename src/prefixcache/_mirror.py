@@ -406,21 +406,27 @@ class KvCacheMirror:
         >>> m.filled_below(both, 0.5), m.filled_below(both, 0.25)
         (True, False)
         """
-        try:
-            in_range = check_amount("fill", fill) <= 1
-        except InvalidRecordError:
-            in_range = False
-        if not in_range:
-            raise InvalidRecordError("fill", fill, "must be a number in [0, 1]")
+        if not (type(fill) is float and 0.0 <= fill <= 1.0):  # else the full check
+            try:
+                in_range = check_amount("fill", fill) <= 1
+            except InvalidRecordError:
+                in_range = False
+            if not in_range:
+                raise InvalidRecordError("fill", fill, "must be a number in [0, 1]")
         cap = self._cap
         if cap is None:
             return False
         limit = fill * cap
         lru = self._lru
-        pins = self._pins
+        pins = self._pins  # both empty in a mirror fed by observe alone
         private = self._private
         for k in keys:
-            if len(lru.get(k, ())) + len(pins.get(k, ())) + private.get(k, 0) >= limit:
+            used = len(lru.get(k, ()))
+            if pins:
+                used += len(pins.get(k, ()))
+            if private:
+                used += private.get(k, 0)
+            if used >= limit:
                 return False
         return True
 
