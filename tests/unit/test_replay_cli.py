@@ -333,6 +333,22 @@ def test_claim_refuses_a_negative_seed_count(capsys: pytest.CaptureFixture[str])
     assert "--seeds must be >= 0" in capsys.readouterr().err
 
 
+def each_command(trace: Path) -> dict[str, list[str]]:
+    """A short run of ``trace`` by each command that reads one (its name -> its argv)."""
+    p = str(trace)
+    return {
+        "clusterrouting-replay": [p, "--no-progress", "--policies", "round-robin"],
+        "clusterrouting-replay grid": [
+            *("grid", p, "--no-progress", "--replicas", "2", "--target-load", "0.5"),
+            *("--policies", "cache-cost"),
+        ],
+        "clusterrouting-replay tune": [
+            *("tune", p, "--replicas", "2", "--budget", "1"),
+            *("--param", "queue_weight=0.05..0.5"),
+        ],
+    }
+
+
 def test_a_re_keyed_trace_is_reported_as_the_command_s_own_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -352,17 +368,7 @@ def test_a_re_keyed_trace_is_reported_as_the_command_s_own_warning(
         ": warning: 1 block ids of the trace stood under more than one prefix (hash_ids not"
         " prefix-chained); re-keyed per prefix with 1 fresh ids\n"
     )
-    runs = {
-        "clusterrouting-replay": [str(p), "--no-progress", "--policies", "round-robin"],
-        "clusterrouting-replay grid": [
-            *("grid", str(p), "--no-progress", "--replicas", "2", "--target-load", "0.5"),
-            *("--policies", "cache-cost"),
-        ],
-        "clusterrouting-replay tune": [
-            *("tune", str(p), "--replicas", "2", "--budget", "1"),
-            *("--param", "queue_weight=0.05..0.5"),
-        ],
-    }
+    runs = each_command(p)
     for prog, argv in runs.items():
         with warnings.catch_warnings(record=True) as shown:
             warnings.simplefilter("always")
@@ -399,17 +405,7 @@ def test_a_trace_whose_blocks_do_not_match_block_tokens_is_warned_about(
         " is 512 (tokens per id): if its ids are 16-token blocks, pass --block-tokens 16"
         " --cache-blocks 524288 (the same KV capacity in tokens)\n"
     )
-    runs = {
-        "clusterrouting-replay": [str(p), "--no-progress", "--policies", "round-robin"],
-        "clusterrouting-replay grid": [
-            *("grid", str(p), "--no-progress", "--replicas", "2", "--target-load", "0.5"),
-            *("--policies", "cache-cost"),
-        ],
-        "clusterrouting-replay tune": [
-            *("tune", str(p), "--replicas", "2", "--budget", "1"),
-            *("--param", "queue_weight=0.05..0.5"),
-        ],
-    }
+    runs = each_command(p)
     for prog, argv in runs.items():
         assert main(argv) == 0
         assert capsys.readouterr().err == prog + expected

@@ -310,19 +310,26 @@ def test_cache_cost_weighs_the_backlog_more_while_every_cache_has_room() -> None
     assert placements(UNRELATED + SHORT) == full
 
 
+def room_log(
+    trace: list[Request], capacity: int | None, **kw: float
+) -> tuple[list[int], list[tuple[bool, float]]]:
+    """``cache-cost``'s placements of ``trace`` and, per decision, whether its log says the
+    caches had room and the backlog weight it used."""
+    policy = CacheCostPolicy(capacity_blocks=capacity, block_tokens=4, **ISOLATED, **kw)
+    seen: list[tuple[bool, float]] = []
+
+    def sink(record: dict[str, Any]) -> None:
+        e = record["explanation"]
+        seen.append((e["caches_have_room"], e["params"]["queue_weight"]))
+
+    policy.log_every = 1
+    policy.log_sink = sink
+    return list(simulate(trace, policy, MODEL).replica), seen
+
+
 def test_the_decision_log_says_whether_every_cache_had_room() -> None:
     def weights(capacity: int | None, **kw: float) -> list[tuple[bool, float]]:
-        policy = CacheCostPolicy(capacity_blocks=capacity, block_tokens=4, **ISOLATED, **kw)
-        seen: list[tuple[bool, float]] = []
-
-        def sink(record: dict[str, Any]) -> None:
-            e = record["explanation"]
-            seen.append((e["caches_have_room"], e["params"]["queue_weight"]))
-
-        policy.log_every = 1
-        policy.log_sink = sink
-        simulate(UNRELATED, policy, MODEL)
-        return seen
+        return room_log(UNRELATED, capacity, **kw)[1]
 
     assert set(weights(10_000)) == {(True, 0.2)}
     assert set(weights(None)) == {(False, 0.1)}
@@ -343,16 +350,8 @@ def test_the_room_is_read_on_every_replica_not_only_the_first() -> None:
     # have room, though replica 0 stays nearly empty.
     trace = [req(0.0, (9000,)), req(0.5, tuple(range(7000, 7020)))]
     trace += [req(1.0 + t / 2, (5000 + t,)) for t in range(10)]
-    policy = CacheCostPolicy(capacity_blocks=40, block_tokens=4, **ISOLATED)
-    seen: list[tuple[bool, float]] = []
-
-    def sink(record: dict[str, Any]) -> None:
-        e = record["explanation"]
-        seen.append((e["caches_have_room"], e["params"]["queue_weight"]))
-
-    policy.log_every = 1
-    policy.log_sink = sink
-    assert tuple(simulate(trace, policy, MODEL).replica[:2]) == (0, 1)
+    placed, seen = room_log(trace, 40)
+    assert placed[:2] == [0, 1]
     assert seen == [(True, 0.2)] * 2 + [(False, 0.1)] * 10
 
 
