@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
 
-from prefixcache.replay._cluster import DEFAULT_CLUSTER
+from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import POLICY_NAMES
 from prefixcache.replay._trace import Request, TimeUnit, TraceRekeyedWarning, load_trace
 
@@ -80,12 +80,12 @@ def block_size_note(
     )
 
 
-def report_block_size(
-    requests: Sequence[Request], *, block_tokens: int, cache_blocks: int | None, prog: str
-) -> None:
-    """Print :func:`block_size_note`'s warning, if any, to stderr as ``<prog>: warning:
-    ...``; the replay runs on as asked."""
-    note = block_size_note(requests, block_tokens=block_tokens, cache_blocks=cache_blocks)
+def report_block_size(requests: Sequence[Request], model: ClusterModel, *, prog: str) -> None:
+    """Print :func:`block_size_note`'s warning for ``model``'s block size and cache, if
+    any, to stderr as ``<prog>: warning: ...``; the replay runs on as asked."""
+    note = block_size_note(
+        requests, block_tokens=model.block_tokens, cache_blocks=model.cache_blocks
+    )
     if note is not None:
         print(f"{prog}: warning: {note}", file=sys.stderr)
 

@@ -407,12 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path, prog="clusterrouting-replay", time_unit=args.time_unit
         )
         model = _model(args, requests)
-        report_block_size(
-            requests,
-            block_tokens=model.block_tokens,
-            cache_blocks=model.cache_blocks,
-            prog="clusterrouting-replay",
-        )
+        report_block_size(requests, model, prog="clusterrouting-replay")
     except FileNotFoundError:
         hint = "" if args.trace else " (the bundled trace lives in the repository's data/)"
         print(f"clusterrouting-replay: no such trace file: {path}{hint}", file=sys.stderr)

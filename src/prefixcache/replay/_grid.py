@@ -294,12 +294,7 @@ def grid_main(argv: Sequence[str]) -> int:
         model = attrs.evolve(
             DEFAULT_CLUSTER, cache_blocks=args.cache_blocks, block_tokens=args.block_tokens
         )
-        report_block_size(
-            requests,
-            block_tokens=model.block_tokens,
-            cache_blocks=model.cache_blocks,
-            prog="clusterrouting-replay grid",
-        )
+        report_block_size(requests, model, prog="clusterrouting-replay grid")
         cells = run_grid(
             requests,
             trace_name=path.name,

@@ -282,12 +282,7 @@ def tune_main(argv: Sequence[str]) -> int:
             cache_blocks=args.cache_blocks,
             block_tokens=args.block_tokens,
         )
-        report_block_size(
-            requests,
-            block_tokens=model.block_tokens,
-            cache_blocks=model.cache_blocks,
-            prog="clusterrouting-replay tune",
-        )
+        report_block_size(requests, model, prog="clusterrouting-replay tune")
         result = tune(
             requests,
             policy=args.policy,
