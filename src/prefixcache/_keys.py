@@ -95,6 +95,8 @@ def check_amount(name: str, value: object) -> float:
     >>> check_amount("seconds", 0)
     0.0
     """
+    if type(value) is float and 0.0 <= value < math.inf:  # the common case: as it is
+        return value
     amount = _as_float(value)
     if not 0 <= amount < math.inf:
         raise InvalidRecordError(name, value, "must be a finite number >= 0")

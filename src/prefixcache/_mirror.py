@@ -255,15 +255,10 @@ class KvCacheMirror:
         if lru is None:
             return 0
         pins = self._pins.get(key)
-        k = 0
-        n = len(chain)
-        if pins:
-            while k < n and (chain[k] in lru or chain[k] in pins):
-                k += 1
-        else:
-            while k < n and chain[k] in lru:
-                k += 1
-        return k
+        for k, b in enumerate(chain):
+            if b not in lru and not (pins and b in pins):
+                return k
+        return len(chain)
 
     def _replica(self, key: ReplicaKey) -> OrderedDict[int, None]:
         lru = self._lru.get(key)
@@ -290,11 +285,11 @@ class KvCacheMirror:
             return
         lru = self._replica(key)
         pins = self._pins.get(key)
-        for b in reversed(chain):
-            if pins and b in pins:
-                continue
+        move = lru.move_to_end
+        blocks = (b for b in reversed(chain) if b not in pins) if pins else reversed(chain)
+        for b in blocks:
             if b in lru:
-                lru.move_to_end(b)
+                move(b)
             else:
                 lru[b] = None
         self._fit(key, lru)

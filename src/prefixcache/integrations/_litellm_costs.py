@@ -9,7 +9,7 @@ import functools
 from collections.abc import Sequence
 from typing import Final
 
-from clusterrouting import within_load_guard
+from clusterrouting import load_limit
 from prefixcache._config import Config
 from prefixcache._cost import (
     DEFAULT_COST_MARGIN,
@@ -95,7 +95,7 @@ class CostState:
         self._window = DispatchWindow(size=WINDOW_PER_DEPLOYMENT)
         self._hot: dict[str, HotPrefixes] = {}
         self._keys: dict[str, ReplicaKey] = {}
-        self._candidates: dict[ReplicaKey, CostCandidate] = {}
+        self._candidates: dict[str, CostCandidate] = {}  # by deployment id
 
     def key(self, deployment_id: str) -> ReplicaKey:
         """The deployment's :class:`ReplicaKey` (cached; the caches are cleared past 4,096
@@ -143,8 +143,11 @@ class CostState:
         backlogs = [backlog(i, now) if f else 0 for i, f in zip(ids, flights, strict=True)]
         held = []
         cands = []
+        matched = mirror.matched_blocks
+        count = window.count
+        candidate = self._candidate
         for i, key, flight, queued in zip(ids, keys, flights, backlogs, strict=True):
-            blocks = mirror.matched_blocks(key, chain)
+            blocks = matched(key, chain)
             if i == hot_id and hot_blocks > blocks:
                 blocks = hot_blocks
             if flight:  # its requests in flight hold their prompts there
@@ -154,12 +157,12 @@ class CostState:
                 DEFAULT_PIN_TOKENS if i == pinned and not self._overloaded(flight, least) else 0
             )
             cands.append(
-                self._candidate(
+                candidate(
                     key,
                     flight,
                     min(prompt_tokens, blocks * block_tokens),
                     queued,
-                    window.count(key),
+                    count(key),
                     pin_credit,
                 )
             )
@@ -226,11 +229,8 @@ class CostState:
         within it, and a hot prompt keeps its deployment until then (warm copies elsewhere
         only beyond it)."""
         config = self.config
-        return not within_load_guard(
-            in_flight,
-            least,
-            slack=config.balance_abs_threshold,
-            factor=config.balance_rel_threshold,
+        return in_flight > load_limit(
+            least, slack=config.balance_abs_threshold, factor=config.balance_rel_threshold
         )
 
     def demand_window(self, group: str) -> int | None:
@@ -267,8 +267,11 @@ class CostState:
         """``key``'s cost candidate, ``tie_rank`` being ``recent``: the one built last for
         ``key`` when every field is equal, else a new one. Candidates are immutable values,
         and between two requests most deployments' fields stay the same, while building one
-        (eight validators) costs about fifteen times comparing it."""
-        last = self._candidates.get(key)
+        (eight validators) costs about fifteen times comparing it. They are kept by
+        ``key.node_id`` (the plugin's keys are ``ReplicaKey(deployment id)``): a string
+        hashes in C, a key in Python."""
+        did = key.node_id
+        last = self._candidates.get(did)
         if (
             last is not None
             and last.in_flight == in_flight
@@ -278,7 +281,7 @@ class CostState:
             and last.pinned_tokens == pinned_tokens
         ):
             return last
-        cand = self._candidates[key] = CostCandidate(
+        cand = self._candidates[did] = CostCandidate(
             key=key,
             in_flight=in_flight,
             cached_tokens=cached_tokens,

@@ -372,7 +372,7 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
                 pinned=pinned,
                 now=t,
             )
-            self._costs.ledger.reserve(
+            costs.ledger.reserve(
                 Reservation(
                     rid, ids[pos], group, chain, session, uncached, t + self.reservation_ttl
                 ),
@@ -416,22 +416,23 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
         t = self.clock() if now is None else now
         deployment, rids = callback_target(kwargs)
         times = first_token_times(kwargs) if success else None
+        costs = self._costs
         with self._lock:
-            res = self._costs.ledger.take(rids, deployment, t)
+            res = costs.ledger.take(rids, deployment, t)
             if res is None:
                 self._counts["unmatched"] += 1
                 return False
             counts = self._counts
             counts["released"] += 1
-            key = self._costs.key(deployment)
+            key = costs.key(deployment)
             pin = success and res.session is not None and self.pins is not None
             if success:
-                self.mirror.observe(key, res.chain)
+                costs.mirror.observe(key, res.chain)
                 counts["observed"] += bool(res.chain)
                 counts["pinned"] += pin
                 if times is not None:
                     sent, first = times
-                    learned = self._costs.ledger.backlog.learn(
+                    learned = costs.ledger.backlog.learn(
                         res.deployment, sent=sent, first_token=first, tokens=res.uncached, now=t
                     )
                     counts["timed"] += learned and first is not None
