@@ -16,12 +16,16 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import attrs
 
 from clusterrouting import InvalidRecordError
 from prefixcache._keys import check_amount
+
+if TYPE_CHECKING:
+    from prefixcache._mirror import KvCacheMirror
+    from prefixcache._types import ReplicaKey
 
 __all__ = [
     "DEFAULT_GUARD_COVER",
@@ -38,6 +42,7 @@ __all__ = [
     "DEFAULT_SHARED_QUEUE_WEIGHT",
     "HotCredit",
     "HotPrefixes",
+    "caches_have_room",
 ]
 
 DEFAULT_HOT_CONFIDENCE = 1.0
@@ -110,6 +115,31 @@ prefill): at or past it on every replica the cluster is saturated and each miss 
 capacity every request needs."""
 
 R = TypeVar("R", bound=Hashable)
+
+
+def caches_have_room(
+    mirror: KvCacheMirror,
+    keys: Sequence[ReplicaKey],
+    backlogs: Sequence[float],
+    *,
+    kv_fill: float = DEFAULT_ROOM_KV_FILL,
+    backlog_tokens: float = DEFAULT_ROOM_BACKLOG_TOKENS,
+) -> bool:
+    """Whether the room weight (``DEFAULT_ROOM_QUEUE_WEIGHT``) applies: some replica's
+    prefill backlog (``backlogs``, in tokens) is under ``backlog_tokens`` and every one of
+    ``keys`` is filled below ``kv_fill`` in ``mirror`` (:meth:`KvCacheMirror.filled_below`;
+    ``False`` without a capacity). The backlogs are read first: they cost nothing to test.
+
+    >>> from prefixcache import KvCacheMirror, ReplicaKey
+    >>> m = KvCacheMirror(capacity_blocks=8)
+    >>> m.observe(ReplicaKey("a"), (1, 2, 3))
+    >>> keys = [ReplicaKey("a"), ReplicaKey("b")]
+    >>> caches_have_room(m, keys, [5000, 0]), caches_have_room(m, keys, [5000, 4096])
+    (True, False)
+    >>> caches_have_room(m, keys, [0, 0], kv_fill=3 / 8)
+    False
+    """
+    return min(backlogs) < backlog_tokens and mirror.filled_below(keys, kv_fill)
 
 
 @attrs.frozen(kw_only=True)

@@ -372,21 +372,6 @@ class KvCacheMirror:
         pins = self._pins.get(key)
         return (0 if lru is None else len(lru)) + (0 if pins is None else len(pins))
 
-    def free_blocks(self, key: ReplicaKey) -> int | None:
-        """Blocks ``key`` can still take before it evicts: the capacity less its recorded
-        blocks and output blocks, at least 0 (``None`` without a capacity).
-
-        >>> m = KvCacheMirror(capacity_blocks=4)
-        >>> m.observe(ReplicaKey("a"), (1, 2))
-        >>> m.start(ReplicaKey("a"), (), private_blocks=1)
-        >>> m.free_blocks(ReplicaKey("a")), m.free_blocks(ReplicaKey("b"))
-        (1, 4)
-        """
-        cap = self._cap
-        if cap is None:
-            return None
-        return max(0, cap - self.blocks(key) - self._private.get(key, 0))
-
     def filled_below(self, keys: Iterable[ReplicaKey], fill: float) -> bool:
         """Whether the cache of each of ``keys`` is filled below ``fill`` of the capacity
         (its blocks and output blocks, fewer than ``fill x capacity_blocks``): ``False``

@@ -138,9 +138,9 @@ def test_mirror_running_blocks_are_the_pinned_and_output_blocks() -> None:
     m.finish(A, (3, 4), private_blocks=1)
     assert m.running_blocks(A) == 0 and m.blocks(A) == 3  # 1 was evicted for the runners
     m.start(A, (5,), private_blocks=4)
-    assert m.free_blocks(A) == 0  # 1 pinned + 4 output + 1 cached: full
+    assert not m.filled_below((A,), 1.0)  # 1 pinned + 4 output + 1 cached: full
     assert m.invalidate(A) == 2 and m.running_blocks(A) == 0  # 5 and one cached block
-    assert m.free_blocks(A) == 6 and KvCacheMirror().free_blocks(A) is None
+    assert m.filled_below((A,), 1 / 6) and not KvCacheMirror().filled_below((A,), 1.0)
 
 
 def test_mirror_filled_below_reads_every_replica_and_refuses_a_bad_fill() -> None:
@@ -268,7 +268,6 @@ def test_mirror_never_evicts_pinned_blocks_and_respects_its_room(
             room = max(0, cap - len(pinned) - held)
             assert len(pinned) <= m.blocks(A) <= len(pinned) + room
             assert m.running_blocks(A) == len(pinned) + held
-            assert m.free_blocks(A) == max(0, cap - m.blocks(A) - held)
             for fill in (0.0, 0.5, 1.0):
                 assert m.filled_below((A,), fill) == (m.blocks(A) + held < fill * cap)
     for c, private in running:

@@ -21,12 +21,11 @@ from prefixcache._cost import (
     pick_lowest_cost,
 )
 from prefixcache._hot import (
-    DEFAULT_ROOM_BACKLOG_TOKENS,
-    DEFAULT_ROOM_KV_FILL,
     DEFAULT_ROOM_QUEUE_WEIGHT,
     DEFAULT_SHARED_KV_USAGE,
     DEFAULT_SHARED_QUEUE_WEIGHT,
     HotPrefixes,
+    caches_have_room,
 )
 from prefixcache._mirror import DispatchWindow, KvCacheMirror
 from prefixcache._types import ReplicaKey
@@ -169,9 +168,7 @@ class CostState:
         hot_prefixes = self._hot_prefixes(group, len(ids))
         # While every cache has room and some deployment has prefill to spare, a miss costs
         # little more than its own prefill: the backlog weighs more.
-        room = min(backlogs) < DEFAULT_ROOM_BACKLOG_TOKENS and mirror.filled_below(
-            keys, DEFAULT_ROOM_KV_FILL
-        )
+        room = caches_have_room(mirror, keys, backlogs)
         queue_weight = DEFAULT_ROOM_QUEUE_WEIGHT if room else DEFAULT_QUEUE_WEIGHT
         rule = None
         kv_room = functools.partial(self._kv_room, ids)

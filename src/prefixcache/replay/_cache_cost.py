@@ -22,6 +22,7 @@ from prefixcache._hot import (
     DEFAULT_SHARED_KV_USAGE,
     DEFAULT_SHARED_QUEUE_WEIGHT,
     HotPrefixes,
+    caches_have_room,
 )
 from prefixcache._keys import check_amount, check_rate
 from prefixcache.kvevents import EventBatch
@@ -30,10 +31,7 @@ from prefixcache.replay._peers import EngineIndex
 from prefixcache.replay._trace import Request
 from prefixcache.replay._view import ClusterView
 
-__all__ = [
-    "WINDOW_PER_REPLICA",
-    "CacheCostPolicy",
-]
+__all__ = ["WINDOW_PER_REPLICA", "CacheCostPolicy"]
 
 WINDOW_PER_REPLICA = 256
 """``cache-cost`` keeps its last ``256 x replicas`` dispatches for the share price."""
@@ -396,8 +394,12 @@ class CacheCostPolicy(BasePolicy):
                 and hot.needs_fair_share(blocks, held=held, demand=guard)
                 and self._kv_room_everywhere()
             )
-        room = min(queued) < self._room_backlog and self._mirror.filled_below(
-            keys, self._room_kv_fill
+        room = caches_have_room(
+            self._mirror,
+            keys,
+            queued,
+            kv_fill=self._room_kv_fill,
+            backlog_tokens=self._room_backlog,
         )
         params = self._param_sets[shared, guarded, room]
         # Ties rotate: the replica dispatched to least recently ranks first.
