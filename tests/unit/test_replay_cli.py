@@ -448,6 +448,13 @@ def test_the_block_size_note_reads_the_median_and_scales_the_capacity() -> None:
         " (tokens per id): if its ids are 256-token blocks, pass --block-tokens 256"
         " --cache-blocks 6 (the same KV capacity in tokens)"
     )
+    # The capacity is rounded up: no cache stays none, a fraction of a block is one.
+    note = block_size_note(trace(30), block_tokens=512, cache_blocks=0)
+    assert note is not None and "--block-tokens 32 --cache-blocks 0 (" in note
+    note = block_size_note(trace(4096), block_tokens=16, cache_blocks=1)
+    assert note is not None and "--block-tokens 4096 --cache-blocks 1 (" in note
+    note = block_size_note(trace(4096), block_tokens=16, cache_blocks=257)
+    assert note is not None and "--block-tokens 4096 --cache-blocks 2 (" in note
     # No ids at all: nothing to compare.
     empty = [Request(arrival=0, input_tokens=10, output_tokens=1, blocks=())]
     assert block_size_note(empty, block_tokens=512, cache_blocks=16384) is None

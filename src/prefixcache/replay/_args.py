@@ -47,7 +47,8 @@ def block_size_note(
     """A warning when the trace's prompt tokens per hash id (the median over the requests
     with ids) are under half or over twice ``block_tokens``, naming the flags that would
     fit: the power of two nearest that median, and ``cache_blocks`` scaled to the same KV
-    capacity in tokens. ``None`` when the sizes agree, or the trace has no ids.
+    capacity in tokens (rounded up: no cache stays none, a part of a block is one).
+    ``None`` when the sizes agree, or the trace has no ids.
 
     A trace's ids each stand for ``block_tokens`` tokens of the prompt (its last one for
     the remainder), so a Mooncake trace with 512-token blocks has about 500 per id; a
@@ -71,8 +72,8 @@ def block_size_note(
         return None
     fit = 2 ** max(0, round(math.log2(max(median, 1.0))))
     flags = f"--block-tokens {fit}"
-    if cache_blocks is not None:
-        flags += f" --cache-blocks {max(1, cache_blocks * block_tokens // fit)}"
+    if cache_blocks is not None:  # rounded up: a cache of a few tokens keeps one block
+        flags += f" --cache-blocks {-(-cache_blocks * block_tokens // fit)}"
     return (
         f"the trace has a median of {median:.0f} prompt tokens per hash id, but "
         f"--block-tokens is {block_tokens} (tokens per id): if its ids are {fit}-token "
