@@ -191,6 +191,45 @@ def test_bad_trace_line_names_line_and_field(
     assert "line 1" in err and "timestamp" in err
 
 
+def test_a_trace_without_requests_is_refused_by_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Counterfactual: the report printed a table of NaNs ("nans", "nanx the mean") and
+    # tune a ranking of them, exit 0, for an empty file or one of blank lines.
+    for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n\n")):
+        p = str(tmp_path / name)
+        (tmp_path / name).write_text(text)
+        for argv in (
+            [p, "--no-progress"],
+            [p, "--kv-events", "--no-progress"],
+            ["grid", p, "--no-progress"],
+            ["tune", p, "--budget", "2"],
+        ):
+            assert main(argv) == 1
+            out, err = capsys.readouterr()
+            assert out == ""
+            assert f"{name} has no requests: nothing to replay" in err, (argv, err)
+
+
+def test_the_summary_gives_no_ratio_to_round_robins_zero_hits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Counterfactual: "infx the hits" when round-robin had none.
+    line = '{"timestamp": %d, "input_length": %d, "output_length": 2, "hash_ids": %s}'
+    p = tmp_path / "t.jsonl"
+    flags = ["--policies", "cache-cost,round-robin", "--replicas", "2", "--speedup", "1"]
+    # The second request extends the first, after it ended: round-robin sends it to the
+    # other replica (no hits), cache-cost to the one holding its first two blocks.
+    p.write_text(line % (0, 1024, [1, 2]) + "\n" + line % (10_000, 1536, [1, 2, 3]) + "\n")
+    assert main([str(p), *flags, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "lower p99, hit ratio 0.4000 against none\n" in out and "infx" not in out
+    p.write_text(line % (0, 1024, [1, 2]) + "\n" + line % (10_000, 1024, [3, 4]) + "\n")
+    assert main([str(p), *flags, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "lower p99, no hits\n" in out and "infx" not in out
+
+
 def test_every_policy_runs_on_a_synthetic_trace(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

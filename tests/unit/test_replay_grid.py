@@ -313,4 +313,4 @@ def test_command_usage_and_trace_errors(trace: Path, capsys: pytest.CaptureFixtu
     empty = trace.with_name("empty.jsonl")
     empty.write_text("")
     assert main(["grid", str(empty), "--no-progress"]) == 1
-    assert "the trace has no requests" in capsys.readouterr().err
+    assert "empty.jsonl has no requests" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
 
+from clusterrouting import InvalidRecordError
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import POLICY_NAMES
 from prefixcache.replay._trace import Request, TimeUnit, TraceRekeyedWarning, load_trace
@@ -29,7 +30,13 @@ __all__ = [
 def load_trace_reporting(path: Path, *, prog: str, time_unit: TimeUnit = "ms") -> list[Request]:
     """:func:`load_trace` for a command: a :class:`TraceRekeyedWarning` is printed to stderr
     as ``<prog>: warning: ...`` (a command's own message, not Python's warning with a
-    source line); other warnings are shown as usual. Raises what :func:`load_trace` raises."""
+    source line); other warnings are shown as usual.
+
+    Raises:
+        InvalidRecordError: the trace has no requests (a report of nothing but NaNs would
+            say nothing about the policies).
+        FileNotFoundError, OSError: as :func:`load_trace`; and what it raises for a bad line.
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TraceRekeyedWarning)
         requests = load_trace(path, time_unit=time_unit)
@@ -38,6 +45,8 @@ def load_trace_reporting(path: Path, *, prog: str, time_unit: TimeUnit = "ms") -
             print(f"{prog}: warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    if not requests:
+        raise InvalidRecordError("requests", 0, f"{path.name} has no requests: nothing to replay")
     return requests
 
 

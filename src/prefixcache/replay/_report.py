@@ -433,10 +433,13 @@ def _summary(result: ReplayResult) -> list[str]:
     ]
     rr = next((p for p in result.policies if p.name == "round-robin"), None)
     if rr is not None and best is not rr and best.ttft_mean_s > 0:
+        if rr.hit_ratio:
+            hits = f"{best.hit_ratio / rr.hit_ratio:.2f}x the hits"
+        else:  # a ratio to no hits says nothing
+            hits = f"hit ratio {best.hit_ratio:.4f} against none" if best.hit_ratio else "no hits"
         out.append(
             f"vs round-robin: {rr.ttft_mean_s / best.ttft_mean_s:.2f}x lower mean TTFT, "
-            f"{rr.ttft_p99_s / best.ttft_p99_s:.2f}x lower p99, "
-            f"{best.hit_ratio / rr.hit_ratio if rr.hit_ratio else float('inf'):.2f}x the hits"
+            f"{rr.ttft_p99_s / best.ttft_p99_s:.2f}x lower p99, {hits}"
         )
     bp = result.best_policy
     out.append(
