@@ -507,6 +507,15 @@ def test_parse_trace_and_errors(tmp_path: Path) -> None:
         assert ei.value.field == field
         assert ei.value.line == 2
         assert isinstance(ei.value, ValueError)
+    # A missing field is called missing, hash_ids too; a present non-list names the value.
+    for text, reason in (
+        ('{"timestamp": 0, "input_length": 1, "output_length": 1}', "missing"),
+        ('{"timestamp": 0, "input_length": 1, "output_length": 1, "hash_ids": null}', "None"),
+        ('{"timestamp": 0, "output_length": 1, "hash_ids": []}', "missing"),
+    ):
+        with pytest.raises(TraceFormatError) as ei:
+            parse_trace([text])
+        assert str(ei.value).endswith(reason), str(ei.value)
     p = tmp_path / "t.jsonl"
     p.write_text("\n".join(lines))
     assert load_trace(p) == reqs

@@ -181,7 +181,9 @@ def _parse(lines: Iterable[str], time_unit: TimeUnit) -> list[Request]:
         ts = _timestamp(obj, n)
         inp = _int_field(obj, "input_length", n)
         outp = _int_field(obj, "output_length", n)
-        ids = obj.get("hash_ids")
+        if "hash_ids" not in obj:  # as a missing length is: said so, not "got None"
+            raise TraceFormatError(n, "hash_ids", "missing")
+        ids = obj["hash_ids"]
         if not isinstance(ids, list):
             raise TraceFormatError(n, "hash_ids", f"expected a list of integers, got {ids!r}")
         for h in ids:
