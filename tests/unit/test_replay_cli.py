@@ -163,6 +163,11 @@ def test_usage_errors(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
         ["--observe", "sometimes"],
         ["--time-unit", "minutes"],
         ["--chars-per-token", "x"],
+        ["--slo", "-1"],
+        ["--slo", "0"],
+        ["--slo", "nan"],
+        ["--slo", "inf"],
+        ["--slo", "soon"],
     ):
         with pytest.raises(SystemExit) as ei:
             main([str(trace), *bad])

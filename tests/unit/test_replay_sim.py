@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,16 @@ def test_ideal_hit_ratio_by_hand() -> None:
     # r1 hits block 1, r2 hits 1,2, r3 hits 1: 4 of 8 blocks.
     assert ideal_hit_ratio(HAND) == 0.5
     assert ideal_hit_ratio([]) == 0.0
+
+
+def test_run_replay_refuses_an_slo_that_no_ttft_can_be_measured_against() -> None:
+    # Counterfactual: a negative, zero, NaN or infinite SLO gave a share of 0 or 1 silently.
+    for bad in (-1.0, 0, 0.0, math.nan, math.inf, True, "0.1"):
+        with pytest.raises(InvalidRecordError) as ei:
+            run_replay(HAND, model=HAND_MODEL, policies=["round-robin"], speedup=1.0, slo_s=bad)
+        assert ei.value.field == "slo_s"
+    res = run_replay(HAND, model=HAND_MODEL, policies=["round-robin"], speedup=1.0, slo_s=1)
+    assert res.policy("round-robin").slo_share == 1.0  # an int number of seconds is fine
 
 
 def test_run_replay_reports_hand_numbers() -> None:

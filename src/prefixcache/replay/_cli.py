@@ -48,6 +48,16 @@ def _speedup(text: str) -> float | None:
     return v
 
 
+def _slo(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--slo: not a number of seconds: {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"--slo must be a finite number > 0, got {text}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULT_CLUSTER
     p = argparse.ArgumentParser(
@@ -153,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--slo",
-        type=float,
+        type=_slo,
         default=None,
         metavar="SECONDS",
         help="also report the share of requests whose TTFT is within SECONDS",

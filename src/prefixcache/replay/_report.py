@@ -320,13 +320,17 @@ def run_replay(
         the policy).
 
     Raises:
-        InvalidRecordError: unknown policy, bad ``speedup`` or ``observe_at``, or a policy
-            list that is empty or names a policy twice.
+        InvalidRecordError: unknown policy, bad ``speedup``, ``observe_at`` or ``slo_s``
+            (a finite number > 0), or a policy list that is empty or names a policy twice.
     """
     if not policies:
         raise InvalidRecordError("policies", list(policies), "must name at least one policy")
     if type(decision_every) is not int or decision_every < 1:
         raise InvalidRecordError("decision_every", decision_every, "must be an int >= 1")
+    if slo_s is not None and (
+        isinstance(slo_s, bool) or not isinstance(slo_s, (int, float)) or not (0 < slo_s < math.inf)
+    ):
+        raise InvalidRecordError("slo_s", slo_s, "must be a finite number of seconds > 0")
     names = list(policies)
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # results are looked up by name
