@@ -5,7 +5,10 @@ from __future__ import annotations
 import itertools
 import math
 
-from prefixcache.replay import ideal_hit_ratio, run_replay, synthetic_trace
+import pytest
+
+from clusterrouting import InvalidRecordError
+from prefixcache.replay import ideal_hit_ratio, run_replay, shared_prefix_trace, synthetic_trace
 
 
 def test_synthetic_trace_is_deterministic_and_prefix_chained() -> None:
@@ -35,3 +38,47 @@ def test_cache_cost_keeps_counts_even_with_long_shared_prompts() -> None:
     assert ours.max_over_mean_requests <= 1.10
     assert ours.ideal_fraction >= 0.95
     assert ours.ttft_mean_s < res.policy("round-robin").ttft_mean_s
+
+
+def test_the_generators_refuse_parameters_out_of_range_by_name() -> None:
+    # Counterfactual: a ZeroDivisionError (mean_turns=0, block_tokens=0), an IndexError
+    # (shared_prefixes=0, groups=0), a ValueError from randrange (prefix_blocks=(5, 1)),
+    # or a trace built from a negative think time or count.
+    bad_synthetic = {
+        "seed": [1.5, True, None],
+        "sessions": [-1, 2.0],
+        "shared_prefixes": [0],
+        "block_tokens": [0],
+        "duration_s": [-1.0, math.nan, math.inf],
+        "mean_turns": [0, 0.5, math.inf],
+        "mean_think_s": [0, -1.0, math.nan, 10**400],
+        "prefix_blocks": [(5, 1), (-1, 2), (1,), (1, 2.0), "12"],
+    }
+    for name, values in bad_synthetic.items():
+        for value in values:
+            with pytest.raises(InvalidRecordError) as ei:
+                synthetic_trace(**{"sessions": 3, name: value})
+            assert ei.value.field == name, (name, value)
+    bad_shared = {
+        "seed": [1.5],
+        "groups": [0, -2],
+        "block_tokens": [0],
+        "prompts": [-1],
+        "system_tokens": [-1],
+        "question_tokens": [-1],
+        "output_tokens": [-1],
+        "duration_s": [-1.0, math.inf],
+        "zipf_s": [-1.0, math.nan, math.inf],
+    }
+    for name, values in bad_shared.items():
+        for value in values:
+            with pytest.raises(InvalidRecordError) as ei:
+                shared_prefix_trace(**{"prompts": 3, name: value})
+            assert ei.value.field == name, (name, value)
+    # The edges are allowed: a mean of one turn is one turn each; nothing to generate is
+    # an empty trace; a zero-length system prompt or window.
+    once = synthetic_trace(sessions=20, mean_turns=1)
+    assert len(once) == 20
+    assert synthetic_trace(sessions=0) == []
+    assert len(synthetic_trace(sessions=3, prefix_blocks=(0, 0), duration_s=0)) >= 3
+    assert len(shared_prefix_trace(prompts=5, system_tokens=0, duration_s=0, zipf_s=0)) == 5

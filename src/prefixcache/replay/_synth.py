@@ -6,10 +6,32 @@ import heapq
 import math
 import random
 
+from clusterrouting import InvalidRecordError
+from prefixcache._keys import check_amount
 from prefixcache.replay._cluster import ClusterModel
 from prefixcache.replay._trace import Request
 
 __all__ = ["eviction_case", "shared_prefix_trace", "synthetic_trace"]
+
+
+def _int_at_least(name: str, value: object, lo: int | None) -> None:
+    """Refuse a ``value`` that is not an int (a bool is not), or is below ``lo``."""
+    if type(value) is not int or (lo is not None and value < lo):
+        raise InvalidRecordError(
+            name, value, "must be an int" + ("" if lo is None else f" >= {lo}")
+        )
+
+
+def _finite_at_least(name: str, value: object, lo: float, *, strict: bool = False) -> None:
+    """Refuse a ``value`` that is not a finite number at least ``lo`` >= 0 (above it if
+    ``strict``), as ``prefixcache``'s ``check_amount`` reads numbers."""
+    try:
+        amount = check_amount(name, value)
+    except InvalidRecordError:
+        amount = math.nan
+    if not (amount > lo if strict else amount >= lo):
+        op = ">" if strict else ">="
+        raise InvalidRecordError(name, value, f"must be a finite number {op} {lo:g}")
 
 
 def synthetic_trace(
@@ -34,7 +56,25 @@ def synthetic_trace(
     consecutive turns share every full block of the previous prompt. Block ids are
     prefix-chained as in Mooncake traces (equal id = equal prefix). Deterministic in
     ``seed`` (a private ``random.Random``).
+
+    Raises:
+        InvalidRecordError: a parameter out of its range, named: ``seed`` not an int,
+            ``sessions`` < 0, ``shared_prefixes`` < 1, ``block_tokens`` < 1,
+            ``duration_s`` < 0, ``mean_turns`` < 1, ``mean_think_s`` <= 0 (or one of them
+            not finite), ``prefix_blocks`` not two ints with 0 <= min <= max.
     """
+    _int_at_least("seed", seed, None)
+    _int_at_least("sessions", sessions, 0)
+    _int_at_least("shared_prefixes", shared_prefixes, 1)
+    _int_at_least("block_tokens", block_tokens, 1)
+    _finite_at_least("duration_s", duration_s, 0.0)
+    _finite_at_least("mean_turns", mean_turns, 1.0)
+    _finite_at_least("mean_think_s", mean_think_s, 0.0, strict=True)
+    lo_hi = tuple(prefix_blocks) if isinstance(prefix_blocks, (tuple, list)) else ()
+    if not (len(lo_hi) == 2 and all(type(b) is int for b in lo_hi) and 0 <= lo_hi[0] <= lo_hi[1]):
+        raise InvalidRecordError(
+            "prefix_blocks", prefix_blocks, "must be (min, max) ints with 0 <= min <= max"
+        )
     rng = random.Random(seed)
     bt = block_tokens
     next_id = 0
@@ -49,7 +89,10 @@ def synthetic_trace(
     for s in range(sessions):
         p_tokens, p_first = prefixes[rng.choices(range(shared_prefixes), weights)[0]]
         ids = list(range(p_first, p_first + p_tokens // bt))
-        turns = 1 + int(math.log(1.0 - rng.random()) / math.log(1.0 - 1.0 / mean_turns))
+        u = rng.random()  # drawn at every mean, so a mean of 1 keeps the other draws
+        turns = (
+            1 if mean_turns == 1 else 1 + int(math.log(1.0 - u) / math.log(1.0 - 1.0 / mean_turns))
+        )
         state[s] = (p_tokens, ids, turns)
         heapq.heappush(heap, (rng.uniform(0.0, duration_s), s, 0))
     out: list[Request] = []
@@ -99,7 +142,25 @@ def shared_prefix_trace(
     its group; every later block (including the one where the question starts) is unique
     to its prompt. The defaults are sglang issue #21199's shape (400 prompts sharing one
     ~2.5k-token system prompt). Deterministic in ``seed``.
+
+    Raises:
+        InvalidRecordError: a parameter out of its range, named: ``seed`` not an int,
+            ``groups`` or ``block_tokens`` < 1, ``prompts``, ``system_tokens``,
+            ``question_tokens`` or ``output_tokens`` < 0, ``duration_s`` or ``zipf_s``
+            negative or not finite.
     """
+    _int_at_least("seed", seed, None)
+    _int_at_least("groups", groups, 1)
+    _int_at_least("block_tokens", block_tokens, 1)
+    for name, count in (
+        ("prompts", prompts),
+        ("system_tokens", system_tokens),
+        ("question_tokens", question_tokens),
+        ("output_tokens", output_tokens),
+    ):
+        _int_at_least(name, count, 0)
+    _finite_at_least("duration_s", duration_s, 0.0)
+    _finite_at_least("zipf_s", zipf_s, 0.0)
     rng = random.Random(seed)
     bt = block_tokens
     full = system_tokens // bt
