@@ -447,6 +447,13 @@ def test_percentile() -> None:
     assert percentile([1.0, 2.0, 3.0], 0.5) == 2.0
     assert percentile([1.0, 2.0], 0.99) == pytest.approx(1.99)
     assert percentile([], 0.5) != percentile([], 0.5)  # NaN
+    assert (percentile([1.0, 2.0], 0), percentile([1.0, 2.0], 1)) == (1.0, 2.0)
+    # Counterfactual: -0.1 read the list from its end (1.1 here), 1.5 clamped, NaN raised
+    # a ValueError from inside.
+    for q in (-0.1, 1.5, math.nan, math.inf, True, "0.5"):
+        with pytest.raises(InvalidRecordError) as ei:
+            percentile([1.0, 2.0], q)
+        assert ei.value.field == "q"
 
 
 def test_parse_trace_and_errors(tmp_path: Path) -> None:

@@ -147,7 +147,12 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
     >>> percentile([1.0, 2.0, 3.0, 4.0], 0.5)
     2.5
+
+    Raises:
+        InvalidRecordError: ``q`` is not a number in [0, 1].
     """
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 1:
+        raise InvalidRecordError("q", q, "must be a number in [0, 1]")
     n = len(sorted_values)
     if n == 0:
         return math.nan
