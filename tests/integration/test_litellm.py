@@ -650,6 +650,13 @@ def test_misuse_raises_typed_errors_naming_the_argument() -> None:
         ({"block_tokens": 0}, "block_tokens"),
         ({"sync": object()}, "sync"),
         ({"pins": {}}, "pins"),
+        # Found now, not as an AttributeError here or a TypeError at the first request:
+        ({"session_header": 5}, "session_header"),
+        ({"session_header": ""}, "session_header"),
+        ({"session_metadata_key": ""}, "session_metadata_key"),
+        ({"session_metadata_key": None}, "session_metadata_key"),
+        ({"clock": 5.0}, "clock"),
+        ({"tokenizer": "bert"}, "tokenizer"),
     ):
         with pytest.raises(InvalidRecordError) as err:
             PrefixRoutingPlugin(None, **kw)

@@ -135,8 +135,9 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             pins on ``prefixcache.pin``), or ``None``.
         pins: the session pins (default: none; sessions are then routed by cost alone).
         reservation_ttl: seconds before an unreleased reservation expires (> 0).
-        session_header: request header holding the session key.
-        session_metadata_key: request metadata key holding the session key (read first).
+        session_header: request header holding the session key (a non-empty str).
+        session_metadata_key: request metadata key holding the session key (read first; a
+            non-empty str).
         tokenizer: ``tokenizer(model_group, text) -> ids``; chains then hash blocks of
             ``block_tokens`` token ids and prompt lengths are exact.
         block_tokens: tokens per block with a tokenizer (default ``window_bytes // 4``).
@@ -220,6 +221,15 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             raise InvalidRecordError("block_tokens", block_tokens, "must be an int >= 1")
         if sync is not None and not callable(getattr(sync, "subscribe", None)):
             raise InvalidRecordError("sync", sync, "must be a Transport or AsyncTransport")
+        for name, key in (
+            ("session_header", session_header),
+            ("session_metadata_key", session_metadata_key),
+        ):
+            if type(key) is not str or not key:
+                raise InvalidRecordError(name, key, "must be a non-empty str")
+        for name, fn in (("clock", clock), ("tokenizer", tokenizer)):
+            if fn is not None and not callable(fn):  # found now, not at the first request
+                raise InvalidRecordError(name, fn, "must be callable")
         self.router = router
         self.mode: Mode = mode
         self.config = config
