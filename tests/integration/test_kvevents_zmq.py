@@ -433,3 +433,45 @@ def test_package_publisher_replay_frames_are_the_engines(
 def test_publisher_replay_topic_must_be_a_bool() -> None:
     with pytest.raises(InvalidRecordError, match="replay_topic"):
         KvEventPublisher("tcp://127.0.0.1:0", replay_topic=1)  # type: ignore[arg-type]
+
+
+def test_misconfigured_subscribers_and_publishers_are_refused_when_built() -> None:
+    # Counterfactual: flavour="x" was accepted and every message then raised in the receive
+    # thread; a zero or NaN replay timeout abandoned every replay at once; a clock or hook
+    # that is not callable failed at the first message; a publisher took any layout (its
+    # first publish failed) or endpoint (its start failed).
+    residency = KvResidency()
+    for cls in (KvEventSubscriber, AsyncKvEventSubscriber):
+        for kw, field in (
+            ({"flavour": "x"}, "flavour"),
+            ({"flavour": "VLLM"}, "flavour"),
+            ({"replay_timeout": 0}, "replay_timeout"),
+            ({"replay_timeout": float("nan")}, "replay_timeout"),
+            ({"replay_timeout": None}, "replay_timeout"),
+            ({"clock": 1.0}, "clock"),
+            ({"on_report": "log"}, "on_report"),
+            ({"on_disconnect": 3}, "on_disconnect"),
+        ):
+            with pytest.raises(InvalidRecordError) as ei:
+                cls("tcp://127.0.0.1:5557", replica=KEY, residency=residency, model="m", **kw)
+            assert ei.value.field == field, (cls, kw)
+        cls(  # the edges that are fine: sglang, a tiny timeout, hooks given
+            "tcp://127.0.0.1:5557",
+            replica=KEY,
+            residency=residency,
+            model="m",
+            flavour="sglang",
+            replay_timeout=0.001,
+            on_report=lambda report: None,
+            on_disconnect=lambda key: None,
+        )
+    for kw, field in (
+        ({"layout": "x"}, "layout"),
+        ({"endpoint": "127.0.0.1:5000"}, "endpoint"),
+        ({"replay_endpoint": "nowhere"}, "replay_endpoint"),
+        ({"topic": b"kv"}, "topic"),
+    ):
+        args = {"endpoint": "tcp://127.0.0.1:0", **kw}
+        with pytest.raises(InvalidRecordError) as ei:
+            KvEventPublisher(**args)  # type: ignore[arg-type]
+        assert ei.value.field == field, kw

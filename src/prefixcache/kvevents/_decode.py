@@ -57,6 +57,8 @@ __all__ = [
     "REPLAY_END_SEQ",
     "Flavour",
     "Layout",
+    "check_flavour",
+    "check_layout",
     "decode_message",
     "decode_payload",
     "encode_payload",
@@ -292,10 +294,17 @@ def _event(raw: Any, flavour: str) -> Event | None:
     return None
 
 
-def _check_flavour(flavour: object) -> str:
+def check_flavour(flavour: object) -> str:
+    """``flavour`` if it is a :data:`Flavour`, else :class:`InvalidRecordError`."""
     if flavour == "vllm" or flavour == "sglang":
         return str(flavour)
     raise InvalidRecordError("flavour", flavour, 'must be "vllm" or "sglang"')
+
+
+def check_layout(layout: object) -> None:
+    """Refuse a ``layout`` that is not a :data:`Layout` (:class:`InvalidRecordError`)."""
+    if layout != "positional" and layout != "map":
+        raise InvalidRecordError("layout", layout, 'must be "positional" or "map"')
 
 
 def decode_payload(payload: bytes, *, flavour: Flavour = "vllm") -> EventBatch:
@@ -333,7 +342,7 @@ def decode_payload(payload: bytes, *, flavour: Flavour = "vllm") -> EventBatch:
     >>> batch.events[0].token_ids, batch.events[1].medium
     ((1, 2), 'GPU')
     """
-    fl = flavour if flavour == "vllm" else _check_flavour(flavour)
+    fl = flavour if flavour == "vllm" else check_flavour(flavour)
     if type(payload) is not bytes and not isinstance(payload, bytearray | memoryview):
         raise InvalidRecordError("payload", payload, "must be bytes")
     if len(payload) > MAX_PAYLOAD_BYTES:
@@ -493,8 +502,7 @@ def encode_payload(batch: EventBatch, *, layout: Layout = "positional") -> bytes
     """
     if not isinstance(batch, EventBatch):
         raise InvalidRecordError("batch", batch, "must be an EventBatch")
-    if layout != "positional" and layout != "map":
-        raise InvalidRecordError("layout", layout, 'must be "positional" or "map"')
+    check_layout(layout)
     if _encoder is None:
         _load_msgspec()
     assert _encoder is not None

@@ -28,11 +28,14 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from clusterrouting import InvalidRecordError
+from prefixcache._keys import check_amount
 from prefixcache._types import ReplicaKey
 from prefixcache.kvevents._decode import (
     REPLAY_END_SEQ,
     Flavour,
     Layout,
+    check_flavour,
+    check_layout,
     decode_message,
     decode_payload,
     encode_payload,
@@ -251,6 +254,23 @@ class _SubscriberBase:
             raise InvalidRecordError("replay_endpoint", replay_endpoint, "must be an endpoint")
         if type(topic) is not str:
             raise InvalidRecordError("topic", topic, "must be a str")
+        # Found here, not as every message dropped (or the receive thread ended) later.
+        check_flavour(flavour)
+        try:
+            timeout = check_amount("replay_timeout", replay_timeout)
+        except InvalidRecordError:
+            timeout = 0.0
+        if not timeout > 0:
+            raise InvalidRecordError(
+                "replay_timeout", replay_timeout, "must be a finite number > 0 (seconds)"
+            )
+        for name, fn in (
+            ("clock", clock),
+            ("on_report", on_report),
+            ("on_disconnect", on_disconnect),
+        ):
+            if fn is not None and not callable(fn):
+                raise InvalidRecordError(name, fn, "must be callable")
         self.endpoint = endpoint
         self.replay_endpoint = replay_endpoint
         self.replica = replica
@@ -317,7 +337,7 @@ class KvEventSubscriber(_SubscriberBase):
         topic: topic prefix to subscribe to.
         replay_endpoint: the engine's replay (ROUTER) endpoint, ``None`` for none.
         flavour: how raw-bytes hashes are read (``"vllm"`` or ``"sglang"``).
-        replay_timeout: seconds before an unanswered replay is abandoned.
+        replay_timeout: seconds before an unanswered replay is abandoned (finite, > 0).
         on_report: ``hook(replica, seq, report)`` after each applied batch (on the thread).
         on_disconnect: ``hook(replica)`` when the connection drops (on the thread).
         clock: monotonic clock for replay timeouts.
@@ -607,6 +627,14 @@ class KvEventPublisher:
             raise InvalidRecordError("buffer_steps", buffer_steps, "must be an int >= 1")
         if type(replay_topic) is not bool:
             raise InvalidRecordError("replay_topic", replay_topic, "must be a bool")
+        for name, bind in (("endpoint", endpoint), ("replay_endpoint", replay_endpoint)):
+            if (bind is not None or name == "endpoint") and (
+                not isinstance(bind, str) or "://" not in bind
+            ):
+                raise InvalidRecordError(name, bind, "must be a ZMQ endpoint string")
+        if type(topic) is not str:
+            raise InvalidRecordError("topic", topic, "must be a str")
+        check_layout(layout)
         self._bind = endpoint
         self._replay_bind = replay_endpoint
         self._topic = topic.encode("utf-8")
