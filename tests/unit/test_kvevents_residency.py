@@ -716,6 +716,11 @@ def test_constructor_misuse() -> None:
         KvResidency(block_tokens=0)
     with pytest.raises(InvalidRecordError, match="media"):
         KvResidency(media="GPU")
+    # Counterfactual: no medium was accepted, and every stored block then ignored.
+    for none in ([], (), frozenset()):
+        with pytest.raises(InvalidRecordError, match="at least one medium"):
+            KvResidency(media=none)
+    assert KvResidency(media=["GPU", "CPU"]).media == {"GPU", "CPU"}
     with pytest.raises(InvalidRecordError, match="candidates"):
         residency().overlap_chain((1,), ["a"])
 

@@ -165,6 +165,8 @@ class KvResidency:
         if isinstance(media, str):
             raise InvalidRecordError("media", media, "must be a collection of str, not a str")
         self._media = frozenset(media)
+        if not self._media:  # no medium routed on: every stored block would be ignored
+            raise InvalidRecordError("media", media, "must name at least one medium")
         for m in self._media:
             if type(m) is not str:
                 raise InvalidRecordError("media", media, f"holds {m!r}, not a str")
