@@ -262,6 +262,13 @@ class Sync:
         rate_limit: RateLimit | RateLimiter | None = None,
         max_pending_publishes: int = DEFAULT_MAX_PENDING_PUBLISHES,
     ) -> None:
+        if not isinstance(provider, Provider):
+            raise InvalidRecordError("provider", provider, "must be a Provider (an Index)")
+        if publisher is not None and not callable(getattr(publisher, "publish", None)):
+            raise InvalidRecordError("publisher", publisher, "must be a Publisher or None")
+        for name, fn in (("clock", clock), ("on_publish_error", on_publish_error)):
+            if fn is not None and not callable(fn):  # found now, not at the first event
+                raise InvalidRecordError(name, fn, "must be callable")
         if not publish_timeout > 0:
             raise InvalidRecordError("publish_timeout", publish_timeout, "must be > 0")
         if type(max_payload_bytes) is not int or max_payload_bytes <= 0:

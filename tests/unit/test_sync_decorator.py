@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from clusterrouting import InvalidRecordError
 from prefixcache import (
     INVALIDATE_SUBJECT,
     OBSERVE_SUBJECT,
@@ -219,6 +220,18 @@ def test_invalid_arguments() -> None:
         Sync(Index(), publish_timeout=0)
     with pytest.raises(ValueError, match="max_payload_bytes"):
         Sync(Index(), max_payload_bytes=0)
+    # Counterfactual: these were accepted and failed at the first call or event.
+    for args, kw, field in (
+        ((None,), {}, "provider"),
+        (({},), {}, "provider"),
+        ((Index(), object()), {}, "publisher"),
+        ((Index(),), {"clock": 0.0}, "clock"),
+        ((Index(),), {"on_publish_error": "log"}, "on_publish_error"),
+    ):
+        with pytest.raises(InvalidRecordError) as ei:
+            Sync(*args, **kw)
+        assert ei.value.field == field
+    Sync(Sync(Index()))  # a Sync is a provider too
 
 
 def test_stats_is_a_frozen_record() -> None:
