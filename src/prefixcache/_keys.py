@@ -22,6 +22,7 @@ NUMBER_TYPES: Final = (int, float)
 __all__ = [
     "U64",
     "check_amount",
+    "check_at_least",
     "check_finite",
     "check_key",
     "check_rate",
@@ -85,6 +86,21 @@ def check_finite(name: str, value: object) -> float:
     number = _as_float(value)
     if not math.isfinite(number):
         raise InvalidRecordError(name, value, "must be a finite number")
+    return number
+
+
+def check_at_least(name: str, value: object, lo: float, *, above: bool = False) -> float:
+    """``value`` as a finite float >= ``lo`` (> ``lo`` with ``above``), or
+    :class:`InvalidRecordError` naming ``name`` (bools, NaN, infinities and ints beyond any
+    float are refused): a parameter's range, checked when it is given.
+
+    >>> check_at_least("mean_turns", 1, 1.0)
+    1.0
+    """
+    number = _as_float(value)
+    if not (math.isfinite(number) and (number > lo if above else number >= lo)):
+        op = ">" if above else ">="
+        raise InvalidRecordError(name, value, f"must be a finite number {op} {lo:g}")
     return number
 
 

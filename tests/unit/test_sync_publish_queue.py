@@ -108,6 +108,43 @@ def test_publish_after_close_raises_and_caps_are_validated() -> None:
     for bad in ({"max_queue": 0}, {"max_queue_bytes": 0}, {"max_queue": 1.5}):
         with pytest.raises(InvalidRecordError):
             gated(**bad)
+    # Counterfactual: a connect that is not callable failed as a TypeError, a name that is
+    # not a str was taken as the thread's.
+    for kw, field in (({"connect": 5}, "connect"), ({"name": 5}, "name")):
+        args = {"connect": GatedAsyncTransport, **kw}
+        with pytest.raises(InvalidRecordError) as ei:
+            ThreadedTransport(args.pop("connect"), **args)  # type: ignore[arg-type]
+        assert ei.value.field == field
+
+
+def test_the_async_broker_adapters_refuse_bad_timings_when_built() -> None:
+    # Counterfactual: a zero flush or subscribe timeout, a negative reconnect wait, a NaN
+    # echo window, or objects that cannot publish or subscribe were all accepted.
+    from prefixcache.transports.nats import AsyncNatsTransport
+    from prefixcache.transports.redis import AsyncRedisTransport
+
+    for bad in (0, -1.0, float("nan"), float("inf"), None):
+        with pytest.raises(InvalidRecordError) as ei:
+            AsyncNatsTransport(None, flush_timeout=bad)  # type: ignore[arg-type]
+        assert ei.value.field == "flush_timeout"
+
+    class Client:
+        async def publish(self, channel: str, data: bytes) -> None: ...
+
+    class PubSub:
+        async def subscribe(self, *channels: str) -> None: ...
+
+    for args, kw, field in (
+        ((None, PubSub()), {}, "publisher"),
+        ((Client(), object()), {}, "pubsub"),
+        ((Client(), PubSub()), {"reconnect_wait": -0.1}, "reconnect_wait"),
+        ((Client(), PubSub()), {"echo_window": float("nan")}, "echo_window"),
+        ((Client(), PubSub()), {"subscribe_timeout": 0}, "subscribe_timeout"),
+    ):
+        with pytest.raises(InvalidRecordError) as ei:
+            AsyncRedisTransport(*args, **kw)
+
+        assert ei.value.field == field
 
 
 class _HungAsyncPublisher:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from clusterrouting import InvalidRecordError
-from prefixcache._keys import check_amount
+from prefixcache._keys import check_at_least
 from prefixcache._types import ReplicaKey
 from prefixcache.kvevents._decode import (
     REPLAY_END_SEQ,
@@ -256,14 +256,7 @@ class _SubscriberBase:
             raise InvalidRecordError("topic", topic, "must be a str")
         # Found here, not as every message dropped (or the receive thread ended) later.
         check_flavour(flavour)
-        try:
-            timeout = check_amount("replay_timeout", replay_timeout)
-        except InvalidRecordError:
-            timeout = 0.0
-        if not timeout > 0:
-            raise InvalidRecordError(
-                "replay_timeout", replay_timeout, "must be a finite number > 0 (seconds)"
-            )
+        check_at_least("replay_timeout", replay_timeout, 0.0, above=True)
         for name, fn in (
             ("clock", clock),
             ("on_report", on_report),

@@ -7,7 +7,7 @@ import math
 import random
 
 from clusterrouting import InvalidRecordError
-from prefixcache._keys import check_amount
+from prefixcache._keys import check_at_least
 from prefixcache.replay._cluster import ClusterModel
 from prefixcache.replay._trace import Request
 
@@ -20,18 +20,6 @@ def _int_at_least(name: str, value: object, lo: int | None) -> None:
         raise InvalidRecordError(
             name, value, "must be an int" + ("" if lo is None else f" >= {lo}")
         )
-
-
-def _finite_at_least(name: str, value: object, lo: float, *, strict: bool = False) -> None:
-    """Refuse a ``value`` that is not a finite number at least ``lo`` >= 0 (above it if
-    ``strict``), as ``prefixcache``'s ``check_amount`` reads numbers."""
-    try:
-        amount = check_amount(name, value)
-    except InvalidRecordError:
-        amount = math.nan
-    if not (amount > lo if strict else amount >= lo):
-        op = ">" if strict else ">="
-        raise InvalidRecordError(name, value, f"must be a finite number {op} {lo:g}")
 
 
 def synthetic_trace(
@@ -67,9 +55,9 @@ def synthetic_trace(
     _int_at_least("sessions", sessions, 0)
     _int_at_least("shared_prefixes", shared_prefixes, 1)
     _int_at_least("block_tokens", block_tokens, 1)
-    _finite_at_least("duration_s", duration_s, 0.0)
-    _finite_at_least("mean_turns", mean_turns, 1.0)
-    _finite_at_least("mean_think_s", mean_think_s, 0.0, strict=True)
+    check_at_least("duration_s", duration_s, 0.0)
+    check_at_least("mean_turns", mean_turns, 1.0)
+    check_at_least("mean_think_s", mean_think_s, 0.0, above=True)
     lo_hi = tuple(prefix_blocks) if isinstance(prefix_blocks, (tuple, list)) else ()
     if not (len(lo_hi) == 2 and all(type(b) is int for b in lo_hi) and 0 <= lo_hi[0] <= lo_hi[1]):
         raise InvalidRecordError(
@@ -159,8 +147,8 @@ def shared_prefix_trace(
         ("output_tokens", output_tokens),
     ):
         _int_at_least(name, count, 0)
-    _finite_at_least("duration_s", duration_s, 0.0)
-    _finite_at_least("zipf_s", zipf_s, 0.0)
+    check_at_least("duration_s", duration_s, 0.0)
+    check_at_least("zipf_s", zipf_s, 0.0)
     rng = random.Random(seed)
     bt = block_tokens
     full = system_tokens // bt

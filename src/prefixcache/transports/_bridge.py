@@ -81,6 +81,10 @@ class ThreadedTransport(Generic[_T]):
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         name: str = "prefixcache-transport",
     ) -> None:
+        if not callable(connect):  # found now, not in the connecting thread
+            raise InvalidRecordError("connect", connect, "must be an async callable")
+        if type(name) is not str:
+            raise InvalidRecordError("name", name, "must be a str")
         if not timeout > 0:
             raise InvalidRecordError("timeout", timeout, "must be > 0 seconds")
         for field, cap in (("max_queue", max_queue), ("max_queue_bytes", max_queue_bytes)):

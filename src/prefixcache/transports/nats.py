@@ -35,6 +35,7 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
+from prefixcache._keys import check_at_least
 from prefixcache._protocols import AsyncUnsubscribe, MessageHandler
 from prefixcache.transports._bridge import (
     DEFAULT_MAX_QUEUE,
@@ -56,6 +57,7 @@ class AsyncNatsTransport:
     """
 
     def __init__(self, client: Any, *, flush_timeout: float = 2.0) -> None:
+        check_at_least("flush_timeout", flush_timeout, 0.0, above=True)
         self.client = client
         self.flush_timeout = flush_timeout
         self.disconnects = 0

@@ -37,6 +37,8 @@ from typing import Any
 
 import xxhash
 
+from clusterrouting import InvalidRecordError
+from prefixcache._keys import check_at_least
 from prefixcache._protocols import AsyncUnsubscribe, MessageHandler
 from prefixcache.transports._bridge import (
     DEFAULT_MAX_QUEUE,
@@ -65,6 +67,13 @@ class AsyncRedisTransport:
         echo_window: float = 30.0,
         subscribe_timeout: float = 5.0,
     ) -> None:
+        if not callable(getattr(publisher, "publish", None)):
+            raise InvalidRecordError("publisher", publisher, "must be a redis.asyncio client")
+        if not callable(getattr(pubsub, "subscribe", None)):
+            raise InvalidRecordError("pubsub", pubsub, "must be a redis.asyncio PubSub")
+        check_at_least("reconnect_wait", reconnect_wait, 0.0)
+        check_at_least("echo_window", echo_window, 0.0)
+        check_at_least("subscribe_timeout", subscribe_timeout, 0.0, above=True)
         self._redis = publisher
         self._pubsub = pubsub
         self.reconnect_wait = reconnect_wait
