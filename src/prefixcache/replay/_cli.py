@@ -7,7 +7,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,26 +36,23 @@ from prefixcache.replay._trace import BUNDLED_TRACE, Request
 __all__ = ["BUNDLED_TRACE", "main"]
 
 
+def _positive(flag: str, what: str = "a number") -> Callable[[str], float]:
+    """An argparse type: ``flag``'s value as a finite float > 0, or a usage error."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: not {what}: {text!r}") from None
+        if not (v > 0 and math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"{flag} must be a finite number > 0, got {text}")
+        return v
+
+    return parse
+
+
 def _speedup(text: str) -> float | None:
-    if text.lower() == "auto":
-        return None
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--speedup: not a number or 'auto': {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"--speedup must be a finite number > 0, got {text}")
-    return v
-
-
-def _slo(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--slo: not a number of seconds: {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"--slo must be a finite number > 0, got {text}")
-    return v
+    return None if text.lower() == "auto" else _positive("--speedup", "a number or 'auto'")(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--slo",
-        type=_slo,
+        type=_positive("--slo", "a number of seconds"),
         default=None,
         metavar="SECONDS",
         help="also report the share of requests whose TTFT is within SECONDS",
