@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from clusterrouting import InvalidRecordError
+from prefixcache._keys import check_at_least
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import (
     DEFAULT_POLICIES,
@@ -332,10 +333,8 @@ def run_replay(
         raise InvalidRecordError("policies", list(policies), "must name at least one policy")
     if type(decision_every) is not int or decision_every < 1:
         raise InvalidRecordError("decision_every", decision_every, "must be an int >= 1")
-    if slo_s is not None and (
-        isinstance(slo_s, bool) or not isinstance(slo_s, (int, float)) or not (0 < slo_s < math.inf)
-    ):
-        raise InvalidRecordError("slo_s", slo_s, "must be a finite number of seconds > 0")
+    if slo_s is not None:
+        check_at_least("slo_s", slo_s, 0.0, above=True)
     names = list(policies)
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # results are looked up by name
