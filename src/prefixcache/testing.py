@@ -26,6 +26,7 @@ import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
 from prefixcache._events import InvalidateEvent, ObserveEvent, decode_event
+from prefixcache._keys import check_time
 from prefixcache._protocols import AsyncUnsubscribe, MessageHandler, Transport, Unsubscribe
 
 __all__ = [
@@ -57,7 +58,7 @@ class ManualClock:
     """
 
     def __init__(self, start: float = 0.0) -> None:
-        self._now = float(start)
+        self._now = check_time("start", start)  # a NaN clock would poison every reading
         self._lock = threading.Lock()
 
     def __call__(self) -> float:
@@ -73,18 +74,23 @@ class ManualClock:
         """Move forward by ``dt`` seconds and return the new time.
 
         Raises:
-            InvalidRecordError: ``dt`` is negative or NaN.
+            InvalidRecordError: ``dt`` is negative, NaN or not a number.
         """
-        if not dt >= 0:
+        if check_time("dt", dt) < 0:
             raise InvalidRecordError("dt", dt, "must be >= 0")
         with self._lock:
             self._now += dt
             return self._now
 
     def set(self, t: float) -> None:
-        """Jump to ``t`` (any direction)."""
+        """Jump to ``t`` (any direction).
+
+        Raises:
+            InvalidRecordError: ``t`` is not a number, or is NaN.
+        """
+        t = check_time("t", t)
         with self._lock:
-            self._now = float(t)
+            self._now = t
 
 
 class RecordingPublisher:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from clusterrouting import InvalidRecordError
 from prefixcache import Clock, Publisher, Transport
 from prefixcache.testing import (
     InMemoryTransport,
@@ -138,6 +139,15 @@ def test_manual_clock() -> None:
     assert c() == 1.0
     with pytest.raises(ValueError, match="dt"):
         c.advance(-1.0)
+    # Counterfactual: a NaN start or jump was taken, and every later reading was NaN.
+    for bad in (float("nan"), "1.0", True, None):
+        with pytest.raises(InvalidRecordError, match="start"):
+            ManualClock(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidRecordError, match="t="):
+            c.set(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidRecordError, match="dt"):
+            c.advance(bad)  # type: ignore[arg-type]
+    assert c() == 1.0
 
 
 def test_recording_publisher_fail_switch() -> None:
