@@ -554,6 +554,11 @@ def check_transport(
     try:
         a, b, c = factory(), factory(), factory()
         made.extend((a, b, c))
+        for t in (a, b, c):  # a conformance failure, not an AttributeError further down
+            expect(
+                f"factory() returns a transport with publish and subscribe, not {t!r}",
+                callable(getattr(t, "publish", None)) and callable(getattr(t, "subscribe", None)),
+            )
 
         # 1. exact bytes and subject, 2. order, 3. no echo.
         s1 = f"{base}.data"

@@ -207,3 +207,7 @@ def test_check_transport_catches_a_broken_transport() -> None:
     with pytest.raises(TransportConformanceError) as exc:
         check_transport(lambda: Counting(hub3.connect()), timeout=0.2)  # type: ignore[arg-type,return-value]
     assert "transport counters A: publish_errors=0 disconnects=1 reconnects=1; B:" in str(exc.value)
+    # Counterfactual: a factory that returns no transport failed with an AttributeError.
+    for made in (None, object(), RecordingPublisher()):
+        with pytest.raises(TransportConformanceError, match="publish and subscribe"):
+            check_transport(lambda made=made: made, timeout=0.2)  # type: ignore[misc]
