@@ -207,7 +207,11 @@ class KvCacheMirror:
     request also pinned loses one of its pins) and frees at most the private blocks still
     recorded.
 
-    Not thread-safe: guard it with the router's lock.
+    Not thread-safe: guard it with the router's lock. The per-request methods are on the
+    routing path and do not type-check their arguments: ``key`` is a :class:`ReplicaKey`
+    and a chain a sequence of block hashes as ``prefixcache.extract_chain`` makes them
+    (only the counts, ``private_blocks`` and ``fill``, are checked). Memory is bounded per
+    key; the host bounds the keys (its replicas).
 
     Raises (constructor):
         InvalidRecordError: ``capacity_blocks`` is not ``None`` or an ``int >= 0``.
