@@ -40,6 +40,7 @@ from typing import Any, Final
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
+from prefixcache._keys import check_time
 from prefixcache._plumbing import attach_handler, attach_handler_async, awaited
 from prefixcache._protocols import (
     AsyncPublisher,
@@ -274,7 +275,8 @@ class SessionPins:
 
     Raises (constructor):
         InvalidRecordError: ``ttl`` is not a finite number > 0, ``max_entries`` not an
-            int >= 1, or ``origin`` not a valid name.
+            int >= 1, ``origin`` not a valid name, ``clock`` or ``on_publish_error`` not
+            callable, or ``publisher`` without ``publish``.
 
     Thread-safe: the table is locked; handlers may run on any thread.
 
@@ -310,6 +312,11 @@ class SessionPins:
             raise InvalidRecordError("ttl", ttl, "must be a finite number > 0 (seconds)")
         if type(max_entries) is not int or max_entries < 1:
             raise InvalidRecordError("max_entries", max_entries, "must be an int >= 1")
+        for name, fn in (("clock", clock), ("on_publish_error", on_publish_error)):
+            if fn is not None and not callable(fn):  # found now, not at the first call
+                raise InvalidRecordError(name, fn, "must be callable")
+        if publisher is not None and not callable(getattr(publisher, "publish", None)):
+            raise InvalidRecordError("publisher", publisher, "must be a Publisher or None")
         origin = uuid.uuid4().hex if origin is None else origin
         problem = _name_problem(origin, empty_ok=False)
         if problem is not None:
@@ -350,6 +357,11 @@ class SessionPins:
             return PinStats(**self._counts)
 
     # -- reads ------------------------------------------------------------------------------
+    def _now(self, now: float | None) -> float:
+        """``now`` as given (a number, not NaN: else :class:`InvalidRecordError`), or the
+        clock's reading."""
+        return self.clock() if now is None else check_time("now", now)
+
     def get(self, namespace: str, session: str, *, now: float | None = None) -> str | None:
         """The deployment ``session`` is pinned to, or ``None`` (none, cleared or expired).
 
@@ -358,7 +370,7 @@ class SessionPins:
         entry = self._pins.get((namespace, session))
         if entry is None or not entry.deployment:
             return None
-        t = self.clock() if now is None else now
+        t = self._now(now)
         if t - entry.stamp > self._ttl:
             return None
         return entry.deployment
@@ -388,7 +400,7 @@ class SessionPins:
         """
         if deployment == "":
             raise InvalidRecordError("deployment", deployment, "must not be empty (use unpin)")
-        t = self.clock() if now is None else now
+        t = self._now(now)
         held = self._pins.get((namespace, session))
         if (
             held is not None
@@ -414,7 +426,7 @@ class SessionPins:
         Raises:
             InvalidRecordError: an empty or invalid name.
         """
-        t = self.clock() if now is None else now
+        t = self._now(now)
         held = self._pins.get((namespace, session))
         if held is None or not held.deployment or t - held.stamp > self._ttl:
             return False
@@ -510,7 +522,7 @@ class SessionPins:
 
         O(entries).
         """
-        t = self.clock() if now is None else now
+        t = self._now(now)
         limit = t - self._ttl
         with self._lock:
             old = [k for k, p in self._pins.items() if p.stamp < limit]

@@ -144,6 +144,10 @@ def test_misuse_raises_typed_errors_naming_the_argument() -> None:
         ({"ttl": float("inf")}, "ttl"),
         ({"max_entries": 0}, "max_entries"),
         ({"origin": ""}, "origin"),
+        # Counterfactual for these three: accepted, then failing at the first call.
+        ({"clock": 5.0}, "clock"),
+        ({"on_publish_error": "warn"}, "on_publish_error"),
+        ({"publisher": object()}, "publisher"),
     ):
         with pytest.raises(InvalidRecordError) as err:
             make(**kw)
@@ -155,6 +159,21 @@ def test_misuse_raises_typed_errors_naming_the_argument() -> None:
     with pytest.raises(InvalidRecordError) as err:
         pins.pin("", "s", "d", now=0.0)
     assert err.value.field == "namespace"
+    # A time that is not a number, or NaN, is refused by name (get read a NaN as "not
+    # expired", unpin and evict as "nothing to do").
+    pins.pin("m", "s", "d", now=0.0)
+    calls = (
+        lambda t: pins.get("m", "s", now=t),
+        lambda t: pins.pin("m", "s2", "d", now=t),
+        lambda t: pins.unpin("m", "s", now=t),
+        lambda t: pins.evict(t),
+    )
+    for call in calls:
+        for bad in (float("nan"), "1.0", True):
+            with pytest.raises(InvalidRecordError) as err:
+                call(bad)
+            assert err.value.field == "now"
+    assert pins.get("m", "s", now=1.0) == "d"
 
 
 def test_two_routers_converge_through_a_transport_and_detach_stops_it() -> None:
