@@ -59,6 +59,10 @@ class EvictionTicker:
     ) -> None:
         if interval is not None and not interval > 0:
             raise InvalidRecordError("interval", interval, "must be > 0 seconds")
+        if not callable(getattr(target, "evict", None)):  # not an error on every tick
+            raise InvalidRecordError("target", target, "must have an evict(now) method")
+        if not callable(clock):
+            raise InvalidRecordError("clock", clock, "must be callable")
         self.target = target
         self.interval = eviction_interval(ttl) if interval is None else interval
         self.clock = clock

@@ -397,6 +397,19 @@ def test_ticker_survives_a_failing_evict() -> None:
     assert ticker.tick() is None and ticker.errors == 1
 
 
+def test_ticker_refuses_what_it_could_never_tick() -> None:
+    # Counterfactual: a target without evict, or a clock that is not callable, was taken
+    # and then failed (and was counted) on every tick.
+    for args, kw, field in (
+        ((None,), {}, "target"),
+        ((object(),), {}, "target"),
+        ((CountingEvict(1),), {"clock": 1.0}, "clock"),
+    ):
+        with pytest.raises(InvalidRecordError) as ei:
+            EvictionTicker(*args, interval=1.0, **kw)  # type: ignore[arg-type]
+        assert ei.value.field == field
+
+
 def test_ticker_asyncio_form() -> None:
     async def main() -> None:
         target = CountingEvict(2)
