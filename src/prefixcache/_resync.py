@@ -176,6 +176,15 @@ class ResyncLoop:
     ) -> None:
         if type(origin) is not str or not origin:
             raise InvalidRecordError("origin", origin, "must be a non-empty str")
+        if not isinstance(sync, Sync):
+            raise InvalidRecordError("sync", sync, "must be a prefixcache.Sync")
+        if not (
+            callable(getattr(transport, "publish", None))
+            and callable(getattr(transport, "subscribe", None))
+        ):
+            raise InvalidRecordError("transport", transport, "must be a Transport")
+        if type(replace) is not bool:
+            raise InvalidRecordError("replace", replace, "must be a bool")
         if not interval > 0:
             raise InvalidRecordError("interval", interval, "must be > 0 seconds")
         if type(chunk_bytes) is not int or chunk_bytes < 1024:

@@ -72,6 +72,7 @@ __all__ = [
     "Verdict",
     "Verifier",
     "canonical_json",
+    "check_guards",
 ]
 
 ENVELOPE_KEYS: Final = ("origin", "kid", "ts", "nonce", "sig")
@@ -159,6 +160,24 @@ def _check_origin(value: object) -> str | None:
     return None
 
 
+def _check_signing_keys(keys: object) -> None:
+    if not isinstance(keys, SigningKeys):
+        raise InvalidRecordError("keys", keys, "must be a SigningKeys")
+
+
+def check_guards(signer: object, verifier: object, rate_limit: object) -> None:
+    """Refuse a ``signer``, ``verifier`` or ``rate_limit`` of the wrong type (``None`` is
+    none): found when a ``Sync`` or ``SignedTransport`` is built, not as every message
+    failing to sign or verify later."""
+    for name, value, kinds, what in (
+        ("signer", signer, (Signer,), "a Signer"),
+        ("verifier", verifier, (Verifier,), "a Verifier"),
+        ("rate_limit", rate_limit, (RateLimit, RateLimiter), "a RateLimit or RateLimiter"),
+    ):
+        if value is not None and not isinstance(value, kinds):
+            raise InvalidRecordError(name, value, f"must be {what} or None")
+
+
 class Signer:
     """Signs this router's messages (see the module docstring for the envelope).
 
@@ -190,6 +209,10 @@ class Signer:
         reason = _check_origin(origin)
         if reason is not None:
             raise InvalidRecordError("origin", origin, reason)
+        _check_signing_keys(keys)
+        for name, fn in (("clock", clock), ("nonce", nonce)):
+            if fn is not None and not callable(fn):
+                raise InvalidRecordError(name, fn, "must be callable")
         self.keys = keys
         self.origin = origin
         self.clock = clock
@@ -256,6 +279,7 @@ class Verifier:
             raise InvalidRecordError("window", window, "must be > 0 seconds")
         if type(max_nonces) is not int or max_nonces < 1:
             raise InvalidRecordError("max_nonces", max_nonces, "must be an int >= 1")
+        _check_signing_keys(keys)
         self.keys = keys
         self.window = window
         self.max_nonces = max_nonces
@@ -435,6 +459,14 @@ class SignedTransport:
         rate_limit: RateLimit | RateLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if not (
+            callable(getattr(transport, "publish", None))
+            and callable(getattr(transport, "subscribe", None))
+        ):
+            raise InvalidRecordError("transport", transport, "must be a Transport")
+        check_guards(signer, verifier, rate_limit)
+        if not callable(clock):
+            raise InvalidRecordError("clock", clock, "must be callable")
         self.transport = transport
         self.signer = signer
         self.verifier = verifier

@@ -63,7 +63,7 @@ from prefixcache._protocols import (
     Transport,
     Unsubscribe,
 )
-from prefixcache._signing import RateLimit, RateLimiter, Signer, Verifier
+from prefixcache._signing import RateLimit, RateLimiter, Signer, Verifier, check_guards
 from prefixcache._snapshot import Snapshot, apply_snapshot, digests, export_snapshot
 from prefixcache._types import Candidate, ReplicaKey
 
@@ -269,6 +269,7 @@ class Sync:
         for name, fn in (("clock", clock), ("on_publish_error", on_publish_error)):
             if fn is not None and not callable(fn):  # found now, not at the first event
                 raise InvalidRecordError(name, fn, "must be callable")
+        check_guards(signer, verifier, rate_limit)
         if not publish_timeout > 0:
             raise InvalidRecordError("publish_timeout", publish_timeout, "must be > 0")
         if type(max_payload_bytes) is not int or max_payload_bytes <= 0:

@@ -143,6 +143,16 @@ def test_arguments_are_validated() -> None:
         kw: dict[str, object] = {"origin": "r", **bad}
         with pytest.raises(InvalidRecordError):
             ResyncLoop(sync, hub.connect(), **kw)  # type: ignore[arg-type]
+    # Counterfactual: these were taken, and failed at the first tick or message.
+    for args, kw, field in (
+        ((None, hub.connect()), {}, "sync"),
+        ((Index(), hub.connect()), {}, "sync"),
+        ((sync, None), {}, "transport"),
+        ((sync, hub.connect()), {"replace": 1}, "replace"),
+    ):
+        with pytest.raises(InvalidRecordError) as ei:
+            ResyncLoop(*args, origin="r", **kw)  # type: ignore[arg-type]
+        assert ei.value.field == field
 
 
 def test_the_asyncio_runner_ticks_until_cancelled() -> None:

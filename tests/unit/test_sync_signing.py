@@ -134,6 +134,35 @@ def test_a_signed_message_verifies_once_and_no_byte_flip_verifies(data: st.DataO
     assert Verifier(K1).check(SUBJECT, flipped, now=1000.0)[0] != "ok"
 
 
+def test_the_guards_refuse_what_they_could_not_use_when_built() -> None:
+    # Counterfactual: a Signer or Verifier without keys, a clock or nonce that is not
+    # callable, a Sync or SignedTransport handed something that is not a Signer,
+    # Verifier or RateLimit, were all taken, and every later message then failed to sign
+    # or verify (dropped and counted, or raised on the publishing path).
+    hub = InMemoryTransport()
+    for make, field in (
+        (lambda: Signer(None, origin="a"), "keys"),  # type: ignore[arg-type]
+        (lambda: Signer({"k1": b"1" * 32}, origin="a"), "keys"),  # type: ignore[arg-type]
+        (lambda: Signer(K1, origin="a", clock=1.0), "clock"),  # type: ignore[arg-type]
+        (lambda: Signer(K1, origin="a", nonce="n"), "nonce"),  # type: ignore[arg-type]
+        (lambda: Verifier(None), "keys"),  # type: ignore[arg-type]
+        (lambda: SignedTransport(None), "transport"),  # type: ignore[arg-type]
+        (lambda: SignedTransport(hub.connect(), signer=K1), "signer"),  # type: ignore[arg-type]
+        (lambda: SignedTransport(hub.connect(), verifier=K1), "verifier"),  # type: ignore[arg-type]
+        (lambda: SignedTransport(hub.connect(), rate_limit=5), "rate_limit"),  # type: ignore[arg-type]
+        (lambda: SignedTransport(hub.connect(), clock=1.0), "clock"),  # type: ignore[arg-type]
+        (lambda: Sync(Index(), signer=Verifier(K1)), "signer"),  # type: ignore[arg-type]
+        (lambda: Sync(Index(), verifier=Signer(K1, origin="a")), "verifier"),  # type: ignore[arg-type]
+        (lambda: Sync(Index(), rate_limit=(10, 5)), "rate_limit"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(InvalidRecordError) as ei:
+            make()
+        assert ei.value.field == field
+    limit = RateLimit(rate=10, burst=5)
+    Sync(Index(), signer=Signer(K1, origin="a"), verifier=Verifier(K1), rate_limit=limit)
+    SignedTransport(hub.connect(), rate_limit=RateLimiter(limit))
+
+
 def test_canonical_json_ignores_key_order() -> None:
     assert canonical_json({"b": 1, "a": 2}) == canonical_json({"a": 2, "b": 1}) == b'{"a":2,"b":1}'
 
