@@ -16,6 +16,8 @@ from clusterrouting import InvalidRecordError
 from prefixcache import Index, ObserveEvent, ReplicaKey, Sync
 from prefixcache.testing import GatedAsyncTransport
 from prefixcache.transports import DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_BYTES, ThreadedTransport
+from prefixcache.transports.nats import AsyncNatsTransport
+from prefixcache.transports.redis import AsyncRedisTransport
 
 BOUND = 10.0  # a bound on waits for the loop thread, never a timing assertion
 NEVER = 3600.0  # a send timeout no test reaches
@@ -120,9 +122,6 @@ def test_publish_after_close_raises_and_caps_are_validated() -> None:
 def test_the_async_broker_adapters_refuse_bad_timings_when_built() -> None:
     # Counterfactual: a zero flush or subscribe timeout, a negative reconnect wait, a NaN
     # echo window, or objects that cannot publish or subscribe were all accepted.
-    from prefixcache.transports.nats import AsyncNatsTransport
-    from prefixcache.transports.redis import AsyncRedisTransport
-
     for bad in (0, -1.0, float("nan"), float("inf"), None):
         with pytest.raises(InvalidRecordError) as ei:
             AsyncNatsTransport(None, flush_timeout=bad)  # type: ignore[arg-type]
@@ -143,8 +142,8 @@ def test_the_async_broker_adapters_refuse_bad_timings_when_built() -> None:
     ):
         with pytest.raises(InvalidRecordError) as ei:
             AsyncRedisTransport(*args, **kw)
-
         assert ei.value.field == field
+    AsyncRedisTransport(Client(), PubSub(), reconnect_wait=0, echo_window=0)  # the edges
 
 
 class _HungAsyncPublisher:
