@@ -26,6 +26,7 @@ from prefixcache.kvevents._decode import (
 from prefixcache.kvevents._kvchain import extract_kv_chain
 from prefixcache.kvevents._outcomes import IngestReport, ResidencyState, ResidencyStatus
 from prefixcache.kvevents._policy import cache_source_of, fill_cached_tokens
+from prefixcache.kvevents._publish import KvEventPublisher
 from prefixcache.kvevents._records import (
     AllBlocksCleared,
     BlockRemoved,
@@ -41,12 +42,10 @@ from prefixcache.kvevents._residency import (
     DEFAULT_MAX_REPLICAS,
     KvResidency,
 )
+from prefixcache.kvevents._stream import DEFAULT_REPLAY_TIMEOUT, SubscriberStats
 from prefixcache.kvevents._subscribe import (
-    DEFAULT_REPLAY_TIMEOUT,
     AsyncKvEventSubscriber,
-    KvEventPublisher,
     KvEventSubscriber,
-    SubscriberStats,
     rank_endpoints,
 )
 
