@@ -22,9 +22,9 @@ NUMBER_TYPES: Final = (int, float)
 __all__ = [
     "U64",
     "check_amount",
-    "check_at_least",
     "check_finite",
     "check_key",
+    "check_number",
     "check_rate",
     "check_time",
     "decay",
@@ -89,18 +89,23 @@ def check_finite(name: str, value: object) -> float:
     return number
 
 
-def check_at_least(name: str, value: object, lo: float, *, above: bool = False) -> float:
-    """``value`` as a finite float >= ``lo`` (> ``lo`` with ``above``), or
+def check_number(
+    name: str, value: object, lo: float, hi: float = math.inf, *, above: bool = False
+) -> float:
+    """``value`` as a finite float in ``[lo, hi]`` (``(lo, hi]`` with ``above``), or
     :class:`InvalidRecordError` naming ``name`` (bools, NaN, infinities and ints beyond any
     float are refused): a parameter's range, checked when it is given.
 
-    >>> check_at_least("mean_turns", 1, 1.0)
-    1.0
+    >>> check_number("mean_turns", 1, 1.0), check_number("fill", 0.5, 0.0, 1.0)
+    (1.0, 0.5)
     """
     number = _as_float(value)
-    if not (math.isfinite(number) and (number > lo if above else number >= lo)):
-        op = ">" if above else ">="
-        raise InvalidRecordError(name, value, f"must be a finite number {op} {lo:g}")
+    if not (math.isfinite(number) and (number > lo if above else number >= lo) and number <= hi):
+        if hi == math.inf:
+            bound = f"a finite number {'>' if above else '>='} {lo:g}"
+        else:
+            bound = f"a number in {'(' if above else '['}{lo:g}, {hi:g}]"
+        raise InvalidRecordError(name, value, f"must be {bound}")
     return number
 
 

@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 
 from clusterrouting import InvalidRecordError
-from prefixcache._keys import check_amount
+from prefixcache._keys import check_amount, check_number
 from prefixcache._types import ReplicaKey
 
 __all__ = ["DispatchWindow", "KvCacheMirror", "RunningOutput"]
@@ -391,12 +391,7 @@ class KvCacheMirror:
         (True, False)
         """
         if not (type(fill) is float and 0.0 <= fill <= 1.0):  # else the full check
-            try:
-                in_range = check_amount("fill", fill) <= 1
-            except InvalidRecordError:
-                in_range = False
-            if not in_range:
-                raise InvalidRecordError("fill", fill, "must be a number in [0, 1]")
+            check_number("fill", fill, 0.0, 1.0)
         cap = self._cap
         if cap is None:
             return False

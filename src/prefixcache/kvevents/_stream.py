@@ -18,7 +18,7 @@ from typing import Any, Final
 import attrs
 
 from clusterrouting import InvalidRecordError
-from prefixcache._keys import check_at_least
+from prefixcache._keys import check_number
 from prefixcache._types import ReplicaKey
 from prefixcache.kvevents._decode import (
     REPLAY_END_SEQ,
@@ -217,7 +217,7 @@ class SubscriberBase:
             raise InvalidRecordError("topic", topic, "must be a str")
         # Found here, not as every message dropped (or the receive thread ended) later.
         check_flavour(flavour)
-        check_at_least("replay_timeout", replay_timeout, 0.0, above=True)
+        check_number("replay_timeout", replay_timeout, 0.0, above=True)
         for name, fn in (
             ("clock", clock),
             ("on_report", on_report),

@@ -24,7 +24,7 @@ from prefixcache._hot import (
     HotPrefixes,
     caches_have_room,
 )
-from prefixcache._keys import check_amount, check_rate
+from prefixcache._keys import check_number, check_rate
 from prefixcache.kvevents import EventBatch
 from prefixcache.replay._baselines import BasePolicy, ObserveAt
 from prefixcache.replay._peers import EngineIndex
@@ -35,18 +35,6 @@ __all__ = ["WINDOW_PER_REPLICA", "CacheCostPolicy"]
 
 WINDOW_PER_REPLICA = 256
 """``cache-cost`` keeps its last ``256 x replicas`` dispatches for the share price."""
-
-
-def _check_number(name: str, value: object, hi: float) -> None:
-    """Refuse a ``value`` that is not a number in [0, ``hi``] (finite when ``hi`` is not; as
-    ``prefixcache``'s ``check_amount``, an int beyond any float is not)."""
-    bound = "a finite number >= 0" if hi == math.inf else f"a number in [0, {hi:g}]"
-    try:
-        amount = check_amount(name, value)
-    except InvalidRecordError:
-        amount = math.nan
-    if not amount <= hi:
-        raise InvalidRecordError(name, value, f"must be {bound}")
 
 
 class CacheCostPolicy(BasePolicy):
@@ -217,7 +205,7 @@ class CacheCostPolicy(BasePolicy):
             ("room_kv_fill", room_kv_fill, 1.0),
             ("room_backlog_tokens", room_backlog_tokens, math.inf),
         ):
-            _check_number(name, v, hi)
+            check_number(name, v, 0.0, hi)
         # Checks every cost and hot-prefix parameter now, not at the first request (no
         # candidates: no pick; the hot-prefix record is sized at the first request).
         pick_lowest_cost([], prompt_tokens=0, **self._params)
@@ -233,7 +221,7 @@ class CacheCostPolicy(BasePolicy):
         # A hot prefix not held everywhere gets the fair-share guard
         # (``HotPrefixes.needs_fair_share``; a host that set ``share_factor`` has it always).
         if guard_demand is not None:
-            _check_number("guard_demand", guard_demand, math.inf)
+            check_number("guard_demand", guard_demand, 0.0)
         self._guard_demand = None if share_factor is not None else guard_demand
         # The pick's parameters per (shared prefix, guarded, caches with room): the backlog
         # weighs the largest weight that applies.

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from clusterrouting import InvalidRecordError
-from prefixcache._keys import check_at_least
+from prefixcache._keys import check_number
 from prefixcache.replay._cluster import DEFAULT_CLUSTER, ClusterModel
 from prefixcache.replay._policies import (
     DEFAULT_POLICIES,
@@ -152,8 +152,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     Raises:
         InvalidRecordError: ``q`` is not a number in [0, 1].
     """
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 1:
-        raise InvalidRecordError("q", q, "must be a number in [0, 1]")
+    check_number("q", q, 0.0, 1.0)
     n = len(sorted_values)
     if n == 0:
         return math.nan
@@ -334,7 +333,7 @@ def run_replay(
     if type(decision_every) is not int or decision_every < 1:
         raise InvalidRecordError("decision_every", decision_every, "must be an int >= 1")
     if slo_s is not None:
-        check_at_least("slo_s", slo_s, 0.0, above=True)
+        check_number("slo_s", slo_s, 0.0, above=True)
     names = list(policies)
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # results are looked up by name

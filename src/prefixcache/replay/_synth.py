@@ -7,7 +7,7 @@ import math
 import random
 
 from clusterrouting import InvalidRecordError
-from prefixcache._keys import check_at_least
+from prefixcache._keys import check_number
 from prefixcache.replay._cluster import ClusterModel
 from prefixcache.replay._trace import Request
 
@@ -55,9 +55,9 @@ def synthetic_trace(
     _int_at_least("sessions", sessions, 0)
     _int_at_least("shared_prefixes", shared_prefixes, 1)
     _int_at_least("block_tokens", block_tokens, 1)
-    check_at_least("duration_s", duration_s, 0.0)
-    check_at_least("mean_turns", mean_turns, 1.0)
-    check_at_least("mean_think_s", mean_think_s, 0.0, above=True)
+    check_number("duration_s", duration_s, 0.0)
+    check_number("mean_turns", mean_turns, 1.0)
+    check_number("mean_think_s", mean_think_s, 0.0, above=True)
     lo_hi = tuple(prefix_blocks) if isinstance(prefix_blocks, (tuple, list)) else ()
     if not (len(lo_hi) == 2 and all(type(b) is int for b in lo_hi) and 0 <= lo_hi[0] <= lo_hi[1]):
         raise InvalidRecordError(
@@ -147,8 +147,8 @@ def shared_prefix_trace(
         ("output_tokens", output_tokens),
     ):
         _int_at_least(name, count, 0)
-    check_at_least("duration_s", duration_s, 0.0)
-    check_at_least("zipf_s", zipf_s, 0.0)
+    check_number("duration_s", duration_s, 0.0)
+    check_number("zipf_s", zipf_s, 0.0)
     rng = random.Random(seed)
     bt = block_tokens
     full = system_tokens // bt

@@ -35,7 +35,7 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
-from prefixcache._keys import check_at_least
+from prefixcache._keys import check_number
 from prefixcache._protocols import AsyncUnsubscribe, MessageHandler
 from prefixcache.transports._bridge import (
     DEFAULT_MAX_QUEUE,
@@ -57,7 +57,7 @@ class AsyncNatsTransport:
     """
 
     def __init__(self, client: Any, *, flush_timeout: float = 2.0) -> None:
-        check_at_least("flush_timeout", flush_timeout, 0.0, above=True)
+        check_number("flush_timeout", flush_timeout, 0.0, above=True)
         self.client = client
         self.flush_timeout = flush_timeout
         self.disconnects = 0

@@ -38,7 +38,7 @@ from typing import Any
 import xxhash
 
 from clusterrouting import InvalidRecordError
-from prefixcache._keys import check_at_least
+from prefixcache._keys import check_number
 from prefixcache._protocols import AsyncUnsubscribe, MessageHandler
 from prefixcache.transports._bridge import (
     DEFAULT_MAX_QUEUE,
@@ -71,9 +71,9 @@ class AsyncRedisTransport:
             raise InvalidRecordError("publisher", publisher, "must be a redis.asyncio client")
         if not callable(getattr(pubsub, "subscribe", None)):
             raise InvalidRecordError("pubsub", pubsub, "must be a redis.asyncio PubSub")
-        check_at_least("reconnect_wait", reconnect_wait, 0.0)
-        check_at_least("echo_window", echo_window, 0.0)
-        check_at_least("subscribe_timeout", subscribe_timeout, 0.0, above=True)
+        check_number("reconnect_wait", reconnect_wait, 0.0)
+        check_number("echo_window", echo_window, 0.0)
+        check_number("subscribe_timeout", subscribe_timeout, 0.0, above=True)
         self._redis = publisher
         self._pubsub = pubsub
         self.reconnect_wait = reconnect_wait
