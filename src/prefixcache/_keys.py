@@ -1,4 +1,5 @@
-"""Validation of block-hash keys and times, and the decay rule, shared by every index.
+"""Validation of block-hash keys, times, numbers in range and the objects a constructor is
+given (callables, transports), and the decay rule, shared by every index and component.
 
 One place says what a valid key is (every element an ``int`` in ``[0, 2**64)``, checked by
 type so that ``1.0`` or ``True`` never walks like a stored ``1``) and what a valid time is
@@ -22,8 +23,10 @@ NUMBER_TYPES: Final = (int, float)
 __all__ = [
     "U64",
     "check_amount",
+    "check_callable",
     "check_finite",
     "check_key",
+    "check_methods",
     "check_number",
     "check_rate",
     "check_time",
@@ -107,6 +110,30 @@ def check_number(
             bound = f"a number in {'(' if above else '['}{lo:g}, {hi:g}]"
         raise InvalidRecordError(name, value, f"must be {bound}")
     return number
+
+
+def check_callable(name: str, value: object, *, optional: bool = False) -> None:
+    """Refuse a ``value`` that is not callable (``None`` passes when ``optional``), naming
+    ``name``: a clock or hook found when it is given, not at its first call.
+
+    >>> check_callable("on_report", None, optional=True)
+    """
+    if not (callable(value) or (optional and value is None)):
+        raise InvalidRecordError(name, value, "must be callable" + (" or None" if optional else ""))
+
+
+def check_methods(
+    name: str, value: object, *methods: str, what: str, optional: bool = False
+) -> None:
+    """Refuse a ``value`` without each of ``methods`` callable (``None`` passes when
+    ``optional``), naming ``name``; the reason is ``must be <what>``.
+
+    >>> check_methods("transport", None, "publish", what="a Transport", optional=True)
+    """
+    if optional and value is None:
+        return
+    if not all(callable(getattr(value, m, None)) for m in methods):
+        raise InvalidRecordError(name, value, f"must be {what}" + (" or None" if optional else ""))
 
 
 def check_amount(name: str, value: object) -> float:

@@ -40,7 +40,7 @@ from typing import Any, Final
 import attrs
 
 from clusterrouting import ClusterRoutingError, InvalidRecordError
-from prefixcache._keys import check_time
+from prefixcache._keys import check_callable, check_methods, check_time
 from prefixcache._plumbing import attach_handler, attach_handler_async, awaited
 from prefixcache._protocols import (
     AsyncPublisher,
@@ -312,11 +312,9 @@ class SessionPins:
             raise InvalidRecordError("ttl", ttl, "must be a finite number > 0 (seconds)")
         if type(max_entries) is not int or max_entries < 1:
             raise InvalidRecordError("max_entries", max_entries, "must be an int >= 1")
-        for name, fn in (("clock", clock), ("on_publish_error", on_publish_error)):
-            if fn is not None and not callable(fn):  # found now, not at the first call
-                raise InvalidRecordError(name, fn, "must be callable")
-        if publisher is not None and not callable(getattr(publisher, "publish", None)):
-            raise InvalidRecordError("publisher", publisher, "must be a Publisher or None")
+        check_callable("clock", clock)
+        check_callable("on_publish_error", on_publish_error, optional=True)
+        check_methods("publisher", publisher, "publish", what="a Publisher", optional=True)
         origin = uuid.uuid4().hex if origin is None else origin
         problem = _name_problem(origin, empty_ok=False)
         if problem is not None:

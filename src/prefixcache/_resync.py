@@ -46,6 +46,7 @@ from typing import Any, Final
 import attrs
 
 from clusterrouting import InvalidRecordError
+from prefixcache._keys import check_methods
 from prefixcache._protocols import Transport, Unsubscribe
 from prefixcache._snapshot import MAX_SNAPSHOT_BYTES, Snapshot, SnapshotDecodeError
 from prefixcache._sync import Sync
@@ -178,11 +179,7 @@ class ResyncLoop:
             raise InvalidRecordError("origin", origin, "must be a non-empty str")
         if not isinstance(sync, Sync):
             raise InvalidRecordError("sync", sync, "must be a prefixcache.Sync")
-        if not (
-            callable(getattr(transport, "publish", None))
-            and callable(getattr(transport, "subscribe", None))
-        ):
-            raise InvalidRecordError("transport", transport, "must be a Transport")
+        check_methods("transport", transport, "publish", "subscribe", what="a Transport")
         if type(replace) is not bool:
             raise InvalidRecordError("replace", replace, "must be a bool")
         if not interval > 0:

@@ -54,6 +54,7 @@ from typing import Final, Literal
 import attrs
 
 from clusterrouting import InvalidRecordError
+from prefixcache._keys import check_callable, check_methods
 from prefixcache._protocols import MessageHandler, Transport, Unsubscribe
 
 #: An ``isinstance`` target built once (an inline union is built on every call).
@@ -210,9 +211,8 @@ class Signer:
         if reason is not None:
             raise InvalidRecordError("origin", origin, reason)
         _check_signing_keys(keys)
-        for name, fn in (("clock", clock), ("nonce", nonce)):
-            if fn is not None and not callable(fn):
-                raise InvalidRecordError(name, fn, "must be callable")
+        check_callable("clock", clock)
+        check_callable("nonce", nonce, optional=True)
         self.keys = keys
         self.origin = origin
         self.clock = clock
@@ -459,14 +459,9 @@ class SignedTransport:
         rate_limit: RateLimit | RateLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not (
-            callable(getattr(transport, "publish", None))
-            and callable(getattr(transport, "subscribe", None))
-        ):
-            raise InvalidRecordError("transport", transport, "must be a Transport")
+        check_methods("transport", transport, "publish", "subscribe", what="a Transport")
         check_guards(signer, verifier, rate_limit)
-        if not callable(clock):
-            raise InvalidRecordError("clock", clock, "must be callable")
+        check_callable("clock", clock)
         self.transport = transport
         self.signer = signer
         self.verifier = verifier

@@ -53,6 +53,7 @@ from prefixcache._events import (
     decode_event,
 )
 from prefixcache._index import Provider
+from prefixcache._keys import check_callable, check_methods
 from prefixcache._plumbing import attach_handler, attach_handler_async, awaited
 from prefixcache._protocols import (
     AsyncPublisher,
@@ -264,11 +265,9 @@ class Sync:
     ) -> None:
         if not isinstance(provider, Provider):
             raise InvalidRecordError("provider", provider, "must be a Provider (an Index)")
-        if publisher is not None and not callable(getattr(publisher, "publish", None)):
-            raise InvalidRecordError("publisher", publisher, "must be a Publisher or None")
-        for name, fn in (("clock", clock), ("on_publish_error", on_publish_error)):
-            if fn is not None and not callable(fn):  # found now, not at the first event
-                raise InvalidRecordError(name, fn, "must be callable")
+        check_methods("publisher", publisher, "publish", what="a Publisher", optional=True)
+        check_callable("clock", clock)
+        check_callable("on_publish_error", on_publish_error, optional=True)
         check_guards(signer, verifier, rate_limit)
         if not publish_timeout > 0:
             raise InvalidRecordError("publish_timeout", publish_timeout, "must be > 0")

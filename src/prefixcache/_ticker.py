@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from clusterrouting import InvalidRecordError
+from prefixcache._keys import check_callable, check_methods
 from prefixcache._protocols import Clock, Evictable
 
 __all__ = ["EvictionTicker", "eviction_interval"]
@@ -59,10 +60,8 @@ class EvictionTicker:
     ) -> None:
         if interval is not None and not interval > 0:
             raise InvalidRecordError("interval", interval, "must be > 0 seconds")
-        if not callable(getattr(target, "evict", None)):  # not an error on every tick
-            raise InvalidRecordError("target", target, "must have an evict(now) method")
-        if not callable(clock):
-            raise InvalidRecordError("clock", clock, "must be callable")
+        check_methods("target", target, "evict", what="an Evictable, with evict(now)")
+        check_callable("clock", clock)
         self.target = target
         self.interval = eviction_interval(ttl) if interval is None else interval
         self.clock = clock

@@ -656,6 +656,7 @@ def test_misuse_raises_typed_errors_naming_the_argument() -> None:
         ({"session_metadata_key": ""}, "session_metadata_key"),
         ({"session_metadata_key": None}, "session_metadata_key"),
         ({"clock": 5.0}, "clock"),
+        ({"clock": None}, "clock"),  # no clock at all: every call without now= would fail
         ({"tokenizer": "bert"}, "tokenizer"),
     ):
         with pytest.raises(InvalidRecordError) as err:

@@ -146,6 +146,7 @@ def test_misuse_raises_typed_errors_naming_the_argument() -> None:
         ({"origin": ""}, "origin"),
         # Counterfactual for these three: accepted, then failing at the first call.
         ({"clock": 5.0}, "clock"),
+        ({"clock": None}, "clock"),
         ({"on_publish_error": "warn"}, "on_publish_error"),
         ({"publisher": object()}, "publisher"),
     ):

@@ -226,6 +226,7 @@ def test_invalid_arguments() -> None:
         (({},), {}, "provider"),
         ((Index(), object()), {}, "publisher"),
         ((Index(),), {"clock": 0.0}, "clock"),
+        ((Index(),), {"clock": None}, "clock"),
         ((Index(),), {"on_publish_error": "log"}, "on_publish_error"),
     ):
         with pytest.raises(InvalidRecordError) as ei:

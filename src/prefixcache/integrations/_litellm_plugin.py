@@ -19,7 +19,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from clusterrouting import InvalidRecordError
 from prefixcache._config import DEFAULT_CONFIG, Config
 from prefixcache._index import Index, Provider
-from prefixcache._keys import check_rate
+from prefixcache._keys import check_callable, check_methods, check_rate
 from prefixcache._mirror import KvCacheMirror
 from prefixcache._pins import SessionPins
 from prefixcache._protocols import AsyncTransport, Clock, Transport
@@ -219,17 +219,17 @@ class PrefixRoutingPlugin(CustomLogger):  # type: ignore[misc]  # LiteLLM is unt
             raise InvalidRecordError("learn_prefill_rate", learn_prefill_rate, "must be a bool")
         if block_tokens is not None and (type(block_tokens) is not int or block_tokens < 1):
             raise InvalidRecordError("block_tokens", block_tokens, "must be an int >= 1")
-        if sync is not None and not callable(getattr(sync, "subscribe", None)):
-            raise InvalidRecordError("sync", sync, "must be a Transport or AsyncTransport")
+        check_methods(
+            "sync", sync, "subscribe", what="a Transport or AsyncTransport", optional=True
+        )
         for name, key in (
             ("session_header", session_header),
             ("session_metadata_key", session_metadata_key),
         ):
             if type(key) is not str or not key:
                 raise InvalidRecordError(name, key, "must be a non-empty str")
-        for name, fn in (("clock", clock), ("tokenizer", tokenizer)):
-            if fn is not None and not callable(fn):  # found now, not at the first request
-                raise InvalidRecordError(name, fn, "must be callable")
+        check_callable("clock", clock)
+        check_callable("tokenizer", tokenizer, optional=True)
         self.router = router
         self.mode: Mode = mode
         self.config = config

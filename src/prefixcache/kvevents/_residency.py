@@ -16,6 +16,7 @@ from typing import Final
 
 from clusterrouting import InvalidRecordError
 from prefixcache._chain import TokenIds
+from prefixcache._keys import check_callable
 from prefixcache._types import ReplicaKey
 from prefixcache.kvevents._kvchain import extract_kv_chain
 from prefixcache.kvevents._outcomes import (
@@ -174,8 +175,7 @@ class KvResidency:
         for g in self._groups or ():
             if type(g) is not int or g < 0:
                 raise InvalidRecordError("groups", groups, f"holds {g!r}, not an int >= 0")
-        if not callable(clock):
-            raise InvalidRecordError("clock", clock, "must be callable")
+        check_callable("clock", clock)
         self._clock = clock
         self._lock = threading.Lock()
         self._replicas: dict[ReplicaKey, Replica] = {}

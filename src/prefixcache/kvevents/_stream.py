@@ -18,7 +18,7 @@ from typing import Any, Final
 import attrs
 
 from clusterrouting import InvalidRecordError
-from prefixcache._keys import check_number
+from prefixcache._keys import check_callable, check_number
 from prefixcache._types import ReplicaKey
 from prefixcache.kvevents._decode import (
     REPLAY_END_SEQ,
@@ -218,13 +218,9 @@ class SubscriberBase:
         # Found here, not as every message dropped (or the receive thread ended) later.
         check_flavour(flavour)
         check_number("replay_timeout", replay_timeout, 0.0, above=True)
-        for name, fn in (
-            ("clock", clock),
-            ("on_report", on_report),
-            ("on_disconnect", on_disconnect),
-        ):
-            if fn is not None and not callable(fn):
-                raise InvalidRecordError(name, fn, "must be callable")
+        check_callable("clock", clock)
+        check_callable("on_report", on_report, optional=True)
+        check_callable("on_disconnect", on_disconnect, optional=True)
         self.endpoint = endpoint
         self.replay_endpoint = replay_endpoint
         self.replica = replica

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from clusterrouting import InvalidRecordError
+from prefixcache._keys import check_callable
 from prefixcache._protocols import (
     ClosableAsyncTransport,
     MessageHandler,
@@ -81,8 +82,7 @@ class ThreadedTransport(Generic[_T]):
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         name: str = "prefixcache-transport",
     ) -> None:
-        if not callable(connect):  # found now, not in the connecting thread
-            raise InvalidRecordError("connect", connect, "must be an async callable")
+        check_callable("connect", connect)  # found now, not in the connecting thread
         if type(name) is not str:
             raise InvalidRecordError("name", name, "must be a str")
         if not timeout > 0:

@@ -37,8 +37,7 @@ from typing import Any
 
 import xxhash
 
-from clusterrouting import InvalidRecordError
-from prefixcache._keys import check_number
+from prefixcache._keys import check_methods, check_number
 from prefixcache._protocols import AsyncUnsubscribe, MessageHandler
 from prefixcache.transports._bridge import (
     DEFAULT_MAX_QUEUE,
@@ -67,10 +66,8 @@ class AsyncRedisTransport:
         echo_window: float = 30.0,
         subscribe_timeout: float = 5.0,
     ) -> None:
-        if not callable(getattr(publisher, "publish", None)):
-            raise InvalidRecordError("publisher", publisher, "must be a redis.asyncio client")
-        if not callable(getattr(pubsub, "subscribe", None)):
-            raise InvalidRecordError("pubsub", pubsub, "must be a redis.asyncio PubSub")
+        check_methods("publisher", publisher, "publish", what="a redis.asyncio client")
+        check_methods("pubsub", pubsub, "subscribe", what="a redis.asyncio PubSub")
         check_number("reconnect_wait", reconnect_wait, 0.0)
         check_number("echo_window", echo_window, 0.0)
         check_number("subscribe_timeout", subscribe_timeout, 0.0, above=True)
